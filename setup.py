@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tf_maml",
+    version="0.1.0",
+    description="Model-Agnostic Meta-Learning (Finn et al. 2017) on TensorFlow 2 / Keras 3, "
+    "faithful to the original cbfinn/maml",
+    packages=find_packages(include=["tf_maml", "tf_maml.*", "data_prep"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow==2.21.*",
+        "keras>=3.10",
+        "absl-py",
+        "numpy",
+        "matplotlib",
+        "pillow",
+        "tensorflow-datasets",
+        "tensorboard",
+    ],
+    extras_require={"test": ["pytest", "hypothesis"]},
+    entry_points={
+        "console_scripts": [
+            "tf-maml=tf_maml.main:run",
+            "tf-maml-figures=tf_maml.figures:run",
+            "tf-maml-prep-omniglot=data_prep.omniglot:main",
+            "tf-maml-prep-miniimagenet=data_prep.miniimagenet:main",
+        ]
+    },
+)

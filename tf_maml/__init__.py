@@ -1,0 +1,29 @@
+"""tf_maml: Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017) for any Keras model.
+
+Quick start::
+
+    import keras, tf_maml
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(40, "relu"),
+                              keras.layers.Dense(40, "relu"), keras.layers.Dense(1)])
+    learner = tf_maml.MetaLearner(model, tf_maml.losses.mse, inner_lr=0.01)
+    tasks = tf_maml.SinusoidTasks(num_support=10, num_query=10)
+    for i in range(1000):
+        learner.train_step(tasks.sample_batch(25, tf_maml.batch_rng(0, i)))
+    fast = learner.adapt(support_x, support_y)          # θ' for a new task
+    predictions = learner.predict(query_x, fast)
+"""
+
+from tf_maml import (
+    adapt,  # the module; its adapt() is THE inner loop
+    losses,
+)
+from tf_maml.config import Config, ConfigError
+from tf_maml.learners import MetaLearner
+from tf_maml.tasks import batch_rng, task_stream
+from tf_maml.tasks.sinusoid import SinusoidTasks
+
+__all__ = [
+    "Config", "ConfigError", "MetaLearner", "SinusoidTasks", "adapt", "batch_rng", "losses",
+    "task_stream",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,147 @@
+"""The inner loop of MAML: fast weights for any built Keras model.
+
+This module is THE one implementation of adaptation in tf_maml. Training, evaluation,
+SavedModel export and the RL learner all call :func:`adapt`.
+
+For a model with trainable weights θ, one inner step on a task's support set is
+
+    θ' = θ − α ∇θ L(f(support_x; θ), support_y)            (Finn et al. 2017, eq. 1)
+
+and ``num_steps`` steps repeat it from the previous fast weights. The model's own code is
+never changed: it is run with substituted weights through ``model.stateless_call``. The
+gradient of the support loss is taken with an inner ``tf.GradientTape``; when an outer tape
+watches θ, the meta-gradient flows back *through* that inner gradient (second order). With
+``first_order=True`` the inner gradient is wrapped in ``tf.stop_gradient``, which is exactly
+the original code's ``--stop_grad`` (first-order MAML).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+# Layers whose weights the original code keeps out of the inner loop: its `weights` dict
+# held only conv/dense kernels and biases; batch/layer-norm offsets were meta-trained by
+# Adam but never adapted (cbfinn/maml issue #43).
+NORMALIZATION_LAYERS = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+)
+
+
+def _normalization_variable_ids(model: keras.Model) -> set[int]:
+    ids: set[int] = set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, NORMALIZATION_LAYERS) or getattr(layer, "_maml_normalization", False):
+            ids.update(id(v) for v in layer.trainable_variables)
+    return ids
+
+
+def adapted_mask(model: keras.Model, adapt_norm: bool = False) -> list[bool]:
+    """Which of ``model.trainable_variables`` the inner loop adapts.
+
+    By default every trainable variable except normalisation parameters (the original's
+    behaviour); ``adapt_norm=True`` adapts all of them. A custom layer can mark itself as a
+    normalisation layer by setting ``_maml_normalization = True``.
+    """
+    if adapt_norm:
+        return [True] * len(model.trainable_variables)
+    norm_ids = _normalization_variable_ids(model)
+    return [id(v) not in norm_ids for v in model.trainable_variables]
+
+
+def forward(
+    model: keras.Model,
+    weights: Sequence[tf.Tensor],
+    inputs: tf.Tensor,
+    non_trainable: Sequence[tf.Tensor] | None = None,
+    training: bool = True,
+) -> tf.Tensor:
+    """Runs ``model`` on ``inputs`` with ``weights`` in place of its trainable variables.
+
+    ``training=True`` by default, as the original always ran batch norm in training mode
+    (batch statistics at meta-train and meta-test alike). Updated non-trainable state (batch
+    norm moving statistics) is discarded, like the original, which never ran those updates.
+    """
+    if non_trainable is None:
+        non_trainable = [v.value for v in model.non_trainable_variables]
+    outputs, _ = model.stateless_call(list(weights), list(non_trainable), inputs, training=training)
+    return outputs
+
+
+def inner_step(
+    model: keras.Model,
+    weights: Sequence[tf.Tensor],
+    support_x: tf.Tensor,
+    support_y: tf.Tensor,
+    loss_fn: LossFn,
+    inner_lr: float | tf.Tensor | Sequence[tf.Tensor],
+    first_order: bool = False,
+    mask: Sequence[bool] | None = None,
+    non_trainable: Sequence[tf.Tensor] | None = None,
+) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    """One SGD step on the support loss. Returns (new weights, support loss, support preds).
+
+    ``inner_lr`` is α: a scalar, or one tensor per trainable variable (Meta-SGD).
+    """
+    weights = list(weights)
+    mask = [True] * len(weights) if mask is None else list(mask)
+    adapted = [w for w, m in zip(weights, mask) if m]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(adapted)
+        preds = forward(model, weights, support_x, non_trainable)
+        loss = loss_fn(support_y, preds)
+    grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if first_order:
+        grads = [tf.stop_gradient(g) for g in grads]
+    per_var_lr = isinstance(inner_lr, (list, tuple))
+    new_weights, gi = [], 0
+    for i, (w, m) in enumerate(zip(weights, mask)):
+        if m:
+            lr = inner_lr[i] if per_var_lr else inner_lr
+            new_weights.append(w - lr * grads[gi])
+            gi += 1
+        else:
+            new_weights.append(w)
+    return new_weights, loss, preds
+
+
+def adapt(
+    model: keras.Model,
+    weights: Sequence[tf.Tensor],
+    support_x: tf.Tensor,
+    support_y: tf.Tensor,
+    loss_fn: LossFn,
+    inner_lr: float | tf.Tensor | Sequence[tf.Tensor],
+    num_steps: int,
+    first_order: bool = False,
+    mask: Sequence[bool] | None = None,
+    non_trainable: Sequence[tf.Tensor] | None = None,
+    return_all: bool = False,
+):
+    """``num_steps`` inner SGD steps from ``weights`` on one task's support set.
+
+    Returns the fast weights after the last step, or with ``return_all=True`` a list of
+    ``num_steps + 1`` weight lists (index 0 is ``weights`` itself), plus, in both cases, the
+    pre-update support loss and predictions (``(fast, pre_loss, pre_preds)``). With
+    ``num_steps=0`` the pre-update values come from one plain forward pass.
+    """
+    trajectory = [list(weights)]
+    pre_loss = pre_preds = None
+    for _ in range(num_steps):
+        new, loss, preds = inner_step(
+            model, trajectory[-1], support_x, support_y, loss_fn, inner_lr,
+            first_order=first_order, mask=mask, non_trainable=non_trainable,
+        )
+        if pre_loss is None:
+            pre_loss, pre_preds = loss, preds
+        trajectory.append(new)
+    if pre_loss is None:
+        pre_preds = forward(model, weights, support_x, non_trainable)
+        pre_loss = loss_fn(support_y, pre_preds)
+    return (trajectory if return_all else trajectory[-1]), pre_loss, pre_preds

@@ -1,0 +1,209 @@
+"""The experiment configuration: one frozen dataclass, the original's flags plus a few.
+
+Field names, defaults and meanings are those of cbfinn/maml main.py; ``main.py`` turns
+absl flags into a :class:`Config` and nothing else reads flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+DATASOURCES = ("sinusoid", "omniglot", "miniimagenet")
+NORMS = ("batch_norm", "layer_norm", "None")
+ALGORITHMS = ("maml", "reptile")
+TASK_PARALLELISM = ("auto", "vectorized", "map", "loop")
+
+# The original's hard-coded intervals (main.py:73-80).
+SUMMARY_INTERVAL = 100
+SAVE_INTERVAL = 1000
+MAX_TO_KEEP = 10
+
+
+class ConfigError(ValueError):
+    """An impossible flag value or combination; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # ---- the original's flags (main.py:40-70), same names, defaults and meaning
+    datasource: str = "sinusoid"
+    num_classes: int = 5
+    baseline: str | None = None
+    pretrain_iterations: int = 0
+    metatrain_iterations: int = 15000
+    meta_batch_size: int = 25
+    meta_lr: float = 0.001
+    update_batch_size: int = 5
+    update_lr: float = 1e-3
+    num_updates: int = 1
+    norm: str = "batch_norm"
+    num_filters: int = 64
+    conv: bool = True
+    max_pool: bool = False
+    stop_grad: bool = False
+    log: bool = True
+    logdir: str = "/tmp/data"
+    resume: bool = True
+    train: bool = True
+    test_iter: int = -1
+    test_set: bool = False
+    train_update_batch_size: int = -1
+    train_update_lr: float = -1.0
+    # ---- added (documented in the README)
+    algorithm: str = "maml"
+    test_num_updates: int = 10
+    num_test_tasks: int = 600
+    seed: int = 0
+    data_dir: str | None = None
+    adapt_norm: bool = False
+    meta_sgd: bool = False
+    task_parallelism: str = "auto"
+    test_after_train: bool = True
+    init_checkpoint: str | None = None
+    export_dir: str | None = None
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def is_classification(self) -> bool:
+        return self.datasource != "sinusoid"
+
+    @property
+    def effective_train_update_batch_size(self) -> int:
+        if self.train_update_batch_size == -1:
+            return self.update_batch_size
+        return self.train_update_batch_size
+
+    @property
+    def effective_train_update_lr(self) -> float:
+        return self.update_lr if self.train_update_lr == -1 else self.train_update_lr
+
+    @property
+    def effective_pretrain_iterations(self) -> int:
+        # The oracle baseline turns every iteration into pretraining (main.py).
+        if self.baseline == "oracle":
+            return self.pretrain_iterations + self.metatrain_iterations
+        return self.pretrain_iterations
+
+    @property
+    def effective_metatrain_iterations(self) -> int:
+        return 0 if self.baseline == "oracle" else self.metatrain_iterations
+
+    @property
+    def total_iterations(self) -> int:
+        return self.effective_pretrain_iterations + self.effective_metatrain_iterations
+
+    @property
+    def print_interval(self) -> int:
+        return 1000 if self.datasource == "sinusoid" else 100
+
+    @property
+    def test_print_interval(self) -> int:
+        return 5 * self.print_interval
+
+    @property
+    def meta_grad_clip(self) -> float | None:
+        return 10.0 if self.datasource == "miniimagenet" else None
+
+    @property
+    def num_query_train(self) -> int:
+        """Query examples per class (per task for sinusoid) during meta-training."""
+        return 15 if self.datasource == "miniimagenet" else self.update_batch_size
+
+    def exp_string(self) -> str:
+        """The run directory name, built exactly as the original's main.py builds it, plus
+        suffixes for runs the original could not tell apart (see README, Deviations)."""
+        s = (
+            f"cls_{self.num_classes}.mbs_{self.meta_batch_size}"
+            f".ubs_{self.effective_train_update_batch_size}.numstep{self.num_updates}"
+            f".updatelr{self.effective_train_update_lr}"
+        )
+        if self.num_filters != 64:
+            s += f"hidden{self.num_filters}"
+        if self.max_pool:
+            s += "maxpool"
+        if self.stop_grad:
+            s += "stopgrad"
+        if self.baseline:
+            s += self.baseline
+        s += {"batch_norm": "batchnorm", "layer_norm": "layernorm", "None": "nonorm"}[self.norm]
+        # Deviation: the original gave the pretrained baseline the MAML run's directory.
+        pretrained_only = self.pretrain_iterations > 0 and self.metatrain_iterations == 0
+        if self.baseline is None and pretrained_only:
+            s += ".pretrained"
+        if self.algorithm != "maml":
+            s += f".{self.algorithm}"
+        if self.meta_sgd:
+            s += ".metasgd"
+        if self.adapt_norm:
+            s += ".adaptnorm"
+        return s
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> Config:
+        """Raises :class:`ConfigError` naming the flag for an impossible value."""
+
+        def fail(flag: str, why: str):
+            raise ConfigError(f"--{flag}: {why}")
+
+        if self.datasource not in DATASOURCES:
+            fail("datasource", f"{self.datasource!r} is not one of {', '.join(DATASOURCES)}")
+        if self.norm not in NORMS:
+            fail("norm", f"{self.norm!r} is not one of {', '.join(NORMS)} (the string 'None' "
+                 "means no normalisation)")
+        if self.algorithm not in ALGORITHMS:
+            fail("algorithm", f"{self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        if self.task_parallelism not in TASK_PARALLELISM:
+            fail("task_parallelism", f"{self.task_parallelism!r} is not one of "
+                 f"{', '.join(TASK_PARALLELISM)}")
+        if self.baseline not in (None, "oracle"):
+            fail("baseline", f"{self.baseline!r} is not 'oracle' or unset")
+        if self.baseline == "oracle" and self.datasource != "sinusoid":
+            fail("baseline", "the oracle baseline exists only for --datasource=sinusoid")
+        for name in ("pretrain_iterations", "metatrain_iterations"):
+            if getattr(self, name) < 0:
+                fail(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.train and self.total_iterations == 0:
+            fail("metatrain_iterations", "pretrain_iterations + metatrain_iterations is 0: "
+                 "there is nothing to train (use --train=False to evaluate)")
+        for name in ("meta_batch_size", "update_batch_size", "num_filters", "num_test_tasks"):
+            if getattr(self, name) < 1:
+                fail(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.num_updates < 1:
+            fail("num_updates", f"must be >= 1, got {self.num_updates}")
+        if self.test_num_updates < 0:
+            fail("test_num_updates", f"must be >= 0, got {self.test_num_updates}")
+        for name in ("meta_lr", "update_lr"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                fail(name, f"must be a positive finite number, got {value}")
+        if self.train_update_batch_size != -1 and self.train_update_batch_size < 1:
+            fail("train_update_batch_size", "must be -1 (same as --update_batch_size) or >= 1")
+        if self.train_update_lr != -1 and not self.train_update_lr > 0:
+            fail("train_update_lr", "must be -1 (same as --update_lr) or positive")
+        if self.is_classification:
+            if self.num_classes < 2:
+                fail("num_classes", f"N-way classification needs N >= 2, got {self.num_classes}")
+            if not self.data_dir:
+                script = "omniglot" if self.datasource == "omniglot" else "miniimagenet"
+                fail("data_dir", f"--datasource={self.datasource} needs --data_dir, the --output "
+                     f"folder of `python -m data_prep.{script}`")
+        if self.datasource == "miniimagenet" and self.conv and not self.max_pool:
+            fail("max_pool", "the MiniImageNet conv net's head assumes --max_pool=True "
+                 "(as the original, whose dense layer is sized for 5x5 maps)")
+        if self.meta_sgd and self.algorithm == "reptile":
+            fail("meta_sgd", "Meta-SGD learns inner step sizes through the meta-gradient; "
+                 "Reptile has none")
+        if self.algorithm == "reptile" and self.stop_grad:
+            fail("stop_grad", "Reptile is first-order by construction; drop --stop_grad")
+        return self

@@ -1,0 +1,100 @@
+"""The original's meta-test: ``num_test_tasks`` tasks, ``test_num_updates`` inner steps,
+mean / std (ddof=0) / 1.96·std/√n per step, written as ``test_ubs{K}_stepsize{α}.csv``."""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+
+import numpy as np
+
+from tf_maml.learners import MetaLearner
+from tf_maml.tasks import batch_rng
+
+# The original seeded its test tasks with np.random.seed(1) (sinusoid) and random.seed(6)
+# (image task lists); we keep those numbers as the seeds of our test-task streams.
+TEST_SEEDS = {"sinusoid": 1, "omniglot": 6, "miniimagenet": 6}
+EVAL_STREAM = 2
+
+
+def sample_tasks(source, num_tasks: int, seed: int, start: int = 0) -> list[tuple]:
+    """``num_tasks`` single tasks; task i comes from its own generator, so the set does not
+    depend on how the tasks are later batched."""
+    return [source.sample_batch(1, batch_rng(seed, start + i, EVAL_STREAM))
+            for i in range(num_tasks)]
+
+
+def evaluate(
+    learner: MetaLearner,
+    source,
+    num_tasks: int,
+    num_steps: int,
+    seed: int,
+    batch_size: int = 25,
+    progress=None,
+) -> dict[str, np.ndarray]:
+    """Per-task, per-step query results: ``{"loss": [n, S+1], "metric": [n, S+1]}``
+    (``metric`` only for learners with a metric). Column 0 is before adaptation."""
+    tasks = sample_tasks(source, num_tasks, seed)
+    results: dict[str, list] = {}
+    for start in range(0, num_tasks, batch_size):
+        chunk = tasks[start:start + batch_size]
+        if len(chunk) < batch_size:  # keep one traced shape: pad with repeats, drop after
+            chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
+        batch = tuple(np.concatenate(parts, axis=0) for parts in zip(*chunk))
+        out = learner.evaluate_batch(batch, num_steps)
+        keep = min(batch_size, num_tasks - start)
+        for key, value in out.items():
+            results.setdefault(key, []).append(value.numpy()[:keep])
+        if progress is not None:
+            progress(min(start + batch_size, num_tasks), num_tasks)
+    return {k: np.concatenate(v, axis=0) for k, v in results.items()}
+
+
+def summarize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """means, stds (ddof=0, as np.std) and 95% half-widths 1.96·std/√n, per column."""
+    means = np.mean(values, axis=0)
+    stds = np.std(values, axis=0)
+    ci95 = 1.96 * stds / np.sqrt(values.shape[0])
+    return means, stds, ci95
+
+
+def result_name(update_batch_size: int, update_lr: float) -> str:
+    return f"test_ubs{update_batch_size}_stepsize{update_lr}"
+
+
+def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
+                  update_lr: float) -> dict[str, str]:
+    """Writes the CSV (header update0..updateS; rows means, stds, ci95), the original's
+    pickle ``{'mses': values}`` and the per-task matrix as ``.npy``. Each file is written to
+    a temporary name and renamed, so an interrupted write never leaves a half file."""
+    os.makedirs(run_dir, exist_ok=True)
+    base = os.path.join(run_dir, result_name(update_batch_size, update_lr))
+    means, stds, ci95 = summarize(values)
+
+    def atomic(path, write, mode="w"):
+        tmp = path + ".tmp"
+        with open(tmp, mode, **({"newline": ""} if mode == "w" else {})) as f:
+            write(f)
+        os.replace(tmp, path)
+
+    def write_csv(f):
+        writer = csv.writer(f, delimiter=",")
+        writer.writerow([f"update{i}" for i in range(len(means))])
+        writer.writerow(means)
+        writer.writerow(stds)
+        writer.writerow(ci95)
+
+    atomic(base + ".csv", write_csv)
+    atomic(base + ".pkl", lambda f: pickle.dump({"mses": values}, f), mode="wb")
+    atomic(base + ".npy", lambda f: np.save(f, values), mode="wb")
+    return {"csv": base + ".csv", "pkl": base + ".pkl", "npy": base + ".npy"}
+
+
+def format_summary(values: np.ndarray, classification: bool) -> str:
+    """The original's printout."""
+    what = "accuracy" if classification else "loss"
+    means, stds, ci95 = summarize(values)
+    return (f"Mean validation {what}, stddev, and confidence intervals\n"
+            f"{(means, stds, ci95)!r}")

@@ -1,0 +1,74 @@
+"""From a :class:`~tf_maml.config.Config` to the objects of an experiment: the model, the
+learner and the task sources. Used by the CLI, the figures and the benchmarks alike."""
+
+from __future__ import annotations
+
+import keras
+
+from tf_maml import losses, models
+from tf_maml.config import Config
+from tf_maml.learners import MetaLearner
+from tf_maml.tasks.sinusoid import SinusoidTasks
+
+OMNIGLOT_SHAPE = (28, 28, 1)
+MINIIMAGENET_SHAPE = (84, 84, 3)
+
+
+def input_shape(config: Config) -> tuple[int, ...]:
+    if config.datasource == "sinusoid":
+        return (3,) if config.baseline == "oracle" else (1,)
+    return OMNIGLOT_SHAPE if config.datasource == "omniglot" else MINIIMAGENET_SHAPE
+
+
+def build_model(config: Config) -> keras.Model:
+    """The original's network for ``config`` (weights drawn from keras' global seed)."""
+    shape = input_shape(config)
+    if config.datasource == "sinusoid":
+        return models.fc_net(shape, (40, 40), 1, norm=config.norm, name="sinusoid_mlp")
+    if not config.conv:
+        return models.fc_net(shape, (256, 128, 64, 64), config.num_classes, norm=config.norm)
+    return models.conv4(shape, config.num_classes, num_filters=config.num_filters,
+                        max_pool=config.max_pool, norm=config.norm)
+
+
+def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearner:
+    """Model and learner, seeded with ``config.seed``."""
+    if model is None:
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(config)
+    if config.is_classification:
+        loss_fn, metric_fn = losses.summed_xent(config.update_batch_size), losses.accuracy
+    else:
+        loss_fn, metric_fn = losses.mse, None
+    return MetaLearner(
+        model, loss_fn, inner_lr=config.update_lr, inner_steps=config.num_updates,
+        first_order=config.stop_grad, algorithm=config.algorithm, meta_lr=config.meta_lr,
+        metric_fn=metric_fn, adapt_norm=config.adapt_norm,
+        meta_grad_clip=config.meta_grad_clip, learn_inner_lr=config.meta_sgd,
+        task_parallelism=config.task_parallelism,
+    )
+
+
+def task_source(config: Config, split: str, num_query: int | None = None):
+    """Tasks of ``split`` ('train', 'val' or 'test'); K support and ``num_query`` query
+    examples per class (default: as the original trains)."""
+    k = config.update_batch_size
+    q = config.num_query_train if num_query is None else num_query
+    if config.datasource == "sinusoid":
+        return SinusoidTasks(k, q, oracle=config.baseline == "oracle")
+    if config.datasource == "omniglot":
+        from tf_maml.tasks.omniglot import omniglot_tasks
+
+        return omniglot_tasks(config.data_dir, split, config.num_classes, k, q)
+    from tf_maml.tasks.miniimagenet import miniimagenet_tasks
+
+    return miniimagenet_tasks(config.data_dir, split, config.num_classes, k, q)
+
+
+def eval_split(config: Config) -> str:
+    return "test" if config.test_set else "val"
+
+
+def test_num_query(config: Config) -> int:
+    """Query size at evaluation: K per class, as the original's test (2K samples/class)."""
+    return config.update_batch_size

@@ -1,0 +1,134 @@
+"""tf-maml: the absl command line of the original cbfinn/maml main.py, on TF2 / Keras 3.
+
+Usage (the original's commands work unchanged, e.g.)::
+
+    tf-maml --datasource=sinusoid --logdir=logs/sine/ --metatrain_iterations=70000 \\
+        --norm=None --update_batch_size=10
+    tf-maml --flagfile=flags/sinusoid_maml_k10.flags            # one file per paper experiment
+    tf-maml --flagfile=flags/sinusoid_maml_k10.flags --train=False   # evaluate only
+
+This is the ONLY module that reads FLAGS.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# ---- the original's flags: names, types, defaults and help texts of cbfinn/maml main.py
+flags.DEFINE_string("datasource", "sinusoid", "sinusoid or omniglot or miniimagenet")
+flags.DEFINE_integer("num_classes", 5,
+                     "number of classes used in classification (e.g. 5-way classification).")
+flags.DEFINE_string("baseline", None, "oracle, or None")
+flags.DEFINE_integer("pretrain_iterations", 0, "number of pre-training iterations.")
+flags.DEFINE_integer("metatrain_iterations", 15000, "number of metatraining iterations.")
+flags.DEFINE_integer("meta_batch_size", 25, "number of tasks sampled per meta-update")
+flags.DEFINE_float("meta_lr", 0.001, "the base learning rate of the generator")
+flags.DEFINE_integer("update_batch_size", 5,
+                     "number of examples used for inner gradient update (K for K-shot learning).")
+flags.DEFINE_float("update_lr", 1e-3, "step size alpha for inner gradient update.")
+flags.DEFINE_integer("num_updates", 1, "number of inner gradient updates during training.")
+flags.DEFINE_string("norm", "batch_norm", "batch_norm, layer_norm, or None")
+flags.DEFINE_integer("num_filters", 64,
+                     "number of filters for conv nets -- 32 for miniimagenet, 64 for omiglot.")
+flags.DEFINE_bool("conv", True, "whether or not to use a convolutional network, only "
+                  "applicable in some cases")
+flags.DEFINE_bool("max_pool", False,
+                  "Whether or not to use max pooling rather than strided convolutions")
+flags.DEFINE_bool("stop_grad", False, "if True, do not use second derivatives in "
+                  "meta-optimization (for speed)")
+flags.DEFINE_bool("log", True, "if false, do not log summaries, for debugging code.")
+flags.DEFINE_string("logdir", "/tmp/data", "directory for summaries and checkpoints.")
+flags.DEFINE_bool("resume", True, "resume training if there is a model available")
+flags.DEFINE_bool("train", True, "True to train, False to test.")
+flags.DEFINE_integer("test_iter", -1, "iteration to load model (-1 for latest model)")
+flags.DEFINE_bool("test_set", False, "Set to true to test on the the test set, False for the "
+                  "validation set.")
+flags.DEFINE_integer("train_update_batch_size", -1, "number of examples used for gradient "
+                     "update during training (use if you want to test with a different number).")
+flags.DEFINE_float("train_update_lr", -1, "value of inner gradient step step during training. "
+                   "(use if you want to test with a different value)")
+
+# ---- added flags (README: "Flags")
+flags.DEFINE_enum("algorithm", "maml", ["maml", "reptile"],
+                  "maml (second order, or first order with --stop_grad) or reptile.")
+flags.DEFINE_integer("test_num_updates", 10,
+                     "inner steps at evaluation (hard-coded to 10 in the original).")
+flags.DEFINE_integer("num_test_tasks", 600, "tasks evaluated by --train=False (original: 600).")
+flags.DEFINE_integer("seed", 0, "seed of the weights and of the task streams.")
+flags.DEFINE_string("data_dir", None, "prepared data: the --output folder of "
+                    "data_prep.omniglot / data_prep.miniimagenet.")
+flags.DEFINE_bool("adapt_norm", False, "also adapt normalisation offsets in the inner loop "
+                  "(the original did not).")
+flags.DEFINE_bool("meta_sgd", False, "Meta-SGD: learn a per-parameter inner step size.")
+flags.DEFINE_enum("task_parallelism", "auto", ["auto", "vectorized", "map", "loop"],
+                  "how tasks of a meta-batch are mapped: vectorized (pfor), map (map_fn), loop "
+                  "(unrolled); auto picks vectorized for dense nets and map for conv/RNN nets.")
+flags.DEFINE_bool("test_after_train", True, "after training, evaluate as --train=False would.")
+flags.DEFINE_string("init_checkpoint", None, "initialise from an original TF1 MAML checkpoint "
+                    "(prefix, e.g. .../model59000).")
+flags.DEFINE_string("export_dir", None, "after training, export a SavedModel here.")
+flags.DEFINE_enum("nan_policy", "stop", ["stop", "skip"],
+                  "on a NaN/Inf loss or meta-gradient: stop with a message, or skip the step.")
+
+
+def config_from_flags():
+    from tf_maml.config import Config
+
+    return Config(
+        datasource=FLAGS.datasource, num_classes=FLAGS.num_classes,
+        baseline=None if FLAGS.baseline in (None, "None", "") else FLAGS.baseline,
+        pretrain_iterations=FLAGS.pretrain_iterations,
+        metatrain_iterations=FLAGS.metatrain_iterations, meta_batch_size=FLAGS.meta_batch_size,
+        meta_lr=FLAGS.meta_lr, update_batch_size=FLAGS.update_batch_size,
+        update_lr=FLAGS.update_lr, num_updates=FLAGS.num_updates, norm=FLAGS.norm,
+        num_filters=FLAGS.num_filters, conv=FLAGS.conv, max_pool=FLAGS.max_pool,
+        stop_grad=FLAGS.stop_grad, log=FLAGS.log, logdir=FLAGS.logdir, resume=FLAGS.resume,
+        train=FLAGS.train, test_iter=FLAGS.test_iter, test_set=FLAGS.test_set,
+        train_update_batch_size=FLAGS.train_update_batch_size,
+        train_update_lr=FLAGS.train_update_lr, algorithm=FLAGS.algorithm,
+        test_num_updates=FLAGS.test_num_updates, num_test_tasks=FLAGS.num_test_tasks,
+        seed=FLAGS.seed, data_dir=FLAGS.data_dir, adapt_norm=FLAGS.adapt_norm,
+        meta_sgd=FLAGS.meta_sgd, task_parallelism=FLAGS.task_parallelism,
+        test_after_train=FLAGS.test_after_train, init_checkpoint=FLAGS.init_checkpoint,
+        export_dir=FLAGS.export_dir,
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from tf_maml.config import ConfigError
+
+    try:
+        config = config_from_flags().validate()
+    except ConfigError as err:
+        print(f"tf-maml: error: {err}", file=sys.stderr)
+        return 2
+    from tf_maml import runner
+    from tf_maml.tasks.image_tasks import DataError
+    from tf_maml.train import CheckpointError, NonFiniteError
+
+    try:
+        runner.run(config, nan_policy=FLAGS.nan_policy)
+    except (ConfigError, DataError, CheckpointError, NonFiniteError) as err:
+        print(f"tf-maml: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def run():
+    """Console entry point ``tf-maml``."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,117 @@
+"""Keras builders faithful to the original MAML networks (cbfinn/maml maml.py).
+
+* :func:`fc_net`: the fully connected net. Sinusoid 1-40-40-1; Omniglot ``--conv=False``
+  784-256-128-64-64-N. Kernels ~ truncated normal(0.01), biases zero; hidden layers are
+  linear -> norm -> ReLU, the output layer is linear.
+* :func:`conv4`: four blocks of [3x3 conv + bias -> norm -> ReLU (-> 2x2 max-pool)] then a
+  head. Omniglot (strided, no pooling): spatial mean then dense with N(0, 1) kernel.
+  MiniImageNet (``max_pool=True``): flatten (5*5*F) then Glorot-uniform dense.
+
+Batch norm is ``BatchNormalization(center=True, scale=False, epsilon=1e-3)``, the defaults
+of ``tf.contrib.layers.batch_norm``: an offset β and no scale. Call these models with
+``training=True`` always (tf_maml.adapt does): the original used batch statistics at
+meta-train and meta-test time.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+NORMS = ("batch_norm", "layer_norm", "None")
+
+
+class ContribLayerNorm(keras.layers.Layer):
+    """``tf.contrib.layers.layer_norm`` as the original used it.
+
+    Normalises over every non-batch axis (H, W, C for a conv map), then applies a
+    per-channel (last axis) scale γ and offset β; variance epsilon 1e-12. Keras'
+    ``LayerNormalization(axis=-1)`` normalises over channels only, which is different.
+    """
+
+    _maml_normalization = True  # tf_maml.adapt keeps it out of the inner loop
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+
+    def call(self, x):
+        axes = list(range(1, len(x.shape)))
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        var = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
+        return (x - mean) * ops.rsqrt(var + 1e-12) * self.gamma + self.beta
+
+
+def normalization(norm: str, name: str) -> keras.layers.Layer | None:
+    if norm == "batch_norm":
+        return keras.layers.BatchNormalization(center=True, scale=False, epsilon=1e-3, name=name)
+    if norm == "layer_norm":
+        return ContribLayerNorm(name=name)
+    if norm == "None":
+        return None
+    raise ValueError(f"--norm={norm!r} is not one of {', '.join(NORMS)}")
+
+
+def fc_net(
+    input_shape: tuple[int, ...],
+    hidden: tuple[int, ...],
+    num_outputs: int,
+    norm: str = "None",
+    name: str = "fc_net",
+) -> keras.Model:
+    """The original's ``construct_fc_weights`` / ``forward_fc`` as a functional model.
+
+    A multi-dimensional input (an image) is flattened first, as the original did.
+    """
+    init = keras.initializers.TruncatedNormal(stddev=0.01)
+    inputs = keras.Input(input_shape, name="inputs")
+    x = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+    for i, units in enumerate(hidden, start=1):
+        x = keras.layers.Dense(units, kernel_initializer=init, name=f"dense{i}")(x)
+        norm_layer = normalization(norm, f"norm{i}")
+        if norm_layer is not None:
+            x = norm_layer(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    outputs = keras.layers.Dense(
+        num_outputs, kernel_initializer=init, name=f"dense{len(hidden) + 1}"
+    )(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def conv4(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    num_filters: int = 64,
+    max_pool: bool = False,
+    norm: str = "batch_norm",
+    name: str = "conv4",
+) -> keras.Model:
+    """The original's ``construct_conv_weights`` / ``forward_conv`` as a functional model.
+
+    Without ``max_pool`` (Omniglot): stride-2 SAME convs (28->14->7->4->2), then the spatial
+    mean and a dense layer with N(0, 1) kernel. With ``max_pool`` (MiniImageNet): stride-1
+    SAME convs each followed by 2x2 VALID max-pool (84->42->21->10->5), then flatten and a
+    Glorot-uniform dense layer.
+    """
+    inputs = keras.Input(input_shape, name="inputs")
+    x = inputs
+    for i in range(1, 5):
+        x = keras.layers.Conv2D(
+            num_filters, 3, strides=1 if max_pool else 2, padding="same",
+            kernel_initializer="glorot_uniform", name=f"conv{i}",
+        )(x)
+        norm_layer = normalization(norm, f"norm{i}")
+        if norm_layer is not None:
+            x = norm_layer(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        if max_pool:
+            x = keras.layers.MaxPooling2D(2, 2, padding="valid", name=f"pool{i}")(x)
+    if max_pool:
+        x = keras.layers.Flatten(name="flatten")(x)
+        head_init = "glorot_uniform"
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="spatial_mean")(x)
+        head_init = keras.initializers.RandomNormal(stddev=1.0)
+    outputs = keras.layers.Dense(num_classes, kernel_initializer=head_init, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)

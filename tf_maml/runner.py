@@ -1,0 +1,100 @@
+"""Runs one experiment from a :class:`~tf_maml.config.Config`: train, evaluate, export.
+
+``--train=True``: meta-train in ``logdir/<exp_string>`` (resuming if possible), then, with
+``--test_after_train``, evaluate exactly as ``--train=False`` would. ``--train=False``:
+restore the latest (or ``--test_iter``) checkpoint and evaluate ``num_test_tasks`` tasks with
+``test_num_updates`` steps, writing the original's result files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import logging
+
+from tf_maml import evaluate as evaluate_lib
+from tf_maml import experiment
+from tf_maml.config import Config
+from tf_maml.train import Checkpointer, restore_for_test, train
+
+
+def run_dir(config: Config) -> str:
+    return os.path.join(config.logdir, config.exp_string())
+
+
+def _write_config(config: Config, directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "config.json" if config.train else "test_config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json())
+    os.replace(tmp, path)
+
+
+def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
+    """Trains and/or evaluates; returns paths and numbers of what was written."""
+    directory = run_dir(config)
+    log(f"Run directory: {directory}")
+    learner = experiment.build_learner(config)
+    if config.init_checkpoint:
+        from tf_maml.convert import load_original_checkpoint
+
+        load_original_checkpoint(learner.model, config.init_checkpoint)
+        log(f"Initialised from the original checkpoint {config.init_checkpoint}")
+    result: dict = {"run_dir": directory}
+    if config.train:
+        _write_config(config, directory)
+        train_source = experiment.task_source(config, "train")
+        val_source = (experiment.task_source(config, "val") if config.is_classification
+                      else None)
+        result["iterations"] = train(learner, config, directory, train_source, val_source,
+                                     log=log, nan_policy=nan_policy)
+        if config.export_dir:
+            result["export_dir"] = _export(learner, config)
+        if not config.test_after_train:
+            return result
+    elif not config.init_checkpoint:
+        path, iteration = restore_for_test(Checkpointer(learner, directory), config.test_iter)
+        log(f"Restored {path} (iteration {iteration})")
+        _write_config(config, directory)
+    else:
+        _write_config(config, directory)
+    result.update(evaluate_run(learner, config, directory, log=log))
+    return result
+
+
+def evaluate_run(learner, config: Config, directory: str, log=print) -> dict:
+    split = experiment.eval_split(config)
+    source = experiment.task_source(config, split, experiment.test_num_query(config))
+    seed = evaluate_lib.TEST_SEEDS[config.datasource]
+    batch = 100 if config.datasource == "sinusoid" else (
+        32 if config.datasource == "omniglot" else 10)
+    log(f"Evaluating {config.num_test_tasks} {split} tasks, {config.test_num_updates} steps, "
+        f"K={config.update_batch_size}, alpha={config.update_lr}")
+    t0 = time.time()
+    last = [t0]
+
+    def progress(done, total):
+        if time.time() - last[0] > 10 or done == total:
+            last[0] = time.time()
+            log(f"  evaluated {done}/{total} tasks ({time.time() - t0:.0f}s)")
+
+    out = evaluate_lib.evaluate(learner, source, config.num_test_tasks,
+                                config.test_num_updates, seed, batch_size=batch,
+                                progress=progress)
+    values = out["metric"] if "metric" in out else out["loss"]
+    log(evaluate_lib.format_summary(values, config.is_classification))
+    paths = evaluate_lib.write_results(directory, values, config.update_batch_size,
+                                       config.update_lr)
+    log(f"Wrote {paths['csv']}")
+    means, _, ci95 = evaluate_lib.summarize(values)
+    return {"results": paths, "means": means, "ci95": ci95, "values": values}
+
+
+def _export(learner, config: Config) -> str:
+    from tf_maml.export import export
+
+    path = export(learner, config.export_dir, num_steps=config.test_num_updates)
+    logging.info("Exported SavedModel to %s", path)
+    return path

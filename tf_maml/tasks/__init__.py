@@ -1,0 +1,35 @@
+"""Task sources. Each has ``sample_batch(meta_batch_size, rng)`` returning numpy
+``(support_x, support_y, query_x, query_y)`` with the task on the leading axis."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import tensorflow as tf
+
+TRAIN_STREAM, VAL_STREAM = 0, 1
+
+
+def batch_rng(seed: int, index: int, stream: int = TRAIN_STREAM) -> np.random.Generator:
+    """The generator of meta-batch ``index`` of stream ``stream`` seeded ``seed``.
+
+    Every batch has its own generator, so a run resumed at iteration i draws exactly the
+    tasks an uninterrupted run would have drawn from i on; training, validation and test
+    tasks come from different streams.
+    """
+    return np.random.default_rng([int(seed), int(index), int(stream)])
+
+
+def task_stream(source, meta_batch_size: int, seed: int, start: int = 0,
+                stream: int = TRAIN_STREAM) -> tf.data.Dataset:
+    """Endless prefetching tf.data stream of meta-batches ``start, start+1, ...``."""
+    example = source.sample_batch(meta_batch_size, batch_rng(seed, start, stream))
+    signature = tuple(tf.TensorSpec(a.shape, tf.as_dtype(a.dtype)) for a in example)
+
+    def generate():
+        for i in itertools.count(start):
+            yield source.sample_batch(meta_batch_size, batch_rng(seed, i, stream))
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return ds.prefetch(4)

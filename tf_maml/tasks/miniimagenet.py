@@ -1,0 +1,54 @@
+"""MiniImageNet few-shot tasks from the folders written by ``data_prep.miniimagenet``.
+
+Classes are the sorted subfolders of ``<data_dir>/<split>/`` (64 / 16 / 20 with 600 images each
+in the Ravi & Larochelle split), pixels ``value / 255`` in [0, 1], 84x84x3, no normalisation and
+no augmentation, like the original.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from tf_maml.tasks.image_tasks import (
+    DataError,
+    FewShotTasks,
+    check_split,
+    list_tree,
+    load_class_images,
+    warn_if_incomplete,
+)
+
+IMAGE_SHAPE = (84, 84, 3)
+IMAGE_SUFFIXES = (".jpg", ".jpeg")
+
+
+def prep_hint(data_dir: str) -> str:
+    return ("run `python -m data_prep.miniimagenet "
+            "--images=../shared/data/miniimagenet/images.zip "
+            f"--csv_dir=../shared/data/miniimagenet --output={data_dir}`")
+
+
+def miniimagenet_tasks(data_dir: str, split: str, num_classes: int, num_support: int,
+                       num_query: int) -> FewShotTasks:
+    """N-way tasks over the classes of ``<data_dir>/<split>``.
+
+    Uses the cache ``<data_dir>/<split>.npz`` when it matches the folders.
+    Raises ``DataError`` if the folders are missing or malformed or the split too small.
+    """
+    check_split(split)
+    hint = prep_hint(data_dir)
+    if not os.path.isdir(data_dir):
+        raise DataError(f"MiniImageNet data not found at {data_dir}: {hint}")
+    root = os.path.join(data_dir, split)
+    listing, newest = list_tree(root, 1, IMAGE_SUFFIXES, "MiniImageNet", hint)
+    warn_if_incomplete(data_dir, hint)
+    classes = list(listing)
+    images, counts = load_class_images(root, listing, classes,
+                                       os.path.join(data_dir, f"{split}.npz"), newest,
+                                       IMAGE_SHAPE, hint)
+    logging.info("MiniImageNet %s: %d classes, %d images", split, len(classes), len(images))
+    return FewShotTasks(images, counts, num_classes=num_classes, num_support=num_support,
+                        num_query=num_query, class_names=classes, rotate=False, invert=False,
+                        description=f"the MiniImageNet {split} split of {data_dir}", hint=hint)
