@@ -178,9 +178,15 @@ class MetaLearner:
             out["post_metric"] = self.metric_fn(query_y, query_preds)
         return out
 
-    def _signature(self, keys=("pre_loss", "post_loss")):
-        keys = list(keys) + (["pre_metric", "post_metric"] if self.metric_fn is not None else [])
-        return {k: tf.TensorSpec([], tf.float32) for k in keys}
+    @property
+    def _loss_dtype(self):
+        return tf.as_dtype(self.model.trainable_variables[0].dtype)
+
+    def _signature(self):
+        spec = {k: tf.TensorSpec([], self._loss_dtype) for k in ("pre_loss", "post_loss")}
+        if self.metric_fn is not None:
+            spec.update({k: tf.TensorSpec([], tf.float32) for k in ("pre_metric", "post_metric")})
+        return spec
 
     def meta_gradients(self, batch: Batch, pretrain: bool = False):
         """Meta-gradients for ``meta_variables`` and the mean per-task metrics.
@@ -221,8 +227,8 @@ class MetaLearner:
 
         signature = {
             "fast": [tf.TensorSpec(p.shape, p.dtype) for p in params],
-            "pre_loss": tf.TensorSpec([], tf.float32),
-            "post_loss": tf.TensorSpec([], tf.float32),
+            "pre_loss": tf.TensorSpec([], self._loss_dtype),
+            "post_loss": tf.TensorSpec([], self._loss_dtype),
         }
         out = self._map_tasks(task_fn, batch, signature)
         grads = [p - tf.reduce_mean(f, axis=0) for p, f in zip(params, out["fast"])]
@@ -292,7 +298,7 @@ class MetaLearner:
                         out["metric"] = tf.stack([self.metric_fn(query_y, p) for p in preds])
                     return out
 
-                signature = {"loss": tf.TensorSpec([num_steps + 1], tf.float32)}
+                signature = {"loss": tf.TensorSpec([num_steps + 1], self._loss_dtype)}
                 if self.metric_fn is not None:
                     signature["metric"] = tf.TensorSpec([num_steps + 1], tf.float32)
                 return self._map_tasks(task_fn, batch, signature)

@@ -104,8 +104,12 @@ def config_from_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from absl import logging
+
     from tf_maml.config import ConfigError
 
+    if FLAGS.verbosity == 0:  # keep TF's INFO chatter (checkpoint sharding, ...) out of the way
+        logging.set_verbosity(logging.WARNING)
     try:
         config = config_from_flags().validate()
     except ConfigError as err:

@@ -70,7 +70,8 @@ def evaluate_run(learner, config: Config, directory: str, log=print) -> dict:
     seed = evaluate_lib.TEST_SEEDS[config.datasource]
     batch = 100 if config.datasource == "sinusoid" else (
         32 if config.datasource == "omniglot" else 10)
-    log(f"Evaluating {config.num_test_tasks} {split} tasks, {config.test_num_updates} steps, "
+    what = "test" if config.datasource == "sinusoid" else split
+    log(f"Evaluating {config.num_test_tasks} {what} tasks, {config.test_num_updates} steps, "
         f"K={config.update_batch_size}, alpha={config.update_lr}")
     t0 = time.time()
     last = [t0]

@@ -1,0 +1,184 @@
+"""The command line, run directories, result files, resume and flag validation."""
+
+import csv
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tf_maml import runner
+from tf_maml import train as train_lib
+from tf_maml.config import Config, ConfigError
+from tf_maml.train import CheckpointError, NonFiniteError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sine_config(tmp_path, **overrides):
+    base = dict(datasource="sinusoid", logdir=str(tmp_path), metatrain_iterations=60, norm="None",
+                update_batch_size=5, update_lr=0.01, meta_batch_size=4, num_test_tasks=30,
+                test_num_updates=3, log=False)
+    base.update(overrides)
+    return Config(**base).validate()
+
+
+@pytest.fixture
+def fast_intervals(monkeypatch):
+    monkeypatch.setattr(train_lib, "SAVE_INTERVAL", 20)
+    monkeypatch.setattr(train_lib, "SUMMARY_INTERVAL", 10)
+
+
+def test_exp_string_names_runs_as_the_original():
+    # The original's committed checkpoint lives in exactly this directory name.
+    mini = Config(datasource="miniimagenet", meta_batch_size=4, update_batch_size=1,
+                  update_lr=0.01, num_updates=5, num_filters=32, max_pool=True)
+    assert mini.exp_string() == "cls_5.mbs_4.ubs_1.numstep5.updatelr0.01hidden32maxpoolbatchnorm"
+    sine = Config(norm="None", update_batch_size=10)
+    assert sine.exp_string() == "cls_5.mbs_25.ubs_10.numstep1.updatelr0.001nonorm"
+    # Testing 5-shot with a 1-shot model finds the 1-shot run (train_update_batch_size).
+    five_shot_eval = Config(datasource="omniglot", meta_batch_size=32, update_batch_size=5,
+                            train_update_batch_size=1, update_lr=0.4, train=False)
+    assert five_shot_eval.exp_string() == "cls_5.mbs_32.ubs_1.numstep1.updatelr0.4batchnorm"
+    fo = Config(stop_grad=True, baseline="oracle", norm="layer_norm")
+    assert fo.exp_string().endswith("stopgradoraclelayernorm")
+
+
+def test_pretrained_baseline_gets_its_own_run_directory():
+    maml = Config(norm="None", update_batch_size=10, metatrain_iterations=70000)
+    pretrained = Config(norm="None", update_batch_size=10, pretrain_iterations=70000,
+                        metatrain_iterations=0)
+    assert maml.exp_string() != pretrained.exp_string()
+
+
+@pytest.mark.parametrize("overrides, flag", [
+    (dict(datasource="cifar"), "--datasource"),
+    (dict(norm="group_norm"), "--norm"),
+    (dict(meta_lr=-1.0), "--meta_lr"),
+    (dict(update_lr=0.0), "--update_lr"),
+    (dict(meta_batch_size=0), "--meta_batch_size"),
+    (dict(num_test_tasks=0), "--num_test_tasks"),
+    (dict(num_updates=0), "--num_updates"),
+    (dict(datasource="omniglot", baseline="oracle", data_dir="x"), "--baseline"),
+    (dict(datasource="omniglot"), "--data_dir"),
+    (dict(datasource="omniglot", data_dir="x", num_classes=1), "--num_classes"),
+    (dict(metatrain_iterations=0), "--metatrain_iterations"),
+    (dict(datasource="miniimagenet", data_dir="x"), "--max_pool"),
+    (dict(algorithm="reptile", stop_grad=True), "--stop_grad"),
+    (dict(pretrain_iterations=-5), "--pretrain_iterations"),
+])
+def test_impossible_flags_are_rejected_naming_the_flag(overrides, flag):
+    with pytest.raises(ConfigError, match=flag):
+        Config(**overrides).validate()
+
+
+def test_cli_reports_bad_flag_in_one_line_and_exits_nonzero(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tf_maml.main", "--datasource=sinusoid", "--meta_lr=-0.1",
+         f"--logdir={tmp_path}"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert "tf-maml: error: --meta_lr: must be a positive finite number" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_training_writes_original_result_files(tmp_path, fast_intervals):
+    config = sine_config(tmp_path)
+    out = runner.run(config, log=lambda s: None)
+    run_dir = tmp_path / config.exp_string()
+    assert out["run_dir"] == str(run_dir)
+    name = "test_ubs5_stepsize0.01"
+    values = np.load(run_dir / f"{name}.npy")
+    assert values.shape == (30, 4)
+    with open(run_dir / f"{name}.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["update0", "update1", "update2", "update3"]
+    table = np.array(rows[1:], dtype=float)
+    np.testing.assert_allclose(table[0], values.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(table[1], np.sqrt(((values - values.mean(0)) ** 2).mean(0)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(table[2], 1.96 * table[1] / np.sqrt(30), rtol=1e-6)
+    with open(run_dir / f"{name}.pkl", "rb") as f:
+        np.testing.assert_array_equal(pickle.load(f)["mses"], values)
+    # Checkpoints every SAVE_INTERVAL plus the last iteration.
+    assert (run_dir / "model-60.index").exists() and (run_dir / "model-20.index").exists()
+    assert (run_dir / "config.json").exists()
+
+
+def test_evaluation_only_restores_the_trained_run(tmp_path, fast_intervals):
+    config = sine_config(tmp_path, test_after_train=False)
+    runner.run(config, log=lambda s: None)
+    logs = []
+    out = runner.run(sine_config(tmp_path, train=False), log=logs.append)
+    assert any("Restored" in line and "model-60" in line for line in logs)
+    assert out["values"].shape == (30, 4)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        runner.run(sine_config(tmp_path / "empty", train=False), log=lambda s: None)
+
+
+def weights_of(run_dir, iteration):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(run_dir, f"model-{iteration}"))
+    # Model weights are stored under the optimizer's tracked variables; compare everything
+    # (weights, Adam moments, iteration counters) but the save counter.
+    names = sorted(n for n in reader.get_variable_to_shape_map()
+                   if n.endswith("VARIABLE_VALUE") and not n.startswith("save_counter"))
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def test_resume_continues_exactly_with_saved_optimizer_state(tmp_path, fast_intervals):
+    straight = sine_config(tmp_path / "a", metatrain_iterations=80, test_after_train=False)
+    runner.run(straight, log=lambda s: None)
+    first = sine_config(tmp_path / "b", metatrain_iterations=50, test_after_train=False)
+    runner.run(first, log=lambda s: None)
+    logs = []
+    resumed = sine_config(tmp_path / "b", metatrain_iterations=80, test_after_train=False)
+    runner.run(resumed, log=logs.append)
+    assert any("Resumed" in line and "iteration 50" in line for line in logs)
+    a = weights_of(tmp_path / "a" / straight.exp_string(), 80)
+    b = weights_of(tmp_path / "b" / straight.exp_string(), 80)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_resume_false_never_overwrites_a_run(tmp_path, fast_intervals):
+    config = sine_config(tmp_path, test_after_train=False)
+    runner.run(config, log=lambda s: None)
+    run_dir = tmp_path / config.exp_string()
+    before = sorted(os.listdir(run_dir))
+    with pytest.raises(CheckpointError, match="--resume=True"):
+        runner.run(sine_config(tmp_path, resume=False), log=lambda s: None)
+    assert sorted(os.listdir(run_dir)) == before
+
+
+class ExplodingTasks:
+    """Sinusoid tasks whose targets become NaN from batch ``bad_from`` on."""
+
+    def __init__(self, inner, bad_from):
+        self.inner, self.bad_from, self.count = inner, bad_from, 0
+
+    def sample_batch(self, meta_batch_size, rng):
+        sx, sy, qx, qy = self.inner.sample_batch(meta_batch_size, rng)
+        self.count += 1
+        if self.count > self.bad_from + 1:  # +1: task_stream draws one example batch first
+            qy = qy * np.nan
+        return sx, sy, qx, qy
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, fast_intervals):
+    from tf_maml import experiment
+    from tf_maml.train import train
+
+    config = sine_config(tmp_path, metatrain_iterations=100)
+    learner = experiment.build_learner(config)
+    source = ExplodingTasks(experiment.task_source(config, "train"), bad_from=45)
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(NonFiniteError, match=r"iteration 46\b.*model-40"):
+        train(learner, config, run_dir, source, log=lambda s: None)
+    assert sorted(p for p in os.listdir(run_dir) if p.endswith(".index")) == [
+        "model-20.index", "model-40.index"]
+    weights = weights_of(run_dir, 40)
+    assert all(np.isfinite(w).all() for w in weights.values())

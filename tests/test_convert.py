@@ -1,0 +1,225 @@
+"""Import of the original cbfinn/maml TF1 checkpoints (tf_maml.convert).
+
+The real checkpoint (MiniImageNet 5-way 1-shot, model59000) lives in the shared data folder
+beside the repository; the tests that need it are skipped when that folder is absent. Small
+synthetic TF1-style checkpoints (written with ``SaveV2`` under the original's variable names)
+cover the fully connected net, layer norm and the error paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_maml import adapt, models
+from tf_maml.convert import (
+    ConversionError,
+    convert,
+    infer_flags,
+    load_original_checkpoint,
+    resolve_prefix,
+)
+from tf_maml.train import CheckpointError
+
+CKPT_DIR = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+            / "maml_original_checkpoint" / "miniimagenet1shot").resolve()
+CKPT = str(CKPT_DIR / "model59000")
+needs_ckpt = pytest.mark.skipif(
+    not CKPT_DIR.is_dir(),
+    reason=f"the original MAML checkpoint folder {CKPT_DIR} does not exist (it ships with the "
+           "shared data, ../shared/data/maml_original_checkpoint, beside the repository)",
+)
+
+# Checkpoint name -> the Keras weight it must land in (written out by hand, independently of
+# the mapping in tf_maml.convert).
+EXPECTED = {
+    "model/conv1": "conv1/kernel", "model/Variable": "conv1/bias", "model/0/beta": "norm1/beta",
+    "model/conv2": "conv2/kernel", "model/Variable_1": "conv2/bias", "model/1/beta": "norm2/beta",
+    "model/conv3": "conv3/kernel", "model/Variable_2": "conv3/bias", "model/2/beta": "norm3/beta",
+    "model/conv4": "conv4/kernel", "model/Variable_3": "conv4/bias", "model/3/beta": "norm4/beta",
+    "model/w5": "logits/kernel", "model/b5": "logits/bias",
+}
+
+
+def miniimagenet_net(num_classes=5, num_filters=32, norm="batch_norm"):
+    return models.conv4((84, 84, 3), num_classes, num_filters=num_filters, max_pool=True,
+                        norm=norm)
+
+
+def by_path(model):
+    return {v.path: v for v in model.weights}
+
+
+def save_tf1(prefix: str, tensors: dict[str, np.ndarray]) -> str:
+    """A TF1 name-based checkpoint (what tf.compat.v1.train.Saver wrote) with these names."""
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(tensors[n], tf.float32) for n in names])
+    return prefix
+
+
+# --------------------------------------------------------------------- the real checkpoint
+@pytest.fixture(scope="module")
+def real():
+    """(reader of the real checkpoint, our net with it loaded, what load returned)."""
+    if not CKPT_DIR.is_dir():
+        pytest.skip(f"the original MAML checkpoint folder {CKPT_DIR} does not exist")
+    model = miniimagenet_net()
+    loaded = load_original_checkpoint(model, CKPT)
+    return tf.train.load_checkpoint(CKPT), model, loaded
+
+
+@needs_ckpt
+def test_every_variable_lands_in_its_keras_weight(real):
+    reader, model, loaded = real
+    assert sorted(reader.get_variable_to_shape_map()) == sorted(EXPECTED)
+    assert loaded == EXPECTED
+    weights = by_path(model)
+    for name, path in EXPECTED.items():
+        np.testing.assert_array_equal(weights[path].numpy(), reader.get_tensor(name),
+                                      err_msg=f"{name} -> {path}")
+    # 32 773 floats, as the spec says; every trainable weight came from the checkpoint
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 32773
+    assert {v.path for v in model.trainable_variables} == set(EXPECTED.values())
+
+
+def original_forward_conv(reader, x: np.ndarray) -> np.ndarray:
+    """The original's forward_conv (maml.py / utils.conv_block) from the raw checkpoint arrays:
+    conv2d SAME stride 1 + b, batch norm with the batch's statistics over N,H,W (eps 1e-3,
+    offset beta only), ReLU, 2x2 VALID max-pool; flatten; x @ w5 + b5."""
+    h = tf.constant(x)
+    for i, bias in enumerate(["model/Variable", "model/Variable_1", "model/Variable_2",
+                              "model/Variable_3"]):
+        h = tf.nn.conv2d(h, reader.get_tensor(f"model/conv{i + 1}"), [1, 1, 1, 1], "SAME")
+        h = h + reader.get_tensor(bias)
+        mean, var = tf.nn.moments(h, axes=[0, 1, 2])
+        h = (h - mean) / tf.sqrt(var + 1e-3) + reader.get_tensor(f"model/{i}/beta")
+        h = tf.nn.max_pool2d(tf.nn.relu(h), 2, 2, "VALID")
+    h = tf.reshape(h, [h.shape[0], -1])
+    return (h @ reader.get_tensor("model/w5") + reader.get_tensor("model/b5")).numpy()
+
+
+@needs_ckpt
+def test_forward_pass_matches_the_original_network(real):
+    reader, model, _ = real
+    x = np.random.default_rng(0).random((6, 84, 84, 3), dtype=np.float32)
+    want = original_forward_conv(reader, x)
+    got = model(x, training=True).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    # and through the fast-weight path the learner uses
+    weights = [v.value for v in model.trainable_variables]
+    np.testing.assert_allclose(adapt.forward(model, weights, tf.constant(x)).numpy(), want,
+                               atol=1e-4, rtol=1e-4)
+    # the logits differ across examples (not a degenerate net) and are not tiny
+    assert np.ptp(want, axis=0).max() > 1e-2
+
+
+@needs_ckpt
+@pytest.mark.parametrize("kwargs, variable, flag", [
+    (dict(num_filters=64), "model/conv1", "--num_filters"),
+    (dict(num_classes=20), "model/w5", "--num_classes"),
+])
+def test_wrong_architecture_names_the_variable(kwargs, variable, flag):
+    model = miniimagenet_net(**kwargs)
+    before = [v.numpy() for v in model.weights]
+    with pytest.raises(ConversionError) as err:
+        load_original_checkpoint(model, CKPT)
+    assert variable in str(err.value) and flag in str(err.value)
+    for old, v in zip(before, model.weights):  # nothing was assigned
+        np.testing.assert_array_equal(old, v.numpy())
+
+
+@needs_ckpt
+def test_wrong_norm_and_wrong_net_fail_clearly():
+    with pytest.raises(ConversionError, match=r"model/0/gamma .*missing"):
+        load_original_checkpoint(miniimagenet_net(norm="layer_norm"), CKPT)
+    with pytest.raises(ConversionError, match=r"no place for model/0/beta.*--norm"):
+        load_original_checkpoint(miniimagenet_net(norm="None"), CKPT)
+    omniglot = models.conv4((28, 28, 1), 5, num_filters=32)  # 1 input channel, mean-pool head
+    with pytest.raises(ConversionError, match=r"model/conv1 has shape \[3, 3, 3, 32\]"):
+        load_original_checkpoint(omniglot, CKPT)
+
+
+def test_missing_checkpoint_raises(tmp_path):
+    missing = str(tmp_path / "nowhere" / "model59000")
+    with pytest.raises(ConversionError, match=r"model59000\.index") as err:
+        load_original_checkpoint(miniimagenet_net(), missing)
+    # the runner's CLI reports CheckpointErrors as a one-line error
+    assert isinstance(err.value, CheckpointError) and isinstance(err.value, ValueError)
+    with pytest.raises(ConversionError, match="no checkpoint given"):
+        resolve_prefix("")
+
+
+@needs_ckpt
+def test_prefix_forms(tmp_path):
+    assert resolve_prefix(CKPT + ".index") == CKPT
+    assert resolve_prefix(CKPT + ".data-00000-of-00001") == CKPT
+    assert resolve_prefix(str(CKPT_DIR)) == CKPT  # a folder with one checkpoint
+    assert infer_flags(CKPT) == dict(datasource="miniimagenet", conv=True, num_classes=5,
+                                     num_filters=32, max_pool=True, norm="batch_norm")
+    # index without its data file
+    os.symlink(CKPT + ".index", tmp_path / "model1.index")
+    with pytest.raises(ConversionError, match="model1"):
+        load_original_checkpoint(miniimagenet_net(), str(tmp_path / "model1"))
+
+
+@needs_ckpt
+def test_cli_writes_keras_weights(tmp_path):
+    summary = convert(CKPT, str(tmp_path))
+    assert summary["num_floats"] == 32773 and len(summary["variables"]) == 14
+    model = miniimagenet_net()
+    model.load_weights(str(tmp_path / "model.weights.h5"))
+    reader = tf.train.load_checkpoint(CKPT)
+    np.testing.assert_array_equal(model.get_layer("conv3").kernel.numpy(),
+                                  reader.get_tensor("model/conv3"))
+    assert (tmp_path / "summary.json").is_file()
+
+
+# --------------------------------------------------------------------- synthetic checkpoints
+def test_fc_net_names(tmp_path):
+    """--conv=False: unnamed w1, b1, ..., w5, b5 -> model/Variable .. Variable_9; batch norm
+    scopes 0, 2, 3, 4."""
+    rng = np.random.default_rng(1)
+    sizes = [784, 256, 128, 64, 64, 5]
+    tensors = {}
+    for j in range(5):
+        tensors[f"model/Variable{'' if j == 0 else f'_{2 * j}'}"] = rng.normal(
+            size=(sizes[j], sizes[j + 1])).astype(np.float32)
+        tensors[f"model/Variable_{2 * j + 1}"] = rng.normal(size=sizes[j + 1]).astype(np.float32)
+    for scope, width in zip("0234", sizes[1:5]):
+        tensors[f"model/{scope}/beta"] = rng.normal(size=width).astype(np.float32)
+    prefix = save_tf1(str(tmp_path / "model100"), tensors)
+    model = models.fc_net((28, 28, 1), (256, 128, 64, 64), 5, norm="batch_norm")
+    loaded = load_original_checkpoint(model, prefix)
+    assert loaded["model/Variable_8"] == "dense5/kernel"
+    assert loaded["model/2/beta"] == "norm2/beta" and loaded["model/0/beta"] == "norm1/beta"
+    weights = by_path(model)
+    for name, path in loaded.items():
+        np.testing.assert_array_equal(weights[path].numpy(), tensors[name])
+    assert infer_flags(prefix) == dict(datasource="omniglot", conv=False, num_classes=5,
+                                       norm="batch_norm")
+
+
+def test_layer_norm_conv_names(tmp_path):
+    """contrib layer_norm(scope=s) holds model/<s>/beta and model/<s>/gamma per channel."""
+    model = models.conv4((28, 28, 1), 5, num_filters=8, norm="layer_norm")
+    rng = np.random.default_rng(2)
+    tensors = {"model/w5": rng.normal(size=(8, 5)), "model/b5": rng.normal(size=5)}
+    for i in range(4):
+        tensors[f"model/conv{i + 1}"] = rng.normal(size=(3, 3, 1 if i == 0 else 8, 8))
+        tensors[f"model/Variable{'' if i == 0 else f'_{i}'}"] = rng.normal(size=8)
+        tensors[f"model/{i}/beta"] = rng.normal(size=8)
+        tensors[f"model/{i}/gamma"] = rng.normal(size=8)
+    tensors = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+    # a TF1 Saver of all variables would also hold Adam slots: they are ignored
+    tensors["model/w5/Adam"] = tensors["model/w5"] * 0
+    prefix = save_tf1(str(tmp_path / "ln"), tensors)
+    loaded = load_original_checkpoint(model, prefix)
+    assert loaded["model/2/gamma"] == "norm3/gamma" and len(loaded) == 18
+    np.testing.assert_array_equal(model.get_layer("norm3").gamma.numpy(),
+                                  tensors["model/2/gamma"])
+    assert infer_flags(prefix)["norm"] == "layer_norm"

@@ -1,0 +1,358 @@
+"""SavedModel export of a meta-learned initialisation θ, with adaptation inside the graph.
+
+``export(learner, export_dir)`` writes a SavedModel that needs only TensorFlow to serve:
+
+* ``serving_default(x)``: predictions of θ itself;
+* ``adapt_and_predict(support_x, support_y, query_x[, num_steps][, inner_lr])``: ``num_steps``
+  inner SGD steps on ONE task's support set with the learner's loss (Finn et al. 2017,
+  eq. 1, by :func:`tf_maml.adapt.adapt`, the same code that trains and evaluates), then
+  predictions of the fast weights θ' on the query set;
+* ``metadata()``: the recorded defaults and shapes, also written to
+  ``<export_dir>/assets.extra/maml_metadata.json``;
+
+and beside it ``<export_dir>/model.keras``, the plain Keras model with θ, for
+``keras.models.load_model``.
+
+Every forward pass runs with ``training=True``: batch norm uses the statistics of the batch
+it is given (the support set, the query set or ``x``), as the original evaluated at
+meta-test time; moving statistics are never used nor updated. Predictions therefore depend
+on what else is in the batch, exactly like ``MetaLearner.predict``.
+
+Usage of the export, in a process that needs neither keras nor tf_maml::
+
+    loaded = tf.saved_model.load(export_dir)
+    logits = loaded.adapt_and_predict(support_x, support_y, query_x)
+    logits = loaded.adapt_and_predict(support_x, support_y, query_x,
+                                      num_steps=tf.constant(5), inner_lr=tf.constant(0.1))
+    theta_logits = loaded.serving_default(query_x)      # = num_steps=0
+    loaded.metadata()["num_steps"]
+
+``loaded.adapt_and_predict`` accepts the two optional arguments (as tensors: int32 and
+float32 scalars) in any combination. Serving signatures cannot have optional inputs, so
+``loaded.signatures`` (what ``saved_model_cli`` and TF Serving see) holds
+``serving_default``, ``adapt_and_predict`` (the three required inputs, recorded defaults),
+``adapt_and_predict_with_options`` (all five inputs) and ``metadata``; each returns a dict
+(``{"predictions": ...}`` or the metadata).
+
+The step count is a tensor, so the inner loop is a ``tf.while_loop`` whose body is
+``tf_maml.adapt.adapt(..., num_steps=1)``: one graph serves any number of steps, with no
+unroll bound and no cost for steps not taken. (There is no outer gradient at serving time,
+so first- and second-order MAML give the same fast weights.)
+
+Inputs are validated in the graph with ``tf.debugging`` assertions that say what is wrong
+(wrong rank or feature shape, label outside ``[0, N)`` with N the model's output size,
+empty support set, mismatched support sizes, negative ``num_steps``); for that the
+signatures declare inputs of unknown shape, and the checks come before any model op.
+
+Targets: integer class ids ``support_y`` [Ns] (int32) for a classification loss such as
+:func:`tf_maml.losses.summed_xent`, or float32 ``[Ns, N]`` regression targets for
+:func:`tf_maml.losses.mse`; ``targets="auto"`` tells them apart by the loss.
+
+Meta-SGD (``learner.inner_lrs`` non-empty): the learned per-parameter α tensors are used,
+and the ``inner_lr`` input is a scale on them in the units of the learner's initial α:
+α_eff = α_learned · inner_lr / learner.inner_lr. The default (``learner.inner_lr``) uses the
+learned α unchanged, and doubling ``inner_lr`` doubles every step, as it does without
+Meta-SGD. (With ``learner.inner_lr == 0`` the reference is 1.0 instead.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from tf_maml import adapt as adapt_lib
+from tf_maml import losses
+from tf_maml.learners import MetaLearner
+
+METADATA_FILE = "maml_metadata.json"
+KERAS_FILE = "model.keras"
+TARGETS = ("auto", "classes", "regression")
+
+
+def _infer_input_shape(model: keras.Model) -> tuple:
+    """Shape of one example (without the batch axis) from the model's inputs or build."""
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        if len(inputs) != 1:
+            raise ValueError("export supports models with a single input tensor")
+        return tuple(inputs[0].shape[1:])
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if len(shapes) == 1:
+        shape = next(iter(shapes.values()))
+        if shape is not None and len(shape) >= 1:
+            return tuple(shape[1:])
+    raise ValueError(
+        "Cannot infer the model's input shape; pass input_shape=(...) (one example, "
+        "without the batch axis) to export."
+    )
+
+
+def _infer_targets(loss_fn) -> str:
+    if loss_fn is losses.mse:
+        return "regression"
+    if getattr(loss_fn, "__name__", "").startswith("summed_xent"):
+        return "classes"
+    raise ValueError(
+        f"Cannot tell whether the loss {loss_fn!r} takes class ids or regression targets; "
+        "pass targets='classes' or targets='regression' to export."
+    )
+
+
+def _shape_str(feature_shape: tuple) -> str:
+    return "[" + ", ".join(["n"] + ["?" if d is None else str(d) for d in feature_shape]) + "]"
+
+
+def _dims(x: tf.Tensor, rank: int) -> tf.Tensor:
+    """``tf.shape(x)`` padded with zeros to at least ``rank`` entries: safe to index even
+    when ``x`` has the wrong rank."""
+    return tf.concat([tf.shape(x), tf.zeros([rank], tf.int32)], 0)
+
+
+class _Checks:
+    """Run-time input checks whose first failure is the one reported.
+
+    Each assertion is created under a control dependency on the previous one, so it runs
+    only if all earlier checks passed, and computes nothing that can itself fail on a bad
+    input. :meth:`gate` then returns an input only after every check: under a ``tf.cond``
+    on the checks' outcome, which also hides the caller's (possibly wrong) static shape
+    from the shape inference that runs when the saved function is called, so that a
+    model op cannot fail on it before the assertions have said what is wrong.
+    """
+
+    def __init__(self):
+        self._last: list = []
+        self._passed: list[tf.Tensor] = []
+
+    def add(self, make_assert, passed: tf.Tensor) -> None:
+        with tf.control_dependencies(self._last):
+            self._last = [make_assert()]
+        self._passed.append(passed)
+
+    def examples(self, x: tf.Tensor, feature_shape: tuple, name: str) -> None:
+        rank = len(feature_shape) + 1
+        expected = _shape_str(feature_shape)
+        self.add(lambda: tf.debugging.assert_equal(
+            tf.rank(x), rank, message=f"{name} has the wrong rank: expected shape {expected}",
+        ), tf.equal(tf.rank(x), rank))
+        known = [i + 1 for i, d in enumerate(feature_shape) if d is not None]
+        if known:
+            wanted = tf.constant([feature_shape[i - 1] for i in known], tf.int32)
+            self.add(lambda: tf.debugging.assert_equal(
+                tf.gather(_dims(x, rank), known), wanted,
+                message=f"{name} has the wrong feature shape: expected {expected}",
+            ), tf.reduce_all(tf.equal(tf.gather(_dims(x, rank), known), wanted)))
+
+    def gate(self, x: tf.Tensor, static_shape: tuple) -> tf.Tensor:
+        passed = tf.reduce_all(tf.stack(self._passed)) if self._passed else tf.constant(True)
+        empty = tuple(0 if i == 0 else (1 if d is None else d) for i, d in enumerate(static_shape))
+        with tf.control_dependencies(self._last):
+            x = tf.cond(passed, lambda: tf.identity(x), lambda: tf.zeros(empty, x.dtype))
+        return tf.ensure_shape(x, static_shape)
+
+
+def export(
+    learner: MetaLearner,
+    export_dir: str,
+    num_steps: int = 10,
+    input_shape: tuple | None = None,
+    targets: str = "auto",
+) -> str:
+    """Writes the SavedModel (and ``model.keras``) of ``learner`` to ``export_dir``.
+
+    Args:
+      learner: a :class:`~tf_maml.learners.MetaLearner`; its current θ, loss, α (or
+        Meta-SGD α tensors) and adapted-variable mask are recorded.
+      export_dir: directory of the SavedModel; created if needed.
+      num_steps: default number of inner steps of ``adapt_and_predict`` (the original's
+        ``test_num_updates``).
+      input_shape: shape of one example; inferred from the model's ``Input`` or build.
+      targets: ``"classes"`` (int labels [Ns]), ``"regression"`` ([Ns, N] floats) or
+        ``"auto"`` (from the loss: summed_xent or mse).
+
+    Returns:
+      ``export_dir``.
+    """
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
+    model = learner.model
+    feature_shape = tuple(input_shape) if input_shape is not None else _infer_input_shape(model)
+    kind = _infer_targets(learner.loss_fn) if targets == "auto" else targets
+    input_dtype = tf.float32
+    if getattr(model, "inputs", None):
+        input_dtype = tf.as_dtype(model.inputs[0].dtype)
+    probe_shape = (2,) + tuple(1 if d is None else d for d in feature_shape)
+    probe = adapt_lib.forward(model, [v.value for v in model.trainable_variables],
+                              tf.zeros(probe_shape, input_dtype))
+    if probe.shape.rank != 2:
+        raise ValueError(f"export needs model outputs of shape [batch, N], got {probe.shape}")
+    num_outputs = int(probe.shape[-1])
+    output_dtype = probe.dtype
+
+    meta_sgd = bool(learner.inner_lrs)
+    # Meta-SGD: the inner_lr input scales the learned α (see the module docstring).
+    default_lr = float(learner.inner_lr) if (learner.inner_lr != 0 or not meta_sgd) else 1.0
+    mask = list(learner.mask)
+    loss_fn = learner.loss_fn
+    trainable = list(model.trainable_variables)
+    non_trainable = list(model.non_trainable_variables)
+    inner_lrs = list(learner.inner_lrs)
+
+    def read(variables):
+        return [tf.identity(v.value) for v in variables]
+
+    def check_targets(checks, support_x, support_y):
+        if kind == "classes":
+            rank, what = 1, "integer class ids of shape [Ns]"
+        else:
+            rank, what = 2, f"regression targets of shape [Ns, {num_outputs}]"
+        checks.add(lambda: tf.debugging.assert_equal(
+            tf.rank(support_y), rank, message=f"support_y has the wrong rank: expected {what}",
+        ), tf.equal(tf.rank(support_y), rank))
+        count_x, count_y = _dims(support_x, 1)[0], _dims(support_y, 1)[0]
+        checks.add(lambda: tf.debugging.assert_equal(
+            count_y, count_x, message="support_y must have one target per support_x example",
+        ), tf.equal(count_y, count_x))
+        if kind == "classes":
+            n = tf.constant(num_outputs, support_y.dtype)
+            checks.add(lambda: tf.debugging.assert_non_negative(
+                support_y, message="support_y has a negative class id",
+            ), tf.reduce_all(support_y >= 0))
+            checks.add(lambda: tf.debugging.assert_less(
+                support_y, n,
+                message=f"support_y has a class id >= N = {num_outputs}, the model's number "
+                        "of outputs",
+            ), tf.reduce_all(support_y < n))
+        else:
+            size = _dims(support_y, 2)[1]
+            checks.add(lambda: tf.debugging.assert_equal(
+                size, num_outputs,
+                message=f"support_y has the wrong number of target values per example: "
+                        f"expected {num_outputs}, the model's number of outputs",
+            ), tf.equal(size, num_outputs))
+
+    def predict(x):
+        checks = _Checks()
+        checks.examples(x, feature_shape, "x")
+        x = checks.gate(x, (None,) + feature_shape)
+        return adapt_lib.forward(model, read(trainable), x, read(non_trainable))
+
+    def adapt_and_predict(support_x, support_y, query_x, num_steps_=None, inner_lr=None):
+        steps = tf.constant(num_steps, tf.int32) if num_steps_ is None else num_steps_
+        lr = tf.constant(default_lr, tf.float32) if inner_lr is None else inner_lr
+        checks = _Checks()
+        checks.examples(support_x, feature_shape, "support_x")
+        num_support = _dims(support_x, 1)[0]
+        checks.add(lambda: tf.debugging.assert_positive(
+            num_support, message="the support set is empty (support_x has no examples)",
+        ), num_support > 0)
+        check_targets(checks, support_x, support_y)
+        checks.examples(query_x, feature_shape, "query_x")
+        checks.add(lambda: tf.debugging.assert_non_negative(
+            steps, message="num_steps must be >= 0"), steps >= 0)
+        checks.add(lambda: tf.debugging.assert_all_finite(
+            lr, message="inner_lr must be finite"), tf.math.is_finite(lr))
+        support_x = checks.gate(support_x, (None,) + feature_shape)
+        query_x = checks.gate(query_x, (None,) + feature_shape)
+        support_y = checks.gate(
+            support_y, (None,) if kind == "classes" else (None, num_outputs))
+        steps = checks.gate(steps, ())
+        weights = read(trainable)
+        frozen = read(non_trainable)
+        if meta_sgd:
+            step_lr = [a * (lr / default_lr) for a in read(inner_lrs)]
+        else:
+            step_lr = lr
+
+        def body(i, fast):
+            fast, _, _ = adapt_lib.adapt(model, fast, support_x, support_y, loss_fn, step_lr,
+                                         1, mask=mask, non_trainable=frozen)
+            return i + 1, fast
+
+        _, fast = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), weights))
+        return adapt_lib.forward(model, fast, query_x, frozen)
+
+    metadata_values = {
+        "num_steps": num_steps,
+        "inner_lr": default_lr,
+        "meta_sgd": meta_sgd,
+        "num_outputs": num_outputs,
+        "targets": kind,
+        "input_shape": [-1 if d is None else int(d) for d in feature_shape],
+        "loss": getattr(loss_fn, "__name__", type(loss_fn).__name__),
+        "training_mode_forward": True,
+    }
+
+    def metadata():
+        return {
+            "num_steps": tf.constant(num_steps, tf.int32),
+            "inner_lr": tf.constant(default_lr, tf.float32),
+            "meta_sgd": tf.constant(meta_sgd),
+            "num_outputs": tf.constant(num_outputs, tf.int32),
+            "targets": tf.constant(kind),
+            "input_shape": tf.constant(metadata_values["input_shape"], tf.int32),
+        }
+
+    def spec(name, dtype, shape=None):
+        return tf.TensorSpec(shape, dtype, name=name)
+
+    x_spec = spec("x", input_dtype)
+    y_dtype = tf.int32 if kind == "classes" else output_dtype
+    task_specs = (spec("support_x", input_dtype), spec("support_y", y_dtype),
+                  spec("query_x", input_dtype))
+    steps_spec, lr_spec = spec("num_steps", tf.int32, []), spec("inner_lr", tf.float32, [])
+
+    # autograph=False: the inner loop's control flow is explicit (tf.while_loop, tf.cond).
+    module = tf.Module()
+    # The captured variables, as plain tf.Variables: the loaded object needs no keras.
+    module.model_variables = [v.value for v in model.variables]
+    module.inner_lr_variables = [v.value for v in inner_lrs]
+    module.serving_default = tf.function(predict, autograph=False)
+    module.serving_default.get_concrete_function(x_spec)
+
+    def adapt_fn(support_x, support_y, query_x, num_steps=None, inner_lr=None):
+        return adapt_and_predict(support_x, support_y, query_x, num_steps, inner_lr)
+
+    module.adapt_and_predict = tf.function(adapt_fn, autograph=False)
+    for options in ({}, {"num_steps": steps_spec}, {"inner_lr": lr_spec},
+                    {"num_steps": steps_spec, "inner_lr": lr_spec}):
+        module.adapt_and_predict.get_concrete_function(*task_specs, **options)
+    module.metadata = tf.function(metadata, autograph=False)
+
+    # Serving signatures: named dict outputs, every input required. They call the traced
+    # functions above rather than tracing the inner loop again.
+    def signature(fn, *specs):
+        return tf.function(
+            lambda *args: {"predictions": fn(*args)}, autograph=False
+        ).get_concrete_function(*specs)
+
+    signatures = {
+        "serving_default": signature(module.serving_default, x_spec),
+        "adapt_and_predict": signature(module.adapt_and_predict, *task_specs),
+        "adapt_and_predict_with_options": signature(
+            module.adapt_and_predict, *task_specs, steps_spec, lr_spec),
+        "metadata": module.metadata.get_concrete_function(),
+    }
+
+    os.makedirs(export_dir, exist_ok=True)
+    tf.saved_model.save(module, export_dir, signatures=signatures)
+    extra_dir = os.path.join(export_dir, "assets.extra")
+    os.makedirs(extra_dir, exist_ok=True)
+    with open(os.path.join(extra_dir, METADATA_FILE), "w") as f:
+        json.dump(metadata_values, f, indent=2)
+    model.save(os.path.join(export_dir, KERAS_FILE))
+    return export_dir
+
+
+def load_metadata(export_dir: str) -> dict:
+    """The recorded defaults and shapes of an export (the JSON beside the SavedModel)."""
+    with open(os.path.join(export_dir, "assets.extra", METADATA_FILE)) as f:
+        return json.load(f)
+
+
+__all__ = ["export", "load_metadata"]
+
