@@ -132,6 +132,8 @@ class Config:
         pretrained_only = self.pretrain_iterations > 0 and self.metatrain_iterations == 0
         if self.baseline is None and pretrained_only:
             s += ".pretrained"
+        if self.is_classification and not self.conv:
+            s += ".nonconv"
         if self.algorithm != "maml":
             s += f".{self.algorithm}"
         if self.meta_sgd:

@@ -182,7 +182,7 @@ def _hint(name: str, want: tuple[int, ...], have: tuple[int, ...]) -> str:
         return " (check --num_filters, --max_pool and --datasource)"
     if name == "model/b5":
         return " (check --num_classes)"
-    if "/beta" in name or "/gamma" in name or name.startswith("model/Variable"):
+    if len(want) == 1:
         return " (check --num_filters, --num_classes and --conv)"
     return ""
 
@@ -225,8 +225,9 @@ def read_original_checkpoint(model: keras.Model, prefix: str
             norm_hint = " (a batch_norm checkpoint? check --norm)"
         problems.append(f"the model has no place for {', '.join(leftover)}{norm_hint}")
     if problems:
+        more = f"; and {len(problems) - 4} more" if len(problems) > 5 else ""
         raise ConversionError(f"the checkpoint {path} does not fit model {model.name}: "
-                              + "; ".join(problems))
+                              + "; ".join(problems[:4] if more else problems) + more)
     values = []
     for var, name in entries:
         try:

@@ -42,6 +42,9 @@ def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
 
         load_original_checkpoint(learner.model, config.init_checkpoint)
         log(f"Initialised from the original checkpoint {config.init_checkpoint}")
+        if config.train and Checkpointer(learner, directory).latest is not None:
+            log(f"WARNING: {directory} already holds checkpoints: training resumes from the "
+                "latest of them, which replaces the --init_checkpoint weights.")
     result: dict = {"run_dir": directory}
     if config.train:
         _write_config(config, directory)
