@@ -11,7 +11,7 @@ straightforward reference, used by the tests to check the other two).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -162,6 +162,57 @@ class MetaLearner:
         if weights is None:
             weights = self._read(self.model.trainable_variables)
         return adapt_lib.forward(self.model, weights, tf.convert_to_tensor(x), training=training)
+
+    def fit(
+        self,
+        tasks,
+        iterations: int,
+        meta_batch_size: int = 25,
+        seed: int = 0,
+        run_dir: str | None = None,
+        callbacks: Sequence = (),
+        log_interval: int | None = 100,
+        pretrain_iterations: int = 0,
+        nan_policy: str = "stop",
+        log=print,
+    ) -> int:
+        """Meta-trains for ``iterations`` meta-batches; returns the last iteration.
+
+        ``tasks`` is a task source (anything with ``sample_batch(meta_batch_size, rng)``,
+        e.g. :class:`tf_maml.SinusoidTasks`) or an iterable / ``tf.data.Dataset`` of batches
+        ``(support_x, support_y, query_x, query_y)``. With ``run_dir`` it checkpoints there
+        every 1000 iterations (resuming from the latest checkpoint if one exists, Adam state
+        included) and writes TensorBoard scalars and ``training_log.csv``. ``callbacks`` are
+        :class:`tf_maml.train.Callback` objects; progress is printed every ``log_interval``
+        iterations (None: silent).
+        """
+        from tf_maml import train as train_lib
+        from tf_maml.tasks import task_stream
+
+        start, checkpointer = 0, None
+        callbacks = list(callbacks)
+        if log_interval:
+            callbacks.insert(0, train_lib.ProgressLogger(log_interval, min(log_interval, 100),
+                                                         log))
+        if run_dir is not None:
+            import os
+
+            checkpointer = train_lib.Checkpointer(self, run_dir)
+            if checkpointer.latest is not None:
+                start = checkpointer.restore(checkpointer.latest)
+                log(f"Resumed from {checkpointer.latest} at iteration {start}")
+            callbacks += [
+                train_lib.HistoryCSV(os.path.join(run_dir, "training_log.csv")),
+                train_lib.TensorBoard(run_dir, self.inner_steps),
+                train_lib.CheckpointSaver(checkpointer, log=log),
+            ]
+        if hasattr(tasks, "sample_batch"):
+            batches = iter(task_stream(tasks, meta_batch_size, seed, start))
+        else:
+            batches = iter(tasks)
+        return train_lib.fit(self, batches, iterations, start, callbacks,
+                             pretrain_iterations=pretrain_iterations, nan_policy=nan_policy,
+                             checkpointer=checkpointer, log=log)
 
     # ------------------------------------------------------------------ objectives
     def _task_maml(self, params, lrs, task, num_steps, first_order):

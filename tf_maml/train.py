@@ -113,6 +113,236 @@ class _Interrupted(Exception):
     pass
 
 
+# ---------------------------------------------------------------------- callbacks
+class Callback:
+    """Hooks of :func:`fit`. ``metrics`` are the tensors a train step returned; fetching one
+    (``float(...)``) waits for the step, so callbacks do it only at their interval."""
+
+    def on_train_begin(self, learner: MetaLearner, start: int, total: int) -> None:
+        pass
+
+    def on_step_end(self, iteration: int, metrics: dict, pretrain: bool) -> None:
+        pass
+
+    def on_interrupt(self, iteration: int) -> None:
+        pass
+
+    def on_train_end(self, iteration: int) -> None:
+        pass
+
+
+class ProgressLogger(Callback):
+    """The original's ``Iteration i: <pre>, <post>`` lines (means of the values sampled every
+    ``summary_interval``; metric if the learner has one, else loss) plus speed and ETA."""
+
+    def __init__(self, print_interval: int = 100, summary_interval: int = SUMMARY_INTERVAL,
+                 log: Callable[[str], None] = print):
+        self.print_interval, self.summary_interval, self.log = (
+            print_interval, summary_interval, log)
+
+    def on_train_begin(self, learner, start, total):
+        self.key = "metric" if learner.metric_fn is not None else "loss"
+        self.total, self.pre, self.post = total, [], []
+        self.t_start = self.t_window = time.time()
+        self.itr_window = start
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.summary_interval == 0 or iteration == self.total:
+            self.pre.append(float(metrics[f"pre_{self.key}"]))
+            self.post.append(float(metrics[f"post_{self.key}"]))
+        if iteration % self.print_interval == 0 or iteration == self.total:
+            prefix = "Pretrain Iteration" if pretrain else "Iteration"
+            if self.pre:
+                self.log(f"{prefix} {iteration}: {np.mean(self.pre)}, {np.mean(self.post)}")
+            self.pre, self.post = [], []
+            now = time.time()
+            rate = (iteration - self.itr_window) / max(now - self.t_window, 1e-9)
+            self.t_window, self.itr_window = now, iteration
+            self.log(f"  [{iteration}/{self.total} {100.0 * iteration / self.total:.1f}%] "
+                     f"{rate:.1f} it/s, elapsed {_format_duration(now - self.t_start)}, "
+                     f"ETA {_format_duration((self.total - iteration) / max(rate, 1e-9))}")
+
+
+class TensorBoard(Callback):
+    """Scalars named as the original's summaries, every ``summary_interval`` iterations."""
+
+    def __init__(self, logdir: str, num_updates: int, summary_interval: int = SUMMARY_INTERVAL):
+        self.writer = tf.summary.create_file_writer(logdir)
+        self.num_updates, self.summary_interval = num_updates, summary_interval
+
+    def on_train_begin(self, learner, start, total):
+        self.classification = learner.metric_fn is not None
+        self.total = total
+
+    def scalars(self, iteration: int, values: dict[str, float]) -> None:
+        with self.writer.as_default(step=iteration):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.summary_interval and iteration != self.total:
+            return
+        j = self.num_updates
+        values = {"metatrain_Pre-update loss": metrics["pre_loss"],
+                  f"metatrain_Post-update loss, step {j}": metrics["post_loss"]}
+        if self.classification:
+            values["metatrain_Pre-update accuracy"] = metrics["pre_metric"]
+            values[f"metatrain_Post-update accuracy, step {j}"] = metrics["post_metric"]
+        self.scalars(iteration, values)
+
+    def on_train_end(self, iteration):
+        self.writer.flush()
+
+
+class HistoryCSV(Callback):
+    """``training_log.csv``: iteration, phase, pre, post, val_pre, val_post, seconds."""
+
+    COLUMNS = ["iteration", "phase", "pre", "post", "val_pre", "val_post", "seconds"]
+
+    def __init__(self, path: str, summary_interval: int = SUMMARY_INTERVAL):
+        self.path, self.summary_interval = path, summary_interval
+
+    def on_train_begin(self, learner, start, total):
+        self.key = "metric" if learner.metric_fn is not None else "loss"
+        self.total, self.t_start = total, time.time()
+        new = not os.path.exists(self.path)
+        self.file = open(self.path, "a", newline="")  # noqa: SIM115 (closed in on_train_end)
+        self.writer = csv.writer(self.file)
+        if new:
+            self.writer.writerow(self.COLUMNS)
+
+    def row(self, iteration, phase, pre="", post="", val_pre="", val_post=""):
+        self.writer.writerow([iteration, phase, pre, post, val_pre, val_post,
+                              round(time.time() - self.t_start, 2)])
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.summary_interval == 0 or iteration == self.total:
+            self.row(iteration, "pretrain" if pretrain else "metatrain",
+                     float(metrics[f"pre_{self.key}"]), float(metrics[f"post_{self.key}"]))
+        if iteration % SAVE_INTERVAL == 0:
+            self.file.flush()
+
+    def on_train_end(self, iteration):
+        self.file.close()
+
+    on_interrupt = on_train_end
+
+
+class Validation(Callback):
+    """``Validation results: <pre>, <post>`` on one meta-batch of validation tasks every
+    ``interval`` iterations (the original's TEST_PRINT_INTERVAL), after ``num_steps``."""
+
+    def __init__(self, batches, interval: int, num_steps: int, log=print,
+                 tensorboard: TensorBoard | None = None, history: HistoryCSV | None = None):
+        self.batches, self.interval, self.num_steps = batches, interval, num_steps
+        self.log, self.tensorboard, self.history = log, tensorboard, history
+
+    def on_train_begin(self, learner, start, total):
+        self.learner = learner
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.interval:
+            return
+        out = self.learner.evaluate_batch(next(self.batches), self.num_steps)
+        values = out["metric"] if "metric" in out else out["loss"]
+        pre, post = float(np.mean(values[:, 0])), float(np.mean(values[:, -1]))
+        self.log(f"Validation results: {pre}, {post}")
+        if self.history is not None:
+            self.history.row(iteration, "val", val_pre=pre, val_post=post)
+        if self.tensorboard is not None:
+            what = "accuracy" if "metric" in out else "loss"
+            self.tensorboard.scalars(iteration, {
+                f"metaval_Pre-update {what}": pre,
+                f"metaval_Post-update {what}, step {self.num_steps}": post})
+
+
+class CheckpointSaver(Callback):
+    """Saves every ``interval`` iterations, at the end, and on Ctrl-C / SIGTERM."""
+
+    def __init__(self, checkpointer: Checkpointer, interval: int = SAVE_INTERVAL,
+                 log=print):
+        self.checkpointer, self.interval, self.log = checkpointer, interval, log
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.interval == 0:
+            self.checkpointer.save(iteration)
+
+    def on_interrupt(self, iteration):
+        path = self.checkpointer.save(iteration)
+        self.log(f"Interrupted at iteration {iteration}: saved {path}; rerun the same command "
+                 "(--resume=True) to continue.")
+
+    def on_train_end(self, iteration):
+        if self.checkpointer.latest != self.checkpointer.path_for(iteration):
+            self.checkpointer.save(iteration)
+        self.log(f"Saved {self.checkpointer.latest}")
+
+
+# ---------------------------------------------------------------------- the loop
+def fit(
+    learner: MetaLearner,
+    batches,
+    total: int,
+    start: int = 0,
+    callbacks: list[Callback] = (),
+    pretrain_iterations: int = 0,
+    nan_policy: str = "stop",
+    check_interval: int = SUMMARY_INTERVAL,
+    checkpointer: Checkpointer | None = None,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Runs train steps ``start+1 .. total`` on the iterator ``batches``; returns the last
+    completed iteration.
+
+    Iterations below ``pretrain_iterations`` are pretraining steps. Every
+    ``check_interval`` iterations the steps since the last check are inspected: a step whose
+    loss or meta-gradient was not finite was not applied (see MetaLearner.apply_gradients);
+    ``nan_policy="stop"`` then raises :class:`NonFiniteError` naming it. Ctrl-C and SIGTERM
+    call ``on_interrupt`` (the checkpoint saver saves) and re-raise KeyboardInterrupt.
+    """
+    if nan_policy not in ("stop", "skip"):
+        raise ValueError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
+
+    def on_sigterm(signum, frame):
+        raise _Interrupted()
+
+    previous_handler = None
+    try:
+        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+    for cb in callbacks:
+        cb.on_train_begin(learner, start, total)
+    pending: list[tuple[int, dict]] = []
+    done = start
+    try:
+        for itr in range(start, total):
+            pretrain = itr < pretrain_iterations
+            out = learner.train_step(next(batches), pretrain=pretrain)
+            done = itr + 1
+            pending.append((done, out))
+            if done % check_interval == 0 or done == total:
+                _check_finite(pending, checkpointer, nan_policy, log)
+                pending.clear()
+            for cb in callbacks:
+                cb.on_step_end(done, out, pretrain)
+    except (KeyboardInterrupt, _Interrupted):
+        for cb in callbacks:
+            cb.on_interrupt(done)
+        raise KeyboardInterrupt from None
+    except BaseException:
+        for cb in callbacks:
+            if isinstance(cb, HistoryCSV):
+                cb.on_train_end(done)
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    for cb in callbacks:
+        cb.on_train_end(done)
+    return done
+
+
 def train(
     learner: MetaLearner,
     config: Config,
@@ -122,7 +352,8 @@ def train(
     log: Callable[[str], None] = print,
     nan_policy: str = "stop",
 ) -> int:
-    """Meta-trains until ``config.total_iterations``; returns the last iteration.
+    """Meta-trains as the original's main.py until ``config.total_iterations``; returns the
+    last iteration.
 
     Pretraining iterations (the pretrained/oracle baselines) come first, as the original.
     With ``config.resume`` the latest checkpoint in ``run_dir`` is restored, Adam state and
@@ -145,102 +376,30 @@ def train(
         log(f"Training already complete ({start}/{total} iterations)")
         return start
 
-    writer = tf.summary.create_file_writer(run_dir) if config.log else None
-    history_path = os.path.join(run_dir, "training_log.csv")
-    new_history = not os.path.exists(history_path)
-    history = open(history_path, "a", newline="")
-    history_writer = csv.writer(history)
-    if new_history:
-        history_writer.writerow(["iteration", "phase", "pre", "post", "val_pre", "val_post",
-                                 "seconds"])
-    metric_name = "accuracy" if learner.metric_fn is not None else "loss"
-    stream = iter(task_stream(train_source, config.meta_batch_size, config.seed, start))
-    val_stream = (iter(task_stream(val_source, config.meta_batch_size, config.seed, start,
-                                   VAL_STREAM)) if val_source is not None else None)
-
-    # SIGTERM behaves like Ctrl-C: save a checkpoint, then stop.
-    def on_sigterm(signum, frame):
-        raise _Interrupted()
-
-    previous_handler = None
-    try:
-        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread
-        pass
-
-    pre_values: list[float] = []
-    post_values: list[float] = []
-    pending: list[tuple[int, dict]] = []
-    t_start = time.time()
-    t_window, itr_window = t_start, start
-    done = start
-    try:
-        for itr in range(start, total):
-            pretrain = itr < config.effective_pretrain_iterations
-            out = learner.train_step(next(stream), pretrain=pretrain)
-            done = itr + 1
-            pending.append((done, out))
-            if done % SUMMARY_INTERVAL == 0 or done == total:
-                _check_finite(pending, checkpointer, nan_policy, log)
-                pending.clear()
-                key = "metric" if learner.metric_fn is not None else "loss"
-                pre, post = float(out[f"pre_{key}"]), float(out[f"post_{key}"])
-                pre_values.append(pre)
-                post_values.append(post)
-                if writer is not None:
-                    _write_summaries(writer, "metatrain_", out, config, done, learner)
-                history_writer.writerow([done, "pretrain" if pretrain else "metatrain",
-                                         pre, post, "", "", round(time.time() - t_start, 2)])
-            if done % config.print_interval == 0 or done == total:
-                prefix = "Pretrain Iteration" if pretrain else "Iteration"
-                if pre_values:
-                    log(f"{prefix} {done}: {np.mean(pre_values)}, {np.mean(post_values)}")
-                pre_values, post_values = [], []
-                now = time.time()
-                rate = (done - itr_window) / max(now - t_window, 1e-9)
-                t_window, itr_window = now, done
-                log(f"  [{done}/{total} {100.0 * done / total:.1f}%] {rate:.1f} it/s, "
-                    f"elapsed {_format_duration(now - t_start)}, "
-                    f"ETA {_format_duration((total - done) / max(rate, 1e-9))}")
-            if val_stream is not None and (done % config.test_print_interval == 0):
-                val = learner.evaluate_batch(next(val_stream), config.num_updates)
-                values = val["metric"] if "metric" in val else val["loss"]
-                val_pre = float(np.mean(values[:, 0]))
-                val_post = float(np.mean(values[:, -1]))
-                log(f"Validation results: {val_pre}, {val_post}")
-                history_writer.writerow([done, "val", "", "", val_pre, val_post,
-                                         round(time.time() - t_start, 2)])
-                if writer is not None:
-                    with writer.as_default(step=done):
-                        tf.summary.scalar(f"metaval_Pre-update {metric_name}", val_pre)
-                        tf.summary.scalar(
-                            f"metaval_Post-update {metric_name}, step {config.num_updates}",
-                            val_post)
-            if done % SAVE_INTERVAL == 0:
-                history.flush()
-                checkpointer.save(done)
-    except (KeyboardInterrupt, _Interrupted):
-        path = checkpointer.save(done)
-        log(f"Interrupted at iteration {done}: saved {path}; rerun the same command "
-            "(--resume=True) to continue.")
-        raise KeyboardInterrupt from None
-    finally:
-        history.close()
-        if writer is not None:
-            writer.flush()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-    if checkpointer.latest != checkpointer.path_for(done):
-        checkpointer.save(done)
-    log(f"Saved {checkpointer.latest}")
-    return done
+    history = HistoryCSV(os.path.join(run_dir, "training_log.csv"), SUMMARY_INTERVAL)
+    tensorboard = TensorBoard(run_dir, config.num_updates, SUMMARY_INTERVAL) if config.log else None
+    callbacks: list[Callback] = [ProgressLogger(config.print_interval, SUMMARY_INTERVAL, log),
+                                 history]
+    if tensorboard is not None:
+        callbacks.append(tensorboard)
+    if val_source is not None:
+        val_batches = iter(task_stream(val_source, config.meta_batch_size, config.seed, start,
+                                       VAL_STREAM))
+        callbacks.append(Validation(val_batches, config.test_print_interval, config.num_updates,
+                                    log, tensorboard, history))
+    callbacks.append(CheckpointSaver(checkpointer, SAVE_INTERVAL, log))
+    batches = iter(task_stream(train_source, config.meta_batch_size, config.seed, start))
+    return fit(learner, batches, total, start, callbacks,
+               pretrain_iterations=config.effective_pretrain_iterations,
+               nan_policy=nan_policy, check_interval=SUMMARY_INTERVAL,
+               checkpointer=checkpointer, log=log)
 
 
-def _check_finite(pending, checkpointer: Checkpointer, nan_policy: str, log) -> None:
+def _check_finite(pending, checkpointer: Checkpointer | None, nan_policy: str, log) -> None:
     for iteration, out in pending:
         if bool(out["applied"]):
             continue
-        last = checkpointer.latest or "none yet"
+        last = (checkpointer.latest if checkpointer is not None else None) or "none yet"
         message = (
             f"Non-finite loss or meta-gradient at iteration {iteration}: that step was not "
             f"applied. Last good checkpoint: {last} (left intact). Lower --meta_lr or "
@@ -250,18 +409,6 @@ def _check_finite(pending, checkpointer: Checkpointer, nan_policy: str, log) -> 
             log("WARNING: " + message + " Skipping it (--nan_policy=skip).")
             continue
         raise NonFiniteError(message)
-
-
-def _write_summaries(writer, prefix: str, out: dict, config: Config, step: int,
-                     learner: MetaLearner) -> None:
-    """Scalars named as the original's summaries."""
-    with writer.as_default(step=step):
-        tf.summary.scalar(f"{prefix}Pre-update loss", out["pre_loss"])
-        tf.summary.scalar(f"{prefix}Post-update loss, step {config.num_updates}", out["post_loss"])
-        if learner.metric_fn is not None:
-            tf.summary.scalar(f"{prefix}Pre-update accuracy", out["pre_metric"])
-            tf.summary.scalar(
-                f"{prefix}Post-update accuracy, step {config.num_updates}", out["post_metric"])
 
 
 def checkpoint_iteration(path: str) -> int:
