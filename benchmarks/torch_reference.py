@@ -63,146 +63,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-# --------------------------------------------------------------------------
-# Configurations (shapes of the original experiments)
-# --------------------------------------------------------------------------
-
-CONFIGS: dict[str, dict[str, Any]] = {
-    "sinusoid": {
-        "net": "mlp",
-        "input_shape": (1,),
-        "hidden": (40, 40),
-        "output_dim": 1,
-        "num_classes": None,
-        "k_shot": 10,
-        "support_size": 10,
-        "query_size": 10,
-        "meta_batch_size": 25,
-        "inner_steps": 1,
-        "inner_lr": 0.01,
-        "meta_lr": 1e-3,
-        "first_order": False,
-        "loss": "mse",
-        "clip_value": None,
-    },
-    "omniglot5": {
-        "net": "conv4",
-        "input_shape": (28, 28, 1),
-        "num_filters": 64,
-        "max_pool": False,
-        "num_classes": 5,
-        "k_shot": 1,
-        "support_size": 5,
-        "query_size": 5,
-        "meta_batch_size": 32,
-        "inner_steps": 1,
-        "inner_lr": 0.4,
-        "meta_lr": 1e-3,
-        "first_order": False,
-        "loss": "xent",
-        "clip_value": None,
-    },
-    "omniglot5_fo": {
-        "net": "conv4",
-        "input_shape": (28, 28, 1),
-        "num_filters": 64,
-        "max_pool": False,
-        "num_classes": 5,
-        "k_shot": 1,
-        "support_size": 5,
-        "query_size": 5,
-        "meta_batch_size": 32,
-        "inner_steps": 1,
-        "inner_lr": 0.4,
-        "meta_lr": 1e-3,
-        "first_order": True,
-        "loss": "xent",
-        "clip_value": None,
-    },
-    "omniglot20": {
-        "net": "conv4",
-        "input_shape": (28, 28, 1),
-        "num_filters": 64,
-        "max_pool": False,
-        "num_classes": 20,
-        "k_shot": 1,
-        "support_size": 20,
-        "query_size": 20,
-        "meta_batch_size": 16,
-        "inner_steps": 5,
-        "inner_lr": 0.1,
-        "meta_lr": 1e-3,
-        "first_order": False,
-        "loss": "xent",
-        "clip_value": None,
-    },
-    "miniimagenet": {
-        "net": "conv4",
-        "input_shape": (84, 84, 3),
-        "num_filters": 32,
-        "max_pool": True,
-        "num_classes": 5,
-        "k_shot": 1,
-        "support_size": 5,
-        "query_size": 75,
-        "meta_batch_size": 4,
-        "inner_steps": 5,
-        "inner_lr": 0.01,
-        "meta_lr": 1e-3,
-        "first_order": False,
-        "loss": "xent",
-        "clip_value": 10.0,
-    },
-}
-
-BN_EPS = 1e-3
-
-
-# --------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------
-
-
-def _class_blocks(rng: np.random.Generator, n_way: int, n_per_class: int) -> np.ndarray:
-    """Labels laid out as in the original: one block per shot, each holding
-    every class once, in a freshly shuffled order."""
-    return np.concatenate([rng.permutation(n_way) for _ in range(n_per_class)]).astype(
-        np.int64
-    )
-
-
-def make_batch(
-    name: str, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One meta-batch of synthetic tasks, deterministic in ``seed``.
-
-    Returns ``(support_x, support_y, query_x, query_y)`` as numpy arrays.
-    Sinusoid: x is ``[T, K, 1]`` float32 in [-5, 5], y = amp·sin(x − phase)
-    ``[T, K, 1]`` float32.  Images: x is ``[T, N*K, H, W, C]`` (NHWC) float32
-    in [0, 1] and y is ``[T, N*K]`` int64 class indices.
-    """
-    cfg = CONFIGS[name]
-    rng = np.random.default_rng(seed)
-    t = cfg["meta_batch_size"]
-    ns, nq = cfg["support_size"], cfg["query_size"]
-    if cfg["net"] == "mlp":
-        amp = rng.uniform(0.1, 5.0, size=(t, 1, 1))
-        phase = rng.uniform(0.0, math.pi, size=(t, 1, 1))
-        x = rng.uniform(-5.0, 5.0, size=(t, ns + nq, 1))
-        y = amp * np.sin(x - phase)
-        x, y = x.astype(np.float32), y.astype(np.float32)
-        return x[:, :ns], y[:, :ns], x[:, ns:], y[:, ns:]
-    h, w, c = cfg["input_shape"]
-    n = cfg["num_classes"]
-    if c == 1:  # Omniglot-like: sparse strokes ≈ 1 on a 0 background
-        sx = (rng.random((t, ns, h, w, c)) < 0.15).astype(np.float32)
-        qx = (rng.random((t, nq, h, w, c)) < 0.15).astype(np.float32)
-    else:
-        sx = rng.random((t, ns, h, w, c), dtype=np.float32)
-        qx = rng.random((t, nq, h, w, c), dtype=np.float32)
-    sy = np.stack([_class_blocks(rng, n, ns // n) for _ in range(t)])
-    qy = np.stack([_class_blocks(rng, n, nq // n) for _ in range(t)])
-    return sx, sy, qx, qy
+from benchmarks.common import (  # noqa: E402
+    BN_EPS,
+    CONFIGS,
+    make_batch,
+    peak_rss_kb,
+    proc_status_kb,
+    reset_peak_rss,
+)
 
 
 def to_torch(batch, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
@@ -233,9 +101,7 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden: tuple[int, ...], out_dim: int):
         super().__init__()
         dims = (in_dim, *hidden, out_dim)
-        self.layers = nn.ModuleList(
-            nn.Linear(a, b) for a, b in itertools.pairwise(dims)
-        )
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
         for layer in self.layers:  # truncated normal (2σ), σ=0.01; zero bias
             nn.init.trunc_normal_(layer.weight, std=0.01, a=-0.02, b=0.02)
             nn.init.zeros_(layer.bias)
@@ -275,9 +141,7 @@ class Conv4(nn.Module):
         self.convs = nn.ModuleList(
             nn.Conv2d(c if i == 0 else num_filters, num_filters, 3) for i in range(4)
         )
-        self.bn_beta = nn.ParameterList(
-            nn.Parameter(torch.zeros(num_filters)) for _ in range(4)
-        )
+        self.bn_beta = nn.ParameterList(nn.Parameter(torch.zeros(num_filters)) for _ in range(4))
         for conv in self.convs:  # Glorot uniform, fans = 9·Cin, 9·F
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
@@ -299,17 +163,13 @@ class Conv4(nn.Module):
                 ph = _tf_same_pads(x.shape[-2], 2)
                 pw = _tf_same_pads(x.shape[-1], 2)
                 if ph[0] == ph[1] and pw[0] == pw[1]:
-                    x = F.conv2d(
-                        x, conv.weight, conv.bias, stride=2, padding=(ph[0], pw[0])
-                    )
+                    x = F.conv2d(x, conv.weight, conv.bias, stride=2, padding=(ph[0], pw[0]))
                 else:
                     x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
                     x = F.conv2d(x, conv.weight, conv.bias, stride=2)
             else:
                 x = F.conv2d(x, conv.weight, conv.bias, stride=2, padding=1)
-            x = F.batch_norm(
-                x, None, None, weight=None, bias=beta, training=True, eps=BN_EPS
-            )
+            x = F.batch_norm(x, None, None, weight=None, bias=beta, training=True, eps=BN_EPS)
             x = F.relu(x)
             if self.max_pool:
                 x = F.max_pool2d(x, 2, 2)
@@ -354,9 +214,7 @@ def task_loss(cfg: dict[str, Any], out: torch.Tensor, y: torch.Tensor) -> torch.
     return F.cross_entropy(out, y, reduction="sum") / cfg["k_shot"]
 
 
-def adapt(
-    model, cfg, names, xs, ys, first_order: bool, create_graph: bool | None = None
-):
+def adapt(model, cfg, names, xs, ys, first_order: bool, create_graph: bool | None = None):
     """Inner loop for one task; returns the fast-weight dict."""
     params = dict(model.named_parameters())
     fast = {n: params[n] for n in names}
@@ -364,33 +222,44 @@ def adapt(
         create_graph = not first_order
     for _ in range(cfg["inner_steps"]):
         loss = task_loss(cfg, functional_call(model, fast, (xs,)), ys)
-        grads = torch.autograd.grad(
-            loss, list(fast.values()), create_graph=create_graph
-        )
+        grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph)
         if first_order:
             grads = [g.detach() for g in grads]
         fast = {n: w - cfg["inner_lr"] * g for (n, w), g in zip(fast.items(), grads)}
     return fast
 
 
-def accumulate_meta_gradients(model, cfg, batch, names=None) -> float:
-    """Add ∇θ of (1/T)·Σ_t L_query(task t) into ``.grad``; returns the loss."""
+def accumulate_meta_gradients(
+    model, cfg, batch, names=None, backward_per_task: bool = True
+) -> float:
+    """Add ∇θ of (1/T)·Σ_t L_query(task t) into ``.grad``; returns the loss.
+
+    ``backward_per_task`` (default) back-propagates each task's query loss as
+    soon as it is computed, so only one task's graph is alive at a time;
+    otherwise all task graphs are kept and one backward runs on the mean
+    (same gradients, higher peak memory, closer to an engine that maps over
+    all tasks at once)."""
     sx, sy, qx, qy = batch
     names = adapted_names(model) if names is None else names
     n_tasks = sx.shape[0]
-    total = 0.0
+    losses = []
     for t in range(n_tasks):
         fast = adapt(model, cfg, names, sx[t], sy[t], cfg["first_order"])
         loss_q = task_loss(cfg, functional_call(model, fast, (qx[t],)), qy[t]) / n_tasks
-        loss_q.backward()
-        total += loss_q.item()
-    return total
+        if backward_per_task:
+            loss_q.backward()
+            loss_q = loss_q.detach()
+        losses.append(loss_q)
+    total = torch.stack(losses).sum()
+    if not backward_per_task:
+        total.backward()
+    return total.item()
 
 
-def meta_step(model, opt, cfg, batch, names=None) -> float:
+def meta_step(model, opt, cfg, batch, names=None, backward_per_task: bool = True) -> float:
     """One full meta-iteration: forward + inner loops + backward + Adam."""
     opt.zero_grad(set_to_none=True)
-    loss = accumulate_meta_gradients(model, cfg, batch, names)
+    loss = accumulate_meta_gradients(model, cfg, batch, names, backward_per_task)
     clip = cfg.get("clip_value")
     if clip is not None:
         for p in model.parameters():
@@ -398,39 +267,6 @@ def meta_step(model, opt, cfg, batch, names=None) -> float:
                 p.grad.clamp_(-clip, clip)
     opt.step()
     return loss
-
-
-# --------------------------------------------------------------------------
-# Benchmark
-# --------------------------------------------------------------------------
-
-
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (Linux ≥ 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_kb() -> int:
-    hwm = _proc_status_kb("VmHWM")
-    return (
-        hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    )
 
 
 def benchmark(
@@ -442,6 +278,7 @@ def benchmark(
     num_batches: int = 4,
     seed: int = 0,
     exact_same_padding: bool = True,
+    backward_per_task: bool = True,
 ) -> dict[str, Any]:
     """Time meta-iterations of configuration ``name`` on pre-generated data.
 
@@ -453,15 +290,11 @@ def benchmark(
     """
     cfg = CONFIGS[name]
     torch.set_num_threads(num_threads)
-    batches = [
-        to_torch(make_batch(name, seed=seed * 1000 + i)) for i in range(num_batches)
-    ]
+    batches = [to_torch(make_batch(name, seed=seed * 1000 + i)) for i in range(num_batches)]
 
     load_start = os.getloadavg()[0]
-    reset_ok = _reset_peak_rss()
-    base_kb = (
-        _proc_status_kb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    )
+    reset_ok = reset_peak_rss()
+    base_kb = proc_status_kb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     model = build_model(name, seed=seed, exact_same_padding=exact_same_padding)
     names = adapted_names(model)
@@ -471,7 +304,8 @@ def benchmark(
 
     def one() -> float:
         nonlocal step
-        loss = meta_step(model, opt, cfg, batches[step % num_batches], names)
+        batch = batches[step % num_batches]
+        loss = meta_step(model, opt, cfg, batch, names, backward_per_task)
         step += 1
         return loss
 
@@ -487,7 +321,7 @@ def benchmark(
         for _ in range(steps_per_window):
             last_loss = one()
         rates.append(steps_per_window / (time.perf_counter() - t0))
-    peak_kb = _peak_rss_kb()
+    peak_kb = peak_rss_kb()
     if not math.isfinite(last_loss):
         raise RuntimeError(f"{name}: non-finite meta-loss {last_loss}")
     return {
@@ -509,6 +343,7 @@ def benchmark(
         "first_loss": first_loss,
         "last_loss": last_loss,
         "exact_same_padding": exact_same_padding,
+        "backward_per_task": backward_per_task,
     }
 
 
@@ -542,9 +377,7 @@ def run_in_subprocess(name: str, timeout: float | None = None, **kw) -> dict[str
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-        )
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
     return json.loads(lines[-1])
 
@@ -562,15 +395,11 @@ def _meta_objective(model, cfg, batch, names) -> float:
     for t in range(n_tasks):
         fast = adapt(model, cfg, names, sx[t], sy[t], first_order=True)
         with torch.no_grad():
-            total += task_loss(
-                cfg, functional_call(model, fast, (qx[t],)), qy[t]
-            ).item()
+            total += task_loss(cfg, functional_call(model, fast, (qx[t],)), qy[t]).item()
     return total / n_tasks
 
 
-def _fd_check(
-    model, cfg, batch, coords, eps, rtol, atol, label, directions: int = 2
-) -> float:
+def _fd_check(model, cfg, batch, coords, eps, rtol, atol, label, directions: int = 2) -> float:
     names = adapted_names(model)
     model.zero_grad(set_to_none=True)
     accumulate_meta_gradients(model, cfg, batch, names)
@@ -658,6 +487,11 @@ def _selfcheck(verbose: bool) -> dict[str, float]:
         model, cfg, batch, coords, eps=1e-5, rtol=1e-5, atol=1e-8, label="sinusoid SO"
     )
     so_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    accumulate_meta_gradients(model, cfg, batch, backward_per_task=False)
+    joint_err = max((p.grad - so_grads[n]).abs().max().item() for n, p in model.named_parameters())
+    assert joint_err < 1e-12, f"per-task vs joint backward differ by {joint_err}"
+    results["sinusoid_joint_vs_per_task_backward_max_abs"] = joint_err
 
     # First order: meta-gradient == ∇ L_q at the (detached) fast weights.
     cfg_fo = {**cfg, "first_order": True}
@@ -669,10 +503,7 @@ def _selfcheck(verbose: bool) -> dict[str, float]:
     for t in range(2):
         fast = adapt(model, cfg_fo, names, batch[0][t], batch[1][t], first_order=True)
         fast = {n: w.detach().requires_grad_(True) for n, w in fast.items()}
-        lq = (
-            task_loss(cfg_fo, functional_call(model, fast, (batch[2][t],)), batch[3][t])
-            / 2
-        )
+        lq = task_loss(cfg_fo, functional_call(model, fast, (batch[2][t],)), batch[3][t]) / 2
         for n, g in zip(fast, torch.autograd.grad(lq, list(fast.values()))):
             ref[n] += g
     fo_err = max((fo_grads[n] - ref[n]).abs().max().item() for n in ref)
@@ -732,17 +563,13 @@ def _selfcheck(verbose: bool) -> dict[str, float]:
         "inner_lr": 0.05,
         "input_shape": (16, 16, 2),
     }
-    model_m = build_model(
-        "miniimagenet", seed=4, **{k: cfg_m[k] for k in arch}
-    ).double()
+    model_m = build_model("miniimagenet", seed=4, **{k: cfg_m[k] for k in arch}).double()
     batch_m = to_torch(
         (
             rng.random((2, 2, 16, 16, 2)),
             np.stack([rng.permutation(2) for _ in range(2)]).astype(np.int64),
             rng.random((2, 4, 16, 16, 2)),
-            np.stack([np.tile(rng.permutation(2), 2) for _ in range(2)]).astype(
-                np.int64
-            ),
+            np.stack([np.tile(rng.permutation(2), 2) for _ in range(2)]).astype(np.int64),
         ),
         torch.float64,
     )
@@ -794,9 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-threads", type=int, default=2)
     ap.add_argument("--num-batches", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--exact-same-padding", action=argparse.BooleanOptionalAction, default=True
-    )
+    ap.add_argument("--exact-same-padding", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--backward-per-task", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args(argv)
     if args.selfcheck:
         selfcheck()
@@ -813,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         num_batches=args.num_batches,
         seed=args.seed,
         exact_same_padding=args.exact_same_padding,
+        backward_per_task=args.backward_per_task,
     )
     if args.json:
         print(json.dumps(res))

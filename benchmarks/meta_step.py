@@ -1,0 +1,168 @@
+"""Meta-training step throughput of tf_maml against an independent PyTorch reference,
+side by side in one run.
+
+    python -m benchmarks.meta_step                       # every configuration, both frameworks
+    python -m benchmarks.meta_step --configs=sinusoid --frameworks=tf
+    python -m benchmarks.meta_step --config=omniglot5 --json --framework=tf   # one, as JSON
+
+Each (configuration, framework) runs in a fresh process, so memory peaks do not mix, on the
+same pre-generated synthetic batches (``benchmarks.common.make_batch``; the data pipeline is
+not timed). Reported: meta-iterations/s (median over windows after warm-up), the first
+step's wall time (trace + compile + run), and the increase of the process's peak RSS over its
+RSS before the model was built. The PyTorch side needs ``pip install torch==2.13.0``
+(benchmarks only; not a dependency of tf_maml).
+
+Configurations (benchmarks/common.py): sinusoid (MLP 40-40, K=10+10, 25 tasks, 1 step),
+omniglot5 / omniglot5_fo (conv4 64 filters stride 2 batch norm, 5-way 1-shot, 5+5, 32 tasks,
+1 step, second / first order), omniglot20 (20-way 1-shot, 16 tasks, 5 steps), miniimagenet
+(conv4 32 filters max-pool, 84x84x3, 5+75, 4 tasks, 5 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import CONFIGS, make_batch, peak_rss_kb, proc_status_kb, reset_peak_rss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0):
+    import keras
+
+    from tf_maml import losses, models
+    from tf_maml.learners import MetaLearner
+
+    cfg = CONFIGS[name]
+    keras.utils.set_random_seed(seed)
+    if cfg["net"] == "mlp":
+        model = models.fc_net(cfg["input_shape"], cfg["hidden"], cfg["output_dim"], norm="None")
+        loss_fn, metric_fn = losses.mse, None
+    else:
+        model = models.conv4(cfg["input_shape"], cfg["num_classes"],
+                             num_filters=cfg["num_filters"], max_pool=cfg["max_pool"],
+                             norm="batch_norm")
+        loss_fn, metric_fn = losses.summed_xent(cfg["k_shot"]), losses.accuracy
+    return MetaLearner(model, loss_fn, inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
+                       first_order=cfg["first_order"], meta_lr=cfg["meta_lr"],
+                       metric_fn=metric_fn, meta_grad_clip=cfg["clip_value"],
+                       task_parallelism=task_parallelism)
+
+
+def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window: int = 5,
+                 num_batches: int = 4, task_parallelism: str = "auto", seed: int = 0) -> dict:
+    import tensorflow as tf
+
+    batches = []
+    for i in range(num_batches):
+        sx, sy, qx, qy = make_batch(name, seed=seed * 1000 + i)
+        if sy.dtype.kind == "i":
+            sy, qy = sy.astype("int32"), qy.astype("int32")
+        batches.append(tuple(tf.constant(a) for a in (sx, sy, qx, qy)))
+    load_start = os.getloadavg()[0]
+    reset_ok = reset_peak_rss()
+    base_kb = proc_status_kb("VmRSS")
+    learner = build_tf_learner(name, task_parallelism, seed)
+    step = 0
+
+    def one():
+        nonlocal step
+        out = learner.train_step(batches[step % num_batches])
+        step += 1
+        return out
+
+    t0 = time.perf_counter()
+    first = float(one()["post_loss"])
+    first_step_s = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        one()
+    rates, last = [], first
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(steps_per_window):
+            out = one()
+        last = float(out["post_loss"])  # waits for the window's last step
+        rates.append(steps_per_window / (time.perf_counter() - t0))
+    peak_kb = peak_rss_kb()
+    return {
+        "config": name, "framework": f"tf_maml (tensorflow {tf.__version__})",
+        "task_parallelism": learner.task_parallelism,
+        "its_per_s_median": statistics.median(rates), "its_per_s_windows": rates,
+        "first_step_s": first_step_s, "peak_rss_mb": (peak_kb - base_kb) / 1024.0,
+        "peak_reset": reset_ok, "loadavg_1m_start": load_start,
+        "loadavg_1m_end": os.getloadavg()[0], "first_loss": first, "last_loss": last,
+    }
+
+
+def run_in_subprocess(framework: str, name: str, **kw) -> dict:
+    if framework == "torch":
+        from benchmarks.torch_reference import run_in_subprocess as torch_run
+
+        return torch_run(name, **kw)
+    cmd = [sys.executable, "-m", "benchmarks.meta_step", f"--config={name}", "--json",
+           "--framework=tf"] + [f"--{k}={v}" for k, v in kw.items()]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--frameworks", default="tf,torch")
+    parser.add_argument("--config", help="run ONE configuration in this process")
+    parser.add_argument("--framework", default="tf")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--task_parallelism", default="auto")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--steps_per_window", type=int, default=5)
+    args = parser.parse_args()
+    if args.config:
+        result = benchmark_tf(args.config, args.warmup, args.windows, args.steps_per_window,
+                              task_parallelism=args.task_parallelism)
+        print(json.dumps(result))
+        return
+    frameworks = args.frameworks.split(",")
+    print(f"# {platform.node()}: {os.cpu_count()} cores, {platform.processor() or 'cpu'}; "
+          f"load at start {os.getloadavg()[0]:.2f}")
+    print("| config | tf_maml it/s | reference it/s | ratio | first step tf / ref (s) "
+          "| peak MB tf / ref | tf tasks via |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.configs.split(","):
+        res = {}
+        for fw in frameworks:
+            kw = dict(warmup=args.warmup, windows=args.windows)
+            if fw == "tf":
+                kw.update(steps_per_window=args.steps_per_window,
+                          task_parallelism=args.task_parallelism)
+            else:
+                kw.update(steps_per_window=args.steps_per_window)
+            res[fw] = run_in_subprocess(fw, name, **kw)
+        tf_r, ref = res.get("tf"), res.get("torch")
+
+        def cell(r, key, fmt):
+            return format(r[key], fmt) if r else "-"
+
+        ratio = (f"{tf_r['its_per_s_median'] / ref['its_per_s_median']:.2f}x"
+                 if tf_r and ref else "-")
+        print(f"| {name} | {cell(tf_r, 'its_per_s_median', '.2f')} | "
+              f"{cell(ref, 'its_per_s_median', '.2f')} | {ratio} | "
+              f"{cell(tf_r, 'first_step_s', '.1f')} / {cell(ref, 'first_step_s', '.1f')} | "
+              f"{cell(tf_r, 'peak_rss_mb', '.0f')} / {cell(ref, 'peak_rss_mb', '.0f')} | "
+              f"{tf_r['task_parallelism'] if tf_r else '-'} |", flush=True)
+    print(f"# load at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
