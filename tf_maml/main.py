@@ -12,6 +12,7 @@ This is the ONLY module that reads FLAGS.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -120,7 +121,7 @@ def main(argv):
     from tf_maml.train import CheckpointError, NonFiniteError
 
     try:
-        runner.run(config, nan_policy=FLAGS.nan_policy)
+        runner.run(config, nan_policy=FLAGS.nan_policy, log=functools.partial(print, flush=True))
     except (ConfigError, DataError, CheckpointError, NonFiniteError) as err:
         print(f"tf-maml: error: {err}", file=sys.stderr)
         return 1
