@@ -182,3 +182,17 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, fast_in
         "model-20.index", "model-40.index"]
     weights = weights_of(run_dir, 40)
     assert all(np.isfinite(w).all() for w in weights.values())
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, fast_intervals):
+    config = sine_config(tmp_path, metatrain_iterations=40, test_after_train=False)
+    runner.run(config, log=lambda s: None)
+    run_dir = tmp_path / config.exp_string()
+    data = run_dir / "model-40.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:50])  # a crash in the middle of writing
+    logs = []
+    runner.run(sine_config(tmp_path, metatrain_iterations=60, test_after_train=False),
+               log=logs.append)
+    assert any("model-40 is corrupt or truncated" in line for line in logs)
+    assert any("Resumed" in line and "iteration 20" in line for line in logs)
+    assert (run_dir / "model-60.index").exists()

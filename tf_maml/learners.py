@@ -199,8 +199,8 @@ class MetaLearner:
 
             checkpointer = train_lib.Checkpointer(self, run_dir)
             if checkpointer.latest is not None:
-                start = checkpointer.restore(checkpointer.latest)
-                log(f"Resumed from {checkpointer.latest} at iteration {start}")
+                path, start = checkpointer.restore_latest_good(log)
+                log(f"Resumed from {path} at iteration {start}")
             callbacks += [
                 train_lib.HistoryCSV(os.path.join(run_dir, "training_log.csv")),
                 train_lib.TensorBoard(run_dir, self.inner_steps),

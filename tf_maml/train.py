@@ -34,6 +34,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, or does not fit the model."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's files cannot be read (truncated or damaged)."""
+
+
 class Checkpointer:
     """θ, Adam's state (the original lost it on resume), Meta-SGD's α and the iteration, as
     ``<run_dir>/model-<iteration>``; the last ``MAX_TO_KEEP`` are kept."""
@@ -71,7 +75,14 @@ class Checkpointer:
                 f"no checkpoint at {path} (available in {self.run_dir}: "
                 f"{', '.join(os.path.basename(p) for p in available) or 'none'})"
             )
-        status = self.checkpoint.read(path)
+        try:
+            status = self.checkpoint.read(path)
+        except (tf.errors.DataLossError, tf.errors.OutOfRangeError, IndexError) as err:
+            # DataLossError, OutOfRangeError, ... from the C++ reader; IndexError ("Read less
+            # bytes than requested") from the Python one.
+            detail = (getattr(err, "message", None) or str(err)).splitlines()[0]
+            raise CorruptCheckpointError(
+                f"checkpoint {path} is corrupt or truncated: {detail}") from err
         try:
             if expect_optimizer:
                 status.assert_existing_objects_matched()
@@ -85,6 +96,17 @@ class Checkpointer:
         except (ValueError, tf.errors.InvalidArgumentError) as err:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
         return int(self.iteration.numpy())
+
+    def restore_latest_good(self, log=print) -> tuple[str, int]:
+        """Restores the newest checkpoint that reads; a corrupt or truncated one (a crash or
+        a full disk while it was written) is skipped with a warning and left in place."""
+        for path in reversed(self.manager.checkpoints):
+            try:
+                return path, self.restore(path)
+            except CorruptCheckpointError as err:
+                log(f"WARNING: {err}; trying the previous checkpoint.")
+        raise CheckpointError(f"no readable checkpoint in {self.run_dir}; move the run "
+                              "directory away to start afresh.")
 
 
 def restore_for_test(checkpointer: Checkpointer, test_iter: int) -> tuple[str, int]:
@@ -369,8 +391,8 @@ def train(
                 "pass --resume=True to continue that run, or another --logdir for a new one. "
                 "Nothing was overwritten."
             )
-        start = checkpointer.restore(checkpointer.latest)
-        log(f"Resumed from {checkpointer.latest} at iteration {start}")
+        path, start = checkpointer.restore_latest_good(log)
+        log(f"Resumed from {path} at iteration {start}")
     total = config.total_iterations
     if start >= total:
         log(f"Training already complete ({start}/{total} iterations)")

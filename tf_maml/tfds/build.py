@@ -1,0 +1,131 @@
+"""Builds the project's TFDS datasets offline into a TFDS ``data_dir``.
+
+Used by ``python -m data_prep.omniglot --format=tfds`` and
+``python -m data_prep.miniimagenet --format=tfds``; the result is read with
+``tfds.load("tf_maml_omniglot/maml_28", data_dir=...)`` after ``import tf_maml.tfds``, or by
+``tf_maml.tfds.tasks``.
+
+Nothing is downloaded: the sources are given as TFDS's manual directory, GCS lookups are off
+(``try_download_gcs=False``), no checksums are registered and no statistics computed. A
+dataset that is already built is reused (``REUSE_DATASET_IF_EXISTS``), so a rerun returns at
+once; TFDS writes into a temporary folder that it renames at the end, so an interrupted build
+leaves no half dataset behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+
+import tensorflow_datasets as tfds
+from absl import logging
+
+from data_prep.omniglot import PrepError
+from tf_maml.tfds import miniimagenet as mini
+from tf_maml.tfds import omniglot as omni
+from tf_maml.tfds.common import ManualDataError, missing_files_error
+
+# The errors the build functions raise for bad sources (ManualDataError is a PrepError). Under
+# `python -m data_prep.omniglot` that module runs as __main__, whose PrepError is another class
+# than data_prep.omniglot.PrepError raised here: catch `build.PrepError`.
+__all__ = ["ManualDataError", "PrepError", "build_miniimagenet", "build_omniglot", "describe",
+           "download_config", "prepare"]
+
+OMNIGLOT_CONFIGS = tuple(c.name for c in omni.TfMamlOmniglot.BUILDER_CONFIGS)
+
+
+def download_config(manual_dir: str) -> tfds.download.DownloadConfig:
+    """Offline: the manual directory only, no GCS, no checksums, no statistics."""
+    return tfds.download.DownloadConfig(
+        manual_dir=manual_dir,
+        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+        try_download_gcs=False,
+        register_checksums=False,
+        compute_stats=tfds.download.ComputeStatsMode.SKIP,
+    )
+
+
+def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str) -> dict:
+    """Runs ``download_and_prepare`` offline; returns a summary of the built dataset."""
+    start = time.monotonic()
+    already = builder.data_path.exists()  # what download_and_prepare checks to reuse it
+    # TFDS's download folder (empty here: nothing is downloaded) goes to a temporary place
+    # instead of <data_dir>/downloads.
+    with tempfile.TemporaryDirectory(prefix="tf_maml_tfds_") as tmp:
+        builder.download_and_prepare(download_dir=tmp,
+                                     download_config=download_config(manual_dir))
+    seconds = time.monotonic() - start
+    splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+    logging.info("%s %s in %.1f s: %s in %s", builder.info.full_name,
+                 "already built" if already else "built", seconds, splits, builder.data_dir)
+    return {"name": builder.info.full_name, "path": os.fspath(builder.data_dir),
+            "splits": splits, "already_complete": already, "seconds": seconds}
+
+
+def build_omniglot(source: str, data_dir: str, config: str | Sequence[str] = "maml_28", *,
+                   expect_counts: bool = True, num_train: int | None = None,
+                   num_val: int | None = None) -> dict[str, dict]:
+    """Builds ``tf_maml_omniglot/<config>`` from ``source`` into ``data_dir``.
+
+    ``source`` holds ``images_background.zip`` and ``images_evaluation.zip`` (or the folders
+    extracted from them). ``config`` is a config name, a list of them or ``"all"``
+    (``maml_28`` and ``full_105``). ``expect_counts``, ``num_train`` and ``num_val`` are for
+    deliberately partial data only (see ``TfMamlOmniglot``). Returns {config: summary}.
+    Raises ``data_prep.omniglot.PrepError`` (``ManualDataError`` for missing files, with the
+    instructions) on bad sources.
+    """
+    names = OMNIGLOT_CONFIGS if config == "all" else (
+        (config,) if isinstance(config, str) else tuple(config))
+    unknown = [c for c in names if c not in OMNIGLOT_CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown Omniglot config(s) {', '.join(unknown)}: expected "
+                         f"{', '.join(OMNIGLOT_CONFIGS)} or 'all'")
+    source = os.path.abspath(source)
+    omni.check_manual_dir(source)  # before TFDS creates anything
+    results = {}
+    for name in names:
+        builder = omni.TfMamlOmniglot(config=name, data_dir=data_dir,
+                                      expect_counts=expect_counts, num_train=num_train,
+                                      num_val=num_val)
+        results[name] = prepare(builder, source)
+    return results
+
+
+def build_miniimagenet(images: str, csv_dir: str, data_dir: str, *,
+                       expect_counts: bool = True) -> dict:
+    """Builds ``tf_maml_miniimagenet`` into ``data_dir``; returns its summary.
+
+    ``images`` is ``images.zip`` or the ``images/`` folder, ``csv_dir`` holds ``train.csv``,
+    ``val.csv`` and ``test.csv``. When they are not already laid out as one manual directory
+    (``<dir>/images.zip`` or ``<dir>/images/`` beside the CSVs), a temporary manual directory
+    of symbolic links is used. ``expect_counts=False`` only for deliberately partial data.
+    Raises ``data_prep.omniglot.PrepError`` (``ManualDataError`` for missing files) on bad
+    sources.
+    """
+    images, csv_dir = os.path.abspath(images), os.path.abspath(csv_dir)
+    csvs = {split: os.path.join(csv_dir, f"{split}.csv") for split in mini.SPLITS.values()}
+    missing = [] if os.path.exists(images) else [images]
+    missing += [path for path in csvs.values() if not os.path.isfile(path)]
+    if missing:
+        raise missing_files_error("MiniImageNet", csv_dir, missing,
+                                  mini.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    builder = mini.TfMamlMiniimagenet(data_dir=data_dir, expect_counts=expect_counts)
+    layout = mini.images_path(csv_dir)
+    if layout is not None and os.path.samefile(layout, images):
+        return prepare(builder, csv_dir)
+    with tempfile.TemporaryDirectory(prefix="tf_maml_manual_") as manual_dir:
+        link = "images.zip" if os.path.isfile(images) else "images"
+        os.symlink(images, os.path.join(manual_dir, link))
+        for split, path in csvs.items():
+            os.symlink(path, os.path.join(manual_dir, f"{split}.csv"))
+        return prepare(builder, manual_dir)
+
+
+def describe(summary: dict) -> str:
+    """One line for a summary of ``prepare`` (printed by the ``data_prep`` commands)."""
+    state = "already built" if summary["already_complete"] else (
+        f"built in {summary['seconds']:.1f} s")
+    splits = ", ".join(f"{split} {n}" for split, n in summary["splits"].items())
+    return f"{summary['name']} {state}: {splits} examples in {summary['path']}"
