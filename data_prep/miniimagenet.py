@@ -24,6 +24,12 @@ Images that appear under two classes: a CSV row is (filename, label), and each r
 own file, so a file name listed under two labels is copied into both class folders. (In the
 real CSVs the seven ImageNet duplicates have distinct file names with identical bytes; each one
 is simply copied into its own class folder.)
+
+With ``--format=tfds`` the output is instead a TensorFlow Datasets ``data_dir`` holding
+``tf_maml_miniimagenet`` (splits train/validation/test = the three CSVs, the same JPEG bytes as
+the folder tree), built offline by ``tf_maml.tfds.build.build_miniimagenet``; read it with
+``tfds.load("tf_maml_miniimagenet", data_dir=<output>)`` after ``import tf_maml.tfds``, or train
+on it with ``--dataset_backend=tfds``. A rerun reuses the built dataset.
 """
 
 from __future__ import annotations
@@ -298,6 +304,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("images", None, "The images/ folder or images.zip (only read).")
     flags.DEFINE_string("csv_dir", None, "Folder with train.csv, val.csv and test.csv.")
     flags.DEFINE_string("output", None, "Output folder (created if missing).")
+    flags.DEFINE_enum("format", "folders", ["folders", "tfds"],
+                      "folders: the split folders the original reads; tfds: a TensorFlow "
+                      "Datasets data_dir with tf_maml_miniimagenet.")
     flags.DEFINE_bool("expect_counts", True, "Require 64/16/20 classes x "
                       f"{EXPECTED_IMAGES_PER_CLASS} images (false only for small test data).")
     flags.DEFINE_integer("progress_every", DEFAULT_PROGRESS_EVERY,
@@ -305,9 +314,24 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["images", "csv_dir", "output"])
 
 
+def _run_tfds() -> None:
+    from tf_maml.tfds import build  # TFDS is imported only for --format=tfds
+
+    try:
+        summary = build.build_miniimagenet(FLAGS.images, FLAGS.csv_dir, FLAGS.output,
+                                           expect_counts=FLAGS.expect_counts)
+    except build.PrepError as e:
+        logging.error("%s", e)
+        sys.exit(f"ERROR: {e}")
+    print(f"MiniImageNet TFDS {build.describe(summary)}")
+
+
 def _run(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.format == "tfds":
+        _run_tfds()
+        return
     try:
         result = prepare_miniimagenet(FLAGS.images, FLAGS.csv_dir, FLAGS.output,
                                       FLAGS.expect_counts, FLAGS.progress_every)

@@ -27,6 +27,13 @@ Every file is written to a temporary name and moved into place with ``os.replace
 bytes are already right are left alone, so a rerun after an interruption completes the tree.
 A rerun on a finished output only checks the marker and the file count.
 
+With ``--format=tfds`` the output is instead a TensorFlow Datasets ``data_dir`` holding
+``tf_maml_omniglot/maml_28`` (the same 28x28 drawings, MAML's 1100/100/423 character split as
+splits train/validation/test) and ``tf_maml_omniglot/full_105`` (the original drawings, splits
+background/evaluation), built offline by ``tf_maml.tfds.build.build_omniglot``; read them with
+``tfds.load("tf_maml_omniglot/maml_28", data_dir=<output>)`` after ``import tf_maml.tfds``, or
+train on them with ``--dataset_backend=tfds``. A rerun reuses the built datasets.
+
 This module also holds the small helpers shared with ``data_prep.miniimagenet``.
 """
 
@@ -449,6 +456,11 @@ def _define_flags() -> None:
                         "images_evaluation.zip, or the extracted images_background/ and "
                         "images_evaluation/ folders.")
     flags.DEFINE_string("output", None, "Output folder (created if missing).")
+    flags.DEFINE_enum("format", "folders", ["folders", "tfds"],
+                      "folders: the 28x28 PNG tree the original reads; tfds: a TensorFlow "
+                      "Datasets data_dir with tf_maml_omniglot/maml_28 and /full_105.")
+    flags.DEFINE_enum("tfds_config", "all", ["all", "maml_28", "full_105"],
+                      "With --format=tfds: the config(s) to build.")
     flags.DEFINE_bool("expect_counts", True, f"Require {EXPECTED_NUM_CHARACTERS} characters x "
                       f"{EXPECTED_DRAWINGS_PER_CHARACTER} drawings (false only for small test "
                       "data).")
@@ -457,9 +469,25 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["source", "output"])
 
 
+def _run_tfds() -> None:
+    from tf_maml.tfds import build  # TFDS is imported only for --format=tfds
+
+    try:
+        results = build.build_omniglot(FLAGS.source, FLAGS.output, FLAGS.tfds_config,
+                                       expect_counts=FLAGS.expect_counts)
+    except build.PrepError as e:  # not this module's PrepError when run as __main__
+        logging.error("%s", e)
+        sys.exit(f"ERROR: {e}")
+    for summary in results.values():
+        print(f"Omniglot TFDS {build.describe(summary)}")
+
+
 def _run(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.format == "tfds":
+        _run_tfds()
+        return
     try:
         result = prepare_omniglot(FLAGS.source, FLAGS.output, FLAGS.expect_counts,
                                   FLAGS.progress_every)

@@ -14,6 +14,7 @@ DATASOURCES = ("sinusoid", "omniglot", "miniimagenet")
 NORMS = ("batch_norm", "layer_norm", "None")
 ALGORITHMS = ("maml", "reptile")
 TASK_PARALLELISM = ("auto", "vectorized", "map", "loop")
+DATASET_BACKENDS = ("folders", "tfds")
 
 # The original's hard-coded intervals (main.py:73-80).
 SUMMARY_INTERVAL = 100
@@ -57,6 +58,7 @@ class Config:
     num_test_tasks: int = 600
     seed: int = 0
     data_dir: str | None = None
+    dataset_backend: str = "folders"
     adapt_norm: bool = False
     meta_sgd: bool = False
     task_parallelism: str = "auto"
@@ -165,6 +167,9 @@ class Config:
                  "means no normalisation)")
         if self.algorithm not in ALGORITHMS:
             fail("algorithm", f"{self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        if self.dataset_backend not in DATASET_BACKENDS:
+            fail("dataset_backend", f"{self.dataset_backend!r} is not one of "
+                 f"{', '.join(DATASET_BACKENDS)}")
         if self.task_parallelism not in TASK_PARALLELISM:
             fail("task_parallelism", f"{self.task_parallelism!r} is not one of "
                  f"{', '.join(TASK_PARALLELISM)}")
@@ -198,8 +203,9 @@ class Config:
                 fail("num_classes", f"N-way classification needs N >= 2, got {self.num_classes}")
             if not self.data_dir:
                 script = "omniglot" if self.datasource == "omniglot" else "miniimagenet"
+                fmt = " --format=tfds" if self.dataset_backend == "tfds" else ""
                 fail("data_dir", f"--datasource={self.datasource} needs --data_dir, the --output "
-                     f"folder of `python -m data_prep.{script}`")
+                     f"folder of `python -m data_prep.{script}{fmt}`")
         if self.datasource == "miniimagenet" and self.conv and not self.max_pool:
             fail("max_pool", "the MiniImageNet conv net's head assumes --max_pool=True "
                  "(as the original, whose dense layer is sized for 5x5 maps)")

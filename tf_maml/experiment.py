@@ -56,6 +56,12 @@ def task_source(config: Config, split: str, num_query: int | None = None):
     q = config.num_query_train if num_query is None else num_query
     if config.datasource == "sinusoid":
         return SinusoidTasks(k, q, oracle=config.baseline == "oracle")
+    if config.dataset_backend == "tfds":
+        from tf_maml.tfds.tasks import miniimagenet_tasks_from_tfds, omniglot_tasks_from_tfds
+
+        load = (omniglot_tasks_from_tfds if config.datasource == "omniglot"
+                else miniimagenet_tasks_from_tfds)
+        return load(config.data_dir, split, config.num_classes, k, q)
     if config.datasource == "omniglot":
         from tf_maml.tasks.omniglot import omniglot_tasks
 

@@ -65,6 +65,9 @@ flags.DEFINE_integer("num_test_tasks", 600, "tasks evaluated by --train=False (o
 flags.DEFINE_integer("seed", 0, "seed of the weights and of the task streams.")
 flags.DEFINE_string("data_dir", None, "prepared data: the --output folder of "
                     "data_prep.omniglot / data_prep.miniimagenet.")
+flags.DEFINE_enum("dataset_backend", "folders", ["folders", "tfds"],
+                  "how --data_dir is read: folders (the tree of data_prep) or tfds (the TFDS "
+                  "data_dir of data_prep --format=tfds); same tasks either way.")
 flags.DEFINE_bool("adapt_norm", False, "also adapt normalisation offsets in the inner loop "
                   "(the original did not).")
 flags.DEFINE_bool("meta_sgd", False, "Meta-SGD: learn a per-parameter inner step size.")
@@ -95,7 +98,8 @@ def config_from_flags():
         train_update_batch_size=FLAGS.train_update_batch_size,
         train_update_lr=FLAGS.train_update_lr, algorithm=FLAGS.algorithm,
         test_num_updates=FLAGS.test_num_updates, num_test_tasks=FLAGS.num_test_tasks,
-        seed=FLAGS.seed, data_dir=FLAGS.data_dir, adapt_norm=FLAGS.adapt_norm,
+        seed=FLAGS.seed, data_dir=FLAGS.data_dir, dataset_backend=FLAGS.dataset_backend,
+        adapt_norm=FLAGS.adapt_norm,
         meta_sgd=FLAGS.meta_sgd, task_parallelism=FLAGS.task_parallelism,
         test_after_train=FLAGS.test_after_train, init_checkpoint=FLAGS.init_checkpoint,
         export_dir=FLAGS.export_dir,

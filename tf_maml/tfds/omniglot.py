@@ -226,7 +226,9 @@ class TfMamlOmniglot(OfflineBuilder):
                 raise PrepError(
                     f"the MAML split of {NUM_TRAIN}/{NUM_VAL}/rest characters is defined on "
                     f"all {oprep.EXPECTED_NUM_CHARACTERS} characters, {manual_dir} holds "
-                    f"{len(names)} (pass num_train and num_val for partial data)")
+                    f"{len(names)}; for partial data build only full_105 "
+                    "(data_prep: --tfds_config=full_105) or give the builder num_train and "
+                    "num_val")
             num_train = NUM_TRAIN if self._num_train is None else self._num_train
             num_val = NUM_VAL if self._num_val is None else self._num_val
             groups = {tfds_split: split_characters(names, split, num_train, num_val)
