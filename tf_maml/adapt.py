@@ -8,7 +8,8 @@ For a model with trainable weights θ, one inner step on a task's support set is
     θ' = θ − α ∇θ L(f(support_x; θ), support_y)            (Finn et al. 2017, eq. 1)
 
 and ``num_steps`` steps repeat it from the previous fast weights. The model's own code is
-never changed: it is run with substituted weights through ``model.stateless_call``. The
+never changed: it is called with substituted weights inside a ``keras.StatelessScope`` (the
+mechanism of ``model.stateless_call``, see :func:`forward`). The
 gradient of the support loss is taken with an inner ``tf.GradientTape``; when an outer tape
 watches θ, the meta-gradient flows back *through* that inner gradient (second order). With
 ``first_order=True`` the inner gradient is wrapped in ``tf.stop_gradient``, which is exactly
@@ -67,11 +68,27 @@ def forward(
     ``training=True`` by default, as the original always ran batch norm in training mode
     (batch statistics at meta-train and meta-test alike). Updated non-trainable state (batch
     norm moving statistics) is discarded, like the original, which never ran those updates.
+
+    The model is called as Keras calls it, ``model(inputs, training=...)``, inside a
+    ``keras.StatelessScope`` mapping its variables to the given tensors. This is what
+    ``model.stateless_call`` does, except that ``stateless_call`` runs ``call()`` directly:
+    it passes ``training`` to a ``call()`` that has no such argument, and skips Keras'
+    propagation of ``training`` to nested layers, so a subclassed model that leaves that to
+    Keras ran its batch norm on moving statistics.
     """
+    trainable_vars = model.trainable_variables
+    non_trainable_vars = model.non_trainable_variables
     if non_trainable is None:
-        non_trainable = [v.value for v in model.non_trainable_variables]
-    outputs, _ = model.stateless_call(list(weights), list(non_trainable), inputs, training=training)
-    return outputs
+        non_trainable = [v.value for v in non_trainable_vars]
+    weights, non_trainable = list(weights), list(non_trainable)
+    if len(weights) != len(trainable_vars) or len(non_trainable) != len(non_trainable_vars):
+        raise ValueError(
+            f"forward needs {len(trainable_vars)} trainable and {len(non_trainable_vars)} "
+            f"non-trainable tensors, got {len(weights)} and {len(non_trainable)}"
+        )
+    mapping = list(zip(trainable_vars, weights)) + list(zip(non_trainable_vars, non_trainable))
+    with keras.StatelessScope(state_mapping=mapping):
+        return model(inputs, training=training)
 
 
 def inner_step(

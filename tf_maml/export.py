@@ -16,7 +16,8 @@ and beside it ``<export_dir>/model.keras``, the plain Keras model with θ, for
 Every forward pass runs with ``training=True``: batch norm uses the statistics of the batch
 it is given (the support set, the query set or ``x``), as the original evaluated at
 meta-test time; moving statistics are never used nor updated. Predictions therefore depend
-on what else is in the batch, exactly like ``MetaLearner.predict``.
+on what else is in the batch, exactly like ``MetaLearner.predict`` (and dropout, if the
+model has any, is active).
 
 Usage of the export, in a process that needs neither keras nor tf_maml::
 
@@ -27,8 +28,8 @@ Usage of the export, in a process that needs neither keras nor tf_maml::
     theta_logits = loaded.serving_default(query_x)      # = num_steps=0
     loaded.metadata()["num_steps"]
 
-``loaded.adapt_and_predict`` accepts the two optional arguments (as tensors: int32 and
-float32 scalars) in any combination. Serving signatures cannot have optional inputs, so
+``loaded.adapt_and_predict`` accepts the two optional arguments (Python numbers or int32 /
+float32 scalar tensors) in any combination. Serving signatures cannot have optional inputs, so
 ``loaded.signatures`` (what ``saved_model_cli`` and TF Serving see) holds
 ``serving_default``, ``adapt_and_predict`` (the three required inputs, recorded defaults),
 ``adapt_and_predict_with_options`` (all five inputs) and ``metadata``; each returns a dict
@@ -36,17 +37,19 @@ float32 scalars) in any combination. Serving signatures cannot have optional inp
 
 The step count is a tensor, so the inner loop is a ``tf.while_loop`` whose body is
 ``tf_maml.adapt.adapt(..., num_steps=1)``: one graph serves any number of steps, with no
-unroll bound and no cost for steps not taken. (There is no outer gradient at serving time,
-so first- and second-order MAML give the same fast weights.)
+unroll bound and no cost for steps not taken (a bounded unroll would fix a maximum and
+compute, or at least trace, every step up to it). There is no outer gradient at serving
+time, so first- and second-order MAML give the same fast weights.
 
 Inputs are validated in the graph with ``tf.debugging`` assertions that say what is wrong
 (wrong rank or feature shape, label outside ``[0, N)`` with N the model's output size,
 empty support set, mismatched support sizes, negative ``num_steps``); for that the
 signatures declare inputs of unknown shape, and the checks come before any model op.
 
-Targets: integer class ids ``support_y`` [Ns] (int32) for a classification loss such as
-:func:`tf_maml.losses.summed_xent`, or float32 ``[Ns, N]`` regression targets for
-:func:`tf_maml.losses.mse`; ``targets="auto"`` tells them apart by the loss.
+Targets: integer class ids ``support_y`` [Ns] (int32 or int64; int64 in the signatures)
+for a classification loss such as :func:`tf_maml.losses.summed_xent`, or float32 [Ns, N]
+regression targets for :func:`tf_maml.losses.mse`; ``targets="auto"`` tells them apart by
+the loss. Examples are float32 (the model's input dtype).
 
 Meta-SGD (``learner.inner_lrs`` non-empty): the learned per-parameter α tensors are used,
 and the ``inner_lr`` input is a scale on them in the units of the learner's initial α:
@@ -175,7 +178,8 @@ def export(
     Returns:
       ``export_dir``.
     """
-    if num_steps < 0:
+    default_steps = int(num_steps)
+    if default_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     if targets not in TARGETS:
         raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
@@ -241,9 +245,7 @@ def export(
         x = checks.gate(x, (None,) + feature_shape)
         return adapt_lib.forward(model, read(trainable), x, read(non_trainable))
 
-    def adapt_and_predict(support_x, support_y, query_x, num_steps_=None, inner_lr=None):
-        steps = tf.constant(num_steps, tf.int32) if num_steps_ is None else num_steps_
-        lr = tf.constant(default_lr, tf.float32) if inner_lr is None else inner_lr
+    def adapt_and_predict(support_x, support_y, query_x, steps, lr):
         checks = _Checks()
         checks.examples(support_x, feature_shape, "support_x")
         num_support = _dims(support_x, 1)[0]
@@ -277,7 +279,7 @@ def export(
         return adapt_lib.forward(model, fast, query_x, frozen)
 
     metadata_values = {
-        "num_steps": num_steps,
+        "num_steps": default_steps,
         "inner_lr": default_lr,
         "meta_sgd": meta_sgd,
         "num_outputs": num_outputs,
@@ -289,7 +291,7 @@ def export(
 
     def metadata():
         return {
-            "num_steps": tf.constant(num_steps, tf.int32),
+            "num_steps": tf.constant(default_steps, tf.int32),
             "inner_lr": tf.constant(default_lr, tf.float32),
             "meta_sgd": tf.constant(meta_sgd),
             "num_outputs": tf.constant(num_outputs, tf.int32),
@@ -300,31 +302,39 @@ def export(
     def spec(name, dtype, shape=None):
         return tf.TensorSpec(shape, dtype, name=name)
 
+    # Class ids are accepted as int32 or int64 (numpy's default) and checked as int64.
+    y_dtypes = (tf.int64, tf.int32) if kind == "classes" else (output_dtype,)
     x_spec = spec("x", input_dtype)
-    y_dtype = tf.int32 if kind == "classes" else output_dtype
-    task_specs = (spec("support_x", input_dtype), spec("support_y", y_dtype),
-                  spec("query_x", input_dtype))
     steps_spec, lr_spec = spec("num_steps", tf.int32, []), spec("inner_lr", tf.float32, [])
 
+    def task_specs(y_dtype):
+        return (spec("support_x", input_dtype), spec("support_y", y_dtype),
+                spec("query_x", input_dtype))
+
     # autograph=False: the inner loop's control flow is explicit (tf.while_loop, tf.cond).
+    # The inner loop is traced once (`core`); the entry points below only fill in defaults.
+    core = tf.function(adapt_and_predict, autograph=False,
+                       input_signature=(*task_specs(y_dtypes[0]), steps_spec, lr_spec))
+
+    def adapt_fn(support_x, support_y, query_x, num_steps=None, inner_lr=None):
+        steps = tf.constant(default_steps, tf.int32) if num_steps is None else num_steps
+        lr = tf.constant(default_lr, tf.float32) if inner_lr is None else inner_lr
+        return core(support_x, tf.cast(support_y, y_dtypes[0]), query_x, steps, lr)
+
     module = tf.Module()
     # The captured variables, as plain tf.Variables: the loaded object needs no keras.
     module.model_variables = [v.value for v in model.variables]
     module.inner_lr_variables = [v.value for v in inner_lrs]
     module.serving_default = tf.function(predict, autograph=False)
     module.serving_default.get_concrete_function(x_spec)
-
-    def adapt_fn(support_x, support_y, query_x, num_steps=None, inner_lr=None):
-        return adapt_and_predict(support_x, support_y, query_x, num_steps, inner_lr)
-
     module.adapt_and_predict = tf.function(adapt_fn, autograph=False)
-    for options in ({}, {"num_steps": steps_spec}, {"inner_lr": lr_spec},
-                    {"num_steps": steps_spec, "inner_lr": lr_spec}):
-        module.adapt_and_predict.get_concrete_function(*task_specs, **options)
+    for y_dtype in y_dtypes:
+        for options in ({}, {"num_steps": steps_spec}, {"inner_lr": lr_spec},
+                        {"num_steps": steps_spec, "inner_lr": lr_spec}):
+            module.adapt_and_predict.get_concrete_function(*task_specs(y_dtype), **options)
     module.metadata = tf.function(metadata, autograph=False)
 
-    # Serving signatures: named dict outputs, every input required. They call the traced
-    # functions above rather than tracing the inner loop again.
+    # Serving signatures: named dict outputs, every input required.
     def signature(fn, *specs):
         return tf.function(
             lambda *args: {"predictions": fn(*args)}, autograph=False
@@ -332,9 +342,9 @@ def export(
 
     signatures = {
         "serving_default": signature(module.serving_default, x_spec),
-        "adapt_and_predict": signature(module.adapt_and_predict, *task_specs),
+        "adapt_and_predict": signature(module.adapt_and_predict, *task_specs(y_dtypes[0])),
         "adapt_and_predict_with_options": signature(
-            module.adapt_and_predict, *task_specs, steps_spec, lr_spec),
+            module.adapt_and_predict, *task_specs(y_dtypes[0]), steps_spec, lr_spec),
         "metadata": module.metadata.get_concrete_function(),
     }
 

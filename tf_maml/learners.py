@@ -214,6 +214,14 @@ class MetaLearner:
                              pretrain_iterations=pretrain_iterations, nan_policy=nan_policy,
                              checkpointer=checkpointer, log=log)
 
+    def export(self, export_dir: str, num_steps: int = 10, **kwargs) -> str:
+        """SavedModel with ``serving_default`` (θ's predictions) and ``adapt_and_predict``
+        (``num_steps`` inner steps inside the graph, then query predictions), plus
+        ``model.keras``; see :func:`tf_maml.export.export`."""
+        from tf_maml.export import export
+
+        return export(self, export_dir, num_steps=num_steps, **kwargs)
+
     # ------------------------------------------------------------------ objectives
     def _task_maml(self, params, lrs, task, num_steps, first_order):
         support_x, support_y, query_x, query_y = task

@@ -21,6 +21,7 @@ from keras import ops
 NORMS = ("batch_norm", "layer_norm", "None")
 
 
+@keras.saving.register_keras_serializable(package="tf_maml")
 class ContribLayerNorm(keras.layers.Layer):
     """``tf.contrib.layers.layer_norm`` as the original used it.
 

@@ -1,0 +1,280 @@
+"""The model-agnostic promise: MetaLearner meta-trains any built Keras model unchanged.
+
+Each model family (Sequential, functional conv, subclassed, recurrent, batch-normalised)
+is meta-trained for a few steps on tasks whose answer the support set gives away (every
+class is a random prototype plus a little noise, drawn anew per task), so adapting on the
+support set must lower the query loss. The linear-regression tests compare adaptation and
+meta-gradients with closed forms computed by hand in numpy.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tf_maml import adapt as adapt_lib
+from tf_maml import losses, models
+from tf_maml.learners import MetaLearner
+
+WAYS, SHOTS, QUERIES = 3, 2, 3
+
+
+def prototype_tasks(meta_batch: int, rng: np.random.Generator, shape: tuple, noise=0.3):
+    """N-way tasks: class c of task t is prototype[t, c] ~ N(0, 1) plus N(0, noise²) noise.
+
+    Labels are a new random assignment per task, so only the support set can tell them.
+    """
+    prototypes = rng.normal(size=(meta_batch, WAYS) + shape)
+
+    def draw(per_class):
+        labels = np.tile(np.repeat(np.arange(WAYS), per_class), (meta_batch, 1))
+        x = prototypes[np.arange(meta_batch)[:, None], labels]
+        x = x + noise * rng.normal(size=x.shape)
+        return x.astype(np.float32), labels.astype(np.int32)
+
+    support_x, support_y = draw(SHOTS)
+    query_x, query_y = draw(QUERIES)
+    return support_x, support_y, query_x, query_y
+
+
+def query_losses(learner: MetaLearner, batch) -> tuple[float, float]:
+    """Mean query loss before and after ``learner.inner_steps`` steps, task by task."""
+    pre, post = [], []
+    for support_x, support_y, query_x, query_y in zip(*batch):
+        pre.append(float(learner.loss_fn(query_y, learner.predict(query_x))))
+        fast = learner.adapt(support_x, support_y)
+        post.append(float(learner.loss_fn(query_y, learner.predict(query_x, fast))))
+    return float(np.mean(pre)), float(np.mean(post))
+
+
+def check_meta_trains(learner: MetaLearner, shape: tuple, steps: int = 3) -> None:
+    before = [v.numpy().copy() for v in learner.model.trainable_variables]
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        metrics = learner.train_step(prototype_tasks(2, rng, shape))
+        assert bool(metrics["applied"])
+        assert np.isfinite(float(metrics["pre_loss"])) and np.isfinite(float(metrics["post_loss"]))
+    after = [v.numpy() for v in learner.model.trainable_variables]
+    assert all(np.all(np.isfinite(a)) for a in after)
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before)), "θ did not move"
+    pre, post = query_losses(learner, prototype_tasks(4, np.random.default_rng(99), shape))
+    assert post < pre, (pre, post)
+
+
+def test_sequential_mlp_meta_trains():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(WAYS)])
+    learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
+    assert learner.task_parallelism == "vectorized"
+    check_meta_trains(learner, (8,))
+
+
+def test_functional_conv4_meta_trains():
+    keras.utils.set_random_seed(0)
+    model = models.conv4((12, 12, 1), WAYS, num_filters=4)
+    learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
+    assert learner.task_parallelism == "map"
+    check_meta_trains(learner, (12, 12, 1))
+
+
+class TwoLayerNet(keras.Model):
+    """A subclassed model written the usual Keras way: ``call(x)`` takes no ``training``."""
+
+    def __init__(self, num_outputs: int):
+        super().__init__()
+        self.hidden = keras.layers.Dense(16, activation="tanh")
+        self.head = keras.layers.Dense(num_outputs)
+
+    def call(self, x):
+        return self.head(self.hidden(x))
+
+
+class NormalizedNet(keras.Model):
+    """A subclassed model whose ``call`` takes ``training`` but, as the Keras guide allows,
+    leaves its propagation to the nested batch-norm layer to Keras."""
+
+    def __init__(self, num_outputs: int):
+        super().__init__()
+        self.hidden = keras.layers.Dense(16)
+        self.norm = keras.layers.BatchNormalization()
+        self.head = keras.layers.Dense(num_outputs)
+
+    def call(self, x, training=None):
+        return self.head(keras.ops.relu(self.norm(self.hidden(x))))
+
+
+def _forward_follows_keras_call_semantics() -> bool:
+    """Whether tf_maml.adapt.forward calls the model as Keras would (see the xfails)."""
+    model = TwoLayerNet(2)
+    model(np.zeros((1, 3), np.float32))
+    try:
+        adapt_lib.forward(model, [v.value for v in model.trainable_variables],
+                          np.zeros((2, 3), np.float32))
+    except TypeError:
+        return False
+    return True
+
+
+KERAS_CALL_XFAIL = pytest.mark.xfail(
+    not _forward_follows_keras_call_semantics(), strict=True,
+    reason="tf_maml.adapt.forward uses model.stateless_call, which runs call() directly: "
+           "it passes training= to a call() without it and skips Keras' propagation of "
+           "training to nested layers (fix: call the model inside keras.StatelessScope)",
+)
+
+
+@KERAS_CALL_XFAIL
+def test_subclassed_model_meta_trains():
+    keras.utils.set_random_seed(0)
+    model = TwoLayerNet(WAYS)
+    model(np.zeros((1, 8), np.float32))  # build
+    learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
+    check_meta_trains(learner, (8,))
+
+
+@KERAS_CALL_XFAIL
+def test_subclassed_model_batch_norm_uses_batch_statistics():
+    keras.utils.set_random_seed(0)
+    model = NormalizedNet(WAYS)
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(6, 8)).astype(np.float32)
+    model(x[:1])  # build; moving statistics stay at mean 0, variance 1
+    learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
+    # Independent truth: normalise the hidden layer with this batch's own moments.
+    h = x @ model.hidden.kernel.numpy() + model.hidden.bias.numpy()
+    h = (h - h.mean(0)) / np.sqrt(h.var(0) + model.norm.epsilon)
+    want = np.maximum(h, 0) @ model.head.kernel.numpy() + model.head.bias.numpy()
+    np.testing.assert_allclose(learner.predict(x).numpy(), want, rtol=1e-4, atol=1e-4)
+    check_meta_trains(learner, (8,))
+
+
+def test_recurrent_sequence_classifier_meta_trains():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 3)), keras.layers.GRU(8),
+                              keras.layers.Dense(WAYS)])
+    learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
+    assert learner.task_parallelism == "map"  # pfor cannot vectorise the RNN while loop
+    check_meta_trains(learner, (4, 3))
+
+
+def test_batch_normalized_model_meta_trains_norm_params_without_adapting_them():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8,)), keras.layers.Dense(16), keras.layers.BatchNormalization(),
+        keras.layers.ReLU(), keras.layers.Dense(WAYS),
+    ])
+    bn = model.layers[1]
+    learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
+    norm_ids = {id(bn.gamma), id(bn.beta)}
+    assert learner.mask == [id(v) not in norm_ids for v in model.trainable_variables]
+    gamma0, beta0 = bn.gamma.numpy().copy(), bn.beta.numpy().copy()
+    check_meta_trains(learner, (8,))
+    # γ, β are meta-trained (outer loop) ...
+    assert not np.array_equal(bn.gamma.numpy(), gamma0)
+    assert not np.array_equal(bn.beta.numpy(), beta0)
+    # ... but not adapted (inner loop), and the moving statistics are never updated: the
+    # original always normalised with the batch statistics.
+    support_x, support_y, _, _ = prototype_tasks(1, np.random.default_rng(1), (8,))
+    fast = learner.adapt(support_x[0], support_y[0])
+    for v, f in zip(model.trainable_variables, fast):
+        if id(v) in norm_ids:
+            np.testing.assert_array_equal(f.numpy(), v.numpy())
+        else:
+            assert not np.array_equal(f.numpy(), v.numpy())
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), np.zeros(16))
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), np.ones(16))
+
+
+# ---------------------------------------------------------------- closed forms (linear)
+
+def linear_model(w: np.ndarray, b: float) -> keras.Model:
+    model = keras.Sequential([keras.Input((len(w),)), keras.layers.Dense(1)])
+    model.layers[0].kernel.assign(w.reshape(-1, 1).astype(np.float32))
+    model.layers[0].bias.assign(np.array([b], np.float32))
+    return model
+
+
+def mse_grad(w, b, x, y):
+    """∇ of mean((x·w + b − y)²) with respect to (w, b), by hand."""
+    r = x @ w + b - y
+    return 2.0 * x.T @ r / len(y), 2.0 * r.mean()
+
+
+def mse_hessian(x):
+    """The (constant) Hessian of the same loss, for [w; b]."""
+    xb = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    return 2.0 * xb.T @ xb / len(x)
+
+
+def linear_task(rng, n=6, dim=3):
+    x = rng.normal(size=(n, dim))
+    y = x @ rng.normal(size=dim) + rng.normal()
+    return x, y
+
+
+def test_linear_adapt_is_the_closed_form_sgd_step():
+    rng = np.random.default_rng(0)
+    w, b, alpha = rng.normal(size=3), 0.3, 0.05
+    learner = MetaLearner(linear_model(w, b), losses.mse, inner_lr=alpha)
+    x, y = linear_task(rng)
+    want_w, want_b = w.copy(), b
+    for steps in (1, 2, 3):
+        gw, gb = mse_grad(want_w, want_b, x, y)
+        want_w, want_b = want_w - alpha * gw, want_b - alpha * gb
+        fast_w, fast_b = learner.adapt(x.astype(np.float32), y[:, None].astype(np.float32),
+                                       num_steps=steps)
+        np.testing.assert_allclose(fast_w.numpy().ravel(), want_w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fast_b.numpy(), [want_b], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_linear_meta_gradient_is_the_closed_form(first_order):
+    """One-step MAML on L_q(θ − α∇L_s(θ)): the meta-gradient is (I − α H_s) ∇L_q(θ'),
+    H_s the support Hessian; first-order MAML drops the (I − α H_s) factor."""
+    rng = np.random.default_rng(1)
+    w, b, alpha = rng.normal(size=3), -0.2, 0.05
+    learner = MetaLearner(linear_model(w, b), losses.mse, inner_lr=alpha,
+                          first_order=first_order)
+    tasks = [(linear_task(rng), linear_task(rng)) for _ in range(3)]
+    want = np.zeros(4)
+    for (sx, sy), (qx, qy) in tasks:
+        gw, gb = mse_grad(w, b, sx, sy)
+        fw, fb = w - alpha * gw, b - alpha * gb
+        qw, qb = mse_grad(fw, fb, qx, qy)
+        g = np.append(qw, qb)
+        if not first_order:
+            g = (np.eye(4) - alpha * mse_hessian(sx)) @ g
+        want += g / len(tasks)
+    batch = tuple(np.stack([np.asarray(a, np.float32) for a in arrays]) for arrays in (
+        [t[0][0] for t in tasks], [t[0][1][:, None] for t in tasks],
+        [t[1][0] for t in tasks], [t[1][1][:, None] for t in tasks]))
+    grads, _ = learner.meta_gradients(batch)
+    got = np.append(grads[0].numpy().ravel(), grads[1].numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_meta_sgd_trains_the_step_sizes_and_adapt_uses_them():
+    rng = np.random.default_rng(2)
+    w, b, alpha = rng.normal(size=3), 0.1, 0.05
+    learner = MetaLearner(linear_model(w, b), losses.mse, inner_lr=alpha, learn_inner_lr=True,
+                          meta_lr=0.01)
+    assert len(learner.inner_lrs) == 2
+    tasks = [(linear_task(rng), linear_task(rng)) for _ in range(2)]
+    batch = tuple(np.stack([np.asarray(a, np.float32) for a in arrays]) for arrays in (
+        [t[0][0] for t in tasks], [t[0][1][:, None] for t in tasks],
+        [t[1][0] for t in tasks], [t[1][1][:, None] for t in tasks]))
+    learner.train_step(batch)
+    alpha_w = learner.inner_lrs[0].numpy().ravel()
+    alpha_b = learner.inner_lrs[1].numpy()
+    assert np.all(alpha_w != alpha) and np.all(alpha_b != alpha)
+    assert np.ptp(alpha_w) > 0  # one α per parameter element
+
+    theta_w = learner.model.layers[0].kernel.numpy().ravel().astype(np.float64)
+    theta_b = float(learner.model.layers[0].bias.numpy()[0])
+    x, y = linear_task(rng)
+    gw, gb = mse_grad(theta_w, theta_b, x, y)
+    fast_w, fast_b = learner.adapt(x.astype(np.float32), y[:, None].astype(np.float32))
+    np.testing.assert_allclose(fast_w.numpy().ravel(), theta_w - alpha_w * gw,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast_b.numpy(), theta_b - alpha_b * gb, rtol=1e-5, atol=1e-6)
