@@ -65,6 +65,7 @@ class Config:
     test_after_train: bool = True
     init_checkpoint: str | None = None
     export_dir: str | None = None
+    deterministic: bool = False
 
     # ------------------------------------------------------------------ derived values
     @property

@@ -78,6 +78,8 @@ flags.DEFINE_bool("test_after_train", True, "after training, evaluate as --train
 flags.DEFINE_string("init_checkpoint", None, "initialise from an original TF1 MAML checkpoint "
                     "(prefix, e.g. .../model59000).")
 flags.DEFINE_string("export_dir", None, "after training, export a SavedModel here.")
+flags.DEFINE_bool("deterministic", False, "enable TensorFlow's deterministic ops, so that a "
+                  "run resumed after a crash ends with the weights of an uninterrupted one.")
 flags.DEFINE_enum("nan_policy", "stop", ["stop", "skip"],
                   "on a NaN/Inf loss or meta-gradient: stop with a message, or skip the step.")
 
@@ -102,7 +104,7 @@ def config_from_flags():
         adapt_norm=FLAGS.adapt_norm,
         meta_sgd=FLAGS.meta_sgd, task_parallelism=FLAGS.task_parallelism,
         test_after_train=FLAGS.test_after_train, init_checkpoint=FLAGS.init_checkpoint,
-        export_dir=FLAGS.export_dir,
+        export_dir=FLAGS.export_dir, deterministic=FLAGS.deterministic,
     )
 
 

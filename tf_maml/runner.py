@@ -36,6 +36,10 @@ def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
     """Trains and/or evaluates; returns paths and numbers of what was written."""
     directory = run_dir(config)
     log(f"Run directory: {directory}")
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     learner = experiment.build_learner(config)
     if config.init_checkpoint:
         from tf_maml.convert import load_original_checkpoint
