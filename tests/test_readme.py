@@ -32,3 +32,14 @@ def test_readme_example_is_short_and_meta_trains(tmp_path, monkeypatch, capsys):
         before.append(np.mean((learner.predict(qx[0]).numpy() - qy[0]) ** 2))
         after.append(np.mean((learner.predict(qx[0], fast).numpy() - qy[0]) ** 2))
     assert np.mean(after) < 0.5 * np.mean(before)
+
+
+def test_metalearner_docstring_example_runs(capsys):
+    import textwrap
+
+    import tf_maml
+
+    code = textwrap.dedent(tf_maml.MetaLearner.__doc__.split("Example", 1)[1].split("::", 1)[1])
+    exec(compile(code, "MetaLearner.__doc__", "exec"), {})
+    mse = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert mse < 1.0  # 5 adapted steps after 2000 meta-iterations (unadapted: about 3)

@@ -53,6 +53,19 @@ class MetaLearner:
       learn_inner_lr: Meta-SGD (Li et al. 2017): one learnable α per parameter element,
         initialised to ``inner_lr`` and meta-trained with θ.
       task_parallelism: ``"auto"``, ``"vectorized"``, ``"map"`` or ``"loop"`` (see module doc).
+
+    Example (sinusoid regression, the paper's §5.1)::
+
+        import keras, numpy as np, tf_maml
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(40, activation="relu"),
+                                  keras.layers.Dense(40, activation="relu"),
+                                  keras.layers.Dense(1)])
+        learner = tf_maml.MetaLearner(model, tf_maml.losses.mse, inner_lr=0.01)
+        tasks = tf_maml.SinusoidTasks(num_support=10, num_query=10)
+        learner.fit(tasks, iterations=2000, meta_batch_size=25)
+        sx, sy, qx, qy = tasks.sample_batch(1, np.random.default_rng(0))
+        fast = learner.adapt(sx[0], sy[0], num_steps=5)
+        print(np.mean((learner.predict(qx[0], fast) - qy[0]) ** 2))
     """
 
     def __init__(
@@ -333,6 +346,8 @@ class MetaLearner:
 
             self._train_fns[key] = tf.function(step, reduce_retracing=True)
         return self._train_fns[key](tuple(tf.convert_to_tensor(t) for t in batch))
+
+    meta_train_step = train_step  # the name used in the paper's vocabulary
 
     def evaluate_batch(self, batch: Batch, num_steps: int) -> dict:
         """Per task and step (0..num_steps) query loss (and metric), shape [T, num_steps+1].
