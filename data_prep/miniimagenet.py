@@ -239,6 +239,13 @@ def prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: 
             raise PrepError(f"{len(missing)} images listed in the CSVs are missing from "
                             f"{images}: {'; '.join(missing[:5])}")
 
+        if os.path.isdir(output):  # before anything in it is written or removed
+            foreign = sorted(e.name for e in os.scandir(output)
+                             if e.is_dir() and e.name not in SPLITS)
+            if foreign:
+                raise PrepError(f"output folder {output} holds {len(foreign)} folders that are "
+                                f"not MiniImageNet splits (e.g. {', '.join(foreign[:5])}); "
+                                "remove them or use an empty --output")
         os.makedirs(output, exist_ok=True)
         remove_marker(output)  # from here on the output is incomplete until the end
         if remove_partials(output):

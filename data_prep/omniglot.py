@@ -400,6 +400,10 @@ def prepare_omniglot(source: str, output: str, expect_counts: bool = True,
         total = len(chars) * per_char
         logging.info("Omniglot: %d characters x %d drawings from %s", len(chars), per_char,
                      source)
+        expected = {part for name in chars for part in (name.split("/")[0], name)}
+        expected |= {f"{name}/{m.rel[2]}" for name, drawings in chars.items() for m in drawings}
+        if os.path.isdir(output):  # before anything in it is written or removed
+            check_no_extra_entries(output, 2, expected, (".png",))
 
         os.makedirs(output, exist_ok=True)
         remove_marker(output)  # from here on the output is incomplete until the end
@@ -408,20 +412,17 @@ def prepare_omniglot(source: str, output: str, expect_counts: bool = True,
 
         images = np.empty((len(chars), per_char, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
         files = np.empty((len(chars), per_char), dtype=object)
-        expected: set[str] = set()
         written = 0
         modes: collections.Counter[str] = collections.Counter()
         progress = Progress("omniglot images", total, progress_every)
         for i, (name, drawings) in enumerate(chars.items()):
             char_dir = os.path.join(output, *name.split("/"))
             os.makedirs(char_dir, exist_ok=True)
-            expected.update((name.split("/")[0], name))
             for j, m in enumerate(drawings):
                 png, images[i, j], mode = resize_drawing(m.read(), m.origin)
                 modes[mode] += 1
                 written += write_if_changed(os.path.join(char_dir, m.rel[2]), png)
                 files[i, j] = m.rel[2]
-                expected.add(f"{name}/{m.rel[2]}")
                 progress.tick()
 
     check_no_extra_entries(output, 2, expected, (".png",))

@@ -23,6 +23,38 @@ ALGORITHMS = ("maml", "reptile")
 TASK_PARALLELISM = ("auto", "vectorized", "map", "loop")
 
 
+BATCH_NAMES = ("support_x", "support_y", "query_x", "query_y")
+
+
+def _check_batch(batch, where: str) -> tuple[tf.Tensor, ...]:
+    """``batch`` as 4 tensors, or a ValueError saying what is wrong with it (checked on the
+    static shapes, so before any tracing)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 4:
+        got = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
+               else f"a {type(batch).__name__}")
+        raise ValueError(f"{where} expects a batch (support_x, support_y, query_x, query_y) "
+                         f"with the task on the leading axis, got {got}")
+    tensors = tuple(tf.convert_to_tensor(t) for t in batch)
+    shapes = {name: t.shape for name, t in zip(BATCH_NAMES, tensors)}
+    for name, shape in shapes.items():
+        if shape.rank is not None and shape.rank < 2:
+            raise ValueError(f"{where}: {name} has shape {shape}; expected [tasks, examples, "
+                             "...] (the task on the leading axis)")
+    tasks = {name: shape[0] for name, shape in shapes.items()
+             if shape.rank is not None and shape[0] is not None}
+    if len(set(tasks.values())) > 1:
+        raise ValueError(f"{where}: the arrays of a batch must hold the same number of tasks, "
+                         f"got {', '.join(f'{n} {c}' for n, c in tasks.items())}")
+    for x_name, y_name in (("support_x", "support_y"), ("query_x", "query_y")):
+        x_shape, y_shape = shapes[x_name], shapes[y_name]
+        if x_shape.rank is None or y_shape.rank is None:
+            continue
+        if x_shape[1] is not None and y_shape[1] is not None and x_shape[1] != y_shape[1]:
+            raise ValueError(f"{where}: {y_name} has {y_shape[1]} targets per task but "
+                             f"{x_name} has {x_shape[1]} examples; every example needs one")
+    return tensors
+
+
 def _has_conv(model: keras.Model) -> bool:
     conv_types = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
     return any(isinstance(layer, conv_types) for layer in model._flatten_layers())
@@ -84,10 +116,16 @@ class MetaLearner:
         learn_inner_lr: bool = False,
         task_parallelism: str = "auto",
     ):
-        if not model.built or not model.trainable_variables:
+        if not model.built:
             raise ValueError(
-                "MetaLearner needs a built Keras model with trainable weights: call the "
-                "model once on an example batch (or give it an Input) before wrapping it."
+                "MetaLearner needs a built Keras model: call the model once on an example "
+                "batch (or give it an Input) before wrapping it."
+            )
+        if not model.trainable_variables:
+            raise ValueError(
+                f"model {model.name} has no trainable weights, so there is nothing to "
+                "meta-learn: set model.trainable = True (and unfreeze its layers) before "
+                "wrapping it."
             )
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -163,9 +201,14 @@ class MetaLearner:
         steps = self.inner_steps if num_steps is None else int(num_steps)
         weights = self._read(self.model.trainable_variables) if weights is None else weights
         lrs = self._read(self.inner_lrs)
+        support_x, support_y = tf.convert_to_tensor(support_x), tf.convert_to_tensor(support_y)
+        num_x, num_y = (t.shape[0] if t.shape.rank else None for t in (support_x, support_y))
+        if num_x is not None and num_y is not None and num_x != num_y:
+            raise ValueError(f"adapt: support_y has {num_y} targets but support_x has {num_x} "
+                             "examples; every example needs one")
         fast, _, _ = adapt_lib.adapt(
-            self.model, weights, tf.convert_to_tensor(support_x), tf.convert_to_tensor(support_y),
-            self.loss_fn, self._lr(lrs), steps, mask=self.mask,
+            self.model, weights, support_x, support_y, self.loss_fn, self._lr(lrs), steps,
+            mask=self.mask,
         )
         return fast
 
@@ -345,7 +388,7 @@ class MetaLearner:
                 return dict(metrics, applied=self.apply_gradients(grads, loss))
 
             self._train_fns[key] = tf.function(step, reduce_retracing=True)
-        return self._train_fns[key](tuple(tf.convert_to_tensor(t) for t in batch))
+        return self._train_fns[key](_check_batch(batch, "train_step"))
 
     meta_train_step = train_step  # the name used in the paper's vocabulary
 
@@ -378,4 +421,4 @@ class MetaLearner:
                 return self._map_tasks(task_fn, batch, signature)
 
             self._eval_fns[num_steps] = tf.function(evaluate, reduce_retracing=True)
-        return self._eval_fns[num_steps](tuple(tf.convert_to_tensor(t) for t in batch))
+        return self._eval_fns[num_steps](_check_batch(batch, "evaluate_batch"))

@@ -50,30 +50,40 @@ def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
             log(f"WARNING: {directory} already holds checkpoints: training resumes from the "
                 "latest of them, which replaces the --init_checkpoint weights.")
     result: dict = {"run_dir": directory}
+    # Nothing is written to the run directory before the data and the checkpoint have loaded.
     if config.train:
-        _write_config(config, directory)
         train_source = experiment.task_source(config, "train")
         val_source = (experiment.task_source(config, "val") if config.is_classification
                       else None)
         result["iterations"] = train(learner, config, directory, train_source, val_source,
-                                     log=log, nan_policy=nan_policy)
+                                     log=log, nan_policy=nan_policy,
+                                     on_start=lambda: _write_config(config, directory))
         if config.export_dir:
             result["export_dir"] = _export(learner, config)
         if not config.test_after_train:
             return result
-    elif not config.init_checkpoint:
-        path, iteration = restore_for_test(Checkpointer(learner, directory), config.test_iter)
-        log(f"Restored {path} (iteration {iteration})")
-        _write_config(config, directory)
+        source = eval_source(config)
     else:
+        if not config.init_checkpoint:
+            path, iteration = restore_for_test(Checkpointer(learner, directory),
+                                               config.test_iter)
+            log(f"Restored {path} (iteration {iteration})")
+        source = eval_source(config)
         _write_config(config, directory)
-    result.update(evaluate_run(learner, config, directory, log=log))
+    result.update(evaluate_run(learner, config, directory, log=log, source=source))
     return result
 
 
-def evaluate_run(learner, config: Config, directory: str, log=print) -> dict:
+def eval_source(config: Config):
+    """The tasks evaluation draws from (validation or test split)."""
+    return experiment.task_source(config, experiment.eval_split(config),
+                                  experiment.test_num_query(config))
+
+
+def evaluate_run(learner, config: Config, directory: str, log=print, source=None) -> dict:
     split = experiment.eval_split(config)
-    source = experiment.task_source(config, split, experiment.test_num_query(config))
+    if source is None:
+        source = eval_source(config)
     seed = evaluate_lib.TEST_SEEDS[config.datasource]
     batch = 100 if config.datasource == "sinusoid" else (
         32 if config.datasource == "omniglot" else 10)

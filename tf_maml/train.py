@@ -77,12 +77,19 @@ class Checkpointer:
             )
         try:
             status = self.checkpoint.read(path)
-        except (tf.errors.DataLossError, tf.errors.OutOfRangeError, IndexError) as err:
-            # DataLossError, OutOfRangeError, ... from the C++ reader; IndexError ("Read less
+        except (tf.errors.OpError, IndexError) as err:
+            # DataLossError, OutOfRangeError, a bare OpError ("file is too short to be an
+            # sstable": a truncated .index), ... from the C++ reader; IndexError ("Read less
             # bytes than requested") from the Python one.
             detail = (getattr(err, "message", None) or str(err)).splitlines()[0]
             raise CorruptCheckpointError(
                 f"checkpoint {path} is corrupt or truncated: {detail}") from err
+        except ValueError as err:  # a variable of another shape
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model ({err}); was it written with "
+                "other --datasource/--num_classes/--num_filters/--norm/--conv flags? Use "
+                "another --logdir for a new run."
+            ) from err
         try:
             if expect_optimizer:
                 status.assert_existing_objects_matched()
@@ -373,13 +380,15 @@ def train(
     val_source=None,
     log: Callable[[str], None] = print,
     nan_policy: str = "stop",
+    on_start: Callable[[], None] | None = None,
 ) -> int:
     """Meta-trains as the original's main.py until ``config.total_iterations``; returns the
     last iteration.
 
     Pretraining iterations (the pretrained/oracle baselines) come first, as the original.
     With ``config.resume`` the latest checkpoint in ``run_dir`` is restored, Adam state and
-    iteration included, and the task stream continues where it stopped.
+    iteration included, and the task stream continues where it stopped. ``on_start`` is
+    called once that restore succeeded, before anything is written to ``run_dir``.
     """
     os.makedirs(run_dir, exist_ok=True)
     checkpointer = Checkpointer(learner, run_dir)
@@ -393,6 +402,8 @@ def train(
             )
         path, start = checkpointer.restore_latest_good(log)
         log(f"Resumed from {path} at iteration {start}")
+    if on_start is not None:
+        on_start()
     total = config.total_iterations
     if start >= total:
         log(f"Training already complete ({start}/{total} iterations)")

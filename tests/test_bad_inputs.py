@@ -1,0 +1,669 @@
+"""Bad inputs fail with an error that names the problem and the fix (or the flag / file), and
+leave whatever was already written (run directories, prepared data, SavedModels) untouched.
+
+Covered: flags and flagfiles (through absl's ``app.run`` in this process, exactly as the
+console script runs it), data folders (through ``experiment.task_source`` with a Config, and
+through the data_prep functions), checkpoints (``--test_iter``, another architecture, TF1
+``--init_checkpoint``, truncated files), SavedModel signatures, and the Python API
+(MetaLearner, train_step, adapt, fit).
+
+Cases already covered elsewhere are not repeated here: Config validation of most single flags
+(test_cli), the loaders' own error paths (test_image_tasks), data_prep's missing/corrupt
+source files (test_data_prep), the tf.function paths of the export's input checks
+(test_export) and convert's name checks (test_convert).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import shutil
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from test_cli import sine_config  # the tiny sinusoid Config of the CLI tests
+from test_convert import save_tf1  # writes a TF1 name-based checkpoint
+from test_data_prep import (  # the tiny official layouts of the data_prep tests
+    jpeg_bytes,
+    mini_image,
+    mini_rows,
+    omniglot_files,
+    sha256_tree,
+    write_csvs,
+    write_zip,
+)
+
+from data_prep import miniimagenet as mprep
+from data_prep import omniglot as oprep
+from data_prep.omniglot import PrepError
+from tf_maml import evaluate as evaluate_lib
+from tf_maml import experiment, losses, models, runner
+from tf_maml.config import Config, ConfigError
+from tf_maml.export import export
+from tf_maml.learners import MetaLearner
+from tf_maml.tasks.image_tasks import DataError
+from tf_maml.tasks.sinusoid import SinusoidTasks
+from tf_maml.train import Checkpointer, CheckpointError, NonFiniteError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------------- helpers
+def cli(*args: str) -> types.SimpleNamespace:
+    """Runs the tf-maml command line in this process exactly as the console script does
+    (absl's ``app.run(main)``); returns its exit code, stdout and stderr."""
+    from absl import app, flags
+
+    from tf_maml import main as cli_main
+
+    flags.FLAGS.unparse_flags()  # every run starts from the defaults
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            app.run(cli_main.main, argv=["tf-maml", *args])
+        except SystemExit as exit_:
+            code = 0 if exit_.code is None else exit_.code
+    return types.SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
+
+
+def as_flags(config: Config, **overrides) -> list[str]:
+    """The command-line flags that give ``config`` (with ``overrides``)."""
+    config = dataclasses.replace(config, **overrides)
+    defaults = Config()
+    return [f"--{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(Config)
+            if getattr(config, f.name) != getattr(defaults, f.name)
+            and getattr(config, f.name) is not None]
+
+
+def snapshot(root) -> dict[str, str]:
+    """{relative path: sha256} of every file below ``root`` ({} if it does not exist)."""
+    return sha256_tree(str(root)) if os.path.exists(root) else {}
+
+
+def one_line_error(stderr: str) -> str:
+    """The ``tf-maml: error: ...`` line; fails if there is none or a traceback."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("tf-maml: error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def sine_run(tmp_path_factory):
+    """A finished sinusoid run directory as training leaves it (checkpoints model-20 and
+    model-40 with Adam's state, config.json, training_log.csv, the result files), written
+    without spending time on training; and its Config."""
+    root = tmp_path_factory.mktemp("sine_run")
+    config = sine_config(root, metatrain_iterations=40, num_test_tasks=10, test_num_updates=2)
+    run_dir = root / config.exp_string()
+    os.makedirs(run_dir)
+    checkpointer = Checkpointer(experiment.build_learner(config), str(run_dir))
+    checkpointer.save(20)
+    checkpointer.save(40)
+    (run_dir / "config.json").write_text(config.to_json())
+    (run_dir / "training_log.csv").write_text(
+        "iteration,phase,pre,post,val_pre,val_post,seconds\n40,metatrain,3.1,0.9,,,2.5\n")
+    values = np.random.default_rng(0).random((10, 3))
+    evaluate_lib.write_results(str(run_dir), values, config.update_batch_size,
+                               config.update_lr)
+    assert (run_dir / "test_ubs5_stepsize0.01.csv").exists()
+    return config, run_dir
+
+
+@pytest.fixture
+def sine_copy(sine_run, tmp_path):
+    """A private copy of the finished run: (Config pointing at it, its run directory)."""
+    config, run_dir = sine_run
+    logdir = tmp_path / "logs"
+    shutil.copytree(run_dir, logdir / run_dir.name)
+    config = dataclasses.replace(config, logdir=str(logdir))
+    (logdir / run_dir.name / "config.json").write_text(config.to_json())
+    return config, logdir / run_dir.name
+
+
+# ---------------------------------------------------------------------------- flags
+def test_missing_flagfile_is_named(tmp_path):
+    missing = tmp_path / "nowhere" / "sinusoid.flags"
+    result = cli(f"--flagfile={missing}", f"--logdir={tmp_path / 'logs'}")
+    assert result.code == 1
+    assert "Unable to open flagfile" in result.err and str(missing) in result.err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_unknown_flag_in_flagfile_is_named_with_the_right_spelling(tmp_path):
+    flagfile = tmp_path / "typo.flags"
+    flagfile.write_text(f"--datasource=sinusoid\n--update_batchsize=10\n--logdir={tmp_path}/l\n")
+    result = cli(f"--flagfile={flagfile}")
+    assert result.code == 1
+    assert "Unknown command line flag 'update_batchsize'" in result.err
+    assert "Did you mean: update_batch_size" in result.err
+    assert not (tmp_path / "l").exists()
+
+
+def test_flag_of_the_wrong_type_in_flagfile_is_named(tmp_path):
+    flagfile = tmp_path / "type.flags"
+    flagfile.write_text("--num_classes=five\n")
+    result = cli(f"--flagfile={flagfile}", f"--logdir={tmp_path / 'l'}")
+    assert result.code == 1
+    assert "--num_classes=five" in result.err and "invalid literal for int()" in result.err
+
+
+def test_enum_flag_lists_its_choices(tmp_path):
+    result = cli("--nan_policy=ignore", f"--logdir={tmp_path / 'l'}")
+    assert result.code == 1
+    assert "--nan_policy=ignore" in result.err and "<stop|skip>" in result.err
+
+
+def test_positional_argument_is_refused(tmp_path):
+    result = cli("train", f"--logdir={tmp_path / 'l'}")
+    assert result.code == 1
+    assert "Unexpected arguments: train" in result.err
+    assert not (tmp_path / "l").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--algorithm=reptile", "--meta_sgd=True"),
+     "--meta_sgd: Meta-SGD learns inner step sizes through the meta-gradient; Reptile has none"),
+    (("--train_update_lr=0",), "--train_update_lr: must be -1 (same as --update_lr) or positive"),
+    (("--train_update_batch_size=0",), "--train_update_batch_size: must be -1"),
+    (("--test_num_updates=-1",), "--test_num_updates: must be >= 0, got -1"),
+])
+def test_contradictory_or_impossible_flags_exit_2_naming_the_flag(tmp_path, args, message):
+    result = cli(*args, f"--logdir={tmp_path / 'l'}")
+    assert result.code == 2
+    assert one_line_error(result.err).startswith(f"tf-maml: error: {message}")
+    assert not (tmp_path / "l").exists()
+
+
+def test_paper_flagfile_without_data_dir_says_what_to_run(tmp_path):
+    result = cli(f"--flagfile={REPO}/flags/omniglot_5way_1shot.flags",
+                 f"--logdir={tmp_path / 'l'}")
+    assert result.code == 2
+    line = one_line_error(result.err)
+    assert "--data_dir" in line and "python -m data_prep.omniglot" in line
+    assert not (tmp_path / "l").exists()
+
+
+def test_flagfile_conflict_is_reported_in_one_line(tmp_path):
+    """A flagfile for MiniImageNet without max pooling."""
+    flagfile = tmp_path / "mini.flags"
+    flagfile.write_text(f"--datasource=miniimagenet\n--data_dir={tmp_path}/data\n"
+                        f"--logdir={tmp_path}/logs\n")
+    result = cli(f"--flagfile={flagfile}")
+    assert result.code == 2
+    line = one_line_error(result.err)
+    assert line.startswith("tf-maml: error: --max_pool: ") and "--max_pool=True" in line
+    assert sorted(os.listdir(tmp_path)) == ["mini.flags"]
+
+
+# ---------------------------------------------------------------------------- data folders
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Prepared tiny data written by the data_prep functions: {"omniglot": folder (12
+    characters x 20 drawings), "miniimagenet": folder (train 3 / val 2 / test 2 classes x 6
+    images)} plus their sources."""
+    root = tmp_path_factory.mktemp("prepared")
+    for set_name, files in omniglot_files().items():
+        write_zip(str(root / f"{set_name}.zip"), files)
+    rng = np.random.default_rng(1)
+    rows = mini_rows()
+    (root / "images").mkdir()
+    for index, (filename, _) in enumerate(r for split in rows.values() for r in split):
+        (root / "images" / filename).write_bytes(mini_image(rng, index))
+    write_csvs(root / "csv", rows)
+    oprep.prepare_omniglot(str(root), str(root / "omniglot"), expect_counts=False)
+    mprep.prepare_miniimagenet(str(root / "images"), str(root / "csv"),
+                               str(root / "miniimagenet"), expect_counts=False)
+    return {"source": root, "omniglot": root / "omniglot", "miniimagenet": root / "miniimagenet"}
+
+
+def mini_config(data_dir, **overrides) -> Config:
+    base = dict(datasource="miniimagenet", data_dir=str(data_dir), max_pool=True,
+                num_filters=32, num_classes=2, update_batch_size=1, meta_batch_size=2)
+    base.update(overrides)
+    return Config(**base).validate()
+
+
+def test_missing_data_dir_says_what_to_run(tmp_path):
+    missing = tmp_path / "moved_away"
+    with pytest.raises(DataError) as info:
+        experiment.task_source(mini_config(missing), "train")
+    assert f"MiniImageNet data not found at {missing}" in str(info.value)
+    assert "python -m data_prep.miniimagenet" in str(info.value)
+    assert f"--output={missing}" in str(info.value)
+    assert not missing.exists()
+
+
+def test_empty_data_dir_says_what_to_run(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = Config(datasource="omniglot", data_dir=str(empty)).validate()
+    with pytest.raises(DataError) as info:
+        experiment.task_source(config, "train")
+    assert "no class folders */* found" in str(info.value)
+    assert "python -m data_prep.omniglot" in str(info.value)
+    assert os.listdir(empty) == []
+
+
+def copy_prepared(prepared, tmp_path) -> str:
+    data_dir = tmp_path / "miniimagenet"
+    shutil.copytree(prepared["miniimagenet"], data_dir)
+    return str(data_dir)
+
+
+def replace_image(path: str, data: bytes, cache: str) -> None:
+    """Overwrites an image, newer than the split's npz cache (so the cache is not used)."""
+    with open(path, "wb") as f:
+        f.write(data)
+    later = os.stat(cache).st_mtime_ns + 10**9
+    os.utime(path, ns=(later, later))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", r"cannot decode image .*/test/n03000002/n0300000200000004\.jpg"),
+    ("100x90", r"n0300000200000004\.jpg is 100x90, expected 84x84"),
+])
+def test_damaged_image_in_prepared_data_is_named(prepared, tmp_path, damage, message):
+    data_dir = copy_prepared(prepared, tmp_path)
+    victim = os.path.join(data_dir, "test", "n03000002", "n0300000200000004.jpg")
+    with open(victim, "rb") as f:
+        good = f.read()
+    rng = np.random.default_rng(0)
+    bad = good[:300] if damage == "truncated" else jpeg_bytes(
+        Image.fromarray(rng.integers(0, 256, (90, 100, 3), dtype=np.uint8)))
+    replace_image(victim, bad, os.path.join(data_dir, "test.npz"))
+    before = snapshot(data_dir)
+    with pytest.raises(DataError, match=message) as info:
+        experiment.task_source(mini_config(data_dir), "test", 1)
+    assert "python -m data_prep.miniimagenet" in str(info.value)  # how to rebuild it
+    assert snapshot(data_dir) == before
+
+
+def test_too_few_classes_for_n_way(prepared):
+    before = snapshot(prepared["miniimagenet"])
+    config = mini_config(prepared["miniimagenet"], num_classes=5)
+    with pytest.raises(DataError, match=r"MiniImageNet val split of .* has 2 classes, fewer "
+                                        r"than num_classes=5"):
+        experiment.task_source(config, "val", 1)
+    assert snapshot(prepared["miniimagenet"]) == before
+
+
+def test_too_few_images_for_support_plus_query(prepared):
+    """MiniImageNet trains with 15 query images per class: 1 + 15 > 6 images per class."""
+    before = snapshot(prepared["miniimagenet"])
+    with pytest.raises(DataError, match=r"3 classes have fewer images than num_support \+ "
+                                        r"num_query = 16: n01000001 \(6\)"):
+        experiment.task_source(mini_config(prepared["miniimagenet"]), "train")
+    assert snapshot(prepared["miniimagenet"]) == before
+
+
+def image_run(prepared, tmp_path) -> tuple[Config, str]:
+    """A MiniImageNet run directory with a checkpoint, config.json, a training log and a
+    result file, as a finished run leaves it."""
+    config = mini_config(prepared["miniimagenet"], logdir=str(tmp_path / "logs"))
+    run_dir = runner.run_dir(config)
+    os.makedirs(run_dir)
+    learner = experiment.build_learner(config)
+    Checkpointer(learner, run_dir).save(5)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        f.write(config.to_json())
+    with open(os.path.join(run_dir, "training_log.csv"), "w") as f:
+        f.write("iteration,phase,pre,post,val_pre,val_post,seconds\n5,metatrain,0.2,0.3,,,1\n")
+    with open(os.path.join(run_dir, "test_ubs1_stepsize0.001.csv"), "w") as f:
+        f.write("update0,update1\n0.2,0.3\n")
+    return config, run_dir
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_missing_data_dir_leaves_an_existing_run_untouched(prepared, tmp_path, train):
+    config, run_dir = image_run(prepared, tmp_path)
+    before = snapshot(run_dir)
+    moved = tmp_path / "moved_away"
+    with pytest.raises(DataError, match=f"MiniImageNet data not found at {moved}"):
+        runner.run(dataclasses.replace(config, data_dir=str(moved), train=train,
+                                       metatrain_iterations=10), log=lambda s: None)
+    assert snapshot(run_dir) == before
+
+
+# ---------------------------------------------------------------------------- data_prep
+def test_omniglot_empty_source_folders_are_named(tmp_path):
+    for set_name in oprep.SETS:
+        (tmp_path / "src" / set_name).mkdir(parents=True)
+    with pytest.raises(PrepError, match=r"no PNG drawings found in .*images_background"):
+        oprep.prepare_omniglot(str(tmp_path / "src"), str(tmp_path / "out"),
+                               expect_counts=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_omniglot_rerun_with_expected_counts_leaves_prepared_output_untouched(prepared):
+    before = snapshot(prepared["omniglot"])
+    with pytest.raises(PrepError, match=r"12 characters x 20 drawings, expected 1623 x 20 .*"
+                                        r"--expect_counts=false"):
+        oprep.prepare_omniglot(str(prepared["source"]), str(prepared["omniglot"]))
+    assert snapshot(prepared["omniglot"]) == before
+
+
+def test_miniimagenet_rerun_with_expected_counts_leaves_prepared_output_untouched(prepared):
+    before = snapshot(prepared["miniimagenet"])
+    with pytest.raises(PrepError, match=r"train\.csv: 3 classes x 6 images, expected 64 x 600 "
+                                        r".*--expect_counts=false"):
+        mprep.prepare_miniimagenet(str(prepared["source"] / "images"),
+                                   str(prepared["source"] / "csv"),
+                                   str(prepared["miniimagenet"]))
+    assert snapshot(prepared["miniimagenet"]) == before
+
+
+def test_miniimagenet_class_with_too_few_images_is_named(prepared, tmp_path):
+    rows = mini_rows()
+    rows["val"] = rows["val"][:-1]  # n02000002 loses one image
+    write_csvs(tmp_path / "csv", rows)
+    with pytest.raises(PrepError, match=r"val\.csv: 1 classes have fewer than 6 images: "
+                                        r"n02000002 \(5\)"):
+        mprep.prepare_miniimagenet(str(prepared["source"] / "images"), str(tmp_path / "csv"),
+                                   str(tmp_path / "out"), expect_counts=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_omniglot_into_a_prepared_miniimagenet_folder_touches_nothing(prepared, tmp_path):
+    output = copy_prepared(prepared, tmp_path)
+    before = snapshot(output)
+    with pytest.raises(PrepError, match=r"holds 3 entries that this build did not write "
+                                        r"\(e\.g\. test, train, val\).*empty --output"):
+        oprep.prepare_omniglot(str(prepared["source"]), output, expect_counts=False)
+    assert snapshot(output) == before
+
+
+def test_miniimagenet_into_a_prepared_omniglot_folder_touches_nothing(prepared, tmp_path):
+    output = tmp_path / "omniglot"
+    shutil.copytree(prepared["omniglot"], output)
+    before = snapshot(output)
+    with pytest.raises(PrepError, match=r"Alpha, Beta_\(b\), Gamma.*empty --output"):
+        mprep.prepare_miniimagenet(str(prepared["source"] / "images"),
+                                   str(prepared["source"] / "csv"), str(output),
+                                   expect_counts=False)
+    assert snapshot(output) == before
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def test_missing_test_iter_lists_the_available_checkpoints(sine_copy):
+    config, run_dir = sine_copy
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, train=False, test_iter=7))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert f"no checkpoint at {run_dir}/model-7" in line
+    assert "model-20, model-40" in line
+    assert snapshot(run_dir) == before
+
+
+def other_architecture_checkpoint(run_dir) -> None:
+    """Replaces the run's checkpoints by one of a 20-20 MLP (the run's net is 40-40), as a
+    run directory shared by two configurations or an older version would leave it."""
+    for name in os.listdir(run_dir):
+        if name.startswith("model-") or name == "checkpoint":
+            os.remove(os.path.join(run_dir, name))
+    keras.utils.set_random_seed(0)
+    other = MetaLearner(models.fc_net((1,), (20, 20), 1, name="sinusoid_mlp"), losses.mse)
+    Checkpointer(other, str(run_dir)).save(40)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["resume", "evaluate"])
+def test_checkpoint_of_another_architecture_fails_clearly(sine_copy, train):
+    config, run_dir = sine_copy
+    other_architecture_checkpoint(run_dir)
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError) as info:
+        runner.run(dataclasses.replace(config, train=train), log=lambda s: None)
+    message = str(info.value)
+    assert "model-40 does not fit this model" in message and "dense1/kernel" in message
+    assert "--datasource" in message  # which flags to check
+    assert snapshot(run_dir) == before
+
+
+def test_tf1_checkpoint_with_wrong_shapes_names_the_variable_and_flag(tmp_path):
+    """An original MiniImageNet checkpoint with 64 filters into the 32-filter net."""
+    rng = np.random.default_rng(0)
+    tensors = {"model/w5": rng.normal(size=(64 * 25, 5)), "model/b5": rng.normal(size=5)}
+    for i in range(4):
+        tensors[f"model/conv{i + 1}"] = rng.normal(size=(3, 3, 3 if i == 0 else 64, 64))
+        tensors["model/Variable" + (f"_{i}" if i else "")] = rng.normal(size=64)
+        tensors[f"model/{i}/beta"] = rng.normal(size=64)
+    prefix = save_tf1(str(tmp_path / "model59000"), tensors)
+    result = cli("--datasource=miniimagenet", "--max_pool=True", "--num_filters=32",
+                 f"--data_dir={tmp_path / 'data'}", "--train=False", f"--init_checkpoint={prefix}",
+                 f"--logdir={tmp_path / 'logs'}")
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert f"the checkpoint {prefix} does not fit" in line
+    assert ("model/conv1 has shape [3, 3, 3, 64] in the checkpoint but conv1/kernel is "
+            "[3, 3, 3, 32] (check --num_filters)") in line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_tf1_checkpoint_of_another_net_leaves_the_run_untouched(sine_copy, tmp_path):
+    """--init_checkpoint with a 20-unit original sinusoid checkpoint on a 40-unit run."""
+    config, run_dir = sine_copy
+    rng = np.random.default_rng(0)
+    sizes = [1, 20, 20, 1]
+    tensors = {}
+    for j in range(3):
+        tensors["model/Variable" + (f"_{2 * j}" if j else "")] = rng.normal(
+            size=(sizes[j], sizes[j + 1]))
+        tensors[f"model/Variable_{2 * j + 1}"] = rng.normal(size=sizes[j + 1])
+    prefix = save_tf1(str(tmp_path / "model70000"), tensors)
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, init_checkpoint=prefix, metatrain_iterations=60))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert "model/Variable has shape [1, 20] in the checkpoint but dense1/kernel is [1, 40]" in line
+    assert snapshot(run_dir) == before
+
+
+def truncate(path, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("part", [
+    "data-00000-of-00001",
+    pytest.param("index"),
+])
+def test_truncated_checkpoint_is_named_and_left_in_place(sine_copy, part):
+    config, run_dir = sine_copy
+    truncate(run_dir / f"model-40.{part}", 30)
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, train=False))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert f"checkpoint {run_dir}/model-40 is corrupt or truncated" in line
+    assert snapshot(run_dir) == before
+
+
+def test_only_checkpoint_truncated_says_to_move_the_run_away(sine_copy):
+    config, run_dir = sine_copy
+    for name in os.listdir(run_dir):  # a run that saved a single checkpoint
+        if name.startswith("model-") or name == "checkpoint":
+            os.remove(run_dir / name)
+    Checkpointer(experiment.build_learner(config), str(run_dir)).save(40)
+    truncate(run_dir / "model-40.data-00000-of-00001", 50)
+    before = snapshot(run_dir)
+    logs = []
+    with pytest.raises(CheckpointError, match=f"no readable checkpoint in {run_dir}; move the "
+                                              "run directory away"):
+        runner.run(config, log=logs.append)  # the same command again
+    assert any("model-40 is corrupt or truncated" in line for line in logs)
+    assert snapshot(run_dir) == before
+
+
+# ---------------------------------------------------------------------------- SavedModel
+@pytest.fixture(scope="module")
+def classifier_export(tmp_path_factory):
+    """A 3-way classifier of 4 features, exported; (loaded SavedModel, dir, a valid task)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3)])
+    learner = MetaLearner(model, losses.summed_xent(2), inner_lr=0.1)
+    export_dir = export(learner, str(tmp_path_factory.mktemp("export") / "model"), num_steps=2)
+    rng = np.random.default_rng(0)
+    task = dict(support_x=tf.constant(rng.random((6, 4), dtype=np.float32)),
+                support_y=tf.constant(np.repeat(np.arange(3), 2), tf.int64),
+                query_x=tf.constant(rng.random((5, 4), dtype=np.float32)))
+    return tf.saved_model.load(export_dir), export_dir, task
+
+
+OPTIONS = dict(num_steps=tf.constant(1), inner_lr=tf.constant(0.1))
+
+
+@pytest.mark.parametrize("signature, change, message", [
+    ("adapt_and_predict", dict(support_y=tf.constant([0, 1, 2, 3, 0, 1], tf.int64)),
+     "support_y has a class id >= N = 3"),
+    ("adapt_and_predict", dict(support_y=tf.constant([0, 1, 2, -1, 0, 1], tf.int64)),
+     "support_y has a negative class id"),
+    ("adapt_and_predict_with_options",
+     dict(support_x=tf.zeros([0, 4]), support_y=tf.zeros([0], tf.int64), **OPTIONS),
+     "the support set is empty (support_x has no examples)"),
+    ("adapt_and_predict", dict(query_x=tf.zeros([5, 2, 2])),
+     "query_x has the wrong rank: expected shape [n, 4]"),
+    ("adapt_and_predict", dict(support_x=tf.zeros([6, 5])),
+     "support_x has the wrong feature shape: expected [n, 4]"),
+    ("adapt_and_predict_with_options", dict(OPTIONS, inner_lr=tf.constant(float("nan"))),
+     "inner_lr must be finite"),
+    ("adapt_and_predict_with_options", dict(OPTIONS, num_steps=tf.constant(-2)),
+     "num_steps must be >= 0"),
+    ("serving_default", dict(x=tf.zeros([2, 5])), "x has the wrong feature shape: expected [n, 4]"),
+], ids=["label>=N", "negative-label", "empty-support", "query-rank", "feature-size", "nan-lr",
+        "negative-steps", "serving-feature-size"])
+def test_saved_model_signatures_say_what_is_wrong(classifier_export, signature, change, message):
+    loaded, export_dir, task = classifier_export
+    before = snapshot(export_dir)
+    inputs = {} if signature == "serving_default" else dict(task)
+    if signature == "adapt_and_predict_with_options":
+        inputs.update(OPTIONS)
+    inputs.update(change)
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        loaded.signatures[signature](**inputs)
+    assert message in str(info.value)
+    assert snapshot(export_dir) == before
+
+
+# ---------------------------------------------------------------------------- Python API
+def mlp(hidden=(8,)) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return models.fc_net((1,), hidden, 1, name="sinusoid_mlp")
+
+
+@pytest.fixture(scope="module")
+def learner():
+    return MetaLearner(mlp(), losses.mse, inner_lr=0.01)
+
+
+def sine_batch(tasks=2, k=5, q=5, seed=0):
+    return SinusoidTasks(k, q).sample_batch(tasks, np.random.default_rng(seed))
+
+
+def test_unbuilt_model_says_to_build_it():
+    model = keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=r"call the model once on an example batch \(or give "
+                                         r"it an Input\)"):
+        MetaLearner(model, losses.mse)
+
+
+def test_model_without_trainable_weights_says_it_is_frozen():
+    model = mlp()
+    model.trainable = False
+    with pytest.raises(ValueError, match=r"has no trainable weights.*model\.trainable = True"):
+        MetaLearner(model, losses.mse)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(algorithm="fomaml"), r"algorithm must be one of \('maml', 'reptile'\), got 'fomaml'"),
+    (dict(task_parallelism="threads"),
+     r"task_parallelism must be one of \('auto', 'vectorized', 'map', 'loop'\), got 'threads'"),
+    (dict(inner_steps=-1), r"inner_steps must be >= 0, got -1"),
+])
+def test_bad_learner_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MetaLearner(mlp(), losses.mse, **kwargs)
+
+
+@pytest.mark.parametrize("overrides, flag", [
+    (dict(algorithm="fomaml"), "--algorithm: 'fomaml' is not one of maml, reptile"),
+    (dict(task_parallelism="threads"), "--task_parallelism: 'threads' is not one of auto"),
+    (dict(dataset_backend="tfrecord"), "--dataset_backend: 'tfrecord' is not one of folders"),
+])
+def test_bad_config_strings_are_named(overrides, flag):
+    with pytest.raises(ConfigError, match=flag):
+        Config(**overrides).validate()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda b: b[:3],
+     r"train_step expects a batch \(support_x, support_y, query_x, query_y\).*got a tuple of 3"),
+    (lambda b: (b[0], b[1], b[2][:1], b[3][:1]),
+     r"train_step: the arrays of a batch must hold the same number of tasks"),
+], ids=["three-arrays", "task-counts-differ"])
+def test_wrong_batch_structure_to_train_step(learner, make, message):
+    before = [v.numpy() for v in learner.model.weights]
+    with pytest.raises(ValueError, match=message):
+        learner.train_step(make(sine_batch()))
+    for old, v in zip(before, learner.model.weights):
+        np.testing.assert_array_equal(old, v.numpy())
+
+
+@pytest.mark.parametrize("targets", [3, 1])
+def test_support_labels_of_another_length_in_train_step(learner, targets):
+    sx, sy, qx, qy = sine_batch()
+    before = [v.numpy() for v in learner.model.weights]
+    with pytest.raises(ValueError, match=f"support_y has {targets} targets per task but "
+                                         "support_x has 5 examples"):
+        learner.train_step((sx, sy[:, :targets], qx, qy))
+    for old, v in zip(before, learner.model.weights):
+        np.testing.assert_array_equal(old, v.numpy())
+
+
+def test_support_labels_of_another_length_in_adapt(learner):
+    sx, sy, _, _ = sine_batch()
+    with pytest.raises(ValueError, match="support_y has 3 targets but support_x has 5 examples"):
+        learner.adapt(sx[0], sy[0, :3])
+
+
+class NaNTasks:
+    """Sinusoid tasks whose query targets are NaN (broken data)."""
+
+    def __init__(self):
+        self.inner = SinusoidTasks(5, 5)
+
+    def sample_batch(self, meta_batch_size, rng):
+        sx, sy, qx, qy = self.inner.sample_batch(meta_batch_size, rng)
+        return sx, sy, qx, np.full_like(qy, np.nan)
+
+
+def test_nan_data_stops_fit_and_keeps_the_run(tmp_path):
+    run_dir = str(tmp_path / "run")
+    MetaLearner(mlp(), losses.mse).fit(SinusoidTasks(5, 5), iterations=5, meta_batch_size=2,
+                                       run_dir=run_dir, log_interval=None, log=lambda s: None)
+    before = snapshot(run_dir)
+    fresh = MetaLearner(mlp(), losses.mse)
+    with pytest.raises(NonFiniteError, match=r"iteration 6: that step was not applied\. Last "
+                                             r"good checkpoint: .*model-5 \(left intact\).*"
+                                             r"check the data"):
+        fresh.fit(NaNTasks(), iterations=8, meta_batch_size=2, run_dir=run_dir,
+                  log_interval=None, log=lambda s: None)
+    after = snapshot(run_dir)
+    new = set(after) - set(before)
+    assert all(os.path.basename(p).startswith("events.out.tfevents") for p in new), new
+    assert {p: after[p] for p in before} == before  # every file written before is intact
+    assert all(np.isfinite(v.numpy()).all() for v in fresh.model.weights)
+
+
+def test_unknown_nan_policy_is_named():
+    with pytest.raises(ValueError, match="nan_policy must be 'stop' or 'skip', got 'ignore'"):
+        MetaLearner(mlp(), losses.mse).fit(SinusoidTasks(5, 5), iterations=1,
+                                           nan_policy="ignore", log_interval=None)
