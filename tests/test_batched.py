@@ -1,0 +1,291 @@
+"""The batched-task fast path (tf_maml.batched) against the per-task unrolled loop of
+MetaLearner(task_parallelism="loop"): forward passes, meta-gradients (second order, first
+order, two inner steps, pretrain, Meta-SGD, Reptile) and evaluation, on the paper's
+architectures and a plain MLP; and the models it must refuse."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_maml import adapt, batched, learners, losses
+from tf_maml.learners import MetaLearner
+from tf_maml.models import conv4, fc_net
+
+# Compared in float64, where the only difference from the per-task loop is the order of
+# float additions, so agreement is to ~1e-12; a float32 run is checked more loosely.
+RTOL, ATOL = 1e-9, 1e-12
+
+
+def _classification_batch(rng, shape, tasks=3, n=5, k=1, q=2):
+    return (rng.uniform(size=(tasks, n * k) + shape).astype(keras.config.floatx()),
+            np.tile(np.arange(n, dtype="int32"), (tasks, k)),
+            rng.uniform(size=(tasks, n * q) + shape).astype(keras.config.floatx()),
+            np.tile(np.arange(n, dtype="int32"), (tasks, q)))
+
+
+def omniglot_conv():
+    return conv4((28, 28, 1), 5, num_filters=8), (28, 28, 1)
+
+
+def miniimagenet_conv():
+    # max-pool variant on tiny 21x21 inputs: 21 -> 10 -> 5 -> 2 -> 1
+    return conv4((21, 21, 3), 5, num_filters=8, max_pool=True), (21, 21, 3)
+
+
+def layer_norm_conv():
+    return conv4((28, 28, 1), 5, num_filters=8, norm="layer_norm"), (28, 28, 1)
+
+
+def no_norm_conv():
+    return conv4((28, 28, 1), 5, num_filters=8, norm="None"), (28, 28, 1)
+
+
+def fc_batch_norm():
+    return fc_net((28, 28, 1), (32, 16), 5, norm="batch_norm"), (28, 28, 1)
+
+
+def odd_conv():
+    """Other kernel sizes, strides, VALID padding, no bias, relu activation, BN scale."""
+    model = keras.Sequential([
+        keras.Input((13, 11, 2)),
+        keras.layers.Conv2D(6, (5, 3), strides=(2, 1), padding="valid", use_bias=False,
+                            activation="relu"),
+        keras.layers.BatchNormalization(scale=True, center=False, epsilon=1e-2),
+        keras.layers.Conv2D(4, 1),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(5, 2, strides=2, padding="same"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(5),
+    ])
+    return model, (13, 11, 2)
+
+
+CLASSIFIERS = {
+    "omniglot_conv": omniglot_conv,
+    "miniimagenet_conv": miniimagenet_conv,
+    "layer_norm_conv": layer_norm_conv,
+    "no_norm_conv": no_norm_conv,
+    "fc_batch_norm": fc_batch_norm,
+    "odd_conv": odd_conv,
+}
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
+
+
+def _build(name):
+    keras.utils.set_random_seed(1)
+    return CLASSIFIERS[name]()
+
+
+def _learner(model, **kwargs):
+    """The per-task reference; the batched functions read the same learner."""
+    return MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, metric_fn=losses.accuracy,
+                       task_parallelism="loop", **kwargs)
+
+
+def _flat(grads):
+    return np.concatenate([np.asarray(g).ravel() for g in grads])
+
+
+def _assert_same(got, expected, rtol=RTOL, atol=ATOL):
+    got_grads, got_metrics = got
+    exp_grads, exp_metrics = expected
+    assert len(got_grads) == len(exp_grads)
+    for g, e in zip(got_grads, exp_grads):
+        assert g.shape == e.shape and g.dtype == e.dtype
+    exp_flat = _flat(exp_grads)
+    np.testing.assert_allclose(_flat(got_grads), exp_flat, rtol=rtol,
+                               atol=atol * np.max(np.abs(exp_flat)))
+    assert set(got_metrics) == set(exp_metrics)
+    for key in exp_metrics:
+        np.testing.assert_allclose(float(got_metrics[key]), float(exp_metrics[key]),
+                                   rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
+def test_forward_matches_per_task_stateless_call(name):
+    model, shape = _build(name)
+    assert batched.supports(model), batched.unsupported_reason(model)
+    rng = np.random.default_rng(0)
+    tasks = 3
+    stacked = [tf.constant(rng.normal(size=(tasks,) + tuple(v.shape)) * 0.3)
+               for v in model.trainable_variables]
+    x = tf.constant(rng.uniform(size=(tasks, 4) + shape))
+    got = batched.batched_forward(model, stacked, x)
+    expected = tf.stack([adapt.forward(model, [w[t] for w in stacked], x[t])
+                         for t in range(tasks)])
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("name, first_order, steps", [
+    *((name, False, 1) for name in CLASSIFIERS),
+    *((name, True, 1) for name in ("omniglot_conv", "miniimagenet_conv", "odd_conv")),
+    *((name, False, 2) for name in ("omniglot_conv", "layer_norm_conv", "fc_batch_norm")),
+])
+def test_meta_gradients_match_per_task_loop(name, first_order, steps):
+    model, shape = _build(name)
+    reference = learner = _learner(model, inner_steps=steps, first_order=first_order)
+    batch = _classification_batch(np.random.default_rng(0), shape)
+    _assert_same(batched.meta_gradients(learner, batch), reference.meta_gradients(batch))
+
+
+@pytest.mark.parametrize("name", ["omniglot_conv", "fc_batch_norm"])
+def test_pretrain_gradients_match_per_task_loop(name):
+    model, shape = _build(name)
+    reference = learner = _learner(model)
+    batch = _classification_batch(np.random.default_rng(1), shape)
+    _assert_same(batched.meta_gradients(learner, batch, pretrain=True),
+                 reference.meta_gradients(batch, pretrain=True))
+
+
+def test_meta_sgd_and_adapted_norm_match_per_task_loop():
+    # float32: MetaLearner creates the Meta-SGD learning rates as float32 variables.
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    model, shape = _build("fc_batch_norm")
+    reference = learner = _learner(model, inner_steps=2, learn_inner_lr=True, adapt_norm=True)
+    rng = np.random.default_rng(2)
+    for lr in learner.inner_lrs:
+        lr.assign(rng.uniform(0.1, 0.5, size=lr.shape).astype("float32"))
+    batch = _classification_batch(rng, shape)
+    got = batched.meta_gradients(learner, batch)
+    assert len(got[0]) == 2 * len(model.trainable_variables)
+    _assert_same(got, reference.meta_gradients(batch), rtol=1e-4, atol=2e-5)
+
+
+def test_reptile_matches_per_task_loop():
+    model, shape = _build("omniglot_conv")
+    reference = learner = _learner(model, inner_steps=2, algorithm="reptile")
+    batch = _classification_batch(np.random.default_rng(3), shape)
+    _assert_same(batched.reptile_gradients(learner, batch), reference.reptile_gradients(batch))
+
+
+@pytest.fixture
+def eager_functions():
+    """MetaLearner.evaluate_batch without tracing its tf.function (faster here)."""
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
+@pytest.mark.parametrize("name", ["miniimagenet_conv", "fc_batch_norm"])
+def test_evaluation_matches_per_task_loop(name, eager_functions):
+    model, shape = _build(name)
+    reference = learner = _learner(model)
+    batch = _classification_batch(np.random.default_rng(4), shape, q=3)
+    expected = reference.evaluate_batch(batch, 2)
+    got = batched.evaluate_batch(learner, batch, 2)
+    assert set(got) == set(expected)
+    for key in expected:
+        assert got[key].shape == expected[key].shape == (3, 3)
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=RTOL, atol=ATOL)
+
+
+def test_mlp_regression_with_mse_matches_per_task_loop():
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(16, activation="tanh"),
+                              keras.layers.Dense(16), keras.layers.Activation("relu"),
+                              keras.layers.Dense(1)])
+    reference = MetaLearner(model, losses.mse, inner_lr=0.05, inner_steps=2,
+                            task_parallelism="loop")
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-5, 5, size=(4, 20, 1))
+    y = rng.uniform(0.1, 5, size=(4, 1, 1)) * np.sin(x)
+    batch = (x[:, :10], y[:, :10], x[:, 10:], y[:, 10:])
+    _assert_same(batched.meta_gradients(reference, batch), reference.meta_gradients(batch))
+    tf.config.run_functions_eagerly(True)
+    try:
+        expected = reference.evaluate_batch(batch, 2)["loss"].numpy()
+    finally:
+        tf.config.run_functions_eagerly(False)
+    got = batched.evaluate_batch(reference, batch, 2)["loss"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_float32_second_order_agrees_within_float32_rounding():
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    model, shape = _build("omniglot_conv")
+    learner = _learner(model)
+    batch = _classification_batch(np.random.default_rng(7), shape)
+    got = batched.meta_gradients(learner, batch)
+    assert got[0][0].dtype == tf.float32
+    # atol relative to the largest gradient element. (With 2 inner steps float32 rounding
+    # is amplified ~100x in the second-order terms that tf.nn.moments' stop_gradient adds
+    # through batch norm, in whichever summation order: compare those in float64.)
+    _assert_same(got, learner.meta_gradients(batch), rtol=1e-4, atol=2e-5)
+
+
+def test_inside_tf_function_matches_eager():
+    model, shape = _build("odd_conv")
+    learner = _learner(model)
+    batch = tuple(tf.constant(t) for t in _classification_batch(np.random.default_rng(6), shape))
+    eager = batched.meta_gradients(learner, batch)
+    graph = tf.function(lambda b: batched.meta_gradients(learner, b))(batch)
+    _assert_same(graph, eager)
+
+
+@pytest.mark.parametrize("extra", [
+    keras.layers.Dropout(0.5),
+    keras.layers.LayerNormalization(),
+    keras.layers.Dense(4, activation=lambda x: x * 2.0),
+])
+def test_unsupported_layers_are_refused(extra):
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4), extra,
+                              keras.layers.Dense(2)])
+    assert not batched.supports(model)
+    assert batched.unsupported_reason(model)
+
+
+def test_recurrent_and_branching_models_are_refused():
+    rnn = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(4), keras.layers.Dense(2)])
+    assert not batched.supports(rnn)
+    inputs = keras.Input((6,))
+    branch = keras.layers.Add()([keras.layers.Dense(4)(inputs), keras.layers.Dense(4)(inputs)])
+    assert not batched.supports(keras.Model(inputs, keras.layers.Dense(2)(branch)))
+    frozen = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+    frozen.layers[0].trainable = False
+    assert not batched.supports(frozen)
+
+
+def test_patch_bytes_counts_im2col_patches():
+    model, _ = _build("omniglot_conv")
+    # 28 -> 14 -> 7 -> 4 -> 2, 3x3 kernels, 1 then 8 input channels, float64
+    per_image = 8 * (14 * 14 * 9 * 1 + 7 * 7 * 9 * 8 + 4 * 4 * 9 * 8 + 2 * 2 * 9 * 8)
+    assert batched.patch_bytes(model, [(3, 5, 28, 28, 1)]) == 15 * per_image
+    assert batched.patch_bytes(model, [(3, 5, 28, 28, 1), (3, 2, 28, 28, 1)]) == 21 * per_image
+    mlp, _ = _build("fc_batch_norm")
+    assert batched.patch_bytes(mlp, [(3, 5, 28, 28, 1)]) == 0
+
+
+@pytest.mark.skipif("batched" not in learners.TASK_PARALLELISM,
+                    reason="MetaLearner has no task_parallelism='batched' yet")
+def test_meta_learner_batched_mode_trains_like_the_loop():
+    model, shape = _build("odd_conv")
+    twin, _ = _build("odd_conv")
+    batch = _classification_batch(np.random.default_rng(8), shape)
+    fast = _learner(model, meta_lr=0.01)
+    fast.task_parallelism = "batched"
+    slow = _learner(twin, meta_lr=0.01)
+    for learner in (fast, slow):
+        learner.train_step(batch)
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+    conv, shape = _build("omniglot_conv")
+    auto = MetaLearner(conv, losses.summed_xent(1), inner_lr=0.4)
+    assert auto._use_batched(_classification_batch(np.random.default_rng(8), shape))
+    # MiniImageNet 5-way 1-shot: GBs of im2col patches, over the budget: map_fn
+    mini = MetaLearner(conv4((84, 84, 3), 5, num_filters=32, max_pool=True),
+                       losses.summed_xent(1))
+    x, y = tf.TensorSpec((2, 5, 84, 84, 3)), tf.TensorSpec((2, 5))
+    assert not mini._use_batched((x, y, tf.TensorSpec((2, 75, 84, 84, 3)), y))
+    assert mini._use_batched((x, y, x, y))
