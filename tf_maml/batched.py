@@ -44,6 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_maml import models as tf_maml_models
 from tf_maml.models import ContribLayerNorm
 
 Batch = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
@@ -146,7 +147,7 @@ def _check_layer(layer: keras.layers.Layer) -> str:
         if not _activation_ok(layer.activation):
             raise Unsupported(f"{name}: activation {layer.activation!r}")
         return "dense"
-    if type(layer) is keras.layers.BatchNormalization:
+    if type(layer) in (keras.layers.BatchNormalization, tf_maml_models.BatchNormalization):
         rank = len(layer.input.shape) if _has_input(layer) else None
         axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
         if not (axis == -1 or (rank is not None and axis == rank - 1)):
@@ -320,8 +321,14 @@ def _batch_norm(layer, x: tf.Tensor, gamma, beta) -> tf.Tensor:
     # NB: tf.nn.moments' variance uses stop_gradient(mean): exact first derivatives, but
     # second-order MAML gradients through it are not the true ones (e.g. non-zero meta-
     # gradients for conv biases before batch norm, which finite differences give as 0).
-    # Kept, to compute exactly what the per-task path computes.
-    mean, variance = tf.nn.moments(x, axes=list(range(1, rank - 1)), keepdims=True)
+    # Kept for plain Keras layers, to compute exactly what the per-task path computes;
+    # tf_maml.models.BatchNormalization has exact moments, here too.
+    axes = list(range(1, rank - 1))
+    if isinstance(layer, tf_maml_models.BatchNormalization):  # exact second derivatives
+        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+        variance = tf.reduce_mean(tf.square(x - mean), axis=axes, keepdims=True)
+    else:
+        mean, variance = tf.nn.moments(x, axes=axes, keepdims=True)
     return tf.nn.batch_normalization(
         x, mean, variance,
         offset=None if beta is None else _per_task_broadcast(beta, rank),

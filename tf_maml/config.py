@@ -13,7 +13,7 @@ import math
 DATASOURCES = ("sinusoid", "omniglot", "miniimagenet")
 NORMS = ("batch_norm", "layer_norm", "None")
 ALGORITHMS = ("maml", "reptile")
-TASK_PARALLELISM = ("auto", "vectorized", "map", "loop")
+TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop")
 DATASET_BACKENDS = ("folders", "tfds")
 
 # The original's hard-coded intervals (main.py:73-80).

@@ -6,7 +6,9 @@ is the task (``meta_batch_size``). Each task is adapted independently (its own b
 statistics, its own fast weights); the per-task computations are mapped over that axis with
 ``tf.vectorized_map`` (fast for dense nets), ``tf.map_fn`` (convolutional nets, whose
 per-task filter gradients have no vectorised kernel), or an unrolled Python loop (the
-straightforward reference, used by the tests to check the other two).
+straightforward reference, used by the tests to check the other two); or, for a linear
+chain of standard layers, all tasks run at once through batched kernels
+(:mod:`tf_maml.batched`: per-task weights stacked, im2col convolutions).
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ import keras
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
+from tf_maml import batched as batched_lib
 
 Batch = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
 ALGORITHMS = ("maml", "reptile")
-TASK_PARALLELISM = ("auto", "vectorized", "map", "loop")
+TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop")
+# "auto" uses tf_maml.batched only while one support + one query pass of im2col patches
+# stays under this (Omniglot: 51-101 MB; MiniImageNet 84x84: ~1 GB, stays on map_fn).
+BATCHED_PATCH_BUDGET = 256 * 2**20
 
 
 BATCH_NAMES = ("support_x", "support_y", "query_x", "query_y")
@@ -84,7 +90,9 @@ class MetaLearner:
         MiniImageNet with 10).
       learn_inner_lr: Meta-SGD (Li et al. 2017): one learnable α per parameter element,
         initialised to ``inner_lr`` and meta-trained with θ.
-      task_parallelism: ``"auto"``, ``"vectorized"``, ``"map"`` or ``"loop"`` (see module doc).
+      task_parallelism: ``"auto"``, ``"batched"``, ``"vectorized"``, ``"map"`` or ``"loop"``
+        (see module doc). ``"auto"``: batched for a supported conv net whose im2col patches
+        fit ``BATCHED_PATCH_BUDGET``, else map_fn for conv/recurrent nets, else vectorized.
 
     Example (sinusoid regression, the paper's §5.1)::
 
@@ -144,6 +152,13 @@ class MetaLearner:
         self.algorithm = algorithm
         self.meta_grad_clip = meta_grad_clip
         self.mask = adapt_lib.adapted_mask(model, adapt_norm)
+        if task_parallelism == "batched" and not batched_lib.supports(model):
+            raise ValueError("task_parallelism='batched' cannot run this model: "
+                             f"{batched_lib.unsupported_reason(model)}")
+        # Omniglot conv4 on CPU: 1.8x (second order) to 2.2x (first order) faster than
+        # map_fn (benchmarks/batched_vs_map.py); dense nets stay on pfor, which is faster.
+        self._auto_batched = (task_parallelism == "auto" and _has_conv(model)
+                              and batched_lib.supports(model))
         if task_parallelism == "auto":
             # pfor has no batched kernel for a per-task conv filter gradient (it falls back
             # to a while loop, slower than map_fn) and cannot vectorise RNN while loops.
@@ -153,9 +168,8 @@ class MetaLearner:
         self.inner_lrs: list[keras.Variable] = []
         if learn_inner_lr:
             self.inner_lrs = [
-                keras.Variable(
-                    tf.fill(v.shape, self.inner_lr), trainable=True, name=f"inner_lr_{i}"
-                )
+                keras.Variable(tf.fill(v.shape, tf.cast(self.inner_lr, v.dtype)),
+                               trainable=True, name=f"inner_lr_{i}")
                 for i, v in enumerate(model.trainable_variables)
             ]
         self.optimizer = meta_optimizer or keras.optimizers.Adam(meta_lr)
@@ -176,6 +190,17 @@ class MetaLearner:
         return [tf.identity(v.value if hasattr(v, "value") else v) for v in variables]
 
     # ------------------------------------------------------------------ per-task map
+    def _use_batched(self, batch: Batch) -> bool:
+        """Whether this batch runs through tf_maml.batched (decided when tracing)."""
+        if self.task_parallelism == "batched":
+            return True
+        if not self._auto_batched:
+            return False
+        shapes = [tuple(batch[0].shape), tuple(batch[2].shape)]
+        if any(d is None for shape in shapes for d in shape):
+            return False
+        return batched_lib.patch_bytes(self.model, shapes) <= BATCHED_PATCH_BUDGET
+
     def _map_tasks(self, fn, batch: Batch, signature):
         if self.task_parallelism == "vectorized":
             return tf.vectorized_map(fn, batch, fallback_to_while_loop=True)
@@ -309,6 +334,8 @@ class MetaLearner:
         MAML: ∇θ mean_i L(θ'_i; query_i); pretrain: ∇θ mean_i L(θ; support_i) (the
         original's pretrained baseline minimises the pre-update loss).
         """
+        if self._use_batched(batch):
+            return batched_lib.meta_gradients(self, batch, pretrain=pretrain)
         params = self._read(self.model.trainable_variables)
         lrs = self._read(self.inner_lrs)
         num_steps = 0 if pretrain else self.inner_steps
@@ -328,6 +355,8 @@ class MetaLearner:
     def reptile_gradients(self, batch: Batch):
         """Reptile (Nichol et al. 2018): θ − mean_i θ'_i, with θ'_i after ``inner_steps``
         SGD steps on task i's support set; handed to the meta-optimiser as a gradient."""
+        if self._use_batched(batch):
+            return batched_lib.reptile_gradients(self, batch)
         params = self._read(self.model.trainable_variables)
         everything = [True] * len(params)
 
@@ -400,6 +429,8 @@ class MetaLearner:
         num_steps = int(num_steps)
         if num_steps not in self._eval_fns:
             def evaluate(batch):
+                if self._use_batched(batch):
+                    return batched_lib.evaluate_batch(self, batch, num_steps)
                 params = self._read(self.model.trainable_variables)
                 lrs = self._read(self.inner_lrs)
 

@@ -71,7 +71,7 @@ flags.DEFINE_enum("dataset_backend", "folders", ["folders", "tfds"],
 flags.DEFINE_bool("adapt_norm", False, "also adapt normalisation offsets in the inner loop "
                   "(the original did not).")
 flags.DEFINE_bool("meta_sgd", False, "Meta-SGD: learn a per-parameter inner step size.")
-flags.DEFINE_enum("task_parallelism", "auto", ["auto", "vectorized", "map", "loop"],
+flags.DEFINE_enum("task_parallelism", "auto", ["auto", "batched", "vectorized", "map", "loop"],
                   "how tasks of a meta-batch are mapped: vectorized (pfor), map (map_fn), loop "
                   "(unrolled); auto picks vectorized for dense nets and map for conv/RNN nets.")
 flags.DEFINE_bool("test_after_train", True, "after training, evaluate as --train=False would.")

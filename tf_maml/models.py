@@ -44,9 +44,33 @@ class ContribLayerNorm(keras.layers.Layer):
         return (x - mean) * ops.rsqrt(var + 1e-12) * self.gamma + self.beta
 
 
+@keras.saving.register_keras_serializable(package="tf_maml")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Keras' BatchNormalization with exact batch moments.
+
+    Keras (via ``tf.nn.moments``) computes the variance with ``stop_gradient`` on the mean.
+    That leaves first derivatives exact but not second ones, so second-order MAML
+    meta-gradients through it are wrong (e.g. non-zero for conv biases that batch norm
+    cancels, where finite differences give 0). Here var = mean((x - mean(x))²), fully
+    differentiated; the forward values are the same.
+    """
+
+    def _moments(self, inputs, mask):
+        if mask is not None or self.synchronized:
+            return super()._moments(inputs, mask)
+        return exact_moments(inputs, self._reduction_axes)
+
+
+def exact_moments(x, axes):
+    """Mean and (biased) variance over ``axes``, keepdims=False, twice differentiable."""
+    mean = ops.mean(x, axis=axes, keepdims=True)
+    variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
+    return ops.squeeze(mean, axis=axes), ops.squeeze(variance, axis=axes)
+
+
 def normalization(norm: str, name: str) -> keras.layers.Layer | None:
     if norm == "batch_norm":
-        return keras.layers.BatchNormalization(center=True, scale=False, epsilon=1e-3, name=name)
+        return BatchNormalization(center=True, scale=False, epsilon=1e-3, name=name)
     if norm == "layer_norm":
         return ContribLayerNorm(name=name)
     if norm == "None":
