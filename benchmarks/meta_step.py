@@ -94,7 +94,8 @@ def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window:
     peak_kb = peak_rss_kb()
     return {
         "config": name, "framework": f"tf_maml (tensorflow {tf.__version__})",
-        "task_parallelism": learner.task_parallelism,
+        "task_parallelism": ("batched" if learner._use_batched(batches[0])
+                             else learner.task_parallelism),
         "its_per_s_median": statistics.median(rates), "its_per_s_windows": rates,
         "first_step_s": first_step_s, "peak_rss_mb": (peak_kb - base_kb) / 1024.0,
         "peak_reset": reset_ok, "loadavg_1m_start": load_start,
