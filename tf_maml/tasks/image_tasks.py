@@ -115,19 +115,25 @@ def _load_cache(cache_path: str, listing: dict[str, list[str]], newest_ns: int,
     return None
 
 
-def _decode_file(path: str, image_shape: tuple[int, ...], hint: str) -> np.ndarray:
+def decode_image(source, origin: str, image_shape: tuple[int, ...], hint: str) -> np.ndarray:
+    """uint8 pixels of one image (a path or a file object; ``origin`` names it in errors),
+    decoded with Pillow; a wrong size or undecodable data raises DataError."""
     height, width, channels = image_shape
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             if img.size != (width, height):
-                raise DataError(f"{path} is {img.size[0]}x{img.size[1]}, expected "
+                raise DataError(f"{origin} is {img.size[0]}x{img.size[1]}, expected "
                                 f"{width}x{height}: {hint}")
             arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     except DataError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
-        raise DataError(f"cannot decode image {path} ({e}): {hint}") from e
+        raise DataError(f"cannot decode image {origin} ({e}): {hint}") from e
     return arr.reshape(image_shape)
+
+
+def _decode_file(path: str, image_shape: tuple[int, ...], hint: str) -> np.ndarray:
+    return decode_image(path, path, image_shape, hint)
 
 
 def load_class_images(root: str, listing: dict[str, list[str]], wanted: Sequence[str],

@@ -23,9 +23,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image
 
-from tf_maml.tasks.image_tasks import DataError, FewShotTasks, check_split
+from tf_maml.tasks.image_tasks import DataError, FewShotTasks, check_split, decode_image
 from tf_maml.tasks.miniimagenet import IMAGE_SHAPE as MINIIMAGENET_SHAPE
 from tf_maml.tasks.omniglot import IMAGE_SHAPE as OMNIGLOT_SHAPE
 from tf_maml.tasks.omniglot import split_characters
@@ -78,18 +77,7 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str
 def decode(data: bytes, image_shape: tuple[int, int, int], origin: str, hint: str
            ) -> np.ndarray:
     """uint8 pixels of one stored image, decoded with Pillow like the folder backend."""
-    height, width, channels = image_shape
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.size != (width, height):
-                raise DataError(f"{origin} is {img.size[0]}x{img.size[1]}, expected "
-                                f"{width}x{height}: {hint}")
-            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except DataError:
-        raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
-        raise DataError(f"cannot decode image {origin} ({e}): {hint}") from e
-    return arr.reshape(image_shape)
+    return decode_image(io.BytesIO(data), origin, image_shape, hint)
 
 
 def _stack(groups: dict[int, list[tuple[str, bytes]]], order: list[int], names: list[str],
