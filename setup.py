@@ -22,6 +22,7 @@ setup(
         "console_scripts": [
             "tf-maml=tf_maml.main:run",
             "tf-maml-figures=tf_maml.figures:run",
+            "tf-maml-reproduce=tf_maml.reproduce:run",
             "tf-maml-prep-omniglot=data_prep.omniglot:main",
             "tf-maml-prep-miniimagenet=data_prep.miniimagenet:main",
         ]
