@@ -551,7 +551,8 @@ def write_report(rows: list[dict], path: str, figures: list[str], command: str) 
             st = row["state"]
             if st:
                 m, c = np.array(st["means"]), np.array(st["ci95"])
-                vals = [f"{m[i]:.3f} ± {c[i]:.3f}" for i in (0, 1, -1)]
+                vals = [f"{m[i]:.3f} ± {c[i]:.3f}" if np.isfinite(m[i]) else
+                        "diverged (non-finite)" for i in (0, 1, -1)]
                 it = st["iteration"]
             else:
                 vals, it = ["", "", ""], row["done"] or ""
@@ -733,7 +734,13 @@ def main(argv):
         except ReproduceError:  # e.g. a --flags_dir holding only some flagfiles
             continue
     rows = [collect(p) for p in report_plans]
-    figures = make_figures(rows, F.figures_dir, log) if F.figures else []
+    if F.figures:
+        figures = make_figures(rows, F.figures_dir, log)
+    else:  # keep listing the figures written before
+        names = [f"curve_{r['plan'].experiment.name}.png" for r in rows]
+        names += ["sinusoid_figure2.png", "sinusoid_figure3.png"]
+        figures = [os.path.join(F.figures_dir, n) for n in names
+                   if os.path.exists(os.path.join(F.figures_dir, n))]
     command = "tf-maml-reproduce " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path = write_report(rows, F.output, figures, command)
     log(f"wrote {path}" + "".join(f"\nwrote {f}" for f in figures))
