@@ -17,7 +17,9 @@ setup(
         "tensorflow-datasets",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    # gym: only so that tf_maml.tasks.navigation.NavigationEnv is a gymnasium.Env with Box
+    # spaces (for Gymnasium's tools); nothing else needs it (README, 2D navigation).
+    extras_require={"test": ["pytest", "hypothesis"], "gym": ["gymnasium>=1.0"]},
     entry_points={
         "console_scripts": [
             "tf-maml=tf_maml.main:run",

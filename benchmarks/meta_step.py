@@ -4,6 +4,11 @@ side by side in one run.
     python -m benchmarks.meta_step                       # every configuration, both frameworks
     python -m benchmarks.meta_step --configs=sinusoid --frameworks=tf
     python -m benchmarks.meta_step --config=omniglot5 --json --framework=tf   # one, as JSON
+    python -m benchmarks.meta_step --configs=omniglot20 --task_parallelism=auto,accumulate:1
+
+``--task_parallelism`` takes a comma-separated list: one tf_maml row per value (each in its
+own process), beside the same reference run; ``accumulate:N`` is
+``task_parallelism="accumulate", tasks_per_chunk=N``.
 
 Each (configuration, framework) runs in a fresh process, so memory peaks do not mix, on the
 same pre-generated synthetic batches (``benchmarks.common.make_batch``; the data pipeline is
@@ -36,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0):
+    """The MetaLearner of configuration ``name``; ``task_parallelism`` may be
+    ``"accumulate:N"`` (N tasks per chunk)."""
     import keras
 
     from tf_maml import losses, models
@@ -51,10 +58,11 @@ def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0):
                              num_filters=cfg["num_filters"], max_pool=cfg["max_pool"],
                              norm="batch_norm")
         loss_fn, metric_fn = losses.summed_xent(cfg["k_shot"]), losses.accuracy
+    mode, _, chunk = task_parallelism.partition(":")
     return MetaLearner(model, loss_fn, inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
                        first_order=cfg["first_order"], meta_lr=cfg["meta_lr"],
                        metric_fn=metric_fn, meta_grad_clip=cfg["clip_value"],
-                       task_parallelism=task_parallelism)
+                       task_parallelism=mode, tasks_per_chunk=int(chunk) if chunk else None)
 
 
 def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window: int = 5,
@@ -94,8 +102,7 @@ def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window:
     peak_kb = peak_rss_kb()
     return {
         "config": name, "framework": f"tf_maml (tensorflow {tf.__version__})",
-        "task_parallelism": ("batched" if learner._use_batched(batches[0])
-                             else learner.task_parallelism),
+        "task_parallelism": learner.task_mapping(batches[0]),
         "its_per_s_median": statistics.median(rates), "its_per_s_windows": rates,
         "first_step_s": first_step_s, "peak_rss_mb": (peak_kb - base_kb) / 1024.0,
         "peak_reset": reset_ok, "loadavg_1m_start": load_start,
@@ -124,7 +131,9 @@ def main() -> None:
     parser.add_argument("--config", help="run ONE configuration in this process")
     parser.add_argument("--framework", default="tf")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--task_parallelism", default="auto")
+    parser.add_argument("--task_parallelism", default="auto",
+                        help="comma-separated tf_maml modes, one row each; accumulate:N = "
+                        "accumulate with N tasks per chunk")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--steps_per_window", type=int, default=5)
@@ -140,28 +149,25 @@ def main() -> None:
     print("| config | tf_maml it/s | reference it/s | ratio | first step tf / ref (s) "
           "| peak MB tf / ref | tf tasks via |")
     print("|---|---|---|---|---|---|---|")
+    modes = args.task_parallelism.split(",")
+
+    def cell(r, key, fmt):
+        return format(r[key], fmt) if r else "-"
+
     for name in args.configs.split(","):
-        res = {}
-        for fw in frameworks:
-            kw = dict(warmup=args.warmup, windows=args.windows)
-            if fw == "tf":
-                kw.update(steps_per_window=args.steps_per_window,
-                          task_parallelism=args.task_parallelism)
-            else:
-                kw.update(steps_per_window=args.steps_per_window)
-            res[fw] = run_in_subprocess(fw, name, **kw)
-        tf_r, ref = res.get("tf"), res.get("torch")
-
-        def cell(r, key, fmt):
-            return format(r[key], fmt) if r else "-"
-
-        ratio = (f"{tf_r['its_per_s_median'] / ref['its_per_s_median']:.2f}x"
-                 if tf_r and ref else "-")
-        print(f"| {name} | {cell(tf_r, 'its_per_s_median', '.2f')} | "
-              f"{cell(ref, 'its_per_s_median', '.2f')} | {ratio} | "
-              f"{cell(tf_r, 'first_step_s', '.1f')} / {cell(ref, 'first_step_s', '.1f')} | "
-              f"{cell(tf_r, 'peak_rss_mb', '.0f')} / {cell(ref, 'peak_rss_mb', '.0f')} | "
-              f"{tf_r['task_parallelism'] if tf_r else '-'} |", flush=True)
+        kw = dict(warmup=args.warmup, windows=args.windows,
+                  steps_per_window=args.steps_per_window)
+        ref = run_in_subprocess("torch", name, **kw) if "torch" in frameworks else None
+        for mode in modes if "tf" in frameworks else [None]:
+            tf_r = (run_in_subprocess("tf", name, task_parallelism=mode, **kw)
+                    if mode is not None else None)
+            ratio = (f"{tf_r['its_per_s_median'] / ref['its_per_s_median']:.2f}x"
+                     if tf_r and ref else "-")
+            print(f"| {name} | {cell(tf_r, 'its_per_s_median', '.2f')} | "
+                  f"{cell(ref, 'its_per_s_median', '.2f')} | {ratio} | "
+                  f"{cell(tf_r, 'first_step_s', '.1f')} / {cell(ref, 'first_step_s', '.1f')} | "
+                  f"{cell(tf_r, 'peak_rss_mb', '.0f')} / {cell(ref, 'peak_rss_mb', '.0f')} | "
+                  f"{tf_r['task_parallelism'] if tf_r else '-'} |", flush=True)
     print(f"# load at end {os.getloadavg()[0]:.2f}")
 
 

@@ -585,8 +585,8 @@ def test_model_without_trainable_weights_says_it_is_frozen():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(algorithm="fomaml"), r"algorithm must be one of \('maml', 'reptile'\), got 'fomaml'"),
     (dict(task_parallelism="threads"),
-     r"task_parallelism must be one of \('auto', 'batched', 'vectorized', 'map', 'loop'\), "
-     r"got 'threads'"),
+     r"task_parallelism must be one of \('auto', 'batched', 'vectorized', 'map', 'loop', "
+     r"'accumulate'\), got 'threads'"),
     (dict(inner_steps=-1), r"inner_steps must be >= 0, got -1"),
 ])
 def test_bad_learner_arguments_are_named(kwargs, message):

@@ -96,7 +96,7 @@ def problem():
     return theta, make_tasks(rng)
 
 
-@pytest.mark.parametrize("parallelism", ["vectorized", "map", "loop"])
+@pytest.mark.parametrize("parallelism", ["vectorized", "map", "loop", "accumulate"])
 @pytest.mark.parametrize("steps", [1, 2])
 def test_second_order_meta_gradient_matches_finite_differences(problem, parallelism, steps):
     theta, tasks = problem

@@ -15,6 +15,7 @@ Quick start::
 
 from tf_maml import (
     adapt,  # the module; its adapt() is THE inner loop
+    distribute,  # tf.distribute strategies: a meta-batch split over replicas
     losses,
 )
 from tf_maml.config import Config, ConfigError
@@ -23,7 +24,7 @@ from tf_maml.tasks import batch_rng, task_stream
 from tf_maml.tasks.sinusoid import SinusoidTasks
 
 __all__ = [
-    "Config", "ConfigError", "MetaLearner", "SinusoidTasks", "adapt", "batch_rng", "losses",
-    "task_stream",
+    "Config", "ConfigError", "MetaLearner", "SinusoidTasks", "adapt", "batch_rng", "distribute",
+    "losses", "task_stream",
 ]
 __version__ = "0.1.0"

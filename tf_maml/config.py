@@ -10,11 +10,12 @@ import dataclasses
 import json
 import math
 
-DATASOURCES = ("sinusoid", "omniglot", "miniimagenet")
+DATASOURCES = ("sinusoid", "omniglot", "miniimagenet", "navigation")
 NORMS = ("batch_norm", "layer_norm", "None")
 ALGORITHMS = ("maml", "reptile")
-TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop")
+TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop", "accumulate")
 DATASET_BACKENDS = ("folders", "tfds")
+DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 
 # The original's hard-coded intervals (main.py:73-80).
 SUMMARY_INTERVAL = 100
@@ -59,6 +60,9 @@ class Config:
     seed: int = 0
     data_dir: str | None = None
     dataset_backend: str = "folders"
+    # navigation (reinforcement learning, tf_maml/rl): TRPO's KL limit δ, the discount γ
+    max_kl: float = 0.01
+    discount: float = 0.99
     adapt_norm: bool = False
     meta_sgd: bool = False
     task_parallelism: str = "auto"
@@ -66,11 +70,15 @@ class Config:
     init_checkpoint: str | None = None
     export_dir: str | None = None
     deterministic: bool = False
+    # tf.distribute (tf_maml/distribute.py); not part of the run name: a run can be resumed
+    # with another strategy.
+    distribution_strategy: str = "default"
+    num_cpu_devices: int = 0
 
     # ------------------------------------------------------------------ derived values
     @property
     def is_classification(self) -> bool:
-        return self.datasource != "sinusoid"
+        return self.datasource in ("omniglot", "miniimagenet")
 
     @property
     def effective_train_update_batch_size(self) -> int:
@@ -84,14 +92,17 @@ class Config:
 
     @property
     def effective_pretrain_iterations(self) -> int:
-        # The oracle baseline turns every iteration into pretraining (main.py).
+        # The oracle baseline turns every iteration into pretraining (main.py); the random
+        # baseline (navigation) is not trained at all.
+        if self.baseline == "random":
+            return 0
         if self.baseline == "oracle":
             return self.pretrain_iterations + self.metatrain_iterations
         return self.pretrain_iterations
 
     @property
     def effective_metatrain_iterations(self) -> int:
-        return 0 if self.baseline == "oracle" else self.metatrain_iterations
+        return 0 if self.baseline in ("oracle", "random") else self.metatrain_iterations
 
     @property
     def total_iterations(self) -> int:
@@ -174,14 +185,17 @@ class Config:
         if self.task_parallelism not in TASK_PARALLELISM:
             fail("task_parallelism", f"{self.task_parallelism!r} is not one of "
                  f"{', '.join(TASK_PARALLELISM)}")
-        if self.baseline not in (None, "oracle"):
-            fail("baseline", f"{self.baseline!r} is not 'oracle' or unset")
-        if self.baseline == "oracle" and self.datasource != "sinusoid":
-            fail("baseline", "the oracle baseline exists only for --datasource=sinusoid")
+        if self.baseline not in (None, "oracle", "random"):
+            fail("baseline", f"{self.baseline!r} is not 'oracle', 'random' or unset")
+        if self.baseline == "oracle" and self.datasource not in ("sinusoid", "navigation"):
+            fail("baseline", "the oracle baseline exists only for --datasource=sinusoid or "
+                 "navigation")
+        if self.baseline == "random" and self.datasource != "navigation":
+            fail("baseline", "the random baseline exists only for --datasource=navigation")
         for name in ("pretrain_iterations", "metatrain_iterations"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.train and self.total_iterations == 0:
+        if self.train and self.total_iterations == 0 and self.baseline != "random":
             fail("metatrain_iterations", "pretrain_iterations + metatrain_iterations is 0: "
                  "there is nothing to train (use --train=False to evaluate)")
         for name in ("meta_batch_size", "update_batch_size", "num_filters", "num_test_tasks"):
@@ -199,6 +213,14 @@ class Config:
             fail("train_update_batch_size", "must be -1 (same as --update_batch_size) or >= 1")
         if self.train_update_lr != -1 and not self.train_update_lr > 0:
             fail("train_update_lr", "must be -1 (same as --update_lr) or positive")
+        if not (math.isfinite(self.max_kl) and self.max_kl > 0):
+            fail("max_kl", f"TRPO's KL limit must be a positive finite number, got "
+                 f"{self.max_kl}")
+        if not 0 < self.discount <= 1:
+            fail("discount", f"must be in (0, 1], got {self.discount}")
+        if self.datasource == "navigation" and (self.algorithm != "maml" or self.meta_sgd):
+            fail("algorithm", "--datasource=navigation trains MAML with TRPO (or the "
+                 "baselines); Reptile and Meta-SGD are not implemented for it")
         if self.is_classification:
             if self.num_classes < 2:
                 fail("num_classes", f"N-way classification needs N >= 2, got {self.num_classes}")
@@ -215,4 +237,37 @@ class Config:
                  "Reptile has none")
         if self.algorithm == "reptile" and self.stop_grad:
             fail("stop_grad", "Reptile is first-order by construction; drop --stop_grad")
+        if self.distribution_strategy not in DISTRIBUTION_STRATEGIES:
+            fail("distribution_strategy", f"{self.distribution_strategy!r} is not one of "
+                 f"{', '.join(DISTRIBUTION_STRATEGIES)}")
+        if self.num_cpu_devices < 0:
+            fail("num_cpu_devices", f"must be >= 0 (0: do not split the CPU), got "
+                 f"{self.num_cpu_devices}")
+        if self.distribution_strategy != "default" and self.datasource == "navigation":
+            fail("distribution_strategy", "navigation (reinforcement learning) trains on one "
+                 "device; drop the flag")
+        if self.num_cpu_devices and self.distribution_strategy != "mirrored":
+            fail("num_cpu_devices", "splits the CPU into replicas for "
+                 "--distribution_strategy=mirrored; add that flag (or drop this one)")
+        if self.distribution_strategy == "mirrored" and self.num_cpu_devices > 1:
+            # Known before TensorFlow starts; other strategies are checked once they exist.
+            check_meta_batch_size(self.meta_batch_size, self.num_cpu_devices, "mirrored")
         return self
+
+
+def check_meta_batch_size(meta_batch_size: int, num_replicas: int, strategy_name: str = "",
+                          ) -> None:
+    """A :class:`ConfigError` naming the fix unless the meta-batch splits evenly over the
+    replicas (every replica must adapt the same number of tasks)."""
+    if meta_batch_size % num_replicas == 0:
+        return
+    lower = meta_batch_size - meta_batch_size % num_replicas
+    upper = lower + num_replicas
+    options = f"--meta_batch_size={upper}" if lower == 0 else (
+        f"--meta_batch_size={lower} or {upper}")
+    what = f" of --distribution_strategy={strategy_name}" if strategy_name else ""
+    raise ConfigError(
+        f"--meta_batch_size: {meta_batch_size} tasks do not split evenly over the "
+        f"{num_replicas} replicas{what}; use a multiple of {num_replicas}, e.g. {options} "
+        "(or another number of replicas)"
+    )

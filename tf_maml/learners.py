@@ -8,7 +8,9 @@ statistics, its own fast weights); the per-task computations are mapped over tha
 per-task filter gradients have no vectorised kernel), or an unrolled Python loop (the
 straightforward reference, used by the tests to check the other two); or, for a linear
 chain of standard layers, all tasks run at once through batched kernels
-(:mod:`tf_maml.batched`: per-task weights stacked, im2col convolutions).
+(:mod:`tf_maml.batched`: per-task weights stacked, im2col convolutions). Meta-gradients can
+also be accumulated chunk of tasks by chunk in a ``tf.while_loop``
+(:mod:`tf_maml.accumulate`), so that only one chunk's activations are alive at a time.
 """
 
 from __future__ import annotations
@@ -18,15 +20,21 @@ from collections.abc import Callable, Sequence
 import keras
 import tensorflow as tf
 
+from tf_maml import accumulate as accumulate_lib
 from tf_maml import adapt as adapt_lib
 from tf_maml import batched as batched_lib
+from tf_maml import distribute as distribute_lib
 
 Batch = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
 ALGORITHMS = ("maml", "reptile")
-TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop")
+TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop", "accumulate")
 # "auto" uses tf_maml.batched only while one support + one query pass of im2col patches
 # stays under this (Omniglot: 51-101 MB; MiniImageNet 84x84: ~1 GB, stays on map_fn).
 BATCHED_PATCH_BUDGET = 256 * 2**20
+# "auto" and "accumulate" (tf_maml.accumulate): conv nets accumulate meta-gradients over
+# chunks of as many tasks as hold at most this much im2col patches (see _accumulate_plan;
+# Omniglot: 16 tasks of 5-way 1-shot, 4 of 20-way 1-shot).
+ACCUMULATE_PATCH_BUDGET = 32 * 2**20
 
 
 BATCH_NAMES = ("support_x", "support_y", "query_x", "query_y")
@@ -90,9 +98,20 @@ class MetaLearner:
         MiniImageNet with 10).
       learn_inner_lr: Meta-SGD (Li et al. 2017): one learnable α per parameter element,
         initialised to ``inner_lr`` and meta-trained with θ.
-      task_parallelism: ``"auto"``, ``"batched"``, ``"vectorized"``, ``"map"`` or ``"loop"``
-        (see module doc). ``"auto"``: batched for a supported conv net whose im2col patches
-        fit ``BATCHED_PATCH_BUDGET``, else map_fn for conv/recurrent nets, else vectorized.
+      task_parallelism: ``"auto"``, ``"batched"``, ``"vectorized"``, ``"map"``, ``"loop"``
+        or ``"accumulate"`` (see module doc). ``"auto"``: for a conv net, meta-gradients
+        through tf_maml.batched in one pass while all tasks' im2col patches stay under
+        ``ACCUMULATE_PATCH_BUDGET``, else accumulated over chunks of tasks (batched chunks
+        within that budget; one task per chunk through the model itself when the batched
+        path cannot run it or one task's patches exceed ``BATCHED_PATCH_BUDGET``);
+        map_fn for recurrent nets, else vectorized. Evaluation and Reptile (no outer tape)
+        use batched while the patches fit ``BATCHED_PATCH_BUDGET``, else map_fn.
+        ``"accumulate"``: always accumulates, in chunks as ``"auto"`` would pick them (one
+        task per chunk for a net without convolutions) or of ``tasks_per_chunk`` tasks
+        (evaluation and Reptile: map_fn, one task at a time).
+      tasks_per_chunk: with ``task_parallelism="accumulate"``, this many tasks per
+        iteration (must divide the meta-batch; above 1 the model must be supported by
+        tf_maml.batched). 1 holds the least memory.
 
     Example (sinusoid regression, the paper's §5.1)::
 
@@ -123,6 +142,7 @@ class MetaLearner:
         meta_grad_clip: float | None = None,
         learn_inner_lr: bool = False,
         task_parallelism: str = "auto",
+        tasks_per_chunk: int | None = None,
     ):
         if not model.built:
             raise ValueError(
@@ -159,6 +179,20 @@ class MetaLearner:
         # map_fn (benchmarks/batched_vs_map.py); dense nets stay on pfor, which is faster.
         self._auto_batched = (task_parallelism == "auto" and _has_conv(model)
                               and batched_lib.supports(model))
+        # Conv nets accumulate meta-gradients chunk by chunk (tf_maml.accumulate) once
+        # mapping all tasks would hold more than ACCUMULATE_PATCH_BUDGET of im2col patches
+        # (or always, without the batched path): see _accumulate_plan.
+        self._auto_accumulate = task_parallelism == "auto" and _has_conv(model)
+        self._batched_ok = batched_lib.supports(model)
+        if tasks_per_chunk is not None and (task_parallelism != "accumulate"
+                                            or int(tasks_per_chunk) < 1):
+            raise ValueError("tasks_per_chunk needs task_parallelism='accumulate' and a "
+                             f"positive number, got {tasks_per_chunk!r}")
+        if tasks_per_chunk is not None and int(tasks_per_chunk) > 1 and not self._batched_ok:
+            raise ValueError(f"tasks_per_chunk={tasks_per_chunk} needs a model that "
+                             "tf_maml.batched supports (else chunks hold one task): "
+                             f"{batched_lib.unsupported_reason(model)}")
+        self.tasks_per_chunk = None if tasks_per_chunk is None else int(tasks_per_chunk)
         if task_parallelism == "auto":
             # pfor has no batched kernel for a per-task conv filter gradient (it falls back
             # to a while loop, slower than map_fn) and cannot vectorise RNN while loops.
@@ -172,13 +206,30 @@ class MetaLearner:
                                trainable=True, name=f"inner_lr_{i}")
                 for i, v in enumerate(model.trainable_variables)
             ]
+        # tf.distribute: a learner built under strategy.scope() (its model too) splits each
+        # meta-batch over the strategy's replicas (tf_maml/distribute.py); None: one device.
+        self.strategy = distribute_lib.current_strategy()
         self.optimizer = meta_optimizer or keras.optimizers.Adam(meta_lr)
+        if self.strategy is not None:
+            self._check_distributed(model)
         self.optimizer.build(self.meta_variables)
         # Non-finite guard: a step whose loss or meta-gradient is NaN/Inf is not applied;
         # the first such iteration is remembered so the training loop can stop and say so.
         self.nonfinite_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._train_fns: dict = {}
         self._eval_fns: dict = {}
+
+    def _check_distributed(self, model: keras.Model) -> None:
+        if not all(isinstance(getattr(v, "value", v), tf.distribute.DistributedValues)
+                   for v in model.trainable_variables):
+            raise ValueError(
+                f"MetaLearner was created under a tf.distribute strategy's scope but model "
+                f"{model.name} was built outside it: build the model under the same "
+                "strategy.scope() (its weights must be mirrored on every replica)."
+            )
+        if getattr(self.optimizer, "_distribution_strategy", self.strategy) is not self.strategy:
+            raise ValueError("meta_optimizer was created outside the strategy's scope: create "
+                             "it under the same strategy.scope() as the MetaLearner.")
 
     # ------------------------------------------------------------------ variables
     @property
@@ -201,9 +252,55 @@ class MetaLearner:
             return False
         return batched_lib.patch_bytes(self.model, shapes) <= BATCHED_PATCH_BUDGET
 
+    def _accumulate_plan(self, batch: Batch) -> tuple[int, bool] | None:
+        """How the meta-gradients of this batch are accumulated (decided when tracing):
+        None maps all tasks at once (the other modes); else ``(tasks per chunk, whether
+        a chunk runs through tf_maml.batched)`` for tf_maml.accumulate.
+
+        A chunk holds the most tasks (dividing the meta-batch) whose im2col patches (one
+        support + one query pass, :func:`tf_maml.batched.patch_bytes`) stay within
+        ``ACCUMULATE_PATCH_BUDGET``: batched kernels big enough to amortise op dispatch,
+        memory bounded. "auto" maps all tasks in one batched pass if they fit. A model the
+        batched path cannot run, shapes unknown when tracing, a net without convolutions,
+        or one task over ``BATCHED_PATCH_BUDGET`` (MiniImageNet): one task per chunk,
+        through the model itself.
+        """
+        explicit = self.task_parallelism == "accumulate"
+        if not (explicit or self._auto_accumulate):
+            return None
+        if self.tasks_per_chunk is not None:
+            return self.tasks_per_chunk, self.tasks_per_chunk > 1
+        num_tasks = batch[0].shape[0]
+        shapes = [(1, *batch[0].shape[1:]), (1, *batch[2].shape[1:])]
+        if (not self._batched_ok or num_tasks is None
+                or any(d is None for shape in shapes for d in shape)):
+            return 1, False
+        per_task = batched_lib.patch_bytes(self.model, shapes)
+        if per_task == 0 or per_task > BATCHED_PATCH_BUDGET:
+            return 1, False
+        if not explicit and per_task * num_tasks <= ACCUMULATE_PATCH_BUDGET:
+            return None  # auto: one batched pass over every task (see _use_batched)
+        chunk = max(c for c in range(1, num_tasks + 1) if num_tasks % c == 0
+                    and (c * per_task <= ACCUMULATE_PATCH_BUDGET or c == 1))
+        return chunk, True
+
+    def task_mapping(self, batch: Batch) -> str:
+        """How ``meta_gradients`` maps the tasks of a batch of these shapes, in words
+        (e.g. ``"batched"``, ``"accumulate (8 tasks/chunk, batched)"``, ``"map"``)."""
+        plan = self._accumulate_plan(batch)
+        if plan is not None:
+            chunk, use_batched = plan
+            return (f"accumulate ({chunk} task{'s' if chunk > 1 else ''}/chunk"
+                    f"{', batched' if use_batched else ''})")
+        if self._use_batched(batch):
+            return "batched"
+        return self.task_parallelism
+
     def _map_tasks(self, fn, batch: Batch, signature):
         if self.task_parallelism == "vectorized":
             return tf.vectorized_map(fn, batch, fallback_to_while_loop=True)
+        if self.task_parallelism == "accumulate":  # no outer tape here: one task at a time
+            return tf.map_fn(fn, batch, fn_output_signature=signature, parallel_iterations=1)
         if self.task_parallelism == "map":
             num_tasks = batch[0].shape[0]
             return tf.map_fn(
@@ -268,7 +365,6 @@ class MetaLearner:
         iterations (None: silent).
         """
         from tf_maml import train as train_lib
-        from tf_maml.tasks import task_stream
 
         start, checkpointer = 0, None
         callbacks = list(callbacks)
@@ -282,18 +378,25 @@ class MetaLearner:
             if checkpointer.latest is not None:
                 path, start = checkpointer.restore_latest_good(log)
                 log(f"Resumed from {path} at iteration {start}")
-            callbacks += [
-                train_lib.HistoryCSV(os.path.join(run_dir, "training_log.csv")),
-                train_lib.TensorBoard(run_dir, self.inner_steps),
-                train_lib.CheckpointSaver(checkpointer, log=log),
-            ]
+            if checkpointer.chief:  # multi-worker: only the chief writes to run_dir
+                os.makedirs(run_dir, exist_ok=True)
+                callbacks += [
+                    train_lib.HistoryCSV(os.path.join(run_dir, "training_log.csv")),
+                    train_lib.TensorBoard(run_dir, self.inner_steps),
+                ]
+            callbacks.append(train_lib.CheckpointSaver(checkpointer, log=log))
         if hasattr(tasks, "sample_batch"):
-            batches = iter(task_stream(tasks, meta_batch_size, seed, start))
+            batches = distribute_lib.task_batches(self.strategy, tasks, meta_batch_size,
+                                                  seed, start)
         else:
             batches = iter(tasks)
-        return train_lib.fit(self, batches, iterations, start, callbacks,
-                             pretrain_iterations=pretrain_iterations, nan_policy=nan_policy,
-                             checkpointer=checkpointer, log=log)
+        try:
+            return train_lib.fit(self, batches, iterations, start, callbacks,
+                                 pretrain_iterations=pretrain_iterations, nan_policy=nan_policy,
+                                 checkpointer=checkpointer, log=log)
+        finally:
+            if checkpointer is not None:
+                checkpointer.close()
 
     def export(self, export_dir: str, num_steps: int = 10, **kwargs) -> str:
         """SavedModel with ``serving_default`` (θ's predictions) and ``adapt_and_predict``
@@ -334,6 +437,11 @@ class MetaLearner:
         MAML: ∇θ mean_i L(θ'_i; query_i); pretrain: ∇θ mean_i L(θ; support_i) (the
         original's pretrained baseline minimises the pre-update loss).
         """
+        plan = self._accumulate_plan(batch)
+        if plan is not None:
+            chunk, use_batched = plan
+            return accumulate_lib.meta_gradients(self, batch, pretrain=pretrain,
+                                                 tasks_per_chunk=chunk, use_batched=use_batched)
         if self._use_batched(batch):
             return batched_lib.meta_gradients(self, batch, pretrain=pretrain)
         params = self._read(self.model.trainable_variables)
@@ -405,19 +513,35 @@ class MetaLearner:
     # ------------------------------------------------------------------ compiled steps
     def train_step(self, batch: Batch, pretrain: bool = False) -> dict:
         """One compiled meta-training step on a batch of tasks; returns mean metrics and
-        ``applied`` (False when the step was skipped for a non-finite value)."""
+        ``applied`` (False when the step was skipped for a non-finite value).
+
+        Under a tf.distribute strategy (see :mod:`tf_maml.distribute`) ``batch`` is the
+        global meta-batch, split evenly over the replicas, or per-replica values from
+        :func:`tf_maml.distribute.task_batches`; gradients and metrics are all-reduced and
+        one meta-optimiser step is applied.
+        """
         key = "pretrain" if pretrain else self.algorithm
         if key not in self._train_fns:
-            def step(batch):
+            def gradients(batch):
                 if key == "reptile":
-                    grads, metrics = self.reptile_gradients(batch)
-                else:
-                    grads, metrics = self.meta_gradients(batch, pretrain=(key == "pretrain"))
+                    return self.reptile_gradients(batch)
+                return self.meta_gradients(batch, pretrain=(key == "pretrain"))
+
+            def apply(grads, metrics):
                 loss = metrics["pre_loss"] if key == "pretrain" else metrics["post_loss"]
                 return dict(metrics, applied=self.apply_gradients(grads, loss))
 
+            if self.strategy is None:
+                def step(batch):
+                    return apply(*gradients(batch))
+            else:
+                step = distribute_lib.replicated_step(self.strategy, gradients, apply)
             self._train_fns[key] = tf.function(step, reduce_retracing=True)
-        return self._train_fns[key](_check_batch(batch, "train_step"))
+        if self.strategy is None:
+            return self._train_fns[key](_check_batch(batch, "train_step"))
+        if not distribute_lib.is_distributed(batch):
+            batch = distribute_lib.split_batch(self.strategy, _check_batch(batch, "train_step"))
+        return self._train_fns[key](batch)
 
     meta_train_step = train_step  # the name used in the paper's vocabulary
 

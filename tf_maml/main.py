@@ -23,10 +23,11 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 
 # ---- the original's flags: names, types, defaults and help texts of cbfinn/maml main.py
-flags.DEFINE_string("datasource", "sinusoid", "sinusoid or omniglot or miniimagenet")
+flags.DEFINE_string("datasource", "sinusoid",
+                    "sinusoid or omniglot or miniimagenet (or navigation: 2D navigation RL)")
 flags.DEFINE_integer("num_classes", 5,
                      "number of classes used in classification (e.g. 5-way classification).")
-flags.DEFINE_string("baseline", None, "oracle, or None")
+flags.DEFINE_string("baseline", None, "oracle, or None (navigation: also random)")
 flags.DEFINE_integer("pretrain_iterations", 0, "number of pre-training iterations.")
 flags.DEFINE_integer("metatrain_iterations", 15000, "number of metatraining iterations.")
 flags.DEFINE_integer("meta_batch_size", 25, "number of tasks sampled per meta-update")
@@ -71,9 +72,13 @@ flags.DEFINE_enum("dataset_backend", "folders", ["folders", "tfds"],
 flags.DEFINE_bool("adapt_norm", False, "also adapt normalisation offsets in the inner loop "
                   "(the original did not).")
 flags.DEFINE_bool("meta_sgd", False, "Meta-SGD: learn a per-parameter inner step size.")
-flags.DEFINE_enum("task_parallelism", "auto", ["auto", "batched", "vectorized", "map", "loop"],
+flags.DEFINE_enum("task_parallelism", "auto",
+                  ["auto", "batched", "vectorized", "map", "loop", "accumulate"],
                   "how tasks of a meta-batch are mapped: vectorized (pfor), map (map_fn), loop "
-                  "(unrolled); auto picks vectorized for dense nets and map for conv/RNN nets.")
+                  "(unrolled), batched (all tasks through batched kernels), accumulate (a "
+                  "while loop over chunks of tasks summing meta-gradients: least memory); "
+                  "auto: vectorized for dense nets, map for RNNs, batched or accumulate for "
+                  "conv nets (by the memory of their im2col patches).")
 flags.DEFINE_bool("test_after_train", True, "after training, evaluate as --train=False would.")
 flags.DEFINE_string("init_checkpoint", None, "initialise from an original TF1 MAML checkpoint "
                     "(prefix, e.g. .../model59000).")
@@ -82,6 +87,15 @@ flags.DEFINE_bool("deterministic", False, "enable TensorFlow's deterministic ops
                   "run resumed after a crash ends with the weights of an uninterrupted one.")
 flags.DEFINE_enum("nan_policy", "stop", ["stop", "skip"],
                   "on a NaN/Inf loss or meta-gradient: stop with a message, or skip the step.")
+flags.DEFINE_float("max_kl", 0.01, "navigation: TRPO's KL limit (delta) of the meta-update.")
+flags.DEFINE_float("discount", 0.99, "navigation: discount factor (gamma) of the returns.")
+flags.DEFINE_enum("distribution_strategy", "default",
+                  ["default", "mirrored", "multi_worker_mirrored", "tpu"],
+                  "tf.distribute strategy: the meta-batch is split over its replicas, "
+                  "meta-gradients are all-reduced. mirrored: this machine's GPUs (or "
+                  "--num_cpu_devices CPUs); multi_worker_mirrored: the machines of TF_CONFIG.")
+flags.DEFINE_integer("num_cpu_devices", 0, "with --distribution_strategy=mirrored: split the "
+                     "CPU into this many logical devices, one replica each (for testing).")
 
 
 def config_from_flags():
@@ -105,6 +119,8 @@ def config_from_flags():
         meta_sgd=FLAGS.meta_sgd, task_parallelism=FLAGS.task_parallelism,
         test_after_train=FLAGS.test_after_train, init_checkpoint=FLAGS.init_checkpoint,
         export_dir=FLAGS.export_dir, deterministic=FLAGS.deterministic,
+        max_kl=FLAGS.max_kl, discount=FLAGS.discount,
+        distribution_strategy=FLAGS.distribution_strategy, num_cpu_devices=FLAGS.num_cpu_devices,
     )
 
 
@@ -133,6 +149,16 @@ def main(argv):
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as err:
+        import tensorflow as tf
+
+        if not (config.distribution_strategy == "multi_worker_mirrored"
+                and isinstance(err, tf.errors.UnavailableError)):
+            raise
+        print("tf-maml: error: lost contact with another worker (it stopped or crashed: "
+              f"{err.message.splitlines()[0]}). Restart every worker with the same command to "
+              "resume from the chief's latest checkpoint.", file=sys.stderr)
+        return 1
     return 0
 
 

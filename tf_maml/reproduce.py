@@ -12,9 +12,10 @@ not been evaluated yet), and writes ``docs/RESULTS.md`` with the paper's numbers
 the iterations actually run, the training wall time, the machine and the exact commands, plus
 PNG figures (the paper's Figures 2 and 3 analogues and a training curve for every image run).
 
-``--budget_minutes`` bounds the training: when it runs out the training process gets SIGTERM,
-which makes it save a checkpoint and stop; that checkpoint is evaluated and reported as
-partial with its iteration count, and the next invocation resumes it. Evaluation is not
+``--budget_minutes`` bounds the training (``--run_budget_minutes`` each run's): when it runs
+out the training process gets SIGTERM, which makes it save a checkpoint and stop; that
+checkpoint is evaluated and reported as partial with its iteration count, and the next
+invocation resumes it. Evaluation is not
 interrupted. Each experiment runs in its own ``tf-maml`` process, so a failure in one is
 reported and the others go on.
 """
@@ -718,7 +719,11 @@ def main(argv):
         # Two rows may share one training run (1-shot and 5-shot evaluation): train it once.
         train = F.train and p.run_dir not in seen_train
         seen_train.add(p.run_dir)
-        status = execute(p, deadline, train, F.evaluate, 60 * F.eval_reserve_minutes, log)
+        run_deadline = deadline
+        if F.run_budget_minutes is not None and train and p.train_cmd:
+            own = time.time() + 60 * (F.run_budget_minutes + F.eval_reserve_minutes)
+            run_deadline = own if deadline is None else min(deadline, own)
+        status = execute(p, run_deadline, train, F.evaluate, 60 * F.eval_reserve_minutes, log)
         if any(k.endswith("error") for k in status):
             failures[p.experiment.name] = status
     # The report covers every experiment: those not selected this time are read from disk.
@@ -757,6 +762,8 @@ def run():
                         "miniimagenet, or experiment names (" + ", ".join(BY_NAME) + ")")
     flags.DEFINE_float("budget_minutes", None, "training time budget of this invocation "
                        "(unlimited if unset); runs cut short are partial and resume next time")
+    flags.DEFINE_float("run_budget_minutes", None, "training time budget of each run (so one "
+                       "long run cannot take the whole --budget_minutes)")
     flags.DEFINE_float("eval_reserve_minutes", 5, "part of the budget kept for evaluation")
     flags.DEFINE_string("logdir_root", "logs", "runs go to <logdir_root>/<the flagfile's "
                         "logdir name>/<exp_string>")

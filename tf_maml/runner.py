@@ -13,8 +13,8 @@ import time
 
 from absl import logging
 
+from tf_maml import distribute, experiment
 from tf_maml import evaluate as evaluate_lib
-from tf_maml import experiment
 from tf_maml.config import Config
 from tf_maml.train import Checkpointer, restore_for_test, train
 
@@ -33,14 +33,28 @@ def _write_config(config: Config, directory: str) -> None:
 
 
 def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
-    """Trains and/or evaluates; returns paths and numbers of what was written."""
+    """Trains and/or evaluates; returns paths and numbers of what was written (and the
+    learner). With ``--distribution_strategy`` the meta-batch is split over the replicas;
+    in multi-worker training only the chief writes, evaluates and exports."""
     directory = run_dir(config)
     log(f"Run directory: {directory}")
+    if config.datasource == "navigation":  # reinforcement learning: tf_maml/rl/run.py
+        from tf_maml.rl import run as rl_run
+
+        return rl_run.run(config, directory, lambda: _write_config(config, directory), log=log)
+    # First: logical CPU devices and collective ops must be set up before TF's first op.
+    strategy = distribute.strategy_for(config)
+    chief = distribute.is_chief(strategy)
+    if config.distribution_strategy != "default":
+        log(f"Distribution: {config.distribution_strategy}, {strategy.num_replicas_in_sync} "
+            f"replicas, {config.meta_batch_size // strategy.num_replicas_in_sync} tasks each"
+            + ("" if chief else " (not the chief: writes nothing to the run directory)"))
     if config.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    learner = experiment.build_learner(config)
+    with strategy.scope():
+        learner = experiment.build_learner(config)
     if config.init_checkpoint:
         from tf_maml.convert import load_original_checkpoint
 
@@ -49,21 +63,27 @@ def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
         if config.train and Checkpointer(learner, directory).latest is not None:
             log(f"WARNING: {directory} already holds checkpoints: training resumes from the "
                 "latest of them, which replaces the --init_checkpoint weights.")
-    result: dict = {"run_dir": directory}
+    result: dict = {"run_dir": directory, "learner": learner}
     # Nothing is written to the run directory before the data and the checkpoint have loaded.
     if config.train:
         train_source = experiment.task_source(config, "train")
         val_source = (experiment.task_source(config, "val") if config.is_classification
-                      else None)
-        result["iterations"] = train(learner, config, directory, train_source, val_source,
-                                     log=log, nan_policy=nan_policy,
-                                     on_start=lambda: _write_config(config, directory))
+                      and chief else None)
+        result["iterations"] = train(
+            learner, config, directory, train_source, val_source, log=log,
+            nan_policy=nan_policy,
+            on_start=(lambda: _write_config(config, directory)) if chief else None)
+        if not chief:
+            return result
         if config.export_dir:
             result["export_dir"] = _export(learner, config)
         if not config.test_after_train:
             return result
         source = eval_source(config)
     else:
+        if not chief:
+            log("Evaluation runs on the chief worker only.")
+            return result
         if not config.init_checkpoint:
             path, iteration = restore_for_test(Checkpointer(learner, directory),
                                                config.test_iter)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
+from tf_maml import distribute as distribute_lib
 from tf_maml.config import MAX_TO_KEEP, SAVE_INTERVAL, SUMMARY_INTERVAL, Config
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks import VAL_STREAM, task_stream
@@ -40,11 +43,20 @@ class CorruptCheckpointError(CheckpointError):
 
 class Checkpointer:
     """θ, Adam's state (the original lost it on resume), Meta-SGD's α and the iteration, as
-    ``<run_dir>/model-<iteration>``; the last ``MAX_TO_KEEP`` are kept."""
+    ``<run_dir>/model-<iteration>``; the last ``MAX_TO_KEEP`` are kept.
+
+    In multi-worker training every worker saves (saving distributed variables may involve
+    collective ops), but only the chief into ``run_dir``: the others write to a scratch
+    directory, removed by :meth:`close`. All workers restore from ``run_dir``.
+    """
 
     def __init__(self, learner: MetaLearner, run_dir: str):
         self.learner = learner
         self.run_dir = run_dir
+        self.chief = distribute_lib.is_chief(learner.strategy)
+        self.saved_iteration: int | None = None  # of the checkpoint last saved or restored
+        self.last_saved: str | None = None
+        self._scratch: tf.train.CheckpointManager | None = None
         self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
         parts = {"model": learner.model, "optimizer": learner.optimizer,
                  "iteration": self.iteration}
@@ -61,7 +73,23 @@ class Checkpointer:
 
     def save(self, iteration: int) -> str:
         self.iteration.assign(iteration)
-        return self.manager.save(checkpoint_number=iteration)
+        if self.chief:
+            manager = self.manager
+        else:
+            if self._scratch is None:
+                self._scratch = tf.train.CheckpointManager(
+                    self.checkpoint, tempfile.mkdtemp(prefix="tf_maml_worker_"), max_to_keep=1,
+                    checkpoint_name=CHECKPOINT_NAME)
+            manager = self._scratch
+        self.last_saved = manager.save(checkpoint_number=iteration)
+        self.saved_iteration = iteration
+        return self.last_saved
+
+    def close(self) -> None:
+        """Removes a non-chief worker's scratch checkpoints."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch.directory, ignore_errors=True)
+            self._scratch = None
 
     def path_for(self, iteration: int) -> str:
         return os.path.join(self.run_dir, f"{CHECKPOINT_NAME}-{iteration}")
@@ -102,7 +130,8 @@ class Checkpointer:
             ) from err
         except (ValueError, tf.errors.InvalidArgumentError) as err:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
-        return int(self.iteration.numpy())
+        self.saved_iteration = int(self.iteration.numpy())
+        return self.saved_iteration
 
     def restore_latest_good(self, log=print) -> tuple[str, int]:
         """Restores the newest checkpoint that reads; a corrupt or truncated one (a crash or
@@ -298,13 +327,16 @@ class CheckpointSaver(Callback):
 
     def on_interrupt(self, iteration):
         path = self.checkpointer.save(iteration)
-        self.log(f"Interrupted at iteration {iteration}: saved {path}; rerun the same command "
-                 "(--resume=True) to continue.")
+        if self.checkpointer.chief:
+            self.log(f"Interrupted at iteration {iteration}: saved {path}; rerun the same "
+                     "command (--resume=True) to continue.")
 
     def on_train_end(self, iteration):
-        if self.checkpointer.latest != self.checkpointer.path_for(iteration):
+        # Decided on iteration numbers only, so that all workers save together.
+        if self.checkpointer.saved_iteration != iteration:
             self.checkpointer.save(iteration)
-        self.log(f"Saved {self.checkpointer.latest}")
+        if self.checkpointer.chief:
+            self.log(f"Saved {self.checkpointer.last_saved or self.checkpointer.latest}")
 
 
 # ---------------------------------------------------------------------- the loop
@@ -389,9 +421,22 @@ def train(
     With ``config.resume`` the latest checkpoint in ``run_dir`` is restored, Adam state and
     iteration included, and the task stream continues where it stopped. ``on_start`` is
     called once that restore succeeded, before anything is written to ``run_dir``.
+
+    Under a multi-worker strategy only the chief writes to ``run_dir`` (checkpoints,
+    ``training_log.csv``, TensorBoard) and runs validation; every worker resumes from the
+    checkpoints in ``run_dir``, which must therefore be on a file system they share.
     """
-    os.makedirs(run_dir, exist_ok=True)
     checkpointer = Checkpointer(learner, run_dir)
+    if checkpointer.chief:
+        os.makedirs(run_dir, exist_ok=True)
+    latest = checkpoint_iteration(checkpointer.latest) if checkpointer.latest else -1
+    seen = distribute_lib.values_on_all_workers(learner.strategy, latest)
+    if len(set(seen)) > 1:
+        raise CheckpointError(
+            f"the workers see different latest checkpoints in {run_dir} (iterations "
+            f"{', '.join(map(str, seen))}; -1: none): every worker resumes from --logdir, so "
+            "it must be a directory all of them share (NFS, a cloud bucket)."
+        )
     start = 0
     if checkpointer.latest is not None:
         if not config.resume:
@@ -409,23 +454,29 @@ def train(
         log(f"Training already complete ({start}/{total} iterations)")
         return start
 
-    history = HistoryCSV(os.path.join(run_dir, "training_log.csv"), SUMMARY_INTERVAL)
-    tensorboard = TensorBoard(run_dir, config.num_updates, SUMMARY_INTERVAL) if config.log else None
-    callbacks: list[Callback] = [ProgressLogger(config.print_interval, SUMMARY_INTERVAL, log),
-                                 history]
-    if tensorboard is not None:
-        callbacks.append(tensorboard)
-    if val_source is not None:
-        val_batches = iter(task_stream(val_source, config.meta_batch_size, config.seed, start,
-                                       VAL_STREAM))
-        callbacks.append(Validation(val_batches, config.test_print_interval, config.num_updates,
-                                    log, tensorboard, history))
+    callbacks: list[Callback] = [ProgressLogger(config.print_interval, SUMMARY_INTERVAL, log)]
+    if checkpointer.chief:
+        history = HistoryCSV(os.path.join(run_dir, "training_log.csv"), SUMMARY_INTERVAL)
+        tensorboard = (TensorBoard(run_dir, config.num_updates, SUMMARY_INTERVAL) if config.log
+                       else None)
+        callbacks.append(history)
+        if tensorboard is not None:
+            callbacks.append(tensorboard)
+        if val_source is not None:
+            val_batches = iter(task_stream(val_source, config.meta_batch_size, config.seed,
+                                           start, VAL_STREAM))
+            callbacks.append(Validation(val_batches, config.test_print_interval,
+                                        config.num_updates, log, tensorboard, history))
     callbacks.append(CheckpointSaver(checkpointer, SAVE_INTERVAL, log))
-    batches = iter(task_stream(train_source, config.meta_batch_size, config.seed, start))
-    return fit(learner, batches, total, start, callbacks,
-               pretrain_iterations=config.effective_pretrain_iterations,
-               nan_policy=nan_policy, check_interval=SUMMARY_INTERVAL,
-               checkpointer=checkpointer, log=log)
+    batches = distribute_lib.task_batches(learner.strategy, train_source,
+                                          config.meta_batch_size, config.seed, start)
+    try:
+        return fit(learner, batches, total, start, callbacks,
+                   pretrain_iterations=config.effective_pretrain_iterations,
+                   nan_policy=nan_policy, check_interval=SUMMARY_INTERVAL,
+                   checkpointer=checkpointer, log=log)
+    finally:
+        checkpointer.close()
 
 
 def _check_finite(pending, checkpointer: Checkpointer | None, nan_policy: str, log) -> None:

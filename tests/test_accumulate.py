@@ -1,0 +1,243 @@
+"""task_parallelism="accumulate" (tf_maml.accumulate: meta-gradients summed task chunk by
+task chunk in a tf.while_loop) against the per-task unrolled loop of
+MetaLearner(task_parallelism="loop"): meta-gradients and metrics (second order, first order,
+pretrain, Meta-SGD, one task or several batched tasks per chunk), a training step, and the
+chunk sizes "auto" picks. Finite differences: tests/test_meta_gradients.py."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_maml import batched, learners, losses
+from tf_maml.learners import MetaLearner
+from tf_maml.models import conv4, fc_net
+
+# float64: only the order of float additions differs from the loop, agreement ~1e-12.
+RTOL, ATOL = 1e-9, 1e-12
+TASKS = 3  # 1/3 is not a float32 number: a mean over tasks rounded to float32 would show
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
+
+
+def dense_regression():
+    """A plain tanh MLP with the mse loss (regression, no metric)."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(8, activation="tanh"),
+                              keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+    return model, losses.mse, None
+
+
+def conv_batch_norm():
+    """conv4 with tf_maml.models.BatchNormalization (exact second derivatives), strided,
+    12x12 inputs: 12 -> 6 -> 3 -> 2 -> 1."""
+    return conv4((12, 12, 1), 5, num_filters=4), losses.summed_xent(1), losses.accuracy
+
+
+def dense_batch_norm():
+    return fc_net((6,), (8,), 5, norm="batch_norm"), losses.summed_xent(1), losses.accuracy
+
+
+NETS = {"dense_regression": dense_regression, "conv_batch_norm": conv_batch_norm,
+        "dense_batch_norm": dense_batch_norm}
+
+
+def _batch(name, seed, tasks=TASKS):
+    rng = np.random.default_rng(seed)
+    if name == "dense_regression":
+        x = rng.uniform(-3, 3, size=(tasks, 10, 1))
+        y = rng.uniform(0.5, 2, size=(tasks, 1, 1)) * np.sin(x - rng.uniform(size=(tasks, 1, 1)))
+        return x[:, :5], y[:, :5], x[:, 5:], y[:, 5:]
+    shape = (12, 12, 1) if name == "conv_batch_norm" else (6,)
+    labels = np.tile(np.arange(5, dtype="int32"), (tasks, 1))
+    return (rng.uniform(size=(tasks, 5) + shape), labels,
+            rng.uniform(size=(tasks, 10) + shape), np.tile(labels, (1, 2)))
+
+
+def _learners(name, **kwargs):
+    """(accumulating learner, per-task loop reference) over the SAME model."""
+    keras.utils.set_random_seed(3)
+    model, loss_fn, metric_fn = NETS[name]()
+    chunk = kwargs.pop("tasks_per_chunk", None)
+    common = dict(inner_lr=0.3, metric_fn=metric_fn, **kwargs)
+    return (MetaLearner(model, loss_fn, task_parallelism="accumulate", tasks_per_chunk=chunk,
+                        **common),
+            MetaLearner(model, loss_fn, task_parallelism="loop", **common))
+
+
+def _flat(grads):
+    return np.concatenate([np.asarray(g).ravel() for g in grads])
+
+
+def _assert_same(got, expected, rtol=RTOL, atol=ATOL):
+    (got_grads, got_metrics), (exp_grads, exp_metrics) = got, expected
+    assert len(got_grads) == len(exp_grads)
+    for g, e in zip(got_grads, exp_grads):
+        assert g.shape == e.shape and g.dtype == e.dtype
+    exp_flat = _flat(exp_grads)
+    assert np.max(np.abs(exp_flat)) > 1e-3  # a vacuous all-zero comparison would pass
+    np.testing.assert_allclose(_flat(got_grads), exp_flat, rtol=rtol,
+                               atol=atol * np.max(np.abs(exp_flat)))
+    assert set(got_metrics) == set(exp_metrics)  # same keys as every other mode
+    for key in exp_metrics:
+        assert got_metrics[key].shape == () and got_metrics[key].dtype == exp_metrics[key].dtype
+        # accuracy is float32 in every mode: a mean of thirds rounds differently
+        tol = rtol if got_metrics[key].dtype == tf.float64 else max(rtol, 1e-6)
+        np.testing.assert_allclose(float(got_metrics[key]), float(exp_metrics[key]),
+                                   rtol=tol, atol=atol)
+
+
+def _graph(learner, batch, pretrain=False):
+    """meta_gradients traced into a graph, as train_step runs it (a real tf.while_loop)."""
+    batch = tuple(tf.constant(t) for t in batch)
+    return tf.function(lambda b: learner.meta_gradients(b, pretrain=pretrain))(batch)
+
+
+@pytest.mark.parametrize("name, first_order, steps, chunk, plan", [
+    ("dense_regression", False, 2, None, (1, False)),
+    ("conv_batch_norm", False, 2, 1, (1, False)),
+    ("conv_batch_norm", False, 1, 2, (2, True)),
+    ("conv_batch_norm", True, 2, 1, (1, False)),
+    ("conv_batch_norm", True, 1, 2, (2, True)),
+])
+def test_meta_gradients_match_per_task_loop(name, first_order, steps, chunk, plan):
+    acc, loop = _learners(name, inner_steps=steps, first_order=first_order,
+                          tasks_per_chunk=chunk)
+    batch = _batch(name, 0, tasks=2 * chunk if chunk and chunk > 1 else TASKS)
+    assert acc._accumulate_plan(batch) == plan
+    _assert_same(_graph(acc, batch), loop.meta_gradients(batch))
+
+
+def test_first_order_differs_from_second_order():
+    # Guards the first-order rows above: stop_grad changes the meta-gradient here.
+    acc, _ = _learners("conv_batch_norm", inner_steps=1, tasks_per_chunk=1)
+    fo, _ = _learners("conv_batch_norm", inner_steps=1, tasks_per_chunk=1, first_order=True)
+    batch = _batch("conv_batch_norm", 0, tasks=1)
+    assert np.max(np.abs(_flat(_graph(acc, batch)[0]) - _flat(_graph(fo, batch)[0]))) > 1e-3
+
+
+def test_pretrain_gradients_match_per_task_loop():
+    acc, loop = _learners("conv_batch_norm", tasks_per_chunk=1)
+    batch = _batch("conv_batch_norm", 1)
+    _assert_same(_graph(acc, batch, pretrain=True), loop.meta_gradients(batch, pretrain=True))
+
+
+def test_meta_sgd_and_adapted_norm_match_per_task_loop():
+    # float32: MetaLearner creates the Meta-SGD learning rates as float32 variables.
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    acc, loop = _learners("dense_batch_norm", inner_steps=2, learn_inner_lr=True,
+                          adapt_norm=True)
+    rng = np.random.default_rng(2)
+    for a, b in zip(acc.inner_lrs, loop.inner_lrs):
+        value = rng.uniform(0.1, 0.5, size=a.shape).astype("float32")
+        a.assign(value)
+        b.assign(value)
+    batch = tuple(t.astype("float32") if t.dtype == np.float64 else t
+                  for t in _batch("dense_batch_norm", 2))
+    got = _graph(acc, batch)
+    assert len(got[0]) == 2 * len(acc.model.trainable_variables)
+    assert np.max(np.abs(_flat(got[0][len(acc.model.trainable_variables):]))) > 0
+    _assert_same(got, loop.meta_gradients(batch), rtol=1e-4, atol=2e-5)
+
+
+def test_unknown_number_of_tasks_runs_one_task_per_iteration():
+    acc, loop = _learners("conv_batch_norm", inner_steps=1)
+    batch = _batch("conv_batch_norm", 3)
+    spec = tuple(tf.TensorSpec((None,) + t.shape[1:], tf.as_dtype(t.dtype)) for t in batch)
+    assert acc._accumulate_plan(spec) == (1, False)
+    fn = tf.function(lambda b: acc.meta_gradients(b), input_signature=(spec,))
+    _assert_same(fn(tuple(tf.constant(t) for t in batch)), loop.meta_gradients(batch))
+
+
+def test_train_step_updates_weights_like_the_loop():
+    keras.utils.set_random_seed(4)
+    model, loss_fn, metric_fn = dense_batch_norm()
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    kw = dict(inner_lr=0.3, inner_steps=2, metric_fn=metric_fn, meta_lr=0.01)
+    acc = MetaLearner(model, loss_fn, task_parallelism="accumulate", tasks_per_chunk=1, **kw)
+    loop = MetaLearner(twin, loss_fn, task_parallelism="loop", **kw)
+    before = [w.copy() for w in model.get_weights()]
+    for seed in (5, 6):
+        batch = _batch("dense_batch_norm", seed)
+        out_acc, out_loop = acc.train_step(batch), loop.train_step(batch)
+        assert set(out_acc) == set(out_loop)
+        for key in out_loop:
+            np.testing.assert_allclose(np.asarray(out_acc[key], "float64"),
+                                       np.asarray(out_loop[key], "float64"),
+                                       rtol=1e-9 if out_loop[key].dtype == tf.float64 else 1e-6)
+    moved = max(np.max(np.abs(a - b)) for a, b in zip(model.get_weights(), before))
+    assert moved > 1e-3
+    # atol: the dense bias before batch norm has meta-gradient 0, i.e. rounding noise of
+    # ~1e-14 that Adam turns into steps of ~1e-9 (lr * g / eps).
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-8)
+
+
+def test_chunk_sizes_chosen_by_auto_and_accumulate():
+    chunk_budget, budget = learners.ACCUMULATE_PATCH_BUDGET, learners.BATCHED_PATCH_BUDGET
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    omniglot = conv4((28, 28, 1), 5, num_filters=64)
+
+    def specs(tasks, support, query, shape=(28, 28, 1)):
+        x = [tf.TensorSpec((tasks, n) + shape) for n in (support, query)]
+        y = [tf.TensorSpec((tasks, n), tf.int32) for n in (support, query)]
+        return x[0], y[0], x[1], y[1]
+
+    def per_task(model, batch):
+        return batched.patch_bytes(model, [(1,) + tuple(batch[0].shape[1:]),
+                                           (1,) + tuple(batch[2].shape[1:])])
+
+    auto = MetaLearner(omniglot, losses.summed_xent(1))
+    accumulate = MetaLearner(omniglot, losses.summed_xent(1), task_parallelism="accumulate")
+    chunks = []
+    for batch in (specs(32, 5, 5), specs(16, 20, 20)):  # Omniglot 5-way and 20-way
+        tasks, size = batch[0].shape[0], per_task(omniglot, batch)
+        assert size * tasks > chunk_budget
+        chunk, use_batched = auto._accumulate_plan(batch)
+        assert use_batched and 1 < chunk < tasks and tasks % chunk == 0
+        # the most tasks (dividing the meta-batch) whose patches fit the budget
+        assert chunk * size <= chunk_budget
+        assert all(d * size > chunk_budget for d in range(chunk + 1, tasks + 1) if tasks % d == 0)
+        assert accumulate._accumulate_plan(batch) == (chunk, True)
+        assert auto.task_mapping(batch) == f"accumulate ({chunk} tasks/chunk, batched)"
+        chunks.append(chunk)
+    assert chunks == [16, 4]  # as the README says
+    small = specs(2, 5, 5)  # within the budget: auto maps every task in one batched pass
+    assert per_task(omniglot, small) * 2 <= chunk_budget
+    assert auto._accumulate_plan(small) is None and auto.task_mapping(small) == "batched"
+    assert accumulate._accumulate_plan(small) == (2, True)
+    # MiniImageNet: one task's patches exceed the batched budget: one task per chunk,
+    # through the model itself.
+    mini = conv4((84, 84, 3), 5, num_filters=32, max_pool=True)
+    batch = specs(4, 5, 75, (84, 84, 3))
+    assert per_task(mini, batch) > budget
+    assert MetaLearner(mini, losses.summed_xent(1))._accumulate_plan(batch) == (1, False)
+    # Dense nets stay on vectorized_map; the other explicit modes never accumulate.
+    dense = fc_net((6,), (8,), 5, norm="batch_norm")
+    assert MetaLearner(dense, losses.summed_xent(1))._accumulate_plan(specs(4, 5, 5, (6,))) is None
+    assert MetaLearner(omniglot, losses.summed_xent(1), task_parallelism="map"
+                       )._accumulate_plan(specs(32, 5, 5)) is None
+
+
+def test_bad_tasks_per_chunk_is_refused():
+    model, loss_fn, _ = conv_batch_norm()
+    with pytest.raises(ValueError, match="tasks_per_chunk"):
+        MetaLearner(model, loss_fn, task_parallelism="map", tasks_per_chunk=2)
+    with pytest.raises(ValueError, match="tasks_per_chunk"):
+        MetaLearner(model, loss_fn, task_parallelism="accumulate", tasks_per_chunk=0)
+    rnn = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(4), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="tf_maml.batched"):
+        MetaLearner(rnn, losses.mse, task_parallelism="accumulate", tasks_per_chunk=2)
+    learner = MetaLearner(model, loss_fn, task_parallelism="accumulate", tasks_per_chunk=2)
+    with pytest.raises(ValueError, match="must divide"):
+        learner.meta_gradients(_batch("conv_batch_norm", 0))

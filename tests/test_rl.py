@@ -1,0 +1,535 @@
+"""MAML for RL (tf_maml/rl, tf_maml/tasks/navigation.py) against independent truth: the
+navigation dynamics and rewards worked out by hand, the REINFORCE gradient against the
+closed-form gradient of a Gaussian bandit's expected reward (exact Gauss-Hermite
+quadrature), the KL's Hessian-vector product and the meta-gradient against finite
+differences (float64), conjugate gradient against numpy.linalg.solve, TRPO's step against
+its trust region, and the CLI end to end."""
+
+import csv
+import math
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_maml import adapt as adapt_lib
+from tf_maml import runner
+from tf_maml.config import Config, ConfigError
+from tf_maml.rl import policy as policy_lib
+from tf_maml.rl import sampler, trpo
+from tf_maml.rl.gym_tasks import GymTasks
+from tf_maml.rl.learner import RLMetaLearner, policy_gradient_loss
+from tf_maml.tasks.navigation import NavigationEnv, NavigationTasks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def eager():
+    """Runs the learner's tf.functions eagerly: for these tiny models, tracing the
+    third-order graphs costs far more than running them."""
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
+def constant_policy(mean, log_std):
+    """A policy_fn ignoring the state: the same Gaussian for every agent."""
+    mean, log_std = tf.constant(mean, tf.float32), tf.constant(log_std, tf.float32)
+
+    def policy_fn(obs):
+        shape = tf.concat([tf.shape(obs)[:-1], [2]], axis=0)
+        return tf.concat([tf.broadcast_to(mean, shape), tf.broadcast_to(log_std, shape)], -1)
+
+    return policy_fn
+
+
+# ---------------------------------------------------------------- the environment
+def test_navigation_step_moves_by_the_clipped_velocity_and_rewards_minus_distance():
+    env = NavigationTasks()
+    goals = np.array([[0.3, -0.4], [0.1, 0.1]], np.float32)
+    state = np.zeros((2, 1, 2), np.float32)
+    # Actions are in units of the 0.1 speed limit: (1, -0.5) -> velocity (0.1, -0.05);
+    # (5, -7) is clipped to (1, -1) -> (0.1, -0.1).
+    actions = np.array([[[1.0, -0.5]], [[5.0, -7.0]]], np.float32)
+    state, reward, done = env.step(state, goals, actions)
+    np.testing.assert_allclose(state.numpy()[:, 0], [[0.1, -0.05], [0.1, -0.1]], atol=1e-7)
+    expected = [-math.hypot(0.1 - 0.3, -0.05 + 0.4), -math.hypot(0.0, -0.2)]
+    np.testing.assert_allclose(reward.numpy()[:, 0], expected, rtol=1e-6)
+    assert not done.numpy().any()
+    state, reward, done = env.step(state, goals, [[[0.0, 0.0]], [[0.0, 2.0]]])
+    np.testing.assert_allclose(state.numpy()[1, 0], [0.1, 0.0], atol=1e-7)
+    # Task 2 is now 0.1 from its goal; task 1 did not move.
+    np.testing.assert_allclose(reward.numpy()[:, 0], [expected[0], -0.1], rtol=1e-6)
+
+
+def test_navigation_ends_within_0_01_of_the_goal():
+    env = NavigationTasks()
+    goals = np.array([[0.1, 0.1], [0.105, 0.1], [0.112, 0.1]], np.float32)
+    _, reward, done = env.step(np.zeros((3, 1, 2)), goals, np.ones((3, 1, 2), np.float32))
+    assert done.numpy()[:, 0].tolist() == [True, True, False]  # distances 0, 0.005, 0.012
+    np.testing.assert_allclose(reward.numpy()[:, 0], [0.0, -0.005, -0.012], atol=1e-6)
+
+
+def test_goals_are_uniform_on_the_square_and_the_oracle_sees_them():
+    env = NavigationTasks(oracle=True)
+    goals = env.sample_tasks(20000, np.random.default_rng(0))
+    assert goals.shape == (20000, 2) and goals.dtype == np.float32
+    assert goals.min() >= -0.5 and goals.max() <= 0.5
+    np.testing.assert_allclose(goals.mean(0), [0.0, 0.0], atol=0.01)
+    np.testing.assert_allclose(goals.var(0), [1 / 12, 1 / 12], rtol=0.03)  # U(-.5, .5)
+    obs = env.observe(np.full((2, 3, 2), 0.2, np.float32), goals[:2]).numpy()
+    assert obs.shape == (2, 3, 4)
+    np.testing.assert_allclose(obs[1, 2], [0.2, 0.2, *goals[1]])
+    assert NavigationTasks().observation_dim == 2 and env.observation_dim == 4
+
+
+def test_rollout_steps_all_agents_together_and_masks_after_the_goal():
+    env = NavigationTasks()
+    goals = np.array([[0.3, 0.0], [-0.5, 0.5]], np.float32)
+    # Deterministic policy (std e^-30): always full speed along +x.
+    traj = sampler.rollout(env, constant_policy([1.0, 0.0], [-30.0, -30.0]), goals, 2,
+                           seed=[1, 2])
+    assert traj["observations"].shape == (2, 2, 100, 2)
+    # Task 1 reaches (0.3, 0) at its third step: rewards -0.2, -0.1, 0, then nothing.
+    np.testing.assert_allclose(traj["rewards"].numpy()[0, :, :4], [[-0.2, -0.1, 0.0, 0.0]] * 2,
+                               atol=1e-6)
+    np.testing.assert_array_equal(traj["mask"].numpy()[0, 0], [1, 1, 1] + [0] * 97)
+    np.testing.assert_allclose(traj["observations"].numpy()[0, 0, :4],
+                               [[0, 0], [0.1, 0], [0.2, 0], [0, 0]], atol=1e-6)
+    # Task 2 is never reached: 100 steps, reward -|(0.1 (t+1), 0) - (-0.5, 0.5)|.
+    t = np.arange(1, 101)
+    np.testing.assert_allclose(traj["rewards"].numpy()[1, 1],
+                               -np.hypot(0.1 * t + 0.5, 0.5), rtol=1e-5)
+    assert traj["mask"].numpy()[1].sum() == 200
+    returns = sampler.undiscounted_returns(traj).numpy()
+    np.testing.assert_allclose(returns[0], [-0.3, -0.3], atol=1e-5)
+
+
+def test_rollout_actions_are_mean_plus_std_times_the_seeded_noise():
+    env = NavigationTasks()
+    goals = np.array([[0.4, 0.4]], np.float32)
+    traj = sampler.rollout(env, constant_policy([0.2, -0.1], [math.log(0.5)] * 2), goals, 3,
+                           seed=[7, 8])
+    noise = sampler.exploration_noise(tf.constant([7, 8]), 100, 1, 3, 2).numpy()
+    expected = np.array([0.2, -0.1]) + 0.5 * np.transpose(noise, (1, 2, 0, 3))
+    mask = traj["mask"].numpy()[..., None]
+    np.testing.assert_allclose(traj["actions"].numpy(), expected * mask, atol=1e-6)
+    # Positions are the running sums of the clipped velocities.
+    velocity = 0.1 * np.clip(expected, -1, 1)
+    np.testing.assert_allclose(traj["observations"].numpy()[0, :, 1:4],
+                               (np.cumsum(velocity, axis=2)[0, :, :3]) * mask[0, :, 1:4],
+                               atol=1e-5)
+
+
+def test_gymnasium_api_env_and_gym_tasks_match_the_vectorised_rollout():
+    env = NavigationEnv(goal=(0.3, 0.0))
+    obs, info = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, [0.0, 0.0])
+    for expected_reward in (-0.2, -0.1):
+        obs, reward, terminated, truncated, _ = env.step(np.array([1.0, 0.0]))
+        assert reward == pytest.approx(expected_reward, abs=1e-6) and not terminated
+    obs, reward, terminated, truncated, _ = env.step(np.array([1.0, 0.0]))
+    assert terminated and not truncated and reward == pytest.approx(0.0, abs=1e-6)
+
+    tasks = GymTasks(lambda goal: NavigationEnv(goal=goal), NavigationTasks().sample_tasks,
+                     observation_dim=2, action_dim=2, horizon=100)
+    goals = np.array([[0.2, 0.2], [-0.3, 0.2]], np.float32)
+    # A noisy policy saturating at the speed limit along (1, 1): task 1's episodes end at
+    # the second step, task 2's run all 100 steps.
+    policy_fn = constant_policy([5.0, 5.0], [math.log(0.3)] * 2)
+    gym_traj = tasks.rollout(policy_fn, goals, 3, seed=[3, 4])
+    tf_traj = sampler.rollout(NavigationTasks(), policy_fn, goals, 3, seed=[3, 4])
+    assert gym_traj["mask"].numpy().sum() == 3 * 2 + 3 * 100
+    for key in ("observations", "actions", "rewards", "mask"):
+        np.testing.assert_allclose(gym_traj[key].numpy(), tf_traj[key].numpy(), atol=1e-5,
+                                   err_msg=key)
+
+
+def test_the_learner_trains_on_gymnasium_envs_exactly_as_on_the_vectorised_env(eager):
+    def learner_for(env):
+        keras.utils.set_random_seed(0)
+        return RLMetaLearner(policy_lib.gaussian_mlp_policy(2, 2, hidden=(8,)), env,
+                             num_trajectories=2)
+
+    vectorised = NavigationTasks(horizon=6)
+    gym = GymTasks(lambda goal: NavigationEnv(goal=goal, horizon=6), vectorised.sample_tasks,
+                   observation_dim=2, action_dim=2, horizon=6)
+    goals = vectorised.sample_tasks(2, np.random.default_rng(0))
+    batches = [learner_for(env).collect(goals, np.random.default_rng(1))[0]
+               for env in (vectorised, gym)]
+    for key, value in batches[0]["outer"].items():
+        np.testing.assert_allclose(batches[1]["outer"][key].numpy(), value.numpy(), atol=1e-5,
+                                   err_msg=key)
+    assert learner_for(gym).update(batches[1])["step_fraction"] > 0
+
+
+def test_navigation_env_works_without_gymnasium(monkeypatch):
+    # A fresh copy of the module imported while `import gymnasium` fails.
+    import importlib.util
+
+    import tf_maml.tasks.navigation as navigation
+
+    monkeypatch.setitem(sys.modules, "gymnasium", None)
+    spec = importlib.util.spec_from_file_location("navigation_without_gym", navigation.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.NavigationEnv.__mro__[1] is object
+    env = module.NavigationEnv()
+    first, info = env.reset(seed=5)
+    goal = info["goal"]
+    np.testing.assert_array_equal(env.reset(seed=5)[1]["goal"], goal)  # seeded goals
+    assert goal.min() >= -0.5 and goal.max() <= 0.5 and not np.all(first)
+    obs, reward, terminated, truncated, _ = env.step([10.0, 0.0])
+    np.testing.assert_allclose(obs, [0.1, 0.0], atol=1e-7)
+    assert reward == pytest.approx(-np.hypot(0.1 - goal[0], goal[1]), rel=1e-5)
+
+
+def test_navigation_env_passes_gymnasiums_checker():
+    gymnasium = pytest.importorskip("gymnasium")
+    from gymnasium.utils.env_checker import check_env
+
+    env = NavigationEnv()
+    assert isinstance(env, gymnasium.Env)
+    check_env(env, skip_render_check=True)
+
+
+# ---------------------------------------------------------------- returns and advantages
+def test_discounted_returns_by_hand():
+    rewards = np.array([[1.0, -2.0, 3.0, 0.5]], np.float32)
+    g = 0.9
+    expected = [1 - 2 * g + 3 * g**2 + 0.5 * g**3, -2 + 3 * g + 0.5 * g**2, 3 + 0.5 * g, 0.5]
+    np.testing.assert_allclose(sampler.discounted_returns(rewards, g).numpy()[0], expected,
+                               rtol=1e-6)
+
+
+def test_linear_baseline_is_the_least_squares_fit_on_rllab_features():
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(2, 3, 6, 2)).astype(np.float32)
+    returns = rng.normal(size=(2, 3, 6)).astype(np.float32)
+    mask = np.ones((2, 3, 6), np.float32)
+    mask[0, 1, 4:] = 0.0  # an episode that ended after 4 steps
+    predictions = sampler.fit_linear_baseline(obs, returns, mask, reg=0.0).numpy()
+    t = np.arange(6)[:, None] / 100.0
+    for task in range(2):
+        rows, targets = [], []
+        for traj in range(3):
+            n = int(mask[task, traj].sum())
+            o = obs[task, traj, :n]
+            feats = np.concatenate([o, o**2, t[:n], t[:n]**2, t[:n]**3, np.ones((n, 1))], 1)
+            rows.append(feats)
+            targets.append(returns[task, traj, :n])
+        coeffs = np.linalg.lstsq(np.concatenate(rows), np.concatenate(targets), rcond=None)[0]
+        fitted = np.concatenate(rows) @ coeffs
+        np.testing.assert_allclose(predictions[task][mask[task] > 0], fitted, atol=2e-4)
+
+
+def test_advantages_are_normalised_per_task_and_zero_after_the_end():
+    rng = np.random.default_rng(1)
+    traj = {"observations": tf.constant(rng.normal(size=(2, 4, 5, 2)), tf.float32),
+            "rewards": tf.constant(rng.normal(size=(2, 4, 5)), tf.float32),
+            "mask": tf.constant(np.repeat([[1, 1, 1, 0, 0], [1] * 5], [2, 6], 0)
+                                .reshape(2, 4, 5), tf.float32)}
+    traj["rewards"] *= traj["mask"]
+    adv = sampler.advantages(traj, 0.99).numpy()
+    mask = traj["mask"].numpy()
+    assert np.all(adv[mask == 0] == 0)
+    for task in range(2):
+        valid = adv[task][mask[task] > 0]
+        assert abs(valid.mean()) < 1e-5 and valid.std() == pytest.approx(1.0, abs=1e-4)
+
+
+# ---------------------------------------------------------------- the policy gradient
+def bandit_policy(weight, bias, std):
+    """mean = weight * x + bias (x = 1 below), state-independent std; float64."""
+    model = keras.Sequential([keras.Input((1,), dtype="float64"),
+                              keras.layers.Dense(1, dtype="float64"),
+                              policy_lib.StateIndependentLogStd(std, dtype="float64")])
+    model.layers[0].set_weights([np.array([[weight]]), np.array([bias])])
+    return model
+
+
+def test_reinforce_step_follows_the_analytic_gradient_of_the_expected_reward():
+    # One-step bandit: a ~ N(mu, sigma^2), reward r(a) = -(a - c)^2, so
+    # J = E[r] = -((mu - c)^2 + sigma^2): dJ/dmu = -2 (mu - c), dJ/dlog(sigma) = -2 sigma^2.
+    # With Gauss-Hermite nodes as actions and the quadrature weights folded into the
+    # advantages, the REINFORCE estimate is the exact expectation E[grad log pi(a) r(a)]
+    # (its integrand is a polynomial of degree 4 in a).
+    weight, bias, c, alpha = 0.3, 0.2, -0.4, 0.05
+    model = bandit_policy(weight, bias, 0.7)
+    mu, std = weight + bias, float(np.exp(model.trainable_variables[2].numpy()[0]))
+    nodes, quad_weights = np.polynomial.hermite_e.hermegauss(6)
+    quad_weights = quad_weights / np.sqrt(2 * np.pi)
+    actions = mu + std * nodes
+    k = len(nodes)
+    y = np.stack([actions, k * quad_weights * -(actions - c) ** 2, np.ones(k)], axis=1)
+    theta = [v.value for v in model.trainable_variables]
+    fast, _, _ = adapt_lib.adapt(model, theta, np.ones((k, 1)), y, policy_gradient_loss,
+                                 alpha, 1)
+    estimate = [(f - t).numpy() / alpha for f, t in zip(fast, theta)]
+    d_mu = -2 * (mu - c)
+    np.testing.assert_allclose(estimate[0], [[d_mu]], rtol=1e-10)  # dJ/dweight (x = 1)
+    np.testing.assert_allclose(estimate[1], [d_mu], rtol=1e-10)  # dJ/dbias
+    np.testing.assert_allclose(estimate[2], [-2 * std**2], rtol=1e-10)  # dJ/dlog(sigma)
+
+
+def test_reinforce_with_sampled_actions_is_unbiased():
+    # The same bandit with actions actually sampled: the estimate is within 4 standard
+    # errors of the analytic gradient (and the masked rows are ignored).
+    weight, bias, std, c = -0.1, 0.4, 0.5, 0.6
+    model = bandit_policy(weight, bias, std)
+    mu, n = weight + bias, 200000
+    rng = np.random.default_rng(0)
+    actions = mu + std * rng.standard_normal(n)
+    rewards = -(actions - c) ** 2
+    mask = np.ones(n)
+    mask[:1000] = 0.0
+    y = np.stack([actions, rewards, mask], axis=1)
+    theta = [v.value for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        tape.watch(theta)
+        loss = policy_gradient_loss(tf.constant(y), adapt_lib.forward(model, theta,
+                                                                      np.ones((n, 1))))
+    grads = tape.gradient(loss, theta)
+    per_sample = np.stack([(actions - mu) / std**2 * rewards,
+                           ((actions - mu) ** 2 / std**2 - 1) * rewards], 1)[1000:]
+    se = per_sample.std(0) / np.sqrt(len(per_sample))
+    analytic = np.array([-2 * (mu - c), -2 * std**2])
+    estimate = -np.array([grads[1].numpy()[0], grads[2].numpy()[0]])
+    assert np.all(np.abs(estimate - analytic) < 4 * se), (estimate, analytic, se)
+
+
+def test_log_std_is_a_weight_the_inner_loop_adapts():
+    keras.utils.set_random_seed(0)
+    model = policy_lib.gaussian_mlp_policy(2, 2, init_std=1.0)
+    assert [tuple(v.shape) for v in model.trainable_variables][-1] == (2,)
+    assert adapt_lib.adapted_mask(model) == [True] * len(model.trainable_variables)
+    out = model(np.zeros((3, 2), np.float32)).numpy()
+    np.testing.assert_allclose(out[:, 2:], 0.0)  # log(1)
+    # A large advantage on actions far below the mean with a tiny std: both move.
+    y = np.concatenate([np.full((3, 2), -3.0), np.ones((3, 1)), np.ones((3, 1))], 1)
+    theta = [v.value for v in model.trainable_variables]
+    fast, _, _ = adapt_lib.adapt(model, theta, np.zeros((3, 2), np.float32),
+                                 y.astype(np.float32), policy_gradient_loss, 0.1, 1)
+    assert np.all(fast[-1].numpy() > 0)  # wider, to reach the far actions
+
+
+# ---------------------------------------------------------------- meta-objective derivatives
+def float64_learner(first_order=False):
+    keras.utils.set_random_seed(3)
+    policy = policy_lib.gaussian_mlp_policy(2, 2, hidden=(5,), init_std=0.6, dtype="float64")
+    return RLMetaLearner(policy, NavigationTasks(), inner_lr=0.5, inner_steps=1,
+                         num_trajectories=2, first_order=first_order)
+
+
+def synthetic_batch(learner, num_tasks=2, rows=7):
+    """A meta-batch like collect()'s, of random observations and advantages: actions drawn
+    from θ's policy (support) and from the adapted policies at θ = θ_old (outer)."""
+    rng = np.random.default_rng(5)
+    f64 = lambda a: tf.constant(a, tf.float64)  # noqa: E731
+
+    def sample(policy_out):
+        mean, log_std = policy_lib.split(policy_out)
+        return mean + tf.exp(log_std) * rng.normal(size=mean.shape), mean, log_std
+
+    mask = np.ones((num_tasks, rows))
+    mask[0, -2:] = 0.0
+    support_x = f64(rng.normal(size=(num_tasks, rows, 2)))
+    actions, _, _ = sample(tf.stack([adapt_lib.forward(learner.model, learner.params(), x)
+                                     for x in support_x]))
+    y = tf.concat([actions, f64(rng.normal(size=(num_tasks, rows, 1))), f64(mask[..., None])],
+                  -1)
+    supports = [(support_x, y)]
+    x = f64(rng.normal(size=(num_tasks, rows, 2)))
+    fast = learner._adapt_tasks([learner.params()] * num_tasks, supports, first_order=True)
+    actions, old_mean, old_log_std = sample(
+        tf.stack([adapt_lib.forward(learner.model, w, x[i]) for i, w in enumerate(fast)]))
+    outer = {"x": x, "actions": actions, "advantages": f64(rng.normal(size=(num_tasks, rows))),
+             "mask": f64(mask), "old_mean": old_mean, "old_log_std": old_log_std}
+    return {"supports": supports, "outer": outer}
+
+
+def test_kl_hessian_vector_product_matches_finite_differences_through_the_inner_step(eager):
+    learner = float64_learner()
+    batch = synthetic_batch(learner)
+    theta = learner.flat(learner.params())
+    rng = np.random.default_rng(0)
+    u, v = rng.normal(size=(2, theta.size))
+
+    def kl(point):
+        return float(learner._outer_terms(learner.unflat(point), batch, False)[1])
+
+    assert kl(theta) == pytest.approx(0.0, abs=1e-15)  # θ = θ_old
+    hv = learner.flat(learner.kl_hvp(learner.params(), learner.unflat(v), batch))
+    eps = 1e-4
+    # uᵀHv by central differences of KL values alone (no tape at all).
+    fd = (kl(theta + eps * (u + v)) - kl(theta + eps * (u - v)) - kl(theta - eps * (u - v))
+          + kl(theta - eps * (u + v))) / (4 * eps**2)
+    assert u @ hv == pytest.approx(fd, rel=1e-5)
+    assert v @ hv == pytest.approx((kl(theta + eps * v) + kl(theta - eps * v)) / eps**2,
+                                   rel=1e-5)
+    # Without the second-order terms of the inner step, H v is measurably different: the
+    # check above would catch a product that ignored the dependence of θ' on θ.
+    first_order = float64_learner(first_order=True)
+    hv_fo = first_order.flat(first_order.kl_hvp(first_order.params(),
+                                                first_order.unflat(v), batch))
+    assert abs(u @ hv_fo - fd) > 100 * abs(u @ hv - fd)
+
+
+def test_meta_gradient_of_the_surrogate_matches_finite_differences(eager):
+    learner = float64_learner()
+    batch = synthetic_batch(learner)
+    theta = learner.flat(learner.params())
+    loss, grads = learner.surrogate_gradient(learner.params(), batch)
+    u = np.random.default_rng(1).normal(size=theta.size)
+    eps = 1e-5
+
+    def surrogate(point):
+        return float(learner._outer_terms(learner.unflat(point), batch)[0])
+
+    assert float(loss) == pytest.approx(surrogate(theta))
+    fd = (surrogate(theta + eps * u) - surrogate(theta - eps * u)) / (2 * eps)
+    assert learner.flat(grads) @ u == pytest.approx(fd, rel=1e-6)
+
+
+# ---------------------------------------------------------------- CG and TRPO
+def test_conjugate_gradient_solves_a_small_spd_system():
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(6, 6))
+    a = m.T @ m + 0.5 * np.eye(6)
+    b = rng.normal(size=6)
+    x = trpo.conjugate_gradient(lambda v: a @ v, b, iterations=6)
+    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-8)
+    # Fewer iterations: a worse, but still descending, approximation of the solution.
+    x2 = trpo.conjugate_gradient(lambda v: a @ v, b, iterations=2)
+    assert np.linalg.norm(a @ x2 - b) > 1e-6
+    with pytest.raises(FloatingPointError, match="positive definite"):
+        trpo.conjugate_gradient(lambda v: -v, b)
+
+
+def test_trpo_step_lands_on_the_trust_region_and_backtracks_when_the_kl_is_larger():
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(4, 4))
+    a = m @ m.T + np.eye(4)
+    g = rng.normal(size=4)
+    theta0 = np.zeros(4)
+    delta = 0.01
+
+    def quadratic(scale):
+        return lambda th: (float(g @ th), scale * 0.5 * float(th @ a @ th))
+
+    # The KL is the quadratic model itself: the full step goes to KL = δ (up to damping).
+    theta, info = trpo.trpo_step(theta0, g, lambda v: a @ v, quadratic(1.0), delta, 0.0,
+                                 cg_iters=4, damping=0.0)
+    assert info.step_fraction == 1.0 and info.kl == pytest.approx(delta, rel=1e-6)
+    np.testing.assert_allclose(theta, -np.sqrt(2 * delta / (g @ np.linalg.solve(a, g)))
+                               * np.linalg.solve(a, g), rtol=1e-6)
+    # The true KL is 4x the model: 4 * 0.8^(2n) <= 1 first for n = 4 backtracks.
+    theta, info = trpo.trpo_step(theta0, g, lambda v: a @ v, quadratic(4.0), delta, 0.0,
+                                 cg_iters=4, damping=0.0)
+    assert info.backtracks == 4 and info.step_fraction == pytest.approx(0.8**4)
+    assert info.kl <= delta and info.loss_after < 0
+    # No candidate improves the loss: θ is kept.
+    theta, info = trpo.trpo_step(theta0, g, lambda v: a @ v, lambda th: (1.0, 0.0), delta,
+                                 0.0)
+    assert info.step_fraction == 0.0 and np.all(theta == theta0)
+
+
+def test_a_meta_update_respects_the_kl_limit_on_the_post_update_policies(eager):
+    keras.utils.set_random_seed(0)
+    env = NavigationTasks(horizon=10)
+    learner = RLMetaLearner(policy_lib.gaussian_mlp_policy(2, 2, hidden=(16,)), env,
+                            num_trajectories=3, max_kl=0.01)
+    rng = np.random.default_rng(0)
+    batch, returns = learner.collect(env.sample_tasks(2, rng), rng)
+    assert len(returns) == 2 and len(batch["supports"]) == 1
+    info = learner.update(batch)
+    assert info["step_fraction"] > 0 and info["surrogate_after"] < info["surrogate_before"]
+    # The KL between the adapted policies at θ_old (who sampled) and at the new θ,
+    # recomputed here in numpy from the policies' outputs.
+    outer = batch["outer"]
+    fast = learner._adapt_tasks([learner.params()] * 2, batch["supports"], first_order=True)
+    kls = []
+    for i, weights in enumerate(fast):
+        out = adapt_lib.forward(learner.model, weights, outer["x"][i]).numpy()
+        mu_q, ls_q = out[:, :2], out[:, 2:]
+        mu_p, ls_p = outer["old_mean"][i].numpy(), outer["old_log_std"][i].numpy()
+        kl = np.sum(ls_q - ls_p + (np.exp(2 * ls_p) + (mu_p - mu_q) ** 2)
+                    / (2 * np.exp(2 * ls_q)) - 0.5, axis=1)
+        mask = outer["mask"][i].numpy()
+        kls.append(np.sum(kl * mask) / mask.sum())
+    assert 0.0 < np.mean(kls) <= 0.01 + 1e-6
+    assert np.mean(kls) == pytest.approx(info["kl"], rel=1e-3)
+
+
+# ---------------------------------------------------------------- the command line
+def nav_config(tmp_path, **overrides):
+    base = dict(datasource="navigation", logdir=str(tmp_path), metatrain_iterations=2,
+                meta_batch_size=2, update_batch_size=2, update_lr=0.1, norm="None",
+                num_test_tasks=2, test_num_updates=2, log=False)
+    base.update(overrides)
+    return Config(**base).validate()
+
+
+def test_cli_trains_resumes_and_writes_returns_per_step(tmp_path):
+    lines = []
+    result = runner.run(nav_config(tmp_path), log=lines.append)  # compiled, as the CLI runs
+    run_dir = result["run_dir"]
+    assert run_dir.endswith("cls_5.mbs_2.ubs_2.numstep1.updatelr0.1nonorm")
+    with open(os.path.join(run_dir, "test_returns.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["steps"]) for r in rows] == [0, 1, 2]
+    returns = np.load(os.path.join(run_dir, "test_returns.npy"))
+    assert returns.shape == (2, 3) and np.all(returns < 0)
+    assert float(rows[1]["mean_return"]) == pytest.approx(returns[:, 1].mean(), rel=1e-6)
+    assert float(rows[1]["ci95"]) == pytest.approx(
+        1.96 * returns[:, 1].std() / np.sqrt(2), rel=1e-6)
+    assert os.path.exists(os.path.join(run_dir, "model-2.index"))
+    lines.clear()
+    tf.config.run_functions_eagerly(True)  # the resumed run: eager, to skip retracing
+    try:
+        runner.run(nav_config(tmp_path, metatrain_iterations=3, test_after_train=False),
+                   log=lines.append)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    assert any("Resumed from" in line and "at iteration 2" in line for line in lines)
+    with open(os.path.join(run_dir, "training_log.csv")) as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1, 2, 3]
+
+
+def test_cli_random_baseline_evaluates_without_training(tmp_path, eager, capsys):
+    from absl import app, flags
+
+    from tf_maml import main as cli_main
+
+    flags.FLAGS.unparse_flags()
+    argv = ["tf-maml", "--datasource=navigation", "--baseline=random", f"--logdir={tmp_path}",
+            "--meta_batch_size=2", "--update_batch_size=2", "--update_lr=0.1", "--norm=None",
+            "--num_test_tasks=2", "--test_num_updates=1", "--max_kl=0.02", "--discount=0.9"]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            app.run(cli_main.main, argv=argv)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert exit_.value.code in (0, None), capsys.readouterr().err[-2000:]
+    run_dir = os.path.join(tmp_path, "cls_5.mbs_2.ubs_2.numstep1.updatelr0.1randomnonorm")
+    assert os.path.exists(os.path.join(run_dir, "test_returns.csv"))
+    assert not any(name.startswith("model-") for name in os.listdir(run_dir))
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = Config.from_json(f.read())
+    assert config.max_kl == 0.02 and config.discount == 0.9
+
+
+@pytest.mark.parametrize("overrides, flag", [
+    (dict(datasource="sinusoid", baseline="random"), "--baseline"),
+    (dict(max_kl=0.0), "--max_kl"),
+    (dict(discount=1.5), "--discount"),
+    (dict(algorithm="reptile"), "--algorithm"),
+])
+def test_impossible_navigation_flags_name_the_flag(tmp_path, overrides, flag):
+    with pytest.raises(ConfigError, match=flag):
+        nav_config(tmp_path, **overrides)
+    nav_config(tmp_path, baseline="oracle", pretrain_iterations=1, metatrain_iterations=0)

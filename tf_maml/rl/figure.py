@@ -1,0 +1,95 @@
+"""The paper's Figure 5 (2D navigation) analogue: average return against the number of
+gradient steps at test, for MAML and the baselines, from the ``test_returns.npy`` files the
+navigation runs wrote.
+
+    python -m tf_maml.rl.figure --run="MAML=logs/navigation/<maml run>" \\
+        --run="pretrained=logs/navigation/<...>.pretrained" \\
+        --run="random=logs/navigation/<...>random..." --oracle=logs/navigation/<...oracle...> \\
+        --output=docs/figures/navigation_return.png
+
+``--run="LABEL=RUN_DIR@NAME"`` plots ``NAME.npy`` of the run instead (dashed), e.g. a
+re-evaluation by ``python -m tf_maml.rl.run --step_sizes=...``.
+
+Each curve is the mean over the test tasks with its 95% interval (1.96·std/√n); the oracle,
+which needs no adaptation, is drawn as a horizontal band at its 0-step return, as the
+paper draws it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def load_returns(run: str) -> np.ndarray:
+    """The ``[tasks, steps + 1]`` returns of ``RUN_DIR`` (its ``test_returns.npy``) or of
+    ``RUN_DIR@NAME`` (its ``NAME.npy``, e.g. a re-evaluation with other step sizes)."""
+    run_dir, _, name = run.partition("@")
+    path = os.path.join(run_dir, (name or "test_returns") + ".npy")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no {os.path.basename(path)} in {run_dir}: evaluate the run "
+                                "first (tf-maml --flagfile=... --train=False)")
+    return np.load(path)
+
+
+def mean_ci(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return returns.mean(0), 1.96 * returns.std(0) / np.sqrt(returns.shape[0])
+
+
+def plot(runs: dict[str, str], path: str, oracle: str | None = None) -> str:
+    """Writes the figure to ``path`` (PNG); ``runs`` maps curve labels to run directories."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    num_steps, colors = 0, {}
+    for label, run in runs.items():
+        mean, ci = mean_ci(load_returns(run))
+        steps = np.arange(len(mean))
+        num_steps = max(num_steps, len(mean) - 1)
+        # Curves of one run (same label before " (") share a colour; re-evaluations dash.
+        base = label.split(" (")[0]
+        style = dict(ls="--", mfc="white") if "@" in run else {}
+        line = ax.errorbar(steps, mean, yerr=ci, marker="o", ms=4, capsize=3, label=label,
+                           color=colors.get(base), **style)
+        colors.setdefault(base, line[0].get_color())
+    if oracle is not None:
+        mean, ci = mean_ci(load_returns(oracle))
+        ax.axhline(mean[0], color="k", ls="--", label="oracle (0 steps)")
+        ax.axhspan(mean[0] - ci[0], mean[0] + ci[0], color="k", alpha=0.1)
+    ax.set_xticks(range(num_steps + 1))
+    ax.set_xlabel("number of gradient steps")
+    ax.set_ylabel("average return")
+    ax.set_title("2D navigation, meta-test")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv):
+    from absl import flags
+
+    runs = {}
+    for item in flags.FLAGS.run:
+        label, sep, run_dir = item.partition("=")
+        if not sep or not label or not run_dir:
+            raise ValueError(f"--run expects LABEL=RUN_DIR, got {item!r}")
+        runs[label] = run_dir
+    print("wrote", plot(runs, flags.FLAGS.output, flags.FLAGS.oracle))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_multi_string("run", None, "LABEL=RUN_DIR or LABEL=RUN_DIR@RESULT_NAME, one "
+                              "curve each")
+    flags.DEFINE_string("oracle", None, "run directory of the oracle (a horizontal line)")
+    flags.DEFINE_string("output", "docs/figures/navigation_return.png", "the PNG to write")
+    flags.mark_flag_as_required("run")
+    app.run(main)

@@ -1,0 +1,354 @@
+"""MAML for reinforcement learning (Finn et al. 2017, Algorithm 3) with a TRPO meta-update.
+
+Per meta-iteration, for each of T tasks:
+
+1. sample N trajectories with the policy π_θ (θ the meta-learned initialisation);
+2. adapt: θ'_i = θ − α ∇θ L_i(θ), one vanilla policy-gradient step (REINFORCE with each
+   task's fitted linear baseline) by :func:`tf_maml.adapt.adapt`, the library's one inner
+   loop, with the loss :func:`policy_gradient_loss` (more steps: repeat 1-2 with
+   trajectories of the current fast policy);
+3. sample N new trajectories with π_θ'_i.
+
+The meta-objective is TRPO's surrogate on the post-update trajectories, as in the authors'
+rllab code: the likelihood ratio of the adapted policy at θ against the adapted policy at
+θ_old (which sampled them), times the advantages,
+
+    L(θ) = −mean_i mean_t [π_θ'_i(θ)(a_t|s_t) / π_θ'_i(θ_old)(a_t|s_t) · A_t],
+
+minimised subject to mean_i mean_t KL(π_θ'_i(θ_old)(·|s_t) ‖ π_θ'_i(θ)(·|s_t)) ≤ δ. Both
+are functions of θ *through the inner update*: their gradients and the KL's Hessian-vector
+products are taken with nested ``tf.GradientTape``s around :func:`tf_maml.adapt.adapt`
+(second order for ∇L; third order for the KL's H v), and :func:`tf_maml.rl.trpo.trpo_step`
+takes the step. With ``inner_steps=0`` the same code is plain TRPO on the tasks sampled each
+iteration: the pretrained and oracle baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_maml import adapt as adapt_lib
+from tf_maml.rl import policy as policy_lib
+from tf_maml.rl import sampler, trpo
+
+
+def policy_gradient_loss(y: tf.Tensor, preds: tf.Tensor) -> tf.Tensor:
+    """The inner loss whose gradient is the REINFORCE estimate (rllab's VPG surrogate):
+    −Σ_t m_t log π(a_t|s_t) A_t / Σ_t m_t over one task's flattened steps.
+
+    ``y [B, act_dim + 2]`` packs the actions, the advantages and the mask; ``preds`` is the
+    policy's output ``[B, 2·act_dim]`` (mean, log-std). The loss signature of
+    :func:`tf_maml.adapt.adapt`: ``loss_fn(support_y, model(support_x))``.
+    """
+    mean, log_std = policy_lib.split(preds)
+    act_dim = mean.shape[-1]
+    actions, adv, mask = y[:, :act_dim], y[:, act_dim], y[:, act_dim + 1]
+    logp = policy_lib.log_prob(actions, mean, log_std)
+    return -tf.reduce_sum(mask * logp * adv) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def pack_support(trajectories: dict, adv: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Trajectories ``[T, N, H, ...]`` as the inner loop's per-task "support set":
+    ``x [T, N·H, obs]`` and ``y [T, N·H, act + 2]`` (actions, advantage, mask)."""
+    obs, actions, mask = (trajectories[k] for k in ("observations", "actions", "mask"))
+    num_tasks = tf.shape(obs)[0]
+    x = tf.reshape(obs, [num_tasks, -1, obs.shape[-1]])
+    y = tf.concat([actions, adv[..., None], mask[..., None]], axis=-1)
+    return x, tf.reshape(y, [num_tasks, -1, y.shape[-1]])
+
+
+class TRPOState(tf.Module):
+    """The checkpointed state of the TRPO meta-optimiser: counts of steps taken and of
+    steps the line search rejected (TRPO has no moments to keep)."""
+
+    def __init__(self):
+        super().__init__(name="trpo")
+        self.steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps")
+        self.rejected = tf.Variable(0, dtype=tf.int64, trainable=False, name="rejected")
+
+
+class RLMetaLearner:
+    """MAML-TRPO for a Gaussian policy (any built Keras model with a ``[mean, log_std]``
+    output, e.g. :func:`tf_maml.rl.policy.gaussian_mlp_policy`) on a batch-of-tasks env.
+
+    Args:
+      policy: the policy model; every trainable weight (log-std included) is adapted.
+      env: a task family with :class:`tf_maml.tasks.navigation.NavigationTasks`' interface,
+        or a :class:`tf_maml.rl.gym_tasks.GymTasks` (any object with a ``rollout`` method).
+      inner_lr: α, the policy-gradient step size of the inner loop (0.1 in the paper).
+      inner_steps: inner steps during meta-training (1); 0 trains plain TRPO (baselines).
+      num_trajectories: N trajectories per task and policy (20: the paper's K).
+      discount: γ of the returns (0.99, as the authors' code).
+      max_kl: δ, TRPO's trust region on the mean KL (0.01).
+      first_order: stop the gradient through the inner policy gradient.
+
+    Example::
+
+        env = NavigationTasks()
+        learner = RLMetaLearner(gaussian_mlp_policy(2, 2), env)
+        rng = np.random.default_rng(0)
+        stats = learner.train_step(env.sample_tasks(20, rng), rng)   # one meta-iteration
+        returns = learner.evaluate(env.sample_tasks(40, rng), 3, rng)  # [40, 4]
+    """
+
+    def __init__(self, policy: keras.Model, env, inner_lr: float = 0.1, inner_steps: int = 1,
+                 num_trajectories: int = 20, discount: float = 0.99, max_kl: float = 0.01,
+                 first_order: bool = False):
+        if not policy.built or not policy.trainable_variables:
+            raise ValueError("RLMetaLearner needs a built policy with trainable weights")
+        if inner_steps < 0 or num_trajectories < 1:
+            raise ValueError(f"inner_steps must be >= 0 and num_trajectories >= 1, got "
+                             f"{inner_steps} and {num_trajectories}")
+        if not 0 < discount <= 1:
+            raise ValueError(f"discount must be in (0, 1], got {discount}")
+        out_dim = policy.output_shape[-1]
+        if out_dim != 2 * env.action_dim:
+            raise ValueError(f"the policy outputs {out_dim} values; a Gaussian policy for "
+                             f"{env.action_dim} action dimensions outputs "
+                             f"{2 * env.action_dim} (mean, log-std)")
+        self.model = policy
+        self.env = env
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.num_trajectories = int(num_trajectories)
+        self.discount = float(discount)
+        self.max_kl = float(max_kl)
+        self.first_order = bool(first_order)
+        self.mask = adapt_lib.adapted_mask(policy, adapt_norm=True)
+        self.optimizer = TRPOState()  # checkpointed beside the policy (tf_maml.rl.run)
+        self._shapes = [tuple(v.shape) for v in policy.trainable_variables]
+        self._dtypes = [tf.as_dtype(v.dtype) for v in policy.trainable_variables]
+        self._sizes = [int(np.prod(s)) for s in self._shapes]
+        self._fns: dict = {}
+
+    # ------------------------------------------------------------------ parameters
+    def params(self) -> list[tf.Tensor]:
+        return [tf.identity(v.value) for v in self.model.trainable_variables]
+
+    def flat(self, tensors: Sequence[tf.Tensor]) -> np.ndarray:
+        return np.concatenate([np.asarray(t, np.float64).ravel() for t in tensors])
+
+    def unflat(self, vector: np.ndarray) -> list[tf.Tensor]:
+        parts = np.split(np.asarray(vector), np.cumsum(self._sizes)[:-1])
+        return [tf.constant(p.reshape(s), d)
+                for p, s, d in zip(parts, self._shapes, self._dtypes)]
+
+    def set_params(self, vector: np.ndarray) -> None:
+        for v, value in zip(self.model.trainable_variables, self.unflat(vector)):
+            v.assign(value)
+
+    def _compiled(self, name, fn):
+        if name not in self._fns:
+            # No AutoGraph: the rollout loop is an explicit tf.while_loop, the rest is
+            # straight-line code; it also makes tracing faster.
+            self._fns[name] = tf.function(fn, autograph=False)
+        return self._fns[name]
+
+    # ------------------------------------------------------------------ policy and sampling
+    def _policy_fn(self, weights, per_task: bool):
+        """obs [T, N, obs] -> [T, N, 2·act] with shared weights or one set per task."""
+        def shared(obs):
+            flat = tf.reshape(obs, [-1, obs.shape[-1]])
+            out = adapt_lib.forward(self.model, weights, flat)
+            return tf.reshape(out, tf.concat([tf.shape(obs)[:-1], [-1]], axis=0))
+
+        def separate(obs):
+            return tf.stack([adapt_lib.forward(self.model, w, obs[i])
+                             for i, w in enumerate(weights)])
+
+        return separate if per_task else shared
+
+    def sample(self, weights, tasks, seed, per_task: bool) -> dict:
+        """N trajectories per task with ``weights`` (one list for all tasks, or with
+        ``per_task`` one list per task), their advantages and returns."""
+        tasks = tf.convert_to_tensor(tasks, tf.float32)
+        seed = tf.convert_to_tensor(seed, tf.int64)
+        if hasattr(self.env, "rollout"):  # a Python-loop environment (GymTasks)
+            policy_fn = self._compiled(f"policy_{per_task}", lambda w, o: self._policy_fn(
+                w, per_task)(o))
+            traj = self.env.rollout(lambda obs: policy_fn(weights, obs), tasks,
+                                    self.num_trajectories, seed)
+            return self._compiled("process", self._process)(traj)
+
+        def sample_fn(weights, tasks, seed):
+            traj = sampler.rollout(self.env, self._policy_fn(weights, per_task), tasks,
+                                   self.num_trajectories, seed)
+            return self._process(traj)
+
+        return self._compiled(f"sample_{per_task}", sample_fn)(weights, tasks, seed)
+
+    def _process(self, traj: dict) -> dict:
+        out = dict(traj)
+        out["advantages"] = sampler.advantages(traj, self.discount)
+        out["returns"] = sampler.undiscounted_returns(traj)
+        return out
+
+    # ------------------------------------------------------------------ the inner loop
+    def _adapt_tasks(self, start, supports, first_order: bool, inner_lr=None):
+        """Fast weights per task: from ``start`` (one weight list per task) one
+        :func:`tf_maml.adapt.adapt` step of size α (``inner_lr``, default the learner's) per
+        support set in ``supports`` [(x, y), ...]."""
+        inner_lr = self.inner_lr if inner_lr is None else inner_lr
+        fast = []
+        for i, weights in enumerate(start):
+            for x, y in supports:
+                weights, _, _ = adapt_lib.adapt(
+                    self.model, weights, x[i], y[i], policy_gradient_loss, inner_lr, 1,
+                    first_order=first_order, mask=self.mask)
+            fast.append(weights)
+        return fast
+
+    def adapt(self, weights, trajectories: dict, per_task: bool, inner_lr: float | None = None):
+        """One inner step per task on ``trajectories`` (from :meth:`sample`), from shared
+        ``weights`` or (``per_task``) one weight list per task, of size ``inner_lr``
+        (default α); returns per-task weight lists."""
+        def adapt_fn(weights, x, y, lr):
+            start = weights if per_task else [weights] * x.shape[0]
+            return self._adapt_tasks(start, [(x, y)], first_order=True, inner_lr=lr)
+
+        x, y = pack_support(trajectories, trajectories["advantages"])
+        lr = tf.constant(self.inner_lr if inner_lr is None else inner_lr, x.dtype)
+        return self._compiled(f"adapt_{per_task}", adapt_fn)(weights, x, y, lr)
+
+    # ------------------------------------------------------------------ the meta-objective
+    def _outer_terms(self, params, batch, with_surrogate: bool = True):
+        """Mean surrogate L(θ) and mean KL(π_θ'(θ_old) ‖ π_θ'(θ)) over tasks (see module
+        doc); θ' adapts from ``params`` on ``batch['supports']`` (second order)."""
+        outer = batch["outer"]
+        num_tasks = outer["x"].shape[0]
+        fast = self._adapt_tasks([params] * num_tasks, batch["supports"], self.first_order)
+        surrogates, kls = [], []
+        for i, weights in enumerate(fast):
+            mean, log_std = policy_lib.split(adapt_lib.forward(self.model, weights,
+                                                               outer["x"][i]))
+            mask = outer["mask"][i]
+            count = tf.maximum(tf.reduce_sum(mask), 1.0)
+            old_mean, old_log_std = outer["old_mean"][i], outer["old_log_std"][i]
+            kl = policy_lib.kl_divergence(old_mean, old_log_std, mean, log_std)
+            kls.append(tf.reduce_sum(mask * kl) / count)
+            if with_surrogate:
+                actions = outer["actions"][i]
+                ratio = tf.exp(policy_lib.log_prob(actions, mean, log_std)
+                               - policy_lib.log_prob(actions, old_mean, old_log_std))
+                surrogates.append(-tf.reduce_sum(mask * ratio * outer["advantages"][i]) / count)
+        kl = tf.reduce_mean(tf.stack(kls))
+        return (tf.reduce_mean(tf.stack(surrogates)) if with_surrogate else None), kl
+
+    def surrogate_and_kl(self, params, batch) -> tuple[tf.Tensor, tf.Tensor]:
+        return self._compiled("surrogate_kl", self._outer_terms)(params, batch)
+
+    def surrogate_gradient(self, params, batch):
+        """(L(θ), ∇θ L(θ)): the meta-gradient, second order through the inner step."""
+        def fn(params, batch):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(params)
+                surrogate, _ = self._outer_terms(params, batch)
+            return surrogate, tape.gradient(surrogate, params,
+                                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        return self._compiled("gradient", fn)(params, batch)
+
+    def kl_hvp(self, params, vector, batch) -> list[tf.Tensor]:
+        """H v, H the Hessian of the mean KL w.r.t. θ (through the inner update): the
+        gradient of (∇θ KL)·v, by a tape around a tape around the inner loop's tape."""
+        def fn(params, vector, batch):
+            with tf.GradientTape(watch_accessed_variables=False) as outer_tape:
+                outer_tape.watch(params)
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(params)
+                    _, kl = self._outer_terms(params, batch, with_surrogate=False)
+                grads = tape.gradient(kl, params,
+                                      unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                grad_dot_v = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector)])
+            return outer_tape.gradient(grad_dot_v, params,
+                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        return self._compiled("hvp", fn)(params, vector, batch)
+
+    # ------------------------------------------------------------------ one iteration
+    def collect(self, tasks, rng: np.random.Generator, inner_steps: int | None = None):
+        """Samples a meta-iteration's trajectories: per inner step a batch with the current
+        (fast) policy, then the post-update batch. Returns (batch for the objective,
+        mean return of each sampling: [pre-update, ..., post-update])."""
+        steps = self.inner_steps if inner_steps is None else int(inner_steps)
+        params = self.params()
+        weights, per_task, supports, returns = params, False, [], []
+        for _ in range(steps):
+            traj = self.sample(weights, tasks, rng.integers(2**31, size=2), per_task)
+            returns.append(float(tf.reduce_mean(traj["returns"])))
+            supports.append(pack_support(traj, traj["advantages"]))
+            # The fast weights at θ_old exactly as _outer_terms will compute them.
+            weights = self._compiled("adapt_from_theta", lambda p, s: self._adapt_tasks(
+                [p] * s[0][0].shape[0], s, first_order=True))(params, supports)
+            per_task = True
+        traj = self.sample(weights, tasks, rng.integers(2**31, size=2), per_task)
+        returns.append(float(tf.reduce_mean(traj["returns"])))
+        # The post-update trajectories flattened per task ([T, N·H, ...]) with the
+        # distributions of the policies that sampled them, π_θ'(θ_old).
+        x, y = pack_support(traj, traj["advantages"])
+        old = self._compiled(f"old_dist_{per_task}", lambda w, o: self._policy_fn(
+            w, per_task)(o))(weights, x)
+        old_mean, old_log_std = policy_lib.split(old)
+        act_dim = self.env.action_dim
+        outer = {"x": x, "actions": y[..., :act_dim], "advantages": y[..., act_dim],
+                 "mask": y[..., act_dim + 1], "old_mean": old_mean, "old_log_std": old_log_std}
+        return {"supports": supports, "outer": outer}, returns
+
+    def train_step(self, tasks, rng: np.random.Generator, pretrain: bool = False) -> dict:
+        """One meta-iteration on ``tasks`` (``pretrain``: plain TRPO, no inner step).
+        Returns the mean returns before/after adaptation and the TRPO step's info."""
+        batch, returns = self.collect(tasks, rng, 0 if pretrain else None)
+        return {"pre_return": returns[0], "post_return": returns[-1], **self.update(batch)}
+
+    def update(self, batch) -> dict:
+        """The TRPO meta-update of θ on a batch from :meth:`collect`; returns the surrogate
+        before/after, the KL of the accepted step, the fraction of the full step taken (0:
+        rejected, θ kept) and the number of backtracks."""
+        params = self.params()
+        theta = self.flat(params)
+        loss, grads = self.surrogate_gradient(params, batch)
+
+        def hvp(v):
+            return self.flat(self.kl_hvp(params, self.unflat(v), batch))
+
+        def loss_and_kl(candidate):
+            surrogate, kl = self.surrogate_and_kl(self.unflat(candidate), batch)
+            return float(surrogate), float(kl)
+
+        flat_grad = self.flat(grads)
+        if np.all(np.isfinite(flat_grad)) and np.isfinite(float(loss)):
+            new_theta, info = trpo.trpo_step(theta, flat_grad, hvp, loss_and_kl, self.max_kl,
+                                             float(loss))
+            self.set_params(new_theta)
+        else:  # a non-finite surrogate or meta-gradient is never applied
+            info = trpo.StepInfo(float(loss), float(loss), 0.0, 0.0, 0)
+        self.optimizer.steps.assign_add(1)
+        if info.step_fraction == 0.0:
+            self.optimizer.rejected.assign_add(1)
+        return {"surrogate_before": info.loss_before, "surrogate_after": info.loss_after,
+                "kl": info.kl, "step_fraction": info.step_fraction,
+                "backtracks": info.backtracks}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, tasks, num_steps: int, rng: np.random.Generator,
+                 step_sizes: Sequence[float] | None = None) -> np.ndarray:
+        """Average return per task after 0..``num_steps`` inner steps, ``[T, S+1]``: each
+        step samples N trajectories with the current policy, records their mean return, and
+        adapts on them (the paper's test protocol: step k uses the trajectories of the
+        policy after k−1 steps). ``step_sizes``: α of each step (default: α for all)."""
+        if step_sizes is not None and len(step_sizes) < num_steps:
+            raise ValueError(f"{num_steps} steps need {num_steps} step sizes, got "
+                             f"{len(step_sizes)}")
+        weights, per_task = self.params(), False
+        out = []
+        for step in range(num_steps + 1):
+            traj = self.sample(weights, tasks, rng.integers(2**31, size=2), per_task)
+            out.append(np.mean(np.asarray(traj["returns"]), axis=1))
+            if step < num_steps:
+                lr = None if step_sizes is None else step_sizes[step]
+                weights, per_task = self.adapt(weights, traj, per_task, lr), True
+        return np.stack(out, axis=1)
