@@ -155,3 +155,35 @@ def test_end_to_end_budget_partial_then_pick_up(tmp_path):
     assert again.stdout.count("already evaluated") == 2
     assert (maml_dir / "test_ubs10_stepsize0.01.csv").stat().st_mtime_ns == csv_time
     assert reproduce.latest_iteration(str(pre_dir)) == cut
+
+
+def test_sigterm_to_reproduce_stops_its_training_child_with_a_checkpoint(tmp_path):
+    """Stopping tf-maml-reproduce must not orphan its tf-maml child or lose its work: the
+    child gets SIGTERM too, saves a checkpoint, and both exit."""
+    import signal
+    import time
+
+    _flags(tmp_path, "sinusoid_maml_k10", 10**7)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tf_maml.reproduce", "--experiments=sinusoid_maml_k10",
+         f"--flags_dir={tmp_path / 'flags'}", f"--logdir_root={tmp_path / 'logs'}",
+         f"--output={tmp_path / 'RESULTS.md'}", f"--figures_dir={tmp_path / 'fig'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # wait for the training loop's first progress line
+            if line.strip().startswith("[") and "it/s" in line:
+                break
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run_dir = tmp_path / "logs" / "sine" / "cls_5.mbs_5.ubs_10.numstep1.updatelr0.01nonorm"
+    assert reproduce.latest_iteration(str(run_dir)) > 0
+    log = (run_dir / "reproduce.log").read_text()
+    assert "Interrupted at iteration" in log
+    time.sleep(2)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps  # no orphaned training process

@@ -379,9 +379,15 @@ def _stream(cmd: list[str], log_path: str, deadline: float | None, log) -> tuple
                     proc.send_signal(signal.SIGTERM)
                     stopped = True
             proc.wait()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # pass it on: the child saves a checkpoint and exits
+            log("    interrupted: stopping the training process (it saves a checkpoint)")
             proc.send_signal(signal.SIGTERM)
             proc.wait()
+            reader.join(timeout=10)
+            while not lines.empty():  # keep the child's last words in the log
+                line = lines.get()
+                if line:
+                    out.write(line)
             raise
     return proc.returncode, stopped
 
@@ -702,6 +708,11 @@ def main(argv):
     if len(argv) > 1:
         raise ReproduceError(f"unexpected arguments: {' '.join(argv[1:])}")
     log = lambda s: print(s, flush=True)  # noqa: E731
+
+    def on_sigterm(signum, frame):  # stop the training child cleanly (it saves), then exit
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     experiments = select(F.experiments)
     data_dirs = {"omniglot": F.omniglot_dir, "miniimagenet": F.miniimagenet_dir}
     for group, d in data_dirs.items():
