@@ -100,8 +100,7 @@ def run(name: str, windows: int, window_seconds: float, warmup: int, seed: int =
         "cpu_ms_per_step_median": {key: statistics.median(v) for key, v in cpu_ms.items()},
         "ratio_x2_over_default": medians["mirrored x2"] / medians["default"],
         "ratio_x1_over_default": medians["mirrored x1"] / medians["default"],
-        "tasks_via": ("batched" if learners["default"]._use_batched(batches[0])
-                      else learners["default"].task_parallelism),
+        "tasks_via": learners["default"].task_mapping(batches[0]),
         "loadavg_1m_start": load_start, "loadavg_1m_end": os.getloadavg()[0],
         "tensorflow": tf.__version__,
     }
