@@ -506,9 +506,9 @@ def target_met(experiment: Experiment, mean: float, ci: float) -> str:
     paper, paper_ci = experiment.paper
     if experiment.tolerance is not None:
         ok = abs(mean - paper) <= experiment.tolerance
-        return f"{'yes' if ok else 'no'} (±{experiment.tolerance:g})"
+        return f"{'yes' if ok else 'no'} (bar: ±{experiment.tolerance:g})"
     ok = abs(mean - paper) <= paper_ci
-    return f"{'yes' if ok else 'no'} (in paper's interval)"
+    return f"{'yes' if ok else 'no'} (bar: paper's ±{paper_ci:g})"
 
 
 def write_report(rows: list[dict], path: str, figures: list[str], command: str) -> str:
