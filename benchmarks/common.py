@@ -3,8 +3,11 @@ the benchmarks (torch-free, so the TensorFlow side never imports torch)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import resource
+import subprocess
 from typing import Any
 
 import numpy as np
@@ -176,3 +179,13 @@ def reset_peak_rss() -> bool:
 def peak_rss_kb() -> int:
     hwm = proc_status_kb("VmHWM")
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def run_json_child(cmd: list[str], root) -> dict:
+    """Runs a benchmark child process from ``root`` and returns the last JSON line it printed
+    (one configuration per fresh process, so memory peaks do not mix)."""
+    env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])

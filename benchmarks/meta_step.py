@@ -30,12 +30,18 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import CONFIGS, make_batch, peak_rss_kb, proc_status_kb, reset_peak_rss
+from benchmarks.common import (
+    CONFIGS,
+    make_batch,
+    peak_rss_kb,
+    proc_status_kb,
+    reset_peak_rss,
+    run_json_child,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,11 +123,7 @@ def run_in_subprocess(framework: str, name: str, **kw) -> dict:
         return torch_run(name, **kw)
     cmd = [sys.executable, "-m", "benchmarks.meta_step", f"--config={name}", "--json",
            "--framework=tf"] + [f"--{k}={v}" for k, v in kw.items()]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    return run_json_child(cmd, ROOT)
 
 
 def main() -> None:

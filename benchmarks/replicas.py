@@ -30,10 +30,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import run_json_child
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"sinusoid": 24, "omniglot5": 32}  # name in benchmarks.common: tasks per meta-batch
@@ -109,11 +110,7 @@ def run(name: str, windows: int, window_seconds: float, warmup: int, seed: int =
 def run_in_subprocess(name: str, **kw) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.replicas", f"--config={name}", "--json"] + [
         f"--{k}={v}" for k, v in kw.items()]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    return run_json_child(cmd, ROOT)
 
 
 def main() -> None:
