@@ -14,8 +14,14 @@ Each (configuration, framework) runs in a fresh process, so memory peaks do not 
 same pre-generated synthetic batches (``benchmarks.common.make_batch``; the data pipeline is
 not timed). Reported: meta-iterations/s (median over windows after warm-up), the first
 step's wall time (trace + compile + run), and the increase of the process's peak RSS over its
-RSS before the model was built. The PyTorch side needs ``pip install torch==2.13.0``
-(benchmarks only; not a dependency of tf_maml).
+RSS before the model was built. GFLOP/it is the reference's own count of one meta-iteration
+(``torch.utils.flop_counter`` over every executed convolution and matmul, double backward
+included): the same arithmetic both sides do, so it/s x GFLOP/it is each side's useful
+GFLOP/s, to hold against the matmul peak printed at the top. tf_maml runs with the threads
+the ``tf-maml`` command sets (``--intra_op_threads``, default 1 intra-op thread on a CPU-only
+machine with several cores); the reference at ``--ref_threads`` (default 2, the machine's
+cores; ``--ref_threads=1,2`` reports the faster). The PyTorch side needs
+``pip install torch==2.13.0`` (benchmarks only; not a dependency of tf_maml).
 
 Configurations (benchmarks/common.py): sinusoid (MLP 40-40, K=10+10, 25 tasks, 1 step),
 omniglot5 / omniglot5_fo (conv4 64 filters stride 2 batch norm, 5-way 1-shot, 5+5, 32 tasks,
@@ -72,9 +78,14 @@ def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0):
 
 
 def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window: int = 5,
-                 num_batches: int = 4, task_parallelism: str = "auto", seed: int = 0) -> dict:
+                 num_batches: int = 4, task_parallelism: str = "auto", seed: int = 0,
+                 intra_op_threads: int = -1) -> dict:
     import tensorflow as tf
 
+    from tf_maml.threads import configure_threads
+
+    # Before TensorFlow's first op, as the tf-maml command does (-1: its default).
+    threads = configure_threads(intra_op_threads)
     batches = []
     for i in range(num_batches):
         sx, sy, qx, qy = make_batch(name, seed=seed * 1000 + i)
@@ -109,11 +120,42 @@ def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window:
     return {
         "config": name, "framework": f"tf_maml (tensorflow {tf.__version__})",
         "task_parallelism": learner.task_mapping(batches[0]),
+        "intra_op_threads": threads or "default",
         "its_per_s_median": statistics.median(rates), "its_per_s_windows": rates,
         "first_step_s": first_step_s, "peak_rss_mb": (peak_kb - base_kb) / 1024.0,
         "peak_reset": reset_ok, "loadavg_1m_start": load_start,
         "loadavg_1m_end": os.getloadavg()[0], "first_loss": first, "last_loss": last,
     }
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> dict:
+    """What this machine's cores can do: the best of ``repeats`` float32 ``n x n`` matmuls
+    in TensorFlow and PyTorch (each at its default threads; PyTorch at 2 like the
+    reference), in GFLOP/s."""
+    import tensorflow as tf
+
+    out = {}
+    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+    f = tf.function(tf.matmul)
+    f(a, b).numpy()
+    best = min(_timed(lambda: f(a, b).numpy()) for _ in range(repeats))
+    out["tensorflow"] = 2 * n**3 / best / 1e9
+    try:
+        import torch
+    except ImportError:
+        return out
+    torch.set_num_threads(2)
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    x @ y
+    best = min(_timed(lambda: x @ y) for _ in range(repeats))
+    out["torch"] = 2 * n**3 / best / 1e9
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def run_in_subprocess(framework: str, name: str, **kw) -> dict:
@@ -133,24 +175,38 @@ def main() -> None:
     parser.add_argument("--config", help="run ONE configuration in this process")
     parser.add_argument("--framework", default="tf")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--peak", action="store_true", help="only the matmul peak, as JSON")
     parser.add_argument("--task_parallelism", default="auto",
                         help="comma-separated tf_maml modes, one row each; accumulate:N = "
                         "accumulate with N tasks per chunk")
+    parser.add_argument("--intra_op_threads", type=int, default=-1,
+                        help="tf_maml's intra-op threads as tf-maml's flag (-1: its default, "
+                        "1 on a CPU-only machine with several cores; 0: TensorFlow's)")
+    parser.add_argument("--ref_threads", default="2",
+                        help="comma-separated torch.set_num_threads values for the reference; "
+                        "the fastest is the row's reference (e.g. 1,2)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--steps_per_window", type=int, default=5)
     args = parser.parse_args()
+    if args.peak:
+        print(json.dumps(matmul_peak()))
+        return
     if args.config:
         result = benchmark_tf(args.config, args.warmup, args.windows, args.steps_per_window,
-                              task_parallelism=args.task_parallelism)
+                              task_parallelism=args.task_parallelism,
+                              intra_op_threads=args.intra_op_threads)
         print(json.dumps(result))
         return
     frameworks = args.frameworks.split(",")
     print(f"# {platform.node()}: {os.cpu_count()} cores, {platform.processor() or 'cpu'}; "
           f"load at start {os.getloadavg()[0]:.2f}")
-    print("| config | tf_maml it/s | reference it/s | ratio | first step tf / ref (s) "
-          "| peak MB tf / ref | tf tasks via |")
-    print("|---|---|---|---|---|---|---|")
+    peak = run_json_child([sys.executable, "-m", "benchmarks.meta_step", "--peak"], ROOT)
+    print("# float32 2048x2048 matmul, best of 5: " + ", ".join(
+        f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    print("| config | tf_maml it/s | reference it/s | ratio | GFLOP/it | GFLOP/s tf / ref "
+          "| first step tf / ref (s) | peak MB tf / ref | tf tasks via | ref threads |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     modes = args.task_parallelism.split(",")
 
     def cell(r, key, fmt):
@@ -159,17 +215,27 @@ def main() -> None:
     for name in args.configs.split(","):
         kw = dict(warmup=args.warmup, windows=args.windows,
                   steps_per_window=args.steps_per_window)
-        ref = run_in_subprocess("torch", name, **kw) if "torch" in frameworks else None
+        ref = None
+        if "torch" in frameworks:
+            runs = [run_in_subprocess("torch", name, num_threads=int(t), **kw)
+                    for t in args.ref_threads.split(",")]
+            ref = max(runs, key=lambda r: r["its_per_s_median"])
         for mode in modes if "tf" in frameworks else [None]:
-            tf_r = (run_in_subprocess("tf", name, task_parallelism=mode, **kw)
+            tf_r = (run_in_subprocess("tf", name, task_parallelism=mode,
+                                      intra_op_threads=args.intra_op_threads, **kw)
                     if mode is not None else None)
             ratio = (f"{tf_r['its_per_s_median'] / ref['its_per_s_median']:.2f}x"
                      if tf_r and ref else "-")
+            gflop = ref["gflop_per_it"] if ref else None
+            rates = " / ".join("-" if r is None or gflop is None
+                               else f"{r['its_per_s_median'] * gflop:.0f}" for r in (tf_r, ref))
             print(f"| {name} | {cell(tf_r, 'its_per_s_median', '.2f')} | "
                   f"{cell(ref, 'its_per_s_median', '.2f')} | {ratio} | "
+                  f"{'-' if gflop is None else format(gflop, '.2f')} | {rates} | "
                   f"{cell(tf_r, 'first_step_s', '.1f')} / {cell(ref, 'first_step_s', '.1f')} | "
                   f"{cell(tf_r, 'peak_rss_mb', '.0f')} / {cell(ref, 'peak_rss_mb', '.0f')} | "
-                  f"{tf_r['task_parallelism'] if tf_r else '-'} |", flush=True)
+                  f"{tf_r['task_parallelism'] if tf_r else '-'} | "
+                  f"{ref['num_threads'] if ref else '-'} |", flush=True)
     print(f"# load at end {os.getloadavg()[0]:.2f}")
 
 

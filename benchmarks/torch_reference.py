@@ -324,7 +324,15 @@ def benchmark(
     peak_kb = peak_rss_kb()
     if not math.isfinite(last_loss):
         raise RuntimeError(f"{name}: non-finite meta-loss {last_loss}")
+    # The work of one meta-iteration, counted by PyTorch itself over every executed
+    # convolution and matmul (forward, backward and, second order, double backward) of
+    # one more step, after the timing and the memory peak.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        one()
     return {
+        "gflop_per_it": counter.get_total_flops() / 1e9,
         "config": name,
         "framework": f"torch {torch.__version__}",
         "num_threads": num_threads,

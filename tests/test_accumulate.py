@@ -100,6 +100,7 @@ def _graph(learner, batch, pretrain=False):
     return tf.function(lambda b: learner.meta_gradients(b, pretrain=pretrain))(batch)
 
 
+@pytest.mark.parametrize("parallel", [1, 2])
 @pytest.mark.parametrize("name, first_order, steps, chunk, plan", [
     ("dense_regression", False, 2, None, (1, False)),
     ("conv_batch_norm", False, 2, 1, (1, False)),
@@ -107,11 +108,13 @@ def _graph(learner, batch, pretrain=False):
     ("conv_batch_norm", True, 2, 1, (1, False)),
     ("conv_batch_norm", True, 1, 2, (2, True)),
 ])
-def test_meta_gradients_match_per_task_loop(name, first_order, steps, chunk, plan):
+def test_meta_gradients_match_per_task_loop(name, first_order, steps, chunk, plan, parallel):
+    # parallel: chunks run at once (while_loop parallel_iterations); every case has >= 2.
     acc, loop = _learners(name, inner_steps=steps, first_order=first_order,
                           tasks_per_chunk=chunk)
+    acc.parallel_chunks = parallel
     batch = _batch(name, 0, tasks=2 * chunk if chunk and chunk > 1 else TASKS)
-    assert acc._accumulate_plan(batch) == plan
+    assert acc._accumulate_plan(batch) == plan + (parallel,)
     _assert_same(_graph(acc, batch), loop.meta_gradients(batch))
 
 
@@ -149,10 +152,10 @@ def test_meta_sgd_and_adapted_norm_match_per_task_loop():
 
 
 def test_unknown_number_of_tasks_runs_one_task_per_iteration():
-    acc, loop = _learners("conv_batch_norm", inner_steps=1)
+    acc, loop = _learners("conv_batch_norm", inner_steps=1, parallel_chunks=2)
     batch = _batch("conv_batch_norm", 3)
     spec = tuple(tf.TensorSpec((None,) + t.shape[1:], tf.as_dtype(t.dtype)) for t in batch)
-    assert acc._accumulate_plan(spec) == (1, False)
+    assert acc._accumulate_plan(spec) == (1, False, 2)
     fn = tf.function(lambda b: acc.meta_gradients(b), input_signature=(spec,))
     _assert_same(fn(tuple(tf.constant(t) for t in batch)), loop.meta_gradients(batch))
 
@@ -182,8 +185,12 @@ def test_train_step_updates_weights_like_the_loop():
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-8)
 
 
-def test_chunk_sizes_chosen_by_auto_and_accumulate():
-    chunk_budget, budget = learners.ACCUMULATE_PATCH_BUDGET, learners.BATCHED_PATCH_BUDGET
+@pytest.mark.parametrize("parallel, budget_name, expected", [
+    (1, "ACCUMULATE_PATCH_BUDGET", [16, 4]),  # one chunk at a time: big chunks
+    (2, "PARALLEL_CHUNK_PATCH_BUDGET", [2, 1]),  # one chunk per core: cache-sized chunks
+])
+def test_chunk_sizes_chosen_by_auto_and_accumulate(parallel, budget_name, expected):
+    chunk_budget, budget = getattr(learners, budget_name), learners.BATCHED_PATCH_BUDGET
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
     omniglot = conv4((28, 28, 1), 5, num_filters=64)
@@ -197,36 +204,56 @@ def test_chunk_sizes_chosen_by_auto_and_accumulate():
         return batched.patch_bytes(model, [(1,) + tuple(batch[0].shape[1:]),
                                            (1,) + tuple(batch[2].shape[1:])])
 
-    auto = MetaLearner(omniglot, losses.summed_xent(1))
-    accumulate = MetaLearner(omniglot, losses.summed_xent(1), task_parallelism="accumulate")
+    auto = MetaLearner(omniglot, losses.summed_xent(1), parallel_chunks=parallel)
+    accumulate = MetaLearner(omniglot, losses.summed_xent(1), task_parallelism="accumulate",
+                             parallel_chunks=parallel)
     chunks = []
     for batch in (specs(32, 5, 5), specs(16, 20, 20)):  # Omniglot 5-way and 20-way
         tasks, size = batch[0].shape[0], per_task(omniglot, batch)
         assert size * tasks > chunk_budget
-        chunk, use_batched = auto._accumulate_plan(batch)
-        assert use_batched and 1 < chunk < tasks and tasks % chunk == 0
-        # the most tasks (dividing the meta-batch) whose patches fit the budget
-        assert chunk * size <= chunk_budget
+        chunk, use_batched, at_once = auto._accumulate_plan(batch)
+        assert tasks % chunk == 0 and chunk < tasks and at_once == parallel
+        # one task per chunk runs through the model itself, more through tf_maml.batched
+        assert use_batched == (chunk > 1)
+        # the most tasks (dividing the meta-batch) whose patches fit the budget (or 1)
+        assert chunk * size <= chunk_budget or chunk == 1
         assert all(d * size > chunk_budget for d in range(chunk + 1, tasks + 1) if tasks % d == 0)
-        assert accumulate._accumulate_plan(batch) == (chunk, True)
-        assert auto.task_mapping(batch) == f"accumulate ({chunk} tasks/chunk, batched)"
+        assert accumulate._accumulate_plan(batch) == (chunk, use_batched, parallel)
+        once = f", {parallel} at once" if parallel > 1 else ""
+        assert auto.task_mapping(batch) == (f"accumulate ({chunk} task{'s' * (chunk > 1)}/chunk"
+                                            f"{', batched' * use_batched}{once})")
         chunks.append(chunk)
-    assert chunks == [16, 4]  # as the README says
-    small = specs(2, 5, 5)  # within the budget: auto maps every task in one batched pass
+    assert chunks == expected  # as the README says
+    small = specs(2, 2, 2) if parallel > 1 else specs(2, 5, 5)
+    # within the budget: auto maps every task in one batched pass
     assert per_task(omniglot, small) * 2 <= chunk_budget
     assert auto._accumulate_plan(small) is None and auto.task_mapping(small) == "batched"
-    assert accumulate._accumulate_plan(small) == (2, True)
+    assert accumulate._accumulate_plan(small) == (2, True, min(parallel, 1))
     # MiniImageNet: one task's patches exceed the batched budget: one task per chunk,
     # through the model itself.
     mini = conv4((84, 84, 3), 5, num_filters=32, max_pool=True)
     batch = specs(4, 5, 75, (84, 84, 3))
     assert per_task(mini, batch) > budget
-    assert MetaLearner(mini, losses.summed_xent(1))._accumulate_plan(batch) == (1, False)
+    assert MetaLearner(mini, losses.summed_xent(1), parallel_chunks=parallel
+                       )._accumulate_plan(batch) == (1, False, parallel)
     # Dense nets stay on vectorized_map; the other explicit modes never accumulate.
     dense = fc_net((6,), (8,), 5, norm="batch_norm")
     assert MetaLearner(dense, losses.summed_xent(1))._accumulate_plan(specs(4, 5, 5, (6,))) is None
     assert MetaLearner(omniglot, losses.summed_xent(1), task_parallelism="map"
                        )._accumulate_plan(specs(32, 5, 5)) is None
+
+
+def test_default_parallel_chunks_is_one_per_core(monkeypatch):
+    model, loss_fn, _ = conv_batch_norm()
+    learner = MetaLearner(model, loss_fn, task_parallelism="accumulate", tasks_per_chunk=1)
+    batch = _batch("conv_batch_norm", 0, tasks=4)
+    monkeypatch.setattr(learners.threads_lib, "available_cores", lambda: 3)
+    assert learner._accumulate_plan(batch) == (1, False, 3)
+    # never more than the chunks
+    monkeypatch.setattr(learners.threads_lib, "available_cores", lambda: 8)
+    assert learner._accumulate_plan(batch) == (1, False, 4)
+    with pytest.raises(ValueError, match="parallel_chunks"):
+        MetaLearner(model, loss_fn, parallel_chunks=0)
 
 
 def test_bad_tasks_per_chunk_is_refused():

@@ -22,9 +22,10 @@ from tf_maml.config import Config, ConfigError
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks import batch_rng, task_stream
 from tf_maml.tasks.sinusoid import SinusoidTasks
+from tf_maml.threads import configure_threads
 
 __all__ = [
-    "Config", "ConfigError", "MetaLearner", "SinusoidTasks", "adapt", "batch_rng", "distribute",
-    "losses", "task_stream",
+    "Config", "ConfigError", "MetaLearner", "SinusoidTasks", "adapt", "batch_rng",
+    "configure_threads", "distribute", "losses", "task_stream",
 ]
 __version__ = "0.1.0"

@@ -74,6 +74,11 @@ class Config:
     # with another strategy.
     distribution_strategy: str = "default"
     num_cpu_devices: int = 0
+    # CPU speed (not part of the run name either): chunks of accumulated tasks run at once
+    # (0: one per core) and TensorFlow's intra-op threads (-1: 1 on a CPU-only machine
+    # with several cores, where the chunks are the parallelism; 0: TensorFlow's default).
+    parallel_chunks: int = 0
+    intra_op_threads: int = -1
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -240,6 +245,12 @@ class Config:
         if self.distribution_strategy not in DISTRIBUTION_STRATEGIES:
             fail("distribution_strategy", f"{self.distribution_strategy!r} is not one of "
                  f"{', '.join(DISTRIBUTION_STRATEGIES)}")
+        if self.parallel_chunks < 0:
+            fail("parallel_chunks", f"must be >= 0 (0: one per CPU core), got "
+                 f"{self.parallel_chunks}")
+        if self.intra_op_threads < -1:
+            fail("intra_op_threads", f"must be >= -1 (-1: auto, 0: TensorFlow's default), "
+                 f"got {self.intra_op_threads}")
         if self.num_cpu_devices < 0:
             fail("num_cpu_devices", f"must be >= 0 (0: do not split the CPU), got "
                  f"{self.num_cpu_devices}")

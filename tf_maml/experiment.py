@@ -46,6 +46,7 @@ def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearn
         metric_fn=metric_fn, adapt_norm=config.adapt_norm,
         meta_grad_clip=config.meta_grad_clip, learn_inner_lr=config.meta_sgd,
         task_parallelism=config.task_parallelism,
+        parallel_chunks=config.parallel_chunks or None,
     )
 
 

@@ -79,6 +79,12 @@ flags.DEFINE_enum("task_parallelism", "auto",
                   "while loop over chunks of tasks summing meta-gradients: least memory); "
                   "auto: vectorized for dense nets, map for RNNs, batched or accumulate for "
                   "conv nets (by the memory of their im2col patches).")
+flags.DEFINE_integer("parallel_chunks", 0, "accumulated task chunks run at once (memory grows "
+                     "with it); 0: one per CPU core (1 with a GPU).")
+flags.DEFINE_integer("intra_op_threads", -1, "TensorFlow's intra-op threads; -1: 1 on a "
+                     "CPU-only machine with several cores (task chunks run one per core, "
+                     "faster than splitting each op over the cores), else TF's default; "
+                     "0: TF's default.")
 flags.DEFINE_bool("test_after_train", True, "after training, evaluate as --train=False would.")
 flags.DEFINE_string("init_checkpoint", None, "initialise from an original TF1 MAML checkpoint "
                     "(prefix, e.g. .../model59000).")
@@ -121,6 +127,7 @@ def config_from_flags():
         export_dir=FLAGS.export_dir, deterministic=FLAGS.deterministic,
         max_kl=FLAGS.max_kl, discount=FLAGS.discount,
         distribution_strategy=FLAGS.distribution_strategy, num_cpu_devices=FLAGS.num_cpu_devices,
+        parallel_chunks=FLAGS.parallel_chunks, intra_op_threads=FLAGS.intra_op_threads,
     )
 
 

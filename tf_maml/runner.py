@@ -15,6 +15,7 @@ from absl import logging
 
 from tf_maml import distribute, experiment
 from tf_maml import evaluate as evaluate_lib
+from tf_maml import threads as threads_lib
 from tf_maml.config import Config
 from tf_maml.train import Checkpointer, restore_for_test, train
 
@@ -42,7 +43,12 @@ def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
         from tf_maml.rl import run as rl_run
 
         return rl_run.run(config, directory, lambda: _write_config(config, directory), log=log)
-    # First: logical CPU devices and collective ops must be set up before TF's first op.
+    # First: threads, logical CPU devices and collective ops must be set up before TF's
+    # first op.
+    threads = threads_lib.configure_threads(config.intra_op_threads)
+    if threads:
+        log(f"Threads: {threads} intra-op (task chunks run one per core; "
+            "--intra_op_threads=0 keeps TensorFlow's default)")
     strategy = distribute.strategy_for(config)
     chief = distribute.is_chief(strategy)
     if config.distribution_strategy != "default":
