@@ -52,9 +52,10 @@ from benchmarks.common import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0):
+def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
+                     parallel_chunks: int = 0):
     """The MetaLearner of configuration ``name``; ``task_parallelism`` may be
-    ``"accumulate:N"`` (N tasks per chunk)."""
+    ``"accumulate:N"`` (N tasks per chunk); ``parallel_chunks`` 0: the default."""
     import keras
 
     from tf_maml import losses, models
@@ -74,12 +75,13 @@ def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0):
     return MetaLearner(model, loss_fn, inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
                        first_order=cfg["first_order"], meta_lr=cfg["meta_lr"],
                        metric_fn=metric_fn, meta_grad_clip=cfg["clip_value"],
-                       task_parallelism=mode, tasks_per_chunk=int(chunk) if chunk else None)
+                       task_parallelism=mode, tasks_per_chunk=int(chunk) if chunk else None,
+                       parallel_chunks=parallel_chunks or None)
 
 
 def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window: int = 5,
                  num_batches: int = 4, task_parallelism: str = "auto", seed: int = 0,
-                 intra_op_threads: int = -1) -> dict:
+                 intra_op_threads: int = -1, parallel_chunks: int = 0) -> dict:
     import tensorflow as tf
 
     from tf_maml.threads import configure_threads
@@ -95,7 +97,7 @@ def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window:
     load_start = os.getloadavg()[0]
     reset_ok = reset_peak_rss()
     base_kb = proc_status_kb("VmRSS")
-    learner = build_tf_learner(name, task_parallelism, seed)
+    learner = build_tf_learner(name, task_parallelism, seed, parallel_chunks)
     step = 0
 
     def one():
@@ -182,6 +184,8 @@ def main() -> None:
     parser.add_argument("--intra_op_threads", type=int, default=-1,
                         help="tf_maml's intra-op threads as tf-maml's flag (-1: its default, "
                         "1 on a CPU-only machine with several cores; 0: TensorFlow's)")
+    parser.add_argument("--parallel_chunks", type=int, default=0,
+                        help="MetaLearner(parallel_chunks=...); 0: its default (one per core)")
     parser.add_argument("--ref_threads", default="2",
                         help="comma-separated torch.set_num_threads values for the reference; "
                         "the fastest is the row's reference (e.g. 1,2)")
@@ -195,7 +199,8 @@ def main() -> None:
     if args.config:
         result = benchmark_tf(args.config, args.warmup, args.windows, args.steps_per_window,
                               task_parallelism=args.task_parallelism,
-                              intra_op_threads=args.intra_op_threads)
+                              intra_op_threads=args.intra_op_threads,
+                              parallel_chunks=args.parallel_chunks)
         print(json.dumps(result))
         return
     frameworks = args.frameworks.split(",")
@@ -222,7 +227,8 @@ def main() -> None:
             ref = max(runs, key=lambda r: r["its_per_s_median"])
         for mode in modes if "tf" in frameworks else [None]:
             tf_r = (run_in_subprocess("tf", name, task_parallelism=mode,
-                                      intra_op_threads=args.intra_op_threads, **kw)
+                                      intra_op_threads=args.intra_op_threads,
+                                      parallel_chunks=args.parallel_chunks, **kw)
                     if mode is not None else None)
             ratio = (f"{tf_r['its_per_s_median'] / ref['its_per_s_median']:.2f}x"
                      if tf_r and ref else "-")
