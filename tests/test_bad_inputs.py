@@ -629,6 +629,22 @@ def test_support_labels_of_another_length_in_train_step(learner, targets):
         np.testing.assert_array_equal(old, v.numpy())
 
 
+@pytest.mark.parametrize("method", ["train_step", "evaluate_batch"])
+def test_batch_without_the_task_axis_is_refused(learner, method):
+    # One sinusoid task given as [examples, 1], without the leading task axis: read as 5
+    # tasks of examples of shape (), it used to train silently on broadcast nonsense.
+    sx, sy, qx, qy = (a[0] for a in sine_batch())
+    before = [v.numpy() for v in learner.model.weights]
+    with pytest.raises(ValueError, match=rf"{method}: support_x has shape \(5, 1\), i.e. "
+                       r"examples of shape \(\), but the model takes examples of shape "
+                       r"\(1\).*task axis missing"):
+        args = (sx, sy, qx, qy)
+        learner.train_step(args) if method == "train_step" else learner.evaluate_batch(args, 1)
+    for old, v in zip(before, learner.model.weights):
+        np.testing.assert_array_equal(old, v.numpy())
+    learner.train_step(sine_batch())  # the same data with the task axis is fine
+
+
 def test_support_labels_of_another_length_in_adapt(learner):
     sx, sy, _, _ = sine_batch()
     with pytest.raises(ValueError, match="support_y has 3 targets but support_x has 5 examples"):

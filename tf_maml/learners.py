@@ -45,9 +45,23 @@ PARALLEL_CHUNK_PATCH_BUDGET = 4 * 2**20
 BATCH_NAMES = ("support_x", "support_y", "query_x", "query_y")
 
 
-def _check_batch(batch, where: str) -> tuple[tf.Tensor, ...]:
+def _model_example_shape(model: keras.Model) -> tuple | None:
+    """The shape of one example the model takes (None dims unknown), or None if the model
+    does not say (several inputs, or a subclassed model without an input shape)."""
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if not isinstance(shape, tuple) or any(isinstance(d, (tuple, list)) for d in shape):
+        return None
+    return tuple(shape[1:])
+
+
+def _check_batch(batch, where: str, example_shape: tuple | None = None
+                 ) -> tuple[tf.Tensor, ...]:
     """``batch`` as 4 tensors, or a ValueError saying what is wrong with it (checked on the
-    static shapes, so before any tracing)."""
+    static shapes, so before any tracing). ``example_shape``: what one example of x must
+    look like (the model's input shape without the batch axis; None dims match any)."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 4:
         got = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
                else f"a {type(batch).__name__}")
@@ -71,6 +85,17 @@ def _check_batch(batch, where: str) -> tuple[tf.Tensor, ...]:
         if x_shape[1] is not None and y_shape[1] is not None and x_shape[1] != y_shape[1]:
             raise ValueError(f"{where}: {y_name} has {y_shape[1]} targets per task but "
                              f"{x_name} has {x_shape[1]} examples; every example needs one")
+        if example_shape is None:
+            continue
+        got = tuple(x_shape[2:])
+        if len(got) != len(example_shape) or any(
+                g is not None and e is not None and g != e for g, e in zip(got, example_shape)):
+            want = ", ".join("?" if d is None else str(d) for d in example_shape)
+            missing = (" (is the task axis missing? a single task needs a leading axis "
+                       "of 1)" if len(got) + 1 == len(example_shape) else "")
+            raise ValueError(f"{where}: {x_name} has shape {x_shape}, i.e. examples of shape "
+                             f"{got}, but the model takes examples of shape ({want}); expected "
+                             f"[tasks, examples, {want}]{missing}")
     return tensors
 
 
@@ -210,6 +235,7 @@ class MetaLearner:
             raise ValueError(f"parallel_chunks must be a positive number (or None: one per "
                              f"CPU core), got {parallel_chunks!r}")
         self.parallel_chunks = None if parallel_chunks is None else int(parallel_chunks)
+        self._example_shape = _model_example_shape(model)
         if task_parallelism == "auto":
             # pfor has no batched kernel for a per-task conv filter gradient (it falls back
             # to a while loop, slower than map_fn) and cannot vectorise RNN while loops.
@@ -576,9 +602,10 @@ class MetaLearner:
                 step = distribute_lib.replicated_step(self.strategy, gradients, apply)
             self._train_fns[key] = tf.function(step, reduce_retracing=True)
         if self.strategy is None:
-            return self._train_fns[key](_check_batch(batch, "train_step"))
+            return self._train_fns[key](_check_batch(batch, "train_step", self._example_shape))
         if not distribute_lib.is_distributed(batch):
-            batch = distribute_lib.split_batch(self.strategy, _check_batch(batch, "train_step"))
+            batch = distribute_lib.split_batch(
+                self.strategy, _check_batch(batch, "train_step", self._example_shape))
         return self._train_fns[key](batch)
 
     meta_train_step = train_step  # the name used in the paper's vocabulary
@@ -614,4 +641,5 @@ class MetaLearner:
                 return self._map_tasks(task_fn, batch, signature)
 
             self._eval_fns[num_steps] = tf.function(evaluate, reduce_retracing=True)
-        return self._eval_fns[num_steps](_check_batch(batch, "evaluate_batch"))
+        return self._eval_fns[num_steps](
+            _check_batch(batch, "evaluate_batch", self._example_shape))
