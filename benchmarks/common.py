@@ -16,6 +16,25 @@ import numpy as np
 # Configurations (shapes of the original experiments)
 # --------------------------------------------------------------------------
 
+# Omniglot 5-way 1-shot; omniglot5_fo is the same with first-order meta-gradients.
+_OMNIGLOT5: dict[str, Any] = {
+    "net": "conv4",
+    "input_shape": (28, 28, 1),
+    "num_filters": 64,
+    "max_pool": False,
+    "num_classes": 5,
+    "k_shot": 1,
+    "support_size": 5,
+    "query_size": 5,
+    "meta_batch_size": 32,
+    "inner_steps": 1,
+    "inner_lr": 0.4,
+    "meta_lr": 1e-3,
+    "first_order": False,
+    "loss": "xent",
+    "clip_value": None,
+}
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "sinusoid": {
         "net": "mlp",
@@ -34,40 +53,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "loss": "mse",
         "clip_value": None,
     },
-    "omniglot5": {
-        "net": "conv4",
-        "input_shape": (28, 28, 1),
-        "num_filters": 64,
-        "max_pool": False,
-        "num_classes": 5,
-        "k_shot": 1,
-        "support_size": 5,
-        "query_size": 5,
-        "meta_batch_size": 32,
-        "inner_steps": 1,
-        "inner_lr": 0.4,
-        "meta_lr": 1e-3,
-        "first_order": False,
-        "loss": "xent",
-        "clip_value": None,
-    },
-    "omniglot5_fo": {
-        "net": "conv4",
-        "input_shape": (28, 28, 1),
-        "num_filters": 64,
-        "max_pool": False,
-        "num_classes": 5,
-        "k_shot": 1,
-        "support_size": 5,
-        "query_size": 5,
-        "meta_batch_size": 32,
-        "inner_steps": 1,
-        "inner_lr": 0.4,
-        "meta_lr": 1e-3,
-        "first_order": True,
-        "loss": "xent",
-        "clip_value": None,
-    },
+    "omniglot5": _OMNIGLOT5,
+    "omniglot5_fo": {**_OMNIGLOT5, "first_order": True},
     "omniglot20": {
         "net": "conv4",
         "input_shape": (28, 28, 1),

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SMALL_CONV_SHAPE, five_way_batch, small_conv4
 
 from tf_maml import batched, learners, losses
 from tf_maml.learners import MetaLearner
@@ -17,15 +18,7 @@ from tf_maml.models import conv4, fc_net
 RTOL, ATOL = 1e-9, 1e-12
 TASKS = 3  # 1/3 is not a float32 number: a mean over tasks rounded to float32 would show
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def dense_regression():
@@ -36,9 +29,8 @@ def dense_regression():
 
 
 def conv_batch_norm():
-    """conv4 with tf_maml.models.BatchNormalization (exact second derivatives), strided,
-    12x12 inputs: 12 -> 6 -> 3 -> 2 -> 1."""
-    return conv4((12, 12, 1), 5, num_filters=4), losses.summed_xent(1), losses.accuracy
+    """conftest.small_conv4: strided conv4 with exact batch norm on 12x12 inputs."""
+    return small_conv4(), losses.summed_xent(1), losses.accuracy
 
 
 def dense_batch_norm():
@@ -55,10 +47,7 @@ def _batch(name, seed, tasks=TASKS):
         x = rng.uniform(-3, 3, size=(tasks, 10, 1))
         y = rng.uniform(0.5, 2, size=(tasks, 1, 1)) * np.sin(x - rng.uniform(size=(tasks, 1, 1)))
         return x[:, :5], y[:, :5], x[:, 5:], y[:, 5:]
-    shape = (12, 12, 1) if name == "conv_batch_norm" else (6,)
-    labels = np.tile(np.arange(5, dtype="int32"), (tasks, 1))
-    return (rng.uniform(size=(tasks, 5) + shape), labels,
-            rng.uniform(size=(tasks, 10) + shape), np.tile(labels, (1, 2)))
+    return five_way_batch(rng, SMALL_CONV_SHAPE if name == "conv_batch_norm" else (6,), tasks)
 
 
 def _learners(name, **kwargs):

@@ -16,6 +16,8 @@ from tf_maml.models import conv4, fc_net
 # float additions, so agreement is to ~1e-12; a float32 run is checked more loosely.
 RTOL, ATOL = 1e-9, 1e-12
 
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
+
 
 def _classification_batch(rng, shape, tasks=3, n=5, k=1, q=2):
     return (rng.uniform(size=(tasks, n * k) + shape).astype(keras.config.floatx()),
@@ -69,16 +71,6 @@ CLASSIFIERS = {
     "fc_batch_norm": fc_batch_norm,
     "odd_conv": odd_conv,
 }
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
 
 
 def _build(name):

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import five_way_batch, keras_float, small_conv4
 
 from tf_maml import losses, models
 from tf_maml.learners import MetaLearner
@@ -15,12 +16,8 @@ from tf_maml.learners import MetaLearner
 
 @pytest.fixture
 def float32():
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float32")
-    keras.config.set_dtype_policy("float32")
-    yield
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
+    with keras_float("float32"):
+        yield
     models.BatchNormalization.fused_training = True
 
 
@@ -38,11 +35,8 @@ def _meta_gradients(model, batch, dtype):
 
 def test_fused_second_order_meta_gradients_match_exact_moments_and_float64(float32):
     keras.utils.set_random_seed(0)
-    model = models.conv4((12, 12, 1), 5, num_filters=4)  # 12 -> 6 -> 3 -> 2 -> 1
-    rng = np.random.default_rng(0)
-    labels = np.tile(np.arange(5, dtype="int32"), (3, 1))
-    batch = (rng.uniform(size=(3, 5, 12, 12, 1)), labels,
-             rng.uniform(size=(3, 10, 12, 12, 1)), np.tile(labels, (1, 2)))
+    model = small_conv4()  # 12 -> 6 -> 3 -> 2 -> 1
+    batch = five_way_batch(np.random.default_rng(0))  # float64: cast per run below
     fused, fused_ops = _meta_gradients(model, batch, "float32")
     assert "FusedBatchNormV3" in fused_ops and "FusedBatchNormGradV3" in fused_ops
     models.BatchNormalization.fused_training = False
@@ -50,7 +44,7 @@ def test_fused_second_order_meta_gradients_match_exact_moments_and_float64(float
     assert not any("FusedBatchNorm" in op for op in exact_ops)
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
-    twin = models.conv4((12, 12, 1), 5, num_filters=4)
+    twin = small_conv4()
     twin.set_weights([w.astype("float64") for w in model.get_weights()])
     truth, _ = _meta_gradients(twin, batch, "float64")
     scale = max(np.max(np.abs(t)) for t in truth)
