@@ -180,12 +180,15 @@ def test_num_steps_zero_gives_the_initialisation_predictions(exports):
     np.testing.assert_allclose(loaded.serving_default(query_x).numpy(), theta, **TOL)
 
 
-def test_labels_may_be_int32_or_int64(exports):
+def test_labels_may_be_int32_or_int64_or_whole_floats(exports):
     _, export_dir, (support_x, support_y, query_x), _ = exports["conv4"]
     loaded = tf.saved_model.load(export_dir)
     want = loaded.adapt_and_predict(support_x, support_y.astype(np.int32), query_x).numpy()
-    got = loaded.adapt_and_predict(support_x, support_y.astype(np.int64), query_x).numpy()
-    np.testing.assert_array_equal(got, want)
+    for dtype in (np.int64, np.float32, np.float64):
+        got = loaded.adapt_and_predict(support_x, support_y.astype(dtype), query_x).numpy()
+        np.testing.assert_array_equal(got, want)
+    assert "not whole numbers" in _error(loaded.adapt_and_predict, support_x,
+                                         support_y.astype(np.float32) + 0.5, query_x)
     got = loaded.signatures["adapt_and_predict"](
         support_x=tf.constant(support_x), support_y=tf.constant(support_y, tf.int64),
         query_x=tf.constant(query_x))["predictions"].numpy()

@@ -46,7 +46,8 @@ Inputs are validated in the graph with ``tf.debugging`` assertions that say what
 empty support set, mismatched support sizes, negative ``num_steps``); for that the
 signatures declare inputs of unknown shape, and the checks come before any model op.
 
-Targets: integer class ids ``support_y`` [Ns] (int32 or int64; int64 in the signatures)
+Targets: integer class ids ``support_y`` [Ns] (int32 or int64, or float32 / float64 holding
+whole numbers; int64 in the signatures)
 for a classification loss such as :func:`tf_maml.losses.summed_xent`, or float32 [Ns, N]
 regression targets for :func:`tf_maml.losses.mse`; ``targets="auto"`` tells them apart by
 the loss. Examples are float32 (the model's input dtype).
@@ -302,8 +303,10 @@ def export(
     def spec(name, dtype, shape=None):
         return tf.TensorSpec(shape, dtype, name=name)
 
-    # Class ids are accepted as int32 or int64 (numpy's default) and checked as int64.
-    y_dtypes = (tf.int64, tf.int32) if kind == "classes" else (output_dtype,)
+    # Class ids are accepted as int32 or int64 (numpy's default) and checked as int64; as
+    # float32 / float64 too (e.g. labels stored as floats), if they are whole numbers.
+    y_dtypes = ((tf.int64, tf.int32, tf.float32, tf.float64) if kind == "classes"
+                else (output_dtype,))
     x_spec = spec("x", input_dtype)
     steps_spec, lr_spec = spec("num_steps", tf.int32, []), spec("inner_lr", tf.float32, [])
 
@@ -319,6 +322,13 @@ def export(
     def adapt_fn(support_x, support_y, query_x, num_steps=None, inner_lr=None):
         steps = tf.constant(default_steps, tf.int32) if num_steps is None else num_steps
         lr = tf.constant(default_lr, tf.float32) if inner_lr is None else inner_lr
+        if kind == "classes" and support_y.dtype.is_floating:
+            whole = tf.debugging.assert_equal(
+                support_y, tf.round(support_y),
+                message="support_y holds floats that are not whole numbers: classification "
+                        "targets are class ids 0..N-1 (int32, int64, or whole floats)")
+            with tf.control_dependencies([whole]):
+                support_y = tf.identity(support_y)
         return core(support_x, tf.cast(support_y, y_dtypes[0]), query_x, steps, lr)
 
     module = tf.Module()
