@@ -87,7 +87,7 @@ def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window:
     from tf_maml.threads import configure_threads
 
     # Before TensorFlow's first op, as the tf-maml command does (-1: its default).
-    threads = configure_threads(intra_op_threads)
+    threads = configure_threads(intra_op_threads, CONFIGS[name]["meta_batch_size"])
     batches = []
     for i in range(num_batches):
         sx, sy, qx, qy = make_batch(name, seed=seed * 1000 + i)

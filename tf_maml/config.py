@@ -76,7 +76,8 @@ class Config:
     num_cpu_devices: int = 0
     # CPU speed (not part of the run name either): chunks of accumulated tasks run at once
     # (0: one per core) and TensorFlow's intra-op threads (-1: 1 on a CPU-only machine
-    # with several cores, where the chunks are the parallelism; 0: TensorFlow's default).
+    # with several cores and 2 tasks per core or more, where the chunks are the
+    # parallelism; 0: TensorFlow's default).
     parallel_chunks: int = 0
     intra_op_threads: int = -1
 

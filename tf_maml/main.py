@@ -82,9 +82,9 @@ flags.DEFINE_enum("task_parallelism", "auto",
 flags.DEFINE_integer("parallel_chunks", 0, "accumulated task chunks run at once (memory grows "
                      "with it); 0: one per CPU core (1 with a GPU).")
 flags.DEFINE_integer("intra_op_threads", -1, "TensorFlow's intra-op threads; -1: 1 on a "
-                     "CPU-only machine with several cores (task chunks run one per core, "
-                     "faster than splitting each op over the cores), else TF's default; "
-                     "0: TF's default.")
+                     "CPU-only machine with several cores and a meta-batch of 2 tasks per "
+                     "core or more (task chunks run one per core, faster than splitting each "
+                     "op over the cores), else TF's default; 0: TF's default.")
 flags.DEFINE_bool("test_after_train", True, "after training, evaluate as --train=False would.")
 flags.DEFINE_string("init_checkpoint", None, "initialise from an original TF1 MAML checkpoint "
                     "(prefix, e.g. .../model59000).")

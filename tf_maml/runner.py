@@ -45,7 +45,7 @@ def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
         return rl_run.run(config, directory, lambda: _write_config(config, directory), log=log)
     # First: threads, logical CPU devices and collective ops must be set up before TF's
     # first op.
-    threads = threads_lib.configure_threads(config.intra_op_threads)
+    threads = threads_lib.configure_threads(config.intra_op_threads, config.meta_batch_size)
     if threads:
         log(f"Threads: {threads} intra-op (task chunks run one per core; "
             "--intra_op_threads=0 keeps TensorFlow's default)")
