@@ -18,6 +18,7 @@ the original code's ``--stop_grad`` (first-order MAML).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import keras
@@ -56,6 +57,43 @@ def adapted_mask(model: keras.Model, adapt_norm: bool = False) -> list[bool]:
     return [id(v) not in norm_ids for v in model.trainable_variables]
 
 
+def exact_moments(x: tf.Tensor, axes, keepdims: bool = False):
+    """Batch mean and variance, both differentiated exactly (to any order).
+
+    ``tf.nn.moments`` (what Keras' BatchNormalization uses on TensorFlow) computes the
+    variance as mean((x - stop_gradient(mean))²): the same values and first derivatives,
+    but its second derivatives miss the mean's dependence on x, so a second-order MAML
+    meta-gradient through a plain Keras batch norm was off (e.g. non-zero for a bias that
+    batch norm cancels).
+    """
+    mean = tf.reduce_mean(x, axes, keepdims=True)
+    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axes, keepdims=True)
+    if not keepdims:
+        mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
+    return mean, variance
+
+
+@contextlib.contextmanager
+def _exact_keras_moments():
+    """While a model runs under tf_maml: Keras' TensorFlow moments (its BatchNormalization
+    layer's statistics) are :func:`exact_moments`. Same forward values; a Keras version
+    without that private hook runs unchanged."""
+    try:
+        from keras.src.backend.tensorflow import nn as keras_tf_nn
+    except ImportError:  # another Keras layout: its own moments
+        yield
+        return
+    original = getattr(keras_tf_nn, "_compute_moments", None)
+    if original is None:
+        yield
+        return
+    keras_tf_nn._compute_moments = exact_moments
+    try:
+        yield
+    finally:
+        keras_tf_nn._compute_moments = original
+
+
 def forward(
     model: keras.Model,
     weights: Sequence[tf.Tensor],
@@ -75,6 +113,9 @@ def forward(
     it passes ``training`` to a ``call()`` that has no such argument, and skips Keras'
     propagation of ``training`` to nested layers, so a subclassed model that leaves that to
     Keras ran its batch norm on moving statistics.
+
+    A plain ``keras.layers.BatchNormalization`` computes its batch statistics with
+    :func:`exact_moments` here, so second-order meta-gradients through it are exact.
     """
     trainable_vars = model.trainable_variables
     non_trainable_vars = model.non_trainable_variables
@@ -87,7 +128,7 @@ def forward(
             f"non-trainable tensors, got {len(weights)} and {len(non_trainable)}"
         )
     mapping = list(zip(trainable_vars, weights)) + list(zip(non_trainable_vars, non_trainable))
-    with keras.StatelessScope(state_mapping=mapping):
+    with keras.StatelessScope(state_mapping=mapping), _exact_keras_moments():
         return model(inputs, training=training)
 
 

@@ -44,6 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_maml import adapt as adapt_lib
 from tf_maml import models as tf_maml_models
 from tf_maml.models import ContribLayerNorm
 
@@ -317,18 +318,10 @@ def _dense(layer, x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None) -> tf
 def _batch_norm(layer, x: tf.Tensor, gamma, beta) -> tf.Tensor:
     """Training-mode batch norm with each task's own statistics over B (and H, W)."""
     rank = len(x.shape)
-    # tf.nn.moments and tf.nn.batch_normalization: what Keras' BatchNormalization runs.
-    # NB: tf.nn.moments' variance uses stop_gradient(mean): exact first derivatives, but
-    # second-order MAML gradients through it are not the true ones (e.g. non-zero meta-
-    # gradients for conv biases before batch norm, which finite differences give as 0).
-    # Kept for plain Keras layers, to compute exactly what the per-task path computes;
-    # tf_maml.models.BatchNormalization has exact moments, here too.
+    # Exact moments (adapt.exact_moments, what the per-task path runs for Keras' layer and
+    # tf_maml.models.BatchNormalization alike), then tf.nn.batch_normalization.
     axes = list(range(1, rank - 1))
-    if isinstance(layer, tf_maml_models.BatchNormalization):  # exact second derivatives
-        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
-        variance = tf.reduce_mean(tf.square(x - mean), axis=axes, keepdims=True)
-    else:
-        mean, variance = tf.nn.moments(x, axes=axes, keepdims=True)
+    mean, variance = adapt_lib.exact_moments(x, axes, keepdims=True)
     return tf.nn.batch_normalization(
         x, mean, variance,
         offset=None if beta is None else _per_task_broadcast(beta, rank),
