@@ -498,6 +498,15 @@ def test_cli_trains_resumes_and_writes_returns_per_step(tmp_path):
     assert any("Resumed from" in line and "at iteration 2" in line for line in lines)
     with open(os.path.join(run_dir, "training_log.csv")) as f:
         assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1, 2, 3]
+    # --resume=False on a run with checkpoints: an error that names the fix, nothing touched
+    from tf_maml.train import CheckpointError
+
+    before = sorted(os.listdir(run_dir))
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints \(model-3\).*"
+                                              r"--resume=True"):
+        runner.run(nav_config(tmp_path, metatrain_iterations=4, resume=False),
+                   log=lines.append)
+    assert sorted(os.listdir(run_dir)) == before
 
 
 def test_cli_random_baseline_evaluates_without_training(tmp_path, eager, capsys):

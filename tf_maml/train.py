@@ -404,6 +404,31 @@ def fit(
     return done
 
 
+def resume_or_start(latest: str | None, config, run_dir: str, restore, on_start=None,
+                    log=print) -> tuple[int, bool]:
+    """The start of a training run (supervised and RL alike): restores the latest
+    checkpoint with ``restore() -> (path, iteration)`` if there is one and ``config.resume``
+    allows it (else a CheckpointError: nothing is overwritten), calls ``on_start``, and
+    returns (start iteration, whether the run is already complete)."""
+    start = 0
+    if latest is not None:
+        if not config.resume:
+            raise CheckpointError(
+                f"{run_dir} already holds checkpoints ({os.path.basename(latest)}); "
+                "pass --resume=True to continue that run, or another --logdir for a new one. "
+                "Nothing was overwritten."
+            )
+        path, start = restore()
+        log(f"Resumed from {path} at iteration {start}")
+    if on_start is not None:
+        on_start()
+    total = config.total_iterations
+    if start >= total:
+        log(f"Training already complete ({start}/{total} iterations)")
+        return start, True
+    return start, False
+
+
 def train(
     learner: MetaLearner,
     config: Config,
@@ -437,22 +462,11 @@ def train(
             f"{', '.join(map(str, seen))}; -1: none): every worker resumes from --logdir, so "
             "it must be a directory all of them share (NFS, a cloud bucket)."
         )
-    start = 0
-    if checkpointer.latest is not None:
-        if not config.resume:
-            raise CheckpointError(
-                f"{run_dir} already holds checkpoints ({os.path.basename(checkpointer.latest)}); "
-                "pass --resume=True to continue that run, or another --logdir for a new one. "
-                "Nothing was overwritten."
-            )
-        path, start = checkpointer.restore_latest_good(log)
-        log(f"Resumed from {path} at iteration {start}")
-    if on_start is not None:
-        on_start()
-    total = config.total_iterations
-    if start >= total:
-        log(f"Training already complete ({start}/{total} iterations)")
+    start, done = resume_or_start(checkpointer.latest, config, run_dir,
+                                  lambda: checkpointer.restore_latest_good(log), on_start, log)
+    if done:
         return start
+    total = config.total_iterations
 
     callbacks: list[Callback] = [ProgressLogger(config.print_interval, SUMMARY_INTERVAL, log)]
     if checkpointer.chief:

@@ -126,24 +126,15 @@ def train(learner, config: Config, directory: str, log=print, on_start=None) -> 
     returns the last iteration."""
     import tensorflow as tf
 
-    from tf_maml.train import CheckpointError
+    from tf_maml.train import resume_or_start
 
     os.makedirs(directory, exist_ok=True)
     checkpointer = Checkpointer(learner, directory)
-    start = 0
-    if checkpointer.latest is not None:
-        if not config.resume:
-            raise CheckpointError(
-                f"{directory} already holds checkpoints; pass --resume=True to continue that "
-                "run, or another --logdir for a new one. Nothing was overwritten.")
-        path, start = checkpointer.restore()
-        log(f"Resumed from {path} at iteration {start}")
-    if on_start is not None:
-        on_start()
-    total = config.total_iterations
-    if start >= total:
-        log(f"Training already complete ({start}/{total} iterations)")
+    start, done = resume_or_start(checkpointer.latest, config, directory, checkpointer.restore,
+                                  on_start, log)
+    if done:
         return start
+    total = config.total_iterations
     log_path = os.path.join(directory, "training_log.csv")
     _write_log_rows(log_path, start)
     writer = tf.summary.create_file_writer(directory) if config.log else None
