@@ -299,7 +299,7 @@ class MetaLearner:
         """Chunks that may run at once by default: one per CPU core, one with a GPU."""
         if self.parallel_chunks is not None:
             return self.parallel_chunks
-        if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        if threads_lib.has_accelerator():
             return 1
         return threads_lib.available_cores()
 

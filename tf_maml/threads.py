@@ -13,6 +13,13 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def has_accelerator() -> bool:
+    """Whether TensorFlow sees a GPU or TPU (physical devices: safe before its first op)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+
+
 def configure_threads(intra_op_threads: int = -1, meta_batch_size: int | None = None) -> int:
     """Sets TensorFlow's intra-op threads before its first op; returns the number set (0:
     left at TensorFlow's default). -1: 1 on a CPU-only machine with several cores, if the
@@ -28,8 +35,7 @@ def configure_threads(intra_op_threads: int = -1, meta_batch_size: int | None = 
 
     threads = intra_op_threads
     if threads == -1:
-        cpu_only = not (tf.config.list_physical_devices("GPU")
-                        or tf.config.list_physical_devices("TPU"))
+        cpu_only = not has_accelerator()
         cores = available_cores()
         enough_tasks = meta_batch_size is None or meta_batch_size >= 2 * cores
         threads = 1 if cpu_only and cores > 1 and enough_tasks else 0
