@@ -278,3 +278,32 @@ def test_meta_sgd_trains_the_step_sizes_and_adapt_uses_them():
     np.testing.assert_allclose(fast_w.numpy().ravel(), theta_w - alpha_w * gw,
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fast_b.numpy(), theta_b - alpha_b * gb, rtol=1e-5, atol=1e-6)
+
+
+def test_default_meta_optimizer_is_the_originals_adam():
+    """The original's tf.train.AdamOptimizer: ε = 1e-8 (Keras' own default is 1e-7).
+
+    With a meta-gradient g = 2.5e-7, the first Adam step is
+    lr·√(1-β2)·g / (√(1-β2)·|g| + ε) (TF1's "epsilon hat" form), which depends strongly on ε:
+    about 0.44·lr for ε = 1e-8 and 0.07·lr for ε = 1e-7.
+    """
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    model.layers[0].kernel.assign([[0.5]])
+    meta_lr = 1e-3
+    learner = MetaLearner(model, losses.mse, inner_lr=0.0, meta_lr=meta_lr)
+    # MSE of w·x against 0 with x = 5e-4: the gradient 2·w·x² = x² is tiny (α = 0, so the
+    # meta-gradient is the plain gradient).
+    x = np.full((1, 4, 1), 5e-4, np.float32)
+    y = np.zeros_like(x)
+    batch = (x, y, x, y)
+    g = float(learner.meta_gradients(batch)[0][0].numpy().ravel()[0])
+    np.testing.assert_allclose(g, 2 * 0.5 * 5e-4**2, rtol=1e-3)
+    learner.train_step(batch)
+    beta2 = 0.999
+    c = np.sqrt(1 - beta2)
+    expected = 0.5 - meta_lr * c * g / (c * abs(g) + 1e-8)
+    np.testing.assert_allclose(float(model.layers[0].kernel.numpy().ravel()[0]), expected,
+                               rtol=0, atol=1e-6)
+    keras_default = 0.5 - meta_lr * c * g / (c * abs(g) + 1e-7)
+    assert abs(expected - keras_default) > 3e-4

@@ -108,6 +108,11 @@ def _has_recurrent(model: keras.Model) -> bool:
     return any(isinstance(layer, keras.layers.RNN) for layer in model._flatten_layers())
 
 
+# TF1's AdamOptimizer default, which the original trained with. Keras 3's Adam applies ε the
+# same way (θ -= lr_t·m / (√v + ε)), so with this ε the meta-update is the original's.
+ORIGINAL_ADAM_EPSILON = 1e-8
+
+
 class MetaLearner:
     """Meta-trains the initialisation θ of a built Keras model (Finn et al. 2017).
 
@@ -120,7 +125,8 @@ class MetaLearner:
       inner_steps: number of inner steps during meta-training (the original's num_updates).
       first_order: stop the gradient through the inner gradient (first-order MAML).
       algorithm: ``"maml"`` or ``"reptile"``.
-      meta_optimizer: defaults to ``keras.optimizers.Adam(meta_lr)``, as the original.
+      meta_optimizer: defaults to ``keras.optimizers.Adam(meta_lr, epsilon=1e-8)``: the
+        original's ``tf.train.AdamOptimizer`` (same update, ε = 1e-8; Keras' default is 1e-7).
       metric_fn: optional per-task metric (e.g. accuracy) reported beside the loss.
       adapt_norm: also adapt normalisation offsets/scales in the inner loop (the original
         did not: they are meta-trained only).
@@ -252,7 +258,8 @@ class MetaLearner:
         # tf.distribute: a learner built under strategy.scope() (its model too) splits each
         # meta-batch over the strategy's replicas (tf_maml/distribute.py); None: one device.
         self.strategy = distribute_lib.current_strategy()
-        self.optimizer = meta_optimizer or keras.optimizers.Adam(meta_lr)
+        self.optimizer = meta_optimizer or keras.optimizers.Adam(
+            meta_lr, epsilon=ORIGINAL_ADAM_EPSILON)
         if self.strategy is not None:
             self._check_distributed(model)
         self.optimizer.build(self.meta_variables)
