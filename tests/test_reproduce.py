@@ -296,3 +296,18 @@ def test_sigterm_to_reproduce_stops_its_training_child_with_a_checkpoint(tmp_pat
     time.sleep(2)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in ps  # no orphaned training process
+
+
+def test_the_committed_zoo_is_small_and_names_no_machine_path():
+    """Under 20 MB in all; its text files name no folder of the machine that trained."""
+    root = os.path.join(REPO, "zoo")
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            total += os.path.getsize(path)
+            if name.endswith((".json", ".csv", ".md")) or name == "checkpoint":
+                with open(path) as f:
+                    text = f.read()
+                assert not re.search(r"(/work/|/home/|/root/|/tmp/|shared/data)", text), path
+    assert total < 20 * 2**20
