@@ -39,9 +39,9 @@ from test_data_prep import (  # the tiny official layouts of the data_prep tests
     write_zip,
 )
 
-from data_prep import miniimagenet as mprep
-from data_prep import omniglot as oprep
-from data_prep.omniglot import PrepError
+from tf_maml.data import miniimagenet as mprep
+from tf_maml.data import omniglot as oprep
+from tf_maml.data.prep import PrepError
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import experiment, losses, models, runner
 from tf_maml.config import Config, ConfigError

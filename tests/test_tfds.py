@@ -18,8 +18,6 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import tf_maml.tfds  # noqa: F401  (registers the builders)
-from data_prep.miniimagenet import prepare_miniimagenet, to_84_jpeg
-from data_prep.omniglot import PrepError, prepare_omniglot, resize_drawing
 from tests.test_data_prep import (
     MINI_CLASSES,
     MINI_PER_CLASS,
@@ -30,6 +28,9 @@ from tests.test_data_prep import (
     write_csvs,
     write_zip,
 )
+from tf_maml.data.miniimagenet import prepare_miniimagenet, to_84_jpeg
+from tf_maml.data.omniglot import prepare_omniglot, resize_drawing
+from tf_maml.data.prep import PrepError
 from tf_maml.tasks.image_tasks import DataError
 from tf_maml.tasks.miniimagenet import miniimagenet_tasks
 from tf_maml.tasks.omniglot import omniglot_tasks, split_characters
