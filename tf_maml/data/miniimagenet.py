@@ -49,9 +49,8 @@ from tf_maml.data.prep import (
     read_file,
     read_marker,
     read_zip_member,
-    remove_marker,
-    remove_partials,
     save_npz_atomic,
+    start_output,
     write_if_changed,
     write_marker,
 )
@@ -154,6 +153,38 @@ def check_split_counts(split: str, classes: dict[str, dict[str, int]], expect_co
     return per_class
 
 
+def read_splits(csv_dir: str, expect_counts: bool
+                ) -> tuple[dict[str, dict[str, dict[str, int]]], dict[str, int]]:
+    """Reads and checks ``train.csv``, ``val.csv`` and ``test.csv`` of ``csv_dir``: no label in
+    two splits, and within a split every class with as many images as the others (64/16/20
+    classes x 600 images unless ``expect_counts`` is False).
+
+    Returns ({split: {label: {filename: CSV line}}}, {split: images per class}).
+    """
+    csv_paths = {split: os.path.join(csv_dir, f"{split}.csv") for split in SPLITS}
+    splits = {split: read_split_csv(csv_paths[split]) for split in SPLITS}
+    owner: dict[str, str] = {}
+    for split, classes in splits.items():
+        for label in classes:
+            if label in owner:
+                raise PrepError(f"label {label} is in both {owner[label]}.csv and {split}.csv")
+            owner[label] = split
+    per_class = {split: check_split_counts(split, splits[split], expect_counts, csv_paths[split])
+                 for split in SPLITS}
+    return splits, per_class
+
+
+def check_images_present(splits: dict[str, dict[str, dict[str, int]]],
+                         source: ImageSource) -> None:
+    """Raises PrepError naming the first images the CSVs list that ``source`` lacks."""
+    missing = [f"{filename} ({split}.csv line {line}, label {label})"
+               for split, classes in splits.items() for label, files in classes.items()
+               for filename, line in files.items() if not source.has(filename)]
+    if missing:
+        raise PrepError(f"{len(missing)} images listed in the CSVs are missing from "
+                        f"{source.path}: {'; '.join(missing[:5])}")
+
+
 def to_84_jpeg(data: bytes, origin: str) -> tuple[bytes, np.ndarray, bool]:
     """(JPEG bytes to write, their decoded uint8 pixels [84, 84, 3], whether re-encoded)."""
     img = decode_image(data, origin)
@@ -208,26 +239,12 @@ def prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: 
             for s in SPLITS))
         return {**marker, "already_complete": True}
 
-    csv_paths = {split: os.path.join(csv_dir, f"{split}.csv") for split in SPLITS}
-    splits = {split: read_split_csv(csv_paths[split]) for split in SPLITS}
-    owner: dict[str, str] = {}
-    for split, classes in splits.items():
-        for label in classes:
-            if label in owner:
-                raise PrepError(f"label {label} is in both {owner[label]}.csv and {split}.csv")
-            owner[label] = split
-    per_class = {split: check_split_counts(split, splits[split], expect_counts, csv_paths[split])
-                 for split in SPLITS}
+    splits, per_class = read_splits(csv_dir, expect_counts)
 
     with contextlib.ExitStack() as stack:
         source = ImageSource(images)
         stack.callback(source.close)
-        missing = [f"{filename} ({split}.csv line {line}, label {label})"
-                   for split in SPLITS for label, files in splits[split].items()
-                   for filename, line in files.items() if not source.has(filename)]
-        if missing:
-            raise PrepError(f"{len(missing)} images listed in the CSVs are missing from "
-                            f"{images}: {'; '.join(missing[:5])}")
+        check_images_present(splits, source)
 
         if os.path.isdir(output):  # before anything in it is written or removed
             foreign = sorted(e.name for e in os.scandir(output)
@@ -236,10 +253,7 @@ def prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: 
                 raise PrepError(f"output folder {output} holds {len(foreign)} folders that are "
                                 f"not MiniImageNet splits (e.g. {', '.join(foreign[:5])}); "
                                 "remove them or use an empty --output")
-        os.makedirs(output, exist_ok=True)
-        remove_marker(output)  # from here on the output is incomplete until the end
-        if remove_partials(output):
-            logging.info("removed temporary files of an interrupted run in %s", output)
+        start_output(output)  # from here on incomplete until write_marker
 
         total = sum(len(splits[s]) * per_class[s] for s in SPLITS)
         progress = Progress("miniimagenet images", total, progress_every)

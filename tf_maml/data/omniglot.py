@@ -53,9 +53,8 @@ from tf_maml.data.prep import (
     read_file,
     read_marker,
     read_zip_member,
-    remove_marker,
-    remove_partials,
     save_npz_atomic,
+    start_output,
     write_if_changed,
     write_marker,
 )
@@ -212,10 +211,7 @@ def prepare_omniglot(source: str, output: str, expect_counts: bool = True,
         if os.path.isdir(output):  # before anything in it is written or removed
             check_no_extra_entries(output, 2, expected, IMAGE_SUFFIXES)
 
-        os.makedirs(output, exist_ok=True)
-        remove_marker(output)  # from here on the output is incomplete until the end
-        if remove_partials(output):
-            logging.info("removed temporary files of an interrupted run in %s", output)
+        start_output(output)  # from here on incomplete until write_marker
 
         images = np.empty((len(chars), per_char, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
         files = np.empty((len(chars), per_char), dtype=object)

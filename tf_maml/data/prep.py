@@ -107,6 +107,14 @@ def remove_partials(output: str) -> int:
     return removed
 
 
+def start_output(output: str) -> None:
+    """Creates ``output`` if needed and marks it incomplete (no marker) until the final
+    ``write_marker``; deletes the temporary files of an interrupted run."""
+    os.makedirs(output, exist_ok=True)
+    remove_marker(output)
+    if remove_partials(output):
+        logging.info("removed temporary files of an interrupted run in %s", output)
+
 def count_files(root: str, depth: int, suffixes: tuple[str, ...]) -> int:
     """Number of files ending in ``suffixes`` exactly ``depth`` folders below ``root``."""
     dirs = [root]

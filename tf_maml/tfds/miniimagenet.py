@@ -30,7 +30,6 @@ import os
 import tensorflow_datasets as tfds
 
 from tf_maml.data import miniimagenet as mprep
-from tf_maml.data.prep import PrepError
 from tf_maml.tfds.common import VERSION, OfflineBuilder, missing_files_error
 
 NAME = "tf_maml_miniimagenet"
@@ -98,27 +97,12 @@ def read_splits(manual_dir: str, expect_counts: bool) -> dict[str, dict[str, dic
     header, disjoint labels, equal counts (64/16/20 x 600 unless ``expect_counts`` is
     False) and every listed image present."""
     check_manual_dir(manual_dir)
-    splits = {}
-    for split in SPLITS.values():
-        path = os.path.join(manual_dir, f"{split}.csv")
-        splits[split] = mprep.read_split_csv(path)
-        mprep.check_split_counts(split, splits[split], expect_counts, path)
-    seen: dict[str, str] = {}
-    for split, classes in splits.items():
-        for label in classes:
-            if label in seen:
-                raise PrepError(f"label {label} is in both {seen[label]}.csv and {split}.csv")
-            seen[label] = split
+    splits, _ = mprep.read_splits(manual_dir, expect_counts)
     source = mprep.ImageSource(images_path(manual_dir))
     try:
-        missing = [f"{filename} ({split}.csv line {line})" for split, classes in splits.items()
-                   for files in classes.values() for filename, line in files.items()
-                   if not source.has(filename)]
+        mprep.check_images_present(splits, source)
     finally:
         source.close()
-    if missing:
-        raise PrepError(f"{len(missing)} images listed in the CSVs are missing from "
-                        f"{source.path}: {'; '.join(missing[:5])}")
     return splits
 
 
