@@ -25,6 +25,7 @@ from tests.test_data_prep import (
     mini_image,
     mini_rows,
     omniglot_files,
+    run_module,
     write_csvs,
     write_zip,
 )
@@ -208,6 +209,18 @@ def test_omniglot_standard_split_needs_all_characters(omni, tmp_path):
     with pytest.raises(ValueError, match="unknown Omniglot config"):
         build.build_omniglot(src, str(tmp_path / "c"), "maml_84")
 
+
+
+def test_omniglot_tfds_command_line_reports_bad_data_in_one_line(omni, tmp_path):
+    """`python -m data_prep.omniglot --format=tfds` on partial data: the MAML split needs all
+    1623 characters, so the command stops with one ERROR line, no traceback, and exit 1."""
+    result = run_module("data_prep.omniglot", "--format=tfds", f"--source={omni[0]}",
+                        f"--output={tmp_path / 'tfds'}", "--noexpect_counts",
+                        "--tfds_config=maml_28")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "ERROR: the MAML split of 1100/100/rest characters is defined on all 1623" in (
+        result.stderr)
 
 def test_omniglot_missing_manual_file_names_it(omni_files, tmp_path):
     manual = tmp_path / "manual"
