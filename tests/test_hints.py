@@ -106,6 +106,33 @@ def test_tfds_data_dir_holding_another_data_set_may_receive_this_one(tmp_path):
     assert f"--output={data_dir}" in message
 
 
+
+@pytest.mark.parametrize("datasource", ["omniglot", "miniimagenet"])
+def test_unprepared_source_folder_as_data_dir_is_prepared_from_that_folder(
+        prepared, tmp_path, datasource):
+    """--data_dir pointing at the downloads: the hint prepares them from the folder the user
+    gave (as --source / --images and --csv_dir) into a new folder, never into it."""
+    raw = tmp_path / "downloads"
+    raw.mkdir()
+    src = prepared["source"]
+    if datasource == "omniglot":
+        for name in ("images_background.zip", "images_evaluation.zip"):
+            shutil.copy(src / name, raw / name)
+        config = omniglot_config(raw)
+        expected = f"python -m data_prep.omniglot --source={raw} --output=<new folder>"
+    else:
+        shutil.copytree(src / "images", raw / "images")
+        for name in ("train.csv", "val.csv", "test.csv"):
+            shutil.copy(src / "csv" / name, raw / name)
+        config = mini_config(raw)
+        expected = (f"python -m data_prep.miniimagenet --images={raw / 'images'} "
+                    f"--csv_dir={raw} --output=<new folder>")
+    before = snapshot(raw)
+    message = data_error(config)
+    assert "files that data_prep reads, not prepared data" in message
+    assert expected in message
+    assert snapshot(raw) == before
+
 # ------------------------------------------------------------------ the commands in the hints
 @pytest.mark.parametrize("datasource", ["omniglot", "miniimagenet"])
 @pytest.mark.parametrize("backend", ["folders", "tfds"])

@@ -21,7 +21,8 @@ from tf_maml.tasks.image_tasks import DataError
 
 NAMES = {"omniglot": "Omniglot", "miniimagenet": "MiniImageNet"}
 BACKENDS = {"folders": "the folder tree of data_prep",
-            "tfds": "a TFDS data_dir of data_prep --format=tfds"}
+            "tfds": "a TFDS data_dir of data_prep --format=tfds",
+            "raw": "the unprepared files data_prep reads"}
 TFDS_FOLDERS = {"omniglot": "tf_maml_omniglot", "miniimagenet": "tf_maml_miniimagenet"}
 CACHES = {"omniglot": {omni_prep.CACHE_NAME},
           "miniimagenet": {f"{split}.npz" for split in mini_prep.SPLITS}}
@@ -32,10 +33,20 @@ SOURCES = {
 }
 
 
-def prep_command(dataset: str, backend: str, output: str) -> str:
-    """The ``data_prep`` command that writes ``dataset`` for ``backend`` into ``output``."""
+def _source_flags(dataset: str, source: str) -> str:
+    """The source flags of ``data_prep`` for the raw files in the folder ``source``."""
+    if dataset == "omniglot":
+        return f"--source={source}"
+    images = "images.zip" if os.path.isfile(os.path.join(source, "images.zip")) else "images"
+    return f"--images={os.path.join(source, images)} --csv_dir={source}"
+
+
+def prep_command(dataset: str, backend: str, output: str, source: str | None = None) -> str:
+    """The ``data_prep`` command that writes ``dataset`` for ``backend`` into ``output``, from
+    the raw files in ``source`` (placeholders when None)."""
     fmt = " --format=tfds" if backend == "tfds" else ""
-    return f"python -m data_prep.{dataset}{fmt} {SOURCES[dataset]} --output={output}"
+    sources = SOURCES[dataset] if source is None else _source_flags(dataset, source)
+    return f"python -m data_prep.{dataset}{fmt} {sources} --output={output}"
 
 
 def prep_hint(dataset: str, backend: str, data_dir: str) -> str:
@@ -44,7 +55,8 @@ def prep_hint(dataset: str, backend: str, data_dir: str) -> str:
 
 
 def contents(data_dir: str) -> set[tuple[str, str]]:
-    """The (data set, backend) pairs ``data_dir`` visibly holds; empty if it cannot tell."""
+    """The (data set, backend) pairs ``data_dir`` visibly holds, backend 'raw' for the files
+    that ``data_prep`` reads (the archives, the split CSVs); empty if it cannot tell."""
     found = set()
     try:
         with open(os.path.join(data_dir, MARKER_NAME), encoding="utf-8") as f:
@@ -62,13 +74,18 @@ def contents(data_dir: str) -> set[tuple[str, str]]:
             found.add((dataset, "tfds"))
         if CACHES[dataset] <= entries:
             found.add((dataset, "folders"))
+    if not found:
+        if entries & {f"{s}{ext}" for s in omni_prep.SETS for ext in (".zip", "")}:
+            found.add(("omniglot", "raw"))
+        if "train.csv" in entries and entries & {"images.zip", "images"}:
+            found.add(("miniimagenet", "raw"))
     return found
 
 
 def check_data_dir(data_dir: str, dataset: str, backend: str) -> None:
     """Raises DataError if ``data_dir`` visibly holds other data than ``dataset`` prepared for
-    ``backend`` ('folders' or 'tfds'): another data set, or the same one in the other format.
-    A missing, empty or unmarked folder passes, and so does a TFDS data_dir holding only other
+    ``backend`` ('folders' or 'tfds'): another data set, the same one in the other format, or
+    the unprepared files (then the hint prepares them from this very folder). A missing, empty or unmarked folder passes, and so does a TFDS data_dir holding only other
     data sets (the loader's own errors say what to run)."""
     found = contents(data_dir)
     if not found or (dataset, backend) in found:
@@ -76,6 +93,11 @@ def check_data_dir(data_dir: str, dataset: str, backend: str) -> None:
     if backend == "tfds" and all(b == "tfds" for _, b in found):
         return  # a TFDS data_dir holds several data sets: building this one there is right
     name = NAMES[dataset]
+    if (dataset, "raw") in found:
+        raise DataError(f"{data_dir} holds the {name} files that data_prep reads, not prepared "
+                        f"data: prepare them into a new folder with "
+                        f"`{prep_command(dataset, backend, '<new folder>', source=data_dir)}` "
+                        "and give that folder as --data_dir")
     other_formats = sorted(b for d, b in found if d == dataset)
     if other_formats:
         other = other_formats[0]
