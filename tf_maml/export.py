@@ -63,13 +63,16 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import losses
-from tf_maml.learners import MetaLearner
+
+if TYPE_CHECKING:  # an annotation only: learners imports this module for MetaLearner.export
+    from tf_maml.learners import MetaLearner
 
 METADATA_FILE = "maml_metadata.json"
 KERAS_FILE = "model.keras"

@@ -12,7 +12,6 @@ This is the ONLY module that reads FLAGS.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
@@ -104,31 +103,40 @@ flags.DEFINE_integer("num_cpu_devices", 0, "with --distribution_strategy=mirrore
                      "CPU into this many logical devices, one replica each (for testing).")
 
 
-def config_from_flags():
+# The library names its arguments in backticks (`run_dir`, `resume=True`); these are the
+# flags that set them where the name differs. Any other Config field is its own flag.
+FLAG_OF = {"run_dir": "logdir", "inner_lr": "update_lr", "inner_steps": "num_updates",
+           "iterations": "metatrain_iterations"}
+
+
+def to_flags(text: str) -> str:
+    """A library message in the command line's terms: `name` and `name=value` of an
+    argument become --flag and --flag=value."""
+    import dataclasses
+    import re
+
     from tf_maml.config import Config
 
-    return Config(
-        datasource=FLAGS.datasource, num_classes=FLAGS.num_classes,
-        baseline=None if FLAGS.baseline in (None, "None", "") else FLAGS.baseline,
-        pretrain_iterations=FLAGS.pretrain_iterations,
-        metatrain_iterations=FLAGS.metatrain_iterations, meta_batch_size=FLAGS.meta_batch_size,
-        meta_lr=FLAGS.meta_lr, update_batch_size=FLAGS.update_batch_size,
-        update_lr=FLAGS.update_lr, num_updates=FLAGS.num_updates, norm=FLAGS.norm,
-        num_filters=FLAGS.num_filters, conv=FLAGS.conv, max_pool=FLAGS.max_pool,
-        stop_grad=FLAGS.stop_grad, log=FLAGS.log, logdir=FLAGS.logdir, resume=FLAGS.resume,
-        train=FLAGS.train, test_iter=FLAGS.test_iter, test_set=FLAGS.test_set,
-        train_update_batch_size=FLAGS.train_update_batch_size,
-        train_update_lr=FLAGS.train_update_lr, algorithm=FLAGS.algorithm,
-        test_num_updates=FLAGS.test_num_updates, num_test_tasks=FLAGS.num_test_tasks,
-        seed=FLAGS.seed, data_dir=FLAGS.data_dir, dataset_backend=FLAGS.dataset_backend,
-        adapt_norm=FLAGS.adapt_norm,
-        meta_sgd=FLAGS.meta_sgd, task_parallelism=FLAGS.task_parallelism,
-        test_after_train=FLAGS.test_after_train, init_checkpoint=FLAGS.init_checkpoint,
-        export_dir=FLAGS.export_dir, deterministic=FLAGS.deterministic,
-        max_kl=FLAGS.max_kl, discount=FLAGS.discount,
-        distribution_strategy=FLAGS.distribution_strategy, num_cpu_devices=FLAGS.num_cpu_devices,
-        parallel_chunks=FLAGS.parallel_chunks, intra_op_threads=FLAGS.intra_op_threads,
-    )
+    fields = {f.name for f in dataclasses.fields(Config)}
+
+    def flag(match):
+        name, value = match.group(1), match.group(2) or ""
+        name = FLAG_OF.get(name, name)
+        return f"--{name}{value}" if name in fields else match.group(0)
+
+    return re.sub(r"`(\w+)(=[^`]*)?`", flag, text)
+
+
+def config_from_flags():
+    """The :class:`Config` of the flags: one flag per field, of the same name."""
+    import dataclasses
+
+    from tf_maml.config import Config
+
+    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)}
+    if values["baseline"] in ("None", ""):  # the original's command lines say --baseline=None
+        values["baseline"] = None
+    return Config(**values)
 
 
 def main(argv):
@@ -138,22 +146,26 @@ def main(argv):
 
     from tf_maml.config import ConfigError
 
+    def fail(err, code):
+        print(f"tf-maml: error: {to_flags(str(err))}", file=sys.stderr)
+        return code
+
     if FLAGS.verbosity == 0:  # keep TF's INFO chatter (checkpoint sharding, ...) out of the way
         logging.set_verbosity(logging.WARNING)
     try:
         config = config_from_flags().validate()
     except ConfigError as err:
-        print(f"tf-maml: error: {err}", file=sys.stderr)
-        return 2
+        return fail(err, 2)
     from tf_maml import runner
+    from tf_maml.checkpoint import CheckpointError
+    from tf_maml.rundir import RunDirError
     from tf_maml.tasks.image_tasks import DataError
-    from tf_maml.train import CheckpointError, NonFiniteError
+    from tf_maml.train import NonFiniteError
 
     try:
-        runner.run(config, nan_policy=FLAGS.nan_policy, log=functools.partial(print, flush=True))
-    except (ConfigError, DataError, CheckpointError, NonFiniteError) as err:
-        print(f"tf-maml: error: {err}", file=sys.stderr)
-        return 1
+        runner.run(config, log=lambda line: print(to_flags(line), flush=True))
+    except (ConfigError, DataError, CheckpointError, NonFiniteError, RunDirError) as err:
+        return fail(err, 1)
     except KeyboardInterrupt:
         return 130
     except Exception as err:

@@ -151,7 +151,7 @@ def _convert(field: dataclasses.Field, text: str):
 
 def config_for(flagfile: str, overrides: dict[str, str] | None = None) -> Config:
     """The :class:`Config` that ``tf-maml --flagfile=F --k=v ...`` would build (flags that are
-    not Config fields, such as ``--nan_policy``, do not change the run directory)."""
+    not Config fields, such as ``--verbosity``, do not change the run directory)."""
     values = read_flagfile(flagfile)
     values.update(overrides or {})
     fields = {f.name: f for f in dataclasses.fields(Config)}
