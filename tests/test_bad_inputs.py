@@ -44,12 +44,12 @@ from data_prep import omniglot as oprep
 from data_prep.omniglot import PrepError
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import experiment, losses, models, runner
+from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.config import Config, ConfigError
 from tf_maml.export import export
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks.image_tasks import DataError
 from tf_maml.tasks.sinusoid import SinusoidTasks
-from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.train import NonFiniteError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,8 +11,8 @@ import pytest
 
 from tf_maml import runner
 from tf_maml import train as train_lib
-from tf_maml.config import Config, ConfigError
 from tf_maml.checkpoint import CheckpointError
+from tf_maml.config import Config, ConfigError
 from tf_maml.train import NonFiniteError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -27,25 +27,33 @@ class NonFiniteError(RuntimeError):
     """A loss or meta-gradient became NaN or Inf during training."""
 
 
-class _Interrupted(Exception):
-    pass
+class StopRequest:
+    """Set by SIGTERM (a scheduler's stop); the loop checks it after every step."""
+
+    requested = False
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Inside the block SIGTERM (a scheduler's stop) raises KeyboardInterrupt, as Ctrl-C
-    does, so that the loop's interrupt handling saves a checkpoint."""
+def sigterm_as_interrupt() -> Iterator[StopRequest]:
+    """Inside the block SIGTERM stops training as Ctrl-C does (the loop's interrupt handling
+    saves a checkpoint) at the end of the current step: the handler only sets a flag, since
+    an exception raised at an arbitrary point inside TensorFlow's Python code may be
+    swallowed there."""
+    stop = StopRequest()
+
     def on_sigterm(signum, frame):
-        raise _Interrupted()
+        stop.requested = True
 
     try:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not the main thread
         previous = None
     try:
-        yield
-    except _Interrupted:
-        raise KeyboardInterrupt from None
+        yield stop
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -80,7 +88,7 @@ def fit(
     pending: list[tuple[int, dict]] = []
     done = start
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt() as stop:
             for itr in range(start, total):
                 pretrain = itr < pretrain_iterations
                 out = learner.train_step(next(batches), pretrain=pretrain)
@@ -91,6 +99,7 @@ def fit(
                     pending.clear()
                 for cb in callbacks:
                     cb.on_step_end(done, out, pretrain)
+                stop.check()
     except KeyboardInterrupt:
         for cb in callbacks:
             cb.on_interrupt(done)

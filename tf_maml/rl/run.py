@@ -95,7 +95,7 @@ def train(learner, config: Config, directory: str, log=print, on_start=None,
         writer = tf.summary.create_file_writer(directory) if config.log else None
         done, t_start = start, time.time()
         try:
-            with sigterm_as_interrupt():
+            with sigterm_as_interrupt() as stop:
                 for itr in range(start, total):
                     pretrain = itr < config.effective_pretrain_iterations
                     rng = batch_rng(config.seed, itr)
@@ -118,6 +118,7 @@ def train(learner, config: Config, directory: str, log=print, on_start=None,
                         f"{returns}, KL {stats['kl']:.4f}, step {stats['step_fraction']:.3f} "
                         f"({row['seconds']:.1f}s, {rate * 60:.1f} it/min)")
                     saver.on_step_end(done, stats, pretrain)
+                    stop.check()
         except KeyboardInterrupt:
             saver.on_interrupt(done)
             raise
