@@ -235,6 +235,48 @@ def test_a_lock_of_a_live_process_refuses_and_a_stale_one_is_taken_over(tmp_path
         pass
 
 
+@pytest.mark.parametrize("entry", ["fit", "navigation"])
+def test_fit_and_the_rl_runner_take_the_same_lock(tmp_path, entry):
+    from test_rl import nav_config
+
+    if entry == "fit":
+        run_dir = tmp_path / "fit"
+        keras.utils.set_random_seed(0)
+        learner = MetaLearner(models.fc_net((1,), (8,), 1, norm="None"), losses.mse)
+        start = lambda: learner.fit(SinusoidTasks(5, 5), 2, meta_batch_size=2,  # noqa: E731
+                                    run_dir=str(run_dir), log_interval=None, log=quiet)
+    else:
+        config = nav_config(tmp_path)
+        run_dir = tmp_path / config.exp_string()
+        start = lambda: runner.run(config, log=quiet)  # noqa: E731
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.makedirs(run_dir)
+        (run_dir / rundir.LOCK_NAME).write_text(lock_of(sleeper.pid))
+        with pytest.raises(RunDirError, match=f"{run_dir} is in use by process {sleeper.pid}"):
+            start()
+        assert os.listdir(run_dir) == [rundir.LOCK_NAME]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_checkpoint_can_be_evaluated_while_training_holds_the_lock(tmp_path,
+                                                                    fast_intervals):
+    config, run_dir = trained(tmp_path, 20)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / rundir.LOCK_NAME).write_text(lock_of(sleeper.pid))
+        logs = []
+        runner.run(dataclasses.replace(config, train=False, num_test_tasks=2),
+                   log=logs.append)
+        assert f"Restored {run_dir}/model-20 (iteration 20)" in logs
+        assert json.loads((run_dir / rundir.LOCK_NAME).read_text())["pid"] == sleeper.pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 # ---------------------------------------------------------------------- 4. the log
 def test_the_log_holds_each_iteration_once_after_a_fallback(tmp_path, fast_intervals):
     config, run_dir = trained(tmp_path, 60)

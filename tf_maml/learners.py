@@ -438,8 +438,10 @@ class MetaLearner:
         """
         from tf_maml import train
 
-        return train.fit_learner(self, tasks, iterations, meta_batch_size, seed, run_dir, resume,
-                                 callbacks, log_interval, pretrain_iterations, nan_policy, log)
+        return train.fit_learner(
+            self, tasks, iterations, meta_batch_size=meta_batch_size, seed=seed,
+            run_dir=run_dir, resume=resume, callbacks=callbacks, log_interval=log_interval,
+            pretrain_iterations=pretrain_iterations, nan_policy=nan_policy, log=log)
 
     def export(self, export_dir: str, num_steps: int = 10, **kwargs) -> str:
         """SavedModel with ``serving_default`` (θ's predictions) and ``adapt_and_predict``

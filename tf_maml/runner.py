@@ -47,7 +47,7 @@ def resume_changes(config: Config, directory: str) -> list:
 
 def run(config: Config, log=print) -> dict:
     """Trains and/or evaluates; returns paths and numbers of what was written (and the
-    learner). The run directory is locked meanwhile: a second process is refused. With
+    learner). A training run locks its run directory: a second one is refused. With
     ``--distribution_strategy`` the meta-batch is split over the replicas; in multi-worker
     training only the chief writes, evaluates and exports."""
     directory = run_dir(config)
@@ -55,7 +55,7 @@ def run(config: Config, log=print) -> dict:
     if config.datasource == "navigation":  # reinforcement learning: tf_maml/rl/run.py
         from tf_maml.rl import run as rl_run
 
-        with rundir.lock(directory, log):
+        with _lock(config, directory, True, log):
             return rl_run.run(config, directory, lambda: _write_config(config, directory),
                               resume_changes(config, directory), log=log)
     # First: threads, logical CPU devices and collective ops must be set up before TF's
@@ -76,8 +76,15 @@ def run(config: Config, log=print) -> dict:
         tf.config.experimental.enable_op_determinism()
     with strategy.scope():
         learner = experiment.build_learner(config)
-    with rundir.lock(directory, log) if chief else contextlib.nullcontext():
+    with _lock(config, directory, chief, log):
         return _run(config, directory, learner, chief, log)
+
+
+def _lock(config: Config, directory: str, chief: bool, log):
+    """A training run holds its run directory's lock (only the chief writes there). An
+    evaluation (``--train=False``) does not: it only reads a checkpoint and replaces its own
+    result files whole, so a checkpoint can be evaluated while training goes on."""
+    return rundir.lock(directory, log) if config.train and chief else contextlib.nullcontext()
 
 
 def _run(config: Config, directory: str, learner, chief: bool, log) -> dict:

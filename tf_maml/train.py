@@ -220,22 +220,13 @@ def train(
             checkpointer.close()
 
 
-def fit_learner(
-    learner,
-    tasks,
-    iterations: int,
-    meta_batch_size: int = 25,
-    seed: int = 0,
-    run_dir: str | None = None,
-    resume: bool = True,
-    callbacks: Sequence[Callback] = (),
-    log_interval: int | None = 100,
-    pretrain_iterations: int = 0,
-    nan_policy: str = "stop",
-    log: Callable[[str], None] = print,
-) -> int:
-    """``MetaLearner.fit`` (see there): the loop of :func:`fit`, with a run directory's
-    lock, resume, checkpoints and log when ``run_dir`` is given."""
+def fit_learner(learner, tasks, iterations: int, *, meta_batch_size: int, seed: int,
+                run_dir: str | None, resume: bool, callbacks: Sequence[Callback],
+                log_interval: int | None, pretrain_iterations: int, nan_policy: str,
+                log: Callable[[str], None]) -> int:
+    """``MetaLearner.fit`` (see there for the arguments and their defaults): the loop of
+    :func:`fit`, with a run directory's lock, resume, checkpoints and log when ``run_dir``
+    is given."""
     callbacks = list(callbacks)
     if log_interval:
         callbacks.insert(0, ProgressLogger(log_interval, min(log_interval, 100), log))

@@ -217,22 +217,13 @@ def main(argv):
     """Re-evaluates a finished run with other step sizes (``python -m tf_maml.rl.run``)."""
     from absl import flags
 
-    from tf_maml import rundir
+    from tf_maml.checkpoint import CheckpointError, restore_for_test
 
     del argv
     run_dir = flags.FLAGS.run_dir
     with open(os.path.join(run_dir, "config.json")) as f:
         config = Config.from_json(f.read())
     learner = build_learner(config)
-    with rundir.lock(run_dir):
-        _reevaluate(learner, config, run_dir)
-
-
-def _reevaluate(learner, config: Config, run_dir: str) -> None:
-    from absl import flags
-
-    from tf_maml.checkpoint import CheckpointError, restore_for_test
-
     if config.baseline != "random":
         path, iteration = restore_for_test(checkpointer(learner, run_dir), -1)
         print(f"Restored {path} (iteration {iteration})")
