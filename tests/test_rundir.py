@@ -325,8 +325,11 @@ def test_a_full_disk_while_saving_keeps_the_run_and_says_so(tmp_path, fast_inter
         {k: v for k, v in kept.items() if k.startswith("model-")}
     assert log_iterations(run_dir) == list(range(10, 61, 10))
     monkeypatch.setattr(tf.train.Checkpoint, "write", write)  # space freed: the same command
+    os.makedirs(run_dir / "model-9000_temp")  # as a SIGKILL during a save leaves it
     logs = []
     runner.run(dataclasses.replace(config, metatrain_iterations=80), log=logs.append)
+    assert "Removed model-9000_temp, left by an interrupted save." in logs
+    assert not (run_dir / "model-9000_temp").exists()
     assert f"Resumed from {run_dir}/model-40 at iteration 40" in logs
     assert log_iterations(run_dir) == list(range(10, 81, 10))
 

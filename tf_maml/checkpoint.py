@@ -78,11 +78,13 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ saving
     def save(self, iteration: int) -> str:
-        """Writes ``model-<iteration>``. An existing checkpoint is never overwritten: if it
-        holds this very state (just saved or restored) nothing is written, else a
-        :class:`CheckpointError`. A failed write (full disk, read-only) leaves no partial
-        files and raises a :class:`~tf_maml.rundir.RunDirError` saying what was kept."""
+        """Writes ``model-<iteration>``; nothing if this very state was just saved or
+        restored. An existing checkpoint is never overwritten (a :class:`CheckpointError`).
+        A failed write (full disk, read-only) leaves no partial files and raises a
+        :class:`~tf_maml.rundir.RunDirError` saying what was kept."""
         self.iteration.assign(iteration)
+        if self.saved_iteration == iteration and self.last_saved is not None:
+            return self.last_saved  # decided alike on every worker: they save together
         if not self.chief:
             if self._scratch is None:
                 self._scratch = tempfile.mkdtemp(prefix="tf_maml_worker_")
@@ -92,8 +94,6 @@ class Checkpointer:
             return self.last_saved
         path = self.path_for(iteration)
         if os.path.exists(path + ".index"):
-            if self.saved_iteration == iteration:
-                return path
             raise CheckpointError(f"{path} already exists and holds another state; it is "
                                   "left as it is. Use another `run_dir` for a new run.")
         previous = self.latest
@@ -118,6 +118,16 @@ class Checkpointer:
         lines = [f'model_checkpoint_path: "{kept[-1]}"']
         lines += [f'all_model_checkpoint_paths: "{name}"' for name in kept]
         rundir.atomic_write(os.path.join(self.run_dir, "checkpoint"), "\n".join(lines) + "\n")
+
+    def remove_unfinished(self, log: Callable[[str], None] = print) -> None:
+        """Removes the ``model-<i>_temp`` folders of saves that a crash interrupted (call it
+        holding the run directory's lock: no other process is saving)."""
+        if not self.chief:
+            return
+        for path in sorted(glob.glob(os.path.join(glob.escape(self.run_dir),
+                                                  f"{CHECKPOINT_NAME}-*_temp"))):
+            shutil.rmtree(path, ignore_errors=True)
+            log(f"Removed {os.path.basename(path)}, left by an interrupted save.")
 
     def close(self) -> None:
         """Removes a non-chief worker's scratch checkpoints."""
@@ -163,7 +173,7 @@ class Checkpointer:
             if not _same(saved, wanted[name]):
                 changes.append((name, saved.item(), wanted[name].item()))
             variable.assign(wanted[name])
-        self.saved_iteration = int(self.iteration.numpy())
+        self.saved_iteration, self.last_saved = int(self.iteration.numpy()), path
         return self.saved_iteration, changes
 
     def readable_before(self, iteration: int) -> str | None:
@@ -264,6 +274,7 @@ def resume_or_start(checkpointer: Checkpointer, resume: bool, total: int,
     checkpointer's), calls ``on_start`` and returns (start iteration, whether the run is
     already complete)."""
     start = 0
+    checkpointer.remove_unfinished(log)
     latest = checkpointer.latest
     if latest is not None:
         if not resume:
