@@ -63,16 +63,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import losses
-
-if TYPE_CHECKING:  # an annotation only: learners imports this module for MetaLearner.export
-    from tf_maml.learners import MetaLearner
 
 METADATA_FILE = "maml_metadata.json"
 KERAS_FILE = "model.keras"
@@ -161,7 +157,7 @@ class _Checks:
 
 
 def export(
-    learner: MetaLearner,
+    learner,  # a MetaLearner (not imported: MetaLearner.export calls this module)
     export_dir: str,
     num_steps: int = 10,
     input_shape: tuple | None = None,
