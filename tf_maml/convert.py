@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_maml.models import ContribLayerNorm
-from tf_maml.train import CheckpointError
+from tf_maml.checkpoint import CheckpointError
 
 # What a TF1 checkpoint may hold besides the model's trainable weights; never imported.
 _IGNORED = re.compile(
