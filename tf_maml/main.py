@@ -81,6 +81,9 @@ flags.DEFINE_enum("task_parallelism", "auto",
                   "conv nets (by the memory of their im2col patches).")
 flags.DEFINE_integer("parallel_chunks", 0, "accumulated task chunks run at once (memory grows "
                      "with it); 0: one per CPU core (1 with a GPU).")
+flags.DEFINE_integer("tasks_per_chunk", 0, "with --task_parallelism=accumulate: tasks per "
+                     "chunk (must divide --meta_batch_size); 0: the most that fit the memory "
+                     "budget.")
 flags.DEFINE_integer("intra_op_threads", -1, "TensorFlow's intra-op threads; -1: 1 on a "
                      "CPU-only machine with several cores and a meta-batch of 2 tasks per "
                      "core or more (task chunks run one per core, faster than splitting each "
@@ -128,6 +131,7 @@ def config_from_flags():
         max_kl=FLAGS.max_kl, discount=FLAGS.discount,
         distribution_strategy=FLAGS.distribution_strategy, num_cpu_devices=FLAGS.num_cpu_devices,
         parallel_chunks=FLAGS.parallel_chunks, intra_op_threads=FLAGS.intra_op_threads,
+        tasks_per_chunk=FLAGS.tasks_per_chunk,
     )
 
 
