@@ -104,7 +104,7 @@ def forward(
 
 
 def inner_step(
-    model: keras.Model,
+    forward_fn: ForwardFn,
     weights: Sequence[tf.Tensor],
     support_x: tf.Tensor,
     support_y: tf.Tensor,
@@ -112,18 +112,13 @@ def inner_step(
     inner_lr: float | tf.Tensor | Sequence[tf.Tensor],
     first_order: bool = False,
     mask: Sequence[bool] | None = None,
-    non_trainable: Sequence[tf.Tensor] | None = None,
-    forward_fn: ForwardFn | None = None,
 ) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
-    """One SGD step on the support loss. Returns (new weights, support loss, support preds).
+    """One SGD step on the support loss, with predictions ``forward_fn(weights, x)``.
+    Returns (new weights, support loss, support predictions).
 
     ``inner_lr`` is α: a scalar, or one tensor per trainable variable (Meta-SGD).
     ``forward_fn`` and a vector-valued ``loss_fn``: see :func:`adapt`.
     """
-    if forward_fn is None:
-        def forward_fn(w, x):
-            return forward(model, w, x, non_trainable)
-
     weights = list(weights)
     mask = [True] * len(weights) if mask is None else list(mask)
     adapted = [w for w, m in zip(weights, mask) if m]
@@ -169,8 +164,8 @@ def adapt(
     pre-update support loss and predictions (``(fast, pre_loss, pre_preds)``). With
     ``num_steps=0`` the pre-update values come from one plain forward pass.
 
-    ``forward_fn(weights, x)`` replaces :func:`forward` (``model`` is then only its
-    description): a fast path runs several tasks at once this way, e.g. every task's
+    ``forward_fn(weights, x)`` replaces :func:`forward` (``model`` and ``non_trainable``
+    are then unused): a fast path runs several tasks at once this way, e.g. every task's
     weights stacked on a leading task axis (:mod:`tf_maml.mapping.batched`). ``loss_fn``
     then returns one loss per task; tasks do not share weights, so the gradient of their
     sum is, for each task's weights, that task's own gradient: the same step as here.
@@ -183,9 +178,8 @@ def adapt(
     pre_loss = pre_preds = None
     for _ in range(num_steps):
         new, loss, preds = inner_step(
-            model, trajectory[-1], support_x, support_y, loss_fn, inner_lr,
-            first_order=first_order, mask=mask, non_trainable=non_trainable,
-            forward_fn=forward_fn,
+            forward_fn, trajectory[-1], support_x, support_y, loss_fn, inner_lr,
+            first_order=first_order, mask=mask,
         )
         if pre_loss is None:
             pre_loss, pre_preds = loss, preds
