@@ -162,7 +162,6 @@ class MetaLearner:
                              "it under the same strategy.scope() as the MetaLearner.")
 
     # ------------------------------------------------------------------ variables
-    # ------------------------------------------------------------------ variables
     @property
     def meta_variables(self) -> list:
         """Everything the meta-optimiser updates: θ (and Meta-SGD's α if learned)."""
@@ -264,7 +263,6 @@ class MetaLearner:
 
         return export(self, export_dir, num_steps=num_steps, **kwargs)
 
-    # ------------------------------------------------------------------ objectives
     # ------------------------------------------------------------------ per task
     def _inner_loop(self, runner: Runner, theta, support_x, support_y, inner_lrs, num_steps,
                     first_order: bool = False, mask=None, return_all: bool = False):

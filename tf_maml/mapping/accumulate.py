@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tf_maml.mapping.base import Mapping
 
-class Accumulate:
+
+class Accumulate(Mapping):
     """Meta-gradients chunk by chunk: ``tasks_per_chunk`` tasks (dividing the meta-batch)
     per ``tf.while_loop`` iteration, run by ``inner`` (a per-task or batched mapping);
     ``parallel_chunks`` iterations may run at once (``parallel_iterations``): only the

@@ -31,6 +31,27 @@ class Runner:
     per_task: Callable[[Callable], Callable]
 
 
+class Mapping:
+    """What a task mapping offers; ``name`` says which it is, in words.
+
+    ``map(fn, batch, signature)`` runs a task function ``fn(task, runner)`` over the tasks of
+    ``batch`` and returns its outputs stacked on a leading task axis (``signature``: their
+    structure, for ``tf.map_fn``). ``mean_gradients(gradients_fn, batch, variables,
+    signature)`` returns the mean over the batch of ``gradients_fn(tasks, mapping)``'s
+    (meta-gradients, metrics), where ``gradients_fn`` differentiates under its own outer
+    tape what ``mapping.map`` computes for ``tasks``; by default every task under one tape.
+    """
+
+    name = ""
+
+    def map(self, fn, batch, signature):
+        raise NotImplementedError(f"the {self.name} mapping runs meta-gradients only")
+
+    def mean_gradients(self, gradients_fn, batch, variables, signature):
+        del variables, signature  # no accumulator: one tape over the whole batch
+        return gradients_fn(batch, self)
+
+
 def model_runner(model: keras.Model) -> Runner:
     """One task through the Keras model itself (:func:`tf_maml.adapt.forward`)."""
     return Runner(forward=lambda weights, x: adapt_lib.forward(model, weights, x),

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from tf_maml import keras_internals
 from tf_maml import models as tf_maml_models
-from tf_maml.mapping.base import Runner, num_tasks
+from tf_maml.mapping.base import Mapping, Runner, num_tasks
 from tf_maml.models import ContribLayerNorm
 
 # Activations that act on each element (or, for softmax, each last-axis row) alone, so they
@@ -436,7 +436,7 @@ def _stack(params: Sequence[tf.Tensor], count) -> list[tf.Tensor]:
     return out
 
 
-class Batched:
+class Batched(Mapping):
     """The mapping that runs every task of a batch at once through :func:`batched_forward`.
 
     A task function receives the whole batch (each tensor ``[T, ...]``) and a
@@ -460,11 +460,6 @@ class Batched:
         del signature  # the outputs are already stacked
         batch = tuple(tf.convert_to_tensor(t) for t in batch)
         return fn(batch, self.runner(batch))
-
-    def mean_gradients(self, gradients_fn, batch, variables, signature):
-        """``gradients_fn(batch, self)``: every task under one outer tape."""
-        del variables, signature  # no accumulator
-        return gradients_fn(batch, self)
 
 
 __all__ = [

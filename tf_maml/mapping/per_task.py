@@ -13,12 +13,12 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tf_maml.mapping.base import model_runner
+from tf_maml.mapping.base import Mapping, model_runner
 
 MODES = ("loop", "map", "vectorized")
 
 
-class PerTask:
+class PerTask(Mapping):
     """Maps a task function over the tasks of a batch, one task each call.
 
     ``parallel_iterations`` (``"map"`` only): tasks in flight at once; None: all of them.
@@ -49,8 +49,3 @@ class PerTask:
             raise ValueError("task_parallelism='loop' needs a static number of tasks")
         outs = [task_fn(tuple(t[i] for t in batch)) for i in range(num_tasks)]
         return tf.nest.map_structure(lambda *xs: tf.stack(xs), *outs)
-
-    def mean_gradients(self, gradients_fn, batch, variables, signature):
-        """``gradients_fn(batch, self)``: every task under one outer tape."""
-        del variables, signature  # no accumulator
-        return gradients_fn(batch, self)

@@ -56,8 +56,8 @@ class ExecutionPlan:
         least memory. None: chosen by the budgets.
       parallel_chunks: accumulated chunks that run at once (``tf.while_loop``'s
         ``parallel_iterations``); None: one per CPU core this process may use (one on a
-        machine with a GPU), at most the number of chunks. Memory grows with it. On 2
-        cores, 2 chunks at once ran Omniglot 1.45-1.6x faster than 1 (docs/engine.md).
+        machine with a GPU), at most the number of chunks. Memory grows with it; 1 holds
+        the least.
       batched_patch_budget: bytes of im2col patches (one support + one query pass,
         :func:`tf_maml.mapping.batched.patch_bytes`) above which tasks stay off the
         batched path (Omniglot: 51-101 MB; MiniImageNet 84x84: ~1 GB).
