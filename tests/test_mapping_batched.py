@@ -3,8 +3,6 @@
 order, two inner steps, pretrain, Meta-SGD, Reptile) and evaluation, on the paper's
 architectures and a plain MLP; and the models it must refuse."""
 
-import copy
-
 import keras
 import numpy as np
 import pytest
@@ -81,17 +79,12 @@ def _build(name):
     return CLASSIFIERS[name]()
 
 
-def _learner(model, **kwargs):
-    """The per-task reference."""
-    return MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, metric_fn=losses.accuracy,
-                       plan=ExecutionPlan("loop"), **kwargs)
-
-
-def _batched(learner):
-    """The same learner (model, α, Meta-SGD variables, loss) with every task batched."""
-    twin = copy.copy(learner)
-    twin.plan, twin._train_fns, twin._eval_fns = ExecutionPlan("batched"), {}, {}
-    return twin
+def _learners(model, **kwargs):
+    """(every task batched, the per-task loop reference): two learners over the SAME model."""
+    kwargs = {"loss_fn": losses.summed_xent(1), "inner_lr": 0.4,
+              "metric_fn": losses.accuracy, **kwargs}
+    return tuple(MetaLearner(model, plan=ExecutionPlan(mode), **kwargs)
+                 for mode in ("batched", "loop"))
 
 
 def _flat(grads):
@@ -135,17 +128,18 @@ def test_forward_matches_per_task_stateless_call(name):
 ])
 def test_meta_gradients_match_per_task_loop(name, first_order, steps):
     model, shape = _build(name)
-    reference = _learner(model, inner_steps=steps, first_order=first_order)
+    learner, reference = _learners(model, inner_steps=steps, first_order=first_order)
     batch = _classification_batch(np.random.default_rng(0), shape)
-    _assert_same(_batched(reference).meta_gradients(batch), reference.meta_gradients(batch))
+    assert (learner.task_mapping(batch), reference.task_mapping(batch)) == ("batched", "loop")
+    _assert_same(learner.meta_gradients(batch), reference.meta_gradients(batch))
 
 
 @pytest.mark.parametrize("name", ["omniglot_conv", "fc_batch_norm"])
 def test_pretrain_gradients_match_per_task_loop(name):
     model, shape = _build(name)
-    reference = _learner(model)
+    learner, reference = _learners(model)
     batch = _classification_batch(np.random.default_rng(1), shape)
-    _assert_same(_batched(reference).meta_gradients(batch, pretrain=True),
+    _assert_same(learner.meta_gradients(batch, pretrain=True),
                  reference.meta_gradients(batch, pretrain=True))
 
 
@@ -154,21 +148,23 @@ def test_meta_sgd_and_adapted_norm_match_per_task_loop():
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
     model, shape = _build("fc_batch_norm")
-    reference = _learner(model, inner_steps=2, learn_inner_lr=True, adapt_norm=True)
+    learner, reference = _learners(model, inner_steps=2, learn_inner_lr=True, adapt_norm=True)
     rng = np.random.default_rng(2)
-    for lr in reference.inner_lrs:
-        lr.assign(rng.uniform(0.1, 0.5, size=lr.shape).astype("float32"))
+    for a, b in zip(learner.inner_lrs, reference.inner_lrs):
+        value = rng.uniform(0.1, 0.5, size=a.shape).astype("float32")
+        a.assign(value)
+        b.assign(value)
     batch = _classification_batch(rng, shape)
-    got = _batched(reference).meta_gradients(batch)
+    got = learner.meta_gradients(batch)
     assert len(got[0]) == 2 * len(model.trainable_variables)
     _assert_same(got, reference.meta_gradients(batch), rtol=1e-4, atol=2e-5)
 
 
 def test_reptile_matches_per_task_loop():
     model, shape = _build("omniglot_conv")
-    reference = _learner(model, inner_steps=2, algorithm="reptile")
+    learner, reference = _learners(model, inner_steps=2, algorithm="reptile")
     batch = _classification_batch(np.random.default_rng(3), shape)
-    _assert_same(_batched(reference).reptile_gradients(batch), reference.reptile_gradients(batch))
+    _assert_same(learner.reptile_gradients(batch), reference.reptile_gradients(batch))
 
 
 @pytest.fixture
@@ -182,10 +178,10 @@ def eager_functions():
 @pytest.mark.parametrize("name", ["miniimagenet_conv", "fc_batch_norm"])
 def test_evaluation_matches_per_task_loop(name, eager_functions):
     model, shape = _build(name)
-    reference = _learner(model)
+    learner, reference = _learners(model)
     batch = _classification_batch(np.random.default_rng(4), shape, q=3)
     expected = reference.evaluate_batch(batch, 2)
-    got = _batched(reference).evaluate_batch(batch, 2)
+    got = learner.evaluate_batch(batch, 2)
     assert set(got) == set(expected)
     for key in expected:
         assert got[key].shape == expected[key].shape == (3, 3)
@@ -197,19 +193,19 @@ def test_mlp_regression_with_mse_matches_per_task_loop():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(16, activation="tanh"),
                               keras.layers.Dense(16), keras.layers.Activation("relu"),
                               keras.layers.Dense(1)])
-    reference = MetaLearner(model, losses.mse, inner_lr=0.05, inner_steps=2,
-                            plan=ExecutionPlan("loop"))
+    learner, reference = _learners(model, loss_fn=losses.mse, metric_fn=None, inner_lr=0.05,
+                                   inner_steps=2)
     rng = np.random.default_rng(5)
     x = rng.uniform(-5, 5, size=(4, 20, 1))
     y = rng.uniform(0.1, 5, size=(4, 1, 1)) * np.sin(x)
     batch = (x[:, :10], y[:, :10], x[:, 10:], y[:, 10:])
-    _assert_same(_batched(reference).meta_gradients(batch), reference.meta_gradients(batch))
+    _assert_same(learner.meta_gradients(batch), reference.meta_gradients(batch))
     tf.config.run_functions_eagerly(True)
     try:
         expected = reference.evaluate_batch(batch, 2)["loss"].numpy()
     finally:
         tf.config.run_functions_eagerly(False)
-    got = _batched(reference).evaluate_batch(batch, 2)["loss"].numpy()
+    got = learner.evaluate_batch(batch, 2)["loss"].numpy()
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
 
 
@@ -217,9 +213,9 @@ def test_float32_second_order_agrees_within_float32_rounding():
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
     model, shape = _build("omniglot_conv")
-    reference = _learner(model)
+    learner, reference = _learners(model)
     batch = _classification_batch(np.random.default_rng(7), shape)
-    got = _batched(reference).meta_gradients(batch)
+    got = learner.meta_gradients(batch)
     assert got[0][0].dtype == tf.float32
     # atol relative to the largest gradient element. (With 2 inner steps float32 rounding
     # is amplified ~100x in the second-order terms that tf.nn.moments' stop_gradient adds
@@ -229,7 +225,7 @@ def test_float32_second_order_agrees_within_float32_rounding():
 
 def test_inside_tf_function_matches_eager():
     model, shape = _build("odd_conv")
-    learner = _batched(_learner(model))
+    learner, _ = _learners(model)
     batch = tuple(tf.constant(t) for t in _classification_batch(np.random.default_rng(6), shape))
     eager = learner.meta_gradients(batch)
     graph = tf.function(lambda b: learner.meta_gradients(b))(batch)
@@ -273,8 +269,8 @@ def test_meta_learner_batched_mode_trains_like_the_loop():
     model, shape = _build("odd_conv")
     twin, _ = _build("odd_conv")
     batch = _classification_batch(np.random.default_rng(8), shape)
-    fast = _batched(_learner(model, meta_lr=0.01))
-    slow = _learner(twin, meta_lr=0.01)
+    fast, _ = _learners(model, meta_lr=0.01)
+    _, slow = _learners(twin, meta_lr=0.01)
     for learner in (fast, slow):
         learner.train_step(batch)
     for a, b in zip(model.get_weights(), twin.get_weights()):
