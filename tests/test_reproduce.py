@@ -1,23 +1,29 @@
-"""tf-maml-reproduce: planning, budget, pick-up of finished runs, and the report's numbers.
+"""tf-maml-reproduce and the model zoo: planning, budget, publishing into the zoo, resuming
+and re-evaluating from it on a "fresh clone", export, and the report's numbers.
 
-The end-to-end test trains two tiny sinusoid runs through the real CLI (in subprocesses) and
-checks the report against the per-task matrices the evaluation wrote, recomputed here.
+The end-to-end tests train tiny sinusoid runs through the real CLI (in subprocesses) and
+check the report against the per-task matrices the evaluation wrote, recomputed here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tf_maml import reproduce
+from tf_maml import report, reproduce, zoo
 from tf_maml.config import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS_DIR = os.path.join(REPO, "flags")
+MAML_DIR = "cls_5.mbs_5.ubs_10.numstep1.updatelr0.01nonorm"
+PRE_DIR = MAML_DIR + ".pretrained"
 
 
 def _flags(tmp_path, name, iterations, pretrained=False, tasks=20):
@@ -32,129 +38,232 @@ def _flags(tmp_path, name, iterations, pretrained=False, tasks=20):
     return path
 
 
+def _table(tmp_path):
+    """The two sinusoid rows of the repository's table, for flagfiles in tmp_path/flags."""
+    (tmp_path / "flags").mkdir(exist_ok=True)
+    with open(os.path.join(FLAGS_DIR, "experiments.json")) as f:
+        rows = [r for r in json.load(f)["experiments"]
+                if r["name"] in ("sinusoid_maml_k10", "sinusoid_pretrained_k10")]
+    (tmp_path / "flags" / "experiments.json").write_text(json.dumps({"experiments": rows}))
+
+
 def _run(args, cwd):
     env = dict(os.environ, PYTHONPATH=REPO)
     return subprocess.run([sys.executable, "-m", "tf_maml.reproduce", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=600)
 
 
+def _common(tmp_path, logs="logs", zoo_dir="zoo", output="RESULTS.md"):
+    return [f"--flags_dir={tmp_path / 'flags'}", f"--logdir_root={tmp_path / logs}",
+            f"--zoo_dir={tmp_path / zoo_dir}", f"--output={tmp_path / output}",
+            f"--figures_dir={tmp_path / 'fig'}", "--eval_reserve_minutes=0"]
+
+
 def test_every_paper_flagfile_plans_to_the_directory_its_training_writes():
-    """Every experiment's training and evaluation flagfiles agree on the run directory
-    (otherwise the 5-shot row would evaluate a run that does not exist)."""
+    """Every row's training and evaluation flagfiles agree on the run directory (otherwise
+    the 5-shot row would evaluate a run that does not exist), and rows that share a run
+    share its zoo folder."""
+    table = reproduce.load_experiments(FLAGS_DIR)
     plans = [reproduce.plan(e, "/tmp/x", {"omniglot": "/d", "miniimagenet": "/d"}, None,
-                            os.path.join(REPO, "flags")) for e in reproduce.EXPERIMENTS]
-    assert len(plans) == len(reproduce.EXPERIMENTS) >= 20
+                            FLAGS_DIR, "/z") for e in table]
+    assert len(plans) == len(table) >= 24
     by_name = {p.experiment.name: p for p in plans}
-    assert by_name["omniglot5_5shot"].run_dir == by_name["omniglot5_1shot"].run_dir
-    assert by_name["omniglot5_1shot"].run_dir.endswith(
-        "omniglot5way/cls_5.mbs_32.ubs_1.numstep1.updatelr0.4batchnorm")
-    assert by_name["omniglot5_5shot"].result_name == "test_ubs5_stepsize0.4"
+    one, five = by_name["omniglot5_1shot"], by_name["omniglot5_5shot_from_1shot"]
+    assert five.run_dir == one.run_dir and five.zoo_dir == one.zoo_dir
+    assert one.run_dir.endswith("omniglot5way/cls_5.mbs_32.ubs_1.numstep1.updatelr0.4batchnorm")
+    assert five.result_name == "test_ubs5_stepsize0.4"
+    trained5 = by_name["omniglot5_5shot"]
+    assert trained5.train_config.update_batch_size == 5 and trained5.run_dir != one.run_dir
+    seed1 = by_name["omniglot5_nonconv_1shot_seed1"]
+    assert seed1.train_config.seed == 1 and seed1.eval_config.seed == 1
+    assert seed1.run_dir != by_name["omniglot5_nonconv_1shot"].run_dir
     assert by_name["miniimagenet_1shot"].target == 60000
     assert by_name["sinusoid_pretrained_k5"].target == 70000
     assert by_name["miniimagenet_original_checkpoint"].train_cmd is None
+    dirs = {}
     for p in plans:
         assert p.eval_config.test_set or p.experiment.group == "sinusoid", p.experiment.name
+        if p.train_cmd:  # one zoo folder per training run, and the other way round
+            assert dirs.setdefault(p.zoo_dir, p.run_dir) == p.run_dir, p.experiment.name
 
 
-def test_config_for_reads_flagfiles_like_absl(tmp_path):
+def test_config_for_reads_flagfiles_as_the_cli_does(tmp_path):
     path = _flags(tmp_path, "x", 7, pretrained=True)
     config = reproduce.config_for(str(path), {"logdir": "/r/"})
     assert config == Config(datasource="sinusoid", logdir="/r/", meta_batch_size=5,
                             norm="None", update_batch_size=10, update_lr=0.01,
                             num_test_tasks=20, pretrain_iterations=7, metatrain_iterations=0)
     bad = tmp_path / "bad.flags"
-    bad.write_text("--train\n")
-    with pytest.raises(reproduce.ReproduceError, match="bad.flags:1"):
-        reproduce.read_flagfile(str(bad))
+    bad.write_text("--no_such_flag=3\n")
+    with pytest.raises(reproduce.ReproduceError, match="no_such_flag"):
+        reproduce.config_for(str(bad))
     with pytest.raises(reproduce.ReproduceError, match="not found"):
-        reproduce.read_flagfile(str(tmp_path / "missing.flags"))
+        reproduce.config_for(str(tmp_path / "missing.flags"))
 
 
 def test_selection():
-    assert [e.name for e in reproduce.select("sinusoid_maml_k10,omniglot5_1shot")] == [
+    table = reproduce.load_experiments(FLAGS_DIR)
+    assert [e.name for e in reproduce.select("sinusoid_maml_k10,omniglot5_1shot", table)] == [
         "sinusoid_maml_k10", "omniglot5_1shot"]
-    assert {e.group for e in reproduce.select("miniimagenet")} == {"miniimagenet"}
-    assert len(reproduce.select("all")) == len(reproduce.EXPERIMENTS)
+    assert {e.group for e in reproduce.select("miniimagenet", table)} == {"miniimagenet"}
+    assert len(reproduce.select("all", table)) == len(table)
     with pytest.raises(reproduce.ReproduceError, match="unknown experiment 'omniglot6'"):
-        reproduce.select("omniglot6")
+        reproduce.select("omniglot6", table)
 
 
-def test_wall_time_sums_sessions(tmp_path):
+def test_wall_time_speed_and_curve_from_the_training_log(tmp_path):
     (tmp_path / "training_log.csv").write_text(
         "iteration,phase,pre,post,val_pre,val_post,seconds\n"
         "100,metatrain,1,2,,,10.0\n200,metatrain,1,2,,,20.5\n"   # session 1: 20.5 s
-        "200,metatrain,1,2,,,3.0\n300,metatrain,1,2,,,7.25\n"    # session 2: 7.25 s
-        "300,val,,,0.2,0.9,8.0\n")                               # ... 8.0 s
-    assert reproduce.training_wall_seconds(str(tmp_path)) == pytest.approx(28.5)
-    val_it, val, tr_it, _ = reproduce.validation_curve(str(tmp_path))
-    assert val_it.tolist() == [300] and val.tolist() == [0.9] and tr_it.tolist() == [100, 200,
-                                                                                     200, 300]
+        "200,metatrain,1,2,,,3.0\n300,metatrain,1,2,,,7.25\n"    # session 2 ...
+        "300,val,,,0.2,0.9,8.0\n900,metatrain,1,2,,,83.0\n")     # ... 83 s, 700 its in 80 s
+    rows = report.read_training_log(str(tmp_path))
+    assert report.wall_seconds(rows) == pytest.approx(20.5 + 83.0)
+    assert report.last_speed(rows) == pytest.approx(700 / 80)
+    val_it, val, tr_it, _ = report.validation_curve(rows)
+    assert val_it.tolist() == [300] and val.tolist() == [0.9]
+    assert tr_it.tolist() == [100, 200, 200, 300, 900]
 
 
-def test_target_met():
-    e = reproduce.BY_NAME["omniglot5_1shot"]
-    assert reproduce.target_met(e, 97.3, 0.5).startswith("yes")
-    assert reproduce.target_met(e, 97.1, 0.5).startswith("no")
-    orig = reproduce.BY_NAME["miniimagenet_original_checkpoint"]
-    assert reproduce.target_met(orig, 48.23, 1.8).startswith("yes")
-    assert reproduce.target_met(orig, 46.5, 1.8).startswith("no")
+def test_a_row_meets_the_paper_when_the_intervals_overlap():
+    assert report.intervals_overlap(97.9, 0.5, (98.7, 0.4))       # 0.8 apart, 0.9 of room
+    assert not report.intervals_overlap(97.7, 0.5, (98.7, 0.4))   # 1.0 apart
+    assert report.intervals_overlap(48.23, 1.80, (48.70, 1.84))
+    assert not report.intervals_overlap(96.12, 0.36, (97.5, 0.6))
 
 
 def test_missing_data_dir_is_reported_not_fatal(tmp_path):
-    p = reproduce.plan(reproduce.BY_NAME["omniglot5_1shot"], str(tmp_path), {}, None,
-                       os.path.join(REPO, "flags"))
+    table = {e.name: e for e in reproduce.load_experiments(FLAGS_DIR)}
+    p = reproduce.plan(table["omniglot5_1shot"], str(tmp_path), {}, None, FLAGS_DIR,
+                       str(tmp_path / "zoo"))
     assert "--omniglot_dir" in p.skip_reason
     out = _run(["--experiments=omniglot", "--omniglot_dir=" + str(tmp_path / "nope")], tmp_path)
     assert out.returncode == 2 and "--omniglot_dir" in out.stderr and "not a folder" in out.stderr
 
 
-def test_end_to_end_budget_partial_then_pick_up(tmp_path):
-    """A complete run and a budget-cut partial one; the report's numbers equal the
-    evaluation's per-task matrices; a second invocation neither retrains nor re-evaluates."""
+def test_placeholders_replace_machine_paths(tmp_path):
+    paths = {str(tmp_path / "data" / "omniglot"): "$DATA/omniglot", str(tmp_path): "$LOGDIR"}
+    text = f"tf-maml --data_dir={tmp_path}/data/omniglot --logdir={tmp_path}/sine/"
+    assert zoo.placeholder(text, paths) == ("tf-maml --data_dir=$DATA/omniglot "
+                                           "--logdir=$LOGDIR/sine/")
+    config = json.dumps({"data_dir": "/elsewhere/omniglot", "logdir": f"{tmp_path}/sine/",
+                         "init_checkpoint": None, "seed": 3})
+    clean = json.loads(zoo.sanitized_config(config, paths))
+    assert clean == {"data_dir": "$PATH/omniglot", "logdir": "$LOGDIR/sine/",
+                     "init_checkpoint": None, "seed": 3}
+
+
+def _report_row(report_text, label):
+    row = next(line for line in report_text.splitlines() if line.startswith(f"| {label} |"))
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def test_zoo_end_to_end_budget_publish_fresh_clone_resume_reevaluate_export(tmp_path):
+    """A complete run and a budget-cut partial one are published to the zoo (the finished
+    one as weights only, the partial one as resumable state, no machine paths); the report's
+    numbers equal the evaluation's per-task matrices; a "fresh clone" (the zoo copied, no
+    run directories) regenerates the report byte for byte, re-evaluates the zoo model to the
+    same number, resumes the partial run from its zoo state, and exports a SavedModel."""
     _flags(tmp_path, "sinusoid_maml_k10", 30)
     _flags(tmp_path, "sinusoid_pretrained_k10", 10**7, pretrained=True)
-    common = [f"--flags_dir={tmp_path / 'flags'}", f"--logdir_root={tmp_path / 'logs'}",
-              f"--output={tmp_path / 'RESULTS.md'}", f"--figures_dir={tmp_path / 'fig'}",
-              "--eval_reserve_minutes=0"]
+    _table(tmp_path)
+    common = _common(tmp_path)
+    both = ["--experiments=sinusoid_maml_k10,sinusoid_pretrained_k10"]
     cut_run = _run(common + ["--experiments=sinusoid_pretrained_k10", "--budget_minutes=0.4"],
                    tmp_path)
     assert cut_run.returncode == 0, cut_run.stdout + cut_run.stderr
     assert "budget reached" in cut_run.stdout
     first = _run(common + ["--experiments=sinusoid_maml_k10"], tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
-    both = ["--experiments=sinusoid_maml_k10,sinusoid_pretrained_k10"]
-    report_run = _run(common + both + ["--train=False"], tmp_path)
-    assert report_run.returncode == 0, report_run.stdout + report_run.stderr
-    assert report_run.stdout.count("already evaluated") == 2
-    sine = tmp_path / "logs" / "sine"
-    maml_dir = sine / "cls_5.mbs_5.ubs_10.numstep1.updatelr0.01nonorm"
-    pre_dir = sine / "cls_5.mbs_5.ubs_10.numstep1.updatelr0.01nonorm.pretrained"
-    assert reproduce.latest_iteration(str(maml_dir)) == 30
-    cut = reproduce.latest_iteration(str(pre_dir))
-    assert 0 < cut < 10**7
-    report = (tmp_path / "RESULTS.md").read_text()
-    for run_dir, label, it, status in ((maml_dir, "MAML K=10", 30, "complete"),
-                                       (pre_dir, "pretrained K=10", cut, "partial")):
+    maml_run, pre_run = tmp_path / "logs/sine" / MAML_DIR, tmp_path / "logs/sine" / PRE_DIR
+    maml_zoo, pre_zoo = tmp_path / "zoo/sinusoid_maml_k10", tmp_path / "zoo/sinusoid_pretrained_k10"
+    assert zoo.latest_iteration(str(maml_zoo)) == 30
+    cut = zoo.latest_iteration(str(pre_zoo))
+    assert 0 < cut < 10**7 and cut == zoo.latest_iteration(str(pre_run))
+    # Finished: weights only (smaller than the run's checkpoint, which has Adam's moments);
+    # partial: the whole state, byte for byte. Only the latest state is kept.
+    size = lambda d, i: os.path.getsize(d / f"model-{i}.data-00000-of-00001")  # noqa: E731
+    assert size(maml_zoo, 30) < 0.5 * size(maml_run, 30)
+    assert size(pre_zoo, cut) == size(pre_run, cut)
+    assert zoo.checkpoint_iterations(str(pre_zoo)) == [cut]
+    for path in list(maml_zoo.iterdir()) + list(pre_zoo.iterdir()):
+        if path.suffix in (".json", ".csv"):
+            assert str(tmp_path) not in path.read_text(), path
+    results = json.loads((maml_zoo / "results.json").read_text())
+    entry = results["test_ubs10_stepsize0.01|sinusoid_maml_k10"]
+    assert "--logdir=$LOGDIR/sine/" in entry["eval_command"] and entry["iteration"] == 30
+    assert results["run"]["state"] == "weights"
+
+    report_text = (tmp_path / "RESULTS.md").read_text()
+    for run_dir, label, it, status in ((maml_run, "MAML K=10", 30, "complete"),
+                                       (pre_run, "pretrained K=10", cut, "partial")):
         values = np.load(run_dir / "test_ubs10_stepsize0.01.npy")
         assert values.shape == (20, 11)
         mean, ci = values.mean(0), 1.96 * values.std(0) / np.sqrt(20)
-        row = next(line for line in report.splitlines() if line.startswith(f"| {label} |"))
-        cells = [c.strip() for c in row.strip("|").split("|")]
+        cells = _report_row(report_text, label)
         assert cells[1] == str(it) and status in cells[-1]
         for cell, col in zip(cells[4:7], (0, 1, 10)):
             m, c = (float(x) for x in re.findall(r"[-\d.]+", cell))
             assert m == pytest.approx(mean[col], abs=6e-4)
             assert c == pytest.approx(ci[col], abs=6e-4)
-    assert "tf-maml --flagfile=" in report and "--test_iter=30" in report
-    assert (tmp_path / "fig" / "sinusoid_figure3.png").stat().st_size > 1000
+    assert "tf-maml --flagfile=" in report_text and "--test_iter=30" in report_text
+    assert str(tmp_path) not in report_text
 
-    csv_time = (maml_dir / "test_ubs10_stepsize0.01.csv").stat().st_mtime_ns
+    # A second invocation neither retrains the finished run nor re-evaluates anything.
     again = _run(common + both + ["--budget_minutes=0"], tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "no training budget left" in again.stdout  # the partial run is not resumed
+    assert "no training budget left" in again.stdout
     assert again.stdout.count("already evaluated") == 2
-    assert (maml_dir / "test_ubs10_stepsize0.01.csv").stat().st_mtime_ns == csv_time
-    assert reproduce.latest_iteration(str(pre_dir)) == cut
+
+    # A fresh clone: the zoo, the table and the flagfiles; no run directory.
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copytree(tmp_path / "zoo", clone / "zoo")
+    shutil.copytree(tmp_path / "flags", clone / "flags")
+    regen = _run(_common(clone) + ["--train=False", "--evaluate=False"], clone)
+    assert regen.returncode == 0, regen.stdout + regen.stderr
+    assert (clone / "RESULTS.md").read_text() == (tmp_path / "RESULTS.md").read_text().replace(
+        str(tmp_path), str(clone))
+    assert not (clone / "logs").exists() or not any((clone / "logs").rglob("model-*"))
+
+    reeval = _run(_common(clone) + ["--experiments=sinusoid_maml_k10", "--train=False",
+                                    "--reevaluate"], clone)
+    assert reeval.returncode == 0, reeval.stdout + reeval.stderr
+    assert "re-evaluated iteration 30" in reeval.stdout and ", the same)" in reeval.stdout
+
+    resumed = _run(_common(clone) + ["--experiments=sinusoid_pretrained_k10",
+                                     "--budget_minutes=0.6"], clone)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"restored iteration {cut}" in resumed.stdout, resumed.stdout
+    assert re.search(rf"Resum\w+ .*{cut}", (clone / "logs/sine" / PRE_DIR /
+                                             "reproduce.log").read_text())
+    assert zoo.latest_iteration(str(clone / "zoo/sinusoid_pretrained_k10")) > cut
+
+    exported = _run(_common(clone) + ["--experiments=sinusoid_maml_k10",
+                                      f"--export_dir={clone / 'saved'}"], clone)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(clone / "saved"))
+    x = np.linspace(-5, 5, 10, dtype=np.float32)[:, None]
+    y = np.sin(x).astype(np.float32)
+    pred = loaded.adapt_and_predict(x, y, x).numpy()
+    assert pred.shape == (10, 1) and np.all(np.isfinite(pred))
+
+
+def test_the_committed_results_file_is_regenerated_from_the_zoo_byte_for_byte(tmp_path):
+    """docs/RESULTS.md comes from committed files only: rewriting it from zoo/ on this
+    checkout (no run directories, no data) gives the committed file exactly."""
+    out = tmp_path / "docs" / "RESULTS.md"
+    result = _run(["--train=False", "--evaluate=False", f"--logdir_root={tmp_path / 'logs'}",
+                   f"--output={out}", f"--figures_dir={tmp_path / 'docs' / 'figures'}"],
+                  tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(os.path.join(REPO, "docs", "RESULTS.md")) as f:
+        committed = f.read()
+    assert out.read_text() == committed
+    for path in ("/work/", "shared/data", os.path.expanduser("~")):
+        assert path not in committed
 
 
 def test_sigterm_to_reproduce_stops_its_training_child_with_a_checkpoint(tmp_path):
@@ -164,11 +273,11 @@ def test_sigterm_to_reproduce_stops_its_training_child_with_a_checkpoint(tmp_pat
     import time
 
     _flags(tmp_path, "sinusoid_maml_k10", 10**7)
+    _table(tmp_path)
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tf_maml.reproduce", "--experiments=sinusoid_maml_k10",
-         f"--flags_dir={tmp_path / 'flags'}", f"--logdir_root={tmp_path / 'logs'}",
-         f"--output={tmp_path / 'RESULTS.md'}", f"--figures_dir={tmp_path / 'fig'}"],
+         *_common(tmp_path)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in proc.stdout:  # wait for the training loop's first progress line
@@ -180,10 +289,25 @@ def test_sigterm_to_reproduce_stops_its_training_child_with_a_checkpoint(tmp_pat
     finally:
         if proc.poll() is None:
             proc.kill()
-    run_dir = tmp_path / "logs" / "sine" / "cls_5.mbs_5.ubs_10.numstep1.updatelr0.01nonorm"
-    assert reproduce.latest_iteration(str(run_dir)) > 0
+    run_dir = tmp_path / "logs" / "sine" / MAML_DIR
+    assert zoo.latest_iteration(str(run_dir)) > 0
     log = (run_dir / "reproduce.log").read_text()
     assert "Interrupted at iteration" in log
     time.sleep(2)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in ps  # no orphaned training process
+
+
+def test_the_committed_zoo_is_small_and_names_no_machine_path():
+    """Under 20 MB in all; its text files name no folder of the machine that trained."""
+    root = os.path.join(REPO, "zoo")
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            total += os.path.getsize(path)
+            if name.endswith((".json", ".csv", ".md")) or name == "checkpoint":
+                with open(path) as f:
+                    text = f.read()
+                assert not re.search(r"(/work/|/home/|/root/|/tmp/|shared/data)", text), path
+    assert total < 20 * 2**20

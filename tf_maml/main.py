@@ -22,117 +22,146 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-# ---- the original's flags: names, types, defaults and help texts of cbfinn/maml main.py
-flags.DEFINE_string("datasource", "sinusoid",
-                    "sinusoid or omniglot or miniimagenet (or navigation: 2D navigation RL)")
-flags.DEFINE_integer("num_classes", 5,
-                     "number of classes used in classification (e.g. 5-way classification).")
-flags.DEFINE_string("baseline", None, "oracle, or None (navigation: also random)")
-flags.DEFINE_integer("pretrain_iterations", 0, "number of pre-training iterations.")
-flags.DEFINE_integer("metatrain_iterations", 15000, "number of metatraining iterations.")
-flags.DEFINE_integer("meta_batch_size", 25, "number of tasks sampled per meta-update")
-flags.DEFINE_float("meta_lr", 0.001, "the base learning rate of the generator")
-flags.DEFINE_integer("update_batch_size", 5,
-                     "number of examples used for inner gradient update (K for K-shot learning).")
-flags.DEFINE_float("update_lr", 1e-3, "step size alpha for inner gradient update.")
-flags.DEFINE_integer("num_updates", 1, "number of inner gradient updates during training.")
-flags.DEFINE_string("norm", "batch_norm", "batch_norm, layer_norm, or None")
-flags.DEFINE_integer("num_filters", 64,
-                     "number of filters for conv nets -- 32 for miniimagenet, 64 for omiglot.")
-flags.DEFINE_bool("conv", True, "whether or not to use a convolutional network, only "
-                  "applicable in some cases")
-flags.DEFINE_bool("max_pool", False,
-                  "Whether or not to use max pooling rather than strided convolutions")
-flags.DEFINE_bool("stop_grad", False, "if True, do not use second derivatives in "
-                  "meta-optimization (for speed)")
-flags.DEFINE_bool("log", True, "if false, do not log summaries, for debugging code.")
-flags.DEFINE_string("logdir", "/tmp/data", "directory for summaries and checkpoints.")
-flags.DEFINE_bool("resume", True, "resume training if there is a model available")
-flags.DEFINE_bool("train", True, "True to train, False to test.")
-flags.DEFINE_integer("test_iter", -1, "iteration to load model (-1 for latest model)")
-flags.DEFINE_bool("test_set", False, "Set to true to test on the the test set, False for the "
-                  "validation set.")
-flags.DEFINE_integer("train_update_batch_size", -1, "number of examples used for gradient "
-                     "update during training (use if you want to test with a different number).")
-flags.DEFINE_float("train_update_lr", -1, "value of inner gradient step step during training. "
-                   "(use if you want to test with a different value)")
 
-# ---- added flags (README: "Flags")
-flags.DEFINE_enum("algorithm", "maml", ["maml", "reptile"],
-                  "maml (second order, or first order with --stop_grad) or reptile.")
-flags.DEFINE_integer("test_num_updates", 10,
-                     "inner steps at evaluation (hard-coded to 10 in the original).")
-flags.DEFINE_integer("num_test_tasks", 600, "tasks evaluated by --train=False (original: 600).")
-flags.DEFINE_integer("seed", 0, "seed of the weights and of the task streams.")
-flags.DEFINE_string("data_dir", None, "prepared data: the --output folder of "
-                    "data_prep.omniglot / data_prep.miniimagenet.")
-flags.DEFINE_enum("dataset_backend", "folders", ["folders", "tfds"],
-                  "how --data_dir is read: folders (the tree of data_prep) or tfds (the TFDS "
-                  "data_dir of data_prep --format=tfds); same tasks either way.")
-flags.DEFINE_bool("adapt_norm", False, "also adapt normalisation offsets in the inner loop "
-                  "(the original did not).")
-flags.DEFINE_bool("meta_sgd", False, "Meta-SGD: learn a per-parameter inner step size.")
-flags.DEFINE_enum("task_parallelism", "auto",
-                  ["auto", "batched", "vectorized", "map", "loop", "accumulate"],
-                  "how tasks of a meta-batch are mapped: vectorized (pfor), map (map_fn), loop "
-                  "(unrolled), batched (all tasks through batched kernels), accumulate (a "
-                  "while loop over chunks of tasks summing meta-gradients: least memory); "
-                  "auto: vectorized for dense nets, map for RNNs, batched or accumulate for "
-                  "conv nets (by the memory of their im2col patches).")
-flags.DEFINE_integer("parallel_chunks", 0, "accumulated task chunks run at once (memory grows "
-                     "with it); 0: one per CPU core (1 with a GPU).")
-flags.DEFINE_integer("tasks_per_chunk", 0, "with --task_parallelism=accumulate: tasks per "
-                     "chunk (must divide --meta_batch_size); 0: the most that fit the memory "
-                     "budget.")
-flags.DEFINE_integer("intra_op_threads", -1, "TensorFlow's intra-op threads; -1: 1 on a "
-                     "CPU-only machine with several cores and a meta-batch of 2 tasks per "
-                     "core or more (task chunks run one per core, faster than splitting each "
-                     "op over the cores), else TF's default; 0: TF's default.")
-flags.DEFINE_bool("test_after_train", True, "after training, evaluate as --train=False would.")
-flags.DEFINE_string("init_checkpoint", None, "initialise from an original TF1 MAML checkpoint "
-                    "(prefix, e.g. .../model59000).")
-flags.DEFINE_string("export_dir", None, "after training, export a SavedModel here.")
-flags.DEFINE_bool("deterministic", False, "enable TensorFlow's deterministic ops, so that a "
-                  "run resumed after a crash ends with the weights of an uninterrupted one.")
-flags.DEFINE_enum("nan_policy", "stop", ["stop", "skip"],
-                  "on a NaN/Inf loss or meta-gradient: stop with a message, or skip the step.")
-flags.DEFINE_float("max_kl", 0.01, "navigation: TRPO's KL limit (delta) of the meta-update.")
-flags.DEFINE_float("discount", 0.99, "navigation: discount factor (gamma) of the returns.")
-flags.DEFINE_enum("distribution_strategy", "default",
-                  ["default", "mirrored", "multi_worker_mirrored", "tpu"],
-                  "tf.distribute strategy: the meta-batch is split over its replicas, "
-                  "meta-gradients are all-reduced. mirrored: this machine's GPUs (or "
-                  "--num_cpu_devices CPUs); multi_worker_mirrored: the machines of TF_CONFIG.")
-flags.DEFINE_integer("num_cpu_devices", 0, "with --distribution_strategy=mirrored: split the "
-                     "CPU into this many logical devices, one replica each (for testing).")
+def define_flags(values: flags.FlagValues) -> None:
+    """Defines the command's flags in ``values``: the original's, then the added ones."""
+    # ---- the original's flags: names, types, defaults and help texts of cbfinn/maml main.py
+    flags.DEFINE_string("datasource", "sinusoid",
+                        "sinusoid or omniglot or miniimagenet (or navigation: 2D navigation RL)",
+                        flag_values=values)
+    flags.DEFINE_integer("num_classes", 5,
+                         "number of classes used in classification (e.g. 5-way classification).",
+                         flag_values=values)
+    flags.DEFINE_string("baseline", None, "oracle, or None (navigation: also random)",
+                        flag_values=values)
+    flags.DEFINE_integer("pretrain_iterations", 0, "number of pre-training iterations.",
+                         flag_values=values)
+    flags.DEFINE_integer("metatrain_iterations", 15000, "number of metatraining iterations.",
+                         flag_values=values)
+    flags.DEFINE_integer("meta_batch_size", 25, "number of tasks sampled per meta-update",
+                         flag_values=values)
+    flags.DEFINE_float("meta_lr", 0.001, "the base learning rate of the generator",
+                       flag_values=values)
+    flags.DEFINE_integer("update_batch_size", 5,
+                         "number of examples used for inner gradient update (K for K-shot "
+                         "learning).",
+                         flag_values=values)
+    flags.DEFINE_float("update_lr", 1e-3, "step size alpha for inner gradient update.",
+                       flag_values=values)
+    flags.DEFINE_integer("num_updates", 1, "number of inner gradient updates during training.",
+                         flag_values=values)
+    flags.DEFINE_string("norm", "batch_norm", "batch_norm, layer_norm, or None", flag_values=values)
+    flags.DEFINE_integer("num_filters", 64,
+                         "number of filters for conv nets -- 32 for miniimagenet, 64 for omiglot.",
+                         flag_values=values)
+    flags.DEFINE_bool("conv", True, "whether or not to use a convolutional network, only "
+                      "applicable in some cases", flag_values=values)
+    flags.DEFINE_bool("max_pool", False,
+                      "Whether or not to use max pooling rather than strided convolutions",
+                      flag_values=values)
+    flags.DEFINE_bool("stop_grad", False, "if True, do not use second derivatives in "
+                      "meta-optimization (for speed)", flag_values=values)
+    flags.DEFINE_bool("log", True, "if false, do not log summaries, for debugging code.",
+                      flag_values=values)
+    flags.DEFINE_string("logdir", "/tmp/data", "directory for summaries and checkpoints.",
+                        flag_values=values)
+    flags.DEFINE_bool("resume", True, "resume training if there is a model available",
+                      flag_values=values)
+    flags.DEFINE_bool("train", True, "True to train, False to test.", flag_values=values)
+    flags.DEFINE_integer("test_iter", -1, "iteration to load model (-1 for latest model)",
+                         flag_values=values)
+    flags.DEFINE_bool("test_set", False, "Set to true to test on the the test set, False for the "
+                      "validation set.", flag_values=values)
+    flags.DEFINE_integer("train_update_batch_size", -1, "number of examples used for gradient "
+                         "update during training (use if you want to test with a different "
+                         "number).",
+                         flag_values=values)
+    flags.DEFINE_float("train_update_lr", -1, "value of inner gradient step step during training. "
+                       "(use if you want to test with a different value)", flag_values=values)
+
+    # ---- added flags (README: "Flags")
+    flags.DEFINE_enum("algorithm", "maml", ["maml", "reptile"],
+                      "maml (second order, or first order with --stop_grad) or reptile.",
+                      flag_values=values)
+    flags.DEFINE_integer("test_num_updates", 10,
+                         "inner steps at evaluation (hard-coded to 10 in the original).",
+                         flag_values=values)
+    flags.DEFINE_integer("num_test_tasks", 600, "tasks evaluated by --train=False (original: 600).",
+                         flag_values=values)
+    flags.DEFINE_integer("seed", 0, "seed of the weights and of the task streams.",
+                         flag_values=values)
+    flags.DEFINE_string("data_dir", None, "prepared data: the --output folder of "
+                        "data_prep.omniglot / data_prep.miniimagenet.", flag_values=values)
+    flags.DEFINE_enum("dataset_backend", "folders", ["folders", "tfds"],
+                      "how --data_dir is read: folders (the tree of data_prep) or tfds (the TFDS "
+                      "data_dir of data_prep --format=tfds); same tasks either way.",
+                      flag_values=values)
+    flags.DEFINE_bool("adapt_norm", False, "also adapt normalisation offsets in the inner loop "
+                      "(the original did not).", flag_values=values)
+    flags.DEFINE_bool("meta_sgd", False, "Meta-SGD: learn a per-parameter inner step size.",
+                      flag_values=values)
+    flags.DEFINE_enum("task_parallelism", "auto",
+                      ["auto", "batched", "vectorized", "map", "loop", "accumulate"],
+                      "how tasks of a meta-batch are mapped: vectorized (pfor), map (map_fn), loop "
+                      "(unrolled), batched (all tasks through batched kernels), accumulate (a "
+                      "while loop over chunks of tasks summing meta-gradients: least memory); "
+                      "auto: vectorized for dense nets, map for RNNs, batched or accumulate for "
+                      "conv nets (by the memory of their im2col patches).", flag_values=values)
+    flags.DEFINE_integer("parallel_chunks", 0, "accumulated task chunks run at once (memory grows "
+                         "with it); 0: one per CPU core (1 with a GPU).", flag_values=values)
+    flags.DEFINE_integer("tasks_per_chunk", 0, "with --task_parallelism=accumulate: tasks per "
+                         "chunk (must divide --meta_batch_size); 0: the most that fit the "
+                         "memory budget.", flag_values=values)
+    flags.DEFINE_integer("intra_op_threads", -1, "TensorFlow's intra-op threads; -1: 1 on a "
+                         "CPU-only machine with several cores and a meta-batch of 2 tasks per "
+                         "core or more (task chunks run one per core, faster than splitting each "
+                         "op over the cores), else TF's default; 0: TF's default.",
+                         flag_values=values)
+    flags.DEFINE_bool("test_after_train", True, "after training, evaluate as --train=False would.",
+                      flag_values=values)
+    flags.DEFINE_string("init_checkpoint", None, "initialise from an original TF1 MAML checkpoint "
+                        "(prefix, e.g. .../model59000).", flag_values=values)
+    flags.DEFINE_string("export_dir", None, "after training, export a SavedModel here.",
+                        flag_values=values)
+    flags.DEFINE_bool("deterministic", False, "enable TensorFlow's deterministic ops, so that a "
+                      "run resumed after a crash ends with the weights of an uninterrupted one.",
+                      flag_values=values)
+    flags.DEFINE_enum("nan_policy", "stop", ["stop", "skip"],
+                      "on a NaN/Inf loss or meta-gradient: stop with a message, or skip the step.",
+                      flag_values=values)
+    flags.DEFINE_float("max_kl", 0.01, "navigation: TRPO's KL limit (delta) of the meta-update.",
+                       flag_values=values)
+    flags.DEFINE_float("discount", 0.99, "navigation: discount factor (gamma) of the returns.",
+                       flag_values=values)
+    flags.DEFINE_enum("distribution_strategy", "default",
+                      ["default", "mirrored", "multi_worker_mirrored", "tpu"],
+                      "tf.distribute strategy: the meta-batch is split over its replicas, "
+                      "meta-gradients are all-reduced. mirrored: this machine's GPUs (or "
+                      "--num_cpu_devices CPUs); multi_worker_mirrored: the machines of TF_CONFIG.",
+                      flag_values=values)
+    flags.DEFINE_integer("num_cpu_devices", 0, "with --distribution_strategy=mirrored: split the "
+                         "CPU into this many logical devices, one replica each (for testing).",
+                         flag_values=values)
 
 
-def config_from_flags():
+# The command's flags are absl's global flags; tf-maml-reproduce defines them again in a
+# FlagValues of its own to read a flagfile exactly as this command does.
+define_flags(FLAGS)
+
+
+def config_from_flags(values=None):
+    """The :class:`Config` of parsed flags (``values``: absl FlagValues, default the
+    command line's). Every Config field is the flag of the same name."""
+    import dataclasses
+
     from tf_maml.config import Config
 
-    return Config(
-        datasource=FLAGS.datasource, num_classes=FLAGS.num_classes,
-        baseline=None if FLAGS.baseline in (None, "None", "") else FLAGS.baseline,
-        pretrain_iterations=FLAGS.pretrain_iterations,
-        metatrain_iterations=FLAGS.metatrain_iterations, meta_batch_size=FLAGS.meta_batch_size,
-        meta_lr=FLAGS.meta_lr, update_batch_size=FLAGS.update_batch_size,
-        update_lr=FLAGS.update_lr, num_updates=FLAGS.num_updates, norm=FLAGS.norm,
-        num_filters=FLAGS.num_filters, conv=FLAGS.conv, max_pool=FLAGS.max_pool,
-        stop_grad=FLAGS.stop_grad, log=FLAGS.log, logdir=FLAGS.logdir, resume=FLAGS.resume,
-        train=FLAGS.train, test_iter=FLAGS.test_iter, test_set=FLAGS.test_set,
-        train_update_batch_size=FLAGS.train_update_batch_size,
-        train_update_lr=FLAGS.train_update_lr, algorithm=FLAGS.algorithm,
-        test_num_updates=FLAGS.test_num_updates, num_test_tasks=FLAGS.num_test_tasks,
-        seed=FLAGS.seed, data_dir=FLAGS.data_dir, dataset_backend=FLAGS.dataset_backend,
-        adapt_norm=FLAGS.adapt_norm,
-        meta_sgd=FLAGS.meta_sgd, task_parallelism=FLAGS.task_parallelism,
-        test_after_train=FLAGS.test_after_train, init_checkpoint=FLAGS.init_checkpoint,
-        export_dir=FLAGS.export_dir, deterministic=FLAGS.deterministic,
-        max_kl=FLAGS.max_kl, discount=FLAGS.discount,
-        distribution_strategy=FLAGS.distribution_strategy, num_cpu_devices=FLAGS.num_cpu_devices,
-        parallel_chunks=FLAGS.parallel_chunks, intra_op_threads=FLAGS.intra_op_threads,
-        tasks_per_chunk=FLAGS.tasks_per_chunk,
-    )
+    values = FLAGS if values is None else values
+    kwargs = {f.name: values[f.name].value for f in dataclasses.fields(Config)
+              if f.name in values}
+    if kwargs.get("baseline") in ("None", ""):
+        kwargs["baseline"] = None
+    return Config(**kwargs)
 
 
 def main(argv):

@@ -1,0 +1,383 @@
+"""docs/RESULTS.md and its figures, written from the model zoo alone.
+
+Everything in the report comes from committed files (``zoo/<run>/``: ``results.json``,
+``training_log.csv``, the evaluations' ``.npy``), never from the machine that writes it, so
+that a fresh clone regenerates the same file byte for byte. Speeds and the machines they were
+measured on are those recorded in the zoo by the machine that trained.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from tf_maml import zoo as zoo_lib
+
+HEADER = """# Results: the paper's numbers beside ours
+
+<!-- written by tf-maml-reproduce from the files in zoo/; rerun it rather than editing -->
+
+Every number below was obtained by this code, and every trained model behind it is in the
+repository's `zoo/` folder (one folder per training run, with its configuration, training
+log and evaluations): `tf-maml-reproduce --train=False --evaluate=False` rewrites this file
+from those files alone. Training used the flagfile in `flags/` (resumed across machines when
+it outlasted one); evaluation restored the checkpoint of the iteration given and ran 600 test
+tasks with `--train=False` (seeded task streams: the same test tasks for every checkpoint).
+Image accuracies are the last column of the original's CSV (10 gradient steps at test), mean
+± 1.96·std/√n over the tasks; sinusoid numbers are query MSE, mean ± the same half-width.
+A row meets the paper when our 95% interval overlaps the paper's. Wall time is the training
+time summed over sessions, from the run's `training_log.csv`. A **partial** row evaluates a
+run stopped before the paper's iteration count; its latest state is in the zoo, and the same
+command resumes it (the hours left are at the speed of its last session, on the machine
+named).
+
+Re-evaluate a zoo model (`$DATA`: your prepared data; `$LOGDIR`: any scratch folder):
+
+```bash
+tf-maml-reproduce --experiments=omniglot5_1shot --omniglot_dir=$DATA/omniglot \\
+    --logdir_root=$LOGDIR --reevaluate
+```
+
+and export one as a SavedModel with in-graph adaptation:
+
+```bash
+tf-maml-reproduce --experiments=omniglot5_1shot --export_dir=$LOGDIR/omniglot5_1shot_savedmodel
+```
+"""
+
+TABLE_NOTES = {
+    "omniglot": "Paper numbers: Finn et al. 2017, Table 1 (the non-conv rows are its \"MAML, "
+                "no conv\" row). Rows marked \"1-shot model\" evaluate the model meta-trained "
+                "1-shot with K=5 at test, as the original authors' flags did; the others were "
+                "meta-trained with the row's K.",
+    "miniimagenet": "Paper numbers: Finn et al. 2017, Table 1 (the first-order rows are its "
+                    "\"first order approx.\" row).",
+}
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+# ---------------------------------------------------------------------------- training logs
+def read_training_log(zoo_dir: str) -> list[dict]:
+    """Rows of ``training_log.csv`` as dicts (unparseable rows skipped)."""
+    path = os.path.join(zoo_dir, "training_log.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        header = next(f, "").strip().split(",")
+        rows = []
+        for line in f:
+            parts = line.rstrip("\n").split(",")
+            if len(parts) == len(header):
+                rows.append(dict(zip(header, parts)))
+    return rows
+
+
+def sessions(rows: list[dict]) -> list[list[tuple[int, float]]]:
+    """(iteration, seconds) per session: ``seconds`` restarts from zero when a run resumes."""
+    out: list[list[tuple[int, float]]] = []
+    last = None
+    for row in rows:
+        try:
+            point = (int(row["iteration"]), float(row["seconds"]))
+        except (KeyError, ValueError):
+            continue
+        if last is None or point[1] < last:
+            out.append([])
+        out[-1].append(point)
+        last = point[1]
+    return out
+
+
+def wall_seconds(rows: list[dict]) -> float | None:
+    """Training time summed over the sessions of a run."""
+    parts = sessions(rows)
+    return sum(s[-1][1] for s in parts) if parts else None
+
+
+def last_speed(rows: list[dict]) -> float | None:
+    """Iterations per second of the last session that ran long enough to tell."""
+    for session in reversed(sessions(rows)):
+        (i0, t0), (i1, t1) = session[0], session[-1]
+        if i1 > i0 and t1 > t0 + 30:
+            return (i1 - i0) / (t1 - t0)
+    return None
+
+
+def validation_curve(rows: list[dict]):
+    """(iterations, validation post-update accuracy, train iterations, train post accuracy)."""
+    val_it, val, tr_it, tr = [], [], [], []
+    for row in rows:
+        try:
+            if row.get("phase") == "val" and row.get("val_post"):
+                val_it.append(int(row["iteration"]))
+                val.append(float(row["val_post"]))
+            elif row.get("post"):
+                tr_it.append(int(row["iteration"]))
+                tr.append(float(row["post"]))
+        except ValueError:
+            continue
+    return np.array(val_it), np.array(val), np.array(tr_it), np.array(tr)
+
+
+# ---------------------------------------------------------------------------- rows
+def collect(experiment, zoo_dir: str, target: int, num_test_tasks: int) -> dict:
+    """What the report needs of one row, read from its zoo folder."""
+    record = zoo_lib.results(zoo_dir)
+    log = read_training_log(zoo_dir)
+    return {"experiment": experiment, "zoo_dir": zoo_dir, "target": target,
+            "tasks": num_test_tasks, "run": record.get("run", {}),
+            "state": next((v for k, v in record.items()
+                           if k.endswith("|" + experiment.name)), None),
+            "committed": zoo_lib.latest_iteration(zoo_dir), "wall": wall_seconds(log),
+            "speed": last_speed(log)}
+
+
+def intervals_overlap(mean: float, ci: float, paper: tuple[float, float]) -> bool:
+    return abs(mean - paper[0]) <= ci + paper[1]
+
+
+def status(row: dict) -> str:
+    """complete | partial (with the state committed and the hours left) | not run."""
+    e, state = row["experiment"], row["state"]
+    if e.train_flags is None:
+        return "complete" if state else "not run"
+    committed, target = row["committed"], row["target"]
+    if not state and not committed:
+        return "not run"
+    evaluated = state["iteration"] if state else 0
+    if evaluated >= target:
+        return "complete"
+    text = "**partial**"
+    if committed > evaluated:
+        text += f"; state at {committed} committed"
+    if row["speed"] and committed < target:
+        machine = "; ".join(row["run"].get("machines", [])[-1:])
+        text += (f"; {duration((target - committed) / row['speed'])} left at "
+                 f"{row['speed']:.2f} it/s" + (f" ({machine})" if machine else ""))
+    return text
+
+
+def _accuracy_cells(row: dict) -> list[str]:
+    e, st = row["experiment"], row["state"]
+    paper = f"{e.paper[0]:.2f} ± {e.paper[1]:.2f}" if e.paper else ""
+    if not st:
+        return [paper, "", "", "", ""]
+    m, c = 100 * np.array(st["means"]), 100 * np.array(st["ci95"])
+    ours = f"{m[-1]:.2f} ± {c[-1]:.2f}"
+    diff = met = ""
+    if e.paper:
+        diff = f"{m[-1] - e.paper[0]:+.2f}"
+        met = "yes" if intervals_overlap(m[-1], c[-1], e.paper) else "no"
+    it = str(st["iteration"]) if e.train_flags else "(original's 59000)"
+    return [paper, ours, diff, met, it]
+
+
+def seed_summaries(rows: list[dict]) -> list[str]:
+    """Mean ± std across seeds of each row that has other seeds (complete runs only)."""
+    lines = []
+    for row in rows:
+        e = row["experiment"]
+        group = [row] + [r for r in rows if r["experiment"].seeds_of == e.name]
+        if e.seeds_of or len(group) < 2:
+            continue
+        done = [r for r in group if r["state"] and status(r) == "complete"]
+        if len(done) < 2:
+            lines.append(f"- {e.label}: {len(done)} of {len(group)} seeds complete.")
+            continue
+        finals = np.array([100 * r["state"]["means"][-1] for r in done])
+        lines.append(f"- {e.label}, across {len(done)} seeds: {finals.mean():.2f} ± "
+                     f"{finals.std(ddof=1):.2f} (mean ± std of the seeds' accuracies; each "
+                     "seed's 600-task interval is in its row).")
+    return lines
+
+
+# ---------------------------------------------------------------------------- the file
+def render(rows: list[dict], figures: list[str], output: str) -> str:
+    lines = [HEADER]
+    by_group: dict[str, list[dict]] = {}
+    for row in rows:
+        by_group.setdefault(row["experiment"].group, []).append(row)
+    commands: list[str] = []
+
+    def note_commands(row):
+        st = row["state"]
+        if st and st.get("train_command"):
+            commands.append(f"# {row['experiment'].name}: train, then evaluate\n"
+                            f"{st['train_command']}\n{st['eval_command']}")
+        elif st:
+            commands.append(f"# {row['experiment'].name}: evaluate\n{st['eval_command']}")
+
+    if "sinusoid" in by_group:
+        sine = by_group["sinusoid"]
+        lines += ["## Sinusoid regression (query MSE)", "",
+                  "The paper shows these as curves (its Figures 2 and 3), not numbers; our "
+                  "analogues are under Figures.", "",
+                  "| run | iterations | wall time | test tasks | 0 steps | 1 step | 10 steps "
+                  "| status |", "|---|---|---|---|---|---|---|---|"]
+        for row in sine:
+            st = row["state"]
+            if st:
+                m, c = np.array(st["means"]), np.array(st["ci95"])
+                vals = [f"{m[i]:.3f} ± {c[i]:.3f}" if np.isfinite(m[i]) else
+                        "diverged (non-finite)" for i in (0, 1, -1)]
+                it = st["iteration"]
+            else:
+                vals, it = ["", "", ""], row["committed"] or ""
+            lines.append(f"| {row['experiment'].label} | {it} | {duration(row['wall'])} "
+                         f"| {row['tasks']} | {' | '.join(vals)} | {status(row)} |")
+            note_commands(row)
+        pivot = {r["experiment"].name: r["state"] for r in sine if r["state"]}
+        ks = [k for k in (5, 10, 20) if f"sinusoid_maml_k{k}" in pivot
+              and f"sinusoid_pretrained_k{k}" in pivot]
+        if ks:
+            lines += ["", "MAML against the pretrained baseline (MSE after 1 and 10 steps; "
+                      "lower is better):", "",
+                      "| K | MAML, 1 step | pretrained, 1 step | MAML, 10 steps "
+                      "| pretrained, 10 steps |", "|---|---|---|---|---|"]
+            for k in ks:
+                ma, pr = pivot[f"sinusoid_maml_k{k}"], pivot[f"sinusoid_pretrained_k{k}"]
+                lines.append(f"| {k} | {ma['means'][1]:.3f} | {pr['means'][1]:.3f} | "
+                             f"{ma['means'][-1]:.3f} | {pr['means'][-1]:.3f} |")
+        lines.append("")
+    titles = {"omniglot": "Omniglot (accuracy %)", "miniimagenet": "MiniImageNet (accuracy %)"}
+    for group in ("omniglot", "miniimagenet"):
+        if group not in by_group:
+            continue
+        lines += [f"## {titles[group]}", "",
+                  "| experiment | paper | ours | ours − paper | intervals overlap "
+                  "| iteration evaluated | wall time | status |",
+                  "|---|---|---|---|---|---|---|---|"]
+        notes: list[str] = []
+        for row in by_group[group]:
+            e = row["experiment"]
+            cells = _accuracy_cells(row)
+            label = e.label
+            if e.note:
+                if e.note not in notes:
+                    notes.append(e.note)
+                label += f" [{notes.index(e.note) + 1}]"
+            lines.append(f"| {label} | {' | '.join(cells)} | {duration(row['wall'])} | "
+                         f"{status(row)} |")
+            note_commands(row)
+        lines.append("")
+        lines += [f"[{i}] {note}." for i, note in enumerate(notes, 1)]
+        lines += [""] if notes else []
+        lines += seed_summaries(by_group[group])
+        lines += ["", TABLE_NOTES[group], ""]
+    machines = sorted({m for r in rows for m in r["run"].get("machines", [])}
+                      | {r["state"]["machine"] for r in rows
+                         if r["state"] and r["state"].get("machine")})
+    if machines:
+        lines += ["## Machines", "", "Training and evaluation ran on:", ""]
+        lines += [f"- {m}" for m in machines] + [""]
+    if figures:
+        lines += ["## Figures", ""]
+        base = os.path.dirname(os.path.abspath(output))
+        lines += [f"![{os.path.basename(f)}]({os.path.relpath(os.path.abspath(f), base)})"
+                  for f in figures]
+        lines.append("")
+    if commands:
+        lines += ["## Commands", "", "```bash", "\n\n".join(commands), "```", ""]
+    return "\n".join(lines)
+
+
+def write(rows: list[dict], output: str, figures: list[str]) -> str:
+    """Writes the results file atomically; returns its path."""
+    text = render(rows, figures, output)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(output + ".tmp", output)
+    return output
+
+
+# ---------------------------------------------------------------------------- figures
+def training_curve(row: dict, path: str) -> str | None:
+    """Validation accuracy (one meta-batch every 500 iterations) against iteration."""
+    val_it, val, tr_it, tr = validation_curve(read_training_log(row["zoo_dir"]))
+    if len(val_it) == 0 and len(tr_it) == 0:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    if len(tr_it):
+        order = np.argsort(tr_it, kind="stable")
+        ax.plot(tr_it[order], 100 * tr[order], lw=0.8, alpha=0.5, label="training batch, post")
+    if len(val_it):
+        order = np.argsort(val_it, kind="stable")
+        k = 5  # running mean over 5 validation batches: single batches are noisy
+        v = val[order]
+        smooth = np.convolve(v, np.ones(k) / k, mode="valid") if len(v) >= k else v
+        ax.plot(val_it[order], 100 * v, ".", ms=3, alpha=0.5, label="validation batch, post")
+        ax.plot(val_it[order][len(v) - len(smooth):], 100 * smooth, "-",
+                label=f"validation, mean of {k}")
+    e = row["experiment"]
+    if e.paper and e.name.endswith("1shot"):
+        ax.axhline(e.paper[0], color="k", ls=":", lw=1, label=f"paper test {e.paper[0]}%")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("accuracy % after adaptation")
+    ax.set_title(f"{e.group} {e.label}", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylim(max(0, ax.get_ylim()[0]), 100.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def figure_paths(rows: list[dict], figures_dir: str) -> list[str]:
+    """The figures the report shows, whether or not they are drawn now: a training curve per
+    image run with a training log, and the sinusoid figures when their runs are evaluated
+    (so that the report's text does not depend on drawing them)."""
+    out, seen = [], set()
+    for row in rows:
+        e = row["experiment"]
+        if (e.group == "sinusoid" or e.train_flags is None or row["zoo_dir"] in seen
+                or not read_training_log(row["zoo_dir"])):
+            continue
+        seen.add(row["zoo_dir"])
+        out.append(os.path.join(figures_dir, f"curve_{e.name}.png"))
+    sine = {r["experiment"].name for r in rows if r["state"]}
+    if {"sinusoid_maml_k10", "sinusoid_pretrained_k10"} <= sine:
+        out += [os.path.join(figures_dir, "sinusoid_figure2.png"),
+                os.path.join(figures_dir, "sinusoid_figure3.png")]
+    return out
+
+
+def draw_figures(rows: list[dict], figures_dir: str, log=print) -> None:
+    os.makedirs(figures_dir, exist_ok=True)
+    by_name = {r["experiment"].name: r for r in rows}
+    for path in figure_paths(rows, figures_dir):
+        name = os.path.basename(path)[:-4]
+        if name.startswith("curve_"):
+            training_curve(by_name[name[len("curve_"):]], path)
+    sine = {n: r for n, r in by_name.items() if r["state"] and r["experiment"].group ==
+            "sinusoid"}
+    if not {"sinusoid_maml_k10", "sinusoid_pretrained_k10"} <= set(sine):
+        return
+    from tf_maml import figures
+
+    runs = {"MAML": sine["sinusoid_maml_k10"]["zoo_dir"],
+            "pretrained": sine["sinusoid_pretrained_k10"]["zoo_dir"]}
+    try:
+        figures.figure2(runs, os.path.join(figures_dir, "sinusoid_figure2.png"))
+        curves = {"MAML K=10": runs["MAML"], "pretrained K=10": runs["pretrained"]}
+        for k in (5, 20):
+            for kind, label in (("maml", "MAML"), ("pretrained", "pretrained")):
+                if f"sinusoid_{kind}_k{k}" in sine:
+                    curves[f"{label} K={k}"] = sine[f"sinusoid_{kind}_k{k}"]["zoo_dir"]
+        figures.figure3(curves, os.path.join(figures_dir, "sinusoid_figure3.png"))
+    except Exception as err:  # a figure must never lose the table
+        log(f"sinusoid figures failed: {err}")

@@ -1,0 +1,252 @@
+"""The model zoo: every trained paper row, and the state of every unfinished run, as files
+that live in the repository (``zoo/<run>/``), so that they outlive the machine that trained
+them.
+
+A zoo folder is the part of a run directory worth keeping:
+
+- ``model-<i>.index`` / ``.data-*`` and the ``checkpoint`` index: for an unfinished run the
+  whole training state (θ, Adam's moments, Meta-SGD's α, the iteration), so that training
+  resumes from it on any machine; for a finished run only θ (and α) and the iteration, a third
+  of the size (a finished run needs no optimizer);
+- ``config.json``: the run's configuration, machine paths replaced by placeholders
+  (``$DATA/omniglot``, ``$LOGDIR/...``);
+- ``training_log.csv``: the training curve (and the wall time, summed over sessions);
+- the evaluations, in the original's formats (``test_ubs<K>_stepsize<α>.csv/.pkl``, and the
+  per-task ``.npy``), and ``results.json``: what each evaluation gave, of which iteration,
+  with the commands (placeholders again), the date and the machine.
+
+:func:`publish` copies a run directory into its zoo folder when the run has moved on;
+:func:`restore` goes the other way when the zoo is ahead (a fresh clone, another machine), so
+that ``tf-maml-reproduce`` resumes or evaluates a zoo run like any other. Only the latest
+state is kept: publishing removes the zoo folder's older checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import re
+import shutil
+
+CHECKPOINT_NAME = "model"  # train.CHECKPOINT_NAME; not imported, to keep TF out of the report
+RESULTS_FILE = "results.json"
+RUN_STATE_FILE = "reproduce.json"  # the run directory's record of its evaluations
+PATH_FIELDS = ("data_dir", "logdir", "init_checkpoint", "export_dir")
+KEPT_FILES = ("training_log.csv",)
+RESULT_GLOB = "test_ubs*_stepsize*"
+
+
+class ZooError(ValueError):
+    """A zoo folder that cannot be used; the message names the fix."""
+
+
+# ---------------------------------------------------------------------------- reading
+def checkpoint_iterations(directory: str) -> list[int]:
+    """Iterations of the complete ``model-<i>`` checkpoints in ``directory``, ascending (a
+    checkpoint counts once its index and data files are both there)."""
+    its = []
+    for index in glob.glob(os.path.join(directory, f"{CHECKPOINT_NAME}-*.index")):
+        match = re.search(rf"{CHECKPOINT_NAME}-(\d+)\.index$", index)
+        if match and glob.glob(index[: -len(".index")] + ".data-*"):
+            its.append(int(match.group(1)))
+    return sorted(its)
+
+
+def latest_iteration(directory: str) -> int:
+    """The highest complete checkpoint in ``directory`` (0 if none)."""
+    return max(checkpoint_iterations(directory), default=0)
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: str, value: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def results(zoo_dir: str) -> dict:
+    """The zoo folder's ``results.json`` (empty if none)."""
+    return read_json(os.path.join(zoo_dir, RESULTS_FILE))
+
+
+# ---------------------------------------------------------------------------- paths
+def placeholder(text: str, paths: dict[str, str]) -> str:
+    """``text`` with every path of this machine in ``paths`` (path -> placeholder) replaced,
+    longest first, so that nothing committed names a folder of the machine it came from."""
+    for path in sorted((p for p in paths if p), key=len, reverse=True):
+        for form in {os.path.normpath(path), os.path.abspath(path)}:
+            text = text.replace(form, paths[path])
+    return text
+
+
+def sanitized_config(config_json: str, paths: dict[str, str]) -> str:
+    """``config.json`` with its path fields in placeholders; a path no placeholder covers
+    keeps only its last component under ``$PATH``."""
+    config = json.loads(config_json)
+    for field in PATH_FIELDS:
+        value = config.get(field)
+        if isinstance(value, str) and value:
+            value = placeholder(value, paths)
+            if os.path.isabs(value):
+                value = "$PATH/" + os.path.basename(os.path.normpath(value))
+            config[field] = value
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------- publishing
+def _checkpoint_files(directory: str, iteration: int) -> list[str]:
+    prefix = os.path.join(directory, f"{CHECKPOINT_NAME}-{iteration}")
+    return [prefix + ".index"] + sorted(glob.glob(prefix + ".data-*"))
+
+
+def _write_index(directory: str, iteration: int) -> None:
+    """The ``checkpoint`` index file TensorFlow's CheckpointManager reads. It lists a
+    checkpoint only if its timestamp is after ``last_preserved_timestamp``; fixed stamps keep
+    the file the same from one publication of an iteration to the next."""
+    name = f"{CHECKPOINT_NAME}-{iteration}"
+    with open(os.path.join(directory, "checkpoint.tmp"), "w") as f:
+        f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n'
+                "all_model_checkpoint_timestamps: 1.0\nlast_preserved_timestamp: 0.0\n")
+    os.replace(os.path.join(directory, "checkpoint.tmp"), os.path.join(directory, "checkpoint"))
+
+
+def _remove_checkpoints(directory: str, keep: int) -> None:
+    for iteration in checkpoint_iterations(directory):
+        if iteration != keep:
+            for path in _checkpoint_files(directory, iteration):
+                os.remove(path)
+
+
+def _slim_checkpoint(run_dir: str, iteration: int, out_dir: str) -> None:
+    """Writes ``out_dir/model-<iteration>`` holding θ (and Meta-SGD's α) and the iteration of
+    the run's checkpoint, without the optimizer: the same object names as the training
+    checkpoint, so evaluation restores it unchanged."""
+    import tensorflow as tf
+
+    from tf_maml import experiment
+    from tf_maml.config import Config
+    from tf_maml.train import Checkpointer
+
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = Config.from_json(f.read())
+    learner = experiment.build_learner(config)
+    checkpointer = Checkpointer(learner, run_dir)
+    checkpointer.restore(os.path.join(run_dir, f"{CHECKPOINT_NAME}-{iteration}"),
+                         expect_optimizer=False)
+    parts = {"model": learner.model, "iteration": checkpointer.iteration}
+    if learner.inner_lrs:
+        parts["inner_lrs"] = list(learner.inner_lrs)
+    tf.train.Checkpoint(**parts).write(os.path.join(out_dir, f"{CHECKPOINT_NAME}-{iteration}"))
+
+
+def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
+            machine: str, log=print) -> bool:
+    """Copies what is new in ``run_dir`` into ``zoo_dir``: its latest checkpoint (weights
+    only when ``finished``), the training log, sanitized config and every evaluation newer
+    than the zoo's. Returns whether anything changed. Never moves the zoo backwards: a run
+    directory older than the zoo folder publishes nothing."""
+    if not os.path.isdir(run_dir):
+        return False
+    run_latest, zoo_latest = latest_iteration(run_dir), latest_iteration(zoo_dir)
+    run_results = read_json(os.path.join(run_dir, RUN_STATE_FILE))
+    zoo_results = results(zoo_dir)
+    changed = False
+    os.makedirs(zoo_dir, exist_ok=True)
+    meta = dict(zoo_results.get("run", {}))
+    # A newer checkpoint, or the same one now finished (its optimizer state can go).
+    if run_latest > zoo_latest or (run_latest == zoo_latest > 0 and finished
+                                   and meta.get("state") != "weights"):
+        tmp = zoo_dir + ".publish.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        if finished:
+            _slim_checkpoint(run_dir, run_latest, tmp)
+        else:
+            for path in _checkpoint_files(run_dir, run_latest):
+                shutil.copy2(path, tmp)
+        for path in glob.glob(os.path.join(tmp, "*")):
+            os.replace(path, os.path.join(zoo_dir, os.path.basename(path)))
+        os.rmdir(tmp)
+        _write_index(zoo_dir, run_latest)
+        _remove_checkpoints(zoo_dir, run_latest)
+        for name in KEPT_FILES:
+            if os.path.exists(os.path.join(run_dir, name)):
+                shutil.copy2(os.path.join(run_dir, name), os.path.join(zoo_dir, name))
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config_text = sanitized_config(f.read(), paths)
+        with open(os.path.join(zoo_dir, "config.json"), "w") as f:
+            f.write(config_text)
+        machines = list(meta.get("machines", []))
+        if machine not in machines:
+            machines.append(machine)
+        meta.update({"iteration": run_latest, "finished": finished,
+                     "state": "weights" if finished else "full", "machines": machines})
+        changed = True
+        log(f"  zoo: {zoo_dir} now holds iteration {run_latest}"
+            + (" (weights)" if finished else " (resumable state)"))
+    for key, entry in run_results.items():
+        if "|" not in key or entry == {k: v for k, v in zoo_results.get(key, {}).items()
+                                       if k in entry}:
+            continue
+        if zoo_results.get(key, {}).get("iteration", -1) > entry.get("iteration", 0):
+            continue
+        name = key.split("|", 1)[0]
+        for ext in (".csv", ".pkl", ".npy"):
+            src = os.path.join(run_dir, name + ext)
+            if os.path.exists(src):
+                shutil.copy2(src, os.path.join(zoo_dir, name + ext))
+        entry = dict(entry)
+        for field in ("eval_command", "train_command"):
+            if entry.get(field):
+                entry[field] = placeholder(entry[field], paths)
+        entry.setdefault("machine", machine)
+        zoo_results[key] = entry
+        changed = True
+        log(f"  zoo: {zoo_dir} now holds the evaluation {key} of iteration "
+            f"{entry.get('iteration')}")
+    if changed:
+        zoo_results["run"] = meta
+        write_json(os.path.join(zoo_dir, RESULTS_FILE), zoo_results)
+    return changed
+
+
+def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
+    """Seeds ``run_dir`` from ``zoo_dir`` when the zoo holds a later checkpoint (a fresh
+    clone, or another machine trained further): the checkpoint, the training log and the
+    evaluations, so that training resumes and evaluation finds what was evaluated. The run
+    directory's ``config.json`` is left to the training command (the zoo's has placeholders
+    for paths)."""
+    zoo_latest = latest_iteration(zoo_dir)
+    if zoo_latest == 0 or latest_iteration(run_dir) >= zoo_latest:
+        return False
+    os.makedirs(run_dir, exist_ok=True)
+    for path in _checkpoint_files(zoo_dir, zoo_latest):
+        shutil.copy2(path, run_dir)
+    _write_index(run_dir, zoo_latest)
+    for name in KEPT_FILES:
+        if os.path.exists(os.path.join(zoo_dir, name)):
+            shutil.copy2(os.path.join(zoo_dir, name), os.path.join(run_dir, name))
+    for path in glob.glob(os.path.join(zoo_dir, RESULT_GLOB)):
+        shutil.copy2(path, run_dir)
+    state = read_json(os.path.join(run_dir, RUN_STATE_FILE))
+    for key, entry in results(zoo_dir).items():
+        if "|" in key:
+            state[key] = entry
+    write_json(os.path.join(run_dir, RUN_STATE_FILE), state)
+    log(f"  zoo: restored iteration {zoo_latest} from {zoo_dir} into {run_dir}")
+    return True
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
