@@ -1,4 +1,4 @@
-"""Meta-training speed: tf.map_fn over tasks vs the batched-task path (tf_maml.batched).
+"""Meta-training speed: tf.map_fn over tasks vs the batched-task path (tf_maml.mapping.batched).
 
 Both paths run the same full meta-step (meta-gradients + the learner's Adam update with
 its non-finite guard) inside one ``tf.function``, on the same synthetic Omniglot-shaped
@@ -29,7 +29,6 @@ import json
 import statistics
 import time
 import traceback
-from functools import partial
 
 CONFIGS = {
     "omniglot5": dict(ways=5, shots=1, queries=1, tasks=32, inner_steps=1, inner_lr=0.4,
@@ -42,8 +41,8 @@ CONFIGS = {
 
 
 def _summed_xent_with_per_task(shots: int):
-    """losses.summed_xent(shots) plus a ``per_task`` form over [T, B] that tf_maml.batched
-    uses instead of tf.vectorized_map (needed under XLA, see batched._per_task)."""
+    """losses.summed_xent(shots) plus a ``per_task`` form over [T, B] that tf_maml.mapping.batched
+    uses instead of tf.vectorized_map (needed under XLA, see tf_maml.mapping.batched._per_task)."""
     import tensorflow as tf
 
     from tf_maml import losses
@@ -62,11 +61,12 @@ def _summed_xent_with_per_task(shots: int):
     return loss
 
 
-def _learner(cfg, filters: int, seed: int, per_task_loss: bool = False):
+def _learner(cfg, filters: int, seed: int, per_task_loss: bool = False, mode: str = "map"):
     import keras
 
     from tf_maml import losses
     from tf_maml.learners import MetaLearner
+    from tf_maml.mapping import ExecutionPlan
     from tf_maml.models import conv4
 
     keras.utils.set_random_seed(seed)
@@ -76,7 +76,7 @@ def _learner(cfg, filters: int, seed: int, per_task_loss: bool = False):
     return MetaLearner(
         model, loss_fn, inner_lr=cfg["inner_lr"],
         inner_steps=cfg["inner_steps"], first_order=cfg["first_order"], meta_lr=1e-3,
-        metric_fn=losses.accuracy, task_parallelism="map",
+        metric_fn=losses.accuracy, plan=ExecutionPlan(mode),
     )
 
 
@@ -109,22 +109,18 @@ def _step(learner, grads_fn, jit: bool):
 
 def run(name: str, windows: int, steps: int, filters: int, jit: bool, jit_only: bool,
         per_task_loss: bool = False, verbose: bool = True) -> dict:
-    from tf_maml import batched
-
     cfg = CONFIGS[name]
     data = _batches(cfg, 4, seed=0)
     paths = {}
     if not jit_only:
         map_learner = _learner(cfg, filters, seed=1)
         paths["map"] = _step(map_learner, map_learner.meta_gradients, jit=False)
-        b_learner = _learner(cfg, filters, seed=1, per_task_loss=per_task_loss)
-        paths["batched"] = _step(b_learner, partial(batched.meta_gradients, b_learner),
-                                 jit=False)
+        b_learner = _learner(cfg, filters, seed=1, per_task_loss=per_task_loss, mode="batched")
+        paths["batched"] = _step(b_learner, b_learner.meta_gradients, jit=False)
     if jit or jit_only:
         # The loss needs a per_task form under XLA (otherwise: a recompilation per step).
-        j_learner = _learner(cfg, filters, seed=1, per_task_loss=True)
-        paths["batched_xla"] = _step(j_learner, partial(batched.meta_gradients, j_learner),
-                                     jit=True)
+        j_learner = _learner(cfg, filters, seed=1, per_task_loss=True, mode="batched")
+        paths["batched_xla"] = _step(j_learner, j_learner.meta_gradients, jit=True)
 
     result = {"config": name, **cfg, "filters": filters, "trace_s": {}, "errors": {}}
     for key, fn in list(paths.items()):

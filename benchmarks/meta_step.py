@@ -60,6 +60,7 @@ def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
 
     from tf_maml import losses, models
     from tf_maml.learners import MetaLearner
+    from tf_maml.mapping import ExecutionPlan
 
     cfg = CONFIGS[name]
     keras.utils.set_random_seed(seed)
@@ -75,8 +76,8 @@ def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
     return MetaLearner(model, loss_fn, inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
                        first_order=cfg["first_order"], meta_lr=cfg["meta_lr"],
                        metric_fn=metric_fn, meta_grad_clip=cfg["clip_value"],
-                       task_parallelism=mode, tasks_per_chunk=int(chunk) if chunk else None,
-                       parallel_chunks=parallel_chunks or None)
+                       plan=ExecutionPlan(mode, tasks_per_chunk=int(chunk) if chunk else None,
+                                          parallel_chunks=parallel_chunks or None))
 
 
 def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window: int = 5,
@@ -185,7 +186,7 @@ def main() -> None:
                         help="tf_maml's intra-op threads as tf-maml's flag (-1: its default, "
                         "1 on a CPU-only machine with several cores; 0: TensorFlow's)")
     parser.add_argument("--parallel_chunks", type=int, default=0,
-                        help="MetaLearner(parallel_chunks=...); 0: its default (one per core)")
+                        help="ExecutionPlan(parallel_chunks=...); 0: its default (one per core)")
     parser.add_argument("--ref_threads", default="2",
                         help="comma-separated torch.set_num_threads values for the reference; "
                         "the fastest is the row's reference (e.g. 1,2)")

@@ -1,7 +1,8 @@
-"""Shared by tests/test_accumulate.py, tests/test_batched.py and tests/test_fused_batch_norm.py:
-Keras' float policy for a test, and the small strided conv4 with batch norm (and its tasks)
-that test_accumulate.py and test_fused_batch_norm.py both differentiate. Import the helpers
-with ``from conftest import ...`` (pytest puts tests/ on sys.path: it has no __init__.py)."""
+"""Shared by tests/test_mapping_accumulate.py, tests/test_mapping_batched.py and
+tests/test_fused_batch_norm.py: Keras' float policy for a test, and the small strided conv4
+with batch norm (and its tasks) that test_mapping_accumulate.py and test_fused_batch_norm.py
+both differentiate. Import the helpers with ``from conftest import ...`` (pytest puts tests/
+on sys.path: it has no __init__.py)."""
 
 import contextlib
 

@@ -67,7 +67,7 @@ def test_sequential_mlp_meta_trains():
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(WAYS)])
     learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
-    assert learner.task_parallelism == "vectorized"
+    assert learner.task_mapping(prototype_tasks(2, np.random.default_rng(0), (8,))) == "vectorized"
     check_meta_trains(learner, (8,))
 
 
@@ -75,7 +75,9 @@ def test_functional_conv4_meta_trains():
     keras.utils.set_random_seed(0)
     model = models.conv4((12, 12, 1), WAYS, num_filters=4)
     learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
-    assert learner.task_parallelism == "map"
+    # a conv net: every task at once through batched kernels (tf_maml.mapping.batched)
+    batch = prototype_tasks(2, np.random.default_rng(0), (12, 12, 1))
+    assert learner.task_mapping(batch) == "batched"
     check_meta_trains(learner, (12, 12, 1))
 
 
@@ -154,7 +156,8 @@ def test_recurrent_sequence_classifier_meta_trains():
     model = keras.Sequential([keras.Input((4, 3)), keras.layers.GRU(8),
                               keras.layers.Dense(WAYS)])
     learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
-    assert learner.task_parallelism == "map"  # pfor cannot vectorise the RNN while loop
+    # pfor cannot vectorise the RNN while loop
+    assert learner.task_mapping(prototype_tasks(2, np.random.default_rng(0), (4, 3))) == "map"
     check_meta_trains(learner, (4, 3))
 
 
@@ -307,3 +310,16 @@ def test_default_meta_optimizer_is_the_originals_adam():
                                rtol=0, atol=1e-6)
     keras_default = 0.5 - meta_lr * c * g / (c * abs(g) + 1e-7)
     assert abs(expected - keras_default) > 3e-4
+
+
+def test_meta_learner_docstring_example_runs(capsys):
+    # The example a reader meets first (MetaLearner's docstring), run as written but with
+    # fewer meta-iterations.
+    import textwrap
+
+    doc = MetaLearner.__doc__
+    example = textwrap.dedent(doc[doc.index("::\n") + 3:])
+    assert "iterations=2000" in example
+    exec(example.replace("iterations=2000", "iterations=3"), {})
+    mse = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert np.isfinite(mse) and mse > 0

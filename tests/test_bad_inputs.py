@@ -48,6 +48,7 @@ from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.config import Config, ConfigError
 from tf_maml.export import export
 from tf_maml.learners import MetaLearner
+from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks.image_tasks import DataError
 from tf_maml.tasks.sinusoid import SinusoidTasks
 from tf_maml.train import NonFiniteError
@@ -576,14 +577,21 @@ def test_model_without_trainable_weights_says_it_is_frozen():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(algorithm="fomaml"), r"algorithm must be one of \('maml', 'reptile'\), got 'fomaml'"),
-    (dict(task_parallelism="threads"),
-     r"task_parallelism must be one of \('auto', 'batched', 'vectorized', 'map', 'loop', "
-     r"'accumulate'\), got 'threads'"),
     (dict(inner_steps=-1), r"inner_steps must be >= 0, got -1"),
 ])
 def test_bad_learner_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MetaLearner(mlp(), losses.mse, **kwargs)
+
+
+def test_bad_execution_plan_is_named():
+    with pytest.raises(ValueError, match=r"task_parallelism must be one of \('auto', 'batched', "
+                                         r"'vectorized', 'map', 'loop', 'accumulate'\), got "
+                                         r"'threads'"):
+        ExecutionPlan("threads")
+    with pytest.raises(ValueError, match=r"task_parallelism='batched' cannot run this model"):
+        MetaLearner(keras.Sequential([keras.Input((4, 3)), keras.layers.GRU(2)]), losses.mse,
+                    plan=ExecutionPlan("batched"))
 
 
 @pytest.mark.parametrize("overrides, flag", [

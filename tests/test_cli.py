@@ -69,10 +69,27 @@ def test_pretrained_baseline_gets_its_own_run_directory():
     (dict(datasource="miniimagenet", data_dir="x"), "--max_pool"),
     (dict(algorithm="reptile", stop_grad=True), "--stop_grad"),
     (dict(pretrain_iterations=-5), "--pretrain_iterations"),
+    (dict(tasks_per_chunk=2), "--tasks_per_chunk"),  # needs --task_parallelism=accumulate
+    (dict(task_parallelism="accumulate", tasks_per_chunk=-1), "--tasks_per_chunk"),
 ])
 def test_impossible_flags_are_rejected_naming_the_flag(overrides, flag):
     with pytest.raises(ConfigError, match=flag):
         Config(**overrides).validate()
+
+
+def test_speed_flags_make_the_learners_execution_plan():
+    from tf_maml import experiment, main
+
+    values = main.flags.FlagValues()
+    main.define_flags(values)
+    values(["tf-maml", "--task_parallelism=accumulate", "--tasks_per_chunk=2",
+            "--parallel_chunks=1"])
+    plan = experiment.execution_plan(main.config_from_flags(values).validate())
+    assert (plan.task_parallelism, plan.tasks_per_chunk, plan.parallel_chunks) == (
+        "accumulate", 2, 1)
+    default = experiment.execution_plan(Config())  # 0: automatic
+    assert (default.task_parallelism, default.tasks_per_chunk, default.parallel_chunks) == (
+        "auto", None, None)
 
 
 def test_cli_reports_bad_flag_in_one_line_and_exits_nonzero(tmp_path):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tf_maml import losses
 from tf_maml.learners import MetaLearner
+from tf_maml.mapping import ExecutionPlan
 from tf_maml.models import conv4
 
 HIDDEN = 4
@@ -100,7 +101,7 @@ def problem():
 @pytest.mark.parametrize("steps", [1, 2])
 def test_second_order_meta_gradient_matches_finite_differences(problem, parallelism, steps):
     theta, tasks = problem
-    learner = make_learner(theta, inner_steps=steps, task_parallelism=parallelism)
+    learner = make_learner(theta, inner_steps=steps, plan=ExecutionPlan(parallelism))
     grads, metrics = learner.meta_gradients(as_batch(tasks))
     expected = finite_difference(lambda t: np_maml_objective(t, tasks, steps), theta)
     np.testing.assert_allclose(flat(grads), expected, rtol=1e-5, atol=1e-8)
@@ -215,7 +216,7 @@ def test_task_parallelism_modes_agree_with_per_task_batch_norm():
     results = {}
     for mode in ("loop", "map", "vectorized"):
         learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, inner_steps=2,
-                              task_parallelism=mode, metric_fn=losses.accuracy)
+                              plan=ExecutionPlan(mode), metric_fn=losses.accuracy)
         grads, metrics = learner.meta_gradients(batch)
         results[mode] = (flat(grads), float(metrics["post_loss"]))
     for mode in ("map", "vectorized"):
@@ -260,7 +261,7 @@ def test_second_order_meta_gradient_through_batch_norm_matches_finite_difference
         batch = (rng.normal(size=(2, 4, 3)), rng.integers(0, 2, size=(2, 4)).astype("int32"),
                  rng.normal(size=(2, 4, 3)), rng.integers(0, 2, size=(2, 4)).astype("int32"))
         learner = MetaLearner(model, losses.summed_xent(2), inner_lr=0.5, inner_steps=2,
-                              task_parallelism="loop")
+                              plan=ExecutionPlan("loop"))
         grads, _ = learner.meta_gradients(batch)
         theta = [v.numpy().copy() for v in model.trainable_variables]
 
@@ -292,7 +293,7 @@ def _bn_net(norm_layer):
 
 def _second_order_meta_gradients(model, batch):
     learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.5, inner_steps=2,
-                          task_parallelism="loop")
+                          plan=ExecutionPlan("loop"))
     grads, _ = learner.meta_gradients(batch)
     return {v.path: g.numpy() for v, g in zip(model.trainable_variables, grads)}
 
@@ -302,9 +303,7 @@ def test_plain_keras_batch_norm_has_exact_second_order_meta_gradients(float64, m
     # before it cannot change any output: its meta-gradient is exactly 0, at every order.
     # tf.nn.moments (Keras' statistics) stops the gradient of the mean inside the variance,
     # which leaves that meta-gradient non-zero in second-order MAML; tf_maml runs Keras'
-    # layer with exact moments (tf_maml.adapt.exact_moments).
-    import contextlib
-
+    # layer with exact moments (tf_maml.keras_internals.use_exact_moments).
     from tf_maml import adapt, models
 
     rng = np.random.default_rng(0)
@@ -313,7 +312,7 @@ def test_plain_keras_batch_norm_has_exact_second_order_meta_gradients(float64, m
     keras.utils.set_random_seed(1)
     plain = _bn_net(keras.layers.BatchNormalization(scale=False))
     keras.utils.set_random_seed(1)
-    ours = _bn_net(models.BatchNormalization(scale=False))  # exact moments of its own
+    ours = _bn_net(models.BatchNormalization(scale=False))  # tf_maml.models subclass
     ours.set_weights(plain.get_weights())
     got = _second_order_meta_gradients(plain, batch)
     want = _second_order_meta_gradients(ours, batch)
@@ -325,7 +324,10 @@ def test_plain_keras_batch_norm_has_exact_second_order_meta_gradients(float64, m
     assert np.max(np.abs(bias)) < 1e-12 * scale
     # Without the exact moments (Keras' own), the bias meta-gradient is visibly wrong: the
     # check above can fail.
-    monkeypatch.setattr(adapt, "_exact_keras_moments", contextlib.nullcontext)
-    keras_own = _second_order_meta_gradients(plain, batch)
+    monkeypatch.setattr(adapt.keras_internals, "use_exact_moments", lambda model: None)
+    keras.utils.set_random_seed(1)
+    fresh = _bn_net(keras.layers.BatchNormalization(scale=False))  # never made exact
+    fresh.set_weights(plain.get_weights())
+    keras_own = _second_order_meta_gradients(fresh, batch)
     bias = next(g for p, g in keras_own.items() if "pre_bn" in p and "bias" in p)
     assert np.max(np.abs(bias)) > 1e-6 * scale

@@ -20,12 +20,13 @@ from tf_maml import (
 )
 from tf_maml.config import Config, ConfigError
 from tf_maml.learners import MetaLearner
+from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks import batch_rng, task_stream
 from tf_maml.tasks.sinusoid import SinusoidTasks
 from tf_maml.threads import configure_threads
 
 __all__ = [
-    "Config", "ConfigError", "MetaLearner", "SinusoidTasks", "adapt", "batch_rng",
+    "Config", "ConfigError", "ExecutionPlan", "MetaLearner", "SinusoidTasks", "adapt", "batch_rng",
     "configure_threads", "distribute", "losses", "task_stream",
 ]
 __version__ = "0.1.0"

@@ -1,7 +1,9 @@
 """The inner loop of MAML: fast weights for any built Keras model.
 
 This module is THE one implementation of adaptation in tf_maml. Training, evaluation,
-SavedModel export and the RL learner all call :func:`adapt`.
+SavedModel export and the RL learner all call :func:`adapt`, whichever task mapping runs
+them (:mod:`tf_maml.mapping`): a fast path that runs several tasks at once hands it another
+forward function (every task's weights stacked), never its own SGD step.
 
 For a model with trainable weights θ, one inner step on a task's support set is
 
@@ -18,13 +20,17 @@ the original code's ``--stop_grad`` (first-order MAML).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
+from tf_maml import keras_internals
+
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+# A forward pass over weights laid out like ``model.trainable_variables``: one task's
+# (the default, :func:`forward`), or a fast path's, e.g. every task's weights stacked.
+ForwardFn = Callable[[Sequence[tf.Tensor], tf.Tensor], tf.Tensor]
 
 # Layers whose weights the original code keeps out of the inner loop: its `weights` dict
 # held only conv/dense kernels and biases; batch/layer-norm offsets were meta-trained by
@@ -38,7 +44,7 @@ NORMALIZATION_LAYERS = (
 
 def _normalization_variable_ids(model: keras.Model) -> set[int]:
     ids: set[int] = set()
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in keras_internals.layers_of(model):
         if isinstance(layer, NORMALIZATION_LAYERS) or getattr(layer, "_maml_normalization", False):
             ids.update(id(v) for v in layer.trainable_variables)
     return ids
@@ -55,43 +61,6 @@ def adapted_mask(model: keras.Model, adapt_norm: bool = False) -> list[bool]:
         return [True] * len(model.trainable_variables)
     norm_ids = _normalization_variable_ids(model)
     return [id(v) not in norm_ids for v in model.trainable_variables]
-
-
-def exact_moments(x: tf.Tensor, axes, keepdims: bool = False):
-    """Batch mean and variance, both differentiated exactly (to any order).
-
-    ``tf.nn.moments`` (what Keras' BatchNormalization uses on TensorFlow) computes the
-    variance as mean((x - stop_gradient(mean))²): the same values and first derivatives,
-    but its second derivatives miss the mean's dependence on x, so a second-order MAML
-    meta-gradient through a plain Keras batch norm was off (e.g. non-zero for a bias that
-    batch norm cancels).
-    """
-    mean = tf.reduce_mean(x, axes, keepdims=True)
-    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axes, keepdims=True)
-    if not keepdims:
-        mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
-    return mean, variance
-
-
-@contextlib.contextmanager
-def _exact_keras_moments():
-    """While a model runs under tf_maml: Keras' TensorFlow moments (its BatchNormalization
-    layer's statistics) are :func:`exact_moments`. Same forward values; a Keras version
-    without that private hook runs unchanged."""
-    try:
-        from keras.src.backend.tensorflow import nn as keras_tf_nn
-    except ImportError:  # another Keras layout: its own moments
-        yield
-        return
-    original = getattr(keras_tf_nn, "_compute_moments", None)
-    if original is None:
-        yield
-        return
-    keras_tf_nn._compute_moments = exact_moments
-    try:
-        yield
-    finally:
-        keras_tf_nn._compute_moments = original
 
 
 def forward(
@@ -114,8 +83,9 @@ def forward(
     propagation of ``training`` to nested layers, so a subclassed model that leaves that to
     Keras ran its batch norm on moving statistics.
 
-    A plain ``keras.layers.BatchNormalization`` computes its batch statistics with
-    :func:`exact_moments` here, so second-order meta-gradients through it are exact.
+    Every ``keras.layers.BatchNormalization`` of the model computes its batch statistics
+    exactly to every order (:func:`tf_maml.keras_internals.use_exact_moments`), so
+    second-order meta-gradients through it are exact.
     """
     trainable_vars = model.trainable_variables
     non_trainable_vars = model.non_trainable_variables
@@ -127,13 +97,14 @@ def forward(
             f"forward needs {len(trainable_vars)} trainable and {len(non_trainable_vars)} "
             f"non-trainable tensors, got {len(weights)} and {len(non_trainable)}"
         )
+    keras_internals.use_exact_moments(model)
     mapping = list(zip(trainable_vars, weights)) + list(zip(non_trainable_vars, non_trainable))
-    with keras.StatelessScope(state_mapping=mapping), _exact_keras_moments():
+    with keras.StatelessScope(state_mapping=mapping):
         return model(inputs, training=training)
 
 
 def inner_step(
-    model: keras.Model,
+    forward_fn: ForwardFn,
     weights: Sequence[tf.Tensor],
     support_x: tf.Tensor,
     support_y: tf.Tensor,
@@ -141,19 +112,22 @@ def inner_step(
     inner_lr: float | tf.Tensor | Sequence[tf.Tensor],
     first_order: bool = False,
     mask: Sequence[bool] | None = None,
-    non_trainable: Sequence[tf.Tensor] | None = None,
 ) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
-    """One SGD step on the support loss. Returns (new weights, support loss, support preds).
+    """One SGD step on the support loss, with predictions ``forward_fn(weights, x)``.
+    Returns (new weights, support loss, support predictions).
 
     ``inner_lr`` is α: a scalar, or one tensor per trainable variable (Meta-SGD).
+    ``forward_fn`` and a vector-valued ``loss_fn``: see :func:`adapt`.
     """
     weights = list(weights)
     mask = [True] * len(weights) if mask is None else list(mask)
     adapted = [w for w, m in zip(weights, mask) if m]
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(adapted)
-        preds = forward(model, weights, support_x, non_trainable)
+        preds = forward_fn(weights, support_x)
         loss = loss_fn(support_y, preds)
+    # For a vector of per-task losses this is the gradient of their sum, i.e. each task's
+    # own gradient for its own (stacked) weights.
     grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     if first_order:
         grads = [tf.stop_gradient(g) for g in grads]
@@ -181,6 +155,7 @@ def adapt(
     mask: Sequence[bool] | None = None,
     non_trainable: Sequence[tf.Tensor] | None = None,
     return_all: bool = False,
+    forward_fn: ForwardFn | None = None,
 ):
     """``num_steps`` inner SGD steps from ``weights`` on one task's support set.
 
@@ -188,18 +163,28 @@ def adapt(
     ``num_steps + 1`` weight lists (index 0 is ``weights`` itself), plus, in both cases, the
     pre-update support loss and predictions (``(fast, pre_loss, pre_preds)``). With
     ``num_steps=0`` the pre-update values come from one plain forward pass.
+
+    ``forward_fn(weights, x)`` replaces :func:`forward` (``model`` and ``non_trainable``
+    are then unused): a fast path runs several tasks at once this way, e.g. every task's
+    weights stacked on a leading task axis (:mod:`tf_maml.mapping.batched`). ``loss_fn``
+    then returns one loss per task; tasks do not share weights, so the gradient of their
+    sum is, for each task's weights, that task's own gradient: the same step as here.
     """
+    if forward_fn is None:
+        def forward_fn(w, x):
+            return forward(model, w, x, non_trainable)
+
     trajectory = [list(weights)]
     pre_loss = pre_preds = None
     for _ in range(num_steps):
         new, loss, preds = inner_step(
-            model, trajectory[-1], support_x, support_y, loss_fn, inner_lr,
-            first_order=first_order, mask=mask, non_trainable=non_trainable,
+            forward_fn, trajectory[-1], support_x, support_y, loss_fn, inner_lr,
+            first_order=first_order, mask=mask,
         )
         if pre_loss is None:
             pre_loss, pre_preds = loss, preds
         trajectory.append(new)
     if pre_loss is None:
-        pre_preds = forward(model, weights, support_x, non_trainable)
+        pre_preds = forward_fn(weights, support_x)
         pre_loss = loss_fn(support_y, pre_preds)
     return (trajectory if return_all else trajectory[-1]), pre_loss, pre_preds

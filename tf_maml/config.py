@@ -96,6 +96,8 @@ class Config:
     # parallelism; 0: TensorFlow's default).
     parallel_chunks: int = 0
     intra_op_threads: int = -1
+    # with task_parallelism="accumulate": tasks per chunk (0: chosen by memory)
+    tasks_per_chunk: int = 0
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -286,6 +288,10 @@ class Config:
         if self.parallel_chunks < 0:
             fail("parallel_chunks", f"must be >= 0 (0: one per CPU core), got "
                  f"{self.parallel_chunks}")
+        if self.tasks_per_chunk < 0 or (self.tasks_per_chunk
+                                        and self.task_parallelism != "accumulate"):
+            fail("tasks_per_chunk", f"needs --task_parallelism=accumulate and a number >= 0 "
+                 f"(0: chosen by memory), got {self.tasks_per_chunk}")
         if self.intra_op_threads < -1:
             fail("intra_op_threads", f"must be >= -1 (-1: auto, 0: TensorFlow's default), "
                  f"got {self.intra_op_threads}")

@@ -8,6 +8,7 @@ import keras
 from tf_maml import losses, models
 from tf_maml.config import Config
 from tf_maml.learners import MetaLearner
+from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks.sinusoid import SinusoidTasks
 
 OMNIGLOT_SHAPE = (28, 28, 1)
@@ -45,9 +46,15 @@ def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearn
         first_order=config.stop_grad, algorithm=config.algorithm, meta_lr=config.meta_lr,
         metric_fn=metric_fn, adapt_norm=config.adapt_norm,
         meta_grad_clip=config.meta_grad_clip, learn_inner_lr=config.meta_sgd,
-        task_parallelism=config.task_parallelism,
-        parallel_chunks=config.parallel_chunks or None,
+        plan=execution_plan(config),
     )
+
+
+def execution_plan(config: Config) -> ExecutionPlan:
+    """The speed knobs of ``config`` (0 or None: automatic)."""
+    return ExecutionPlan(task_parallelism=config.task_parallelism,
+                         tasks_per_chunk=config.tasks_per_chunk or None,
+                         parallel_chunks=config.parallel_chunks or None)
 
 
 def task_source(config: Config, split: str, num_query: int | None = None):

@@ -108,6 +108,9 @@ def define_flags(values: flags.FlagValues) -> None:
                       "conv nets (by the memory of their im2col patches).", flag_values=values)
     flags.DEFINE_integer("parallel_chunks", 0, "accumulated task chunks run at once (memory grows "
                          "with it); 0: one per CPU core (1 with a GPU).", flag_values=values)
+    flags.DEFINE_integer("tasks_per_chunk", 0, "with --task_parallelism=accumulate: tasks per "
+                         "chunk (must divide --meta_batch_size); 0: the most that fit the "
+                         "memory budget.", flag_values=values)
     flags.DEFINE_integer("intra_op_threads", -1, "TensorFlow's intra-op threads; -1: 1 on a "
                          "CPU-only machine with several cores and a meta-batch of 2 tasks per "
                          "core or more (task chunks run one per core, faster than splitting each "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-NORMS = ("batch_norm", "layer_norm", "None")
+from tf_maml.config import NORMS
 
 
 @keras.saving.register_keras_serializable(package="tf_maml")
@@ -46,22 +46,18 @@ class ContribLayerNorm(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tf_maml")
 class BatchNormalization(keras.layers.BatchNormalization):
-    """Keras' BatchNormalization with exact batch moments.
+    """Keras' BatchNormalization, with TensorFlow's fused kernel in training mode.
 
-    Keras (via ``tf.nn.moments``) computes the variance with ``stop_gradient`` on the mean.
-    That leaves first derivatives exact but not second ones, so second-order MAML
-    meta-gradients through it are wrong (e.g. non-zero for conv biases that batch norm
-    cancels, where finite differences give 0). Here var = mean((x - mean(x))²), fully
-    differentiated; the forward values are the same.
-
-    In training mode on float32 NHWC feature maps (the conv nets) it runs TensorFlow's
-    fused kernel instead, ``tf.nn.fused_batch_norm``: the same batch statistics, an
-    analytic gradient (FusedBatchNormGrad, whose own gradient is the analytic second
-    derivative: only first derivatives of the moments enter it, and those are exact), in
-    a few fused kernels instead of a dozen element-wise ops over the feature map. A
-    MiniImageNet meta-step took 15% less time. ``fused_training = False`` (on the class or
-    a layer) keeps the exact-moments graph; tests/test_models.py checks both against each
-    other and finite differences check the exact one (tests/test_meta_gradients.py).
+    In training mode on float32 NHWC feature maps (the conv nets) it runs
+    ``tf.nn.fused_batch_norm``: the same batch statistics, an analytic gradient
+    (FusedBatchNormGrad, whose own gradient is the analytic second derivative: only first
+    derivatives of the moments enter it, and those are exact), in a few fused kernels
+    instead of a dozen element-wise ops over the feature map. A MiniImageNet meta-step took
+    15% less time. Elsewhere (float64, dense layers, ``fused_training = False`` on the class
+    or a layer) it is Keras' layer, whose batch statistics tf_maml computes exactly to every
+    order like those of any Keras batch norm (:mod:`tf_maml.keras_internals`).
+    tests/test_fused_batch_norm.py checks the two against each other and against float64;
+    finite differences check the exact one (tests/test_meta_gradients.py).
     """
 
     fused_training = True
@@ -76,7 +72,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             self.fused_training and training and self.trainable and mask is None
             and not self.renorm and not self.synchronized
             and keras.backend.backend() == "tensorflow"
-            and len(inputs.shape) == 4 and list(self._reduction_axes) == [0, 1, 2]
+            and len(inputs.shape) == 4 and self.axis in (-1, 3)
             and keras.backend.standardize_dtype(inputs.dtype) == "float32"
             and self.compute_dtype == "float32"
         )
@@ -102,18 +98,6 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.moving_variance.assign(ops.cast(self.moving_variance, inputs.dtype) * momentum
                                     + variance * (1.0 - momentum))
         return outputs
-
-    def _moments(self, inputs, mask):
-        if mask is not None or self.synchronized:
-            return super()._moments(inputs, mask)
-        return exact_moments(inputs, self._reduction_axes)
-
-
-def exact_moments(x, axes):
-    """Mean and (biased) variance over ``axes``, keepdims=False, twice differentiable."""
-    mean = ops.mean(x, axis=axes, keepdims=True)
-    variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
-    return ops.squeeze(mean, axis=axes), ops.squeeze(variance, axis=axes)
 
 
 def normalization(norm: str, name: str) -> keras.layers.Layer | None:

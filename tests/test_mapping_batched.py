@@ -1,5 +1,5 @@
-"""The batched-task fast path (tf_maml.batched) against the per-task unrolled loop of
-MetaLearner(task_parallelism="loop"): forward passes, meta-gradients (second order, first
+"""The batched-task mapping (tf_maml.mapping.batched) against the per-task unrolled loop
+(ExecutionPlan("loop")): forward passes, meta-gradients (second order, first
 order, two inner steps, pretrain, Meta-SGD, Reptile) and evaluation, on the paper's
 architectures and a plain MLP; and the models it must refuse."""
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_maml import adapt, batched, learners, losses
+from tf_maml import adapt, losses
 from tf_maml.learners import MetaLearner
+from tf_maml.mapping import ExecutionPlan, batched
 from tf_maml.models import conv4, fc_net
 
 # Compared in float64, where the only difference from the per-task loop is the order of
@@ -78,10 +79,12 @@ def _build(name):
     return CLASSIFIERS[name]()
 
 
-def _learner(model, **kwargs):
-    """The per-task reference; the batched functions read the same learner."""
-    return MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, metric_fn=losses.accuracy,
-                       task_parallelism="loop", **kwargs)
+def _learners(model, **kwargs):
+    """(every task batched, the per-task loop reference): two learners over the SAME model."""
+    kwargs = {"loss_fn": losses.summed_xent(1), "inner_lr": 0.4,
+              "metric_fn": losses.accuracy, **kwargs}
+    return tuple(MetaLearner(model, plan=ExecutionPlan(mode), **kwargs)
+                 for mode in ("batched", "loop"))
 
 
 def _flat(grads):
@@ -125,17 +128,18 @@ def test_forward_matches_per_task_stateless_call(name):
 ])
 def test_meta_gradients_match_per_task_loop(name, first_order, steps):
     model, shape = _build(name)
-    reference = learner = _learner(model, inner_steps=steps, first_order=first_order)
+    learner, reference = _learners(model, inner_steps=steps, first_order=first_order)
     batch = _classification_batch(np.random.default_rng(0), shape)
-    _assert_same(batched.meta_gradients(learner, batch), reference.meta_gradients(batch))
+    assert (learner.task_mapping(batch), reference.task_mapping(batch)) == ("batched", "loop")
+    _assert_same(learner.meta_gradients(batch), reference.meta_gradients(batch))
 
 
 @pytest.mark.parametrize("name", ["omniglot_conv", "fc_batch_norm"])
 def test_pretrain_gradients_match_per_task_loop(name):
     model, shape = _build(name)
-    reference = learner = _learner(model)
+    learner, reference = _learners(model)
     batch = _classification_batch(np.random.default_rng(1), shape)
-    _assert_same(batched.meta_gradients(learner, batch, pretrain=True),
+    _assert_same(learner.meta_gradients(batch, pretrain=True),
                  reference.meta_gradients(batch, pretrain=True))
 
 
@@ -144,21 +148,23 @@ def test_meta_sgd_and_adapted_norm_match_per_task_loop():
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
     model, shape = _build("fc_batch_norm")
-    reference = learner = _learner(model, inner_steps=2, learn_inner_lr=True, adapt_norm=True)
+    learner, reference = _learners(model, inner_steps=2, learn_inner_lr=True, adapt_norm=True)
     rng = np.random.default_rng(2)
-    for lr in learner.inner_lrs:
-        lr.assign(rng.uniform(0.1, 0.5, size=lr.shape).astype("float32"))
+    for a, b in zip(learner.inner_lrs, reference.inner_lrs):
+        value = rng.uniform(0.1, 0.5, size=a.shape).astype("float32")
+        a.assign(value)
+        b.assign(value)
     batch = _classification_batch(rng, shape)
-    got = batched.meta_gradients(learner, batch)
+    got = learner.meta_gradients(batch)
     assert len(got[0]) == 2 * len(model.trainable_variables)
     _assert_same(got, reference.meta_gradients(batch), rtol=1e-4, atol=2e-5)
 
 
 def test_reptile_matches_per_task_loop():
     model, shape = _build("omniglot_conv")
-    reference = learner = _learner(model, inner_steps=2, algorithm="reptile")
+    learner, reference = _learners(model, inner_steps=2, algorithm="reptile")
     batch = _classification_batch(np.random.default_rng(3), shape)
-    _assert_same(batched.reptile_gradients(learner, batch), reference.reptile_gradients(batch))
+    _assert_same(learner.reptile_gradients(batch), reference.reptile_gradients(batch))
 
 
 @pytest.fixture
@@ -172,10 +178,10 @@ def eager_functions():
 @pytest.mark.parametrize("name", ["miniimagenet_conv", "fc_batch_norm"])
 def test_evaluation_matches_per_task_loop(name, eager_functions):
     model, shape = _build(name)
-    reference = learner = _learner(model)
+    learner, reference = _learners(model)
     batch = _classification_batch(np.random.default_rng(4), shape, q=3)
     expected = reference.evaluate_batch(batch, 2)
-    got = batched.evaluate_batch(learner, batch, 2)
+    got = learner.evaluate_batch(batch, 2)
     assert set(got) == set(expected)
     for key in expected:
         assert got[key].shape == expected[key].shape == (3, 3)
@@ -187,19 +193,19 @@ def test_mlp_regression_with_mse_matches_per_task_loop():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(16, activation="tanh"),
                               keras.layers.Dense(16), keras.layers.Activation("relu"),
                               keras.layers.Dense(1)])
-    reference = MetaLearner(model, losses.mse, inner_lr=0.05, inner_steps=2,
-                            task_parallelism="loop")
+    learner, reference = _learners(model, loss_fn=losses.mse, metric_fn=None, inner_lr=0.05,
+                                   inner_steps=2)
     rng = np.random.default_rng(5)
     x = rng.uniform(-5, 5, size=(4, 20, 1))
     y = rng.uniform(0.1, 5, size=(4, 1, 1)) * np.sin(x)
     batch = (x[:, :10], y[:, :10], x[:, 10:], y[:, 10:])
-    _assert_same(batched.meta_gradients(reference, batch), reference.meta_gradients(batch))
+    _assert_same(learner.meta_gradients(batch), reference.meta_gradients(batch))
     tf.config.run_functions_eagerly(True)
     try:
         expected = reference.evaluate_batch(batch, 2)["loss"].numpy()
     finally:
         tf.config.run_functions_eagerly(False)
-    got = batched.evaluate_batch(reference, batch, 2)["loss"].numpy()
+    got = learner.evaluate_batch(batch, 2)["loss"].numpy()
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
 
 
@@ -207,22 +213,22 @@ def test_float32_second_order_agrees_within_float32_rounding():
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
     model, shape = _build("omniglot_conv")
-    learner = _learner(model)
+    learner, reference = _learners(model)
     batch = _classification_batch(np.random.default_rng(7), shape)
-    got = batched.meta_gradients(learner, batch)
+    got = learner.meta_gradients(batch)
     assert got[0][0].dtype == tf.float32
     # atol relative to the largest gradient element. (With 2 inner steps float32 rounding
     # is amplified ~100x in the second-order terms that tf.nn.moments' stop_gradient adds
     # through batch norm, in whichever summation order: compare those in float64.)
-    _assert_same(got, learner.meta_gradients(batch), rtol=1e-4, atol=2e-5)
+    _assert_same(got, reference.meta_gradients(batch), rtol=1e-4, atol=2e-5)
 
 
 def test_inside_tf_function_matches_eager():
     model, shape = _build("odd_conv")
-    learner = _learner(model)
+    learner, _ = _learners(model)
     batch = tuple(tf.constant(t) for t in _classification_batch(np.random.default_rng(6), shape))
-    eager = batched.meta_gradients(learner, batch)
-    graph = tf.function(lambda b: batched.meta_gradients(learner, b))(batch)
+    eager = learner.meta_gradients(batch)
+    graph = tf.function(lambda b: learner.meta_gradients(b))(batch)
     _assert_same(graph, eager)
 
 
@@ -259,25 +265,27 @@ def test_patch_bytes_counts_im2col_patches():
     assert batched.patch_bytes(mlp, [(3, 5, 28, 28, 1)]) == 0
 
 
-@pytest.mark.skipif("batched" not in learners.TASK_PARALLELISM,
-                    reason="MetaLearner has no task_parallelism='batched' yet")
 def test_meta_learner_batched_mode_trains_like_the_loop():
     model, shape = _build("odd_conv")
     twin, _ = _build("odd_conv")
     batch = _classification_batch(np.random.default_rng(8), shape)
-    fast = _learner(model, meta_lr=0.01)
-    fast.task_parallelism = "batched"
-    slow = _learner(twin, meta_lr=0.01)
+    fast, _ = _learners(model, meta_lr=0.01)
+    _, slow = _learners(twin, meta_lr=0.01)
     for learner in (fast, slow):
         learner.train_step(batch)
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_auto_batches_conv_nets_within_the_patch_budget():
     conv, shape = _build("omniglot_conv")
     auto = MetaLearner(conv, losses.summed_xent(1), inner_lr=0.4)
-    assert auto._use_batched(_classification_batch(np.random.default_rng(8), shape))
+    batch = _classification_batch(np.random.default_rng(8), shape)
+    assert isinstance(auto.plan.for_tasks(conv, batch), batched.Batched)
+    assert auto.task_mapping(batch) == "batched"
     # MiniImageNet 5-way 1-shot: GBs of im2col patches, over the budget: map_fn
-    mini = MetaLearner(conv4((84, 84, 3), 5, num_filters=32, max_pool=True),
-                       losses.summed_xent(1))
+    mini = conv4((84, 84, 3), 5, num_filters=32, max_pool=True)
+    plan = ExecutionPlan()
     x, y = tf.TensorSpec((2, 5, 84, 84, 3)), tf.TensorSpec((2, 5))
-    assert not mini._use_batched((x, y, tf.TensorSpec((2, 75, 84, 84, 3)), y))
-    assert mini._use_batched((x, y, x, y))
+    assert plan.for_tasks(mini, (x, y, tf.TensorSpec((2, 75, 84, 84, 3)), y)).name == "map"
+    assert isinstance(plan.for_tasks(mini, (x, y, x, y)), batched.Batched)

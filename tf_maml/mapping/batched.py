@@ -1,10 +1,10 @@
-"""A batched-task fast path: all tasks of a meta-batch in one pass of batched kernels.
+"""All tasks of a meta-batch in one pass of batched kernels: the weights stacked per task.
 
-The generic path (:mod:`tf_maml.learners`) maps the per-task inner loop over the tasks with
-``tf.map_fn``. For small conv nets on a CPU that is dominated by op dispatch: 32 tasks times
-a few hundred tiny ops per meta-step. Here every tensor carries the task as a leading axis
-instead. The weights are stacked, one copy per task (``[T, *w.shape]``), the inputs are
-``[T, B, ...]``, and each layer of a *linear chain* is rewritten as one batched kernel:
+The per-task mappings (:mod:`tf_maml.mapping.per_task`) run the inner loop once per task.
+For small conv nets on a CPU that is dominated by op dispatch: 32 tasks times a few hundred
+tiny ops per meta-step. Here every tensor carries the task as a leading axis instead. The
+weights are stacked, one copy per task (``[T, *w.shape]``), the inputs are ``[T, B, ...]``,
+and each layer of a *linear chain* is rewritten as one batched kernel:
 
 * ``Conv2D`` by im2col: the ``k*k`` (strided) taps of the SAME/VALID-padded input, taken
   by ONE gather of precomputed pixel rows, multiplied with the per-task kernels in one
@@ -14,25 +14,17 @@ instead. The weights are stacked, one copy per task (``[T, *w.shape]``), the inp
   each task over its own B, H, W, and :class:`tf_maml.models.ContribLayerNorm` per example;
 * layers without weights (ReLU, pooling, flatten, ...) run unchanged on ``[T*B, ...]``.
 
-Because task t's loss depends only on task t's copy of the weights, the gradient of the
-SUM of the per-task support losses w.r.t. the stacked weights is exactly the stack of the
-per-task gradients (Finn et al. 2017, eq. 1 for each task), so one inner tape serves every
-task. θ enters as ``tf.broadcast_to(θ, [T, ...])`` inside the outer tape, whose gradient sums
-the per-task meta-gradients back onto θ.
+This module supplies only that forward pass (:func:`batched_forward`), and the
+:class:`Batched` mapping hands it to the learner's task functions. The inner loop is still
+:func:`tf_maml.adapt.adapt`: because task t's loss depends only on task t's copy of the
+weights, the gradient of the SUM of the per-task support losses w.r.t. the stacked weights
+is exactly the stack of the per-task gradients (Finn et al. 2017, eq. 1 for each task). θ
+enters as ``tf.broadcast_to(θ, [T, ...])`` inside the outer tape, whose gradient sums the
+per-task meta-gradients back onto θ. The values are those of the per-task path up to float
+rounding; ``tests/test_mapping_batched.py`` checks them against the unrolled loop.
 
-The functions take a :class:`tf_maml.learners.MetaLearner` (its model, loss_fn, metric_fn,
-inner_lr, inner_steps, first_order, mask, inner_lrs) and keep its contracts:
-:func:`meta_gradients`, :func:`reptile_gradients` and :func:`evaluate_batch` return what the
-methods of the same names return. They compute the same values as the per-task path up to
-float rounding; ``tests/test_batched.py`` checks them against the unrolled loop.
-
-im2col costs memory: :func:`patch_bytes` estimates it so a caller can keep large images
+im2col costs memory: :func:`patch_bytes` estimates it so a plan can keep large images
 (MiniImageNet's 84x84, 75 query images per task) on the per-task path.
-
-Example::
-
-    if batched.supports(learner.model):
-        grads, metrics = batched.meta_gradients(learner, batch)
 """
 
 from __future__ import annotations
@@ -44,11 +36,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_maml import adapt as adapt_lib
+from tf_maml import keras_internals
 from tf_maml import models as tf_maml_models
+from tf_maml.mapping.base import Mapping, Runner, num_tasks
 from tf_maml.models import ContribLayerNorm
-
-Batch = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
 
 # Activations that act on each element (or, for softmax, each last-axis row) alone, so they
 # run unchanged on a [T, B, ..., C] tensor.
@@ -85,7 +76,7 @@ class _Step:
     weights: tuple[int | None, ...]  # indices into model.trainable_variables
 
 
-# ---------------------------------------------------------------------------- the plan
+# ---------------------------------------------------------------------------- the layer steps
 def _chain(model: keras.Model) -> list[keras.layers.Layer]:
     """The layers of ``model`` in order, if its graph is a single chain."""
     if isinstance(model, keras.Sequential):
@@ -93,34 +84,23 @@ def _chain(model: keras.Model) -> list[keras.layers.Layer]:
         for layer in model.layers:
             layers.extend(_chain(layer) if isinstance(layer, keras.Model) else [layer])
         return layers
-    if not _is_functional(model):
+    if not keras_internals.is_functional(model):
         raise Unsupported(f"{type(model).__name__} is a subclassed model: its call is opaque")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise Unsupported("the model has several inputs or outputs")
     layers, tensor = [], model.outputs[0]
     while tensor is not model.inputs[0]:
-        history = getattr(tensor, "_keras_history", None)
-        if history is None or history.operation is None:
+        call = keras_internals.producer(tensor)
+        if call is None or isinstance(call[0], keras.layers.InputLayer):
             raise Unsupported("the graph does not lead back to the model's input")
-        op = history.operation
-        if isinstance(op, keras.layers.InputLayer):
-            raise Unsupported("the graph does not lead back to the model's input")
-        node = op._inbound_nodes[history.node_index]
-        args = node.arguments
+        op, inputs, args, kwargs = call
         # Keras records e.g. mask=None; a set keyword (training=False, ...) is not ours.
-        set_kwargs = [k for k, v in args.kwargs.items() if v is not None]
-        if set_kwargs or len(args.args) != 1 or len(node.input_tensors) != 1:
+        set_kwargs = [k for k, v in kwargs.items() if v is not None]
+        if set_kwargs or len(args) != 1 or len(inputs) != 1:
             raise Unsupported(f"layer {op.name!r} is not called on one tensor alone")
         layers.extend(reversed(_chain(op)) if isinstance(op, keras.Model) else [op])
-        tensor = node.input_tensors[0]
+        tensor = inputs[0]
     return layers[::-1]
-
-
-def _is_functional(model: keras.Model) -> bool:
-    # keras.Model(inputs, outputs) builds a Functional; it has no public class.
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, Functional)
 
 
 def _activation_ok(fn) -> bool:
@@ -177,7 +157,7 @@ def _has_input(layer) -> bool:
     return True
 
 
-def _plan(model: keras.Model) -> list[_Step]:
+def _layer_steps(model: keras.Model) -> list[_Step]:
     if not model.built:
         raise Unsupported("the model is not built")
     index = {id(v): i for i, v in enumerate(model.trainable_variables)}
@@ -209,7 +189,7 @@ def _plan(model: keras.Model) -> list[_Step]:
 def unsupported_reason(model: keras.Model) -> str | None:
     """Why :func:`supports` is False for ``model`` (None if it is supported)."""
     try:
-        _plan(model)
+        _layer_steps(model)
     except Unsupported as e:
         return str(e)
     return None
@@ -318,10 +298,10 @@ def _dense(layer, x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None) -> tf
 def _batch_norm(layer, x: tf.Tensor, gamma, beta) -> tf.Tensor:
     """Training-mode batch norm with each task's own statistics over B (and H, W)."""
     rank = len(x.shape)
-    # Exact moments (adapt.exact_moments, what the per-task path runs for Keras' layer and
-    # tf_maml.models.BatchNormalization alike), then tf.nn.batch_normalization.
+    # Exact moments (what the per-task path runs for every Keras batch norm layer, see
+    # tf_maml.keras_internals), then tf.nn.batch_normalization.
     axes = list(range(1, rank - 1))
-    mean, variance = adapt_lib.exact_moments(x, axes, keepdims=True)
+    mean, variance = keras_internals.exact_moments(x, axes, keepdims=True)
     return tf.nn.batch_normalization(
         x, mean, variance,
         offset=None if beta is None else _per_task_broadcast(beta, rank),
@@ -352,8 +332,8 @@ def _per_example(layer, x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(y, [t, b] + list(out_shape))
 
 
-def _run(plan: Sequence[_Step], stacked: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-    for step in plan:
+def _run(steps: Sequence[_Step], stacked: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    for step in steps:
         layer = step.layer
         w = [None if i is None else stacked[i] for i in step.weights]
         dtype = tf.as_dtype(layer.compute_dtype)
@@ -380,12 +360,12 @@ def batched_forward(model: keras.Model, stacked_weights: Sequence[tf.Tensor],
     weights), ``x`` is ``[T, B, ...]``. Returns ``[T, B, ...]`` whose slice t equals
     ``tf_maml.adapt.forward(model, [w[t] for w in stacked_weights], x[t])``.
     """
-    plan = _plan(model)
+    steps = _layer_steps(model)
     stacked = [tf.convert_to_tensor(w) for w in stacked_weights]
     for w, v in zip(stacked, model.trainable_variables):
         if tuple(w.shape[1:]) != tuple(v.shape):
             raise ValueError(f"stacked weight {w.shape} does not match {v.path} {v.shape}")
-    return _run(plan, stacked, tf.convert_to_tensor(x))
+    return _run(steps, stacked, tf.convert_to_tensor(x))
 
 
 # ---------------------------------------------------------------------------- memory
@@ -405,13 +385,13 @@ def patch_bytes(model: keras.Model, batch_shapes: Sequence[Sequence[int]]) -> in
       vs 3.2 GB with map_fn, and slower than map_fn (convolutions this size are not
       dispatch-bound).
     """
-    plan = _plan(model)
+    steps = _layer_steps(model)
     total = 0
     for shape in batch_shapes:
         shape = [int(d) for d in shape]
         per_example = tuple(shape[2:])
         examples = shape[0] * shape[1]
-        for step in plan:
+        for step in steps:
             layer = step.layer
             if step.kind == "conv":
                 height, width, channels = per_example
@@ -427,7 +407,7 @@ def patch_bytes(model: keras.Model, batch_shapes: Sequence[Sequence[int]]) -> in
     return int(total)
 
 
-# ---------------------------------------------------------------------------- MAML
+# ---------------------------------------------------------------------------- the mapping
 def _per_task(fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """[T] values of a per-task loss or metric ``fn(y_true_t, y_pred_t) -> scalar``.
 
@@ -443,128 +423,46 @@ def _per_task(fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     return tf.vectorized_map(lambda args: fn(args[0], args[1]), (y_true, y_pred))
 
 
-def _stack(params: Sequence[tf.Tensor], num_tasks) -> list[tf.Tensor]:
+def _stack(params: Sequence[tf.Tensor], count) -> list[tf.Tensor]:
     # Inside the outer tape: its gradient sums the per-task meta-gradients back onto θ.
     # Static shapes where known: under XLA a shape computed with tf.shape(θ) made the
     # variables compile-time constants (a recompilation after every meta-update).
     out = []
     for p in params:
-        if isinstance(num_tasks, int) and p.shape.is_fully_defined():
-            out.append(tf.broadcast_to(p[None], [num_tasks, *p.shape]))
+        if isinstance(count, int) and p.shape.is_fully_defined():
+            out.append(tf.broadcast_to(p[None], [count, *p.shape]))
         else:
-            out.append(tf.broadcast_to(p[None], tf.concat([[num_tasks], tf.shape(p)], 0)))
+            out.append(tf.broadcast_to(p[None], tf.concat([[count], tf.shape(p)], 0)))
     return out
 
 
-def _adapt(plan, weights, loss_fn, inner_lr, support_x, support_y, num_steps,
-           first_order=False, mask=None, return_all=False):
-    """tf_maml.adapt.adapt for all tasks at once; returns (fast or trajectory, pre_loss [T],
-    pre_preds [T, B, ...])."""
-    mask = [True] * len(weights) if mask is None else list(mask)
-    per_var_lr = isinstance(inner_lr, (list, tuple))
-    trajectory = [list(weights)]
-    pre_loss = pre_preds = None
-    for _ in range(num_steps):
-        current = trajectory[-1]
-        adapted = [w for w, m in zip(current, mask) if m]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(adapted)
-            preds = _run(plan, current, support_x)
-            losses = _per_task(loss_fn, support_y, preds)
-            total = tf.reduce_sum(losses)  # d total / d w[t] = d loss_t / d w[t]
-        grads = tape.gradient(total, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        if first_order:
-            grads = [tf.stop_gradient(g) for g in grads]
-        new, gi = [], 0
-        for i, (w, m) in enumerate(zip(current, mask)):
-            if m:
-                lr = inner_lr[i] if per_var_lr else inner_lr
-                new.append(w - lr * grads[gi])
-                gi += 1
-            else:
-                new.append(w)
-        if pre_loss is None:
-            pre_loss, pre_preds = losses, preds
-        trajectory.append(new)
-    if pre_loss is None:
-        pre_preds = _run(plan, weights, support_x)
-        pre_loss = _per_task(loss_fn, support_y, pre_preds)
-    return (trajectory if return_all else trajectory[-1]), pre_loss, pre_preds
+class Batched(Mapping):
+    """The mapping that runs every task of a batch at once through :func:`batched_forward`.
 
+    A task function receives the whole batch (each tensor ``[T, ...]``) and a
+    :class:`~tf_maml.mapping.base.Runner` whose ``weights(θ)`` stacks θ per task and whose
+    ``per_task(fn)`` returns one loss (or metric) per task; its outputs are ``[T]``.
+    """
 
-def _inner_lr(learner, lrs):
-    return lrs if lrs else learner.inner_lr
+    name = "batched"
 
+    def __init__(self, model: keras.Model):
+        self.model = model
 
-def _num_tasks(batch: Batch):
-    return _dim(tf.convert_to_tensor(batch[0]), 0)
+    def runner(self, batch) -> Runner:
+        steps, count = _layer_steps(self.model), num_tasks(batch)
+        return Runner(forward=lambda weights, x: _run(steps, weights, x),
+                      weights=lambda theta: _stack(theta, count),
+                      per_task=lambda fn: lambda y_true, y_pred: _per_task(fn, y_true, y_pred))
 
-
-def meta_gradients(learner, batch: Batch, pretrain: bool = False):
-    """``MetaLearner.meta_gradients`` with all tasks batched: (grads for
-    ``learner.meta_variables``, mean ``pre_loss``/``post_loss`` (and metrics))."""
-    plan = _plan(learner.model)
-    support_x, support_y, query_x, query_y = (tf.convert_to_tensor(t) for t in batch)
-    params = learner._read(learner.model.trainable_variables)
-    lrs = learner._read(learner.inner_lrs)
-    num_steps = 0 if pretrain else learner.inner_steps
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(params + lrs)
-        stacked = _stack(params, _num_tasks(batch))
-        fast, pre_loss, pre_preds = _adapt(
-            plan, stacked, learner.loss_fn, _inner_lr(learner, lrs), support_x, support_y,
-            num_steps, first_order=learner.first_order, mask=learner.mask,
-        )
-        query_preds = _run(plan, fast, query_x)
-        post_loss = _per_task(learner.loss_fn, query_y, query_preds)
-        metrics = {"pre_loss": tf.reduce_mean(pre_loss), "post_loss": tf.reduce_mean(post_loss)}
-        objective = metrics["pre_loss"] if pretrain else metrics["post_loss"]
-    grads = tape.gradient(objective, params + lrs,
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    if learner.metric_fn is not None:
-        metrics["pre_metric"] = tf.reduce_mean(_per_task(learner.metric_fn, support_y, pre_preds))
-        metrics["post_metric"] = tf.reduce_mean(
-            _per_task(learner.metric_fn, query_y, query_preds))
-    return grads, metrics
-
-
-def reptile_gradients(learner, batch: Batch):
-    """``MetaLearner.reptile_gradients`` with all tasks batched: θ − mean_i θ'_i."""
-    plan = _plan(learner.model)
-    support_x, support_y, query_x, query_y = (tf.convert_to_tensor(t) for t in batch)
-    params = learner._read(learner.model.trainable_variables)
-    stacked = _stack(params, _num_tasks(batch))
-    fast, pre_loss, _ = _adapt(
-        plan, stacked, learner.loss_fn, learner.inner_lr, support_x, support_y,
-        learner.inner_steps, first_order=True, mask=[True] * len(params),
-    )
-    post_loss = _per_task(learner.loss_fn, query_y, _run(plan, fast, query_x))
-    grads = [p - tf.reduce_mean(f, axis=0) for p, f in zip(params, fast)]
-    grads += [tf.zeros_like(v) for v in learner.inner_lrs]
-    return grads, {"pre_loss": tf.reduce_mean(pre_loss), "post_loss": tf.reduce_mean(post_loss)}
-
-
-def evaluate_batch(learner, batch: Batch, num_steps: int) -> dict:
-    """``MetaLearner.evaluate_batch`` (uncompiled) with all tasks batched: per task and
-    step 0..num_steps the query loss (and metric), each of shape [T, num_steps + 1]."""
-    plan = _plan(learner.model)
-    support_x, support_y, query_x, query_y = (tf.convert_to_tensor(t) for t in batch)
-    params = learner._read(learner.model.trainable_variables)
-    lrs = learner._read(learner.inner_lrs)
-    stacked = _stack(params, _num_tasks(batch))
-    trajectory, _, _ = _adapt(
-        plan, stacked, learner.loss_fn, _inner_lr(learner, lrs), support_x, support_y,
-        int(num_steps), first_order=True, mask=learner.mask, return_all=True,
-    )
-    preds = [_run(plan, w, query_x) for w in trajectory]
-    out = {"loss": tf.stack([_per_task(learner.loss_fn, query_y, p) for p in preds], axis=1)}
-    if learner.metric_fn is not None:
-        out["metric"] = tf.stack([_per_task(learner.metric_fn, query_y, p) for p in preds],
-                                 axis=1)
-    return out
+    def map(self, fn, batch, signature):
+        """``fn(batch, runner)`` once, for every task at once."""
+        del signature  # the outputs are already stacked
+        batch = tuple(tf.convert_to_tensor(t) for t in batch)
+        return fn(batch, self.runner(batch))
 
 
 __all__ = [
-    "Unsupported", "batched_forward", "evaluate_batch", "meta_gradients", "patch_bytes",
-    "reptile_gradients", "supports", "unsupported_reason",
+    "Batched", "Unsupported", "batched_forward", "patch_bytes", "supports",
+    "unsupported_reason",
 ]

@@ -1,8 +1,10 @@
-"""task_parallelism="accumulate" (tf_maml.accumulate: meta-gradients summed task chunk by
-task chunk in a tf.while_loop) against the per-task unrolled loop of
-MetaLearner(task_parallelism="loop"): meta-gradients and metrics (second order, first order,
+"""task_parallelism="accumulate" (tf_maml.mapping.accumulate: meta-gradients summed task
+chunk by task chunk in a tf.while_loop) against the per-task unrolled loop
+(ExecutionPlan("loop")): meta-gradients and metrics (second order, first order,
 pretrain, Meta-SGD, one task or several batched tasks per chunk), a training step, and the
 chunk sizes "auto" picks. Finite differences: tests/test_meta_gradients.py."""
+
+import dataclasses
 
 import keras
 import numpy as np
@@ -10,8 +12,11 @@ import pytest
 import tensorflow as tf
 from conftest import SMALL_CONV_SHAPE, five_way_batch, small_conv4
 
-from tf_maml import batched, learners, losses
+from tf_maml import losses
 from tf_maml.learners import MetaLearner
+from tf_maml.mapping import ExecutionPlan, batched
+from tf_maml.mapping import plan as plan_lib
+from tf_maml.mapping.accumulate import Accumulate
 from tf_maml.models import conv4, fc_net
 
 # float64: only the order of float additions differs from the loop, agreement ~1e-12.
@@ -54,11 +59,21 @@ def _learners(name, **kwargs):
     """(accumulating learner, per-task loop reference) over the SAME model."""
     keras.utils.set_random_seed(3)
     model, loss_fn, metric_fn = NETS[name]()
-    chunk = kwargs.pop("tasks_per_chunk", None)
+    plan = ExecutionPlan("accumulate", tasks_per_chunk=kwargs.pop("tasks_per_chunk", None),
+                         parallel_chunks=kwargs.pop("parallel_chunks", None))
     common = dict(inner_lr=0.3, metric_fn=metric_fn, **kwargs)
-    return (MetaLearner(model, loss_fn, task_parallelism="accumulate", tasks_per_chunk=chunk,
-                        **common),
-            MetaLearner(model, loss_fn, task_parallelism="loop", **common))
+    return (MetaLearner(model, loss_fn, plan=plan, **common),
+            MetaLearner(model, loss_fn, plan=ExecutionPlan("loop"), **common))
+
+
+def _chunking(learner, batch):
+    """(tasks per chunk, whether a chunk runs batched, chunks at once) of the learner's
+    meta-gradients, or None when they are not accumulated."""
+    mapping = learner.plan.for_gradients(learner.model, batch)
+    if not isinstance(mapping, Accumulate):
+        return None
+    return (mapping.tasks_per_chunk, isinstance(mapping.inner, batched.Batched),
+            mapping.parallel_chunks)
 
 
 def _flat(grads):
@@ -101,9 +116,9 @@ def test_meta_gradients_match_per_task_loop(name, first_order, steps, chunk, pla
     # parallel: chunks run at once (while_loop parallel_iterations); every case has >= 2.
     acc, loop = _learners(name, inner_steps=steps, first_order=first_order,
                           tasks_per_chunk=chunk)
-    acc.parallel_chunks = parallel
+    acc.plan = dataclasses.replace(acc.plan, parallel_chunks=parallel)
     batch = _batch(name, 0, tasks=2 * chunk if chunk and chunk > 1 else TASKS)
-    assert acc._accumulate_plan(batch) == plan + (parallel,)
+    assert _chunking(acc, batch) == plan + (parallel,)
     _assert_same(_graph(acc, batch), loop.meta_gradients(batch))
 
 
@@ -144,7 +159,7 @@ def test_unknown_number_of_tasks_runs_one_task_per_iteration():
     acc, loop = _learners("conv_batch_norm", inner_steps=1, parallel_chunks=2)
     batch = _batch("conv_batch_norm", 3)
     spec = tuple(tf.TensorSpec((None,) + t.shape[1:], tf.as_dtype(t.dtype)) for t in batch)
-    assert acc._accumulate_plan(spec) == (1, False, 2)
+    assert _chunking(acc, spec) == (1, False, 2)
     fn = tf.function(lambda b: acc.meta_gradients(b), input_signature=(spec,))
     _assert_same(fn(tuple(tf.constant(t) for t in batch)), loop.meta_gradients(batch))
 
@@ -155,8 +170,8 @@ def test_train_step_updates_weights_like_the_loop():
     twin = keras.models.clone_model(model)
     twin.set_weights(model.get_weights())
     kw = dict(inner_lr=0.3, inner_steps=2, metric_fn=metric_fn, meta_lr=0.01)
-    acc = MetaLearner(model, loss_fn, task_parallelism="accumulate", tasks_per_chunk=1, **kw)
-    loop = MetaLearner(twin, loss_fn, task_parallelism="loop", **kw)
+    acc = MetaLearner(model, loss_fn, plan=ExecutionPlan("accumulate", tasks_per_chunk=1), **kw)
+    loop = MetaLearner(twin, loss_fn, plan=ExecutionPlan("loop"), **kw)
     before = [w.copy() for w in model.get_weights()]
     for seed in (5, 6):
         batch = _batch("dense_batch_norm", seed)
@@ -175,11 +190,12 @@ def test_train_step_updates_weights_like_the_loop():
 
 
 @pytest.mark.parametrize("parallel, budget_name, expected", [
-    (1, "ACCUMULATE_PATCH_BUDGET", [16, 4]),  # one chunk at a time: big chunks
-    (2, "PARALLEL_CHUNK_PATCH_BUDGET", [2, 1]),  # one chunk per core: cache-sized chunks
+    (1, "accumulate_patch_budget", [16, 4]),  # one chunk at a time: big chunks
+    (2, "parallel_chunk_patch_budget", [2, 1]),  # one chunk per core: cache-sized chunks
 ])
 def test_chunk_sizes_chosen_by_auto_and_accumulate(parallel, budget_name, expected):
-    chunk_budget, budget = getattr(learners, budget_name), learners.BATCHED_PATCH_BUDGET
+    defaults = ExecutionPlan()
+    chunk_budget, budget = getattr(defaults, budget_name), defaults.batched_patch_budget
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
     omniglot = conv4((28, 28, 1), 5, num_filters=64)
@@ -193,21 +209,22 @@ def test_chunk_sizes_chosen_by_auto_and_accumulate(parallel, budget_name, expect
         return batched.patch_bytes(model, [(1,) + tuple(batch[0].shape[1:]),
                                            (1,) + tuple(batch[2].shape[1:])])
 
-    auto = MetaLearner(omniglot, losses.summed_xent(1), parallel_chunks=parallel)
-    accumulate = MetaLearner(omniglot, losses.summed_xent(1), task_parallelism="accumulate",
-                             parallel_chunks=parallel)
+    auto = MetaLearner(omniglot, losses.summed_xent(1),
+                       plan=ExecutionPlan(parallel_chunks=parallel))
+    accumulate = MetaLearner(omniglot, losses.summed_xent(1),
+                             plan=ExecutionPlan("accumulate", parallel_chunks=parallel))
     chunks = []
     for batch in (specs(32, 5, 5), specs(16, 20, 20)):  # Omniglot 5-way and 20-way
         tasks, size = batch[0].shape[0], per_task(omniglot, batch)
         assert size * tasks > chunk_budget
-        chunk, use_batched, at_once = auto._accumulate_plan(batch)
+        chunk, use_batched, at_once = _chunking(auto, batch)
         assert tasks % chunk == 0 and chunk < tasks and at_once == parallel
-        # one task per chunk runs through the model itself, more through tf_maml.batched
+        # one task per chunk runs through the model itself, more through the batched path
         assert use_batched == (chunk > 1)
         # the most tasks (dividing the meta-batch) whose patches fit the budget (or 1)
         assert chunk * size <= chunk_budget or chunk == 1
         assert all(d * size > chunk_budget for d in range(chunk + 1, tasks + 1) if tasks % d == 0)
-        assert accumulate._accumulate_plan(batch) == (chunk, use_batched, parallel)
+        assert _chunking(accumulate, batch) == (chunk, use_batched, parallel)
         once = f", {parallel} at once" if parallel > 1 else ""
         assert auto.task_mapping(batch) == (f"accumulate ({chunk} task{'s' * (chunk > 1)}/chunk"
                                             f"{', batched' * use_batched}{once})")
@@ -216,44 +233,45 @@ def test_chunk_sizes_chosen_by_auto_and_accumulate(parallel, budget_name, expect
     small = specs(2, 2, 2) if parallel > 1 else specs(2, 5, 5)
     # within the budget: auto maps every task in one batched pass
     assert per_task(omniglot, small) * 2 <= chunk_budget
-    assert auto._accumulate_plan(small) is None and auto.task_mapping(small) == "batched"
-    assert accumulate._accumulate_plan(small) == (2, True, min(parallel, 1))
+    assert _chunking(auto, small) is None and auto.task_mapping(small) == "batched"
+    assert _chunking(accumulate, small) == (2, True, min(parallel, 1))
     # MiniImageNet: one task's patches exceed the batched budget: one task per chunk,
     # through the model itself.
     mini = conv4((84, 84, 3), 5, num_filters=32, max_pool=True)
     batch = specs(4, 5, 75, (84, 84, 3))
     assert per_task(mini, batch) > budget
-    assert MetaLearner(mini, losses.summed_xent(1), parallel_chunks=parallel
-                       )._accumulate_plan(batch) == (1, False, parallel)
+    assert _chunking(MetaLearner(mini, losses.summed_xent(1),
+                                 plan=ExecutionPlan(parallel_chunks=parallel)),
+                     batch) == (1, False, parallel)
     # Dense nets stay on vectorized_map; the other explicit modes never accumulate.
     dense = fc_net((6,), (8,), 5, norm="batch_norm")
-    assert MetaLearner(dense, losses.summed_xent(1))._accumulate_plan(specs(4, 5, 5, (6,))) is None
-    assert MetaLearner(omniglot, losses.summed_xent(1), task_parallelism="map"
-                       )._accumulate_plan(specs(32, 5, 5)) is None
+    assert _chunking(MetaLearner(dense, losses.summed_xent(1)), specs(4, 5, 5, (6,))) is None
+    assert _chunking(MetaLearner(omniglot, losses.summed_xent(1), plan=ExecutionPlan("map")),
+                     specs(32, 5, 5)) is None
 
 
 def test_default_parallel_chunks_is_one_per_core(monkeypatch):
     model, loss_fn, _ = conv_batch_norm()
-    learner = MetaLearner(model, loss_fn, task_parallelism="accumulate", tasks_per_chunk=1)
+    learner = MetaLearner(model, loss_fn, plan=ExecutionPlan("accumulate", tasks_per_chunk=1))
     batch = _batch("conv_batch_norm", 0, tasks=4)
-    monkeypatch.setattr(learners.threads_lib, "available_cores", lambda: 3)
-    assert learner._accumulate_plan(batch) == (1, False, 3)
+    monkeypatch.setattr(plan_lib.threads_lib, "available_cores", lambda: 3)
+    assert _chunking(learner, batch) == (1, False, 3)
     # never more than the chunks
-    monkeypatch.setattr(learners.threads_lib, "available_cores", lambda: 8)
-    assert learner._accumulate_plan(batch) == (1, False, 4)
+    monkeypatch.setattr(plan_lib.threads_lib, "available_cores", lambda: 8)
+    assert _chunking(learner, batch) == (1, False, 4)
     with pytest.raises(ValueError, match="parallel_chunks"):
-        MetaLearner(model, loss_fn, parallel_chunks=0)
+        ExecutionPlan(parallel_chunks=0)
 
 
 def test_bad_tasks_per_chunk_is_refused():
     model, loss_fn, _ = conv_batch_norm()
     with pytest.raises(ValueError, match="tasks_per_chunk"):
-        MetaLearner(model, loss_fn, task_parallelism="map", tasks_per_chunk=2)
+        ExecutionPlan("map", tasks_per_chunk=2)
     with pytest.raises(ValueError, match="tasks_per_chunk"):
-        MetaLearner(model, loss_fn, task_parallelism="accumulate", tasks_per_chunk=0)
+        ExecutionPlan("accumulate", tasks_per_chunk=0)
     rnn = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(4), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="tf_maml.batched"):
-        MetaLearner(rnn, losses.mse, task_parallelism="accumulate", tasks_per_chunk=2)
-    learner = MetaLearner(model, loss_fn, task_parallelism="accumulate", tasks_per_chunk=2)
+    with pytest.raises(ValueError, match="tf_maml.mapping.batched"):
+        MetaLearner(rnn, losses.mse, plan=ExecutionPlan("accumulate", tasks_per_chunk=2))
+    learner = MetaLearner(model, loss_fn, plan=ExecutionPlan("accumulate", tasks_per_chunk=2))
     with pytest.raises(ValueError, match="must divide"):
         learner.meta_gradients(_batch("conv_batch_norm", 0))

@@ -1,0 +1,118 @@
+"""What every task mapping shares: the layout of a batch of tasks, its check, and the
+:class:`Runner` through which a task function runs its task (or its stack of tasks)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from tf_maml import adapt as adapt_lib
+
+# A batch of tasks: (support_x, support_y, query_x, query_y), the task on the leading axis.
+Batch = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
+BATCH_NAMES = ("support_x", "support_y", "query_x", "query_y")
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How a task function runs what a mapping hands it: one task, or a stack of tasks.
+
+    ``forward(weights, x)`` is the forward pass for :func:`tf_maml.adapt.adapt`;
+    ``weights(theta)`` lays out θ as ``forward`` takes it (θ itself, or one copy per task);
+    ``per_task(fn)`` turns a loss or metric of ONE task into one over what is run (``fn``
+    itself, or one value per task).
+    """
+
+    forward: adapt_lib.ForwardFn
+    weights: Callable[[list[tf.Tensor]], list[tf.Tensor]]
+    per_task: Callable[[Callable], Callable]
+
+
+class Mapping:
+    """What a task mapping offers; ``name`` says which it is, in words.
+
+    ``map(fn, batch, signature)`` runs a task function ``fn(task, runner)`` over the tasks of
+    ``batch`` and returns its outputs stacked on a leading task axis (``signature``: their
+    structure, for ``tf.map_fn``). ``mean_gradients(gradients_fn, batch, variables,
+    signature)`` returns the mean over the batch of ``gradients_fn(tasks, mapping)``'s
+    (meta-gradients, metrics), where ``gradients_fn`` differentiates under its own outer
+    tape what ``mapping.map`` computes for ``tasks``; by default every task under one tape.
+    """
+
+    name = ""
+
+    def map(self, fn, batch, signature):
+        raise NotImplementedError(f"the {self.name} mapping runs meta-gradients only")
+
+    def mean_gradients(self, gradients_fn, batch, variables, signature):
+        del variables, signature  # no accumulator: one tape over the whole batch
+        return gradients_fn(batch, self)
+
+
+def model_runner(model: keras.Model) -> Runner:
+    """One task through the Keras model itself (:func:`tf_maml.adapt.forward`)."""
+    return Runner(forward=lambda weights, x: adapt_lib.forward(model, weights, x),
+                  weights=list, per_task=lambda fn: fn)
+
+
+def num_tasks(batch: Sequence) -> int | tf.Tensor:
+    """The number of tasks of a batch: static if known, else a scalar tensor."""
+    first = tf.convert_to_tensor(batch[0])
+    return first.shape[0] if first.shape[0] is not None else tf.shape(first)[0]
+
+
+def model_example_shape(model: keras.Model) -> tuple | None:
+    """The shape of one example the model takes (None dims unknown), or None if the model
+    does not say (several inputs, or a subclassed model without an input shape)."""
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if not isinstance(shape, tuple) or any(isinstance(d, (tuple, list)) for d in shape):
+        return None
+    return tuple(shape[1:])
+
+
+def check_batch(batch, where: str, example_shape: tuple | None = None
+                ) -> tuple[tf.Tensor, ...]:
+    """``batch`` as 4 tensors, or a ValueError saying what is wrong with it (checked on the
+    static shapes, so before any tracing). ``example_shape``: what one example of x must
+    look like (the model's input shape without the batch axis; None dims match any)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 4:
+        got = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
+               else f"a {type(batch).__name__}")
+        raise ValueError(f"{where} expects a batch (support_x, support_y, query_x, query_y) "
+                         f"with the task on the leading axis, got {got}")
+    tensors = tuple(tf.convert_to_tensor(t) for t in batch)
+    shapes = {name: t.shape for name, t in zip(BATCH_NAMES, tensors)}
+    for name, shape in shapes.items():
+        if shape.rank is not None and shape.rank < 2:
+            raise ValueError(f"{where}: {name} has shape {shape}; expected [tasks, examples, "
+                             "...] (the task on the leading axis)")
+    tasks = {name: shape[0] for name, shape in shapes.items()
+             if shape.rank is not None and shape[0] is not None}
+    if len(set(tasks.values())) > 1:
+        raise ValueError(f"{where}: the arrays of a batch must hold the same number of tasks, "
+                         f"got {', '.join(f'{n} {c}' for n, c in tasks.items())}")
+    for x_name, y_name in (("support_x", "support_y"), ("query_x", "query_y")):
+        x_shape, y_shape = shapes[x_name], shapes[y_name]
+        if x_shape.rank is None or y_shape.rank is None:
+            continue
+        if x_shape[1] is not None and y_shape[1] is not None and x_shape[1] != y_shape[1]:
+            raise ValueError(f"{where}: {y_name} has {y_shape[1]} targets per task but "
+                             f"{x_name} has {x_shape[1]} examples; every example needs one")
+        if example_shape is None:
+            continue
+        got = tuple(x_shape[2:])
+        if len(got) != len(example_shape) or any(
+                g is not None and e is not None and g != e for g, e in zip(got, example_shape)):
+            want = ", ".join("?" if d is None else str(d) for d in example_shape)
+            missing = (" (is the task axis missing? a single task needs a leading axis "
+                       "of 1)" if len(got) + 1 == len(example_shape) else "")
+            raise ValueError(f"{where}: {x_name} has shape {x_shape}, i.e. examples of shape "
+                             f"{got}, but the model takes examples of shape ({want}); expected "
+                             f"[tasks, examples, {want}]{missing}")
+    return tensors
