@@ -18,7 +18,7 @@ setup(
         "tensorboard",
     ],
     # gym: only so that tf_maml.tasks.navigation.NavigationEnv is a gymnasium.Env with Box
-    # spaces (for Gymnasium's tools); nothing else needs it (README, 2D navigation).
+    # spaces (for Gymnasium's tools); nothing else needs it (docs/rl.md).
     extras_require={"test": ["pytest", "hypothesis"], "gym": ["gymnasium>=1.0"]},
     entry_points={
         "console_scripts": [

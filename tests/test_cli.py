@@ -11,8 +11,9 @@ import pytest
 
 from tf_maml import runner
 from tf_maml import train as train_lib
+from tf_maml.checkpoint import CheckpointError
 from tf_maml.config import Config, ConfigError
-from tf_maml.train import CheckpointError, NonFiniteError
+from tf_maml.train import NonFiniteError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,7 +150,7 @@ def test_resume_false_never_overwrites_a_run(tmp_path, fast_intervals):
     runner.run(config, log=lambda s: None)
     run_dir = tmp_path / config.exp_string()
     before = sorted(os.listdir(run_dir))
-    with pytest.raises(CheckpointError, match="--resume=True"):
+    with pytest.raises(CheckpointError, match="`resume=True`"):
         runner.run(sine_config(tmp_path, resume=False), log=lambda s: None)
     assert sorted(os.listdir(run_dir)) == before
 

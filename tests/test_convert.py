@@ -23,7 +23,7 @@ from tf_maml.convert import (
     load_original_checkpoint,
     resolve_prefix,
 )
-from tf_maml.train import CheckpointError
+from tf_maml.checkpoint import CheckpointError
 
 CKPT_DIR = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
             / "maml_original_checkpoint" / "miniimagenet1shot").resolve()

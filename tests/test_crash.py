@@ -1,5 +1,6 @@
 """SIGKILL at a random moment, then the same command again: training continues from the last
-checkpoint and ends with exactly the weights (and Adam state) of an uninterrupted run."""
+checkpoint (the killed process's lock is stale) and ends with exactly the weights (and Adam
+state) of an uninterrupted run, and a log that holds each iteration once."""
 
 import os
 import random
@@ -47,6 +48,9 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     out = subprocess.run(command(tmp_path / "b"), cwd=REPO, env=env, check=True,
                          capture_output=True, text=True, timeout=600)
     assert "Resumed from" in out.stdout
+    with open(tmp_path / "b" / RUN / "training_log.csv") as f:  # each iteration once
+        rows = [int(line.split(",")[0]) for line in list(f)[1:]]
+    assert rows == list(range(100, 3001, 100))
     a, b = state(tmp_path / "a" / RUN, 3000), state(tmp_path / "b" / RUN, 3000)
     assert a.keys() == b.keys() and len(a) > 5
     for name in a:

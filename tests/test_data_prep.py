@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import miniimagenet as mprep
-from data_prep import omniglot as oprep
-from data_prep.omniglot import PrepError
+from tf_maml.data import miniimagenet as mprep
+from tf_maml.data import omniglot as oprep
+from tf_maml.data import prep
+from tf_maml.data.prep import PrepError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,7 +133,7 @@ def test_omniglot_tree_cache_and_marker(omni_built, omni_files):
                 nearest = np.asarray(src_img.resize((28, 28), Image.NEAREST).convert("L"))
             np.testing.assert_array_equal(stored, nearest)
     assert set(np.unique(images)) <= {0, 255}
-    marker = oprep.read_marker(out, "omniglot")
+    marker = prep.read_marker(out, "omniglot")
     assert marker["num_files"] == 12 * OMNI_DRAWINGS
     assert marker["source_modes"] == {"1": 12 * OMNI_DRAWINGS}
 
@@ -150,7 +151,7 @@ def test_omniglot_rerun_is_fast_and_touches_nothing(omni_built):
 def test_omniglot_expected_counts_by_default(omni_zip_source, tmp_path):
     with pytest.raises(PrepError, match="1623"):
         oprep.prepare_omniglot(omni_zip_source, str(tmp_path / "out"))
-    assert not os.path.exists(tmp_path / "out" / oprep.MARKER_NAME)
+    assert not os.path.exists(tmp_path / "out" / prep.MARKER_NAME)
 
 
 def test_omniglot_interrupted_run_completes(omni_built, tmp_path):
@@ -158,7 +159,7 @@ def test_omniglot_interrupted_run_completes(omni_built, tmp_path):
     work = str(tmp_path / "omniglot")
     shutil.copytree(out, work)
     reference = sha256_tree(work)
-    os.remove(os.path.join(work, oprep.MARKER_NAME))
+    os.remove(os.path.join(work, prep.MARKER_NAME))
     victim = os.path.join(work, "Alpha", "character02")
     removed = sorted(os.listdir(victim))[3]
     os.remove(os.path.join(victim, removed))
@@ -166,7 +167,7 @@ def test_omniglot_interrupted_run_completes(omni_built, tmp_path):
     damaged = os.path.join(gamma, min(os.listdir(gamma)))
     with open(damaged, "r+b") as f:
         f.truncate(10)
-    stale = os.path.join(victim, removed + ".123" + oprep.PARTIAL_SUFFIX)
+    stale = os.path.join(victim, removed + ".123" + prep.PARTIAL_SUFFIX)
     with open(stale, "wb") as f:
         f.write(b"half a file")
     os.remove(os.path.join(work, oprep.CACHE_NAME))
@@ -175,8 +176,8 @@ def test_omniglot_interrupted_run_completes(omni_built, tmp_path):
     assert summary["files_written"] == 2  # the missing and the damaged drawing
     assert not os.path.exists(stale)
     after = sha256_tree(work)
-    assert after.pop(oprep.MARKER_NAME)
-    assert reference.pop(oprep.MARKER_NAME)
+    assert after.pop(prep.MARKER_NAME)
+    assert reference.pop(prep.MARKER_NAME)
     assert after == reference
 
 
@@ -202,8 +203,8 @@ def test_omniglot_extracted_folders_give_the_same_output(omni_built, omni_files,
     oprep.prepare_omniglot(str(src), work, expect_counts=False)
     assert sha256_tree(str(src)) == before
     a, b = sha256_tree(out), sha256_tree(work)
-    a.pop(oprep.MARKER_NAME)
-    b.pop(oprep.MARKER_NAME)
+    a.pop(prep.MARKER_NAME)
+    b.pop(prep.MARKER_NAME)
     assert a == b
 
 
@@ -215,7 +216,7 @@ def test_omniglot_corrupt_png_is_named(omni_files, tmp_path):
         write_zip(str(tmp_path / f"{set_name}.zip"), fs)
     with pytest.raises(PrepError, match=r"0011_07\.png"):
         oprep.prepare_omniglot(str(tmp_path), str(tmp_path / "out"), expect_counts=False)
-    assert not os.path.exists(tmp_path / "out" / oprep.MARKER_NAME)
+    assert not os.path.exists(tmp_path / "out" / prep.MARKER_NAME)
 
 
 def test_omniglot_truncated_zip_is_named(omni_zip_source, tmp_path):
@@ -359,8 +360,8 @@ def test_miniimagenet_folder_source_and_rerun(mini_built, mini_source, tmp_path)
                                          expect_counts=False)
     assert sha256_tree(str(mini_source)) == before
     a, b = sha256_tree(out), sha256_tree(work)
-    assert a.pop(oprep.MARKER_NAME)
-    assert b.pop(oprep.MARKER_NAME)
+    assert a.pop(prep.MARKER_NAME)
+    assert b.pop(prep.MARKER_NAME)
     assert a == b
     stamp = mtimes(work)
     start = time.monotonic()
@@ -376,7 +377,7 @@ def test_miniimagenet_interrupted_run_completes(mini_built, mini_source, tmp_pat
     work = str(tmp_path / "out")
     shutil.copytree(out, work)
     reference = sha256_tree(work)
-    os.remove(os.path.join(work, oprep.MARKER_NAME))
+    os.remove(os.path.join(work, prep.MARKER_NAME))
     os.remove(os.path.join(work, "val.npz"))
     class_dir = os.path.join(work, "test", "n03000002")
     os.remove(os.path.join(class_dir, sorted(os.listdir(class_dir))[2]))
@@ -384,8 +385,8 @@ def test_miniimagenet_interrupted_run_completes(mini_built, mini_source, tmp_pat
                                          expect_counts=False)
     assert summary["files_written"] == 1
     after = sha256_tree(work)
-    after.pop(oprep.MARKER_NAME)
-    reference.pop(oprep.MARKER_NAME)
+    after.pop(prep.MARKER_NAME)
+    reference.pop(prep.MARKER_NAME)
     assert after == reference
 
 
@@ -427,7 +428,7 @@ def test_miniimagenet_undecodable_image_is_named(mini_source, tmp_path):
     with pytest.raises(PrepError, match=bad.replace(".", r"\.")):
         mprep.prepare_miniimagenet(str(images), str(mini_source), str(tmp_path / "out"),
                                    expect_counts=False)
-    assert not (tmp_path / "out" / oprep.MARKER_NAME).exists()
+    assert not (tmp_path / "out" / prep.MARKER_NAME).exists()
 
 
 def test_miniimagenet_missing_or_bad_csv_is_named(mini_source, tmp_path):

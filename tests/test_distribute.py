@@ -197,12 +197,20 @@ def test_only_the_chief_writes(runs):
 # ---------------------------------------------------------------------- errors
 def test_a_meta_batch_that_does_not_split_is_a_config_error_naming_the_fix():
     config = Config(distribution_strategy="mirrored", num_cpu_devices=2, meta_batch_size=25)
-    with pytest.raises(ConfigError, match=r"--meta_batch_size: 25 tasks do not split evenly "
-                                          r"over the 2 replicas.*--meta_batch_size=24 or 26"):
+    # In the library's terms (it also guards MetaLearner.fit); the command line says the flag.
+    with pytest.raises(ConfigError, match=r"`meta_batch_size`: 25 tasks do not split evenly "
+                                          r"over the 2 replicas.*`meta_batch_size=24` or 26"):
         config.validate()
-    with pytest.raises(ConfigError, match=r"--meta_batch_size=4\b"):
+    with pytest.raises(ConfigError, match=r"`meta_batch_size=4`"):
         distribute.check_meta_batch_size(3, 4, "multi_worker_mirrored")
     distribute.check_meta_batch_size(32, 8)
+    from tf_maml.main import to_flags
+
+    with pytest.raises(ConfigError) as info:
+        config.validate()
+    assert to_flags(str(info.value)).startswith(
+        "--meta_batch_size: 25 tasks do not split evenly over the 2 replicas of "
+        "--distribution_strategy=mirrored; use a multiple of 2, e.g. --meta_batch_size=24 or 26")
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from data_prep.miniimagenet import prepare_miniimagenet
-from data_prep.omniglot import prepare_omniglot
+from tf_maml.data.miniimagenet import prepare_miniimagenet
+from tf_maml.data.omniglot import prepare_omniglot
 from tf_maml.tasks import image_tasks
 from tf_maml.tasks.image_tasks import DataError, FewShotTasks
 from tf_maml.tasks.miniimagenet import miniimagenet_tasks

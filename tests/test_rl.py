@@ -499,11 +499,11 @@ def test_cli_trains_resumes_and_writes_returns_per_step(tmp_path):
     with open(os.path.join(run_dir, "training_log.csv")) as f:
         assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1, 2, 3]
     # --resume=False on a run with checkpoints: an error that names the fix, nothing touched
-    from tf_maml.train import CheckpointError
+    from tf_maml.checkpoint import CheckpointError
 
     before = sorted(os.listdir(run_dir))
     with pytest.raises(CheckpointError, match=r"already holds checkpoints \(model-3\).*"
-                                              r"--resume=True"):
+                                              r"`resume=True`"):
         runner.run(nav_config(tmp_path, metatrain_iterations=4, resume=False),
                    log=lines.append)
     assert sorted(os.listdir(run_dir)) == before

@@ -18,8 +18,6 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import tf_maml.tfds  # noqa: F401  (registers the builders)
-from data_prep.miniimagenet import prepare_miniimagenet, to_84_jpeg
-from data_prep.omniglot import PrepError, prepare_omniglot, resize_drawing
 from tests.test_data_prep import (
     MINI_CLASSES,
     MINI_PER_CLASS,
@@ -27,9 +25,13 @@ from tests.test_data_prep import (
     mini_image,
     mini_rows,
     omniglot_files,
+    run_module,
     write_csvs,
     write_zip,
 )
+from tf_maml.data.miniimagenet import prepare_miniimagenet, to_84_jpeg
+from tf_maml.data.omniglot import prepare_omniglot, resize_drawing
+from tf_maml.data.prep import PrepError
 from tf_maml.tasks.image_tasks import DataError
 from tf_maml.tasks.miniimagenet import miniimagenet_tasks
 from tf_maml.tasks.omniglot import omniglot_tasks, split_characters
@@ -207,6 +209,18 @@ def test_omniglot_standard_split_needs_all_characters(omni, tmp_path):
     with pytest.raises(ValueError, match="unknown Omniglot config"):
         build.build_omniglot(src, str(tmp_path / "c"), "maml_84")
 
+
+
+def test_omniglot_tfds_command_line_reports_bad_data_in_one_line(omni, tmp_path):
+    """`python -m data_prep.omniglot --format=tfds` on partial data: the MAML split needs all
+    1623 characters, so the command stops with one ERROR line, no traceback, and exit 1."""
+    result = run_module("data_prep.omniglot", "--format=tfds", f"--source={omni[0]}",
+                        f"--output={tmp_path / 'tfds'}", "--noexpect_counts",
+                        "--tfds_config=maml_28")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "ERROR: the MAML split of 1100/100/rest characters is defined on all 1623" in (
+        result.stderr)
 
 def test_omniglot_missing_manual_file_names_it(omni_files, tmp_path):
     manual = tmp_path / "manual"

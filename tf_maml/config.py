@@ -17,6 +17,20 @@ ADAPT_LAYERS = ("all", "head")  # MAML adapts every layer; ANIL only the head
 TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop", "accumulate")
 DATASET_BACKENDS = ("folders", "tfds")
 DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
+NAN_POLICIES = ("stop", "skip")
+
+# The flags that define what a run is. A resume that changed one would continue another
+# experiment's checkpoints (another net, other tasks, another objective), so it is refused;
+# every other flag changes only how training proceeds from the resumed iteration (meta_lr,
+# iterations, speed, logging) or what happens after it (evaluation, export). The run
+# directory's name already holds most of these; the others (seed, datasource, ...) are
+# compared with the config.json of the run.
+RUN_DEFINING = ("datasource", "num_classes", "baseline", "pretrain_iterations",
+                "meta_batch_size", "update_batch_size", "update_lr", "num_updates", "norm",
+                "num_filters", "conv", "max_pool", "stop_grad", "algorithm", "seed",
+                "adapt_norm", "meta_sgd", "discount")
+# Where the run is and what this invocation does: not a change of the run.
+NOT_RUN_SETTINGS = ("logdir", "resume", "train", "test_iter")
 
 # The original's hard-coded intervals (main.py:73-80).
 SUMMARY_INTERVAL = 100
@@ -72,6 +86,8 @@ class Config:
     init_checkpoint: str | None = None
     export_dir: str | None = None
     deterministic: bool = False
+    # on a NaN/Inf loss or meta-gradient: "stop" with a message, or "skip" the step
+    nan_policy: str = "stop"
     # tf.distribute (tf_maml/distribute.py); not part of the run name: a run can be resumed
     # with another strategy.
     distribution_strategy: str = "default"
@@ -177,6 +193,25 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def resume_changes(self, previous: Config) -> list[tuple[str, object, object]]:
+        """The flags this config changes on resuming a run trained with ``previous``:
+        ``(name, before, now)``. A :class:`ConfigError` names a flag that would make the
+        run another one (:data:`RUN_DEFINING`), and the two ways out."""
+        changes = []
+        for field in dataclasses.fields(self):
+            name = field.name
+            before, now = getattr(previous, name), getattr(self, name)
+            if before == now or name in NOT_RUN_SETTINGS:
+                continue
+            if name in RUN_DEFINING:
+                raise ConfigError(
+                    f"--{name}: the run in {self.exp_string()} was trained with "
+                    f"--{name}={before}; resuming it with {now} would continue it as another "
+                    f"experiment. Pass --{name}={before} to continue it, or another --logdir "
+                    "for a new run.")
+            changes.append((name, before, now))
+        return changes
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Raises :class:`ConfigError` naming the flag for an impossible value."""
@@ -258,6 +293,8 @@ class Config:
         if self.distribution_strategy not in DISTRIBUTION_STRATEGIES:
             fail("distribution_strategy", f"{self.distribution_strategy!r} is not one of "
                  f"{', '.join(DISTRIBUTION_STRATEGIES)}")
+        if self.nan_policy not in NAN_POLICIES:
+            fail("nan_policy", f"{self.nan_policy!r} is not one of {', '.join(NAN_POLICIES)}")
         if self.parallel_chunks < 0:
             fail("parallel_chunks", f"must be >= 0 (0: one per CPU core), got "
                  f"{self.parallel_chunks}")
@@ -286,16 +323,17 @@ class Config:
 def check_meta_batch_size(meta_batch_size: int, num_replicas: int, strategy_name: str = "",
                           ) -> None:
     """A :class:`ConfigError` naming the fix unless the meta-batch splits evenly over the
-    replicas (every replica must adapt the same number of tasks)."""
+    replicas (every replica must adapt the same number of tasks). Also raised for
+    ``MetaLearner.fit``, so it speaks of the argument; the command line says the flag."""
     if meta_batch_size % num_replicas == 0:
         return
     lower = meta_batch_size - meta_batch_size % num_replicas
     upper = lower + num_replicas
-    options = f"--meta_batch_size={upper}" if lower == 0 else (
-        f"--meta_batch_size={lower} or {upper}")
-    what = f" of --distribution_strategy={strategy_name}" if strategy_name else ""
+    options = f"`meta_batch_size={upper}`" if lower == 0 else (
+        f"`meta_batch_size={lower}` or {upper}")
+    what = f" of `distribution_strategy={strategy_name}`" if strategy_name else ""
     raise ConfigError(
-        f"--meta_batch_size: {meta_batch_size} tasks do not split evenly over the "
+        f"`meta_batch_size`: {meta_batch_size} tasks do not split evenly over the "
         f"{num_replicas} replicas{what}; use a multiple of {num_replicas}, e.g. {options} "
         "(or another number of replicas)"
     )

@@ -1,7 +1,7 @@
 """Import a checkpoint of the original TensorFlow 1 MAML code (cbfinn/maml) into our Keras nets.
 
     python -m tf_maml.convert \\
-        --checkpoint=../shared/data/maml_original_checkpoint/miniimagenet1shot/model59000 \\
+        --checkpoint=$DATA/maml_original_checkpoint/miniimagenet1shot/model59000 \\
         --output=/tmp/maml59000
 
 The original kept its weights as explicit ``tf.Variable``\\ s in a dict inside
@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_maml.models import ContribLayerNorm
-from tf_maml.train import CheckpointError
+from tf_maml.checkpoint import CheckpointError
 
 # What a TF1 checkpoint may hold besides the model's trainable weights; never imported.
 _IGNORED = re.compile(
@@ -168,6 +168,27 @@ def resolve_prefix(prefix: str) -> str:
     return prefix
 
 
+def _refuse_tf2(path: str, names) -> None:
+    """Raises ConversionError if ``path`` is an object-based TensorFlow 2 checkpoint (a
+    tf_maml run's ``model-N``, say): its names are object paths, none of the original's."""
+    if "_CHECKPOINTABLE_OBJECT_GRAPH" not in names:
+        return
+    run_dir = os.path.dirname(os.path.abspath(path))
+    if os.path.isfile(os.path.join(run_dir, "config.json")):
+        instead = (f"it belongs to the tf_maml run directory {run_dir}: to continue that run, "
+                   f"rerun its training command with --logdir={os.path.dirname(run_dir)} "
+                   "(--resume is on by default and continues from its latest checkpoint); "
+                   "to evaluate it, add --train=False (and --test_iter=N for model-N)")
+    else:
+        instead = ("to continue a tf_maml run, rerun its training command with the same "
+                   "--logdir (--resume is on by default); to start from other TF2 weights, "
+                   "load them into the model in Python (MetaLearner(model, ...))")
+    raise ConversionError(
+        f"{path} is a TensorFlow 2 checkpoint, not one of the original TF1 MAML code: "
+        "--init_checkpoint (and tf_maml.convert) accept only the original's checkpoints, "
+        f"such as its miniimagenet1shot/model59000; {instead}")
+
+
 def _hint(name: str, want: tuple[int, ...], have: tuple[int, ...]) -> str:
     """Which flag probably differs when ``name`` has shape ``have`` instead of ``want``."""
     if len(want) != len(have):
@@ -202,6 +223,7 @@ def read_original_checkpoint(model: keras.Model, prefix: str
         raise ConversionError(f"cannot read the checkpoint {path} (expected {path}.index and "
                               f"its .data-* files): {err}") from err
     shapes = reader.get_variable_to_shape_map()
+    _refuse_tf2(path, shapes)
     dtypes = reader.get_variable_to_dtype_map()
     problems = []
     for var, name in entries:
@@ -265,6 +287,7 @@ def infer_flags(prefix: str) -> dict:
         shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as err:
         raise ConversionError(f"cannot read the checkpoint {path}: {err}") from err
+    _refuse_tf2(path, shapes)
 
     def norm_of(scope: str) -> str:
         if f"model/{scope}/gamma" in shapes:

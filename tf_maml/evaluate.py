@@ -4,11 +4,13 @@ mean / std (ddof=0) / 1.96·std/√n per step, written as ``test_ubs{K}_stepsize
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pickle
 
 import numpy as np
 
+from tf_maml import rundir
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks import batch_rng
 
@@ -67,28 +69,20 @@ def result_name(update_batch_size: int, update_lr: float) -> str:
 def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
                   update_lr: float) -> dict[str, str]:
     """Writes the CSV (header update0..updateS; rows means, stds, ci95), the original's
-    pickle ``{'mses': values}`` and the per-task matrix as ``.npy``. Each file is written to
-    a temporary name and renamed, so an interrupted write never leaves a half file."""
+    pickle ``{'mses': values}`` and the per-task matrix as ``.npy``. Each file is replaced
+    whole (:func:`tf_maml.rundir.atomic_write`): a crash never leaves a half file."""
     os.makedirs(run_dir, exist_ok=True)
     base = os.path.join(run_dir, result_name(update_batch_size, update_lr))
     means, stds, ci95 = summarize(values)
-
-    def atomic(path, write, mode="w"):
-        tmp = path + ".tmp"
-        with open(tmp, mode, **({"newline": ""} if mode == "w" else {})) as f:
-            write(f)
-        os.replace(tmp, path)
-
-    def write_csv(f):
-        writer = csv.writer(f, delimiter=",")
-        writer.writerow([f"update{i}" for i in range(len(means))])
-        writer.writerow(means)
-        writer.writerow(stds)
-        writer.writerow(ci95)
-
-    atomic(base + ".csv", write_csv)
-    atomic(base + ".pkl", lambda f: pickle.dump({"mses": values}, f), mode="wb")
-    atomic(base + ".npy", lambda f: np.save(f, values), mode="wb")
+    table = io.StringIO()
+    writer = csv.writer(table, delimiter=",")
+    writer.writerow([f"update{i}" for i in range(len(means))])
+    writer.writerows([means, stds, ci95])
+    array = io.BytesIO()
+    np.save(array, values)
+    rundir.atomic_write(base + ".csv", table.getvalue())
+    rundir.atomic_write(base + ".pkl", pickle.dumps({"mses": values}))
+    rundir.atomic_write(base + ".npy", array.getvalue())
     return {"csv": base + ".csv", "pkl": base + ".pkl", "npy": base + ".npy"}
 
 

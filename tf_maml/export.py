@@ -69,7 +69,6 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import losses
-from tf_maml.learners import MetaLearner
 
 METADATA_FILE = "maml_metadata.json"
 KERAS_FILE = "model.keras"
@@ -158,7 +157,7 @@ class _Checks:
 
 
 def export(
-    learner: MetaLearner,
+    learner,  # a MetaLearner (not imported: MetaLearner.export calls this module)
     export_dir: str,
     num_steps: int = 10,
     input_shape: tuple | None = None,

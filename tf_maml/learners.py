@@ -209,6 +209,7 @@ class MetaLearner:
         meta_batch_size: int = 25,
         seed: int = 0,
         run_dir: str | None = None,
+        resume: bool = True,
         callbacks: Sequence = (),
         log_interval: int | None = 100,
         pretrain_iterations: int = 0,
@@ -219,45 +220,19 @@ class MetaLearner:
 
         ``tasks`` is a task source (anything with ``sample_batch(meta_batch_size, rng)``,
         e.g. :class:`tf_maml.SinusoidTasks`) or an iterable / ``tf.data.Dataset`` of batches
-        ``(support_x, support_y, query_x, query_y)``. With ``run_dir`` it checkpoints there
-        every 1000 iterations (resuming from the latest checkpoint if one exists, Adam state
-        included) and writes TensorBoard scalars and ``training_log.csv``. ``callbacks`` are
-        :class:`tf_maml.train.Callback` objects; progress is printed every ``log_interval``
-        iterations (None: silent).
+        ``(support_x, support_y, query_x, query_y)``. With ``run_dir`` it holds that
+        directory's lock, checkpoints there every 1000 iterations, resumes from the latest
+        readable checkpoint (Adam state included; ``resume=False`` refuses a directory that
+        holds checkpoints) and writes TensorBoard scalars and ``training_log.csv``; see
+        docs/resuming.md. ``callbacks`` are :class:`tf_maml.callbacks.Callback` objects;
+        progress is printed every ``log_interval`` iterations (None: silent).
         """
-        from tf_maml import train as train_lib
+        from tf_maml import train
 
-        start, checkpointer = 0, None
-        callbacks = list(callbacks)
-        if log_interval:
-            callbacks.insert(0, train_lib.ProgressLogger(log_interval, min(log_interval, 100),
-                                                         log))
-        if run_dir is not None:
-            import os
-
-            checkpointer = train_lib.Checkpointer(self, run_dir)
-            if checkpointer.latest is not None:
-                path, start = checkpointer.restore_latest_good(log)
-                log(f"Resumed from {path} at iteration {start}")
-            if checkpointer.chief:  # multi-worker: only the chief writes to run_dir
-                os.makedirs(run_dir, exist_ok=True)
-                callbacks += [
-                    train_lib.HistoryCSV(os.path.join(run_dir, "training_log.csv")),
-                    train_lib.TensorBoard(run_dir, self.inner_steps),
-                ]
-            callbacks.append(train_lib.CheckpointSaver(checkpointer, log=log))
-        if hasattr(tasks, "sample_batch"):
-            batches = distribute_lib.task_batches(self.strategy, tasks, meta_batch_size,
-                                                  seed, start)
-        else:
-            batches = iter(tasks)
-        try:
-            return train_lib.fit(self, batches, iterations, start, callbacks,
-                                 pretrain_iterations=pretrain_iterations, nan_policy=nan_policy,
-                                 checkpointer=checkpointer, log=log)
-        finally:
-            if checkpointer is not None:
-                checkpointer.close()
+        return train.fit_learner(
+            self, tasks, iterations, meta_batch_size=meta_batch_size, seed=seed,
+            run_dir=run_dir, resume=resume, callbacks=callbacks, log_interval=log_interval,
+            pretrain_iterations=pretrain_iterations, nan_policy=nan_policy, log=log)
 
     def export(self, export_dir: str, num_steps: int = 10, **kwargs) -> str:
         """SavedModel with ``serving_default`` (θ's predictions) and ``adapt_and_predict``

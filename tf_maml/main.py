@@ -12,7 +12,6 @@ This is the ONLY module that reads FLAGS.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
@@ -152,17 +151,40 @@ def define_flags(values: flags.FlagValues) -> None:
 define_flags(FLAGS)
 
 
+# The library names its arguments in backticks (`run_dir`, `resume=True`); these are the
+# flags that set them where the name differs. Any other Config field is its own flag.
+FLAG_OF = {"run_dir": "logdir", "inner_lr": "update_lr", "inner_steps": "num_updates",
+           "iterations": "metatrain_iterations"}
+
+
+def to_flags(text: str) -> str:
+    """A library message in the command line's terms: `name` and `name=value` of an
+    argument become --flag and --flag=value."""
+    import dataclasses
+    import re
+
+    from tf_maml.config import Config
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+
+    def flag(match):
+        name, value = match.group(1), match.group(2) or ""
+        name = FLAG_OF.get(name, name)
+        return f"--{name}{value}" if name in fields else match.group(0)
+
+    return re.sub(r"`(\w+)(=[^`]*)?`", flag, text)
+
+
 def config_from_flags(values=None):
     """The :class:`Config` of parsed flags (``values``: absl FlagValues, default the
-    command line's). Every Config field is the flag of the same name."""
+    command line's): one flag per field, of the same name."""
     import dataclasses
 
     from tf_maml.config import Config
 
     values = FLAGS if values is None else values
-    kwargs = {f.name: values[f.name].value for f in dataclasses.fields(Config)
-              if f.name in values}
-    if kwargs.get("baseline") in ("None", ""):
+    kwargs = {f.name: values[f.name].value for f in dataclasses.fields(Config)}
+    if kwargs["baseline"] in ("None", ""):  # the original's command lines say --baseline=None
         kwargs["baseline"] = None
     return Config(**kwargs)
 
@@ -174,22 +196,26 @@ def main(argv):
 
     from tf_maml.config import ConfigError
 
+    def fail(err, code):
+        print(f"tf-maml: error: {to_flags(str(err))}", file=sys.stderr)
+        return code
+
     if FLAGS.verbosity == 0:  # keep TF's INFO chatter (checkpoint sharding, ...) out of the way
         logging.set_verbosity(logging.WARNING)
     try:
         config = config_from_flags().validate()
     except ConfigError as err:
-        print(f"tf-maml: error: {err}", file=sys.stderr)
-        return 2
+        return fail(err, 2)
     from tf_maml import runner
+    from tf_maml.checkpoint import CheckpointError
+    from tf_maml.rundir import RunDirError
     from tf_maml.tasks.image_tasks import DataError
-    from tf_maml.train import CheckpointError, NonFiniteError
+    from tf_maml.train import NonFiniteError
 
     try:
-        runner.run(config, nan_policy=FLAGS.nan_policy, log=functools.partial(print, flush=True))
-    except (ConfigError, DataError, CheckpointError, NonFiniteError) as err:
-        print(f"tf-maml: error: {err}", file=sys.stderr)
-        return 1
+        runner.run(config, log=lambda line: print(to_flags(line), flush=True))
+    except (ConfigError, DataError, CheckpointError, NonFiniteError, RunDirError) as err:
+        return fail(err, 1)
     except KeyboardInterrupt:
         return 130
     except Exception as err:

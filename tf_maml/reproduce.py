@@ -394,14 +394,14 @@ def export(p: Plan, export_dir: str, log=print) -> str:
     """Exports the zoo model of ``p`` as a SavedModel with in-graph adaptation."""
     from tf_maml import experiment
     from tf_maml.export import export as export_saved_model
-    from tf_maml.train import Checkpointer, restore_for_test
+    from tf_maml.checkpoint import learner_checkpointer, restore_for_test
 
     iteration = zoo_lib.latest_iteration(p.zoo_dir)
     if iteration == 0:
         raise ReproduceError(f"{p.zoo_dir} holds no model to export: train "
                              f"{p.experiment.name} first")
     learner = experiment.build_learner(p.eval_config)
-    path, iteration = restore_for_test(Checkpointer(learner, p.zoo_dir), -1)
+    path, iteration = restore_for_test(learner_checkpointer(learner, p.zoo_dir), -1)
     out = export_saved_model(learner, export_dir, num_steps=p.eval_config.test_num_updates)
     log(f"[{p.experiment.name}] exported iteration {iteration} of {p.zoo_dir} to {out}")
     return out

@@ -8,16 +8,18 @@ restore the latest (or ``--test_iter``) checkpoint and evaluate ``num_test_tasks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
 from absl import logging
 
-from tf_maml import distribute, experiment
+from tf_maml import distribute, experiment, rundir
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import threads as threads_lib
+from tf_maml.checkpoint import learner_checkpointer, restore_for_test
 from tf_maml.config import Config
-from tf_maml.train import Checkpointer, restore_for_test, train
+from tf_maml.train import train
 
 
 def run_dir(config: Config) -> str:
@@ -25,24 +27,37 @@ def run_dir(config: Config) -> str:
 
 
 def _write_config(config: Config, directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "config.json" if config.train else "test_config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json())
-    os.replace(tmp, path)
+    name = "config.json" if config.train else "test_config.json"
+    with rundir.writing(directory, f"write {name}"):
+        rundir.atomic_write(os.path.join(directory, name), config.to_json())
 
 
-def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
+def resume_changes(config: Config, directory: str) -> list:
+    """What ``config`` changes in the run it resumes (compared with the run's config.json);
+    a ConfigError names a change that would make it another run. Nothing if there is
+    nothing to resume."""
+    path = os.path.join(directory, "config.json")
+    if not (config.train and config.resume and rundir.checkpoint_prefixes(directory)
+            and os.path.exists(path)):
+        return []
+    with open(path) as f:
+        previous = Config.from_json(f.read())
+    return config.resume_changes(previous)
+
+
+def run(config: Config, log=print) -> dict:
     """Trains and/or evaluates; returns paths and numbers of what was written (and the
-    learner). With ``--distribution_strategy`` the meta-batch is split over the replicas;
-    in multi-worker training only the chief writes, evaluates and exports."""
+    learner). A training run locks its run directory: a second one is refused. With
+    ``--distribution_strategy`` the meta-batch is split over the replicas; in multi-worker
+    training only the chief writes, evaluates and exports."""
     directory = run_dir(config)
     log(f"Run directory: {directory}")
     if config.datasource == "navigation":  # reinforcement learning: tf_maml/rl/run.py
         from tf_maml.rl import run as rl_run
 
-        return rl_run.run(config, directory, lambda: _write_config(config, directory), log=log)
+        with _lock(config, directory, True, log):
+            return rl_run.run(config, directory, lambda: _write_config(config, directory),
+                              resume_changes(config, directory), log=log)
     # First: threads, logical CPU devices and collective ops must be set up before TF's
     # first op.
     threads = threads_lib.configure_threads(config.intra_op_threads, config.meta_batch_size)
@@ -61,12 +76,25 @@ def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
         tf.config.experimental.enable_op_determinism()
     with strategy.scope():
         learner = experiment.build_learner(config)
+    with _lock(config, directory, chief, log):
+        return _run(config, directory, learner, chief, log)
+
+
+def _lock(config: Config, directory: str, chief: bool, log):
+    """A training run holds its run directory's lock (only the chief writes there). An
+    evaluation (``--train=False``) does not: it only reads a checkpoint and replaces its own
+    result files whole, so a checkpoint can be evaluated while training goes on."""
+    return rundir.lock(directory, log) if config.train and chief else contextlib.nullcontext()
+
+
+def _run(config: Config, directory: str, learner, chief: bool, log) -> dict:
+    changes = resume_changes(config, directory) if chief else []
     if config.init_checkpoint:
         from tf_maml.convert import load_original_checkpoint
 
         load_original_checkpoint(learner.model, config.init_checkpoint)
         log(f"Initialised from the original checkpoint {config.init_checkpoint}")
-        if config.train and Checkpointer(learner, directory).latest is not None:
+        if config.train and rundir.checkpoint_prefixes(directory):
             log(f"WARNING: {directory} already holds checkpoints: training resumes from the "
                 "latest of them, which replaces the --init_checkpoint weights.")
     result: dict = {"run_dir": directory, "learner": learner}
@@ -77,8 +105,8 @@ def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
                       and chief else None)
         result["iterations"] = train(
             learner, config, directory, train_source, val_source, log=log,
-            nan_policy=nan_policy,
-            on_start=(lambda: _write_config(config, directory)) if chief else None)
+            on_start=(lambda: _write_config(config, directory)) if chief else None,
+            changes=changes)
         if not chief:
             return result
         if config.export_dir:
@@ -91,7 +119,7 @@ def run(config: Config, nan_policy: str = "stop", log=print) -> dict:
             log("Evaluation runs on the chief worker only.")
             return result
         if not config.init_checkpoint:
-            path, iteration = restore_for_test(Checkpointer(learner, directory),
+            path, iteration = restore_for_test(learner_checkpointer(learner, directory),
                                                config.test_iter)
             log(f"Restored {path} (iteration {iteration})")
         source = eval_source(config)
@@ -129,8 +157,10 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
                                 progress=progress)
     values = out["metric"] if "metric" in out else out["loss"]
     log(evaluate_lib.format_summary(values, config.is_classification))
-    paths = evaluate_lib.write_results(directory, values, config.update_batch_size,
-                                       config.update_lr)
+    with rundir.writing(directory, "write the evaluation results",
+                        kept=lambda: "the checkpoints and earlier results are intact"):
+        paths = evaluate_lib.write_results(directory, values, config.update_batch_size,
+                                           config.update_lr)
     log(f"Wrote {paths['csv']}")
     means, _, ci95 = evaluate_lib.summarize(values)
     return {"results": paths, "means": means, "ci95": ci95, "values": values}

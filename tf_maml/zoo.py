@@ -135,13 +135,13 @@ def _slim_checkpoint(run_dir: str, iteration: int, out_dir: str) -> None:
     import tensorflow as tf
 
     from tf_maml import experiment
+    from tf_maml.checkpoint import learner_checkpointer
     from tf_maml.config import Config
-    from tf_maml.train import Checkpointer
 
     with open(os.path.join(run_dir, "config.json")) as f:
         config = Config.from_json(f.read())
     learner = experiment.build_learner(config)
-    checkpointer = Checkpointer(learner, run_dir)
+    checkpointer = learner_checkpointer(learner, run_dir)
     checkpointer.restore(os.path.join(run_dir, f"{CHECKPOINT_NAME}-{iteration}"),
                          expect_optimizer=False)
     parts = {"model": learner.model, "iteration": checkpointer.iteration}

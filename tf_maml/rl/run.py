@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import time
 
 import numpy as np
 
-from tf_maml.config import MAX_TO_KEEP, Config
+from tf_maml.config import Config
 from tf_maml.tasks import batch_rng
 
 SAVE_INTERVAL = 10
@@ -62,127 +61,71 @@ def build_learner(config: Config):
                          max_kl=config.max_kl, first_order=config.stop_grad)
 
 
-class _Interrupted(Exception):
-    pass
+def checkpointer(learner, directory: str):
+    """The policy's weights, TRPO's counters and the iteration, as ``<directory>/model-<i>``:
+    the one checkpointer of every run (:mod:`tf_maml.checkpoint`)."""
+    from tf_maml.checkpoint import Checkpointer
+
+    return Checkpointer(directory, {"model": learner.model, "trpo": learner.optimizer},
+                        fit_hint="was it written with another `baseline`? Use another "
+                                 "`run_dir` for a new run.")
 
 
-class Checkpointer:
-    """The policy's weights, TRPO's counters and the iteration, as ``<run_dir>/model-<i>``
-    (the last ``MAX_TO_KEEP`` kept), like the supervised runs' checkpoints."""
-
-    def __init__(self, learner, run_dir: str):
-        import tensorflow as tf
-
-        self.run_dir = run_dir
-        self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
-        self.checkpoint = tf.train.Checkpoint(model=learner.model, trpo=learner.optimizer,
-                                              iteration=self.iteration)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, run_dir, MAX_TO_KEEP,
-                                                  checkpoint_name="model")
-
-    @property
-    def latest(self) -> str | None:
-        return self.manager.latest_checkpoint
-
-    def save(self, iteration: int) -> str:
-        self.iteration.assign(iteration)
-        return self.manager.save(checkpoint_number=iteration)
-
-    def restore(self, test_iter: int = -1) -> tuple[str, int]:
-        """Loads ``model-<test_iter>`` (-1: the latest); returns (path, iteration)."""
-        from tf_maml.train import CheckpointError
-
-        path = (self.latest if test_iter == -1
-                else os.path.join(self.run_dir, f"model-{test_iter}"))
-        if path is None or not os.path.exists(path + ".index"):
-            raise CheckpointError(f"no checkpoint {path or 'at all'} in {self.run_dir}: "
-                                  "train the run first (or pass another --test_iter)")
-        try:
-            self.checkpoint.read(path).assert_existing_objects_matched()
-        except (AssertionError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {path} does not fit this policy ({err}); was "
-                                  "it written with another --baseline? Use another "
-                                  "--logdir for a new run.") from err
-        return path, int(self.iteration.numpy())
-
-
-def _write_log_rows(path: str, start: int) -> None:
-    """Keeps the rows of ``training_log.csv`` up to iteration ``start`` (a resumed run
-    rewrites the rest), creating the file with its header if needed."""
-    rows = []
-    if os.path.exists(path):
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def train(learner, config: Config, directory: str, log=print, on_start=None) -> int:
-    """Trains until ``config.total_iterations``, resuming from the latest checkpoint;
-    returns the last iteration."""
+def train(learner, config: Config, directory: str, log=print, on_start=None,
+          changes=()) -> int:
+    """Trains until ``config.total_iterations``, resuming from the latest readable
+    checkpoint (the run directory's rules of :mod:`tf_maml.rundir`); returns the last
+    iteration. ``changes`` (of the config since the last run) are printed on resuming."""
     import tensorflow as tf
 
-    from tf_maml.train import resume_or_start
+    from tf_maml import rundir
+    from tf_maml.callbacks import CheckpointSaver
+    from tf_maml.checkpoint import resume_or_start
+    from tf_maml.train import sigterm_as_interrupt
 
-    os.makedirs(directory, exist_ok=True)
-    checkpointer = Checkpointer(learner, directory)
-    start, done = resume_or_start(checkpointer.latest, config, directory, checkpointer.restore,
-                                  on_start, log)
-    if done:
-        return start
-    total = config.total_iterations
-    log_path = os.path.join(directory, "training_log.csv")
-    _write_log_rows(log_path, start)
-    writer = tf.summary.create_file_writer(directory) if config.log else None
-
-    def on_sigterm(signum, frame):
-        raise _Interrupted()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread
-        previous = None
-    done, t_start = start, time.time()
-    try:
-        for itr in range(start, total):
-            pretrain = itr < config.effective_pretrain_iterations
-            rng = batch_rng(config.seed, itr)
-            tasks = learner.env.sample_tasks(config.meta_batch_size, rng)
-            t0 = time.time()
-            stats = learner.train_step(tasks, rng, pretrain=pretrain)
-            done = itr + 1
-            row = dict(stats, iteration=done, pretrain=int(pretrain),
-                       seconds=round(time.time() - t0, 3))
-            with open(log_path, "a", newline="") as f:
-                csv.DictWriter(f, LOG_FIELDS).writerow(row)
-            if writer is not None:
-                with writer.as_default(step=done):
-                    for key in ("pre_return", "post_return", "kl", "step_fraction"):
-                        tf.summary.scalar(key, stats[key])
-            rate = (done - start) / (time.time() - t_start)
-            returns = (f"return {stats['post_return']:.2f}" if pretrain else
-                       f"return pre {stats['pre_return']:.2f} post {stats['post_return']:.2f}")
-            log(f"{'Pretrain ' if pretrain else ''}Iteration {done}/{total}: {returns}, "
-                f"KL {stats['kl']:.4f}, step {stats['step_fraction']:.3f} "
-                f"({row['seconds']:.1f}s, {rate * 60:.1f} it/min)")
-            if done % SAVE_INTERVAL == 0:
-                checkpointer.save(done)
-    except (KeyboardInterrupt, _Interrupted):
-        path = checkpointer.save(done)
-        log(f"Interrupted at iteration {done}: saved {path}; rerun the same command to "
-            "continue.")
-        raise KeyboardInterrupt from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if checkpointer.latest != os.path.join(directory, f"model-{done}"):
-        checkpointer.save(done)
-    log(f"Saved {checkpointer.latest}")
-    return done
+    with rundir.lock(directory, log):
+        saver = CheckpointSaver(checkpointer(learner, directory), SAVE_INTERVAL, log)
+        start, done = resume_or_start(saver.checkpointer, config.resume,
+                                      config.total_iterations, on_start, log, changes)
+        if done:
+            return start
+        total = config.total_iterations
+        history = rundir.CSVLog(os.path.join(directory, "training_log.csv"), LOG_FIELDS)
+        history.start(start)
+        writer = tf.summary.create_file_writer(directory) if config.log else None
+        done, t_start = start, time.time()
+        try:
+            with sigterm_as_interrupt() as stop:
+                for itr in range(start, total):
+                    pretrain = itr < config.effective_pretrain_iterations
+                    rng = batch_rng(config.seed, itr)
+                    tasks = learner.env.sample_tasks(config.meta_batch_size, rng)
+                    t0 = time.time()
+                    stats = learner.train_step(tasks, rng, pretrain=pretrain)
+                    done = itr + 1
+                    row = dict(stats, iteration=done, pretrain=int(pretrain),
+                               seconds=round(time.time() - t0, 3))
+                    history.row([row[k] for k in LOG_FIELDS])
+                    if writer is not None:
+                        with writer.as_default(step=done):
+                            for key in ("pre_return", "post_return", "kl", "step_fraction"):
+                                tf.summary.scalar(key, stats[key])
+                    rate = (done - start) / (time.time() - t_start)
+                    returns = (f"return {stats['post_return']:.2f}" if pretrain else
+                               f"return pre {stats['pre_return']:.2f} "
+                               f"post {stats['post_return']:.2f}")
+                    log(f"{'Pretrain ' if pretrain else ''}Iteration {done}/{total}: "
+                        f"{returns}, KL {stats['kl']:.4f}, step {stats['step_fraction']:.3f} "
+                        f"({row['seconds']:.1f}s, {rate * 60:.1f} it/min)")
+                    saver.on_step_end(done, stats, pretrain)
+                    stop.check()
+        except KeyboardInterrupt:
+            saver.on_interrupt(done)
+            raise
+        finally:
+            history.close()
+        saver.on_train_end(done)
+        return done
 
 
 def test_tasks(env, num_tasks: int) -> np.ndarray:
@@ -220,22 +163,27 @@ def summarize(returns: np.ndarray) -> list[dict]:
 
 
 def write_results(directory: str, returns: np.ndarray, name: str = "test_returns") -> str:
-    """``<name>.csv`` and ``<name>.npy``, each written atomically."""
-    os.makedirs(directory, exist_ok=True)
+    """``<name>.csv`` and ``<name>.npy``, each replaced whole (:func:`rundir.atomic_write`)."""
+    import io
+
+    from tf_maml import rundir
+
     path = os.path.join(directory, name + ".csv")
     rows = summarize(returns)
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + ".tmp", path)
-    with open(path[:-4] + ".npy.tmp", "wb") as f:
-        np.save(f, returns)
-    os.replace(path[:-4] + ".npy.tmp", path[:-4] + ".npy")
+    text, array = io.StringIO(), io.BytesIO()
+    writer = csv.DictWriter(text, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    np.save(array, returns)
+    with rundir.writing(directory, f"write {name}.csv",
+                        kept=lambda: "the checkpoints and earlier results are intact"):
+        os.makedirs(directory, exist_ok=True)
+        rundir.atomic_write(path, text.getvalue())
+        rundir.atomic_write(path[:-4] + ".npy", array.getvalue())
     return path
 
 
-def run(config: Config, directory: str, write_config, log=print) -> dict:
+def run(config: Config, directory: str, write_config, changes=(), log=print) -> dict:
     """Train (unless ``--train=False`` or the random baseline) then evaluate."""
     learner = build_learner(config)
     result: dict = {"run_dir": directory}
@@ -243,11 +191,14 @@ def run(config: Config, directory: str, write_config, log=print) -> dict:
         log("Random baseline: evaluating the randomly initialised policy (no training)")
         write_config()
     elif config.train:
-        result["iterations"] = train(learner, config, directory, log, on_start=write_config)
+        result["iterations"] = train(learner, config, directory, log, on_start=write_config,
+                                     changes=changes)
         if not config.test_after_train:
             return result
     else:
-        path, iteration = Checkpointer(learner, directory).restore(config.test_iter)
+        from tf_maml.checkpoint import restore_for_test
+
+        path, iteration = restore_for_test(checkpointer(learner, directory), config.test_iter)
         log(f"Restored {path} (iteration {iteration})")
         write_config()
     log(f"Evaluating {config.num_test_tasks} test tasks, {config.test_num_updates} steps, "
@@ -266,7 +217,7 @@ def main(argv):
     """Re-evaluates a finished run with other step sizes (``python -m tf_maml.rl.run``)."""
     from absl import flags
 
-    from tf_maml.train import CheckpointError
+    from tf_maml.checkpoint import CheckpointError, restore_for_test
 
     del argv
     run_dir = flags.FLAGS.run_dir
@@ -274,9 +225,9 @@ def main(argv):
         config = Config.from_json(f.read())
     learner = build_learner(config)
     if config.baseline != "random":
-        path, iteration = Checkpointer(learner, run_dir).restore()
+        path, iteration = restore_for_test(checkpointer(learner, run_dir), -1)
         print(f"Restored {path} (iteration {iteration})")
-    elif Checkpointer(learner, run_dir).latest is not None:
+    elif checkpointer(learner, run_dir).latest is not None:
         raise CheckpointError(f"{run_dir} is a random-baseline run but holds checkpoints")
     sizes = [float(v) for v in flags.FLAGS.step_sizes]
     returns = evaluate(learner, flags.FLAGS.num_test_tasks or config.num_test_tasks,

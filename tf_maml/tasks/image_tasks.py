@@ -21,8 +21,9 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
+from tf_maml.data.prep import MARKER_NAME as COMPLETE_MARKER
+
 SPLITS = ("train", "val", "test")
-COMPLETE_MARKER = ".complete"  # written last by data_prep.omniglot / data_prep.miniimagenet
 
 
 class DataError(ValueError):
@@ -171,13 +172,11 @@ class FewShotTasks:
       rotate: draw one rotation k in {0, 1, 2, 3} (np.rot90) per class and task.
       invert: pixels are ``1 - value / 255`` instead of ``value / 255``.
       description: what these classes are, for messages.
-      hint: what to run to rebuild the data, for messages.
     """
 
     def __init__(self, images: np.ndarray, counts: Sequence[int], *, num_classes: int,
                  num_support: int, num_query: int, class_names: Sequence[str] | None = None,
-                 rotate: bool = False, invert: bool = False, description: str = "data set",
-                 hint: str = ""):
+                 rotate: bool = False, invert: bool = False, description: str = "data set"):
         for arg, value in (("num_classes", num_classes), ("num_support", num_support),
                            ("num_query", num_query)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -192,16 +191,20 @@ class FewShotTasks:
             raise ValueError(f"rotations need square images, got {images.shape[1:3]}")
         names = list(class_names) if class_names is not None else [
             f"class {i}" for i in range(len(counts))]
-        suffix = f": {hint}" if hint else ""
+        # Too few classes or images is a property of the split, not damage: preparing the
+        # data again cannot help, so these errors name the limit instead of the hint.
         if len(counts) < num_classes:
-            raise DataError(f"{description} has {len(counts)} classes, fewer than "
-                            f"num_classes={num_classes}{suffix}")
+            raise DataError(f"{description} has only {len(counts)} classes, fewer than "
+                            f"num_classes={num_classes}: an N-way task draws N different "
+                            f"classes of one split, so num_classes must be at most "
+                            f"{len(counts)} here (--num_classes)")
         per_class = num_support + num_query
         short = [f"{names[i]} ({counts[i]})" for i in np.flatnonzero(counts < per_class)]
         if short:
             raise DataError(f"{description}: {len(short)} classes have fewer images than "
-                            f"num_support + num_query = {per_class}: {', '.join(short[:5])}"
-                            f"{suffix}")
+                            f"num_support + num_query = {per_class}: {', '.join(short[:5])}; "
+                            f"num_support + num_query must be at most {int(counts.min())} "
+                            f"here (num_support is K, --update_batch_size)")
         self.num_classes = int(num_classes)
         self.num_support = int(num_support)
         self.num_query = int(num_query)

@@ -11,6 +11,7 @@ import os
 
 from absl import logging
 
+from tf_maml.data.miniimagenet import IMAGE_SUFFIXES
 from tf_maml.tasks.image_tasks import (
     DataError,
     FewShotTasks,
@@ -19,15 +20,9 @@ from tf_maml.tasks.image_tasks import (
     load_class_images,
     warn_if_incomplete,
 )
+from tf_maml.tasks.prepared import check_data_dir, prep_hint
 
 IMAGE_SHAPE = (84, 84, 3)
-IMAGE_SUFFIXES = (".jpg", ".jpeg")
-
-
-def prep_hint(data_dir: str) -> str:
-    return ("run `python -m data_prep.miniimagenet "
-            "--images=../shared/data/miniimagenet/images.zip "
-            f"--csv_dir=../shared/data/miniimagenet --output={data_dir}`")
 
 
 def miniimagenet_tasks(data_dir: str, split: str, num_classes: int, num_support: int,
@@ -38,9 +33,10 @@ def miniimagenet_tasks(data_dir: str, split: str, num_classes: int, num_support:
     Raises ``DataError`` if the folders are missing or malformed or the split too small.
     """
     check_split(split)
-    hint = prep_hint(data_dir)
+    hint = prep_hint("miniimagenet", "folders", data_dir)
     if not os.path.isdir(data_dir):
         raise DataError(f"MiniImageNet data not found at {data_dir}: {hint}")
+    check_data_dir(data_dir, "miniimagenet", "folders")
     root = os.path.join(data_dir, split)
     listing, newest = list_tree(root, 1, IMAGE_SUFFIXES, "MiniImageNet", hint)
     warn_if_incomplete(data_dir, hint)
@@ -51,4 +47,4 @@ def miniimagenet_tasks(data_dir: str, split: str, num_classes: int, num_support:
     logging.info("MiniImageNet %s: %d classes, %d images", split, len(classes), len(images))
     return FewShotTasks(images, counts, num_classes=num_classes, num_support=num_support,
                         num_query=num_query, class_names=classes, rotate=False, invert=False,
-                        description=f"the MiniImageNet {split} split of {data_dir}", hint=hint)
+                        description=f"the MiniImageNet {split} split of {data_dir}")

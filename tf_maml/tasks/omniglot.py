@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from absl import logging
 
+from tf_maml.data.omniglot import CACHE_NAME, IMAGE_SUFFIXES
 from tf_maml.tasks.image_tasks import (
     DataError,
     FewShotTasks,
@@ -26,18 +27,13 @@ from tf_maml.tasks.image_tasks import (
     load_class_images,
     warn_if_incomplete,
 )
+from tf_maml.tasks.prepared import check_data_dir, prep_hint
 
 NUM_CHARACTERS = 1623
 NUM_TRAIN = 1100
 NUM_VAL = 100
 SPLIT_SEED = 1
 IMAGE_SHAPE = (28, 28, 1)
-CACHE_NAME = "omniglot28.npz"
-
-
-def prep_hint(data_dir: str) -> str:
-    return ("run `python -m data_prep.omniglot --source=../shared/data/omniglot "
-            f"--output={data_dir}`")
 
 
 def split_characters(names: Sequence[str], split: str, num_train: int = NUM_TRAIN,
@@ -66,8 +62,9 @@ def omniglot_tasks(data_dir: str, split: str, num_classes: int, num_support: int
     Raises ``DataError`` if the tree is missing or malformed or the split too small.
     """
     check_split(split)
-    hint = prep_hint(data_dir)
-    listing, newest = list_tree(data_dir, 2, (".png",), "Omniglot", hint)
+    check_data_dir(data_dir, "omniglot", "folders")
+    hint = prep_hint("omniglot", "folders", data_dir)
+    listing, newest = list_tree(data_dir, 2, IMAGE_SUFFIXES, "Omniglot", hint)
     warn_if_incomplete(data_dir, hint)
     if num_train is None and num_val is None and len(listing) != NUM_CHARACTERS:
         raise DataError(f"Omniglot tree {data_dir} holds {len(listing)} characters, not "
@@ -86,4 +83,4 @@ def omniglot_tasks(data_dir: str, split: str, num_classes: int, num_support: int
                  len(listing), len(images))
     return FewShotTasks(images, counts, num_classes=num_classes, num_support=num_support,
                         num_query=num_query, class_names=chars, rotate=True, invert=True,
-                        description=f"the Omniglot {split} split of {data_dir}", hint=hint)
+                        description=f"the Omniglot {split} split of {data_dir}")

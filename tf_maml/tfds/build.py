@@ -22,14 +22,12 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 from absl import logging
 
-from data_prep.omniglot import PrepError
+from tf_maml.data.prep import PrepError
 from tf_maml.tfds import miniimagenet as mini
 from tf_maml.tfds import omniglot as omni
 from tf_maml.tfds.common import ManualDataError, missing_files_error
 
-# The errors the build functions raise for bad sources (ManualDataError is a PrepError). Under
-# `python -m data_prep.omniglot` that module runs as __main__, whose PrepError is another class
-# than data_prep.omniglot.PrepError raised here: catch `build.PrepError`.
+# The errors the build functions raise for bad sources (ManualDataError is a PrepError).
 __all__ = ["ManualDataError", "PrepError", "build_miniimagenet", "build_omniglot", "describe",
            "download_config", "prepare"]
 
@@ -73,7 +71,7 @@ def build_omniglot(source: str, data_dir: str, config: str | Sequence[str] = "ma
     extracted from them). ``config`` is a config name, a list of them or ``"all"``
     (``maml_28`` and ``full_105``). ``expect_counts``, ``num_train`` and ``num_val`` are for
     deliberately partial data only (see ``TfMamlOmniglot``). Returns {config: summary}.
-    Raises ``data_prep.omniglot.PrepError`` (``ManualDataError`` for missing files, with the
+    Raises ``tf_maml.data.prep.PrepError`` (``ManualDataError`` for missing files, with the
     instructions) on bad sources.
     """
     names = OMNIGLOT_CONFIGS if config == "all" else (
@@ -101,7 +99,7 @@ def build_miniimagenet(images: str, csv_dir: str, data_dir: str, *,
     ``val.csv`` and ``test.csv``. When they are not already laid out as one manual directory
     (``<dir>/images.zip`` or ``<dir>/images/`` beside the CSVs), a temporary manual directory
     of symbolic links is used. ``expect_counts=False`` only for deliberately partial data.
-    Raises ``data_prep.omniglot.PrepError`` (``ManualDataError`` for missing files) on bad
+    Raises ``tf_maml.data.prep.PrepError`` (``ManualDataError`` for missing files) on bad
     sources.
     """
     images, csv_dir = os.path.abspath(images), os.path.abspath(csv_dir)

@@ -7,7 +7,7 @@ import inspect
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_prep.omniglot import PrepError
+from tf_maml.data.prep import PrepError
 
 VERSION = "1.0.0"
 

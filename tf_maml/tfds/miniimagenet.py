@@ -4,10 +4,10 @@ Reads ``images.zip`` (or the extracted ``images/`` folder) and ``train.csv`` / `
 ``test.csv`` from the manual directory and never touches the network. Splits ``train`` /
 ``validation`` / ``test`` are the 64 / 16 / 20 classes of the three CSVs (600 images each).
 
-Every CSV row (filename, label) is one example, exactly as ``data_prep.miniimagenet`` writes
-one file per row: images that are already 84x84 RGB JPEGs are stored byte for byte, others are
+Every CSV row (filename, label) is one example, exactly as ``tf_maml.data.miniimagenet``
+writes one file per row: images that are already 84x84 RGB JPEGs are stored byte for byte, others are
 converted to RGB, resized to 84x84 with LANCZOS and saved as JPEG with Pillow's default quality
-(``data_prep.miniimagenet.to_84_jpeg``), so the stored bytes equal the files of the folder tree.
+(``tf_maml.data.miniimagenet.to_84_jpeg``), so the stored bytes equal the files of the folder tree.
 
 Features: ``image`` uint8 [84, 84, 3] (JPEG); ``label`` with the class names of the CSVs (the
 WordNet ids), train's sorted, then validation's, then test's, so label ids of a split are
@@ -29,8 +29,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from data_prep import miniimagenet as mprep
-from data_prep.omniglot import PrepError
+from tf_maml.data import miniimagenet as mprep
 from tf_maml.tfds.common import VERSION, OfflineBuilder, missing_files_error
 
 NAME = "tf_maml_miniimagenet"
@@ -94,31 +93,16 @@ def check_manual_dir(manual_dir: str) -> None:
 
 
 def read_splits(manual_dir: str, expect_counts: bool) -> dict[str, dict[str, dict[str, int]]]:
-    """{CSV split: {label: {filename: line}}} after the checks of ``data_prep.miniimagenet``:
+    """{CSV split: {label: {filename: line}}} after the checks of ``tf_maml.data.miniimagenet``:
     header, disjoint labels, equal counts (64/16/20 x 600 unless ``expect_counts`` is
     False) and every listed image present."""
     check_manual_dir(manual_dir)
-    splits = {}
-    for split in SPLITS.values():
-        path = os.path.join(manual_dir, f"{split}.csv")
-        splits[split] = mprep.read_split_csv(path)
-        mprep.check_split_counts(split, splits[split], expect_counts, path)
-    seen: dict[str, str] = {}
-    for split, classes in splits.items():
-        for label in classes:
-            if label in seen:
-                raise PrepError(f"label {label} is in both {seen[label]}.csv and {split}.csv")
-            seen[label] = split
+    splits, _ = mprep.read_splits(manual_dir, expect_counts)
     source = mprep.ImageSource(images_path(manual_dir))
     try:
-        missing = [f"{filename} ({split}.csv line {line})" for split, classes in splits.items()
-                   for files in classes.values() for filename, line in files.items()
-                   if not source.has(filename)]
+        mprep.check_images_present(splits, source)
     finally:
         source.close()
-    if missing:
-        raise PrepError(f"{len(missing)} images listed in the CSVs are missing from "
-                        f"{source.path}: {'; '.join(missing[:5])}")
     return splits
 
 

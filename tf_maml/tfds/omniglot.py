@@ -6,8 +6,8 @@ from the manual directory (see ``MANUAL_DOWNLOAD_INSTRUCTIONS``) and never touch
 Configs:
 
 ``maml_28`` (default)
-    What MAML trains on: every drawing resized to 28x28 exactly as ``data_prep.omniglot`` does
-    it (``resize_drawing``: Pillow ``resize`` with LANCZOS of the mode "1" PNG, which Pillow
+    What MAML trains on: every drawing resized to 28x28 exactly as ``tf_maml.data.omniglot``
+    prepares it (``resize_drawing``: Pillow ``resize`` with LANCZOS of the mode "1" PNG, which Pillow
     carries out as NEAREST; pixels 0 = stroke, 255 = background, stored as the same PNG bytes
     the folder tree holds). Splits ``train`` / ``validation`` / ``test`` are the MAML character
     split of ``tf_maml.tasks.omniglot.split_characters``: all 1623 characters sorted, shuffled
@@ -40,8 +40,8 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_prep import omniglot as oprep
-from data_prep.omniglot import PrepError, decode_image, resize_drawing
+from tf_maml.data import omniglot as oprep
+from tf_maml.data.prep import Member, PrepError, decode_image
 from tf_maml.tasks.omniglot import NUM_TRAIN, NUM_VAL, SPLIT_SEED, split_characters
 from tf_maml.tfds.common import VERSION, OfflineBuilder, missing_files_error
 
@@ -113,22 +113,22 @@ def check_manual_dir(manual_dir: str) -> None:
 
 
 def scan(manual_dir: str, zips: list[zipfile.ZipFile]
-         ) -> tuple[dict[str, list[oprep.Member]], dict[str, str]]:
+         ) -> tuple[dict[str, list[Member]], dict[str, str]]:
     """({"Alphabet/characterNN" sorted: drawings sorted by file name}, {character: set name}).
 
     Opened archives are appended to ``zips`` (the drawings are read from them lazily).
     """
     check_manual_dir(manual_dir)
-    members: list[oprep.Member] = []
+    members: list[Member] = []
     set_of: dict[str, str] = {}
     for set_name in SETS:
-        found = oprep._set_members(manual_dir, set_name, zips)
+        found = oprep.set_members(manual_dir, set_name, zips)
         set_of.update((f"{m.rel[0]}/{m.rel[1]}", set_name) for m in found)
         members += found
-    return oprep._group_characters(members), set_of
+    return oprep.group_characters(members), set_of
 
 
-def _ids(member: oprep.Member) -> tuple[int, int, int]:
+def _ids(member: Member) -> tuple[int, int, int]:
     """(alphabet_char_id, character_id, drawer_id) from the folder and file names."""
     char = _CHARACTER_RE.fullmatch(member.rel[1])
     drawing = _FILE_RE.fullmatch(member.rel[2])
@@ -259,7 +259,7 @@ class TfMamlOmniglot(OfflineBuilder):
                 for m in chars[name]:
                     alphabet_char_id, character_id, drawer_id = _ids(m)
                     if size == oprep.IMAGE_SIZE:
-                        png, _, _ = resize_drawing(m.read(), m.origin)
+                        png, _, _ = oprep.resize_drawing(m.read(), m.origin)
                     else:
                         png = original_png(m.read(), m.origin)
                     yield f"{name}/{m.rel[2]}", {

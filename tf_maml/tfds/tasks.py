@@ -28,23 +28,13 @@ from tf_maml.tasks.image_tasks import DataError, FewShotTasks, check_split, deco
 from tf_maml.tasks.miniimagenet import IMAGE_SHAPE as MINIIMAGENET_SHAPE
 from tf_maml.tasks.omniglot import IMAGE_SHAPE as OMNIGLOT_SHAPE
 from tf_maml.tasks.omniglot import split_characters
+from tf_maml.tasks.prepared import check_data_dir, prep_hint
 from tf_maml.tfds.miniimagenet import TfMamlMiniimagenet
 from tf_maml.tfds.omniglot import TfMamlOmniglot
 
 TFDS_SPLITS = {"train": "train", "val": "validation", "test": "test"}  # project -> TFDS
 OMNIGLOT_CONFIG = "maml_28"
 READ_BATCH = 1024
-
-
-def omniglot_hint(data_dir: str) -> str:
-    return ("run `python -m data_prep.omniglot --format=tfds "
-            f"--source=../shared/data/omniglot --output={data_dir}`")
-
-
-def miniimagenet_hint(data_dir: str) -> str:
-    return ("run `python -m data_prep.miniimagenet --format=tfds "
-            "--images=../shared/data/miniimagenet/images.zip "
-            f"--csv_dir=../shared/data/miniimagenet --output={data_dir}`")
 
 
 def _builder(cls, data_dir: str, what: str, hint: str, **kwargs) -> tfds.core.DatasetBuilder:
@@ -101,14 +91,17 @@ def omniglot_tasks_from_tfds(data_dir: str, split: str, num_classes: int, num_su
     Raises ``DataError`` if the dataset is not built there or is inconsistent.
     """
     check_split(split)
-    hint = omniglot_hint(data_dir)
+    hint = prep_hint("omniglot", "tfds", data_dir)
+    check_data_dir(data_dir, "omniglot", "tfds")
     start = time.monotonic()
     builder = _builder(TfMamlOmniglot, data_dir, "Omniglot", hint, config=OMNIGLOT_CONFIG)
+    # A rerun of data_prep reuses a built dataset, so rebuilding starts by moving it away.
+    rebuild = f"move {builder.data_dir} away, then {hint}"
     names = builder.info.features["label"].names
     metadata = builder.info.metadata or {}
     if "num_train" not in metadata or "num_val" not in metadata:
         raise DataError(f"{builder.data_dir} has no MAML split sizes in its metadata.json "
-                        f"(built by another version?): {hint}")
+                        f"(built by another version?): {rebuild}")
     chars = split_characters(names, split, int(metadata["num_train"]),
                              int(metadata["num_val"]))
     groups = read_split(builder, TFDS_SPLITS[split])
@@ -116,15 +109,15 @@ def omniglot_tasks_from_tfds(data_dir: str, split: str, num_classes: int, num_su
     if sorted(groups) != sorted(index[c] for c in chars):
         raise DataError(f"the {TFDS_SPLITS[split]} split of {builder.data_dir} does not hold "
                         f"the characters of the MAML split ({len(groups)} characters found, "
-                        f"{len(chars)} expected): rebuild it: {hint}")
+                        f"{len(chars)} expected): {rebuild}")
     images, counts = _stack(groups, [index[c] for c in chars], names, OMNIGLOT_SHAPE,
-                            os.fspath(builder.data_dir), hint)
+                            os.fspath(builder.data_dir), rebuild)
     logging.info("Omniglot %s (tfds %s): %d characters, %d drawings in %.1f s", split,
                  builder.data_dir, len(chars), len(images), time.monotonic() - start)
     return FewShotTasks(images, counts, num_classes=num_classes, num_support=num_support,
                         num_query=num_query, class_names=chars, rotate=True, invert=True,
                         description=f"the Omniglot {split} split of the TFDS data_dir "
-                                    f"{data_dir}", hint=hint)
+                                    f"{data_dir}")
 
 
 def miniimagenet_tasks_from_tfds(data_dir: str, split: str, num_classes: int,
@@ -135,18 +128,20 @@ def miniimagenet_tasks_from_tfds(data_dir: str, split: str, num_classes: int,
     Raises ``DataError`` if the dataset is not built there.
     """
     check_split(split)
-    hint = miniimagenet_hint(data_dir)
+    hint = prep_hint("miniimagenet", "tfds", data_dir)
+    check_data_dir(data_dir, "miniimagenet", "tfds")
     start = time.monotonic()
     builder = _builder(TfMamlMiniimagenet, data_dir, "MiniImageNet", hint)
+    rebuild = f"move {builder.data_dir} away, then {hint}"  # see omniglot_tasks_from_tfds
     names = builder.info.features["label"].names
     groups = read_split(builder, TFDS_SPLITS[split])
     order = sorted(groups, key=lambda i: names[i])
     images, counts = _stack(groups, order, names, MINIIMAGENET_SHAPE,
-                            os.fspath(builder.data_dir), hint)
+                            os.fspath(builder.data_dir), rebuild)
     classes = [names[i] for i in order]
     logging.info("MiniImageNet %s (tfds %s): %d classes, %d images in %.1f s", split,
                  builder.data_dir, len(classes), len(images), time.monotonic() - start)
     return FewShotTasks(images, counts, num_classes=num_classes, num_support=num_support,
                         num_query=num_query, class_names=classes, rotate=False, invert=False,
                         description=f"the MiniImageNet {split} split of the TFDS data_dir "
-                                    f"{data_dir}", hint=hint)
+                                    f"{data_dir}")

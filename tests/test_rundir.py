@@ -1,0 +1,383 @@
+"""A run directory that cannot be silently corrupted: each way an unlucky user could lose or
+mix work gives the right behaviour or a one-line error naming the problem and the fix.
+
+Reproduced on temporary sinusoid runs (checkpoints every 20 iterations, a log row every 10):
+a resume with another meta_lr (and a flag that would make the run another one), a lost or
+garbled ``checkpoint`` state file, two writers, the log after a fallback, a full disk or a
+read-only directory, and evaluation on a corrupt latest checkpoint. The same mechanism serves
+the CLI, ``MetaLearner.fit(run_dir=...)`` and the RL runner (tests/test_rl.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_bad_inputs import as_flags, cli, one_line_error, snapshot
+from test_cli import fast_intervals, sine_config, weights_of  # noqa: F401 (a fixture)
+
+from tf_maml import losses, models, rundir, runner
+from tf_maml.checkpoint import CheckpointError, learner_checkpointer
+from tf_maml.config import ConfigError
+from tf_maml.learners import MetaLearner
+from tf_maml.main import to_flags
+from tf_maml.rundir import RunDirError
+from tf_maml.tasks.sinusoid import SinusoidTasks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+quiet = lambda line: None  # noqa: E731
+
+
+def trained(logdir, iterations: int, **overrides):
+    """A sinusoid run trained to ``iterations``; (config, run directory)."""
+    config = sine_config(logdir, metatrain_iterations=iterations, test_after_train=False,
+                         **overrides)
+    runner.run(config, log=quiet)
+    return config, logdir / config.exp_string()
+
+
+def model_weights(run_dir, iteration) -> list[np.ndarray]:
+    found = weights_of(run_dir, iteration)
+    return [found[n] for n in sorted(found) if n.startswith("optimizer/_trainable_variables/")]
+
+
+def log_iterations(run_dir) -> list[int]:
+    with open(run_dir / "training_log.csv") as f:
+        return [int(row["iteration"]) for row in csv.DictReader(f)]
+
+
+def checkpoint_hashes(run_dir) -> dict[str, str]:
+    return {k: v for k, v in snapshot(run_dir).items() if k.startswith("model-")}
+
+
+# ---------------------------------------------------------------------- 1. changed flags
+def test_a_changed_meta_lr_applies_from_the_resumed_iteration_with_adams_moments_kept(
+        tmp_path, fast_intervals):
+    _, run_a = trained(tmp_path / "a", 40)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    run_b = tmp_path / "b" / run_a.name
+    runner.run(sine_config(tmp_path / "a", metatrain_iterations=41, test_after_train=False),
+               log=quiet)
+    logs = []
+    runner.run(sine_config(tmp_path / "b", metatrain_iterations=41, test_after_train=False,
+                           meta_lr=1e-4), log=logs.append)
+    # Adam's step is lr * m̂ / (√v̂ + ε): with the moments kept and the same gradient (same
+    # task stream), a tenth of the learning rate moves θ by exactly a tenth as far. Moments
+    # restarted from zero would give a step of about lr in every coordinate instead.
+    before = model_weights(run_a, 40)
+    for theta, full, tenth in zip(before, model_weights(run_a, 41), model_weights(run_b, 41)):
+        assert np.abs(full - theta).max() > 1e-5
+        np.testing.assert_allclose(tenth - theta, (full - theta) / 10, rtol=2e-3, atol=2e-8)
+    reader = tf.train.load_checkpoint(str(run_b / "model-41"))
+    assert reader.get_tensor("optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE") == \
+        pytest.approx(1e-4)
+    assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 41
+    changed = [line for line in logs if line.startswith("Changed on resume")]
+    assert changed == ["Changed on resume, from iteration 40: `meta_lr` 0.001 -> 0.0001 "
+                       "(Adam's moments kept), `metatrain_iterations` 40 -> 41"]
+    assert to_flags(changed[0]).endswith("--meta_lr 0.001 -> 0.0001 (Adam's moments kept), "
+                                         "--metatrain_iterations 40 -> 41")
+
+
+@pytest.mark.parametrize("flag, value", [("seed", 5), ("pretrain_iterations", 10)])
+def test_a_resume_refuses_a_flag_that_makes_the_run_another_naming_the_fix(
+        tmp_path, fast_intervals, flag, value):
+    config, run_dir = trained(tmp_path, 20)
+    before = snapshot(run_dir)
+    other = dataclasses.replace(config, metatrain_iterations=40, **{flag: value})
+    with pytest.raises(ConfigError, match=rf"--{flag}: the run in {run_dir.name} was trained "
+                       rf"with --{flag}={getattr(config, flag)}; .* Pass "
+                       rf"--{flag}={getattr(config, flag)} to continue it, or another --logdir"):
+        runner.run(other, log=quiet)
+    assert snapshot(run_dir) == before
+
+
+def test_fit_applies_a_changed_meta_lr_and_says_so(tmp_path):
+    run_dir = str(tmp_path / "fit")
+
+    def learner(meta_lr):
+        keras.utils.set_random_seed(0)
+        return MetaLearner(models.fc_net((1,), (8,), 1, norm="None"), losses.mse,
+                           inner_lr=0.01, meta_lr=meta_lr)
+
+    learner(1e-3).fit(SinusoidTasks(5, 5), 3, meta_batch_size=2, run_dir=run_dir,
+                      log_interval=None, log=quiet)
+    logs = []
+    again = learner(1e-2)
+    again.fit(SinusoidTasks(5, 5), 4, meta_batch_size=2, run_dir=run_dir, log_interval=None,
+              log=logs.append)
+    assert "Changed on resume, from iteration 3: `meta_lr` 0.001 -> 0.01 (Adam's moments " \
+           "kept)" in logs
+    assert float(again.optimizer.learning_rate.numpy()) == pytest.approx(1e-2)
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints \(model-4\); pass "
+                                              r"`resume=True`.*another `run_dir`"):
+        learner(1e-3).fit(SinusoidTasks(5, 5), 5, meta_batch_size=2, run_dir=run_dir,
+                          resume=False, log_interval=None, log=quiet)
+
+
+# ---------------------------------------------------------------------- 2. the state file
+@pytest.mark.parametrize("damage", ["lost", "garbled"])
+def test_a_lost_or_garbled_state_file_changes_nothing(tmp_path, fast_intervals, damage):
+    config, run_dir = trained(tmp_path, 60)
+    if damage == "lost":
+        os.remove(run_dir / "checkpoint")
+    else:
+        (run_dir / "checkpoint").write_bytes(b"\x00garbage\xff{")
+    kept = checkpoint_hashes(run_dir)
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints \(model-60\)"):
+        runner.run(dataclasses.replace(config, resume=False), log=quiet)
+    logs = []
+    runner.run(dataclasses.replace(config, train=False, num_test_tasks=2), log=logs.append)
+    assert f"Restored {run_dir}/model-60 (iteration 60)" in logs
+    logs.clear()
+    runner.run(dataclasses.replace(config, metatrain_iterations=80), log=logs.append)
+    assert f"Resumed from {run_dir}/model-60 at iteration 60" in logs
+    after = checkpoint_hashes(run_dir)
+    assert {k: after[k] for k in kept} == kept  # model-20 .. model-60 untouched
+    assert tf.train.latest_checkpoint(str(run_dir)).endswith("model-80")  # a valid file again
+    assert log_iterations(run_dir) == list(range(10, 81, 10))
+
+
+def test_an_existing_checkpoint_is_never_overwritten(tmp_path):
+    def checkpointer(seed):
+        keras.utils.set_random_seed(seed)
+        return learner_checkpointer(
+            MetaLearner(models.fc_net((1,), (8,), 1, norm="None"), losses.mse), str(tmp_path))
+
+    checkpointer(0).save(20)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match=r"model-20 already exists and holds another "
+                                              r"state; it is left as it is"):
+        checkpointer(1).save(20)
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------------- 3. two writers
+def command(logdir, iterations=10**6):
+    return [sys.executable, "-m", "tf_maml.main", "--datasource=sinusoid", "--norm=None",
+            f"--metatrain_iterations={iterations}", "--update_batch_size=5",
+            "--update_lr=0.01", "--meta_batch_size=4", f"--logdir={logdir}",
+            "--test_after_train=False", "--log=False"]
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    first = subprocess.Popen(command(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        run_dir = tmp_path / "cls_5.mbs_4.ubs_5.numstep1.updatelr0.01nonorm"
+        deadline = time.time() + 300
+        while not (run_dir / "training_log.csv").exists() and time.time() < deadline:
+            assert first.poll() is None, first.communicate()[0][-3000:]
+            time.sleep(0.1)
+        second = cli(*command(tmp_path)[3:])  # the same command, in this process
+        assert second.code == 1
+        line = one_line_error(second.err)
+        assert f"{run_dir} is in use by process {first.pid} on {socket.gethostname()}" in line
+        assert "wait for it to finish, or stop it, or use another --logdir" in line
+    finally:
+        first.send_signal(signal.SIGTERM)  # saves a checkpoint, releases the lock
+        try:
+            out = first.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired as err:
+            first.kill()
+            pytest.fail(f"SIGTERM did not stop the first writer: {str(err.output)[-2000:]}")
+    assert "Interrupted at iteration" in out
+    assert not (run_dir / rundir.LOCK_NAME).exists()
+    rows = log_iterations(run_dir)
+    assert rows == sorted(set(rows))  # one writer: each iteration once
+
+
+def lock_of(pid, **extra) -> str:
+    return json.dumps(dict(pid=pid, host=socket.gethostname(), since=time.time(), **extra))
+
+
+def test_a_lock_of_a_live_process_refuses_and_a_stale_one_is_taken_over(tmp_path):
+    path = tmp_path / rundir.LOCK_NAME
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path.write_text(lock_of(sleeper.pid, command="tf-maml --logdir=x"))
+        with pytest.raises(RunDirError, match=rf"in use by process {sleeper.pid} on .*"
+                                              r"\(tf-maml --logdir=x\)"), rundir.lock(tmp_path):
+            pass
+        assert path.exists()  # not ours: left alone
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The same pid, now dead (SIGKILL): the lock is stale.
+    logs = []
+    with rundir.lock(tmp_path, logs.append):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert any(f"removing the stale lock {path} of process {sleeper.pid}" in line
+               for line in logs)
+    assert not path.exists()
+    # A recycled pid (alive, but started after the lock was written) is stale too.
+    path.write_text(lock_of(os.getpid(), started_ticks="1"))
+    with rundir.lock(tmp_path, quiet):
+        pass
+    # Another host's process cannot be checked: refused, with the way out.
+    path.write_text(json.dumps(dict(pid=1, host="elsewhere")))
+    with pytest.raises(RunDirError, match=rf"if it no longer runs, delete {path}"), \
+            rundir.lock(tmp_path):
+        pass
+
+
+@pytest.mark.parametrize("entry", ["fit", "navigation"])
+def test_fit_and_the_rl_runner_take_the_same_lock(tmp_path, entry):
+    from test_rl import nav_config
+
+    if entry == "fit":
+        run_dir = tmp_path / "fit"
+        keras.utils.set_random_seed(0)
+        learner = MetaLearner(models.fc_net((1,), (8,), 1, norm="None"), losses.mse)
+        start = lambda: learner.fit(SinusoidTasks(5, 5), 2, meta_batch_size=2,  # noqa: E731
+                                    run_dir=str(run_dir), log_interval=None, log=quiet)
+    else:
+        config = nav_config(tmp_path)
+        run_dir = tmp_path / config.exp_string()
+        start = lambda: runner.run(config, log=quiet)  # noqa: E731
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.makedirs(run_dir)
+        (run_dir / rundir.LOCK_NAME).write_text(lock_of(sleeper.pid))
+        with pytest.raises(RunDirError, match=f"{run_dir} is in use by process {sleeper.pid}"):
+            start()
+        assert os.listdir(run_dir) == [rundir.LOCK_NAME]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_checkpoint_can_be_evaluated_while_training_holds_the_lock(tmp_path,
+                                                                    fast_intervals):
+    config, run_dir = trained(tmp_path, 20)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / rundir.LOCK_NAME).write_text(lock_of(sleeper.pid))
+        logs = []
+        runner.run(dataclasses.replace(config, train=False, num_test_tasks=2),
+                   log=logs.append)
+        assert f"Restored {run_dir}/model-20 (iteration 20)" in logs
+        assert json.loads((run_dir / rundir.LOCK_NAME).read_text())["pid"] == sleeper.pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# ---------------------------------------------------------------------- 4. the log
+def test_the_log_holds_each_iteration_once_after_a_fallback(tmp_path, fast_intervals):
+    config, run_dir = trained(tmp_path, 60)
+    data = run_dir / "model-60.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:50])  # a crash while model-60 was written
+    logs = []
+    runner.run(dataclasses.replace(config, metatrain_iterations=80), log=logs.append)
+    assert f"Resumed from {run_dir}/model-40 at iteration 40" in logs
+    assert "Kept the unreadable model-60 as corrupt-model-60." in logs
+    assert (run_dir / "corrupt-model-60.index").exists()
+    assert log_iterations(run_dir) == list(range(10, 81, 10))
+    assert sorted(p for p in os.listdir(run_dir) if p.startswith("model-")
+                  and p.endswith(".index")) == [f"model-{i}.index" for i in (20, 40, 60, 80)]
+
+
+# ---------------------------------------------------------------------- 5. full or read-only
+@pytest.mark.parametrize("error", ["OSError", "TensorFlow"])
+def test_a_full_disk_while_saving_keeps_the_run_and_says_so(tmp_path, fast_intervals,
+                                                            monkeypatch, error):
+    config, run_dir = trained(tmp_path, 40)
+    kept = snapshot(run_dir)
+    write = tf.train.Checkpoint.write
+
+    def full_disk(self, prefix, *args, **kwargs):
+        if not prefix.endswith("model-60"):
+            return write(self, prefix, *args, **kwargs)
+        os.makedirs(prefix + "_temp")  # as TF's sharded save leaves it
+        (run_dir / "model-60_temp" / "part-00000").write_bytes(b"half")
+        if error == "OSError":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise tf.errors.ResourceExhaustedError(
+            None, None, f"{prefix}_temp/part-00000; No space left on device [Op:SaveV2]")
+
+    monkeypatch.setattr(tf.train.Checkpoint, "write", full_disk)
+    result = cli(*as_flags(config, metatrain_iterations=80))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert line == (f"tf-maml: error: could not save the checkpoint model-60 in {run_dir}: No "
+                    "space left on device. Nothing was lost: the latest checkpoint model-40 "
+                    f"is intact; free some space on the disk of {run_dir}, then run the same "
+                    "command again.")
+    left = sorted(os.listdir(run_dir))
+    assert not any(name.startswith("model-60") for name in left), left  # no temporary
+    assert rundir.LOCK_NAME not in left
+    assert {k: v for k, v in snapshot(run_dir).items() if k.startswith("model-")} == \
+        {k: v for k, v in kept.items() if k.startswith("model-")}
+    assert log_iterations(run_dir) == list(range(10, 61, 10))
+    monkeypatch.setattr(tf.train.Checkpoint, "write", write)  # space freed: the same command
+    os.makedirs(run_dir / "model-9000_temp")  # as a SIGKILL during a save leaves it
+    logs = []
+    runner.run(dataclasses.replace(config, metatrain_iterations=80), log=logs.append)
+    assert "Removed model-9000_temp, left by an interrupted save." in logs
+    assert not (run_dir / "model-9000_temp").exists()
+    assert f"Resumed from {run_dir}/model-40 at iteration 40" in logs
+    assert log_iterations(run_dir) == list(range(10, 81, 10))
+
+
+def test_a_read_only_run_directory_is_one_line_and_changes_nothing(tmp_path, fast_intervals,
+                                                                  monkeypatch):
+    config, run_dir = trained(tmp_path, 20)
+    before = snapshot(run_dir)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "link", read_only)  # the lock is the first file written
+    result = cli(*as_flags(config, metatrain_iterations=40))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert line.startswith(f"tf-maml: error: could not write the lock run.lock in {run_dir}: "
+                           "Read-only file system. Nothing was lost")
+    assert f"make {run_dir} writable, or use another --logdir" in line
+    assert snapshot(run_dir) == before
+
+
+# ---------------------------------------------------------------------- 6. evaluation
+def test_evaluating_a_corrupt_latest_checkpoint_names_the_readable_one(tmp_path, fast_intervals):
+    config, run_dir = trained(tmp_path, 60)
+    data = run_dir / "model-60.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:50])
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, train=False, num_test_tasks=2))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert f"checkpoint {run_dir}/model-60 is corrupt or truncated" in line
+    assert line.endswith("; --test_iter=40 evaluates the newest readable one (model-40)")
+    assert snapshot(run_dir) == before
+    result = cli(*as_flags(config, train=False, num_test_tasks=2, test_iter=40))
+    assert result.code == 0 and f"Restored {run_dir}/model-40 (iteration 40)" in result.out
+
+
+# ---------------------------------------------------------------------- the command line
+def test_every_config_field_is_the_flag_of_the_same_name():
+    from absl import flags
+
+    from tf_maml import main as cli_main
+    from tf_maml.config import Config
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["tf-maml"])
+    assert cli_main.config_from_flags() == Config()
+    flags.FLAGS(["tf-maml", "--nan_policy=skip", "--baseline=None", "--meta_lr=0.5"])
+    assert cli_main.config_from_flags() == Config(nan_policy="skip", meta_lr=0.5)
+    flags.FLAGS.unparse_flags()

@@ -1,0 +1,190 @@
+"""The hooks of the training loop (:func:`tf_maml.train.fit`): progress lines, TensorBoard
+scalars, ``training_log.csv``, validation and the checkpoint saver.
+
+Console output follows the original (``Iteration i: <pre>, <post>`` every print interval,
+means of the values sampled every 100 iterations; accuracies for classification, losses for
+regression; ``Validation results: <pre>, <post>`` for image data), plus a progress line with
+the speed and the time left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from tf_maml.checkpoint import Checkpointer
+from tf_maml.config import SAVE_INTERVAL, SUMMARY_INTERVAL
+from tf_maml.rundir import CSVLog
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Callback:
+    """Hooks of :func:`fit`. ``metrics`` are the tensors a train step returned; fetching one
+    (``float(...)``) waits for the step, so callbacks do it only at their interval."""
+
+    def on_train_begin(self, learner, start: int, total: int) -> None:
+        pass
+
+    def on_step_end(self, iteration: int, metrics: dict, pretrain: bool) -> None:
+        pass
+
+    def on_interrupt(self, iteration: int) -> None:
+        pass
+
+    def on_train_end(self, iteration: int) -> None:
+        pass
+
+
+class ProgressLogger(Callback):
+    """The original's ``Iteration i: <pre>, <post>`` lines (means of the values sampled every
+    ``summary_interval``; metric if the learner has one, else loss) plus speed and ETA."""
+
+    def __init__(self, print_interval: int = 100, summary_interval: int = SUMMARY_INTERVAL,
+                 log: Callable[[str], None] = print):
+        self.print_interval, self.summary_interval, self.log = (
+            print_interval, summary_interval, log)
+
+    def on_train_begin(self, learner, start, total):
+        self.key = "metric" if learner.metric_fn is not None else "loss"
+        self.total, self.pre, self.post = total, [], []
+        self.t_start = self.t_window = time.time()
+        self.itr_window = start
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.summary_interval == 0 or iteration == self.total:
+            self.pre.append(float(metrics[f"pre_{self.key}"]))
+            self.post.append(float(metrics[f"post_{self.key}"]))
+        if iteration % self.print_interval == 0 or iteration == self.total:
+            prefix = "Pretrain Iteration" if pretrain else "Iteration"
+            if self.pre:
+                self.log(f"{prefix} {iteration}: {np.mean(self.pre)}, {np.mean(self.post)}")
+            self.pre, self.post = [], []
+            now = time.time()
+            rate = (iteration - self.itr_window) / max(now - self.t_window, 1e-9)
+            self.t_window, self.itr_window = now, iteration
+            self.log(f"  [{iteration}/{self.total} {100.0 * iteration / self.total:.1f}%] "
+                     f"{rate:.1f} it/s, elapsed {_format_duration(now - self.t_start)}, "
+                     f"ETA {_format_duration((self.total - iteration) / max(rate, 1e-9))}")
+
+
+class TensorBoard(Callback):
+    """Scalars named as the original's summaries, every ``summary_interval`` iterations."""
+
+    def __init__(self, logdir: str, num_updates: int, summary_interval: int = SUMMARY_INTERVAL):
+        self.writer = tf.summary.create_file_writer(logdir)
+        self.num_updates, self.summary_interval = num_updates, summary_interval
+
+    def on_train_begin(self, learner, start, total):
+        self.classification = learner.metric_fn is not None
+        self.total = total
+
+    def scalars(self, iteration: int, values: dict[str, float]) -> None:
+        with self.writer.as_default(step=iteration):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.summary_interval and iteration != self.total:
+            return
+        j = self.num_updates
+        values = {"metatrain_Pre-update loss": metrics["pre_loss"],
+                  f"metatrain_Post-update loss, step {j}": metrics["post_loss"]}
+        if self.classification:
+            values["metatrain_Pre-update accuracy"] = metrics["pre_metric"]
+            values[f"metatrain_Post-update accuracy, step {j}"] = metrics["post_metric"]
+        self.scalars(iteration, values)
+
+    def on_train_end(self, iteration):
+        self.writer.flush()
+
+
+class HistoryCSV(Callback):
+    """``training_log.csv``: iteration, phase, pre, post, val_pre, val_post, seconds; each
+    iteration once (a resumed run first drops the rows after the iteration it resumes
+    from: they are written again)."""
+
+    COLUMNS = ["iteration", "phase", "pre", "post", "val_pre", "val_post", "seconds"]
+
+    def __init__(self, path: str, summary_interval: int = SUMMARY_INTERVAL):
+        self.log, self.summary_interval = CSVLog(path, self.COLUMNS), summary_interval
+
+    def on_train_begin(self, learner, start, total):
+        self.key = "metric" if learner.metric_fn is not None else "loss"
+        self.total, self.t_start = total, time.time()
+        self.log.start(start)
+
+    def row(self, iteration, phase, pre="", post="", val_pre="", val_post=""):
+        self.log.row([iteration, phase, pre, post, val_pre, val_post,
+                      round(time.time() - self.t_start, 2)])
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.summary_interval == 0 or iteration == self.total:
+            self.row(iteration, "pretrain" if pretrain else "metatrain",
+                     float(metrics[f"pre_{self.key}"]), float(metrics[f"post_{self.key}"]))
+
+    def on_train_end(self, iteration):
+        self.log.close()
+
+    on_interrupt = on_train_end
+
+
+class Validation(Callback):
+    """``Validation results: <pre>, <post>`` on one meta-batch of validation tasks every
+    ``interval`` iterations (the original's TEST_PRINT_INTERVAL), after ``num_steps``."""
+
+    def __init__(self, batches, interval: int, num_steps: int, log=print,
+                 tensorboard: TensorBoard | None = None, history: HistoryCSV | None = None):
+        self.batches, self.interval, self.num_steps = batches, interval, num_steps
+        self.log, self.tensorboard, self.history = log, tensorboard, history
+
+    def on_train_begin(self, learner, start, total):
+        self.learner = learner
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.interval:
+            return
+        out = self.learner.evaluate_batch(next(self.batches), self.num_steps)
+        values = out["metric"] if "metric" in out else out["loss"]
+        pre, post = float(np.mean(values[:, 0])), float(np.mean(values[:, -1]))
+        self.log(f"Validation results: {pre}, {post}")
+        if self.history is not None:
+            self.history.row(iteration, "val", val_pre=pre, val_post=post)
+        if self.tensorboard is not None:
+            what = "accuracy" if "metric" in out else "loss"
+            self.tensorboard.scalars(iteration, {
+                f"metaval_Pre-update {what}": pre,
+                f"metaval_Post-update {what}, step {self.num_steps}": post})
+
+
+class CheckpointSaver(Callback):
+    """Saves every ``interval`` iterations, at the end, and on Ctrl-C / SIGTERM."""
+
+    def __init__(self, checkpointer: Checkpointer, interval: int = SAVE_INTERVAL,
+                 log=print):
+        self.checkpointer, self.interval, self.log = checkpointer, interval, log
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.interval == 0:
+            self.checkpointer.save(iteration)
+
+    def on_interrupt(self, iteration):
+        path = self.checkpointer.save(iteration)
+        if self.checkpointer.chief:
+            self.log(f"Interrupted at iteration {iteration}: saved {path}; run the same "
+                     "command again to continue.")
+
+    def on_train_end(self, iteration):
+        # Decided on iteration numbers only, so that all workers save together.
+        if self.checkpointer.saved_iteration != iteration:
+            self.checkpointer.save(iteration)
+        if self.checkpointer.chief:
+            self.log(f"Saved {self.checkpointer.last_saved or self.checkpointer.latest}")

@@ -1,0 +1,320 @@
+"""One checkpointer and one resume path for every kind of training (supervised, RL,
+``MetaLearner.fit``): ``<run_dir>/model-<iteration>``, found from the files themselves,
+never overwritten, the last ``MAX_TO_KEEP`` kept.
+
+Settings saved beside the state (Adam's learning rate) are the run's settings, not its
+state: a resume keeps the value the learner was built with and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+
+import tensorflow as tf
+
+from tf_maml import distribute as distribute_lib
+from tf_maml import rundir
+from tf_maml.config import MAX_TO_KEEP
+from tf_maml.rundir import CHECKPOINT_NAME
+
+Change = tuple[str, object, object]  # (API name, value before, value now)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, or does not fit the model."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's files cannot be read (truncated or damaged)."""
+
+
+def checkpoint_iteration(path: str) -> int:
+    name = os.path.basename(path)
+    prefix = CHECKPOINT_NAME + "-"
+    return int(name[len(prefix):]) if name.startswith(prefix) and name[len(prefix):].isdigit() \
+        else -1
+
+
+class Checkpointer:
+    """Saves and restores ``parts`` (trackable objects: the model, the optimizer, ...) and
+    the iteration as ``<run_dir>/model-<iteration>``.
+
+    ``settings`` maps an API name (``meta_lr``) to a variable that is saved with the
+    checkpoint but belongs to the run's settings: :meth:`restore` for training keeps its
+    current value and reports a difference as a change.
+
+    In multi-worker training every worker saves (saving distributed variables may involve
+    collective ops), but only the chief (``chief=True``) into ``run_dir``: the others write
+    to a scratch directory, removed by :meth:`close`. All workers restore from ``run_dir``.
+    """
+
+    def __init__(self, run_dir: str, parts: dict, settings: dict | None = None,
+                 chief: bool = True, fit_hint: str = ""):
+        self.run_dir, self.chief, self.fit_hint = run_dir, chief, fit_hint
+        self.settings = dict(settings or {})
+        self.saved_iteration: int | None = None  # of the checkpoint last saved or restored
+        self.last_saved: str | None = None
+        self._scratch: str | None = None
+        self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
+        self.checkpoint = tf.train.Checkpoint(**parts, iteration=self.iteration)
+
+    # ------------------------------------------------------------------ what is on disk
+    @property
+    def checkpoints(self) -> list[str]:
+        return [p for _, p in rundir.checkpoint_prefixes(self.run_dir)]
+
+    @property
+    def latest(self) -> str | None:
+        found = self.checkpoints
+        return found[-1] if found else None
+
+    def path_for(self, iteration: int) -> str:
+        return os.path.join(self.run_dir, f"{CHECKPOINT_NAME}-{iteration}")
+
+    # ------------------------------------------------------------------ saving
+    def save(self, iteration: int) -> str:
+        """Writes ``model-<iteration>``; nothing if this very state was just saved or
+        restored. An existing checkpoint is never overwritten (a :class:`CheckpointError`).
+        A failed write (full disk, read-only) leaves no partial files and raises a
+        :class:`~tf_maml.rundir.RunDirError` saying what was kept."""
+        self.iteration.assign(iteration)
+        if self.saved_iteration == iteration and self.last_saved is not None:
+            return self.last_saved  # decided alike on every worker: they save together
+        if not self.chief:
+            if self._scratch is None:
+                self._scratch = tempfile.mkdtemp(prefix="tf_maml_worker_")
+            self.last_saved = self.checkpoint.write(os.path.join(self._scratch,
+                                                                 CHECKPOINT_NAME))
+            self.saved_iteration = iteration
+            return self.last_saved
+        path = self.path_for(iteration)
+        if os.path.exists(path + ".index"):
+            raise CheckpointError(f"{path} already exists and holds another state; it is "
+                                  "left as it is. Use another `run_dir` for a new run.")
+        previous = self.latest
+        with rundir.writing(
+                self.run_dir, f"save the checkpoint {os.path.basename(path)}",
+                kept=lambda: (f"the latest checkpoint {os.path.basename(previous)} is intact"
+                              if previous else "no checkpoint had been written yet"),
+                cleanup=lambda: _remove_checkpoint_files(path)):
+            self.last_saved = self.checkpoint.write(path)
+            self.saved_iteration = iteration
+            self._keep_latest()
+        return self.last_saved
+
+    def _keep_latest(self) -> None:
+        """Deletes all but the newest ``MAX_TO_KEEP`` checkpoints (the original's
+        ``max_to_keep=10``) and rewrites TensorFlow's ``checkpoint`` state file for tools
+        that read it (``tf.train.latest_checkpoint``)."""
+        found = self.checkpoints
+        for old in found[:-MAX_TO_KEEP]:
+            _remove_checkpoint_files(old)
+        kept = [os.path.basename(p) for p in found[-MAX_TO_KEEP:]]
+        lines = [f'model_checkpoint_path: "{kept[-1]}"']
+        lines += [f'all_model_checkpoint_paths: "{name}"' for name in kept]
+        rundir.atomic_write(os.path.join(self.run_dir, "checkpoint"), "\n".join(lines) + "\n")
+
+    def remove_unfinished(self, log: Callable[[str], None] = print) -> None:
+        """Removes the ``model-<i>_temp`` folders of saves that a crash interrupted (call it
+        holding the run directory's lock: no other process is saving)."""
+        if not self.chief:
+            return
+        for path in sorted(glob.glob(os.path.join(glob.escape(self.run_dir),
+                                                  f"{CHECKPOINT_NAME}-*_temp"))):
+            shutil.rmtree(path, ignore_errors=True)
+            log(f"Removed {os.path.basename(path)}, left by an interrupted save.")
+
+    def close(self) -> None:
+        """Removes a non-chief worker's scratch checkpoints."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    # ------------------------------------------------------------------ restoring
+    def restore(self, path: str, expect_optimizer: bool = True) -> tuple[int, list[Change]]:
+        """Loads ``path``; returns its iteration and the settings that differ from the
+        checkpoint's (the current values are kept). Fails clearly on a missing file, a
+        corrupt one or a checkpoint of another architecture."""
+        if not os.path.exists(path + ".index"):
+            available = ", ".join(os.path.basename(p) for p in self.checkpoints) or "none"
+            raise CheckpointError(f"no checkpoint at {path} (available in {self.run_dir}: "
+                                  f"{available})")
+        wanted = {name: v.numpy() for name, v in self.settings.items()}
+        try:
+            status = self.checkpoint.read(path)
+        except (tf.errors.OpError, IndexError) as err:
+            # DataLossError, OutOfRangeError, a bare OpError ("file is too short to be an
+            # sstable": a truncated .index), ... from the C++ reader; IndexError ("Read less
+            # bytes than requested") from the Python one.
+            detail = (getattr(err, "message", None) or str(err)).splitlines()[0]
+            raise CorruptCheckpointError(
+                f"checkpoint {path} is corrupt or truncated: {detail}") from err
+        except ValueError as err:  # a variable of another shape
+            raise CheckpointError(f"checkpoint {path} does not fit this model ({err}); "
+                                  f"{self.fit_hint}") from err
+        try:
+            if expect_optimizer:
+                status.assert_existing_objects_matched()
+            else:
+                status.expect_partial()
+        except AssertionError as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this model ({err}); "
+                                  f"{self.fit_hint}") from err
+        except (ValueError, tf.errors.InvalidArgumentError) as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
+        changes = []
+        for name, variable in self.settings.items():
+            saved = variable.numpy()
+            if not _same(saved, wanted[name]):
+                changes.append((name, saved.item(), wanted[name].item()))
+            variable.assign(wanted[name])
+        self.saved_iteration, self.last_saved = int(self.iteration.numpy()), path
+        return self.saved_iteration, changes
+
+    def readable_before(self, iteration: int) -> str | None:
+        """The newest checkpoint older than ``iteration`` that reads (the model is left
+        with its state), for an error message to point at."""
+        for path in reversed(self.checkpoints):
+            if checkpoint_iteration(path) < iteration:
+                try:
+                    self.restore(path, expect_optimizer=False)
+                    return path
+                except CheckpointError:
+                    continue
+        return None
+
+    def restore_latest_good(self, log: Callable[[str], None] = print,
+                            ) -> tuple[str, int, list[Change]]:
+        """Restores the newest checkpoint that reads, to continue training from it. A
+        corrupt or truncated one (a crash or a full disk while it was written) is skipped
+        with a warning and renamed ``corrupt-model-<i>...`` (kept, but out of the way of
+        the checkpoint training will write at that iteration again)."""
+        skipped = []
+        for path in reversed(self.checkpoints):
+            try:
+                iteration, changes = self.restore(path)
+            except CorruptCheckpointError as err:
+                log(f"WARNING: {err}; trying the previous checkpoint.")
+                skipped.append(path)
+                continue
+            for bad in skipped:
+                kept = _move_aside(bad)
+                log(f"Kept the unreadable {os.path.basename(bad)} as {kept}.")
+            return path, iteration, changes
+        raise CheckpointError(f"no readable checkpoint in {self.run_dir}; move the run "
+                              "directory away to start afresh.")
+
+
+def _same(a, b) -> bool:
+    import numpy as np
+
+    return bool(np.allclose(a, b, rtol=1e-6, atol=0.0))
+
+
+def _remove_checkpoint_files(prefix: str) -> None:
+    for path in glob.glob(glob.escape(prefix) + ".*") + glob.glob(glob.escape(prefix) + "_temp*"):
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
+def _move_aside(prefix: str) -> str:
+    directory, name = os.path.split(prefix)
+    target = "corrupt-" + name
+    for path in glob.glob(glob.escape(prefix) + ".*"):
+        os.replace(path, os.path.join(directory, target + path[len(prefix):]))
+    return target
+
+
+# ---------------------------------------------------------------------- MetaLearner
+ARCHITECTURE_HINT = ("was it written with other `datasource`/`num_classes`/`num_filters`/"
+                     "`norm`/`conv` settings, or another model? Use another `run_dir` for a "
+                     "new run.")
+
+
+def learner_checkpointer(learner, run_dir: str) -> Checkpointer:
+    """The checkpointer of a :class:`~tf_maml.learners.MetaLearner`: θ, the meta-optimizer
+    (Adam's moments and step: the original lost them on resume), Meta-SGD's α and the
+    iteration. The optimizer's learning rate is a setting (``meta_lr``)."""
+    parts = {"model": learner.model, "optimizer": learner.optimizer}
+    if learner.inner_lrs:
+        parts["inner_lrs"] = list(learner.inner_lrs)
+    settings = {"meta_lr": v for v in learner.optimizer.variables
+                if v.name == "learning_rate"}
+    return Checkpointer(run_dir, parts, settings,
+                        chief=distribute_lib.is_chief(learner.strategy),
+                        fit_hint=ARCHITECTURE_HINT)
+
+
+# ---------------------------------------------------------------------- resume
+def describe_changes(changes: Sequence[Change], iteration: int) -> str:
+    """One line: what a resumed run changed, and from when."""
+    def fmt(v):
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    parts = [f"`{name}` {fmt(old)} -> {fmt(new)}" + (" (Adam's moments kept)"
+                                                     if name == "meta_lr" else "")
+             for name, old, new in changes]
+    return f"Changed on resume, from iteration {iteration}: " + ", ".join(parts)
+
+
+def resume_or_start(checkpointer: Checkpointer, resume: bool, total: int,
+                    on_start: Callable[[], None] | None = None, log=print,
+                    changes: Sequence[Change] = ()) -> tuple[int, bool]:
+    """The start of a training run (supervised and RL alike): restores the latest readable
+    checkpoint if there is one and ``resume`` allows it (else a CheckpointError: nothing is
+    overwritten), prints what changed since (``changes`` of the caller's settings, plus the
+    checkpointer's), calls ``on_start`` and returns (start iteration, whether the run is
+    already complete)."""
+    start = 0
+    checkpointer.remove_unfinished(log)
+    latest = checkpointer.latest
+    if latest is not None:
+        if not resume:
+            raise CheckpointError(
+                f"{checkpointer.run_dir} already holds checkpoints ({os.path.basename(latest)}"
+                "); pass `resume=True` to continue that run, or another `run_dir` for a new "
+                "one. Nothing was overwritten.")
+        path, start, restored_changes = checkpointer.restore_latest_good(log)
+        log(f"Resumed from {path} at iteration {start}")
+        merged = dict((name, (old, new)) for name, old, new in restored_changes)
+        merged.update((name, (old, new)) for name, old, new in changes)
+        if merged:
+            log(describe_changes([(n, o, w) for n, (o, w) in merged.items()], start))
+    if on_start is not None:
+        on_start()
+    if start >= total:
+        log(f"Training already complete ({start}/{total} iterations)")
+        return start, True
+    return start, False
+
+
+def restore_for_test(checkpointer: Checkpointer, test_iter: int) -> tuple[str, int]:
+    """The checkpoint evaluation uses: ``model-<test_iter>`` or the latest. A corrupt
+    latest checkpoint is an error that names the newest readable one (`test_iter`): an
+    evaluation must not silently report an older model."""
+    if test_iter > 0:
+        path = checkpointer.path_for(test_iter)
+    else:
+        path = checkpointer.latest
+        if path is None:
+            raise CheckpointError(
+                f"no checkpoint in {checkpointer.run_dir} to evaluate. Train first (the same "
+                "settings with `train=True`), or check `logdir` and the settings that name "
+                "the run directory (`train_update_batch_size`, `train_update_lr`, ...).")
+    try:
+        return path, checkpointer.restore(path, expect_optimizer=False)[0]
+    except CorruptCheckpointError as err:
+        if test_iter > 0:
+            raise
+        older = checkpointer.readable_before(checkpoint_iteration(path))
+        fix = (f"`test_iter={checkpoint_iteration(older)}` evaluates the newest readable one "
+               f"({os.path.basename(older)})" if older else "no older checkpoint reads either")
+        raise CorruptCheckpointError(f"{err}; {fix}") from err

@@ -1,0 +1,220 @@
+"""What the Omniglot and MiniImageNet preparations share: their error, atomic writes, the
+completion marker, archive reading and image decoding.
+
+Used by ``tf_maml.data.omniglot``, ``tf_maml.data.miniimagenet`` and the TFDS builders of
+``tf_maml.tfds``; the ``data_prep`` commands are thin command lines over them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import time
+import zipfile
+from collections.abc import Callable
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+MARKER_NAME = ".complete"  # written last: its presence means a prepared folder is complete
+FORMAT_VERSION = 1
+PARTIAL_SUFFIX = ".partial"
+
+class PrepError(RuntimeError):
+    """A problem with the source data or the output folder, with a message for the user."""
+
+
+
+def atomic_write_bytes(path: str, data: bytes, fsync: bool = False) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    tmp = f"{path}.{os.getpid()}{PARTIAL_SUFFIX}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_if_changed(path: str, data: bytes) -> bool:
+    """Writes ``data`` atomically unless ``path`` already holds exactly these bytes."""
+    try:
+        if os.path.getsize(path) == len(data):
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return False
+    except OSError:
+        pass
+    atomic_write_bytes(path, data)
+    return True
+
+
+def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
+    """Writes an uncompressed ``.npz`` (readable by ``np.load``) through a temporary file.
+
+    Unlike ``np.savez`` the zip entries carry a fixed date, so the same arrays always give
+    the same bytes (reproducible caches).
+    """
+    tmp = f"{path}.{os.getpid()}{PARTIAL_SUFFIX}"
+    with open(tmp, "wb") as f:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, array in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(array),
+                                              allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_marker(output: str, dataset: str) -> dict | None:
+    """The completion marker of ``output`` if it exists and belongs to this format."""
+    try:
+        with open(os.path.join(output, MARKER_NAME), encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict):
+        return None
+    if marker.get("dataset") != dataset or marker.get("format_version") != FORMAT_VERSION:
+        return None
+    return marker
+
+
+def write_marker(output: str, marker: dict) -> None:
+    data = (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    atomic_write_bytes(os.path.join(output, MARKER_NAME), data, fsync=True)
+
+
+def remove_marker(output: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(output, MARKER_NAME))
+
+
+def remove_partials(output: str) -> int:
+    """Deletes temporary files left in ``output`` by an interrupted run; returns how many."""
+    removed = 0
+    for root, _, files in os.walk(output):
+        for name in files:
+            if name.endswith(PARTIAL_SUFFIX):
+                os.remove(os.path.join(root, name))
+                removed += 1
+    return removed
+
+
+def start_output(output: str) -> None:
+    """Creates ``output`` if needed and marks it incomplete (no marker) until the final
+    ``write_marker``; deletes the temporary files of an interrupted run."""
+    os.makedirs(output, exist_ok=True)
+    remove_marker(output)
+    if remove_partials(output):
+        logging.info("removed temporary files of an interrupted run in %s", output)
+
+def count_files(root: str, depth: int, suffixes: tuple[str, ...]) -> int:
+    """Number of files ending in ``suffixes`` exactly ``depth`` folders below ``root``."""
+    dirs = [root]
+    for _ in range(depth):
+        dirs = [e.path for d in dirs for e in os.scandir(d) if e.is_dir()]
+    return sum(
+        1
+        for d in dirs
+        for e in os.scandir(d)
+        if e.is_file() and e.name.lower().endswith(suffixes) and not e.name.startswith(".")
+    )
+
+
+def check_no_extra_entries(
+    root: str, depth: int, expected: set[str], suffixes: tuple[str, ...]
+) -> None:
+    """Fails if ``root`` holds class folders or image files that this build did not write.
+
+    ``expected`` holds paths relative to ``root`` with "/" separators: the class folders
+    (``depth`` levels) and the image files inside them. Stray entries would make the tree
+    disagree with the npz cache, so they are reported instead of silently kept.
+    """
+    extra = []
+    level = [""]
+    for _ in range(depth):
+        nxt = []
+        for rel in level:
+            for e in os.scandir(os.path.join(root, rel) if rel else root):
+                if e.is_dir():
+                    child = f"{rel}/{e.name}" if rel else e.name
+                    (nxt if child in expected else extra).append(child)
+        level = nxt
+    for rel in level:
+        for e in os.scandir(os.path.join(root, rel)):
+            child = f"{rel}/{e.name}"
+            if e.name.lower().endswith(suffixes) and child not in expected:
+                extra.append(child)
+    if extra:
+        shown = ", ".join(sorted(extra)[:5])
+        raise PrepError(
+            f"output folder {root} holds {len(extra)} entries that this build did not write "
+            f"(e.g. {shown}); remove them or use an empty --output"
+        )
+
+
+class Progress:
+    """Logs ``what: done/total`` every ``every`` items and at the end."""
+
+    def __init__(self, what: str, total: int, every: int):
+        self.what, self.total, self.every = what, total, max(1, every)
+        self.done = 0
+        self.start = time.monotonic()
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.done % self.every == 0 or self.done == self.total:
+            pct = 100.0 * self.done / max(1, self.total)
+            elapsed = time.monotonic() - self.start
+            logging.info("%s: %d/%d (%.0f%%, %.1f s)", self.what, self.done, self.total, pct,
+                         elapsed)
+
+
+def open_zip(path: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise PrepError(f"cannot open zip archive {path} (missing, truncated or corrupt?): "
+                        f"{e}") from e
+
+
+def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return zf.read(info)
+    except Exception as e:  # BadZipFile (CRC), zlib.error, EOFError on truncation, OSError
+        raise PrepError(f"cannot read {info.filename} from zip archive {zf.filename} "
+                        f"(truncated or corrupt?): {e}") from e
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise PrepError(f"cannot read {path}: {e}") from e
+
+
+def decode_image(data: bytes, origin: str) -> Image.Image:
+    """Fully decodes an image (so truncation is detected) or names ``origin`` in the error."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
+        raise PrepError(f"cannot decode image {origin} (truncated or corrupt?): {e}") from e
+    return img
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One source file: where it goes and how to read it."""
+
+    rel: tuple[str, ...]  # output path components
+    origin: str  # for messages
+    read: Callable[[], bytes]

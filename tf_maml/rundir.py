@@ -1,0 +1,297 @@
+"""The run directory's safety rules, shared by supervised training, RL and
+``MetaLearner.fit(run_dir=...)``: one writer at a time (a lock file), files replaced whole
+(a temporary and a rename), checkpoints found from their files, a log that holds each
+iteration once, and an error that says what was kept when the disk refuses a write.
+
+Messages name the library's arguments in backticks (`run_dir`, `resume=True`); the command
+line turns them into its flag names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+LOCK_NAME = "run.lock"
+CHECKPOINT_NAME = "model"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used (in use by another process, not writable, full);
+    the message names the directory and the fix, and what was kept."""
+
+
+# ---------------------------------------------------------------------- lock
+_held: dict[str, int] = {}  # run directories this process holds: nesting depth
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of ``pid`` (Linux), so that a recycled pid is not taken for the
+    process that wrote a lock; None where /proc does not tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(owner: dict) -> bool:
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    started = owner.get("started_ticks")
+    return started is None or _process_start(pid) in (None, started)
+
+
+def _read_owner(path: str) -> dict:
+    try:
+        with open(path) as f:
+            owner = json.load(f)
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe(owner: dict) -> str:
+    when = owner.get("since")
+    since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}" if when else ""
+    command = f" ({owner['command']})" if owner.get("command") else ""
+    return f"process {owner.get('pid', '?')} on {owner.get('host', '?')}{since}{command}"
+
+
+def _makedirs(path: str) -> list[str]:
+    """``os.makedirs`` that returns the directories it created, outermost first."""
+    created = []
+    head = os.path.abspath(path)
+    while not os.path.exists(head):
+        created.append(head)
+        head = os.path.dirname(head)
+    os.makedirs(path, exist_ok=True)
+    return created[::-1]
+
+
+@contextlib.contextmanager
+def lock(run_dir: str, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Holds ``<run_dir>/run.lock`` while the block runs: a second process that wants the
+    same run directory is refused with a message naming the first. A lock left by a process
+    that no longer runs on this host (SIGKILL, a crash) is taken over with a warning. Nested
+    use in one process is allowed. Directories created for the lock, and the lock itself,
+    are removed on exit, so that a run refused early leaves no trace."""
+    key = os.path.realpath(run_dir)
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    try:
+        created = _makedirs(run_dir)
+    except OSError as err:
+        raise RunDirError(os_error_message(err, run_dir, "create the run directory")) from err
+    path = os.path.join(run_dir, LOCK_NAME)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+          "started_ticks": _process_start(os.getpid()),
+          "command": " ".join(os.path.basename(a) if i == 0 else a
+                              for i, a in enumerate(sys.argv))[:200]}
+    try:
+        _create_lock(path, me, run_dir, log)
+    except BaseException:
+        _remove_created(created)
+        raise
+    _held[key] = 1
+    try:
+        yield
+    finally:
+        del _held[key]
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        _remove_created(created)
+
+
+def _create_lock(path: str, me: dict, run_dir: str, log) -> None:
+    # The lock appears whole or not at all: written under a private name, then hard-linked
+    # to run.lock, which fails if it exists (atomic, on NFS too).
+    tmp = f"{path}.{me['host']}.{me['pid']}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(me, f)
+        for _ in range(3):
+            try:
+                os.link(tmp, path)
+                return
+            except FileExistsError:
+                pass
+            owner = _read_owner(path)
+            same_host = owner.get("host") == me["host"]
+            if owner and (not same_host or _alive(owner)):
+                fix = ("wait for it to finish, or stop it, or use another `run_dir`"
+                       if same_host else
+                       f"if it no longer runs, delete {path}; else use another `run_dir`")
+                raise RunDirError(f"{run_dir} is in use by {_describe(owner)}: two writers "
+                                  f"would mix their checkpoints and logs; {fix}.")
+            if not owner and time.time() - _mtime(path) < 5:  # being written right now
+                time.sleep(1)
+                continue
+            log(f"WARNING: removing the stale lock {path} of {_describe(owner)}, which no "
+                "longer runs.")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        raise RunDirError(f"could not take the lock {path}; delete it if no other process "
+                          "uses the run directory")
+    except OSError as err:
+        raise RunDirError(os_error_message(err, run_dir, "write the lock " + LOCK_NAME)) from err
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def _remove_created(created: list[str]) -> None:
+    for directory in reversed(created):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)  # only if still empty
+
+
+# ---------------------------------------------------------------------- writing
+def os_error_message(err: OSError, run_dir: str, action: str, kept: str = "") -> str:
+    """One line for an OSError while writing into ``run_dir``: what failed, why, what was
+    kept, and the fix."""
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free some space on the disk of {run_dir}"
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = f"make {run_dir} writable, or use another `run_dir`"
+    else:
+        fix = f"check {run_dir}"
+    kept = kept or "nothing already written was changed"
+    return (f"could not {action} in {run_dir}: {reason}. Nothing was lost: {kept}; {fix}, "
+            "then run the same command again.")
+
+
+@contextlib.contextmanager
+def writing(run_dir: str, action: str, kept: Callable[[], str] | None = None,
+            cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Turns an OSError (or TensorFlow's error for one) inside the block into a
+    :class:`RunDirError` naming ``action``, after ``cleanup`` removed any partial file."""
+    try:
+        yield
+    except Exception as err:
+        os_err = _as_os_error(err)
+        if os_err is None:
+            raise
+        if cleanup is not None:
+            cleanup()
+        raise RunDirError(os_error_message(os_err, run_dir, action,
+                                           kept() if kept else "")) from err
+
+
+def _as_os_error(err: Exception) -> OSError | None:
+    if isinstance(err, OSError):
+        return err
+    # TensorFlow's file system reports errno only in the text of its OpError.
+    text = getattr(err, "message", "") if type(err).__module__.startswith("tensorflow") else ""
+    for code, words in ((errno.ENOSPC, "No space left on device"),
+                        (errno.EROFS, "Read-only file system"),
+                        (errno.EACCES, "Permission denied"),
+                        (errno.EDQUOT, "Disk quota exceeded")):
+        if words in text:
+            return OSError(code, words)
+    return None
+
+
+def atomic_write(path: str, data: str | bytes) -> None:
+    """Replaces ``path`` whole: a reader (or a crash) sees the old file or the new one."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------- checkpoints
+def checkpoint_prefixes(run_dir: str, name: str = CHECKPOINT_NAME) -> list[tuple[int, str]]:
+    """``(iteration, prefix)`` of every ``<name>-<iteration>.index`` in ``run_dir``, oldest
+    first: the files are the truth, not TensorFlow's ``checkpoint`` state file, which a
+    crash, a copy or a user can lose or garble."""
+    pattern = re.compile(rf"{re.escape(name)}-(\d+)\.index$")
+    try:
+        entries = os.listdir(run_dir)
+    except OSError:
+        return []
+    found = [(int(m.group(1)), os.path.join(run_dir, e[:-len(".index")]))
+             for e in entries if (m := pattern.match(e))]
+    return sorted(found)
+
+
+# ---------------------------------------------------------------------- the log
+class CSVLog:
+    """A CSV file of rows keyed by ``iteration``. :meth:`start` keeps the rows up to the
+    iteration training resumes from (the rest will be written again) and :meth:`row`
+    appends one row, flushed at once, so the file holds each iteration once whatever
+    happened before: a crash, a fallback to an older checkpoint, a resume."""
+
+    def __init__(self, path: str, columns: Sequence[str]):
+        self.path, self.columns, self.file = path, list(columns), None
+
+    def start(self, iteration: int) -> None:
+        rows = []
+        if os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                for row in csv.DictReader(f):
+                    try:
+                        if int(row["iteration"]) <= iteration:
+                            rows.append(row)
+                    except (KeyError, TypeError, ValueError):
+                        continue  # a line a crash cut short
+        run_dir = os.path.dirname(self.path) or "."
+        with writing(run_dir, f"write {os.path.basename(self.path)}"):
+            text = _csv_text([self.columns] + [[r.get(c, "") for c in self.columns]
+                                               for r in rows])
+            atomic_write(self.path, text)
+            self.file = open(self.path, "a", newline="")  # noqa: SIM115 (closed in close())
+        self.writer = csv.writer(self.file)
+
+    def row(self, values: Sequence) -> None:
+        with writing(os.path.dirname(self.path) or ".",
+                     f"append to {os.path.basename(self.path)}"):
+            self.writer.writerow(values)
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
+
+
+def _csv_text(rows) -> str:
+    import io
+
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue()
