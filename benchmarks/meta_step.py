@@ -53,9 +53,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
-                     parallel_chunks: int = 0):
+                     parallel_chunks: int = 0, **learner_kwargs):
     """The MetaLearner of configuration ``name``; ``task_parallelism`` may be
-    ``"accumulate:N"`` (N tasks per chunk); ``parallel_chunks`` 0: the default."""
+    ``"accumulate:N"`` (N tasks per chunk); ``parallel_chunks`` 0: the default;
+    ``learner_kwargs`` go to MetaLearner (e.g. ``adapt_layers="head"``)."""
     import keras
 
     from tf_maml import losses, models
@@ -77,7 +78,8 @@ def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
                        first_order=cfg["first_order"], meta_lr=cfg["meta_lr"],
                        metric_fn=metric_fn, meta_grad_clip=cfg["clip_value"],
                        plan=ExecutionPlan(mode, tasks_per_chunk=int(chunk) if chunk else None,
-                                          parallel_chunks=parallel_chunks or None))
+                                          parallel_chunks=parallel_chunks or None),
+                       **learner_kwargs)
 
 
 def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window: int = 5,

@@ -214,3 +214,21 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, fa
     assert any("model-40 is corrupt or truncated" in line for line in logs)
     assert any("Resumed" in line and "iteration 20" in line for line in logs)
     assert (run_dir / "model-60.index").exists()
+
+
+def test_anil_flag_gets_its_own_run_directory_and_is_validated(tmp_path):
+    """--adapt_layers=head (ANIL) trains in a run directory of its own, from the command
+    line, and is refused where it does not apply."""
+    assert Config(adapt_layers="head").exp_string().endswith(".anil")
+    with pytest.raises(ConfigError, match="--adapt_layers"):
+        Config(adapt_layers="body").validate()
+    with pytest.raises(ConfigError, match="--adapt_layers"):
+        Config(datasource="navigation", adapt_layers="head").validate()
+    out = subprocess.run(
+        [sys.executable, "-m", "tf_maml.main", "--datasource=sinusoid", "--norm=None",
+         f"--logdir={tmp_path}", "--metatrain_iterations=5", "--meta_batch_size=2",
+         "--num_test_tasks=4", "--adapt_layers=head"],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_dir = tmp_path / "cls_5.mbs_2.ubs_5.numstep1.updatelr0.001nonorm.anil"
+    assert (run_dir / "test_ubs5_stepsize0.001.csv").exists()

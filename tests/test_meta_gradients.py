@@ -331,3 +331,75 @@ def test_plain_keras_batch_norm_has_exact_second_order_meta_gradients(float64, m
     keras_own = _second_order_meta_gradients(fresh, batch)
     bias = next(g for p, g in keras_own.items() if "pre_bn" in p and "bias" in p)
     assert np.max(np.abs(bias)) > 1e-6 * scale
+
+
+# ---------------------------------------------------------------- ANIL (head-only inner loop)
+HEAD = slice(2 * HIDDEN, 3 * HIDDEN + 1)  # w2, b2: the last Dense layer of make_learner
+
+
+def np_anil_objective(theta, tasks, steps=1):
+    """ANIL (Raghu et al. 2020): MAML's objective with the inner step on the head alone."""
+    total = 0.0
+    for sx, sy, qx, qy in tasks:
+        fast = theta.copy()
+        for _ in range(steps):
+            grad = np_loss_and_grad(fast, sx, sy)[1]
+            fast[HEAD] -= ALPHA * grad[HEAD]
+        total += np_loss_and_grad(fast, qx, qy)[0]
+    return total / len(tasks)
+
+
+@pytest.mark.parametrize("parallelism", ["vectorized", "map", "loop", "accumulate"])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_anil_meta_gradient_matches_finite_differences(problem, parallelism, steps):
+    """Every parameter, the body's included, gets the second-order meta-gradient of the
+    head-only inner loop."""
+    theta, tasks = problem
+    learner = make_learner(theta, inner_steps=steps, adapt_layers="head",
+                           plan=ExecutionPlan(parallelism))
+    grads, metrics = learner.meta_gradients(as_batch(tasks))
+    expected = finite_difference(lambda t: np_anil_objective(t, tasks, steps), theta)
+    np.testing.assert_allclose(flat(grads), expected, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(float(metrics["post_loss"]),
+                               np_anil_objective(theta, tasks, steps), rtol=1e-10)
+    # Guard: ANIL's objective is not MAML's on this problem.
+    maml = finite_difference(lambda t: np_maml_objective(t, tasks, steps), theta)
+    assert np.max(np.abs(expected - maml)) > 1e-3
+    assert np.max(np.abs(expected[:2 * HIDDEN])) > 1e-3  # the body learns in the outer loop
+
+
+def test_anil_inner_loop_adapts_the_head_and_leaves_the_body(problem):
+    theta, tasks = problem
+    learner = make_learner(theta, adapt_layers="head")
+    sx, sy = tasks[0][0], tasks[0][1]
+    fast = flat(learner.adapt(sx, sy, num_steps=3))
+    np.testing.assert_array_equal(fast[:2 * HIDDEN], theta[:2 * HIDDEN])
+    expected = theta.copy()
+    for _ in range(3):
+        expected[HEAD] -= ALPHA * np_loss_and_grad(expected, sx, sy)[1][HEAD]
+    np.testing.assert_allclose(fast, expected, rtol=1e-10)
+
+
+def test_anil_head_is_the_last_layer_with_weights_and_mappings_agree():
+    """conv4's head is its output Dense (not a batch norm); the batched and accumulated
+    mappings give the per-task loop's meta-gradients under ANIL too."""
+    from tf_maml import adapt as adapt_lib
+
+    keras.utils.set_random_seed(1)
+    model = conv4((28, 28, 1), 5, num_filters=8)
+    head = adapt_lib.head_layer(model)
+    assert isinstance(head, keras.layers.Dense) and head.units == 5
+    mask = adapt_lib.adapted_mask(model, adapt_layers="head")
+    assert sum(mask) == 2 and mask[-2:] == [True, True]
+    batch = conv_batch(0)
+    results = {}
+    for mode in ("loop", "batched", "accumulate"):
+        learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, inner_steps=2,
+                              adapt_layers="head", plan=ExecutionPlan(mode))
+        grads, metrics = learner.meta_gradients(batch)
+        results[mode] = (flat(grads), float(metrics["post_loss"]))
+    for mode in ("batched", "accumulate"):
+        np.testing.assert_allclose(results[mode][0], results["loop"][0], rtol=2e-4, atol=5e-5)
+        np.testing.assert_allclose(results[mode][1], results["loop"][1], rtol=1e-5)
+    with pytest.raises(ValueError, match="adapt_layers must be one of"):
+        MetaLearner(model, losses.summed_xent(1), adapt_layers="body")

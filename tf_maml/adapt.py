@@ -26,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from tf_maml import keras_internals
+from tf_maml.config import ADAPT_LAYERS
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 # A forward pass over weights laid out like ``model.trainable_variables``: one task's
@@ -50,13 +51,34 @@ def _normalization_variable_ids(model: keras.Model) -> set[int]:
     return ids
 
 
-def adapted_mask(model: keras.Model, adapt_norm: bool = False) -> list[bool]:
+def head_layer(model: keras.Model) -> keras.layers.Layer:
+    """The model's head: the last of its layers (in Keras' layer order) that has trainable
+    weights, e.g. the final Dense of a conv4 classifier."""
+    layers = [layer for layer in keras_internals.layers_of(model)
+              if layer.trainable_variables and not getattr(layer, "layers", None)]
+    if not layers:
+        raise ValueError(f"model {model.name} has no layer with trainable weights")
+    return layers[-1]
+
+
+def adapted_mask(model: keras.Model, adapt_norm: bool = False,
+                 adapt_layers: str = "all") -> list[bool]:
     """Which of ``model.trainable_variables`` the inner loop adapts.
 
     By default every trainable variable except normalisation parameters (the original's
     behaviour); ``adapt_norm=True`` adapts all of them. A custom layer can mark itself as a
     normalisation layer by setting ``_maml_normalization = True``.
+
+    ``adapt_layers="head"`` is ANIL (Raghu et al., ICLR 2020, "Almost No Inner Loop"): only
+    the head (:func:`head_layer`) adapts; the body is meta-trained through the outer loop
+    alone. The inner gradient is then taken for the head's weights only, so its backward
+    pass stops at the head.
     """
+    if adapt_layers not in ADAPT_LAYERS:
+        raise ValueError(f"adapt_layers must be one of {ADAPT_LAYERS}, got {adapt_layers!r}")
+    if adapt_layers == "head":
+        head = {id(v) for v in head_layer(model).trainable_variables}
+        return [id(v) in head for v in model.trainable_variables]
     if adapt_norm:
         return [True] * len(model.trainable_variables)
     norm_ids = _normalization_variable_ids(model)

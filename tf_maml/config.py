@@ -13,6 +13,7 @@ import math
 DATASOURCES = ("sinusoid", "omniglot", "miniimagenet", "navigation")
 NORMS = ("batch_norm", "layer_norm", "None")
 ALGORITHMS = ("maml", "reptile")
+ADAPT_LAYERS = ("all", "head")  # MAML adapts every layer; ANIL only the head
 TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop", "accumulate")
 DATASET_BACKENDS = ("folders", "tfds")
 DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
@@ -78,6 +79,7 @@ class Config:
     max_kl: float = 0.01
     discount: float = 0.99
     adapt_norm: bool = False
+    adapt_layers: str = "all"
     meta_sgd: bool = False
     task_parallelism: str = "auto"
     test_after_train: bool = True
@@ -178,6 +180,8 @@ class Config:
             s += ".metasgd"
         if self.adapt_norm:
             s += ".adaptnorm"
+        if self.adapt_layers == "head":
+            s += ".anil"
         return s
 
     def to_json(self) -> str:
@@ -225,6 +229,12 @@ class Config:
         if self.dataset_backend not in DATASET_BACKENDS:
             fail("dataset_backend", f"{self.dataset_backend!r} is not one of "
                  f"{', '.join(DATASET_BACKENDS)}")
+        if self.adapt_layers not in ADAPT_LAYERS:
+            fail("adapt_layers", f"{self.adapt_layers!r} is not one of {', '.join(ADAPT_LAYERS)} "
+                 "(all: MAML; head: ANIL, only the last layer adapts)")
+        if self.adapt_layers == "head" and self.datasource == "navigation":
+            fail("adapt_layers", "ANIL (--adapt_layers=head) is for the supervised "
+                 "datasources; the navigation policy adapts all its layers")
         if self.task_parallelism not in TASK_PARALLELISM:
             fail("task_parallelism", f"{self.task_parallelism!r} is not one of "
                  f"{', '.join(TASK_PARALLELISM)}")

@@ -44,7 +44,7 @@ def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearn
     return MetaLearner(
         model, loss_fn, inner_lr=config.update_lr, inner_steps=config.num_updates,
         first_order=config.stop_grad, algorithm=config.algorithm, meta_lr=config.meta_lr,
-        metric_fn=metric_fn, adapt_norm=config.adapt_norm,
+        metric_fn=metric_fn, adapt_norm=config.adapt_norm, adapt_layers=config.adapt_layers,
         meta_grad_clip=config.meta_grad_clip, learn_inner_lr=config.meta_sgd,
         plan=execution_plan(config),
     )

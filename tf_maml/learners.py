@@ -64,6 +64,9 @@ class MetaLearner:
       metric_fn: optional per-task metric (e.g. accuracy) reported beside the loss.
       adapt_norm: also adapt normalisation offsets/scales in the inner loop (the original
         did not: they are meta-trained only).
+      adapt_layers: ``"all"`` (MAML) or ``"head"``: ANIL (Raghu et al. 2020), where only the
+        last layer with weights adapts in the inner loop and the body learns in the outer
+        loop alone.
       meta_grad_clip: clip every meta-gradient element to ±value (the original did for
         MiniImageNet, with 10).
       learn_inner_lr: Meta-SGD (Li et al. 2017): one learnable α per parameter element,
@@ -97,6 +100,7 @@ class MetaLearner:
         meta_optimizer: keras.optimizers.Optimizer | None = None,
         metric_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
         adapt_norm: bool = False,
+        adapt_layers: str = "all",
         meta_grad_clip: float | None = None,
         learn_inner_lr: bool = False,
         plan: ExecutionPlan | None = None,
@@ -124,7 +128,7 @@ class MetaLearner:
         self.first_order = bool(first_order)
         self.algorithm = algorithm
         self.meta_grad_clip = meta_grad_clip
-        self.mask = adapt_lib.adapted_mask(model, adapt_norm)
+        self.mask = adapt_lib.adapted_mask(model, adapt_norm, adapt_layers)
         self.plan = ExecutionPlan() if plan is None else plan
         self.plan.check(model)
         self._example_shape = model_example_shape(model)

@@ -97,6 +97,9 @@ def define_flags(values: flags.FlagValues) -> None:
                       flag_values=values)
     flags.DEFINE_bool("adapt_norm", False, "also adapt normalisation offsets in the inner loop "
                       "(the original did not).", flag_values=values)
+    flags.DEFINE_enum("adapt_layers", "all", ["all", "head"],
+                      "which layers the inner loop adapts: all (MAML) or head (ANIL, Raghu et "
+                      "al. 2020: only the last layer with weights).", flag_values=values)
     flags.DEFINE_bool("meta_sgd", False, "Meta-SGD: learn a per-parameter inner step size.",
                       flag_values=values)
     flags.DEFINE_enum("task_parallelism", "auto",
