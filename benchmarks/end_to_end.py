@@ -20,7 +20,8 @@ meta-step alone (``benchmarks/meta_step.py``: synthetic batches, no data pipelin
 process) and the ratio end to end / meta-step: what the data pipeline, logging, validation
 and the process around the step cost. Experiments whose data folder is not given are
 skipped, with a line saying so. Environment variables reach both children, e.g.
-``TF_CPU_ALLOCATOR_USE_BFC=false python -m benchmarks.end_to_end ...`` for an A/B.
+``TF_ENABLE_ONEDNN_OPTS=0 python -m benchmarks.end_to_end ...``: TensorFlow's kernels on a
+processor without AVX-512 VNNI/BF16 (oneDNN off by default there).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"# {platform.node()}: {os.cpu_count()} cores, load at start "
           f"{os.getloadavg()[0]:.2f}; extra flags: {' '.join(args.extra) or 'none'}; "
-          f"TF_CPU_ALLOCATOR_USE_BFC={os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', 'unset')}")
+          f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}")
     print("| experiment | iterations | wall time (s) | until the first progress line (s) "
           "| it/s from there on | user / system CPU (s) | system / user "
           "| meta-step it/s | end to end / meta-step | 60000 iterations at that rate |")

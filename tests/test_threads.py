@@ -42,37 +42,6 @@ def test_bad_thread_flags_are_refused(field, value):
         Config(datasource="sinusoid", **{field: value}).validate()
 
 
-ALLOCATOR_CHILD = """
-import sys
-import tensorflow as tf  # before tf_maml, as a script may do: the device does not exist yet
-if sys.argv[1] == "import":
-    import tf_maml  # noqa: F401
-x = tf.ones([256, 256])
-(x @ x).numpy()
-try:  # only a pooling allocator keeps statistics; glibc malloc has none
-    tf.config.experimental.get_memory_info("CPU:0")
-    print("pooled")
-except ValueError:
-    print("malloc")
-"""
-
-
-def _allocator(how, **env):
-    # oneDNN off: TensorFlow's own path on AVX2-only processors, where tensors were plain
-    # malloc'd (with oneDNN on, its allocator pools already).
-    inherited = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
-    env = {**inherited, "TF_ENABLE_ONEDNN_OPTS": "0", **env}
-    out = subprocess.run([sys.executable, "-c", ALLOCATOR_CHILD, how], check=True, env=env,
-                         capture_output=True, text=True, timeout=120).stdout
-    return out.split()[-1]
-
-
-def test_importing_tf_maml_chooses_the_pooled_cpu_allocator_unless_the_user_chose():
-    assert _allocator("plain") == "malloc"  # TensorFlow's default there: the control
-    assert _allocator("import") == "pooled"  # import tf_maml, then the first op
-    assert _allocator("import", TF_CPU_ALLOCATOR_USE_BFC="false") == "malloc"  # user's choice
-
-
 MALLOC_CHILD = """
 import ctypes, resource, sys
 import numpy as np

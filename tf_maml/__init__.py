@@ -13,21 +13,16 @@ Quick start::
     predictions = learner.predict(query_x, fast)
 """
 
-from tf_maml.threads import use_bfc_allocator
-
-# Before anything creates TensorFlow's CPU device: pooled buffers (tf_maml/threads.py says why).
-use_bfc_allocator()
-
-from tf_maml import (  # noqa: E402
+from tf_maml import (
     adapt,  # the module; its adapt() is THE inner loop
     distribute,  # tf.distribute strategies: a meta-batch split over replicas
     losses,
 )
-from tf_maml.config import Config, ConfigError  # noqa: E402
-from tf_maml.learners import MetaLearner  # noqa: E402
-from tf_maml.tasks import batch_rng, task_stream  # noqa: E402
-from tf_maml.tasks.sinusoid import SinusoidTasks  # noqa: E402
-from tf_maml.threads import configure_threads  # noqa: E402
+from tf_maml.config import Config, ConfigError
+from tf_maml.learners import MetaLearner
+from tf_maml.tasks import batch_rng, task_stream
+from tf_maml.tasks.sinusoid import SinusoidTasks
+from tf_maml.threads import configure_threads
 
 __all__ = [
     "Config", "ConfigError", "MetaLearner", "SinusoidTasks", "adapt", "batch_rng",

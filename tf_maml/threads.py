@@ -1,34 +1,11 @@
-"""CPU threads and allocator: how many cores this process has, TensorFlow's intra-op threads,
-and its CPU memory allocator, all of which must be chosen before TensorFlow's first op."""
+"""CPU threads and memory: how many cores this process has, TensorFlow's intra-op threads,
+and glibc's malloc thresholds after TensorFlow's generator-dataset patch."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import sys
-
-# TensorFlow reads this when it creates its CPU device (its first op), not at import.
-BFC_ALLOCATOR_VARIABLE = "TF_CPU_ALLOCATOR_USE_BFC"
-
-
-def use_bfc_allocator() -> bool:
-    """Makes TensorFlow's CPU device allocate from its BFC allocator (a pool kept across
-    steps) unless the user chose otherwise (``TF_CPU_ALLOCATOR_USE_BFC=false``); returns
-    whether it is chosen. Takes effect only before TensorFlow's first op: ``import tf_maml``
-    calls it, so the command line and a script that imports tf_maml before building its
-    model get it.
-
-    Why: without oneDNN's own pooled allocator (TensorFlow turns oneDNN off by default on
-    CPUs without AVX-512 VNNI/BF16 or AMX, e.g. AVX2-only processors), every tensor is a
-    glibc ``malloc``. ``tf.data.Dataset.from_generator`` (the task stream) sets
-    ``M_TRIM_THRESHOLD``, which freezes glibc's mmap threshold at 128 KB, so each large
-    temporary buffer of a meta-step is mmap'd, page-faulted and unmapped: about 900
-    mmap/munmap pairs per Omniglot iteration, and up to half the CPU time in the kernel
-    (docs/performance.md). A pool allocates nothing from the system after the first steps.
-    """
-    os.environ.setdefault(BFC_ALLOCATOR_VARIABLE, "true")
-    return os.environ[BFC_ALLOCATOR_VARIABLE].strip().lower() in ("true", "1")
-
 
 # glibc's mallopt parameters (malloc.h) and the values its adaptive rule converges to on a
 # 64-bit machine once large buffers have been freed: mmap only above 32 MB
