@@ -42,6 +42,8 @@ def undo_generator_malloc_patch() -> bool:
         return False
     import tensorflow as tf
 
+    if not tf.executing_eagerly():  # e.g. a dataset function traced in a graph: next time
+        return False
     one = tf.data.Dataset.from_generator(lambda: iter([0]),
                                          output_signature=tf.TensorSpec([], tf.int32))
     next(iter(one))  # TensorFlow's mallopt runs here, when the iterator starts
