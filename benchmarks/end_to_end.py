@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--extra", action="append", default=[],
                         help="a flag passed on to every tf-maml command (repeatable)")
     parser.add_argument("--meta_step", default="True", choices=["True", "False"],
-                        help="also run the meta-step alone (benchmarks/meta_step.py) for the "
+                        help="also run the meta-step alone (benchmarks/meta_step.py, the "
+                        "default plan and threads: --extra flags do not reach it) for the "
                         "ratio end to end / meta-step")
     args = parser.parse_args()
     print(f"# {platform.node()}: {os.cpu_count()} cores, load at start "
