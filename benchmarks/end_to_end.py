@@ -13,15 +13,24 @@ of the whole command (Python and TensorFlow start-up, data loading, tracing, 500
 iterations, the validation and checkpoints the original's schedule makes), the time until
 the first progress line (iteration 100; sinusoid 1000), and the meta-iterations/s from
 there to the last (what decides a long run: 60000 iterations at that rate are the last
-column). Experiments whose
-data folder is not given are skipped, with a line saying so.
+column). Beside them: the command's user and system CPU seconds (the operating system's
+accounting of the finished child; system time is the kernel's, e.g. page faults of buffers
+mapped and unmapped every step) and, unless ``--meta_step=False``, the same configuration's
+meta-step alone (``benchmarks/meta_step.py``: synthetic batches, no data pipeline, fresh
+process) and the ratio end to end / meta-step: what the data pipeline, logging, validation
+and the process around the step cost. Experiments whose data folder is not given are
+skipped, with a line saying so. Environment variables reach both children, e.g.
+``TF_ENABLE_ONEDNN_OPTS=0 python -m benchmarks.end_to_end ...``: TensorFlow's kernels on a
+processor without AVX-512 VNNI/BF16 (oneDNN off by default there).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -32,6 +41,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA_FLAG = {"omniglot": "omniglot_dir", "miniimagenet": "miniimagenet_dir"}
 PROGRESS = re.compile(r"^\s*\[(\d+)/(\d+) ")
+# The benchmarks/meta_step.py configuration of each paper flagfile (same shapes and plan).
+META_STEP_CONFIG = {"sinusoid_maml_k10": "sinusoid", "omniglot_5way_1shot": "omniglot5",
+                    "omniglot_20way_1shot": "omniglot20",
+                    "miniimagenet_5way_1shot": "miniimagenet"}
 
 
 def _datasource(flagfile: Path) -> str:
@@ -48,6 +61,8 @@ def run_one(experiment: str, iterations: int, data_dir: str | None, extra: list[
            f"--metatrain_iterations={iterations}", f"--logdir={logdir}",
            "--test_after_train=False"] + ([f"--data_dir={data_dir}"] if data_dir else []) + extra
     seen: dict[int, float] = {}
+    # The children run one at a time, so the growth of RUSAGE_CHILDREN is this command's.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     try:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -60,6 +75,7 @@ def run_one(experiment: str, iterations: int, data_dir: str | None, extra: list[
                 seen[int(match.group(1))] = time.perf_counter() - t0
         code = proc.wait()
         wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
     if code != 0:
@@ -69,7 +85,18 @@ def run_one(experiment: str, iterations: int, data_dir: str | None, extra: list[
     rate = ((last - first) / (seen[last] - seen[first])
             if first is not None and last is not None and last > first else None)
     return {"experiment": experiment, "wall_s": wall, "iterations": last,
-            "to_first_s": seen.get(first), "first": first, "its_per_s": rate}
+            "to_first_s": seen.get(first), "first": first, "its_per_s": rate,
+            "user_s": after.ru_utime - before.ru_utime,
+            "system_s": after.ru_stime - before.ru_stime}
+
+
+def meta_step_rate(experiment: str) -> float | None:
+    """it/s of the experiment's configuration in benchmarks/meta_step.py (tf_maml side, the
+    tf-maml command's default threads and plan), in a fresh process."""
+    from benchmarks.meta_step import run_in_subprocess
+
+    name = META_STEP_CONFIG.get(experiment)
+    return run_in_subprocess("tf", name)["its_per_s_median"] if name else None
 
 
 def main() -> None:
@@ -82,25 +109,38 @@ def main() -> None:
     parser.add_argument("--miniimagenet_dir")
     parser.add_argument("--extra", action="append", default=[],
                         help="a flag passed on to every tf-maml command (repeatable)")
+    parser.add_argument("--meta_step", default="True", choices=["True", "False"],
+                        help="also run the meta-step alone (benchmarks/meta_step.py, the "
+                        "default plan and threads: --extra flags do not reach it) for the "
+                        "ratio end to end / meta-step")
     args = parser.parse_args()
-    print(f"# {os.cpu_count()} cores, load at start {os.getloadavg()[0]:.2f}; "
-          f"extra flags: {' '.join(args.extra) or 'none'}")
+    print(f"# {platform.node()}: {os.cpu_count()} cores, load at start "
+          f"{os.getloadavg()[0]:.2f}; extra flags: {' '.join(args.extra) or 'none'}; "
+          f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}")
     print("| experiment | iterations | wall time (s) | until the first progress line (s) "
-          "| it/s from there on | 60000 iterations at that rate |")
-    print("|---|---|---|---|---|---|")
+          "| it/s from there on | user / system CPU (s) | system / user "
+          "| meta-step it/s | end to end / meta-step | 60000 iterations at that rate |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for experiment in args.experiments.split(","):
         source = _datasource(ROOT / "flags" / f"{experiment}.flags")
         data_dir = getattr(args, DATA_FLAG[source]) if source in DATA_FLAG else None
         if source in DATA_FLAG and not data_dir:
-            print(f"| {experiment} | skipped: pass --{DATA_FLAG[source]} | | | | |", flush=True)
+            print(f"| {experiment} | skipped: pass --{DATA_FLAG[source]} |" + " |" * 8,
+                  flush=True)
             continue
         iterations = args.sinusoid_iterations if source == "sinusoid" else args.iterations
         r = run_one(experiment, iterations, data_dir, args.extra)
         rate = r["its_per_s"]
+        step_rate = meta_step_rate(experiment) if args.meta_step == "True" else None
         eta = "-" if not rate else f"{60000 / rate / 3600:.2f} h"
         print(f"| {experiment} | {r['iterations']} | {r['wall_s']:.0f} | "
               f"{'-' if r['to_first_s'] is None else format(r['to_first_s'], '.1f')} | "
-              f"{'-' if rate is None else format(rate, '.2f')} | {eta} |", flush=True)
+              f"{'-' if rate is None else format(rate, '.2f')} | "
+              f"{r['user_s']:.0f} / {r['system_s']:.1f} | "
+              f"{r['system_s'] / max(r['user_s'], 1e-9):.1%} | "
+              f"{'-' if step_rate is None else format(step_rate, '.2f')} | "
+              f"{'-' if not (rate and step_rate) else format(rate / step_rate, '.0%')} | "
+              f"{eta} |", flush=True)
     print(f"# load at end {os.getloadavg()[0]:.2f}")
 
 

@@ -1,8 +1,56 @@
-"""CPU threads: how many cores this process has, and TensorFlow's intra-op threads."""
+"""CPU threads and memory: how many cores this process has, TensorFlow's intra-op threads,
+and glibc's malloc thresholds after TensorFlow's generator-dataset patch."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
+
+# glibc's mallopt parameters (malloc.h) and the values its adaptive rule converges to on a
+# 64-bit machine once large buffers have been freed: mmap only above 32 MB
+# (DEFAULT_MMAP_THRESHOLD_MAX), trim the heap top above twice that.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+
+
+_generator_patch_undone = False
+
+
+def undo_generator_malloc_patch() -> bool:
+    """Gives glibc's malloc back large thresholds after TensorFlow's generator-dataset patch
+    (call it when building a ``tf.data.Dataset.from_generator``); returns whether it could
+    (glibc only).
+
+    When the first generator dataset of a process starts, TensorFlow calls
+    ``mallopt(M_TRIM_THRESHOLD, 128 KB)`` (once). A fixed trim threshold also switches off
+    glibc's adaptive mmap threshold, which stays at 128 KB: every larger buffer malloc'd
+    outside TensorFlow's allocators (the Eigen kernels' packing buffers, used when oneDNN is
+    off, e.g. on AVX2-only processors) is then mmap'd, page-faulted and unmapped, hundreds of
+    times per meta-step (docs/performance.md). So: make TensorFlow apply its patch now, with
+    a one-element generator dataset, then fix both thresholds at the values glibc's adaptive
+    rule converges to, and such buffers are reused from the heap.
+    """
+    global _generator_patch_undone
+    if _generator_patch_undone:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing was patched
+        return False
+    import tensorflow as tf
+
+    if not tf.executing_eagerly():  # e.g. a dataset function traced in a graph: next time
+        return False
+    one = tf.data.Dataset.from_generator(lambda: iter([0]),
+                                         output_signature=tf.TensorSpec([], tf.int32))
+    next(iter(one))  # TensorFlow's mallopt runs here, when the iterator starts
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _generator_patch_undone = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+                                   and mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_BYTES))
+    return _generator_patch_undone
 
 
 def available_cores() -> int:

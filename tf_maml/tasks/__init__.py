@@ -8,6 +8,8 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
+from tf_maml.threads import undo_generator_malloc_patch
+
 TRAIN_STREAM, VAL_STREAM = 0, 1
 
 
@@ -32,4 +34,5 @@ def task_stream(source, meta_batch_size: int, seed: int, start: int = 0,
             yield source.sample_batch(meta_batch_size, batch_rng(seed, i, stream))
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    undo_generator_malloc_patch()  # its mallopt made every step mmap
     return ds.prefetch(4)

@@ -22,6 +22,7 @@ from absl import logging
 from PIL import Image
 
 from tf_maml.data.prep import MARKER_NAME as COMPLETE_MARKER
+from tf_maml.threads import undo_generator_malloc_patch
 
 SPLITS = ("train", "val", "test")
 
@@ -306,6 +307,7 @@ class FewShotTasks:
         )
         ds = tf.data.Dataset.from_generator(
             lambda: self.batches(meta_batch_size, seed, num_batches), output_signature=signature)
+        undo_generator_malloc_patch()  # its mallopt made every step mmap
         if num_batches is not None:
             ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
         return ds.prefetch(tf.data.AUTOTUNE)
