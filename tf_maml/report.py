@@ -36,7 +36,7 @@ Re-evaluate a zoo model (`$DATA`: your prepared data; `$LOGDIR`: any scratch fol
 
 ```bash
 tf-maml-reproduce --experiments=omniglot5_1shot --omniglot_dir=$DATA/omniglot \\
-    --logdir_root=$LOGDIR --reevaluate
+    --logdir_root=$LOGDIR --train=False --reevaluate
 ```
 
 and export one as a SavedModel with in-graph adaptation:
