@@ -27,10 +27,10 @@ import datetime
 import glob
 import json
 import os
-import re
 import shutil
 
-CHECKPOINT_NAME = "model"  # train.CHECKPOINT_NAME; not imported, to keep TF out of the report
+from tf_maml.rundir import CHECKPOINT_NAME, checkpoint_prefixes
+
 RESULTS_FILE = "results.json"
 RUN_STATE_FILE = "reproduce.json"  # the run directory's record of its evaluations
 PATH_FIELDS = ("data_dir", "logdir", "init_checkpoint", "export_dir")
@@ -45,13 +45,9 @@ class ZooError(ValueError):
 # ---------------------------------------------------------------------------- reading
 def checkpoint_iterations(directory: str) -> list[int]:
     """Iterations of the complete ``model-<i>`` checkpoints in ``directory``, ascending (a
-    checkpoint counts once its index and data files are both there)."""
-    its = []
-    for index in glob.glob(os.path.join(directory, f"{CHECKPOINT_NAME}-*.index")):
-        match = re.search(rf"{CHECKPOINT_NAME}-(\d+)\.index$", index)
-        if match and glob.glob(index[: -len(".index")] + ".data-*"):
-            its.append(int(match.group(1)))
-    return sorted(its)
+    checkpoint counts once its data files are there beside its index)."""
+    return [i for i, prefix in checkpoint_prefixes(directory)
+            if glob.glob(prefix + ".data-*")]
 
 
 def latest_iteration(directory: str) -> int:
