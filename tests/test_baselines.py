@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tf_maml import baselines, evaluate, reproduce, runner
+from tf_maml import baselines, evaluate, reproduce, runner, zoo
 from tf_maml.config import Config, ConfigError
 from tf_maml.data.miniimagenet import prepare_miniimagenet
 
@@ -223,9 +223,24 @@ def test_cli_pretrains_once_then_evaluates_both_baselines(tiny_mini, tmp_path):
     per_task = np.load(run_dir / "test_ubs5_finetune.npy")
     assert per_task.shape == (4, len(header))
     np.testing.assert_allclose(evaluate.summarize(per_task)[0][-1], mean, rtol=1e-6)
-    # The 5-shot evaluation used exactly the tasks MAML's evaluation uses: same sampler,
-    # seed and stream (a K=5 MAML run would draw these very tasks).
-    assert sorted(os.listdir(run_dir)).count("model-60.index") == 1
+    # MAML's test tasks have K query images per class: 5 per 1-shot task, 25 per 5-shot.
+    nn_per_task = np.load(run_dir / "test_ubs1_nearest_neighbor.npy")
+    for values, queries in ((nn_per_task, 5), (per_task, 25)):
+        np.testing.assert_allclose(values * queries, np.round(values * queries), atol=1e-4)
+    # Published into a zoo folder (weights only) and evaluated from there.
+    zoo_dir = tmp_path / "zoo"
+    assert zoo.publish(str(run_dir), str(zoo_dir), True, {}, "test machine", log=print)
+    assert zoo.latest_iteration(str(zoo_dir)) == 60
+    again = _cli([f"--flagfile={FLAGS_DIR}/miniimagenet_5way_1shot_nearest_neighbor.flags",
+                  *small[:-1], f"--logdir={tmp_path}/fresh/", "--train=False"], tmp_path)
+    assert again.returncode != 0 and "no checkpoint" in again.stderr  # nothing there yet
+    zoo.restore(str(zoo_dir), str(tmp_path / "fresh" / run_dir.name), log=print)
+    again = _cli([f"--flagfile={FLAGS_DIR}/miniimagenet_5way_1shot_nearest_neighbor.flags",
+                  *small[:-1], f"--logdir={tmp_path}/fresh/", "--train=False"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "fresh" / run_dir.name / "test_ubs1_nearest_neighbor.npy"),
+        nn_per_task)
 
 
 def test_reproduce_rows_share_one_pretraining_and_its_zoo_folder():

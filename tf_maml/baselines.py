@@ -229,8 +229,12 @@ def select_finetuning(classifier: Classifier, config: Config, val_source, lrs=FI
     num_tasks = min(NUM_SELECTION_TASKS, config.num_test_tasks)
     accuracy: dict[float, list[float]] = {}
     best = (-1.0, 0.0, 0)
+    # One learner, its step size a variable: every step size runs the graph traced once.
+    learner = finetune_learner(classifier, config, lrs[0])
+    step_size = tf.Variable(float(lrs[0]), trainable=False, name="finetune_step_size")
+    learner.inner_lr = step_size
     for lr in lrs:
-        learner = finetune_learner(classifier, config, lr)
+        step_size.assign(float(lr))
         out = evaluate_lib.evaluate(learner, val_source, num_tasks, config.test_num_updates,
                                     SELECTION_SEED, batch_size=min(10, num_tasks))
         means = np.mean(out["metric"], axis=0)
