@@ -36,7 +36,9 @@ from tf_maml import losses, models
 from tf_maml.config import Config
 from tf_maml.data.miniimagenet import EXPECTED_NUM_CLASSES
 from tf_maml.learners import ORIGINAL_ADAM_EPSILON, MetaLearner
+from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks.image_tasks import DataError, FewShotTasks
+from tf_maml.tasks.miniimagenet import IMAGE_SHAPE
 
 # The classifier's outputs: MiniImageNet's 64 training classes. A training split with fewer
 # classes (a small test copy) uses the first outputs; one with more is refused.
@@ -53,12 +55,10 @@ SELECTION_SEED = evaluate_lib.TEST_SEEDS["miniimagenet"]
 
 # ---------------------------------------------------------------------------- the network
 def build_classifier(config: Config, num_classes: int = PRETRAIN_CLASSES) -> keras.Model:
-    """MAML's conv4 of ``config`` (filters, pooling, norm) with a ``num_classes``-way head,
-    its weights drawn from ``config.seed``."""
-    from tf_maml import experiment
-
+    """MAML's MiniImageNet conv4 of ``config`` (filters, pooling, norm) with a
+    ``num_classes``-way head, its weights drawn from ``config.seed``."""
     keras.utils.set_random_seed(config.seed)
-    return models.conv4(experiment.input_shape(config), num_classes,
+    return models.conv4(IMAGE_SHAPE, num_classes,
                         num_filters=config.num_filters, max_pool=config.max_pool,
                         norm=config.norm, name="classifier")
 
@@ -189,18 +189,17 @@ class Classifier:
 
 
 # ---------------------------------------------------------------------------- fine-tuning
-def finetune_learner(classifier: Classifier, config: Config, inner_lr: float) -> MetaLearner:
+def finetune_learner(classifier: Classifier, config: Config, inner_lr: float,
+                     plan: ExecutionPlan | None = None) -> MetaLearner:
     """The fine-tuning baseline as a learner whose θ is the pretrained body with a new
     ``config.num_classes``-way head: its evaluation (:meth:`MetaLearner.evaluate_batch`)
     takes gradient steps of size ``inner_lr`` on the support set's mean cross-entropy,
     every weight (batch norm's offsets too), batch norm in training mode as MAML's
-    evaluation, and gives the query accuracy after every step."""
-    from tf_maml import experiment
-
+    evaluation, and gives the query accuracy after every step. ``plan``: how its tasks run
+    (speed only; the command line's is that of the flags)."""
     model = with_new_head(classifier.model, config.num_classes, config.seed)
     return MetaLearner(model, losses.mean_xent, inner_lr=inner_lr, inner_steps=1,
-                       metric_fn=losses.accuracy, adapt_norm=True,
-                       plan=experiment.execution_plan(config))
+                       metric_fn=losses.accuracy, adapt_norm=True, plan=plan)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +220,7 @@ class Selection:
 
 
 def select_finetuning(classifier: Classifier, config: Config, val_source, lrs=FINETUNE_LRS,
+                      plan: ExecutionPlan | None = None,
                       log: Callable[[str], None] = print) -> Selection:
     """The step size (of ``lrs``) and number of steps (1 to ``config.test_num_updates``)
     with the best mean query accuracy on :data:`NUM_SELECTION_TASKS` validation tasks (as
@@ -230,7 +230,7 @@ def select_finetuning(classifier: Classifier, config: Config, val_source, lrs=FI
     accuracy: dict[float, list[float]] = {}
     best = (-1.0, 0.0, 0)
     # One learner, its step size a variable: every step size runs the graph traced once.
-    learner = finetune_learner(classifier, config, lrs[0])
+    learner = finetune_learner(classifier, config, lrs[0], plan)
     step_size = tf.Variable(float(lrs[0]), trainable=False, name="finetune_step_size")
     learner.inner_lr = step_size
     for lr in lrs:
@@ -247,12 +247,13 @@ def select_finetuning(classifier: Classifier, config: Config, val_source, lrs=FI
 
 
 def evaluator(classifier: Classifier, config: Config, val_source=None,
-              log: Callable[[str], None] = print):
+              plan: ExecutionPlan | None = None, log: Callable[[str], None] = print):
     """What the evaluation of ``config.baseline`` runs on the test tasks: (learner, number
     of steps). Nearest neighbour: the classifier itself, no steps. Fine-tuning: the
     fine-tuning learner with the step size and steps chosen on ``val_source``."""
     if config.baseline == "nearest_neighbor":
         return classifier, 0
-    selection = select_finetuning(classifier, config, val_source, log=log)
+    selection = select_finetuning(classifier, config, val_source, plan=plan, log=log)
     log(selection.describe())
-    return finetune_learner(classifier, config, selection.inner_lr), selection.num_steps
+    return (finetune_learner(classifier, config, selection.inner_lr, plan),
+            selection.num_steps)

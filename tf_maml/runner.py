@@ -151,7 +151,8 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
 
         val_source = (None if config.baseline == "nearest_neighbor" else
                       experiment.task_source(config, "val", experiment.test_num_query(config)))
-        learner, num_steps = baselines.evaluator(learner, config, val_source, log=log)
+        learner, num_steps = baselines.evaluator(learner, config, val_source,
+                                                 experiment.execution_plan(config), log=log)
         log(f"Evaluating the {config.baseline} baseline on {config.num_test_tasks} {what} "
             f"tasks, {num_steps} steps, K={config.update_batch_size}")
     else:
