@@ -18,6 +18,15 @@ TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop", "accumulate"
 DATASET_BACKENDS = ("folders", "tfds")
 DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 NAN_POLICIES = ("stop", "skip")
+# The MiniImageNet table's two baselines (Ravi & Larochelle 2017, quoted by Finn et al.):
+# both evaluate ONE conv4 pretrained as an ordinary classifier of the training classes
+# (tf_maml/baselines.py), so its run directory and run-defining flags are the pretraining's.
+PRETRAINED_BASELINES = ("finetune", "nearest_neighbor")
+BASELINES = ("oracle", "random") + PRETRAINED_BASELINES
+# What the test-time flags of those baselines may change in a resumed pretraining: the
+# evaluation (which baseline, K, N-way, fine-tuning step) and its length (iterations).
+PRETRAINING_FREE = ("baseline", "num_classes", "update_batch_size", "update_lr",
+                    "num_updates", "pretrain_iterations")
 
 # The flags that define what a run is. A resume that changed one would continue another
 # experiment's checkpoints (another net, other tasks, another objective), so it is refused;
@@ -117,6 +126,13 @@ class Config:
         return self.update_lr if self.train_update_lr == -1 else self.train_update_lr
 
     @property
+    def is_pretrained_baseline(self) -> bool:
+        """The fine-tuning or nearest-neighbour baseline: a classifier pretrained on the
+        training classes (``pretrain_iterations`` minibatches of ``meta_batch_size``
+        images), evaluated on the same test tasks as MAML."""
+        return self.baseline in PRETRAINED_BASELINES
+
+    @property
     def effective_pretrain_iterations(self) -> int:
         # The oracle baseline turns every iteration into pretraining (main.py); the random
         # baseline (navigation) is not trained at all.
@@ -128,7 +144,9 @@ class Config:
 
     @property
     def effective_metatrain_iterations(self) -> int:
-        return 0 if self.baseline in ("oracle", "random") else self.metatrain_iterations
+        if self.baseline in ("oracle", "random") or self.is_pretrained_baseline:
+            return 0
+        return self.metatrain_iterations
 
     @property
     def total_iterations(self) -> int:
@@ -153,7 +171,16 @@ class Config:
 
     def exp_string(self) -> str:
         """The run directory name, built exactly as the original's main.py builds it, plus
-        suffixes for runs the original could not tell apart (see README, Deviations)."""
+        suffixes for runs the original could not tell apart (see README, Deviations).
+
+        The pretrained baselines' run is the pretraining, shared by both baselines and every
+        K: its name holds only what defines the classifier, and starts with ``classifier``,
+        never the ``cls_`` of a MAML run."""
+        if self.is_pretrained_baseline:
+            norm = {"batch_norm": "batchnorm", "layer_norm": "layernorm",
+                    "None": "nonorm"}[self.norm]
+            return (f"classifier.mbs_{self.meta_batch_size}hidden{self.num_filters}"
+                    + ("maxpool" if self.max_pool else "") + norm)
         s = (
             f"cls_{self.num_classes}.mbs_{self.meta_batch_size}"
             f".ubs_{self.effective_train_update_batch_size}.numstep{self.num_updates}"
@@ -198,10 +225,13 @@ class Config:
         ``(name, before, now)``. A :class:`ConfigError` names a flag that would make the
         run another one (:data:`RUN_DEFINING`), and the two ways out."""
         changes = []
+        free = NOT_RUN_SETTINGS
+        if self.is_pretrained_baseline and previous.is_pretrained_baseline:
+            free += PRETRAINING_FREE
         for field in dataclasses.fields(self):
             name = field.name
             before, now = getattr(previous, name), getattr(self, name)
-            if before == now or name in NOT_RUN_SETTINGS:
+            if before == now or name in free:
                 continue
             if name in RUN_DEFINING:
                 raise ConfigError(
@@ -238,8 +268,11 @@ class Config:
         if self.task_parallelism not in TASK_PARALLELISM:
             fail("task_parallelism", f"{self.task_parallelism!r} is not one of "
                  f"{', '.join(TASK_PARALLELISM)}")
-        if self.baseline not in (None, "oracle", "random"):
-            fail("baseline", f"{self.baseline!r} is not 'oracle', 'random' or unset")
+        if self.baseline not in (None, *BASELINES):
+            fail("baseline", f"{self.baseline!r} is not one of {', '.join(BASELINES)} or "
+                 "unset")
+        if self.is_pretrained_baseline:
+            self._validate_pretrained_baseline(fail)
         if self.baseline == "oracle" and self.datasource not in ("sinusoid", "navigation"):
             fail("baseline", "the oracle baseline exists only for --datasource=sinusoid or "
                  "navigation")
@@ -248,6 +281,10 @@ class Config:
         for name in ("pretrain_iterations", "metatrain_iterations"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.train and self.total_iterations == 0 and self.is_pretrained_baseline:
+            fail("pretrain_iterations", f"--baseline={self.baseline} pretrains a classifier "
+                 "for --pretrain_iterations minibatches: give a positive number (or "
+                 "--train=False to evaluate a pretrained one)")
         if self.train and self.total_iterations == 0 and self.baseline != "random":
             fail("metatrain_iterations", "pretrain_iterations + metatrain_iterations is 0: "
                  "there is nothing to train (use --train=False to evaluate)")
@@ -318,6 +355,34 @@ class Config:
             # Known before TensorFlow starts; other strategies are checked once they exist.
             check_meta_batch_size(self.meta_batch_size, self.num_cpu_devices, "mirrored")
         return self
+
+    def _validate_pretrained_baseline(self, fail) -> None:
+        """The fine-tuning and nearest-neighbour baselines: a plain classifier, pretrained
+        and evaluated without meta-learning, so the meta-learning options mean nothing."""
+        name = f"--baseline={self.baseline}"
+        if self.datasource != "miniimagenet":
+            fail("baseline", f"{name} is the MiniImageNet table's baseline: use "
+                 "--datasource=miniimagenet")
+        if not self.conv:
+            fail("conv", f"{name} pretrains MAML's conv4; drop --conv=False")
+        if self.dataset_backend != "folders":
+            fail("dataset_backend", f"{name} reads the folders of data_prep; use "
+                 "--dataset_backend=folders")
+        for flag, value, default in (("algorithm", self.algorithm, "maml"),
+                                     ("meta_sgd", self.meta_sgd, False),
+                                     ("stop_grad", self.stop_grad, False),
+                                     ("adapt_layers", self.adapt_layers, "all"),
+                                     ("adapt_norm", self.adapt_norm, False),
+                                     ("init_checkpoint", self.init_checkpoint, None),
+                                     ("export_dir", self.export_dir, None),
+                                     ("distribution_strategy", self.distribution_strategy,
+                                      "default")):
+            if value != default:
+                fail(flag, f"{name} has no meta-learning (a classifier is pretrained, then "
+                     f"fine-tuned or used as features): drop --{flag}={value}")
+        if self.metatrain_iterations not in (0, Config.metatrain_iterations):
+            fail("metatrain_iterations", f"{name} does not meta-train; its length is "
+                 "--pretrain_iterations (drop --metatrain_iterations or set it to 0)")
 
 
 def check_meta_batch_size(meta_batch_size: int, num_replicas: int, strategy_name: str = "",

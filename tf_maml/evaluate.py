@@ -11,6 +11,7 @@ import pickle
 import numpy as np
 
 from tf_maml import rundir
+from tf_maml.config import PRETRAINED_BASELINES
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks import batch_rng
 
@@ -62,17 +63,22 @@ def summarize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return means, stds, ci95
 
 
-def result_name(update_batch_size: int, update_lr: float) -> str:
+def result_name(update_batch_size: int, update_lr: float, baseline: str | None = None) -> str:
+    """The original's result name; the pretrained baselines (whose step size is chosen on
+    validation tasks, or who take none) name theirs after the baseline, since both share
+    one run directory."""
+    if baseline in PRETRAINED_BASELINES:
+        return f"test_ubs{update_batch_size}_{baseline}"
     return f"test_ubs{update_batch_size}_stepsize{update_lr}"
 
 
 def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
-                  update_lr: float) -> dict[str, str]:
+                  update_lr: float, baseline: str | None = None) -> dict[str, str]:
     """Writes the CSV (header update0..updateS; rows means, stds, ci95), the original's
     pickle ``{'mses': values}`` and the per-task matrix as ``.npy``. Each file is replaced
     whole (:func:`tf_maml.rundir.atomic_write`): a crash never leaves a half file."""
     os.makedirs(run_dir, exist_ok=True)
-    base = os.path.join(run_dir, result_name(update_batch_size, update_lr))
+    base = os.path.join(run_dir, result_name(update_batch_size, update_lr, baseline))
     means, stds, ci95 = summarize(values)
     table = io.StringIO()
     writer = csv.writer(table, delimiter=",")

@@ -33,7 +33,13 @@ def build_model(config: Config) -> keras.Model:
 
 
 def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearner:
-    """Model and learner, seeded with ``config.seed``."""
+    """Model and learner, seeded with ``config.seed``. The pretrained baselines' learner is
+    the classifier they pretrain (:class:`tf_maml.baselines.Classifier`)."""
+    if config.is_pretrained_baseline:
+        from tf_maml import baselines
+
+        return baselines.Classifier(model or baselines.build_classifier(config),
+                                    config.meta_lr)
     if model is None:
         keras.utils.set_random_seed(config.seed)
         model = build_model(config)
@@ -59,7 +65,8 @@ def execution_plan(config: Config) -> ExecutionPlan:
 
 def task_source(config: Config, split: str, num_query: int | None = None):
     """Tasks of ``split`` ('train', 'val' or 'test'); K support and ``num_query`` query
-    examples per class (default: as the original trains)."""
+    examples per class (default: as the original trains). The pretrained baselines train
+    on the training split's labelled images instead (minibatches, not tasks)."""
     k = config.update_batch_size
     q = config.num_query_train if num_query is None else num_query
     if config.datasource == "sinusoid":
@@ -76,6 +83,11 @@ def task_source(config: Config, split: str, num_query: int | None = None):
         return omniglot_tasks(config.data_dir, split, config.num_classes, k, q)
     from tf_maml.tasks.miniimagenet import miniimagenet_tasks
 
+    if config.is_pretrained_baseline and split == "train":
+        from tf_maml.baselines import LabelledImages
+
+        # Only its images are used: any class of two images will do.
+        return LabelledImages(miniimagenet_tasks(config.data_dir, split, 1, 1, 1))
     return miniimagenet_tasks(config.data_dir, split, config.num_classes, k, q)
 
 

@@ -34,6 +34,13 @@ def summed_xent(shots: int):
     return loss
 
 
+def mean_xent(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy averaged over the examples: ordinary fine-tuning's loss (the
+    fine-tuning baseline, :mod:`tf_maml.baselines`). Labels are integer class ids."""
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(y_true, tf.int32), logits=logits))
+
+
 def accuracy(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Fraction of examples whose argmax logit is the label (per task)."""
     hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(y_true, tf.int32))

@@ -35,8 +35,9 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_integer("num_classes", 5,
                          "number of classes used in classification (e.g. 5-way classification).",
                          flag_values=values)
-    flags.DEFINE_string("baseline", None, "oracle, or None (navigation: also random)",
-                        flag_values=values)
+    flags.DEFINE_string("baseline", None, "oracle, or None (navigation: also random; "
+                        "miniimagenet: finetune or nearest_neighbor, the baselines of a "
+                        "classifier pretrained on the training classes)", flag_values=values)
     flags.DEFINE_integer("pretrain_iterations", 0, "number of pre-training iterations.",
                          flag_values=values)
     flags.DEFINE_integer("metatrain_iterations", 15000, "number of metatraining iterations.",

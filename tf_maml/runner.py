@@ -60,7 +60,10 @@ def run(config: Config, log=print) -> dict:
                               resume_changes(config, directory), log=log)
     # First: threads, logical CPU devices and collective ops must be set up before TF's
     # first op.
-    threads = threads_lib.configure_threads(config.intra_op_threads, config.meta_batch_size)
+    # The pretrained baselines train one minibatch at a time (no task chunks to run side by
+    # side): TensorFlow's own op parallelism then uses the cores.
+    threads = threads_lib.configure_threads(
+        config.intra_op_threads, 1 if config.is_pretrained_baseline else config.meta_batch_size)
     if threads:
         log(f"Threads: {threads} intra-op (task chunks run one per core; "
             "--intra_op_threads=0 keeps TensorFlow's default)")
@@ -142,8 +145,19 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
     batch = 100 if config.datasource == "sinusoid" else (
         32 if config.datasource == "omniglot" else 10)
     what = "test" if config.datasource == "sinusoid" else split
-    log(f"Evaluating {config.num_test_tasks} {what} tasks, {config.test_num_updates} steps, "
-        f"K={config.update_batch_size}, alpha={config.update_lr}")
+    num_steps = config.test_num_updates
+    if config.is_pretrained_baseline:  # the classifier's nearest neighbours, or fine-tuning
+        from tf_maml import baselines
+
+        val_source = (None if config.baseline == "nearest_neighbor" else
+                      experiment.task_source(config, "val", experiment.test_num_query(config)))
+        learner, num_steps = baselines.evaluator(learner, config, val_source,
+                                                 experiment.execution_plan(config), log=log)
+        log(f"Evaluating the {config.baseline} baseline on {config.num_test_tasks} {what} "
+            f"tasks, {num_steps} steps, K={config.update_batch_size}")
+    else:
+        log(f"Evaluating {config.num_test_tasks} {what} tasks, {num_steps} steps, "
+            f"K={config.update_batch_size}, alpha={config.update_lr}")
     t0 = time.time()
     last = [t0]
 
@@ -152,15 +166,14 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
             last[0] = time.time()
             log(f"  evaluated {done}/{total} tasks ({time.time() - t0:.0f}s)")
 
-    out = evaluate_lib.evaluate(learner, source, config.num_test_tasks,
-                                config.test_num_updates, seed, batch_size=batch,
-                                progress=progress)
+    out = evaluate_lib.evaluate(learner, source, config.num_test_tasks, num_steps, seed,
+                                batch_size=batch, progress=progress)
     values = out["metric"] if "metric" in out else out["loss"]
     log(evaluate_lib.format_summary(values, config.is_classification))
     with rundir.writing(directory, "write the evaluation results",
                         kept=lambda: "the checkpoints and earlier results are intact"):
         paths = evaluate_lib.write_results(directory, values, config.update_batch_size,
-                                           config.update_lr)
+                                           config.update_lr, config.baseline)
     log(f"Wrote {paths['csv']}")
     means, _, ci95 = evaluate_lib.summarize(values)
     return {"results": paths, "means": means, "ci95": ci95, "values": values}

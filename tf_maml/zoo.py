@@ -35,7 +35,7 @@ RESULTS_FILE = "results.json"
 RUN_STATE_FILE = "reproduce.json"  # the run directory's record of its evaluations
 PATH_FIELDS = ("data_dir", "logdir", "init_checkpoint", "export_dir")
 KEPT_FILES = ("training_log.csv",)
-RESULT_GLOB = "test_ubs*_stepsize*"
+RESULT_GLOB = "test_ubs*"  # test_ubs<K>_stepsize<α>, or test_ubs<K>_<baseline>
 
 
 class ZooError(ValueError):

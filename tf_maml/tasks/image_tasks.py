@@ -230,6 +230,17 @@ class FewShotTasks:
                 f"{self.num_classes}-way {self.num_support}-shot, {self.num_query} query, "
                 f"image_shape={self.image_shape}, rotate={self.rotate}, invert={self.invert})")
 
+    def labelled_images(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every image of the data set and its class: uint8 [total, H, W, C] (not a copy)
+        and int32 [total] class indices in the order of ``class_names``. For ordinary
+        classification over the classes (the baselines' pretraining)."""
+        labels = np.repeat(np.arange(len(self._counts), dtype=np.int32), self._counts)
+        return self._images, labels
+
+    def pixels(self, images: np.ndarray) -> np.ndarray:
+        """float32 pixels of uint8 ``images``, as tasks give them (``invert`` applied)."""
+        return self._lut[images]
+
     def sample_indices(self, meta_batch_size: int, rng: np.random.Generator
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The choices behind one meta-batch, without touching the images.

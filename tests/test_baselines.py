@@ -1,0 +1,291 @@
+"""The MiniImageNet baselines (tf_maml/baselines.py): nearest neighbour and fine-tuning on toy
+problems whose answers are known by construction, the pretraining on tiny synthetic image
+folders (the loss falls, a checkpoint is written and resumed), the command line end to end,
+and the flag combinations it refuses."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tf_maml import baselines, evaluate, reproduce, runner, zoo
+from tf_maml.config import Config, ConfigError
+from tf_maml.data.miniimagenet import prepare_miniimagenet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS_DIR = os.path.join(REPO, "flags")
+
+
+# ---------------------------------------------------------------------------- toy data
+@pytest.fixture(scope="module")
+def tiny_mini(tmp_path_factory):
+    """Prepared MiniImageNet-shaped folders: train 4 classes, val 5, test 5, 20 images each.
+    Each class has its own mean colour (plus noise), so a classifier can learn them and
+    the features of one class lie together."""
+    root = tmp_path_factory.mktemp("tiny_mini")
+    rng = np.random.default_rng(3)
+    (root / "images").mkdir()
+    for s, (split, num) in enumerate({"train": 4, "val": 5, "test": 5}.items()):
+        rows = ["filename,label"]
+        for c in range(num):
+            label = f"n0{s}{c:06d}"
+            colour = rng.integers(30, 226, 3)
+            for i in range(20):
+                name = f"{label}{i:08d}.jpg"
+                pixels = np.clip(colour + rng.normal(0, 25, (84, 84, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(root / "images" / name)
+                rows.append(f"{name},{label}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    out = root / "prepared"
+    prepare_miniimagenet(str(root / "images"), str(root), str(out), expect_counts=False)
+    return str(out)
+
+
+def _config(data_dir, logdir, **kw):
+    base = dict(datasource="miniimagenet", baseline="nearest_neighbor", pretrain_iterations=40,
+                metatrain_iterations=0, meta_batch_size=16, update_batch_size=1,
+                num_filters=4, max_pool=True, num_test_tasks=4, test_set=True,
+                data_dir=data_dir, logdir=str(logdir), test_after_train=False)
+    base.update(kw)
+    return Config(**base).validate()
+
+
+def _identity_classifier(shape, num_classes=3):
+    """A classifier whose body is the identity (its features are the pixels, flattened)."""
+    inputs = keras.Input(shape)
+    features = keras.layers.Flatten(name="flatten")(inputs)
+    logits = keras.layers.Dense(num_classes, name="logits")(features)
+    return keras.Model(inputs, logits)
+
+
+# ---------------------------------------------------------------------------- nearest neighbour
+def test_nearest_neighbour_is_by_cosine_similarity():
+    """Query q=(3, 2.9) is nearer to support a=(1, 0) in Euclidean distance (3.5 against 9.9)
+    but points along b=(10, 10) (cosine 0.9997 against 0.72): cosine gives b's label. The
+    other queries are multiples of a support point, whose label they must take."""
+    support = tf.constant([[1.0, 0.0], [10.0, 10.0], [0.0, -2.0]])
+    labels = tf.constant([4, 7, 2])
+    queries = tf.constant([[3.0, 2.9], [5.0, 0.0], [0.0, -0.1], [0.5, 0.5]])
+    got = baselines.nearest_neighbor_labels(support, labels, queries).numpy()
+    assert got.tolist() == [7, 4, 2, 7]
+    # With a task axis, each task uses its own support set.
+    batched = baselines.nearest_neighbor_labels(
+        tf.stack([support, support[::-1]]), tf.stack([labels, labels[::-1]]),
+        tf.stack([queries, queries]))
+    assert batched.numpy().tolist() == [[7, 4, 2, 7], [7, 4, 2, 7]]
+
+
+def test_nearest_neighbour_evaluation_on_an_identity_body():
+    """Through the classifier: with the identity body, the features are the pixels. Task 0's
+    queries are scaled copies of support images of their own class (all right); in task 1
+    the query labels are swapped between two classes (those queries all wrong): accuracy
+    1 and 1/3, known by construction."""
+    rng = np.random.default_rng(0)
+    classifier = baselines.Classifier(_identity_classifier((2, 2, 1)))
+    support = rng.uniform(size=(2, 3, 2, 2, 1)).astype("float32")
+    support_y = np.array([[0, 1, 2], [2, 0, 1]], dtype="int32")
+    query = support[:, [2, 0, 1]] * np.float32(1.7)  # cosine 1 with the scaled image
+    query_y = support_y[:, [2, 0, 1]].copy()
+    query_y[1, [0, 1]] = query_y[1, [1, 0]]
+    out = classifier.evaluate_batch((support, support_y, query, query_y))["metric"].numpy()
+    np.testing.assert_allclose(out, [[1.0], [1 / 3]], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+def test_finetuning_takes_gradient_steps_of_the_mean_cross_entropy_and_separates_the_toy():
+    """Identity body, a new 2-way head set to zero: every softmax starts at 1/2, so the first
+    step's head is known in closed form, W = -α Xᵀ(1/2 - Y)/n, b = -α mean(1/2 - Y). The
+    two classes are linearly separable with a margin, so after a few steps every query is
+    right."""
+    classifier = baselines.Classifier(_identity_classifier((2, 1, 1), num_classes=5))
+    config = Config(num_classes=2, seed=0)
+    lr = 0.5
+    learner = baselines.finetune_learner(classifier, config, lr)
+    head = learner.model.get_layer("logits_2way")
+    head.set_weights([np.zeros((2, 2), "float32"), np.zeros(2, "float32")])
+    x = np.array([[2.0, 0.5], [3.0, -0.5], [-2.0, 0.3], [-2.5, -0.4]], "float32")
+    y = np.array([0, 0, 1, 1], "int32")
+    fast = learner.adapt(x.reshape(4, 2, 1, 1), y, num_steps=1)
+    onehot = np.eye(2, dtype="float32")[y]
+    residual = 0.5 - onehot
+    np.testing.assert_allclose(fast[-2].numpy(), -lr * x.T @ residual / 4, rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(fast[-1].numpy(), -lr * residual.mean(axis=0), atol=1e-7)
+    # The classifier's own weights are untouched (fine-tuning reads them, never writes).
+    assert classifier.model.get_layer("logits").kernel.shape == (2, 5)
+    query = np.array([[1.5, 2.0], [2.5, -3.0], [-1.0, 2.5], [-3.0, -1.0]], "float32")
+    query_y = np.array([0, 0, 1, 1], "int32")
+    batch = (x.reshape(1, 4, 2, 1, 1), y[None], query.reshape(1, 4, 2, 1, 1), query_y[None])
+    accuracy = learner.evaluate_batch(batch, 20)["metric"].numpy()[0]
+    assert accuracy[0] == 0.5  # zero head: every logit equal, argmax class 0
+    assert accuracy[-1] == 1.0
+
+
+def test_the_new_head_is_new_and_the_body_is_the_pretrained_one(tiny_mini, tmp_path):
+    config = _config(tiny_mini, tmp_path, baseline="finetune", num_classes=5)
+    classifier = baselines.Classifier(baselines.build_classifier(config))
+    model = baselines.with_new_head(classifier.model, 5, seed=0)
+    assert model.output_shape == (None, 5) and classifier.model.output_shape == (None, 64)
+    pretrained = {id(v) for v in classifier.model.trainable_variables}
+    shared = [v for v in model.trainable_variables if id(v) in pretrained]
+    assert len(shared) == len(model.trainable_variables) - 2  # all but the head's W and b
+    again = baselines.with_new_head(classifier.model, 5, seed=0)
+    np.testing.assert_array_equal(model.layers[-1].kernel.numpy(),
+                                  again.layers[-1].kernel.numpy())  # seeded
+
+
+# ---------------------------------------------------------------------------- pretraining
+def _log_rows(run_dir):
+    with open(os.path.join(run_dir, "training_log.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def _training_set_loss(classifier, config):
+    """Mean cross-entropy of the classifier on every training image (batch statistics)."""
+    from tf_maml import experiment
+
+    images = experiment.task_source(config, "train")
+    x, y = images.tasks.pixels(images.images), images.labels
+    logits = classifier.model(x, training=True)
+    return float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)))
+
+
+def test_pretraining_lowers_the_loss_and_resumes_from_its_checkpoint(tiny_mini, tmp_path):
+    from tf_maml import experiment
+    from tf_maml.checkpoint import learner_checkpointer
+
+    lines = []
+    config = _config(tiny_mini, tmp_path, pretrain_iterations=60, meta_lr=0.003)
+    before = _training_set_loss(experiment.build_learner(config), config)
+    result = runner.run(config, log=lines.append)
+    run_dir = result["run_dir"]
+    assert os.path.basename(run_dir) == "classifier.mbs_16hidden4maxpoolbatchnorm"
+    assert result["iterations"] == 60
+    assert os.path.exists(os.path.join(run_dir, "model-60.index"))
+    restored = experiment.build_learner(config)  # fresh weights, then the checkpoint's
+    learner_checkpointer(restored, run_dir).restore(os.path.join(run_dir, "model-60"))
+    after = _training_set_loss(restored, config)
+    assert after < 0.5 * before, (before, after)
+    assert {r["phase"] for r in _log_rows(run_dir)} == {"pretrain"}
+    # Resume: the other baseline, another K and a longer run continue the same pretraining.
+    more = _config(tiny_mini, tmp_path, baseline="finetune", update_batch_size=5,
+                   pretrain_iterations=80, num_classes=5)
+    lines.clear()
+    result = runner.run(more, log=lines.append)
+    assert result["run_dir"] == run_dir and result["iterations"] == 80
+    assert any("Resumed from" in ln and "model-60" in ln for ln in lines), lines
+    assert os.path.exists(os.path.join(run_dir, "model-80.index"))
+    # A flag that defines the pretraining is refused on resume, naming it.
+    with pytest.raises(ConfigError, match="--seed"):
+        runner.run(_config(tiny_mini, tmp_path, pretrain_iterations=100, seed=3),
+                   log=lines.append)
+
+
+# ---------------------------------------------------------------------------- command line
+def _cli(args, cwd):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "tf_maml.main", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _csv(path):
+    with open(path) as f:
+        header, means, _, ci = list(csv.reader(f))
+    return header, float(means[-1]), float(ci[-1])
+
+
+def test_cli_pretrains_once_then_evaluates_both_baselines(tiny_mini, tmp_path):
+    """The repository's flagfiles on tiny data: the nearest-neighbour flagfile pretrains and
+    evaluates; the fine-tuning one evaluates the same pretraining (1-shot, then 5-shot);
+    the result files are the ones the zoo and the report read."""
+    small = ["--pretrain_iterations=60", "--num_filters=4", "--meta_batch_size=16",
+             "--num_test_tasks=4", f"--data_dir={tiny_mini}", f"--logdir={tmp_path}/logs/"]
+    nn = _cli([f"--flagfile={FLAGS_DIR}/miniimagenet_5way_1shot_nearest_neighbor.flags",
+               *small], tmp_path)
+    assert nn.returncode == 0, nn.stdout + nn.stderr
+    run_dir = tmp_path / "logs" / "classifier.mbs_16hidden4maxpoolbatchnorm"
+    header, mean, ci = _csv(run_dir / "test_ubs1_nearest_neighbor.csv")
+    assert header == ["update0"] and 0 <= mean <= 1 and ci >= 0
+    ft = _cli([f"--flagfile={FLAGS_DIR}/miniimagenet_5way_5shot_finetune.flags", *small,
+               "--train=False", "--test_num_updates=3"], tmp_path)
+    assert ft.returncode == 0, ft.stdout + ft.stderr
+    assert "Fine-tuning chosen on validation tasks" in ft.stdout
+    header, mean, _ = _csv(run_dir / "test_ubs5_finetune.csv")
+    assert 2 <= len(header) <= 4 and 0 <= mean <= 1
+    per_task = np.load(run_dir / "test_ubs5_finetune.npy")
+    assert per_task.shape == (4, len(header))
+    np.testing.assert_allclose(evaluate.summarize(per_task)[0][-1], mean, rtol=1e-6)
+    # MAML's test tasks have K query images per class: 5 per 1-shot task, 25 per 5-shot.
+    nn_per_task = np.load(run_dir / "test_ubs1_nearest_neighbor.npy")
+    for values, queries in ((nn_per_task, 5), (per_task, 25)):
+        np.testing.assert_allclose(values * queries, np.round(values * queries), atol=1e-4)
+    # Published into a zoo folder (weights only) and evaluated from there.
+    zoo_dir = tmp_path / "zoo"
+    assert zoo.publish(str(run_dir), str(zoo_dir), True, {}, "test machine", log=print)
+    assert zoo.latest_iteration(str(zoo_dir)) == 60
+    again = _cli([f"--flagfile={FLAGS_DIR}/miniimagenet_5way_1shot_nearest_neighbor.flags",
+                  *small[:-1], f"--logdir={tmp_path}/fresh/", "--train=False"], tmp_path)
+    assert again.returncode != 0 and "no checkpoint" in again.stderr  # nothing there yet
+    zoo.restore(str(zoo_dir), str(tmp_path / "fresh" / run_dir.name), log=print)
+    again = _cli([f"--flagfile={FLAGS_DIR}/miniimagenet_5way_1shot_nearest_neighbor.flags",
+                  *small[:-1], f"--logdir={tmp_path}/fresh/", "--train=False"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "fresh" / run_dir.name / "test_ubs1_nearest_neighbor.npy"),
+        nn_per_task)
+
+
+def test_reproduce_rows_share_one_pretraining_and_its_zoo_folder():
+    table = {e.name: e for e in reproduce.load_experiments(FLAGS_DIR)}
+    names = [f"miniimagenet_{k}shot_{b}" for k in (1, 5) for b in ("finetune",
+                                                                   "nearest_neighbor")]
+    plans = [reproduce.plan(table[n], "/tmp/x", {"miniimagenet": "/d"}, None, FLAGS_DIR, "/z")
+             for n in names]
+    assert len({p.run_dir for p in plans}) == 1 and len({p.zoo_dir for p in plans}) == 1
+    assert plans[0].run_dir.endswith("classifier.mbs_32hidden32maxpoolbatchnorm")
+    assert [p.result_name for p in plans] == ["test_ubs1_finetune", "test_ubs1_nearest_neighbor",
+                                              "test_ubs5_finetune",
+                                              "test_ubs5_nearest_neighbor"]
+    assert {p.target for p in plans} == {30000}
+    assert [table[n].paper for n in names] == [(28.86, 0.54), (41.08, 0.70), (49.79, 0.79),
+                                               (51.04, 0.65)]
+    maml = {e.name: e for e in table.values()}["miniimagenet_1shot"]
+    maml_dir = reproduce.plan(maml, "/tmp/x", {"miniimagenet": "/d"}, None, FLAGS_DIR,
+                              "/z").run_dir
+    assert os.path.basename(maml_dir).startswith("cls_")  # never the baselines' directory
+
+
+# ---------------------------------------------------------------------------- bad flags
+@pytest.mark.parametrize("change, flag", [
+    (dict(datasource="omniglot"), "--baseline"),
+    (dict(meta_sgd=True), "--meta_sgd"),
+    (dict(algorithm="reptile"), "--algorithm"),
+    (dict(stop_grad=True), "--stop_grad"),
+    (dict(adapt_layers="head"), "--adapt_layers"),
+    (dict(metatrain_iterations=500), "--metatrain_iterations"),
+    (dict(pretrain_iterations=0), "--pretrain_iterations"),
+    (dict(baseline="nearest"), "--baseline"),
+    (dict(dataset_backend="tfds"), "--dataset_backend"),
+])
+def test_bad_flag_combinations_name_the_flag(change, flag):
+    kw = dict(datasource="miniimagenet", baseline="finetune", pretrain_iterations=10,
+              metatrain_iterations=0, max_pool=True, num_filters=32, data_dir="d")
+    kw.update(change)
+    with pytest.raises(ConfigError, match=flag):
+        Config(**kw).validate()
+    if flag == "--pretrain_iterations":  # evaluating needs no pretraining length
+        Config(**{**kw, "train": False}).validate()
+
+
+def test_cli_refuses_a_bad_combination_with_the_flag_named(tmp_path):
+    out = _cli(["--datasource=miniimagenet", "--baseline=nearest_neighbor", "--data_dir=x",
+                "--max_pool=True", "--pretrain_iterations=10", "--meta_sgd=True"], tmp_path)
+    assert out.returncode == 2 and "--meta_sgd" in out.stderr, out.stderr
