@@ -239,12 +239,17 @@ class Config:
         for name in ("msl_iterations", "first_order_iterations"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0 (0: off), got {getattr(self, name)}")
+        # The cosine schedule is only a meta learning rate: Reptile may use it too.
         on = [name for name in ("lslr", "per_step_bn", "msl_iterations",
                                 "first_order_iterations", "cosine_meta_lr")
               if getattr(self, name)]
-        if on and (self.datasource == "navigation" or self.algorithm != "maml"):
-            fail(on[0], "MAML++'s options are for MAML on the supervised datasources "
-                 "(not Reptile, not navigation)")
+        of_maml = [name for name in on if name != "cosine_meta_lr"]
+        if on and self.datasource == "navigation":
+            fail(on[0], "MAML++'s options are for the supervised datasources (navigation's "
+                 "meta-update is TRPO's)")
+        if of_maml and self.algorithm != "maml":
+            fail(of_maml[0], f"a MAML++ option of the meta-gradient; --algorithm="
+                 f"{self.algorithm} has none")
         if self.per_step_bn and self.norm != "batch_norm":
             fail("per_step_bn", f"per-step batch norm needs --norm=batch_norm, got "
                  f"--norm={self.norm}")
