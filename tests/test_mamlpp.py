@@ -14,8 +14,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SMALL_CONV_SHAPE, five_way_batch, small_conv4
-from test_meta_gradients import (ALPHA, HIDDEN, as_batch, finite_difference, flat,
-                                 make_learner, make_tasks, np_loss_and_grad, unpack)
+from test_meta_gradients import (
+    ALPHA,
+    HIDDEN,
+    as_batch,
+    finite_difference,
+    flat,
+    make_learner,
+    make_tasks,
+    np_loss_and_grad,
+    unpack,
+)
 
 from tf_maml import losses, mamlpp
 from tf_maml.config import Config, ConfigError
