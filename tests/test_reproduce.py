@@ -270,6 +270,7 @@ def test_sigterm_to_reproduce_stops_its_training_child_with_a_checkpoint(tmp_pat
     """Stopping tf-maml-reproduce must not orphan its tf-maml child or lose its work: the
     child gets SIGTERM too, saves a checkpoint, and both exit."""
     import signal
+    import threading
     import time
 
     _flags(tmp_path, "sinusoid_maml_k10", 10**7)
@@ -283,6 +284,9 @@ def test_sigterm_to_reproduce_stops_its_training_child_with_a_checkpoint(tmp_pat
         for line in proc.stdout:  # wait for the training loop's first progress line
             if line.strip().startswith("[") and "it/s" in line:
                 break
+        # Keep reading: a child blocked on a full pipe could not finish its shutdown.
+        drain = threading.Thread(target=proc.stdout.read, daemon=True)
+        drain.start()
         time.sleep(1)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
@@ -293,8 +297,12 @@ def test_sigterm_to_reproduce_stops_its_training_child_with_a_checkpoint(tmp_pat
     assert zoo.latest_iteration(str(run_dir)) > 0
     log = (run_dir / "reproduce.log").read_text()
     assert "Interrupted at iteration" in log
-    time.sleep(2)
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    deadline = time.monotonic() + 30  # a loaded machine may take a while to reap the child
+    while True:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        if str(tmp_path) not in ps or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert str(tmp_path) not in ps  # no orphaned training process
 
 

@@ -29,7 +29,7 @@ import tensorflow as tf
 from test_bad_inputs import as_flags, cli, one_line_error, snapshot
 from test_cli import fast_intervals, sine_config, weights_of  # noqa: F401 (a fixture)
 
-from tf_maml import losses, models, rundir, runner
+from tf_maml import experiment, losses, models, rundir, runner
 from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.config import ConfigError
 from tf_maml.learners import MetaLearner
@@ -163,6 +163,40 @@ def test_an_existing_checkpoint_is_never_overwritten(tmp_path):
                                               r"state; it is left as it is"):
         checkpointer(1).save(20)
     assert snapshot(tmp_path) == before
+
+
+def test_a_weights_only_zoo_checkpoint_is_complete_or_a_clear_error(tmp_path, fast_intervals):
+    # The zoo keeps a finished run as θ alone (zoo._slim_checkpoint). Restored on a fresh
+    # clone, the same settings find it complete; more iterations cannot resume without Adam's
+    # moments, which must be said, not reported as "does not fit this model".
+    from tf_maml import zoo
+
+    config, run_dir = trained(tmp_path / "full", 20)
+    slim = tmp_path / "zoo" / run_dir.name
+    slim.mkdir(parents=True)
+    shutil.copy(run_dir / "config.json", slim)
+    zoo._slim_checkpoint(str(run_dir), 20, str(slim))
+    names = [n for n, _ in tf.train.list_variables(str(slim / "model-20"))]
+    assert not any(n.startswith("optimizer/") for n in names)  # the case under test
+
+    logs = []
+    runner.run(dataclasses.replace(config, logdir=str(tmp_path / "zoo")), log=logs.append)
+    assert any(line.startswith("Training already complete (20/20 iterations") for line in logs)
+    before = snapshot(slim)
+    longer = dataclasses.replace(config, logdir=str(tmp_path / "zoo"), metatrain_iterations=40)
+    with pytest.raises(CheckpointError, match=r"model-20 holds the model's weights only .* "
+                                              r"Evaluate it with `train=False`"):
+        runner.run(longer, log=quiet)
+    assert snapshot(slim) == before
+    # ... and evaluation still restores exactly the trained θ.
+    def theta(directory):
+        learner = experiment.build_learner(config)
+        learner_checkpointer(learner, str(directory)).restore(str(directory / "model-20"),
+                                                             expect_optimizer=False)
+        return [v.numpy() for v in learner.model.weights]
+
+    for trained_w, slim_w in zip(theta(run_dir), theta(slim), strict=True):
+        np.testing.assert_array_equal(slim_w, trained_w)
 
 
 # ---------------------------------------------------------------------- 3. two writers

@@ -62,6 +62,7 @@ class Checkpointer:
         self._scratch: str | None = None
         self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
         self.checkpoint = tf.train.Checkpoint(**parts, iteration=self.iteration)
+        self._has_optimizer = "optimizer" in parts
 
     # ------------------------------------------------------------------ what is on disk
     @property
@@ -136,6 +137,17 @@ class Checkpointer:
             self._scratch = None
 
     # ------------------------------------------------------------------ restoring
+    def weights_only(self, path: str) -> bool:
+        """Whether ``path`` lacks the optimizer state this checkpointer saves: the model zoo
+        publishes a finished run as θ (and α) alone, a third of the size."""
+        if not self._has_optimizer:
+            return False
+        try:
+            names = [name for name, _ in tf.train.list_variables(path)]
+        except (tf.errors.OpError, ValueError):
+            return False  # unreadable: restore() says so
+        return not any(name.startswith("optimizer/") for name in names)
+
     def restore(self, path: str, expect_optimizer: bool = True) -> tuple[int, list[Change]]:
         """Loads ``path``; returns its iteration and the settings that differ from the
         checkpoint's (the current values are kept). Fails clearly on a missing file, a
@@ -144,6 +156,12 @@ class Checkpointer:
             available = ", ".join(os.path.basename(p) for p in self.checkpoints) or "none"
             raise CheckpointError(f"no checkpoint at {path} (available in {self.run_dir}: "
                                   f"{available})")
+        if expect_optimizer and self.weights_only(path):
+            raise CheckpointError(
+                f"{path} holds the model's weights only (a finished run as the model zoo "
+                "keeps it, without the meta-optimizer's state), so training cannot resume "
+                "from it. Evaluate it with `train=False`, or train a new run in another "
+                "`logdir`.")
         wanted = {name: v.numpy() for name, v in self.settings.items()}
         try:
             status = self.checkpoint.read(path)
@@ -282,6 +300,14 @@ def resume_or_start(checkpointer: Checkpointer, resume: bool, total: int,
                 f"{checkpointer.run_dir} already holds checkpoints ({os.path.basename(latest)}"
                 "); pass `resume=True` to continue that run, or another `run_dir` for a new "
                 "one. Nothing was overwritten.")
+        if checkpointer.weights_only(latest) and checkpoint_iteration(latest) >= total:
+            # A finished zoo run: nothing left to train, so no optimizer state is needed.
+            start = checkpointer.restore(latest, expect_optimizer=False)[0]
+            log(f"Training already complete ({start}/{total} iterations; {latest} holds "
+                "the weights only)")
+            if on_start is not None:
+                on_start()
+            return start, True
         path, start, restored_changes = checkpointer.restore_latest_good(log)
         log(f"Resumed from {path} at iteration {start}")
         merged = dict((name, (old, new)) for name, old, new in restored_changes)

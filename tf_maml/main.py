@@ -19,6 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+# The enum flags' choices are the Config's own tuples, so a new choice is added in one place.
+from tf_maml.config import (ADAPT_LAYERS, ALGORITHMS, DATASET_BACKENDS,  # noqa: E402
+                            DISTRIBUTION_STRATEGIES, NAN_POLICIES, TASK_PARALLELISM)
+
 FLAGS = flags.FLAGS
 
 
@@ -79,7 +83,7 @@ def define_flags(values: flags.FlagValues) -> None:
                        "(use if you want to test with a different value)", flag_values=values)
 
     # ---- added flags (README: "Flags")
-    flags.DEFINE_enum("algorithm", "maml", ["maml", "reptile"],
+    flags.DEFINE_enum("algorithm", "maml", list(ALGORITHMS),
                       "maml (second order, or first order with --stop_grad) or reptile.",
                       flag_values=values)
     flags.DEFINE_integer("test_num_updates", 10,
@@ -91,13 +95,13 @@ def define_flags(values: flags.FlagValues) -> None:
                          flag_values=values)
     flags.DEFINE_string("data_dir", None, "prepared data: the --output folder of "
                         "data_prep.omniglot / data_prep.miniimagenet.", flag_values=values)
-    flags.DEFINE_enum("dataset_backend", "folders", ["folders", "tfds"],
+    flags.DEFINE_enum("dataset_backend", "folders", list(DATASET_BACKENDS),
                       "how --data_dir is read: folders (the tree of data_prep) or tfds (the TFDS "
                       "data_dir of data_prep --format=tfds); same tasks either way.",
                       flag_values=values)
     flags.DEFINE_bool("adapt_norm", False, "also adapt normalisation offsets in the inner loop "
                       "(the original did not).", flag_values=values)
-    flags.DEFINE_enum("adapt_layers", "all", ["all", "head"],
+    flags.DEFINE_enum("adapt_layers", "all", list(ADAPT_LAYERS),
                       "which layers the inner loop adapts: all (MAML) or head (ANIL, Raghu et "
                       "al. 2020: only the last layer with weights).", flag_values=values)
     flags.DEFINE_bool("meta_sgd", False, "Meta-SGD: learn a per-parameter inner step size.",
@@ -120,7 +124,7 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_float("min_meta_lr", 1e-5, "with --cosine_meta_lr: the final meta learning "
                        "rate (MAML++: 1e-5).", flag_values=values)
     flags.DEFINE_enum("task_parallelism", "auto",
-                      ["auto", "batched", "vectorized", "map", "loop", "accumulate"],
+                      list(TASK_PARALLELISM),
                       "how tasks of a meta-batch are mapped: vectorized (pfor), map (map_fn), loop "
                       "(unrolled), batched (all tasks through batched kernels), accumulate (a "
                       "while loop over chunks of tasks summing meta-gradients: least memory); "
@@ -145,7 +149,7 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_bool("deterministic", False, "enable TensorFlow's deterministic ops, so that a "
                       "run resumed after a crash ends with the weights of an uninterrupted one.",
                       flag_values=values)
-    flags.DEFINE_enum("nan_policy", "stop", ["stop", "skip"],
+    flags.DEFINE_enum("nan_policy", "stop", list(NAN_POLICIES),
                       "on a NaN/Inf loss or meta-gradient: stop with a message, or skip the step.",
                       flag_values=values)
     flags.DEFINE_float("max_kl", 0.01, "navigation: TRPO's KL limit (delta) of the meta-update.",
@@ -153,7 +157,7 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_float("discount", 0.99, "navigation: discount factor (gamma) of the returns.",
                        flag_values=values)
     flags.DEFINE_enum("distribution_strategy", "default",
-                      ["default", "mirrored", "multi_worker_mirrored", "tpu"],
+                      list(DISTRIBUTION_STRATEGIES),
                       "tf.distribute strategy: the meta-batch is split over its replicas, "
                       "meta-gradients are all-reduced. mirrored: this machine's GPUs (or "
                       "--num_cpu_devices CPUs); multi_worker_mirrored: the machines of TF_CONFIG.",
