@@ -138,7 +138,8 @@ def inner_step(
     """One SGD step on the support loss, with predictions ``forward_fn(weights, x)``.
     Returns (new weights, support loss, support predictions).
 
-    ``inner_lr`` is α: a scalar, or one tensor per trainable variable (Meta-SGD).
+    ``inner_lr`` is α: a scalar, or one tensor per trainable variable, broadcast against
+    it (Meta-SGD: its shape; MAML++'s LSLR: a scalar).
     ``forward_fn`` and a vector-valued ``loss_fn``: see :func:`adapt`.
     """
     weights = list(weights)
@@ -171,13 +172,14 @@ def adapt(
     support_x: tf.Tensor,
     support_y: tf.Tensor,
     loss_fn: LossFn,
-    inner_lr: float | tf.Tensor | Sequence[tf.Tensor],
+    inner_lr: float | tf.Tensor | Sequence[tf.Tensor] | Callable[[int], object],
     num_steps: int,
     first_order: bool = False,
     mask: Sequence[bool] | None = None,
     non_trainable: Sequence[tf.Tensor] | None = None,
     return_all: bool = False,
     forward_fn: ForwardFn | None = None,
+    step_params: Callable[[list[tf.Tensor], int], list[tf.Tensor]] | None = None,
 ):
     """``num_steps`` inner SGD steps from ``weights`` on one task's support set.
 
@@ -191,22 +193,37 @@ def adapt(
     weights stacked on a leading task axis (:mod:`tf_maml.mapping.batched`). ``loss_fn``
     then returns one loss per task; tasks do not share weights, so the gradient of their
     sum is, for each task's weights, that task's own gradient: the same step as here.
+
+    Per-step values (MAML++, Antoniou et al. 2019): ``inner_lr`` may be a function of the
+    step index (0-based) returning α for that step (LSLR: a learned rate per variable and
+    step); ``step_params(weights, step)`` returns ``weights`` with the entries that the
+    inner loop does not adapt replaced by their values for that step (per-step batch norm).
+    Step s then runs on ``step_params(θ_s, s)``, so ``θ_{s+1}`` carries step s's values,
+    the ones its query pass uses (as MAML++ indexes them), and index 0 of the trajectory
+    is ``step_params(weights, 0)``.
     """
     if forward_fn is None:
         def forward_fn(w, x):
             return forward(model, w, x, non_trainable)
 
-    trajectory = [list(weights)]
+    def lr_at(step):
+        return inner_lr(step) if callable(inner_lr) else inner_lr
+
+    def params_at(w, step):
+        return list(w) if step_params is None else step_params(list(w), step)
+
+    trajectory = [params_at(weights, 0)]
     pre_loss = pre_preds = None
-    for _ in range(num_steps):
+    for step in range(num_steps):
+        current = trajectory[-1] if step == 0 else params_at(trajectory[-1], step)
         new, loss, preds = inner_step(
-            forward_fn, trajectory[-1], support_x, support_y, loss_fn, inner_lr,
+            forward_fn, current, support_x, support_y, loss_fn, lr_at(step),
             first_order=first_order, mask=mask,
         )
         if pre_loss is None:
             pre_loss, pre_preds = loss, preds
         trajectory.append(new)
     if pre_loss is None:
-        pre_preds = forward_fn(weights, support_x)
+        pre_preds = forward_fn(trajectory[0], support_x)
         pre_loss = loss_fn(support_y, pre_preds)
     return (trajectory if return_all else trajectory[-1]), pre_loss, pre_preds

@@ -259,11 +259,11 @@ ARCHITECTURE_HINT = ("was it written with other `datasource`/`num_classes`/`num_
 
 def learner_checkpointer(learner, run_dir: str) -> Checkpointer:
     """The checkpointer of a :class:`~tf_maml.learners.MetaLearner`: θ, the meta-optimizer
-    (Adam's moments and step: the original lost them on resume), Meta-SGD's α and the
-    iteration. The optimizer's learning rate is a setting (``meta_lr``)."""
+    (Adam's moments and step: the original lost them on resume), the learned inner rates
+    (Meta-SGD, LSLR), per-step batch norm's values and the iteration. The optimizer's
+    learning rate is a setting (``meta_lr``; none when it follows a schedule)."""
     parts = {"model": learner.model, "optimizer": learner.optimizer}
-    if learner.inner_lrs:
-        parts["inner_lrs"] = list(learner.inner_lrs)
+    parts.update(learner.extra_variables)
     settings = {"meta_lr": v for v in learner.optimizer.variables
                 if v.name == "learning_rate"}
     return Checkpointer(run_dir, parts, settings,

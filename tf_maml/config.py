@@ -37,7 +37,8 @@ PRETRAINING_FREE = ("baseline", "num_classes", "update_batch_size", "update_lr",
 RUN_DEFINING = ("datasource", "num_classes", "baseline", "pretrain_iterations",
                 "meta_batch_size", "update_batch_size", "update_lr", "num_updates", "norm",
                 "num_filters", "conv", "max_pool", "stop_grad", "algorithm", "seed",
-                "adapt_norm", "meta_sgd", "discount")
+                "adapt_norm", "meta_sgd", "discount", "lslr", "per_step_bn", "msl_iterations",
+                "first_order_iterations", "cosine_meta_lr")
 # Where the run is and what this invocation does: not a change of the run.
 NOT_RUN_SETTINGS = ("logdir", "resume", "train", "test_iter")
 
@@ -90,6 +91,16 @@ class Config:
     adapt_norm: bool = False
     adapt_layers: str = "all"
     meta_sgd: bool = False
+    # MAML++ (Antoniou et al. 2019), each trick its own option, off by default
+    # (docs/mamlpp.md): learned per-layer per-step inner rates, per-step batch norm, the
+    # multi-step loss and derivative-order annealing over their first N iterations, and
+    # the meta learning rate annealed along a cosine to min_meta_lr over the run.
+    lslr: bool = False
+    per_step_bn: bool = False
+    msl_iterations: int = 0
+    first_order_iterations: int = 0
+    cosine_meta_lr: bool = False
+    min_meta_lr: float = 1e-5
     task_parallelism: str = "auto"
     test_after_train: bool = True
     init_checkpoint: str | None = None
@@ -209,6 +220,17 @@ class Config:
             s += ".adaptnorm"
         if self.adapt_layers == "head":
             s += ".anil"
+        # MAML++'s options: a run with any of them never shares a MAML run's directory.
+        if self.lslr:
+            s += ".lslr"
+        if self.per_step_bn:
+            s += ".perstepbn"
+        if self.msl_iterations:
+            s += f".msl{self.msl_iterations}"
+        if self.first_order_iterations:
+            s += f".firstorder{self.first_order_iterations}"
+        if self.cosine_meta_lr:
+            s += ".cosine"
         return s
 
     def to_json(self) -> str:
@@ -243,6 +265,35 @@ class Config:
         return changes
 
     # ------------------------------------------------------------------ validation
+    def _validate_mamlpp(self, fail) -> None:
+        for name in ("msl_iterations", "first_order_iterations"):
+            if getattr(self, name) < 0:
+                fail(name, f"must be >= 0 (0: off), got {getattr(self, name)}")
+        # The cosine schedule is only a meta learning rate: Reptile may use it too.
+        on = [name for name in ("lslr", "per_step_bn", "msl_iterations",
+                                "first_order_iterations", "cosine_meta_lr")
+              if getattr(self, name)]
+        of_maml = [name for name in on if name != "cosine_meta_lr"]
+        if on and self.datasource == "navigation":
+            fail(on[0], "MAML++'s options are for the supervised datasources (navigation's "
+                 "meta-update is TRPO's)")
+        if of_maml and self.algorithm != "maml":
+            fail(of_maml[0], f"a MAML++ option of the meta-gradient; --algorithm="
+                 f"{self.algorithm} has none")
+        if self.per_step_bn and self.norm != "batch_norm":
+            fail("per_step_bn", f"per-step batch norm needs --norm=batch_norm, got "
+                 f"--norm={self.norm}")
+        if self.per_step_bn and self.adapt_norm:
+            fail("per_step_bn", "batch norm has its own values at each inner step, so the "
+                 "inner loop cannot also adapt them: drop --adapt_norm")
+        if self.first_order_iterations and self.stop_grad:
+            fail("first_order_iterations", "anneals from first to second order; with "
+                 "--stop_grad every step is first order: drop one of them")
+        if self.cosine_meta_lr and not (math.isfinite(self.min_meta_lr)
+                                        and 0 <= self.min_meta_lr <= self.meta_lr):
+            fail("min_meta_lr", f"the cosine's minimum must be in [0, --meta_lr={self.meta_lr}]"
+                 f", got {self.min_meta_lr}")
+
     def validate(self) -> Config:
         """Raises :class:`ConfigError` naming the flag for an impossible value."""
 
@@ -322,6 +373,7 @@ class Config:
         if self.datasource == "miniimagenet" and self.conv and not self.max_pool:
             fail("max_pool", "the MiniImageNet conv net's head assumes --max_pool=True "
                  "(as the original, whose dense layer is sized for 5x5 maps)")
+        self._validate_mamlpp(fail)
         if self.meta_sgd and self.algorithm == "reptile":
             fail("meta_sgd", "Meta-SGD learns inner step sizes through the meta-gradient; "
                  "Reptile has none")

@@ -52,7 +52,11 @@ def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearn
         first_order=config.stop_grad, algorithm=config.algorithm, meta_lr=config.meta_lr,
         metric_fn=metric_fn, adapt_norm=config.adapt_norm, adapt_layers=config.adapt_layers,
         meta_grad_clip=config.meta_grad_clip, learn_inner_lr=config.meta_sgd,
-        plan=execution_plan(config),
+        plan=execution_plan(config), lslr=config.lslr, per_step_bn=config.per_step_bn,
+        msl_iterations=config.msl_iterations,
+        first_order_iterations=config.first_order_iterations,
+        cosine_annealing_iterations=config.total_iterations if config.cosine_meta_lr else 0,
+        min_meta_lr=config.min_meta_lr,
     )
 
 

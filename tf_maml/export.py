@@ -57,6 +57,11 @@ and the ``inner_lr`` input is a scale on them in the units of the learner's init
 α_eff = α_learned · inner_lr / learner.inner_lr. The default (``learner.inner_lr``) uses the
 learned α unchanged, and doubling ``inner_lr`` doubles every step, as it does without
 Meta-SGD. (With ``learner.inner_lr == 0`` the reference is 1.0 instead.)
+
+MAML++'s learned per-step rates (LSLR) are scaled the same way, and step i of the while
+loop uses step i's rates; per-step batch norm's values are exported too, step i running on
+its own β (and γ). Steps beyond those meta-trained reuse the last step's values, as
+training's evaluation does (:meth:`tf_maml.MetaLearner.step_lr`, ``step_params``).
 """
 
 from __future__ import annotations
@@ -205,6 +210,7 @@ def export(
     trainable = list(model.trainable_variables)
     non_trainable = list(model.non_trainable_variables)
     inner_lrs = list(learner.inner_lrs)
+    bn_steps = list(learner.bn_steps)
 
     def read(variables):
         return [tf.identity(v.value) for v in variables]
@@ -265,13 +271,17 @@ def export(
         steps = checks.gate(steps, ())
         weights = read(trainable)
         frozen = read(non_trainable)
-        if meta_sgd:
-            step_lr = [a * (lr / default_lr) for a in read(inner_lrs)]
-        else:
-            step_lr = lr
+        # α of each step, and per-step batch norm's values: the learner's own rules, with
+        # the step a tensor (Meta-SGD, LSLR: the learned rates scaled by the inner_lr input).
+        step_lr = (learner.step_lr([a * (lr / default_lr) for a in read(inner_lrs)])
+                   if meta_sgd else lr)
+        params_at = learner.step_params(weights, read(bn_steps))
 
         def body(i, fast):
-            fast, _, _ = adapt_lib.adapt(model, fast, support_x, support_y, loss_fn, step_lr,
+            if params_at is not None:
+                fast = params_at(fast, i)
+            lr_i = step_lr(i) if callable(step_lr) else step_lr
+            fast, _, _ = adapt_lib.adapt(model, fast, support_x, support_y, loss_fn, lr_i,
                                          1, mask=mask, non_trainable=frozen)
             return i + 1, fast
 
@@ -282,6 +292,8 @@ def export(
         "num_steps": default_steps,
         "inner_lr": default_lr,
         "meta_sgd": meta_sgd,
+        "lslr": bool(learner.lslr),
+        "per_step_bn": bool(bn_steps),
         "num_outputs": num_outputs,
         "targets": kind,
         "input_shape": [-1 if d is None else int(d) for d in feature_shape],
@@ -334,6 +346,7 @@ def export(
     # The captured variables, as plain tf.Variables: the loaded object needs no keras.
     module.model_variables = [v.value for v in model.variables]
     module.inner_lr_variables = [v.value for v in inner_lrs]
+    module.bn_step_variables = [v.value for v in bn_steps]
     module.serving_default = tf.function(predict, autograph=False)
     module.serving_default.get_concrete_function(x_spec)
     module.adapt_and_predict = tf.function(adapt_fn, autograph=False)

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import distribute as distribute_lib
+from tf_maml import keras_internals, mamlpp
 from tf_maml.config import ALGORITHMS
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
 from tf_maml.mapping.base import model_example_shape, model_runner
@@ -30,6 +31,12 @@ ORIGINAL_ADAM_EPSILON = 1e-8
 def _read(variables) -> list[tf.Tensor]:
     """The current values of ``variables`` as tensors (what an outer tape watches)."""
     return [tf.identity(v.value if hasattr(v, "value") else v) for v in variables]
+
+
+def _clamp(step, last: int):
+    """``min(step, last)`` for a Python step or a step tensor (the export's while loop):
+    steps beyond those meta-trained reuse the last step's learned values."""
+    return min(step, last) if isinstance(step, int) else tf.minimum(step, last)
 
 
 class MetaLearner:
@@ -74,6 +81,26 @@ class MetaLearner:
       plan: how the tasks of a meta-batch are run, a :class:`tf_maml.mapping.ExecutionPlan`
         (speed and memory only; default: chosen automatically for the model and the CPU).
 
+    MAML++ (Antoniou et al., ICLR 2019), each trick its own option, all off by default
+    (docs/mamlpp.md); "iteration" is the meta-optimiser's step count
+    (``optimizer.iterations``, saved in checkpoints):
+
+      lslr: learned per-layer per-step inner learning rates: one α per trainable variable
+        and inner step, initialised to ``inner_lr`` (Meta-SGD's rates, given a step axis;
+        with ``learn_inner_lr`` too, one per element and step).
+      per_step_bn: batch norm's β (and γ) per inner step: step s of the inner loop and the
+        query pass after it use their own values, meta-learned; step 0's are the model's
+        own variables. Needs ``keras.layers.BatchNormalization`` layers, not adapted.
+      msl_iterations: multi-step loss: for the first this many iterations the
+        meta-objective is a weighted sum of the query losses after every inner step
+        (:func:`tf_maml.mamlpp.msl_step_weights`), then the last step's alone.
+      first_order_iterations: derivative-order annealing: first-order meta-gradients for
+        the first this many iterations, second order after (two compiled steps).
+      cosine_annealing_iterations: the meta learning rate follows a cosine from
+        ``meta_lr`` to ``min_meta_lr`` over this many iterations
+        (:func:`tf_maml.mamlpp.cosine_meta_lr`); 0: constant.
+      min_meta_lr: the cosine's minimum (MAML++: 1e-5).
+
     Example (sinusoid regression, the paper's §5.1)::
 
         import keras, numpy as np, tf_maml
@@ -104,6 +131,12 @@ class MetaLearner:
         meta_grad_clip: float | None = None,
         learn_inner_lr: bool = False,
         plan: ExecutionPlan | None = None,
+        lslr: bool = False,
+        per_step_bn: bool = False,
+        msl_iterations: int = 0,
+        first_order_iterations: int = 0,
+        cosine_annealing_iterations: int = 0,
+        min_meta_lr: float = 1e-5,
     ):
         if not model.built:
             raise ValueError(
@@ -120,6 +153,8 @@ class MetaLearner:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
+        _check_mamlpp(algorithm, first_order, inner_steps, lslr, per_step_bn, msl_iterations,
+                      first_order_iterations, cosine_annealing_iterations, meta_optimizer)
         self.model = model
         self.loss_fn = loss_fn
         self.metric_fn = metric_fn
@@ -132,18 +167,40 @@ class MetaLearner:
         self.plan = ExecutionPlan() if plan is None else plan
         self.plan.check(model)
         self._example_shape = model_example_shape(model)
+        self.lslr = bool(lslr)
+        self.msl_iterations = int(msl_iterations)
+        self.first_order_iterations = int(first_order_iterations)
+        # Learned inner rates, one variable per trainable variable: Meta-SGD's have its
+        # shape, LSLR's a leading step axis ([inner_steps] scalars, or both).
         self.inner_lrs: list[keras.Variable] = []
-        if learn_inner_lr:
+        if learn_inner_lr or self.lslr:
+            steps = [self.inner_steps] if self.lslr else []
             self.inner_lrs = [
-                keras.Variable(tf.fill(v.shape, tf.cast(self.inner_lr, v.dtype)),
-                               trainable=True, name=f"inner_lr_{i}")
+                keras.Variable(tf.fill(steps + (list(v.shape) if learn_inner_lr else []),
+                                       tf.constant(self.inner_lr, v.dtype)),
+                               dtype=v.dtype, trainable=True, name=f"inner_lr_{i}")
                 for i, v in enumerate(model.trainable_variables)
             ]
+        # Per-step batch norm: for each batch-norm variable (index in trainable_variables),
+        # its values for inner steps 1..S-1 (step 0 is the variable itself).
+        self.bn_indices: list[int] = []
+        self.bn_steps: list[keras.Variable] = []
+        if per_step_bn:
+            self.bn_indices = _batch_norm_indices(model, self.mask)
+            self.bn_steps = [
+                keras.Variable(tf.repeat(model.trainable_variables[i].value[None],
+                                         self.inner_steps - 1, axis=0),
+                               dtype=model.trainable_variables[i].dtype, trainable=True,
+                               name=f"bn_step_{i}")
+                for i in self.bn_indices
+            ] if self.inner_steps > 1 else []
         # tf.distribute: a learner built under strategy.scope() (its model too) splits each
         # meta-batch over the strategy's replicas (tf_maml/distribute.py); None: one device.
         self.strategy = distribute_lib.current_strategy()
+        schedule = (mamlpp.cosine_meta_lr(meta_lr, min_meta_lr, cosine_annealing_iterations)
+                    if cosine_annealing_iterations else meta_lr)
         self.optimizer = meta_optimizer or keras.optimizers.Adam(
-            meta_lr, epsilon=ORIGINAL_ADAM_EPSILON)
+            schedule, epsilon=ORIGINAL_ADAM_EPSILON)
         if self.strategy is not None:
             self._check_distributed(model)
         self.optimizer.build(self.meta_variables)
@@ -168,16 +225,75 @@ class MetaLearner:
     # ------------------------------------------------------------------ variables
     @property
     def meta_variables(self) -> list:
-        """Everything the meta-optimiser updates: θ (and Meta-SGD's α if learned)."""
-        return list(self.model.trainable_variables) + list(self.inner_lrs)
+        """Everything the meta-optimiser updates: θ, then the learned inner rates
+        (Meta-SGD, LSLR) and per-step batch-norm values, if any."""
+        return list(self.model.trainable_variables) + list(self.inner_lrs) + list(self.bn_steps)
+
+    @property
+    def extra_variables(self) -> dict[str, list]:
+        """The meta-learned variables beyond the model's, by checkpoint name (only those
+        that exist): ``inner_lrs`` (Meta-SGD, LSLR) and ``bn_steps`` (per-step BN)."""
+        parts = {"inner_lrs": list(self.inner_lrs), "bn_steps": list(self.bn_steps)}
+        return {name: variables for name, variables in parts.items() if variables}
 
     def task_mapping(self, batch: Batch) -> str:
         """How ``meta_gradients`` maps the tasks of a batch of these shapes, in words
         (e.g. ``"batched"``, ``"accumulate (8 tasks/chunk, batched)"``, ``"map"``)."""
         return self.plan.describe(self.model, batch)
 
-    def _lr(self, lrs):
-        return lrs if lrs else self.inner_lr
+    def step_lr(self, lrs):
+        """α as :func:`tf_maml.adapt.adapt` takes it, from the learned rates' values
+        ``lrs``: ``inner_lr`` (none learned), one tensor per variable (Meta-SGD), or with
+        LSLR a function of the inner step (a step beyond those meta-trained reuses the
+        last step's rates)."""
+        if not lrs:
+            return self.inner_lr
+        if not self.lslr:
+            return list(lrs)
+        last = self.inner_steps - 1
+        return lambda step: [r[_clamp(step, last)] for r in lrs]
+
+    def step_params(self, theta, bn_steps, runner: Runner | None = None):
+        """Per-step batch norm's ``step_params(weights, step)`` for
+        :func:`tf_maml.adapt.adapt` (None without it): the batch-norm entries of
+        ``weights`` become step ``step``'s values (θ's own for step 0, ``bn_steps`` after;
+        a step beyond those meta-trained reuses the last), laid out by ``runner``."""
+        if not self.bn_indices or not bn_steps:
+            return None
+        stacks = [tf.concat([theta[i][None], values], 0)
+                  for i, values in zip(self.bn_indices, bn_steps)]
+        layout = list if runner is None else runner.weights
+        last = self.inner_steps - 1
+
+        def params_at(weights, step):
+            k = _clamp(step, last)
+            if isinstance(k, int) and k == 0:
+                return list(weights)  # θ's own values, already in place
+            weights = list(weights)
+            for i, stack in zip(self.bn_indices, stacks):
+                weights[i] = layout([stack[k]])[0]
+            return weights
+
+        return params_at
+
+    def _phase(self, pretrain: bool = False) -> tuple[bool, bool]:
+        """(first order, multi-step loss) for the next meta-step: derivative-order
+        annealing and MSL switch at an iteration, so the step to run is chosen here (one
+        compiled function per phase) from the meta-optimiser's step count."""
+        if pretrain or self.algorithm != "maml" or not (self.first_order_iterations
+                                                         or self.msl_iterations):
+            return self.first_order, False
+        iteration = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+        return (self.first_order or iteration < self.first_order_iterations,
+                iteration < self.msl_iterations)
+
+    def msl_weights(self, iteration=None) -> tf.Tensor:
+        """MSL's weights of the query loss after each inner step at ``iteration``
+        (default: the meta-optimiser's step count), see
+        :func:`tf_maml.mamlpp.msl_step_weights`."""
+        iteration = self.optimizer.iterations if iteration is None else iteration
+        return mamlpp.msl_step_weights(iteration, self.inner_steps,
+                                       max(self.msl_iterations, 1), self._loss_dtype)
 
     # ------------------------------------------------------------------ adaptation
     def adapt(self, support_x, support_y, num_steps: int | None = None, weights=None):
@@ -192,7 +308,8 @@ class MetaLearner:
             raise ValueError(f"adapt: support_y has {num_y} targets but support_x has {num_x} "
                              "examples; every example needs one")
         fast, _, _ = self._inner_loop(model_runner(self.model), weights, support_x, support_y,
-                                      _read(self.inner_lrs), steps)
+                                      _read(self.inner_lrs), steps,
+                                      bn_steps=_read(self.bn_steps))
         return fast
 
     def predict(self, x, fast_weights=None, training: bool = True):
@@ -244,18 +361,22 @@ class MetaLearner:
 
     # ------------------------------------------------------------------ per task
     def _inner_loop(self, runner: Runner, theta, support_x, support_y, inner_lrs, num_steps,
-                    first_order: bool = False, mask=None, return_all: bool = False):
+                    first_order: bool = False, mask=None, return_all: bool = False,
+                    bn_steps=()):
         """:func:`tf_maml.adapt.adapt` from θ on what ``runner`` runs (one task, or a stack of
-        tasks); α is Meta-SGD's ``inner_lrs`` if any, else ``inner_lr``."""
+        tasks); α is the learned ``inner_lrs`` if any (:meth:`step_lr`), else ``inner_lr``;
+        ``bn_steps``: per-step batch norm's values (:meth:`step_params`)."""
         return adapt_lib.adapt(
             self.model, runner.weights(theta), support_x, support_y,
-            runner.per_task(self.loss_fn), self._lr(inner_lrs), num_steps,
+            runner.per_task(self.loss_fn), self.step_lr(inner_lrs), num_steps,
             first_order=first_order, mask=self.mask if mask is None else mask,
             return_all=return_all, forward_fn=runner.forward,
+            step_params=self.step_params(theta, bn_steps, runner),
         )
 
     def task_objective(self, task, theta, inner_lrs=(), pretrain: bool = False,
-                       runner: Runner | None = None) -> dict[str, tf.Tensor]:
+                       runner: Runner | None = None, bn_steps=(), msl_weights=None,
+                       first_order: bool | None = None) -> dict[str, tf.Tensor]:
         """The meta-objective of ONE task: its query loss after adaptation.
 
         ``task`` is ``(support_x, support_y, query_x, query_y)``; ``theta`` the weights to
@@ -267,15 +388,24 @@ class MetaLearner:
         baseline minimises ``pre_loss``). ``runner``: how a task mapping runs the task
         (default: through the model, one task); with a stacked runner every value is one
         per task.
+
+        ``bn_steps``: per-step batch norm's values. ``msl_weights`` (MSL, MAML++): also
+        ``msl_loss`` = Σ_s w_s L(f_θ_s; query) over the fast weights after steps 1..S.
+        ``first_order``: overrides the learner's (derivative-order annealing).
         """
         runner = model_runner(self.model) if runner is None else runner
+        first_order = self.first_order if first_order is None else first_order
         support_x, support_y, query_x, query_y = task
-        fast, pre_loss, pre_preds = self._inner_loop(
+        trajectory, pre_loss, pre_preds = self._inner_loop(
             runner, theta, support_x, support_y, inner_lrs, 0 if pretrain else self.inner_steps,
-            first_order=self.first_order)
-        query_preds = runner.forward(fast, query_x)
-        out = {"pre_loss": pre_loss,
-               "post_loss": runner.per_task(self.loss_fn)(query_y, query_preds)}
+            first_order=first_order, return_all=True, bn_steps=bn_steps)
+        query_preds = runner.forward(trajectory[-1], query_x)
+        loss_fn = runner.per_task(self.loss_fn)
+        out = {"pre_loss": pre_loss, "post_loss": loss_fn(query_y, query_preds)}
+        if msl_weights is not None and not pretrain:
+            losses = [loss_fn(query_y, runner.forward(w, query_x)) for w in trajectory[1:-1]]
+            losses.append(out["post_loss"])
+            out["msl_loss"] = tf.add_n([msl_weights[s] * loss for s, loss in enumerate(losses)])
         if self.metric_fn is not None:
             metric_fn = runner.per_task(self.metric_fn)
             out["pre_metric"] = metric_fn(support_y, pre_preds)
@@ -286,37 +416,51 @@ class MetaLearner:
     def _loss_dtype(self):
         return tf.as_dtype(self.model.trainable_variables[0].dtype)
 
-    def _signature(self):
-        spec = {k: tf.TensorSpec([], self._loss_dtype) for k in ("pre_loss", "post_loss")}
+    def _signature(self, msl: bool = False):
+        names = ("pre_loss", "post_loss") + (("msl_loss",) if msl else ())
+        spec = {k: tf.TensorSpec([], self._loss_dtype) for k in names}
         if self.metric_fn is not None:
             spec.update({k: tf.TensorSpec([], tf.float32) for k in ("pre_metric", "post_metric")})
         return spec
 
     # ------------------------------------------------------------------ meta-batches
-    def meta_gradients(self, batch: Batch, pretrain: bool = False):
+    def meta_gradients(self, batch: Batch, pretrain: bool = False,
+                       first_order: bool | None = None, msl_weights=None):
         """Meta-gradients for ``meta_variables`` and the mean per-task metrics.
 
         MAML: ∇θ mean_i L(θ'_i; query_i); pretrain: ∇θ mean_i L(θ; support_i) (the
         original's pretrained baseline minimises the pre-update loss). The plan's mapping
-        runs :meth:`task_objective` over the tasks.
+        runs :meth:`task_objective` over the tasks. ``first_order`` overrides the
+        learner's; with ``msl_weights`` ([inner_steps]: e.g. :meth:`msl_weights`) the
+        objective is MAML++'s multi-step loss, Σ_s w_s L(θ'_s; query) after every step s.
         """
         mapping = self.plan.for_gradients(self.model, batch)
-        signature = self._signature()
+        msl = msl_weights is not None and not pretrain
+        if msl:
+            msl_weights = tf.cast(msl_weights, self._loss_dtype)
+            if msl_weights.shape != [self.inner_steps]:
+                raise ValueError(f"msl_weights needs one weight per inner step "
+                                 f"({self.inner_steps}), got shape {msl_weights.shape}")
+        signature = self._signature(msl)
 
         def gradients(tasks, tasks_mapping):
             """The mean meta-gradient and metrics of ``tasks`` under one outer tape."""
             # Read θ (and α) here: inside an accumulating while loop, the loop body's own
             # tensors are the ones its tape must watch.
             params, lrs = _read(self.model.trainable_variables), _read(self.inner_lrs)
+            bns = _read(self.bn_steps)
+            watched = params + lrs + bns
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(params + lrs)
+                tape.watch(watched)
                 per_task = tasks_mapping.map(
-                    lambda task, runner: self.task_objective(task, params, lrs, pretrain,
-                                                             runner),
+                    lambda task, runner: self.task_objective(
+                        task, params, lrs, pretrain, runner, bn_steps=bns,
+                        msl_weights=msl_weights if msl else None, first_order=first_order),
                     tasks, signature)
                 metrics = {k: tf.reduce_mean(v) for k, v in per_task.items()}
-                objective = metrics["pre_loss"] if pretrain else metrics["post_loss"]
-            grads = tape.gradient(objective, params + lrs,
+                objective = metrics["pre_loss" if pretrain else
+                                    "msl_loss" if msl else "post_loss"]
+            grads = tape.gradient(objective, watched,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return grads, metrics
 
@@ -344,7 +488,7 @@ class MetaLearner:
         }
         out = self.plan.for_tasks(self.model, batch).map(task_fn, batch, signature)
         grads = [p - tf.reduce_mean(f, axis=0) for p, f in zip(params, out["fast"])]
-        grads += [tf.zeros_like(v) for v in self.inner_lrs]
+        grads += [tf.zeros_like(v) for v in self.inner_lrs + self.bn_steps]
         metrics = {"pre_loss": tf.reduce_mean(out["pre_loss"]),
                    "post_loss": tf.reduce_mean(out["post_loss"])}
         return grads, metrics
@@ -380,15 +524,20 @@ class MetaLearner:
         :func:`tf_maml.distribute.task_batches`; gradients and metrics are all-reduced and
         one meta-optimiser step is applied.
         """
-        key = "pretrain" if pretrain else self.algorithm
+        kind = "pretrain" if pretrain else self.algorithm
+        first_order, msl = self._phase(pretrain)
+        key = (kind, first_order, msl)
         if key not in self._train_fns:
             def gradients(batch):
-                if key == "reptile":
+                if kind == "reptile":
                     return self.reptile_gradients(batch)
-                return self.meta_gradients(batch, pretrain=(key == "pretrain"))
+                # MSL's weights follow the iteration inside the compiled step: no retracing.
+                return self.meta_gradients(batch, pretrain=(kind == "pretrain"),
+                                           first_order=first_order,
+                                           msl_weights=self.msl_weights() if msl else None)
 
             def apply(grads, metrics):
-                loss = metrics["pre_loss"] if key == "pretrain" else metrics["post_loss"]
+                loss = metrics["pre_loss"] if kind == "pretrain" else metrics["post_loss"]
                 return dict(metrics, applied=self.apply_gradients(grads, loss))
 
             if self.strategy is None:
@@ -415,11 +564,13 @@ class MetaLearner:
         if num_steps not in self._eval_fns:
             def evaluate(batch):
                 params, lrs = _read(self.model.trainable_variables), _read(self.inner_lrs)
+                bns = _read(self.bn_steps)
 
                 def task_fn(task, runner):
                     support_x, support_y, query_x, query_y = task
                     trajectory, _, _ = self._inner_loop(runner, params, support_x, support_y,
-                                                        lrs, num_steps, return_all=True)
+                                                        lrs, num_steps, return_all=True,
+                                                        bn_steps=bns)
                     preds = [runner.forward(w, query_x) for w in trajectory]
                     loss_fn = runner.per_task(self.loss_fn)
                     out = {"loss": tf.stack([loss_fn(query_y, p) for p in preds], axis=-1)}
@@ -437,3 +588,47 @@ class MetaLearner:
             self._eval_fns[num_steps] = tf.function(evaluate, reduce_retracing=True)
         return self._eval_fns[num_steps](
             check_batch(batch, "evaluate_batch", self._example_shape))
+
+
+def _batch_norm_indices(model: keras.Model, mask: Sequence[bool]) -> list[int]:
+    """Indices in ``model.trainable_variables`` of every ``keras.layers.BatchNormalization``
+    variable (β, and γ if the layer scales), for per-step batch norm; a ValueError if there
+    are none or the inner loop adapts them (a per-step value would overwrite the step)."""
+    ids = {id(v) for layer in keras_internals.layers_of(model)
+           if isinstance(layer, keras.layers.BatchNormalization)
+           for v in layer.trainable_variables}
+    indices = [i for i, v in enumerate(model.trainable_variables) if id(v) in ids]
+    if not indices:
+        raise ValueError(f"per_step_bn needs a model with trainable "
+                         f"keras.layers.BatchNormalization layers; {model.name} has none "
+                         "(`norm=batch_norm`)")
+    if any(mask[i] for i in indices):
+        raise ValueError("per_step_bn gives batch norm its own values at each inner step, "
+                         "so the inner loop cannot also adapt them: drop `adapt_norm`")
+    return indices
+
+
+def _check_mamlpp(algorithm, first_order, inner_steps, lslr, per_step_bn, msl_iterations,
+                  first_order_iterations, cosine_annealing_iterations, meta_optimizer) -> None:
+    """A ValueError naming a MAML++ option that cannot be used as asked."""
+    for name, value in (("msl_iterations", msl_iterations),
+                        ("first_order_iterations", first_order_iterations),
+                        ("cosine_annealing_iterations", cosine_annealing_iterations)):
+        if int(value) < 0:
+            raise ValueError(f"{name} must be >= 0 (0: off), got {value}")
+    per_step = [name for name, on in (("lslr", lslr), ("per_step_bn", per_step_bn),
+                                      ("msl_iterations", msl_iterations),
+                                      ("first_order_iterations", first_order_iterations))
+                if on]
+    if per_step and algorithm != "maml":
+        raise ValueError(f"`{per_step[0]}` is a MAML++ option of the meta-gradient; "
+                         f"algorithm={algorithm!r} has none")
+    if per_step and inner_steps < 1:
+        raise ValueError(f"`{per_step[0]}` needs `inner_steps` >= 1, got {inner_steps}")
+    if first_order_iterations and first_order:
+        raise ValueError("`first_order_iterations` anneals from first to second order; with "
+                         "`first_order=True` every step is first order: drop one of them")
+    if cosine_annealing_iterations and meta_optimizer is not None:
+        raise ValueError("`cosine_annealing_iterations` sets the default Adam's learning "
+                         "rate; with your own meta_optimizer give it a "
+                         "keras.optimizers.schedules.CosineDecay instead")

@@ -107,6 +107,23 @@ def define_flags(values: flags.FlagValues) -> None:
                       "al. 2020: only the last layer with weights).", flag_values=values)
     flags.DEFINE_bool("meta_sgd", False, "Meta-SGD: learn a per-parameter inner step size.",
                       flag_values=values)
+    # MAML++ (Antoniou et al. 2019), docs/mamlpp.md
+    flags.DEFINE_bool("lslr", False, "MAML++ LSLR: learn an inner step size per layer "
+                      "(trainable variable) and inner step, initialised to --update_lr.",
+                      flag_values=values)
+    flags.DEFINE_bool("per_step_bn", False, "MAML++: batch norm offsets (and scales) of its "
+                      "own at each inner step, meta-learned.", flag_values=values)
+    flags.DEFINE_integer("msl_iterations", 0, "MAML++ multi-step loss: for this many "
+                         "iterations the meta-loss weighs the query loss after every inner "
+                         "step, annealed towards the last (0: off).", flag_values=values)
+    flags.DEFINE_integer("first_order_iterations", 0, "MAML++ derivative-order annealing: "
+                         "first-order meta-gradients for this many iterations, second order "
+                         "after (0: off).", flag_values=values)
+    flags.DEFINE_bool("cosine_meta_lr", False, "MAML++: anneal the meta learning rate along a "
+                      "cosine from --meta_lr to --min_meta_lr over the training iterations.",
+                      flag_values=values)
+    flags.DEFINE_float("min_meta_lr", 1e-5, "with --cosine_meta_lr: the final meta learning "
+                       "rate (MAML++: 1e-5).", flag_values=values)
     flags.DEFINE_enum("task_parallelism", "auto",
                       list(TASK_PARALLELISM),
                       "how tasks of a meta-batch are mapped: vectorized (pfor), map (map_fn), loop "

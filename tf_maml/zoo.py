@@ -125,9 +125,9 @@ def _remove_checkpoints(directory: str, keep: int) -> None:
 
 
 def _slim_checkpoint(run_dir: str, iteration: int, out_dir: str) -> None:
-    """Writes ``out_dir/model-<iteration>`` holding θ (and Meta-SGD's α) and the iteration of
-    the run's checkpoint, without the optimizer: the same object names as the training
-    checkpoint, so evaluation restores it unchanged."""
+    """Writes ``out_dir/model-<iteration>`` holding θ (and any learned inner rates and
+    per-step batch norm) and the iteration of the run's checkpoint, without the optimizer:
+    the same object names as the training checkpoint, so evaluation restores it unchanged."""
     import tensorflow as tf
 
     from tf_maml import experiment
@@ -141,8 +141,7 @@ def _slim_checkpoint(run_dir: str, iteration: int, out_dir: str) -> None:
     checkpointer.restore(os.path.join(run_dir, f"{CHECKPOINT_NAME}-{iteration}"),
                          expect_optimizer=False)
     parts = {"model": learner.model, "iteration": checkpointer.iteration}
-    if learner.inner_lrs:
-        parts["inner_lrs"] = list(learner.inner_lrs)
+    parts.update(learner.extra_variables)
     tf.train.Checkpoint(**parts).write(os.path.join(out_dir, f"{CHECKPOINT_NAME}-{iteration}"))
 
 
