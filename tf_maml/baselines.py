@@ -130,6 +130,7 @@ class Classifier:
     baseline (also the validation shown during pretraining)."""
 
     inner_lrs: list = []
+    extra_variables: dict = {}  # no meta-learned variables beyond the model's (checkpoint, zoo)
     inner_steps = 0
     strategy = None
     metric_fn = staticmethod(losses.accuracy)
