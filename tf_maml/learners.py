@@ -171,6 +171,14 @@ class MetaLearner:
         """Everything the meta-optimiser updates: θ (and Meta-SGD's α if learned)."""
         return list(self.model.trainable_variables) + list(self.inner_lrs)
 
+    def use_plan(self, plan: ExecutionPlan) -> None:
+        """Runs the tasks by ``plan`` from now on (e.g. the one autotuning chose): the
+        compiled steps are traced again."""
+        plan.check(self.model)
+        self.plan = plan
+        self._train_fns.clear()
+        self._eval_fns.clear()
+
     def task_mapping(self, batch: Batch) -> str:
         """How ``meta_gradients`` maps the tasks of a batch of these shapes, in words
         (e.g. ``"batched"``, ``"accumulate (8 tasks/chunk, batched)"``, ``"map"``)."""
@@ -293,14 +301,15 @@ class MetaLearner:
         return spec
 
     # ------------------------------------------------------------------ meta-batches
-    def meta_gradients(self, batch: Batch, pretrain: bool = False):
+    def meta_gradients(self, batch: Batch, pretrain: bool = False,
+                       plan: ExecutionPlan | None = None):
         """Meta-gradients for ``meta_variables`` and the mean per-task metrics.
 
         MAML: ∇θ mean_i L(θ'_i; query_i); pretrain: ∇θ mean_i L(θ; support_i) (the
         original's pretrained baseline minimises the pre-update loss). The plan's mapping
-        runs :meth:`task_objective` over the tasks.
+        (``plan``, default the learner's) runs :meth:`task_objective` over the tasks.
         """
-        mapping = self.plan.for_gradients(self.model, batch)
+        mapping = (self.plan if plan is None else plan).for_gradients(self.model, batch)
         signature = self._signature()
 
         def gradients(tasks, tasks_mapping):
