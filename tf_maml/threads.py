@@ -1,5 +1,6 @@
-"""CPU threads and memory: how many cores this process has, TensorFlow's intra-op threads,
-and glibc's malloc thresholds after TensorFlow's generator-dataset patch."""
+"""CPU threads and memory: how many cores this process has and which processor it is,
+TensorFlow's intra-op threads, and glibc's malloc thresholds after TensorFlow's
+generator-dataset patch."""
 
 from __future__ import annotations
 
