@@ -153,6 +153,7 @@ def test_a_resume_reads_the_cached_choice(tmp_path, monkeypatch):
     saved = _plan_file(tmp_path)
     assert saved["choice"]["mapping"].startswith("accumulate (1 task/chunk")
     assert saved["key"]["cpu"] == threads.cpu_identity()
+    monkeypatch.setattr(autotune, "MIN_ITERATIONS", 1000)  # too short to measure: reads it
     resumed, lines = _learner(), []
     _fit(resumed, tmp_path, 4, lines)
     assert calls == [1]

@@ -93,7 +93,9 @@ def tune(learner, source, meta_batch_size: int, seed: int, iterations_left: int,
         return learner.plan
     names = [plan.describe(learner.model, batch) for plan in candidates]
     key = cache_key(learner, batch, names, pretrain)
-    cached = read_cache(path, key, log) if path is not None else None
+    # A run too short to measure only reads a cached choice, and says nothing otherwise.
+    cached = (read_cache(path, key, (lambda line: None) if short else log)
+              if path is not None else None)
     if cached is not None and cached in names:
         chosen = candidates[names.index(cached)]
         log(f"Plan: {cached} ({_hand_set(chosen)}measured on this CPU before, {PLAN_NAME}; "
