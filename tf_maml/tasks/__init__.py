@@ -15,13 +15,6 @@ from tf_maml.threads import undo_generator_malloc_patch
 TRAIN_STREAM, VAL_STREAM, AUTOTUNE_STREAM = 0, 1, 3  # 2: evaluation (tf_maml.evaluate)
 
 
-# Meta-batches drawn ahead, in a background thread. Drawing one takes a small part of a
-# meta-step (MiniImageNet: 48 ms against 0.6-1 s; Omniglot 5-way: 6 ms against 65-130 ms;
-# 2-core AMD EPYC, Zen 5, AVX-512), so two ahead absorb any jitter; each costs memory
-# (MiniImageNet: 26 MB, for the training and the validation stream alike).
-PREFETCH = 2
-
-
 def batch_rng(seed: int, index: int, stream: int = TRAIN_STREAM) -> np.random.Generator:
     """The generator of meta-batch ``index`` of stream ``stream`` seeded ``seed``.
 
@@ -44,4 +37,4 @@ def task_stream(source, meta_batch_size: int, seed: int, start: int = 0,
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     undo_generator_malloc_patch()  # its mallopt made every step mmap
-    return ds.prefetch(PREFETCH)
+    return ds.prefetch(4)
