@@ -38,7 +38,8 @@ from tf_maml.tasks import AUTOTUNE_STREAM, batch_rng
 
 PLAN_NAME = "plan.json"
 # Training shorter than this keeps the rules' plan: measuring costs a few traces and steps
-# (Omniglot 5-way: about 10 s on a 2-core AMD EPYC, AVX-512; docs/performance.md).
+# (Omniglot 5-way: 31 s on a heavily loaded 2-core AMD EPYC, Zen 5, AVX-512, where the run
+# takes hours; docs/performance.md).
 MIN_ITERATIONS = 1000
 # Timing stops after this many seconds (traces included) once every candidate has one
 # timed round; at most ROUNDS rounds, each about ROUND_SECONDS per candidate.
