@@ -233,7 +233,10 @@ class MetaLearner:
         readable checkpoint (Adam state included; ``resume=False`` refuses a directory that
         holds checkpoints) and writes TensorBoard scalars and ``training_log.csv``; see
         docs/resuming.md. ``callbacks`` are :class:`tf_maml.callbacks.Callback` objects;
-        progress is printed every ``log_interval`` iterations (None: silent).
+        progress is printed every ``log_interval`` iterations (None: silent). With a task
+        source, the plan's "auto" and 1000 iterations or more to go, the plan's candidates
+        are timed first and the fastest kept (:mod:`tf_maml.autotune`; cached in
+        ``run_dir``; ``ExecutionPlan(autotune=False)`` keeps the rules' plan).
         """
         from tf_maml import train
 
