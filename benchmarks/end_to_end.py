@@ -15,7 +15,8 @@ the first progress line (iteration 100; sinusoid 1000), and the meta-iterations/
 there to the last (what decides a long run: 60000 iterations at that rate are the last
 column). Beside them: the command's user and system CPU seconds (the operating system's
 accounting of the finished child; system time is the kernel's, e.g. page faults of buffers
-mapped and unmapped every step) and, unless ``--meta_step=False``, the same configuration's
+mapped and unmapped every step), its peak RSS (the whole process: Python, TensorFlow, the
+data, the prefetched meta-batches) and, unless ``--meta_step=False``, the same configuration's
 meta-step alone (``benchmarks/meta_step.py``: synthetic batches, no data pipeline, fresh
 process) and the ratio end to end / meta-step: what the data pipeline, logging, validation
 and the process around the step cost. Experiments whose data folder is not given are
@@ -30,7 +31,6 @@ import argparse
 import os
 import platform
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -61,8 +61,6 @@ def run_one(experiment: str, iterations: int, data_dir: str | None, extra: list[
            f"--metatrain_iterations={iterations}", f"--logdir={logdir}",
            "--test_after_train=False"] + ([f"--data_dir={data_dir}"] if data_dir else []) + extra
     seen: dict[int, float] = {}
-    # The children run one at a time, so the growth of RUSAGE_CHILDREN is this command's.
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     try:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -73,9 +71,10 @@ def run_one(experiment: str, iterations: int, data_dir: str | None, extra: list[
             match = PROGRESS.match(line)
             if match:
                 seen[int(match.group(1))] = time.perf_counter() - t0
-        code = proc.wait()
+        # This child's own accounting (CPU times, peak RSS), as the kernel kept it.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
     if code != 0:
@@ -86,8 +85,8 @@ def run_one(experiment: str, iterations: int, data_dir: str | None, extra: list[
             if first is not None and last is not None and last > first else None)
     return {"experiment": experiment, "wall_s": wall, "iterations": last,
             "to_first_s": seen.get(first), "first": first, "its_per_s": rate,
-            "user_s": after.ru_utime - before.ru_utime,
-            "system_s": after.ru_stime - before.ru_stime}
+            "user_s": usage.ru_utime, "system_s": usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024.0}
 
 
 def meta_step_rate(experiment: str) -> float | None:
@@ -118,14 +117,14 @@ def main() -> None:
           f"{os.getloadavg()[0]:.2f}; extra flags: {' '.join(args.extra) or 'none'}; "
           f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}")
     print("| experiment | iterations | wall time (s) | until the first progress line (s) "
-          "| it/s from there on | user / system CPU (s) | system / user "
+          "| it/s from there on | user / system CPU (s) | system / user | peak RSS (MiB) "
           "| meta-step it/s | end to end / meta-step | 60000 iterations at that rate |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for experiment in args.experiments.split(","):
         source = _datasource(ROOT / "flags" / f"{experiment}.flags")
         data_dir = getattr(args, DATA_FLAG[source]) if source in DATA_FLAG else None
         if source in DATA_FLAG and not data_dir:
-            print(f"| {experiment} | skipped: pass --{DATA_FLAG[source]} |" + " |" * 8,
+            print(f"| {experiment} | skipped: pass --{DATA_FLAG[source]} |" + " |" * 9,
                   flush=True)
             continue
         iterations = args.sinusoid_iterations if source == "sinusoid" else args.iterations
@@ -137,7 +136,7 @@ def main() -> None:
               f"{'-' if r['to_first_s'] is None else format(r['to_first_s'], '.1f')} | "
               f"{'-' if rate is None else format(rate, '.2f')} | "
               f"{r['user_s']:.0f} / {r['system_s']:.1f} | "
-              f"{r['system_s'] / max(r['user_s'], 1e-9):.1%} | "
+              f"{r['system_s'] / max(r['user_s'], 1e-9):.1%} | {r['peak_rss_mb']:.0f} | "
               f"{'-' if step_rate is None else format(step_rate, '.2f')} | "
               f"{'-' if not (rate and step_rate) else format(rate / step_rate, '.0%')} | "
               f"{eta} |", flush=True)

@@ -88,8 +88,12 @@ def test_speed_flags_make_the_learners_execution_plan():
     assert (plan.task_parallelism, plan.tasks_per_chunk, plan.parallel_chunks) == (
         "accumulate", 2, 1)
     default = experiment.execution_plan(Config())  # 0: automatic
-    assert (default.task_parallelism, default.tasks_per_chunk, default.parallel_chunks) == (
-        "auto", None, None)
+    assert (default.task_parallelism, default.tasks_per_chunk, default.parallel_chunks,
+            default.autotune) == ("auto", None, None, True)
+    values = main.flags.FlagValues()
+    main.define_flags(values)
+    values(["tf-maml", "--autotune=False"])
+    assert not experiment.execution_plan(main.config_from_flags(values)).autotune
 
 
 def test_cli_reports_bad_flag_in_one_line_and_exits_nonzero(tmp_path):

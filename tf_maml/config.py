@@ -120,6 +120,9 @@ class Config:
     intra_op_threads: int = -1
     # with task_parallelism="accumulate": tasks per chunk (0: chosen by memory)
     tasks_per_chunk: int = 0
+    # with task_parallelism="auto" (and the two above at 0): time the candidate plans at
+    # the start of a run of at least 1000 iterations and keep the fastest (tf_maml.autotune)
+    autotune: bool = True
 
     # ------------------------------------------------------------------ derived values
     @property

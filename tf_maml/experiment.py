@@ -64,7 +64,8 @@ def execution_plan(config: Config) -> ExecutionPlan:
     """The speed knobs of ``config`` (0 or None: automatic)."""
     return ExecutionPlan(task_parallelism=config.task_parallelism,
                          tasks_per_chunk=config.tasks_per_chunk or None,
-                         parallel_chunks=config.parallel_chunks or None)
+                         parallel_chunks=config.parallel_chunks or None,
+                         autotune=config.autotune)
 
 
 def task_source(config: Config, split: str, num_query: int | None = None):

@@ -236,6 +236,14 @@ class MetaLearner:
         parts = {"inner_lrs": list(self.inner_lrs), "bn_steps": list(self.bn_steps)}
         return {name: variables for name, variables in parts.items() if variables}
 
+    def use_plan(self, plan: ExecutionPlan) -> None:
+        """Runs the tasks by ``plan`` from now on (e.g. the one autotuning chose): the
+        compiled steps are traced again."""
+        plan.check(self.model)
+        self.plan = plan
+        self._train_fns.clear()
+        self._eval_fns.clear()
+
     def task_mapping(self, batch: Batch) -> str:
         """How ``meta_gradients`` maps the tasks of a batch of these shapes, in words
         (e.g. ``"batched"``, ``"accumulate (8 tasks/chunk, batched)"``, ``"map"``)."""
@@ -342,7 +350,10 @@ class MetaLearner:
         readable checkpoint (Adam state included; ``resume=False`` refuses a directory that
         holds checkpoints) and writes TensorBoard scalars and ``training_log.csv``; see
         docs/resuming.md. ``callbacks`` are :class:`tf_maml.callbacks.Callback` objects;
-        progress is printed every ``log_interval`` iterations (None: silent).
+        progress is printed every ``log_interval`` iterations (None: silent). With a task
+        source, the plan's "auto" and 1000 iterations or more to go, the plan's candidates
+        are timed first and the fastest kept (:mod:`tf_maml.autotune`; cached in
+        ``run_dir``; ``ExecutionPlan(autotune=False)`` keeps the rules' plan).
         """
         from tf_maml import train
 
@@ -425,16 +436,18 @@ class MetaLearner:
 
     # ------------------------------------------------------------------ meta-batches
     def meta_gradients(self, batch: Batch, pretrain: bool = False,
-                       first_order: bool | None = None, msl_weights=None):
+                       first_order: bool | None = None, msl_weights=None,
+                       plan: ExecutionPlan | None = None):
         """Meta-gradients for ``meta_variables`` and the mean per-task metrics.
 
         MAML: ∇θ mean_i L(θ'_i; query_i); pretrain: ∇θ mean_i L(θ; support_i) (the
         original's pretrained baseline minimises the pre-update loss). The plan's mapping
-        runs :meth:`task_objective` over the tasks. ``first_order`` overrides the
-        learner's; with ``msl_weights`` ([inner_steps]: e.g. :meth:`msl_weights`) the
-        objective is MAML++'s multi-step loss, Σ_s w_s L(θ'_s; query) after every step s.
+        runs :meth:`task_objective` over the tasks (``plan``, default the learner's).
+        ``first_order`` overrides the learner's; with ``msl_weights`` ([inner_steps]: e.g.
+        :meth:`msl_weights`) the objective is MAML++'s multi-step loss, Σ_s w_s L(θ'_s; query)
+        after every step s.
         """
-        mapping = self.plan.for_gradients(self.model, batch)
+        mapping = (self.plan if plan is None else plan).for_gradients(self.model, batch)
         msl = msl_weights is not None and not pretrain
         if msl:
             msl_weights = tf.cast(msl_weights, self._loss_dtype)

@@ -136,6 +136,11 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_integer("tasks_per_chunk", 0, "with --task_parallelism=accumulate: tasks per "
                          "chunk (must divide --meta_batch_size); 0: the most that fit the "
                          "memory budget.", flag_values=values)
+    flags.DEFINE_bool("autotune", True, "with --task_parallelism=auto (and --tasks_per_chunk, "
+                      "--parallel_chunks at 0): time the few candidate plans for a few steps at "
+                      "the start of a run of 1000 iterations or more and keep the fastest, "
+                      "cached in the run directory's plan.json; never changes a number.",
+                      flag_values=values)
     flags.DEFINE_integer("intra_op_threads", -1, "TensorFlow's intra-op threads; -1: 1 on a "
                          "CPU-only machine with several cores and a meta-batch of 2 tasks per "
                          "core or more (task chunks run one per core, faster than splitting each "

@@ -1,5 +1,6 @@
-"""CPU threads and memory: how many cores this process has, TensorFlow's intra-op threads,
-and glibc's malloc thresholds after TensorFlow's generator-dataset patch."""
+"""CPU threads and memory: how many cores this process has and which processor it is,
+TensorFlow's intra-op threads, and glibc's malloc thresholds after TensorFlow's
+generator-dataset patch."""
 
 from __future__ import annotations
 
@@ -93,3 +94,36 @@ def configure_threads(intra_op_threads: int = -1, meta_batch_size: int | None = 
         except RuntimeError:  # TensorFlow already running (e.g. a second run in-process)
             return 0
     return threads
+
+
+# The vector extensions that decide which kernels TensorFlow runs (oneDNN is on by default
+# only with AVX-512 VNNI/BF16 or AMX) and how fast they are.
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_identity() -> dict:
+    """This processor as far as speed goes: its model name with family and model numbers
+    (a virtual machine may call Zen 3 and Zen 5 alike "AMD EPYC"), the vector extensions
+    among :data:`VECTOR_FLAGS` it has (``/proc/cpuinfo`` on Linux) and the cores this
+    process may use."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model = fields.get("model name", "")
+    if not model:
+        import platform
+
+        model = platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    flags = set(fields.get("flags", "").split())
+    return {"model": model, "isa": [f for f in VECTOR_FLAGS if f in flags],
+            "cores": available_cores()}

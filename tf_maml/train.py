@@ -11,8 +11,8 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 
+from tf_maml import autotune, rundir
 from tf_maml import distribute as distribute_lib
-from tf_maml import rundir
 from tf_maml.callbacks import (Callback, CheckpointSaver, HistoryCSV, ProgressLogger,
                                TensorBoard, Validation)
 from tf_maml.checkpoint import (Change, Checkpointer, CheckpointError, checkpoint_iteration,
@@ -209,6 +209,9 @@ def train(
             validation = Validation(val_batches, config.test_print_interval,
                                     config.num_updates, log, tensorboard, history)
             callbacks.insert(len(callbacks) - 1, validation)  # before the saver, as before
+        autotune.tune(learner, train_source, config.meta_batch_size, config.seed,
+                      config.total_iterations - start, run_dir if checkpointer.chief else None,
+                      pretrain=start < config.effective_pretrain_iterations, log=log)
         batches = distribute_lib.task_batches(learner.strategy, train_source,
                                               config.meta_batch_size, config.seed, start)
         try:
@@ -241,6 +244,9 @@ def fit_learner(learner, tasks, iterations: int, *, meta_batch_size: int, seed: 
             callbacks += _run_dir_callbacks(checkpointer, run_dir, learner.inner_steps, True,
                                             log)
         if hasattr(tasks, "sample_batch"):
+            autotune.tune(learner, tasks, meta_batch_size, seed, iterations - start,
+                          run_dir if checkpointer is None or checkpointer.chief else None,
+                          pretrain=start < pretrain_iterations, log=log)
             batches = distribute_lib.task_batches(learner.strategy, tasks, meta_batch_size,
                                                   seed, start)
         else:

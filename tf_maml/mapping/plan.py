@@ -15,6 +15,10 @@ and a batch's shapes (known when ``tf.function`` traces) it picks a mapping:
   (MiniImageNet). A dense net runs on ``tf.vectorized_map``, a recurrent one on ``map_fn``.
 * for evaluation and Reptile (:meth:`ExecutionPlan.for_tasks`, no outer tape): batched while
   the patches fit ``batched_patch_budget``, else the per-task mapping.
+
+The budgets were tuned on one processor; :meth:`ExecutionPlan.candidates` lists the few
+plans "auto" could as well have picked for the meta-gradients, which :mod:`tf_maml.autotune`
+times on the CPU at hand at the start of training.
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ def _has_conv(model: keras.Model) -> bool:
     return any(isinstance(layer, conv_types) for layer in keras_internals.layers_of(model))
 
 
+def _one_intra_op_thread() -> bool:
+    """Whether TensorFlow runs each op on one thread (``configure_threads`` set it): then
+    chunks one at a time would leave every other core idle."""
+    import tensorflow as tf
+
+    return tf.config.threading.get_intra_op_parallelism_threads() == 1
+
+
 def _has_recurrent(model: keras.Model) -> bool:
     return any(isinstance(layer, keras.layers.RNN) for layer in keras_internals.layers_of(model))
 
@@ -52,8 +64,10 @@ class ExecutionPlan:
         task per chunk for a net without convolutions; evaluation and Reptile then run
         one task at a time).
       tasks_per_chunk: with ``"accumulate"``, this many tasks per chunk (must divide the
-        meta-batch; above 1 the model must be one the batched path supports). 1 holds the
-        least memory. None: chosen by the budgets.
+        meta-batch; above 1 the model must be one the batched path supports, 1 runs each
+        task through the model itself). 1 holds the least memory. None: chosen by the
+        budgets. With ``"auto"`` (a conv net): the meta-gradients' chunks so fixed (what
+        autotuning chose), evaluation and Reptile as "auto" runs them.
       parallel_chunks: accumulated chunks that run at once (``tf.while_loop``'s
         ``parallel_iterations``); None: one per CPU core this process may use (one on a
         machine with a GPU), at most the number of chunks. Memory grows with it; 1 holds
@@ -67,6 +81,9 @@ class ExecutionPlan:
       parallel_chunk_patch_budget: the same when several chunks run at once, one per core:
         chunks this small stay in a core's cache (Omniglot: 2 tasks of 5-way 1-shot, 1 of
         20-way).
+      autotune: with ``"auto"`` and no chunking set by hand, training
+        (``MetaLearner.fit``, the ``tf-maml`` command) times :meth:`candidates` at its start
+        and keeps the fastest (:mod:`tf_maml.autotune`); False: the budgets' plan.
     """
 
     task_parallelism: str = "auto"
@@ -75,15 +92,17 @@ class ExecutionPlan:
     batched_patch_budget: int = 256 * 2**20
     accumulate_patch_budget: int = 32 * 2**20
     parallel_chunk_patch_budget: int = 4 * 2**20
+    autotune: bool = True
 
     def __post_init__(self):
         if self.task_parallelism not in TASK_PARALLELISM:
             raise ValueError(f"task_parallelism must be one of {TASK_PARALLELISM}, got "
                              f"{self.task_parallelism!r}")
-        if self.tasks_per_chunk is not None and (self.task_parallelism != "accumulate"
-                                                 or int(self.tasks_per_chunk) < 1):
-            raise ValueError("tasks_per_chunk needs task_parallelism='accumulate' and a "
-                             f"positive number, got {self.tasks_per_chunk!r}")
+        if self.tasks_per_chunk is not None and (
+                self.task_parallelism not in ("accumulate", "auto")
+                or int(self.tasks_per_chunk) < 1):
+            raise ValueError("tasks_per_chunk needs task_parallelism='accumulate' (or 'auto') "
+                             f"and a positive number, got {self.tasks_per_chunk!r}")
         if self.parallel_chunks is not None and int(self.parallel_chunks) < 1:
             raise ValueError(f"parallel_chunks must be a positive number (or None: one per "
                              f"CPU core), got {self.parallel_chunks!r}")
@@ -123,6 +142,41 @@ class ExecutionPlan:
             loops = _has_conv(model) or _has_recurrent(model)
             mode = "map" if loops else "vectorized"
         return PerTask(model, mode)
+
+    def candidates(self, model: keras.Model, batch) -> list[ExecutionPlan]:
+        """The plans autotuning times for the meta-gradients of a batch of these shapes:
+        this plan's own (first) and, for a conv net under "auto" with nothing set by hand,
+        the other chunkings the rules choose between: chunks by the one-at-a-time budget
+        (larger), one task per chunk through the model, each with a chunk per core, and,
+        when TensorFlow may split an op over the cores, the larger chunks one at a time.
+        Every one gives the same meta-gradients up to the order of float additions. One
+        candidate (nothing to choose) when a knob is set by hand or the shapes are not
+        static."""
+        own = dataclasses.replace(self, autotune=False)
+        if not (self.task_parallelism == "auto" and self.tasks_per_chunk is None
+                and self.parallel_chunks is None and _has_conv(model)):
+            return [own]
+        num_tasks = batch[0].shape[0]
+        shapes = [(1, *batch[0].shape[1:]), (1, *batch[2].shape[1:])]
+        if num_tasks is None or any(d is None for shape in shapes for d in shape):
+            return [own]
+        cores = self.cores()
+        plans = [own]
+        if batched_lib.supports(model):
+            per_task = batched_lib.patch_bytes(model, shapes)
+            budget = min(self.accumulate_patch_budget, self.batched_patch_budget)
+            larger = max(c for c in range(1, num_tasks + 1) if num_tasks % c == 0
+                         and (c * per_task <= budget or c == 1))
+            plans.append(dataclasses.replace(own, tasks_per_chunk=larger,
+                                             parallel_chunks=cores))
+            if cores > 1 and not _one_intra_op_thread():
+                plans.append(dataclasses.replace(own, tasks_per_chunk=larger,
+                                                 parallel_chunks=1))
+        plans.append(dataclasses.replace(own, tasks_per_chunk=1, parallel_chunks=cores))
+        unique: dict[str, ExecutionPlan] = {}
+        for plan in plans:
+            unique.setdefault(plan.describe(model, batch), plan)
+        return list(unique.values())
 
     def describe(self, model: keras.Model, batch) -> str:
         """How the meta-gradients of such a batch are mapped, in words (e.g. ``"batched"``,

@@ -10,7 +10,9 @@ import tensorflow as tf
 
 from tf_maml.threads import undo_generator_malloc_patch
 
-TRAIN_STREAM, VAL_STREAM = 0, 1
+# AUTOTUNE_STREAM: the batch plans are timed on at the start of training (tf_maml.autotune),
+# drawn from its own stream so that the training tasks are the same with or without it.
+TRAIN_STREAM, VAL_STREAM, AUTOTUNE_STREAM = 0, 1, 3  # 2: evaluation (tf_maml.evaluate)
 
 
 def batch_rng(seed: int, index: int, stream: int = TRAIN_STREAM) -> np.random.Generator:
