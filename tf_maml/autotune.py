@@ -65,7 +65,7 @@ def wanted(learner) -> bool:
     """Whether ``learner``'s plan asks for autotuning: "auto" with ``autotune`` and no
     chunking set by hand, one device, an algorithm whose step takes meta-gradients (not
     Reptile, which maps its tasks without an outer tape)."""
-    plan = getattr(learner, "plan", None)  # the baselines' classifier has no task plan
+    plan = learner.plan  # None: not a task learner (the baselines' classifier)
     return bool(plan is not None and plan.autotune and plan.task_parallelism == "auto"
                 and plan.tasks_per_chunk is None and plan.parallel_chunks is None
                 and learner.strategy is None and learner.algorithm != "reptile")

@@ -131,6 +131,7 @@ class Classifier:
 
     inner_lrs: list = []
     extra_variables: dict = {}  # no meta-learned variables beyond the model's (checkpoint, zoo)
+    plan = None  # minibatches of images, not tasks: no execution plan to autotune
     inner_steps = 0
     strategy = None
     metric_fn = staticmethod(losses.accuracy)
