@@ -120,6 +120,13 @@ def test_wall_time_speed_and_curve_from_the_training_log(tmp_path):
     rows = report.read_training_log(str(tmp_path))
     assert report.wall_seconds(rows) == pytest.approx(20.5 + 83.0)
     assert report.last_speed(rows) == pytest.approx(700 / 80)
+    # A run stopped for 500 s (kill -STOP) between two log rows trains at 10 it/s, not at
+    # the 900 iterations / 590 s its session spans.
+    paused = "".join(f"{i},metatrain,1,2,,,{t}\n" for i, t in
+                     zip(range(100, 1001, 100), [10, 20, 30, 530, 540, 550, 560, 570, 580, 590]))
+    (tmp_path / "training_log.csv").write_text(
+        "iteration,phase,pre,post,val_pre,val_post,seconds\n" + paused)
+    assert report.last_speed(report.read_training_log(str(tmp_path))) == pytest.approx(10.0)
     val_it, val, tr_it, _ = report.validation_curve(rows)
     assert val_it.tolist() == [300] and val.tolist() == [0.9]
     assert tr_it.tolist() == [100, 200, 200, 300, 900]

@@ -103,12 +103,29 @@ def wall_seconds(rows: list[dict]) -> float | None:
     return sum(s[-1][1] for s in parts) if parts else None
 
 
+# A log interval this many times slower per iteration than the session's median was a pause
+# (the process stopped, or the machine suspended), not the speed training runs at.
+PAUSE_FACTOR = 5.0
+
+
 def last_speed(rows: list[dict]) -> float | None:
-    """Iterations per second of the last session that ran long enough to tell."""
+    """Iterations per second of the last session that ran long enough to tell, leaving out
+    the log intervals where it was paused (:data:`PAUSE_FACTOR`)."""
     for session in reversed(sessions(rows)):
         (i0, t0), (i1, t1) = session[0], session[-1]
-        if i1 > i0 and t1 > t0 + 30:
-            return (i1 - i0) / (t1 - t0)
+        if not (i1 > i0 and t1 > t0 + 30):
+            continue
+        intervals, carried = [], 0.0  # (iterations, seconds); a validation row's time
+        for (a, ta), (b, tb) in zip(session, session[1:]):  # goes to the next interval
+            if b > a:
+                intervals.append((b - a, tb - ta + carried))
+                carried = 0.0
+            else:
+                carried += tb - ta
+        per_iteration = sorted(dt / di for di, dt in intervals)
+        median = per_iteration[len(per_iteration) // 2]
+        kept = [(di, dt) for di, dt in intervals if dt / di <= PAUSE_FACTOR * median]
+        return sum(di for di, _ in kept) / sum(dt for _, dt in kept)
     return None
 
 
