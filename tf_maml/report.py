@@ -29,8 +29,8 @@ Image accuracies are the last column of the original's CSV (10 gradient steps at
 A row meets the paper when our 95% interval overlaps the paper's. Wall time is the training
 time summed over sessions, from the run's `training_log.csv`. A **partial** row evaluates a
 run stopped before the paper's iteration count; its latest state is in the zoo, and the same
-command resumes it (the hours left are at the speed of its last session, on the machine
-named).
+command resumes it (the hours left are at the speed of its last session, pauses left out,
+on the machine named).
 
 Re-evaluate a zoo model (`$DATA`: your prepared data; `$LOGDIR`: any scratch folder):
 
