@@ -36,7 +36,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_maml import report  # noqa: E402
+from tf_maml import report, threads  # noqa: E402
 from tf_maml import zoo as zoo_lib  # noqa: E402
 from tf_maml.config import Config  # noqa: E402
 
@@ -227,21 +227,12 @@ def select(spec: str, experiments: list[Experiment]) -> list[Experiment]:
 
 def machine() -> str:
     """The processor, its widest vector ISA and the core count: what a speed depends on."""
-    cpu, isa = platform.machine(), ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        names = [ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                 if ln.startswith("model name")]
-        flag_line = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
-        cpu = names[0] if names else cpu
-        fam = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                    if ln.startswith("cpu family")), "")
-        cpu += f" (family {fam})" if fam else ""
-        isa = ("AVX-512" if " avx512f" in flag_line else "AVX2" if " avx2" in flag_line
-               else "")
-    except OSError:
-        pass
+    fields = threads.cpuinfo()
+    cpu = fields.get("model name") or platform.machine()
+    if fields.get("cpu family"):
+        cpu += f" (family {fields['cpu family']})"
+    flags = fields.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
     return f"{cpu}, {isa + ', ' if isa else ''}{os.cpu_count()} cores"
 
 

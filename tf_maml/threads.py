@@ -102,11 +102,9 @@ VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl
                 "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
-def cpu_identity() -> dict:
-    """This processor as far as speed goes: its model name with family and model numbers
-    (a virtual machine may call Zen 3 and Zen 5 alike "AMD EPYC"), the vector extensions
-    among :data:`VECTOR_FLAGS` it has (``/proc/cpuinfo`` on Linux) and the cores this
-    process may use."""
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` ("model name", "cpu family",
+    "flags", ...); empty where there is no such file."""
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -117,6 +115,15 @@ def cpu_identity() -> dict:
                 fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def cpu_identity() -> dict:
+    """This processor as far as speed goes: its model name with family and model numbers
+    (a virtual machine may call Zen 3 and Zen 5 alike "AMD EPYC"), the vector extensions
+    among :data:`VECTOR_FLAGS` it has (``/proc/cpuinfo`` on Linux) and the cores this
+    process may use."""
+    fields = cpuinfo()
     model = fields.get("model name", "")
     if not model:
         import platform
