@@ -147,8 +147,7 @@ class Classifier:
     def _train(self, x, y):
         with tf.GradientTape() as tape:
             logits = self.model(x, training=True)  # also updates batch norm's moving moments
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.cast(y, tf.int32), logits=logits))
+            loss = losses.mean_xent(y, logits)
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, variables)
         finite = tf.reduce_all([tf.math.is_finite(loss)]
