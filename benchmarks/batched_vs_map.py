@@ -42,7 +42,8 @@ CONFIGS = {
 
 def _summed_xent_with_per_task(shots: int):
     """losses.summed_xent(shots) plus a ``per_task`` form over [T, B] that tf_maml.mapping.batched
-    uses instead of tf.vectorized_map (needed under XLA, see tf_maml.mapping.batched._per_task)."""
+    uses instead of tf.vectorized_map (needed under XLA, see
+    tf_maml.mapping.batched.per_task_values)."""
     import tensorflow as tf
 
     from tf_maml import losses

@@ -82,6 +82,9 @@ class Config:
     algorithm: str = "maml"
     test_num_updates: int = 10
     num_test_tasks: int = 600
+    # evaluate the ensemble of the N checkpoints with the best validation score (MAML++'s
+    # test protocol, tf_maml/ensemble.py); 0: the one checkpoint, as the original
+    ensemble: int = 0
     seed: int = 0
     data_dir: str | None = None
     dataset_backend: str = "folders"
@@ -347,6 +350,13 @@ class Config:
                 fail(name, f"must be >= 1, got {getattr(self, name)}")
         if self.num_updates < 1:
             fail("num_updates", f"must be >= 1, got {self.num_updates}")
+        if self.ensemble < 0:
+            fail("ensemble", f"must be >= 0 (0: no ensemble), got {self.ensemble}")
+        if self.ensemble and (self.baseline or self.init_checkpoint
+                              or self.datasource == "navigation"):
+            fail("ensemble", "an ensemble is made of a supervised run's own checkpoints: it "
+                 "does not apply to --baseline, --init_checkpoint or navigation; drop one of "
+                 "them")
         if self.test_num_updates < 0:
             fail("test_num_updates", f"must be >= 0, got {self.test_num_updates}")
         for name in ("meta_lr", "update_lr"):

@@ -36,9 +36,12 @@ def evaluate(
     seed: int,
     batch_size: int = 25,
     progress=None,
+    predictions: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-task, per-step query results: ``{"loss": [n, S+1], "metric": [n, S+1]}``
-    (``metric`` only for learners with a metric). Column 0 is before adaptation."""
+    (``metric`` only for learners with a metric). Column 0 is before adaptation. With
+    ``predictions``, also the query outputs ``"predictions": [n, S+1, *y]`` and the query
+    targets ``"query_y": [n, *y]``."""
     tasks = sample_tasks(source, num_tasks, seed)
     results: dict[str, list] = {}
     for start in range(0, num_tasks, batch_size):
@@ -46,10 +49,12 @@ def evaluate(
         if len(chunk) < batch_size:  # keep one traced shape: pad with repeats, drop after
             chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
         batch = tuple(np.concatenate(parts, axis=0) for parts in zip(*chunk))
-        out = learner.evaluate_batch(batch, num_steps)
+        out = dict(learner.evaluate_batch(batch, num_steps, predictions=predictions))
+        if predictions:
+            out["query_y"] = batch[3]
         keep = min(batch_size, num_tasks - start)
         for key, value in out.items():
-            results.setdefault(key, []).append(value.numpy()[:keep])
+            results.setdefault(key, []).append(np.asarray(value)[:keep])
         if progress is not None:
             progress(min(start + batch_size, num_tasks), num_tasks)
     return {k: np.concatenate(v, axis=0) for k, v in results.items()}
@@ -63,22 +68,26 @@ def summarize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return means, stds, ci95
 
 
-def result_name(update_batch_size: int, update_lr: float, baseline: str | None = None) -> str:
+def result_name(update_batch_size: int, update_lr: float, baseline: str | None = None,
+                ensemble: int = 0) -> str:
     """The original's result name; the pretrained baselines (whose step size is chosen on
     validation tasks, or who take none) name theirs after the baseline, since both share
-    one run directory."""
+    one run directory; an ensemble's (``--ensemble=N``) ends in ``_ensemble<N>``, beside
+    the single model's."""
     if baseline in PRETRAINED_BASELINES:
         return f"test_ubs{update_batch_size}_{baseline}"
-    return f"test_ubs{update_batch_size}_stepsize{update_lr}"
+    return f"test_ubs{update_batch_size}_stepsize{update_lr}" + (
+        f"_ensemble{ensemble}" if ensemble else "")
 
 
 def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
-                  update_lr: float, baseline: str | None = None) -> dict[str, str]:
+                  update_lr: float, baseline: str | None = None,
+                  ensemble: int = 0) -> dict[str, str]:
     """Writes the CSV (header update0..updateS; rows means, stds, ci95), the original's
     pickle ``{'mses': values}`` and the per-task matrix as ``.npy``. Each file is replaced
     whole (:func:`tf_maml.rundir.atomic_write`): a crash never leaves a half file."""
     os.makedirs(run_dir, exist_ok=True)
-    base = os.path.join(run_dir, result_name(update_batch_size, update_lr, baseline))
+    base = os.path.join(run_dir, result_name(update_batch_size, update_lr, baseline, ensemble))
     means, stds, ci95 = summarize(values)
     table = io.StringIO()
     writer = csv.writer(table, delimiter=",")

@@ -568,13 +568,20 @@ class MetaLearner:
 
     meta_train_step = train_step  # the name used in the paper's vocabulary
 
-    def evaluate_batch(self, batch: Batch, num_steps: int) -> dict:
-        """Per task and step (0..num_steps) query loss (and metric), shape [T, num_steps+1].
+    def evaluate_batch(self, batch: Batch, num_steps: int, predictions: bool = False) -> dict:
+        """Per task and step (0..num_steps) query loss (and metric), shape [T, num_steps+1];
+        with ``predictions``, also the model's query outputs ``[T, num_steps+1, *y]`` (for
+        an ensemble, which averages them over models).
 
         Step 0 is the meta-learned θ itself, evaluated on the query set.
         """
         num_steps = int(num_steps)
-        if num_steps not in self._eval_fns:
+        key = (num_steps, bool(predictions))
+        if key not in self._eval_fns:
+            # The step axis goes just before the query examples' axis, whether the mapping
+            # hands task_fn one task (outputs [Nq, ...]) or a stack of them ([T, Nq, ...]).
+            batch_rank = len(batch[2].shape)
+
             def evaluate(batch):
                 params, lrs = _read(self.model.trainable_variables), _read(self.inner_lrs)
                 bns = _read(self.bn_steps)
@@ -591,15 +598,20 @@ class MetaLearner:
                         metric_fn = runner.per_task(self.metric_fn)
                         out["metric"] = tf.stack([metric_fn(query_y, p) for p in preds],
                                                  axis=-1)
+                    if predictions:
+                        stacked = len(query_x.shape) == batch_rank
+                        out["predictions"] = tf.stack(preds, axis=1 if stacked else 0)
                     return out
 
                 signature = {"loss": tf.TensorSpec([num_steps + 1], self._loss_dtype)}
                 if self.metric_fn is not None:
                     signature["metric"] = tf.TensorSpec([num_steps + 1], tf.float32)
+                if predictions:
+                    signature["predictions"] = tf.TensorSpec(None, self._loss_dtype)
                 return self.plan.for_tasks(self.model, batch).map(task_fn, batch, signature)
 
-            self._eval_fns[num_steps] = tf.function(evaluate, reduce_retracing=True)
-        return self._eval_fns[num_steps](
+            self._eval_fns[key] = tf.function(evaluate, reduce_retracing=True)
+        return self._eval_fns[key](
             check_batch(batch, "evaluate_batch", self._example_shape))
 
 

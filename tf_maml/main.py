@@ -92,6 +92,11 @@ def define_flags(values: flags.FlagValues) -> None:
                          flag_values=values)
     flags.DEFINE_integer("num_test_tasks", 600, "tasks evaluated by --train=False (original: 600).",
                          flag_values=values)
+    flags.DEFINE_integer("ensemble", 0, "evaluate the ensemble of the N checkpoints (of the "
+                         "kept ones, up to --test_iter) with the best accuracy on "
+                         "--num_test_tasks validation tasks, their query logits averaged "
+                         "(MAML++'s protocol); 0: one checkpoint, as the original.",
+                         flag_values=values)
     flags.DEFINE_integer("seed", 0, "seed of the weights and of the task streams.",
                          flag_values=values)
     flags.DEFINE_string("data_dir", None, "prepared data: the --output folder of "

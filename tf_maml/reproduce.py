@@ -199,7 +199,7 @@ def plan(experiment: Experiment, logdir_root: str, data_dirs: dict[str, str | No
     from tf_maml.evaluate import result_name
 
     name = result_name(eval_config.update_batch_size, eval_config.update_lr,
-                       eval_config.baseline)
+                       eval_config.baseline, eval_config.ensemble)
     return Plan(experiment, train_cmd, eval_cmd, train_config, eval_config, run_dir,
                 os.path.join(zoo_root, experiment.zoo), name, skip)
 

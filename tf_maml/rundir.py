@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 LOCK_NAME = "run.lock"
 CHECKPOINT_NAME = "model"
+ENSEMBLE_NAME = "ensemble.json"  # an ensemble's members (tf_maml/ensemble.py)
 
 
 class RunDirError(RuntimeError):

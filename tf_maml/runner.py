@@ -3,7 +3,9 @@
 ``--train=True``: meta-train in ``logdir/<exp_string>`` (resuming if possible), then, with
 ``--test_after_train``, evaluate exactly as ``--train=False`` would. ``--train=False``:
 restore the latest (or ``--test_iter``) checkpoint and evaluate ``num_test_tasks`` tasks with
-``test_num_updates`` steps, writing the original's result files.
+``test_num_updates`` steps, writing the original's result files. ``--ensemble=N`` evaluates
+instead the ensemble of the N checkpoints (up to that one) with the best validation score
+(MAML++'s protocol, tf_maml/ensemble.py).
 """
 
 from __future__ import annotations
@@ -157,7 +159,9 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
             f"tasks, {num_steps} steps, K={config.update_batch_size}")
     else:
         log(f"Evaluating {config.num_test_tasks} {what} tasks, {num_steps} steps, "
-            f"K={config.update_batch_size}, alpha={config.update_lr}")
+            f"K={config.update_batch_size}, alpha={config.update_lr}"
+            + (f", the ensemble of the {config.ensemble} best checkpoints"
+               if config.ensemble else ""))
     t0 = time.time()
     last = [t0]
 
@@ -166,14 +170,29 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
             last[0] = time.time()
             log(f"  evaluated {done}/{total} tasks ({time.time() - t0:.0f}s)")
 
-    out = evaluate_lib.evaluate(learner, source, config.num_test_tasks, num_steps, seed,
-                                batch_size=batch, progress=progress)
+    if config.ensemble:
+        from tf_maml import ensemble
+
+        checkpointer = learner_checkpointer(learner, directory)
+        members = ensemble.select(
+            learner, checkpointer,
+            experiment.task_source(config, "val", experiment.test_num_query(config)),
+            config.ensemble, config.num_test_tasks, num_steps,
+            upto=config.test_iter if config.test_iter > 0 else None, batch_size=batch,
+            log=log)
+        out = ensemble.evaluate(learner, checkpointer, members, source,
+                                config.num_test_tasks, num_steps, seed, batch_size=batch,
+                                progress=progress)
+    else:
+        out = evaluate_lib.evaluate(learner, source, config.num_test_tasks, num_steps, seed,
+                                    batch_size=batch, progress=progress)
     values = out["metric"] if "metric" in out else out["loss"]
     log(evaluate_lib.format_summary(values, config.is_classification))
     with rundir.writing(directory, "write the evaluation results",
                         kept=lambda: "the checkpoints and earlier results are intact"):
         paths = evaluate_lib.write_results(directory, values, config.update_batch_size,
-                                           config.update_lr, config.baseline)
+                                           config.update_lr, config.baseline,
+                                           config.ensemble)
     log(f"Wrote {paths['csv']}")
     means, _, ci95 = evaluate_lib.summarize(values)
     return {"results": paths, "means": means, "ci95": ci95, "values": values}

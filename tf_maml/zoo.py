@@ -13,7 +13,9 @@ A zoo folder is the part of a run directory worth keeping:
 - ``training_log.csv``: the training curve (and the wall time, summed over sessions);
 - the evaluations, in the original's formats (``test_ubs<K>_stepsize<α>.csv/.pkl``, and the
   per-task ``.npy``), and ``results.json``: what each evaluation gave, of which iteration,
-  with the commands (placeholders again), the date and the machine.
+  with the commands (placeholders again), the date and the machine;
+- for a run evaluated as an ensemble (``--ensemble=N``), ``ensemble.json`` and the weights
+  of its members, so that the ensemble is evaluated again from the zoo alone.
 
 :func:`publish` copies a run directory into its zoo folder when the run has moved on;
 :func:`restore` goes the other way when the zoo is ahead (a fresh clone, another machine), so
@@ -29,13 +31,13 @@ import json
 import os
 import shutil
 
-from tf_maml.rundir import CHECKPOINT_NAME, checkpoint_prefixes
+from tf_maml.rundir import CHECKPOINT_NAME, ENSEMBLE_NAME, checkpoint_prefixes
 
 RESULTS_FILE = "results.json"
 RUN_STATE_FILE = "reproduce.json"  # the run directory's record of its evaluations
 PATH_FIELDS = ("data_dir", "logdir", "init_checkpoint", "export_dir")
 KEPT_FILES = ("training_log.csv",)
-RESULT_GLOB = "test_ubs*"  # test_ubs<K>_stepsize<α>, or test_ubs<K>_<baseline>
+RESULT_GLOB = "test_ubs*"  # test_ubs<K>_stepsize<α>[_ensemble<N>], or test_ubs<K>_<baseline>
 
 
 class ZooError(ValueError):
@@ -117,9 +119,18 @@ def _write_index(directory: str, iteration: int) -> None:
     os.replace(os.path.join(directory, "checkpoint.tmp"), os.path.join(directory, "checkpoint"))
 
 
-def _remove_checkpoints(directory: str, keep: int) -> None:
+def ensemble_members(directory: str) -> list[int]:
+    """The iterations of the ensemble recorded in ``directory`` if it was chosen among the
+    checkpoints up to the directory's latest one (else none: training has moved on)."""
+    record = read_json(os.path.join(directory, ENSEMBLE_NAME))
+    if record.get("latest") != latest_iteration(directory):
+        return []
+    return [m["iteration"] for m in record.get("members", [])]
+
+
+def _remove_checkpoints(directory: str, keep: set[int]) -> None:
     for iteration in checkpoint_iterations(directory):
-        if iteration != keep:
+        if iteration not in keep:
             for path in _checkpoint_files(directory, iteration):
                 os.remove(path)
 
@@ -174,7 +185,9 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
             os.replace(path, os.path.join(zoo_dir, os.path.basename(path)))
         os.rmdir(tmp)
         _write_index(zoo_dir, run_latest)
-        _remove_checkpoints(zoo_dir, run_latest)
+        _remove_checkpoints(zoo_dir, {run_latest})
+        if os.path.exists(os.path.join(zoo_dir, ENSEMBLE_NAME)):
+            os.remove(os.path.join(zoo_dir, ENSEMBLE_NAME))  # of an earlier iteration
         for name in KEPT_FILES:
             if os.path.exists(os.path.join(run_dir, name)):
                 shutil.copy2(os.path.join(run_dir, name), os.path.join(zoo_dir, name))
@@ -190,6 +203,8 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
         changed = True
         log(f"  zoo: {zoo_dir} now holds iteration {run_latest}"
             + (" (weights)" if finished else " (resumable state)"))
+    if finished and _publish_ensemble(run_dir, zoo_dir, log):
+        changed = True
     for key, entry in run_results.items():
         if "|" not in key or entry == {k: v for k, v in zoo_results.get(key, {}).items()
                                        if k in entry}:
@@ -216,6 +231,43 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
     return changed
 
 
+def _publish_ensemble(run_dir: str, zoo_dir: str, log) -> bool:
+    """Copies the weights of the run's ensemble members (and ``ensemble.json``) into the zoo
+    folder, when the ensemble was chosen up to the checkpoint the zoo holds."""
+    members = ensemble_members(run_dir)
+    if not members or latest_iteration(run_dir) != latest_iteration(zoo_dir):
+        return False
+    with open(os.path.join(run_dir, ENSEMBLE_NAME)) as f:
+        record = f.read()
+    held = set(checkpoint_iterations(zoo_dir))
+    if all(i in held for i in members) and record == _read_text(
+            os.path.join(zoo_dir, ENSEMBLE_NAME)):
+        return False
+    for iteration in members:
+        if iteration not in held:
+            tmp = zoo_dir + ".publish.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            _slim_checkpoint(run_dir, iteration, tmp)
+            for path in glob.glob(os.path.join(tmp, "*")):
+                os.replace(path, os.path.join(zoo_dir, os.path.basename(path)))
+            os.rmdir(tmp)
+    _remove_checkpoints(zoo_dir, set(members) | {latest_iteration(zoo_dir)})
+    with open(os.path.join(zoo_dir, ENSEMBLE_NAME), "w") as f:
+        f.write(record)
+    log(f"  zoo: {zoo_dir} now holds the ensemble of iterations "
+        + ", ".join(str(i) for i in members))
+    return True
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     """Seeds ``run_dir`` from ``zoo_dir`` when the zoo holds a later checkpoint (a fresh
     clone, or another machine trained further): the checkpoint, the training log and the
@@ -226,8 +278,11 @@ def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     if zoo_latest == 0 or latest_iteration(run_dir) >= zoo_latest:
         return False
     os.makedirs(run_dir, exist_ok=True)
-    for path in _checkpoint_files(zoo_dir, zoo_latest):
-        shutil.copy2(path, run_dir)
+    for iteration in {zoo_latest, *ensemble_members(zoo_dir)}:
+        for path in _checkpoint_files(zoo_dir, iteration):
+            shutil.copy2(path, run_dir)
+    if ensemble_members(zoo_dir):
+        shutil.copy2(os.path.join(zoo_dir, ENSEMBLE_NAME), run_dir)
     _write_index(run_dir, zoo_latest)
     for name in KEPT_FILES:
         if os.path.exists(os.path.join(zoo_dir, name)):

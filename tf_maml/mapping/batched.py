@@ -408,7 +408,7 @@ def patch_bytes(model: keras.Model, batch_shapes: Sequence[Sequence[int]]) -> in
 
 
 # ---------------------------------------------------------------------------- the mapping
-def _per_task(fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+def per_task_values(fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """[T] values of a per-task loss or metric ``fn(y_true_t, y_pred_t) -> scalar``.
 
     ``fn.per_task(y_true, y_pred) -> [T]``, if the function has it, computes all tasks at
@@ -453,7 +453,8 @@ class Batched(Mapping):
         steps, count = _layer_steps(self.model), num_tasks(batch)
         return Runner(forward=lambda weights, x: _run(steps, weights, x),
                       weights=lambda theta: _stack(theta, count),
-                      per_task=lambda fn: lambda y_true, y_pred: _per_task(fn, y_true, y_pred))
+                      per_task=lambda fn: lambda y_true, y_pred: per_task_values(
+                          fn, y_true, y_pred))
 
     def map(self, fn, batch, signature):
         """``fn(batch, runner)`` once, for every task at once."""
@@ -463,6 +464,7 @@ class Batched(Mapping):
 
 
 __all__ = [
-    "Batched", "Unsupported", "batched_forward", "patch_bytes", "supports",
+    "Batched", "Unsupported", "batched_forward", "patch_bytes", "per_task_values",
+    "supports",
     "unsupported_reason",
 ]

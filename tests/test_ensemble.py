@@ -1,0 +1,175 @@
+"""The ensemble of a run's best checkpoints (MAML++'s test protocol, tf_maml/ensemble.py):
+its numbers against a hand computation, its choice against known validation accuracies,
+and its round trip through the zoo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tf_maml import ensemble, losses, zoo
+from tf_maml import evaluate as evaluate_lib
+from tf_maml.checkpoint import learner_checkpointer
+from tf_maml.learners import MetaLearner
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUPPORT, QUERY = 4, 6
+
+
+class LinearTasks:
+    """2-class tasks of 2-d points, labelled by ``rule(x)``."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def sample_batch(self, meta_batch_size, rng):
+        x = rng.normal(size=(meta_batch_size, SUPPORT + QUERY, 2)).astype(np.float32)
+        y = self.rule(x).astype(np.int32)
+        return x[:, :SUPPORT], y[:, :SUPPORT], x[:, SUPPORT:], y[:, SUPPORT:]
+
+
+def _learner(alpha=0.5):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False)])
+    return MetaLearner(model, losses.mean_xent, inner_lr=alpha, inner_steps=1,
+                       metric_fn=losses.accuracy)
+
+
+def _save(learner, run_dir, weights: dict[int, np.ndarray]):
+    checkpointer = learner_checkpointer(learner, str(run_dir))
+    for iteration, w in weights.items():
+        learner.model.trainable_variables[0].assign(w)
+        checkpointer.save(iteration)
+    return checkpointer
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_the_ensemble_averages_the_adapted_logits_of_its_members(tmp_path):
+    """Two linear members, one inner step each: accuracy and loss of the averaged logits at
+    steps 0 and 1, against the closed form of softmax regression's gradient step."""
+    alpha = 0.5
+    learner = _learner(alpha)
+    members = {1000: np.array([[2.0, -1.0], [0.5, 0.3]], np.float32),
+               2000: np.array([[-0.4, 0.2], [1.5, -2.0]], np.float32)}
+    checkpointer = _save(learner, tmp_path, members)
+    source = LinearTasks(lambda x: x[..., 0] + 0.3 * x[..., 1] > 0)
+    n = 12
+    out = ensemble.evaluate(learner, checkpointer, [1000, 2000], source, n, 1, seed=3,
+                            batch_size=5)
+
+    tasks = evaluate_lib.sample_tasks(source, n, 3)
+    for t, (sx, sy, qx, qy) in enumerate(tasks):
+        sx, sy, qx, qy = sx[0], sy[0], qx[0], qy[0]
+        logits = {0: 0.0, 1: 0.0}
+        for w in members.values():
+            # d(mean CE)/dW = Xᵀ(softmax(XW) − onehot(y)) / n
+            grad = sx.T @ (_softmax(sx @ w) - np.eye(2)[sy]) / len(sy)
+            logits[0] = logits[0] + qx @ w / 2
+            logits[1] = logits[1] + qx @ (w - alpha * grad) / 2
+        for step in (0, 1):
+            z = logits[step]
+            assert out["metric"][t, step] == pytest.approx(np.mean(z.argmax(-1) == qy))
+            expected_loss = np.mean(-np.log(_softmax(z)[np.arange(len(qy)), qy]))
+            assert out["loss"][t, step] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_members_are_the_best_by_validation_accuracy_and_the_choice_is_reused(
+        tmp_path, monkeypatch):
+    """Candidates whose validation accuracy is 1, 0 and about 1/2 by construction: an
+    ensemble of two takes the first and the third; ensemble.json records it, and a second
+    selection reads it instead of scoring again, until a newer checkpoint appears."""
+    learner = _learner()
+    good = np.array([[-1.0, 1.0], [0.0, 0.0]], np.float32)  # class 1 iff x0 > 0
+    weights = {1000: good, 2000: -good, 3000: np.array([[0, 0], [-1, 1]], np.float32)}
+    checkpointer = _save(learner, tmp_path, weights)
+    val = LinearTasks(lambda x: x[..., 0] > 0)
+    chosen = ensemble.select(learner, checkpointer, val, size=2, num_tasks=20, num_steps=0,
+                             batch_size=8, log=lambda _: None)
+    assert chosen == [1000, 3000]
+    record = json.loads((tmp_path / "ensemble.json").read_text())
+    scores = {c["iteration"]: c["score"] for c in record["candidates"]}
+    tasks = evaluate_lib.sample_tasks(val, 20, ensemble.VALIDATION_SEED)
+    third = np.mean([np.mean((t[2][0] @ weights[3000]).argmax(-1) == t[3][0]) for t in tasks])
+    assert scores[1000] == pytest.approx(1.0) and scores[2000] == pytest.approx(0.0)
+    assert scores[3000] == pytest.approx(third) and 0 < third < 1
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("the recorded choice should have been reused")
+
+    monkeypatch.setattr(evaluate_lib, "evaluate", no_scoring)
+    assert ensemble.select(learner, checkpointer, val, size=2, num_tasks=20, num_steps=0,
+                           log=lambda _: None) == [1000, 3000]
+    _save(learner, tmp_path, {4000: good})
+    with pytest.raises(AssertionError, match="reused"):
+        ensemble.select(learner, checkpointer, val, size=2, num_tasks=20, num_steps=0,
+                        log=lambda _: None)
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    run = subprocess.run([sys.executable, "-m", "tf_maml.main", *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout + run.stderr
+
+
+def test_an_ensemble_evaluated_from_the_zoo_alone_gives_the_same_numbers(tmp_path):
+    """Train (3 checkpoints), evaluate --ensemble=2, publish to a zoo folder (the members'
+    weights and ensemble.json), restore that into an empty run directory and evaluate
+    again: the same members, read from ensemble.json, and the same per-task numbers."""
+    run_flags = ["--datasource=sinusoid", "--metatrain_iterations=3000",
+                 "--meta_batch_size=4", "--norm=None", "--update_batch_size=5",
+                 "--num_test_tasks=20", "--test_num_updates=2"]
+    _cli(*run_flags, "--logdir=logs", "--test_after_train=False", cwd=tmp_path)
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    first = _cli(*run_flags, "--logdir=logs", "--train=False", "--ensemble=2", cwd=tmp_path)
+    assert "candidate model-1000" in first
+    result = "test_ubs5_stepsize0.001_ensemble2.npy"
+    members = [m["iteration"] for m in
+               json.loads((run_dir / "ensemble.json").read_text())["members"]]
+    assert len(members) == 2
+
+    zoo_dir = tmp_path / "zoo" / "row"
+    assert zoo.publish(str(run_dir), str(zoo_dir), finished=True, paths={}, machine="test",
+                       log=lambda _: None)
+    assert sorted(zoo.checkpoint_iterations(str(zoo_dir))) == sorted({3000, *members})
+    assert zoo.ensemble_members(str(zoo_dir)) == members
+
+    fresh = tmp_path / "fresh" / run_dir.name
+    assert zoo.restore(str(zoo_dir), str(fresh), log=lambda _: None)
+    second = _cli(*run_flags, f"--logdir={tmp_path / 'fresh'}", "--train=False",
+                  "--ensemble=2", cwd=tmp_path)
+    assert "from ensemble.json" in second and "candidate" not in second
+    np.testing.assert_array_equal(np.load(fresh / result), np.load(run_dir / result))
+
+
+def test_flags_refuse_an_ensemble_where_there_is_no_run_to_choose_from():
+    from tf_maml.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="--ensemble"):
+        Config(datasource="sinusoid", ensemble=-1).validate()
+    with pytest.raises(ConfigError, match="--ensemble.*init_checkpoint"):
+        Config(datasource="miniimagenet", ensemble=5, init_checkpoint="x").validate()
+    Config(datasource="sinusoid", ensemble=5).validate()
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_an_ensemble_of_one_is_that_model(tmp_path, steps):
+    learner = _learner()
+    checkpointer = _save(learner, tmp_path, {1000: np.array([[1, -1], [2, 0.5]], np.float32)})
+    source = LinearTasks(lambda x: x[..., 1] > 0)
+    alone = evaluate_lib.evaluate(learner, source, 7, steps, seed=1, batch_size=4)
+    one = ensemble.evaluate(learner, checkpointer, [1000], source, 7, steps, seed=1,
+                            batch_size=4)
+    for key in ("loss", "metric"):
+        np.testing.assert_allclose(one[key], alone[key], rtol=1e-6)

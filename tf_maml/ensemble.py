@@ -1,0 +1,105 @@
+"""MAML++'s test protocol: the ensemble of a run's N best checkpoints.
+
+Antoniou et al. (ICLR 2019) report each MAML++ number as the ensemble of the five models
+with the best validation accuracy: every model adapts to the test task on its own, their
+query logits are averaged, and the average is scored. Here the candidates are the
+checkpoints the run keeps (the original's last ``MAX_TO_KEEP``, ``SAVE_INTERVAL``
+iterations apart), up to the evaluated iteration; each is scored on ``num_tasks``
+validation tasks (seeded: the same tasks for every candidate), and the top ``size``
+(ties: the later checkpoint) make the ensemble.
+
+The choice is written to ``<run_dir>/ensemble.json``: a second evaluation (or one from the
+zoo, which keeps the members' weights) reuses it instead of scoring the candidates again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_maml import evaluate as evaluate_lib
+from tf_maml import rundir
+from tf_maml.checkpoint import Checkpointer, CheckpointError, checkpoint_iteration
+from tf_maml.mapping.batched import per_task_values
+from tf_maml.zoo import read_json
+
+# The validation tasks score the candidates with their own seed: not the test tasks'.
+VALIDATION_SEED = 7
+
+
+def score(learner, values: dict[str, np.ndarray], num_steps: int) -> float:
+    """A candidate's validation score: the mean metric (accuracy) after ``num_steps`` steps,
+    or the negative mean loss for a learner without a metric."""
+    if "metric" in values:
+        return float(np.mean(values["metric"][:, num_steps]))
+    return -float(np.mean(values["loss"][:, num_steps]))
+
+
+def select(learner, checkpointer: Checkpointer, val_source, size: int, num_tasks: int,
+           num_steps: int, upto: int | None = None, batch_size: int = 25,
+           log=print) -> list[int]:
+    """The iterations of the ``size`` best checkpoints at or before ``upto`` (None: all),
+    by :func:`score` on ``num_tasks`` validation tasks; recorded in ``ensemble.json``."""
+    candidates = [checkpoint_iteration(p) for p in checkpointer.checkpoints]
+    candidates = [i for i in candidates if upto is None or i <= upto]
+    if not candidates:
+        raise CheckpointError(f"no checkpoint in {checkpointer.run_dir} to build an ensemble "
+                              "from: train first, or check `logdir`.")
+    settings = {"size": size, "val_tasks": num_tasks, "steps": num_steps,
+                "seed": VALIDATION_SEED}
+    recorded = read_json(os.path.join(checkpointer.run_dir, rundir.ENSEMBLE_NAME))
+    members = recorded.get("members", [])
+    if (recorded.get("settings") == settings and members
+            and all(m["iteration"] in candidates for m in members)
+            and max(candidates) == recorded.get("latest")):
+        log(f"Ensemble of {size} from {rundir.ENSEMBLE_NAME}: iterations "
+            + ", ".join(str(m["iteration"]) for m in members))
+        return [m["iteration"] for m in members]
+    if len(candidates) < size:
+        log(f"WARNING: {len(candidates)} checkpoints for an ensemble of {size}: all of them "
+            "make it.")
+    scored = []
+    for iteration in candidates:
+        checkpointer.restore(checkpointer.path_for(iteration), expect_optimizer=False)
+        values = evaluate_lib.evaluate(learner, val_source, num_tasks, num_steps,
+                                       VALIDATION_SEED, batch_size=batch_size)
+        scored.append({"iteration": iteration, "score": score(learner, values, num_steps)})
+        log(f"  candidate model-{iteration}: validation score {scored[-1]['score']:.4f} "
+            f"({num_tasks} tasks, {num_steps} steps)")
+    ranked = sorted(scored, key=lambda m: (m["score"], m["iteration"]), reverse=True)
+    members = ranked[:size]
+    rundir.atomic_write(
+        os.path.join(checkpointer.run_dir, rundir.ENSEMBLE_NAME),
+        json.dumps({"settings": settings, "latest": max(candidates), "members": members,
+                    "candidates": scored}, indent=2, sort_keys=True) + "\n")
+    log(f"Ensemble of {len(members)}: iterations "
+        + ", ".join(str(m["iteration"]) for m in members))
+    return [m["iteration"] for m in members]
+
+
+def evaluate(learner, checkpointer: Checkpointer, members: list[int], source,
+             num_tasks: int, num_steps: int, seed: int, batch_size: int = 25,
+             progress=None) -> dict[str, np.ndarray]:
+    """Per-task, per-step results of the ensemble, as :func:`tf_maml.evaluate.evaluate`
+    gives them for one model: each member adapts on its own, the query outputs (logits)
+    are averaged over the members, and the learner's loss (and metric) score the average."""
+    total, query_y = None, None
+    for iteration in members:
+        checkpointer.restore(checkpointer.path_for(iteration), expect_optimizer=False)
+        out = evaluate_lib.evaluate(learner, source, num_tasks, num_steps, seed,
+                                    batch_size=batch_size, predictions=True,
+                                    progress=progress)
+        total = out["predictions"] if total is None else total + out["predictions"]
+        query_y = out["query_y"]
+    mean = total / len(members)
+    steps = mean.shape[1]
+    # [n, S+1, Nq, ...] -> one row per (task, step), each scored as one task.
+    flat_pred = tf.constant(mean.reshape((-1,) + mean.shape[2:]))
+    flat_true = tf.constant(np.repeat(query_y, steps, axis=0))
+    results = {"loss": per_task_values(learner.loss_fn, flat_true, flat_pred)}
+    if learner.metric_fn is not None:
+        results["metric"] = per_task_values(learner.metric_fn, flat_true, flat_pred)
+    return {k: v.numpy().reshape(-1, steps) for k, v in results.items()}
