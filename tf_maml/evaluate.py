@@ -49,9 +49,11 @@ def evaluate(
         if len(chunk) < batch_size:  # keep one traced shape: pad with repeats, drop after
             chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
         batch = tuple(np.concatenate(parts, axis=0) for parts in zip(*chunk))
-        out = dict(learner.evaluate_batch(batch, num_steps, predictions=predictions))
         if predictions:
+            out = dict(learner.evaluate_batch(batch, num_steps, predictions=True))
             out["query_y"] = batch[3]
+        else:  # the baselines' evaluators have no predictions to give
+            out = learner.evaluate_batch(batch, num_steps)
         keep = min(batch_size, num_tasks - start)
         for key, value in out.items():
             results.setdefault(key, []).append(np.asarray(value)[:keep])
