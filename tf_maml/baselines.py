@@ -35,7 +35,7 @@ from tf_maml import evaluate as evaluate_lib
 from tf_maml import losses, models
 from tf_maml.config import Config
 from tf_maml.data.miniimagenet import EXPECTED_NUM_CLASSES
-from tf_maml.learners import ORIGINAL_ADAM_EPSILON, MetaLearner
+from tf_maml.learners import ORIGINAL_ADAM_EPSILON, MetaLearner, apply_if_finite
 from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks.image_tasks import DataError, FewShotTasks
 from tf_maml.tasks.miniimagenet import IMAGE_SHAPE
@@ -149,15 +149,8 @@ class Classifier:
             logits = self.model(x, training=True)  # also updates batch norm's moving moments
             loss = losses.mean_xent(y, logits)
         variables = self.model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        finite = tf.reduce_all([tf.math.is_finite(loss)]
-                               + [tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-
-        def apply():
-            self.optimizer.apply(grads, variables)
-            return tf.constant(True)
-
-        applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        applied = apply_if_finite(self.optimizer, tape.gradient(loss, variables), variables,
+                                  loss)
         accuracy = losses.accuracy(y, logits)
         # The loop's callbacks print the original's "pre, post" pair: here both the
         # minibatch's values (there is no adaptation).

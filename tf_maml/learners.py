@@ -512,20 +512,8 @@ class MetaLearner:
         if self.meta_grad_clip is not None:
             c = float(self.meta_grad_clip)
             grads = [tf.clip_by_value(g, -c, c) for g in grads]
-        checks = [tf.reduce_all(tf.math.is_finite(g)) for g in grads]
-        if loss is not None:
-            checks.append(tf.math.is_finite(loss))
-        finite = tf.reduce_all(checks)
-
-        def apply():
-            self.optimizer.apply(grads, self.meta_variables)
-            return tf.constant(True)
-
-        def skip():
-            self.nonfinite_steps.assign_add(1)
-            return tf.constant(False)
-
-        return tf.cond(finite, apply, skip)
+        return apply_if_finite(self.optimizer, grads, self.meta_variables, loss,
+                               on_skip=lambda: self.nonfinite_steps.assign_add(1))
 
     # ------------------------------------------------------------------ compiled steps
     def train_step(self, batch: Batch, pretrain: bool = False) -> dict:
@@ -613,6 +601,26 @@ class MetaLearner:
             self._eval_fns[key] = tf.function(evaluate, reduce_retracing=True)
         return self._eval_fns[key](
             check_batch(batch, "evaluate_batch", self._example_shape))
+
+
+def apply_if_finite(optimizer, grads, variables, loss=None, on_skip=None) -> tf.Tensor:
+    """``optimizer.apply(grads, variables)`` unless the loss or a gradient is NaN/Inf (then
+    ``on_skip()``, if given). Returns whether the step was applied. The one non-finite
+    guard of every optimiser step: the meta-step's and the baselines' pretraining's."""
+    checks = [tf.reduce_all(tf.math.is_finite(g)) for g in grads]
+    if loss is not None:
+        checks.append(tf.math.is_finite(loss))
+
+    def apply():
+        optimizer.apply(grads, variables)
+        return tf.constant(True)
+
+    def skip():
+        if on_skip is not None:
+            on_skip()
+        return tf.constant(False)
+
+    return tf.cond(tf.reduce_all(checks), apply, skip)
 
 
 def _batch_norm_indices(model: keras.Model, mask: Sequence[bool]) -> list[int]:
