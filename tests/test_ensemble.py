@@ -115,6 +115,19 @@ def test_members_are_the_best_by_validation_accuracy_and_the_choice_is_reused(
                         log=lambda _: None)
 
 
+def test_an_unreadable_candidate_is_left_out_with_a_warning(tmp_path):
+    learner = _learner()
+    good = np.array([[-1.0, 1.0], [0.0, 0.0]], np.float32)
+    checkpointer = _save(learner, tmp_path, {1000: -good, 2000: good, 3000: 0.5 * good})
+    data = tmp_path / "model-2000.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:8])  # truncated, as by a full disk
+    lines = []
+    chosen = ensemble.select(learner, checkpointer, LinearTasks(lambda x: x[..., 0] > 0),
+                             size=2, num_tasks=10, num_steps=0, log=lines.append)
+    assert chosen == [3000, 1000]
+    assert any("WARNING" in line and "model-2000" in line for line in lines)
+
+
 def _cli(*args, cwd):
     env = dict(os.environ, PYTHONPATH=REPO)
     run = subprocess.run([sys.executable, "-m", "tf_maml.main", *args], cwd=cwd, env=env,

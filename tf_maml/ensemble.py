@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import rundir
-from tf_maml.checkpoint import Checkpointer, CheckpointError, checkpoint_iteration
+from tf_maml.checkpoint import (Checkpointer, CheckpointError, CorruptCheckpointError,
+                                checkpoint_iteration)
 from tf_maml.mapping.batched import per_task_values
 from tf_maml.zoo import read_json
 
@@ -63,12 +64,19 @@ def select(learner, checkpointer: Checkpointer, val_source, size: int, num_tasks
             "make it.")
     scored = []
     for iteration in candidates:
-        checkpointer.restore(checkpointer.path_for(iteration), expect_optimizer=False)
+        try:
+            checkpointer.restore(checkpointer.path_for(iteration), expect_optimizer=False)
+        except CorruptCheckpointError as err:
+            log(f"WARNING: {err}; it is not a candidate.")
+            continue
         values = evaluate_lib.evaluate(learner, val_source, num_tasks, num_steps,
                                        VALIDATION_SEED, batch_size=batch_size)
         scored.append({"iteration": iteration, "score": score(learner, values, num_steps)})
         log(f"  candidate model-{iteration}: validation score {scored[-1]['score']:.4f} "
             f"({num_tasks} tasks, {num_steps} steps)")
+    if not scored:
+        raise CheckpointError(f"no readable checkpoint in {checkpointer.run_dir} to build an "
+                              "ensemble from.")
     ranked = sorted(scored, key=lambda m: (m["score"], m["iteration"]), reverse=True)
     members = ranked[:size]
     rundir.atomic_write(
