@@ -46,7 +46,7 @@ def _save(learner, run_dir, weights: dict[int, np.ndarray]):
     for iteration, w in weights.items():
         learner.model.trainable_variables[0].assign(w)
         checkpointer.save(iteration)
-    return checkpointer
+    return str(run_dir)
 
 
 def _softmax(z):
@@ -61,10 +61,10 @@ def test_the_ensemble_averages_the_adapted_logits_of_its_members(tmp_path):
     learner = _learner(alpha)
     members = {1000: np.array([[2.0, -1.0], [0.5, 0.3]], np.float32),
                2000: np.array([[-0.4, 0.2], [1.5, -2.0]], np.float32)}
-    checkpointer = _save(learner, tmp_path, members)
+    run_dir = _save(learner, tmp_path, members)
     source = LinearTasks(lambda x: x[..., 0] + 0.3 * x[..., 1] > 0)
     n = 12
-    out = ensemble.evaluate(learner, checkpointer, [1000, 2000], source, n, 1, seed=3,
+    out = ensemble.evaluate(learner, run_dir, [1000, 2000], source, n, 1, seed=3,
                             batch_size=5)
 
     tasks = evaluate_lib.sample_tasks(source, n, 3)
@@ -91,9 +91,9 @@ def test_members_are_the_best_by_validation_accuracy_and_the_choice_is_reused(
     learner = _learner()
     good = np.array([[-1.0, 1.0], [0.0, 0.0]], np.float32)  # class 1 iff x0 > 0
     weights = {1000: good, 2000: -good, 3000: np.array([[0, 0], [-1, 1]], np.float32)}
-    checkpointer = _save(learner, tmp_path, weights)
+    run_dir = _save(learner, tmp_path, weights)
     val = LinearTasks(lambda x: x[..., 0] > 0)
-    chosen = ensemble.select(learner, checkpointer, val, size=2, num_tasks=20, num_steps=0,
+    chosen = ensemble.select(learner, run_dir, val, size=2, num_tasks=20, num_steps=0,
                              batch_size=8, log=lambda _: None)
     assert chosen == [1000, 3000]
     record = json.loads((tmp_path / "ensemble.json").read_text())
@@ -107,22 +107,22 @@ def test_members_are_the_best_by_validation_accuracy_and_the_choice_is_reused(
         raise AssertionError("the recorded choice should have been reused")
 
     monkeypatch.setattr(evaluate_lib, "evaluate", no_scoring)
-    assert ensemble.select(learner, checkpointer, val, size=2, num_tasks=20, num_steps=0,
+    assert ensemble.select(learner, run_dir, val, size=2, num_tasks=20, num_steps=0,
                            log=lambda _: None) == [1000, 3000]
     _save(learner, tmp_path, {4000: good})
     with pytest.raises(AssertionError, match="reused"):
-        ensemble.select(learner, checkpointer, val, size=2, num_tasks=20, num_steps=0,
+        ensemble.select(learner, run_dir, val, size=2, num_tasks=20, num_steps=0,
                         log=lambda _: None)
 
 
 def test_an_unreadable_candidate_is_left_out_with_a_warning(tmp_path):
     learner = _learner()
     good = np.array([[-1.0, 1.0], [0.0, 0.0]], np.float32)
-    checkpointer = _save(learner, tmp_path, {1000: -good, 2000: good, 3000: 0.5 * good})
+    run_dir = _save(learner, tmp_path, {1000: -good, 2000: good, 3000: 0.5 * good})
     data = tmp_path / "model-2000.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[:8])  # truncated, as by a full disk
     lines = []
-    chosen = ensemble.select(learner, checkpointer, LinearTasks(lambda x: x[..., 0] > 0),
+    chosen = ensemble.select(learner, run_dir, LinearTasks(lambda x: x[..., 0] > 0),
                              size=2, num_tasks=10, num_steps=0, log=lines.append)
     assert chosen == [3000, 1000]
     assert any("WARNING" in line and "model-2000" in line for line in lines)
@@ -179,10 +179,10 @@ def test_flags_refuse_an_ensemble_where_there_is_no_run_to_choose_from():
 @pytest.mark.parametrize("steps", [0, 2])
 def test_an_ensemble_of_one_is_that_model(tmp_path, steps):
     learner = _learner()
-    checkpointer = _save(learner, tmp_path, {1000: np.array([[1, -1], [2, 0.5]], np.float32)})
+    run_dir = _save(learner, tmp_path, {1000: np.array([[1, -1], [2, 0.5]], np.float32)})
     source = LinearTasks(lambda x: x[..., 1] > 0)
     alone = evaluate_lib.evaluate(learner, source, 7, steps, seed=1, batch_size=4)
-    one = ensemble.evaluate(learner, checkpointer, [1000], source, 7, steps, seed=1,
+    one = ensemble.evaluate(learner, run_dir, [1000], source, 7, steps, seed=1,
                             batch_size=4)
     for key in ("loss", "metric"):
         np.testing.assert_allclose(one[key], alone[key], rtol=1e-6)

@@ -22,8 +22,8 @@ import tensorflow as tf
 
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import rundir
-from tf_maml.checkpoint import (Checkpointer, CheckpointError, CorruptCheckpointError,
-                                checkpoint_iteration)
+from tf_maml.checkpoint import (CheckpointError, CorruptCheckpointError, checkpoint_iteration,
+                                learner_checkpointer)
 from tf_maml.mapping.batched import per_task_values
 from tf_maml.zoo import read_json
 
@@ -39,11 +39,13 @@ def score(learner, values: dict[str, np.ndarray], num_steps: int) -> float:
     return -float(np.mean(values["loss"][:, num_steps]))
 
 
-def select(learner, checkpointer: Checkpointer, val_source, size: int, num_tasks: int,
-           num_steps: int, upto: int | None = None, batch_size: int = 25,
-           log=print) -> list[int]:
-    """The iterations of the ``size`` best checkpoints at or before ``upto`` (None: all),
-    by :func:`score` on ``num_tasks`` validation tasks; recorded in ``ensemble.json``."""
+def select(learner, run_dir: str, val_source, size: int, num_tasks: int, num_steps: int,
+           upto: int | None = None, batch_size: int = 25, log=print) -> list[int]:
+    """The iterations of the ``size`` best checkpoints of ``run_dir`` at or before ``upto``
+    (None: all), by :func:`score` on ``num_tasks`` validation tasks of ``val_source``
+    (``sample_batch(n, rng)``, as for training); recorded in ``run_dir/ensemble.json``.
+    Leaves ``learner`` with the last candidate's weights."""
+    checkpointer = learner_checkpointer(learner, run_dir)
     candidates = [checkpoint_iteration(p) for p in checkpointer.checkpoints]
     candidates = [i for i in candidates if upto is None or i <= upto]
     if not candidates:
@@ -88,12 +90,14 @@ def select(learner, checkpointer: Checkpointer, val_source, size: int, num_tasks
     return [m["iteration"] for m in members]
 
 
-def evaluate(learner, checkpointer: Checkpointer, members: list[int], source,
-             num_tasks: int, num_steps: int, seed: int, batch_size: int = 25,
+def evaluate(learner, run_dir: str, members: list[int], source, num_tasks: int,
+             num_steps: int, seed: int, batch_size: int = 25,
              progress=None) -> dict[str, np.ndarray]:
-    """Per-task, per-step results of the ensemble, as :func:`tf_maml.evaluate.evaluate`
-    gives them for one model: each member adapts on its own, the query outputs (logits)
-    are averaged over the members, and the learner's loss (and metric) score the average."""
+    """Per-task, per-step results of the ensemble of ``run_dir``'s checkpoints ``members``
+    (iterations), as :func:`tf_maml.evaluate.evaluate` gives them for one model: each
+    member adapts on its own, the query outputs (logits) are averaged over the members, and
+    the learner's loss (and metric) score the average."""
+    checkpointer = learner_checkpointer(learner, run_dir)
     total, query_y = None, None
     for iteration in members:
         checkpointer.restore(checkpointer.path_for(iteration), expect_optimizer=False)

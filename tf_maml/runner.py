@@ -173,14 +173,13 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
     if config.ensemble:
         from tf_maml import ensemble
 
-        checkpointer = learner_checkpointer(learner, directory)
         members = ensemble.select(
-            learner, checkpointer,
+            learner, directory,
             experiment.task_source(config, "val", experiment.test_num_query(config)),
             config.ensemble, config.num_test_tasks, num_steps,
             upto=config.test_iter if config.test_iter > 0 else None, batch_size=batch,
             log=log)
-        out = ensemble.evaluate(learner, checkpointer, members, source,
+        out = ensemble.evaluate(learner, directory, members, source,
                                 config.num_test_tasks, num_steps, seed, batch_size=batch,
                                 progress=progress)
     else:
