@@ -18,17 +18,15 @@ on it with ``--dataset_backend=tfds``. A rerun reuses the built dataset.
 
 from __future__ import annotations
 
-import sys
+from absl import flags
 
-from absl import app, flags, logging
-
+import data_prep
 from tf_maml.data.miniimagenet import (
     DEFAULT_PROGRESS_EVERY,
     EXPECTED_IMAGES_PER_CLASS,
     SPLITS,
     prepare_miniimagenet,
 )
-from tf_maml.data.prep import PrepError
 
 FLAGS = flags.FLAGS
 
@@ -64,20 +62,9 @@ def _prepare() -> str:
     return f"MiniImageNet {state}: {counts} in {FLAGS.output}"
 
 
-def _run(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        print(_prepare())
-    except PrepError as e:
-        logging.error("%s", e)
-        sys.exit(f"ERROR: {e}")
-
-
 def main() -> None:
     """Console entry point (``tf-maml-prep-miniimagenet``)."""
-    _define_flags()
-    app.run(_run)
+    data_prep.run(_define_flags, _prepare)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,15 @@ train on them with ``--dataset_backend=tfds``. A rerun reuses the built datasets
 
 from __future__ import annotations
 
-import sys
+from absl import flags
 
-from absl import app, flags, logging
-
+import data_prep
 from tf_maml.data.omniglot import (
     DEFAULT_PROGRESS_EVERY,
     EXPECTED_DRAWINGS_PER_CHARACTER,
     EXPECTED_NUM_CHARACTERS,
     prepare_omniglot,
 )
-from tf_maml.data.prep import PrepError
 
 FLAGS = flags.FLAGS
 
@@ -69,20 +67,9 @@ def _prepare() -> str:
             f"{result['drawings_per_character']} drawings in {FLAGS.output}")
 
 
-def _run(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        print(_prepare())
-    except PrepError as e:
-        logging.error("%s", e)
-        sys.exit(f"ERROR: {e}")
-
-
 def main() -> None:
     """Console entry point (``tf-maml-prep-omniglot``)."""
-    _define_flags()
-    app.run(_run)
+    data_prep.run(_define_flags, _prepare)
 
 
 if __name__ == "__main__":
