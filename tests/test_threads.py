@@ -42,6 +42,37 @@ def test_bad_thread_flags_are_refused(field, value):
         Config(datasource="sinusoid", **{field: value}).validate()
 
 
+ALLOCATOR_CHILD = """
+import keras, tensorflow as tf
+import tf_maml
+from tf_maml.threads import configure_threads, onednn_enabled, pool_tensors_without_onednn
+configure_threads()
+x = tf.random.normal([256, 256]) @ tf.random.normal([256, 256])
+try:  # TensorFlow keeps statistics for pooling allocators only (BFC, oneDNN's), not malloc
+    tf.config.experimental.get_memory_info("CPU:0")
+    pooled = True
+except ValueError:
+    pooled = False
+print(onednn_enabled(), pool_tensors_without_onednn(), pooled)
+"""
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "False True True"),  # Eigen kernels: BFC turned on
+    ({"TF_ENABLE_ONEDNN_OPTS": "1"}, "True False True"),  # oneDNN pools its own tensors
+    ({"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPU_ALLOCATOR_USE_BFC": "false"}, "False False False"),
+])
+def test_tensors_are_pooled_where_onednn_is_off_unless_the_user_says_otherwise(env, expected):
+    """configure_threads, after importing what the command imports and before the first op,
+    turns on TensorFlow's BFC allocator exactly where oneDNN is off; TensorFlow's allocator
+    statistics (kept only by pooling allocators) show which allocator the tensors came from."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPU_ALLOCATOR_USE_BFC")}
+    out = subprocess.run([sys.executable, "-c", ALLOCATOR_CHILD], check=True,
+                         capture_output=True, text=True, timeout=120, env={**base, **env})
+    assert out.stdout.split("\n")[-2] == expected, out.stdout + out.stderr
+
+
 MALLOC_CHILD = """
 import ctypes, resource, sys
 import numpy as np

@@ -69,6 +69,9 @@ def run(config: Config, log=print) -> dict:
     if threads:
         log(f"Threads: {threads} intra-op (task chunks run one per core; "
             "--intra_op_threads=0 keeps TensorFlow's default)")
+    if threads_lib.pool_tensors_without_onednn():
+        log("CPU tensors: TensorFlow's BFC pool, as oneDNN is off on this processor "
+            "(TF_CPU_ALLOCATOR_USE_BFC=false keeps plain malloc)")
     strategy = distribute.strategy_for(config)
     chief = distribute.is_chief(strategy)
     if config.distribution_strategy != "default":
