@@ -99,11 +99,14 @@ def evaluate(learner, run_dir: str, members: list[int], source, num_tasks: int,
     the learner's loss (and metric) score the average."""
     checkpointer = learner_checkpointer(learner, run_dir)
     total, query_y = None, None
-    for iteration in members:
+    for k, iteration in enumerate(members):
         checkpointer.restore(checkpointer.path_for(iteration), expect_optimizer=False)
+        # progress counts the task evaluations of all members: k * num_tasks done before
+        member_progress = None if progress is None else (
+            lambda done, total, k=k: progress(k * total + done, len(members) * total))
         out = evaluate_lib.evaluate(learner, source, num_tasks, num_steps, seed,
                                     batch_size=batch_size, predictions=True,
-                                    progress=progress)
+                                    progress=member_progress)
         total = out["predictions"] if total is None else total + out["predictions"]
         query_y = out["query_y"]
     mean = total / len(members)
