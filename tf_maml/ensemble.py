@@ -31,7 +31,7 @@ from tf_maml.zoo import read_json
 VALIDATION_SEED = 7
 
 
-def score(learner, values: dict[str, np.ndarray], num_steps: int) -> float:
+def score(values: dict[str, np.ndarray], num_steps: int) -> float:
     """A candidate's validation score: the mean metric (accuracy) after ``num_steps`` steps,
     or the negative mean loss for a learner without a metric."""
     if "metric" in values:
@@ -73,7 +73,7 @@ def select(learner, run_dir: str, val_source, size: int, num_tasks: int, num_ste
             continue
         values = evaluate_lib.evaluate(learner, val_source, num_tasks, num_steps,
                                        VALIDATION_SEED, batch_size=batch_size)
-        scored.append({"iteration": iteration, "score": score(learner, values, num_steps)})
+        scored.append({"iteration": iteration, "score": score(values, num_steps)})
         log(f"  candidate model-{iteration}: validation score {scored[-1]['score']:.4f} "
             f"({num_tasks} tasks, {num_steps} steps)")
     if not scored:
@@ -98,7 +98,7 @@ def evaluate(learner, run_dir: str, members: list[int], source, num_tasks: int,
     member adapts on its own, the query outputs (logits) are averaged over the members, and
     the learner's loss (and metric) score the average."""
     checkpointer = learner_checkpointer(learner, run_dir)
-    total, query_y = None, None
+    summed, query_y = None, None
     for k, iteration in enumerate(members):
         checkpointer.restore(checkpointer.path_for(iteration), expect_optimizer=False)
         # progress counts the task evaluations of all members: k * num_tasks done before
@@ -107,9 +107,9 @@ def evaluate(learner, run_dir: str, members: list[int], source, num_tasks: int,
         out = evaluate_lib.evaluate(learner, source, num_tasks, num_steps, seed,
                                     batch_size=batch_size, predictions=True,
                                     progress=member_progress)
-        total = out["predictions"] if total is None else total + out["predictions"]
+        summed = out["predictions"] if summed is None else summed + out["predictions"]
         query_y = out["query_y"]
-    mean = total / len(members)
+    mean = summed / len(members)
     steps = mean.shape[1]
     # [n, S+1, Nq, ...] -> one row per (task, step), each scored as one task.
     flat_pred = tf.constant(mean.reshape((-1,) + mean.shape[2:]))
