@@ -156,6 +156,22 @@ def _slim_checkpoint(run_dir: str, iteration: int, out_dir: str) -> None:
     tf.train.Checkpoint(**parts).write(os.path.join(out_dir, f"{CHECKPOINT_NAME}-{iteration}"))
 
 
+def _copy_checkpoint(run_dir: str, iteration: int, zoo_dir: str, weights_only: bool) -> None:
+    """Puts the run's ``model-<iteration>`` into ``zoo_dir`` (θ alone if ``weights_only``,
+    else the whole state), written beside it first so that no half checkpoint is left."""
+    tmp = zoo_dir + ".publish.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    if weights_only:
+        _slim_checkpoint(run_dir, iteration, tmp)
+    else:
+        for path in _checkpoint_files(run_dir, iteration):
+            shutil.copy2(path, tmp)
+    for path in glob.glob(os.path.join(tmp, "*")):
+        os.replace(path, os.path.join(zoo_dir, os.path.basename(path)))
+    os.rmdir(tmp)
+
+
 def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
             machine: str, log=print) -> bool:
     """Copies what is new in ``run_dir`` into ``zoo_dir``: its latest checkpoint (weights
@@ -173,17 +189,7 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
     # A newer checkpoint, or the same one now finished (its optimizer state can go).
     if run_latest > zoo_latest or (run_latest == zoo_latest > 0 and finished
                                    and meta.get("state") != "weights"):
-        tmp = zoo_dir + ".publish.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        if finished:
-            _slim_checkpoint(run_dir, run_latest, tmp)
-        else:
-            for path in _checkpoint_files(run_dir, run_latest):
-                shutil.copy2(path, tmp)
-        for path in glob.glob(os.path.join(tmp, "*")):
-            os.replace(path, os.path.join(zoo_dir, os.path.basename(path)))
-        os.rmdir(tmp)
+        _copy_checkpoint(run_dir, run_latest, zoo_dir, weights_only=finished)
         _write_index(zoo_dir, run_latest)
         _remove_checkpoints(zoo_dir, {run_latest})
         if os.path.exists(os.path.join(zoo_dir, ENSEMBLE_NAME)):
@@ -245,13 +251,7 @@ def _publish_ensemble(run_dir: str, zoo_dir: str, log) -> bool:
         return False
     for iteration in members:
         if iteration not in held:
-            tmp = zoo_dir + ".publish.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-            _slim_checkpoint(run_dir, iteration, tmp)
-            for path in glob.glob(os.path.join(tmp, "*")):
-                os.replace(path, os.path.join(zoo_dir, os.path.basename(path)))
-            os.rmdir(tmp)
+            _copy_checkpoint(run_dir, iteration, zoo_dir, weights_only=True)
     _remove_checkpoints(zoo_dir, set(members) | {latest_iteration(zoo_dir)})
     with open(os.path.join(zoo_dir, ENSEMBLE_NAME), "w") as f:
         f.write(record)
