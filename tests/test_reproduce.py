@@ -148,6 +148,27 @@ def test_missing_data_dir_is_reported_not_fatal(tmp_path):
     assert out.returncode == 2 and "--omniglot_dir" in out.stderr and "not a folder" in out.stderr
 
 
+@pytest.mark.parametrize("row, trains", [("omniglot20_1shot", True),
+                                          ("omniglot20_1shot_mamlpp", False)])
+def test_an_ensemble_keeps_its_evaluation_reserve_once_per_member(tmp_path, row, trains):
+    """4 minutes before the deadline with 1 minute kept per evaluated model: a one-model row
+    still trains; MAML++'s top-5 ensemble adapts 5 models per task and needs 5 minutes, so it
+    does not start training."""
+    import dataclasses
+    import time
+
+    table = {e.name: e for e in reproduce.load_experiments(FLAGS_DIR)}
+    p = reproduce.plan(table[row], str(tmp_path), {"omniglot": str(tmp_path)}, None,
+                       FLAGS_DIR, str(tmp_path / "zoo"))
+    assert p.models_evaluated == (1 if trains else 5)
+    p = dataclasses.replace(p, train_cmd=[sys.executable, "-c", "pass"])
+    lines = []
+    reproduce.execute(p, time.time() + 240, train=True, evaluate=False, reevaluate=False,
+                      eval_reserve_s=60, publish=lambda plan: None, log=lines.append)
+    assert any("no training budget left" in line for line in lines) != trains, lines
+    assert any("] training 0/" in line for line in lines) == trains, lines
+
+
 def test_placeholders_replace_machine_paths(tmp_path):
     paths = {str(tmp_path / "data" / "omniglot"): "$DATA/omniglot", str(tmp_path): "$LOGDIR"}
     text = f"tf-maml --data_dir={tmp_path}/data/omniglot --logdir={tmp_path}/sine/"

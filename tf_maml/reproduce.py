@@ -150,6 +150,12 @@ class Plan:
         c = self.train_config
         return 0 if c is None else c.pretrain_iterations + c.metatrain_iterations
 
+    @property
+    def models_evaluated(self) -> int:
+        """How many models one evaluation of the row adapts on every test task: the
+        ensemble's members (MAML++'s protocol), or the one."""
+        return max(1, self.eval_config.ensemble)
+
 
 def _cli() -> list[str]:
     return [sys.executable, "-m", "tf_maml.main"]
@@ -317,7 +323,8 @@ SHOWN = ("  [", "Validation", "Wrote", "Mean", "tf-maml:", "Interrupted", "Resto
 def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reevaluate: bool,
             eval_reserve_s: float, publish, log=print) -> dict:
     """Restores from the zoo, trains (unless finished, or out of budget), evaluates (unless
-    up to date) and publishes back to the zoo."""
+    up to date) and publishes back to the zoo. Training stops ``eval_reserve_s`` per model
+    the evaluation adapts (:attr:`Plan.models_evaluated`) before ``deadline``."""
     e = p.experiment
     log_path = os.path.join(p.run_dir, "reproduce.log")
     status: dict = {}
@@ -328,7 +335,9 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
         zoo_lib.restore(p.zoo_dir, p.run_dir, log)
     done = zoo_lib.latest_iteration(p.run_dir)
     if train and p.train_cmd and done < p.target:
-        remaining = None if deadline is None else deadline - eval_reserve_s - time.time()
+        # The evaluation after training needs its reserve once per model it adapts.
+        reserve = eval_reserve_s * p.models_evaluated
+        remaining = None if deadline is None else deadline - reserve - time.time()
         if remaining is not None and remaining < MIN_TRAIN_SECONDS:
             log(f"[{e.name}] no training budget left ({done}/{p.target} iterations)")
         else:
@@ -458,7 +467,8 @@ def main(argv, F):
         seen_train.add(p.run_dir)
         run_deadline = deadline
         if F.run_budget_minutes is not None and train and p.train_cmd:
-            own = time.time() + 60 * (F.run_budget_minutes + F.eval_reserve_minutes)
+            reserve = 60 * F.eval_reserve_minutes * p.models_evaluated
+            own = time.time() + 60 * F.run_budget_minutes + reserve
             run_deadline = own if deadline is None else min(deadline, own)
         status = execute(p, run_deadline, train, F.evaluate, F.reevaluate,
                          60 * F.eval_reserve_minutes, publish, log)
@@ -498,7 +508,8 @@ def define_flags(values) -> None:
       "if unset); runs cut short are partial and resume next time")
     d("float", "run_budget_minutes", None, "training time budget of each run (so one long "
       "run cannot take the whole --budget_minutes)")
-    d("float", "eval_reserve_minutes", 5, "part of the budget kept for evaluation")
+    d("float", "eval_reserve_minutes", 5, "part of the budget kept for evaluation (an "
+      "ensemble of N keeps N times it: each member adapts on every test task)")
     d("string", "logdir_root", "logs", "runs go to <logdir_root>/<the flagfile's logdir "
       "name>/<exp_string>")
     d("string", "omniglot_dir", None, "prepared Omniglot (data_prep.omniglot output)")
