@@ -132,6 +132,26 @@ def test_wall_time_speed_and_curve_from_the_training_log(tmp_path):
     assert tr_it.tolist() == [100, 200, 200, 300, 900]
 
 
+def test_a_partial_row_gives_its_recent_validation_and_hours_left(tmp_path):
+    """The status of a run stopped at 3000 of 6000 iterations: the mean of its last 10
+    validations (the 12 logged are 0.10, 0.15, ..., 0.65: the last 10 average 0.425),
+    and 3000 iterations at its 10 it/s."""
+    rows = "".join(f"{i},metatrain,1,2,,,{i / 10}\n{i},val,,,0.2,{0.05 + 0.05 * (i // 250)},"
+                   f"{i / 10}\n" for i in range(250, 3001, 250))
+    (tmp_path / "training_log.csv").write_text(
+        "iteration,phase,pre,post,val_pre,val_post,seconds\n" + rows)
+    log = report.read_training_log(str(tmp_path))
+    assert report.recent_validation(log) == (pytest.approx(0.425), 10, 750, 3000)
+    experiment = reproduce.Experiment(name="x", group="miniimagenet", label="x",
+                                      eval_flags="x.flags", zoo="x", train_flags="x.flags")
+    row = {"experiment": experiment, "state": None, "committed": 3000, "target": 6000,
+           "speed": report.last_speed(log), "validation": report.recent_validation(log),
+           "run": {"machines": ["a 2-core CPU"]}}
+    assert report.status(row) == (
+        "**partial**; state at 3000 committed; validation accuracy after adaptation 42.5% "
+        "(mean of the 10 validations at 750-3000); 5 min left at 10.00 it/s (a 2-core CPU)")
+
+
 def test_a_row_meets_the_paper_when_the_intervals_overlap():
     assert report.intervals_overlap(97.9, 0.5, (98.7, 0.4))       # 0.8 apart, 0.9 of room
     assert not report.intervals_overlap(97.7, 0.5, (98.7, 0.4))   # 1.0 apart
