@@ -194,7 +194,7 @@ def status(row: dict) -> str:
     text = "**partial**"
     if committed > evaluated:
         text += f"; state at {committed} committed"
-    if row.get("validation") and committed < target:
+    if row["validation"] and committed < target:
         value, k, first, last = row["validation"]
         shown = (f"validation MSE after adaptation {value:.3f}" if e.group == "sinusoid"
                  else f"validation accuracy after adaptation {100 * value:.1f}%")

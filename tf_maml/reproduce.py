@@ -156,6 +156,11 @@ class Plan:
         ensemble's members (MAML++'s protocol), or the one."""
         return max(1, self.eval_config.ensemble)
 
+    def eval_reserve_s(self, per_model_s: float) -> float:
+        """The time kept before a deadline for the evaluation after training: once per
+        model it adapts."""
+        return per_model_s * self.models_evaluated
+
 
 def _cli() -> list[str]:
     return [sys.executable, "-m", "tf_maml.main"]
@@ -324,7 +329,7 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
             eval_reserve_s: float, publish, log=print) -> dict:
     """Restores from the zoo, trains (unless finished, or out of budget), evaluates (unless
     up to date) and publishes back to the zoo. Training stops ``eval_reserve_s`` per model
-    the evaluation adapts (:attr:`Plan.models_evaluated`) before ``deadline``."""
+    the evaluation adapts (:meth:`Plan.eval_reserve_s`) before ``deadline``."""
     e = p.experiment
     log_path = os.path.join(p.run_dir, "reproduce.log")
     status: dict = {}
@@ -335,9 +340,8 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
         zoo_lib.restore(p.zoo_dir, p.run_dir, log)
     done = zoo_lib.latest_iteration(p.run_dir)
     if train and p.train_cmd and done < p.target:
-        # The evaluation after training needs its reserve once per model it adapts.
-        reserve = eval_reserve_s * p.models_evaluated
-        remaining = None if deadline is None else deadline - reserve - time.time()
+        remaining = (None if deadline is None
+                     else deadline - p.eval_reserve_s(eval_reserve_s) - time.time())
         if remaining is not None and remaining < MIN_TRAIN_SECONDS:
             log(f"[{e.name}] no training budget left ({done}/{p.target} iterations)")
         else:
@@ -467,8 +471,8 @@ def main(argv, F):
         seen_train.add(p.run_dir)
         run_deadline = deadline
         if F.run_budget_minutes is not None and train and p.train_cmd:
-            reserve = 60 * F.eval_reserve_minutes * p.models_evaluated
-            own = time.time() + 60 * F.run_budget_minutes + reserve
+            own = (time.time() + 60 * F.run_budget_minutes
+                   + p.eval_reserve_s(60 * F.eval_reserve_minutes))
             run_deadline = own if deadline is None else min(deadline, own)
         status = execute(p, run_deadline, train, F.evaluate, F.reevaluate,
                          60 * F.eval_reserve_minutes, publish, log)
