@@ -142,6 +142,9 @@ def test_a_partial_row_gives_its_recent_validation_and_hours_left(tmp_path):
         "iteration,phase,pre,post,val_pre,val_post,seconds\n" + rows)
     log = report.read_training_log(str(tmp_path))
     assert report.recent_validation(log) == (pytest.approx(0.425), 10, 750, 3000)
+    # With the state committed at 2500, the validations at 2750 and 3000 were of weights
+    # that are not in the zoo: the 10 up to 2500 are 0.10, 0.15, ..., 0.55, mean 0.325.
+    assert report.recent_validation(log, up_to=2500) == (pytest.approx(0.325), 10, 250, 2500)
     experiment = reproduce.Experiment(name="x", group="miniimagenet", label="x",
                                       eval_flags="x.flags", zoo="x", train_flags="x.flags")
     row = {"experiment": experiment, "state": None, "committed": 3000, "target": 6000,

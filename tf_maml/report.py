@@ -151,11 +151,16 @@ def validation_curve(rows: list[dict]):
 RECENT_VALIDATIONS = 10
 
 
-def recent_validation(rows: list[dict]) -> tuple[float, int, int, int] | None:
+def recent_validation(rows: list[dict], up_to: int | None = None
+                      ) -> tuple[float, int, int, int] | None:
     """The mean validation post-update value of the last :data:`RECENT_VALIDATIONS`
-    validations, with how many they are and their first and last iteration; None before
-    the first."""
+    validations at iterations up to ``up_to`` (the committed state's: the log is published
+    with the rows training wrote after its latest checkpoint, which validated weights that
+    are not in the zoo), with how many they are and their first and last iteration; None
+    before the first."""
     val_it, val, _, _ = validation_curve(rows)
+    if up_to is not None:
+        val, val_it = val[val_it <= up_to], val_it[val_it <= up_to]
     if not len(val):
         return None
     k = min(RECENT_VALIDATIONS, len(val))
@@ -167,12 +172,13 @@ def collect(experiment, zoo_dir: str, target: int, num_test_tasks: int) -> dict:
     """What the report needs of one row, read from its zoo folder."""
     record = zoo_lib.results(zoo_dir)
     log = read_training_log(zoo_dir)
+    committed = zoo_lib.latest_iteration(zoo_dir)
     return {"experiment": experiment, "zoo_dir": zoo_dir, "target": target,
             "tasks": num_test_tasks, "run": record.get("run", {}),
             "state": next((v for k, v in record.items()
                            if k.endswith("|" + experiment.name)), None),
-            "committed": zoo_lib.latest_iteration(zoo_dir), "wall": wall_seconds(log),
-            "speed": last_speed(log), "validation": recent_validation(log)}
+            "committed": committed, "wall": wall_seconds(log),
+            "speed": last_speed(log), "validation": recent_validation(log, committed)}
 
 
 def intervals_overlap(mean: float, ci: float, paper: tuple[float, float]) -> bool:
