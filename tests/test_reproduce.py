@@ -336,16 +336,24 @@ def test_sigterm_to_reproduce_stops_its_training_child_with_a_checkpoint(tmp_pat
             if line.strip().startswith("[") and "it/s" in line:
                 break
         # Keep reading: a child blocked on a full pipe could not finish its shutdown.
-        drain = threading.Thread(target=proc.stdout.read, daemon=True)
+        rest = []
+        drain = threading.Thread(target=lambda: rest.append(proc.stdout.read()), daemon=True)
         drain.start()
         time.sleep(1)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+        drain.join(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     run_dir = tmp_path / "logs" / "sine" / MAML_DIR
-    assert zoo.latest_iteration(str(run_dir)) > 0
+    saved = zoo.latest_iteration(str(run_dir))
+    assert saved > 0
+    # It exits as an interrupted command does, in one line, and the checkpoint its child
+    # saved on the way out is in the zoo already.
+    assert proc.returncode == 130
+    assert "Traceback" not in "".join(rest) and "interrupted" in "".join(rest)
+    assert zoo.latest_iteration(str(tmp_path / "zoo" / "sinusoid_maml_k10")) == saved
     log = (run_dir / "reproduce.log").read_text()
     assert "Interrupted at iteration" in log
     deadline = time.monotonic() + 30  # a loaded machine may take a while to reap the child

@@ -474,8 +474,14 @@ def main(argv, F):
             own = (time.time() + 60 * F.run_budget_minutes
                    + p.eval_reserve_s(60 * F.eval_reserve_minutes))
             run_deadline = own if deadline is None else min(deadline, own)
-        status = execute(p, run_deadline, train, F.evaluate, F.reevaluate,
-                         60 * F.eval_reserve_minutes, publish, log)
+        try:
+            status = execute(p, run_deadline, train, F.evaluate, F.reevaluate,
+                             60 * F.eval_reserve_minutes, publish, log)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: the training child has saved its checkpoint; keep it in the
+            # zoo too, so that a stop is never worse than the periodic publishing.
+            publish(p, force=True)
+            raise
         publish(p, force=True)
         if any(k.endswith("error") for k in status):
             failures[p.experiment.name] = status
@@ -562,6 +568,10 @@ def run(argv=None):
         except ReproduceError as err:
             print(f"tf-maml-reproduce: error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("tf-maml-reproduce: interrupted; the training process saved a checkpoint "
+                  "and the zoo holds it: the same command resumes.", file=sys.stderr)
+            return 130
 
     app.run(main_, argv=argv, flags_parser=parse)
 
