@@ -569,8 +569,10 @@ def run(argv=None):
             print(f"tf-maml-reproduce: error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("tf-maml-reproduce: interrupted; the training process saved a checkpoint "
-                  "and the zoo holds it: the same command resumes.", file=sys.stderr)
+            # Said of a run that was training; an interrupted evaluation just runs again.
+            kept = " and the zoo holds it" if values.publish else ""
+            print("tf-maml-reproduce: interrupted; a run that was training saved a checkpoint"
+                  f"{kept}: the same command resumes.", file=sys.stderr)
             return 130
 
     app.run(main_, argv=argv, flags_parser=parse)
