@@ -151,16 +151,12 @@ def validation_curve(rows: list[dict]):
 RECENT_VALIDATIONS = 10
 
 
-def recent_validation(rows: list[dict], up_to: int | None = None
-                      ) -> tuple[float, int, int, int] | None:
+def recent_validation(rows: list[dict]) -> tuple[float, int, int, int] | None:
     """The mean validation post-update value of the last :data:`RECENT_VALIDATIONS`
-    validations at iterations up to ``up_to`` (the committed state's: the log is published
-    with the rows training wrote after its latest checkpoint, which validated weights that
-    are not in the zoo), with how many they are and their first and last iteration; None
-    before the first."""
+    validations (a zoo folder's log ends at its checkpoint, so these are of the committed
+    state), with how many they are and their first and last iteration; None before the
+    first."""
     val_it, val, _, _ = validation_curve(rows)
-    if up_to is not None:
-        val, val_it = val[val_it <= up_to], val_it[val_it <= up_to]
     if not len(val):
         return None
     k = min(RECENT_VALIDATIONS, len(val))
@@ -178,7 +174,7 @@ def collect(experiment, zoo_dir: str, target: int, num_test_tasks: int) -> dict:
             "state": next((v for k, v in record.items()
                            if k.endswith("|" + experiment.name)), None),
             "committed": committed, "wall": wall_seconds(log),
-            "speed": last_speed(log), "validation": recent_validation(log, committed)}
+            "speed": last_speed(log), "validation": recent_validation(log)}
 
 
 def intervals_overlap(mean: float, ci: float, paper: tuple[float, float]) -> bool:

@@ -260,20 +260,10 @@ class CSVLog:
         self.path, self.columns, self.file = path, list(columns), None
 
     def start(self, iteration: int) -> None:
-        rows = []
-        if os.path.exists(self.path):
-            with open(self.path, newline="") as f:
-                for row in csv.DictReader(f):
-                    try:
-                        if int(row["iteration"]) <= iteration:
-                            rows.append(row)
-                    except (KeyError, TypeError, ValueError):
-                        continue  # a line a crash cut short
+        _, rows = read_csv_up_to(self.path, iteration)
         run_dir = os.path.dirname(self.path) or "."
         with writing(run_dir, f"write {os.path.basename(self.path)}"):
-            text = _csv_text([self.columns] + [[r.get(c, "") for c in self.columns]
-                                               for r in rows])
-            atomic_write(self.path, text)
+            atomic_write(self.path, csv_text(self.columns, rows))
             self.file = open(self.path, "a", newline="")  # noqa: SIM115 (closed in close())
         self.writer = csv.writer(self.file)
 
@@ -290,9 +280,27 @@ class CSVLog:
             self.file = None
 
 
-def _csv_text(rows) -> str:
+def read_csv_up_to(path: str, iteration: int) -> tuple[list[str], list[dict]]:
+    """The columns of the :class:`CSVLog` at ``path`` and its rows up to ``iteration`` (none
+    if there is no file; a line a crash cut short is skipped)."""
+    if not os.path.exists(path):
+        return [], []
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            try:
+                if int(row["iteration"]) <= iteration:
+                    rows.append(row)
+            except (KeyError, TypeError, ValueError):
+                continue
+        return list(reader.fieldnames or []), rows
+
+
+def csv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:
     import io
 
     out = io.StringIO()
-    csv.writer(out).writerows(rows)
+    csv.writer(out).writerows([list(columns)] + [[r.get(c, "") for c in columns]
+                                                 for r in rows])
     return out.getvalue()

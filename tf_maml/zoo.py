@@ -10,7 +10,8 @@ A zoo folder is the part of a run directory worth keeping:
   of the size (a finished run needs no optimizer);
 - ``config.json``: the run's configuration, machine paths replaced by placeholders
   (``$DATA/omniglot``, ``$LOGDIR/...``);
-- ``training_log.csv``: the training curve (and the wall time, summed over sessions);
+- ``training_log.csv``: the training curve up to the checkpoint held (and the wall time,
+  summed over sessions);
 - the evaluations, in the original's formats (``test_ubs<K>_stepsize<α>.csv/.pkl``, and the
   per-task ``.npy``), and ``results.json``: what each evaluation gave, of which iteration,
   with the commands (placeholders again), the date and the machine;
@@ -31,7 +32,8 @@ import json
 import os
 import shutil
 
-from tf_maml.rundir import CHECKPOINT_NAME, ENSEMBLE_NAME, checkpoint_prefixes
+from tf_maml.rundir import (CHECKPOINT_NAME, ENSEMBLE_NAME, atomic_write, checkpoint_prefixes,
+                            csv_text, read_csv_up_to)
 
 RESULTS_FILE = "results.json"
 RUN_STATE_FILE = "reproduce.json"  # the run directory's record of its evaluations
@@ -195,8 +197,11 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
         if os.path.exists(os.path.join(zoo_dir, ENSEMBLE_NAME)):
             os.remove(os.path.join(zoo_dir, ENSEMBLE_NAME))  # of an earlier iteration
         for name in KEPT_FILES:
-            if os.path.exists(os.path.join(run_dir, name)):
-                shutil.copy2(os.path.join(run_dir, name), os.path.join(zoo_dir, name))
+            # Cut at the checkpoint published: the rows training wrote after it (validations
+            # included) are of weights the zoo does not hold, and a resume writes them again.
+            columns, rows = read_csv_up_to(os.path.join(run_dir, name), run_latest)
+            if columns:
+                atomic_write(os.path.join(zoo_dir, name), csv_text(columns, rows))
         with open(os.path.join(run_dir, "config.json")) as f:
             config_text = sanitized_config(f.read(), paths)
         with open(os.path.join(zoo_dir, "config.json"), "w") as f:
