@@ -150,13 +150,18 @@ def test_a_partial_row_gives_its_recent_validation_and_hours_left(tmp_path):
     assert report.status(row) == (
         "**partial**; state at 3000 committed; validation accuracy after adaptation 42.5% "
         "(mean of the 10 validations at 750-3000); 5 min left at 10.00 it/s (a 2-core CPU)")
+    # Trained to the end but not evaluated (a baseline whose shared pretraining another row
+    # ran): nothing is partial, and nothing is left to train.
+    assert report.status(dict(row, committed=6000)) == (
+        "trained (6000 committed), not evaluated yet")
 
 
-def test_the_zoo_log_ends_at_the_checkpoint_it_holds(tmp_path):
+def test_the_zoo_holds_the_log_up_to_its_checkpoint_and_each_evaluation_once(tmp_path):
     """A run stopped at 3000 whose latest checkpoint is 2500: the rows logged after 2500 (two
     validations among them) are of weights the zoo does not hold, so the published log ends
     at 2500, and the row's recent validation is that of the committed state: the 10 up to
-    2500 are 0.10, 0.15, ..., 0.55, mean 0.325 (0.425 with the two later ones)."""
+    2500 are 0.10, 0.15, ..., 0.55, mean 0.325 (0.425 with the two later ones). An
+    evaluation is published with placeholders for the machine's paths, and only once."""
     import tensorflow as tf
 
     run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo" / "x"
@@ -167,7 +172,16 @@ def test_the_zoo_log_ends_at_the_checkpoint_it_holds(tmp_path):
     (run_dir / "training_log.csv").write_text(header + rows + "3001,metatr")  # a cut line
     (run_dir / "config.json").write_text("{}")
     tf.train.Checkpoint(v=tf.Variable(1.0)).write(str(run_dir / "model-2500"))
-    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", log=lambda _: None)
+    command = f"tf-maml --logdir={tmp_path}/run --train=False"
+    (run_dir / zoo.RUN_STATE_FILE).write_text(json.dumps(
+        {"test_ubs1_stepsize0.01|x": {"iteration": 2500, "eval_command": command}}))
+    (run_dir / "test_ubs1_stepsize0.01.csv").write_text("0.5\n")
+    paths = {str(tmp_path): "$LOGDIR"}
+    assert zoo.publish(str(run_dir), str(zoo_dir), False, paths, "m", log=lambda _: None)
+    held = zoo.results(str(zoo_dir))["test_ubs1_stepsize0.01|x"]
+    assert held["eval_command"] == "tf-maml --logdir=$LOGDIR/run --train=False"
+    # Published once: the same run directory again changes nothing.
+    assert not zoo.publish(str(run_dir), str(zoo_dir), False, paths, "m", log=lambda _: None)
     published = (zoo_dir / "training_log.csv").read_text()
     assert published.startswith(header) and published.count("\n") == 1 + 2 * 10
     assert published.splitlines()[-1].startswith("2500,val,")

@@ -182,8 +182,8 @@ def intervals_overlap(mean: float, ci: float, paper: tuple[float, float]) -> boo
 
 
 def status(row: dict) -> str:
-    """complete | partial (with the state committed, the recent validation and the hours
-    left) | not run."""
+    """complete | trained, not evaluated yet | partial (with the state committed, the recent
+    validation and the hours left) | not run."""
     e, state = row["experiment"], row["state"]
     if e.train_flags is None:
         return "complete" if state else "not run"
@@ -193,6 +193,8 @@ def status(row: dict) -> str:
     evaluated = state["iteration"] if state else 0
     if evaluated >= target:
         return "complete"
+    if committed >= target and not state:  # e.g. a baseline whose shared pretraining is done
+        return f"trained ({committed} committed), not evaluated yet"
     text = "**partial**"
     if committed > evaluated:
         text += f"; state at {committed} committed"

@@ -217,21 +217,22 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
     if finished and _publish_ensemble(run_dir, zoo_dir, log):
         changed = True
     for key, entry in run_results.items():
-        if "|" not in key or entry == {k: v for k, v in zoo_results.get(key, {}).items()
-                                       if k in entry}:
+        if "|" not in key:
             continue
-        if zoo_results.get(key, {}).get("iteration", -1) > entry.get("iteration", 0):
+        # As the zoo holds it: commands with placeholders, and the machine.
+        entry = dict(entry)
+        for field in ("eval_command", "train_command"):
+            if entry.get(field):
+                entry[field] = placeholder(entry[field], paths)
+        entry.setdefault("machine", machine)
+        held = zoo_results.get(key, {})
+        if entry == held or held.get("iteration", -1) > entry.get("iteration", 0):
             continue
         name = key.split("|", 1)[0]
         for ext in (".csv", ".pkl", ".npy"):
             src = os.path.join(run_dir, name + ext)
             if os.path.exists(src):
                 shutil.copy2(src, os.path.join(zoo_dir, name + ext))
-        entry = dict(entry)
-        for field in ("eval_command", "train_command"):
-            if entry.get(field):
-                entry[field] = placeholder(entry[field], paths)
-        entry.setdefault("machine", machine)
         zoo_results[key] = entry
         changed = True
         log(f"  zoo: {zoo_dir} now holds the evaluation {key} of iteration "
