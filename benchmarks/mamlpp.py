@@ -6,6 +6,12 @@ Three learners on the same synthetic batches (benchmarks.side_by_side): MAML; MA
 its multi-step-loss phase (LSLR, per-step batch norm, MSL, cosine meta learning rate: one
 extra query pass per inner step); MAML++ after it (LSLR and per-step batch norm only). Each
 ratio is the median of the per-window ratios to MAML.
+
+    python -m benchmarks.mamlpp --plans --configs=miniimagenet,omniglot20
+
+times instead, with and without MSL, each of the execution plans autotuning chooses between
+(tf_maml.autotune times the plain objective once per run; this checks that MSL's extra
+query passes do not change which plan is fastest).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["miniimagenet", "omniglot20"], "benchmark configurations")
 flags.DEFINE_integer("windows", 5, "timed windows per learner")
 flags.DEFINE_integer("steps_per_window", 3, "meta-steps per window")
+flags.DEFINE_bool("plans", False, "time autotuning's candidate plans with and without MSL")
 
 TRICKS = {"lslr": True, "per_step_bn": True, "cosine_annealing_iterations": 50000}
 VARIANTS = {
@@ -27,8 +34,43 @@ VARIANTS = {
 }
 
 
+def plan_variants(name: str) -> dict[str, dict]:
+    """Autotuning's candidate plans for configuration ``name`` as build_tf_learner kwargs,
+    by their description."""
+    from benchmarks.common import make_batch
+    from benchmarks.meta_step import build_tf_learner
+
+    learner = build_tf_learner(name, **TRICKS)
+    batch = make_batch(name, seed=0)
+    out = {}
+    for plan in learner.plan.candidates(learner.model, batch):
+        kwargs = dict(TRICKS)
+        if plan.tasks_per_chunk is not None:
+            kwargs.update(task_parallelism=f"accumulate:{plan.tasks_per_chunk}",
+                          parallel_chunks=plan.parallel_chunks or 0)
+        out[plan.describe(learner.model, batch)] = kwargs
+    return out
+
+
+def compare_plans() -> None:
+    print("| config | plan | it/s with MSL | it/s without |")
+    print("|---|---|---|---|")
+    for name in FLAGS.configs:
+        plans = plan_variants(name)
+        with_msl = side_by_side(name, {k: dict(v, msl_iterations=10**9) for k, v in plans.items()},
+                                FLAGS.windows, FLAGS.steps_per_window)
+        without = side_by_side(name, plans, FLAGS.windows, FLAGS.steps_per_window)
+        for plan in plans:
+            print(f"| {name} | {plan} | {with_msl[plan]:.3f} | {without[plan]:.3f} |", flush=True)
+
+
 def main(argv):
     del argv
+    if FLAGS.plans:
+        print(f"# {cpu_name()}; {FLAGS.windows} alternating windows of "
+              f"{FLAGS.steps_per_window} meta-steps each")
+        compare_plans()
+        return
     print(f"# {cpu_name()}; {FLAGS.windows} alternating windows of {FLAGS.steps_per_window} "
           "meta-steps each")
     print("| config | MAML it/s | MAML++ with MSL it/s (/ MAML) | MAML++ after MSL it/s (/ MAML) |")

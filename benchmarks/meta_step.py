@@ -56,7 +56,8 @@ def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
                      parallel_chunks: int = 0, **learner_kwargs):
     """The MetaLearner of configuration ``name``; ``task_parallelism`` may be
     ``"accumulate:N"`` (N tasks per chunk); ``parallel_chunks`` 0: the default;
-    ``learner_kwargs`` go to MetaLearner (e.g. ``adapt_layers="head"``)."""
+    ``learner_kwargs`` go to MetaLearner (e.g. ``adapt_layers="head"``; ``inner_steps``
+    replaces the configuration's)."""
     import keras
 
     from tf_maml import losses, models
@@ -74,7 +75,8 @@ def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
                              norm="batch_norm")
         loss_fn, metric_fn = losses.summed_xent(cfg["k_shot"]), losses.accuracy
     mode, _, chunk = task_parallelism.partition(":")
-    return MetaLearner(model, loss_fn, inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
+    inner_steps = learner_kwargs.pop("inner_steps", cfg["inner_steps"])
+    return MetaLearner(model, loss_fn, inner_lr=cfg["inner_lr"], inner_steps=inner_steps,
                        first_order=cfg["first_order"], meta_lr=cfg["meta_lr"],
                        metric_fn=metric_fn, meta_grad_clip=cfg["clip_value"],
                        plan=ExecutionPlan(mode, tasks_per_chunk=int(chunk) if chunk else None,
