@@ -26,7 +26,8 @@ it outlasted one); evaluation restored the checkpoint of the iteration given and
 tasks with `--train=False` (seeded task streams: the same test tasks for every checkpoint).
 Image accuracies are the last column of the original's CSV (10 gradient steps at test; the
 fine-tuning baseline's steps are chosen on validation tasks, the nearest-neighbour baseline
-takes none), mean ± 1.96·std/√n over the tasks; sinusoid numbers are query MSE, mean ± the same half-width.
+takes none), mean ± 1.96·std/√n over the tasks; sinusoid numbers are query MSE, mean ± the
+same half-width.
 A row meets the paper when our 95% interval overlaps the paper's. Wall time is the training
 time summed over sessions, from the run's `training_log.csv`. A **partial** row evaluates a
 run stopped before the paper's iteration count; its latest state is in the zoo, and the same
