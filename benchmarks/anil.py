@@ -9,7 +9,8 @@ layers. Both learners get the same synthetic batches, timed in alternating windo
 
 A third learner, ANIL with one inner step, bounds what computing the body's features once per
 task (instead of at every inner step, as the body does not change in ANIL's inner loop)
-could save: it still runs one support pass, as caching would (docs/engine.md).
+could save: it still runs one support pass, as caching would (docs/engine.md). Its ratio
+to ANIL is the ratio of the two medians.
 """
 
 from __future__ import annotations

@@ -66,13 +66,11 @@ def compare_plans() -> None:
 
 def main(argv):
     del argv
-    if FLAGS.plans:
-        print(f"# {cpu_name()}; {FLAGS.windows} alternating windows of "
-              f"{FLAGS.steps_per_window} meta-steps each")
-        compare_plans()
-        return
     print(f"# {cpu_name()}; {FLAGS.windows} alternating windows of {FLAGS.steps_per_window} "
           "meta-steps each")
+    if FLAGS.plans:
+        compare_plans()
+        return
     print("| config | MAML it/s | MAML++ with MSL it/s (/ MAML) | MAML++ after MSL it/s (/ MAML) |")
     print("|---|---|---|---|")
     for name in FLAGS.configs:
