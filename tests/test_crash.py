@@ -30,6 +30,16 @@ def state(run_dir, iteration):
             if n.endswith("VARIABLE_VALUE") and not n.startswith("save_counter")}
 
 
+def last_logged(run_dir):
+    """The last iteration in the run's training_log.csv (rows are flushed as written)."""
+    try:
+        with open(run_dir / "training_log.csv") as f:
+            rows = [line.split(",")[0] for line in list(f)[1:]]
+    except FileNotFoundError:
+        return 0
+    return max((int(r) for r in rows if r.isdigit()), default=0)
+
+
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     subprocess.run(command(tmp_path / "a"), cwd=REPO, env=env, check=True,
@@ -41,7 +51,11 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert first.exists(), "the run never wrote its first checkpoint"
-    time.sleep(random.uniform(0.0, 2.0))  # somewhere in the middle of training (or writing)
+    # Somewhere in the middle of training (or writing): a random moment, cut short once the
+    # log passes iteration 2000 so that a fast processor cannot finish the run first.
+    kill_at = time.time() + random.uniform(0.0, 2.0)
+    while time.time() < kill_at and last_logged(tmp_path / "b" / RUN) < 2000:
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "b" / RUN / "model-3000.index").exists(), "killed too late"
