@@ -403,3 +403,93 @@ def test_anil_head_is_the_last_layer_with_weights_and_mappings_agree():
         np.testing.assert_allclose(results[mode][1], results["loop"][1], rtol=1e-5)
     with pytest.raises(ValueError, match="adapt_layers must be one of"):
         MetaLearner(model, losses.summed_xent(1), adapt_layers="body")
+
+
+def test_anil_runs_the_body_once_per_task_whatever_the_inner_steps(problem):
+    """ANIL's inner loop runs the head alone on the support set's features: with 3 inner
+    steps the body sees each task's support set once and its query set once (MAML: 3 + 1
+    times), and the meta-gradient is still the finite differences' of ANIL's objective."""
+    theta, tasks = problem
+    passes = []
+
+    class CountPasses(keras.layers.Layer):
+        def call(self, x):
+            passes.append(x.shape)
+            return x
+
+    def learner(**kwargs):
+        model = keras.Sequential([
+            keras.Input((1,), dtype="float64"), CountPasses(dtype="float64"),
+            keras.layers.Dense(HIDDEN, activation="tanh", dtype="float64"),
+            keras.layers.Dense(1, dtype="float64"),
+        ])
+        model.set_weights(list(unpack(theta)))
+        return MetaLearner(model, losses.mse, inner_lr=ALPHA, inner_steps=3,
+                           plan=ExecutionPlan("loop"), **kwargs)
+
+    anil = learner(adapt_layers="head")
+    passes.clear()
+    grads, _ = anil.meta_gradients(as_batch(tasks))
+    assert len(passes) == 2 * len(tasks)
+    expected = finite_difference(lambda t: np_anil_objective(t, tasks, 3), theta)
+    np.testing.assert_allclose(flat(grads), expected, rtol=1e-5, atol=1e-8)
+    maml = learner()
+    passes.clear()
+    maml.meta_gradients(as_batch(tasks))
+    assert len(passes) == 4 * len(tasks)
+
+
+@pytest.mark.parametrize("mapping", ["per_task", "batched"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anil_body_features_once_give_the_whole_models_meta_gradient(mapping, first_order):
+    """conv4 with batch norm in its body: 3 head-only inner steps on the body's features
+    computed once give the meta-gradient of running the whole model at every step."""
+    from tf_maml import adapt as adapt_lib
+    from tf_maml.mapping.base import model_runner
+    from tf_maml.mapping.batched import Batched
+
+    keras.utils.set_random_seed(2)
+    model = conv4((28, 28, 1), 5, num_filters=8)
+    batch = tuple(tf.constant(t) for t in conv_batch(3))
+    if mapping == "batched":
+        runner, (sx, sy, qx, qy) = Batched(model).runner(batch), batch
+    else:
+        runner, (sx, sy, qx, qy) = model_runner(model), (t[0] for t in batch)
+    assert runner.split is not None
+    mask = adapt_lib.adapted_mask(model, adapt_layers="head")
+    loss_fn = runner.per_task(losses.summed_xent(1))
+    theta = [v.value for v in model.trainable_variables]
+    results = []
+    for split in (runner.split, None):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            fast, _, _ = adapt_lib.adapt(model, runner.weights(theta), sx, sy, loss_fn, 0.4, 3,
+                                         first_order=first_order, mask=mask,
+                                         forward_fn=runner.forward, split=split)
+            objective = tf.reduce_sum(loss_fn(qy, runner.forward(fast, qx)))
+        results.append((flat(tape.gradient(objective, theta)), float(objective)))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4, atol=2e-5)  # float32
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
+    body_size = sum(int(np.prod(t.shape)) for t in theta[:-2])  # all but the head's two
+    assert np.max(np.abs(results[0][0][:body_size])) > 1e-6  # the body is reached
+
+
+def test_a_subclassed_model_is_not_cut_and_anil_still_adapts_its_head():
+    from tf_maml import adapt as adapt_lib
+
+    class TwoDense(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = keras.layers.Dense(3), keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.head(keras.ops.tanh(self.body(x)))
+
+    model = TwoDense()
+    model(np.zeros((1, 2), "float32"))
+    assert adapt_lib.model_split(model) is None
+    learner = MetaLearner(model, losses.mse, inner_lr=0.1, adapt_layers="head")
+    x, y = np.ones((4, 2), "float32"), np.zeros((4, 1), "float32")
+    fast = learner.adapt(x, y, num_steps=1)
+    np.testing.assert_array_equal(fast[0].numpy(), model.body.kernel.numpy())
+    assert np.max(np.abs(fast[2].numpy() - model.head.kernel.numpy())) > 0

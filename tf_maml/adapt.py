@@ -20,6 +20,7 @@ the original code's ``--stop_grad`` (first-order MAML).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import keras
@@ -125,6 +126,61 @@ def forward(
         return model(inputs, training=training)
 
 
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A forward pass cut just before the model's head (:func:`head_layer`):
+    ``forward(w, x) == head(w, body(w, x))``, where ``body`` reads none of the weights at
+    ``head_indices`` (indices into ``model.trainable_variables``).
+
+    When the inner loop adapts only those weights (ANIL), the body's features of the
+    support set are the same at every inner step, so :func:`adapt` computes them once and
+    runs only the head in the loop. The outer tape records that one body pass, and the
+    meta-gradient reaches the body's weights through the features, as before."""
+
+    body: ForwardFn
+    head: ForwardFn
+    head_indices: frozenset[int]
+
+    def serves(self, mask: Sequence[bool] | None) -> bool:
+        """Whether every weight the mask adapts is the head's (the body's never changes)."""
+        return mask is not None and all(
+            i in self.head_indices for i, adapted in enumerate(mask) if adapted)
+
+
+def model_split(model: keras.Model) -> Split | None:
+    """The :class:`Split` of a model whose graph is a chain of layers (Sequential or
+    functional) with the head in it once, for :func:`forward`'s pass of one task; None for
+    any other model (a subclassed one: its call is opaque), which then runs whole."""
+    try:
+        chain = [layer for layer in keras_internals.layer_chain(model)
+                 if not isinstance(layer, keras.layers.InputLayer)]
+    except keras_internals.NotAChain:
+        return None
+    head = head_layer(model)
+    at = [i for i, layer in enumerate(chain) if layer is head]
+    if len(at) != 1:
+        return None
+    body_layers, head_layers = chain[:at[0]], chain[at[0]:]
+    index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    body_ids = {id(v) for layer in body_layers for v in layer.trainable_variables}
+    head_ids = {id(v) for layer in head_layers for v in layer.trainable_variables}
+    if body_ids & head_ids or body_ids | head_ids != set(index):
+        return None  # a weight shared across the cut, or one the chain does not show
+
+    def run(layers):
+        def part(weights, x):
+            keras_internals.use_exact_moments(model)
+            mapping = (list(zip(model.trainable_variables, weights))
+                       + [(v, v.value) for v in model.non_trainable_variables])
+            with keras.StatelessScope(state_mapping=mapping):
+                for layer in layers:  # what the model's call does, in two parts
+                    x = layer(x, training=True)
+            return x
+        return part
+
+    return Split(run(body_layers), run(head_layers), frozenset(index[i] for i in head_ids))
+
+
 def inner_step(
     forward_fn: ForwardFn,
     weights: Sequence[tf.Tensor],
@@ -180,6 +236,7 @@ def adapt(
     return_all: bool = False,
     forward_fn: ForwardFn | None = None,
     step_params: Callable[[list[tf.Tensor], int], list[tf.Tensor]] | None = None,
+    split: Split | None = None,
 ):
     """``num_steps`` inner SGD steps from ``weights`` on one task's support set.
 
@@ -201,10 +258,19 @@ def adapt(
     Step s then runs on ``step_params(θ_s, s)``, so ``θ_{s+1}`` carries step s's values,
     the ones its query pass uses (as MAML++ indexes them), and index 0 of the trajectory
     is ``step_params(weights, 0)``.
+
+    ``split`` (:class:`Split`, of ``forward_fn``): when ``mask`` adapts only the head's
+    weights and no step changes others (no ``step_params``), the body runs once on the
+    support set and the inner steps run the head alone on its features (ANIL); otherwise
+    it is not used. The values are the same either way, up to float rounding.
     """
     if forward_fn is None:
         def forward_fn(w, x):
             return forward(model, w, x, non_trainable)
+
+    if split is not None and step_params is None and split.serves(mask):
+        support_x = split.body(weights, support_x)
+        forward_fn = split.head
 
     def lr_at(step):
         return inner_lr(step) if callable(inner_lr) else inner_lr

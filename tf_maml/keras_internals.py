@@ -6,9 +6,10 @@ known model, so a Keras release that renames or changes one fails there, loudly,
 than somewhere deep in a meta-gradient.
 
 * :func:`layers_of`: every layer of a model, nested ones included (``_flatten_layers``).
-* :func:`is_functional` and :func:`producer`: walk a functional model's graph from its
-  output back to its input (``Functional``, ``_keras_history``, ``_inbound_nodes``), which
-  the batched-task path needs to rewrite a linear chain of layers.
+* :func:`is_functional`, :func:`producer` and :func:`layer_chain`: walk a functional
+  model's graph from its output back to its input (``Functional``, ``_keras_history``,
+  ``_inbound_nodes``). The batched-task path rewrites such a linear chain of layers, and
+  ANIL's inner loop runs it in two parts, body and head (:class:`tf_maml.adapt.Split`).
 * :func:`use_exact_moments`: batch statistics that are exact to every order of derivative
   for a ``keras.layers.BatchNormalization`` (its ``_moments`` and ``_reduction_axes``).
   ``tf.nn.moments``, what Keras' layer uses on TensorFlow, computes the variance as
@@ -52,6 +53,38 @@ def producer(tensor) -> tuple[keras.layers.Layer, list, tuple, dict] | None:
     layer = history.operation
     node = layer._inbound_nodes[history.node_index]
     return layer, list(node.input_tensors), tuple(node.arguments.args), dict(node.arguments.kwargs)
+
+
+class NotAChain(ValueError):
+    """The model's graph is not one chain of layers, each called on the previous output."""
+
+
+def layer_chain(model: keras.Model) -> list:
+    """The layers of ``model`` in order (nested models flattened), if its graph is a single
+    chain: calling them one after the other on the input is calling the model. Raises
+    :class:`NotAChain` saying why not."""
+    if isinstance(model, keras.Sequential):
+        layers = []
+        for layer in model.layers:
+            layers.extend(layer_chain(layer) if isinstance(layer, keras.Model) else [layer])
+        return layers
+    if not is_functional(model):
+        raise NotAChain(f"{type(model).__name__} is a subclassed model: its call is opaque")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise NotAChain("the model has several inputs or outputs")
+    layers, tensor = [], model.outputs[0]
+    while tensor is not model.inputs[0]:
+        call = producer(tensor)
+        if call is None or isinstance(call[0], keras.layers.InputLayer):
+            raise NotAChain("the graph does not lead back to the model's input")
+        op, inputs, args, kwargs = call
+        # Keras records e.g. mask=None; a set keyword (training=False, ...) is not ours.
+        set_kwargs = [k for k, v in kwargs.items() if v is not None]
+        if set_kwargs or len(args) != 1 or len(inputs) != 1:
+            raise NotAChain(f"layer {op.name!r} is not called on one tensor alone")
+        layers.extend(reversed(layer_chain(op)) if isinstance(op, keras.Model) else [op])
+        tensor = inputs[0]
+    return layers[::-1]
 
 
 # ---------------------------------------------------------------------------- batch norm

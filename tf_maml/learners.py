@@ -383,6 +383,7 @@ class MetaLearner:
             first_order=first_order, mask=self.mask if mask is None else mask,
             return_all=return_all, forward_fn=runner.forward,
             step_params=self.step_params(theta, bn_steps, runner),
+            split=runner.split if self.plan.cache_body_features else None,
         )
 
     def task_objective(self, task, theta, inner_lrs=(), pretrain: bool = False,

@@ -23,12 +23,14 @@ class Runner:
     ``forward(weights, x)`` is the forward pass for :func:`tf_maml.adapt.adapt`;
     ``weights(theta)`` lays out θ as ``forward`` takes it (θ itself, or one copy per task);
     ``per_task(fn)`` turns a loss or metric of ONE task into one over what is run (``fn``
-    itself, or one value per task).
+    itself, or one value per task); ``split``: ``forward`` cut before the head, for ANIL's
+    inner loop (:class:`tf_maml.adapt.Split`; None: the model cannot be cut).
     """
 
     forward: adapt_lib.ForwardFn
     weights: Callable[[list[tf.Tensor]], list[tf.Tensor]]
     per_task: Callable[[Callable], Callable]
+    split: adapt_lib.Split | None = None
 
 
 class Mapping:
@@ -55,7 +57,7 @@ class Mapping:
 def model_runner(model: keras.Model) -> Runner:
     """One task through the Keras model itself (:func:`tf_maml.adapt.forward`)."""
     return Runner(forward=lambda weights, x: adapt_lib.forward(model, weights, x),
-                  weights=list, per_task=lambda fn: fn)
+                  weights=list, per_task=lambda fn: fn, split=adapt_lib.model_split(model))
 
 
 def num_tasks(batch: Sequence) -> int | tf.Tensor:

@@ -36,6 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_maml import adapt as adapt_lib
 from tf_maml import keras_internals
 from tf_maml import models as tf_maml_models
 from tf_maml.mapping.base import Mapping, Runner, num_tasks
@@ -77,32 +78,6 @@ class _Step:
 
 
 # ---------------------------------------------------------------------------- the layer steps
-def _chain(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers of ``model`` in order, if its graph is a single chain."""
-    if isinstance(model, keras.Sequential):
-        layers = []
-        for layer in model.layers:
-            layers.extend(_chain(layer) if isinstance(layer, keras.Model) else [layer])
-        return layers
-    if not keras_internals.is_functional(model):
-        raise Unsupported(f"{type(model).__name__} is a subclassed model: its call is opaque")
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise Unsupported("the model has several inputs or outputs")
-    layers, tensor = [], model.outputs[0]
-    while tensor is not model.inputs[0]:
-        call = keras_internals.producer(tensor)
-        if call is None or isinstance(call[0], keras.layers.InputLayer):
-            raise Unsupported("the graph does not lead back to the model's input")
-        op, inputs, args, kwargs = call
-        # Keras records e.g. mask=None; a set keyword (training=False, ...) is not ours.
-        set_kwargs = [k for k, v in kwargs.items() if v is not None]
-        if set_kwargs or len(args) != 1 or len(inputs) != 1:
-            raise Unsupported(f"layer {op.name!r} is not called on one tensor alone")
-        layers.extend(reversed(_chain(op)) if isinstance(op, keras.Model) else [op])
-        tensor = inputs[0]
-    return layers[::-1]
-
-
 def _activation_ok(fn) -> bool:
     return fn is None or any(fn is a for a in _ELEMENTWISE_ACTIVATIONS)
 
@@ -162,7 +137,11 @@ def _layer_steps(model: keras.Model) -> list[_Step]:
         raise Unsupported("the model is not built")
     index = {id(v): i for i, v in enumerate(model.trainable_variables)}
     steps, used = [], set()
-    for layer in _chain(model):
+    try:
+        chain = keras_internals.layer_chain(model)
+    except keras_internals.NotAChain as e:
+        raise Unsupported(str(e)) from None
+    for layer in chain:
         kind = _check_layer(layer)
         if kind == "input":
             continue
@@ -436,6 +415,21 @@ def _stack(params: Sequence[tf.Tensor], count) -> list[tf.Tensor]:
     return out
 
 
+def _split(model: keras.Model, steps: Sequence[_Step]) -> adapt_lib.Split | None:
+    """The batched forward pass cut before the head (:class:`tf_maml.adapt.Split`)."""
+    head = adapt_lib.head_layer(model)
+    at = [i for i, step in enumerate(steps) if step.layer is head]
+    if len(at) != 1:
+        return None
+    body, head_steps = steps[:at[0]], steps[at[0]:]
+    head_indices = {i for step in head_steps for i in step.weights if i is not None}
+    if head_indices & {i for step in body for i in step.weights if i is not None}:
+        return None
+    return adapt_lib.Split(body=lambda weights, x: _run(body, weights, x),
+                           head=lambda weights, x: _run(head_steps, weights, x),
+                           head_indices=frozenset(head_indices))
+
+
 class Batched(Mapping):
     """The mapping that runs every task of a batch at once through :func:`batched_forward`.
 
@@ -454,7 +448,8 @@ class Batched(Mapping):
         return Runner(forward=lambda weights, x: _run(steps, weights, x),
                       weights=lambda theta: _stack(theta, count),
                       per_task=lambda fn: lambda y_true, y_pred: per_task_values(
-                          fn, y_true, y_pred))
+                          fn, y_true, y_pred),
+                      split=_split(self.model, steps))
 
     def map(self, fn, batch, signature):
         """``fn(batch, runner)`` once, for every task at once."""

@@ -84,6 +84,9 @@ class ExecutionPlan:
       autotune: with ``"auto"`` and no chunking set by hand, training
         (``MetaLearner.fit``, the ``tf-maml`` command) times :meth:`candidates` at its start
         and keeps the fastest (:mod:`tf_maml.autotune`); False: the budgets' plan.
+      cache_body_features: when only the head adapts (ANIL), the inner loop runs the body
+        once per task and the head alone at each step (:class:`tf_maml.adapt.Split`);
+        False: the whole model at every step (the reference, for benchmarks).
     """
 
     task_parallelism: str = "auto"
@@ -93,6 +96,7 @@ class ExecutionPlan:
     accumulate_patch_budget: int = 32 * 2**20
     parallel_chunk_patch_budget: int = 4 * 2**20
     autotune: bool = True
+    cache_body_features: bool = True
 
     def __post_init__(self):
         if self.task_parallelism not in TASK_PARALLELISM:
