@@ -53,9 +53,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
-                     parallel_chunks: int = 0, **learner_kwargs):
+                     parallel_chunks: int = 0, cache_body_features: bool = True,
+                     **learner_kwargs):
     """The MetaLearner of configuration ``name``; ``task_parallelism`` may be
     ``"accumulate:N"`` (N tasks per chunk); ``parallel_chunks`` 0: the default;
+    ``cache_body_features``: the plan's;
     ``learner_kwargs`` go to MetaLearner (e.g. ``adapt_layers="head"``; ``inner_steps``
     replaces the configuration's)."""
     import keras
@@ -80,7 +82,8 @@ def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
                        first_order=cfg["first_order"], meta_lr=cfg["meta_lr"],
                        metric_fn=metric_fn, meta_grad_clip=cfg["clip_value"],
                        plan=ExecutionPlan(mode, tasks_per_chunk=int(chunk) if chunk else None,
-                                          parallel_chunks=parallel_chunks or None),
+                                          parallel_chunks=parallel_chunks or None,
+                                          cache_body_features=cache_body_features),
                        **learner_kwargs)
 
 
