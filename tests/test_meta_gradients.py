@@ -437,6 +437,15 @@ def test_anil_runs_the_body_once_per_task_whatever_the_inner_steps(problem):
     passes.clear()
     maml.meta_gradients(as_batch(tasks))
     assert len(passes) == 4 * len(tasks)
+    # The query set's features once too: evaluation after 0..10 steps, and MSL's query
+    # loss after every step.
+    passes.clear()
+    out = anil.evaluate_batch(as_batch(tasks), 10)
+    assert len(passes) == 2 * len(tasks)
+    assert np.asarray(out["loss"]).shape == (len(tasks), 11)
+    passes.clear()
+    anil.meta_gradients(as_batch(tasks), msl_weights=[0.2, 0.3, 0.5])
+    assert len(passes) == 2 * len(tasks)
 
 
 @pytest.mark.parametrize("mapping", ["per_task", "batched"])
@@ -493,3 +502,27 @@ def test_a_subclassed_model_is_not_cut_and_anil_still_adapts_its_head():
     fast = learner.adapt(x, y, num_steps=1)
     np.testing.assert_array_equal(fast[0].numpy(), model.body.kernel.numpy())
     assert np.max(np.abs(fast[2].numpy() - model.head.kernel.numpy())) > 0
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_anil_evaluation_and_msl_through_the_cut_equal_the_whole_model(mode):
+    """conv4 with batch norm: evaluation after 0..4 steps and MSL's meta-gradient, with the
+    body's features computed once, equal the whole model's at every step."""
+    keras.utils.set_random_seed(4)
+    model = conv4((28, 28, 1), 5, num_filters=8)
+    batch = conv_batch(5)
+    out = []
+    for cut in (True, False):
+        learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, inner_steps=3,
+                              adapt_layers="head", metric_fn=losses.accuracy,
+                              plan=ExecutionPlan(mode, cache_body_features=cut))
+        evaluated = learner.evaluate_batch(batch, 4)
+        grads, metrics = learner.meta_gradients(batch, msl_weights=[0.2, 0.3, 0.5])
+        out.append((np.asarray(evaluated["loss"]), np.asarray(evaluated["metric"]),
+                    flat(grads), float(metrics["msl_loss"])))
+    (loss, metric, grads, msl), (loss0, metric0, grads0, msl0) = out
+    np.testing.assert_allclose(loss, loss0, rtol=1e-5)
+    np.testing.assert_array_equal(metric, metric0)
+    np.testing.assert_allclose(grads, grads0, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(msl, msl0, rtol=1e-6)
+    assert loss.shape == (3, 5) and np.all(loss[:, -1] < loss[:, 0])  # adaptation helps

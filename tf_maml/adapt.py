@@ -141,9 +141,10 @@ class Split:
     head: ForwardFn
     head_indices: frozenset[int]
 
-    def serves(self, mask: Sequence[bool] | None) -> bool:
-        """Whether every weight the mask adapts is the head's (the body's never changes)."""
-        return mask is not None and all(
+    def serves(self, mask: Sequence[bool] | None, step_params=None) -> bool:
+        """Whether the body is the same at every inner step: every weight the mask adapts
+        is the head's, and no step changes another (no ``step_params``, see :func:`adapt`)."""
+        return step_params is None and mask is not None and all(
             i in self.head_indices for i, adapted in enumerate(mask) if adapted)
 
 
@@ -268,7 +269,7 @@ def adapt(
         def forward_fn(w, x):
             return forward(model, w, x, non_trainable)
 
-    if split is not None and step_params is None and split.serves(mask):
+    if split is not None and split.serves(mask, step_params):
         support_x = split.body(weights, support_x)
         forward_fn = split.head
 

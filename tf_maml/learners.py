@@ -386,6 +386,18 @@ class MetaLearner:
             split=runner.split if self.plan.cache_body_features else None,
         )
 
+    def _predictor(self, runner: Runner, theta, bn_steps, x):
+        """``predict(w)``: the predictions for ``x`` of weights ``w`` of an inner-loop
+        trajectory from θ. When the body is the same at every step (ANIL:
+        :class:`tf_maml.adapt.Split`), x's features are computed once, from θ, and each
+        ``w`` runs the head alone."""
+        split = runner.split if self.plan.cache_body_features else None
+        if split is None or not split.serves(self.mask,
+                                             self.step_params(theta, bn_steps, runner)):
+            return lambda weights: runner.forward(weights, x)
+        features = split.body(runner.weights(theta), x)
+        return lambda weights: split.head(weights, features)
+
     def task_objective(self, task, theta, inner_lrs=(), pretrain: bool = False,
                        runner: Runner | None = None, bn_steps=(), msl_weights=None,
                        first_order: bool | None = None) -> dict[str, tf.Tensor]:
@@ -411,11 +423,12 @@ class MetaLearner:
         trajectory, pre_loss, pre_preds = self._inner_loop(
             runner, theta, support_x, support_y, inner_lrs, 0 if pretrain else self.inner_steps,
             first_order=first_order, return_all=True, bn_steps=bn_steps)
-        query_preds = runner.forward(trajectory[-1], query_x)
+        predict = self._predictor(runner, theta, bn_steps, query_x)
+        query_preds = predict(trajectory[-1])
         loss_fn = runner.per_task(self.loss_fn)
         out = {"pre_loss": pre_loss, "post_loss": loss_fn(query_y, query_preds)}
         if msl_weights is not None and not pretrain:
-            losses = [loss_fn(query_y, runner.forward(w, query_x)) for w in trajectory[1:-1]]
+            losses = [loss_fn(query_y, predict(w)) for w in trajectory[1:-1]]
             losses.append(out["post_loss"])
             out["msl_loss"] = tf.add_n([msl_weights[s] * loss for s, loss in enumerate(losses)])
         if self.metric_fn is not None:
@@ -580,7 +593,8 @@ class MetaLearner:
                     trajectory, _, _ = self._inner_loop(runner, params, support_x, support_y,
                                                         lrs, num_steps, return_all=True,
                                                         bn_steps=bns)
-                    preds = [runner.forward(w, query_x) for w in trajectory]
+                    predict = self._predictor(runner, params, bns, query_x)
+                    preds = [predict(w) for w in trajectory]
                     loss_fn = runner.per_task(self.loss_fn)
                     out = {"loss": tf.stack([loss_fn(query_y, p) for p in preds], axis=-1)}
                     if self.metric_fn is not None:
