@@ -48,10 +48,11 @@ def sinusoid_learner(learn_inner_lr: bool = False) -> tuple[MetaLearner, tuple]:
     return learner, (support_x[0], support_y[0], query_x[0])
 
 
-def conv_learner() -> tuple[MetaLearner, tuple]:
+def conv_learner(adapt_layers: str = "all") -> tuple[MetaLearner, tuple]:
     keras.utils.set_random_seed(2)
     model = models.conv4((28, 28, 1), WAYS, num_filters=8, norm="batch_norm")
-    learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1, first_order=True)
+    learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1, first_order=True,
+                          adapt_layers=adapt_layers)
     for i in range(2):
         learner.train_step(image_tasks(2, batch_rng(0, i)))
     support_x, support_y, query_x, _ = image_tasks(1, batch_rng(1, 0))
@@ -67,6 +68,7 @@ def exports(tmp_path_factory):
         ("sinusoid", sinusoid_learner(), 3),
         ("meta_sgd", sinusoid_learner(learn_inner_lr=True), 2),
         ("conv4", conv_learner(), 2),
+        ("anil", conv_learner(adapt_layers="head"), 3),
     ):
         out[name] = (learner, export(learner, str(root / name), num_steps=steps), task, steps)
     return out
