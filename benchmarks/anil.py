@@ -43,5 +43,6 @@ def main(argv):
               f"| {r['anil_whole']:.2f} ({saved:.2f}x) | {r['anil_1step']:.2f} ({bound:.2f}x) |",
               flush=True)
 
+
 if __name__ == "__main__":
     app.run(main)

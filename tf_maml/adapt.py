@@ -148,6 +148,23 @@ class Split:
             i in self.head_indices for i, adapted in enumerate(mask) if adapted)
 
 
+def head_position(model: keras.Model, layers: Sequence, reads: Sequence[set[int]]
+                  ) -> int | None:
+    """Where a chain of ``layers`` that makes up ``model`` (layer i reads the trainable
+    variables at indices ``reads[i]``) is cut before the head (:func:`head_layer`): the
+    head's position, or None if the head is not in the chain exactly once, a weight is read
+    on both sides of the cut, or the chain does not read every trainable variable."""
+    head = head_layer(model)
+    at = [i for i, layer in enumerate(layers) if layer is head]
+    if len(at) != 1:
+        return None
+    body = set().union(*reads[:at[0]])
+    head_side = set().union(*reads[at[0]:])
+    if body & head_side or body | head_side != set(range(len(model.trainable_variables))):
+        return None
+    return at[0]
+
+
 def model_split(model: keras.Model) -> Split | None:
     """The :class:`Split` of a model whose graph is a chain of layers (Sequential or
     functional) with the head in it once, for :func:`forward`'s pass of one task; None for
@@ -157,16 +174,12 @@ def model_split(model: keras.Model) -> Split | None:
                  if not isinstance(layer, keras.layers.InputLayer)]
     except keras_internals.NotAChain:
         return None
-    head = head_layer(model)
-    at = [i for i, layer in enumerate(chain) if layer is head]
-    if len(at) != 1:
-        return None
-    body_layers, head_layers = chain[:at[0]], chain[at[0]:]
     index = {id(v): i for i, v in enumerate(model.trainable_variables)}
-    body_ids = {id(v) for layer in body_layers for v in layer.trainable_variables}
-    head_ids = {id(v) for layer in head_layers for v in layer.trainable_variables}
-    if body_ids & head_ids or body_ids | head_ids != set(index):
-        return None  # a weight shared across the cut, or one the chain does not show
+    reads = [{index[id(v)] for v in layer.trainable_variables if id(v) in index}
+             for layer in chain]
+    at = head_position(model, chain, reads)
+    if at is None:
+        return None
 
     def run(layers):
         def part(weights, x):
@@ -179,7 +192,7 @@ def model_split(model: keras.Model) -> Split | None:
             return x
         return part
 
-    return Split(run(body_layers), run(head_layers), frozenset(index[i] for i in head_ids))
+    return Split(run(chain[:at]), run(chain[at:]), frozenset().union(*reads[at:]))
 
 
 def inner_step(

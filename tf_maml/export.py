@@ -279,23 +279,21 @@ def export(
         params_at = learner.step_params(weights, read(bn_steps))
         # ANIL: the body is the same at every step, so the support and query sets run
         # through it once here, and the steps run the head alone (adapt.Split).
-        forward_fn = inputs = None
-        if split is not None and split.serves(mask, params_at):
-            forward_fn = split.head
-            inputs = (split.body(weights, support_x), split.body(weights, query_x))
+        cut = split is not None and split.serves(mask, params_at)
+        support_in = split.body(weights, support_x) if cut else support_x
 
         def body(i, fast):
             if params_at is not None:
                 fast = params_at(fast, i)
             lr_i = step_lr(i) if callable(step_lr) else step_lr
-            fast, _, _ = adapt_lib.adapt(model, fast, support_x if inputs is None else inputs[0],
-                                         support_y, loss_fn, lr_i, 1, mask=mask,
-                                         non_trainable=frozen, forward_fn=forward_fn)
+            fast, _, _ = adapt_lib.adapt(model, fast, support_in, support_y, loss_fn, lr_i, 1,
+                                         mask=mask, non_trainable=frozen,
+                                         forward_fn=split.head if cut else None)
             return i + 1, fast
 
         _, fast = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), weights))
-        if inputs is not None:
-            return split.head(fast, inputs[1])
+        if cut:
+            return split.head(fast, split.body(weights, query_x))
         return adapt_lib.forward(model, fast, query_x, frozen)
 
     metadata_values = {

@@ -382,16 +382,19 @@ class MetaLearner:
             runner.per_task(self.loss_fn), self.step_lr(inner_lrs), num_steps,
             first_order=first_order, mask=self.mask if mask is None else mask,
             return_all=return_all, forward_fn=runner.forward,
-            step_params=self.step_params(theta, bn_steps, runner),
-            split=runner.split if self.plan.cache_body_features else None,
+            step_params=self.step_params(theta, bn_steps, runner), split=self._split(runner),
         )
+
+    def _split(self, runner: Runner):
+        """The runner's cut before the head, unless the plan turns it off."""
+        return runner.split if self.plan.cache_body_features else None
 
     def _predictor(self, runner: Runner, theta, bn_steps, x):
         """``predict(w)``: the predictions for ``x`` of weights ``w`` of an inner-loop
         trajectory from θ. When the body is the same at every step (ANIL:
         :class:`tf_maml.adapt.Split`), x's features are computed once, from θ, and each
         ``w`` runs the head alone."""
-        split = runner.split if self.plan.cache_body_features else None
+        split = self._split(runner)
         if split is None or not split.serves(self.mask,
                                              self.step_params(theta, bn_steps, runner)):
             return lambda weights: runner.forward(weights, x)

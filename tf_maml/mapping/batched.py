@@ -417,17 +417,14 @@ def _stack(params: Sequence[tf.Tensor], count) -> list[tf.Tensor]:
 
 def _split(model: keras.Model, steps: Sequence[_Step]) -> adapt_lib.Split | None:
     """The batched forward pass cut before the head (:class:`tf_maml.adapt.Split`)."""
-    head = adapt_lib.head_layer(model)
-    at = [i for i, step in enumerate(steps) if step.layer is head]
-    if len(at) != 1:
+    reads = [{i for i in step.weights if i is not None} for step in steps]
+    at = adapt_lib.head_position(model, [step.layer for step in steps], reads)
+    if at is None:
         return None
-    body, head_steps = steps[:at[0]], steps[at[0]:]
-    head_indices = {i for step in head_steps for i in step.weights if i is not None}
-    if head_indices & {i for step in body for i in step.weights if i is not None}:
-        return None
+    body, head = steps[:at], steps[at:]
     return adapt_lib.Split(body=lambda weights, x: _run(body, weights, x),
-                           head=lambda weights, x: _run(head_steps, weights, x),
-                           head_indices=frozenset(head_indices))
+                           head=lambda weights, x: _run(head, weights, x),
+                           head_indices=frozenset().union(*reads[at:]))
 
 
 class Batched(Mapping):
