@@ -7,7 +7,8 @@
 ``--csv_dir`` holds ``train.csv``, ``val.csv`` and ``test.csv`` (header ``filename,label``).
 Both are only read. ``--output`` receives the per-split class folders of 84x84 JPEGs, the npz
 caches and the completion marker described in ``tf_maml.data.miniimagenet``. A rerun completes
-an interrupted output and returns at once on a finished one.
+an interrupted output, repairs a finished one whose files are missing or damaged (empty,
+foreign or cut short) and otherwise returns in seconds.
 
 With ``--format=tfds`` the output is instead a TensorFlow Datasets ``data_dir`` holding
 ``tf_maml_miniimagenet`` (splits train/validation/test = the three CSVs, the same JPEG bytes as

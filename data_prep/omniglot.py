@@ -5,8 +5,9 @@
 ``--source`` holds ``images_background.zip`` and ``images_evaluation.zip`` (the archives of
 Lake et al.) or the folders extracted from them; it is only read. ``--output`` receives the
 28x28 PNG tree, the npz cache and the completion marker described in
-``tf_maml.data.omniglot``. A rerun completes an interrupted output and returns at once on a
-finished one.
+``tf_maml.data.omniglot``. A rerun completes an interrupted output, repairs a finished one
+whose files are missing or damaged (empty, foreign or cut short) and otherwise returns in
+seconds.
 
 With ``--format=tfds`` the output is instead a TensorFlow Datasets ``data_dir`` holding
 ``tf_maml_omniglot/maml_28`` (the same 28x28 drawings, MAML's 1100/100/423 character split as

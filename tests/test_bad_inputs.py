@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import os
 import shutil
@@ -176,6 +177,10 @@ def test_positional_argument_is_refused(tmp_path):
     (("--train_update_lr=0",), "--train_update_lr: must be -1 (same as --update_lr) or positive"),
     (("--train_update_batch_size=0",), "--train_update_batch_size: must be -1"),
     (("--test_num_updates=-1",), "--test_num_updates: must be >= 0, got -1"),
+    (("--train=False", "--ensemble=2", "--export_dir=x"),
+     "--export_dir: exports one checkpoint, and --ensemble=2 evaluates an ensemble"),
+    (("--datasource=navigation", "--export_dir=x"),
+     "--export_dir: the navigation policy has no SavedModel export"),
 ])
 def test_contradictory_or_impossible_flags_exit_2_naming_the_flag(tmp_path, args, message):
     result = cli(*args, f"--logdir={tmp_path / 'l'}")
@@ -269,8 +274,10 @@ def replace_image(path: str, data: bytes, cache: str) -> None:
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("truncated", r"cannot decode image .*/test/n03000002/n0300000200000004\.jpg"),
-    ("100x90", r"n0300000200000004\.jpg is 100x90, expected 84x84"),
+    ("truncated", r"1 image file is damaged: .*/test/n03000002/n0300000200000004\.jpg \(cut "
+                  r"short: no JPEG end marker\); run `python -m data_prep\.miniimagenet "),
+    ("100x90", r"n0300000200000004\.jpg is 100x90, expected 84x84: delete it and run "
+               r"`python -m data_prep\.miniimagenet "),
 ])
 def test_damaged_image_in_prepared_data_is_named(prepared, tmp_path, damage, message):
     data_dir = copy_prepared(prepared, tmp_path)
@@ -284,8 +291,17 @@ def test_damaged_image_in_prepared_data_is_named(prepared, tmp_path, damage, mes
     before = snapshot(data_dir)
     with pytest.raises(DataError, match=message) as info:
         experiment.task_source(mini_config(data_dir), "test", 1)
-    assert "python -m data_prep.miniimagenet" in str(info.value)  # how to rebuild it
+    assert f"--output={data_dir}`" in str(info.value)  # the folder to rebuild
     assert snapshot(data_dir) == before
+    # Doing what it says repairs the folder (data_prep used to answer "already complete").
+    if "delete it" in str(info.value):
+        os.remove(victim)
+    source = prepared["source"]
+    mprep.prepare_miniimagenet(str(source / "images"), str(source / "csv"), data_dir,
+                               expect_counts=False)
+    with open(victim, "rb") as f:
+        assert f.read() == good
+    experiment.task_source(mini_config(data_dir), "test", 1)
 
 
 def test_too_few_images_for_support_plus_query(prepared):
@@ -496,6 +512,46 @@ def test_only_checkpoint_truncated_says_to_move_the_run_away(sine_copy):
 
 
 # ---------------------------------------------------------------------------- SavedModel
+def test_export_dir_that_is_a_file_fails_before_training(sine_copy, tmp_path):
+    config, run_dir = sine_copy
+    target = tmp_path / "exported"
+    target.write_text("a file")
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, metatrain_iterations=80, export_dir=str(target)))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert str(target) in line and "is a file" in line and "new directory" in line
+    assert "Iteration" not in result.out  # refused before training
+    assert target.read_text() == "a file"
+    assert snapshot(run_dir) == before
+
+
+def _refuse_write(code, words):
+    def save(*args, **kwargs):
+        raise OSError(code, words)
+    return save
+
+
+@pytest.mark.parametrize("code, words, fix", [
+    (errno.ENOSPC, "No space left on device", "free some space on the disk of"),
+    (errno.EROFS, "Read-only file system", "writable, or use another --export_dir"),
+], ids=["full-disk", "read-only"])
+def test_export_that_cannot_be_written_keeps_the_earlier_export(sine_copy, tmp_path, monkeypatch,
+                                                                code, words, fix):
+    config, run_dir = sine_copy
+    parent = tmp_path / "exports"
+    export(experiment.build_learner(config), str(parent / "model"), num_steps=1)
+    earlier = snapshot(parent)
+    monkeypatch.setattr(keras.Model, "save", _refuse_write(code, words))  # the last write
+    result = cli(*as_flags(config, export_dir=str(parent / "model")))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert f"{parent}: {words}" in line and fix in line
+    assert "the earlier export in" in line
+    assert snapshot(parent) == earlier  # intact, and no temporary file left beside it
+    assert os.listdir(parent) == ["model"]
+
+
 @pytest.fixture(scope="module")
 def classifier_export(tmp_path_factory):
     """A 3-way classifier of 4 features, exported; (loaded SavedModel, dir, a valid task)."""
@@ -531,8 +587,17 @@ OPTIONS = dict(num_steps=tf.constant(1), inner_lr=tf.constant(0.1))
     ("adapt_and_predict_with_options", dict(OPTIONS, num_steps=tf.constant(-2)),
      "num_steps must be >= 0"),
     ("serving_default", dict(x=tf.zeros([2, 5])), "x has the wrong feature shape: expected [n, 4]"),
+    ("adapt_and_predict", dict(support_x=tf.constant([[float("nan")] * 4] + [[0.5] * 4] * 5)),
+     "support_x has a NaN or infinite value"),
+    ("adapt_and_predict", dict(query_x=tf.constant([[0.5] * 4, [float("inf")] * 4])),
+     "query_x has a NaN or infinite value"),
+    ("adapt_and_predict_with_options", dict(OPTIONS, inner_lr=tf.constant(-1.0)),
+     "inner_lr must be >= 0"),
+    ("serving_default", dict(x=tf.constant([[float("nan")] * 4])),
+     "x has a NaN or infinite value"),
 ], ids=["label>=N", "negative-label", "empty-support", "query-rank", "feature-size", "nan-lr",
-        "negative-steps", "serving-feature-size"])
+        "negative-steps", "serving-feature-size", "nan-support", "inf-query", "negative-lr",
+        "serving-nan"])
 def test_saved_model_signatures_say_what_is_wrong(classifier_export, signature, change, message):
     loaded, export_dir, task = classifier_export
     before = snapshot(export_dir)
@@ -651,6 +716,58 @@ def test_support_labels_of_another_length_in_adapt(learner):
         learner.adapt(sx[0], sy[0, :3])
 
 
+def per_example_mse(y_true, y_pred):
+    """One squared error per example: what Keras' ``reduction=None`` losses return."""
+    return tf.reduce_mean(tf.square(y_pred - y_true), axis=-1)
+
+
+@pytest.mark.parametrize("mode", ["map", "batched"])
+def test_per_example_loss_is_refused_before_any_step(mode):
+    # The gradient of a vector is the gradient of its sum: the inner step was silently K
+    # times larger (N*K for a classifier) than the mean's, and training went on.
+    learner = MetaLearner(mlp(), per_example_mse, plan=ExecutionPlan(mode, autotune=False))
+    before = [v.numpy() for v in learner.meta_variables]
+    message = (r"loss_fn returned shape \(5,\) for one task's 5 examples; it must return a "
+               r"scalar \(e\.g\. the mean over the examples, or "
+               r"tf_maml\.losses\.summed_xent\(K\) for the original's Σ CE / K\)$")
+    with pytest.raises(ValueError, match=message):
+        learner.train_step(sine_batch())
+    with pytest.raises(ValueError, match=message):
+        learner.fit(SinusoidTasks(5, 5), iterations=2, meta_batch_size=2, log_interval=None)
+    with pytest.raises(ValueError, match=message):
+        sx, sy, _, _ = sine_batch()
+        learner.adapt(sx[0], sy[0])
+    assert int(learner.optimizer.iterations) == 0
+    for old, v in zip(before, learner.meta_variables):
+        np.testing.assert_array_equal(old, v.numpy())
+
+
+def test_keras_loss_name_is_the_mean_over_the_examples():
+    """``"mse"`` is Keras' mean squared error averaged over the task's examples: the first
+    inner step is θ − α ∇θ mean_i (w x_i + b − y_i)², worked out by hand for y = w x + b."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.set_weights([np.array([[0.5]], np.float32), np.array([-0.25], np.float32)])
+    learner = MetaLearner(model, "mse", inner_lr=0.1)
+    x = np.array([[1.0], [2.0], [-1.0], [3.0]], np.float32)
+    y = np.array([[0.0], [1.0], [2.0], [-1.0]], np.float32)
+    residual = 0.5 * x - 0.25 - y
+    grad_w, grad_b = 2 * np.mean(residual * x), 2 * np.mean(residual)
+    w, b = learner.adapt(x, y, num_steps=1)
+    np.testing.assert_allclose(w.numpy(), [[0.5 - 0.1 * grad_w]], rtol=1e-6)
+    np.testing.assert_allclose(b.numpy(), [-0.25 - 0.1 * grad_b], rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss, message", [
+    ("msee", r"unknown loss 'msee': give a Keras loss name \(e\.g\. 'mse'\) or a function "
+             r"loss_fn\(y_true, y_pred\) -> scalar"),
+    (None, r"loss_fn must be a function loss_fn\(y_true, y_pred\) -> scalar or a Keras loss "
+           r"name, got None"),
+])
+def test_bad_loss_is_named_at_construction(loss, message):
+    with pytest.raises(ValueError, match=message):
+        MetaLearner(mlp(), loss)
+
+
 class NaNTasks:
     """Sinusoid tasks whose query targets are NaN (broken data)."""
 
@@ -684,3 +801,11 @@ def test_unknown_nan_policy_is_named():
     with pytest.raises(ValueError, match="nan_policy must be 'stop' or 'skip', got 'ignore'"):
         MetaLearner(mlp(), losses.mse).fit(SinusoidTasks(5, 5), iterations=1,
                                            nan_policy="ignore", log_interval=None)
+
+
+@pytest.mark.parametrize("meta_batch_size", [0, -3, 2.5])
+def test_a_meta_batch_of_no_tasks_is_named(meta_batch_size):
+    with pytest.raises(ValueError, match=rf"^meta_batch_size must be a whole number of tasks "
+                                         rf">= 1, got {meta_batch_size}$"):
+        MetaLearner(mlp(), losses.mse).fit(SinusoidTasks(5, 5), iterations=2,
+                                           meta_batch_size=meta_batch_size, log_interval=None)

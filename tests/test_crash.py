@@ -1,6 +1,7 @@
 """SIGKILL at a random moment, then the same command again: training continues from the last
 checkpoint (the killed process's lock is stale) and ends with exactly the weights (and Adam
-state) of an uninterrupted run, and a log that holds each iteration once."""
+state) of an uninterrupted run, and a log that holds each iteration once. Ctrl-C pressed
+several times in a row stops with one line and a checkpoint that reads."""
 
 import os
 import random
@@ -69,3 +70,36 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and len(a) > 5
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_ctrl_c_three_times_saves_once_and_ends_in_one_line(tmp_path):
+    """An impatient user presses Ctrl-C three times: the run saves the iteration it reached
+    (the later presses must not cut that save short) and ends with one line, no traceback."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    run_dir = tmp_path / RUN
+    proc = subprocess.Popen(command(tmp_path) + ["--metatrain_iterations=1000000",
+                                                 "--autotune=False"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while last_logged(run_dir) < 100 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if last_logged(run_dir) < 100:
+        proc.kill()
+        raise AssertionError("the run never got going: " + proc.communicate()[1][-3000:])
+    for _ in range(3):  # as fast as a hand presses: the later ones land in the save
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    said = [line for line in out.splitlines() + err.splitlines() if "nterrupt" in line]
+    assert len(said) == 1, said
+    iteration = int(said[0].split("Interrupted at iteration ")[1].split(":")[0])
+    assert said[0] == (f"Interrupted at iteration {iteration}: saved {run_dir}/model-"
+                       f"{iteration}; run the same command again to continue.")
+    assert iteration >= last_logged(run_dir) >= 100
+    assert sorted(os.listdir(run_dir)) == [  # no half save, no lock left
+        "checkpoint", "config.json", f"model-{iteration}.data-00000-of-00001",
+        f"model-{iteration}.index", "training_log.csv"]
+    assert int(state(run_dir, iteration)["iteration/.ATTRIBUTES/VARIABLE_VALUE"]) == iteration

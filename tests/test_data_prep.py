@@ -191,6 +191,31 @@ def test_omniglot_marker_with_missing_files_rebuilds(omni_built, tmp_path):
     assert summary["already_complete"] is False and summary["files_written"] == 1
 
 
+def damage(path: str, how: str) -> bytes:
+    """Damages the image file at ``path`` as a bad copy or disk would; returns its old bytes."""
+    with open(path, "rb") as f:
+        good = f.read()
+    bad = {"cut short": good[:len(good) // 2], "foreign bytes": b"<html>404</html>",
+           "empty": b""}[how]
+    with open(path, "wb") as f:
+        f.write(bad)
+    return good
+
+
+@pytest.mark.parametrize("how", ["cut short", "foreign bytes", "empty"])
+def test_omniglot_rerun_repairs_damaged_files(omni_built, tmp_path, how):
+    # A finished output with a damaged drawing used to answer "already complete".
+    src, out, _, _ = omni_built
+    work = str(tmp_path / "omniglot")
+    shutil.copytree(out, work)
+    reference = sha256_tree(work)
+    folder = os.path.join(work, "Gamma", "character03")
+    damage(os.path.join(folder, sorted(os.listdir(folder))[5]), how)
+    summary = oprep.prepare_omniglot(src, work, expect_counts=False)
+    assert summary["already_complete"] is False and summary["files_written"] == 1
+    assert sha256_tree(work) == reference
+
+
 def test_omniglot_extracted_folders_give_the_same_output(omni_built, omni_files, tmp_path):
     _, out, _, _ = omni_built
     src = tmp_path / "src"
@@ -388,6 +413,19 @@ def test_miniimagenet_interrupted_run_completes(mini_built, mini_source, tmp_pat
     after.pop(prep.MARKER_NAME)
     reference.pop(prep.MARKER_NAME)
     assert after == reference
+
+
+def test_miniimagenet_rerun_repairs_damaged_files(mini_built, mini_source, tmp_path):
+    out, _, _ = mini_built
+    work = str(tmp_path / "out")
+    shutil.copytree(out, work)
+    reference = sha256_tree(work)
+    class_dir = os.path.join(work, "val", "n02000001")
+    damage(os.path.join(class_dir, sorted(os.listdir(class_dir))[1]), "cut short")
+    summary = mprep.prepare_miniimagenet(str(mini_source / "images.zip"), str(mini_source), work,
+                                         expect_counts=False)
+    assert summary["already_complete"] is False and summary["files_written"] == 1
+    assert sha256_tree(work) == reference
 
 
 def test_miniimagenet_expected_counts_by_default(mini_source, tmp_path):

@@ -6,6 +6,7 @@ then ``learner.predict``) in a fresh interpreter that imports only tensorflow an
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from tf_maml import adapt as adapt_lib
 from tf_maml import losses, models
 from tf_maml.export import KERAS_FILE, export, load_metadata
 from tf_maml.learners import MetaLearner
+from tf_maml.rundir import RunDirError
 from tf_maml.tasks import batch_rng
 from tf_maml.tasks.sinusoid import SinusoidTasks
 
@@ -315,3 +317,140 @@ def test_export_rejects_a_loss_it_cannot_classify(tmp_path):
         export(learner, str(tmp_path / "x"))
     export_dir = export(learner, str(tmp_path / "y"), num_steps=1, targets="regression")
     assert load_metadata(export_dir)["targets"] == "regression"
+
+
+def test_non_finite_inputs_and_a_negative_step_size_are_refused(exports):
+    # A NaN used to come out finite and wrong: the CPU kernel that fuses MatMul + BiasAdd +
+    # Relu (grappler's remapper, oneDNN) computes max(x, 0), which is 0 for NaN, so one NaN
+    # in support_x gave every query the same finite prediction, where keras gives NaN.
+    learner, export_dir, (support_x, support_y, query_x), _ = exports["sinusoid"]
+    loaded = tf.saved_model.load(export_dir)
+    run = loaded.adapt_and_predict
+    nan_x = support_x.copy()
+    nan_x[0, 0] = np.nan
+    assert "support_x has a NaN or infinite value" in _error(run, nan_x, support_y, query_x)
+    inf_y = support_y.copy()
+    inf_y[1, 0] = np.inf
+    assert "support_y has a NaN or infinite value" in _error(run, support_x, inf_y, query_x)
+    nan_query = query_x.copy()
+    nan_query[1, 0] = np.nan
+    # The reference: keras' own model gives NaN for that query row.
+    assert np.isnan(learner.predict(nan_query).numpy()[1]).all()
+    assert "query_x has a NaN or infinite value" in _error(run, support_x, support_y, nan_query)
+    assert "x has a NaN or infinite value" in _error(loaded.serving_default, nan_query)
+    assert "inner_lr must be >= 0" in _error(run, support_x, support_y, query_x, inner_lr=-1.0)
+    assert "inner_lr must be finite" in _error(run, support_x, support_y, query_x,
+                                               inner_lr=float("inf"))
+    # A step size so large that the inner loop overflows (the library's own adaptation gives
+    # non-finite fast weights) is reported, not served as the fused Relu's finite output.
+    huge = 1e30
+    weights = [v.value for v in learner.model.trainable_variables]
+    fast, _, _ = adapt_lib.adapt(learner.model, weights, tf.constant(support_x),
+                                 tf.constant(support_y), learner.loss_fn, huge, 3,
+                                 mask=learner.mask)
+    assert not all(np.isfinite(w.numpy()).all() for w in fast)
+    assert "the inner loop diverged" in _error(run, support_x, support_y, query_x,
+                                               inner_lr=huge)
+    # Finite inputs still give the library's predictions.
+    np.testing.assert_allclose(run(support_x, support_y, query_x).numpy(),
+                               python_path(learner, (support_x, support_y, query_x), 3), **TOL)
+
+    _, export_dir, (support_x, support_y, query_x), _ = exports["conv4"]
+    loaded = tf.saved_model.load(export_dir)  # keep it: its variables die with it
+    nan_ids = support_y.astype(np.float32)
+    nan_ids[0] = np.nan
+    assert "support_y has a NaN or infinite value" in _error(
+        loaded.adapt_and_predict, support_x, nan_ids, query_x)
+
+
+# ---------------------------------------------------------------- the export directory
+def tiny_learner() -> MetaLearner:
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+    return MetaLearner(model, losses.summed_xent(1), inner_lr=0.1)
+
+
+def tree(root) -> dict[str, bytes]:
+    """{relative path: contents} of every file below ``root``."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def test_export_dir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "model"
+    path.write_text("not an export")
+    with pytest.raises(RunDirError) as info:
+        tiny_learner().export(str(path), num_steps=1)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "is a file" in message
+    assert "new directory" in message  # the fix
+    assert path.read_text() == "not an export"
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # nothing else written
+
+
+def test_export_dir_with_other_files_is_refused_and_an_export_is_replaced(tmp_path):
+    learner = tiny_learner()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="holds files that are not an export's"):
+        learner.export(str(other), num_steps=1)
+    assert tree(other) == {"notes.txt": b"keep me"}
+    # An earlier export is replaced whole by a new one (here: another default num_steps).
+    export_dir = str(tmp_path / "model")
+    learner.export(export_dir, num_steps=1)
+    learner.export(export_dir, num_steps=4)
+    assert load_metadata(export_dir)["num_steps"] == 4
+    assert int(tf.saved_model.load(export_dir).metadata()["num_steps"]) == 4
+    assert sorted(os.listdir(tmp_path)) == ["mine", "model"]  # no temporary left
+
+
+def _fail_saved_model(error):
+    def save(obj, export_dir, signatures=None, **kwargs):
+        with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
+            f.write(b"partial")
+        raise error
+    return save
+
+
+def _fail_keras_save(error):
+    def save(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"partial")
+        raise error
+    return save
+
+
+@pytest.mark.parametrize("where, error, fix", [
+    ("keras", OSError(errno.ENOSPC, "No space left on device"), "free some space"),
+    ("saved_model", OSError(errno.EROFS, "Read-only file system"), "writable"),
+    ("saved_model", PermissionError(errno.EACCES, "Permission denied"), "writable"),
+    ("saved_model", tf.errors.ResourceExhaustedError(
+        None, None, "model/variables/variables.data: No space left on device"),
+     "free some space"),
+], ids=["full-disk", "read-only", "permission", "tf-full-disk"])
+def test_a_failed_write_keeps_the_earlier_export_and_no_temporary(tmp_path, monkeypatch, where,
+                                                                  error, fix):
+    learner = tiny_learner()
+    export_dir = str(tmp_path / "model")
+    learner.export(export_dir, num_steps=1)
+    before = tree(export_dir)
+    keras.utils.set_random_seed(5)
+    for v in learner.model.trainable_variables:  # other weights: a new export would differ
+        v.assign(v + 1.0)
+    if where == "keras":
+        monkeypatch.setattr(keras.Model, "save", _fail_keras_save(error))
+    else:
+        monkeypatch.setattr(tf.saved_model, "save", _fail_saved_model(error))
+    with pytest.raises(RunDirError) as info:
+        learner.export(export_dir, num_steps=3)
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path) in message and fix in message
+    assert "earlier export" in message  # what was kept
+    assert tree(export_dir) == before
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary directory or file left

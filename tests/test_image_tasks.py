@@ -249,6 +249,50 @@ def test_miniimagenet_cache_matches_tree(mini_dir, tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+def cut_short(path: str) -> bytes:
+    """Cuts the file at ``path`` to half its length (an interrupted copy); returns its bytes."""
+    with open(path, "rb") as f:
+        good = f.read()
+    with open(path, "wb") as f:
+        f.write(good[:len(good) // 2])
+    return good
+
+
+def test_damaged_file_of_any_split_is_found_before_training(omniglot_dirs, mini_dir, tmp_path):
+    """A cut-short image of the test split is named when the training split is loaded (it
+    used to surface at evaluation, after training), with the data_prep command that then
+    indeed repairs it."""
+    omniglot, mini = tmp_path / "omniglot", tmp_path / "mini"
+    shutil.copytree(omniglot_dirs[0], omniglot)
+    shutil.copytree(mini_dir, mini)
+    names = [f"{a}/character{c:02d}" for a in ALPHABETS for c in range(1, CHARS + 1)]
+    folder = omniglot / split_characters(names, "test", **SIZES)[0]
+    label = mini / "test" / sorted(os.listdir(mini / "test"))[1]
+    cases = [(str(folder / sorted(os.listdir(folder))[3]), omniglot, "omniglot",
+              lambda split: omniglot_tasks(str(omniglot), split, 3, 1, 1, **SIZES)),
+             (str(label / sorted(os.listdir(label))[2]), mini, "miniimagenet",
+              lambda split: miniimagenet_tasks(str(mini), split, 3, 1, 1))]
+    goods = []
+    for victim, data_dir, dataset, load in cases:
+        goods.append(cut_short(victim))
+        with pytest.raises(DataError) as info:
+            load("train")
+        message = str(info.value)
+        assert "\n" not in message and f"{victim} (cut short" in message, message
+        assert f"python -m data_prep.{dataset} " in message
+        assert f"--output={data_dir}`" in message
+    # Doing what the message says: data_prep's rerun checks the files and rewrites the bad one.
+    source = os.path.join(os.path.dirname(omniglot_dirs[0]), "src")
+    assert prepare_omniglot(source, str(omniglot), expect_counts=False)["files_written"] == 1
+    source = os.path.dirname(mini_dir)
+    assert prepare_miniimagenet(os.path.join(source, "images"), source, str(mini),
+                                expect_counts=False)["files_written"] == 1
+    for (victim, _, _, load), good in zip(cases, goods, strict=True):
+        with open(victim, "rb") as f:
+            assert f.read() == good
+        load("test").sample_batch(2, np.random.default_rng(0))
+
+
 def test_dataset_is_deterministic_with_static_shapes(omniglot_dirs):
     tasks = omniglot_tasks(omniglot_dirs[0], "test", 3, 2, 1, **SIZES)
     ds = tasks.dataset(2, seed=11, num_batches=3)
@@ -295,7 +339,14 @@ def test_errors_say_what_to_run(omniglot_dirs, mini_dir, tmp_path):
     with pytest.raises(DataError, match=r"0001_01\.png is 105x105, expected 28x28"):
         omniglot_tasks(str(tmp_path / "bad"), "train", 1, 1, 1, num_train=1, num_val=0)
     (bad / "0001_01.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(DataError, match=r"cannot decode image .*0001_01\.png"):
+    with pytest.raises(DataError, match=r"1 image file is damaged: .*0001_01\.png \(not a PNG "
+                                        r"file\); run `python -m data_prep\.omniglot "):
+        omniglot_tasks(str(tmp_path / "bad"), "train", 1, 1, 1, num_train=1, num_val=0)
+    # Whole to the cheap check (signature and end chunk), yet undecodable: only a full
+    # decode finds it, and removing it is what makes data_prep's rerun rewrite it.
+    (bad / "0001_01.png").write_bytes(b"\x89PNG\r\n\x1a\n broken IEND\xaeB`\x82")
+    with pytest.raises(DataError, match=r"cannot decode image .*0001_01\.png .*: delete it and "
+                                        r"run `python -m data_prep\.omniglot "):
         omniglot_tasks(str(tmp_path / "bad"), "train", 1, 1, 1, num_train=1, num_val=0)
 
 

@@ -438,7 +438,9 @@ def test_anil_runs_the_body_once_per_task_whatever_the_inner_steps(problem):
     maml.meta_gradients(as_batch(tasks))
     assert len(passes) == 4 * len(tasks)
     # The query set's features once too: evaluation after 0..10 steps, and MSL's query
-    # loss after every step.
+    # loss after every step. (The learner's one-time eager check of the loss on the first
+    # batch it is given is one more body pass, made before anything is traced: made here.)
+    anil.checked_batch(as_batch(tasks), "evaluate_batch")
     passes.clear()
     out = anil.evaluate_batch(as_batch(tasks), 10)
     assert len(passes) == 2 * len(tasks)

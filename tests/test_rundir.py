@@ -28,10 +28,11 @@ import pytest
 import tensorflow as tf
 from test_bad_inputs import as_flags, cli, one_line_error, snapshot
 from test_cli import fast_intervals, sine_config, weights_of  # noqa: F401 (a fixture)
+from test_convert import save_tf1  # writes a TF1 name-based checkpoint
 
-from tf_maml import experiment, losses, models, rundir, runner
+from tf_maml import experiment, losses, models, rundir, runner, zoo
 from tf_maml.checkpoint import CheckpointError, learner_checkpointer
-from tf_maml.config import ConfigError
+from tf_maml.config import Config, ConfigError
 from tf_maml.learners import MetaLearner
 from tf_maml.main import to_flags
 from tf_maml.rundir import RunDirError
@@ -102,6 +103,46 @@ def test_a_resume_refuses_a_flag_that_makes_the_run_another_naming_the_fix(
                        rf"with --{flag}={getattr(config, flag)}; .* Pass "
                        rf"--{flag}={getattr(config, flag)} to continue it, or another --logdir"):
         runner.run(other, log=quiet)
+    assert snapshot(run_dir) == before
+
+
+def test_a_run_restored_from_the_zoo_refuses_a_flag_that_makes_it_another(tmp_path,
+                                                                         fast_intervals):
+    """The zoo folder holds the run's config.json with placeholders for this machine's
+    paths; a run directory seeded from it must check the flags as the run itself would."""
+    config, run_dir = trained(tmp_path / "trained", 20)
+    zoo_dir = tmp_path / "zoo" / "sine"  # as publish leaves it
+    os.makedirs(zoo_dir)
+    for name in os.listdir(run_dir):
+        if name.startswith("model-20.") or name == "training_log.csv":
+            shutil.copy2(run_dir / name, zoo_dir)
+    (zoo_dir / "config.json").write_text(
+        zoo.sanitized_config(config.to_json(), {str(tmp_path / "trained"): "$LOGDIR"}))
+    fresh = dataclasses.replace(config, logdir=str(tmp_path / "fresh"),
+                                metatrain_iterations=40)
+    fresh_run = tmp_path / "fresh" / run_dir.name
+    assert zoo.restore(str(zoo_dir), str(fresh_run), log=quiet)
+    before = snapshot(fresh_run)
+    with pytest.raises(ConfigError, match=rf"--seed: the run in {run_dir.name} was trained "
+                                          r"with --seed=0; resuming it with 5"):
+        runner.run(dataclasses.replace(fresh, seed=5), log=quiet)
+    assert snapshot(fresh_run) == before
+    logs = []
+    runner.run(fresh, log=logs.append)  # the same flags resume it
+    assert f"Resumed from {fresh_run}/model-20 at iteration 20" in logs
+    assert json.loads((fresh_run / "config.json").read_text())["logdir"] == fresh.logdir
+
+
+def test_a_garbled_config_json_is_one_line_and_changes_nothing(tmp_path, fast_intervals):
+    config, run_dir = trained(tmp_path, 20)
+    (run_dir / "config.json").write_text('{"datasource": "sinusoid", "seed": ')  # cut short
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, metatrain_iterations=40))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert line.startswith(f"tf-maml: error: {run_dir}/config.json, the flags this run was "
+                           "trained with, cannot be read (")
+    assert "fix it, or delete it to resume without comparing the flags" in line
     assert snapshot(run_dir) == before
 
 
@@ -368,6 +409,57 @@ def test_a_full_disk_while_saving_keeps_the_run_and_says_so(tmp_path, fast_inter
     assert log_iterations(run_dir) == list(range(10, 81, 10))
 
 
+def test_a_full_disk_while_writing_results_keeps_the_earlier_set_whole(
+        tmp_path, fast_intervals, monkeypatch):
+    """The result files (csv, pkl, npy) and test_config.json are one set: a write that fails
+    on any of them leaves every one of them as the earlier evaluation wrote it."""
+    config, run_dir = trained(tmp_path, 40)
+    evaluation = dataclasses.replace(config, train=False, num_test_tasks=4)
+    runner.run(dataclasses.replace(evaluation, test_iter=20), log=quiet)  # model-20's results
+
+    def result_files():
+        return {k: v for k, v in snapshot(run_dir).items() if k.startswith("test_")}
+
+    earlier = result_files()
+    name = "test_ubs5_stepsize0.01"
+    assert set(earlier) == {f"{name}.csv", f"{name}.pkl", f"{name}.npy", "test_config.json"}
+    real_open = open
+
+    def full_disk_at(failing: int):
+        """``open`` on a disk that fills up at the ``failing``-th file written."""
+        opened = []
+
+        def full_disk(path, mode="r", *args, **kwargs):
+            if "w" in mode or "a" in mode:
+                opened.append(path)
+                if len(opened) == failing:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(path, mode, *args, **kwargs)
+
+        return full_disk
+
+    for failing in range(1, 5):  # the first, second, ... file written hits the full disk
+        monkeypatch.setattr(rundir, "open", full_disk_at(failing), raising=False)
+        result = cli(*as_flags(evaluation))  # model-40
+        assert result.code == 1
+        assert one_line_error(result.err) == (
+            f"tf-maml: error: could not write the evaluation results in {run_dir}: No space "
+            f"left on device. Nothing was lost: the checkpoints and the earlier results "
+            f"({name}.csv/.pkl/.npy, test_config.json) are intact; free some space on the "
+            f"disk of {run_dir}, then run the same command again.")
+        assert result_files() == earlier, failing
+        assert not [p for p in os.listdir(run_dir) if p.endswith(".tmp")]
+    monkeypatch.undo()
+    result = cli(*as_flags(evaluation))  # space freed: the same command
+    assert result.code == 0, result.err
+    now = result_files()
+    assert all(now[k] != earlier[k] for k in earlier), "a set of model-40's files"
+    assert json.loads((run_dir / "test_config.json").read_text())["test_iter"] == -1
+    with real_open(run_dir / f"{name}.csv") as f:
+        means = np.array(list(csv.reader(f))[1], dtype=float)
+    np.testing.assert_allclose(means, np.load(run_dir / f"{name}.npy").mean(0), rtol=1e-6)
+
+
 def test_a_read_only_run_directory_is_one_line_and_changes_nothing(tmp_path, fast_intervals,
                                                                   monkeypatch):
     config, run_dir = trained(tmp_path, 20)
@@ -400,6 +492,45 @@ def test_evaluating_a_corrupt_latest_checkpoint_names_the_readable_one(tmp_path,
     assert snapshot(run_dir) == before
     result = cli(*as_flags(config, train=False, num_test_tasks=2, test_iter=40))
     assert result.code == 0 and f"Restored {run_dir}/model-40 (iteration 40)" in result.out
+
+
+def test_evaluating_an_original_checkpoint_creates_the_run_directory(tmp_path):
+    """--train=False --init_checkpoint into a --logdir that does not exist yet (the
+    documented evaluation of the original authors' checkpoint, on a fresh clone)."""
+    rng = np.random.default_rng(0)
+    sizes = [1, 40, 40, 1]  # the original sinusoid net's TF1 names
+    tensors = {}
+    for j in range(3):
+        tensors["model/Variable" + (f"_{2 * j}" if j else "")] = rng.normal(
+            size=(sizes[j], sizes[j + 1]))
+        tensors[f"model/Variable_{2 * j + 1}"] = rng.normal(size=sizes[j + 1])
+    prefix = save_tf1(str(tmp_path / "model70000"), tensors)
+    config = sine_config(tmp_path / "new" / "logs", train=False, init_checkpoint=prefix,
+                         num_test_tasks=4)
+    result = cli(*as_flags(config))
+    assert result.code == 0, result.err
+    run_dir = tmp_path / "new" / "logs" / config.exp_string()
+    assert Config.from_json((run_dir / "test_config.json").read_text()) == config
+    assert np.load(run_dir / "test_ubs5_stepsize0.01.npy").shape == (4, 4)
+    assert not [p for p in os.listdir(run_dir) if p.startswith("model-")]
+
+
+def test_evaluating_with_export_dir_exports_the_checkpoint_evaluated(tmp_path, fast_intervals):
+    config, run_dir = trained(tmp_path, 40)
+    export_dir = tmp_path / "export"
+    result = cli(*as_flags(config, train=False, test_iter=20, num_test_tasks=2,
+                           export_dir=str(export_dir)))
+    assert result.code == 0, result.err
+    assert f"Restored {run_dir}/model-20 (iteration 20)" in result.out
+    assert f"Exported model-20 to {export_dir}" in result.out
+    exported = keras.models.load_model(export_dir / "model.keras", compile=False)
+    held, later = model_weights(run_dir, 20), model_weights(run_dir, 40)
+    assert len(exported.trainable_weights) == len(held) == 6
+    for weight, value, other in zip(exported.trainable_weights, held, later):
+        np.testing.assert_array_equal(weight.numpy(), value)
+        assert not np.array_equal(value, other)  # model-40 is another model
+    loaded = tf.saved_model.load(str(export_dir))
+    assert "adapt_and_predict" in loaded.signatures
 
 
 # ---------------------------------------------------------------------- the command line

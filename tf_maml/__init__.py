@@ -13,17 +13,23 @@ Quick start::
     predictions = learner.predict(query_x, fast)
 """
 
-from tf_maml import (
+# First, before anything imports TensorFlow: its start-up notices on a machine without a GPU
+# (a false cuInit "error" among them) are kept out of every command's output.
+from tf_maml import tf_startup
+
+tf_startup.import_tensorflow()
+
+from tf_maml import (  # noqa: E402
     adapt,  # the module; its adapt() is THE inner loop
     distribute,  # tf.distribute strategies: a meta-batch split over replicas
     losses,
 )
-from tf_maml.config import Config, ConfigError
-from tf_maml.learners import MetaLearner
-from tf_maml.mapping import ExecutionPlan
-from tf_maml.tasks import batch_rng, task_stream
-from tf_maml.tasks.sinusoid import SinusoidTasks
-from tf_maml.threads import configure_threads
+from tf_maml.config import Config, ConfigError  # noqa: E402
+from tf_maml.learners import MetaLearner  # noqa: E402
+from tf_maml.mapping import ExecutionPlan  # noqa: E402
+from tf_maml.tasks import batch_rng, task_stream  # noqa: E402
+from tf_maml.tasks.sinusoid import SinusoidTasks  # noqa: E402
+from tf_maml.threads import configure_threads  # noqa: E402
 
 __all__ = [
     "Config", "ConfigError", "ExecutionPlan", "MetaLearner", "SinusoidTasks", "adapt", "batch_rng",

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 from tf_maml import rundir
 from tf_maml import threads as threads_lib
-from tf_maml.mapping import ExecutionPlan, check_batch
+from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks import AUTOTUNE_STREAM, batch_rng
 
 PLAN_NAME = "plan.json"
@@ -87,8 +87,8 @@ def tune(learner, source, meta_batch_size: int, seed: int, iterations_left: int,
     short = iterations_left < MIN_ITERATIONS
     if not wanted(learner) or (short and (path is None or not os.path.exists(path))):
         return learner.plan
-    batch = check_batch(source.sample_batch(meta_batch_size,
-                                            batch_rng(seed, 0, AUTOTUNE_STREAM)), "autotune")
+    batch = learner.checked_batch(source.sample_batch(
+        meta_batch_size, batch_rng(seed, 0, AUTOTUNE_STREAM)), "autotune")
     candidates = learner.plan.candidates(learner.model, batch)
     if len(candidates) < 2:
         return learner.plan

@@ -60,6 +60,9 @@ class Checkpointer:
         self.saved_iteration: int | None = None  # of the checkpoint last saved or restored
         self.last_saved: str | None = None
         self._scratch: str | None = None
+        # Iterations kept beyond the newest MAX_TO_KEEP: the ensemble's best validations
+        # (tf_maml.ensemble.Pool).
+        self.keep: set[int] = set()
         self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
         self.checkpoint = tf.train.Checkpoint(**parts, iteration=self.iteration)
         self._has_optimizer = "optimizer" in parts
@@ -105,17 +108,18 @@ class Checkpointer:
                 cleanup=lambda: _remove_checkpoint_files(path)):
             self.last_saved = self.checkpoint.write(path)
             self.saved_iteration = iteration
-            self._keep_latest()
+            self.prune()
         return self.last_saved
 
-    def _keep_latest(self) -> None:
+    def prune(self) -> None:
         """Deletes all but the newest ``MAX_TO_KEEP`` checkpoints (the original's
-        ``max_to_keep=10``) and rewrites TensorFlow's ``checkpoint`` state file for tools
-        that read it (``tf.train.latest_checkpoint``)."""
+        ``max_to_keep=10``) and those of :attr:`keep`, and rewrites TensorFlow's
+        ``checkpoint`` state file for tools that read it (``tf.train.latest_checkpoint``)."""
         found = self.checkpoints
         for old in found[:-MAX_TO_KEEP]:
-            _remove_checkpoint_files(old)
-        kept = [os.path.basename(p) for p in found[-MAX_TO_KEEP:]]
+            if checkpoint_iteration(old) not in self.keep:
+                _remove_checkpoint_files(old)
+        kept = [os.path.basename(p) for p in self.checkpoints]
         lines = [f'model_checkpoint_path: "{kept[-1]}"']
         lines += [f'all_model_checkpoint_paths: "{name}"' for name in kept]
         rundir.atomic_write(os.path.join(self.run_dir, "checkpoint"), "\n".join(lines) + "\n")

@@ -18,6 +18,9 @@ TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop", "accumulate"
 DATASET_BACKENDS = ("folders", "tfds")
 DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 NAN_POLICIES = ("stop", "skip")
+# The classification loss: the original's Σ CE / K (N times the mean on an N-way support set,
+# cbfinn/maml utils.py `xent`), or the mean cross-entropy (MAML++'s `F.cross_entropy`).
+XENTS = ("summed", "mean")
 # The MiniImageNet table's two baselines (Ravi & Larochelle 2017, quoted by Finn et al.):
 # both evaluate ONE conv4 pretrained as an ordinary classifier of the training classes
 # (tf_maml/baselines.py), so its run directory and run-defining flags are the pretraining's.
@@ -38,7 +41,7 @@ RUN_DEFINING = ("datasource", "num_classes", "baseline", "pretrain_iterations",
                 "meta_batch_size", "update_batch_size", "update_lr", "num_updates", "norm",
                 "num_filters", "conv", "max_pool", "stop_grad", "algorithm", "seed",
                 "adapt_norm", "meta_sgd", "discount", "lslr", "per_step_bn", "msl_iterations",
-                "first_order_iterations", "cosine_meta_lr")
+                "first_order_iterations", "cosine_meta_lr", "xent", "num_query")
 # Where the run is and what this invocation does: not a change of the run.
 NOT_RUN_SETTINGS = ("logdir", "resume", "train", "test_iter")
 
@@ -82,6 +85,11 @@ class Config:
     algorithm: str = "maml"
     test_num_updates: int = 10
     num_test_tasks: int = 600
+    # query images per class at training, validation and test; -1: the original's (15 when
+    # training on MiniImageNet, K otherwise); MAML++'s MiniImageNet code used 15 throughout
+    num_query: int = -1
+    # the classification loss of the inner and the outer loop (XENTS)
+    xent: str = "summed"
     # evaluate the ensemble of the N checkpoints with the best validation score (MAML++'s
     # test protocol, tf_maml/ensemble.py); 0: the one checkpoint, as the original
     ensemble: int = 0
@@ -184,7 +192,15 @@ class Config:
     @property
     def num_query_train(self) -> int:
         """Query examples per class (per task for sinusoid) during meta-training."""
+        if self.num_query > 0:
+            return self.num_query
         return 15 if self.datasource == "miniimagenet" else self.update_batch_size
+
+    @property
+    def num_query_eval(self) -> int:
+        """Query examples per class at validation and test: K, as the original's test
+        (2K samples per class), unless ``num_query`` sets them."""
+        return self.num_query if self.num_query > 0 else self.update_batch_size
 
     def exp_string(self) -> str:
         """The run directory name, built exactly as the original's main.py builds it, plus
@@ -237,6 +253,10 @@ class Config:
             s += f".firstorder{self.first_order_iterations}"
         if self.cosine_meta_lr:
             s += ".cosine"
+        if self.xent != "summed":
+            s += f".{self.xent}xent"
+        if self.num_query > 0:
+            s += f".query{self.num_query}"
         return s
 
     def to_json(self) -> str:
@@ -350,6 +370,14 @@ class Config:
                 fail(name, f"must be >= 1, got {getattr(self, name)}")
         if self.num_updates < 1:
             fail("num_updates", f"must be >= 1, got {self.num_updates}")
+        if self.xent not in XENTS:
+            fail("xent", f"{self.xent!r} is not one of {', '.join(XENTS)}")
+        if self.xent != "summed" and not self.is_classification:
+            fail("xent", "is the cross-entropy of --datasource=omniglot or miniimagenet; drop "
+                 "it")
+        if self.num_query != -1 and (self.num_query < 1 or not self.is_classification):
+            fail("num_query", f"query images per class of omniglot or miniimagenet tasks: -1 "
+                 f"(the original's) or >= 1, got {self.num_query}")
         if self.ensemble < 0:
             fail("ensemble", f"must be >= 0 (0: no ensemble), got {self.ensemble}")
         if self.ensemble and (self.baseline or self.init_checkpoint
@@ -357,6 +385,13 @@ class Config:
             fail("ensemble", "an ensemble is made of a supervised run's own checkpoints: it "
                  "does not apply to --baseline, --init_checkpoint or navigation; drop one of "
                  "them")
+        if self.export_dir and self.ensemble and not self.train:
+            fail("export_dir", f"exports one checkpoint, and --ensemble={self.ensemble} "
+                 "evaluates an ensemble of them: drop --ensemble to export the checkpoint "
+                 "--test_iter names (default: the latest)")
+        if self.export_dir and self.datasource == "navigation":
+            fail("export_dir", "the navigation policy has no SavedModel export (it adapts on "
+                 "an environment's rollouts, not on a support set); drop --export_dir")
         if self.test_num_updates < 0:
             fail("test_num_updates", f"must be >= 0, got {self.test_num_updates}")
         for name in ("meta_lr", "update_lr"):

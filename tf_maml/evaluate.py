@@ -84,10 +84,12 @@ def result_name(update_batch_size: int, update_lr: float, baseline: str | None =
 
 def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
                   update_lr: float, baseline: str | None = None,
-                  ensemble: int = 0) -> dict[str, str]:
+                  ensemble: int = 0, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Writes the CSV (header update0..updateS; rows means, stds, ci95), the original's
-    pickle ``{'mses': values}`` and the per-task matrix as ``.npy``. Each file is replaced
-    whole (:func:`tf_maml.rundir.atomic_write`): a crash never leaves a half file."""
+    pickle ``{'mses': values}``, the per-task matrix as ``.npy`` and the ``extra`` files
+    (name -> text: the evaluation's ``test_config.json``) as one set
+    (:func:`tf_maml.rundir.atomic_write_all`): a crash or a full disk leaves all the earlier
+    files or all the new ones, never half a file nor a mix."""
     os.makedirs(run_dir, exist_ok=True)
     base = os.path.join(run_dir, result_name(update_batch_size, update_lr, baseline, ensemble))
     means, stds, ci95 = summarize(values)
@@ -97,10 +99,12 @@ def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
     writer.writerows([means, stds, ci95])
     array = io.BytesIO()
     np.save(array, values)
-    rundir.atomic_write(base + ".csv", table.getvalue())
-    rundir.atomic_write(base + ".pkl", pickle.dumps({"mses": values}))
-    rundir.atomic_write(base + ".npy", array.getvalue())
-    return {"csv": base + ".csv", "pkl": base + ".pkl", "npy": base + ".npy"}
+    paths = {"csv": base + ".csv", "pkl": base + ".pkl", "npy": base + ".npy"}
+    files = {paths["csv"]: table.getvalue(), paths["pkl"]: pickle.dumps({"mses": values}),
+             paths["npy"]: array.getvalue()}
+    files.update((os.path.join(run_dir, name), text) for name, text in (extra or {}).items())
+    rundir.atomic_write_all(files)
+    return paths
 
 
 def format_summary(values: np.ndarray, classification: bool) -> str:

@@ -44,7 +44,9 @@ def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearn
         keras.utils.set_random_seed(config.seed)
         model = build_model(config)
     if config.is_classification:
-        loss_fn, metric_fn = losses.summed_xent(config.update_batch_size), losses.accuracy
+        loss_fn = (losses.mean_xent if config.xent == "mean"
+                   else losses.summed_xent(config.update_batch_size))
+        metric_fn = losses.accuracy
     else:
         loss_fn, metric_fn = losses.mse, None
     return MetaLearner(
@@ -101,5 +103,6 @@ def eval_split(config: Config) -> str:
 
 
 def test_num_query(config: Config) -> int:
-    """Query size at evaluation: K per class, as the original's test (2K samples/class)."""
-    return config.update_batch_size
+    """Query size at evaluation: K per class, as the original's test (2K samples/class),
+    unless ``--num_query`` sets it (:attr:`Config.num_query_eval`)."""
+    return config.num_query_eval

@@ -43,8 +43,15 @@ time, so first- and second-order MAML give the same fast weights.
 
 Inputs are validated in the graph with ``tf.debugging`` assertions that say what is wrong
 (wrong rank or feature shape, label outside ``[0, N)`` with N the model's output size,
-empty support set, mismatched support sizes, negative ``num_steps``); for that the
-signatures declare inputs of unknown shape, and the checks come before any model op.
+empty support set, mismatched support sizes, negative ``num_steps``, a NaN or infinity in
+``x``, ``support_x``, ``support_y`` or ``query_x``, ``inner_lr`` negative or not finite);
+for that the signatures declare inputs of unknown shape, and the checks come before any
+model op. A NaN must be refused, not passed on: on CPU, TensorFlow's graph optimizer fuses
+MatMul + BiasAdd + Relu into one oneDNN kernel that computes max(x, 0), which is 0 for NaN
+(Keras' own, unfused call gives NaN), so a NaN support example made θ' NaN and every query
+prediction the same finite number, and a NaN query row got a finite prediction. For the same
+reason fast weights that are no longer finite after the inner loop (a step size too large
+for the task) are an error ("the inner loop diverged"), not a prediction.
 
 Targets: integer class ids ``support_y`` [Ns] (int32 or int64, or float32 / float64 holding
 whole numbers; int64 in the signatures)
@@ -68,16 +75,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 
 import keras
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
-from tf_maml import losses
+from tf_maml import losses, rundir
+from tf_maml.rundir import RunDirError
 
 METADATA_FILE = "maml_metadata.json"
 KERAS_FILE = "model.keras"
 TARGETS = ("auto", "classes", "regression")
+# Everything an export's directory holds: an earlier export is replaced whole, and a
+# directory holding anything else is refused (replacing it would delete those files).
+EXPORT_ENTRIES = frozenset({"saved_model.pb", "fingerprint.pb", "variables", "assets",
+                            "assets.extra", KERAS_FILE})
 
 
 def _infer_input_shape(model: keras.Model) -> tuple:
@@ -152,6 +166,16 @@ class _Checks:
                 tf.gather(_dims(x, rank), known), wanted,
                 message=f"{name} has the wrong feature shape: expected {expected}",
             ), tf.reduce_all(tf.equal(tf.gather(_dims(x, rank), known), wanted)))
+        self.finite(x, name, "examples")
+
+    def finite(self, x: tf.Tensor, name: str, what: str) -> None:
+        """Refuses a NaN or an infinity in ``x``: the model would not always pass it on (see
+        the module docstring), so a bad value could come out as a finite, wrong prediction."""
+        if x.dtype.is_floating:
+            self.add(lambda: tf.debugging.assert_all_finite(
+                x, message=f"{name} has a NaN or infinite value: adapt_and_predict needs "
+                           f"finite {what}; check the data and its preprocessing",
+            ), tf.reduce_all(tf.math.is_finite(x)))
 
     def gate(self, x: tf.Tensor, static_shape: tuple) -> tf.Tensor:
         passed = tf.reduce_all(tf.stack(self._passed)) if self._passed else tf.constant(True)
@@ -183,6 +207,7 @@ def export(
     Returns:
       ``export_dir``.
     """
+    check_export_dir(export_dir)
     default_steps = int(num_steps)
     if default_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
@@ -245,6 +270,7 @@ def export(
                 message=f"support_y has the wrong number of target values per example: "
                         f"expected {num_outputs}, the model's number of outputs",
             ), tf.equal(size, num_outputs))
+            checks.finite(support_y, "support_y", "targets")
 
     def predict(x):
         checks = _Checks()
@@ -265,6 +291,9 @@ def export(
             steps, message="num_steps must be >= 0"), steps >= 0)
         checks.add(lambda: tf.debugging.assert_all_finite(
             lr, message="inner_lr must be finite"), tf.math.is_finite(lr))
+        checks.add(lambda: tf.debugging.assert_non_negative(
+            lr, message="inner_lr must be >= 0 (a step size; 0 leaves the weights unchanged)"),
+            lr >= 0)
         support_x = checks.gate(support_x, (None,) + feature_shape)
         query_x = checks.gate(query_x, (None,) + feature_shape)
         support_y = checks.gate(
@@ -292,6 +321,14 @@ def export(
             return i + 1, fast
 
         _, fast = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), weights))
+        # A step size too large for the task overflows θ'; its predictions, through a fused
+        # Relu, could still look finite.
+        diverged = tf.debugging.assert_equal(
+            tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in fast]), True,
+            message="the inner loop diverged: the fast weights are not finite after "
+                    "adaptation; use a smaller inner_lr or fewer num_steps")
+        with tf.control_dependencies([diverged]):
+            fast = [tf.identity(w) for w in fast]
         if cut:
             return split.head(fast, split.body(weights, query_x))
         return adapt_lib.forward(model, fast, query_x, frozen)
@@ -342,6 +379,11 @@ def export(
         steps = tf.constant(default_steps, tf.int32) if num_steps is None else num_steps
         lr = tf.constant(default_lr, tf.float32) if inner_lr is None else inner_lr
         if kind == "classes" and support_y.dtype.is_floating:
+            finite = tf.debugging.assert_all_finite(
+                support_y, message="support_y has a NaN or infinite value: classification "
+                                   "targets are class ids 0..N-1")
+            with tf.control_dependencies([finite]):
+                support_y = tf.identity(support_y)
             whole = tf.debugging.assert_equal(
                 support_y, tf.round(support_y),
                 message="support_y holds floats that are not whole numbers: classification "
@@ -378,14 +420,72 @@ def export(
         "metadata": module.metadata.get_concrete_function(),
     }
 
-    os.makedirs(export_dir, exist_ok=True)
-    tf.saved_model.save(module, export_dir, signatures=signatures)
-    extra_dir = os.path.join(export_dir, "assets.extra")
-    os.makedirs(extra_dir, exist_ok=True)
-    with open(os.path.join(extra_dir, METADATA_FILE), "w") as f:
-        json.dump(metadata_values, f, indent=2)
-    model.save(os.path.join(export_dir, KERAS_FILE))
+    def write(directory):
+        tf.saved_model.save(module, directory, signatures=signatures)
+        extra_dir = os.path.join(directory, "assets.extra")
+        os.makedirs(extra_dir, exist_ok=True)
+        with open(os.path.join(extra_dir, METADATA_FILE), "w") as f:
+            json.dump(metadata_values, f, indent=2)
+        model.save(os.path.join(directory, KERAS_FILE))
+
+    _write_whole(export_dir, write)
     return export_dir
+
+
+def check_export_dir(export_dir: str) -> None:
+    """A :class:`~tf_maml.rundir.RunDirError` naming the fix if ``export_dir`` cannot become
+    an export: a file, or a directory holding other files than an earlier export's. Called
+    before anything is computed or written (the command line calls it before training)."""
+    if not export_dir:
+        raise RunDirError("`export_dir` is empty: give the path of a new directory")
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise RunDirError(
+            f"`export_dir` {export_dir} is a file, not a directory: give the path of a new "
+            "directory (or of an earlier export, which is replaced whole)")
+    if os.path.isdir(export_dir):
+        foreign = sorted(set(os.listdir(export_dir)) - EXPORT_ENTRIES)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise RunDirError(
+                f"`export_dir` {export_dir} holds files that are not an export's ({shown}): "
+                "give a new or empty directory (an earlier export there would be replaced "
+                "whole)")
+
+
+def _write_whole(export_dir: str, write) -> None:
+    """Runs ``write(directory)`` on a new directory beside ``export_dir``, then puts it in
+    ``export_dir``'s place by renames (which need no space): a failed write (a full or
+    read-only disk) removes its partial files and leaves an earlier export as it was; the
+    error is a :class:`~tf_maml.rundir.RunDirError` of one line. (A crash between the two
+    renames would leave the earlier export as ``.<name>.*.old`` beside it.)"""
+    target = os.path.realpath(export_dir)
+    parent, name = os.path.split(target)
+    shown_parent = os.path.dirname(os.path.abspath(export_dir))
+    earlier = os.path.isdir(target) and bool(os.listdir(target))
+    kept = (f"the earlier export in {export_dir} is intact" if earlier
+            else "no partial export was left")
+    # Not tempfile.mkdtemp: its mode 0700 would become the export's.
+    tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with rundir.writing(shown_parent, f"write the SavedModel export {name}",
+                            kept=lambda: kept, arg="export_dir"):
+            os.makedirs(parent, exist_ok=True)
+            os.mkdir(tmp)
+            write(tmp)
+            if not earlier:
+                os.replace(tmp, target)  # a new name, or an empty directory
+                return
+            old = tmp[:-len(".tmp")] + ".old"
+            os.rename(target, old)
+            try:
+                os.rename(tmp, target)
+            except BaseException:
+                os.rename(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_metadata(export_dir: str) -> dict:
@@ -394,5 +494,5 @@ def load_metadata(export_dir: str) -> dict:
         return json.load(f)
 
 
-__all__ = ["export", "load_metadata"]
+__all__ = ["check_export_dir", "export", "load_metadata"]
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import distribute as distribute_lib
-from tf_maml import keras_internals, mamlpp
+from tf_maml import keras_internals, losses, mamlpp
 from tf_maml.config import ALGORITHMS
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
 from tf_maml.mapping.base import model_example_shape, model_runner
@@ -74,8 +74,9 @@ class MetaLearner:
       adapt_layers: ``"all"`` (MAML) or ``"head"``: ANIL (Raghu et al. 2020), where only the
         last layer with weights adapts in the inner loop and the body learns in the outer
         loop alone.
-      meta_grad_clip: clip every meta-gradient element to ±value (the original did for
-        MiniImageNet, with 10).
+      meta_grad_clip: clip every element of the network's meta-gradients (θ, per-step
+        batch norm; not the learned rates) to ±value (the original did for MiniImageNet,
+        with 10; MAML++ too).
       learn_inner_lr: Meta-SGD (Li et al. 2017): one learnable α per parameter element,
         initialised to ``inner_lr`` and meta-trained with θ.
       plan: how the tasks of a meta-batch are run, a :class:`tf_maml.mapping.ExecutionPlan`
@@ -156,7 +157,8 @@ class MetaLearner:
         _check_mamlpp(algorithm, first_order, inner_steps, lslr, per_step_bn, msl_iterations,
                       first_order_iterations, cosine_annealing_iterations, meta_optimizer)
         self.model = model
-        self.loss_fn = loss_fn
+        self.loss_fn = losses.task_loss(loss_fn)  # a Keras loss name: its mean
+        self._loss_checked = False  # see _check_loss
         self.metric_fn = metric_fn
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
@@ -209,6 +211,22 @@ class MetaLearner:
         self.nonfinite_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._train_fns: dict = {}
         self._eval_fns: dict = {}
+
+    def checked_batch(self, batch, where: str) -> tuple[tf.Tensor, ...]:
+        """``batch`` as :func:`~tf_maml.mapping.check_batch` returns it for this model, and
+        the loss checked on its first task (:meth:`_check_loss`); a ValueError naming what
+        is wrong, raised before anything is traced or applied."""
+        batch = check_batch(batch, where, self._example_shape)
+        self._check_loss(batch[0][0], batch[1][0])
+        return batch
+
+    def _check_loss(self, support_x, support_y, weights=None) -> None:
+        """The first time: the loss's value on one task, computed eagerly (one forward
+        pass), must be a scalar (:func:`tf_maml.losses.check_scalar`). Checked here rather
+        than while tracing, where the one-line error would come wrapped in a traceback."""
+        if not self._loss_checked:
+            losses.check_scalar(self.loss_fn, support_y, self.predict(support_x, weights))
+            self._loss_checked = True
 
     def _check_distributed(self, model: keras.Model) -> None:
         if not all(isinstance(getattr(v, "value", v), tf.distribute.DistributedValues)
@@ -315,6 +333,7 @@ class MetaLearner:
         if num_x is not None and num_y is not None and num_x != num_y:
             raise ValueError(f"adapt: support_y has {num_y} targets but support_x has {num_x} "
                              "examples; every example needs one")
+        self._check_loss(support_x, support_y, weights)
         fast, _, _ = self._inner_loop(model_runner(self.model), weights, support_x, support_y,
                                       _read(self.inner_lrs), steps,
                                       bn_steps=_read(self.bn_steps))
@@ -527,8 +546,12 @@ class MetaLearner:
         """One meta-optimiser step, skipped (and counted) if the loss or a gradient is not
         finite. Returns whether it was applied."""
         if self.meta_grad_clip is not None:
+            # The network's gradients only (θ, per-step batch norm): MAML++'s meta_update
+            # clamps `classifier.named_parameters()`, not its inner-loop optimiser's rates.
             c = float(self.meta_grad_clip)
-            grads = [tf.clip_by_value(g, -c, c) for g in grads]
+            rates = {id(v) for v in self.inner_lrs}
+            grads = [g if id(v) in rates else tf.clip_by_value(g, -c, c)
+                     for g, v in zip(grads, self.meta_variables)]
         return apply_if_finite(self.optimizer, grads, self.meta_variables, loss,
                                on_skip=lambda: self.nonfinite_steps.assign_add(1))
 
@@ -565,10 +588,10 @@ class MetaLearner:
                 step = distribute_lib.replicated_step(self.strategy, gradients, apply)
             self._train_fns[key] = tf.function(step, reduce_retracing=True)
         if self.strategy is None:
-            return self._train_fns[key](check_batch(batch, "train_step", self._example_shape))
+            return self._train_fns[key](self.checked_batch(batch, "train_step"))
         if not distribute_lib.is_distributed(batch):
-            batch = distribute_lib.split_batch(
-                self.strategy, check_batch(batch, "train_step", self._example_shape))
+            batch = distribute_lib.split_batch(self.strategy,
+                                               self.checked_batch(batch, "train_step"))
         return self._train_fns[key](batch)
 
     meta_train_step = train_step  # the name used in the paper's vocabulary
@@ -617,8 +640,7 @@ class MetaLearner:
                 return self.plan.for_tasks(self.model, batch).map(task_fn, batch, signature)
 
             self._eval_fns[key] = tf.function(evaluate, reduce_retracing=True)
-        return self._eval_fns[key](
-            check_batch(batch, "evaluate_batch", self._example_shape))
+        return self._eval_fns[key](self.checked_batch(batch, "evaluate_batch"))
 
 
 def apply_if_finite(optimizer, grads, variables, loss=None, on_skip=None) -> tf.Tensor:

@@ -5,6 +5,9 @@ A task loss maps ``(y_true, y_pred)`` of ONE task to a scalar.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import keras
 import tensorflow as tf
 
 
@@ -36,7 +39,8 @@ def summed_xent(shots: int):
 
 def mean_xent(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Softmax cross-entropy averaged over the examples: ordinary fine-tuning's loss (the
-    fine-tuning baseline, :mod:`tf_maml.baselines`). Labels are integer class ids."""
+    fine-tuning baseline, :mod:`tf_maml.baselines`) and MAML++'s (``--xent=mean``: its
+    ``F.cross_entropy``, inner and outer loop). Labels are integer class ids."""
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(y_true, tf.int32), logits=logits))
 
@@ -45,3 +49,39 @@ def accuracy(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Fraction of examples whose argmax logit is the label (per task)."""
     hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(y_true, tf.int32))
     return tf.reduce_mean(tf.cast(hits, tf.float32))
+
+
+def task_loss(loss) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """``loss`` as a task loss: a function is kept as it is; a Keras loss name (``"mse"``,
+    ``"mae"``, ``"huber"``, ...) is that Keras loss averaged over the task's examples, as
+    Keras' default reduction averages it. Anything else is a one-line ValueError."""
+    if isinstance(loss, str):
+        try:
+            keras_loss = keras.losses.get(loss)
+        except ValueError:
+            keras_loss = None
+        if not callable(keras_loss):
+            raise ValueError(f"unknown loss {loss!r}: give a Keras loss name (e.g. 'mse') or a "
+                             "function loss_fn(y_true, y_pred) -> scalar")
+
+        def mean_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+            return tf.reduce_mean(keras_loss(y_true, y_pred))
+
+        mean_loss.__name__ = f"mean_{getattr(keras_loss, '__name__', loss)}"
+        return mean_loss
+    if not callable(loss):
+        raise ValueError("loss_fn must be a function loss_fn(y_true, y_pred) -> scalar or a "
+                         f"Keras loss name, got {loss!r}")
+    return loss
+
+
+def check_scalar(loss_fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
+    """A one-line ValueError unless ``loss_fn`` gives ONE task's examples (``y_true``,
+    ``y_pred``) a scalar. A vector would not fail later: the gradient of a vector is the
+    gradient of its sum, so a per-example loss silently takes a step K (N·K) times larger."""
+    value = tf.convert_to_tensor(loss_fn(y_true, y_pred))
+    if value.shape.rank != 0:
+        raise ValueError(
+            f"loss_fn returned shape {tuple(value.shape)} for one task's {y_pred.shape[0]} "
+            "examples; it must return a scalar (e.g. the mean over the examples, or "
+            "tf_maml.losses.summed_xent(K) for the original's Σ CE / K)")

@@ -13,6 +13,7 @@ This is the ONLY module that reads FLAGS.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,7 +22,7 @@ from absl import app, flags  # noqa: E402
 
 # The enum flags' choices are the Config's own tuples, so a new choice is added in one place.
 from tf_maml.config import (ADAPT_LAYERS, ALGORITHMS, DATASET_BACKENDS,  # noqa: E402
-                            DISTRIBUTION_STRATEGIES, NAN_POLICIES, TASK_PARALLELISM)
+                            DISTRIBUTION_STRATEGIES, NAN_POLICIES, TASK_PARALLELISM, XENTS)
 
 FLAGS = flags.FLAGS
 
@@ -92,11 +93,17 @@ def define_flags(values: flags.FlagValues) -> None:
                          flag_values=values)
     flags.DEFINE_integer("num_test_tasks", 600, "tasks evaluated by --train=False (original: 600).",
                          flag_values=values)
-    flags.DEFINE_integer("ensemble", 0, "evaluate the ensemble of the N checkpoints (of the "
-                         "kept ones, up to --test_iter) with the best accuracy on "
-                         "--num_test_tasks validation tasks, their query logits averaged "
-                         "(MAML++'s protocol); 0: one checkpoint, as the original.",
-                         flag_values=values)
+    flags.DEFINE_integer("ensemble", 0, "evaluate the ensemble of the N checkpoints with the "
+                         "best accuracy on --num_test_tasks validation tasks, their query logits "
+                         "averaged (MAML++'s protocol; training then validates every 500 "
+                         "iterations and keeps the N best checkpoints); 0: one checkpoint, as "
+                         "the original.", flag_values=values)
+    flags.DEFINE_integer("num_query", -1, "query images per class at training, validation "
+                         "and test; -1: the original's (15 when training on MiniImageNet, K "
+                         "otherwise).", flag_values=values)
+    flags.DEFINE_enum("xent", "summed", list(XENTS), "the classification loss of both "
+                      "loops: summed (the original's sum of cross-entropies / K, N times the "
+                      "mean) or mean (MAML++'s mean cross-entropy).", flag_values=values)
     flags.DEFINE_integer("seed", 0, "seed of the weights and of the task streams.",
                          flag_values=values)
     flags.DEFINE_string("data_dir", None, "prepared data: the --output folder of "
@@ -155,7 +162,8 @@ def define_flags(values: flags.FlagValues) -> None:
                       flag_values=values)
     flags.DEFINE_string("init_checkpoint", None, "initialise from an original TF1 MAML checkpoint "
                         "(prefix, e.g. .../model59000).", flag_values=values)
-    flags.DEFINE_string("export_dir", None, "after training, export a SavedModel here.",
+    flags.DEFINE_string("export_dir", None, "export a SavedModel here of the checkpoint "
+                        "trained, or with --train=False of the one evaluated.",
                         flag_values=values)
     flags.DEFINE_bool("deterministic", False, "enable TensorFlow's deterministic ops, so that a "
                       "run resumed after a crash ends with the weights of an uninterrupted one.",
@@ -249,6 +257,9 @@ def main(argv):
     except (ConfigError, DataError, CheckpointError, NonFiniteError, RunDirError) as err:
         return fail(err, 1)
     except KeyboardInterrupt:
+        # The command is ending (training saved and said so): more presses of Ctrl-C must
+        # not turn its exit into a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         return 130
     except Exception as err:
         import tensorflow as tf

@@ -26,8 +26,9 @@ ENSEMBLE_NAME = "ensemble.json"  # an ensemble's members (tf_maml/ensemble.py)
 
 
 class RunDirError(RuntimeError):
-    """The run directory cannot be used (in use by another process, not writable, full);
-    the message names the directory and the fix, and what was kept."""
+    """The run directory (or a SavedModel export's directory) cannot be used (in use by
+    another process, not writable, full); the message names the directory and the fix, and
+    what was kept."""
 
 
 # ---------------------------------------------------------------------- lock
@@ -175,14 +176,15 @@ def _remove_created(created: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------- writing
-def os_error_message(err: OSError, run_dir: str, action: str, kept: str = "") -> str:
+def os_error_message(err: OSError, run_dir: str, action: str, kept: str = "",
+                     arg: str = "run_dir") -> str:
     """One line for an OSError while writing into ``run_dir``: what failed, why, what was
-    kept, and the fix."""
+    kept, and the fix (``arg``: the argument that chose the directory)."""
     reason = os.strerror(err.errno) if err.errno else str(err)
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = f"free some space on the disk of {run_dir}"
     elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        fix = f"make {run_dir} writable, or use another `run_dir`"
+        fix = f"make {run_dir} writable, or use another `{arg}`"
     else:
         fix = f"check {run_dir}"
     kept = kept or "nothing already written was changed"
@@ -192,7 +194,7 @@ def os_error_message(err: OSError, run_dir: str, action: str, kept: str = "") ->
 
 @contextlib.contextmanager
 def writing(run_dir: str, action: str, kept: Callable[[], str] | None = None,
-            cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+            cleanup: Callable[[], None] | None = None, arg: str = "run_dir") -> Iterator[None]:
     """Turns an OSError (or TensorFlow's error for one) inside the block into a
     :class:`RunDirError` naming ``action``, after ``cleanup`` removed any partial file."""
     try:
@@ -204,7 +206,7 @@ def writing(run_dir: str, action: str, kept: Callable[[], str] | None = None,
         if cleanup is not None:
             cleanup()
         raise RunDirError(os_error_message(os_err, run_dir, action,
-                                           kept() if kept else "")) from err
+                                           kept() if kept else "", arg)) from err
 
 
 def _as_os_error(err: Exception) -> OSError | None:
@@ -223,14 +225,26 @@ def _as_os_error(err: Exception) -> OSError | None:
 
 def atomic_write(path: str, data: str | bytes) -> None:
     """Replaces ``path`` whole: a reader (or a crash) sees the old file or the new one."""
-    tmp = path + ".tmp"
+    atomic_write_all({path: data})
+
+
+def atomic_write_all(files: dict[str, str | bytes]) -> None:
+    """Replaces the files of ``files`` (path -> contents) as one set, so that they never mix
+    two versions (an evaluation's csv, pkl and npy): every file is written under a temporary
+    name first, and only when all of them are on disk are they renamed over the old ones. A
+    failed write (a full disk) leaves every old file as it was; the renames need no space."""
+    temporaries = []
     try:
-        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        for path, data in files.items():
+            temporaries.append(path + ".tmp")
+            with open(temporaries[-1], "wb" if isinstance(data, bytes) else "w") as f:
+                f.write(data)
+        for path, tmp in zip(files, temporaries):
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        for tmp in temporaries:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
         raise
 
 

@@ -3,7 +3,8 @@
 ``--train=True``: meta-train in ``logdir/<exp_string>`` (resuming if possible), then, with
 ``--test_after_train``, evaluate exactly as ``--train=False`` would. ``--train=False``:
 restore the latest (or ``--test_iter``) checkpoint and evaluate ``num_test_tasks`` tasks with
-``test_num_updates`` steps, writing the original's result files. ``--ensemble=N`` evaluates
+``test_num_updates`` steps, writing the original's result files (and, with ``--export_dir``,
+exporting that checkpoint). ``--ensemble=N`` evaluates
 instead the ensemble of the N checkpoints (up to that one) with the best validation score
 (MAML++'s protocol, tf_maml/ensemble.py).
 """
@@ -14,13 +15,11 @@ import contextlib
 import os
 import time
 
-from absl import logging
-
 from tf_maml import distribute, experiment, rundir
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import threads as threads_lib
 from tf_maml.checkpoint import learner_checkpointer, restore_for_test
-from tf_maml.config import Config
+from tf_maml.config import Config, ConfigError
 from tf_maml.train import train
 
 
@@ -31,6 +30,7 @@ def run_dir(config: Config) -> str:
 def _write_config(config: Config, directory: str) -> None:
     name = "config.json" if config.train else "test_config.json"
     with rundir.writing(directory, f"write {name}"):
+        os.makedirs(directory, exist_ok=True)  # an evaluation may be the first writer
         rundir.atomic_write(os.path.join(directory, name), config.to_json())
 
 
@@ -42,8 +42,14 @@ def resume_changes(config: Config, directory: str) -> list:
     if not (config.train and config.resume and rundir.checkpoint_prefixes(directory)
             and os.path.exists(path)):
         return []
-    with open(path) as f:
-        previous = Config.from_json(f.read())
+    try:
+        with open(path) as f:
+            previous = Config.from_json(f.read())
+    except (OSError, ValueError, TypeError, AttributeError) as err:  # not a JSON object
+        raise ConfigError(
+            f"{path}, the flags this run was trained with, cannot be read ({err}): fix it, or "
+            "delete it to resume without comparing the flags (training writes it again)"
+        ) from err
     return config.resume_changes(previous)
 
 
@@ -97,6 +103,10 @@ def _lock(config: Config, directory: str, chief: bool, log):
 
 def _run(config: Config, directory: str, learner, chief: bool, log) -> dict:
     changes = resume_changes(config, directory) if chief else []
+    if config.export_dir and chief:  # a path that cannot hold the export fails now, not
+        from tf_maml.export import check_export_dir  # after hours of training
+
+        check_export_dir(config.export_dir)
     if config.init_checkpoint:
         from tf_maml.convert import load_original_checkpoint
 
@@ -111,14 +121,18 @@ def _run(config: Config, directory: str, learner, chief: bool, log) -> dict:
         train_source = experiment.task_source(config, "train")
         val_source = (experiment.task_source(config, "val") if config.is_classification
                       and chief else None)
+        # --ensemble: MAML++'s pool, validated every epoch on the tasks selection uses.
+        pool_source = (experiment.task_source(config, "val", experiment.test_num_query(config))
+                       if config.ensemble and chief else None)
         result["iterations"] = train(
             learner, config, directory, train_source, val_source, log=log,
             on_start=(lambda: _write_config(config, directory)) if chief else None,
-            changes=changes)
+            changes=changes, pool_source=pool_source, eval_batch=eval_batch_size(config))
         if not chief:
             return result
         if config.export_dir:
-            result["export_dir"] = _export(learner, config)
+            result["export_dir"] = _export(learner, config, f"model-{result['iterations']}",
+                                           log)
         if not config.test_after_train:
             return result
         source = eval_source(config)
@@ -126,12 +140,16 @@ def _run(config: Config, directory: str, learner, chief: bool, log) -> dict:
         if not chief:
             log("Evaluation runs on the chief worker only.")
             return result
-        if not config.init_checkpoint:
+        if config.init_checkpoint:
+            evaluated = os.path.basename(config.init_checkpoint)
+        else:
             path, iteration = restore_for_test(learner_checkpointer(learner, directory),
                                                config.test_iter)
             log(f"Restored {path} (iteration {iteration})")
+            evaluated = os.path.basename(path)
         source = eval_source(config)
-        _write_config(config, directory)
+        if config.export_dir:  # the checkpoint evaluated (an ensemble is refused by validate)
+            result["export_dir"] = _export(learner, config, evaluated, log)
     result.update(evaluate_run(learner, config, directory, log=log, source=source))
     return result
 
@@ -142,13 +160,18 @@ def eval_source(config: Config):
                                   experiment.test_num_query(config))
 
 
+def eval_batch_size(config: Config) -> int:
+    """Tasks evaluated at once."""
+    return 100 if config.datasource == "sinusoid" else (
+        32 if config.datasource == "omniglot" else 10)
+
+
 def evaluate_run(learner, config: Config, directory: str, log=print, source=None) -> dict:
     split = experiment.eval_split(config)
     if source is None:
         source = eval_source(config)
     seed = evaluate_lib.TEST_SEEDS[config.datasource]
-    batch = 100 if config.datasource == "sinusoid" else (
-        32 if config.datasource == "omniglot" else 10)
+    batch = eval_batch_size(config)
     what = "test" if config.datasource == "sinusoid" else split
     num_steps = config.test_num_updates
     if config.is_pretrained_baseline:  # the classifier's nearest neighbours, or fine-tuning
@@ -156,8 +179,7 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
 
         val_source = (None if config.baseline == "nearest_neighbor" else
                       experiment.task_source(config, "val", experiment.test_num_query(config)))
-        learner, num_steps = baselines.evaluator(learner, config, val_source,
-                                                 experiment.execution_plan(config), log=log)
+        learner, num_steps = baselines.evaluator(learner, config, val_source, log=log)
         log(f"Evaluating the {config.baseline} baseline on {config.num_test_tasks} {what} "
             f"tasks, {num_steps} steps, K={config.update_batch_size}")
     else:
@@ -190,19 +212,35 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
                                     batch_size=batch, progress=progress)
     values = out["metric"] if "metric" in out else out["loss"]
     log(evaluate_lib.format_summary(values, config.is_classification))
+    # An evaluation's flags (test_config.json) belong to its results: written as one set.
+    extra = {} if config.train else {"test_config.json": config.to_json()}
+    name = evaluate_lib.result_name(config.update_batch_size, config.update_lr, config.baseline,
+                                    config.ensemble)
     with rundir.writing(directory, "write the evaluation results",
-                        kept=lambda: "the checkpoints and earlier results are intact"):
+                        kept=lambda: _kept_results(directory, name, extra)):
         paths = evaluate_lib.write_results(directory, values, config.update_batch_size,
                                            config.update_lr, config.baseline,
-                                           config.ensemble)
+                                           config.ensemble, extra)
     log(f"Wrote {paths['csv']}")
     means, _, ci95 = evaluate_lib.summarize(values)
     return {"results": paths, "means": means, "ci95": ci95, "values": values}
 
 
-def _export(learner, config: Config) -> str:
+def _kept_results(directory: str, name: str, extra: dict) -> str:
+    """What a failed write of the evaluation's set left: the earlier files, all of them."""
+    earlier = [ext for ext in (".csv", ".pkl", ".npy")
+               if os.path.exists(os.path.join(directory, name + ext))]
+    held = ([name + "/".join(earlier)] if earlier else []) + [
+        other for other in extra if os.path.exists(os.path.join(directory, other))]
+    if not held:
+        return "the checkpoints are intact and no result file was written"
+    return f"the checkpoints and the earlier results ({', '.join(held)}) are intact"
+
+
+def _export(learner, config: Config, what: str, log) -> str:
+    """Exports the learner as it is: the checkpoint ``what`` just trained or restored."""
     from tf_maml.export import export
 
     path = export(learner, config.export_dir, num_steps=config.test_num_updates)
-    logging.info("Exported SavedModel to %s", path)
+    log(f"Exported {what} to {path}")
     return path

@@ -7,6 +7,7 @@ line) and :func:`fit_learner` (``MetaLearner.fit``), which share the run directo
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,7 @@ class NonFiniteError(RuntimeError):
 
 
 class StopRequest:
-    """Set by SIGTERM (a scheduler's stop); the loop checks it after every step."""
+    """Set by Ctrl-C or SIGTERM (a scheduler's stop); the loop checks it after every step."""
 
     requested = False
 
@@ -38,25 +39,27 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[StopRequest]:
-    """Inside the block SIGTERM stops training as Ctrl-C does (the loop's interrupt handling
-    saves a checkpoint) at the end of the current step: the handler only sets a flag, since
-    an exception raised at an arbitrary point inside TensorFlow's Python code may be
-    swallowed there."""
+def interrupt_at_step_end() -> Iterator[StopRequest]:
+    """Inside the block Ctrl-C (SIGINT) and SIGTERM stop training at the end of the current
+    step, where the loop's interrupt handling saves a checkpoint: the handler only sets a
+    flag, since an exception raised at an arbitrary point inside TensorFlow's Python code
+    may be swallowed there, and a second Ctrl-C during the save would cut it short."""
     stop = StopRequest()
 
-    def on_sigterm(signum, frame):
+    def on_signal(signum, frame):
         stop.requested = True
 
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread
-        previous = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, on_signal)
+    except ValueError:  # not the main thread: signals keep their handlers
+        pass
     try:
         yield stop
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # ---------------------------------------------------------------------- the loop
@@ -79,7 +82,8 @@ def fit(
     ``check_interval`` iterations the steps since the last check are inspected: a step whose
     loss or meta-gradient was not finite was not applied (see MetaLearner.apply_gradients);
     ``nan_policy="stop"`` then raises :class:`NonFiniteError` naming it. Ctrl-C and SIGTERM
-    call ``on_interrupt`` (the checkpoint saver saves) and re-raise KeyboardInterrupt.
+    end the current step, call ``on_interrupt`` (the checkpoint saver saves) and raise
+    KeyboardInterrupt; pressing Ctrl-C again meanwhile changes nothing.
     """
     if nan_policy not in ("stop", "skip"):
         raise ValueError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
@@ -87,8 +91,10 @@ def fit(
         cb.on_train_begin(learner, start, total)
     pending: list[tuple[int, dict]] = []
     done = start
-    try:
-        with sigterm_as_interrupt() as stop:
+    # The handlers stay inside the signals' block, so that the save on an interrupt is not
+    # itself interrupted.
+    with interrupt_at_step_end() as stop:
+        try:
             for itr in range(start, total):
                 pretrain = itr < pretrain_iterations
                 out = learner.train_step(next(batches), pretrain=pretrain)
@@ -100,15 +106,15 @@ def fit(
                 for cb in callbacks:
                     cb.on_step_end(done, out, pretrain)
                 stop.check()
-    except KeyboardInterrupt:
-        for cb in callbacks:
-            cb.on_interrupt(done)
-        raise
-    except BaseException:
-        for cb in callbacks:
-            if isinstance(cb, HistoryCSV):
-                cb.on_train_end(done)
-        raise
+        except KeyboardInterrupt:
+            for cb in callbacks:
+                cb.on_interrupt(done)
+            raise
+        except BaseException:
+            for cb in callbacks:
+                if isinstance(cb, HistoryCSV):
+                    cb.on_train_end(done)
+            raise
     for cb in callbacks:
         cb.on_train_end(done)
     return done
@@ -177,9 +183,16 @@ def train(
     log: Callable[[str], None] = print,
     on_start: Callable[[], None] | None = None,
     changes: Sequence[Change] = (),
+    pool_source=None,
+    eval_batch: int = 25,
 ) -> int:
     """Meta-trains ``learner`` as the original's main.py until ``config.total_iterations``;
     returns the last iteration.
+
+    With ``config.ensemble`` and a ``pool_source`` (validation tasks as the ensemble's
+    selection draws them), every epoch of MAML++ is validated on ``config.num_test_tasks``
+    of them, ``eval_batch`` at a time, and the best checkpoints are kept
+    (:class:`tf_maml.ensemble.Pool`).
 
     Pretraining iterations (the pretrained/oracle baselines) come first, as the original.
     With ``config.resume`` the latest readable checkpoint in ``run_dir`` is restored, Adam
@@ -209,6 +222,9 @@ def train(
             validation = Validation(val_batches, config.test_print_interval,
                                     config.num_updates, log, tensorboard, history)
             callbacks.insert(len(callbacks) - 1, validation)  # before the saver, as before
+        if config.ensemble and pool_source is not None and checkpointer.chief:
+            callbacks.insert(len(callbacks) - 1, _ensemble_pool(
+                learner, config, checkpointer, pool_source, eval_batch, log))
         autotune.tune(learner, train_source, config.meta_batch_size, config.seed,
                       config.total_iterations - start, run_dir if checkpointer.chief else None,
                       pretrain=start < config.effective_pretrain_iterations, log=log)
@@ -223,6 +239,21 @@ def train(
             checkpointer.close()
 
 
+def _ensemble_pool(learner, config: Config, checkpointer: Checkpointer, source,
+                   batch_size: int, log) -> Callback:
+    from tf_maml import ensemble
+    from tf_maml import evaluate as evaluate_lib
+
+    steps, tasks = config.test_num_updates, config.num_test_tasks
+
+    def score() -> float:
+        values = evaluate_lib.evaluate(learner, source, tasks, steps,
+                                       ensemble.VALIDATION_SEED, batch_size=batch_size)
+        return ensemble.score(values, steps)
+
+    return ensemble.Pool(checkpointer, score, config.ensemble, tasks, steps, log=log)
+
+
 def fit_learner(learner, tasks, iterations: int, *, meta_batch_size: int, seed: int,
                 run_dir: str | None, resume: bool, callbacks: Sequence[Callback],
                 log_interval: int | None, pretrain_iterations: int, nan_policy: str,
@@ -230,6 +261,10 @@ def fit_learner(learner, tasks, iterations: int, *, meta_batch_size: int, seed: 
     """``MetaLearner.fit`` (see there for the arguments and their defaults): the loop of
     :func:`fit`, with a run directory's lock, resume, checkpoints and log when ``run_dir``
     is given."""
+    if isinstance(meta_batch_size, bool) or not isinstance(meta_batch_size, numbers.Integral) \
+            or meta_batch_size < 1:  # else TensorFlow fails inside the first step
+        raise ValueError(f"meta_batch_size must be a whole number of tasks >= 1, got "
+                         f"{meta_batch_size}")
     callbacks = list(callbacks)
     if log_interval:
         callbacks.insert(0, ProgressLogger(log_interval, min(log_interval, 100), log))

@@ -16,8 +16,14 @@ Output (the documented interface read by ``tf_maml.tasks.miniimagenet``)::
 Differences from the original ``proc_images.py``, which resized every image in place with
 LANCZOS (re-encoding JPEGs that were already 84x84) and then *moved* them into the split
 folders: the source is never modified, moved or deleted; JPEGs that are already 84x84 RGB are
-copied byte for byte (no second lossy encoding); only other images are converted to RGB,
-resized with LANCZOS and saved as JPEG with Pillow's default quality, like the original.
+copied byte for byte (no second lossy encoding) unless bytes follow their end marker (none do
+in the real data); only other images are converted to RGB, resized with LANCZOS and saved as
+JPEG with Pillow's default quality, like the original.
+
+A rerun on a finished output checks the marker, the file counts and that every JPEG is whole
+(its first and last bytes, ``tf_maml.data.prep.file_problem``: about 2 s for the 60000); if
+one is missing, empty, foreign or cut short it rebuilds, which rewrites exactly the files whose
+bytes are wrong.
 
 Images that appear under two classes: a CSV row is (filename, label), and each row becomes its
 own file, so a file name listed under two labels is copied into both class folders. (In the
@@ -50,7 +56,9 @@ from tf_maml.data.prep import (
     read_marker,
     read_zip_member,
     save_npz_atomic,
+    signature_problem,
     start_output,
+    tree_is_intact,
     write_if_changed,
     write_marker,
 )
@@ -188,7 +196,9 @@ def check_images_present(splits: dict[str, dict[str, dict[str, int]]],
 def to_84_jpeg(data: bytes, origin: str) -> tuple[bytes, np.ndarray, bool]:
     """(JPEG bytes to write, their decoded uint8 pixels [84, 84, 3], whether re-encoded)."""
     img = decode_image(data, origin)
-    if img.format == "JPEG" and img.mode == "RGB" and img.size == (IMAGE_SIZE, IMAGE_SIZE):
+    # Copied only if whole by the loaders' cheap check too (no bytes after the end marker).
+    if (img.format == "JPEG" and img.mode == "RGB" and img.size == (IMAGE_SIZE, IMAGE_SIZE)
+            and signature_problem(data[:8], data[-8:], len(data), ".jpg") is None):
         return data, np.asarray(img, dtype=np.uint8), False
     img = img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.LANCZOS)
     buf = io.BytesIO()
@@ -221,6 +231,8 @@ def _already_complete(output: str, expect_counts: bool) -> dict | None:
             logging.warning("%s has a completion marker but %d images in %s instead of %s: "
                             "rebuilding", output, n_files, split, info.get("num_files"))
             return None
+        if not tree_is_intact(os.path.join(output, split), 1, IMAGE_SUFFIXES):
+            return None
     return marker
 
 
@@ -228,7 +240,8 @@ def prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: 
                          progress_every: int = DEFAULT_PROGRESS_EVERY) -> dict:
     """Builds the split folders, the npz caches and the marker; returns the marker's content.
 
-    Returns at once (with ``already_complete: True``) when ``output`` is already finished.
+    Returns (with ``already_complete: True``) when ``output`` is already finished and its
+    files look whole (checked in seconds); rebuilds it otherwise.
     Raises ``PrepError`` naming the offending file on bad data.
     """
     start = time.monotonic()

@@ -24,7 +24,9 @@ source in another mode than "1"/"L" is converted to "L" first (none exists in th
 
 Every file is written to a temporary name and moved into place with ``os.replace``; files whose
 bytes are already right are left alone, so a rerun after an interruption completes the tree.
-A rerun on a finished output only checks the marker and the file count.
+A rerun on a finished output checks the marker, the file count and that every PNG is whole
+(its first and last bytes, ``tf_maml.data.prep.file_problem``); if one is missing, empty,
+foreign or cut short it rebuilds, which rewrites exactly the files whose bytes are wrong.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from tf_maml.data.prep import (
     read_zip_member,
     save_npz_atomic,
     start_output,
+    tree_is_intact,
     write_if_changed,
     write_marker,
 )
@@ -178,6 +181,8 @@ def _already_complete(output: str, expect_counts: bool) -> dict | None:
         logging.warning("%s has a completion marker but %d PNG files instead of %s: rebuilding",
                         output, n_files, marker.get("num_files"))
         return None
+    if not tree_is_intact(output, 2, IMAGE_SUFFIXES):
+        return None
     return marker
 
 
@@ -185,7 +190,8 @@ def prepare_omniglot(source: str, output: str, expect_counts: bool = True,
                      progress_every: int = DEFAULT_PROGRESS_EVERY) -> dict:
     """Builds the 28x28 tree, the npz cache and the marker; returns the marker's content.
 
-    Returns at once (with ``already_complete: True``) when ``output`` is already finished.
+    Returns (with ``already_complete: True``) when ``output`` is already finished and its
+    files look whole (checked in seconds); rebuilds it otherwise.
     Raises ``PrepError`` naming the offending file on bad data.
     """
     start = time.monotonic()

@@ -81,7 +81,7 @@ def train(learner, config: Config, directory: str, log=print, on_start=None,
     from tf_maml import rundir
     from tf_maml.callbacks import CheckpointSaver
     from tf_maml.checkpoint import resume_or_start
-    from tf_maml.train import sigterm_as_interrupt
+    from tf_maml.train import interrupt_at_step_end
 
     with rundir.lock(directory, log):
         saver = CheckpointSaver(checkpointer(learner, directory), SAVE_INTERVAL, log)
@@ -94,8 +94,9 @@ def train(learner, config: Config, directory: str, log=print, on_start=None,
         history.start(start)
         writer = tf.summary.create_file_writer(directory) if config.log else None
         done, t_start = start, time.time()
-        try:
-            with sigterm_as_interrupt() as stop:
+        # The save on an interrupt runs inside the signals' block: more Ctrl-C cannot cut it.
+        with interrupt_at_step_end() as stop:
+            try:
                 for itr in range(start, total):
                     pretrain = itr < config.effective_pretrain_iterations
                     rng = batch_rng(config.seed, itr)
@@ -119,11 +120,11 @@ def train(learner, config: Config, directory: str, log=print, on_start=None,
                         f"({row['seconds']:.1f}s, {rate * 60:.1f} it/min)")
                     saver.on_step_end(done, stats, pretrain)
                     stop.check()
-        except KeyboardInterrupt:
-            saver.on_interrupt(done)
-            raise
-        finally:
-            history.close()
+            except KeyboardInterrupt:
+                saver.on_interrupt(done)
+                raise
+            finally:
+                history.close()
         saver.on_train_end(done)
         return done
 

@@ -22,6 +22,7 @@ from absl import logging
 from PIL import Image
 
 from tf_maml.data.prep import MARKER_NAME as COMPLETE_MARKER
+from tf_maml.data.prep import damaged_files, describe_damaged
 from tf_maml.threads import undo_generator_malloc_patch
 
 SPLITS = ("train", "val", "test")
@@ -74,6 +75,30 @@ def list_tree(root: str, depth: int, suffixes: tuple[str, ...], what: str,
                             f"no {'/'.join(suffixes)} images: {hint}")
         listing[name] = sorted(files)
     return listing, newest
+
+
+# (root, newest modification time, number of files) of the trees checked whole in this
+# process: the training and validation splits of one tree are checked once.
+_WHOLE: set[tuple[str, int, int]] = set()
+
+
+def check_files(root: str, listing: dict[str, list[str]], newest_ns: int, what: str,
+                hint: str) -> None:
+    """Raises DataError naming the image files of ``listing`` (from :func:`list_tree`) that
+    are empty, foreign or cut short, judged from their first and last bytes
+    (:func:`tf_maml.data.prep.file_problem`: seconds for MiniImageNet's 60000). A loader
+    checks every split's files so that damage is found before training, not at the
+    evaluation after it; ``hint``'s data_prep run checks them the same way and rewrites them."""
+    paths = [os.path.join(root, *name.split("/"), f) for name, files in listing.items()
+             for f in files]
+    key = (os.path.abspath(root), newest_ns, len(paths))
+    if key in _WHOLE:
+        return
+    damaged = damaged_files(paths)
+    if damaged:
+        raise DataError(f"{what} data at {root}: {describe_damaged(damaged)}; {hint} to "
+                        "rewrite them from the source")
+    _WHOLE.add(key)
 
 
 def warn_if_incomplete(data_dir: str, hint: str) -> None:
@@ -135,7 +160,9 @@ def decode_image(source, origin: str, image_shape: tuple[int, ...], hint: str) -
 
 
 def _decode_file(path: str, image_shape: tuple[int, ...], hint: str) -> np.ndarray:
-    return decode_image(path, path, image_shape, hint)
+    # A file that looks whole (check_files) but does not decode to the right size is one
+    # that data_prep's rerun cannot tell from a good one: removed, it is rewritten.
+    return decode_image(path, path, image_shape, f"delete it and {hint}")
 
 
 def load_class_images(root: str, listing: dict[str, list[str]], wanted: Sequence[str],

@@ -13,8 +13,10 @@ from absl import logging
 
 from tf_maml.data.miniimagenet import IMAGE_SUFFIXES
 from tf_maml.tasks.image_tasks import (
+    SPLITS,
     DataError,
     FewShotTasks,
+    check_files,
     check_split,
     list_tree,
     load_class_images,
@@ -40,6 +42,14 @@ def miniimagenet_tasks(data_dir: str, split: str, num_classes: int, num_support:
     root = os.path.join(data_dir, split)
     listing, newest = list_tree(root, 1, IMAGE_SUFFIXES, "MiniImageNet", hint)
     warn_if_incomplete(data_dir, hint)
+    # Every split's files, so that a damaged test image is found before training.
+    for other in SPLITS:
+        other_root = os.path.join(data_dir, other)
+        if other == split:
+            check_files(root, listing, newest, "MiniImageNet", hint)
+        elif os.path.isdir(other_root):
+            check_files(other_root, *list_tree(other_root, 1, IMAGE_SUFFIXES, "MiniImageNet",
+                                               hint), "MiniImageNet", hint)
     classes = list(listing)
     images, counts = load_class_images(root, listing, classes,
                                        os.path.join(data_dir, f"{split}.npz"), newest,
