@@ -186,3 +186,71 @@ def test_an_ensemble_of_one_is_that_model(tmp_path, steps):
                             batch_size=4)
     for key in ("loss", "metric"):
         np.testing.assert_allclose(one[key], alone[key], rtol=1e-6)
+
+
+def test_the_pool_is_every_epochs_validation_and_keeps_the_best_checkpoints(
+        tmp_path, monkeypatch):
+    """MAML++ validates after every epoch of 500 iterations and ensembles the top 5 of all
+    of them. A fake validation sequence over 30 epochs whose top 5 is known (three of them
+    older than the last 10 checkpoints): every score is recorded, the top 5's checkpoints
+    survive the usual pruning beside the newest 10, and the ensemble is that top 5 without
+    scoring anything again; a resume forgets the scores after its checkpoint."""
+    from tf_maml.callbacks import CheckpointSaver
+
+    learner = _learner()
+    checkpointer = learner_checkpointer(learner, str(tmp_path))
+    epochs = range(1, 31)
+    best = {2: 0.9, 5: 0.95, 9: 0.8, 17: 0.85, 28: 0.99}  # epoch -> score, all others lower
+    scores = {e: best.get(e, 0.5 - 0.005 * e) for e in epochs}
+    top5 = [500 * e for e in sorted(best, key=best.get, reverse=True)]
+    fake = iter(scores[e] for e in epochs)
+    pool = ensemble.Pool(checkpointer, lambda: next(fake), size=5, num_tasks=20, num_steps=1,
+                         log=lambda _: None)
+    saver = CheckpointSaver(checkpointer, 1000, log=lambda _: None)
+    pool.on_train_begin(learner, 0, 15000)
+    for iteration in range(500, 15001, 500):
+        learner.model.trainable_variables[0].assign(np.full((2, 2), iteration, np.float32))
+        for callback in (pool, saver):
+            callback.on_step_end(iteration, {}, False)
+
+    record = json.loads((tmp_path / ensemble.POOL_NAME).read_text())
+    assert [(m["iteration"], m["score"]) for m in record["validations"]] == [
+        (500 * e, pytest.approx(scores[e])) for e in epochs]
+    kept = {int(p.name.split("-")[1].split(".")[0]) for p in tmp_path.glob("model-*.index")}
+    # Saved: every 1000 iterations, and each epoch on entering the top 5 (by hand: epochs
+    # 1, 3, 5, 9 and 17 at 500-iteration boundaries); pruned to the newest 10 and the top 5.
+    saved = set(range(1000, 15001, 1000)) | {500, 1500, 2500, 4500, 8500}
+    assert kept == set(sorted(saved)[-10:]) | set(top5)
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("the pool's validations should have been used")
+
+    monkeypatch.setattr(evaluate_lib, "evaluate", no_scoring)
+    assert ensemble.select(learner, str(tmp_path), None, size=5, num_tasks=20, num_steps=1,
+                           log=lambda _: None) == top5
+    # A resume from iteration 10000 drops the validations after it, keeping the best before.
+    resumed = ensemble.Pool(checkpointer, lambda: 0.0, size=5, num_tasks=20, num_steps=1)
+    resumed.on_train_begin(learner, 10000, 15000)
+    assert [m["iteration"] for m in resumed.scored] == list(range(500, 10001, 500))
+    assert checkpointer.keep == {500, 1000, 2500, 4500, 8500}
+
+
+def test_training_with_an_ensemble_validates_every_epoch(tmp_path):
+    """--ensemble from the command line's run: validations at 500 and 1000 on the seeded
+    validation tasks, and the evaluation's ensemble chosen from them."""
+    from tf_maml import runner
+    from tf_maml.config import Config
+
+    config = Config(datasource="sinusoid", metatrain_iterations=1000, meta_batch_size=2,
+                    norm="None", update_batch_size=5, update_lr=0.01, num_test_tasks=8,
+                    test_num_updates=1, ensemble=2, logdir=str(tmp_path),
+                    autotune=False).validate()
+    lines = []
+    runner.run(config, log=lines.append)
+    run_dir = tmp_path / config.exp_string()
+    record = json.loads((run_dir / ensemble.POOL_NAME).read_text())
+    assert [m["iteration"] for m in record["validations"]] == [500, 1000]
+    chosen = json.loads((run_dir / "ensemble.json").read_text())["members"]
+    assert sorted(m["iteration"] for m in chosen) == [500, 1000]
+    assert any(f"validations of {ensemble.POOL_NAME}" in line for line in lines)
+    assert not any("candidate model-" in line for line in lines)

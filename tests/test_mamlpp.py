@@ -381,3 +381,131 @@ def test_every_option_from_flags_gets_its_own_run_directory(tmp_path):
     assert any(name.startswith("inner_lrs/") for name in names)
     assert any(name.startswith("bn_steps/") for name in names)
     assert (tmp_path / "export" / "saved_model.pb").exists()
+
+
+# ---------------------------------------------------------------- the reference code's settings
+# HowToTrainYourMAMLPytorch (MAML++'s code): the learner's initial inner rate is
+# `args.task_learning_rate` (parser default 0.1; the configs' `init_inner_loop_learning_rate`
+# is never read) on `F.cross_entropy`, the mean over the support set; its MiniImageNet
+# configurations sample `num_target_samples` = 15 query images per class at training,
+# validation and test alike.
+MAMLPP_FLAGFILES = {name: os.path.join(REPO, "flags", f"{name}_mamlpp.flags") for name in (
+    "miniimagenet_5way_1shot", "miniimagenet_5way_5shot", "omniglot_20way_1shot",
+    "omniglot_20way_5shot")}
+REFERENCE_INITIAL_INNER_LR = 0.1
+
+
+@pytest.mark.parametrize("name", ["miniimagenet_5way_1shot", "omniglot_20way_1shot"])
+def test_mamlpp_flagfiles_first_inner_step_is_the_references_mean_loss_step(name):
+    """The first inner step of a MAML++ flagfile's learner is θ − 0.1 ∇θ mean CE(support),
+    computed here with a GradientTape on the model itself (batch norm not adapted)."""
+    from tf_maml import experiment, reproduce
+
+    config = reproduce.config_for(MAMLPP_FLAGFILES[name], {"data_dir": "unused"})
+    learner = experiment.build_learner(config)
+    n, k = config.num_classes, config.update_batch_size
+    rng = np.random.default_rng(3)
+    support_x = rng.uniform(size=(n * k,) + experiment.input_shape(config)).astype("float32")
+    support_y = np.repeat(np.arange(n, dtype="int32"), k)
+    model = learner.model
+    norm_ids = {id(v) for layer in model._flatten_layers()
+                if "BatchNormalization" in type(layer).__name__
+                for v in layer.trainable_variables}
+    with tf.GradientTape() as tape:
+        logits = model(support_x, training=True)
+        mean_ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=support_y, logits=logits))
+    grads = tape.gradient(mean_ce, model.trainable_variables)
+    fast = learner.adapt(support_x, support_y, num_steps=1)
+    assert norm_ids and len(fast) == len(grads)
+    for v, g, f in zip(model.trainable_variables, grads, fast):
+        expected = v.numpy() if id(v) in norm_ids else (
+            v.numpy() - REFERENCE_INITIAL_INNER_LR * g.numpy())
+        np.testing.assert_allclose(f.numpy(), expected, rtol=1e-4, atol=1e-6,
+                                   err_msg=v.path)
+
+
+@pytest.fixture(scope="module")
+def mini_20_per_class(tmp_path_factory):
+    """Prepared MiniImageNet of 5 classes per split, 20 images each (5 support + 15 query)."""
+    from PIL import Image
+
+    from tf_maml.data.miniimagenet import prepare_miniimagenet
+
+    root = tmp_path_factory.mktemp("mini20")
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir()
+    for s, split in enumerate(("train", "val", "test")):
+        rows = ["filename,label"]
+        for c in range(5):
+            label = f"n0{s}{c:06d}"
+            for i in range(20):
+                name = f"{label}{i:08d}.jpg"
+                Image.fromarray(rng.integers(0, 256, (84, 84, 3), dtype=np.uint8)).save(
+                    root / "images" / name)
+                rows.append(f"{name},{label}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    prepare_miniimagenet(str(root / "images"), str(root), str(root / "prepared"),
+                         expect_counts=False)
+    return str(root / "prepared")
+
+
+@pytest.mark.parametrize("name", ["miniimagenet_5way_1shot", "miniimagenet_5way_5shot"])
+def test_mamlpp_miniimagenet_samples_15_query_images_per_class_everywhere(
+        name, mini_20_per_class):
+    """Training, in-training validation, the ensemble's validation and the test evaluation
+    of a MAML++ MiniImageNet flagfile all draw 15 query images per class."""
+    from tf_maml import experiment, reproduce, runner
+
+    config = reproduce.config_for(MAMLPP_FLAGFILES[name], {"data_dir": mini_20_per_class})
+    sources = {"test": runner.eval_source(config),
+               "val (ensemble)": experiment.task_source(config, "val",
+                                                        experiment.test_num_query(config)),
+               "val (training)": experiment.task_source(config, "val"),
+               "train": experiment.task_source(config, "train")}
+    for what, source in sources.items():
+        sx, sy, qx, qy = source.sample_batch(1, np.random.default_rng(0))
+        assert np.bincount(sy[0]).tolist() == [config.update_batch_size] * 5, what
+        assert np.bincount(qy[0]).tolist() == [15] * 5, what
+        assert qx.shape[1] == 75, what
+
+
+def test_omniglot_mamlpp_flagfiles_sample_one_query_image_per_class():
+    """The reference's Omniglot configurations: num_target_samples = 1, also for 5-shot."""
+    from tf_maml import experiment, reproduce
+
+    for name in ("omniglot_20way_1shot", "omniglot_20way_5shot"):
+        config = reproduce.config_for(MAMLPP_FLAGFILES[name], {"data_dir": "unused"})
+        assert config.num_query_train == 1 and experiment.test_num_query(config) == 1, name
+
+
+def test_meta_gradient_clipping_spares_the_learned_inner_rates():
+    """MAML++ clamps the network's meta-gradients (θ, per-step batch norm) at ±10 and not
+    its learned rates: with a clip below most gradients, under SGD(1) θ and per-step batch
+    norm move by the clipped gradient, the LSLR rates by their whole gradient."""
+    rng = np.random.default_rng(0)
+    batch = five_way_batch(rng)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input(SMALL_CONV_SHAPE), keras.layers.Flatten(),
+                              keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                              keras.layers.ReLU(), keras.layers.Dense(5)])
+    clip = 1e-4
+    learner = MetaLearner(model, losses.mean_xent, inner_lr=0.1, inner_steps=2, lslr=True,
+                          per_step_bn=True, meta_grad_clip=clip,
+                          meta_optimizer=keras.optimizers.SGD(1.0))
+    before = [v.numpy().copy() for v in learner.meta_variables]
+    grads, _ = learner.meta_gradients(tuple(tf.constant(b) for b in batch))
+    learner.apply_gradients(grads)
+    rates, clipped, rate_grads = {id(v) for v in learner.inner_lrs}, [], []
+    for v, b, g in zip(learner.meta_variables, before, grads):
+        g = g.numpy()
+        step = b - v.numpy()
+        if id(v) in rates:
+            rate_grads.append(np.max(np.abs(g)))
+            np.testing.assert_allclose(step, g, rtol=1e-4, atol=1e-12, err_msg=v.path)
+        else:
+            clipped.append(np.mean(np.abs(g) > clip))
+            np.testing.assert_allclose(step, np.clip(g, -clip, clip), rtol=1e-2, atol=1e-9,
+                                       err_msg=v.path)
+    assert np.mean(clipped) > 0.5  # the clip binds on most of the network's gradients
+    assert max(rate_grads) > 100 * clip  # and would have on the rates

@@ -2,11 +2,13 @@
 
 Antoniou et al. (ICLR 2019) report each MAML++ number as the ensemble of the five models
 with the best validation accuracy: every model adapts to the test task on its own, their
-query logits are averaged, and the average is scored. Here the candidates are the
-checkpoints the run keeps (the original's last ``MAX_TO_KEEP``, ``SAVE_INTERVAL``
-iterations apart), up to the evaluated iteration; each is scored on ``num_tasks``
-validation tasks (seeded: the same tasks for every candidate), and the top ``size``
-(ties: the later checkpoint) make the ensemble.
+query logits are averaged, and the average is scored. Their code validates after every
+epoch of 500 iterations and ranks all epochs; a run trained with ``--ensemble=N`` does the
+same (:class:`Pool`: every ``EPOCH`` iterations, ``num_tasks`` seeded validation tasks,
+recorded in ``<run_dir>/ensemble_pool.json``; the checkpoints of the N best are kept), and
+the top N of that record (ties: the later iteration) make the ensemble. A run without the
+record (trained without ``--ensemble``) takes its candidates from the checkpoints it keeps
+(the original's last ``MAX_TO_KEEP``), each scored here on the same seeded tasks.
 
 The choice is written to ``<run_dir>/ensemble.json``: a second evaluation (or one from the
 zoo, which keeps the members' weights) reuses it instead of scoring the candidates again.
@@ -22,6 +24,7 @@ import tensorflow as tf
 
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import rundir
+from tf_maml.callbacks import Callback
 from tf_maml.checkpoint import (CheckpointError, CorruptCheckpointError, checkpoint_iteration,
                                 learner_checkpointer)
 from tf_maml.mapping.batched import per_task_values
@@ -29,6 +32,9 @@ from tf_maml.zoo import read_json
 
 # The validation tasks score the candidates with their own seed: not the test tasks'.
 VALIDATION_SEED = 7
+# MAML++'s epoch (`total_iter_per_epoch`): it validates, and saves a model, after each.
+EPOCH = 500
+POOL_NAME = "ensemble_pool.json"
 
 
 def score(values: dict[str, np.ndarray], num_steps: int) -> float:
@@ -39,20 +45,68 @@ def score(values: dict[str, np.ndarray], num_steps: int) -> float:
     return -float(np.mean(values["loss"][:, num_steps]))
 
 
+def _settings(size: int, num_tasks: int, num_steps: int) -> dict:
+    return {"size": size, "val_tasks": num_tasks, "steps": num_steps, "seed": VALIDATION_SEED}
+
+
+def _best(scored: list[dict], size: int) -> list[dict]:
+    """The ``size`` best of ``scored`` ({"iteration", "score"}); ties: the later one."""
+    return sorted(scored, key=lambda m: (m["score"], m["iteration"]), reverse=True)[:size]
+
+
+class Pool(Callback):
+    """MAML++'s pool of ensemble candidates during training: every ``EPOCH`` iterations the
+    model is scored (``score_fn()``, the mean validation accuracy on the same seeded tasks
+    each time), the score is added to ``<run_dir>/ensemble_pool.json``, and the checkpoints
+    of the ``size`` best so far are saved and kept (``checkpointer.keep``) while the
+    others age out as usual. A resumed run drops the scores after its checkpoint: they are
+    scored again."""
+
+    def __init__(self, checkpointer, score_fn, size: int, num_tasks: int, num_steps: int,
+                 interval: int = EPOCH, log=print):
+        self.checkpointer, self.score_fn, self.size = checkpointer, score_fn, size
+        self.interval, self.log = interval, log
+        self.path = os.path.join(checkpointer.run_dir, POOL_NAME)
+        self.settings = _settings(size, num_tasks, num_steps)
+
+    def on_train_begin(self, learner, start, total):
+        recorded = read_json(self.path)
+        same = recorded.get("settings") == self.settings
+        self.scored = [m for m in recorded.get("validations", []) if same
+                       and m["iteration"] <= start]
+        self.checkpointer.keep = {m["iteration"] for m in _best(self.scored, self.size)}
+
+    def on_step_end(self, iteration, metrics, pretrain):
+        if iteration % self.interval or pretrain:
+            return
+        self.scored.append({"iteration": iteration, "score": float(self.score_fn())})
+        with rundir.writing(self.checkpointer.run_dir, f"write {POOL_NAME}"):
+            rundir.atomic_write(self.path, json.dumps(
+                {"settings": self.settings, "validations": self.scored}, indent=1) + "\n")
+        self.checkpointer.keep = {m["iteration"] for m in _best(self.scored, self.size)}
+        self.log(f"Ensemble pool: validation score {self.scored[-1]['score']:.4f} at "
+                 f"{iteration}; best {self.size}: iterations "
+                 + ", ".join(str(i) for i in sorted(self.checkpointer.keep)))
+        if iteration in self.checkpointer.keep:
+            self.checkpointer.save(iteration)
+        else:
+            self.checkpointer.prune()
+
+
 def select(learner, run_dir: str, val_source, size: int, num_tasks: int, num_steps: int,
            upto: int | None = None, batch_size: int = 25, log=print) -> list[int]:
     """The iterations of the ``size`` best checkpoints of ``run_dir`` at or before ``upto``
     (None: all), by :func:`score` on ``num_tasks`` validation tasks of ``val_source``
-    (``sample_batch(n, rng)``, as for training); recorded in ``run_dir/ensemble.json``.
-    Leaves ``learner`` with the last candidate's weights."""
+    (``sample_batch(n, rng)``, as for training): from the training's :class:`Pool` record
+    if it has these settings, else scoring the checkpoints the run keeps. Recorded in
+    ``run_dir/ensemble.json``. Leaves ``learner`` with the last candidate's weights."""
     checkpointer = learner_checkpointer(learner, run_dir)
     candidates = [checkpoint_iteration(p) for p in checkpointer.checkpoints]
     candidates = [i for i in candidates if upto is None or i <= upto]
     if not candidates:
         raise CheckpointError(f"no checkpoint in {checkpointer.run_dir} to build an ensemble "
                               "from: train first, or check `logdir`.")
-    settings = {"size": size, "val_tasks": num_tasks, "steps": num_steps,
-                "seed": VALIDATION_SEED}
+    settings = _settings(size, num_tasks, num_steps)
     recorded = read_json(os.path.join(checkpointer.run_dir, rundir.ENSEMBLE_NAME))
     members = recorded.get("members", [])
     if (recorded.get("settings") == settings and members
@@ -61,6 +115,17 @@ def select(learner, run_dir: str, val_source, size: int, num_tasks: int, num_ste
         log(f"Ensemble of {size} from {rundir.ENSEMBLE_NAME}: iterations "
             + ", ".join(str(m["iteration"]) for m in members))
         return [m["iteration"] for m in members]
+    pool = read_json(os.path.join(checkpointer.run_dir, POOL_NAME))
+    if pool.get("settings") == settings and pool.get("validations"):
+        scored = [m for m in pool["validations"] if upto is None or m["iteration"] <= upto]
+        missing = [m["iteration"] for m in _best(scored, size)
+                   if m["iteration"] not in candidates]
+        if missing:
+            log(f"WARNING: no checkpoint of the validated iterations {missing} (in "
+                f"{POOL_NAME}); they are not candidates.")
+        log(f"Ensemble candidates: the {len(scored)} validations of {POOL_NAME}")
+        return _record(checkpointer, settings, candidates,
+                       [m for m in scored if m["iteration"] in candidates], size, log)
     if len(candidates) < size:
         log(f"WARNING: {len(candidates)} checkpoints for an ensemble of {size}: all of them "
             "make it.")
@@ -76,11 +141,16 @@ def select(learner, run_dir: str, val_source, size: int, num_tasks: int, num_ste
         scored.append({"iteration": iteration, "score": score(values, num_steps)})
         log(f"  candidate model-{iteration}: validation score {scored[-1]['score']:.4f} "
             f"({num_tasks} tasks, {num_steps} steps)")
+    return _record(checkpointer, settings, candidates, scored, size, log)
+
+
+def _record(checkpointer, settings: dict, candidates: list[int], scored: list[dict],
+            size: int, log) -> list[int]:
+    """The ``size`` best of ``scored``, written to ``ensemble.json``."""
     if not scored:
         raise CheckpointError(f"no readable checkpoint in {checkpointer.run_dir} to build an "
                               "ensemble from.")
-    ranked = sorted(scored, key=lambda m: (m["score"], m["iteration"]), reverse=True)
-    members = ranked[:size]
+    members = _best(scored, size)
     rundir.atomic_write(
         os.path.join(checkpointer.run_dir, rundir.ENSEMBLE_NAME),
         json.dumps({"settings": settings, "latest": max(candidates), "members": members,
