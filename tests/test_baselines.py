@@ -100,33 +100,106 @@ def test_nearest_neighbour_evaluation_on_an_identity_body():
 
 
 # ---------------------------------------------------------------------------- fine-tuning
-def test_finetuning_takes_gradient_steps_of_the_mean_cross_entropy_and_separates_the_toy():
-    """Identity body, a new 2-way head set to zero: every softmax starts at 1/2, so the first
-    step's head is known in closed form, W = -α Xᵀ(1/2 - Y)/n, b = -α mean(1/2 - Y). The
-    two classes are linearly separable with a margin, so after a few steps every query is
-    right."""
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_finetuning_takes_full_batch_sgd_steps_with_torch_learning_rate_decay():
+    """Identity body, a new 2-way head set to zero. Ravi & Larochelle's fine-tuning: each
+    step is ONE SGD step on the whole support set's mean cross-entropy, with Torch
+    optim.sgd's step size lr / (1 + i * decay) at step i. Checked against numpy: two steps
+    (lr 0.5, decay 1: step sizes 0.5 then 0.25), the query logits after each being
+    query @ W + b with the head numpy computes; one example per step would differ."""
     classifier = baselines.Classifier(_identity_classifier((2, 1, 1), num_classes=5))
-    config = Config(num_classes=2, seed=0)
-    lr = 0.5
-    learner = baselines.finetune_learner(classifier, config, lr)
-    head = learner.model.get_layer("logits_2way")
+    tuner = baselines.FineTuner(classifier, Config(num_classes=2, seed=0), 0.5, lr_decay=1.0)
+    head = tuner.model.get_layer("logits_2way")
     head.set_weights([np.zeros((2, 2), "float32"), np.zeros(2, "float32")])
     x = np.array([[2.0, 0.5], [3.0, -0.5], [-2.0, 0.3], [-2.5, -0.4]], "float32")
     y = np.array([0, 0, 1, 1], "int32")
-    fast = learner.adapt(x.reshape(4, 2, 1, 1), y, num_steps=1)
-    onehot = np.eye(2, dtype="float32")[y]
-    residual = 0.5 - onehot
-    np.testing.assert_allclose(fast[-2].numpy(), -lr * x.T @ residual / 4, rtol=1e-5,
-                               atol=1e-7)
-    np.testing.assert_allclose(fast[-1].numpy(), -lr * residual.mean(axis=0), atol=1e-7)
+    query = np.array([[1.5, 2.0], [2.5, -3.0], [-1.0, 2.5], [-3.0, -1.0]], "float32")
+    logits = tuner.finetune(x.reshape(4, 2, 1, 1), y, query.reshape(4, 2, 1, 1), 2).numpy()
+    w, b = np.zeros((2, 2)), np.zeros(2)
+    onehot = np.eye(2)[y]
+    for step, lr in enumerate((0.5, 0.25)):
+        np.testing.assert_allclose(logits[step], query @ w + b, rtol=1e-5, atol=1e-6)
+        residual = _softmax(x @ w + b) - onehot  # d mean-CE / d logits, times n
+        w, b = w - lr * x.T @ residual / 4, b - lr * residual.mean(axis=0)
+    np.testing.assert_allclose(logits[2], query @ w + b, rtol=1e-5, atol=1e-6)
+    # Through evaluate_batch: per task and step, the query accuracy; separable toy, so the
+    # fine-tuned head gets every query right while the zero head ties (argmax class 0).
+    batch = (x.reshape(1, 4, 2, 1, 1), y[None], query.reshape(1, 4, 2, 1, 1),
+             np.array([[0, 0, 1, 1]], "int32"))
+    accuracy = tuner.evaluate_batch(batch, 20)["metric"].numpy()[0]
+    assert accuracy.shape == (21,) and accuracy[0] == 0.5 and accuracy[-1] == 1.0
     # The classifier's own weights are untouched (fine-tuning reads them, never writes).
     assert classifier.model.get_layer("logits").kernel.shape == (2, 5)
-    query = np.array([[1.5, 2.0], [2.5, -3.0], [-1.0, 2.5], [-3.0, -1.0]], "float32")
-    query_y = np.array([0, 0, 1, 1], "int32")
-    batch = (x.reshape(1, 4, 2, 1, 1), y[None], query.reshape(1, 4, 2, 1, 1), query_y[None])
-    accuracy = learner.evaluate_batch(batch, 20)["metric"].numpy()[0]
-    assert accuracy[0] == 0.5  # zero head: every logit equal, argmax class 0
-    assert accuracy[-1] == 1.0
+
+
+def _batch_norm_classifier(shape, num_classes=3):
+    inputs = keras.Input(shape)
+    features = keras.layers.Flatten(name="flatten")(inputs)
+    normed = keras.layers.BatchNormalization(scale=False, epsilon=1e-3, name="bn")(features)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(normed))
+
+
+def test_finetuning_predicts_queries_with_batch_norm_in_inference_mode():
+    """Ravi & Larochelle's code fine-tunes in training mode (batch statistics of the
+    support set, and Torch's running statistics updated at each step with momentum 0.1,
+    the variance unbiased), then predicts the queries with network:evaluate(), i.e. with
+    those running statistics. With step size 0 the weights stay put and every step sees
+    the same support statistics, so after S steps the running mean is
+    0.9^S m0 + (1 - 0.9^S) mean(support), likewise the variance: the query logits are known
+    in closed form. A query's logits do not depend on the other queries beside it."""
+    classifier = baselines.Classifier(_batch_norm_classifier((3, 1, 1), num_classes=4))
+    bn = classifier.model.get_layer("bn")
+    m0, v0 = np.array([0.5, -1.0, 2.0]), np.array([2.0, 0.5, 1.5])
+    beta = np.array([0.1, -0.2, 0.3])
+    bn.set_weights([beta.astype("float32"), m0.astype("float32"), v0.astype("float32")])
+    tuner = baselines.FineTuner(classifier, Config(num_classes=2, seed=0), 0.0)
+    w, b = (v.numpy().astype("float64") for v in tuner.model.get_layer("logits_2way").weights)
+    rng = np.random.default_rng(1)
+    support = rng.normal(2.0, 3.0, (4, 3)).astype("float32")
+    query = rng.normal(0.0, 1.0, (6, 3)).astype("float32")
+    y = np.array([0, 1, 0, 1], "int32")
+    steps = 3
+    logits = tuner.finetune(support.reshape(4, 3, 1, 1), y, query.reshape(6, 3, 1, 1),
+                            steps).numpy()
+    for s in range(steps + 1):
+        keep = 0.9 ** s
+        mean = keep * m0 + (1 - keep) * support.mean(axis=0)
+        var = keep * v0 + (1 - keep) * support.var(axis=0, ddof=1)
+        expected = ((query - mean) / np.sqrt(var + 1e-3) + beta) @ w + b
+        np.testing.assert_allclose(logits[s], expected, rtol=1e-4, atol=1e-5)
+    # Query 0 among other queries, or alone: the same logits (no query-batch statistics).
+    others = np.concatenate([query[:1], 10 * query[1:3] + 5]).reshape(3, 3, 1, 1)
+    again = tuner.finetune(support.reshape(4, 3, 1, 1), y, others, steps).numpy()
+    np.testing.assert_allclose(again[:, 0], logits[:, 0], rtol=1e-5, atol=1e-6)
+    alone = tuner.finetune(support.reshape(4, 3, 1, 1), y, query[:1].reshape(1, 3, 1, 1),
+                           steps).numpy()
+    np.testing.assert_allclose(alone[:, 0], logits[:, 0], rtol=1e-5, atol=1e-6)
+    # The classifier's moving statistics are the pretrained ones still.
+    np.testing.assert_allclose(bn.moving_mean.numpy(), m0, rtol=1e-6)
+
+
+def test_flagfiles_pretrain_and_finetune_as_ravi_and_larochelle_code():
+    """Their released configs (config/baselines/train-conv-nearest-neighbor.lua and
+    train-pre-trained-SGD.lua): Adam 0.001 on 64-image minibatches for 30000 steps for
+    both baselines; fine-tuning: 15 updates, learning rate in {0.5, 0.1, 0.01, 0.001,
+    1e-4, 1e-5} x decay in {1, 0.1, ..., 1e-5, 0}, chosen on 100 validation episodes."""
+    for k in (1, 5):
+        for baseline in ("finetune", "nearest_neighbor"):
+            path = os.path.join(FLAGS_DIR, f"miniimagenet_5way_{k}shot_{baseline}.flags")
+            with open(path) as f:
+                flags = dict(line.strip()[2:].split("=", 1) for line in f
+                             if line.startswith("--"))
+            assert flags["meta_batch_size"] == "64" and flags["pretrain_iterations"] == "30000"
+            assert flags["meta_lr"] == "0.001"
+            if baseline == "finetune":
+                assert flags["test_num_updates"] == "15"
+    assert baselines.FINETUNE_LRS == (0.5, 0.1, 0.01, 0.001, 1e-4, 1e-5)
+    assert baselines.FINETUNE_DECAYS == (1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 0.0)
+    assert baselines.NUM_SELECTION_TASKS == 100
 
 
 def test_the_new_head_is_new_and_the_body_is_the_pretrained_one(tiny_mini, tmp_path):
@@ -219,7 +292,7 @@ def test_cli_pretrains_once_then_evaluates_both_baselines(tiny_mini, tmp_path):
     assert ft.returncode == 0, ft.stdout + ft.stderr
     assert "Fine-tuning chosen on validation tasks" in ft.stdout
     header, mean, _ = _csv(run_dir / "test_ubs5_finetune.csv")
-    assert 2 <= len(header) <= 4 and 0 <= mean <= 1
+    assert len(header) == 4 and 0 <= mean <= 1  # steps 0 to --test_num_updates
     per_task = np.load(run_dir / "test_ubs5_finetune.npy")
     assert per_task.shape == (4, len(header))
     np.testing.assert_allclose(evaluate.summarize(per_task)[0][-1], mean, rtol=1e-6)
@@ -250,7 +323,7 @@ def test_reproduce_rows_share_one_pretraining_and_its_zoo_folder():
     plans = [reproduce.plan(table[n], "/tmp/x", {"miniimagenet": "/d"}, None, FLAGS_DIR, "/z")
              for n in names]
     assert len({p.run_dir for p in plans}) == 1 and len({p.zoo_dir for p in plans}) == 1
-    assert plans[0].run_dir.endswith("classifier.mbs_32hidden32maxpoolbatchnorm")
+    assert plans[0].run_dir.endswith("classifier.mbs_64hidden32maxpoolbatchnorm")
     assert [p.result_name for p in plans] == ["test_ubs1_finetune", "test_ubs1_nearest_neighbor",
                                               "test_ubs5_finetune",
                                               "test_ubs5_nearest_neighbor"]

@@ -12,11 +12,12 @@ test tasks MAML is evaluated on (:mod:`tf_maml.evaluate`, same tasks, same inter
   is embedded by the body (the flattened output of the last conv block, the head's input,
   with batch norm's moving statistics), and each query takes the label of the support
   example with the highest cosine similarity, as the authors' code did;
-* **fine-tuning** (:func:`finetune_learner`): the body with a new N-way head, every weight
-  fine-tuned with plain gradient steps on the task's support set (mean cross-entropy), then
-  evaluated on its query set. Its step size and number of steps are chosen on validation
-  tasks (:func:`select_finetuning`), as Ravi & Larochelle searched theirs on the
-  meta-validation set. The fine-tuning is :func:`tf_maml.adapt.adapt`, the one inner loop.
+* **fine-tuning** (:class:`FineTuner`): the body with a new N-way head, every weight
+  fine-tuned with ``--test_num_updates`` (15) full-batch SGD steps on the task's support
+  set (mean cross-entropy, batch norm in training mode), then its queries predicted with
+  batch norm in inference mode, as the authors' code did. The learning rate and its decay
+  are chosen on validation tasks (:func:`select_finetuning`) from the authors' grid. The
+  steps are :func:`tf_maml.adapt.adapt`, the one inner loop.
 
 docs/baselines.md lists what the papers specify, what they leave open, and our choices.
 """
@@ -32,22 +33,26 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import evaluate as evaluate_lib
-from tf_maml import losses, models
+from tf_maml import keras_internals, losses, models
 from tf_maml.config import Config
 from tf_maml.data.miniimagenet import EXPECTED_NUM_CLASSES
-from tf_maml.learners import ORIGINAL_ADAM_EPSILON, MetaLearner, apply_if_finite
-from tf_maml.mapping import ExecutionPlan
+from tf_maml.learners import ORIGINAL_ADAM_EPSILON, apply_if_finite
 from tf_maml.tasks.image_tasks import DataError, FewShotTasks
 from tf_maml.tasks.miniimagenet import IMAGE_SHAPE
 
 # The classifier's outputs: MiniImageNet's 64 training classes. A training split with fewer
 # classes (a small test copy) uses the first outputs; one with more is refused.
 PRETRAIN_CLASSES = EXPECTED_NUM_CLASSES["train"]
-# Fine-tuning step sizes tried on validation tasks: Ravi & Larochelle's grid of SGD learning
-# rates (their released code's config for this baseline).
+# The fine-tuning's grid, searched on validation tasks: Ravi & Larochelle's SGD learning rates
+# and learning-rate decays (config/baselines/train-pre-trained-SGD.lua, learningRates and
+# learningRateDecays; their nUpdates, 15, is the flagfiles' --test_num_updates).
 FINETUNE_LRS = (0.5, 0.1, 0.01, 0.001, 0.0001, 0.00001)
+FINETUNE_DECAYS = (1.0, 0.1, 0.01, 0.001, 0.0001, 0.00001, 0.0)
 # Validation tasks the choice is made on (their code's nValidationEpisode).
 NUM_SELECTION_TASKS = 100
+# Torch's batch norm moves its running statistics this far towards each batch's (its
+# default momentum; Keras' 0.99 keeps the complement).
+TORCH_BN_MOMENTUM = 0.1
 # The selection tasks: the validation split's evaluation stream with MAML's test seed, i.e.
 # the first tasks `--test_set=False` evaluates.
 SELECTION_SEED = evaluate_lib.TEST_SEEDS["miniimagenet"]
@@ -67,7 +72,7 @@ def body(model: keras.Model) -> keras.Model:
     """The model up to its head's input (the features; for conv4 with max-pool the
     flattened 5x5xF map), sharing the model's layers."""
     head = adapt_lib.head_layer(model)
-    return keras.Model(model.inputs, head.input, name=f"{model.name}_body")
+    return keras.Model(model.input, head.input, name=f"{model.name}_body")
 
 
 def with_new_head(classifier: keras.Model, num_classes: int, seed: int) -> keras.Model:
@@ -79,7 +84,7 @@ def with_new_head(classifier: keras.Model, num_classes: int, seed: int) -> keras
     keras.utils.set_random_seed(seed)
     new_head = type(head).from_config({**head.get_config(), "units": num_classes,
                                        "name": f"{head.name}_{num_classes}way"})
-    return keras.Model(classifier.inputs, new_head(head.input),
+    return keras.Model(classifier.input, new_head(head.input),
                        name=f"{classifier.name}_{num_classes}way")
 
 
@@ -183,71 +188,164 @@ class Classifier:
 
 
 # ---------------------------------------------------------------------------- fine-tuning
-def finetune_learner(classifier: Classifier, config: Config, inner_lr: float,
-                     plan: ExecutionPlan | None = None) -> MetaLearner:
-    """The fine-tuning baseline as a learner whose θ is the pretrained body with a new
-    ``config.num_classes``-way head: its evaluation (:meth:`MetaLearner.evaluate_batch`)
-    takes gradient steps of size ``inner_lr`` on the support set's mean cross-entropy,
-    every weight (batch norm's offsets too), batch norm in training mode as MAML's
-    evaluation, and gives the query accuracy after every step. ``plan``: how its tasks run
-    (speed only; the command line's is that of the flags)."""
-    model = with_new_head(classifier.model, config.num_classes, config.seed)
-    return MetaLearner(model, losses.mean_xent, inner_lr=inner_lr, inner_steps=1,
-                       metric_fn=losses.accuracy, adapt_norm=True, plan=plan)
+def _index_by_id(variables, among) -> list[int]:
+    """Where each of ``variables`` sits in ``among`` (compared by identity)."""
+    position = {id(v): i for i, v in enumerate(among)}
+    return [position[id(v)] for v in variables]
+
+
+class FineTuner:
+    """The fine-tuning baseline as Ravi & Larochelle's code fine-tunes each episode
+    (model/baselines/pre-trained-SGD.lua): the pretrained network under a new
+    ``config.num_classes``-way head, every weight (batch norm's offsets too) taking
+    ``num_steps`` plain SGD steps on the WHOLE support set's mean cross-entropy, of size
+    ``inner_lr / (1 + i * lr_decay)`` at step i (Torch optim.sgd's learning-rate decay);
+    the network in training mode meanwhile, so batch norm normalises with the support set's
+    statistics and, as Torch's does, moves its running statistics towards them (momentum
+    :data:`TORCH_BN_MOMENTUM`, unbiased variance) at each step; then the queries predicted
+    in inference mode (``network:evaluate()``), with those running statistics: a query's
+    prediction does not depend on the other queries.
+
+    The steps are :func:`tf_maml.adapt.adapt`, the one inner loop; ``evaluate_batch`` gives
+    what :func:`tf_maml.evaluate.evaluate` asks of a learner, the query accuracy and loss
+    after every step. ``inner_lr`` and ``lr_decay`` are variables, so a search over them
+    runs the graph traced once."""
+
+    metric_fn = staticmethod(losses.accuracy)
+
+    def __init__(self, classifier: Classifier, config: Config, inner_lr: float,
+                 lr_decay: float = 0.0):
+        self.model = with_new_head(classifier.model, config.num_classes, config.seed)
+        self.inner_lr = tf.Variable(float(inner_lr), trainable=False, name="finetune_lr")
+        self.lr_decay = tf.Variable(float(lr_decay), trainable=False, name="finetune_decay")
+        norms = [layer for layer in keras_internals.layers_of(self.model, include_self=False)
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+        nt = self.model.non_trainable_variables
+        self._moving = [(*_index_by_id([n.moving_mean, n.moving_variance], nt), n.axis)
+                        for n in norms]
+        # The input of every batch norm: the statistics a training-mode step normalises with.
+        self._norm_inputs = (keras.Model(self.model.input, [n.input for n in norms])
+                             if norms else None)
+        if norms:
+            self._weights_of_inputs = _index_by_id(self._norm_inputs.trainable_variables,
+                                                   self.model.trainable_variables)
+            self._state_of_inputs = _index_by_id(self._norm_inputs.non_trainable_variables,
+                                                 nt)
+        self._eval_fns: dict = {}
+
+    def step_size(self, step: int) -> tf.Tensor:
+        return self.inner_lr / (1.0 + step * self.lr_decay)
+
+    def _track(self, weights, moving, support_x):
+        """The running statistics after one training-mode pass over the support set with
+        ``weights``: Torch's update, running <- (1 - m) running + m batch."""
+        if self._norm_inputs is None:
+            return moving
+        inputs = adapt_lib.forward(self._norm_inputs,
+                                   [weights[i] for i in self._weights_of_inputs], support_x,
+                                   [moving[i] for i in self._state_of_inputs])
+        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        moving = list(moving)
+        for x, (mean_at, var_at, axis) in zip(inputs, self._moving):
+            axes = [a for a in range(len(x.shape)) if a != axis % len(x.shape)]
+            count = tf.cast(tf.size(x) // tf.shape(x)[axis], x.dtype)
+            mean, var = tf.nn.moments(x, axes)
+            var = var * count / tf.maximum(count - 1.0, 1.0)  # Torch keeps the unbiased one
+            m = TORCH_BN_MOMENTUM
+            moving[mean_at] = (1.0 - m) * moving[mean_at] + m * mean
+            moving[var_at] = (1.0 - m) * moving[var_at] + m * var
+        return moving
+
+    def finetune(self, support_x, support_y, query_x, num_steps: int) -> tf.Tensor:
+        """One task: the query logits before and after each of ``num_steps`` steps,
+        ``[num_steps + 1, queries, classes]``."""
+        weights = [v.value for v in self.model.trainable_variables]
+        moving = [v.value for v in self.model.non_trainable_variables]
+        trajectory, _, _ = adapt_lib.adapt(self.model, weights, support_x, support_y,
+                                           losses.mean_xent, self.step_size, int(num_steps),
+                                           non_trainable=moving, return_all=True)
+        logits = [adapt_lib.forward(self.model, weights, query_x, moving, training=False)]
+        for step in range(int(num_steps)):
+            moving = self._track(trajectory[step], moving, support_x)
+            logits.append(adapt_lib.forward(self.model, trajectory[step + 1], query_x,
+                                            moving, training=False))
+        return tf.stack(logits)
+
+    def _evaluate(self, support_x, support_y, query_x, query_y, num_steps: int):
+        def task(inputs):
+            sx, sy, qx, qy = inputs
+            logits = self.finetune(sx, sy, qx, num_steps)
+            qy = tf.broadcast_to(qy, [num_steps + 1, *qy.shape])
+            return {"metric": tf.vectorized_map(lambda a: losses.accuracy(*a), (qy, logits)),
+                    "loss": tf.vectorized_map(lambda a: losses.mean_xent(*a), (qy, logits))}
+
+        signature = {"metric": tf.TensorSpec([num_steps + 1], tf.float32),
+                     "loss": tf.TensorSpec([num_steps + 1], tf.float32)}
+        return tf.map_fn(task, (support_x, support_y, query_x, query_y),
+                         fn_output_signature=signature)
+
+    def evaluate_batch(self, batch, num_steps: int) -> dict:
+        """Per task and step (0..num_steps) query accuracy and loss, shape [T, S+1]."""
+        num_steps = int(num_steps)
+        if num_steps not in self._eval_fns:
+            self._eval_fns[num_steps] = tf.function(
+                lambda *b: self._evaluate(*b, num_steps), reduce_retracing=True)
+        x = [tf.convert_to_tensor(b) for b in batch]
+        return self._eval_fns[num_steps](x[0], tf.cast(x[1], tf.int32), x[2],
+                                         tf.cast(x[3], tf.int32))
 
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    """The fine-tuning's step size and number of steps, chosen on validation tasks, and the
-    mean validation accuracy of every (step size, steps) tried: ``accuracy[lr]`` has one
-    value per number of steps, 0 to the most tried."""
+    """The fine-tuning's learning rate and decay, chosen on validation tasks, and the mean
+    validation accuracy after the steps of every (learning rate, decay) tried."""
 
     inner_lr: float
-    num_steps: int
-    accuracy: dict[float, list[float]]
+    lr_decay: float
+    accuracy: dict[tuple[float, float], float]
 
     def describe(self) -> str:
-        best = self.accuracy[self.inner_lr][self.num_steps]
-        return (f"Fine-tuning chosen on validation tasks: step size "
-                f"{self.inner_lr}, {self.num_steps} steps (validation accuracy "
-                f"{100 * best:.2f}%)")
+        best = self.accuracy[(self.inner_lr, self.lr_decay)]
+        return (f"Fine-tuning chosen on validation tasks: learning rate {self.inner_lr}, "
+                f"decay {self.lr_decay} (validation accuracy {100 * best:.2f}%)")
 
 
 def select_finetuning(classifier: Classifier, config: Config, val_source, lrs=FINETUNE_LRS,
-                      plan: ExecutionPlan | None = None,
+                      decays=FINETUNE_DECAYS,
                       log: Callable[[str], None] = print) -> Selection:
-    """The step size (of ``lrs``) and number of steps (1 to ``config.test_num_updates``)
-    with the best mean query accuracy on :data:`NUM_SELECTION_TASKS` validation tasks (as
-    many as the test tasks if fewer: a short evaluation selects on as few); ties go to the
-    fewer steps, then to the earlier step size."""
+    """The learning rate (of ``lrs``) and decay (of ``decays``) whose
+    ``config.test_num_updates`` steps give the best mean query accuracy on
+    :data:`NUM_SELECTION_TASKS` validation tasks (as many as the test tasks if fewer: a
+    short evaluation selects on as few); ties go to the earlier pair, in the order the
+    authors' grid search visits them (rate, then decay)."""
     num_tasks = min(NUM_SELECTION_TASKS, config.num_test_tasks)
-    accuracy: dict[float, list[float]] = {}
-    best = (-1.0, 0.0, 0)
-    # One learner, its step size a variable: every step size runs the graph traced once.
-    learner = finetune_learner(classifier, config, lrs[0], plan)
-    step_size = tf.Variable(float(lrs[0]), trainable=False, name="finetune_step_size")
-    learner.inner_lr = step_size
+    steps = config.test_num_updates
+    accuracy: dict[tuple[float, float], float] = {}
+    tuner = FineTuner(classifier, config, lrs[0], decays[0])
+    best = None
     for lr in lrs:
-        step_size.assign(float(lr))
-        out = evaluate_lib.evaluate(learner, val_source, num_tasks, config.test_num_updates,
-                                    SELECTION_SEED, batch_size=min(10, num_tasks))
-        means = np.mean(out["metric"], axis=0)
-        accuracy[lr] = [float(m) for m in means]
-        steps = 1 + int(np.argmax(means[1:]))
-        log(f"  validation, step size {lr}: {100 * means[steps]:.2f}% after {steps} steps")
-        if means[steps] > best[0]:
-            best = (float(means[steps]), lr, steps)
-    return Selection(inner_lr=best[1], num_steps=best[2], accuracy=accuracy)
+        for decay in decays:
+            tuner.inner_lr.assign(float(lr))
+            tuner.lr_decay.assign(float(decay))
+            out = evaluate_lib.evaluate(tuner, val_source, num_tasks, steps, SELECTION_SEED,
+                                        batch_size=min(10, num_tasks))
+            accuracy[(lr, decay)] = float(np.mean(out["metric"][:, -1]))
+            log(f"  validation, learning rate {lr}, decay {decay}: "
+                f"{100 * accuracy[(lr, decay)]:.2f}% after {steps} steps")
+            if best is None or accuracy[(lr, decay)] > accuracy[best]:
+                best = (lr, decay)
+    return Selection(inner_lr=best[0], lr_decay=best[1], accuracy=accuracy)
 
 
 def evaluator(classifier: Classifier, config: Config, val_source=None,
-              plan: ExecutionPlan | None = None, log: Callable[[str], None] = print):
+              log: Callable[[str], None] = print):
     """What the evaluation of ``config.baseline`` runs on the test tasks: (learner, number
-    of steps). Nearest neighbour: the classifier itself, no steps. Fine-tuning: the
-    fine-tuning learner with the step size and steps chosen on ``val_source``."""
+    of steps). Nearest neighbour: the classifier itself, no steps. Fine-tuning: a
+    :class:`FineTuner` with the learning rate and decay chosen on ``val_source``,
+    ``config.test_num_updates`` steps."""
     if config.baseline == "nearest_neighbor":
         return classifier, 0
-    selection = select_finetuning(classifier, config, val_source, plan=plan, log=log)
+    selection = select_finetuning(classifier, config, val_source, log=log)
     log(selection.describe())
-    return (finetune_learner(classifier, config, selection.inner_lr, plan),
-            selection.num_steps)
+    return (FineTuner(classifier, config, selection.inner_lr, selection.lr_decay),
+            config.test_num_updates)
