@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from tf_maml import report, reproduce, zoo
+from tf_maml import report, reproduce, training_log, zoo
 from tf_maml.config import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,16 +117,17 @@ def test_wall_time_speed_and_curve_from_the_training_log(tmp_path):
         "100,metatrain,1,2,,,10.0\n200,metatrain,1,2,,,20.5\n"   # session 1: 20.5 s
         "200,metatrain,1,2,,,3.0\n300,metatrain,1,2,,,7.25\n"    # session 2 ...
         "300,val,,,0.2,0.9,8.0\n900,metatrain,1,2,,,83.0\n")     # ... 83 s, 700 its in 80 s
-    rows = report.read_training_log(str(tmp_path))
-    assert report.wall_seconds(rows) == pytest.approx(20.5 + 83.0)
-    assert report.last_speed(rows) == pytest.approx(700 / 80)
+    rows = training_log.read_training_log(str(tmp_path))
+    assert training_log.training_seconds(rows) == pytest.approx(20.5 + 83.0)
+    assert training_log.last_speed(rows) == pytest.approx(700 / 80)
     # A run stopped for 500 s (kill -STOP) between two log rows trains at 10 it/s, not at
     # the 900 iterations / 590 s its session spans.
     paused = "".join(f"{i},metatrain,1,2,,,{t}\n" for i, t in
                      zip(range(100, 1001, 100), [10, 20, 30, 530, 540, 550, 560, 570, 580, 590]))
     (tmp_path / "training_log.csv").write_text(
         "iteration,phase,pre,post,val_pre,val_post,seconds\n" + paused)
-    assert report.last_speed(report.read_training_log(str(tmp_path))) == pytest.approx(10.0)
+    paused_rows = training_log.read_training_log(str(tmp_path))
+    assert training_log.last_speed(paused_rows) == pytest.approx(10.0)
     val_it, val, tr_it, _ = report.validation_curve(rows)
     assert val_it.tolist() == [300] and val.tolist() == [0.9]
     assert tr_it.tolist() == [100, 200, 200, 300, 900]
@@ -140,13 +141,14 @@ def test_a_partial_row_gives_its_recent_validation_and_hours_left(tmp_path):
                    f"{i / 10}\n" for i in range(250, 3001, 250))
     (tmp_path / "training_log.csv").write_text(
         "iteration,phase,pre,post,val_pre,val_post,seconds\n" + rows)
-    log = report.read_training_log(str(tmp_path))
+    log = training_log.read_training_log(str(tmp_path))
     assert report.recent_validation(log) == (pytest.approx(0.425), 10, 750, 3000)
     experiment = reproduce.Experiment(name="x", group="miniimagenet", label="x",
                                       eval_flags="x.flags", zoo="x", train_flags="x.flags")
     row = {"experiment": experiment, "state": None, "committed": 3000, "target": 6000,
-           "speed": report.last_speed(log), "validation": report.recent_validation(log),
-           "run": {"machines": ["a 2-core CPU"]}}
+           "speed": training_log.last_speed(log), "validation": report.recent_validation(log),
+           "run": {"machines": ["a 2-core CPU"]},
+           "stretches": training_log.run_stretches(log, 3000, {"machines": ["a 2-core CPU"]})}
     assert report.status(row) == (
         "**partial**; state at 3000 committed; validation accuracy after adaptation 42.5% "
         "(mean of the 10 validations at 750-3000); 5 min left at 10.00 it/s (a 2-core CPU)")
@@ -186,7 +188,7 @@ def test_the_zoo_holds_the_log_up_to_its_checkpoint_and_each_evaluation_once(tmp
     assert published.startswith(header) and published.count("\n") == 1 + 2 * 10
     assert published.splitlines()[-1].startswith("2500,val,")
     assert (run_dir / "training_log.csv").read_text().endswith("3001,metatr")  # left as is
-    assert report.recent_validation(report.read_training_log(str(zoo_dir))) == (
+    assert report.recent_validation(training_log.read_training_log(str(zoo_dir))) == (
         pytest.approx(0.325), 10, 250, 2500)
 
 

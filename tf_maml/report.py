@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from tf_maml import training_log
 from tf_maml import zoo as zoo_lib
 
 HEADER = """# Results: the paper's numbers beside ours
@@ -28,12 +29,16 @@ Image accuracies are the last column of the original's CSV (10 gradient steps at
 fine-tuning baseline's steps are chosen on validation tasks, the nearest-neighbour baseline
 takes none), mean ± 1.96·std/√n over the tasks; sinusoid numbers are query MSE, mean ± the
 same half-width.
-A row meets the paper when our 95% interval overlaps the paper's. Wall time is the training
-time summed over sessions, from the run's `training_log.csv`. A **partial** row evaluates a
-run stopped before the paper's iteration count; its latest state is in the zoo, and the same
-command resumes it (the hours left are at the speed of its last session, pauses left out,
-on the machine named; its validation value is the mean of its last validations, each one
-meta-batch of validation tasks, as the original validates).
+A row meets the paper when our 95% interval overlaps the paper's. Training time is summed
+over the sessions of the run's `training_log.csv` with pauses left out: an interval between
+two logged iterations more than {pause:g} times slower per iteration than its session's median
+(the process stopped, or the machine suspended or busy with other work) counts at that
+median. A **partial** row evaluates a run stopped before the paper's iteration count; the
+zoo holds the checkpoint it evaluated and its latest state, and the same command resumes it
+(the hours left are at the speed of its last session, pauses left out, on the machine named;
+its validation value is the mean of its last validations, each one meta-batch of validation
+tasks, as the original validates). Each run's stretches of training, with their speeds and
+processors, are under Machines.
 
 Re-evaluate a zoo model (`$DATA`: your prepared data; `$LOGDIR`: any scratch folder):
 
@@ -69,69 +74,6 @@ def duration(seconds: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------- training logs
-def read_training_log(zoo_dir: str) -> list[dict]:
-    """Rows of ``training_log.csv`` as dicts (unparseable rows skipped)."""
-    path = os.path.join(zoo_dir, "training_log.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        header = next(f, "").strip().split(",")
-        rows = []
-        for line in f:
-            parts = line.rstrip("\n").split(",")
-            if len(parts) == len(header):
-                rows.append(dict(zip(header, parts)))
-    return rows
-
-
-def sessions(rows: list[dict]) -> list[list[tuple[int, float]]]:
-    """(iteration, seconds) per session: ``seconds`` restarts from zero when a run resumes."""
-    out: list[list[tuple[int, float]]] = []
-    last = None
-    for row in rows:
-        try:
-            point = (int(row["iteration"]), float(row["seconds"]))
-        except (KeyError, ValueError):
-            continue
-        if last is None or point[1] < last:
-            out.append([])
-        out[-1].append(point)
-        last = point[1]
-    return out
-
-
-def wall_seconds(rows: list[dict]) -> float | None:
-    """Training time summed over the sessions of a run."""
-    parts = sessions(rows)
-    return sum(s[-1][1] for s in parts) if parts else None
-
-
-# A log interval this many times slower per iteration than the session's median was a pause
-# (the process stopped, or the machine suspended), not the speed training runs at.
-PAUSE_FACTOR = 5.0
-
-
-def last_speed(rows: list[dict]) -> float | None:
-    """Iterations per second of the last session that ran long enough to tell, leaving out
-    the log intervals where it was paused (:data:`PAUSE_FACTOR`)."""
-    for session in reversed(sessions(rows)):
-        (i0, t0), (i1, t1) = session[0], session[-1]
-        if not (i1 > i0 and t1 > t0 + 30):
-            continue
-        intervals, carried = [], 0.0  # (iterations, seconds); a validation row's time
-        for (a, ta), (b, tb) in zip(session, session[1:]):  # goes to the next interval
-            if b > a:
-                intervals.append((b - a, tb - ta + carried))
-                carried = 0.0
-            else:
-                carried += tb - ta
-        per_iteration = sorted(dt / di for di, dt in intervals)
-        median = per_iteration[len(per_iteration) // 2]
-        kept = [(di, dt) for di, dt in intervals if dt / di <= PAUSE_FACTOR * median]
-        return sum(di for di, _ in kept) / sum(dt for _, dt in kept)
-    return None
-
-
 def validation_curve(rows: list[dict]):
     """(iterations, validation post-update accuracy, train iterations, train post accuracy)."""
     val_it, val, tr_it, tr = [], [], [], []
@@ -169,14 +111,16 @@ def recent_validation(rows: list[dict]) -> tuple[float, int, int, int] | None:
 def collect(experiment, zoo_dir: str, target: int, num_test_tasks: int) -> dict:
     """What the report needs of one row, read from its zoo folder."""
     record = zoo_lib.results(zoo_dir)
-    log = read_training_log(zoo_dir)
+    log = training_log.read_training_log(zoo_dir)
     committed = zoo_lib.latest_iteration(zoo_dir)
+    run = record.get("run") or {}
     return {"experiment": experiment, "zoo_dir": zoo_dir, "target": target,
-            "tasks": num_test_tasks, "run": record.get("run", {}),
+            "tasks": num_test_tasks, "run": run,
             "state": next((v for k, v in record.items()
                            if k.endswith("|" + experiment.name)), None),
-            "committed": committed, "wall": wall_seconds(log),
-            "speed": last_speed(log), "validation": recent_validation(log)}
+            "committed": committed, "wall": training_log.training_seconds(log),
+            "speed": training_log.last_speed(log), "validation": recent_validation(log),
+            "stretches": training_log.run_stretches(log, committed, run)}
 
 
 def intervals_overlap(mean: float, ci: float, paper: tuple[float, float]) -> bool:
@@ -207,7 +151,9 @@ def status(row: dict) -> str:
         text += (f"; {shown} (at {last})" if k == 1 else
                  f"; {shown} (mean of the {k} validations at {first}-{last})")
     if row["speed"] and committed < target:
-        machine = "; ".join(row["run"].get("machines", [])[-1:])
+        stretches = row.get("stretches") or []  # the last one trained at this speed
+        machine = training_log.machine_text(stretches[-1]) if stretches else ""
+        machine = "processor not recorded" if machine == "not recorded" else machine
         text += (f"; {duration((target - committed) / row['speed'])} left at "
                  f"{row['speed']:.2f} it/s" + (f" ({machine})" if machine else ""))
     return text
@@ -249,7 +195,7 @@ def seed_summaries(rows: list[dict]) -> list[str]:
 
 # ---------------------------------------------------------------------------- the file
 def render(rows: list[dict], figures: list[str], output: str) -> str:
-    lines = [HEADER]
+    lines = [HEADER.replace("{pause:g}", f"{training_log.PAUSE_FACTOR:g}")]
     by_group: dict[str, list[dict]] = {}
     for row in rows:
         by_group.setdefault(row["experiment"].group, []).append(row)
@@ -268,7 +214,7 @@ def render(rows: list[dict], figures: list[str], output: str) -> str:
         lines += ["## Sinusoid regression (query MSE)", "",
                   "The paper shows these as curves (its Figures 2 and 3), not numbers; our "
                   "analogues are under Figures.", "",
-                  "| run | iterations | wall time | test tasks | 0 steps | 1 step | 10 steps "
+                  "| run | iterations | training time | test tasks | 0 steps | 1 step | 10 steps "
                   "| status |", "|---|---|---|---|---|---|---|---|"]
         for row in sine:
             st = row["state"]
@@ -301,7 +247,7 @@ def render(rows: list[dict], figures: list[str], output: str) -> str:
             continue
         lines += [f"## {titles[group]}", "",
                   "| experiment | paper | ours | ours − paper | intervals overlap "
-                  "| iteration evaluated | wall time | status |",
+                  "| iteration evaluated | training time | status |",
                   "|---|---|---|---|---|---|---|---|"]
         notes: list[str] = []
         for row in by_group[group]:
@@ -320,12 +266,7 @@ def render(rows: list[dict], figures: list[str], output: str) -> str:
         lines += [""] if notes else []
         lines += seed_summaries(by_group[group])
         lines += ["", TABLE_NOTES[group], ""]
-    machines = sorted({m for r in rows for m in r["run"].get("machines", [])}
-                      | {r["state"]["machine"] for r in rows
-                         if r["state"] and r["state"].get("machine")})
-    if machines:
-        lines += ["## Machines", "", "Training and evaluation ran on:", ""]
-        lines += [f"- {m}" for m in machines] + [""]
+    lines += machines_section(rows)
     if figures:
         lines += ["## Figures", ""]
         base = os.path.dirname(os.path.abspath(output))
@@ -335,6 +276,38 @@ def render(rows: list[dict], figures: list[str], output: str) -> str:
     if commands:
         lines += ["## Commands", "", "```bash", "\n\n".join(commands), "```", ""]
     return "\n".join(lines)
+
+
+def machines_section(rows: list[dict]) -> list[str]:
+    """Every stretch of training of every run (a zoo folder once), and the machines that
+    evaluated."""
+    lines, seen = [], set()
+    for row in rows:
+        if row["zoo_dir"] in seen or not row.get("stretches"):
+            continue
+        seen.add(row["zoo_dir"])
+        for s in row["stretches"]:
+            speed = s["iterations_per_second"]
+            speed = "" if speed is None else f"{speed:.0f}" if speed >= 100 else f"{speed:.2f}"
+            lines.append(f"| {os.path.basename(row['zoo_dir'])} | {s['first']}-{s['last']} | "
+                         f"{speed} | {s['processor'] or 'not recorded'} | {s['isa'] or ''} | "
+                         f"{s['cores'] or ''} |")
+    evaluated = sorted({r["state"]["machine"] for r in rows
+                        if r["state"] and r["state"].get("machine")})
+    if not lines and not evaluated:
+        return []
+    out = ["## Machines", ""]
+    if lines:
+        out += ["Training ran in stretches, each the consecutive training between two "
+                "restarts: from the previous stretch's last logged iteration to its own (the "
+                "last one to the latest checkpoint), its iterations per second with pauses "
+                "left out, and its processor (\"not recorded\" where the zoo did not record "
+                "it):", "",
+                "| zoo folder | iterations | it/s | processor | vector ISA | cores |",
+                "|---|---|---|---|---|---|"] + lines + [""]
+    if evaluated:
+        out += ["Evaluation ran on:", ""] + [f"- {m}" for m in evaluated] + [""]
+    return out
 
 
 def write(rows: list[dict], output: str, figures: list[str]) -> str:
@@ -350,7 +323,7 @@ def write(rows: list[dict], output: str, figures: list[str]) -> str:
 # ---------------------------------------------------------------------------- figures
 def training_curve(row: dict, path: str) -> str | None:
     """Validation accuracy (one meta-batch every 500 iterations) against iteration."""
-    val_it, val, tr_it, tr = validation_curve(read_training_log(row["zoo_dir"]))
+    val_it, val, tr_it, tr = validation_curve(training_log.read_training_log(row["zoo_dir"]))
     if len(val_it) == 0 and len(tr_it) == 0:
         return None
     import matplotlib
@@ -392,7 +365,7 @@ def figure_paths(rows: list[dict], figures_dir: str) -> list[str]:
     for row in rows:
         e = row["experiment"]
         if (e.group == "sinusoid" or e.train_flags is None or row["zoo_dir"] in seen
-                or not read_training_log(row["zoo_dir"])):
+                or not training_log.read_training_log(row["zoo_dir"])):
             continue
         seen.add(row["zoo_dir"])
         out.append(os.path.join(figures_dir, f"curve_{e.name}.png"))

@@ -10,7 +10,8 @@ run's latest state from the model zoo (``zoo/<run>/``, see :mod:`tf_maml.zoo`) w
 ahead of the run directory, trains the row's flagfile with ``tf-maml`` (a finished run is left
 alone, an unfinished one resumes), evaluates the latest checkpoint on 600 test tasks with
 ``--train=False`` (only when that checkpoint has not been evaluated yet, or with
-``--reevaluate``), publishes the run back into the zoo (the latest state only; every
+``--reevaluate``: the checkpoint of the published number), publishes the run back into the
+zoo (the latest state and the checkpoints of its evaluations; every
 ``--publish_every_minutes`` during training too), and writes ``docs/RESULTS.md`` from the zoo
 alone (:mod:`tf_maml.report`).
 
@@ -36,7 +37,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_maml import report, threads  # noqa: E402
+from tf_maml import report, threads, zoo_check  # noqa: E402
 from tf_maml import zoo as zoo_lib  # noqa: E402
 from tf_maml.config import Config  # noqa: E402
 
@@ -244,6 +245,8 @@ def machine() -> str:
         cpu += f" (family {fields['cpu family']})"
     flags = fields.get("flags", "").split()
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    if isa and "amx_tile" in flags:  # the matrix tiles oneDNN may use beside the vectors
+        isa += " + AMX"
     return f"{cpu}, {isa + ', ' if isa else ''}{os.cpu_count()} cores"
 
 
@@ -337,6 +340,14 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
         log(f"[{e.name}] skipped: {p.skip_reason}")
         return {"skipped": p.skip_reason}
     if (train and p.train_cmd) or evaluate or reevaluate:  # a report alone reads the zoo
+        # The zoo's state is about to seed the run directory (the zoo is ahead): a corrupt
+        # checkpoint would be copied into it, and into every fresh one, so say which zoo
+        # file it is instead.
+        if zoo_lib.latest_iteration(p.zoo_dir) > zoo_lib.latest_iteration(p.run_dir):
+            problem = zoo_check.checkpoint_problem(p.zoo_dir, e.name)
+            if problem:
+                log(f"[{e.name}] {problem}")
+                return {"restore_error": problem}
         zoo_lib.restore(p.zoo_dir, p.run_dir, log)
     done = zoo_lib.latest_iteration(p.run_dir)
     if train and p.train_cmd and done < p.target:
@@ -364,10 +375,16 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
     before = state.get(key)
     fresh = (before is not None and before.get("iteration") == done
              and os.path.exists(os.path.join(p.run_dir, p.result_name + ".csv")))
+    # A re-evaluation checks the published number against the checkpoint it was made of,
+    # which the zoo keeps beside a later state (a partial row evaluated, then trained on).
+    recheck = reevaluate and before is not None and (
+        before.get("iteration") == done
+        or before.get("iteration") in zoo_lib.checkpoint_iterations(p.run_dir))
+    iteration = before["iteration"] if recheck else done
     if fresh and not reevaluate:
         log(f"[{e.name}] results of iteration {done} already evaluated")
     elif evaluate or reevaluate:
-        cmd = p.eval_cmd + ([f"--test_iter={done}"] if p.train_cmd else [])
+        cmd = p.eval_cmd + ([f"--test_iter={iteration}"] if p.train_cmd else [])
         log(f"[{e.name}] evaluating: {_shell(cmd)}")
         t0 = time.time()
         code, _ = _stream(cmd, log_path, None, log)
@@ -380,13 +397,13 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
         with open(os.path.join(p.run_dir, p.result_name + ".csv")) as f:
             rows = [line.strip().split(",") for line in f if line.strip()]
         means, ci = np.array(rows[1], dtype=float), np.array(rows[3], dtype=float)
-        if fresh and reevaluate:
+        if recheck:
             was = f"{before['means'][-1]:.4f} ± {before['ci95'][-1]:.4f}"
             now = f"{means[-1]:.4f} ± {ci[-1]:.4f}"
-            log(f"[{e.name}] re-evaluated iteration {done}: {now} (the zoo's: {was}"
+            log(f"[{e.name}] re-evaluated iteration {iteration}: {now} (the zoo's: {was}"
                 f"{', the same' if was == now else ''})")
         state = zoo_lib.read_json(os.path.join(p.run_dir, STATE_FILE))
-        state[key] = {"iteration": done, "eval_seconds": round(time.time() - t0, 1),
+        state[key] = {"iteration": iteration, "eval_seconds": round(time.time() - t0, 1),
                       "eval_command": _shell(cmd), "train_command":
                       _shell(p.train_cmd) if p.train_cmd else None,
                       "means": means.tolist(), "ci95": ci.tolist(), "date": zoo_lib.today(),
@@ -398,15 +415,21 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
 def export(p: Plan, export_dir: str, log=print) -> str:
     """Exports the zoo model of ``p`` as a SavedModel with in-graph adaptation."""
     from tf_maml import experiment
+    from tf_maml.checkpoint import CheckpointError, learner_checkpointer, restore_for_test
     from tf_maml.export import export as export_saved_model
-    from tf_maml.checkpoint import learner_checkpointer, restore_for_test
 
     iteration = zoo_lib.latest_iteration(p.zoo_dir)
     if iteration == 0:
         raise ReproduceError(f"{p.zoo_dir} holds no model to export: train "
                              f"{p.experiment.name} first")
+    problem = zoo_check.checkpoint_problem(p.zoo_dir, p.experiment.name)
+    if problem:
+        raise ReproduceError(problem)
     learner = experiment.build_learner(p.eval_config)
-    path, iteration = restore_for_test(learner_checkpointer(learner, p.zoo_dir), -1)
+    try:
+        path, iteration = restore_for_test(learner_checkpointer(learner, p.zoo_dir), -1)
+    except CheckpointError as err:  # e.g. a zoo model of other settings than the flagfile's
+        raise ReproduceError(f"cannot export {p.zoo_dir}: {err}") from None
     out = export_saved_model(learner, export_dir, num_steps=p.eval_config.test_num_updates)
     log(f"[{p.experiment.name}] exported iteration {iteration} of {p.zoo_dir} to {out}")
     return out
@@ -446,6 +469,7 @@ def main(argv, F):
              F.miniimagenet_dir: "$DATA/miniimagenet", F.flags_dir: "flags", REPO: ".",
              F.original_checkpoint: "$DATA/maml_original_checkpoint/miniimagenet1shot/model59000"}
     last_publish = [time.time()]
+    publish_errors: dict[str, str] = {}  # the rows whose latest publishing failed
 
     def publish(p: Plan, force: bool = False) -> None:
         if not F.publish or p.skip_reason:
@@ -456,8 +480,15 @@ def main(argv, F):
         finished = p.train_cmd is None or zoo_lib.latest_iteration(p.run_dir) >= p.target
         try:
             zoo_lib.publish(p.run_dir, p.zoo_dir, finished, paths, machine(), log)
-        except (OSError, ValueError) as err:  # the run directory keeps everything
-            log(f"[{p.experiment.name}] could not publish to {p.zoo_dir}: {err}")
+        except (OSError, ValueError, RuntimeError) as err:
+            # The run directory keeps everything (publishing only reads it), so the next
+            # invocation publishes it; but the zoo is behind, and the command must say so.
+            publish_errors[p.experiment.name] = (
+                f"could not publish to {p.zoo_dir}: {err}; {p.run_dir} keeps the run: fix "
+                "the zoo folder and run the same command again to publish it")
+            log(f"[{p.experiment.name}] {publish_errors[p.experiment.name]}")
+        else:
+            publish_errors.pop(p.experiment.name, None)
 
     deadline = None if F.budget_minutes is None else time.time() + 60 * F.budget_minutes
     log(f"tf-maml-reproduce: {len(plans)} experiments, runs under {F.logdir_root}, models "
@@ -485,14 +516,28 @@ def main(argv, F):
         publish(p, force=True)
         if any(k.endswith("error") for k in status):
             failures[p.experiment.name] = status
-    # The report covers every row, from the zoo alone.
-    rows = []
+    for name, error in publish_errors.items():
+        failures.setdefault(name, {})["publish_error"] = error
+    # The report covers every row, from the zoo alone, once each row agrees with the files
+    # it is made from (a deleted or edited file must not change a published number).
+    rows, problems = [], []
     for e in table:
         try:
             p = next((q for q in plans if q.experiment.name == e.name), None) or plan_of(e)
         except ReproduceError:  # e.g. a --flags_dir holding only some flagfiles
             continue
         rows.append(report.collect(e, p.zoo_dir, p.target, p.eval_config.num_test_tasks))
+        problem = zoo_check.row_problem(p.zoo_dir, e.name, p.result_name, target=p.target,
+                                        tasks=p.eval_config.num_test_tasks,
+                                        percent=e.group != "sinusoid")
+        if problem and problem not in problems:  # rows sharing a folder find it once
+            problems.append(problem)
+    if problems:
+        for name, status in failures.items():
+            log(f"FAILED {name}: {status}")
+        for problem in problems[1:]:
+            log(problem)
+        raise ReproduceError(f"{problems[0]} ({F.output} was not rewritten)")
     figures = report.figure_paths(rows, F.figures_dir)
     if F.figures:
         report.draw_figures(rows, F.figures_dir, log)
@@ -532,8 +577,8 @@ def define_flags(values) -> None:
       "every run and its evaluations")
     d("bool", "train", True, "train unfinished runs (False: only evaluate and report)")
     d("bool", "evaluate", True, "evaluate checkpoints not evaluated yet")
-    d("bool", "reevaluate", False, "evaluate the latest checkpoint even if it was evaluated, "
-      "and say whether the number is the zoo's")
+    d("bool", "reevaluate", False, "evaluate again the checkpoint of the published number "
+      "(the latest if there is none), and say whether the number is the zoo's")
     d("bool", "publish", True, "copy each run's latest state and evaluations into the zoo")
     d("float", "publish_every_minutes", 30, "during training, publish this often")
     d("string", "export_dir", None, "export the selected experiment's zoo model as a "

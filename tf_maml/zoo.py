@@ -10,18 +10,22 @@ A zoo folder is the part of a run directory worth keeping:
   of the size (a finished run needs no optimizer);
 - ``config.json``: the run's configuration, machine paths replaced by placeholders
   (``$DATA/omniglot``, ``$LOGDIR/...``);
-- ``training_log.csv``: the training curve up to the checkpoint held (and the wall time,
-  summed over sessions);
+- ``training_log.csv``: the training curve up to the latest checkpoint held (and the
+  training time, summed over sessions);
 - the evaluations, in the original's formats (``test_ubs<K>_stepsize<α>.csv/.pkl``, and the
   per-task ``.npy``), and ``results.json``: what each evaluation gave, of which iteration,
-  with the commands (placeholders again), the date and the machine;
+  with the commands (placeholders again), the date and the machine; and, under ``run``, the
+  state kept and every stretch of training with its speed and processor
+  (:mod:`tf_maml.training_log`);
 - for a run evaluated as an ensemble (``--ensemble=N``), ``ensemble.json`` and the weights
   of its members, so that the ensemble is evaluated again from the zoo alone.
 
 :func:`publish` copies a run directory into its zoo folder when the run has moved on;
 :func:`restore` goes the other way when the zoo is ahead (a fresh clone, another machine), so
-that ``tf-maml-reproduce`` resumes or evaluates a zoo run like any other. Only the latest
-state is kept: publishing removes the zoo folder's older checkpoint.
+that ``tf-maml-reproduce`` resumes or evaluates a zoo run like any other. The zoo keeps the
+latest state and the checkpoint of every evaluation it publishes (a partial row's number may
+be of an older checkpoint than the state training resumes from); publishing removes any
+other checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import json
 import os
 import shutil
 
+from tf_maml import training_log
 from tf_maml.rundir import (CHECKPOINT_NAME, ENSEMBLE_NAME, atomic_write, checkpoint_prefixes,
                             csv_text, read_csv_up_to)
 
@@ -110,15 +115,20 @@ def _checkpoint_files(directory: str, iteration: int) -> list[str]:
     return [prefix + ".index"] + sorted(glob.glob(prefix + ".data-*"))
 
 
-def _write_index(directory: str, iteration: int) -> None:
-    """The ``checkpoint`` index file TensorFlow's CheckpointManager reads. It lists a
-    checkpoint only if its timestamp is after ``last_preserved_timestamp``; fixed stamps keep
-    the file the same from one publication of an iteration to the next."""
-    name = f"{CHECKPOINT_NAME}-{iteration}"
-    with open(os.path.join(directory, "checkpoint.tmp"), "w") as f:
-        f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n'
-                "all_model_checkpoint_timestamps: 1.0\nlast_preserved_timestamp: 0.0\n")
-    os.replace(os.path.join(directory, "checkpoint.tmp"), os.path.join(directory, "checkpoint"))
+def _write_index(directory: str) -> None:
+    """The ``checkpoint`` index file TensorFlow's CheckpointManager reads: the latest
+    checkpoint (what training resumes from) and every one held (an evaluated one among
+    them). It lists a checkpoint only if its timestamp is after
+    ``last_preserved_timestamp``; fixed stamps keep the file the same from one publication
+    of the same checkpoints to the next."""
+    names = [f"{CHECKPOINT_NAME}-{i}" for i in checkpoint_iterations(directory)]
+    if not names:  # an evaluation-only row (the original authors' checkpoint) holds none
+        return
+    lines = [f'model_checkpoint_path: "{names[-1]}"']
+    lines += [f'all_model_checkpoint_paths: "{name}"' for name in names]
+    lines += ["all_model_checkpoint_timestamps: 1.0"] * len(names)
+    atomic_write(os.path.join(directory, "checkpoint"),
+                 "\n".join(lines + ["last_preserved_timestamp: 0.0"]) + "\n")
 
 
 def ensemble_members(directory: str) -> list[int]:
@@ -128,6 +138,21 @@ def ensemble_members(directory: str) -> list[int]:
     if record.get("latest") != latest_iteration(directory):
         return []
     return [m["iteration"] for m in record.get("members", [])]
+
+
+def evaluated_iterations(record: dict) -> set[int]:
+    """The iterations whose checkpoints the evaluations of a ``results.json`` (or a run
+    directory's record) were made of."""
+    return {entry["iteration"] for key, entry in record.items()
+            if "|" in key and isinstance(entry, dict)
+            and isinstance(entry.get("iteration"), int)}
+
+
+def _kept_iterations(zoo_dir: str) -> set[int]:
+    """What the zoo keeps: the latest state, the model of every published number and the
+    members of the ensemble chosen up to the latest state."""
+    return ({latest_iteration(zoo_dir)} | evaluated_iterations(results(zoo_dir))
+            | set(ensemble_members(zoo_dir)))
 
 
 def _remove_checkpoints(directory: str, keep: set[int]) -> None:
@@ -192,8 +217,6 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
     if run_latest > zoo_latest or (run_latest == zoo_latest > 0 and finished
                                    and meta.get("state") != "weights"):
         _copy_checkpoint(run_dir, run_latest, zoo_dir, weights_only=finished)
-        _write_index(zoo_dir, run_latest)
-        _remove_checkpoints(zoo_dir, {run_latest})
         if os.path.exists(os.path.join(zoo_dir, ENSEMBLE_NAME)):
             os.remove(os.path.join(zoo_dir, ENSEMBLE_NAME))  # of an earlier iteration
         for name in KEPT_FILES:
@@ -209,8 +232,12 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
         machines = list(meta.get("machines", []))
         if machine not in machines:
             machines.append(machine)
+        # Every stretch of training, the one this machine has just trained included.
+        stretches = training_log.run_stretches(training_log.read_training_log(zoo_dir),
+                                               run_latest, meta, machine)
         meta.update({"iteration": run_latest, "finished": finished,
-                     "state": "weights" if finished else "full", "machines": machines})
+                     "state": "weights" if finished else "full", "machines": machines,
+                     "stretches": stretches})
         changed = True
         log(f"  zoo: {zoo_dir} now holds iteration {run_latest}"
             + (" (weights)" if finished else " (resumable state)"))
@@ -237,9 +264,20 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
         changed = True
         log(f"  zoo: {zoo_dir} now holds the evaluation {key} of iteration "
             f"{entry.get('iteration')}")
+    # The model of every number published: held already (it was the latest state when it
+    # was evaluated), or taken from the run directory if the zoo lost it.
+    for iteration in sorted(evaluated_iterations(zoo_results)
+                            - set(checkpoint_iterations(zoo_dir))):
+        if iteration in checkpoint_iterations(run_dir):
+            _copy_checkpoint(run_dir, iteration, zoo_dir, weights_only=False)
+            changed = True
+            log(f"  zoo: {zoo_dir} holds again the evaluated iteration {iteration}")
     if changed:
         zoo_results["run"] = meta
         write_json(os.path.join(zoo_dir, RESULTS_FILE), zoo_results)
+        # Only now, with the evaluations recorded: a checkpoint goes once no number is of it.
+        _remove_checkpoints(zoo_dir, _kept_iterations(zoo_dir))
+        _write_index(zoo_dir)
     return changed
 
 
@@ -258,7 +296,6 @@ def _publish_ensemble(run_dir: str, zoo_dir: str, log) -> bool:
     for iteration in members:
         if iteration not in held:
             _copy_checkpoint(run_dir, iteration, zoo_dir, weights_only=True)
-    _remove_checkpoints(zoo_dir, set(members) | {latest_iteration(zoo_dir)})
     with open(os.path.join(zoo_dir, ENSEMBLE_NAME), "w") as f:
         f.write(record)
     log(f"  zoo: {zoo_dir} now holds the ensemble of iterations "
@@ -277,20 +314,22 @@ def _read_text(path: str) -> str | None:
 def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     """Seeds ``run_dir`` from ``zoo_dir`` when the zoo holds a later checkpoint (a fresh
     clone, or another machine trained further): the checkpoint, the training log and the
-    evaluations, so that training resumes and evaluation finds what was evaluated. The run
-    directory's ``config.json`` is left to the training command (the zoo's has placeholders
-    for paths)."""
+    evaluations, so that training resumes and evaluation finds what was evaluated; and the
+    run's ``config.json`` (with the zoo's placeholders for paths), so that a resume refuses
+    a flag that would make it another run, as it would in the run's own directory."""
     zoo_latest = latest_iteration(zoo_dir)
     if zoo_latest == 0 or latest_iteration(run_dir) >= zoo_latest:
         return False
     os.makedirs(run_dir, exist_ok=True)
-    for iteration in {zoo_latest, *ensemble_members(zoo_dir)}:
+    # The latest state (training resumes from it), the ensemble's members and the evaluated
+    # checkpoints (a re-evaluation checks a published number against its own model).
+    for iteration in checkpoint_iterations(zoo_dir):
         for path in _checkpoint_files(zoo_dir, iteration):
             shutil.copy2(path, run_dir)
     if ensemble_members(zoo_dir):
         shutil.copy2(os.path.join(zoo_dir, ENSEMBLE_NAME), run_dir)
-    _write_index(run_dir, zoo_latest)
-    for name in KEPT_FILES:
+    _write_index(run_dir)
+    for name in (*KEPT_FILES, "config.json"):
         if os.path.exists(os.path.join(zoo_dir, name)):
             shutil.copy2(os.path.join(zoo_dir, name), os.path.join(run_dir, name))
     for path in glob.glob(os.path.join(zoo_dir, RESULT_GLOB)):

@@ -1,0 +1,207 @@
+"""The zoo is checked before anything is reported from it, restored out of it or exported
+from it: a row of docs/RESULTS.md must agree with the per-task matrix it was made from, a
+complete row must hold its checkpoint, a corrupt zoo checkpoint is named with the fix (not
+restored into a run that then fails), and a failed publish fails the command.
+
+The tests work on copies of committed zoo folders in tmp_path; the committed ``.npy``
+(accuracy or MSE of every test task at every step) is the independent truth, summarised here
+as the paper does: mean and 1.96·std/√n over the tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+from absl import flags as absl_flags
+
+from tf_maml import reproduce, zoo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SINE, SINE_RESULT = "sinusoid_maml_k10", "test_ubs10_stepsize0.01"
+OMNI, OMNI_ZOO, OMNI_RESULT = "omniglot5_1shot", "omniglot_5way_1shot", "test_ubs1_stepsize0.4"
+DATA = "model-70000.data-00000-of-00001"
+
+
+def _real_rows(tmp_path, names):
+    """The repository's rows ``names`` (their flagfiles and a copy of their zoo folders) in
+    tmp_path/flags and tmp_path/zoo."""
+    flags_dir = tmp_path / "flags"
+    flags_dir.mkdir()
+    with open(os.path.join(REPO, "flags", "experiments.json")) as f:
+        rows = [r for r in json.load(f)["experiments"] if r["name"] in names]
+    for row in rows:
+        for key in ("train", "eval"):
+            if row.get(key):
+                shutil.copy(os.path.join(REPO, "flags", row[key] + ".flags"), flags_dir)
+        shutil.copytree(os.path.join(REPO, "zoo", row["zoo"]), tmp_path / "zoo" / row["zoo"],
+                        dirs_exist_ok=True)
+    (flags_dir / "experiments.json").write_text(json.dumps({"experiments": rows}))
+
+
+def _main(tmp_path, monkeypatch, *args):
+    """tf-maml-reproduce in this process, on tmp_path's flags/, zoo/ and logs/."""
+    monkeypatch.setattr(reproduce.signal, "signal", lambda *a: None)  # keep pytest's handler
+    values = absl_flags.FlagValues()
+    reproduce.define_flags(values)
+    values(["tf-maml-reproduce", f"--flags_dir={tmp_path / 'flags'}",
+            f"--zoo_dir={tmp_path / 'zoo'}", f"--logdir_root={tmp_path / 'logs'}",
+            f"--output={tmp_path / 'RESULTS.md'}", f"--figures_dir={tmp_path / 'fig'}",
+            "--figures=False", *args])
+    return reproduce.main(["tf-maml-reproduce"], values)
+
+
+def _report(tmp_path, monkeypatch):
+    return _main(tmp_path, monkeypatch, "--train=False", "--evaluate=False")
+
+
+def _truth(zoo_dir, result):
+    values = np.load(os.path.join(zoo_dir, result + ".npy"))
+    return values.mean(0), 1.96 * values.std(0) / np.sqrt(values.shape[0])
+
+
+def _edit_results(path, edit):
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
+def test_an_untouched_zoo_copy_reports_the_numbers_of_its_per_task_matrices(tmp_path,
+                                                                            monkeypatch):
+    _real_rows(tmp_path, [SINE, OMNI])
+    assert _report(tmp_path, monkeypatch) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    mean, ci = _truth(tmp_path / "zoo" / SINE, SINE_RESULT)
+    assert f"| {mean[-1]:.3f} ± {ci[-1]:.3f} | complete |" in text
+    mean, ci = _truth(tmp_path / "zoo" / OMNI_ZOO, OMNI_RESULT)
+    assert f"| {100 * mean[-1]:.2f} ± {100 * ci[-1]:.2f} |" in text
+
+
+def _delete(name):
+    return lambda folder: os.remove(folder / name)
+
+
+def _garble(name):
+    return lambda folder: (folder / name).write_text('{"run": {"finished": tr')
+
+
+def _shift(field, column, by):
+    def edit(folder):
+        _edit_results(folder / "results.json",
+                      lambda r: r[f"{SINE_RESULT}|{SINE}"][field].__setitem__(
+                          column, r[f"{SINE_RESULT}|{SINE}"][field][column] + by))
+    return edit
+
+
+@pytest.mark.parametrize("damage, named", [
+    (_delete("results.json"), "results.json"),
+    (_garble("results.json"), "results.json"),
+    (_shift("means", -1, 0.002), "results.json"),   # 0.121 -> 0.123, as printed
+    (_shift("ci95", 0, 0.01), "results.json"),      # the 0-step column's interval
+    (_shift("means", 5, 0.01), "results.json"),     # a column the table does not show
+    (_delete(SINE_RESULT + ".npy"), SINE_RESULT + ".npy"),
+    (_delete(DATA), DATA),                          # a complete row without its weights
+    (_delete("model-70000.index"), "model-70000.index"),
+], ids=["results-deleted", "results-invalid", "mean-edited", "interval-edited",
+        "unshown-column-edited", "matrix-deleted", "weights-deleted", "index-deleted"])
+def test_a_row_that_disagrees_with_its_files_fails_the_report_naming_the_file(
+        tmp_path, monkeypatch, damage, named):
+    """Before: the row silently lost its numbers, or published the edited one, or stayed
+    "complete" without the model behind it, and the command exited 0."""
+    _real_rows(tmp_path, [SINE])
+    folder = tmp_path / "zoo" / SINE
+    damage(folder)
+    with pytest.raises(reproduce.ReproduceError) as err:
+        _report(tmp_path, monkeypatch)
+    message = str(err.value)
+    assert "\n" not in message
+    assert os.path.join(str(folder), named) in message
+    assert "git checkout" in message
+    assert not (tmp_path / "RESULTS.md").exists()  # no report from a zoo that disagrees
+
+
+def test_numbers_are_compared_at_the_precision_the_report_prints(tmp_path, monkeypatch):
+    """An accuracy is printed in percent with two decimals: a change of 0.0001 points agrees
+    with the matrix, a change of 0.02 points (the printed value moves) does not."""
+    _real_rows(tmp_path, [OMNI])
+    path = tmp_path / "zoo" / OMNI_ZOO / "results.json"
+    key = f"{OMNI_RESULT}|{OMNI}"
+    mean, _ = _truth(path.parent, OMNI_RESULT)
+    _edit_results(path, lambda r: r[key]["means"].__setitem__(-1, float(mean[-1]) + 1e-6))
+    assert _report(tmp_path, monkeypatch) == 0
+    _edit_results(path, lambda r: r[key]["means"].__setitem__(-1, float(mean[-1]) + 2e-4))
+    with pytest.raises(reproduce.ReproduceError, match=f"{OMNI}.*{OMNI_RESULT}.npy"):
+        _report(tmp_path, monkeypatch)
+
+
+def _corrupt(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the tensor's checksum no longer matches
+    path.write_bytes(bytes(data))
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def test_a_corrupt_zoo_checkpoint_of_an_unfinished_run_is_named_not_restored(
+        tmp_path, monkeypatch, capsys):
+    """Before: the corrupt state was copied into the run directory, training failed with
+    "move the run directory away", and a fresh directory restored the same state again. Now
+    the zoo file is named with its fix, and nothing is copied."""
+    from test_reproduce import _flags, _table
+
+    _flags(tmp_path, SINE, 10**6, tasks=600)  # unfinished: its target is past 70000
+    _table(tmp_path)
+    shutil.copytree(os.path.join(REPO, "zoo", SINE), tmp_path / "zoo" / SINE)
+    folder = tmp_path / "zoo" / SINE
+    _corrupt(folder / DATA)
+    before = _digest(folder)
+    code = _main(tmp_path, monkeypatch, f"--experiments={SINE}", "--budget_minutes=1",
+                 "--eval_reserve_minutes=0")
+    out = capsys.readouterr().out
+    assert code != 0
+    line = next(x for x in out.splitlines() if str(folder / DATA) in x)
+    assert "git checkout" in line and "move the run directory" not in out
+    assert _digest(folder) == before  # the zoo is left as it was
+    run_dirs = list((tmp_path / "logs").rglob("model-*")) if (tmp_path / "logs").exists() else []
+    assert run_dirs == []  # nothing corrupt was seeded into a run directory
+
+
+def test_export_of_a_corrupt_zoo_checkpoint_names_the_file_and_the_fix(tmp_path, monkeypatch):
+    _real_rows(tmp_path, [SINE])
+    folder = tmp_path / "zoo" / SINE
+    _corrupt(folder / DATA)
+    with pytest.raises(reproduce.ReproduceError) as err:
+        _main(tmp_path, monkeypatch, f"--experiments={SINE}",
+              f"--export_dir={tmp_path / 'saved'}")
+    message = str(err.value)
+    assert "\n" not in message and str(folder / DATA) in message and "git checkout" in message
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_failed_publish_fails_the_command_and_keeps_the_run_directory(tmp_path, monkeypatch,
+                                                                       capsys):
+    """The zoo folder cannot be written (here: a file is in its place); the run directory,
+    the source of truth, keeps its checkpoint, and the command exits non-zero."""
+    _real_rows(tmp_path, [SINE])
+    plan = reproduce.plan(reproduce.load_experiments(str(tmp_path / "flags"))[0],
+                          str(tmp_path / "logs"), {}, None, str(tmp_path / "flags"),
+                          str(tmp_path / "zoo"))
+    run_dir = tmp_path / "run"
+    shutil.move(tmp_path / "zoo" / SINE, run_dir)  # a finished run, not yet in the zoo
+    os.makedirs(os.path.dirname(plan.run_dir))
+    shutil.move(run_dir, plan.run_dir)
+    (tmp_path / "zoo" / SINE).write_text("not a folder")
+    before = _digest(pathlib.Path(plan.run_dir))
+    code = _report(tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert code != 0
+    assert "could not publish" in out and str(tmp_path / "zoo" / SINE) in out
+    assert zoo.latest_iteration(plan.run_dir) == 70000
+    assert _digest(pathlib.Path(plan.run_dir)) == before
