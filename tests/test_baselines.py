@@ -6,15 +6,17 @@ and the flag combinations it refuses."""
 from __future__ import annotations
 
 import csv
+import functools
 import os
-import subprocess
-import sys
+import re
+import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from test_bad_inputs import cli
 
 from tf_maml import baselines, evaluate, reproduce, runner, zoo
 from tf_maml.config import Config, ConfigError
@@ -263,10 +265,11 @@ def test_pretraining_lowers_the_loss_and_resumes_from_its_checkpoint(tiny_mini, 
 
 
 # ---------------------------------------------------------------------------- command line
-def _cli(args, cwd):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "tf_maml.main", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+def _cli(args):
+    """tf-maml's console entry (absl's flag parsing, exit codes, one-line errors) in this
+    process: (returncode, stdout, stderr)."""
+    result = cli(*args)
+    return types.SimpleNamespace(returncode=result.code, stdout=result.out, stderr=result.err)
 
 
 def _csv(path):
@@ -275,22 +278,34 @@ def _csv(path):
     return header, float(means[-1]), float(ci[-1])
 
 
-def test_cli_pretrains_once_then_evaluates_both_baselines(tiny_mini, tmp_path):
+def test_cli_pretrains_once_then_evaluates_both_baselines(tiny_mini, tmp_path, monkeypatch):
     """The repository's flagfiles on tiny data: the nearest-neighbour flagfile pretrains and
-    evaluates; the fine-tuning one evaluates the same pretraining (1-shot, then 5-shot);
-    the result files are the ones the zoo and the report read."""
+    evaluates; the fine-tuning one evaluates the same pretraining (1-shot, then 5-shot),
+    with the best of the (learning rate, decay) pairs it validated; the result files are
+    the ones the zoo and the report read."""
+    # A 2 x 2 corner of the authors' 6 x 7 grid (the grid itself is checked above): every
+    # pair tried costs a validation.
+    monkeypatch.setattr(baselines, "select_finetuning", functools.partial(
+        baselines.select_finetuning, lrs=(0.5, 0.01), decays=(1.0, 0.0)))
     small = ["--pretrain_iterations=60", "--num_filters=4", "--meta_batch_size=16",
              "--num_test_tasks=4", f"--data_dir={tiny_mini}", f"--logdir={tmp_path}/logs/"]
     nn = _cli([f"--flagfile={FLAGS_DIR}/miniimagenet_5way_1shot_nearest_neighbor.flags",
-               *small], tmp_path)
+               *small])
     assert nn.returncode == 0, nn.stdout + nn.stderr
     run_dir = tmp_path / "logs" / "classifier.mbs_16hidden4maxpoolbatchnorm"
     header, mean, ci = _csv(run_dir / "test_ubs1_nearest_neighbor.csv")
     assert header == ["update0"] and 0 <= mean <= 1 and ci >= 0
     ft = _cli([f"--flagfile={FLAGS_DIR}/miniimagenet_5way_5shot_finetune.flags", *small,
-               "--train=False", "--test_num_updates=3"], tmp_path)
+               "--train=False", "--test_num_updates=3"])
     assert ft.returncode == 0, ft.stdout + ft.stderr
-    assert "Fine-tuning chosen on validation tasks" in ft.stdout
+    tried = re.findall(r"validation, learning rate ([\d.]+), decay ([\d.]+): ([\d.]+)%",
+                       ft.stdout)
+    assert [pair[:2] for pair in tried] == [("0.5", "1.0"), ("0.5", "0.0"), ("0.01", "1.0"),
+                                            ("0.01", "0.0")]
+    # Over 4 tasks the accuracies are multiples of 1/(4 x queries): 2 decimals rank them.
+    lr, decay, best = max(tried, key=lambda pair: float(pair[2]))  # the first of the best
+    assert (f"Fine-tuning chosen on validation tasks: learning rate {lr}, decay {decay} "
+            f"(validation accuracy {best}%)") in ft.stdout
     header, mean, _ = _csv(run_dir / "test_ubs5_finetune.csv")
     assert len(header) == 4 and 0 <= mean <= 1  # steps 0 to --test_num_updates
     per_task = np.load(run_dir / "test_ubs5_finetune.npy")
@@ -305,11 +320,11 @@ def test_cli_pretrains_once_then_evaluates_both_baselines(tiny_mini, tmp_path):
     assert zoo.publish(str(run_dir), str(zoo_dir), True, {}, "test machine", log=print)
     assert zoo.latest_iteration(str(zoo_dir)) == 60
     again = _cli([f"--flagfile={FLAGS_DIR}/miniimagenet_5way_1shot_nearest_neighbor.flags",
-                  *small[:-1], f"--logdir={tmp_path}/fresh/", "--train=False"], tmp_path)
+                  *small[:-1], f"--logdir={tmp_path}/fresh/", "--train=False"])
     assert again.returncode != 0 and "no checkpoint" in again.stderr  # nothing there yet
     zoo.restore(str(zoo_dir), str(tmp_path / "fresh" / run_dir.name), log=print)
     again = _cli([f"--flagfile={FLAGS_DIR}/miniimagenet_5way_1shot_nearest_neighbor.flags",
-                  *small[:-1], f"--logdir={tmp_path}/fresh/", "--train=False"], tmp_path)
+                  *small[:-1], f"--logdir={tmp_path}/fresh/", "--train=False"])
     assert again.returncode == 0, again.stderr
     np.testing.assert_array_equal(
         np.load(tmp_path / "fresh" / run_dir.name / "test_ubs1_nearest_neighbor.npy"),
@@ -360,5 +375,5 @@ def test_bad_flag_combinations_name_the_flag(change, flag):
 
 def test_cli_refuses_a_bad_combination_with_the_flag_named(tmp_path):
     out = _cli(["--datasource=miniimagenet", "--baseline=nearest_neighbor", "--data_dir=x",
-                "--max_pool=True", "--pretrain_iterations=10", "--meta_sgd=True"], tmp_path)
+                "--max_pool=True", "--pretrain_iterations=10", "--meta_sgd=True"])
     assert out.returncode == 2 and "--meta_sgd" in out.stderr, out.stderr

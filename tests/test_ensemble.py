@@ -5,9 +5,6 @@ and its round trip through the zoo."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -18,7 +15,6 @@ from tf_maml import evaluate as evaluate_lib
 from tf_maml.checkpoint import learner_checkpointer
 from tf_maml.learners import MetaLearner
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUPPORT, QUERY = 4, 6
 
 
@@ -128,25 +124,31 @@ def test_an_unreadable_candidate_is_left_out_with_a_warning(tmp_path):
     assert any("WARNING" in line and "model-2000" in line for line in lines)
 
 
-def _cli(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    run = subprocess.run([sys.executable, "-m", "tf_maml.main", *args], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout + run.stderr
+def _cli(*args):
+    """tf-maml's console entry in this process (training, evaluation, --ensemble)."""
+    from test_bad_inputs import cli
+
+    run = cli(*args)
+    assert run.code == 0, run.out + run.err
+    return run.out + run.err
 
 
-def test_an_ensemble_evaluated_from_the_zoo_alone_gives_the_same_numbers(tmp_path):
+def test_an_ensemble_evaluated_from_the_zoo_alone_gives_the_same_numbers(tmp_path,
+                                                                         monkeypatch):
     """Train (3 checkpoints), evaluate --ensemble=2, publish to a zoo folder (the members'
     weights and ensemble.json), restore that into an empty run directory and evaluate
     again: the same members, read from ensemble.json, and the same per-task numbers."""
-    run_flags = ["--datasource=sinusoid", "--metatrain_iterations=3000",
+    from tf_maml import train as train_lib
+
+    monkeypatch.setattr(train_lib, "SAVE_INTERVAL", 20)  # checkpoints at 20, 40 and 60
+    run_flags = ["--datasource=sinusoid", "--metatrain_iterations=60",
                  "--meta_batch_size=4", "--norm=None", "--update_batch_size=5",
                  "--num_test_tasks=20", "--test_num_updates=2"]
-    _cli(*run_flags, "--logdir=logs", "--test_after_train=False", cwd=tmp_path)
+    logs = f"--logdir={tmp_path / 'logs'}"
+    _cli(*run_flags, logs, "--test_after_train=False")
     (run_dir,) = (tmp_path / "logs").iterdir()
-    first = _cli(*run_flags, "--logdir=logs", "--train=False", "--ensemble=2", cwd=tmp_path)
-    assert "candidate model-1000" in first
+    first = _cli(*run_flags, logs, "--train=False", "--ensemble=2")
+    assert "candidate model-20" in first
     result = "test_ubs5_stepsize0.001_ensemble2.npy"
     members = [m["iteration"] for m in
                json.loads((run_dir / "ensemble.json").read_text())["members"]]
@@ -155,13 +157,13 @@ def test_an_ensemble_evaluated_from_the_zoo_alone_gives_the_same_numbers(tmp_pat
     zoo_dir = tmp_path / "zoo" / "row"
     assert zoo.publish(str(run_dir), str(zoo_dir), finished=True, paths={}, machine="test",
                        log=lambda _: None)
-    assert sorted(zoo.checkpoint_iterations(str(zoo_dir))) == sorted({3000, *members})
+    assert sorted(zoo.checkpoint_iterations(str(zoo_dir))) == sorted({60, *members})
     assert zoo.ensemble_members(str(zoo_dir)) == members
 
     fresh = tmp_path / "fresh" / run_dir.name
     assert zoo.restore(str(zoo_dir), str(fresh), log=lambda _: None)
     second = _cli(*run_flags, f"--logdir={tmp_path / 'fresh'}", "--train=False",
-                  "--ensemble=2", cwd=tmp_path)
+                  "--ensemble=2")
     assert "from ensemble.json" in second and "candidate" not in second
     np.testing.assert_array_equal(np.load(fresh / result), np.load(run_dir / result))
 

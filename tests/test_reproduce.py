@@ -1,7 +1,8 @@
 """tf-maml-reproduce and the model zoo: planning, budget, publishing into the zoo, resuming
 and re-evaluating from it on a "fresh clone", export, and the report's numbers.
 
-The end-to-end tests train tiny sinusoid runs through the real CLI (in subprocesses) and
+The end-to-end tests train tiny sinusoid runs through the real CLI (its children are
+processes; the command itself runs in this process, as its console entry would) and
 check the report against the per-task matrices the evaluation wrote, recomputed here.
 """
 
@@ -13,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -47,10 +49,27 @@ def _table(tmp_path):
     (tmp_path / "flags" / "experiments.json").write_text(json.dumps({"experiments": rows}))
 
 
-def _run(args, cwd):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "tf_maml.reproduce", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=600)
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """tf-maml-reproduce's console entry (``reproduce.run``: absl's flag parsing, exit codes,
+    one-line errors) in this process, in ``cwd``: ``(args, cwd) -> (returncode, stdout,
+    stderr)``. Its training and evaluation children are processes, as always; only the
+    parent's own TensorFlow start-up is saved."""
+    monkeypatch.setattr(reproduce.signal, "signal", lambda *a: None)  # keep pytest's handler
+    monkeypatch.setenv("PYTHONPATH", REPO)  # the children's, as the console script's
+
+    def run(args, cwd):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            reproduce.run(["tf-maml-reproduce", *args])
+            code = 0
+        except SystemExit as exit_:
+            code = 0 if exit_.code is None else exit_.code
+        out, err = capsys.readouterr()
+        return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
 
 
 def _common(tmp_path, logs="logs", zoo_dir="zoo", output="RESULTS.md"):
@@ -199,12 +218,12 @@ def test_a_row_meets_the_paper_when_the_intervals_overlap():
     assert not report.intervals_overlap(96.12, 0.36, (97.5, 0.6))
 
 
-def test_missing_data_dir_is_reported_not_fatal(tmp_path):
+def test_missing_data_dir_is_reported_not_fatal(tmp_path, cli):
     table = {e.name: e for e in reproduce.load_experiments(FLAGS_DIR)}
     p = reproduce.plan(table["omniglot5_1shot"], str(tmp_path), {}, None, FLAGS_DIR,
                        str(tmp_path / "zoo"))
     assert "--omniglot_dir" in p.skip_reason
-    out = _run(["--experiments=omniglot", "--omniglot_dir=" + str(tmp_path / "nope")], tmp_path)
+    out = cli(["--experiments=omniglot", "--omniglot_dir=" + str(tmp_path / "nope")], tmp_path)
     assert out.returncode == 2 and "--omniglot_dir" in out.stderr and "not a folder" in out.stderr
 
 
@@ -246,7 +265,8 @@ def _report_row(report_text, label):
     return [c.strip() for c in row.strip("|").split("|")]
 
 
-def test_zoo_end_to_end_budget_publish_fresh_clone_resume_reevaluate_export(tmp_path):
+def test_zoo_end_to_end_budget_publish_fresh_clone_resume_reevaluate_export(tmp_path, cli,
+                                                                          monkeypatch):
     """A complete run and a budget-cut partial one are published to the zoo (the finished
     one as weights only, the partial one as resumable state, no machine paths); the report's
     numbers equal the evaluation's per-task matrices; a "fresh clone" (the zoo copied, no
@@ -257,11 +277,14 @@ def test_zoo_end_to_end_budget_publish_fresh_clone_resume_reevaluate_export(tmp_
     _table(tmp_path)
     common = _common(tmp_path)
     both = ["--experiments=sinusoid_maml_k10,sinusoid_pretrained_k10"]
-    cut_run = _run(common + ["--experiments=sinusoid_pretrained_k10", "--budget_minutes=0.4"],
-                   tmp_path)
+    # Budgets of 6 s, which run out while the child starts: it is stopped at its first
+    # progress line (iteration 100) and saves. The 20 s a real run needs at least is waived.
+    monkeypatch.setattr(reproduce, "MIN_TRAIN_SECONDS", 0)
+    cut_run = cli(common + ["--experiments=sinusoid_pretrained_k10", "--budget_minutes=0.1"],
+                  tmp_path)
     assert cut_run.returncode == 0, cut_run.stdout + cut_run.stderr
     assert "budget reached" in cut_run.stdout
-    first = _run(common + ["--experiments=sinusoid_maml_k10"], tmp_path)
+    first = cli(common + ["--experiments=sinusoid_maml_k10"], tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     maml_run, pre_run = tmp_path / "logs/sine" / MAML_DIR, tmp_path / "logs/sine" / PRE_DIR
     maml_zoo, pre_zoo = tmp_path / "zoo/sinusoid_maml_k10", tmp_path / "zoo/sinusoid_pretrained_k10"
@@ -298,7 +321,7 @@ def test_zoo_end_to_end_budget_publish_fresh_clone_resume_reevaluate_export(tmp_
     assert str(tmp_path) not in report_text
 
     # A second invocation neither retrains the finished run nor re-evaluates anything.
-    again = _run(common + both + ["--budget_minutes=0"], tmp_path)
+    again = cli(common + both + ["--budget_minutes=0"], tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "no training budget left" in again.stdout
     assert again.stdout.count("already evaluated") == 2
@@ -308,27 +331,27 @@ def test_zoo_end_to_end_budget_publish_fresh_clone_resume_reevaluate_export(tmp_
     clone.mkdir()
     shutil.copytree(tmp_path / "zoo", clone / "zoo")
     shutil.copytree(tmp_path / "flags", clone / "flags")
-    regen = _run(_common(clone) + ["--train=False", "--evaluate=False"], clone)
+    regen = cli(_common(clone) + ["--train=False", "--evaluate=False"], clone)
     assert regen.returncode == 0, regen.stdout + regen.stderr
     assert (clone / "RESULTS.md").read_text() == (tmp_path / "RESULTS.md").read_text().replace(
         str(tmp_path), str(clone))
     assert not (clone / "logs").exists() or not any((clone / "logs").rglob("model-*"))
 
-    reeval = _run(_common(clone) + ["--experiments=sinusoid_maml_k10", "--train=False",
-                                    "--reevaluate"], clone)
+    reeval = cli(_common(clone) + ["--experiments=sinusoid_maml_k10", "--train=False",
+                                   "--reevaluate"], clone)
     assert reeval.returncode == 0, reeval.stdout + reeval.stderr
     assert "re-evaluated iteration 30" in reeval.stdout and ", the same)" in reeval.stdout
 
-    resumed = _run(_common(clone) + ["--experiments=sinusoid_pretrained_k10",
-                                     "--budget_minutes=0.6"], clone)
+    resumed = cli(_common(clone) + ["--experiments=sinusoid_pretrained_k10",
+                                    "--budget_minutes=0.1", "--evaluate=False"], clone)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"restored iteration {cut}" in resumed.stdout, resumed.stdout
     assert re.search(rf"Resum\w+ .*{cut}", (clone / "logs/sine" / PRE_DIR /
                                              "reproduce.log").read_text())
     assert zoo.latest_iteration(str(clone / "zoo/sinusoid_pretrained_k10")) > cut
 
-    exported = _run(_common(clone) + ["--experiments=sinusoid_maml_k10",
-                                      f"--export_dir={clone / 'saved'}"], clone)
+    exported = cli(_common(clone) + ["--experiments=sinusoid_maml_k10",
+                                     f"--export_dir={clone / 'saved'}"], clone)
     assert exported.returncode == 0, exported.stdout + exported.stderr
     import tensorflow as tf
 
@@ -339,13 +362,13 @@ def test_zoo_end_to_end_budget_publish_fresh_clone_resume_reevaluate_export(tmp_
     assert pred.shape == (10, 1) and np.all(np.isfinite(pred))
 
 
-def test_the_committed_results_file_is_regenerated_from_the_zoo_byte_for_byte(tmp_path):
+def test_the_committed_results_file_is_regenerated_from_the_zoo_byte_for_byte(tmp_path, cli):
     """docs/RESULTS.md comes from committed files only: rewriting it from zoo/ on this
     checkout (no run directories, no data) gives the committed file exactly."""
     out = tmp_path / "docs" / "RESULTS.md"
-    result = _run(["--train=False", "--evaluate=False", f"--logdir_root={tmp_path / 'logs'}",
-                   f"--output={out}", f"--figures_dir={tmp_path / 'docs' / 'figures'}"],
-                  tmp_path)
+    result = cli(["--train=False", "--evaluate=False", f"--logdir_root={tmp_path / 'logs'}",
+                  f"--output={out}", f"--figures_dir={tmp_path / 'docs' / 'figures'}"],
+                 tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     with open(os.path.join(REPO, "docs", "RESULTS.md")) as f:
         committed = f.read()
