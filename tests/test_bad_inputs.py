@@ -29,7 +29,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 from test_cli import sine_config  # the tiny sinusoid Config of the CLI tests
-from test_convert import save_tf1  # writes a TF1 name-based checkpoint
+from test_convert import save_tf1, save_tf1_sinusoid  # TF1 name-based checkpoints
 from test_data_prep import (  # the tiny official layouts of the data_prep tests
     jpeg_bytes,
     mini_image,
@@ -459,14 +459,7 @@ def test_tf1_checkpoint_with_wrong_shapes_names_the_variable_and_flag(tmp_path):
 def test_tf1_checkpoint_of_another_net_leaves_the_run_untouched(sine_copy, tmp_path):
     """--init_checkpoint with a 20-unit original sinusoid checkpoint on a 40-unit run."""
     config, run_dir = sine_copy
-    rng = np.random.default_rng(0)
-    sizes = [1, 20, 20, 1]
-    tensors = {}
-    for j in range(3):
-        tensors["model/Variable" + (f"_{2 * j}" if j else "")] = rng.normal(
-            size=(sizes[j], sizes[j + 1]))
-        tensors[f"model/Variable_{2 * j + 1}"] = rng.normal(size=sizes[j + 1])
-    prefix = save_tf1(str(tmp_path / "model70000"), tensors)
+    prefix = save_tf1_sinusoid(str(tmp_path / "model70000"), hidden=20)
     before = snapshot(run_dir)
     result = cli(*as_flags(config, init_checkpoint=prefix, metatrain_iterations=60))
     assert result.code == 1

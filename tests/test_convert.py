@@ -62,6 +62,19 @@ def save_tf1(prefix: str, tensors: dict[str, np.ndarray]) -> str:
     return prefix
 
 
+def save_tf1_sinusoid(prefix: str, hidden: int, seed: int = 0) -> str:
+    """A random TF1 checkpoint of the original's sinusoid net (1 -> hidden -> hidden -> 1),
+    with its names: ``model/Variable`` .. ``model/Variable_5``, kernels then biases."""
+    rng = np.random.default_rng(seed)
+    sizes = [1, hidden, hidden, 1]
+    tensors = {}
+    for j in range(3):
+        tensors["model/Variable" + (f"_{2 * j}" if j else "")] = rng.normal(
+            size=(sizes[j], sizes[j + 1]))
+        tensors[f"model/Variable_{2 * j + 1}"] = rng.normal(size=sizes[j + 1])
+    return save_tf1(prefix, tensors)
+
+
 # --------------------------------------------------------------------- the real checkpoint
 @pytest.fixture(scope="module")
 def real():

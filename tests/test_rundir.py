@@ -28,7 +28,7 @@ import pytest
 import tensorflow as tf
 from test_bad_inputs import as_flags, cli, one_line_error, snapshot
 from test_cli import fast_intervals, sine_config, weights_of  # noqa: F401 (a fixture)
-from test_convert import save_tf1  # writes a TF1 name-based checkpoint
+from test_convert import save_tf1_sinusoid  # a TF1 name-based checkpoint
 
 from tf_maml import experiment, losses, models, rundir, runner, zoo
 from tf_maml.checkpoint import CheckpointError, learner_checkpointer
@@ -497,14 +497,7 @@ def test_evaluating_a_corrupt_latest_checkpoint_names_the_readable_one(tmp_path,
 def test_evaluating_an_original_checkpoint_creates_the_run_directory(tmp_path):
     """--train=False --init_checkpoint into a --logdir that does not exist yet (the
     documented evaluation of the original authors' checkpoint, on a fresh clone)."""
-    rng = np.random.default_rng(0)
-    sizes = [1, 40, 40, 1]  # the original sinusoid net's TF1 names
-    tensors = {}
-    for j in range(3):
-        tensors["model/Variable" + (f"_{2 * j}" if j else "")] = rng.normal(
-            size=(sizes[j], sizes[j + 1]))
-        tensors[f"model/Variable_{2 * j + 1}"] = rng.normal(size=sizes[j + 1])
-    prefix = save_tf1(str(tmp_path / "model70000"), tensors)
+    prefix = save_tf1_sinusoid(str(tmp_path / "model70000"), hidden=40)
     config = sine_config(tmp_path / "new" / "logs", train=False, init_checkpoint=prefix,
                          num_test_tasks=4)
     result = cli(*as_flags(config))
