@@ -19,7 +19,7 @@ import types
 import numpy as np
 import pytest
 
-from tf_maml import report, reproduce, training_log, zoo
+from tf_maml import report, reproduce, reproduce_run, training_log, zoo
 from tf_maml.config import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -279,7 +279,7 @@ def test_zoo_end_to_end_budget_publish_fresh_clone_resume_reevaluate_export(tmp_
     both = ["--experiments=sinusoid_maml_k10,sinusoid_pretrained_k10"]
     # Budgets of 6 s, which run out while the child starts: it is stopped at its first
     # progress line (iteration 100) and saves. The 20 s a real run needs at least is waived.
-    monkeypatch.setattr(reproduce, "MIN_TRAIN_SECONDS", 0)
+    monkeypatch.setattr(reproduce_run, "MIN_TRAIN_SECONDS", 0)
     cut_run = cli(common + ["--experiments=sinusoid_pretrained_k10", "--budget_minutes=0.1"],
                   tmp_path)
     assert cut_run.returncode == 0, cut_run.stdout + cut_run.stderr

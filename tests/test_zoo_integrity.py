@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from tf_maml import report, reproduce, training_log, zoo
+from tf_maml import report, reproduce, reproduce_run, training_log, zoo
 from tf_maml.checkpoint import Checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,11 +218,11 @@ def test_a_stretch_whose_processor_was_not_recorded_says_so(tmp_path):
 
 
 def test_the_machine_names_amx_beside_avx512(monkeypatch):
-    monkeypatch.setattr(reproduce.threads, "cpuinfo", lambda: {
+    monkeypatch.setattr(reproduce_run.threads, "cpuinfo", lambda: {
         "model name": "Intel(R) Xeon(R) Processor", "cpu family": "6",
         "flags": "fpu avx2 avx512f amx_bf16 amx_tile amx_int8"})
-    monkeypatch.setattr(reproduce.os, "cpu_count", lambda: 2)
-    assert reproduce.machine() == INTEL
+    monkeypatch.setattr(reproduce_run.os, "cpu_count", lambda: 2)
+    assert reproduce_run.machine() == INTEL
     assert training_log.machine_fields(INTEL) == {
         "processor": "Intel(R) Xeon(R) Processor (family 6)", "isa": "AVX-512 + AMX",
         "cores": 2}

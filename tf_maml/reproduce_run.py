@@ -1,0 +1,226 @@
+"""Running one row of the paper's table: its ``tf-maml`` processes, under a time budget.
+
+:func:`execute` restores the row's run directory from the zoo, trains it in a ``tf-maml``
+process (stopped with SIGTERM, which makes it save a checkpoint, when the budget runs out),
+evaluates the latest checkpoint in another, and records the evaluation in the run
+directory's state file, with the commands that made it and the machine that ran it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import time
+
+import numpy as np
+
+from tf_maml import threads, zoo_check
+from tf_maml import zoo as zoo_lib
+from tf_maml.reproduce_table import REPO, Plan, tf_maml_command
+
+STATE_FILE = zoo_lib.RUN_STATE_FILE
+MIN_TRAIN_SECONDS = 20  # below this, starting a training process is not worth it
+STARTUP_GRACE_S = 180  # how long past the deadline a training process may take to start
+# The lines of a ``tf-maml`` process that are shown as it runs (all go to its log file).
+SHOWN = ("  [", "Validation", "Wrote", "Mean", "tf-maml:", "Interrupted", "Restored",
+         "  evaluated", "(array")
+
+
+def machine() -> str:
+    """The processor, its widest vector ISA and the core count: what a speed depends on."""
+    fields = threads.cpuinfo()
+    cpu = fields.get("model name") or platform.machine()
+    if fields.get("cpu family"):
+        cpu += f" (family {fields['cpu family']})"
+    flags = fields.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    if isa and "amx_tile" in flags:  # the matrix tiles oneDNN may use beside the vectors
+        isa += " + AMX"
+    return f"{cpu}, {isa + ', ' if isa else ''}{os.cpu_count()} cores"
+
+
+def shell(cmd: list[str]) -> str:
+    """The command as a user would type it (``tf-maml``, flagfiles relative to the
+    repository when they are in it)."""
+    shown = ["tf-maml"] + cmd[3:] if cmd[:3] == tf_maml_command() else list(cmd)
+    for i, c in enumerate(shown):
+        if c.startswith("--flagfile="):
+            path = os.path.abspath(c.split("=", 1)[1])
+            inside = path.startswith(REPO + os.sep)
+            shown[i] = "--flagfile=" + (os.path.relpath(path, REPO) if inside else path)
+    return " ".join(shlex.quote(c) for c in shown)
+
+
+def stream(cmd: list[str], log_path: str, deadline: float | None, log,
+           on_tick=None) -> tuple[int, bool]:
+    """Runs ``cmd``, copying its output to ``log_path`` and its progress lines to ``log``;
+    SIGTERM at ``deadline``; calls ``on_tick()`` about once a second while it runs (the
+    zoo's periodic publishing). Returns (exit code, whether the deadline stopped it)."""
+    import queue
+    import threading
+
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    stopped = started = False
+    lines: queue.Queue = queue.Queue()
+    with open(log_path, "a") as out:
+        out.write(f"\n$ {shell(cmd)}\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+
+        def pump():
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=1.0)
+                except queue.Empty:
+                    line = ""
+                if line is None:
+                    break
+                if on_tick is not None:
+                    on_tick()
+                if line:
+                    out.write(line)
+                    out.flush()
+                    started = started or line.startswith(("Iteration ", "  ["))
+                    if line.startswith(SHOWN):
+                        log("    " + line.strip())
+                # SIGTERM makes the training loop save a checkpoint; before the loop has
+                # started it would just kill the process, so wait (a while) for the loop.
+                if (deadline is not None and not stopped and time.time() > deadline
+                        and (started or time.time() > deadline + STARTUP_GRACE_S)):
+                    log("    budget reached: stopping training (it saves a checkpoint)")
+                    proc.send_signal(signal.SIGTERM)
+                    stopped = True
+            proc.wait()
+        except KeyboardInterrupt:  # pass it on: the child saves a checkpoint and exits
+            log("    interrupted: stopping the training process (it saves a checkpoint)")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+            reader.join(timeout=10)
+            while not lines.empty():  # keep the child's last words in the log
+                line = lines.get()
+                if line:
+                    out.write(line)
+            raise
+    return proc.returncode, stopped
+
+
+def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reevaluate: bool,
+            eval_reserve_s: float, publish, log=print) -> dict:
+    """Restores from the zoo, trains (unless finished, or out of budget), evaluates (unless
+    up to date) and publishes back to the zoo. Training stops ``eval_reserve_s`` per model
+    the evaluation adapts (:meth:`Plan.eval_reserve_s`) before ``deadline``."""
+    if p.skip_reason:
+        log(f"[{p.experiment.name}] skipped: {p.skip_reason}")
+        return {"skipped": p.skip_reason}
+    if (train and p.train_cmd) or evaluate or reevaluate:  # a report alone reads the zoo
+        problem = _restore(p, log)
+        if problem:
+            return {"restore_error": problem}
+    status = _train(p, deadline, train, eval_reserve_s, publish, log)
+    if p.train_cmd and zoo_lib.latest_iteration(p.run_dir) == 0:
+        log(f"[{p.experiment.name}] nothing to evaluate yet")
+        return status
+    status.update(_evaluate(p, evaluate, reevaluate, log))
+    return status
+
+
+def _log_path(p: Plan) -> str:
+    return os.path.join(p.run_dir, "reproduce.log")
+
+
+def _restore(p: Plan, log) -> str | None:
+    """Seeds the run directory from the zoo when the zoo is ahead; the problem, if the zoo's
+    checkpoint is unreadable."""
+    # The zoo's state is about to seed the run directory (the zoo is ahead): a corrupt
+    # checkpoint would be copied into it, and into every fresh one, so say which zoo
+    # file it is instead.
+    if zoo_lib.latest_iteration(p.zoo_dir) > zoo_lib.latest_iteration(p.run_dir):
+        problem = zoo_check.checkpoint_problem(p.zoo_dir, p.experiment.name)
+        if problem:
+            log(f"[{p.experiment.name}] {problem}")
+            return problem
+    zoo_lib.restore(p.zoo_dir, p.run_dir, log)
+    return None
+
+
+def _train(p: Plan, deadline: float | None, train: bool, eval_reserve_s: float, publish,
+           log) -> dict:
+    """Trains the run towards its target unless it is there, or the budget is spent."""
+    e = p.experiment
+    status: dict = {}
+    done = zoo_lib.latest_iteration(p.run_dir)
+    if train and p.train_cmd and done < p.target:
+        remaining = (None if deadline is None
+                     else deadline - p.eval_reserve_s(eval_reserve_s) - time.time())
+        if remaining is not None and remaining < MIN_TRAIN_SECONDS:
+            log(f"[{e.name}] no training budget left ({done}/{p.target} iterations)")
+        else:
+            log(f"[{e.name}] training {done}/{p.target} -> {p.target}: {shell(p.train_cmd)}")
+            stop_at = None if remaining is None else time.time() + remaining
+            code, stopped = stream(p.train_cmd, _log_path(p), stop_at, log,
+                                   on_tick=lambda: publish(p))
+            if code != 0 and not stopped:
+                status["train_error"] = f"exit code {code}; see {_log_path(p)}"
+                log(f"[{e.name}] training failed ({status['train_error']})")
+    elif p.train_cmd:
+        log(f"[{e.name}] {done}/{p.target} iterations on disk"
+            + ("" if done >= p.target else " (training not requested)"))
+    return status
+
+
+def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
+    """Evaluates the latest checkpoint unless its results are up to date (re-evaluating: the
+    checkpoint of the published number) and records the numbers in the run's state."""
+    e = p.experiment
+    done = zoo_lib.latest_iteration(p.run_dir)
+    state = zoo_lib.read_json(os.path.join(p.run_dir, STATE_FILE))
+    key = f"{p.result_name}|{e.name}"
+    before = state.get(key)
+    fresh = (before is not None and before.get("iteration") == done
+             and os.path.exists(os.path.join(p.run_dir, p.result_name + ".csv")))
+    # A re-evaluation checks the published number against the checkpoint it was made of,
+    # which the zoo keeps beside a later state (a partial row evaluated, then trained on).
+    recheck = reevaluate and before is not None and (
+        before.get("iteration") == done
+        or before.get("iteration") in zoo_lib.checkpoint_iterations(p.run_dir))
+    iteration = before["iteration"] if recheck else done
+    if fresh and not reevaluate:
+        log(f"[{e.name}] results of iteration {done} already evaluated")
+        return {}
+    if not (evaluate or reevaluate):
+        return {}
+    cmd = p.eval_cmd + ([f"--test_iter={iteration}"] if p.train_cmd else [])
+    log(f"[{e.name}] evaluating: {shell(cmd)}")
+    t0 = time.time()
+    code, _ = stream(cmd, _log_path(p), None, log)
+    if code != 0:
+        error = f"exit code {code}; see {_log_path(p)}"
+        log(f"[{e.name}] evaluation failed ({error})")
+        return {"eval_error": error}
+    with open(os.path.join(p.run_dir, p.result_name + ".csv")) as f:
+        rows = [line.strip().split(",") for line in f if line.strip()]
+    means, ci = np.array(rows[1], dtype=float), np.array(rows[3], dtype=float)
+    if recheck:
+        was = f"{before['means'][-1]:.4f} ± {before['ci95'][-1]:.4f}"
+        now = f"{means[-1]:.4f} ± {ci[-1]:.4f}"
+        log(f"[{e.name}] re-evaluated iteration {iteration}: {now} (the zoo's: {was}"
+            f"{', the same' if was == now else ''})")
+    state = zoo_lib.read_json(os.path.join(p.run_dir, STATE_FILE))
+    state[key] = {"iteration": iteration, "eval_seconds": round(time.time() - t0, 1),
+                  "eval_command": shell(cmd), "train_command":
+                  shell(p.train_cmd) if p.train_cmd else None,
+                  "means": means.tolist(), "ci95": ci.tolist(), "date": zoo_lib.today(),
+                  "machine": machine()}
+    zoo_lib.write_json(os.path.join(p.run_dir, STATE_FILE), state)
+    return {}
