@@ -6,8 +6,6 @@ Usage (the original's commands work unchanged, e.g.)::
         --norm=None --update_batch_size=10
     tf-maml --flagfile=flags/sinusoid_maml_k10.flags            # one file per paper experiment
     tf-maml --flagfile=flags/sinusoid_maml_k10.flags --train=False   # evaluate only
-
-This is the ONLY module that reads FLAGS.
 """
 
 from __future__ import annotations
@@ -24,12 +22,23 @@ from absl import app, flags  # noqa: E402
 from tf_maml.config import (ADAPT_LAYERS, ALGORITHMS, DATASET_BACKENDS,  # noqa: E402
                             DISTRIBUTION_STRATEGIES, NAN_POLICIES, TASK_PARALLELISM, XENTS)
 
+# The only module that reads this command's flags (the library takes a Config); the other
+# command lines (reproduce, convert, figures, rl.run, rl.figure) define and read their own.
 FLAGS = flags.FLAGS
 
 
 def define_flags(values: flags.FlagValues) -> None:
-    """Defines the command's flags in ``values``: the original's, then the added ones."""
-    # ---- the original's flags: names, types, defaults and help texts of cbfinn/maml main.py
+    """Defines the command's flags in ``values``: the original's, then the added ones (README:
+    "Flags"), by concern."""
+    _define_original_flags(values)
+    _define_algorithm_flags(values)
+    _define_task_flags(values)
+    _define_run_flags(values)
+    _define_execution_flags(values)
+
+
+def _define_original_flags(values: flags.FlagValues) -> None:
+    """The original's flags: names, types, defaults and help texts of cbfinn/maml main.py."""
     flags.DEFINE_string("datasource", "sinusoid",
                         "sinusoid or omniglot or miniimagenet (or navigation: 2D navigation RL)",
                         flag_values=values)
@@ -84,34 +93,16 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_float("train_update_lr", -1, "value of inner gradient step step during training. "
                        "(use if you want to test with a different value)", flag_values=values)
 
-    # ---- added flags (README: "Flags")
+
+def _define_algorithm_flags(values: flags.FlagValues) -> None:
+    """What is meta-learned and how: the algorithm, its loss and options (ANIL, Meta-SGD,
+    MAML++), and navigation's TRPO meta-update."""
     flags.DEFINE_enum("algorithm", "maml", list(ALGORITHMS),
                       "maml (second order, or first order with --stop_grad) or reptile.",
                       flag_values=values)
-    flags.DEFINE_integer("test_num_updates", 10,
-                         "inner steps at evaluation (hard-coded to 10 in the original).",
-                         flag_values=values)
-    flags.DEFINE_integer("num_test_tasks", 600, "tasks evaluated by --train=False (original: 600).",
-                         flag_values=values)
-    flags.DEFINE_integer("ensemble", 0, "evaluate the ensemble of the N checkpoints with the "
-                         "best accuracy on --num_test_tasks validation tasks, their query logits "
-                         "averaged (MAML++'s protocol; training then validates every 500 "
-                         "iterations and keeps the N best checkpoints); 0: one checkpoint, as "
-                         "the original.", flag_values=values)
-    flags.DEFINE_integer("num_query", -1, "query images per class at training, validation "
-                         "and test; -1: the original's (15 when training on MiniImageNet, K "
-                         "otherwise).", flag_values=values)
     flags.DEFINE_enum("xent", "summed", list(XENTS), "the classification loss of both "
                       "loops: summed (the original's sum of cross-entropies / K, N times the "
                       "mean) or mean (MAML++'s mean cross-entropy).", flag_values=values)
-    flags.DEFINE_integer("seed", 0, "seed of the weights and of the task streams.",
-                         flag_values=values)
-    flags.DEFINE_string("data_dir", None, "prepared data: the --output folder of "
-                        "data_prep.omniglot / data_prep.miniimagenet.", flag_values=values)
-    flags.DEFINE_enum("dataset_backend", "folders", list(DATASET_BACKENDS),
-                      "how --data_dir is read: folders (the tree of data_prep) or tfds (the TFDS "
-                      "data_dir of data_prep --format=tfds); same tasks either way.",
-                      flag_values=values)
     flags.DEFINE_bool("adapt_norm", False, "also adapt normalisation offsets in the inner loop "
                       "(the original did not).", flag_values=values)
     flags.DEFINE_enum("adapt_layers", "all", list(ADAPT_LAYERS),
@@ -136,6 +127,56 @@ def define_flags(values: flags.FlagValues) -> None:
                       flag_values=values)
     flags.DEFINE_float("min_meta_lr", 1e-5, "with --cosine_meta_lr: the final meta learning "
                        "rate (MAML++: 1e-5).", flag_values=values)
+    flags.DEFINE_float("max_kl", 0.01, "navigation: TRPO's KL limit (delta) of the meta-update.",
+                       flag_values=values)
+    flags.DEFINE_float("discount", 0.99, "navigation: discount factor (gamma) of the returns.",
+                       flag_values=values)
+
+
+def _define_task_flags(values: flags.FlagValues) -> None:
+    """The tasks: their data, seed and query size, and how many are evaluated, how."""
+    flags.DEFINE_integer("seed", 0, "seed of the weights and of the task streams.",
+                         flag_values=values)
+    flags.DEFINE_string("data_dir", None, "prepared data: the --output folder of "
+                        "data_prep.omniglot / data_prep.miniimagenet.", flag_values=values)
+    flags.DEFINE_enum("dataset_backend", "folders", list(DATASET_BACKENDS),
+                      "how --data_dir is read: folders (the tree of data_prep) or tfds (the TFDS "
+                      "data_dir of data_prep --format=tfds); same tasks either way.",
+                      flag_values=values)
+    flags.DEFINE_integer("num_query", -1, "query images per class at training, validation "
+                         "and test; -1: the original's (15 when training on MiniImageNet, K "
+                         "otherwise).", flag_values=values)
+    flags.DEFINE_integer("test_num_updates", 10,
+                         "inner steps at evaluation (hard-coded to 10 in the original).",
+                         flag_values=values)
+    flags.DEFINE_integer("num_test_tasks", 600, "tasks evaluated by --train=False (original: 600).",
+                         flag_values=values)
+    flags.DEFINE_integer("ensemble", 0, "evaluate the ensemble of the N checkpoints with the "
+                         "best accuracy on --num_test_tasks validation tasks, their query logits "
+                         "averaged (MAML++'s protocol; training then validates every 500 "
+                         "iterations and keeps the N best checkpoints); 0: one checkpoint, as "
+                         "the original.", flag_values=values)
+
+
+def _define_run_flags(values: flags.FlagValues) -> None:
+    """What a run starts from and leaves behind, and what it does on a non-finite step."""
+    flags.DEFINE_string("init_checkpoint", None, "initialise from an original TF1 MAML checkpoint "
+                        "(prefix, e.g. .../model59000).", flag_values=values)
+    flags.DEFINE_bool("test_after_train", True, "after training, evaluate as --train=False would.",
+                      flag_values=values)
+    flags.DEFINE_string("export_dir", None, "export a SavedModel here of the checkpoint "
+                        "trained, or with --train=False of the one evaluated.",
+                        flag_values=values)
+    flags.DEFINE_bool("deterministic", False, "enable TensorFlow's deterministic ops, so that a "
+                      "run resumed after a crash ends with the weights of an uninterrupted one.",
+                      flag_values=values)
+    flags.DEFINE_enum("nan_policy", "stop", list(NAN_POLICIES),
+                      "on a NaN/Inf loss or meta-gradient: stop with a message, or skip the step.",
+                      flag_values=values)
+
+
+def _define_execution_flags(values: flags.FlagValues) -> None:
+    """How the meta-batch runs on the machine: speed only, never a number."""
     flags.DEFINE_enum("task_parallelism", "auto",
                       list(TASK_PARALLELISM),
                       "how tasks of a meta-batch are mapped: vectorized (pfor), map (map_fn), loop "
@@ -158,23 +199,6 @@ def define_flags(values: flags.FlagValues) -> None:
                          "core or more (task chunks run one per core, faster than splitting each "
                          "op over the cores), else TF's default; 0: TF's default.",
                          flag_values=values)
-    flags.DEFINE_bool("test_after_train", True, "after training, evaluate as --train=False would.",
-                      flag_values=values)
-    flags.DEFINE_string("init_checkpoint", None, "initialise from an original TF1 MAML checkpoint "
-                        "(prefix, e.g. .../model59000).", flag_values=values)
-    flags.DEFINE_string("export_dir", None, "export a SavedModel here of the checkpoint "
-                        "trained, or with --train=False of the one evaluated.",
-                        flag_values=values)
-    flags.DEFINE_bool("deterministic", False, "enable TensorFlow's deterministic ops, so that a "
-                      "run resumed after a crash ends with the weights of an uninterrupted one.",
-                      flag_values=values)
-    flags.DEFINE_enum("nan_policy", "stop", list(NAN_POLICIES),
-                      "on a NaN/Inf loss or meta-gradient: stop with a message, or skip the step.",
-                      flag_values=values)
-    flags.DEFINE_float("max_kl", 0.01, "navigation: TRPO's KL limit (delta) of the meta-update.",
-                       flag_values=values)
-    flags.DEFINE_float("discount", 0.99, "navigation: discount factor (gamma) of the returns.",
-                       flag_values=values)
     flags.DEFINE_enum("distribution_strategy", "default",
                       list(DISTRIBUTION_STRATEGIES),
                       "tf.distribute strategy: the meta-batch is split over its replicas, "
