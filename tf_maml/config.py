@@ -321,11 +321,27 @@ class Config:
                  f", got {self.min_meta_lr}")
 
     def validate(self) -> Config:
-        """Raises :class:`ConfigError` naming the flag for an impossible value."""
+        """Raises :class:`ConfigError` naming the flag for an impossible value (the first the
+        checks below find, in their order)."""
 
         def fail(flag: str, why: str):
             raise ConfigError(f"--{flag}: {why}")
 
+        self._validate_choices(fail)
+        self._validate_baselines(fail)
+        self._validate_lengths(fail)
+        self._validate_classification(fail)
+        self._validate_evaluation(fail)
+        self._validate_rates(fail)
+        self._validate_data(fail)
+        self._validate_mamlpp(fail)
+        self._validate_reptile(fail)
+        self._validate_execution(fail)
+        return self
+
+    def _validate_choices(self, fail) -> None:
+        """Every option spelled as a word is one of its choices (and ANIL's is
+        supervised)."""
         if self.datasource not in DATASOURCES:
             fail("datasource", f"{self.datasource!r} is not one of {', '.join(DATASOURCES)}")
         if self.norm not in NORMS:
@@ -348,6 +364,9 @@ class Config:
         if self.baseline not in (None, *BASELINES):
             fail("baseline", f"{self.baseline!r} is not one of {', '.join(BASELINES)} or "
                  "unset")
+
+    def _validate_baselines(self, fail) -> None:
+        """A baseline exists for its datasource."""
         if self.is_pretrained_baseline:
             self._validate_pretrained_baseline(fail)
         if self.baseline == "oracle" and self.datasource not in ("sinusoid", "navigation"):
@@ -355,6 +374,10 @@ class Config:
                  "navigation")
         if self.baseline == "random" and self.datasource != "navigation":
             fail("baseline", "the random baseline exists only for --datasource=navigation")
+
+    def _validate_lengths(self, fail) -> None:
+        """Iterations, batch sizes, filters, test tasks and inner steps: counts that
+        make a run."""
         for name in ("pretrain_iterations", "metatrain_iterations"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0, got {getattr(self, name)}")
@@ -370,6 +393,9 @@ class Config:
                 fail(name, f"must be >= 1, got {getattr(self, name)}")
         if self.num_updates < 1:
             fail("num_updates", f"must be >= 1, got {self.num_updates}")
+
+    def _validate_classification(self, fail) -> None:
+        """The loss and query size of classification tasks."""
         if self.xent not in XENTS:
             fail("xent", f"{self.xent!r} is not one of {', '.join(XENTS)}")
         if self.xent != "summed" and not self.is_classification:
@@ -378,6 +404,9 @@ class Config:
         if self.num_query != -1 and (self.num_query < 1 or not self.is_classification):
             fail("num_query", f"query images per class of omniglot or miniimagenet tasks: -1 "
                  f"(the original's) or >= 1, got {self.num_query}")
+
+    def _validate_evaluation(self, fail) -> None:
+        """The ensemble, the export and the evaluation's inner steps."""
         if self.ensemble < 0:
             fail("ensemble", f"must be >= 0 (0: no ensemble), got {self.ensemble}")
         if self.ensemble and (self.baseline or self.init_checkpoint
@@ -394,6 +423,9 @@ class Config:
                  "an environment's rollouts, not on a support set); drop --export_dir")
         if self.test_num_updates < 0:
             fail("test_num_updates", f"must be >= 0, got {self.test_num_updates}")
+
+    def _validate_rates(self, fail) -> None:
+        """Step sizes, and navigation's TRPO meta-update."""
         for name in ("meta_lr", "update_lr"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
@@ -410,6 +442,9 @@ class Config:
         if self.datasource == "navigation" and (self.algorithm != "maml" or self.meta_sgd):
             fail("algorithm", "--datasource=navigation trains MAML with TRPO (or the "
                  "baselines); Reptile and Meta-SGD are not implemented for it")
+
+    def _validate_data(self, fail) -> None:
+        """Classification data, and the net it is read into."""
         if self.is_classification:
             if self.num_classes < 2:
                 fail("num_classes", f"N-way classification needs N >= 2, got {self.num_classes}")
@@ -421,12 +456,18 @@ class Config:
         if self.datasource == "miniimagenet" and self.conv and not self.max_pool:
             fail("max_pool", "the MiniImageNet conv net's head assumes --max_pool=True "
                  "(as the original, whose dense layer is sized for 5x5 maps)")
-        self._validate_mamlpp(fail)
+
+    def _validate_reptile(self, fail) -> None:
+        """What Reptile, first order by construction, cannot combine with."""
         if self.meta_sgd and self.algorithm == "reptile":
             fail("meta_sgd", "Meta-SGD learns inner step sizes through the meta-gradient; "
                  "Reptile has none")
         if self.algorithm == "reptile" and self.stop_grad:
             fail("stop_grad", "Reptile is first-order by construction; drop --stop_grad")
+
+    def _validate_execution(self, fail) -> None:
+        """How the meta-batch runs: strategy, chunks, threads, devices, non-finite
+        steps."""
         if self.distribution_strategy not in DISTRIBUTION_STRATEGIES:
             fail("distribution_strategy", f"{self.distribution_strategy!r} is not one of "
                  f"{', '.join(DISTRIBUTION_STRATEGIES)}")
@@ -454,7 +495,6 @@ class Config:
         if self.distribution_strategy == "mirrored" and self.num_cpu_devices > 1:
             # Known before TensorFlow starts; other strategies are checked once they exist.
             check_meta_batch_size(self.meta_batch_size, self.num_cpu_devices, "mirrored")
-        return self
 
     def _validate_pretrained_baseline(self, fail) -> None:
         """The fine-tuning and nearest-neighbour baselines: a plain classifier, pretrained
