@@ -199,73 +199,11 @@ def render(rows: list[dict], figures: list[str], output: str) -> str:
     by_group: dict[str, list[dict]] = {}
     for row in rows:
         by_group.setdefault(row["experiment"].group, []).append(row)
-    commands: list[str] = []
-
-    def note_commands(row):
-        st = row["state"]
-        if st and st.get("train_command"):
-            commands.append(f"# {row['experiment'].name}: train, then evaluate\n"
-                            f"{st['train_command']}\n{st['eval_command']}")
-        elif st:
-            commands.append(f"# {row['experiment'].name}: evaluate\n{st['eval_command']}")
-
     if "sinusoid" in by_group:
-        sine = by_group["sinusoid"]
-        lines += ["## Sinusoid regression (query MSE)", "",
-                  "The paper shows these as curves (its Figures 2 and 3), not numbers; our "
-                  "analogues are under Figures.", "",
-                  "| run | iterations | training time | test tasks | 0 steps | 1 step | 10 steps "
-                  "| status |", "|---|---|---|---|---|---|---|---|"]
-        for row in sine:
-            st = row["state"]
-            if st:
-                m, c = np.array(st["means"]), np.array(st["ci95"])
-                vals = [f"{m[i]:.3f} ± {c[i]:.3f}" if np.isfinite(m[i]) else
-                        "diverged (non-finite)" for i in (0, 1, -1)]
-                it = st["iteration"]
-            else:
-                vals, it = ["", "", ""], row["committed"] or ""
-            lines.append(f"| {row['experiment'].label} | {it} | {duration(row['wall'])} "
-                         f"| {row['tasks']} | {' | '.join(vals)} | {status(row)} |")
-            note_commands(row)
-        pivot = {r["experiment"].name: r["state"] for r in sine if r["state"]}
-        ks = [k for k in (5, 10, 20) if f"sinusoid_maml_k{k}" in pivot
-              and f"sinusoid_pretrained_k{k}" in pivot]
-        if ks:
-            lines += ["", "MAML against the pretrained baseline (MSE after 1 and 10 steps; "
-                      "lower is better):", "",
-                      "| K | MAML, 1 step | pretrained, 1 step | MAML, 10 steps "
-                      "| pretrained, 10 steps |", "|---|---|---|---|---|"]
-            for k in ks:
-                ma, pr = pivot[f"sinusoid_maml_k{k}"], pivot[f"sinusoid_pretrained_k{k}"]
-                lines.append(f"| {k} | {ma['means'][1]:.3f} | {pr['means'][1]:.3f} | "
-                             f"{ma['means'][-1]:.3f} | {pr['means'][-1]:.3f} |")
-        lines.append("")
-    titles = {"omniglot": "Omniglot (accuracy %)", "miniimagenet": "MiniImageNet (accuracy %)"}
+        lines += sinusoid_section(by_group["sinusoid"])
     for group in ("omniglot", "miniimagenet"):
-        if group not in by_group:
-            continue
-        lines += [f"## {titles[group]}", "",
-                  "| experiment | paper | ours | ours − paper | intervals overlap "
-                  "| iteration evaluated | training time | status |",
-                  "|---|---|---|---|---|---|---|---|"]
-        notes: list[str] = []
-        for row in by_group[group]:
-            e = row["experiment"]
-            cells = _accuracy_cells(row)
-            label = e.label
-            if e.note:
-                if e.note not in notes:
-                    notes.append(e.note)
-                label += f" [{notes.index(e.note) + 1}]"
-            lines.append(f"| {label} | {' | '.join(cells)} | {duration(row['wall'])} | "
-                         f"{status(row)} |")
-            note_commands(row)
-        lines.append("")
-        lines += [f"[{i}] {note}." for i, note in enumerate(notes, 1)]
-        lines += [""] if notes else []
-        lines += seed_summaries(by_group[group])
-        lines += ["", TABLE_NOTES[group], ""]
+        if group in by_group:
+            lines += accuracy_section(group, by_group[group])
     lines += machines_section(rows)
     if figures:
         lines += ["## Figures", ""]
@@ -273,9 +211,84 @@ def render(rows: list[dict], figures: list[str], output: str) -> str:
         lines += [f"![{os.path.basename(f)}]({os.path.relpath(os.path.abspath(f), base)})"
                   for f in figures]
         lines.append("")
+    commands = [command for group in ("sinusoid", "omniglot", "miniimagenet")
+                for row in by_group.get(group, []) for command in _commands(row)]
     if commands:
         lines += ["## Commands", "", "```bash", "\n\n".join(commands), "```", ""]
     return "\n".join(lines)
+
+
+def _commands(row: dict) -> list[str]:
+    """The commands that made the row's number, as the Commands section shows them."""
+    st = row["state"]
+    if st and st.get("train_command"):
+        return [f"# {row['experiment'].name}: train, then evaluate\n"
+                f"{st['train_command']}\n{st['eval_command']}"]
+    if st:
+        return [f"# {row['experiment'].name}: evaluate\n{st['eval_command']}"]
+    return []
+
+
+def sinusoid_section(sine: list[dict]) -> list[str]:
+    """The sinusoid table (query MSE after 0, 1 and 10 steps) and MAML against the
+    pretrained baseline."""
+    lines = ["## Sinusoid regression (query MSE)", "",
+             "The paper shows these as curves (its Figures 2 and 3), not numbers; our "
+             "analogues are under Figures.", "",
+             "| run | iterations | training time | test tasks | 0 steps | 1 step | 10 steps "
+             "| status |", "|---|---|---|---|---|---|---|---|"]
+    for row in sine:
+        st = row["state"]
+        if st:
+            m, c = np.array(st["means"]), np.array(st["ci95"])
+            vals = [f"{m[i]:.3f} ± {c[i]:.3f}" if np.isfinite(m[i]) else
+                    "diverged (non-finite)" for i in (0, 1, -1)]
+            it = st["iteration"]
+        else:
+            vals, it = ["", "", ""], row["committed"] or ""
+        lines.append(f"| {row['experiment'].label} | {it} | {duration(row['wall'])} "
+                     f"| {row['tasks']} | {' | '.join(vals)} | {status(row)} |")
+    pivot = {r["experiment"].name: r["state"] for r in sine if r["state"]}
+    ks = [k for k in (5, 10, 20) if f"sinusoid_maml_k{k}" in pivot
+          and f"sinusoid_pretrained_k{k}" in pivot]
+    if ks:
+        lines += ["", "MAML against the pretrained baseline (MSE after 1 and 10 steps; "
+                  "lower is better):", "",
+                  "| K | MAML, 1 step | pretrained, 1 step | MAML, 10 steps "
+                  "| pretrained, 10 steps |", "|---|---|---|---|---|"]
+        for k in ks:
+            ma, pr = pivot[f"sinusoid_maml_k{k}"], pivot[f"sinusoid_pretrained_k{k}"]
+            lines.append(f"| {k} | {ma['means'][1]:.3f} | {pr['means'][1]:.3f} | "
+                         f"{ma['means'][-1]:.3f} | {pr['means'][-1]:.3f} |")
+    lines.append("")
+    return lines
+
+
+def accuracy_section(group: str, group_rows: list[dict]) -> list[str]:
+    """The accuracy table of ``group`` (omniglot or miniimagenet) against the paper's, its
+    notes, the seeds' summaries and the table's own notes."""
+    titles = {"omniglot": "Omniglot (accuracy %)", "miniimagenet": "MiniImageNet (accuracy %)"}
+    lines = [f"## {titles[group]}", "",
+             "| experiment | paper | ours | ours − paper | intervals overlap "
+             "| iteration evaluated | training time | status |",
+             "|---|---|---|---|---|---|---|---|"]
+    notes: list[str] = []
+    for row in group_rows:
+        e = row["experiment"]
+        cells = _accuracy_cells(row)
+        label = e.label
+        if e.note:
+            if e.note not in notes:
+                notes.append(e.note)
+            label += f" [{notes.index(e.note) + 1}]"
+        lines.append(f"| {label} | {' | '.join(cells)} | {duration(row['wall'])} | "
+                     f"{status(row)} |")
+    lines.append("")
+    lines += [f"[{i}] {note}." for i, note in enumerate(notes, 1)]
+    lines += [""] if notes else []
+    lines += seed_summaries(group_rows)
+    lines += ["", TABLE_NOTES[group], ""]
+    return lines
 
 
 def machines_section(rows: list[dict]) -> list[str]:
