@@ -236,6 +236,34 @@ def _already_complete(output: str, expect_counts: bool) -> dict | None:
     return marker
 
 
+def check_no_foreign_folders(output: str) -> None:
+    """Raises PrepError when ``output`` holds folders other than the splits: it is not a
+    MiniImageNet output folder, and preparing would mix the two."""
+    if os.path.isdir(output):
+        foreign = sorted(e.name for e in os.scandir(output)
+                         if e.is_dir() and e.name not in SPLITS)
+        if foreign:
+            raise PrepError(f"output folder {output} holds {len(foreign)} folders that are "
+                            f"not MiniImageNet splits (e.g. {', '.join(foreign[:5])}); "
+                            "remove them or use an empty --output")
+
+
+def _marker(split_info: dict, total: int, resized: int, images: str, csv_dir: str) -> dict:
+    """The completion marker's content: what was prepared, and from what."""
+    return {
+        "dataset": "miniimagenet",
+        "format_version": FORMAT_VERSION,
+        "splits": split_info,
+        "num_files": total,
+        "num_resized": resized,
+        "num_copied": total - resized,
+        "image_size": [IMAGE_SIZE, IMAGE_SIZE, 3],
+        "caches": [f"{split}.npz" for split in SPLITS],
+        "source_images": os.path.abspath(images),
+        "source_csv_dir": os.path.abspath(csv_dir),
+    }
+
+
 def prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: bool = True,
                          progress_every: int = DEFAULT_PROGRESS_EVERY) -> dict:
     """Builds the split folders, the npz caches and the marker; returns the marker's content.
@@ -259,13 +287,7 @@ def prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: 
         stack.callback(source.close)
         check_images_present(splits, source)
 
-        if os.path.isdir(output):  # before anything in it is written or removed
-            foreign = sorted(e.name for e in os.scandir(output)
-                             if e.is_dir() and e.name not in SPLITS)
-            if foreign:
-                raise PrepError(f"output folder {output} holds {len(foreign)} folders that are "
-                                f"not MiniImageNet splits (e.g. {', '.join(foreign[:5])}); "
-                                "remove them or use an empty --output")
+        check_no_foreign_folders(output)  # before anything in it is written or removed
         start_output(output)  # from here on incomplete until write_marker
 
         total = sum(len(splits[s]) * per_class[s] for s in SPLITS)
@@ -301,18 +323,7 @@ def prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: 
             logging.info("%s: %d classes x %d images, cache %s.npz written", split, len(labels),
                          per_class[split], split)
 
-    marker = {
-        "dataset": "miniimagenet",
-        "format_version": FORMAT_VERSION,
-        "splits": split_info,
-        "num_files": total,
-        "num_resized": resized,
-        "num_copied": total - resized,
-        "image_size": [IMAGE_SIZE, IMAGE_SIZE, 3],
-        "caches": [f"{split}.npz" for split in SPLITS],
-        "source_images": os.path.abspath(images),
-        "source_csv_dir": os.path.abspath(csv_dir),
-    }
+    marker = _marker(split_info, total, resized, images, csv_dir)
     write_marker(output, marker)  # last: its presence means the output is complete
     logging.info("MiniImageNet done in %.1f s: %d images (%d copied byte for byte, %d resized; "
                  "%d written, %d already right) in %s", time.monotonic() - start, total,
