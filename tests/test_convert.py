@@ -1,21 +1,23 @@
 """Import of the original cbfinn/maml TF1 checkpoints (tf_maml.convert).
 
-The real checkpoint (MiniImageNet 5-way 1-shot, model59000) lives in the shared data folder
-beside the repository; the tests that need it are skipped when that folder is absent. Small
-synthetic TF1-style checkpoints (written with ``SaveV2`` under the original's variable names)
-cover the fully connected net, layer norm and the error paths.
+Every test runs on checkpoints written here in the original's format: TF1 name-based
+checkpoints (``SaveV2``, what ``tf.compat.v1.train.Saver`` wrote) under the original's
+variable names. The MiniImageNet 5-way 1-shot one has the names and shapes of the original's
+model59000 (written out below by hand) and random values; when the environment variable
+TF_MAML_ORIGINAL_CHECKPOINT names the original's prefix (``.../miniimagenet1shot/model59000``),
+the same tests also run on it.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tf_maml import adapt, models
+from tf_maml.checkpoint import CheckpointError
 from tf_maml.convert import (
     ConversionError,
     convert,
@@ -23,16 +25,8 @@ from tf_maml.convert import (
     load_original_checkpoint,
     resolve_prefix,
 )
-from tf_maml.checkpoint import CheckpointError
 
-CKPT_DIR = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-            / "maml_original_checkpoint" / "miniimagenet1shot").resolve()
-CKPT = str(CKPT_DIR / "model59000")
-needs_ckpt = pytest.mark.skipif(
-    not CKPT_DIR.is_dir(),
-    reason=f"the original MAML checkpoint folder {CKPT_DIR} does not exist (it ships with the "
-           "shared data, ../shared/data/maml_original_checkpoint, beside the repository)",
-)
+ORIGINAL_ENV = "TF_MAML_ORIGINAL_CHECKPOINT"
 
 # Checkpoint name -> the Keras weight it must land in (written out by hand, independently of
 # the mapping in tf_maml.convert).
@@ -75,21 +69,53 @@ def save_tf1_sinusoid(prefix: str, hidden: int, seed: int = 0) -> str:
     return save_tf1(prefix, tensors)
 
 
-# --------------------------------------------------------------------- the real checkpoint
+# The original's MiniImageNet 5-way 1-shot checkpoint: each variable's shape (its spec: 32
+# filters of 3x3, four blocks, 2x2 max-pooling from 84 to 5x5, so 800 features to 5 classes).
+ORIGINAL_SHAPES = {
+    "model/conv1": (3, 3, 3, 32), "model/conv2": (3, 3, 32, 32),
+    "model/conv3": (3, 3, 32, 32), "model/conv4": (3, 3, 32, 32),
+    **{f"model/Variable{'' if i == 0 else f'_{i}'}": (32,) for i in range(4)},
+    **{f"model/{i}/beta": (32,) for i in range(4)},
+    "model/w5": (800, 5), "model/b5": (5,),
+}
+
+
+def save_tf1_miniimagenet(prefix: str, seed: int = 0) -> str:
+    """A random TF1 checkpoint with the original MiniImageNet 1-shot net's names and shapes
+    (kernels scaled as He et al.'s, so that the logits are neither tiny nor huge)."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in ORIGINAL_SHAPES.items():
+        scale = np.sqrt(2 / np.prod(shape[:-1])) if len(shape) > 1 else 0.1
+        tensors[name] = scale * rng.normal(size=shape)
+    return save_tf1(prefix, tensors)
+
+
+# --------------------------------------------------------------------- MiniImageNet 1-shot
+@pytest.fixture(scope="module",
+                params=["written"] + (["original"] if os.environ.get(ORIGINAL_ENV) else []))
+def ckpt(request, tmp_path_factory) -> str:
+    """The prefix of a MiniImageNet 1-shot checkpoint of the original, alone in its folder:
+    one written here, or the original's model59000 (named by $TF_MAML_ORIGINAL_CHECKPOINT)."""
+    if request.param == "original":
+        return os.environ[ORIGINAL_ENV]
+    return save_tf1_miniimagenet(str(tmp_path_factory.mktemp("miniimagenet1shot") /
+                                     "model59000"))
+
+
 @pytest.fixture(scope="module")
-def real():
-    """(reader of the real checkpoint, our net with it loaded, what load returned)."""
-    if not CKPT_DIR.is_dir():
-        pytest.skip(f"the original MAML checkpoint folder {CKPT_DIR} does not exist")
+def real(ckpt):
+    """(reader of the checkpoint, our net with it loaded, what load returned)."""
     model = miniimagenet_net()
-    loaded = load_original_checkpoint(model, CKPT)
-    return tf.train.load_checkpoint(CKPT), model, loaded
+    loaded = load_original_checkpoint(model, ckpt)
+    return tf.train.load_checkpoint(ckpt), model, loaded
 
 
-@needs_ckpt
 def test_every_variable_lands_in_its_keras_weight(real):
     reader, model, loaded = real
     assert sorted(reader.get_variable_to_shape_map()) == sorted(EXPECTED)
+    assert {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()
+            } == ORIGINAL_SHAPES
     assert loaded == EXPECTED
     weights = by_path(model)
     for name, path in EXPECTED.items():
@@ -116,7 +142,6 @@ def original_forward_conv(reader, x: np.ndarray) -> np.ndarray:
     return (h @ reader.get_tensor("model/w5") + reader.get_tensor("model/b5")).numpy()
 
 
-@needs_ckpt
 def test_forward_pass_matches_the_original_network(real):
     reader, model, _ = real
     x = np.random.default_rng(0).random((6, 84, 84, 3), dtype=np.float32)
@@ -131,30 +156,28 @@ def test_forward_pass_matches_the_original_network(real):
     assert np.ptp(want, axis=0).max() > 1e-2
 
 
-@needs_ckpt
 @pytest.mark.parametrize("kwargs, variable, flag", [
     (dict(num_filters=64), "model/conv1", "--num_filters"),
     (dict(num_classes=20), "model/w5", "--num_classes"),
 ])
-def test_wrong_architecture_names_the_variable(kwargs, variable, flag):
+def test_wrong_architecture_names_the_variable(ckpt, kwargs, variable, flag):
     model = miniimagenet_net(**kwargs)
     before = [v.numpy() for v in model.weights]
     with pytest.raises(ConversionError) as err:
-        load_original_checkpoint(model, CKPT)
+        load_original_checkpoint(model, ckpt)
     assert variable in str(err.value) and flag in str(err.value)
     for old, v in zip(before, model.weights):  # nothing was assigned
         np.testing.assert_array_equal(old, v.numpy())
 
 
-@needs_ckpt
-def test_wrong_norm_and_wrong_net_fail_clearly():
+def test_wrong_norm_and_wrong_net_fail_clearly(ckpt):
     with pytest.raises(ConversionError, match=r"model/0/gamma .*missing"):
-        load_original_checkpoint(miniimagenet_net(norm="layer_norm"), CKPT)
+        load_original_checkpoint(miniimagenet_net(norm="layer_norm"), ckpt)
     with pytest.raises(ConversionError, match=r"no place for model/0/beta.*--norm"):
-        load_original_checkpoint(miniimagenet_net(norm="None"), CKPT)
+        load_original_checkpoint(miniimagenet_net(norm="None"), ckpt)
     omniglot = models.conv4((28, 28, 1), 5, num_filters=32)  # 1 input channel, mean-pool head
     with pytest.raises(ConversionError, match=r"model/conv1 has shape \[3, 3, 3, 32\]"):
-        load_original_checkpoint(omniglot, CKPT)
+        load_original_checkpoint(omniglot, ckpt)
 
 
 def test_missing_checkpoint_raises(tmp_path):
@@ -167,32 +190,30 @@ def test_missing_checkpoint_raises(tmp_path):
         resolve_prefix("")
 
 
-@needs_ckpt
-def test_prefix_forms(tmp_path):
-    assert resolve_prefix(CKPT + ".index") == CKPT
-    assert resolve_prefix(CKPT + ".data-00000-of-00001") == CKPT
-    assert resolve_prefix(str(CKPT_DIR)) == CKPT  # a folder with one checkpoint
-    assert infer_flags(CKPT) == dict(datasource="miniimagenet", conv=True, num_classes=5,
+def test_prefix_forms(ckpt, tmp_path):
+    assert resolve_prefix(ckpt + ".index") == ckpt
+    assert resolve_prefix(ckpt + ".data-00000-of-00001") == ckpt
+    assert resolve_prefix(os.path.dirname(ckpt)) == ckpt  # a folder with one checkpoint
+    assert infer_flags(ckpt) == dict(datasource="miniimagenet", conv=True, num_classes=5,
                                      num_filters=32, max_pool=True, norm="batch_norm")
     # index without its data file
-    os.symlink(CKPT + ".index", tmp_path / "model1.index")
+    os.symlink(ckpt + ".index", tmp_path / "model1.index")
     with pytest.raises(ConversionError, match="model1"):
         load_original_checkpoint(miniimagenet_net(), str(tmp_path / "model1"))
 
 
-@needs_ckpt
-def test_cli_writes_keras_weights(tmp_path):
-    summary = convert(CKPT, str(tmp_path))
+def test_cli_writes_keras_weights(ckpt, tmp_path):
+    summary = convert(ckpt, str(tmp_path))
     assert summary["num_floats"] == 32773 and len(summary["variables"]) == 14
     model = miniimagenet_net()
     model.load_weights(str(tmp_path / "model.weights.h5"))
-    reader = tf.train.load_checkpoint(CKPT)
+    reader = tf.train.load_checkpoint(ckpt)
     np.testing.assert_array_equal(model.get_layer("conv3").kernel.numpy(),
                                   reader.get_tensor("model/conv3"))
     assert (tmp_path / "summary.json").is_file()
 
 
-# --------------------------------------------------------------------- synthetic checkpoints
+# --------------------------------------------------------------------- the other nets
 def test_fc_net_names(tmp_path):
     """--conv=False: unnamed w1, b1, ..., w5, b5 -> model/Variable .. Variable_9; batch norm
     scopes 0, 2, 3, 4."""
