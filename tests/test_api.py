@@ -107,37 +107,25 @@ class NormalizedNet(keras.Model):
         return self.head(keras.ops.relu(self.norm(self.hidden(x))))
 
 
-def _forward_follows_keras_call_semantics() -> bool:
-    """Whether tf_maml.adapt.forward calls the model as Keras would (see the xfails)."""
-    model = TwoLayerNet(2)
-    model(np.zeros((1, 3), np.float32))
-    try:
-        adapt_lib.forward(model, [v.value for v in model.trainable_variables],
-                          np.zeros((2, 3), np.float32))
-    except TypeError:
-        return False
-    return True
-
-
-KERAS_CALL_XFAIL = pytest.mark.xfail(
-    not _forward_follows_keras_call_semantics(), strict=True,
-    reason="tf_maml.adapt.forward uses model.stateless_call, which runs call() directly: "
-           "it passes training= to a call() without it and skips Keras' propagation of "
-           "training to nested layers (fix: call the model inside keras.StatelessScope)",
-)
-
-
-@KERAS_CALL_XFAIL
 def test_subclassed_model_meta_trains():
+    """A ``call(x)`` without ``training`` runs in the inner loop: tf_maml.adapt.forward calls
+    the model inside a keras.StatelessScope, as Keras would, where model.stateless_call would
+    run call() directly and pass it ``training=`` (a TypeError)."""
     keras.utils.set_random_seed(0)
     model = TwoLayerNet(WAYS)
     model(np.zeros((1, 8), np.float32))  # build
+    x = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    # With the model's own weights, the fast-weight forward is the model's own call.
+    np.testing.assert_allclose(
+        adapt_lib.forward(model, [v.value for v in model.trainable_variables], x).numpy(),
+        model(x).numpy(), rtol=1e-6, atol=1e-6)
     learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
     check_meta_trains(learner, (8,))
 
 
-@KERAS_CALL_XFAIL
 def test_subclassed_model_batch_norm_uses_batch_statistics():
+    """Keras propagates ``training`` to the nested batch norm of a ``call`` that does not pass
+    it on; model.stateless_call would skip that propagation (moving statistics, wrong)."""
     keras.utils.set_random_seed(0)
     model = NormalizedNet(WAYS)
     x = np.random.default_rng(0).normal(3.0, 2.0, size=(6, 8)).astype(np.float32)
