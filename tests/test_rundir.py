@@ -30,7 +30,7 @@ from test_bad_inputs import as_flags, cli, one_line_error, snapshot
 from test_cli import fast_intervals, sine_config, weights_of  # noqa: F401 (a fixture)
 from test_convert import save_tf1_sinusoid  # a TF1 name-based checkpoint
 
-from tf_maml import experiment, losses, models, rundir, runner, zoo
+from tf_maml import atomic, experiment, losses, models, rundir, runner, zoo
 from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.config import Config, ConfigError
 from tf_maml.learners import MetaLearner
@@ -439,7 +439,7 @@ def test_a_full_disk_while_writing_results_keeps_the_earlier_set_whole(
         return full_disk
 
     for failing in range(1, 5):  # the first, second, ... file written hits the full disk
-        monkeypatch.setattr(rundir, "open", full_disk_at(failing), raising=False)
+        monkeypatch.setattr(atomic, "open", full_disk_at(failing), raising=False)
         result = cli(*as_flags(evaluation))  # model-40
         assert result.code == 1
         assert one_line_error(result.err) == (
@@ -448,7 +448,7 @@ def test_a_full_disk_while_writing_results_keeps_the_earlier_set_whole(
             f"({name}.csv/.pkl/.npy, test_config.json) are intact; free some space on the "
             f"disk of {run_dir}, then run the same command again.")
         assert result_files() == earlier, failing
-        assert not [p for p in os.listdir(run_dir) if p.endswith(".tmp")]
+        assert not [p for p in os.listdir(run_dir) if p.endswith(atomic.TEMP_SUFFIX)]
     monkeypatch.undo()
     result = cli(*as_flags(evaluation))  # space freed: the same command
     assert result.code == 0, result.err

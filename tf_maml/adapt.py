@@ -27,7 +27,8 @@ import keras
 import tensorflow as tf
 
 from tf_maml import keras_internals
-from tf_maml.config import ADAPT_LAYERS
+
+ADAPT_LAYERS = ("all", "head")  # MAML adapts every layer; ANIL only the head
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 # A forward pass over weights laid out like ``model.trainable_variables``: one task's

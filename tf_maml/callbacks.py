@@ -16,8 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from tf_maml.checkpoint import Checkpointer
-from tf_maml.config import SAVE_INTERVAL, SUMMARY_INTERVAL
 from tf_maml.rundir import CSVLog
+
+# The original's hard-coded intervals (main.py:73-80).
+SUMMARY_INTERVAL = 100
+SAVE_INTERVAL = 1000
 
 
 def _format_duration(seconds: float) -> str:

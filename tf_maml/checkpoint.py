@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from tf_maml import atomic, rundir
 from tf_maml import distribute as distribute_lib
-from tf_maml import rundir
-from tf_maml.config import MAX_TO_KEEP
 from tf_maml.rundir import CHECKPOINT_NAME
+
+MAX_TO_KEEP = 10  # the original's (main.py:73-80): checkpoints kept, the newest ones
 
 Change = tuple[str, object, object]  # (API name, value before, value now)
 
@@ -122,7 +123,7 @@ class Checkpointer:
         kept = [os.path.basename(p) for p in self.checkpoints]
         lines = [f'model_checkpoint_path: "{kept[-1]}"']
         lines += [f'all_model_checkpoint_paths: "{name}"' for name in kept]
-        rundir.atomic_write(os.path.join(self.run_dir, "checkpoint"), "\n".join(lines) + "\n")
+        atomic.write(os.path.join(self.run_dir, "checkpoint"), "\n".join(lines) + "\n")
 
     def remove_unfinished(self, log: Callable[[str], None] = print) -> None:
         """Removes the ``model-<i>_temp`` folders of saves that a crash interrupted (call it

@@ -10,21 +10,25 @@ import dataclasses
 import json
 import math
 
+# The option lists of the library's modules, which own them: the flags offer them.
+from tf_maml.adapt import ADAPT_LAYERS
+from tf_maml.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
+from tf_maml.distribute import check_meta_batch_size
+from tf_maml.errors import ConfigError
+from tf_maml.evaluate import PRETRAINED_BASELINES
+from tf_maml.learners import ALGORITHMS
+from tf_maml.mapping.plan import TASK_PARALLELISM
+from tf_maml.models import NORMS
+
 DATASOURCES = ("sinusoid", "omniglot", "miniimagenet", "navigation")
-NORMS = ("batch_norm", "layer_norm", "None")
-ALGORITHMS = ("maml", "reptile")
-ADAPT_LAYERS = ("all", "head")  # MAML adapts every layer; ANIL only the head
-TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop", "accumulate")
 DATASET_BACKENDS = ("folders", "tfds")
-DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 NAN_POLICIES = ("stop", "skip")
 # The classification loss: the original's Σ CE / K (N times the mean on an N-way support set,
 # cbfinn/maml utils.py `xent`), or the mean cross-entropy (MAML++'s `F.cross_entropy`).
 XENTS = ("summed", "mean")
-# The MiniImageNet table's two baselines (Ravi & Larochelle 2017, quoted by Finn et al.):
-# both evaluate ONE conv4 pretrained as an ordinary classifier of the training classes
-# (tf_maml/baselines.py), so its run directory and run-defining flags are the pretraining's.
-PRETRAINED_BASELINES = ("finetune", "nearest_neighbor")
+# The MiniImageNet table's two pretrained baselines (tf_maml.evaluate.PRETRAINED_BASELINES)
+# evaluate ONE conv4 pretrained as an ordinary classifier of the training classes, so their
+# run directory and run-defining flags are the pretraining's.
 BASELINES = ("oracle", "random") + PRETRAINED_BASELINES
 # What the test-time flags of those baselines may change in a resumed pretraining: the
 # evaluation (which baseline, K, N-way, fine-tuning step) and its length (iterations).
@@ -44,15 +48,6 @@ RUN_DEFINING = ("datasource", "num_classes", "baseline", "pretrain_iterations",
                 "first_order_iterations", "cosine_meta_lr", "xent", "num_query")
 # Where the run is and what this invocation does: not a change of the run.
 NOT_RUN_SETTINGS = ("logdir", "resume", "train", "test_iter")
-
-# The original's hard-coded intervals (main.py:73-80).
-SUMMARY_INTERVAL = 100
-SAVE_INTERVAL = 1000
-MAX_TO_KEEP = 10
-
-
-class ConfigError(ValueError):
-    """An impossible flag value or combination; the message names the flag."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -523,22 +518,3 @@ class Config:
         if self.metatrain_iterations not in (0, Config.metatrain_iterations):
             fail("metatrain_iterations", f"{name} does not meta-train; its length is "
                  "--pretrain_iterations (drop --metatrain_iterations or set it to 0)")
-
-
-def check_meta_batch_size(meta_batch_size: int, num_replicas: int, strategy_name: str = "",
-                          ) -> None:
-    """A :class:`ConfigError` naming the fix unless the meta-batch splits evenly over the
-    replicas (every replica must adapt the same number of tasks). Also raised for
-    ``MetaLearner.fit``, so it speaks of the argument; the command line says the flag."""
-    if meta_batch_size % num_replicas == 0:
-        return
-    lower = meta_batch_size - meta_batch_size % num_replicas
-    upper = lower + num_replicas
-    options = f"`meta_batch_size={upper}`" if lower == 0 else (
-        f"`meta_batch_size={lower}` or {upper}")
-    what = f" of `distribution_strategy={strategy_name}`" if strategy_name else ""
-    raise ConfigError(
-        f"`meta_batch_size`: {meta_batch_size} tasks do not split evenly over the "
-        f"{num_replicas} replicas{what}; use a multiple of {num_replicas}, e.g. {options} "
-        "(or another number of replicas)"
-    )

@@ -345,11 +345,10 @@ def convert(prefix: str, output: str) -> dict:
     """Builds our network for checkpoint ``prefix``, loads it and writes
     ``<output>/model.weights.h5`` (Keras) and ``<output>/summary.json``; returns the summary."""
     from tf_maml import experiment
-    from tf_maml.config import Config
 
     path = resolve_prefix(prefix)
     flag_values = infer_flags(path)
-    model = experiment.build_model(Config(**flag_values))
+    model = experiment.model_from_flags(flag_values)
     loaded = load_original_checkpoint(model, path)
     os.makedirs(output, exist_ok=True)
     weights_path = os.path.join(output, "model.weights.h5")

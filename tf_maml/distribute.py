@@ -30,10 +30,10 @@ import os
 
 import tensorflow as tf
 
-from tf_maml.config import DISTRIBUTION_STRATEGIES, ConfigError, check_meta_batch_size
+from tf_maml.errors import ConfigError
 from tf_maml.tasks import TRAIN_STREAM, task_stream
 
-STRATEGIES = DISTRIBUTION_STRATEGIES
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")  # --distribution_strategy
 __all__ = [
     "STRATEGIES", "check_meta_batch_size", "configure_cpu_devices", "is_chief", "make_strategy",
     "replicated_step", "split_batch", "strategy_for", "task_batches", "values_on_all_workers",
@@ -129,6 +129,25 @@ def _check_tf_config() -> None:
             '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
             f'"task": {{"type": "worker", "index": 0}}}}, got {text!r} ({err!r})'
         ) from None
+
+
+def check_meta_batch_size(meta_batch_size: int, num_replicas: int, strategy_name: str = "",
+                          ) -> None:
+    """A :class:`ConfigError` naming the fix unless the meta-batch splits evenly over the
+    replicas (every replica must adapt the same number of tasks). Also raised for
+    ``MetaLearner.fit``, so it speaks of the argument; the command line says the flag."""
+    if meta_batch_size % num_replicas == 0:
+        return
+    lower = meta_batch_size - meta_batch_size % num_replicas
+    upper = lower + num_replicas
+    options = f"`meta_batch_size={upper}`" if lower == 0 else (
+        f"`meta_batch_size={lower}` or {upper}")
+    what = f" of `distribution_strategy={strategy_name}`" if strategy_name else ""
+    raise ConfigError(
+        f"`meta_batch_size`: {meta_batch_size} tasks do not split evenly over the "
+        f"{num_replicas} replicas{what}; use a multiple of {num_replicas}, e.g. {options} "
+        "(or another number of replicas)"
+    )
 
 
 def strategy_for(config) -> tf.distribute.Strategy:

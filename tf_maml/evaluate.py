@@ -10,10 +10,15 @@ import pickle
 
 import numpy as np
 
-from tf_maml import rundir
-from tf_maml.config import PRETRAINED_BASELINES
+from tf_maml import atomic
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks import batch_rng
+
+# The MiniImageNet table's two baselines (Ravi & Larochelle 2017, quoted by Finn et al.):
+# both evaluate ONE conv4 pretrained as an ordinary classifier of the training classes
+# (tf_maml/baselines.py), so they share its run directory and name their results after
+# themselves.
+PRETRAINED_BASELINES = ("finetune", "nearest_neighbor")
 
 # The original seeded its test tasks with np.random.seed(1) (sinusoid) and random.seed(6)
 # (image task lists); we keep those numbers as the seeds of our test-task streams.
@@ -88,7 +93,7 @@ def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
     """Writes the CSV (header update0..updateS; rows means, stds, ci95), the original's
     pickle ``{'mses': values}``, the per-task matrix as ``.npy`` and the ``extra`` files
     (name -> text: the evaluation's ``test_config.json``) as one set
-    (:func:`tf_maml.rundir.atomic_write_all`): a crash or a full disk leaves all the earlier
+    (:func:`tf_maml.atomic.write_all`): a crash or a full disk leaves all the earlier
     files or all the new ones, never half a file nor a mix."""
     os.makedirs(run_dir, exist_ok=True)
     base = os.path.join(run_dir, result_name(update_batch_size, update_lr, baseline, ensemble))
@@ -103,7 +108,7 @@ def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
     files = {paths["csv"]: table.getvalue(), paths["pkl"]: pickle.dumps({"mses": values}),
              paths["npy"]: array.getvalue()}
     files.update((os.path.join(run_dir, name), text) for name, text in (extra or {}).items())
-    rundir.atomic_write_all(files)
+    atomic.write_all(files)
     return paths
 
 

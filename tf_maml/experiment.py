@@ -62,6 +62,21 @@ def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearn
     )
 
 
+def run_learner(config_json: str) -> tuple[Config, MetaLearner]:
+    """The configuration a run saved (the path of its ``config.json``) and its learner, built
+    as for training and not restored: for the modules below the command line (the model zoo,
+    the figures) that read a run, so that only this layer unpacks a :class:`Config`."""
+    with open(config_json) as f:
+        config = Config.from_json(f.read())
+    return config, build_learner(config)
+
+
+def model_from_flags(flag_values: dict) -> keras.Model:
+    """The network of the original's flags ``flag_values`` (``datasource``, ``num_classes``,
+    ``norm``, ...; the others at their defaults), for the checkpoint converter."""
+    return build_model(Config(**flag_values))
+
+
 def execution_plan(config: Config) -> ExecutionPlan:
     """The speed knobs of ``config`` (0 or None: automatic)."""
     return ExecutionPlan(task_parallelism=config.task_parallelism,

@@ -16,17 +16,13 @@ import os
 
 import numpy as np
 
-from tf_maml.config import Config
-
 
 def load_run(run_dir: str):
     """(config, learner restored from the latest checkpoint) of a finished run."""
     from tf_maml import experiment
     from tf_maml.checkpoint import learner_checkpointer, restore_for_test
 
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = Config.from_json(f.read())
-    learner = experiment.build_learner(config)
+    config, learner = experiment.run_learner(os.path.join(run_dir, "config.json"))
     restore_for_test(learner_checkpointer(learner, run_dir), -1)
     return config, learner
 

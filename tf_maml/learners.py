@@ -19,9 +19,10 @@ import tensorflow as tf
 from tf_maml import adapt as adapt_lib
 from tf_maml import distribute as distribute_lib
 from tf_maml import keras_internals, losses, mamlpp
-from tf_maml.config import ALGORITHMS
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
 from tf_maml.mapping.base import model_example_shape, model_runner
+
+ALGORITHMS = ("maml", "reptile")  # the meta-update: through the inner loop, or θ' - θ
 
 # TF1's AdamOptimizer default, which the original trained with. Keras 3's Adam applies ε the
 # same way (θ -= lr_t·m / (√v + ε)), so with this ε the meta-update is the original's.

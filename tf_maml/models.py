@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tf_maml.config import NORMS
+NORMS = ("batch_norm", "layer_norm", "None")  # the original's --norm; "None": no normalization
 
 
 @keras.saving.register_keras_serializable(package="tf_maml")

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from tf_maml import training_log
+from tf_maml import atomic, training_log
 from tf_maml import zoo as zoo_lib
 
 HEADER = """# Results: the paper's numbers beside ours
@@ -327,9 +327,7 @@ def write(rows: list[dict], output: str, figures: list[str]) -> str:
     """Writes the results file atomically; returns its path."""
     text = render(rows, figures, output)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(output + ".tmp", output)
+    atomic.write(output, text)
     return output
 
 

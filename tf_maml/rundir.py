@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import glob
 import json
 import os
 import re
@@ -19,6 +20,12 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+
+from tf_maml import atomic
+
+# The run directory's names for the one atomic write (tf_maml.atomic), which its callers
+# (checkpoints, logs, evaluations, the ensemble record) use.
+atomic_write, atomic_write_all = atomic.write, atomic.write_all
 
 LOCK_NAME = "run.lock"
 CHECKPOINT_NAME = "model"
@@ -223,44 +230,31 @@ def _as_os_error(err: Exception) -> OSError | None:
     return None
 
 
-def atomic_write(path: str, data: str | bytes) -> None:
-    """Replaces ``path`` whole: a reader (or a crash) sees the old file or the new one."""
-    atomic_write_all({path: data})
-
-
-def atomic_write_all(files: dict[str, str | bytes]) -> None:
-    """Replaces the files of ``files`` (path -> contents) as one set, so that they never mix
-    two versions (an evaluation's csv, pkl and npy): every file is written under a temporary
-    name first, and only when all of them are on disk are they renamed over the old ones. A
-    failed write (a full disk) leaves every old file as it was; the renames need no space."""
-    temporaries = []
-    try:
-        for path, data in files.items():
-            temporaries.append(path + ".tmp")
-            with open(temporaries[-1], "wb" if isinstance(data, bytes) else "w") as f:
-                f.write(data)
-        for path, tmp in zip(files, temporaries):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in temporaries:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-        raise
-
-
 # ---------------------------------------------------------------------- checkpoints
-def checkpoint_prefixes(run_dir: str, name: str = CHECKPOINT_NAME) -> list[tuple[int, str]]:
-    """``(iteration, prefix)`` of every ``<name>-<iteration>.index`` in ``run_dir``, oldest
-    first: the files are the truth, not TensorFlow's ``checkpoint`` state file, which a
-    crash, a copy or a user can lose or garble."""
+def checkpoint_prefixes(directory: str, name: str = CHECKPOINT_NAME, complete: bool = False,
+                        ) -> list[tuple[int, str]]:
+    """``(iteration, prefix)`` of every ``<name>-<iteration>.index`` in ``directory``, oldest
+    first: the one lister of checkpoints (training, resume, the ensemble, the model zoo). The
+    files are the truth, not TensorFlow's ``checkpoint`` state file, which a crash, a copy or
+    a user can lose or garble. ``complete``: only those whose data files are there beside
+    the index (what a copy may take)."""
     pattern = re.compile(rf"{re.escape(name)}-(\d+)\.index$")
     try:
-        entries = os.listdir(run_dir)
+        entries = os.listdir(directory)
     except OSError:
         return []
-    found = [(int(m.group(1)), os.path.join(run_dir, e[:-len(".index")]))
-             for e in entries if (m := pattern.match(e))]
-    return sorted(found)
+    found = sorted((int(m.group(1)), os.path.join(directory, e[:-len(".index")]))
+                   for e in entries if (m := pattern.match(e)))
+    return [(i, prefix) for i, prefix in found if not complete or _data_files(prefix)]
+
+
+def checkpoint_files(prefix: str) -> list[str]:
+    """The files of a listed checkpoint: its ``.index``, then its ``.data-*`` shards."""
+    return [prefix + ".index"] + _data_files(prefix)
+
+
+def _data_files(prefix: str) -> list[str]:
+    return sorted(glob.glob(glob.escape(prefix) + ".data-*"))
 
 
 # ---------------------------------------------------------------------- the log
@@ -277,7 +271,7 @@ class CSVLog:
         _, rows = read_csv_up_to(self.path, iteration)
         run_dir = os.path.dirname(self.path) or "."
         with writing(run_dir, f"write {os.path.basename(self.path)}"):
-            atomic_write(self.path, csv_text(self.columns, rows))
+            atomic.write(self.path, csv_text(self.columns, rows))
             self.file = open(self.path, "a", newline="")  # noqa: SIM115 (closed in close())
         self.writer = csv.writer(self.file)
 

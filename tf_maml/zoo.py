@@ -36,8 +36,8 @@ import json
 import os
 import shutil
 
-from tf_maml import training_log
-from tf_maml.rundir import (CHECKPOINT_NAME, ENSEMBLE_NAME, atomic_write, checkpoint_prefixes,
+from tf_maml import atomic, training_log
+from tf_maml.rundir import (CHECKPOINT_NAME, ENSEMBLE_NAME, checkpoint_files, checkpoint_prefixes,
                             csv_text, read_csv_up_to)
 
 RESULTS_FILE = "results.json"
@@ -55,8 +55,7 @@ class ZooError(ValueError):
 def checkpoint_iterations(directory: str) -> list[int]:
     """Iterations of the complete ``model-<i>`` checkpoints in ``directory``, ascending (a
     checkpoint counts once its data files are there beside its index)."""
-    return [i for i, prefix in checkpoint_prefixes(directory)
-            if glob.glob(prefix + ".data-*")]
+    return [i for i, _ in checkpoint_prefixes(directory, complete=True)]
 
 
 def latest_iteration(directory: str) -> int:
@@ -74,10 +73,7 @@ def read_json(path: str) -> dict:
 
 def write_json(path: str, value: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    atomic.write(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def results(zoo_dir: str) -> dict:
@@ -110,11 +106,6 @@ def sanitized_config(config_json: str, paths: dict[str, str]) -> str:
 
 
 # ---------------------------------------------------------------------------- publishing
-def _checkpoint_files(directory: str, iteration: int) -> list[str]:
-    prefix = os.path.join(directory, f"{CHECKPOINT_NAME}-{iteration}")
-    return [prefix + ".index"] + sorted(glob.glob(prefix + ".data-*"))
-
-
 def _write_index(directory: str) -> None:
     """The ``checkpoint`` index file TensorFlow's CheckpointManager reads: the latest
     checkpoint (what training resumes from) and every one held (an evaluated one among
@@ -127,7 +118,7 @@ def _write_index(directory: str) -> None:
     lines = [f'model_checkpoint_path: "{names[-1]}"']
     lines += [f'all_model_checkpoint_paths: "{name}"' for name in names]
     lines += ["all_model_checkpoint_timestamps: 1.0"] * len(names)
-    atomic_write(os.path.join(directory, "checkpoint"),
+    atomic.write(os.path.join(directory, "checkpoint"),
                  "\n".join(lines + ["last_preserved_timestamp: 0.0"]) + "\n")
 
 
@@ -156,10 +147,14 @@ def _kept_iterations(zoo_dir: str) -> set[int]:
 
 
 def _remove_checkpoints(directory: str, keep: set[int]) -> None:
-    for iteration in checkpoint_iterations(directory):
+    for iteration, prefix in checkpoint_prefixes(directory, complete=True):
         if iteration not in keep:
-            for path in _checkpoint_files(directory, iteration):
+            for path in checkpoint_files(prefix):
                 os.remove(path)
+
+
+def _prefix(directory: str, iteration: int) -> str:
+    return os.path.join(directory, f"{CHECKPOINT_NAME}-{iteration}")
 
 
 def _slim_checkpoint(run_dir: str, iteration: int, out_dir: str) -> None:
@@ -170,17 +165,13 @@ def _slim_checkpoint(run_dir: str, iteration: int, out_dir: str) -> None:
 
     from tf_maml import experiment
     from tf_maml.checkpoint import learner_checkpointer
-    from tf_maml.config import Config
 
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = Config.from_json(f.read())
-    learner = experiment.build_learner(config)
+    _, learner = experiment.run_learner(os.path.join(run_dir, "config.json"))
     checkpointer = learner_checkpointer(learner, run_dir)
-    checkpointer.restore(os.path.join(run_dir, f"{CHECKPOINT_NAME}-{iteration}"),
-                         expect_optimizer=False)
+    checkpointer.restore(_prefix(run_dir, iteration), expect_optimizer=False)
     parts = {"model": learner.model, "iteration": checkpointer.iteration}
     parts.update(learner.extra_variables)
-    tf.train.Checkpoint(**parts).write(os.path.join(out_dir, f"{CHECKPOINT_NAME}-{iteration}"))
+    tf.train.Checkpoint(**parts).write(_prefix(out_dir, iteration))
 
 
 def _copy_checkpoint(run_dir: str, iteration: int, zoo_dir: str, weights_only: bool) -> None:
@@ -192,7 +183,7 @@ def _copy_checkpoint(run_dir: str, iteration: int, zoo_dir: str, weights_only: b
     if weights_only:
         _slim_checkpoint(run_dir, iteration, tmp)
     else:
-        for path in _checkpoint_files(run_dir, iteration):
+        for path in checkpoint_files(_prefix(run_dir, iteration)):
             shutil.copy2(path, tmp)
     for path in glob.glob(os.path.join(tmp, "*")):
         os.replace(path, os.path.join(zoo_dir, os.path.basename(path)))
@@ -224,11 +215,10 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
             # included) are of weights the zoo does not hold, and a resume writes them again.
             columns, rows = read_csv_up_to(os.path.join(run_dir, name), run_latest)
             if columns:
-                atomic_write(os.path.join(zoo_dir, name), csv_text(columns, rows))
+                atomic.write(os.path.join(zoo_dir, name), csv_text(columns, rows))
         with open(os.path.join(run_dir, "config.json")) as f:
             config_text = sanitized_config(f.read(), paths)
-        with open(os.path.join(zoo_dir, "config.json"), "w") as f:
-            f.write(config_text)
+        atomic.write(os.path.join(zoo_dir, "config.json"), config_text)
         machines = list(meta.get("machines", []))
         if machine not in machines:
             machines.append(machine)
@@ -296,8 +286,7 @@ def _publish_ensemble(run_dir: str, zoo_dir: str, log) -> bool:
     for iteration in members:
         if iteration not in held:
             _copy_checkpoint(run_dir, iteration, zoo_dir, weights_only=True)
-    with open(os.path.join(zoo_dir, ENSEMBLE_NAME), "w") as f:
-        f.write(record)
+    atomic.write(os.path.join(zoo_dir, ENSEMBLE_NAME), record)
     log(f"  zoo: {zoo_dir} now holds the ensemble of iterations "
         + ", ".join(str(i) for i in members))
     return True
@@ -323,8 +312,8 @@ def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     os.makedirs(run_dir, exist_ok=True)
     # The latest state (training resumes from it), the ensemble's members and the evaluated
     # checkpoints (a re-evaluation checks a published number against its own model).
-    for iteration in checkpoint_iterations(zoo_dir):
-        for path in _checkpoint_files(zoo_dir, iteration):
+    for _, prefix in checkpoint_prefixes(zoo_dir, complete=True):
+        for path in checkpoint_files(prefix):
             shutil.copy2(path, run_dir)
     if ensemble_members(zoo_dir):
         shutil.copy2(os.path.join(zoo_dir, ENSEMBLE_NAME), run_dir)

@@ -1,5 +1,5 @@
-"""What the Omniglot and MiniImageNet preparations share: their error, atomic writes, the
-completion marker, archive reading and image decoding.
+"""What the Omniglot and MiniImageNet preparations share: their error, the completion
+marker, archive reading and image decoding; files are written whole (:mod:`tf_maml.atomic`).
 
 Used by ``tf_maml.data.omniglot``, ``tf_maml.data.miniimagenet`` and the TFDS builders of
 ``tf_maml.tfds``; the ``data_prep`` commands are thin command lines over them.
@@ -20,24 +20,15 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from tf_maml import atomic
+
 MARKER_NAME = ".complete"  # written last: its presence means a prepared folder is complete
 FORMAT_VERSION = 1
-PARTIAL_SUFFIX = ".partial"
+PARTIAL_SUFFIX = atomic.TEMP_SUFFIX  # what an interrupted write leaves
 
 class PrepError(RuntimeError):
     """A problem with the source data or the output folder, with a message for the user."""
 
-
-
-def atomic_write_bytes(path: str, data: bytes, fsync: bool = False) -> None:
-    """Writes ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = f"{path}.{os.getpid()}{PARTIAL_SUFFIX}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_if_changed(path: str, data: bytes) -> bool:
@@ -49,27 +40,22 @@ def write_if_changed(path: str, data: bytes) -> bool:
                     return False
     except OSError:
         pass
-    atomic_write_bytes(path, data)
+    atomic.write(path, data)
     return True
 
 
 def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
-    """Writes an uncompressed ``.npz`` (readable by ``np.load``) through a temporary file.
+    """Writes an uncompressed ``.npz`` (readable by ``np.load``) whole, synced to the disk.
 
     Unlike ``np.savez`` the zip entries carry a fixed date, so the same arrays always give
     the same bytes (reproducible caches).
     """
-    tmp = f"{path}.{os.getpid()}{PARTIAL_SUFFIX}"
-    with open(tmp, "wb") as f:
-        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name, array in arrays.items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                with zf.open(info, "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.asanyarray(array),
-                                              allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic.replacing(path, fsync=True) as f, \
+            zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def read_marker(output: str, dataset: str) -> dict | None:
@@ -88,7 +74,7 @@ def read_marker(output: str, dataset: str) -> dict | None:
 
 def write_marker(output: str, marker: dict) -> None:
     data = (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    atomic_write_bytes(os.path.join(output, MARKER_NAME), data, fsync=True)
+    atomic.write(os.path.join(output, MARKER_NAME), data, fsync=True)
 
 
 def remove_marker(output: str) -> None:

@@ -29,10 +29,12 @@ import keras
 
 from tf_maml import keras_internals
 from tf_maml import threads as threads_lib
-from tf_maml.config import TASK_PARALLELISM
 from tf_maml.mapping import batched as batched_lib
 from tf_maml.mapping.accumulate import Accumulate
 from tf_maml.mapping.per_task import PerTask
+
+# How the tasks of a meta-batch are mapped ("auto": chosen from the model and the machine).
+TASK_PARALLELISM = ("auto", "batched", "vectorized", "map", "loop", "accumulate")
 
 
 def _has_conv(model: keras.Model) -> bool:

@@ -1,0 +1,100 @@
+"""The one atomic write (tf_maml.atomic) and the one checkpoint lister
+(tf_maml.rundir.checkpoint_prefixes), on files made here by hand: what a reader finds after a
+write that a full disk or an exception cut short is the old file, whole, and no temporary;
+the checkpoints listed are the ``model-<i>.index`` files present, in the order of their
+iterations (not of their names)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from tf_maml import atomic, rundir, zoo
+
+
+def _full_disk_at(failing: int, opened: list):
+    """``open`` on a disk that fills up at the ``failing``-th file opened for writing."""
+    real_open = open
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        if "w" in mode:
+            opened.append(path)
+            if len(opened) == failing:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    return full_disk
+
+
+def test_a_set_of_files_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    old = {str(tmp_path / name): f"old {name}" for name in ("a.csv", "b.npy", "c.json")}
+    atomic.write_all(old)
+    new = {path: ("new " + text).encode() for path, text in old.items()}
+    for failing in (1, 2, 3):  # the disk fills up at the first, second, third file
+        opened: list = []
+        monkeypatch.setattr(atomic, "open", _full_disk_at(failing, opened), raising=False)
+        with pytest.raises(OSError, match="No space"):
+            atomic.write_all(new)
+        assert len(opened) == failing
+        assert {p: open(p).read() for p in old} == old, failing
+        assert sorted(os.listdir(tmp_path)) == ["a.csv", "b.npy", "c.json"], failing
+    monkeypatch.undo()
+    atomic.write_all(new)
+    assert {p: open(p, "rb").read() for p in old} == new
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "b.npy", "c.json"]
+
+
+def test_a_streamed_write_that_fails_leaves_the_old_file(tmp_path):
+    path = str(tmp_path / "cache.npz")
+    atomic.write(path, b"old")
+    with pytest.raises(RuntimeError), atomic.replacing(path) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("interrupted")
+    assert open(path, "rb").read() == b"old"
+    assert os.listdir(tmp_path) == ["cache.npz"]
+    with atomic.replacing(path, binary=False) as f:
+        f.write("new")
+        assert open(path).read() == "old"  # replaced only once the block ends
+    assert open(path).read() == "new"
+
+
+def test_fsync_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """With ``fsync=True`` every file is synced, and before it replaces the target (a power
+    cut after the rename must not find an empty file); without it, none is."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"),
+                                                     real_replace(a, b)))
+    atomic.write_all({str(tmp_path / "x"): "1", str(tmp_path / "y"): b"2"}, fsync=True)
+    assert events == ["fsync", "fsync", "replace", "replace"]
+    events.clear()
+    with atomic.replacing(str(tmp_path / "z"), fsync=True) as f:
+        f.write(b"3")
+    assert events == ["fsync", "replace"]
+    events.clear()
+    atomic.write(str(tmp_path / "x"), "4")
+    assert events == ["replace"]
+
+
+def test_checkpoints_are_listed_from_their_files_in_iteration_order(tmp_path):
+    for name in ("model-5.index", "model-5.data-00000-of-00001",
+                 "model-10.index", "model-10.data-00000-of-00002",
+                 "model-10.data-00001-of-00002",
+                 "model-200.index",  # its data not (yet) there
+                 "corrupt-model-7.index", "model-x.index", "model-3.data-00000-of-00001",
+                 "model-4_temp", "checkpoint", "other-6.index"):
+        (tmp_path / name).write_text("")
+    d = str(tmp_path)
+    assert rundir.checkpoint_prefixes(d) == [(5, f"{d}/model-5"), (10, f"{d}/model-10"),
+                                             (200, f"{d}/model-200")]
+    assert rundir.checkpoint_prefixes(d, complete=True) == [(5, f"{d}/model-5"),
+                                                            (10, f"{d}/model-10")]
+    assert rundir.checkpoint_prefixes(d, name="other") == [(6, f"{d}/other-6")]
+    assert rundir.checkpoint_files(f"{d}/model-10") == [
+        f"{d}/model-10.index", f"{d}/model-10.data-00000-of-00002",
+        f"{d}/model-10.data-00001-of-00002"]
+    assert rundir.checkpoint_prefixes(str(tmp_path / "missing")) == []
+    assert zoo.checkpoint_iterations(d) == [5, 10] and zoo.latest_iteration(d) == 10

@@ -1,0 +1,81 @@
+"""Files replaced whole: a reader, or a crash, sees a file's old contents or its new ones,
+never a mix. The one implementation of it for the run directory, the model zoo, the report
+and the data preparations.
+
+Every write goes to a temporary name beside its target (``<path>.<pid>.tmp``, on the same file
+system, so that the final ``os.replace`` is atomic) and is renamed over the target only once
+it is whole. ``fsync=True`` also flushes the data to the disk before the rename, for files
+that must survive a power cut, not only a crash of the process (a data set's completion
+marker, its caches).
+
+The standard library only: the bottom floor, which ``tf_maml.data`` imports without pulling
+in the rest of the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import IO
+
+TEMP_SUFFIX = ".tmp"  # what a write interrupted by a crash leaves: <path>.<pid>.tmp
+
+
+def temporary_name(path: str) -> str:
+    """Where ``path`` is written before the rename; the process id keeps two processes that
+    write the same file from writing into each other's temporary."""
+    return f"{path}.{os.getpid()}{TEMP_SUFFIX}"
+
+
+def write(path: str, data: str | bytes, fsync: bool = False) -> None:
+    """Replaces ``path`` whole with ``data`` (text or bytes)."""
+    write_all({path: data}, fsync)
+
+
+def write_all(files: dict[str, str | bytes], fsync: bool = False) -> None:
+    """Replaces the files of ``files`` (path -> contents) as one set, so that they never mix
+    two versions (an evaluation's csv, pkl and npy): every file is written under its
+    temporary name first, and only when all of them are on disk are they renamed over the
+    old ones. A failed write (a full disk) leaves every old file as it was and no temporary;
+    the renames need no space."""
+    temporaries = []
+    try:
+        for path, data in files.items():
+            temporaries.append(temporary_name(path))
+            with open(temporaries[-1], "wb" if isinstance(data, bytes) else "w") as f:
+                f.write(data)
+                _sync(f, fsync)
+        for path, tmp in zip(files, temporaries):
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(temporaries)
+        raise
+
+
+@contextlib.contextmanager
+def replacing(path: str, binary: bool = True, fsync: bool = False) -> Iterator[IO]:
+    """A file to write ``path``'s new contents into, for writers that stream (a zip, a JSON
+    dump): it replaces ``path`` when the block ends, and an error inside the block leaves
+    ``path`` as it was and no temporary."""
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb" if binary else "w") as f:
+            yield f
+            _sync(f, fsync)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove([tmp])
+        raise
+
+
+def _sync(f: IO, fsync: bool) -> None:
+    if fsync:
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.remove(path)

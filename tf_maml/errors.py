@@ -1,0 +1,10 @@
+"""The error of a setting that cannot be used: the command line's :class:`~tf_maml.config.Config`
+raises it, and so do the library modules that check settings of their own (the distribution
+strategy, the meta-batch's split over replicas), so that the command line turns either into
+its one-line message. The standard library only: any module may import it.
+"""
+
+
+class ConfigError(ValueError):
+    """An impossible setting value or combination; the message names the setting (``--flag``,
+    or the library's `argument`, which the command line turns into its flag) and the fix."""
