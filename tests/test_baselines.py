@@ -114,7 +114,7 @@ def test_finetuning_takes_full_batch_sgd_steps_with_torch_learning_rate_decay():
     (lr 0.5, decay 1: step sizes 0.5 then 0.25), the query logits after each being
     query @ W + b with the head numpy computes; one example per step would differ."""
     classifier = baselines.Classifier(_identity_classifier((2, 1, 1), num_classes=5))
-    tuner = baselines.FineTuner(classifier, Config(num_classes=2, seed=0), 0.5, lr_decay=1.0)
+    tuner = baselines.FineTuner(classifier, 2, 0.5, lr_decay=1.0, seed=0)
     head = tuner.model.get_layer("logits_2way")
     head.set_weights([np.zeros((2, 2), "float32"), np.zeros(2, "float32")])
     x = np.array([[2.0, 0.5], [3.0, -0.5], [-2.0, 0.3], [-2.5, -0.4]], "float32")
@@ -158,7 +158,7 @@ def test_finetuning_predicts_queries_with_batch_norm_in_inference_mode():
     m0, v0 = np.array([0.5, -1.0, 2.0]), np.array([2.0, 0.5, 1.5])
     beta = np.array([0.1, -0.2, 0.3])
     bn.set_weights([beta.astype("float32"), m0.astype("float32"), v0.astype("float32")])
-    tuner = baselines.FineTuner(classifier, Config(num_classes=2, seed=0), 0.0)
+    tuner = baselines.FineTuner(classifier, 2, 0.0, seed=0)
     w, b = (v.numpy().astype("float64") for v in tuner.model.get_layer("logits_2way").weights)
     rng = np.random.default_rng(1)
     support = rng.normal(2.0, 3.0, (4, 3)).astype("float32")
@@ -206,7 +206,9 @@ def test_flagfiles_pretrain_and_finetune_as_ravi_and_larochelle_code():
 
 def test_the_new_head_is_new_and_the_body_is_the_pretrained_one(tiny_mini, tmp_path):
     config = _config(tiny_mini, tmp_path, baseline="finetune", num_classes=5)
-    classifier = baselines.Classifier(baselines.build_classifier(config))
+    classifier = baselines.Classifier(baselines.build_classifier(
+        seed=config.seed, num_filters=config.num_filters, max_pool=config.max_pool,
+        norm=config.norm))
     model = baselines.with_new_head(classifier.model, 5, seed=0)
     assert model.output_shape == (None, 5) and classifier.model.output_shape == (None, 64)
     pretrained = {id(v) for v in classifier.model.trainable_variables}

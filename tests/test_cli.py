@@ -191,7 +191,7 @@ class ExplodingTasks:
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, fast_intervals):
-    from tf_maml import experiment
+    from tf_maml import experiment, rundir
     from tf_maml.train import train
 
     config = sine_config(tmp_path, metatrain_iterations=100)
@@ -199,7 +199,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, fast_in
     source = ExplodingTasks(experiment.task_source(config, "train"), bad_from=45)
     run_dir = str(tmp_path / "run")
     with pytest.raises(NonFiniteError, match=r"iteration 46\b.*model-40"):
-        train(learner, config, run_dir, source, log=lambda s: None)
+        with rundir.lock(run_dir):  # as the command line holds it
+            train(learner, source, config.total_iterations,
+                  meta_batch_size=config.meta_batch_size, seed=config.seed, run_dir=run_dir,
+                  nan_policy=config.nan_policy, tensorboard=config.log, log=lambda s: None)
     assert sorted(p for p in os.listdir(run_dir) if p.endswith(".index")) == [
         "model-20.index", "model-40.index"]
     weights = weights_of(run_dir, 40)

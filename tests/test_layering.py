@@ -16,9 +16,6 @@ PACKAGE = pathlib.Path(tf_maml.__file__).parent
 # The command line: it reads flags into a Config and unpacks it.
 COMMAND_LINE = {"__init__.py", "config.py", "experiment.py", "main.py", "reproduce.py",
                 "reproduce_table.py", "reproduce_run.py", "reproduce_publish.py", "runner.py"}
-# Modules that other branches of the redesign rewrite to take plain arguments; they import
-# Config until those branches merge. Empty this list when they have.
-NOT_YET = {"baselines.py", "rl/run.py", "train.py"}
 
 
 def config_imports(source: str, module: str) -> list[int]:
@@ -63,10 +60,8 @@ def test_the_check_sees_every_form_of_import(source, module, found):
 def test_nothing_below_the_command_line_imports_the_configuration():
     found = {path: config_imports((PACKAGE / path).read_text(), name)
              for path, name in modules().items() if path not in COMMAND_LINE}
-    offenders = {path: lines for path, lines in found.items() if lines and path not in NOT_YET}
+    offenders = {path: lines for path, lines in found.items() if lines}
     assert not offenders, (
         "tf_maml/config.py is the command line's; these modules import it (path: lines): "
         f"{offenders}. Take plain arguments, and import option lists from the module that "
         "owns them.")
-    done = sorted(path for path in NOT_YET if not found.get(path))
-    assert not done, f"{done} no longer import tf_maml/config.py: remove them from NOT_YET"

@@ -336,6 +336,54 @@ def test_fit_and_the_rl_runner_take_the_same_lock(tmp_path, entry):
         sleeper.wait()
 
 
+def test_the_lock_is_taken_once_and_a_second_one_is_refused_in_this_process_too(tmp_path):
+    """No reentrancy: inside a run (the lock held), another lock on the same directory, a
+    `fit` into it, or another thread's lock is refused, naming this process; the lock file
+    is this process's own and goes when the run ends."""
+    import threading
+
+    run_dir = tmp_path / "run"
+    with rundir.lock(str(run_dir), quiet):
+        with pytest.raises(RunDirError, match=rf"in use by process {os.getpid()} .*this "
+                                              r"process already trains there"):
+            with rundir.lock(str(run_dir), quiet):
+                pass
+        learner = MetaLearner(models.fc_net((1,), (4,), 1, norm="None"), losses.mse)
+        with pytest.raises(RunDirError, match="this process already trains there"):
+            learner.fit(SinusoidTasks(5, 5), 1, meta_batch_size=2, run_dir=str(run_dir),
+                        log_interval=None, log=quiet)
+        refused = []
+
+        def other_thread():
+            try:
+                with rundir.lock(str(run_dir), quiet):
+                    pass
+            except RunDirError as err:
+                refused.append(str(err))
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert len(refused) == 1
+        assert json.loads((run_dir / rundir.LOCK_NAME).read_text())["pid"] == os.getpid()
+        assert os.listdir(run_dir) == [rundir.LOCK_NAME]  # the refused fit wrote nothing
+    assert not run_dir.exists()  # created for the lock, removed with it
+
+
+def test_a_command_line_run_takes_its_lock_once(tmp_path, fast_intervals, monkeypatch):
+    taken = []
+    lock = rundir.lock
+
+    def counting(run_dir, log=print):
+        taken.append(os.path.realpath(run_dir))
+        return lock(run_dir, log)
+
+    monkeypatch.setattr(rundir, "lock", counting)
+    _, run_dir = trained(tmp_path, 20)
+    assert taken == [os.path.realpath(run_dir)]
+    assert (run_dir / "model-20.index").exists() and not (run_dir / rundir.LOCK_NAME).exists()
+
+
 def test_a_checkpoint_can_be_evaluated_while_training_holds_the_lock(tmp_path,
                                                                     fast_intervals):
     config, run_dir = trained(tmp_path, 20)

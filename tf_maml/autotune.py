@@ -31,9 +31,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-from tf_maml import rundir
+from tf_maml import atomic, rundir
 from tf_maml import threads as threads_lib
 from tf_maml.mapping import ExecutionPlan
+from tf_maml.protocols import Learner, TunableLearner
 from tf_maml.tasks import AUTOTUNE_STREAM, batch_rng
 
 PLAN_NAME = "plan.json"
@@ -61,19 +62,22 @@ class Timing:
     seconds: float
 
 
-def wanted(learner) -> bool:
-    """Whether ``learner``'s plan asks for autotuning: "auto" with ``autotune`` and no
-    chunking set by hand, one device, an algorithm whose step takes meta-gradients (not
-    Reptile, which maps its tasks without an outer tape)."""
-    plan = learner.plan  # None: not a task learner (the baselines' classifier)
-    return bool(plan is not None and plan.autotune and plan.task_parallelism == "auto"
+def wanted(learner: Learner) -> bool:
+    """Whether ``learner`` has an execution plan (a :class:`TunableLearner`; not the
+    baselines' classifier, which trains on minibatches of images) that asks for autotuning:
+    "auto" with ``autotune`` and no chunking set by hand, one device, an algorithm whose step
+    takes meta-gradients (not Reptile, which maps its tasks without an outer tape)."""
+    if not isinstance(learner, TunableLearner):
+        return False
+    plan = learner.plan
+    return bool(plan.autotune and plan.task_parallelism == "auto"
                 and plan.tasks_per_chunk is None and plan.parallel_chunks is None
                 and learner.strategy is None and learner.algorithm != "reptile")
 
 
-def tune(learner, source, meta_batch_size: int, seed: int, iterations_left: int,
+def tune(learner: Learner, source, meta_batch_size: int, seed: int, iterations_left: int,
          run_dir: str | None = None, pretrain: bool = False,
-         log: Callable[[str], None] = print) -> ExecutionPlan:
+         log: Callable[[str], None] = print) -> ExecutionPlan | None:
     """Sets ``learner``'s plan to the fastest of its candidates on this CPU (read from
     ``run_dir``'s ``plan.json`` if measured there for this CPU and these shapes, else
     timed, if ``iterations_left`` >= :data:`MIN_ITERATIONS`) and returns it.
@@ -81,10 +85,12 @@ def tune(learner, source, meta_batch_size: int, seed: int, iterations_left: int,
     ``source``: the training task source (``sample_batch(meta_batch_size, rng)``); one
     meta-batch is drawn from the autotuning stream of ``seed``. ``pretrain``: time the
     pretraining objective (the pretrained baseline). Nothing if the plan does not ask for
-    it (:func:`wanted`) or has a single candidate.
+    it (:func:`wanted`) or has a single candidate; None for a learner without a plan.
     """
     path = os.path.join(run_dir, PLAN_NAME) if run_dir is not None else None
     short = iterations_left < MIN_ITERATIONS
+    if not isinstance(learner, TunableLearner):
+        return None
     if not wanted(learner) or (short and (path is None or not os.path.exists(path))):
         return learner.plan
     batch = learner.checked_batch(source.sample_batch(
@@ -133,7 +139,7 @@ def _hand_set(plan: ExecutionPlan) -> str:
 
 
 # ---------------------------------------------------------------------- measuring
-def measure(learner, batch, candidates: list[ExecutionPlan], pretrain: bool = False
+def measure(learner: TunableLearner, batch, candidates: list[ExecutionPlan], pretrain: bool = False
             ) -> tuple[list[Timing], int, int]:
     """Seconds per meta-gradient step of each candidate on ``batch``: (timings, rounds,
     steps per round). Each candidate runs in a ``tf.function`` of its own, traced and run
@@ -181,7 +187,7 @@ def choose(timings: list[Timing]) -> int:
 
 
 # ---------------------------------------------------------------------- the cache
-def cache_key(learner, batch, names: list[str], pretrain: bool) -> dict:
+def cache_key(learner: TunableLearner, batch, names: list[str], pretrain: bool) -> dict:
     """What a measured choice holds for: this CPU, the software, and the workload (the
     shapes of the weights and the meta-batch, the inner steps, the order, the candidates)."""
     import tensorflow as tf
@@ -244,6 +250,6 @@ def write_cache(path: str, key: dict, mapping: str, timings: list[Timing],
     run_dir = os.path.dirname(path) or "."
     try:
         with rundir.writing(run_dir, f"write {PLAN_NAME}"):
-            rundir.atomic_write(path, json.dumps(data, indent=2) + "\n")
+            atomic.write(path, json.dumps(data, indent=2) + "\n")
     except rundir.RunDirError as err:
         log(f"WARNING: {err} (the plan will be measured again next time)")

@@ -4,8 +4,9 @@ Larochelle 2017): a fine-tuning baseline and a nearest-neighbour baseline.
 Both start from ONE network: MAML's MiniImageNet conv4 (:func:`tf_maml.models.conv4`, 32
 filters, max-pool) trained as an ordinary classifier of the training split's classes
 (:data:`PRETRAIN_CLASSES`, 64 for MiniImageNet) with Adam on random minibatches of images
-(:class:`Classifier`; the pretraining is a run of the training loop of
-:mod:`tf_maml.train`, so it checkpoints, resumes and logs like a MAML run). Then, on the
+(:class:`Classifier`, a :class:`~tf_maml.protocols.TaskLearner`: the pretraining is a run
+of the training loop of :mod:`tf_maml.train`, so it checkpoints, resumes and logs like a
+MAML run). Then, on the
 test tasks MAML is evaluated on (:mod:`tf_maml.evaluate`, same tasks, same interval):
 
 * **nearest neighbour** (:meth:`Classifier.evaluate_batch`): every support and query image
@@ -25,6 +26,7 @@ docs/baselines.md lists what the papers specify, what they leave open, and our c
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 
 import keras
@@ -34,7 +36,6 @@ import tensorflow as tf
 from tf_maml import adapt as adapt_lib
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import keras_internals, losses, models
-from tf_maml.config import Config
 from tf_maml.data.miniimagenet import EXPECTED_NUM_CLASSES
 from tf_maml.learners import ORIGINAL_ADAM_EPSILON, apply_if_finite
 from tf_maml.tasks.image_tasks import DataError, FewShotTasks
@@ -59,13 +60,14 @@ SELECTION_SEED = evaluate_lib.TEST_SEEDS["miniimagenet"]
 
 
 # ---------------------------------------------------------------------------- the network
-def build_classifier(config: Config, num_classes: int = PRETRAIN_CLASSES) -> keras.Model:
-    """MAML's MiniImageNet conv4 of ``config`` (filters, pooling, norm) with a
-    ``num_classes``-way head, its weights drawn from ``config.seed``."""
-    keras.utils.set_random_seed(config.seed)
-    return models.conv4(IMAGE_SHAPE, num_classes,
-                        num_filters=config.num_filters, max_pool=config.max_pool,
-                        norm=config.norm, name="classifier")
+def build_classifier(*, seed: int = 0, num_filters: int = 32, max_pool: bool = True,
+                     norm: str = "batch_norm", num_classes: int = PRETRAIN_CLASSES
+                     ) -> keras.Model:
+    """MAML's MiniImageNet conv4 (``num_filters`` filters, ``max_pool``, ``norm``) with a
+    ``num_classes``-way head, its weights drawn from ``seed``."""
+    keras.utils.set_random_seed(seed)
+    return models.conv4(IMAGE_SHAPE, num_classes, num_filters=num_filters,
+                        max_pool=max_pool, norm=norm, name="classifier")
 
 
 def body(model: keras.Model) -> keras.Model:
@@ -128,26 +130,26 @@ def nearest_neighbor_labels(support_features: tf.Tensor, support_y: tf.Tensor,
 class Classifier:
     """The pretraining's learner: ``model`` (a :data:`PRETRAIN_CLASSES`-way conv4) trained
     with Adam (``meta_lr``, ε as the original's) on the mean cross-entropy of minibatches
-    ``(images, labels)``. It offers what the training loop, the checkpoints and the
-    evaluation ask of a :class:`~tf_maml.learners.MetaLearner` (``train_step``,
-    ``evaluate_batch``, ``model``, ``optimizer``), so the pretraining runs in
-    :func:`tf_maml.train.train` as it is; ``evaluate_batch`` is the nearest-neighbour
-    baseline (also the validation shown during pretraining)."""
-
-    inner_lrs: list = []
-    extra_variables: dict = {}  # no meta-learned variables beyond the model's (checkpoint, zoo)
-    plan = None  # minibatches of images, not tasks: no execution plan to autotune
-    inner_steps = 0
-    strategy = None
-    metric_fn = staticmethod(losses.accuracy)
+    ``(images, labels)``. A :class:`~tf_maml.protocols.TaskLearner` (what the training
+    loop, its callbacks, the checkpoints and the evaluation use), so the pretraining runs
+    in :func:`tf_maml.train.train` as MAML does; ``evaluate_batch`` is the nearest-neighbour
+    baseline (also the validation shown during pretraining). It has no execution plan
+    (minibatches of images, not tasks): autotuning passes it by."""
 
     def __init__(self, model: keras.Model, meta_lr: float = 1e-3):
         self.model = model
+        self.metric_fn = losses.accuracy
+        self.strategy = None  # one device: the baselines are not distributed
         self.features = body(model)
         self.optimizer = keras.optimizers.Adam(meta_lr, epsilon=ORIGINAL_ADAM_EPSILON)
         self.optimizer.build(model.trainable_variables)
         self._train_fn = tf.function(self._train, reduce_retracing=True)
         self._nn_fn = tf.function(self._nearest_neighbor, reduce_retracing=True)
+
+    @property
+    def extra_variables(self) -> dict:
+        """No state beyond the model's and Adam's (checkpoints, the zoo)."""
+        return {}
 
     def _train(self, x, y):
         with tf.GradientTape() as tape:
@@ -197,7 +199,7 @@ def _index_by_id(variables, among) -> list[int]:
 class FineTuner:
     """The fine-tuning baseline as Ravi & Larochelle's code fine-tunes each episode
     (model/baselines/pre-trained-SGD.lua): the pretrained network under a new
-    ``config.num_classes``-way head, every weight (batch norm's offsets too) taking
+    ``num_classes``-way head, every weight (batch norm's offsets too) taking
     ``num_steps`` plain SGD steps on the WHOLE support set's mean cross-entropy, of size
     ``inner_lr / (1 + i * lr_decay)`` at step i (Torch optim.sgd's learning-rate decay);
     the network in training mode meanwhile, so batch norm normalises with the support set's
@@ -209,13 +211,17 @@ class FineTuner:
     The steps are :func:`tf_maml.adapt.adapt`, the one inner loop; ``evaluate_batch`` gives
     what :func:`tf_maml.evaluate.evaluate` asks of a learner, the query accuracy and loss
     after every step. ``inner_lr`` and ``lr_decay`` are variables, so a search over them
-    runs the graph traced once."""
+    runs the graph traced once. The new head's weights are drawn from ``seed``."""
 
     metric_fn = staticmethod(losses.accuracy)
 
-    def __init__(self, classifier: Classifier, config: Config, inner_lr: float,
-                 lr_decay: float = 0.0):
-        self.model = with_new_head(classifier.model, config.num_classes, config.seed)
+    def __init__(self, classifier: Classifier, num_classes: int, inner_lr: float,
+                 lr_decay: float = 0.0, seed: int = 0):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+            raise TypeError(f"FineTuner: num_classes must be the tasks' number of classes, "
+                            f"got {type(num_classes).__name__}; from a Config pass "
+                            "config.num_classes (and seed=config.seed)")
+        self.model = with_new_head(classifier.model, int(num_classes), seed)
         self.inner_lr = tf.Variable(float(inner_lr), trainable=False, name="finetune_lr")
         self.lr_decay = tf.Variable(float(lr_decay), trainable=False, name="finetune_decay")
         norms = [layer for layer in keras_internals.layers_of(self.model, include_self=False)
@@ -310,18 +316,19 @@ class Selection:
                 f"decay {self.lr_decay} (validation accuracy {100 * best:.2f}%)")
 
 
-def select_finetuning(classifier: Classifier, config: Config, val_source, lrs=FINETUNE_LRS,
+def select_finetuning(classifier: Classifier, val_source, *, num_classes: int, num_steps: int,
+                      num_tasks: int = NUM_SELECTION_TASKS, seed: int = 0, lrs=FINETUNE_LRS,
                       decays=FINETUNE_DECAYS,
                       log: Callable[[str], None] = print) -> Selection:
-    """The learning rate (of ``lrs``) and decay (of ``decays``) whose
-    ``config.test_num_updates`` steps give the best mean query accuracy on
-    :data:`NUM_SELECTION_TASKS` validation tasks (as many as the test tasks if fewer: a
-    short evaluation selects on as few); ties go to the earlier pair, in the order the
-    authors' grid search visits them (rate, then decay)."""
-    num_tasks = min(NUM_SELECTION_TASKS, config.num_test_tasks)
-    steps = config.test_num_updates
+    """The learning rate (of ``lrs``) and decay (of ``decays``) whose ``num_steps`` steps
+    give the best mean query accuracy on :data:`NUM_SELECTION_TASKS` ``num_classes``-way
+    validation tasks of ``val_source`` (``num_tasks`` if fewer: a short evaluation selects
+    on as few as it tests); ties go to the earlier pair, in the order the authors' grid
+    search visits them (rate, then decay). ``seed``: the new head's."""
+    num_tasks = min(NUM_SELECTION_TASKS, num_tasks)
+    steps = num_steps
     accuracy: dict[tuple[float, float], float] = {}
-    tuner = FineTuner(classifier, config, lrs[0], decays[0])
+    tuner = FineTuner(classifier, num_classes, lrs[0], decays[0], seed)
     best = None
     for lr in lrs:
         for decay in decays:
@@ -337,15 +344,18 @@ def select_finetuning(classifier: Classifier, config: Config, val_source, lrs=FI
     return Selection(inner_lr=best[0], lr_decay=best[1], accuracy=accuracy)
 
 
-def evaluator(classifier: Classifier, config: Config, val_source=None,
+def evaluator(classifier: Classifier, baseline: str, val_source=None, *, num_classes: int,
+              num_steps: int, num_tasks: int, seed: int = 0,
               log: Callable[[str], None] = print):
-    """What the evaluation of ``config.baseline`` runs on the test tasks: (learner, number
-    of steps). Nearest neighbour: the classifier itself, no steps. Fine-tuning: a
-    :class:`FineTuner` with the learning rate and decay chosen on ``val_source``,
-    ``config.test_num_updates`` steps."""
-    if config.baseline == "nearest_neighbor":
+    """What the evaluation of ``baseline`` runs on ``num_tasks`` ``num_classes``-way test
+    tasks: (learner, number of steps). ``"nearest_neighbor"``: the classifier itself, no
+    steps. ``"finetune"``: a :class:`FineTuner` (its head drawn from ``seed``) with the
+    learning rate and decay chosen on ``val_source`` (:func:`select_finetuning`),
+    ``num_steps`` steps."""
+    if baseline == "nearest_neighbor":
         return classifier, 0
-    selection = select_finetuning(classifier, config, val_source, log=log)
+    selection = select_finetuning(classifier, val_source, num_classes=num_classes,
+                                  num_steps=num_steps, num_tasks=num_tasks, seed=seed, log=log)
     log(selection.describe())
-    return (FineTuner(classifier, config, selection.inner_lr, selection.lr_decay),
-            config.test_num_updates)
+    return (FineTuner(classifier, num_classes, selection.inner_lr, selection.lr_decay, seed),
+            num_steps)

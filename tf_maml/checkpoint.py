@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tf_maml import atomic, rundir
 from tf_maml import distribute as distribute_lib
+from tf_maml.protocols import Learner
 from tf_maml.rundir import CHECKPOINT_NAME
 
 MAX_TO_KEEP = 10  # the original's (main.py:73-80): checkpoints kept, the newest ones
@@ -262,18 +263,20 @@ ARCHITECTURE_HINT = ("was it written with other `datasource`/`num_classes`/`num_
                      "new run.")
 
 
-def learner_checkpointer(learner, run_dir: str) -> Checkpointer:
-    """The checkpointer of a :class:`~tf_maml.learners.MetaLearner`: θ, the meta-optimizer
-    (Adam's moments and step: the original lost them on resume), the learned inner rates
-    (Meta-SGD, LSLR), per-step batch norm's values and the iteration. The optimizer's
-    learning rate is a setting (``meta_lr``; none when it follows a schedule)."""
-    parts = {"model": learner.model, "optimizer": learner.optimizer}
+def learner_checkpointer(learner: Learner, run_dir: str, optimizer_key: str = "optimizer",
+                         fit_hint: str = ARCHITECTURE_HINT) -> Checkpointer:
+    """The checkpointer of a :class:`~tf_maml.protocols.Learner`: θ (``model``), the
+    outer update's state (``optimizer``, saved as ``optimizer_key``: Adam's moments and
+    step, which the original lost on resume; RL's TRPO counters as ``trpo``), its
+    ``extra_variables`` (Meta-SGD's and LSLR's learned rates, per-step batch norm's values)
+    and the iteration. The optimizer's learning rate is a setting (``meta_lr``; none when it
+    follows a schedule). ``fit_hint``: what a checkpoint that does not fit suggests."""
+    parts = {"model": learner.model, optimizer_key: learner.optimizer}
     parts.update(learner.extra_variables)
     settings = {"meta_lr": v for v in learner.optimizer.variables
                 if v.name == "learning_rate"}
     return Checkpointer(run_dir, parts, settings,
-                        chief=distribute_lib.is_chief(learner.strategy),
-                        fit_hint=ARCHITECTURE_HINT)
+                        chief=distribute_lib.is_chief(learner.strategy), fit_hint=fit_hint)
 
 
 # ---------------------------------------------------------------------- resume

@@ -23,11 +23,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_maml import evaluate as evaluate_lib
-from tf_maml import rundir
+from tf_maml import atomic, rundir
 from tf_maml.callbacks import Callback
 from tf_maml.checkpoint import (CheckpointError, CorruptCheckpointError, checkpoint_iteration,
                                 learner_checkpointer)
 from tf_maml.mapping.batched import per_task_values
+from tf_maml.protocols import EnsembleLearner
 from tf_maml.zoo import read_json
 
 # The validation tasks score the candidates with their own seed: not the test tasks'.
@@ -81,7 +82,7 @@ class Pool(Callback):
             return
         self.scored.append({"iteration": iteration, "score": float(self.score_fn())})
         with rundir.writing(self.checkpointer.run_dir, f"write {POOL_NAME}"):
-            rundir.atomic_write(self.path, json.dumps(
+            atomic.write(self.path, json.dumps(
                 {"settings": self.settings, "validations": self.scored}, indent=1) + "\n")
         self.checkpointer.keep = {m["iteration"] for m in _best(self.scored, self.size)}
         self.log(f"Ensemble pool: validation score {self.scored[-1]['score']:.4f} at "
@@ -93,8 +94,21 @@ class Pool(Callback):
             self.checkpointer.prune()
 
 
-def select(learner, run_dir: str, val_source, size: int, num_tasks: int, num_steps: int,
-           upto: int | None = None, batch_size: int = 25, log=print) -> list[int]:
+def training_pool(learner: EnsembleLearner, checkpointer, source, size: int, num_tasks: int,
+                  num_steps: int, batch_size: int = 25, log=print) -> Pool:
+    """The :class:`Pool` of a training run of ``learner``: every epoch, :func:`score` of
+    ``num_tasks`` validation tasks of ``source`` (the ones :func:`select` uses, seeded
+    :data:`VALIDATION_SEED`) after ``num_steps`` steps, ``batch_size`` tasks at a time."""
+    def score_fn() -> float:
+        values = evaluate_lib.evaluate(learner, source, num_tasks, num_steps,
+                                       VALIDATION_SEED, batch_size=batch_size)
+        return score(values, num_steps)
+
+    return Pool(checkpointer, score_fn, size, num_tasks, num_steps, log=log)
+
+
+def select(learner: EnsembleLearner, run_dir: str, val_source, size: int, num_tasks: int,
+           num_steps: int, upto: int | None = None, batch_size: int = 25, log=print) -> list[int]:
     """The iterations of the ``size`` best checkpoints of ``run_dir`` at or before ``upto``
     (None: all), by :func:`score` on ``num_tasks`` validation tasks of ``val_source``
     (``sample_batch(n, rng)``, as for training): from the training's :class:`Pool` record
@@ -151,7 +165,7 @@ def _record(checkpointer, settings: dict, candidates: list[int], scored: list[di
         raise CheckpointError(f"no readable checkpoint in {checkpointer.run_dir} to build an "
                               "ensemble from.")
     members = _best(scored, size)
-    rundir.atomic_write(
+    atomic.write(
         os.path.join(checkpointer.run_dir, rundir.ENSEMBLE_NAME),
         json.dumps({"settings": settings, "latest": max(candidates), "members": members,
                     "candidates": scored}, indent=2, sort_keys=True) + "\n")
@@ -160,7 +174,7 @@ def _record(checkpointer, settings: dict, candidates: list[int], scored: list[di
     return [m["iteration"] for m in members]
 
 
-def evaluate(learner, run_dir: str, members: list[int], source, num_tasks: int,
+def evaluate(learner: EnsembleLearner, run_dir: str, members: list[int], source, num_tasks: int,
              num_steps: int, seed: int, batch_size: int = 25,
              progress=None) -> dict[str, np.ndarray]:
     """Per-task, per-step results of the ensemble of ``run_dir``'s checkpoints ``members``

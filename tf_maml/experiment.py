@@ -38,8 +38,10 @@ def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearn
     if config.is_pretrained_baseline:
         from tf_maml import baselines
 
-        return baselines.Classifier(model or baselines.build_classifier(config),
-                                    config.meta_lr)
+        model = model or baselines.build_classifier(
+            seed=config.seed, num_filters=config.num_filters, max_pool=config.max_pool,
+            norm=config.norm)
+        return baselines.Classifier(model, config.meta_lr)
     if model is None:
         keras.utils.set_random_seed(config.seed)
         model = build_model(config)
@@ -75,6 +77,18 @@ def model_from_flags(flag_values: dict) -> keras.Model:
     """The network of the original's flags ``flag_values`` (``datasource``, ``num_classes``,
     ``norm``, ...; the others at their defaults), for the checkpoint converter."""
     return build_model(Config(**flag_values))
+
+
+def navigation_learner(config: Config):
+    """The reinforcement-learning learner of ``config`` (:func:`tf_maml.rl.run.build_learner`):
+    ``update_lr`` α, ``num_updates`` inner steps, ``update_batch_size`` trajectories per
+    task and policy, ``stop_grad`` first order; the oracle sees the goal."""
+    from tf_maml.rl import run as rl_run
+
+    return rl_run.build_learner(
+        oracle=config.baseline == "oracle", seed=config.seed, inner_lr=config.update_lr,
+        inner_steps=config.num_updates, num_trajectories=config.update_batch_size,
+        discount=config.discount, max_kl=config.max_kl, first_order=config.stop_grad)
 
 
 def execution_plan(config: Config) -> ExecutionPlan:

@@ -18,14 +18,11 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 from tf_maml import atomic
-
-# The run directory's names for the one atomic write (tf_maml.atomic), which its callers
-# (checkpoints, logs, evaluations, the ensemble record) use.
-atomic_write, atomic_write_all = atomic.write, atomic.write_all
 
 LOCK_NAME = "run.lock"
 CHECKPOINT_NAME = "model"
@@ -39,9 +36,6 @@ class RunDirError(RuntimeError):
 
 
 # ---------------------------------------------------------------------- lock
-_held: dict[str, int] = {}  # run directories this process holds: nesting depth
-
-
 def _process_start(pid: int) -> str | None:
     """The start time of ``pid`` (Linux), so that a recycled pid is not taken for the
     process that wrote a lock; None where /proc does not tell."""
@@ -97,17 +91,12 @@ def _makedirs(path: str) -> list[str]:
 def lock(run_dir: str, log: Callable[[str], None] = print) -> Iterator[None]:
     """Holds ``<run_dir>/run.lock`` while the block runs: a second process that wants the
     same run directory is refused with a message naming the first. A lock left by a process
-    that no longer runs on this host (SIGKILL, a crash) is taken over with a warning. Nested
-    use in one process is allowed. Directories created for the lock, and the lock itself,
-    are removed on exit, so that a run refused early leaves no trace."""
-    key = os.path.realpath(run_dir)
-    if key in _held:
-        _held[key] += 1
-        try:
-            yield
-        finally:
-            _held[key] -= 1
-        return
+    that no longer runs on this host (SIGKILL, a crash) is taken over with a warning. The
+    lock is taken once, at the top of a run (the command line's runner, or
+    ``MetaLearner.fit(run_dir=...)``): a second one on the same directory, from this process
+    too (another thread, or a ``fit`` inside a run), is refused. Directories created for the
+    lock, and the lock itself, are removed on exit, so that a run refused early leaves no
+    trace."""
     try:
         created = _makedirs(run_dir)
     except OSError as err:
@@ -122,11 +111,9 @@ def lock(run_dir: str, log: Callable[[str], None] = print) -> Iterator[None]:
     except BaseException:
         _remove_created(created)
         raise
-    _held[key] = 1
     try:
         yield
     finally:
-        del _held[key]
         with contextlib.suppress(OSError):
             os.remove(path)
         _remove_created(created)
@@ -135,7 +122,7 @@ def lock(run_dir: str, log: Callable[[str], None] = print) -> Iterator[None]:
 def _create_lock(path: str, me: dict, run_dir: str, log) -> None:
     # The lock appears whole or not at all: written under a private name, then hard-linked
     # to run.lock, which fails if it exists (atomic, on NFS too).
-    tmp = f"{path}.{me['host']}.{me['pid']}"
+    tmp = f"{path}.{me['host']}.{me['pid']}.{threading.get_ident()}"  # threads: their own
     try:
         with open(tmp, "w") as f:
             json.dump(me, f)
@@ -151,6 +138,9 @@ def _create_lock(path: str, me: dict, run_dir: str, log) -> None:
                 fix = ("wait for it to finish, or stop it, or use another `run_dir`"
                        if same_host else
                        f"if it no longer runs, delete {path}; else use another `run_dir`")
+                if same_host and owner.get("pid") == me["pid"]:
+                    fix = ("this process already trains there: one run at a time per "
+                           "directory; use another `run_dir`")
                 raise RunDirError(f"{run_dir} is in use by {_describe(owner)}: two writers "
                                   f"would mix their checkpoints and logs; {fix}.")
             if not owner and time.time() - _mtime(path) < 5:  # being written right now

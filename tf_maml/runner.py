@@ -15,12 +15,13 @@ import contextlib
 import os
 import time
 
-from tf_maml import distribute, experiment, rundir
+from tf_maml import atomic, distribute, ensemble, experiment, rundir
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import threads as threads_lib
+from tf_maml import train as train_lib
+from tf_maml.callbacks import ProgressLogger
 from tf_maml.checkpoint import learner_checkpointer, restore_for_test
 from tf_maml.config import Config, ConfigError
-from tf_maml.train import train
 
 
 def run_dir(config: Config) -> str:
@@ -31,7 +32,7 @@ def _write_config(config: Config, directory: str) -> None:
     name = "config.json" if config.train else "test_config.json"
     with rundir.writing(directory, f"write {name}"):
         os.makedirs(directory, exist_ok=True)  # an evaluation may be the first writer
-        rundir.atomic_write(os.path.join(directory, name), config.to_json())
+        atomic.write(os.path.join(directory, name), config.to_json())
 
 
 def resume_changes(config: Config, directory: str) -> list:
@@ -55,17 +56,14 @@ def resume_changes(config: Config, directory: str) -> list:
 
 def run(config: Config, log=print) -> dict:
     """Trains and/or evaluates; returns paths and numbers of what was written (and the
-    learner). A training run locks its run directory: a second one is refused. With
-    ``--distribution_strategy`` the meta-batch is split over the replicas; in multi-worker
-    training only the chief writes, evaluates and exports."""
+    learner). A training run locks its run directory, here and only here: a second one is
+    refused. With ``--distribution_strategy`` the meta-batch is split over the replicas; in
+    multi-worker training only the chief writes, evaluates and exports."""
     directory = run_dir(config)
     log(f"Run directory: {directory}")
     if config.datasource == "navigation":  # reinforcement learning: tf_maml/rl/run.py
-        from tf_maml.rl import run as rl_run
-
         with _lock(config, directory, True, log):
-            return rl_run.run(config, directory, lambda: _write_config(config, directory),
-                              resume_changes(config, directory), log=log)
+            return _run_navigation(config, directory, log)
     # First: threads, logical CPU devices and collective ops must be set up before TF's
     # first op.
     # The pretrained baselines train one minibatch at a time (no task chunks to run side by
@@ -118,16 +116,7 @@ def _run(config: Config, directory: str, learner, chief: bool, log) -> dict:
     result: dict = {"run_dir": directory, "learner": learner}
     # Nothing is written to the run directory before the data and the checkpoint have loaded.
     if config.train:
-        train_source = experiment.task_source(config, "train")
-        val_source = (experiment.task_source(config, "val") if config.is_classification
-                      and chief else None)
-        # --ensemble: MAML++'s pool, validated every epoch on the tasks selection uses.
-        pool_source = (experiment.task_source(config, "val", experiment.test_num_query(config))
-                       if config.ensemble and chief else None)
-        result["iterations"] = train(
-            learner, config, directory, train_source, val_source, log=log,
-            on_start=(lambda: _write_config(config, directory)) if chief else None,
-            changes=changes, pool_source=pool_source, eval_batch=eval_batch_size(config))
+        result["iterations"] = _train(learner, config, directory, chief, changes, log)
         if not chief:
             return result
         if config.export_dir:
@@ -152,6 +141,75 @@ def _run(config: Config, directory: str, learner, chief: bool, log) -> dict:
             result["export_dir"] = _export(learner, config, evaluated, log)
     result.update(evaluate_run(learner, config, directory, log=log, source=source))
     return result
+
+
+def _train(learner, config: Config, directory: str, chief: bool, changes, log) -> int:
+    """Meta-trains as the original's main.py until ``config.total_iterations``, the run
+    directory locked (:func:`run`); returns the last iteration. Pretraining iterations (the
+    pretrained/oracle baselines) come first, as the original. Classification validates a
+    meta-batch every ``test_print_interval``; ``--ensemble`` validates every epoch of
+    MAML++ on the tasks the ensemble's selection uses (:class:`tf_maml.ensemble.Pool`)."""
+    train_source = experiment.task_source(config, "train")
+    validation = ((experiment.task_source(config, "val"), config.test_print_interval)
+                  if config.is_classification and chief else None)
+    pool = None
+    if config.ensemble and chief:
+        source = experiment.task_source(config, "val", experiment.test_num_query(config))
+        pool = lambda checkpointer: ensemble.training_pool(  # noqa: E731
+            learner, checkpointer, source, config.ensemble, config.num_test_tasks,
+            config.test_num_updates, eval_batch_size(config), log)
+    progress = ProgressLogger(config.print_interval, train_lib.SUMMARY_INTERVAL, log)
+    return train_lib.train(
+        learner, train_source, config.total_iterations, meta_batch_size=config.meta_batch_size,
+        seed=config.seed, run_dir=directory, resume=config.resume, callbacks=[progress],
+        pretrain_iterations=config.effective_pretrain_iterations, nan_policy=config.nan_policy,
+        tensorboard=config.log, num_updates=config.num_updates, validation=validation,
+        pool=pool, on_start=(lambda: _write_config(config, directory)) if chief else None,
+        changes=changes, log=log)
+
+
+def _run_navigation(config: Config, directory: str, log) -> dict:
+    """Reinforcement learning (tf_maml/rl/run.py): train (unless ``--train=False`` or the
+    random baseline) then evaluate, the run directory locked (:func:`run`)."""
+    from tf_maml.rl import run as rl_run
+
+    changes = resume_changes(config, directory)
+    learner = experiment.navigation_learner(config)
+    result: dict = {"run_dir": directory}
+    if config.baseline == "random":
+        log("Random baseline: evaluating the randomly initialised policy (no training)")
+        _write_config(config, directory)
+    elif config.train:
+        result["iterations"] = rl_run.train(
+            learner, directory, config.total_iterations, meta_batch_size=config.meta_batch_size,
+            seed=config.seed, resume=config.resume,
+            pretrain_iterations=config.effective_pretrain_iterations, tensorboard=config.log,
+            on_start=lambda: _write_config(config, directory), changes=changes, log=log)
+        if not config.test_after_train:
+            return result
+    else:
+        path, iteration = restore_for_test(rl_run.checkpointer(learner, directory),
+                                           config.test_iter)
+        log(f"Restored {path} (iteration {iteration})")
+        _write_config(config, directory)
+    log(f"Evaluating {config.num_test_tasks} test tasks, {config.test_num_updates} steps, "
+        f"{config.update_batch_size} trajectories per step, alpha={config.update_lr}")
+    result.update(rl_run.evaluate_run(learner, directory, config.num_test_tasks,
+                                      config.test_num_updates, log))
+    return result
+
+
+def reevaluate_navigation(directory: str, step_sizes, num_test_tasks: int = 0,
+                          log=print) -> str:
+    """``python -m tf_maml.rl.run``: re-evaluates the finished navigation run
+    ``directory`` (built from its config.json) with a step size per test step."""
+    from tf_maml.rl import run as rl_run
+
+    with open(os.path.join(directory, "config.json")) as f:
+        config = Config.from_json(f.read())
+    return rl_run.reevaluate(experiment.navigation_learner(config), directory, step_sizes,
+                             num_test_tasks or config.num_test_tasks,
+                             random_baseline=config.baseline == "random", log=log)
 
 
 def eval_source(config: Config):
@@ -179,7 +237,10 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
 
         val_source = (None if config.baseline == "nearest_neighbor" else
                       experiment.task_source(config, "val", experiment.test_num_query(config)))
-        learner, num_steps = baselines.evaluator(learner, config, val_source, log=log)
+        learner, num_steps = baselines.evaluator(
+            learner, config.baseline, val_source, num_classes=config.num_classes,
+            num_steps=config.test_num_updates, num_tasks=config.num_test_tasks,
+            seed=config.seed, log=log)
         log(f"Evaluating the {config.baseline} baseline on {config.num_test_tasks} {what} "
             f"tasks, {num_steps} steps, K={config.update_batch_size}")
     else:
@@ -196,8 +257,6 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
             log(f"  evaluated {done}/{total} tasks ({time.time() - t0:.0f}s)")
 
     if config.ensemble:
-        from tf_maml import ensemble
-
         members = ensemble.select(
             learner, directory,
             experiment.task_source(config, "val", experiment.test_num_query(config)),

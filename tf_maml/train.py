@@ -1,7 +1,14 @@
-"""The meta-training loop: train steps, callbacks, the guard against non-finite losses, and
-Ctrl-C / SIGTERM; plus the two ways into it, :func:`train` (a :class:`Config`, the command
-line) and :func:`fit_learner` (``MetaLearner.fit``), which share the run directory's rules
-(:mod:`tf_maml.rundir`) and the one resume path (:mod:`tf_maml.checkpoint`).
+"""The training loop, :func:`fit`, and the run directory around it: one loop for supervised
+MAML (the command line and ``MetaLearner.fit``), the baselines' pretraining and RL
+(:mod:`tf_maml.rl.run`), which differ only in their batches and callbacks
+(:mod:`tf_maml.callbacks`).
+
+Layers, each calling the one below: :func:`fit_learner` (``MetaLearner.fit``: takes the run
+directory's lock) and the command line's runner (:mod:`tf_maml.runner`, which takes it
+itself) -> :func:`train` (a :class:`~tf_maml.protocols.TaskLearner` on a task source: the
+supervised callbacks, autotuning) or :func:`tf_maml.rl.run.train` -> :func:`fit_in_run_dir`
+(the one resume path, :mod:`tf_maml.checkpoint`) -> :func:`fit`. The lock
+(:func:`tf_maml.rundir.lock`) is taken once, at the top: nothing below takes it again.
 """
 
 from __future__ import annotations
@@ -15,17 +22,16 @@ from collections.abc import Callable, Iterator, Sequence
 from tf_maml import autotune, rundir
 from tf_maml import distribute as distribute_lib
 from tf_maml.callbacks import (SAVE_INTERVAL, SUMMARY_INTERVAL, Callback, CheckpointSaver,
-                               HistoryCSV, ProgressLogger, TensorBoard, Validation)
+                               HistoryCSV, NonFiniteError, NonFiniteGuard, ProgressLogger,
+                               TensorBoard, Validation)
 from tf_maml.checkpoint import (Change, Checkpointer, CheckpointError, checkpoint_iteration,
                                 learner_checkpointer, resume_or_start)
-from tf_maml.config import Config
+from tf_maml.protocols import Learner, TaskLearner, TunableLearner
 from tf_maml.tasks import VAL_STREAM, task_stream
 
+__all__ = ["Callback", "NonFiniteError", "fit", "fit_in_run_dir", "fit_learner", "train"]
+
 LOG_NAME = "training_log.csv"
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or meta-gradient became NaN or Inf during training."""
 
 
 class StopRequest:
@@ -64,32 +70,24 @@ def interrupt_at_step_end() -> Iterator[StopRequest]:
 
 # ---------------------------------------------------------------------- the loop
 def fit(
-    learner,
-    batches,
+    learner: Learner,
+    batches: Iterator,
     total: int,
     start: int = 0,
     callbacks: Sequence[Callback] = (),
     pretrain_iterations: int = 0,
-    nan_policy: str = "stop",
-    check_interval: int = SUMMARY_INTERVAL,
-    checkpointer: Checkpointer | None = None,
-    log: Callable[[str], None] = print,
 ) -> int:
-    """Runs train steps ``start+1 .. total`` of ``learner`` (a MetaLearner) on the iterator
-    ``batches``; returns the last completed iteration.
+    """Runs train steps ``start+1 .. total`` of ``learner`` on the iterator ``batches``
+    (one element per step); returns the last completed iteration.
 
-    Iterations below ``pretrain_iterations`` are pretraining steps. Every
-    ``check_interval`` iterations the steps since the last check are inspected: a step whose
-    loss or meta-gradient was not finite was not applied (see MetaLearner.apply_gradients);
-    ``nan_policy="stop"`` then raises :class:`NonFiniteError` naming it. Ctrl-C and SIGTERM
-    end the current step, call ``on_interrupt`` (the checkpoint saver saves) and raise
-    KeyboardInterrupt; pressing Ctrl-C again meanwhile changes nothing.
+    Iterations below ``pretrain_iterations`` are pretraining steps. Ctrl-C and SIGTERM end
+    the current step, call ``on_interrupt`` (the checkpoint saver saves) and raise
+    KeyboardInterrupt; pressing Ctrl-C again meanwhile changes nothing. Any other exception
+    (:class:`NonFiniteError` from :class:`~tf_maml.callbacks.NonFiniteGuard`, ...) calls
+    ``on_error`` and propagates.
     """
-    if nan_policy not in ("stop", "skip"):
-        raise ValueError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
     for cb in callbacks:
         cb.on_train_begin(learner, start, total)
-    pending: list[tuple[int, dict]] = []
     done = start
     # The handlers stay inside the signals' block, so that the save on an interrupt is not
     # itself interrupted.
@@ -97,12 +95,11 @@ def fit(
         try:
             for itr in range(start, total):
                 pretrain = itr < pretrain_iterations
-                out = learner.train_step(next(batches), pretrain=pretrain)
+                batch = next(batches)
+                for cb in callbacks:
+                    cb.on_step_begin(itr + 1)
+                out = learner.train_step(batch, pretrain=pretrain)
                 done = itr + 1
-                pending.append((done, out))
-                if done % check_interval == 0 or done == total:
-                    _check_finite(pending, checkpointer, nan_policy, log)
-                    pending.clear()
                 for cb in callbacks:
                     cb.on_step_end(done, out, pretrain)
                 stop.check()
@@ -112,155 +109,135 @@ def fit(
             raise
         except BaseException:
             for cb in callbacks:
-                if isinstance(cb, HistoryCSV):
-                    cb.on_train_end(done)
+                cb.on_error(done)
             raise
     for cb in callbacks:
         cb.on_train_end(done)
     return done
 
 
-def _check_finite(pending, checkpointer: Checkpointer | None, nan_policy: str, log) -> None:
-    for iteration, out in pending:
-        if bool(out["applied"]):
-            continue
-        last = (checkpointer.latest if checkpointer is not None else None) or "none yet"
-        message = (
-            f"Non-finite loss or meta-gradient at iteration {iteration}: that step was not "
-            f"applied. Last good checkpoint: {last} (left intact). Lower `meta_lr` or "
-            "`inner_lr`, or check the data."
-        )
-        if nan_policy == "skip":
-            log("WARNING: " + message + " Skipping it (`nan_policy=skip`).")
-            continue
-        raise NonFiniteError(message)
-
-
 # ---------------------------------------------------------------------- run directories
-def _start(learner, run_dir: str, resume: bool, total: int, on_start, log,
-           changes: Sequence[Change] = ()) -> tuple[Checkpointer, int, bool]:
-    """The checkpointer of ``run_dir`` and where training starts (the one resume path);
-    every worker of a multi-worker run must see the same checkpoints."""
-    checkpointer = learner_checkpointer(learner, run_dir)
-    latest = checkpointer.latest
-    seen = distribute_lib.values_on_all_workers(
-        learner.strategy, checkpoint_iteration(latest) if latest else -1)
-    if len(set(seen)) > 1:
-        raise CheckpointError(
-            f"the workers see different latest checkpoints in {run_dir} (iterations "
-            f"{', '.join(map(str, seen))}; -1: none): every worker resumes from `run_dir`, so "
-            "it must be a directory all of them share (NFS, a cloud bucket).")
-    start, done = resume_or_start(checkpointer, resume, total, on_start, log, changes)
-    return checkpointer, start, done
+def fit_in_run_dir(
+    learner: Learner,
+    checkpointer: Checkpointer,
+    batches_from: Callable[[int], Iterator],
+    total: int,
+    callbacks_from: Callable[[int], Sequence[Callback]],
+    *,
+    resume: bool = True,
+    pretrain_iterations: int = 0,
+    on_start: Callable[[], None] | None = None,
+    changes: Sequence[Change] = (),
+    log: Callable[[str], None] = print,
+) -> int:
+    """:func:`fit` in ``checkpointer.run_dir``, whose lock the caller holds (taken once, at
+    the top of the run): restores the latest readable checkpoint if ``resume`` allows it
+    (Adam state and iteration included; ``changes`` of the caller's settings are printed
+    with the resume line), calls ``on_start`` once that succeeded, before anything else is
+    written, then trains from that iteration ``start`` to ``total`` on
+    ``batches_from(start)`` with ``callbacks_from(start)``. Returns the last iteration.
 
-
-def _lock(learner, run_dir: str, log):
-    """The run directory's lock; in multi-worker training only the chief writes there."""
-    if distribute_lib.is_chief(learner.strategy):
-        return rundir.lock(run_dir, log)
-    return contextlib.nullcontext()
-
-
-def _run_dir_callbacks(checkpointer: Checkpointer, run_dir: str, num_updates: int,
-                       tensorboard: bool, log) -> list[Callback]:
-    """The callbacks that write into ``run_dir``: the CSV log and TensorBoard (on the chief
-    only), and the checkpoint saver (on every worker: saving may involve collective ops)."""
-    callbacks: list[Callback] = []
-    if checkpointer.chief:
-        callbacks.append(HistoryCSV(os.path.join(run_dir, LOG_NAME), SUMMARY_INTERVAL))
-        if tensorboard:
-            callbacks.append(TensorBoard(run_dir, num_updates, SUMMARY_INTERVAL))
-    callbacks.append(CheckpointSaver(checkpointer, SAVE_INTERVAL, log))
-    return callbacks
+    Every worker of a multi-worker run must see the same checkpoints (a shared file
+    system); ``checkpointer`` is closed at the end.
+    """
+    try:
+        latest = checkpointer.latest
+        seen = distribute_lib.values_on_all_workers(
+            learner.strategy, checkpoint_iteration(latest) if latest else -1)
+        if len(set(seen)) > 1:
+            raise CheckpointError(
+                f"the workers see different latest checkpoints in {checkpointer.run_dir} "
+                f"(iterations {', '.join(map(str, seen))}; -1: none): every worker resumes "
+                "from `run_dir`, so it must be a directory all of them share (NFS, a cloud "
+                "bucket).")
+        start, done = resume_or_start(checkpointer, resume, total, on_start, log, changes)
+        if done:
+            return start
+        callbacks = callbacks_from(start)
+        return fit(learner, batches_from(start), total, start, callbacks, pretrain_iterations)
+    finally:
+        checkpointer.close()
 
 
 def train(
-    learner,
-    config: Config,
-    run_dir: str,
-    train_source,
-    val_source=None,
-    log: Callable[[str], None] = print,
+    learner: TaskLearner,
+    tasks,
+    iterations: int,
+    *,
+    meta_batch_size: int,
+    seed: int = 0,
+    run_dir: str | None = None,
+    resume: bool = True,
+    callbacks: Sequence[Callback] = (),
+    pretrain_iterations: int = 0,
+    nan_policy: str = "stop",
+    tensorboard: bool = True,
+    num_updates: int = 0,
+    validation: tuple | None = None,
+    pool: Callable[[Checkpointer], Callback] | None = None,
     on_start: Callable[[], None] | None = None,
     changes: Sequence[Change] = (),
-    pool_source=None,
-    eval_batch: int = 25,
+    log: Callable[[str], None] = print,
 ) -> int:
-    """Meta-trains ``learner`` as the original's main.py until ``config.total_iterations``;
-    returns the last iteration.
+    """Trains ``learner`` for ``iterations`` meta-batches of ``meta_batch_size`` tasks
+    drawn from ``tasks`` (a task source, ``sample_batch(n, rng)``, meta-batch i from the
+    seed ``(seed, i)``; or an iterable of batches); returns the last iteration.
 
-    With ``config.ensemble`` and a ``pool_source`` (validation tasks as the ensemble's
-    selection draws them), every epoch of MAML++ is validated on ``config.num_test_tasks``
-    of them, ``eval_batch`` at a time, and the best checkpoints are kept
-    (:class:`tf_maml.ensemble.Pool`).
-
-    Pretraining iterations (the pretrained/oracle baselines) come first, as the original.
-    With ``config.resume`` the latest readable checkpoint in ``run_dir`` is restored, Adam
-    state and iteration included, and the task stream continues where it stopped;
-    ``changes`` (of the config since the last run) are printed with the resume line.
-    ``on_start`` is called once that restore succeeded, before anything else is written to
-    ``run_dir``.
-
-    Under a multi-worker strategy only the chief writes to ``run_dir`` (checkpoints,
-    ``training_log.csv``, TensorBoard) and runs validation; every worker resumes from the
-    checkpoints in ``run_dir``, which must therefore be on a file system they share.
+    ``callbacks`` run after the non-finite guard (``nan_policy``) and before the run
+    directory's. With ``run_dir`` (whose lock the caller holds): resume
+    (:func:`fit_in_run_dir`), ``training_log.csv`` and, with ``tensorboard``, TensorBoard
+    scalars (named with ``num_updates`` inner steps), then, with ``validation``
+    (``(val_source, interval)``), a meta-batch of validation tasks every ``interval``
+    iterations (:class:`~tf_maml.callbacks.Validation`), then ``pool(checkpointer)`` (the
+    ensemble's), then the checkpoint saver. Under a multi-worker strategy only the chief
+    writes to ``run_dir`` and validates; every worker saves (collective ops). With a task
+    source the plan is autotuned first (:mod:`tf_maml.autotune`, cached in ``run_dir``).
     """
-    with _lock(learner, run_dir, log):
-        checkpointer, start, done = _start(learner, run_dir, config.resume,
-                                           config.total_iterations, on_start, log, changes)
-        if done:
-            return start
-        callbacks: list[Callback] = [ProgressLogger(config.print_interval, SUMMARY_INTERVAL,
-                                                    log)]
-        callbacks += _run_dir_callbacks(checkpointer, run_dir, config.num_updates,
-                                        config.log, log)
-        if val_source is not None and checkpointer.chief:
-            history = next((c for c in callbacks if isinstance(c, HistoryCSV)), None)
-            tensorboard = next((c for c in callbacks if isinstance(c, TensorBoard)), None)
-            val_batches = iter(task_stream(val_source, config.meta_batch_size, config.seed,
-                                           start, VAL_STREAM))
-            validation = Validation(val_batches, config.test_print_interval,
-                                    config.num_updates, log, tensorboard, history)
-            callbacks.insert(len(callbacks) - 1, validation)  # before the saver, as before
-        if config.ensemble and pool_source is not None and checkpointer.chief:
-            callbacks.insert(len(callbacks) - 1, _ensemble_pool(
-                learner, config, checkpointer, pool_source, eval_batch, log))
-        autotune.tune(learner, train_source, config.meta_batch_size, config.seed,
-                      config.total_iterations - start, run_dir if checkpointer.chief else None,
-                      pretrain=start < config.effective_pretrain_iterations, log=log)
-        batches = distribute_lib.task_batches(learner.strategy, train_source,
-                                              config.meta_batch_size, config.seed, start)
-        try:
-            return fit(learner, batches, config.total_iterations, start, callbacks,
-                       pretrain_iterations=config.effective_pretrain_iterations,
-                       nan_policy=config.nan_policy, check_interval=SUMMARY_INTERVAL,
-                       checkpointer=checkpointer, log=log)
-        finally:
-            checkpointer.close()
+    guard = NonFiniteGuard(nan_policy, SUMMARY_INTERVAL, log=log)
+    callbacks = [guard, *callbacks]
+
+    def batches_from(start: int) -> Iterator:
+        if not hasattr(tasks, "sample_batch"):
+            return iter(tasks)
+        chief = run_dir is not None and distribute_lib.is_chief(learner.strategy)
+        autotune.tune(learner, tasks, meta_batch_size, seed, iterations - start,
+                      run_dir if chief else None, pretrain=start < pretrain_iterations,
+                      log=log)
+        return distribute_lib.task_batches(learner.strategy, tasks, meta_batch_size, seed,
+                                           start)
+
+    if run_dir is None:
+        return fit(learner, batches_from(0), iterations, 0, callbacks, pretrain_iterations)
+    guard.checkpointer = checkpointer = learner_checkpointer(learner, run_dir)
+
+    def callbacks_from(start: int) -> list[Callback]:
+        out = list(callbacks)
+        if checkpointer.chief:
+            history = HistoryCSV(os.path.join(run_dir, LOG_NAME), SUMMARY_INTERVAL)
+            board = TensorBoard(run_dir, num_updates, SUMMARY_INTERVAL) if tensorboard \
+                else None
+            out += [history] + ([board] if board else [])
+            if validation is not None:
+                source, interval = validation
+                batches = iter(task_stream(source, meta_batch_size, seed, start, VAL_STREAM))
+                out.append(Validation(batches, interval, num_updates, log, board, history))
+            if pool is not None:
+                out.append(pool(checkpointer))
+        # On every worker: saving may involve collective ops.
+        return out + [CheckpointSaver(checkpointer, SAVE_INTERVAL, log)]
+
+    return fit_in_run_dir(learner, checkpointer, batches_from, iterations, callbacks_from,
+                          resume=resume, pretrain_iterations=pretrain_iterations,
+                          on_start=on_start, changes=changes, log=log)
 
 
-def _ensemble_pool(learner, config: Config, checkpointer: Checkpointer, source,
-                   batch_size: int, log) -> Callback:
-    from tf_maml import ensemble
-    from tf_maml import evaluate as evaluate_lib
-
-    steps, tasks = config.test_num_updates, config.num_test_tasks
-
-    def score() -> float:
-        values = evaluate_lib.evaluate(learner, source, tasks, steps,
-                                       ensemble.VALIDATION_SEED, batch_size=batch_size)
-        return ensemble.score(values, steps)
-
-    return ensemble.Pool(checkpointer, score, config.ensemble, tasks, steps, log=log)
-
-
-def fit_learner(learner, tasks, iterations: int, *, meta_batch_size: int, seed: int,
-                run_dir: str | None, resume: bool, callbacks: Sequence[Callback],
+def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_size: int,
+                seed: int, run_dir: str | None, resume: bool, callbacks: Sequence[Callback],
                 log_interval: int | None, pretrain_iterations: int, nan_policy: str,
                 log: Callable[[str], None]) -> int:
-    """``MetaLearner.fit`` (see there for the arguments and their defaults): the loop of
-    :func:`fit`, with a run directory's lock, resume, checkpoints and log when ``run_dir``
-    is given."""
+    """``MetaLearner.fit`` (see there for the arguments and their defaults): :func:`train`,
+    holding ``run_dir``'s lock when it is given (only the chief of a multi-worker run
+    writes there, so only it locks)."""
     if isinstance(meta_batch_size, bool) or not isinstance(meta_batch_size, numbers.Integral) \
             or meta_batch_size < 1:  # else TensorFlow fails inside the first step
         raise ValueError(f"meta_batch_size must be a whole number of tasks >= 1, got "
@@ -268,24 +245,9 @@ def fit_learner(learner, tasks, iterations: int, *, meta_batch_size: int, seed: 
     callbacks = list(callbacks)
     if log_interval:
         callbacks.insert(0, ProgressLogger(log_interval, min(log_interval, 100), log))
-    with contextlib.ExitStack() as stack:
-        start, checkpointer = 0, None
-        if run_dir is not None:
-            stack.enter_context(_lock(learner, run_dir, log))
-            checkpointer, start, done = _start(learner, run_dir, resume, iterations, None, log)
-            stack.callback(checkpointer.close)
-            if done:
-                return start
-            callbacks += _run_dir_callbacks(checkpointer, run_dir, learner.inner_steps, True,
-                                            log)
-        if hasattr(tasks, "sample_batch"):
-            autotune.tune(learner, tasks, meta_batch_size, seed, iterations - start,
-                          run_dir if checkpointer is None or checkpointer.chief else None,
-                          pretrain=start < pretrain_iterations, log=log)
-            batches = distribute_lib.task_batches(learner.strategy, tasks, meta_batch_size,
-                                                  seed, start)
-        else:
-            batches = iter(tasks)
-        return fit(learner, batches, iterations, start, callbacks,
-                   pretrain_iterations=pretrain_iterations, nan_policy=nan_policy,
-                   checkpointer=checkpointer, log=log)
+    writes = run_dir is not None and distribute_lib.is_chief(learner.strategy)
+    with rundir.lock(run_dir, log) if writes else contextlib.nullcontext():
+        return train(learner, tasks, iterations, meta_batch_size=meta_batch_size, seed=seed,
+                     run_dir=run_dir, resume=resume, callbacks=callbacks,
+                     pretrain_iterations=pretrain_iterations, nan_policy=nan_policy,
+                     num_updates=learner.inner_steps, log=log)

@@ -74,6 +74,8 @@ class TRPOState(tf.Module):
 class RLMetaLearner:
     """MAML-TRPO for a Gaussian policy (any built Keras model with a ``[mean, log_std]``
     output, e.g. :func:`tf_maml.rl.policy.gaussian_mlp_policy`) on a batch-of-tasks env.
+    A :class:`tf_maml.protocols.Learner`: the library's training loop trains it
+    (:func:`tf_maml.rl.run.train`) on batches ``(tasks, rng)``.
 
     Args:
       policy: the policy model; every trainable weight (log-std included) is adapted.
@@ -91,7 +93,7 @@ class RLMetaLearner:
         env = NavigationTasks()
         learner = RLMetaLearner(gaussian_mlp_policy(2, 2), env)
         rng = np.random.default_rng(0)
-        stats = learner.train_step(env.sample_tasks(20, rng), rng)   # one meta-iteration
+        stats = learner.train_step((env.sample_tasks(20, rng), rng))  # one meta-iteration
         returns = learner.evaluate(env.sample_tasks(40, rng), 3, rng)  # [40, 4]
     """
 
@@ -120,10 +122,17 @@ class RLMetaLearner:
         self.first_order = bool(first_order)
         self.mask = adapt_lib.adapted_mask(policy, adapt_norm=True)
         self.optimizer = TRPOState()  # checkpointed beside the policy (tf_maml.rl.run)
+        # Trajectories are sampled in this process, on one device: no distribution.
+        self.strategy = None
         self._shapes = [tuple(v.shape) for v in policy.trainable_variables]
         self._dtypes = [tf.as_dtype(v.dtype) for v in policy.trainable_variables]
         self._sizes = [int(np.prod(s)) for s in self._shapes]
         self._fns: dict = {}
+
+    @property
+    def extra_variables(self) -> dict:
+        """No checkpointed state beyond the policy and TRPO's counters (α is fixed)."""
+        return {}
 
     # ------------------------------------------------------------------ parameters
     def params(self) -> list[tf.Tensor]:
@@ -298,9 +307,14 @@ class RLMetaLearner:
                  "mask": y[..., act_dim + 1], "old_mean": old_mean, "old_log_std": old_log_std}
         return {"supports": supports, "outer": outer}, returns
 
-    def train_step(self, tasks, rng: np.random.Generator, pretrain: bool = False) -> dict:
-        """One meta-iteration on ``tasks`` (``pretrain``: plain TRPO, no inner step).
-        Returns the mean returns before/after adaptation and the TRPO step's info."""
+    def train_step(self, batch, pretrain: bool = False) -> dict:
+        """One meta-iteration on ``batch = (tasks, rng)``: the tasks and the generator of
+        their sampling noise (``pretrain``: plain TRPO, no inner step). Returns the mean
+        returns before/after adaptation and the TRPO step's info."""
+        if not isinstance(pretrain, bool) or not (isinstance(batch, tuple) and len(batch) == 2):
+            raise TypeError("train_step takes one batch (tasks, rng) and then pretrain: call "
+                            "train_step((tasks, rng)), not train_step(tasks, rng)")
+        tasks, rng = batch
         batch, returns = self.collect(tasks, rng, 0 if pretrain else None)
         return {"pre_return": returns[0], "post_return": returns[-1], **self.update(batch)}
 

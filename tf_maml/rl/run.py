@@ -11,10 +11,14 @@ Runs in ``logdir/<exp_string>`` like every tf-maml experiment:
 * oracle (``--baseline=oracle``): the goal appended to the observation, plain TRPO;
 * random (``--baseline=random``): no training, the randomly initialised policy.
 
-Training logs every iteration (the mean return before and after adaptation, the TRPO step),
-writes ``training_log.csv`` and TensorBoard scalars, and checkpoints every
-``SAVE_INTERVAL`` iterations (and on Ctrl-C / SIGTERM) so that rerunning the command
-resumes. Evaluation (after training, or ``--train=False``) adapts ``num_test_tasks`` test
+Training is the library's training loop (:func:`tf_maml.train.fit_in_run_dir`) with the
+callbacks of :mod:`tf_maml.callbacks`: it logs every iteration (the mean return before and
+after adaptation, the TRPO step), writes ``training_log.csv`` and TensorBoard scalars, and
+checkpoints every ``SAVE_INTERVAL`` iterations (and on Ctrl-C / SIGTERM) so that rerunning
+the command resumes. The command line (:mod:`tf_maml.runner`) unpacks the flags into the
+plain arguments of the functions here and holds the run directory's lock.
+
+Evaluation (after training, or ``--train=False``) adapts ``num_test_tasks`` test
 tasks (a fixed stream, the same for every run) with ``test_num_updates`` steps and writes
 ``test_returns.csv`` (one row per number of steps: mean return, 95% interval half-width
 1.96·std/√n, std, median) and the per-task matrix ``test_returns.npy``.
@@ -30,11 +34,16 @@ from __future__ import annotations
 import csv
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from tf_maml.config import Config
+from tf_maml import atomic, rundir
+from tf_maml.callbacks import Callback, CheckpointSaver, CSVHistory, TensorBoard
+from tf_maml.checkpoint import (Checkpointer, CheckpointError, learner_checkpointer,
+                                restore_for_test)
 from tf_maml.tasks import batch_rng
+from tf_maml.train import LOG_NAME, fit_in_run_dir
 
 SAVE_INTERVAL = 10
 TEST_SEED = 1
@@ -42,91 +51,102 @@ TEST_STREAM = 2
 EVAL_CHUNK = 40  # test tasks adapted together (one traced shape)
 LOG_FIELDS = ("iteration", "pretrain", "pre_return", "post_return", "surrogate_before",
               "surrogate_after", "kl", "step_fraction", "backtracks", "seconds")
+SCALARS = ("pre_return", "post_return", "kl", "step_fraction")  # TensorBoard's, by name
+FIT_HINT = "was it written with another `baseline`? Use another `run_dir` for a new run."
 
 
-def build_learner(config: Config):
-    """The environment, the paper's policy (seeded with ``config.seed``) and the learner."""
+def build_learner(*, oracle: bool = False, seed: int = 0, inner_lr: float = 0.1,
+                  inner_steps: int = 1, num_trajectories: int = 20, discount: float = 0.99,
+                  max_kl: float = 0.01, first_order: bool = False):
+    """The environment (``oracle``: the goal in the observation), the paper's policy (its
+    weights drawn from ``seed``) and the learner (see :class:`RLMetaLearner` for the rest)."""
     import keras
 
     from tf_maml.rl.learner import RLMetaLearner
     from tf_maml.rl.policy import gaussian_mlp_policy
     from tf_maml.tasks.navigation import NavigationTasks
 
-    env = NavigationTasks(oracle=config.baseline == "oracle")
-    keras.utils.set_random_seed(config.seed)
+    env = NavigationTasks(oracle=oracle)
+    keras.utils.set_random_seed(seed)
     policy = gaussian_mlp_policy(env.observation_dim, env.action_dim)
-    return RLMetaLearner(policy, env, inner_lr=config.update_lr,
-                         inner_steps=config.num_updates,
-                         num_trajectories=config.update_batch_size, discount=config.discount,
-                         max_kl=config.max_kl, first_order=config.stop_grad)
+    return RLMetaLearner(policy, env, inner_lr=inner_lr, inner_steps=inner_steps,
+                         num_trajectories=num_trajectories, discount=discount, max_kl=max_kl,
+                         first_order=first_order)
 
 
-def checkpointer(learner, directory: str):
-    """The policy's weights, TRPO's counters and the iteration, as ``<directory>/model-<i>``:
-    the one checkpointer of every run (:mod:`tf_maml.checkpoint`)."""
-    from tf_maml.checkpoint import Checkpointer
-
-    return Checkpointer(directory, {"model": learner.model, "trpo": learner.optimizer},
-                        fit_hint="was it written with another `baseline`? Use another "
-                                 "`run_dir` for a new run.")
+def checkpointer(learner, directory: str) -> Checkpointer:
+    """The policy's weights, TRPO's counters (as ``trpo``) and the iteration, as
+    ``<directory>/model-<i>``: the one checkpointer of every run (:mod:`tf_maml.checkpoint`)."""
+    return learner_checkpointer(learner, directory, optimizer_key="trpo", fit_hint=FIT_HINT)
 
 
-def train(learner, config: Config, directory: str, log=print, on_start=None,
-          changes=()) -> int:
-    """Trains until ``config.total_iterations``, resuming from the latest readable
+def task_batches(env, meta_batch_size: int, seed: int, start: int = 0) -> Iterator[tuple]:
+    """The batches ``(tasks, rng)`` of iterations ``start, start+1, ...``: iteration i's
+    tasks, and the noise of its sampling, from its own generator seeded by (seed, i), so
+    that a resumed run sees what an uninterrupted one would have."""
+    iteration = start
+    while True:
+        rng = batch_rng(seed, iteration)
+        yield env.sample_tasks(meta_batch_size, rng), rng
+        iteration += 1
+
+
+class ReturnsCSV(CSVHistory):
+    """``training_log.csv`` of RL: every iteration its :data:`LOG_FIELDS` (the step's
+    statistics, whether it pretrained, and the seconds it took)."""
+
+    def __init__(self, path: str):
+        super().__init__(path, LOG_FIELDS, 1)
+
+    def fields(self, iteration, metrics, pretrain):
+        return dict(metrics, iteration=iteration, pretrain=int(pretrain),
+                    seconds=round(time.time() - self.t_step, 3))
+
+
+class ReturnsLogger(Callback):
+    """One line per iteration: the returns, the TRPO step, the seconds and the speed."""
+
+    def __init__(self, log: Callable[[str], None] = print):
+        self.log = log
+
+    def on_train_begin(self, learner, start, total):
+        self.start, self.total, self.t_start = start, total, time.time()
+
+    def on_step_begin(self, iteration):
+        self.t_step = time.time()
+
+    def on_step_end(self, iteration, stats, pretrain):
+        seconds = round(time.time() - self.t_step, 3)
+        rate = (iteration - self.start) / (time.time() - self.t_start)
+        returns = (f"return {stats['post_return']:.2f}" if pretrain else
+                   f"return pre {stats['pre_return']:.2f} post {stats['post_return']:.2f}")
+        self.log(f"{'Pretrain ' if pretrain else ''}Iteration {iteration}/{self.total}: "
+                 f"{returns}, KL {stats['kl']:.4f}, step {stats['step_fraction']:.3f} "
+                 f"({seconds:.1f}s, {rate * 60:.1f} it/min)")
+
+
+def train(learner, directory: str, iterations: int, *, meta_batch_size: int, seed: int = 0,
+          resume: bool = True, pretrain_iterations: int = 0, tensorboard: bool = True,
+          on_start: Callable[[], None] | None = None, changes: Sequence = (),
+          log: Callable[[str], None] = print) -> int:
+    """Trains ``learner`` in ``directory`` (whose lock the caller holds) until
+    ``iterations``, ``meta_batch_size`` tasks per iteration, the first
+    ``pretrain_iterations`` without an inner step, resuming from the latest readable
     checkpoint (the run directory's rules of :mod:`tf_maml.rundir`); returns the last
-    iteration. ``changes`` (of the config since the last run) are printed on resuming."""
-    import tensorflow as tf
+    iteration. ``changes`` (of the settings since the last run) are printed on resuming;
+    ``on_start`` is called once the restore succeeded."""
+    saved = checkpointer(learner, directory)
 
-    from tf_maml import rundir
-    from tf_maml.callbacks import CheckpointSaver
-    from tf_maml.checkpoint import resume_or_start
-    from tf_maml.train import interrupt_at_step_end
+    def callbacks_from(start: int) -> list[Callback]:
+        callbacks: list[Callback] = [ReturnsCSV(os.path.join(directory, LOG_NAME))]
+        if tensorboard:
+            callbacks.append(TensorBoard(directory, summary_interval=1, keys=SCALARS))
+        return callbacks + [ReturnsLogger(log), CheckpointSaver(saved, SAVE_INTERVAL, log)]
 
-    with rundir.lock(directory, log):
-        saver = CheckpointSaver(checkpointer(learner, directory), SAVE_INTERVAL, log)
-        start, done = resume_or_start(saver.checkpointer, config.resume,
-                                      config.total_iterations, on_start, log, changes)
-        if done:
-            return start
-        total = config.total_iterations
-        history = rundir.CSVLog(os.path.join(directory, "training_log.csv"), LOG_FIELDS)
-        history.start(start)
-        writer = tf.summary.create_file_writer(directory) if config.log else None
-        done, t_start = start, time.time()
-        # The save on an interrupt runs inside the signals' block: more Ctrl-C cannot cut it.
-        with interrupt_at_step_end() as stop:
-            try:
-                for itr in range(start, total):
-                    pretrain = itr < config.effective_pretrain_iterations
-                    rng = batch_rng(config.seed, itr)
-                    tasks = learner.env.sample_tasks(config.meta_batch_size, rng)
-                    t0 = time.time()
-                    stats = learner.train_step(tasks, rng, pretrain=pretrain)
-                    done = itr + 1
-                    row = dict(stats, iteration=done, pretrain=int(pretrain),
-                               seconds=round(time.time() - t0, 3))
-                    history.row([row[k] for k in LOG_FIELDS])
-                    if writer is not None:
-                        with writer.as_default(step=done):
-                            for key in ("pre_return", "post_return", "kl", "step_fraction"):
-                                tf.summary.scalar(key, stats[key])
-                    rate = (done - start) / (time.time() - t_start)
-                    returns = (f"return {stats['post_return']:.2f}" if pretrain else
-                               f"return pre {stats['pre_return']:.2f} "
-                               f"post {stats['post_return']:.2f}")
-                    log(f"{'Pretrain ' if pretrain else ''}Iteration {done}/{total}: "
-                        f"{returns}, KL {stats['kl']:.4f}, step {stats['step_fraction']:.3f} "
-                        f"({row['seconds']:.1f}s, {rate * 60:.1f} it/min)")
-                    saver.on_step_end(done, stats, pretrain)
-                    stop.check()
-            except KeyboardInterrupt:
-                saver.on_interrupt(done)
-                raise
-            finally:
-                history.close()
-        saver.on_train_end(done)
-        return done
+    return fit_in_run_dir(
+        learner, saved, lambda start: task_batches(learner.env, meta_batch_size, seed, start),
+        iterations, callbacks_from, resume=resume, pretrain_iterations=pretrain_iterations,
+        on_start=on_start, changes=changes, log=log)
 
 
 def test_tasks(env, num_tasks: int) -> np.ndarray:
@@ -164,10 +184,9 @@ def summarize(returns: np.ndarray) -> list[dict]:
 
 
 def write_results(directory: str, returns: np.ndarray, name: str = "test_returns") -> str:
-    """``<name>.csv`` and ``<name>.npy``, each replaced whole (:func:`rundir.atomic_write`)."""
+    """``<name>.csv`` and ``<name>.npy``, each replaced whole (:func:`tf_maml.atomic.write`)."""
     import io
 
-    from tf_maml import rundir
 
     path = os.path.join(directory, name + ".csv")
     rows = summarize(returns)
@@ -179,73 +198,48 @@ def write_results(directory: str, returns: np.ndarray, name: str = "test_returns
     with rundir.writing(directory, f"write {name}.csv",
                         kept=lambda: "the checkpoints and earlier results are intact"):
         os.makedirs(directory, exist_ok=True)
-        rundir.atomic_write(path, text.getvalue())
-        rundir.atomic_write(path[:-4] + ".npy", array.getvalue())
+        atomic.write(path, text.getvalue())
+        atomic.write(path[:-4] + ".npy", array.getvalue())
     return path
 
 
-def run(config: Config, directory: str, write_config, changes=(), log=print) -> dict:
-    """Train (unless ``--train=False`` or the random baseline) then evaluate."""
-    learner = build_learner(config)
-    result: dict = {"run_dir": directory}
-    if config.baseline == "random":
-        log("Random baseline: evaluating the randomly initialised policy (no training)")
-        write_config()
-    elif config.train:
-        result["iterations"] = train(learner, config, directory, log, on_start=write_config,
-                                     changes=changes)
-        if not config.test_after_train:
-            return result
-    else:
-        from tf_maml.checkpoint import restore_for_test
-
-        path, iteration = restore_for_test(checkpointer(learner, directory), config.test_iter)
-        log(f"Restored {path} (iteration {iteration})")
-        write_config()
-    log(f"Evaluating {config.num_test_tasks} test tasks, {config.test_num_updates} steps, "
-        f"{config.update_batch_size} trajectories per step, alpha={config.update_lr}")
-    returns = evaluate(learner, config.num_test_tasks, config.test_num_updates, log)
-    path = write_results(directory, returns)
+def evaluate_run(learner, directory: str, num_tasks: int, num_steps: int, log=print,
+                 step_sizes=None, name: str = "test_returns") -> dict:
+    """Evaluates ``learner`` on ``num_tasks`` test tasks with ``num_steps`` steps (of sizes
+    ``step_sizes``), writes ``<name>.csv/.npy`` into ``directory`` and logs each row."""
+    returns = evaluate(learner, num_tasks, num_steps, log, step_sizes)
+    path = write_results(directory, returns, name)
     for row in summarize(returns):
         log(f"  {row['steps']} steps: average return {row['mean_return']:.2f} "
             f"± {row['ci95']:.2f}")
     log(f"Wrote {path}")
-    result.update(csv=path, returns=returns)
-    return result
+    return {"csv": path, "returns": returns}
 
 
-def main(argv):
-    """Re-evaluates a finished run with other step sizes (``python -m tf_maml.rl.run``)."""
-    from absl import flags
-
-    from tf_maml.checkpoint import CheckpointError, restore_for_test
-
-    del argv
-    run_dir = flags.FLAGS.run_dir
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = Config.from_json(f.read())
-    learner = build_learner(config)
-    if config.baseline != "random":
+def reevaluate(learner, run_dir: str, step_sizes: Sequence[float], num_tasks: int,
+               random_baseline: bool = False, log=print) -> str:
+    """Re-evaluates the finished run ``run_dir`` (its latest checkpoint; the random
+    baseline's untrained policy) with a step size per test step, into
+    ``test_returns_steps<α1>_<α2>_....csv``; returns its path."""
+    if not random_baseline:
         path, iteration = restore_for_test(checkpointer(learner, run_dir), -1)
-        print(f"Restored {path} (iteration {iteration})")
+        log(f"Restored {path} (iteration {iteration})")
     elif checkpointer(learner, run_dir).latest is not None:
         raise CheckpointError(f"{run_dir} is a random-baseline run but holds checkpoints")
-    sizes = [float(v) for v in flags.FLAGS.step_sizes]
-    returns = evaluate(learner, flags.FLAGS.num_test_tasks or config.num_test_tasks,
-                       len(sizes), step_sizes=sizes)
-    path = write_results(run_dir, returns, "test_returns_steps" + "_".join(map(str, sizes)))
-    for row in summarize(returns):
-        print(f"  {row['steps']} steps: average return {row['mean_return']:.2f} "
-              f"± {row['ci95']:.2f}")
-    print(f"Wrote {path}")
+    sizes = [float(v) for v in step_sizes]
+    return evaluate_run(learner, run_dir, num_tasks, len(sizes), log, sizes,
+                        "test_returns_steps" + "_".join(map(str, sizes)))["csv"]
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the command line, above every module: flags and config.json
     from absl import app, flags
+
+    from tf_maml import runner
 
     flags.DEFINE_string("run_dir", None, "a finished navigation run directory")
     flags.DEFINE_list("step_sizes", None, "alpha of each test step, e.g. 0.1,0.05,0.05 (the "
                       "authors' test script halved alpha after the first step)")
     flags.DEFINE_integer("num_test_tasks", 0, "test tasks (0: the run's --num_test_tasks)")
     flags.mark_flags_as_required(["run_dir", "step_sizes"])
-    app.run(main)
+    app.run(lambda argv: runner.reevaluate_navigation(
+        flags.FLAGS.run_dir, flags.FLAGS.step_sizes, flags.FLAGS.num_test_tasks))
