@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import five_way_batch, small_conv4
 
-from tf_maml import autotune, losses, threads
+from tf_maml import autotune, losses, options, threads
 from tf_maml.learners import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 
@@ -39,7 +39,7 @@ def _learner(plan=None):
 
     keras.utils.set_random_seed(3)
     return MetaLearner(small_conv4(), losses.summed_xent(1), inner_lr=0.1,
-                       metric_fn=losses.accuracy, plan=plan)
+                       objective=options.LastStep(losses.accuracy)).use_plan(plan)
 
 
 def _one_task_per_chunk(timings):

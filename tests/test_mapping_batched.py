@@ -83,7 +83,7 @@ def _learners(model, **kwargs):
     """(every task batched, the per-task loop reference): two learners over the SAME model."""
     kwargs = {"loss_fn": losses.summed_xent(1), "inner_lr": 0.4,
               "metric_fn": losses.accuracy, **kwargs}
-    return tuple(MetaLearner(model, plan=ExecutionPlan(mode), **kwargs)
+    return tuple(MetaLearner(model, **kwargs).use_plan(ExecutionPlan(mode))
                  for mode in ("batched", "loop"))
 
 
