@@ -3,10 +3,9 @@ pretrained (multi-task) baseline, for any built Keras model, over :func:`tf_maml
 
 Each computation is written once, for one task: the meta-objective
 (:meth:`MetaLearner.task_objective`), Reptile's fast weights and evaluation's per-step
-losses. How the tasks of a meta-batch are run (one by one, vectorised, all at once through
-batched kernels, chunk by chunk) is the business of :mod:`tf_maml.mapping`, chosen by the
-learner's :class:`~tf_maml.mapping.ExecutionPlan`: it changes speed and memory, never a
-number.
+losses. How the tasks of a meta-batch run (one by one, vectorised, batched, chunk by chunk)
+is :mod:`tf_maml.mapping`'s business, by the learner's :class:`~tf_maml.mapping.ExecutionPlan`:
+speed and memory, never a number. The options are :mod:`tf_maml.options`.
 """
 
 from __future__ import annotations
@@ -25,10 +24,7 @@ from tf_maml.mapping.base import model_example_shape, model_runner
 from tf_maml.meta_update import MetaUpdate
 from tf_maml.options import adaptation, annealing, objectives, rates
 from tf_maml.options import meta_optimizer as optim
-from tf_maml.options.meta_optimizer import (  # noqa: F401 (the baselines import them here)
-    ORIGINAL_ADAM_EPSILON,
-    apply_if_finite,
-)
+from tf_maml.options.meta_optimizer import ORIGINAL_ADAM_EPSILON, apply_if_finite
 from tf_maml.options.per_step_bn import PerStepBatchNorm
 
 
@@ -76,16 +72,21 @@ class MetaLearner(MetaUpdate):
         adam(cosine(...)))``) or a Keras optimiser; default: the original's Adam (β = 1e-3,
         ε = 1e-8).
 
-    How the tasks of a meta-batch run is :attr:`plan` (:meth:`use_plan`; default chosen for
-    the model and the CPU): speed and memory only. "Iteration", for the MAML++ schedules, is
-    the meta-optimiser's step count (``optimizer.iterations``, saved in checkpoints).
+    How tasks run is :attr:`plan` (:meth:`use_plan`): speed only. "Iteration", for MAML++'s
+    schedules, is ``optimizer.iterations`` (in checkpoints).
 
-    Example (sinusoid regression, the paper's §5.1; README.md has the whole)::
+    Example (sinusoid regression, the paper's §5.1)::
 
+        import keras, numpy as np, tf_maml
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(40, activation="relu"),
+                                  keras.layers.Dense(40, activation="relu"),
+                                  keras.layers.Dense(1)])
         learner = tf_maml.MetaLearner(model, tf_maml.losses.mse, inner_lr=0.01)
-        learner.fit(tf_maml.SinusoidTasks(10, 10), iterations=2000, meta_batch_size=25)
-        fast = learner.adapt(support_x, support_y, num_steps=5)      # θ' for a new task
-        predictions = learner.predict(query_x, fast)
+        tasks = tf_maml.SinusoidTasks(num_support=10, num_query=10)
+        learner.fit(tasks, iterations=2000, meta_batch_size=25)
+        sx, sy, qx, qy = tasks.sample_batch(1, np.random.default_rng(0))
+        fast = learner.adapt(sx[0], sy[0], num_steps=5)      # θ' for a new task
+        print(np.mean((learner.predict(qx[0], fast) - qy[0]) ** 2))
     """
 
     def __init__(self, model: keras.Model, loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
@@ -113,12 +114,10 @@ class MetaLearner(MetaUpdate):
         self.plan = ExecutionPlan()
         self.plan.check(model)
         self._example_shape = model_example_shape(model)
-        # Learned inner rates, one variable per trainable variable (rates.InnerRate).
+        # The meta-learned variables beyond θ, in checkpoint order: the learned inner rates,
+        # then per-step batch norm's values for steps 1..S-1 of each batch-norm variable.
         self.inner_lrs: list[keras.Variable] = self.rate.variables(model, self.inner_steps)
-        # Per-step batch norm: for each batch-norm variable (index in trainable_variables),
-        # its values for inner steps 1..S-1 (step 0 is the variable itself).
-        self.bn_indices: list[int] = []
-        self.bn_steps: list[keras.Variable] = []
+        self.bn_indices, self.bn_steps = [], []
         if self.per_step_bn is not None:
             self.bn_indices = self.per_step_bn.batch_norm_indices(model, self.inner_steps)
             self.bn_steps = self.per_step_bn.variables(model, self.bn_indices, self.inner_steps)
@@ -136,15 +135,12 @@ class MetaLearner(MetaUpdate):
     def _check_options(self) -> None:
         """Each per-step option checks the inner steps it needs; the objective, which of
         them it can run with (Reptile: none)."""
-        per_step = []
-        if self.rate.per_step:
-            per_step.append(repr(self.rate))
-        if self.per_step_bn is not None:
-            per_step.append(repr(self.per_step_bn))
-        if isinstance(self.order, annealing.FirstOrderUntil):
+        anneals = isinstance(self.order, annealing.FirstOrderUntil)
+        if anneals:
             self.order.check(self.inner_steps)
-            per_step.append(repr(self.order))
-        self.objective.check(self.inner_steps, per_step)
+        on = ((self.rate.per_step, self.rate), (self.per_step_bn is not None, self.per_step_bn),
+              (anneals, self.order))
+        self.objective.check(self.inner_steps, [repr(option) for is_on, option in on if is_on])
 
     def checked_batch(self, batch, where: str) -> tuple[tf.Tensor, ...]:
         """``batch`` as :func:`~tf_maml.mapping.check_batch` returns it for this model, and
