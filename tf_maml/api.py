@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tf_maml import learners, train
 from tf_maml import export as export_lib
+from tf_maml import learners, train
 
 
 class MetaLearner(learners.MetaLearner):
