@@ -48,7 +48,7 @@ def mirrored(out_dir: str, flags: list[str]) -> None:
     import tensorflow as tf
 
     from tf_maml import distribute, losses, options
-    from tf_maml.learners import MetaLearner
+    from tf_maml.api import MetaLearner
     from tf_maml.models import conv4, fc_net
     from tf_maml.tasks import batch_rng, task_stream
     from tf_maml.tasks.sinusoid import SinusoidTasks

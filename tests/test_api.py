@@ -15,7 +15,7 @@ import pytest
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import losses, models, options
-from tf_maml.learners import MetaLearner
+from tf_maml.api import MetaLearner
 
 WAYS, SHOTS, QUERIES = 3, 2, 3
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import five_way_batch, small_conv4
 
 from tf_maml import autotune, losses, options, threads
-from tf_maml.learners import MetaLearner
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 
 TASKS = 4

@@ -42,13 +42,13 @@ from test_data_prep import (  # the tiny official layouts of the data_prep tests
 
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import experiment, losses, models, runner
+from tf_maml.api import MetaLearner
 from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.config import Config, ConfigError
 from tf_maml.data import miniimagenet as mprep
 from tf_maml.data import omniglot as oprep
 from tf_maml.data.prep import PrepError
 from tf_maml.export import export
-from tf_maml.learners import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks.image_tasks import DataError
 from tf_maml.tasks.sinusoid import SinusoidTasks

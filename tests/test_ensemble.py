@@ -12,8 +12,8 @@ import pytest
 
 from tf_maml import ensemble, losses, options, zoo
 from tf_maml import evaluate as evaluate_lib
+from tf_maml.api import MetaLearner
 from tf_maml.checkpoint import learner_checkpointer
-from tf_maml.learners import MetaLearner
 
 SUPPORT, QUERY = 4, 6
 

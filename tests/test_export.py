@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import losses, models, options
+from tf_maml.api import MetaLearner
 from tf_maml.export import KERAS_FILE, export, load_metadata
-from tf_maml.learners import MetaLearner
 from tf_maml.rundir import RunDirError
 from tf_maml.tasks import batch_rng
 from tf_maml.tasks.sinusoid import SinusoidTasks

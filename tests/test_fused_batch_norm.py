@@ -11,7 +11,7 @@ import tensorflow as tf
 from conftest import five_way_batch, keras_float, small_conv4
 
 from tf_maml import losses, models
-from tf_maml.learners import MetaLearner
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 
 

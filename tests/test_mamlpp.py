@@ -27,8 +27,8 @@ from test_meta_gradients import (
 )
 
 from tf_maml import losses, mamlpp, options
+from tf_maml.api import MetaLearner
 from tf_maml.config import Config, ConfigError
-from tf_maml.learners import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

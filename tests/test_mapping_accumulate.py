@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import SMALL_CONV_SHAPE, five_way_batch, small_conv4
 
 from tf_maml import losses
-from tf_maml.learners import MetaLearner
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan, batched
 from tf_maml.mapping import plan as plan_lib
 from tf_maml.mapping.accumulate import Accumulate

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tf_maml import adapt, losses
-from tf_maml.learners import MetaLearner
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan, batched
 from tf_maml.models import conv4, fc_net
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tf_maml import losses, options
-from tf_maml.learners import MetaLearner
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 from tf_maml.models import conv4
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tf_maml import adapt, losses, models
-from tf_maml.learners import MetaLearner
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 
 RNG = np.random.default_rng(0)

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tf_maml import losses, models, options
-from tf_maml.learners import MetaLearner
+from tf_maml.api import MetaLearner
 from tf_maml.options import adaptation
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tf_maml"

@@ -31,9 +31,9 @@ from test_cli import fast_intervals, sine_config, weights_of  # noqa: F401 (a fi
 from test_convert import save_tf1_sinusoid  # a TF1 name-based checkpoint
 
 from tf_maml import experiment, losses, models, options, rundir, runner, zoo
+from tf_maml.api import MetaLearner
 from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.config import Config, ConfigError
-from tf_maml.learners import MetaLearner
 from tf_maml.main import to_flags
 from tf_maml.rundir import RunDirError
 from tf_maml.tasks.sinusoid import SinusoidTasks

@@ -13,8 +13,8 @@ from tf_maml import learners, train
 
 
 class MetaLearner(learners.MetaLearner):
-    """:class:`tf_maml.learners.MetaLearner` (same arguments), with :meth:`fit` and
-    :meth:`export`."""
+    # The core's docstring (arguments, example), which fit and export complete.
+    __doc__ = learners.MetaLearner.__doc__
 
     def fit(
         self,
