@@ -38,8 +38,9 @@ def _learner(plan=None):
     import keras
 
     keras.utils.set_random_seed(3)
-    return MetaLearner(small_conv4(), losses.summed_xent(1), inner_lr=0.1,
-                       objective=options.LastStep(losses.accuracy)).use_plan(plan)
+    learner = MetaLearner(small_conv4(), losses.summed_xent(1), inner_lr=0.1,
+                          objective=options.LastStep(losses.accuracy))
+    return learner if plan is None else learner.use_plan(plan)
 
 
 def _one_task_per_chunk(timings):

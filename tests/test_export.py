@@ -146,8 +146,8 @@ def test_adapt_and_predict_in_fresh_process_matches_python_path(exports, tmp_pat
             cases.append(dict(export_dir=export_dir, out=out, **overrides, **{
                 k: str(tmp_path / f"{name}_{k}.npy")
                 for k in ("support_x", "support_y", "query_x")}))
-            expected[out] = python_path(learner, task, options.get("num_steps", steps),
-                                        options.get("inner_lr"))
+            expected[out] = python_path(learner, task, overrides.get("num_steps", steps),
+                                        overrides.get("inner_lr"))
         expected[str(tmp_path / f"{name}_0_out.npy") + ".theta.npy"] = (
             learner.predict(task[2]).numpy())
         expected[str(tmp_path / f"{name}_0_out.npy") + ".signature.npy"] = (

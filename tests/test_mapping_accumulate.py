@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from conftest import SMALL_CONV_SHAPE, five_way_batch, small_conv4
 
-from tf_maml import losses
+from tf_maml import losses, options
 from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan, batched
 from tf_maml.mapping import plan as plan_lib
@@ -61,7 +61,7 @@ def _learners(name, **kwargs):
     model, loss_fn, metric_fn = NETS[name]()
     plan = ExecutionPlan("accumulate", tasks_per_chunk=kwargs.pop("tasks_per_chunk", None),
                          parallel_chunks=kwargs.pop("parallel_chunks", None))
-    common = dict(inner_lr=0.3, metric_fn=metric_fn, **kwargs)
+    common = dict(inner_lr=0.3, objective=options.LastStep(metric_fn), **kwargs)
     return (MetaLearner(model, loss_fn, **common).use_plan(plan),
             MetaLearner(model, loss_fn, **common).use_plan(ExecutionPlan("loop")))
 
@@ -140,8 +140,8 @@ def test_meta_sgd_and_adapted_norm_match_per_task_loop():
     # float32: MetaLearner creates the Meta-SGD learning rates as float32 variables.
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
-    acc, loop = _learners("dense_batch_norm", inner_steps=2, learn_inner_lr=True,
-                          adapt_norm=True)
+    acc, loop = _learners("dense_batch_norm", inner_steps=2, inner_lr=options.MetaSGD(0.3),
+                          adapt="all+norm")
     rng = np.random.default_rng(2)
     for a, b in zip(acc.inner_lrs, loop.inner_lrs):
         value = rng.uniform(0.1, 0.5, size=a.shape).astype("float32")
@@ -169,9 +169,11 @@ def test_train_step_updates_weights_like_the_loop():
     model, loss_fn, metric_fn = dense_batch_norm()
     twin = keras.models.clone_model(model)
     twin.set_weights(model.get_weights())
-    kw = dict(inner_lr=0.3, inner_steps=2, metric_fn=metric_fn, meta_lr=0.01)
-    acc = MetaLearner(model, loss_fn, **kw).use_plan(ExecutionPlan("accumulate", tasks_per_chunk=1))
-    loop = MetaLearner(twin, loss_fn, **kw).use_plan(ExecutionPlan("loop"))
+    kw = dict(inner_lr=0.3, inner_steps=2, objective=options.LastStep(metric_fn))
+    acc = MetaLearner(model, loss_fn, **kw, meta_optimizer=options.adam(0.01)).use_plan(
+        ExecutionPlan("accumulate", tasks_per_chunk=1))
+    loop = MetaLearner(twin, loss_fn, **kw, meta_optimizer=options.adam(0.01)).use_plan(
+        ExecutionPlan("loop"))
     before = [w.copy() for w in model.get_weights()]
     for seed in (5, 6):
         batch = _batch("dense_batch_norm", seed)
