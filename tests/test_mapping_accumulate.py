@@ -61,7 +61,7 @@ def _learners(name, **kwargs):
     model, loss_fn, metric_fn = NETS[name]()
     plan = ExecutionPlan("accumulate", tasks_per_chunk=kwargs.pop("tasks_per_chunk", None),
                          parallel_chunks=kwargs.pop("parallel_chunks", None))
-    common = dict(inner_lr=0.3, objective=options.LastStep(metric_fn), **kwargs)
+    common = dict({"inner_lr": 0.3, "objective": options.LastStep(metric_fn)}, **kwargs)
     return (MetaLearner(model, loss_fn, **common).use_plan(plan),
             MetaLearner(model, loss_fn, **common).use_plan(ExecutionPlan("loop")))
 
