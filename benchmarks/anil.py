@@ -2,7 +2,7 @@
 
     python -m benchmarks.anil --configs=miniimagenet,omniglot20
 
-ANIL (``adapt_layers="head"``) takes the inner gradient for the head's weights only, so the
+ANIL (``adapt="head"``) takes the inner gradient for the head's weights only, so the
 inner loop's backward pass stops at the head instead of running through the four conv
 layers. Both learners get the same synthetic batches, timed in alternating windows
 (benchmarks.side_by_side); the ratio is the median of the per-window-pair ratios.
@@ -33,9 +33,9 @@ def main(argv):
     print("| config | MAML it/s | ANIL it/s | ANIL / MAML | ANIL, whole model at every "
           "step, it/s (ANIL / it) | ANIL, 1 inner step, it/s (/ ANIL) |")
     print("|---|---|---|---|---|---|")
-    variants = {"maml": {}, "anil": {"adapt_layers": "head"},
-                "anil_whole": {"adapt_layers": "head", "cache_body_features": False},
-                "anil_1step": {"adapt_layers": "head", "inner_steps": 1}}
+    variants = {"maml": {}, "anil": {"adapt": "head"},
+                "anil_whole": {"adapt": "head", "cache_body_features": False},
+                "anil_1step": {"adapt": "head", "inner_steps": 1}}
     for name in FLAGS.configs:
         r = side_by_side(name, variants, FLAGS.windows, FLAGS.steps_per_window)
         saved, bound = r["anil"] / r["anil_whole"], r["anil_1step"] / r["anil"]

@@ -65,7 +65,7 @@ def _summed_xent_with_per_task(shots: int):
 def _learner(cfg, filters: int, seed: int, per_task_loss: bool = False, mode: str = "map"):
     import keras
 
-    from tf_maml import losses
+    from tf_maml import losses, options
     from tf_maml.learners import MetaLearner
     from tf_maml.mapping import ExecutionPlan
     from tf_maml.models import conv4
@@ -74,11 +74,9 @@ def _learner(cfg, filters: int, seed: int, per_task_loss: bool = False, mode: st
     model = conv4((28, 28, 1), cfg["ways"], num_filters=filters)
     loss_fn = (_summed_xent_with_per_task(cfg["shots"]) if per_task_loss
                else losses.summed_xent(cfg["shots"]))
-    return MetaLearner(
-        model, loss_fn, inner_lr=cfg["inner_lr"],
-        inner_steps=cfg["inner_steps"], first_order=cfg["first_order"], meta_lr=1e-3,
-        metric_fn=losses.accuracy, plan=ExecutionPlan(mode),
-    )
+    return MetaLearner(model, loss_fn, inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
+                       first_order=cfg["first_order"], objective=options.LastStep(losses.accuracy),
+                       meta_optimizer=options.adam(1e-3)).use_plan(ExecutionPlan(mode))
 
 
 def _batches(cfg, count: int, seed: int):

@@ -26,7 +26,7 @@ flags.DEFINE_integer("windows", 5, "timed windows per learner")
 flags.DEFINE_integer("steps_per_window", 3, "meta-steps per window")
 flags.DEFINE_bool("plans", False, "time autotuning's candidate plans with and without MSL")
 
-TRICKS = {"lslr": True, "per_step_bn": True, "cosine_annealing_iterations": 50000}
+TRICKS = {"lslr": True, "per_step_bn": True, "cosine_iterations": 50000}
 VARIANTS = {
     "maml": {},
     "mamlpp_msl": dict(TRICKS, msl_iterations=10**9),  # MSL on for every timed step

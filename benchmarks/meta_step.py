@@ -54,15 +54,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
                      parallel_chunks: int = 0, cache_body_features: bool = True,
-                     **learner_kwargs):
+                     lslr: bool = False, per_step_bn: bool = False, msl_iterations: int = 0,
+                     cosine_iterations: int = 0, **learner_kwargs):
     """The MetaLearner of configuration ``name``; ``task_parallelism`` may be
     ``"accumulate:N"`` (N tasks per chunk); ``parallel_chunks`` 0: the default;
     ``cache_body_features``: the plan's;
-    ``learner_kwargs`` go to MetaLearner (e.g. ``adapt_layers="head"``; ``inner_steps``
-    replaces the configuration's)."""
+    ``lslr``, ``per_step_bn``, ``msl_iterations`` and ``cosine_iterations`` turn MAML++'s
+    options on (:mod:`tf_maml.options`); ``learner_kwargs`` go to MetaLearner (e.g.
+    ``adapt="head"``; ``inner_steps`` replaces the configuration's)."""
     import keras
 
-    from tf_maml import losses, models
+    from tf_maml import losses, models, options
     from tf_maml.learners import MetaLearner
     from tf_maml.mapping import ExecutionPlan
 
@@ -78,13 +80,20 @@ def build_tf_learner(name: str, task_parallelism: str = "auto", seed: int = 0,
         loss_fn, metric_fn = losses.summed_xent(cfg["k_shot"]), losses.accuracy
     mode, _, chunk = task_parallelism.partition(":")
     inner_steps = learner_kwargs.pop("inner_steps", cfg["inner_steps"])
-    return MetaLearner(model, loss_fn, inner_lr=cfg["inner_lr"], inner_steps=inner_steps,
-                       first_order=cfg["first_order"], meta_lr=cfg["meta_lr"],
-                       metric_fn=metric_fn, meta_grad_clip=cfg["clip_value"],
-                       plan=ExecutionPlan(mode, tasks_per_chunk=int(chunk) if chunk else None,
+    clip = [options.ClipNetwork(cfg["clip_value"])] if cfg["clip_value"] is not None else []
+    meta_lr = (options.cosine(cfg["meta_lr"], 1e-5, cosine_iterations) if cosine_iterations
+               else cfg["meta_lr"])
+    if per_step_bn:
+        learner_kwargs["adapt"] = options.PerStepBatchNorm(learner_kwargs.get("adapt", "all"))
+    learner = MetaLearner(
+        model, loss_fn, inner_lr=options.LSLR(cfg["inner_lr"]) if lslr else cfg["inner_lr"],
+        inner_steps=inner_steps, first_order=cfg["first_order"],
+        objective=(options.MultiStepLoss(msl_iterations, metric_fn) if msl_iterations
+                   else options.LastStep(metric_fn)),
+        meta_optimizer=options.chain(*clip, options.adam(meta_lr)), **learner_kwargs)
+    return learner.use_plan(ExecutionPlan(mode, tasks_per_chunk=int(chunk) if chunk else None,
                                           parallel_chunks=parallel_chunks or None,
-                                          cache_body_features=cache_body_features),
-                       **learner_kwargs)
+                                          cache_body_features=cache_body_features))
 
 
 def benchmark_tf(name: str, warmup: int = 3, windows: int = 5, steps_per_window: int = 5,

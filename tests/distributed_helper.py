@@ -47,8 +47,8 @@ def mirrored(out_dir: str, flags: list[str]) -> None:
     import keras
     import tensorflow as tf
 
-    from tf_maml import distribute, losses
-    from tf_maml.learners import MetaLearner
+    from tf_maml import distribute, losses, options
+    from tf_maml.api import MetaLearner
     from tf_maml.models import conv4, fc_net
     from tf_maml.tasks import batch_rng, task_stream
     from tf_maml.tasks.sinusoid import SinusoidTasks
@@ -72,20 +72,21 @@ def mirrored(out_dir: str, flags: list[str]) -> None:
 
     cases = {  # name: (model, learner arguments, pretrain, batch)
         "maml": (mlp, dict(loss_fn=losses.mse, inner_lr=0.1, inner_steps=2), False, sine),
-        "fomaml_metasgd": (mlp, dict(loss_fn=losses.mse, first_order=True, inner_lr=0.1,
-                                     learn_inner_lr=True), False, sine),
-        "reptile": (mlp, dict(loss_fn=losses.mse, algorithm="reptile", inner_steps=3),
+        "fomaml_metasgd": (mlp, dict(loss_fn=losses.mse, first_order=True,
+                                     inner_lr=options.MetaSGD(0.1)), False, sine),
+        "reptile": (mlp, dict(loss_fn=losses.mse, objective=options.Reptile(), inner_steps=3),
                     False, sine),
         "pretrain": (mlp, dict(loss_fn=losses.mse), True, sine),
         "conv_batch_norm": (conv, dict(loss_fn=losses.summed_xent(1), inner_lr=0.4,
-                                       metric_fn=losses.accuracy), False, images),
+                                       objective=options.LastStep(losses.accuracy)), False,
+                            images),
     }
     learners = {}
     for name, (build, kwargs, pretrain, batch) in cases.items():
         keras.utils.set_random_seed(1)
         single = MetaLearner(build(), **kwargs)
         tensors = tuple(tf.constant(a) for a in batch)
-        if kwargs.get("algorithm") == "reptile":
+        if isinstance(kwargs.get("objective"), options.Reptile):
             grads, metrics = single.reptile_gradients(tensors)
         else:
             grads, metrics = single.meta_gradients(tensors, pretrain=pretrain)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tf_maml import adapt as adapt_lib
-from tf_maml import losses, models
-from tf_maml.learners import MetaLearner
+from tf_maml import losses, models, options
+from tf_maml.api import MetaLearner
 
 WAYS, SHOTS, QUERIES = 3, 2, 3
 
@@ -248,8 +248,8 @@ def test_linear_meta_gradient_is_the_closed_form(first_order):
 def test_meta_sgd_trains_the_step_sizes_and_adapt_uses_them():
     rng = np.random.default_rng(2)
     w, b, alpha = rng.normal(size=3), 0.1, 0.05
-    learner = MetaLearner(linear_model(w, b), losses.mse, inner_lr=alpha, learn_inner_lr=True,
-                          meta_lr=0.01)
+    learner = MetaLearner(linear_model(w, b), losses.mse, inner_lr=options.MetaSGD(alpha),
+                          meta_optimizer=options.adam(0.01))
     assert len(learner.inner_lrs) == 2
     tasks = [(linear_task(rng), linear_task(rng)) for _ in range(2)]
     batch = tuple(np.stack([np.asarray(a, np.float32) for a in arrays]) for arrays in (
@@ -282,7 +282,7 @@ def test_default_meta_optimizer_is_the_originals_adam():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
     model.layers[0].kernel.assign([[0.5]])
     meta_lr = 1e-3
-    learner = MetaLearner(model, losses.mse, inner_lr=0.0, meta_lr=meta_lr)
+    learner = MetaLearner(model, losses.mse, inner_lr=0.0, meta_optimizer=options.adam(meta_lr))
     # MSE of w·x against 0 with x = 5e-4: the gradient 2·w·x² = x² is tiny (α = 0, so the
     # meta-gradient is the plain gradient).
     x = np.full((1, 4, 1), 5e-4, np.float32)

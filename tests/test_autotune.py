@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 from conftest import five_way_batch, small_conv4
 
-from tf_maml import autotune, losses, threads
-from tf_maml.learners import MetaLearner
+from tf_maml import autotune, losses, options, threads
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 
 TASKS = 4
@@ -38,8 +38,9 @@ def _learner(plan=None):
     import keras
 
     keras.utils.set_random_seed(3)
-    return MetaLearner(small_conv4(), losses.summed_xent(1), inner_lr=0.1,
-                       metric_fn=losses.accuracy, plan=plan)
+    learner = MetaLearner(small_conv4(), losses.summed_xent(1), inner_lr=0.1,
+                          objective=options.LastStep(losses.accuracy))
+    return learner if plan is None else learner.use_plan(plan)
 
 
 def _one_task_per_chunk(timings):

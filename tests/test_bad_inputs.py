@@ -40,15 +40,15 @@ from test_data_prep import (  # the tiny official layouts of the data_prep tests
     write_zip,
 )
 
+from tf_maml import evaluate as evaluate_lib
+from tf_maml import experiment, losses, models, runner
+from tf_maml.api import MetaLearner
+from tf_maml.checkpoint import CheckpointError, learner_checkpointer
+from tf_maml.config import Config, ConfigError
 from tf_maml.data import miniimagenet as mprep
 from tf_maml.data import omniglot as oprep
 from tf_maml.data.prep import PrepError
-from tf_maml import evaluate as evaluate_lib
-from tf_maml import experiment, losses, models, runner
-from tf_maml.checkpoint import CheckpointError, learner_checkpointer
-from tf_maml.config import Config, ConfigError
 from tf_maml.export import export
-from tf_maml.learners import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks.image_tasks import DataError
 from tf_maml.tasks.sinusoid import SinusoidTasks
@@ -634,7 +634,8 @@ def test_model_without_trainable_weights_says_it_is_frozen():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(algorithm="fomaml"), r"algorithm must be one of \('maml', 'reptile'\), got 'fomaml'"),
+    (dict(objective="fomaml"), r"objective must be LastStep\(\), MultiStepLoss\(iterations\) "
+                               r"or Reptile\(\), got 'fomaml'"),
     (dict(inner_steps=-1), r"inner_steps must be >= 0, got -1"),
 ])
 def test_bad_learner_arguments_are_named(kwargs, message):
@@ -648,8 +649,8 @@ def test_bad_execution_plan_is_named():
                                          r"'threads'"):
         ExecutionPlan("threads")
     with pytest.raises(ValueError, match=r"task_parallelism='batched' cannot run this model"):
-        MetaLearner(keras.Sequential([keras.Input((4, 3)), keras.layers.GRU(2)]), losses.mse,
-                    plan=ExecutionPlan("batched"))
+        MetaLearner(keras.Sequential([keras.Input((4, 3)), keras.layers.GRU(2)]),
+                    losses.mse).use_plan(ExecutionPlan("batched"))
 
 
 @pytest.mark.parametrize("overrides, flag", [
@@ -718,7 +719,7 @@ def per_example_mse(y_true, y_pred):
 def test_per_example_loss_is_refused_before_any_step(mode):
     # The gradient of a vector is the gradient of its sum: the inner step was silently K
     # times larger (N*K for a classifier) than the mean's, and training went on.
-    learner = MetaLearner(mlp(), per_example_mse, plan=ExecutionPlan(mode, autotune=False))
+    learner = MetaLearner(mlp(), per_example_mse).use_plan(ExecutionPlan(mode, autotune=False))
     before = [v.numpy() for v in learner.meta_variables]
     message = (r"loss_fn returned shape \(5,\) for one task's 5 examples; it must return a "
                r"scalar \(e\.g\. the mean over the examples, or "

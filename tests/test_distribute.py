@@ -243,7 +243,7 @@ def test_a_learner_under_a_strategy_needs_its_model_built_under_it():
     import keras
 
     from tf_maml import losses
-    from tf_maml.learners import MetaLearner
+    from tf_maml.api import MetaLearner
     from tf_maml.models import fc_net
 
     model = fc_net((1,), (4,), 1, norm="None")

@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 
-from tf_maml import ensemble, losses, zoo
+from tf_maml import ensemble, losses, options, zoo
 from tf_maml import evaluate as evaluate_lib
+from tf_maml.api import MetaLearner
 from tf_maml.checkpoint import learner_checkpointer
-from tf_maml.learners import MetaLearner
 
 SUPPORT, QUERY = 4, 6
 
@@ -34,7 +34,7 @@ def _learner(alpha=0.5):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False)])
     return MetaLearner(model, losses.mean_xent, inner_lr=alpha, inner_steps=1,
-                       metric_fn=losses.accuracy)
+                       objective=options.LastStep(losses.accuracy))
 
 
 def _save(learner, run_dir, weights: dict[int, np.ndarray]):

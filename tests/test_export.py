@@ -19,9 +19,9 @@ import pytest
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
-from tf_maml import losses, models
+from tf_maml import losses, models, options
+from tf_maml.api import MetaLearner
 from tf_maml.export import KERAS_FILE, export, load_metadata
-from tf_maml.learners import MetaLearner
 from tf_maml.rundir import RunDirError
 from tf_maml.tasks import batch_rng
 from tf_maml.tasks.sinusoid import SinusoidTasks
@@ -42,7 +42,8 @@ def image_tasks(meta_batch: int, rng: np.random.Generator):
 def sinusoid_learner(learn_inner_lr: bool = False) -> tuple[MetaLearner, tuple]:
     keras.utils.set_random_seed(1)
     model = models.fc_net((1,), (20, 20), 1, name="sinusoid_mlp")
-    learner = MetaLearner(model, losses.mse, inner_lr=0.02, learn_inner_lr=learn_inner_lr)
+    learner = MetaLearner(model, losses.mse,
+                          inner_lr=options.MetaSGD(0.02) if learn_inner_lr else 0.02)
     tasks = SinusoidTasks(num_support=5, num_query=7)
     for i in range(5):
         learner.train_step(tasks.sample_batch(4, batch_rng(0, i)))
@@ -54,7 +55,7 @@ def conv_learner(adapt_layers: str = "all") -> tuple[MetaLearner, tuple]:
     keras.utils.set_random_seed(2)
     model = models.conv4((28, 28, 1), WAYS, num_filters=8, norm="batch_norm")
     learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1, first_order=True,
-                          adapt_layers=adapt_layers)
+                          adapt=adapt_layers)
     for i in range(2):
         learner.train_step(image_tasks(2, batch_rng(0, i)))
     support_x, support_y, query_x, _ = image_tasks(1, batch_rng(1, 0))
@@ -140,13 +141,13 @@ def test_adapt_and_predict_in_fresh_process_matches_python_path(exports, tmp_pat
         options_list = [{}, {"num_steps": 0}, {"num_steps": steps + 2},
                         {"inner_lr": 0.5 * learner.inner_lr},
                         {"num_steps": 1, "inner_lr": 2.0 * learner.inner_lr}]
-        for i, options in enumerate(options_list):
+        for i, overrides in enumerate(options_list):
             out = str(tmp_path / f"{name}_{i}_out.npy")
-            cases.append(dict(export_dir=export_dir, out=out, **options, **{
+            cases.append(dict(export_dir=export_dir, out=out, **overrides, **{
                 k: str(tmp_path / f"{name}_{k}.npy")
                 for k in ("support_x", "support_y", "query_x")}))
-            expected[out] = python_path(learner, task, options.get("num_steps", steps),
-                                        options.get("inner_lr"))
+            expected[out] = python_path(learner, task, overrides.get("num_steps", steps),
+                                        overrides.get("inner_lr"))
         expected[str(tmp_path / f"{name}_0_out.npy") + ".theta.npy"] = (
             learner.predict(task[2]).numpy())
         expected[str(tmp_path / f"{name}_0_out.npy") + ".signature.npy"] = (

@@ -11,7 +11,7 @@ import tensorflow as tf
 from conftest import five_way_batch, keras_float, small_conv4
 
 from tf_maml import losses, models
-from tf_maml.learners import MetaLearner
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 
 
@@ -24,8 +24,8 @@ def float32():
 
 def _meta_gradients(model, batch, dtype):
     # accumulate, one task per chunk: the model's own layers, one task traced
-    learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, inner_steps=1,
-                          plan=ExecutionPlan("accumulate", tasks_per_chunk=1))
+    learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, inner_steps=1)
+    learner.use_plan(ExecutionPlan("accumulate", tasks_per_chunk=1))
     batch = tuple(tf.constant(t.astype(dtype) if t.dtype.kind == "f" else t) for t in batch)
     fn = tf.function(lambda b: learner.meta_gradients(b)[0])
     graph_def = fn.get_concrete_function(batch).graph.as_graph_def()

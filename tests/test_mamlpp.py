@@ -26,9 +26,9 @@ from test_meta_gradients import (
     unpack,
 )
 
-from tf_maml import losses, mamlpp
+from tf_maml import losses, mamlpp, options
+from tf_maml.api import MetaLearner
 from tf_maml.config import Config, ConfigError
-from tf_maml.learners import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,8 @@ def np_lslr_query_losses(theta, rates, tasks, steps):
 def test_lslr_meta_gradient_matches_finite_differences_including_the_rates(problem):
     theta, tasks = problem
     steps = 2
-    learner = make_learner(theta, inner_steps=steps, lslr=True, plan=ExecutionPlan("loop"))
+    learner = make_learner(theta, inner_steps=steps,
+                           inner_lr=options.LSLR(ALPHA)).use_plan(ExecutionPlan("loop"))
     assert [tuple(v.shape) for v in learner.inner_lrs] == [(steps,)] * NUM_VARS
     np.testing.assert_array_equal(np.stack([v.numpy() for v in learner.inner_lrs]), ALPHA)
     rates = np.random.default_rng(1).uniform(0.1, 0.5, size=(NUM_VARS, steps))
@@ -86,7 +87,7 @@ def test_lslr_meta_gradient_matches_finite_differences_including_the_rates(probl
 
 def test_lslr_steps_beyond_the_meta_trained_ones_reuse_the_last_rate(problem):
     theta, tasks = problem
-    learner = make_learner(theta, inner_steps=2, lslr=True)
+    learner = make_learner(theta, inner_steps=2, inner_lr=options.LSLR(ALPHA))
     rates = np.array([[0.1, 0.2], [0.3, 0.05], [0.15, 0.25], [0.4, 0.35]])
     for v, r in zip(learner.inner_lrs, rates):
         v.assign(r)
@@ -103,7 +104,7 @@ def test_lslr_steps_beyond_the_meta_trained_ones_reuse_the_last_rate(problem):
 def test_msl_with_all_weight_on_the_last_step_is_plain_maml_exactly(problem):
     theta, tasks = problem
     plain = make_learner(theta, inner_steps=3)
-    msl = make_learner(theta, inner_steps=3, msl_iterations=100)
+    msl = make_learner(theta, inner_steps=3, objective=options.MultiStepLoss(100))
     want, want_metrics = plain.meta_gradients(as_batch(tasks))
     got, got_metrics = msl.meta_gradients(as_batch(tasks), msl_weights=[0.0, 0.0, 1.0])
     assert float(got_metrics["msl_loss"]) == float(want_metrics["post_loss"])
@@ -114,7 +115,7 @@ def test_msl_with_all_weight_on_the_last_step_is_plain_maml_exactly(problem):
 def test_msl_meta_gradient_matches_finite_differences(problem):
     theta, tasks = problem
     weights = np.array([0.2, 0.3, 0.5])
-    learner = make_learner(theta, inner_steps=3, msl_iterations=100)
+    learner = make_learner(theta, inner_steps=3, objective=options.MultiStepLoss(100))
     grads, metrics = learner.meta_gradients(as_batch(tasks), msl_weights=weights)
     rates = np.full((NUM_VARS, 3), ALPHA)
 
@@ -144,7 +145,7 @@ def test_msl_schedule_hand_computed():
 
 def test_msl_switches_to_the_last_step_loss_after_its_iterations(problem):
     theta, tasks = problem
-    learner = make_learner(theta, inner_steps=2, msl_iterations=3)
+    learner = make_learner(theta, inner_steps=2, objective=options.MultiStepLoss(3))
     assert learner._phase() == (False, True)
     learner.optimizer.iterations.assign(3)
     assert learner._phase() == (False, False)
@@ -174,8 +175,8 @@ def test_per_step_bn_and_lslr_meta_gradients_match_finite_differences():
     of the post-update query loss."""
     model = _bn_model(2)
     batch = _bn_batch(5)
-    learner = MetaLearner(model, losses.summed_xent(2), inner_lr=0.3, inner_steps=2,
-                          lslr=True, per_step_bn=True, plan=ExecutionPlan("loop"))
+    learner = MetaLearner(model, losses.summed_xent(2), inner_lr=options.LSLR(0.3), inner_steps=2,
+                          adapt=options.PerStepBatchNorm()).use_plan(ExecutionPlan("loop"))
     assert [tuple(v.shape) for v in learner.bn_steps] == [(1, 5), (1, 5)]  # γ, β of step 1
     rng = np.random.default_rng(9)
     for v in learner.bn_steps + learner.inner_lrs:
@@ -208,7 +209,7 @@ def test_per_step_bn_with_equal_steps_is_shared_batch_norm_and_steps_differ_afte
     batch = _bn_batch(4)
     plain = MetaLearner(model, losses.summed_xent(2), inner_lr=0.3, inner_steps=2)
     per_step = MetaLearner(model, losses.summed_xent(2), inner_lr=0.3, inner_steps=2,
-                           per_step_bn=True)
+                           adapt=options.PerStepBatchNorm())
     want, want_metrics = plain.meta_gradients(batch)
     got, got_metrics = per_step.meta_gradients(batch)
     np.testing.assert_allclose(float(got_metrics["post_loss"]),
@@ -226,11 +227,11 @@ def test_per_step_bn_with_equal_steps_is_shared_batch_norm_and_steps_differ_afte
 def test_per_step_bn_refuses_a_model_without_batch_norm_and_adapted_norms(problem):
     theta, _ = problem
     with pytest.raises(ValueError, match="BatchNormalization"):
-        make_learner(theta, inner_steps=2, per_step_bn=True)
+        make_learner(theta, inner_steps=2, adapt=options.PerStepBatchNorm())
     model = _bn_model(0)
-    with pytest.raises(ValueError, match="adapt_norm"):
-        MetaLearner(model, losses.summed_xent(2), inner_steps=2, per_step_bn=True,
-                    adapt_norm=True)
+    with pytest.raises(ValueError, match="adapt must be 'all' or 'head'"):
+        MetaLearner(model, losses.summed_xent(2), inner_steps=2,
+                    adapt=options.PerStepBatchNorm("all+norm"))
 
 
 @pytest.mark.usefixtures("float64")
@@ -242,8 +243,9 @@ def test_mappings_agree_with_lslr_and_per_step_bn():
     batch = five_way_batch(np.random.default_rng(2), SMALL_CONV_SHAPE)
     results = {}
     for mode in ("loop", "batched", "accumulate"):
-        learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, inner_steps=2,
-                              lslr=True, per_step_bn=True, plan=ExecutionPlan(mode))
+        learner = MetaLearner(model, losses.summed_xent(1), inner_lr=options.LSLR(0.4),
+                              inner_steps=2, adapt=options.PerStepBatchNorm())
+        learner.use_plan(ExecutionPlan(mode))
         for k, v in enumerate(learner.bn_steps):
             v.assign(v + 0.05 * (k + 1))
         assert mode in learner.task_mapping(batch)
@@ -263,7 +265,7 @@ def test_derivative_order_annealing_is_first_order_before_its_switch_then_second
     second, _ = make_learner(theta, inner_steps=2).meta_gradients(batch)
     assert np.max(np.abs(flat(first) - flat(second))) > 1e-3
     # Plain SGD with step 1: each train step moves θ by minus its meta-gradient.
-    learner = make_learner(theta, inner_steps=2, first_order_iterations=2,
+    learner = make_learner(theta, inner_steps=2, first_order=options.FirstOrderUntil(2),
                            meta_optimizer=keras.optimizers.SGD(1.0))
 
     def step_change():
@@ -286,17 +288,13 @@ def test_derivative_order_annealing_is_first_order_before_its_switch_then_second
 # ---------------------------------------------------------------- cosine meta learning rate
 def test_cosine_meta_lr_closed_form():
     theta = np.zeros(3 * HIDDEN + 1)
-    learner = make_learner(theta, meta_lr=1e-3, cosine_annealing_iterations=100,
-                           min_meta_lr=1e-5)
+    learner = make_learner(theta, meta_optimizer=options.adam(options.cosine(1e-3, 1e-5, 100)))
     # 1e-5 + (1e-3 - 1e-5) * (1 + cos(pi t / 100)) / 2, by hand:
     for t, want in ((0, 1e-3), (25, 8.5501786e-4), (50, 5.05e-4), (75, 1.5498214e-4),
                     (100, 1e-5), (160, 1e-5)):
         learner.optimizer.iterations.assign(t)
         assert float(learner.optimizer.learning_rate) == pytest.approx(want, rel=1e-6), t
     assert 1e-5 + 9.9e-4 * (1 + math.cos(math.pi / 4)) / 2 == pytest.approx(8.5501786e-4)
-    with pytest.raises(ValueError, match="meta_optimizer"):
-        make_learner(theta, cosine_annealing_iterations=10,
-                     meta_optimizer=keras.optimizers.Adam())
 
 
 # ---------------------------------------------------------------- the Python API end to end
@@ -305,9 +303,10 @@ def _sinusoid_learner(**kwargs):
 
     keras.utils.set_random_seed(0)
     model = models.fc_net((1,), (16, 16), 1, norm="batch_norm")
-    return MetaLearner(model, losses.mse, inner_lr=0.01, inner_steps=2, lslr=True,
-                       per_step_bn=True, msl_iterations=3, first_order_iterations=2,
-                       cosine_annealing_iterations=6, **kwargs)
+    return MetaLearner(model, losses.mse, inner_lr=options.LSLR(ALPHA), inner_steps=2,
+                       first_order=options.FirstOrderUntil(2), adapt=options.PerStepBatchNorm(),
+                       objective=options.MultiStepLoss(3),
+                       meta_optimizer=options.adam(options.cosine(1e-3, 1e-5, 6)), **kwargs)
 
 
 def test_every_option_from_the_api_trains_resumes_and_exports(tmp_path):
@@ -342,12 +341,12 @@ def test_every_option_from_the_api_trains_resumes_and_exports(tmp_path):
 
 def test_mamlpp_options_refused_where_they_do_not_apply(problem):
     theta, _ = problem
-    with pytest.raises(ValueError, match="reptile"):
-        make_learner(theta, algorithm="reptile", lslr=True)
-    with pytest.raises(ValueError, match="first_order"):
-        make_learner(theta, first_order=True, first_order_iterations=5)
-    with pytest.raises(ValueError, match="msl_iterations"):
-        make_learner(theta, msl_iterations=-1)
+    with pytest.raises(ValueError, match="Reptile has none"):
+        make_learner(theta, inner_lr=options.LSLR(ALPHA), objective=options.Reptile())
+    with pytest.raises(ValueError, match="first_order must be True, False or FirstOrderUntil"):
+        make_learner(theta, first_order=5)
+    with pytest.raises(ValueError, match="MultiStepLoss needs iterations >= 1"):
+        options.MultiStepLoss(-1)
     with pytest.raises(ConfigError, match="--per_step_bn"):
         Config(per_step_bn=True, norm="None").validate()
     with pytest.raises(ConfigError, match="--first_order_iterations"):
@@ -490,9 +489,10 @@ def test_meta_gradient_clipping_spares_the_learned_inner_rates():
                               keras.layers.Dense(8), keras.layers.BatchNormalization(),
                               keras.layers.ReLU(), keras.layers.Dense(5)])
     clip = 1e-4
-    learner = MetaLearner(model, losses.mean_xent, inner_lr=0.1, inner_steps=2, lslr=True,
-                          per_step_bn=True, meta_grad_clip=clip,
-                          meta_optimizer=keras.optimizers.SGD(1.0))
+    learner = MetaLearner(model, losses.mean_xent, inner_lr=options.LSLR(0.1), inner_steps=2,
+                          adapt=options.PerStepBatchNorm(),
+                          meta_optimizer=options.chain(options.ClipNetwork(clip),
+                                                       keras.optimizers.SGD(1.0)))
     before = [v.numpy().copy() for v in learner.meta_variables]
     grads, _ = learner.meta_gradients(tuple(tf.constant(b) for b in batch))
     learner.apply_gradients(grads)

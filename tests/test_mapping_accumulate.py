@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 from conftest import SMALL_CONV_SHAPE, five_way_batch, small_conv4
 
-from tf_maml import losses
-from tf_maml.learners import MetaLearner
+from tf_maml import losses, options
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan, batched
 from tf_maml.mapping import plan as plan_lib
 from tf_maml.mapping.accumulate import Accumulate
@@ -61,9 +61,9 @@ def _learners(name, **kwargs):
     model, loss_fn, metric_fn = NETS[name]()
     plan = ExecutionPlan("accumulate", tasks_per_chunk=kwargs.pop("tasks_per_chunk", None),
                          parallel_chunks=kwargs.pop("parallel_chunks", None))
-    common = dict(inner_lr=0.3, metric_fn=metric_fn, **kwargs)
-    return (MetaLearner(model, loss_fn, plan=plan, **common),
-            MetaLearner(model, loss_fn, plan=ExecutionPlan("loop"), **common))
+    common = dict({"inner_lr": 0.3, "objective": options.LastStep(metric_fn)}, **kwargs)
+    return (MetaLearner(model, loss_fn, **common).use_plan(plan),
+            MetaLearner(model, loss_fn, **common).use_plan(ExecutionPlan("loop")))
 
 
 def _chunking(learner, batch):
@@ -140,8 +140,8 @@ def test_meta_sgd_and_adapted_norm_match_per_task_loop():
     # float32: MetaLearner creates the Meta-SGD learning rates as float32 variables.
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
-    acc, loop = _learners("dense_batch_norm", inner_steps=2, learn_inner_lr=True,
-                          adapt_norm=True)
+    acc, loop = _learners("dense_batch_norm", inner_steps=2, inner_lr=options.MetaSGD(0.3),
+                          adapt="all+norm")
     rng = np.random.default_rng(2)
     for a, b in zip(acc.inner_lrs, loop.inner_lrs):
         value = rng.uniform(0.1, 0.5, size=a.shape).astype("float32")
@@ -169,9 +169,11 @@ def test_train_step_updates_weights_like_the_loop():
     model, loss_fn, metric_fn = dense_batch_norm()
     twin = keras.models.clone_model(model)
     twin.set_weights(model.get_weights())
-    kw = dict(inner_lr=0.3, inner_steps=2, metric_fn=metric_fn, meta_lr=0.01)
-    acc = MetaLearner(model, loss_fn, plan=ExecutionPlan("accumulate", tasks_per_chunk=1), **kw)
-    loop = MetaLearner(twin, loss_fn, plan=ExecutionPlan("loop"), **kw)
+    kw = dict(inner_lr=0.3, inner_steps=2, objective=options.LastStep(metric_fn))
+    acc = MetaLearner(model, loss_fn, **kw, meta_optimizer=options.adam(0.01)).use_plan(
+        ExecutionPlan("accumulate", tasks_per_chunk=1))
+    loop = MetaLearner(twin, loss_fn, **kw, meta_optimizer=options.adam(0.01)).use_plan(
+        ExecutionPlan("loop"))
     before = [w.copy() for w in model.get_weights()]
     for seed in (5, 6):
         batch = _batch("dense_batch_norm", seed)
@@ -209,10 +211,10 @@ def test_chunk_sizes_chosen_by_auto_and_accumulate(parallel, budget_name, expect
         return batched.patch_bytes(model, [(1,) + tuple(batch[0].shape[1:]),
                                            (1,) + tuple(batch[2].shape[1:])])
 
-    auto = MetaLearner(omniglot, losses.summed_xent(1),
-                       plan=ExecutionPlan(parallel_chunks=parallel))
-    accumulate = MetaLearner(omniglot, losses.summed_xent(1),
-                             plan=ExecutionPlan("accumulate", parallel_chunks=parallel))
+    auto = MetaLearner(omniglot, losses.summed_xent(1)).use_plan(
+        ExecutionPlan(parallel_chunks=parallel))
+    accumulate = MetaLearner(omniglot, losses.summed_xent(1)).use_plan(
+        ExecutionPlan("accumulate", parallel_chunks=parallel))
     chunks = []
     for batch in (specs(32, 5, 5), specs(16, 20, 20)):  # Omniglot 5-way and 20-way
         tasks, size = batch[0].shape[0], per_task(omniglot, batch)
@@ -240,19 +242,19 @@ def test_chunk_sizes_chosen_by_auto_and_accumulate(parallel, budget_name, expect
     mini = conv4((84, 84, 3), 5, num_filters=32, max_pool=True)
     batch = specs(4, 5, 75, (84, 84, 3))
     assert per_task(mini, batch) > budget
-    assert _chunking(MetaLearner(mini, losses.summed_xent(1),
-                                 plan=ExecutionPlan(parallel_chunks=parallel)),
-                     batch) == (1, False, parallel)
+    mini_learner = MetaLearner(mini, losses.summed_xent(1)).use_plan(
+        ExecutionPlan(parallel_chunks=parallel))
+    assert _chunking(mini_learner, batch) == (1, False, parallel)
     # Dense nets stay on vectorized_map; the other explicit modes never accumulate.
     dense = fc_net((6,), (8,), 5, norm="batch_norm")
     assert _chunking(MetaLearner(dense, losses.summed_xent(1)), specs(4, 5, 5, (6,))) is None
-    assert _chunking(MetaLearner(omniglot, losses.summed_xent(1), plan=ExecutionPlan("map")),
+    assert _chunking(MetaLearner(omniglot, losses.summed_xent(1)).use_plan(ExecutionPlan("map")),
                      specs(32, 5, 5)) is None
 
 
 def test_default_parallel_chunks_is_one_per_core(monkeypatch):
     model, loss_fn, _ = conv_batch_norm()
-    learner = MetaLearner(model, loss_fn, plan=ExecutionPlan("accumulate", tasks_per_chunk=1))
+    learner = MetaLearner(model, loss_fn).use_plan(ExecutionPlan("accumulate", tasks_per_chunk=1))
     batch = _batch("conv_batch_norm", 0, tasks=4)
     monkeypatch.setattr(plan_lib.threads_lib, "available_cores", lambda: 3)
     assert _chunking(learner, batch) == (1, False, 3)
@@ -271,7 +273,7 @@ def test_bad_tasks_per_chunk_is_refused():
         ExecutionPlan("accumulate", tasks_per_chunk=0)
     rnn = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(4), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="tf_maml.mapping.batched"):
-        MetaLearner(rnn, losses.mse, plan=ExecutionPlan("accumulate", tasks_per_chunk=2))
-    learner = MetaLearner(model, loss_fn, plan=ExecutionPlan("accumulate", tasks_per_chunk=2))
+        MetaLearner(rnn, losses.mse).use_plan(ExecutionPlan("accumulate", tasks_per_chunk=2))
+    learner = MetaLearner(model, loss_fn).use_plan(ExecutionPlan("accumulate", tasks_per_chunk=2))
     with pytest.raises(ValueError, match="must divide"):
         learner.meta_gradients(_batch("conv_batch_norm", 0))

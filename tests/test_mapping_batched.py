@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_maml import adapt, losses
-from tf_maml.learners import MetaLearner
+from tf_maml import adapt, losses, options
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan, batched
 from tf_maml.models import conv4, fc_net
 
@@ -79,12 +79,13 @@ def _build(name):
     return CLASSIFIERS[name]()
 
 
-def _learners(model, **kwargs):
-    """(every task batched, the per-task loop reference): two learners over the SAME model."""
+def _learners(model, meta_lr=None, **kwargs):
+    """(every task batched, the per-task loop reference): two learners over the SAME model,
+    each with its own meta-optimiser (Adam at ``meta_lr``, default the learner's)."""
     kwargs = {"loss_fn": losses.summed_xent(1), "inner_lr": 0.4,
-              "metric_fn": losses.accuracy, **kwargs}
-    return tuple(MetaLearner(model, plan=ExecutionPlan(mode), **kwargs)
-                 for mode in ("batched", "loop"))
+              "objective": options.LastStep(losses.accuracy), **kwargs}
+    return tuple(MetaLearner(model, **kwargs, meta_optimizer=meta_lr and options.adam(meta_lr))
+                 .use_plan(ExecutionPlan(mode)) for mode in ("batched", "loop"))
 
 
 def _flat(grads):
@@ -148,7 +149,8 @@ def test_meta_sgd_and_adapted_norm_match_per_task_loop():
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
     model, shape = _build("fc_batch_norm")
-    learner, reference = _learners(model, inner_steps=2, learn_inner_lr=True, adapt_norm=True)
+    learner, reference = _learners(model, inner_steps=2, inner_lr=options.MetaSGD(0.4),
+                                   adapt="all+norm")
     rng = np.random.default_rng(2)
     for a, b in zip(learner.inner_lrs, reference.inner_lrs):
         value = rng.uniform(0.1, 0.5, size=a.shape).astype("float32")
@@ -162,7 +164,8 @@ def test_meta_sgd_and_adapted_norm_match_per_task_loop():
 
 def test_reptile_matches_per_task_loop():
     model, shape = _build("omniglot_conv")
-    learner, reference = _learners(model, inner_steps=2, algorithm="reptile")
+    learner, reference = _learners(model, inner_steps=2,
+                                   objective=options.Reptile(losses.accuracy))
     batch = _classification_batch(np.random.default_rng(3), shape)
     _assert_same(learner.reptile_gradients(batch), reference.reptile_gradients(batch))
 
@@ -193,7 +196,7 @@ def test_mlp_regression_with_mse_matches_per_task_loop():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(16, activation="tanh"),
                               keras.layers.Dense(16), keras.layers.Activation("relu"),
                               keras.layers.Dense(1)])
-    learner, reference = _learners(model, loss_fn=losses.mse, metric_fn=None, inner_lr=0.05,
+    learner, reference = _learners(model, loss_fn=losses.mse, objective=None, inner_lr=0.05,
                                    inner_steps=2)
     rng = np.random.default_rng(5)
     x = rng.uniform(-5, 5, size=(4, 20, 1))

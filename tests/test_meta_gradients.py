@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_maml import losses
-from tf_maml.learners import MetaLearner
+from tf_maml import losses, options
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 from tf_maml.models import conv4
 
@@ -61,7 +61,7 @@ def finite_difference(fn, theta, eps=1e-6):
 
 
 # ---------------------------------------------------------------- keras side
-def make_learner(theta, **kwargs):
+def make_learner(theta, inner_lr=ALPHA, **kwargs):
     model = keras.Sequential([
         keras.Input((1,), dtype="float64"),
         keras.layers.Dense(HIDDEN, activation="tanh", dtype="float64"),
@@ -69,7 +69,7 @@ def make_learner(theta, **kwargs):
     ])
     w1, b1, w2, b2 = unpack(theta)
     model.set_weights([w1, b1, w2, b2])
-    return MetaLearner(model, losses.mse, inner_lr=ALPHA, **kwargs)
+    return MetaLearner(model, losses.mse, inner_lr=inner_lr, **kwargs)
 
 
 def flat(grads):
@@ -101,7 +101,7 @@ def problem():
 @pytest.mark.parametrize("steps", [1, 2])
 def test_second_order_meta_gradient_matches_finite_differences(problem, parallelism, steps):
     theta, tasks = problem
-    learner = make_learner(theta, inner_steps=steps, plan=ExecutionPlan(parallelism))
+    learner = make_learner(theta, inner_steps=steps).use_plan(ExecutionPlan(parallelism))
     grads, metrics = learner.meta_gradients(as_batch(tasks))
     expected = finite_difference(lambda t: np_maml_objective(t, tasks, steps), theta)
     np.testing.assert_allclose(flat(grads), expected, rtol=1e-5, atol=1e-8)
@@ -140,7 +140,7 @@ def test_pretrain_gradient_is_mean_support_loss_gradient(problem):
 def test_reptile_update_matches_hand_computation(problem):
     theta, tasks = problem
     steps = 3
-    learner = make_learner(theta, algorithm="reptile", inner_steps=steps,
+    learner = make_learner(theta, inner_steps=steps, objective=options.Reptile(),
                            meta_optimizer=keras.optimizers.SGD(learning_rate=0.5))
     grads, _ = learner.reptile_gradients(as_batch(tasks))
     adapted = []
@@ -195,7 +195,7 @@ def test_norm_offsets_are_meta_trained_but_not_adapted():
     for name, before, after in zip(names, model.trainable_variables, fast):
         changed = not np.array_equal(before.numpy(), after.numpy())
         assert changed == ("norm" not in name or False), name
-    all_adapted = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, adapt_norm=True)
+    all_adapted = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, adapt="all+norm")
     assert all(all_adapted.mask)
 
 
@@ -216,7 +216,7 @@ def test_task_parallelism_modes_agree_with_per_task_batch_norm():
     results = {}
     for mode in ("loop", "map", "vectorized"):
         learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, inner_steps=2,
-                              plan=ExecutionPlan(mode), metric_fn=losses.accuracy)
+                              objective=options.LastStep(losses.accuracy)).use_plan(ExecutionPlan(mode))
         grads, metrics = learner.meta_gradients(batch)
         results[mode] = (flat(grads), float(metrics["post_loss"]))
     for mode in ("map", "vectorized"):
@@ -260,8 +260,8 @@ def test_second_order_meta_gradient_through_batch_norm_matches_finite_difference
         model.set_weights([rng.normal(0, 0.8, size=w.shape) for w in model.get_weights()])
         batch = (rng.normal(size=(2, 4, 3)), rng.integers(0, 2, size=(2, 4)).astype("int32"),
                  rng.normal(size=(2, 4, 3)), rng.integers(0, 2, size=(2, 4)).astype("int32"))
-        learner = MetaLearner(model, losses.summed_xent(2), inner_lr=0.5, inner_steps=2,
-                              plan=ExecutionPlan("loop"))
+        learner = MetaLearner(model, losses.summed_xent(2), inner_lr=0.5,
+                              inner_steps=2).use_plan(ExecutionPlan("loop"))
         grads, _ = learner.meta_gradients(batch)
         theta = [v.numpy().copy() for v in model.trainable_variables]
 
@@ -292,8 +292,8 @@ def _bn_net(norm_layer):
 
 
 def _second_order_meta_gradients(model, batch):
-    learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.5, inner_steps=2,
-                          plan=ExecutionPlan("loop"))
+    learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.5,
+                          inner_steps=2).use_plan(ExecutionPlan("loop"))
     grads, _ = learner.meta_gradients(batch)
     return {v.path: g.numpy() for v, g in zip(model.trainable_variables, grads)}
 
@@ -355,8 +355,8 @@ def test_anil_meta_gradient_matches_finite_differences(problem, parallelism, ste
     """Every parameter, the body's included, gets the second-order meta-gradient of the
     head-only inner loop."""
     theta, tasks = problem
-    learner = make_learner(theta, inner_steps=steps, adapt_layers="head",
-                           plan=ExecutionPlan(parallelism))
+    learner = make_learner(theta, inner_steps=steps,
+                           adapt="head").use_plan(ExecutionPlan(parallelism))
     grads, metrics = learner.meta_gradients(as_batch(tasks))
     expected = finite_difference(lambda t: np_anil_objective(t, tasks, steps), theta)
     np.testing.assert_allclose(flat(grads), expected, rtol=1e-5, atol=1e-8)
@@ -370,7 +370,7 @@ def test_anil_meta_gradient_matches_finite_differences(problem, parallelism, ste
 
 def test_anil_inner_loop_adapts_the_head_and_leaves_the_body(problem):
     theta, tasks = problem
-    learner = make_learner(theta, adapt_layers="head")
+    learner = make_learner(theta, adapt="head")
     sx, sy = tasks[0][0], tasks[0][1]
     fast = flat(learner.adapt(sx, sy, num_steps=3))
     np.testing.assert_array_equal(fast[:2 * HIDDEN], theta[:2 * HIDDEN])
@@ -395,14 +395,14 @@ def test_anil_head_is_the_last_layer_with_weights_and_mappings_agree():
     results = {}
     for mode in ("loop", "batched", "accumulate"):
         learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, inner_steps=2,
-                              adapt_layers="head", plan=ExecutionPlan(mode))
+                              adapt="head").use_plan(ExecutionPlan(mode))
         grads, metrics = learner.meta_gradients(batch)
         results[mode] = (flat(grads), float(metrics["post_loss"]))
     for mode in ("batched", "accumulate"):
         np.testing.assert_allclose(results[mode][0], results["loop"][0], rtol=2e-4, atol=5e-5)
         np.testing.assert_allclose(results[mode][1], results["loop"][1], rtol=1e-5)
-    with pytest.raises(ValueError, match="adapt_layers must be one of"):
-        MetaLearner(model, losses.summed_xent(1), adapt_layers="body")
+    with pytest.raises(ValueError, match="adapt must be one of"):
+        MetaLearner(model, losses.summed_xent(1), adapt="body")
 
 
 def test_anil_runs_the_body_once_per_task_whatever_the_inner_steps(problem):
@@ -425,9 +425,9 @@ def test_anil_runs_the_body_once_per_task_whatever_the_inner_steps(problem):
         ])
         model.set_weights(list(unpack(theta)))
         return MetaLearner(model, losses.mse, inner_lr=ALPHA, inner_steps=3,
-                           plan=ExecutionPlan("loop"), **kwargs)
+                           **kwargs).use_plan(ExecutionPlan("loop"))
 
-    anil = learner(adapt_layers="head")
+    anil = learner(adapt="head")
     passes.clear()
     grads, _ = anil.meta_gradients(as_batch(tasks))
     assert len(passes) == 2 * len(tasks)
@@ -499,7 +499,7 @@ def test_a_subclassed_model_is_not_cut_and_anil_still_adapts_its_head():
     model = TwoDense()
     model(np.zeros((1, 2), "float32"))
     assert adapt_lib.model_split(model) is None
-    learner = MetaLearner(model, losses.mse, inner_lr=0.1, adapt_layers="head")
+    learner = MetaLearner(model, losses.mse, inner_lr=0.1, adapt="head")
     x, y = np.ones((4, 2), "float32"), np.zeros((4, 1), "float32")
     fast = learner.adapt(x, y, num_steps=1)
     np.testing.assert_array_equal(fast[0].numpy(), model.body.kernel.numpy())
@@ -516,8 +516,8 @@ def test_anil_evaluation_and_msl_through_the_cut_equal_the_whole_model(mode):
     out = []
     for cut in (True, False):
         learner = MetaLearner(model, losses.summed_xent(1), inner_lr=0.4, inner_steps=3,
-                              adapt_layers="head", metric_fn=losses.accuracy,
-                              plan=ExecutionPlan(mode, cache_body_features=cut))
+                              adapt="head", objective=options.LastStep(losses.accuracy))
+        learner.use_plan(ExecutionPlan(mode, cache_body_features=cut))
         evaluated = learner.evaluate_batch(batch, 4)
         grads, metrics = learner.meta_gradients(batch, msl_weights=[0.2, 0.3, 0.5])
         out.append((np.asarray(evaluated["loss"]), np.asarray(evaluated["metric"]),

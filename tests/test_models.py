@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tf_maml import adapt, losses, models
-from tf_maml.learners import MetaLearner
+from tf_maml.api import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 
 RNG = np.random.default_rng(0)
@@ -174,7 +174,8 @@ def test_evaluation_uses_batch_statistics_too():
     keras.utils.set_random_seed(5)
     model = models.conv4((28, 28, 1), 5, num_filters=8)
     loss_fn = losses.summed_xent(1)
-    learner = MetaLearner(model, loss_fn, inner_lr=0.4, inner_steps=1, plan=ExecutionPlan("loop"))
+    learner = MetaLearner(model, loss_fn, inner_lr=0.4,
+                          inner_steps=1).use_plan(ExecutionPlan("loop"))
     sx, qx = rand(1, 5, 28, 28, 1), rand(1, 5, 28, 28, 1)
     sy = qy = np.arange(5, dtype=np.int32)[None]
     got = learner.evaluate_batch((sx, sy, qx, qy), 0)["loss"].numpy()[0, 0]

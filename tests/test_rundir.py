@@ -30,10 +30,10 @@ from test_bad_inputs import as_flags, cli, one_line_error, snapshot
 from test_cli import fast_intervals, sine_config, weights_of  # noqa: F401 (a fixture)
 from test_convert import save_tf1_sinusoid  # a TF1 name-based checkpoint
 
-from tf_maml import atomic, experiment, losses, models, rundir, runner, zoo
+from tf_maml import atomic, experiment, losses, models, options, rundir, runner, zoo
+from tf_maml.api import MetaLearner
 from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.config import Config, ConfigError
-from tf_maml.learners import MetaLearner
 from tf_maml.main import to_flags
 from tf_maml.rundir import RunDirError
 from tf_maml.tasks.sinusoid import SinusoidTasks
@@ -151,8 +151,8 @@ def test_fit_applies_a_changed_meta_lr_and_says_so(tmp_path):
 
     def learner(meta_lr):
         keras.utils.set_random_seed(0)
-        return MetaLearner(models.fc_net((1,), (8,), 1, norm="None"), losses.mse,
-                           inner_lr=0.01, meta_lr=meta_lr)
+        return MetaLearner(models.fc_net((1,), (8,), 1, norm="None"), losses.mse, inner_lr=0.01,
+                           meta_optimizer=options.adam(meta_lr))
 
     learner(1e-3).fit(SinusoidTasks(5, 5), 3, meta_batch_size=2, run_dir=run_dir,
                       log_interval=None, log=quiet)

@@ -23,9 +23,10 @@ from tf_maml import (  # noqa: E402
     adapt,  # the module; its adapt() is THE inner loop
     distribute,  # tf.distribute strategies: a meta-batch split over replicas
     losses,
+    options,  # the learner's options: inner rates, objectives, the meta-optimiser, ...
 )
+from tf_maml.api import MetaLearner  # noqa: E402 (the core with fit and export)
 from tf_maml.config import Config, ConfigError  # noqa: E402
-from tf_maml.learners import MetaLearner  # noqa: E402
 from tf_maml.mapping import ExecutionPlan  # noqa: E402
 from tf_maml.tasks import batch_rng, task_stream  # noqa: E402
 from tf_maml.tasks.sinusoid import SinusoidTasks  # noqa: E402
@@ -33,6 +34,6 @@ from tf_maml.threads import configure_threads  # noqa: E402
 
 __all__ = [
     "Config", "ConfigError", "ExecutionPlan", "MetaLearner", "SinusoidTasks", "adapt", "batch_rng",
-    "configure_threads", "distribute", "losses", "task_stream",
+    "configure_threads", "distribute", "losses", "options", "task_stream",
 ]
 __version__ = "0.1.0"

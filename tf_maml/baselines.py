@@ -37,7 +37,7 @@ from tf_maml import adapt as adapt_lib
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import keras_internals, losses, models
 from tf_maml.data.miniimagenet import EXPECTED_NUM_CLASSES
-from tf_maml.learners import ORIGINAL_ADAM_EPSILON, apply_if_finite
+from tf_maml.options.meta_optimizer import ORIGINAL_ADAM_EPSILON, apply_if_finite
 from tf_maml.tasks.image_tasks import DataError, FewShotTasks
 from tf_maml.tasks.miniimagenet import IMAGE_SHAPE
 

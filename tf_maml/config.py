@@ -16,9 +16,9 @@ from tf_maml.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
 from tf_maml.distribute import check_meta_batch_size
 from tf_maml.errors import ConfigError
 from tf_maml.evaluate import PRETRAINED_BASELINES
-from tf_maml.learners import ALGORITHMS
 from tf_maml.mapping.plan import TASK_PARALLELISM
 from tf_maml.models import NORMS
+from tf_maml.options.objectives import ALGORITHMS
 
 DATASOURCES = ("sinusoid", "omniglot", "miniimagenet", "navigation")
 DATASET_BACKENDS = ("folders", "tfds")

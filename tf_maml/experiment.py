@@ -6,8 +6,9 @@ from __future__ import annotations
 import keras
 
 from tf_maml import losses, models
+from tf_maml import options as opt
+from tf_maml.api import MetaLearner
 from tf_maml.config import Config
-from tf_maml.learners import MetaLearner
 from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks.sinusoid import SinusoidTasks
 
@@ -51,17 +52,49 @@ def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearn
         metric_fn = losses.accuracy
     else:
         loss_fn, metric_fn = losses.mse, None
-    return MetaLearner(
-        model, loss_fn, inner_lr=config.update_lr, inner_steps=config.num_updates,
-        first_order=config.stop_grad, algorithm=config.algorithm, meta_lr=config.meta_lr,
-        metric_fn=metric_fn, adapt_norm=config.adapt_norm, adapt_layers=config.adapt_layers,
-        meta_grad_clip=config.meta_grad_clip, learn_inner_lr=config.meta_sgd,
-        plan=execution_plan(config), lslr=config.lslr, per_step_bn=config.per_step_bn,
-        msl_iterations=config.msl_iterations,
-        first_order_iterations=config.first_order_iterations,
-        cosine_annealing_iterations=config.total_iterations if config.cosine_meta_lr else 0,
-        min_meta_lr=config.min_meta_lr,
-    )
+    learner = MetaLearner(
+        model, loss_fn, inner_lr=inner_rate(config), inner_steps=config.num_updates,
+        first_order=(True if config.stop_grad else
+                     opt.FirstOrderUntil(config.first_order_iterations)
+                     if config.first_order_iterations else False),
+        adapt=adapt_choice(config), objective=objective(config, metric_fn),
+        meta_optimizer=meta_optimizer(config))
+    return learner.use_plan(execution_plan(config))
+
+
+def inner_rate(config: Config) -> float | opt.InnerRate:
+    """α: fixed, or learned per parameter (``--meta_sgd``), per step (``--lslr``) or both."""
+    if config.lslr:
+        return opt.LSLR(config.update_lr, per_parameter=config.meta_sgd)
+    return opt.MetaSGD(config.update_lr) if config.meta_sgd else config.update_lr
+
+
+def adapt_choice(config: Config) -> str | opt.PerStepBatchNorm:
+    """Which weights adapt (``--adapt_layers``, ``--adapt_norm``), with per-step batch norm
+    (``--per_step_bn``)."""
+    adapt = ("head" if config.adapt_layers == "head" else
+             "all+norm" if config.adapt_norm else "all")
+    return opt.PerStepBatchNorm(adapt) if config.per_step_bn else adapt
+
+
+def objective(config: Config, metric_fn) -> opt.objectives.Objective:
+    """Reptile (``--algorithm=reptile``), MAML++'s multi-step loss (``--msl_iterations``) or
+    MAML's last step."""
+    if config.algorithm == "reptile":
+        return opt.Reptile(metric_fn)
+    if config.msl_iterations:
+        return opt.MultiStepLoss(config.msl_iterations, metric_fn)
+    return opt.LastStep(metric_fn)
+
+
+def meta_optimizer(config: Config) -> opt.MetaOptimizer:
+    """Adam at ``--meta_lr`` (along a cosine to ``--min_meta_lr`` over the run with
+    ``--cosine_meta_lr``), MiniImageNet's network meta-gradients clipped at ±10."""
+    rate = config.meta_lr
+    if config.cosine_meta_lr and config.total_iterations:
+        rate = opt.cosine(config.meta_lr, config.min_meta_lr, config.total_iterations)
+    clip = [opt.ClipNetwork(config.meta_grad_clip)] if config.meta_grad_clip else []
+    return opt.chain(*clip, opt.adam(rate))
 
 
 def run_learner(config_json: str) -> tuple[Config, MetaLearner]:

@@ -1,8 +1,9 @@
 """MAML++'s training schedules (Antoniou, Edwards & Storkey, "How to train your MAML",
 ICLR 2019), as functions of the meta-iteration.
 
-The tricks themselves are options of :class:`tf_maml.MetaLearner` over the one inner loop
-(:func:`tf_maml.adapt.adapt`); this module holds only the two schedules they need:
+The tricks themselves are options of :class:`tf_maml.MetaLearner` (:mod:`tf_maml.options`)
+over the one inner loop (:func:`tf_maml.adapt.adapt`); this module holds only the two
+schedules they need:
 
 * :func:`msl_step_weights`: the multi-step loss (MSL) weights of the query loss after each
   inner step, annealed from uniform towards the last step;
