@@ -226,7 +226,8 @@ def model_split(model: keras.Model) -> Split | None:
     return cut.split(run)
 
 
-def trajectory_forward(forward_fn: ForwardFn, x: tf.Tensor, weights: Sequence[tf.Tensor],
+def trajectory_forward(forward_fn: ForwardFn, x: tf.Tensor,
+                       weights: Sequence[tf.Tensor] | Callable[[], Sequence[tf.Tensor]],
                        split: Split | None = None, mask: Sequence[bool] | None = None,
                        step_params=None) -> tuple[ForwardFn, tf.Tensor]:
     """``(f, inputs)`` with ``f(w, inputs) == forward_fn(w, x)`` for the weights ``w`` of
@@ -234,9 +235,10 @@ def trajectory_forward(forward_fn: ForwardFn, x: tf.Tensor, weights: Sequence[tf
     ``step_params``). ANIL's feature caching, written once: when ``split`` serves the
     trajectory (:meth:`Split.serves`), ``inputs`` are the body's features of ``x``,
     computed here once from ``weights``, and ``f`` is the head; else ``forward_fn`` and
-    ``x`` themselves."""
+    ``x`` themselves. ``weights`` may be a function returning them, called only for the
+    cut (laying θ out per task costs ops that nothing else would use)."""
     if split is not None and split.serves(mask, step_params):
-        return split.head, split.body(weights, x)
+        return split.head, split.body(weights() if callable(weights) else weights, x)
     return forward_fn, x
 
 

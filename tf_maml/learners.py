@@ -413,7 +413,7 @@ class MetaLearner:
         trajectory from θ; ANIL's features of ``x`` computed once, from θ
         (:func:`tf_maml.adapt.trajectory_forward`)."""
         forward_fn, inputs = adapt_lib.trajectory_forward(
-            runner.forward, x, runner.weights(theta), self._split(runner), self.mask,
+            runner.forward, x, lambda: runner.weights(theta), self._split(runner), self.mask,
             self.step_params(theta, bn_steps, runner))
         return lambda weights: forward_fn(weights, inputs)
 
