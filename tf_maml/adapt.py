@@ -128,14 +128,71 @@ def forward(
 
 
 @dataclasses.dataclass(frozen=True)
+class HeadCut:
+    """A model cut just before its head (:func:`head_layer`): its graph is a chain of layers,
+    ``body + head``, calling them one after the other is calling the model, and only the
+    ``head`` layers read the trainable variables at ``head_indices`` (indices into
+    ``model.trainable_variables``). The one cut of a model at its head in tf_maml: the
+    per-task and batched forward passes run its two parts (:meth:`split`), and the
+    baselines take the features at the head's input."""
+
+    body: tuple
+    head: tuple
+    head_indices: frozenset[int]
+
+    @property
+    def head_layer(self) -> keras.layers.Layer:
+        return self.head[0]
+
+    def split(self, run: Callable[[Sequence], ForwardFn]) -> Split:
+        """The forward pass in two parts, ``run(layers)`` giving the pass of a sub-chain."""
+        return Split(run(self.body), run(self.head), self.head_indices)
+
+
+def _cut_or_reason(model: keras.Model) -> HeadCut | str:
+    try:
+        chain = [layer for layer in keras_internals.layer_chain(model)
+                 if not isinstance(layer, keras.layers.InputLayer)]
+    except keras_internals.NotAChain as e:
+        return str(e)
+    head = head_layer(model)
+    at = [i for i, layer in enumerate(chain) if layer is head]
+    if len(at) != 1:
+        return f"its head {head.name!r} is not called exactly once"
+    index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    reads = [{index[id(v)] for v in layer.trainable_variables if id(v) in index}
+             for layer in chain]
+    body, head_side = set().union(*reads[:at[0]]), set().union(*reads[at[0]:])
+    if body & head_side:
+        return "a weight is read both before and after the head's input"
+    if body | head_side != set(range(len(model.trainable_variables))):
+        return "some trainable variables are not read by its chain of layers"
+    return HeadCut(tuple(chain[:at[0]]), tuple(chain[at[0]:]), frozenset(head_side))
+
+
+def head_cut(model: keras.Model, required: bool = False) -> HeadCut | None:
+    """The :class:`HeadCut` of a model whose graph is a chain of layers (Sequential or
+    functional) with the head in it once, each weight read on one side of the cut; None for
+    any other model (a subclassed one: its call is opaque), or with ``required`` a
+    ValueError saying why."""
+    cut = _cut_or_reason(model)
+    if isinstance(cut, HeadCut):
+        return cut
+    if required:
+        raise ValueError(f"model {model.name} cannot be cut before its head: {cut}; give a "
+                         "Sequential or functional model whose layers form one chain")
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
 class Split:
-    """A forward pass cut just before the model's head (:func:`head_layer`):
+    """A forward pass cut just before the model's head (:class:`HeadCut`):
     ``forward(w, x) == head(w, body(w, x))``, where ``body`` reads none of the weights at
     ``head_indices`` (indices into ``model.trainable_variables``).
 
-    When the inner loop adapts only those weights (ANIL), the body's features of the
-    support set are the same at every inner step, so :func:`adapt` computes them once and
-    runs only the head in the loop. The outer tape records that one body pass, and the
+    When the inner loop adapts only those weights (ANIL), the body's features are the same
+    at every inner step, so they are computed once (:func:`trajectory_forward`) and only
+    the head runs at each step. The outer tape records that one body pass, and the
     meta-gradient reaches the body's weights through the features, as before."""
 
     body: ForwardFn
@@ -149,37 +206,11 @@ class Split:
             i in self.head_indices for i, adapted in enumerate(mask) if adapted)
 
 
-def head_position(model: keras.Model, layers: Sequence, reads: Sequence[set[int]]
-                  ) -> int | None:
-    """Where a chain of ``layers`` that makes up ``model`` (layer i reads the trainable
-    variables at indices ``reads[i]``) is cut before the head (:func:`head_layer`): the
-    head's position, or None if the head is not in the chain exactly once, a weight is read
-    on both sides of the cut, or the chain does not read every trainable variable."""
-    head = head_layer(model)
-    at = [i for i, layer in enumerate(layers) if layer is head]
-    if len(at) != 1:
-        return None
-    body = set().union(*reads[:at[0]])
-    head_side = set().union(*reads[at[0]:])
-    if body & head_side or body | head_side != set(range(len(model.trainable_variables))):
-        return None
-    return at[0]
-
-
 def model_split(model: keras.Model) -> Split | None:
-    """The :class:`Split` of a model whose graph is a chain of layers (Sequential or
-    functional) with the head in it once, for :func:`forward`'s pass of one task; None for
-    any other model (a subclassed one: its call is opaque), which then runs whole."""
-    try:
-        chain = [layer for layer in keras_internals.layer_chain(model)
-                 if not isinstance(layer, keras.layers.InputLayer)]
-    except keras_internals.NotAChain:
-        return None
-    index = {id(v): i for i, v in enumerate(model.trainable_variables)}
-    reads = [{index[id(v)] for v in layer.trainable_variables if id(v) in index}
-             for layer in chain]
-    at = head_position(model, chain, reads)
-    if at is None:
+    """The :class:`Split` of :func:`forward`'s pass of one task through the model's
+    :class:`HeadCut`; None for a model without one, which then runs whole."""
+    cut = head_cut(model)
+    if cut is None:
         return None
 
     def run(layers):
@@ -193,7 +224,23 @@ def model_split(model: keras.Model) -> Split | None:
             return x
         return part
 
-    return Split(run(chain[:at]), run(chain[at:]), frozenset().union(*reads[at:]))
+    return cut.split(run)
+
+
+def trajectory_forward(forward_fn: ForwardFn, x: tf.Tensor,
+                       weights: Sequence[tf.Tensor] | Callable[[], Sequence[tf.Tensor]],
+                       split: Split | None = None, mask: Sequence[bool] | None = None,
+                       step_params=None) -> tuple[ForwardFn, tf.Tensor]:
+    """``(f, inputs)`` with ``f(w, inputs) == forward_fn(w, x)`` for the weights ``w`` of
+    every inner-loop trajectory from ``weights`` (:func:`adapt` with ``mask`` and
+    ``step_params``). ANIL's feature caching, written once: when ``split`` serves the
+    trajectory (:meth:`Split.serves`), ``inputs`` are the body's features of ``x``,
+    computed here once from ``weights``, and ``f`` is the head; else ``forward_fn`` and
+    ``x`` themselves. ``weights`` may be a function returning them, called only for the
+    cut (laying θ out per task costs ops that nothing else would use)."""
+    if split is not None and split.serves(mask, step_params):
+        return split.head, split.body(weights() if callable(weights) else weights, x)
+    return forward_fn, x
 
 
 def inner_step(
@@ -244,7 +291,7 @@ def adapt(
     support_y: tf.Tensor,
     loss_fn: LossFn,
     inner_lr: float | tf.Tensor | Sequence[tf.Tensor] | Callable[[int], object],
-    num_steps: int,
+    num_steps: int | tf.Tensor,
     first_order: bool = False,
     mask: Sequence[bool] | None = None,
     non_trainable: Sequence[tf.Tensor] | None = None,
@@ -259,6 +306,13 @@ def adapt(
     ``num_steps + 1`` weight lists (index 0 is ``weights`` itself), plus, in both cases, the
     pre-update support loss and predictions (``(fast, pre_loss, pre_preds)``). With
     ``num_steps=0`` the pre-update values come from one plain forward pass.
+
+    ``num_steps`` a Python int unrolls the steps (training and evaluation: one traced
+    graph per step count). ``num_steps`` a scalar integer tensor runs them in a
+    ``tf.while_loop`` (the SavedModel's ``adapt_and_predict``: one graph serves any step
+    count, no cost for steps not taken); ``return_all`` then needs an int, the pre-update
+    values come from one plain forward pass, and a callable ``inner_lr`` or
+    ``step_params`` receives the step as an int32 tensor.
 
     ``forward_fn(weights, x)`` replaces :func:`forward` (``model`` and ``non_trainable``
     are then unused): a fast path runs several tasks at once this way, e.g. every task's
@@ -276,16 +330,16 @@ def adapt(
 
     ``split`` (:class:`Split`, of ``forward_fn``): when ``mask`` adapts only the head's
     weights and no step changes others (no ``step_params``), the body runs once on the
-    support set and the inner steps run the head alone on its features (ANIL); otherwise
-    it is not used. The values are the same either way, up to float rounding.
+    support set and the inner steps run the head alone on its features (ANIL,
+    :func:`trajectory_forward`); otherwise it is not used. The values are the same either
+    way, up to float rounding.
     """
     if forward_fn is None:
         def forward_fn(w, x):
             return forward(model, w, x, non_trainable)
 
-    if split is not None and split.serves(mask, step_params):
-        support_x = split.body(weights, support_x)
-        forward_fn = split.head
+    forward_fn, support_x = trajectory_forward(forward_fn, support_x, weights, split, mask,
+                                               step_params)
 
     def lr_at(step):
         return inner_lr(step) if callable(inner_lr) else inner_lr
@@ -293,7 +347,24 @@ def adapt(
     def params_at(w, step):
         return list(w) if step_params is None else step_params(list(w), step)
 
-    trajectory = [params_at(weights, 0)]
+    start = params_at(weights, 0)
+    if not tf.is_tensor(num_steps):
+        return _unrolled_steps(forward_fn, start, support_x, support_y, loss_fn, lr_at,
+                               params_at, num_steps, first_order, mask, return_all)
+    if return_all:
+        raise ValueError("adapt: return_all=True needs num_steps as a Python int (the "
+                         "trajectory's length); a tensor num_steps returns the last step")
+    fast = _while_steps(forward_fn, start, support_x, support_y, loss_fn, lr_at, params_at,
+                        num_steps, first_order, mask)
+    pre_preds = forward_fn(start, support_x)
+    return fast, loss_fn(support_y, pre_preds), pre_preds
+
+
+def _unrolled_steps(forward_fn, start, support_x, support_y, loss_fn, lr_at, params_at,
+                    num_steps: int, first_order, mask, return_all):
+    """:func:`adapt`'s steps unrolled over a Python step count (training's hot path: each
+    step its own ops in the traced graph)."""
+    trajectory = [start]
     pre_loss = pre_preds = None
     for step in range(num_steps):
         current = trajectory[-1] if step == 0 else params_at(trajectory[-1], step)
@@ -308,3 +379,18 @@ def adapt(
         pre_preds = forward_fn(trajectory[0], support_x)
         pre_loss = loss_fn(support_y, pre_preds)
     return (trajectory if return_all else trajectory[-1]), pre_loss, pre_preds
+
+
+def _while_steps(forward_fn, start, support_x, support_y, loss_fn, lr_at, params_at,
+                 num_steps, first_order, mask) -> list[tf.Tensor]:
+    """:func:`adapt`'s steps in a ``tf.while_loop`` over a step-count tensor: step s runs on
+    ``params_at(θ_s, s)`` (for s = 0 that is ``start`` again: it holds step 0's values)."""
+    def body(step, fast):
+        new, _, _ = inner_step(forward_fn, params_at(fast, step), support_x, support_y,
+                               loss_fn, lr_at(step), first_order=first_order, mask=mask)
+        return step + 1, new
+
+    num_steps = tf.cast(num_steps, tf.int32)
+    _, fast = tf.while_loop(lambda step, _: step < num_steps, body,
+                            (tf.constant(0, tf.int32), list(start)))
+    return list(fast)

@@ -72,8 +72,9 @@ def build_classifier(*, seed: int = 0, num_filters: int = 32, max_pool: bool = T
 
 def body(model: keras.Model) -> keras.Model:
     """The model up to its head's input (the features; for conv4 with max-pool the
-    flattened 5x5xF map), sharing the model's layers."""
-    head = adapt_lib.head_layer(model)
+    flattened 5x5xF map), sharing the model's layers: cut at the head as the inner loop
+    cuts it (:func:`tf_maml.adapt.head_cut`)."""
+    head = adapt_lib.head_cut(model, required=True).head_layer
     return keras.Model(model.input, head.input, name=f"{model.name}_body")
 
 
@@ -82,7 +83,7 @@ def with_new_head(classifier: keras.Model, num_classes: int, seed: int) -> keras
     under a new ``num_classes``-way head, configured and initialised as the old head was
     (MAML's conv4: Glorot-uniform kernel, zero bias), drawn from ``seed``. A learner reads
     these weights as its θ and never writes them, so the classifier stays as it was."""
-    head = adapt_lib.head_layer(classifier)
+    head = adapt_lib.head_cut(classifier, required=True).head_layer
     keras.utils.set_random_seed(seed)
     new_head = type(head).from_config({**head.get_config(), "units": num_classes,
                                        "name": f"{head.name}_{num_classes}way"})

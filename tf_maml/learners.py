@@ -247,15 +247,12 @@ class MetaLearner(MetaUpdate):
 
     def _predictor(self, runner: Runner, theta, bn_steps, x):
         """``predict(w)``: the predictions for ``x`` of weights ``w`` of an inner-loop
-        trajectory from θ. When the body is the same at every step (ANIL:
-        :class:`tf_maml.adapt.Split`), x's features are computed once, from θ, and each
-        ``w`` runs the head alone."""
-        split = self._split(runner)
-        if split is None or not split.serves(self.mask,
-                                             self.step_params(theta, bn_steps, runner)):
-            return lambda weights: runner.forward(weights, x)
-        features = split.body(runner.weights(theta), x)
-        return lambda weights: split.head(weights, features)
+        trajectory from θ; ANIL's features of ``x`` computed once, from θ
+        (:func:`tf_maml.adapt.trajectory_forward`)."""
+        forward_fn, inputs = adapt_lib.trajectory_forward(
+            runner.forward, x, lambda: runner.weights(theta), self._split(runner), self.mask,
+            self.step_params(theta, bn_steps, runner))
+        return lambda weights: forward_fn(weights, inputs)
 
     def task_objective(self, task, theta, inner_lrs=(), pretrain: bool = False,
                        runner: Runner | None = None, bn_steps=(), msl_weights=None,

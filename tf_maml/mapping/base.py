@@ -60,6 +60,21 @@ def model_runner(model: keras.Model) -> Runner:
                   weights=list, per_task=lambda fn: fn, split=adapt_lib.model_split(model))
 
 
+def per_task_values(fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """[T] values of a per-task loss or metric ``fn(y_true_t, y_pred_t) -> scalar``.
+
+    ``fn.per_task(y_true, y_pred) -> [T]``, if the function has it, computes all tasks at
+    once; otherwise tf.vectorized_map turns the (simple) loss into a few batched ops over
+    the task axis. (Under XLA, the gradient of the vectorized loss makes every variable a
+    compile-time constant, i.e. a recompilation after each meta-update; a ``per_task``
+    attribute avoids that.)
+    """
+    per_task = getattr(fn, "per_task", None)
+    if per_task is not None:
+        return per_task(y_true, y_pred)
+    return tf.vectorized_map(lambda args: fn(args[0], args[1]), (y_true, y_pred))
+
+
 def num_tasks(batch: Sequence) -> int | tf.Tensor:
     """The number of tasks of a batch: static if known, else a scalar tensor."""
     first = tf.convert_to_tensor(batch[0])

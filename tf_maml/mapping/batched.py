@@ -29,6 +29,7 @@ im2col costs memory: :func:`patch_bytes` estimates it so a plan can keep large i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ import tensorflow as tf
 from tf_maml import adapt as adapt_lib
 from tf_maml import keras_internals
 from tf_maml import models as tf_maml_models
-from tf_maml.mapping.base import Mapping, Runner, num_tasks
+from tf_maml.mapping.base import Mapping, Runner, num_tasks, per_task_values
 from tf_maml.models import ContribLayerNorm
 
 # Activations that act on each element (or, for softmax, each last-axis row) alone, so they
@@ -387,21 +388,6 @@ def patch_bytes(model: keras.Model, batch_shapes: Sequence[Sequence[int]]) -> in
 
 
 # ---------------------------------------------------------------------------- the mapping
-def per_task_values(fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """[T] values of a per-task loss or metric ``fn(y_true_t, y_pred_t) -> scalar``.
-
-    ``fn.per_task(y_true, y_pred) -> [T]``, if the function has it, computes all tasks at
-    once; otherwise tf.vectorized_map turns the (simple) loss into a few batched ops over
-    the task axis. (Under XLA, the gradient of the vectorized loss makes every variable a
-    compile-time constant, i.e. a recompilation after each meta-update; a ``per_task``
-    attribute avoids that.)
-    """
-    per_task = getattr(fn, "per_task", None)
-    if per_task is not None:
-        return per_task(y_true, y_pred)
-    return tf.vectorized_map(lambda args: fn(args[0], args[1]), (y_true, y_pred))
-
-
 def _stack(params: Sequence[tf.Tensor], count) -> list[tf.Tensor]:
     # Inside the outer tape: its gradient sums the per-task meta-gradients back onto θ.
     # Static shapes where known: under XLA a shape computed with tf.shape(θ) made the
@@ -416,15 +402,13 @@ def _stack(params: Sequence[tf.Tensor], count) -> list[tf.Tensor]:
 
 
 def _split(model: keras.Model, steps: Sequence[_Step]) -> adapt_lib.Split | None:
-    """The batched forward pass cut before the head (:class:`tf_maml.adapt.Split`)."""
-    reads = [{i for i in step.weights if i is not None} for step in steps]
-    at = adapt_lib.head_position(model, [step.layer for step in steps], reads)
-    if at is None:
+    """The batched forward pass cut before the head: the model's one cut
+    (:func:`tf_maml.adapt.head_cut`), each part run as its layers' batched steps."""
+    cut = adapt_lib.head_cut(model)
+    if cut is None:
         return None
-    body, head = steps[:at], steps[at:]
-    return adapt_lib.Split(body=lambda weights, x: _run(body, weights, x),
-                           head=lambda weights, x: _run(head, weights, x),
-                           head_indices=frozenset().union(*reads[at:]))
+    step_of = {id(step.layer): step for step in steps}
+    return cut.split(lambda layers: functools.partial(_run, [step_of[id(x)] for x in layers]))
 
 
 class Batched(Mapping):
