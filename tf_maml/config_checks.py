@@ -1,0 +1,266 @@
+"""The checks of a :class:`~tf_maml.config.Config`: every impossible value of a flag, named
+with the flag and the fix (:class:`ConfigError`), in the order :meth:`ConfigChecks.validate`
+runs them; and the option lists the flags offer."""
+
+from __future__ import annotations
+
+import math
+
+# The option lists of the library's modules, which own them: the flags offer them.
+from tf_maml.adapt import ADAPT_LAYERS
+from tf_maml.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
+from tf_maml.distribute import check_meta_batch_size
+from tf_maml.errors import ConfigError
+from tf_maml.evaluate import PRETRAINED_BASELINES
+from tf_maml.mapping.plan import TASK_PARALLELISM
+from tf_maml.models import NORMS
+from tf_maml.options.objectives import ALGORITHMS
+
+DATASOURCES = ("sinusoid", "omniglot", "miniimagenet", "navigation")
+DATASET_BACKENDS = ("folders", "tfds")
+NAN_POLICIES = ("stop", "skip")
+# The classification loss: the original's Σ CE / K (N times the mean on an N-way support set,
+# cbfinn/maml utils.py `xent`), or the mean cross-entropy (MAML++'s `F.cross_entropy`).
+XENTS = ("summed", "mean")
+# The MiniImageNet table's two pretrained baselines (tf_maml.evaluate.PRETRAINED_BASELINES)
+# evaluate ONE conv4 pretrained as an ordinary classifier of the training classes, so their
+# run directory and run-defining flags are the pretraining's.
+BASELINES = ("oracle", "random") + PRETRAINED_BASELINES
+
+
+class ConfigChecks:
+    """``validate()`` and its checks, for :class:`~tf_maml.config.Config` (a frozen dataclass
+    of the flags), which derives from this class."""
+
+    def _validate_mamlpp(self, fail) -> None:
+        for name in ("msl_iterations", "first_order_iterations"):
+            if getattr(self, name) < 0:
+                fail(name, f"must be >= 0 (0: off), got {getattr(self, name)}")
+        # The cosine schedule is only a meta learning rate: Reptile may use it too.
+        on = [name for name in ("lslr", "per_step_bn", "msl_iterations",
+                                "first_order_iterations", "cosine_meta_lr")
+              if getattr(self, name)]
+        of_maml = [name for name in on if name != "cosine_meta_lr"]
+        if on and self.datasource == "navigation":
+            fail(on[0], "MAML++'s options are for the supervised datasources (navigation's "
+                 "meta-update is TRPO's)")
+        if of_maml and self.algorithm != "maml":
+            fail(of_maml[0], f"a MAML++ option of the meta-gradient; --algorithm="
+                 f"{self.algorithm} has none")
+        if self.per_step_bn and self.norm != "batch_norm":
+            fail("per_step_bn", f"per-step batch norm needs --norm=batch_norm, got "
+                 f"--norm={self.norm}")
+        if self.per_step_bn and self.adapt_norm:
+            fail("per_step_bn", "batch norm has its own values at each inner step, so the "
+                 "inner loop cannot also adapt them: drop --adapt_norm")
+        if self.first_order_iterations and self.stop_grad:
+            fail("first_order_iterations", "anneals from first to second order; with "
+                 "--stop_grad every step is first order: drop one of them")
+        if self.cosine_meta_lr and not (math.isfinite(self.min_meta_lr)
+                                        and 0 <= self.min_meta_lr <= self.meta_lr):
+            fail("min_meta_lr", f"the cosine's minimum must be in [0, --meta_lr={self.meta_lr}]"
+                 f", got {self.min_meta_lr}")
+
+    def validate(self):
+        """The config itself; raises :class:`ConfigError` naming the flag for an impossible
+        value (the first the checks below find, in their order)."""
+
+        def fail(flag: str, why: str):
+            raise ConfigError(f"--{flag}: {why}")
+
+        self._validate_choices(fail)
+        self._validate_baselines(fail)
+        self._validate_lengths(fail)
+        self._validate_classification(fail)
+        self._validate_evaluation(fail)
+        self._validate_rates(fail)
+        self._validate_data(fail)
+        self._validate_mamlpp(fail)
+        self._validate_reptile(fail)
+        self._validate_execution(fail)
+        return self
+
+    def _validate_choices(self, fail) -> None:
+        """Every option spelled as a word is one of its choices (and ANIL's is
+        supervised)."""
+        if self.datasource not in DATASOURCES:
+            fail("datasource", f"{self.datasource!r} is not one of {', '.join(DATASOURCES)}")
+        if self.norm not in NORMS:
+            fail("norm", f"{self.norm!r} is not one of {', '.join(NORMS)} (the string 'None' "
+                 "means no normalisation)")
+        if self.algorithm not in ALGORITHMS:
+            fail("algorithm", f"{self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        if self.dataset_backend not in DATASET_BACKENDS:
+            fail("dataset_backend", f"{self.dataset_backend!r} is not one of "
+                 f"{', '.join(DATASET_BACKENDS)}")
+        if self.adapt_layers not in ADAPT_LAYERS:
+            fail("adapt_layers", f"{self.adapt_layers!r} is not one of {', '.join(ADAPT_LAYERS)} "
+                 "(all: MAML; head: ANIL, only the last layer adapts)")
+        if self.adapt_layers == "head" and self.datasource == "navigation":
+            fail("adapt_layers", "ANIL (--adapt_layers=head) is for the supervised "
+                 "datasources; the navigation policy adapts all its layers")
+        if self.task_parallelism not in TASK_PARALLELISM:
+            fail("task_parallelism", f"{self.task_parallelism!r} is not one of "
+                 f"{', '.join(TASK_PARALLELISM)}")
+        if self.baseline not in (None, *BASELINES):
+            fail("baseline", f"{self.baseline!r} is not one of {', '.join(BASELINES)} or "
+                 "unset")
+
+    def _validate_baselines(self, fail) -> None:
+        """A baseline exists for its datasource."""
+        if self.is_pretrained_baseline:
+            self._validate_pretrained_baseline(fail)
+        if self.baseline == "oracle" and self.datasource not in ("sinusoid", "navigation"):
+            fail("baseline", "the oracle baseline exists only for --datasource=sinusoid or "
+                 "navigation")
+        if self.baseline == "random" and self.datasource != "navigation":
+            fail("baseline", "the random baseline exists only for --datasource=navigation")
+
+    def _validate_lengths(self, fail) -> None:
+        """Iterations, batch sizes, filters, test tasks and inner steps: counts that
+        make a run."""
+        for name in ("pretrain_iterations", "metatrain_iterations"):
+            if getattr(self, name) < 0:
+                fail(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.train and self.total_iterations == 0 and self.is_pretrained_baseline:
+            fail("pretrain_iterations", f"--baseline={self.baseline} pretrains a classifier "
+                 "for --pretrain_iterations minibatches: give a positive number (or "
+                 "--train=False to evaluate a pretrained one)")
+        if self.train and self.total_iterations == 0 and self.baseline != "random":
+            fail("metatrain_iterations", "pretrain_iterations + metatrain_iterations is 0: "
+                 "there is nothing to train (use --train=False to evaluate)")
+        for name in ("meta_batch_size", "update_batch_size", "num_filters", "num_test_tasks"):
+            if getattr(self, name) < 1:
+                fail(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.num_updates < 1:
+            fail("num_updates", f"must be >= 1, got {self.num_updates}")
+
+    def _validate_classification(self, fail) -> None:
+        """The loss and query size of classification tasks."""
+        if self.xent not in XENTS:
+            fail("xent", f"{self.xent!r} is not one of {', '.join(XENTS)}")
+        if self.xent != "summed" and not self.is_classification:
+            fail("xent", "is the cross-entropy of --datasource=omniglot or miniimagenet; drop "
+                 "it")
+        if self.num_query != -1 and (self.num_query < 1 or not self.is_classification):
+            fail("num_query", f"query images per class of omniglot or miniimagenet tasks: -1 "
+                 f"(the original's) or >= 1, got {self.num_query}")
+
+    def _validate_evaluation(self, fail) -> None:
+        """The ensemble, the export and the evaluation's inner steps."""
+        if self.ensemble < 0:
+            fail("ensemble", f"must be >= 0 (0: no ensemble), got {self.ensemble}")
+        if self.ensemble and (self.baseline or self.init_checkpoint
+                              or self.datasource == "navigation"):
+            fail("ensemble", "an ensemble is made of a supervised run's own checkpoints: it "
+                 "does not apply to --baseline, --init_checkpoint or navigation; drop one of "
+                 "them")
+        if self.export_dir and self.ensemble and not self.train:
+            fail("export_dir", f"exports one checkpoint, and --ensemble={self.ensemble} "
+                 "evaluates an ensemble of them: drop --ensemble to export the checkpoint "
+                 "--test_iter names (default: the latest)")
+        if self.export_dir and self.datasource == "navigation":
+            fail("export_dir", "the navigation policy has no SavedModel export (it adapts on "
+                 "an environment's rollouts, not on a support set); drop --export_dir")
+        if self.test_num_updates < 0:
+            fail("test_num_updates", f"must be >= 0, got {self.test_num_updates}")
+
+    def _validate_rates(self, fail) -> None:
+        """Step sizes, and navigation's TRPO meta-update."""
+        for name in ("meta_lr", "update_lr"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                fail(name, f"must be a positive finite number, got {value}")
+        if self.train_update_batch_size != -1 and self.train_update_batch_size < 1:
+            fail("train_update_batch_size", "must be -1 (same as --update_batch_size) or >= 1")
+        if self.train_update_lr != -1 and not self.train_update_lr > 0:
+            fail("train_update_lr", "must be -1 (same as --update_lr) or positive")
+        if not (math.isfinite(self.max_kl) and self.max_kl > 0):
+            fail("max_kl", f"TRPO's KL limit must be a positive finite number, got "
+                 f"{self.max_kl}")
+        if not 0 < self.discount <= 1:
+            fail("discount", f"must be in (0, 1], got {self.discount}")
+        if self.datasource == "navigation" and (self.algorithm != "maml" or self.meta_sgd):
+            fail("algorithm", "--datasource=navigation trains MAML with TRPO (or the "
+                 "baselines); Reptile and Meta-SGD are not implemented for it")
+
+    def _validate_data(self, fail) -> None:
+        """Classification data, and the net it is read into."""
+        if self.is_classification:
+            if self.num_classes < 2:
+                fail("num_classes", f"N-way classification needs N >= 2, got {self.num_classes}")
+            if not self.data_dir:
+                script = "omniglot" if self.datasource == "omniglot" else "miniimagenet"
+                fmt = " --format=tfds" if self.dataset_backend == "tfds" else ""
+                fail("data_dir", f"--datasource={self.datasource} needs --data_dir, the --output "
+                     f"folder of `python -m data_prep.{script}{fmt}`")
+        if self.datasource == "miniimagenet" and self.conv and not self.max_pool:
+            fail("max_pool", "the MiniImageNet conv net's head assumes --max_pool=True "
+                 "(as the original, whose dense layer is sized for 5x5 maps)")
+
+    def _validate_reptile(self, fail) -> None:
+        """What Reptile, first order by construction, cannot combine with."""
+        if self.meta_sgd and self.algorithm == "reptile":
+            fail("meta_sgd", "Meta-SGD learns inner step sizes through the meta-gradient; "
+                 "Reptile has none")
+        if self.algorithm == "reptile" and self.stop_grad:
+            fail("stop_grad", "Reptile is first-order by construction; drop --stop_grad")
+
+    def _validate_execution(self, fail) -> None:
+        """How the meta-batch runs: strategy, chunks, threads, devices, non-finite
+        steps."""
+        if self.distribution_strategy not in DISTRIBUTION_STRATEGIES:
+            fail("distribution_strategy", f"{self.distribution_strategy!r} is not one of "
+                 f"{', '.join(DISTRIBUTION_STRATEGIES)}")
+        if self.nan_policy not in NAN_POLICIES:
+            fail("nan_policy", f"{self.nan_policy!r} is not one of {', '.join(NAN_POLICIES)}")
+        if self.parallel_chunks < 0:
+            fail("parallel_chunks", f"must be >= 0 (0: one per CPU core), got "
+                 f"{self.parallel_chunks}")
+        if self.tasks_per_chunk < 0 or (self.tasks_per_chunk
+                                        and self.task_parallelism != "accumulate"):
+            fail("tasks_per_chunk", f"needs --task_parallelism=accumulate and a number >= 0 "
+                 f"(0: chosen by memory), got {self.tasks_per_chunk}")
+        if self.intra_op_threads < -1:
+            fail("intra_op_threads", f"must be >= -1 (-1: auto, 0: TensorFlow's default), "
+                 f"got {self.intra_op_threads}")
+        if self.num_cpu_devices < 0:
+            fail("num_cpu_devices", f"must be >= 0 (0: do not split the CPU), got "
+                 f"{self.num_cpu_devices}")
+        if self.distribution_strategy != "default" and self.datasource == "navigation":
+            fail("distribution_strategy", "navigation (reinforcement learning) trains on one "
+                 "device; drop the flag")
+        if self.num_cpu_devices and self.distribution_strategy != "mirrored":
+            fail("num_cpu_devices", "splits the CPU into replicas for "
+                 "--distribution_strategy=mirrored; add that flag (or drop this one)")
+        if self.distribution_strategy == "mirrored" and self.num_cpu_devices > 1:
+            # Known before TensorFlow starts; other strategies are checked once they exist.
+            check_meta_batch_size(self.meta_batch_size, self.num_cpu_devices, "mirrored")
+
+    def _validate_pretrained_baseline(self, fail) -> None:
+        """The fine-tuning and nearest-neighbour baselines: a plain classifier, pretrained
+        and evaluated without meta-learning, so the meta-learning options mean nothing."""
+        name = f"--baseline={self.baseline}"
+        if self.datasource != "miniimagenet":
+            fail("baseline", f"{name} is the MiniImageNet table's baseline: use "
+                 "--datasource=miniimagenet")
+        if not self.conv:
+            fail("conv", f"{name} pretrains MAML's conv4; drop --conv=False")
+        if self.dataset_backend != "folders":
+            fail("dataset_backend", f"{name} reads the folders of data_prep; use "
+                 "--dataset_backend=folders")
+        for flag, value, default in (("algorithm", self.algorithm, "maml"),
+                                     ("meta_sgd", self.meta_sgd, False),
+                                     ("stop_grad", self.stop_grad, False),
+                                     ("adapt_layers", self.adapt_layers, "all"),
+                                     ("adapt_norm", self.adapt_norm, False),
+                                     ("init_checkpoint", self.init_checkpoint, None),
+                                     ("export_dir", self.export_dir, None),
+                                     ("distribution_strategy", self.distribution_strategy,
+                                      "default")):
+            if value != default:
+                fail(flag, f"{name} has no meta-learning (a classifier is pretrained, then "
+                     f"fine-tuned or used as features): drop --{flag}={value}")
+        if self.metatrain_iterations not in (0, type(self).metatrain_iterations):
+            fail("metatrain_iterations", f"{name} does not meta-train; its length is "
+                 "--pretrain_iterations (drop --metatrain_iterations or set it to 0)")
