@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
-from tf_maml import losses
-from tf_maml.learners import MetaLearner
+from tf_maml import losses, options
+from tf_maml.api import MetaLearner
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 INNER_LR = 0.05
@@ -49,7 +49,8 @@ def make_learner(seed: int, **kwargs) -> MetaLearner:
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(1)])
-    learner = MetaLearner(model, losses.mse, inner_lr=INNER_LR, **kwargs)
+    kwargs.setdefault("inner_lr", INNER_LR)
+    learner = MetaLearner(model, losses.mse, **kwargs)
     # Learned rates that differ per element and step, as after meta-training.
     rng = np.random.default_rng(seed)
     for v in learner.inner_lrs:
@@ -78,9 +79,9 @@ def alpha_of(learner: MetaLearner, inner_lr: float):
 
 CASES = {
     "maml": {},
-    "meta_sgd": {"learn_inner_lr": True},
-    "lslr": {"lslr": True, "inner_steps": 2},
-    "anil": {"adapt_layers": "head"},
+    "meta_sgd": {"inner_lr": options.MetaSGD(INNER_LR)},
+    "lslr": {"inner_lr": options.LSLR(INNER_LR), "inner_steps": 2},
+    "anil": {"adapt": "head"},
 }
 
 
@@ -98,21 +99,21 @@ def test_adapt_and_predict_takes_the_hand_written_sgd_steps(name, tmp_path):
     # Default step count and α, more steps than trained (LSLR: the last step's rates
     # again), and a step size scaled by the inner_lr input.
     for steps, inner_lr in ((None, INNER_LR), (3, INNER_LR), (4, 0.5 * INNER_LR)):
-        options = {}
+        inputs = {}
         if steps is not None:
-            options["num_steps"] = tf.constant(steps, tf.int32)
+            inputs["num_steps"] = tf.constant(steps, tf.int32)
         if inner_lr != INNER_LR:
-            options["inner_lr"] = tf.constant(inner_lr, tf.float32)
-        got = loaded.adapt_and_predict(support_x, support_y, query_x, **options).numpy()
+            inputs["inner_lr"] = tf.constant(inner_lr, tf.float32)
+        got = loaded.adapt_and_predict(support_x, support_y, query_x, **inputs).numpy()
         fast = hand_steps(theta, support_x, support_y, 2 if steps is None else steps,
                           alpha_of(learner, inner_lr), adapted)
         want = mlp_forward(fast, query_x).numpy()
-        np.testing.assert_allclose(got, want, **TOL, err_msg=f"{name} {options}")
+        np.testing.assert_allclose(got, want, **TOL, err_msg=f"{name} {inputs}")
         assert np.abs(want - before).max() > 1e-3  # the steps change the predictions
 
 
 def test_a_tensor_step_count_runs_the_unrolled_steps_in_a_loop():
-    learner = make_learner(5, lslr=True, inner_steps=2)
+    learner = make_learner(5, inner_lr=options.LSLR(INNER_LR), inner_steps=2)
     support_x, support_y, _ = task(6)
     theta = [v.value for v in learner.model.trainable_variables]
     step_lr = learner.step_lr([v.value for v in learner.inner_lrs])
