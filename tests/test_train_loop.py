@@ -17,7 +17,7 @@ from tf_maml import baselines, losses, models, protocols, train
 from tf_maml.callbacks import Callback, CheckpointSaver, CSVHistory, NonFiniteGuard
 from tf_maml.checkpoint import learner_checkpointer
 from tf_maml.learners import MetaLearner
-from tf_maml.rl.run import build_learner
+from tf_maml.rl.training import build_learner
 
 quiet = lambda line: None  # noqa: E731
 

@@ -15,6 +15,7 @@ in the rest of the package.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from typing import IO
@@ -79,3 +80,19 @@ def _remove(paths: list[str]) -> None:
     for path in paths:
         with contextlib.suppress(OSError):
             os.remove(path)
+
+
+def read_json(path: str) -> dict:
+    """The JSON object at ``path``; {} if it is missing or garbled (a record that is only
+    ever written whole, by :func:`write_json`, so a garbled one was never finished)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: str, value: dict) -> None:
+    """``value`` as indented, key-sorted JSON at ``path``, replaced whole (its folder made)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write(path, json.dumps(value, indent=2, sort_keys=True) + "\n")

@@ -1,7 +1,7 @@
 """The hooks of the training loop (:func:`tf_maml.train.fit`): progress lines, TensorBoard
 scalars, the CSV log (``training_log.csv``), validation, the guard against non-finite steps
 and the checkpoint saver; supervised training, the baselines' pretraining and RL
-(:mod:`tf_maml.rl.run`) all write through them.
+(:mod:`tf_maml.rl.training`) all write through them.
 
 Console output follows the original (``Iteration i: <pre>, <post>`` every print interval,
 means of the values sampled every 100 iterations; accuracies for classification, losses for

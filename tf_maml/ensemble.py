@@ -22,14 +22,17 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_maml import evaluate as evaluate_lib
 from tf_maml import atomic, rundir
+from tf_maml import evaluate as evaluate_lib
 from tf_maml.callbacks import Callback
-from tf_maml.checkpoint import (CheckpointError, CorruptCheckpointError, checkpoint_iteration,
-                                learner_checkpointer)
+from tf_maml.checkpoint import (
+    CheckpointError,
+    CorruptCheckpointError,
+    checkpoint_iteration,
+    learner_checkpointer,
+)
 from tf_maml.mapping.batched import per_task_values
 from tf_maml.protocols import EnsembleLearner
-from tf_maml.zoo import read_json
 
 # The validation tasks score the candidates with their own seed: not the test tasks'.
 VALIDATION_SEED = 7
@@ -71,7 +74,7 @@ class Pool(Callback):
         self.settings = _settings(size, num_tasks, num_steps)
 
     def on_train_begin(self, learner, start, total):
-        recorded = read_json(self.path)
+        recorded = atomic.read_json(self.path)
         same = recorded.get("settings") == self.settings
         self.scored = [m for m in recorded.get("validations", []) if same
                        and m["iteration"] <= start]
@@ -121,7 +124,7 @@ def select(learner: EnsembleLearner, run_dir: str, val_source, size: int, num_ta
         raise CheckpointError(f"no checkpoint in {checkpointer.run_dir} to build an ensemble "
                               "from: train first, or check `logdir`.")
     settings = _settings(size, num_tasks, num_steps)
-    recorded = read_json(os.path.join(checkpointer.run_dir, rundir.ENSEMBLE_NAME))
+    recorded = atomic.read_json(os.path.join(checkpointer.run_dir, rundir.ENSEMBLE_NAME))
     members = recorded.get("members", [])
     if (recorded.get("settings") == settings and members
             and all(m["iteration"] in candidates for m in members)
@@ -129,7 +132,7 @@ def select(learner: EnsembleLearner, run_dir: str, val_source, size: int, num_ta
         log(f"Ensemble of {size} from {rundir.ENSEMBLE_NAME}: iterations "
             + ", ".join(str(m["iteration"]) for m in members))
         return [m["iteration"] for m in members]
-    pool = read_json(os.path.join(checkpointer.run_dir, POOL_NAME))
+    pool = atomic.read_json(os.path.join(checkpointer.run_dir, POOL_NAME))
     if pool.get("settings") == settings and pool.get("validations"):
         scored = [m for m in pool["validations"] if upto is None or m["iteration"] <= upto]
         missing = [m["iteration"] for m in _best(scored, size)

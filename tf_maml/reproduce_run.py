@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from tf_maml import threads, zoo_check
+from tf_maml import atomic, threads, zoo_check
 from tf_maml import zoo as zoo_lib
 from tf_maml.reproduce_table import REPO, Plan, tf_maml_command
 
@@ -184,7 +184,7 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
     checkpoint of the published number) and records the numbers in the run's state."""
     e = p.experiment
     done = zoo_lib.latest_iteration(p.run_dir)
-    state = zoo_lib.read_json(os.path.join(p.run_dir, STATE_FILE))
+    state = atomic.read_json(os.path.join(p.run_dir, STATE_FILE))
     key = f"{p.result_name}|{e.name}"
     before = state.get(key)
     fresh = (before is not None and before.get("iteration") == done
@@ -216,11 +216,11 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
         now = f"{means[-1]:.4f} ± {ci[-1]:.4f}"
         log(f"[{e.name}] re-evaluated iteration {iteration}: {now} (the zoo's: {was}"
             f"{', the same' if was == now else ''})")
-    state = zoo_lib.read_json(os.path.join(p.run_dir, STATE_FILE))
+    state = atomic.read_json(os.path.join(p.run_dir, STATE_FILE))
     state[key] = {"iteration": iteration, "eval_seconds": round(time.time() - t0, 1),
                   "eval_command": shell(cmd), "train_command":
                   shell(p.train_cmd) if p.train_cmd else None,
                   "means": means.tolist(), "ci95": ci.tolist(), "date": zoo_lib.today(),
                   "machine": machine()}
-    zoo_lib.write_json(os.path.join(p.run_dir, STATE_FILE), state)
+    atomic.write_json(os.path.join(p.run_dir, STATE_FILE), state)
     return {}

@@ -61,7 +61,7 @@ def run(config: Config, log=print) -> dict:
     multi-worker training only the chief writes, evaluates and exports."""
     directory = run_dir(config)
     log(f"Run directory: {directory}")
-    if config.datasource == "navigation":  # reinforcement learning: tf_maml/rl/run.py
+    if config.datasource == "navigation":  # reinforcement learning: tf_maml/rl/training.py
         with _lock(config, directory, True, log):
             return _run_navigation(config, directory, log)
     # First: threads, logical CPU devices and collective ops must be set up before TF's
@@ -169,9 +169,9 @@ def _train(learner, config: Config, directory: str, chief: bool, changes, log) -
 
 
 def _run_navigation(config: Config, directory: str, log) -> dict:
-    """Reinforcement learning (tf_maml/rl/run.py): train (unless ``--train=False`` or the
+    """Reinforcement learning (tf_maml/rl/training.py): train (unless ``--train=False`` or the
     random baseline) then evaluate, the run directory locked (:func:`run`)."""
-    from tf_maml.rl import run as rl_run
+    from tf_maml.rl import training as rl_training
 
     changes = resume_changes(config, directory)
     learner = experiment.navigation_learner(config)
@@ -180,7 +180,7 @@ def _run_navigation(config: Config, directory: str, log) -> dict:
         log("Random baseline: evaluating the randomly initialised policy (no training)")
         _write_config(config, directory)
     elif config.train:
-        result["iterations"] = rl_run.train(
+        result["iterations"] = rl_training.train(
             learner, directory, config.total_iterations, meta_batch_size=config.meta_batch_size,
             seed=config.seed, resume=config.resume,
             pretrain_iterations=config.effective_pretrain_iterations, tensorboard=config.log,
@@ -188,13 +188,13 @@ def _run_navigation(config: Config, directory: str, log) -> dict:
         if not config.test_after_train:
             return result
     else:
-        path, iteration = restore_for_test(rl_run.checkpointer(learner, directory),
+        path, iteration = restore_for_test(rl_training.checkpointer(learner, directory),
                                            config.test_iter)
         log(f"Restored {path} (iteration {iteration})")
         _write_config(config, directory)
     log(f"Evaluating {config.num_test_tasks} test tasks, {config.test_num_updates} steps, "
         f"{config.update_batch_size} trajectories per step, alpha={config.update_lr}")
-    result.update(rl_run.evaluate_run(learner, directory, config.num_test_tasks,
+    result.update(rl_training.evaluate_run(learner, directory, config.num_test_tasks,
                                       config.test_num_updates, log))
     return result
 
@@ -203,11 +203,11 @@ def reevaluate_navigation(directory: str, step_sizes, num_test_tasks: int = 0,
                           log=print) -> str:
     """``python -m tf_maml.rl.run``: re-evaluates the finished navigation run
     ``directory`` (built from its config.json) with a step size per test step."""
-    from tf_maml.rl import run as rl_run
+    from tf_maml.rl import training as rl_training
 
     with open(os.path.join(directory, "config.json")) as f:
         config = Config.from_json(f.read())
-    return rl_run.reevaluate(experiment.navigation_learner(config), directory, step_sizes,
+    return rl_training.reevaluate(experiment.navigation_learner(config), directory, step_sizes,
                              num_test_tasks or config.num_test_tasks,
                              random_baseline=config.baseline == "random", log=log)
 

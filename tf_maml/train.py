@@ -1,12 +1,12 @@
 """The training loop, :func:`fit`, and the run directory around it: one loop for supervised
 MAML (the command line and ``MetaLearner.fit``), the baselines' pretraining and RL
-(:mod:`tf_maml.rl.run`), which differ only in their batches and callbacks
+(:mod:`tf_maml.rl.training`), which differ only in their batches and callbacks
 (:mod:`tf_maml.callbacks`).
 
 Layers, each calling the one below: :func:`fit_learner` (``MetaLearner.fit``: takes the run
 directory's lock) and the command line's runner (:mod:`tf_maml.runner`, which takes it
 itself) -> :func:`train` (a :class:`~tf_maml.protocols.TaskLearner` on a task source: the
-supervised callbacks, autotuning) or :func:`tf_maml.rl.run.train` -> :func:`fit_in_run_dir`
+supervised callbacks, autotuning) or :func:`tf_maml.rl.training.train` -> :func:`fit_in_run_dir`
 (the one resume path, :mod:`tf_maml.checkpoint`) -> :func:`fit`. The lock
 (:func:`tf_maml.rundir.lock`) is taken once, at the top: nothing below takes it again.
 """

@@ -37,8 +37,15 @@ import os
 import shutil
 
 from tf_maml import atomic, training_log
-from tf_maml.rundir import (CHECKPOINT_NAME, ENSEMBLE_NAME, checkpoint_files, checkpoint_prefixes,
-                            csv_text, read_csv_up_to)
+from tf_maml.atomic import read_json, write_json
+from tf_maml.rundir import (
+    CHECKPOINT_NAME,
+    ENSEMBLE_NAME,
+    checkpoint_files,
+    checkpoint_prefixes,
+    csv_text,
+    read_csv_up_to,
+)
 
 RESULTS_FILE = "results.json"
 RUN_STATE_FILE = "reproduce.json"  # the run directory's record of its evaluations
@@ -61,19 +68,6 @@ def checkpoint_iterations(directory: str) -> list[int]:
 def latest_iteration(directory: str) -> int:
     """The highest complete checkpoint in ``directory`` (0 if none)."""
     return max(checkpoint_iterations(directory), default=0)
-
-
-def read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def write_json(path: str, value: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic.write(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def results(zoo_dir: str) -> dict:

@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from tf_maml import atomic
 from tf_maml import zoo as zoo_lib
 from tf_maml.rundir import CHECKPOINT_NAME, ENSEMBLE_NAME
 
@@ -130,7 +131,7 @@ def _models_problem(zoo_dir: str, record: dict, entry: dict | None, row: str,
     if isinstance(run.get("iteration"), int) and run["iteration"] > 0:
         needed.append((run["iteration"], f"{results_path} records the run's state at "
                                          f"iteration {run['iteration']}"))
-        ensemble = zoo_lib.read_json(os.path.join(zoo_dir, ENSEMBLE_NAME))
+        ensemble = atomic.read_json(os.path.join(zoo_dir, ENSEMBLE_NAME))
         if ensemble.get("latest") == run["iteration"]:
             needed += [(m.get("iteration"), f"{ENSEMBLE_NAME} names it as a member")
                        for m in ensemble.get("members", []) if isinstance(m, dict)]

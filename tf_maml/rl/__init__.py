@@ -6,7 +6,8 @@
 * :mod:`tf_maml.rl.learner`: :class:`RLMetaLearner`, inner policy-gradient step through
   :func:`tf_maml.adapt.adapt`, TRPO meta-update, the test-time protocol;
 * :mod:`tf_maml.rl.gym_tasks`: Gymnasium-API environments as a task family;
-* :mod:`tf_maml.rl.run`: the ``tf-maml --datasource=navigation`` experiment.
+* :mod:`tf_maml.rl.training`: the ``tf-maml --datasource=navigation`` experiment;
+* :mod:`tf_maml.rl.run`, :mod:`tf_maml.rl.figure`: command lines (re-evaluation, figure).
 """
 
 from tf_maml.rl.learner import RLMetaLearner, policy_gradient_loss

@@ -75,7 +75,7 @@ class RLMetaLearner:
     """MAML-TRPO for a Gaussian policy (any built Keras model with a ``[mean, log_std]``
     output, e.g. :func:`tf_maml.rl.policy.gaussian_mlp_policy`) on a batch-of-tasks env.
     A :class:`tf_maml.protocols.Learner`: the library's training loop trains it
-    (:func:`tf_maml.rl.run.train`) on batches ``(tasks, rng)``.
+    (:func:`tf_maml.rl.training.train`) on batches ``(tasks, rng)``.
 
     Args:
       policy: the policy model; every trainable weight (log-std included) is adapted.
@@ -121,7 +121,7 @@ class RLMetaLearner:
         self.max_kl = float(max_kl)
         self.first_order = bool(first_order)
         self.mask = adapt_lib.adapted_mask(policy, adapt_norm=True)
-        self.optimizer = TRPOState()  # checkpointed beside the policy (tf_maml.rl.run)
+        self.optimizer = TRPOState()  # checkpointed beside the policy (tf_maml.rl.training)
         # Trajectories are sampled in this process, on one device: no distribution.
         self.strategy = None
         self._shapes = [tuple(v.shape) for v in policy.trainable_variables]
