@@ -149,7 +149,8 @@ def measure(learner: TunableLearner, batch, candidates: list[ExecutionPlan], pre
     import tensorflow as tf
 
     start = time.perf_counter()
-    fns = [tf.function(lambda b, p=plan: learner.meta_gradients(b, pretrain, plan=p))
+    fns = [tf.function(lambda b, p=plan: learner.meta_gradients(b, pretrain, plan=p),
+                       autograph=False)
            for plan in candidates]
 
     def run(fn) -> float:

@@ -418,7 +418,7 @@ class MetaLearner(MetaUpdate):
                     signature["predictions"] = tf.TensorSpec(None, self._loss_dtype)
                 return self.plan.for_tasks(self.model, batch).map(task_fn, batch, signature)
 
-            self._eval_fns[key] = tf.function(evaluate, reduce_retracing=True)
+            self._eval_fns[key] = tf.function(evaluate, reduce_retracing=True, autograph=False)
         return self._eval_fns[key](self.checked_batch(batch, "evaluate_batch"))
 
 

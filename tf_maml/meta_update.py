@@ -104,7 +104,10 @@ class MetaUpdate:
                     return apply(*gradients(batch))
             else:
                 step = distribute_lib.replicated_step(self.strategy, gradients, apply)
-            self._train_fns[key] = tf.function(step, reduce_retracing=True)
+            # No AutoGraph: the step's control flow is Python at trace time (loops over inner
+            # steps and layers) or explicit tf.cond/tf.while_loop, and converting the option
+            # objects' code to graph code was most of the first step's time (56 s -> 10 s, conv4).
+            self._train_fns[key] = tf.function(step, reduce_retracing=True, autograph=False)
         if self.strategy is None:
             return self._train_fns[key](self.checked_batch(batch, "train_step"))
         if not distribute_lib.is_distributed(batch):
