@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_meta_gradients import subclassed_two_dense
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import baselines, models
@@ -42,16 +43,7 @@ def test_the_cut_serves_keras_the_per_task_pass_and_the_batched_pass():
 
 
 def test_a_model_without_a_chain_has_no_cut_and_the_baselines_say_why():
-    class TwoDense(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.body, self.head = keras.layers.Dense(3), keras.layers.Dense(1)
-
-        def call(self, x):
-            return self.head(keras.ops.tanh(self.body(x)))
-
-    model = TwoDense()
-    model(np.zeros((1, 2), "float32"))
+    model = subclassed_two_dense()
     assert adapt_lib.head_cut(model) is None
     with pytest.raises(ValueError, match="cannot be cut before its head: .*subclassed"):
         baselines.body(model)

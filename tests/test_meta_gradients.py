@@ -485,8 +485,9 @@ def test_anil_body_features_once_give_the_whole_models_meta_gradient(mapping, fi
     assert np.max(np.abs(results[0][0][:body_size])) > 1e-6  # the body is reached
 
 
-def test_a_subclassed_model_is_not_cut_and_anil_still_adapts_its_head():
-    from tf_maml import adapt as adapt_lib
+def subclassed_two_dense() -> keras.Model:
+    """A built subclassed model (its call is opaque, so it has no head cut): Dense, tanh,
+    Dense."""
 
     class TwoDense(keras.Model):
         def __init__(self):
@@ -498,6 +499,13 @@ def test_a_subclassed_model_is_not_cut_and_anil_still_adapts_its_head():
 
     model = TwoDense()
     model(np.zeros((1, 2), "float32"))
+    return model
+
+
+def test_a_subclassed_model_is_not_cut_and_anil_still_adapts_its_head():
+    from tf_maml import adapt as adapt_lib
+
+    model = subclassed_two_dense()
     assert adapt_lib.model_split(model) is None
     learner = MetaLearner(model, losses.mse, inner_lr=0.1, adapt="head")
     x, y = np.ones((4, 2), "float32"), np.zeros((4, 1), "float32")
