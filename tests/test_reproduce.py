@@ -211,6 +211,22 @@ def test_the_zoo_holds_the_log_up_to_its_checkpoint_and_each_evaluation_once(tmp
         pytest.approx(0.325), 10, 250, 2500)
 
 
+def test_a_failed_command_s_last_line_reaches_the_console(tmp_path):
+    """A child that fails with tf-maml's one-line error: the console's failure message
+    repeats that line (not only "see the log"), and the log keeps everything it printed."""
+    error = "tf-maml: error: --data_dir=/nowhere does not exist; prepare the data first"
+    child = [sys.executable, "-c",
+             f"import sys; print('starting'); print({error!r}); print(); sys.exit(2)"]
+    log_path = str(tmp_path / "run" / "reproduce.log")
+    shown = []
+    code, stopped, last = reproduce_run.stream(child, log_path, None, shown.append)
+    assert (code, stopped, last) == (2, False, error)
+    message = reproduce_run.failure(code, last, log_path)
+    assert message == f"exit code 2: {error}; see {log_path}"
+    assert "starting" in open(log_path).read() and error in open(log_path).read()
+    assert reproduce_run.failure(1, "", log_path) == f"exit code 1; see {log_path}"
+
+
 def test_a_row_meets_the_paper_when_the_intervals_overlap():
     assert report.intervals_overlap(97.9, 0.5, (98.7, 0.4))       # 0.8 apart, 0.9 of room
     assert not report.intervals_overlap(97.7, 0.5, (98.7, 0.4))   # 1.0 apart

@@ -55,15 +55,17 @@ def shell(cmd: list[str]) -> str:
 
 
 def stream(cmd: list[str], log_path: str, deadline: float | None, log,
-           on_tick=None) -> tuple[int, bool]:
+           on_tick=None) -> tuple[int, bool, str]:
     """Runs ``cmd``, copying its output to ``log_path`` and its progress lines to ``log``;
     SIGTERM at ``deadline``; calls ``on_tick()`` about once a second while it runs (the
-    zoo's periodic publishing). Returns (exit code, whether the deadline stopped it)."""
+    zoo's periodic publishing). Returns (exit code, whether the deadline stopped it, the
+    last line it printed: a failed command's one-line error, which the console repeats)."""
     import queue
     import threading
 
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     stopped = started = False
+    last = ""
     lines: queue.Queue = queue.Queue()
     with open(log_path, "a") as out:
         out.write(f"\n$ {shell(cmd)}\n")
@@ -91,6 +93,7 @@ def stream(cmd: list[str], log_path: str, deadline: float | None, log,
                 if line:
                     out.write(line)
                     out.flush()
+                    last = line.strip() or last
                     started = started or line.startswith(("Iteration ", "  ["))
                     if line.startswith(SHOWN):
                         log("    " + line.strip())
@@ -112,7 +115,14 @@ def stream(cmd: list[str], log_path: str, deadline: float | None, log,
                 if line:
                     out.write(line)
             raise
-    return proc.returncode, stopped
+    return proc.returncode, stopped, last
+
+
+def failure(code: int, last_line: str, log_path: str) -> str:
+    """What the console says of a command that failed: its exit code, its last line (the
+    one-line error of tf-maml, or a traceback's last line) and where the rest is."""
+    said = f": {last_line}" if last_line else ""
+    return f"exit code {code}{said}; see {log_path}"
 
 
 def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reevaluate: bool,
@@ -168,10 +178,10 @@ def _train(p: Plan, deadline: float | None, train: bool, eval_reserve_s: float, 
         else:
             log(f"[{e.name}] training {done}/{p.target} -> {p.target}: {shell(p.train_cmd)}")
             stop_at = None if remaining is None else time.time() + remaining
-            code, stopped = stream(p.train_cmd, _log_path(p), stop_at, log,
-                                   on_tick=lambda: publish(p))
+            code, stopped, last = stream(p.train_cmd, _log_path(p), stop_at, log,
+                                         on_tick=lambda: publish(p))
             if code != 0 and not stopped:
-                status["train_error"] = f"exit code {code}; see {_log_path(p)}"
+                status["train_error"] = failure(code, last, _log_path(p))
                 log(f"[{e.name}] training failed ({status['train_error']})")
     elif p.train_cmd:
         log(f"[{e.name}] {done}/{p.target} iterations on disk"
@@ -203,9 +213,9 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
     cmd = p.eval_cmd + ([f"--test_iter={iteration}"] if p.train_cmd else [])
     log(f"[{e.name}] evaluating: {shell(cmd)}")
     t0 = time.time()
-    code, _ = stream(cmd, _log_path(p), None, log)
+    code, _, last = stream(cmd, _log_path(p), None, log)
     if code != 0:
-        error = f"exit code {code}; see {_log_path(p)}"
+        error = failure(code, last, _log_path(p))
         log(f"[{e.name}] evaluation failed ({error})")
         return {"eval_error": error}
     with open(os.path.join(p.run_dir, p.result_name + ".csv")) as f:
