@@ -107,6 +107,31 @@ def test_an_evaluation_only_row_publishes_its_numbers_without_a_checkpoint(tmp_p
     assert not (zoo_dir / "checkpoint").exists() and zoo.checkpoint_iterations(str(zoo_dir)) == []
 
 
+def test_an_evaluation_only_row_is_not_evaluated_again_in_a_fresh_run_directory(tmp_path):
+    """The zoo's evaluation of the original authors' checkpoint reaches a fresh run
+    directory (a clone, a new --logdir_root), so reproduce finds it up to date instead of
+    spending 11 minutes and rewriting its date and machine; a run directory's own newer
+    result is never overwritten."""
+    run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo" / "x"
+    run_dir.mkdir()
+    _evaluated(run_dir, 0)
+    assert zoo.publish(str(run_dir), str(zoo_dir), True, {}, "m", **QUIET)
+    fresh = tmp_path / "fresh"
+    assert zoo.restore(str(zoo_dir), str(fresh), **QUIET)
+    state = json.loads((fresh / zoo.RUN_STATE_FILE).read_text())
+    assert state[f"{RESULT}|x"]["iteration"] == 0
+    assert (fresh / f"{RESULT}.csv").read_text() == "0.0\n"
+    assert not zoo.restore(str(zoo_dir), str(fresh), **QUIET)  # nothing left to bring
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    _evaluated(mine, 0, key=f"{RESULT}|y")
+    (mine / f"{RESULT}.csv").write_text("mine\n")
+    assert zoo.restore(str(zoo_dir), str(mine), **QUIET)
+    assert (mine / f"{RESULT}.csv").read_text() == "mine\n"
+    assert set(json.loads((mine / zoo.RUN_STATE_FILE).read_text())) == {
+        f"{RESULT}|x", f"{RESULT}|y"}
+
+
 def test_reevaluate_evaluates_the_published_checkpoint_not_the_latest_state(tmp_path):
     """--reevaluate checks a published number: with the evaluation of 2500 on record and the
     state at 3000, the evaluation command gets --test_iter=2500 (the stand-in evaluation

@@ -294,6 +294,27 @@ def _read_text(path: str) -> str | None:
         return None
 
 
+def _restore_evaluations(zoo_dir: str, run_dir: str, log) -> bool:
+    """A row with no weights of its own (the evaluation of a checkpoint kept elsewhere, as
+    the original authors'): seeds ``run_dir`` with the zoo's evaluations it does not record
+    yet, so that a fresh run directory does not evaluate the row again (``--reevaluate``
+    still does). Never overwrites what the run directory has."""
+    state_path = os.path.join(run_dir, RUN_STATE_FILE)
+    state = read_json(state_path)
+    missing = {key: entry for key, entry in results(zoo_dir).items()
+               if "|" in key and key not in state}
+    if not missing:
+        return False
+    os.makedirs(run_dir, exist_ok=True)
+    for path in glob.glob(os.path.join(zoo_dir, RESULT_GLOB)):
+        if not os.path.exists(os.path.join(run_dir, os.path.basename(path))):
+            shutil.copy2(path, run_dir)
+    state.update(missing)
+    write_json(state_path, state)
+    log(f"  zoo: restored the evaluations of {zoo_dir} into {run_dir}")
+    return True
+
+
 def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     """Seeds ``run_dir`` from ``zoo_dir`` when the zoo holds a later checkpoint (a fresh
     clone, or another machine trained further): the checkpoint, the training log and the
@@ -301,7 +322,9 @@ def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     run's ``config.json`` (with the zoo's placeholders for paths), so that a resume refuses
     a flag that would make it another run, as it would in the run's own directory."""
     zoo_latest = latest_iteration(zoo_dir)
-    if zoo_latest == 0 or latest_iteration(run_dir) >= zoo_latest:
+    if zoo_latest == 0:
+        return _restore_evaluations(zoo_dir, run_dir, log)
+    if latest_iteration(run_dir) >= zoo_latest:
         return False
     os.makedirs(run_dir, exist_ok=True)
     # The latest state (training resumes from it), the ensemble's members and the evaluated
