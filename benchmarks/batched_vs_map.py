@@ -30,6 +30,8 @@ import statistics
 import time
 import traceback
 
+from benchmarks.common import run_main
+
 CONFIGS = {
     "omniglot5": dict(ways=5, shots=1, queries=1, tasks=32, inner_steps=1, inner_lr=0.4,
                       first_order=False),
@@ -221,4 +223,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -8,6 +8,7 @@ import math
 import os
 import resource
 import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -166,6 +167,18 @@ def reset_peak_rss() -> bool:
 def peak_rss_kb() -> int:
     hwm = proc_status_kb("VmHWM")
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def run_main(main, *args) -> None:
+    """Runs a benchmark's ``main(*args)`` and exits with its code; Ctrl-C ends it with one
+    line and exit code 130 instead of a traceback (a benchmark has nothing to save, and
+    its children's output is captured, so only this process would print one)."""
+    try:
+        code = main(*args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(code)
 
 
 def run_json_child(cmd: list[str], root) -> dict:

@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import run_main
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_FLAG = {"omniglot": "omniglot_dir", "miniimagenet": "miniimagenet_dir"}
 PROGRESS = re.compile(r"^\s*\[(\d+)/(\d+) ")
@@ -144,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from benchmarks.common import run_main
 from benchmarks.side_by_side import cpu_name, side_by_side
 
 FLAGS = flags.FLAGS
@@ -82,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(app.run, main)

@@ -47,6 +47,7 @@ from benchmarks.common import (
     proc_status_kb,
     reset_peak_rss,
     run_json_child,
+    run_main,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,4 +264,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import run_json_child
+from benchmarks.common import run_json_child, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"sinusoid": 24, "omniglot5": 32}  # name in benchmarks.common: tasks per meta-batch
@@ -146,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

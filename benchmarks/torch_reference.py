@@ -70,6 +70,7 @@ from benchmarks.common import (  # noqa: E402
     peak_rss_kb,
     proc_status_kb,
     reset_peak_rss,
+    run_main,
 )
 
 
@@ -658,4 +659,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
