@@ -321,6 +321,30 @@ def test_export_rejects_a_loss_it_cannot_classify(tmp_path):
     assert load_metadata(export_dir)["targets"] == "regression"
 
 
+@pytest.mark.parametrize("loss, kind", [
+    (losses.mean_xent, "classes"),  # MAML++'s --xent=mean: refused after training before
+    (losses.summed_xent(2), "classes"),
+    ("sparse_categorical_crossentropy", "classes"),
+    (losses.mse, "regression"),
+    ("mse", "regression"),
+    ("mae", "regression"),
+    ("huber", "regression"),
+])
+def test_export_knows_the_targets_of_the_library_s_losses_and_keras_names(tmp_path, loss,
+                                                                           kind):
+    """Every loss the command line builds (MAML++ trains on the mean cross-entropy) and the
+    Keras loss names whose labels are unambiguous export without ``targets=``."""
+    keras.utils.set_random_seed(0)
+    learner = MetaLearner(models.fc_net((2,), (4,), 3), loss)
+    assert load_metadata(export(learner, str(tmp_path / "x"), num_steps=1))["targets"] == kind
+
+
+def test_a_one_hot_keras_loss_still_asks_for_targets(tmp_path):
+    learner = MetaLearner(models.fc_net((2,), (4,), 3), "categorical_crossentropy")
+    with pytest.raises(ValueError, match="targets="):
+        export(learner, str(tmp_path / "x"))
+
+
 def test_non_finite_inputs_and_a_negative_step_size_are_refused(exports):
     # A NaN used to come out finite and wrong: the CPU kernel that fuses MatMul + BiasAdd +
     # Relu (grappler's remapper, oneDNN) computes max(x, 0), which is 0 for NaN, so one NaN

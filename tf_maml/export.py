@@ -115,14 +115,12 @@ def _infer_input_shape(model: keras.Model) -> tuple:
 
 
 def _infer_targets(loss_fn) -> str:
-    if loss_fn is losses.mse:
-        return "regression"
-    if getattr(loss_fn, "__name__", "").startswith("summed_xent"):
-        return "classes"
-    raise ValueError(
-        f"Cannot tell whether the loss {loss_fn!r} takes class ids or regression targets; "
-        "pass targets='classes' or targets='regression' to export."
-    )
+    kind = losses.targets(loss_fn)
+    if kind is None:
+        raise ValueError(
+            f"Cannot tell whether the loss {loss_fn!r} takes class ids or regression targets; "
+            "pass targets='classes' or targets='regression' to export.")
+    return kind
 
 
 def _outputs(model: keras.Model, feature_shape: tuple, input_dtype) -> tuple[int, tf.DType]:

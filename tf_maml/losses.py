@@ -1,6 +1,9 @@
 """Task losses and metrics with the original's scaling (cbfinn/maml utils.py).
 
-A task loss maps ``(y_true, y_pred)`` of ONE task to a scalar.
+A task loss maps ``(y_true, y_pred)`` of ONE task to a scalar. The losses here, and the
+Keras losses :func:`task_loss` knows, carry ``targets``: ``"classes"`` (integer class ids)
+or ``"regression"`` (values), what an exported model's adapt-and-predict takes
+(:mod:`tf_maml.export`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,30 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+CLASSES, REGRESSION = "classes", "regression"
+# Keras losses by the targets they take (the others, e.g. one-hot categorical
+# cross-entropy, are left unmarked: export then asks for ``targets=``).
+KERAS_TARGETS = {
+    **dict.fromkeys(("sparse_categorical_crossentropy",), CLASSES),
+    **dict.fromkeys(("mse", "mean_squared_error", "mae", "mean_absolute_error", "mape",
+                     "mean_absolute_percentage_error", "msle", "mean_squared_logarithmic_error",
+                     "huber", "log_cosh", "logcosh"), REGRESSION),
+}
 
+
+def targets(loss_fn) -> str | None:
+    """What ``loss_fn`` takes as labels (``"classes"``/``"regression"``), None if unknown."""
+    return getattr(loss_fn, "targets", None)
+
+
+def _takes(kind: str):
+    def mark(fn):
+        fn.targets = kind
+        return fn
+    return mark
+
+
+@_takes(REGRESSION)
 def mse(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Mean squared error over the task's points (the original's ``mse``)."""
     return tf.reduce_mean(tf.square(y_pred - tf.cast(y_true, y_pred.dtype)))
@@ -34,9 +60,10 @@ def summed_xent(shots: int):
         return tf.reduce_sum(ce) / float(shots)
 
     loss.__name__ = f"summed_xent_k{shots}"
-    return loss
+    return _takes(CLASSES)(loss)
 
 
+@_takes(CLASSES)
 def mean_xent(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Softmax cross-entropy averaged over the examples: ordinary fine-tuning's loss (the
     fine-tuning baseline, :mod:`tf_maml.baselines`) and MAML++'s (``--xent=mean``: its
@@ -68,7 +95,8 @@ def task_loss(loss) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
             return tf.reduce_mean(keras_loss(y_true, y_pred))
 
         mean_loss.__name__ = f"mean_{getattr(keras_loss, '__name__', loss)}"
-        return mean_loss
+        kind = KERAS_TARGETS.get(loss) or KERAS_TARGETS.get(getattr(keras_loss, "__name__", ""))
+        return _takes(kind)(mean_loss) if kind else mean_loss
     if not callable(loss):
         raise ValueError("loss_fn must be a function loss_fn(y_true, y_pred) -> scalar or a "
                          f"Keras loss name, got {loss!r}")
