@@ -273,8 +273,8 @@ def learner_checkpointer(learner: Learner, run_dir: str, optimizer_key: str = "o
     follows a schedule). ``fit_hint``: what a checkpoint that does not fit suggests."""
     parts = {"model": learner.model, optimizer_key: learner.optimizer}
     parts.update(learner.extra_variables)
-    settings = {"meta_lr": v for v in learner.optimizer.variables
-                if v.name == "learning_rate"}
+    rates = [v for v in learner.optimizer.variables if v.name == "learning_rate"]
+    settings = {"meta_lr": rates[-1]} if rates else {}
     return Checkpointer(run_dir, parts, settings,
                         chief=distribute_lib.is_chief(learner.strategy), fit_hint=fit_hint)
 

@@ -39,8 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_maml.models import ContribLayerNorm
 from tf_maml.checkpoint import CheckpointError
+from tf_maml.models import ContribLayerNorm
 
 # What a TF1 checkpoint may hold besides the model's trainable weights; never imported.
 _IGNORED = re.compile(

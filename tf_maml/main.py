@@ -19,8 +19,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 # The enum flags' choices are the Config's own tuples, so a new choice is added in one place.
-from tf_maml.config import (ADAPT_LAYERS, ALGORITHMS, DATASET_BACKENDS,  # noqa: E402
-                            DISTRIBUTION_STRATEGIES, NAN_POLICIES, TASK_PARALLELISM, XENTS)
+from tf_maml.config import (  # noqa: E402
+    ADAPT_LAYERS,
+    ALGORITHMS,
+    DATASET_BACKENDS,
+    DISTRIBUTION_STRATEGIES,
+    NAN_POLICIES,
+    TASK_PARALLELISM,
+    XENTS,
+)
 
 # The only module that reads this command's flags (the library takes a Config); the other
 # command lines (reproduce, convert, figures, rl.run, rl.figure) define and read their own.

@@ -21,11 +21,26 @@ from collections.abc import Callable, Iterator, Sequence
 
 from tf_maml import autotune, rundir
 from tf_maml import distribute as distribute_lib
-from tf_maml.callbacks import (SAVE_INTERVAL, SUMMARY_INTERVAL, Callback, CheckpointSaver,
-                               HistoryCSV, NonFiniteError, NonFiniteGuard, ProgressLogger,
-                               TensorBoard, Validation)
-from tf_maml.checkpoint import (Change, Checkpointer, CheckpointError, checkpoint_iteration,
-                                learner_checkpointer, resume_or_start)
+from tf_maml.callbacks import (
+    SAVE_INTERVAL,
+    SUMMARY_INTERVAL,
+    Callback,
+    CheckpointSaver,
+    HistoryCSV,
+    NonFiniteError,
+    NonFiniteGuard,
+    ProgressLogger,
+    TensorBoard,
+    Validation,
+)
+from tf_maml.checkpoint import (
+    Change,
+    Checkpointer,
+    CheckpointError,
+    checkpoint_iteration,
+    learner_checkpointer,
+    resume_or_start,
+)
 from tf_maml.protocols import Learner, TaskLearner, TunableLearner
 from tf_maml.tasks import VAL_STREAM, task_stream
 

@@ -85,8 +85,9 @@ def contents(data_dir: str) -> set[tuple[str, str]]:
 def check_data_dir(data_dir: str, dataset: str, backend: str) -> None:
     """Raises DataError if ``data_dir`` visibly holds other data than ``dataset`` prepared for
     ``backend`` ('folders' or 'tfds'): another data set, the same one in the other format, or
-    the unprepared files (then the hint prepares them from this very folder). A missing, empty or unmarked folder passes, and so does a TFDS data_dir holding only other
-    data sets (the loader's own errors say what to run)."""
+    the unprepared files (then the hint prepares them from this very folder). A missing,
+    empty or unmarked folder passes, and so does a TFDS data_dir holding only other data
+    sets (the loader's own errors say what to run)."""
     found = contents(data_dir)
     if not found or (dataset, backend) in found:
         return

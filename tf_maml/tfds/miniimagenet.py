@@ -5,9 +5,10 @@ Reads ``images.zip`` (or the extracted ``images/`` folder) and ``train.csv`` / `
 ``validation`` / ``test`` are the 64 / 16 / 20 classes of the three CSVs (600 images each).
 
 Every CSV row (filename, label) is one example, exactly as ``tf_maml.data.miniimagenet``
-writes one file per row: images that are already 84x84 RGB JPEGs are stored byte for byte, others are
-converted to RGB, resized to 84x84 with LANCZOS and saved as JPEG with Pillow's default quality
-(``tf_maml.data.miniimagenet.to_84_jpeg``), so the stored bytes equal the files of the folder tree.
+writes one file per row: images that are already 84x84 RGB JPEGs are stored byte for byte,
+others are converted to RGB, resized to 84x84 with LANCZOS and saved as JPEG with Pillow's
+default quality (``tf_maml.data.miniimagenet.to_84_jpeg``), so the stored bytes equal the files
+of the folder tree.
 
 Features: ``image`` uint8 [84, 84, 3] (JPEG); ``label`` with the class names of the CSVs (the
 WordNet ids), train's sorted, then validation's, then test's, so label ids of a split are

@@ -7,13 +7,13 @@ Configs:
 
 ``maml_28`` (default)
     What MAML trains on: every drawing resized to 28x28 exactly as ``tf_maml.data.omniglot``
-    prepares it (``resize_drawing``: Pillow ``resize`` with LANCZOS of the mode "1" PNG, which Pillow
-    carries out as NEAREST; pixels 0 = stroke, 255 = background, stored as the same PNG bytes
-    the folder tree holds). Splits ``train`` / ``validation`` / ``test`` are the MAML character
-    split of ``tf_maml.tasks.omniglot.split_characters``: all 1623 characters sorted, shuffled
-    with ``random.Random(1)``, then 1100 / 100 / 423 characters, alphabets mixed across splits.
-    MAML's inversion (strokes 1) and random 90-degree rotations are task sampling, not data:
-    they are not applied here.
+    prepares it (``resize_drawing``: Pillow ``resize`` with LANCZOS of the mode "1" PNG, which
+    Pillow carries out as NEAREST; pixels 0 = stroke, 255 = background, stored as the same PNG
+    bytes the folder tree holds). Splits ``train`` / ``validation`` / ``test`` are the MAML
+    character split of ``tf_maml.tasks.omniglot.split_characters``: all 1623 characters sorted,
+    shuffled with ``random.Random(1)``, then 1100 / 100 / 423 characters, alphabets mixed across
+    splits. MAML's inversion (strokes 1) and random 90-degree rotations are task sampling, not
+    data: they are not applied here.
 ``full_105``
     The original 105x105 drawings (the PNG bytes of the archives), splits ``background`` (964
     characters of 30 alphabets) and ``evaluation`` (659 characters of 20 alphabets).
