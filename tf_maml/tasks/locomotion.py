@@ -108,7 +108,7 @@ def require_simulator(what: str = "the locomotion tasks") -> None:
         raise missing_simulator(what)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_model(robot: Robot):
     """The robot's ``mujoco.MjModel``: Gymnasium's XML at the authors' time step, with two
     sensors the rewards read, so that ``mj_forward`` computes them: the torso subtree's
