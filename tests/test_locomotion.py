@@ -23,6 +23,7 @@ import tensorflow as tf
 from tf_maml import runner
 from tf_maml.config import Config
 from tf_maml.rl.gym_tasks import GymTasks
+from tf_maml.rl.mujoco_batch import LocomotionTasks
 from tf_maml.rl.policy import gaussian_mlp_policy
 from tf_maml.tasks import locomotion
 
@@ -124,7 +125,7 @@ def by_hand(family: str, task: float, reset_seed: int, actions: np.ndarray):
 @pytest.mark.parametrize("family", ["cheetah_vel", "cheetah_dir", "ant_vel", "ant_dir"])
 def test_rewards_and_observations_of_a_scripted_episode_match_the_authors_formulas(family):
     horizon, shape = 40, (2, 2)
-    tasks_family = locomotion.LocomotionTasks(family, horizon=horizon)
+    tasks_family = LocomotionTasks(family, horizon=horizon)
     tasks = np.array([[0.5], [1.7]] if family.endswith("vel") else [[-1.0], [1.0]], np.float32)
     t = np.arange(horizon)[:, None]
     actions = (1.5 * np.sin(0.3 * t + np.arange(tasks_family.action_dim))).astype(np.float32)
@@ -151,7 +152,7 @@ def test_batched_sampler_returns_the_trajectories_of_a_plain_loop(family, oracle
     (one MjData, mj_step) per trajectory: the same observations, actions, rewards and masks,
     bit for bit, also where ant episodes end at different steps."""
     horizon = 60
-    batched = locomotion.LocomotionTasks(family, oracle=oracle, horizon=horizon, threads=2)
+    batched = LocomotionTasks(family, oracle=oracle, horizon=horizon, threads=2)
     plain = GymTasks(lambda task: locomotion.LocomotionEnv(family, goal=float(task[0]),
                                                            oracle=oracle, horizon=horizon),
                      batched.sample_tasks, batched.observation_dim, batched.action_dim,
@@ -179,13 +180,13 @@ def test_batched_sampler_returns_the_trajectories_of_a_plain_loop(family, oracle
 @needs_mujoco
 def test_the_task_families_sample_the_authors_ranges():
     rng = np.random.default_rng(0)
-    velocity = locomotion.LocomotionTasks("ant_vel").sample_tasks(2000, rng)
+    velocity = LocomotionTasks("ant_vel").sample_tasks(2000, rng)
     assert velocity.shape == (2000, 1) and 0 <= velocity.min() and velocity.max() <= 3.0
     assert velocity.mean() == pytest.approx(1.5, abs=0.1)
-    direction = locomotion.LocomotionTasks("cheetah_dir").sample_tasks(2000, rng)
+    direction = LocomotionTasks("cheetah_dir").sample_tasks(2000, rng)
     assert set(np.unique(direction)) == {-1.0, 1.0}
     assert np.mean(direction) == pytest.approx(0.0, abs=0.1)
-    dims = {name: locomotion.LocomotionTasks(name).observation_dim
+    dims = {name: LocomotionTasks(name).observation_dim
             for name in ("cheetah_vel", "ant_vel")}
     # rllab: cheetah qpos[1:] (8) + qvel (9) + torso com (3); ant qpos (15) + qvel (14) +
     # 14 bodies' 6 contact forces + torso xmat (9) + com (3)

@@ -81,7 +81,7 @@ class RLMetaLearner:
       policy: the policy model; every trainable weight (log-std included) is adapted.
       env: a task family with :class:`tf_maml.tasks.navigation.NavigationTasks`' interface,
         or any object with a ``rollout`` method: :class:`tf_maml.rl.gym_tasks.GymTasks`,
-        :class:`tf_maml.tasks.locomotion.LocomotionTasks`.
+        :class:`tf_maml.rl.mujoco_batch.LocomotionTasks`.
       inner_lr: α, the policy-gradient step size of the inner loop (0.1 in the paper).
       inner_steps: inner steps during meta-training (1); 0 trains plain TRPO (baselines).
       num_trajectories: N trajectories per task and policy (20: the paper's K).

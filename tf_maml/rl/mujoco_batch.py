@@ -1,6 +1,7 @@
-"""Batched sampling of MuJoCo task families: all T·N simulations of a batch of rollouts are
-stepped together in MuJoCo's C thread pool (``mujoco.batch.Batch``, MuJoCo 4), and the
-policy runs once per time step for all of them.
+"""The locomotion task families as the RL learner samples them: :class:`LocomotionTasks`,
+whose rollouts step all T·N simulations of a batch together in MuJoCo's C thread pool
+(``mujoco.batch.Batch``, MuJoCo 4), the policy once per time step for all of them (the
+physics, rewards and observations: :mod:`tf_maml.tasks.locomotion`).
 
 One time step: the policy maps the ``[T, N, obs]`` observations to Gaussian parameters;
 the actions ``mean + exp(log_std)·ε`` (ε from :func:`tf_maml.rl.sampler.exploration_noise`)
@@ -24,16 +25,68 @@ import tensorflow as tf
 
 from tf_maml.rl import policy as policy_lib
 from tf_maml.rl import sampler
+from tf_maml.tasks import locomotion
 
 
-def rollout(tasks_family, policy_fn, tasks, num_trajectories: int, seed) -> dict:
-    """N trajectories of each of the T ``tasks`` of ``tasks_family`` (a
-    :class:`tf_maml.tasks.locomotion.LocomotionTasks`), as
-    :func:`tf_maml.rl.sampler.rollout` returns them: ``observations``, ``actions``,
-    ``rewards`` and ``mask`` tensors ``[T, N, H, ...]``, zeros after an episode's end."""
+class LocomotionTasks:
+    """A locomotion task family (``family``: one of
+    :data:`tf_maml.tasks.locomotion.TASK_FAMILIES`) for
+    :class:`tf_maml.rl.learner.RLMetaLearner`, with :class:`tf_maml.rl.gym_tasks.GymTasks`'
+    interface: ``sample_tasks`` and a batched ``rollout``.
+
+    Args:
+      family: ``cheetah_vel``, ``cheetah_dir``, ``ant_vel`` or ``ant_dir``.
+      oracle: append the task (goal velocity or direction) to the observation.
+      horizon: the maximal episode length (200).
+      threads: MuJoCo's threads stepping the simulations (0: one per CPU).
+
+    Example::
+
+        tasks = LocomotionTasks("cheetah_vel")
+        learner = RLMetaLearner(gaussian_mlp_policy(tasks.observation_dim, tasks.action_dim),
+                                tasks)
+    """
+
+    def __init__(self, family: str, oracle: bool = False, horizon: int = locomotion.HORIZON,
+                 threads: int = 0):
+        if horizon < 1 or threads < 0:
+            raise ValueError(f"horizon must be >= 1 and threads >= 0, got {horizon} and "
+                             f"{threads}")
+        self.name = family
+        self.family = locomotion.family_named(family)
+        self.model = locomotion.load_model(self.family.robot)
+        self.oracle = bool(oracle)
+        self.horizon = int(horizon)
+        self.threads = int(threads)
+        self.action_dim = int(self.model.nu)
+        self.observation_dim = locomotion.observation_dim(self.family, self.oracle)
+        self._batches: dict = {}
+
+    def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> np.ndarray:
+        """``[T, 1]`` goal velocities or directions
+        (:func:`tf_maml.tasks.locomotion.sample_tasks`)."""
+        return locomotion.sample_tasks(self.family, num_tasks, rng)
+
+    def batch(self, num_simulations: int):
+        """The ``mujoco.batch.Batch`` of that many simulations (kept for the next call)."""
+        if num_simulations not in self._batches:
+            from mujoco import batch as mj_batch
+
+            self._batches[num_simulations] = mj_batch.Batch(self.model, num_simulations,
+                                                            nthread=self.threads)
+        return self._batches[num_simulations]
+
+    def rollout(self, policy_fn, tasks, num_trajectories: int, seed) -> dict:
+        """N trajectories of each of the T ``tasks``, all T·N simulations stepped together,
+        as :func:`tf_maml.rl.sampler.rollout` returns them: ``observations``, ``actions``,
+        ``rewards`` and ``mask`` tensors ``[T, N, H, ...]``, zeros after an episode's end."""
+        return _rollout(self, policy_fn, tasks, num_trajectories, seed)
+
+
+def _rollout(tasks_family: LocomotionTasks, policy_fn, tasks, num_trajectories: int,
+             seed) -> dict:
+    """:meth:`LocomotionTasks.rollout`: the loop over time steps (module doc)."""
     import mujoco
-
-    from tf_maml.tasks import locomotion
 
     tasks = np.asarray(tasks, np.float64).reshape(len(tasks), -1)[:, 0]
     num_tasks, horizon = len(tasks), tasks_family.horizon
@@ -82,8 +135,6 @@ def _start(batch, fields, model, reset_seeds: np.ndarray) -> None:
     """Every simulation at its episode start (rllab ``reset``: the state drawn from its own
     seeded generator, zero controls, then ``mj_forward``)."""
     import mujoco
-
-    from tf_maml.tasks import locomotion
 
     batch.reset(stage=mujoco.mjtStage.mjSTAGE_NONE.value)
     qpos, qvel = fields["qpos"], fields["qvel"]

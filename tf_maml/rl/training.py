@@ -68,7 +68,8 @@ def build_learner(*, task_family: str = "navigation", horizon: int = 0, oracle: 
 
         env = NavigationTasks(oracle=oracle, horizon=horizon or HORIZON)
     else:
-        from tf_maml.tasks.locomotion import HORIZON, LocomotionTasks
+        from tf_maml.rl.mujoco_batch import LocomotionTasks
+        from tf_maml.tasks.locomotion import HORIZON
 
         env = LocomotionTasks(task_family, oracle=oracle, horizon=horizon or HORIZON)
     keras.utils.set_random_seed(seed)

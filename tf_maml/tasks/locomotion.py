@@ -26,11 +26,13 @@ simulator step per action (rllab's models have no ``frame_skip``), 0.01 s for th
 and 0.02 s for the ant. docs/deviations.md lists where this differs from rllab on
 MuJoCo 1.31.
 
-:class:`LocomotionTasks` is the task family the RL learner trains on: its ``rollout`` steps
-all T·N simulations of a batch together in MuJoCo's C thread pool
-(:mod:`tf_maml.rl.mujoco_batch`). :class:`LocomotionEnv` is one task with the Gymnasium API
-(one ``mujoco.MjData`` stepped by ``mj_step``): the same simulation, for users' tools and
-as the plain loop the batch is tested and timed against. Both need the ``rl`` extra
+This module is the physics and the task definitions: the models, start states, rewards,
+observations and ends of episodes, vectorised over a batch of simulations.
+:class:`tf_maml.rl.mujoco_batch.LocomotionTasks` is the task family the RL learner trains
+on: its ``rollout`` steps all T·N simulations of a batch together in MuJoCo's C thread pool.
+:class:`LocomotionEnv` is one task with the Gymnasium API (one ``mujoco.MjData`` stepped by
+``mj_step``): the same simulation, for users' tools and as the plain loop the batch is
+tested and timed against. Both need the ``rl`` extra
 (``pip install -e ".[rl]"``: MuJoCo, and Gymnasium for the models); importing this module
 does not.
 """
@@ -192,7 +194,7 @@ def done(family: Family, state: dict) -> np.ndarray:
     return ~(finite & (z >= z_range[0]) & (z <= z_range[1]))
 
 
-def data_state(model, data) -> dict:
+def data_state(data) -> dict:
     """:func:`observe`'s and :func:`reward`'s ``state`` of one ``MjData`` (batch of 1)."""
     fields = {name: getattr(data, name)[None] for name in STATE_FIELDS}
     fields["comvel"] = data.sensordata[None, :3]
@@ -202,74 +204,30 @@ def data_state(model, data) -> dict:
 STATE_FIELDS = ("qpos", "qvel", "subtree_com", "xmat", "cfrc_ext")
 
 
-class LocomotionTasks:
-    """A locomotion task family (``family``: one of :data:`TASK_FAMILIES`) for
-    :class:`tf_maml.rl.learner.RLMetaLearner`, with :class:`tf_maml.rl.gym_tasks.GymTasks`'
-    interface: ``sample_tasks`` and a batched ``rollout``.
-
-    Args:
-      family: ``cheetah_vel``, ``cheetah_dir``, ``ant_vel`` or ``ant_dir``.
-      oracle: append the task (goal velocity or direction) to the observation.
-      horizon: the maximal episode length (200).
-      threads: MuJoCo's threads stepping the simulations (0: one per CPU).
-
-    Example::
-
-        tasks = LocomotionTasks("cheetah_vel")
-        learner = RLMetaLearner(gaussian_mlp_policy(tasks.observation_dim, tasks.action_dim),
-                                tasks)
-    """
-
-    def __init__(self, family: str, oracle: bool = False, horizon: int = HORIZON,
-                 threads: int = 0):
-        if family not in TASK_FAMILIES:
-            raise ValueError(f"family must be one of {', '.join(TASK_FAMILIES)}, got "
-                             f"{family!r}")
-        if horizon < 1 or threads < 0:
-            raise ValueError(f"horizon must be >= 1 and threads >= 0, got {horizon} and "
-                             f"{threads}")
-        self.name = family
-        self.family = TASK_FAMILIES[family]
-        self.model = load_model(self.family.robot)
-        self.oracle = bool(oracle)
-        self.horizon = int(horizon)
-        self.threads = int(threads)
-        self.action_dim = int(self.model.nu)
-        probe = data_state(self.model, _forwarded(self.model))
-        self.observation_dim = int(observe(self.family, probe, np.zeros(1), oracle).shape[1])
-        self._batches: dict = {}
-
-    def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> np.ndarray:
-        """``[T, 1]`` float32: goal velocities U[0, high], or directions ±1 at even odds
-        (the authors drew U[0, high] and went backwards below its middle)."""
-        draw = rng.uniform(0.0, self.family.goal_high, size=(num_tasks, 1))
-        if self.family.direction:
-            draw = np.where(draw < self.family.goal_high / 2, -1.0, 1.0)
-        return draw.astype(np.float32)
-
-    def batch(self, num_simulations: int):
-        """The ``mujoco.batch.Batch`` of that many simulations (kept for the next call)."""
-        if num_simulations not in self._batches:
-            from mujoco import batch as mj_batch
-
-            self._batches[num_simulations] = mj_batch.Batch(self.model, num_simulations,
-                                                            nthread=self.threads)
-        return self._batches[num_simulations]
-
-    def rollout(self, policy_fn, tasks, num_trajectories: int, seed) -> dict:
-        """N trajectories per task, all T·N stepped together: the output of
-        :func:`tf_maml.rl.sampler.rollout` (see :func:`tf_maml.rl.mujoco_batch.rollout`)."""
-        from tf_maml.rl import mujoco_batch
-
-        return mujoco_batch.rollout(self, policy_fn, tasks, num_trajectories, seed)
+def sample_tasks(family: Family, num_tasks: int, rng: np.random.Generator) -> np.ndarray:
+    """``[T, 1]`` float32: goal velocities U[0, high], or directions ±1 at even odds (the
+    authors drew U[0, high] and went backwards below its middle)."""
+    draw = rng.uniform(0.0, family.goal_high, size=(num_tasks, 1))
+    if family.direction:
+        draw = np.where(draw < family.goal_high / 2, -1.0, 1.0)
+    return draw.astype(np.float32)
 
 
-def _forwarded(model):
+def observation_dim(family: Family, oracle: bool) -> int:
+    """The length of an observation (cheetah 20, ant 125; the oracle's one more)."""
     import mujoco
 
+    model = load_model(family.robot)
     data = mujoco.MjData(model)
     mujoco.mj_forward(model, data)
-    return data
+    return int(observe(family, data_state(data), np.zeros(1), oracle).shape[1])
+
+
+def family_named(name: str) -> Family:
+    if name not in TASK_FAMILIES:
+        raise ValueError(f"the locomotion task family must be one of "
+                         f"{', '.join(TASK_FAMILIES)}, got {name!r}")
+    return TASK_FAMILIES[name]
 
 
 _EnvBase = _gymnasium.Env if _gymnasium is not None else object
@@ -277,7 +235,7 @@ _EnvBase = _gymnasium.Env if _gymnasium is not None else object
 
 class LocomotionEnv(_EnvBase):
     """One locomotion task with the Gymnasium API, NumPy in and out: one ``MjData`` stepped
-    by ``mj_step`` (the plain loop :class:`LocomotionTasks`' batch is tested against).
+    by ``mj_step`` (the plain loop ``LocomotionTasks``' batch is tested against).
 
     The task is ``goal`` if given, else drawn at ``reset`` from the seeded generator, or
     passed with ``reset(options={"goal": g})``. The start state is drawn from
@@ -289,10 +247,13 @@ class LocomotionEnv(_EnvBase):
 
     def __init__(self, family: str, goal: float | None = None, oracle: bool = False,
                  horizon: int = HORIZON):
+        require_simulator()
         import mujoco
 
-        self.tasks = LocomotionTasks(family, oracle=oracle, horizon=horizon)
-        self.model = self.tasks.model
+        self.family = family_named(family)
+        self.oracle = bool(oracle)
+        self.horizon = int(horizon)
+        self.model = load_model(self.family.robot)
         self.data = mujoco.MjData(self.model)
         self._fixed_goal = goal
         self.goal = goal
@@ -301,12 +262,13 @@ class LocomotionEnv(_EnvBase):
         self.render_mode = None
         if _gymnasium is not None:
             box = _gymnasium.spaces.Box
-            self.observation_space = box(-np.inf, np.inf, (self.tasks.observation_dim,),
+            self.observation_space = box(-np.inf, np.inf,
+                                         (observation_dim(self.family, self.oracle),),
                                          np.float32)
-            self.action_space = box(-1.0, 1.0, (self.tasks.action_dim,), np.float32)
+            self.action_space = box(-1.0, 1.0, (self.model.nu,), np.float32)
 
     def _state(self) -> dict:
-        return data_state(self.model, self.data)
+        return data_state(self.data)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         import mujoco
@@ -318,13 +280,13 @@ class LocomotionEnv(_EnvBase):
         if options and "goal" in options:
             self.goal = float(options["goal"])
         elif self._fixed_goal is None:
-            self.goal = float(self.tasks.sample_tasks(1, self._rng)[0, 0])
+            self.goal = float(sample_tasks(self.family, 1, self._rng)[0, 0])
         mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[:], self.data.qvel[:] = initial_state(self.model, self._rng)
         mujoco.mj_forward(self.model, self.data)
         self._steps = 0
         goal = np.array([self.goal])
-        return observe(self.tasks.family, self._state(), goal, self.tasks.oracle)[0], {}
+        return observe(self.family, self._state(), goal, self.oracle)[0], {}
 
     def step(self, action):
         import mujoco
@@ -333,14 +295,14 @@ class LocomotionEnv(_EnvBase):
             raise RuntimeError("call reset() before step()")
         action = np.clip(np.asarray(action, np.float64).reshape(1, -1), -1.0, 1.0)
         self.data.ctrl[:] = action[0]
-        mujoco.mj_step(self.model, self.data, nstep=self.tasks.family.robot.frame_skip)
+        mujoco.mj_step(self.model, self.data, nstep=self.family.robot.frame_skip)
         mujoco.mj_forward(self.model, self.data)  # rllab: model.forward() after the steps
         self._steps += 1
         state, goal = self._state(), np.array([self.goal])
-        family = self.tasks.family
+        family = self.family
         terminated = bool(done(family, state)[0])
-        truncated = not terminated and self._steps >= self.tasks.horizon
-        return (observe(family, state, goal, self.tasks.oracle)[0],
+        truncated = not terminated and self._steps >= self.horizon
+        return (observe(family, state, goal, self.oracle)[0],
                 float(reward(family, state, goal, action)[0]), terminated, truncated, {})
 
     def close(self):
