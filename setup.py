@@ -19,7 +19,10 @@ setup(
     ],
     # gym: only so that tf_maml.tasks.navigation.NavigationEnv is a gymnasium.Env with Box
     # spaces (for Gymnasium's tools); nothing else needs it (docs/rl.md).
-    extras_require={"test": ["pytest", "hypothesis"], "gym": ["gymnasium>=1.0"]},
+    # rl: the MuJoCo locomotion tasks (tf_maml/tasks/locomotion.py): MuJoCo 4's batched
+    # stepping (mujoco.batch) and Gymnasium's half_cheetah.xml and ant.xml.
+    extras_require={"test": ["pytest", "hypothesis"], "gym": ["gymnasium>=1.0"],
+                    "rl": ["mujoco>=4.0.1", "gymnasium>=1.0"]},
     entry_points={
         "console_scripts": [
             "tf-maml=tf_maml.main:run",

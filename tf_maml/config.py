@@ -17,9 +17,11 @@ from tf_maml.config_checks import (  # noqa: F401
     DATASET_BACKENDS,
     DATASOURCES,
     DISTRIBUTION_STRATEGIES,
+    LOCOMOTION_FAMILIES,
     NAN_POLICIES,
     NORMS,
     PRETRAINED_BASELINES,
+    RL_DATASOURCES,
     TASK_PARALLELISM,
     XENTS,
     ConfigChecks,
@@ -41,7 +43,7 @@ RUN_DEFINING = ("datasource", "num_classes", "baseline", "pretrain_iterations",
                 "meta_batch_size", "update_batch_size", "update_lr", "num_updates", "norm",
                 "num_filters", "conv", "max_pool", "stop_grad", "algorithm", "seed",
                 "adapt_norm", "meta_sgd", "discount", "lslr", "per_step_bn", "msl_iterations",
-                "first_order_iterations", "cosine_meta_lr", "xent", "num_query")
+                "first_order_iterations", "cosine_meta_lr", "xent", "num_query", "horizon")
 # Where the run is and what this invocation does: not a change of the run.
 NOT_RUN_SETTINGS = ("logdir", "resume", "train", "test_iter")
 
@@ -87,9 +89,11 @@ class Config(ConfigChecks):
     seed: int = 0
     data_dir: str | None = None
     dataset_backend: str = "folders"
-    # navigation (reinforcement learning, tf_maml/rl): TRPO's KL limit δ, the discount γ
+    # reinforcement learning (navigation, locomotion; tf_maml/rl): TRPO's KL limit δ, the
+    # discount γ, the episode length (0: the task family's, navigation 100, locomotion 200)
     max_kl: float = 0.01
     discount: float = 0.99
+    horizon: int = 0
     adapt_norm: bool = False
     adapt_layers: str = "all"
     meta_sgd: bool = False
@@ -132,6 +136,11 @@ class Config(ConfigChecks):
         return self.datasource in ("omniglot", "miniimagenet")
 
     @property
+    def is_rl(self) -> bool:
+        """Reinforcement learning: navigation or a locomotion family (tf_maml/rl)."""
+        return self.datasource in RL_DATASOURCES
+
+    @property
     def effective_train_update_batch_size(self) -> int:
         if self.train_update_batch_size == -1:
             return self.update_batch_size
@@ -151,7 +160,7 @@ class Config(ConfigChecks):
     @property
     def effective_pretrain_iterations(self) -> int:
         # The oracle baseline turns every iteration into pretraining (main.py); the random
-        # baseline (navigation) is not trained at all.
+        # baseline (reinforcement learning) is not trained at all.
         if self.baseline == "random":
             return 0
         if self.baseline == "oracle":
@@ -248,6 +257,8 @@ class Config(ConfigChecks):
             s += f".{self.xent}xent"
         if self.num_query > 0:
             s += f".query{self.num_query}"
+        if self.horizon:
+            s += f".horizon{self.horizon}"
         return s
 
     def to_json(self) -> str:

@@ -15,8 +15,11 @@ from tf_maml.evaluate import PRETRAINED_BASELINES
 from tf_maml.mapping.plan import TASK_PARALLELISM
 from tf_maml.models import NORMS
 from tf_maml.options.objectives import ALGORITHMS
+from tf_maml.tasks.locomotion import TASK_FAMILIES as LOCOMOTION_FAMILIES
 
-DATASOURCES = ("sinusoid", "omniglot", "miniimagenet", "navigation")
+# Reinforcement learning (tf_maml/rl): 2D navigation and the MuJoCo locomotion families.
+RL_DATASOURCES = ("navigation", *LOCOMOTION_FAMILIES)
+DATASOURCES = ("sinusoid", "omniglot", "miniimagenet", *RL_DATASOURCES)
 DATASET_BACKENDS = ("folders", "tfds")
 NAN_POLICIES = ("stop", "skip")
 # The classification loss: the original's Σ CE / K (N times the mean on an N-way support set,
@@ -41,9 +44,9 @@ class ConfigChecks:
                                 "first_order_iterations", "cosine_meta_lr")
               if getattr(self, name)]
         of_maml = [name for name in on if name != "cosine_meta_lr"]
-        if on and self.datasource == "navigation":
-            fail(on[0], "MAML++'s options are for the supervised datasources (navigation's "
-                 "meta-update is TRPO's)")
+        if on and self.is_rl:
+            fail(on[0], f"MAML++'s options are for the supervised datasources ({self.datasource}"
+                 "'s meta-update is TRPO's)")
         if of_maml and self.algorithm != "maml":
             fail(of_maml[0], f"a MAML++ option of the meta-gradient; --algorithm="
                  f"{self.algorithm} has none")
@@ -96,9 +99,9 @@ class ConfigChecks:
         if self.adapt_layers not in ADAPT_LAYERS:
             fail("adapt_layers", f"{self.adapt_layers!r} is not one of {', '.join(ADAPT_LAYERS)} "
                  "(all: MAML; head: ANIL, only the last layer adapts)")
-        if self.adapt_layers == "head" and self.datasource == "navigation":
+        if self.adapt_layers == "head" and self.is_rl:
             fail("adapt_layers", "ANIL (--adapt_layers=head) is for the supervised "
-                 "datasources; the navigation policy adapts all its layers")
+                 f"datasources; the {self.datasource} policy adapts all its layers")
         if self.task_parallelism not in TASK_PARALLELISM:
             fail("task_parallelism", f"{self.task_parallelism!r} is not one of "
                  f"{', '.join(TASK_PARALLELISM)}")
@@ -110,11 +113,12 @@ class ConfigChecks:
         """A baseline exists for its datasource."""
         if self.is_pretrained_baseline:
             self._validate_pretrained_baseline(fail)
-        if self.baseline == "oracle" and self.datasource not in ("sinusoid", "navigation"):
-            fail("baseline", "the oracle baseline exists only for --datasource=sinusoid or "
-                 "navigation")
-        if self.baseline == "random" and self.datasource != "navigation":
-            fail("baseline", "the random baseline exists only for --datasource=navigation")
+        if self.baseline == "oracle" and not (self.datasource == "sinusoid" or self.is_rl):
+            fail("baseline", "the oracle baseline exists only for --datasource=sinusoid and "
+                 f"the reinforcement-learning datasources ({', '.join(RL_DATASOURCES)})")
+        if self.baseline == "random" and not self.is_rl:
+            fail("baseline", "the random baseline exists only for the reinforcement-learning "
+                 f"datasources ({', '.join(RL_DATASOURCES)})")
 
     def _validate_lengths(self, fail) -> None:
         """Iterations, batch sizes, filters, test tasks and inner steps: counts that
@@ -150,23 +154,22 @@ class ConfigChecks:
         """The ensemble, the export and the evaluation's inner steps."""
         if self.ensemble < 0:
             fail("ensemble", f"must be >= 0 (0: no ensemble), got {self.ensemble}")
-        if self.ensemble and (self.baseline or self.init_checkpoint
-                              or self.datasource == "navigation"):
+        if self.ensemble and (self.baseline or self.init_checkpoint or self.is_rl):
             fail("ensemble", "an ensemble is made of a supervised run's own checkpoints: it "
-                 "does not apply to --baseline, --init_checkpoint or navigation; drop one of "
-                 "them")
+                 "does not apply to --baseline, --init_checkpoint or reinforcement learning "
+                 f"(--datasource={self.datasource}); drop one of them")
         if self.export_dir and self.ensemble and not self.train:
             fail("export_dir", f"exports one checkpoint, and --ensemble={self.ensemble} "
                  "evaluates an ensemble of them: drop --ensemble to export the checkpoint "
                  "--test_iter names (default: the latest)")
-        if self.export_dir and self.datasource == "navigation":
-            fail("export_dir", "the navigation policy has no SavedModel export (it adapts on "
-                 "an environment's rollouts, not on a support set); drop --export_dir")
+        if self.export_dir and self.is_rl:
+            fail("export_dir", f"the {self.datasource} policy has no SavedModel export (it "
+                 "adapts on an environment's rollouts, not on a support set); drop --export_dir")
         if self.test_num_updates < 0:
             fail("test_num_updates", f"must be >= 0, got {self.test_num_updates}")
 
     def _validate_rates(self, fail) -> None:
-        """Step sizes, and navigation's TRPO meta-update."""
+        """Step sizes, and reinforcement learning's TRPO meta-update and horizon."""
         for name in ("meta_lr", "update_lr"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
@@ -180,9 +183,13 @@ class ConfigChecks:
                  f"{self.max_kl}")
         if not 0 < self.discount <= 1:
             fail("discount", f"must be in (0, 1], got {self.discount}")
-        if self.datasource == "navigation" and (self.algorithm != "maml" or self.meta_sgd):
-            fail("algorithm", "--datasource=navigation trains MAML with TRPO (or the "
+        if self.is_rl and (self.algorithm != "maml" or self.meta_sgd):
+            fail("algorithm", f"--datasource={self.datasource} trains MAML with TRPO (or the "
                  "baselines); Reptile and Meta-SGD are not implemented for it")
+        if self.horizon < 0 or (self.horizon and not self.is_rl):
+            fail("horizon", f"the episode length of the reinforcement-learning datasources: 0 "
+                 f"(the task family's: navigation 100, locomotion 200) or >= 1, got "
+                 f"{self.horizon} for --datasource={self.datasource}")
 
     def _validate_data(self, fail) -> None:
         """Classification data, and the net it is read into."""
@@ -227,9 +234,9 @@ class ConfigChecks:
         if self.num_cpu_devices < 0:
             fail("num_cpu_devices", f"must be >= 0 (0: do not split the CPU), got "
                  f"{self.num_cpu_devices}")
-        if self.distribution_strategy != "default" and self.datasource == "navigation":
-            fail("distribution_strategy", "navigation (reinforcement learning) trains on one "
-                 "device; drop the flag")
+        if self.distribution_strategy != "default" and self.is_rl:
+            fail("distribution_strategy", f"{self.datasource} (reinforcement learning) trains "
+                 "on one device; drop the flag")
         if self.num_cpu_devices and self.distribution_strategy != "mirrored":
             fail("num_cpu_devices", "splits the CPU into replicas for "
                  "--distribution_strategy=mirrored; add that flag (or drop this one)")

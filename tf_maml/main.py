@@ -47,12 +47,14 @@ def define_flags(values: flags.FlagValues) -> None:
 def _define_original_flags(values: flags.FlagValues) -> None:
     """The original's flags: names, types, defaults and help texts of cbfinn/maml main.py."""
     flags.DEFINE_string("datasource", "sinusoid",
-                        "sinusoid or omniglot or miniimagenet (or navigation: 2D navigation RL)",
+                        "sinusoid or omniglot or miniimagenet (or reinforcement learning: "
+                        "navigation, 2D navigation; cheetah_vel, cheetah_dir, ant_vel, ant_dir, "
+                        "MuJoCo locomotion with the rl extra)",
                         flag_values=values)
     flags.DEFINE_integer("num_classes", 5,
                          "number of classes used in classification (e.g. 5-way classification).",
                          flag_values=values)
-    flags.DEFINE_string("baseline", None, "oracle, or None (navigation: also random; "
+    flags.DEFINE_string("baseline", None, "oracle, or None (RL datasources: also random; "
                         "miniimagenet: finetune or nearest_neighbor, the baselines of a "
                         "classifier pretrained on the training classes)", flag_values=values)
     flags.DEFINE_integer("pretrain_iterations", 0, "number of pre-training iterations.",
@@ -103,7 +105,7 @@ def _define_original_flags(values: flags.FlagValues) -> None:
 
 def _define_algorithm_flags(values: flags.FlagValues) -> None:
     """What is meta-learned and how: the algorithm, its loss and options (ANIL, Meta-SGD,
-    MAML++), and navigation's TRPO meta-update."""
+    MAML++), and reinforcement learning's TRPO meta-update."""
     flags.DEFINE_enum("algorithm", "maml", list(ALGORITHMS),
                       "maml (second order, or first order with --stop_grad) or reptile.",
                       flag_values=values)
@@ -134,10 +136,12 @@ def _define_algorithm_flags(values: flags.FlagValues) -> None:
                       flag_values=values)
     flags.DEFINE_float("min_meta_lr", 1e-5, "with --cosine_meta_lr: the final meta learning "
                        "rate (MAML++: 1e-5).", flag_values=values)
-    flags.DEFINE_float("max_kl", 0.01, "navigation: TRPO's KL limit (delta) of the meta-update.",
+    flags.DEFINE_float("max_kl", 0.01, "RL: TRPO's KL limit (delta) of the meta-update.",
                        flag_values=values)
-    flags.DEFINE_float("discount", 0.99, "navigation: discount factor (gamma) of the returns.",
+    flags.DEFINE_float("discount", 0.99, "RL: discount factor (gamma) of the returns.",
                        flag_values=values)
+    flags.DEFINE_integer("horizon", 0, "RL: the maximal episode length; 0: the task "
+                         "family's (navigation 100, locomotion 200).", flag_values=values)
 
 
 def _define_task_flags(values: flags.FlagValues) -> None:

@@ -21,7 +21,8 @@ from tf_maml import threads as threads_lib
 from tf_maml import train as train_lib
 from tf_maml.callbacks import ProgressLogger
 from tf_maml.checkpoint import learner_checkpointer, restore_for_test
-from tf_maml.config import Config, ConfigError
+from tf_maml.config import LOCOMOTION_FAMILIES, Config, ConfigError
+from tf_maml.tasks.locomotion import require_simulator
 
 
 def run_dir(config: Config) -> str:
@@ -61,9 +62,11 @@ def run(config: Config, log=print) -> dict:
     multi-worker training only the chief writes, evaluates and exports."""
     directory = run_dir(config)
     log(f"Run directory: {directory}")
-    if config.datasource == "navigation":  # reinforcement learning: tf_maml/rl/training.py
+    if config.is_rl:  # reinforcement learning: tf_maml/rl/training.py
+        if config.datasource in LOCOMOTION_FAMILIES:  # before the run directory is touched
+            require_simulator(f"--datasource={config.datasource}")
         with _lock(config, directory, True, log):
-            return _run_navigation(config, directory, log)
+            return _run_rl(config, directory, log)
     # First: threads, logical CPU devices and collective ops must be set up before TF's
     # first op.
     # The pretrained baselines train one minibatch at a time (no task chunks to run side by
@@ -168,13 +171,13 @@ def _train(learner, config: Config, directory: str, chief: bool, changes, log) -
         changes=changes, log=log)
 
 
-def _run_navigation(config: Config, directory: str, log) -> dict:
+def _run_rl(config: Config, directory: str, log) -> dict:
     """Reinforcement learning (tf_maml/rl/training.py): train (unless ``--train=False`` or the
     random baseline) then evaluate, the run directory locked (:func:`run`)."""
     from tf_maml.rl import training as rl_training
 
     changes = resume_changes(config, directory)
-    learner = experiment.navigation_learner(config)
+    learner = experiment.rl_learner(config)
     result: dict = {"run_dir": directory}
     if config.baseline == "random":
         log("Random baseline: evaluating the randomly initialised policy (no training)")
@@ -199,17 +202,18 @@ def _run_navigation(config: Config, directory: str, log) -> dict:
     return result
 
 
-def reevaluate_navigation(directory: str, step_sizes, num_test_tasks: int = 0,
-                          log=print) -> str:
-    """``python -m tf_maml.rl.run``: re-evaluates the finished navigation run
+def reevaluate_rl(directory: str, step_sizes, num_test_tasks: int = 0, log=print) -> str:
+    """``python -m tf_maml.rl.run``: re-evaluates the finished reinforcement-learning run
     ``directory`` (built from its config.json) with a step size per test step."""
     from tf_maml.rl import training as rl_training
 
     with open(os.path.join(directory, "config.json")) as f:
         config = Config.from_json(f.read())
-    return rl_training.reevaluate(experiment.navigation_learner(config), directory, step_sizes,
-                             num_test_tasks or config.num_test_tasks,
-                             random_baseline=config.baseline == "random", log=log)
+    if config.datasource in LOCOMOTION_FAMILIES:
+        require_simulator(f"--datasource={config.datasource}")
+    return rl_training.reevaluate(experiment.rl_learner(config), directory, step_sizes,
+                                  num_test_tasks or config.num_test_tasks,
+                                  random_baseline=config.baseline == "random", log=log)
 
 
 def eval_source(config: Config):

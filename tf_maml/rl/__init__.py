@@ -6,7 +6,10 @@
 * :mod:`tf_maml.rl.learner`: :class:`RLMetaLearner`, inner policy-gradient step through
   :func:`tf_maml.adapt.adapt`, TRPO meta-update, the test-time protocol;
 * :mod:`tf_maml.rl.gym_tasks`: Gymnasium-API environments as a task family;
-* :mod:`tf_maml.rl.training`: the ``tf-maml --datasource=navigation`` experiment;
+* :mod:`tf_maml.rl.mujoco_batch`: ``LocomotionTasks``, the MuJoCo task families whose
+  rollouts step all simulations of a batch together (physics: :mod:`tf_maml.tasks.locomotion`);
+* :mod:`tf_maml.rl.training`: the ``tf-maml --datasource=navigation`` (or a locomotion
+  family) experiment;
 * :mod:`tf_maml.rl.run`, :mod:`tf_maml.rl.figure`: command lines (re-evaluation, figure).
 """
 

@@ -1,6 +1,6 @@
-"""The paper's Figure 5 (2D navigation) analogue: average return against the number of
-gradient steps at test, for MAML and the baselines, from the ``test_returns.npy`` files the
-navigation runs wrote.
+"""The paper's Figure 5 analogue (2D navigation, or a locomotion family with ``--title``):
+average return against the number of gradient steps at test, for MAML and the baselines,
+from the ``test_returns.npy`` files the runs wrote.
 
     python -m tf_maml.rl.figure --run="MAML=logs/navigation/<maml run>" \\
         --run="pretrained=logs/navigation/<...>.pretrained" \\
@@ -37,7 +37,8 @@ def mean_ci(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return returns.mean(0), 1.96 * returns.std(0) / np.sqrt(returns.shape[0])
 
 
-def plot(runs: dict[str, str], path: str, oracle: str | None = None) -> str:
+def plot(runs: dict[str, str], path: str, oracle: str | None = None,
+         title: str = "2D navigation, meta-test") -> str:
     """Writes the figure to ``path`` (PNG); ``runs`` maps curve labels to run directories."""
     import matplotlib
 
@@ -63,7 +64,7 @@ def plot(runs: dict[str, str], path: str, oracle: str | None = None) -> str:
     ax.set_xticks(range(num_steps + 1))
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return")
-    ax.set_title("2D navigation, meta-test")
+    ax.set_title(title)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -81,7 +82,7 @@ def main(argv):
         if not sep or not label or not run_dir:
             raise ValueError(f"--run expects LABEL=RUN_DIR, got {item!r}")
         runs[label] = run_dir
-    print("wrote", plot(runs, flags.FLAGS.output, flags.FLAGS.oracle))
+    print("wrote", plot(runs, flags.FLAGS.output, flags.FLAGS.oracle, flags.FLAGS.title))
 
 
 if __name__ == "__main__":
@@ -91,5 +92,7 @@ if __name__ == "__main__":
                               "curve each")
     flags.DEFINE_string("oracle", None, "run directory of the oracle (a horizontal line)")
     flags.DEFINE_string("output", "docs/figures/navigation_return.png", "the PNG to write")
+    flags.DEFINE_string("title", "2D navigation, meta-test", "the figure's title, e.g. "
+                        "\"half-cheetah, goal velocity, meta-test\"")
     flags.mark_flag_as_required("run")
     app.run(main)

@@ -80,7 +80,8 @@ class RLMetaLearner:
     Args:
       policy: the policy model; every trainable weight (log-std included) is adapted.
       env: a task family with :class:`tf_maml.tasks.navigation.NavigationTasks`' interface,
-        or a :class:`tf_maml.rl.gym_tasks.GymTasks` (any object with a ``rollout`` method).
+        or any object with a ``rollout`` method: :class:`tf_maml.rl.gym_tasks.GymTasks`,
+        :class:`tf_maml.rl.mujoco_batch.LocomotionTasks`.
       inner_lr: α, the policy-gradient step size of the inner loop (0.1 in the paper).
       inner_steps: inner steps during meta-training (1); 0 trains plain TRPO (baselines).
       num_trajectories: N trajectories per task and policy (20: the paper's K).
@@ -176,7 +177,7 @@ class RLMetaLearner:
         ``per_task`` one list per task), their advantages and returns."""
         tasks = tf.convert_to_tensor(tasks, tf.float32)
         seed = tf.convert_to_tensor(seed, tf.int64)
-        if hasattr(self.env, "rollout"):  # a Python-loop environment (GymTasks)
+        if hasattr(self.env, "rollout"):  # stepped from Python (GymTasks, LocomotionTasks)
             policy_fn = self._compiled(f"policy_{per_task}", lambda w, o: self._policy_fn(
                 w, per_task)(o))
             traj = self.env.rollout(lambda obs: policy_fn(weights, obs), tasks,

@@ -1,18 +1,19 @@
-"""``python -m tf_maml.rl.run``: re-evaluates a finished navigation run with a step size per
-test step (e.g. the authors' test script, which halved α after the first step), writing
+"""``python -m tf_maml.rl.run``: re-evaluates a finished RL run (navigation or locomotion) with
+a step size per test step (e.g. the authors' test script, which halved α after the first step),
+writing
 ``test_returns_steps<α1>_<α2>_....csv`` beside the run's ``test_returns.csv``::
 
     python -m tf_maml.rl.run --run_dir=logs/navigation/<run> --step_sizes=0.1,0.05,0.05
 
 A command line, above every module: it reads its flags and the run's config.json through
-:func:`tf_maml.runner.reevaluate_navigation` (the library is :mod:`tf_maml.rl.training`).
+:func:`tf_maml.runner.reevaluate_rl` (the library is :mod:`tf_maml.rl.training`).
 """
 
 from absl import app, flags
 
 from tf_maml import runner
 
-flags.DEFINE_string("run_dir", None, "a finished navigation run directory")
+flags.DEFINE_string("run_dir", None, "a finished RL run directory")
 flags.DEFINE_list("step_sizes", None, "alpha of each test step, e.g. 0.1,0.05,0.05 (the "
                   "authors' test script halved alpha after the first step)")
 flags.DEFINE_integer("num_test_tasks", 0, "test tasks (0: the run's --num_test_tasks)")
@@ -20,8 +21,7 @@ flags.DEFINE_integer("num_test_tasks", 0, "test tasks (0: the run's --num_test_t
 
 def main(argv) -> None:
     del argv
-    runner.reevaluate_navigation(flags.FLAGS.run_dir, flags.FLAGS.step_sizes,
-                                 flags.FLAGS.num_test_tasks)
+    runner.reevaluate_rl(flags.FLAGS.run_dir, flags.FLAGS.step_sizes, flags.FLAGS.num_test_tasks)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""MAML-TRPO and its baselines on 2D navigation: the library behind
-``tf-maml --datasource=navigation`` (:mod:`tf_maml.runner` unpacks the flags into the plain
-arguments of the functions here and holds the run directory's lock).
+"""MAML-TRPO and its baselines on 2D navigation and MuJoCo locomotion: the library behind
+``tf-maml --datasource=navigation`` (and ``cheetah_vel``, ``cheetah_dir``, ``ant_vel``,
+``ant_dir``; :mod:`tf_maml.runner` unpacks the flags into the plain arguments of the
+functions here and holds the run directory's lock).
 
 * MAML (``--metatrain_iterations=N``): the meta-objective of :mod:`tf_maml.rl.learner`
   with ``num_updates`` inner policy-gradient steps of step size ``update_lr`` on
@@ -49,18 +50,28 @@ SCALARS = ("pre_return", "post_return", "kl", "step_fraction")  # TensorBoard's,
 FIT_HINT = "was it written with another `baseline`? Use another `run_dir` for a new run."
 
 
-def build_learner(*, oracle: bool = False, seed: int = 0, inner_lr: float = 0.1,
-                  inner_steps: int = 1, num_trajectories: int = 20, discount: float = 0.99,
-                  max_kl: float = 0.01, first_order: bool = False):
-    """The environment (``oracle``: the goal in the observation), the paper's policy (its
-    weights drawn from ``seed``) and the learner (see :class:`RLMetaLearner` for the rest)."""
+def build_learner(*, task_family: str = "navigation", horizon: int = 0, oracle: bool = False,
+                  seed: int = 0, inner_lr: float = 0.1, inner_steps: int = 1,
+                  num_trajectories: int = 20, discount: float = 0.99, max_kl: float = 0.01,
+                  first_order: bool = False):
+    """The environment (``task_family``: navigation or a locomotion family of
+    :data:`tf_maml.tasks.locomotion.TASK_FAMILIES`; ``horizon`` steps, 0: the family's;
+    ``oracle``: the task in the observation), the paper's policy (its weights drawn from
+    ``seed``) and the learner (see :class:`RLMetaLearner` for the rest)."""
     import keras
 
     from tf_maml.rl.learner import RLMetaLearner
     from tf_maml.rl.policy import gaussian_mlp_policy
-    from tf_maml.tasks.navigation import NavigationTasks
 
-    env = NavigationTasks(oracle=oracle)
+    if task_family == "navigation":
+        from tf_maml.tasks.navigation import HORIZON, NavigationTasks
+
+        env = NavigationTasks(oracle=oracle, horizon=horizon or HORIZON)
+    else:
+        from tf_maml.rl.mujoco_batch import LocomotionTasks
+        from tf_maml.tasks.locomotion import HORIZON
+
+        env = LocomotionTasks(task_family, oracle=oracle, horizon=horizon or HORIZON)
     keras.utils.set_random_seed(seed)
     policy = gaussian_mlp_policy(env.observation_dim, env.action_dim)
     return RLMetaLearner(policy, env, inner_lr=inner_lr, inner_steps=inner_steps,
@@ -144,7 +155,7 @@ def train(learner, directory: str, iterations: int, *, meta_batch_size: int, see
 
 
 def test_tasks(env, num_tasks: int) -> np.ndarray:
-    """The fixed test goals: task i from its own generator (seed 1, stream 2)."""
+    """The fixed test tasks: task i from its own generator (seed 1, stream 2)."""
     return np.concatenate([env.sample_tasks(1, batch_rng(TEST_SEED, i, TEST_STREAM))
                            for i in range(num_tasks)])
 

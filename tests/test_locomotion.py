@@ -1,0 +1,235 @@
+"""The MuJoCo locomotion task families (tf_maml/tasks/locomotion.py, tf_maml/rl/mujoco_batch.py)
+against independent truth: rewards and observations worked out by hand from a plain MuJoCo
+simulation of Gymnasium's model with the authors' formulas (rllab's centre-of-mass velocity
+from mj_objectVelocity, the contact forces from an explicit mj_rnePostConstraint); the
+batched sampler against a plain Python loop over one Gymnasium-API environment per
+trajectory; a tiny meta-iteration through the runner; and the one-line message of a missing
+rl extra. All but the last need the rl extra (MuJoCo, Gymnasium)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import pathlib
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_maml import runner
+from tf_maml.config import Config
+from tf_maml.rl.gym_tasks import GymTasks
+from tf_maml.rl.mujoco_batch import LocomotionTasks
+from tf_maml.rl.policy import gaussian_mlp_policy
+from tf_maml.tasks import locomotion
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+needs_mujoco = pytest.mark.skipif(
+    importlib.util.find_spec("mujoco") is None or importlib.util.find_spec("gymnasium") is None,
+    reason='the rl extra is not installed (pip install -e ".[rl]")')
+# The authors' rllab models (vendor/mujoco_models): time step per action, contact cost.
+TIMESTEP = {"cheetah": 0.01, "ant": 0.02}
+
+
+def raw_model(robot: str):
+    """Gymnasium's XML as it is, at the rllab model's time step: no sensors added."""
+    import mujoco
+
+    gym_dir = os.path.dirname(importlib.util.find_spec("gymnasium").origin)
+    xml = "half_cheetah.xml" if robot == "cheetah" else "ant.xml"
+    spec = mujoco.MjSpec.from_file(os.path.join(gym_dir, "envs", "mujoco", "assets", xml))
+    with warnings.catch_warnings():  # the cheetah's deprecated settotalmass, as a warning
+        warnings.simplefilter("ignore")  # (MjModel.from_xml_path would log it to a file)
+        model = spec.compile()
+    model.opt.timestep = TIMESTEP[robot]
+    return model
+
+
+def rllab_comvel(model, data) -> np.ndarray:
+    """rllab's ``get_body_comvel("torso")``: the mass-weighted mean of the linear velocities
+    (mj_objectVelocity, world frame) of the torso's subtree, every body but the world."""
+    import mujoco
+
+    momentum, mass = np.zeros(3), 0.0
+    for body in range(1, model.nbody):
+        velocity = np.zeros(6)
+        mujoco.mj_objectVelocity(model, data, mujoco.mjtObj.mjOBJ_BODY, body, velocity, 0)
+        momentum += model.body_mass[body] * velocity[3:]
+        mass += model.body_mass[body]
+    return momentum / mass
+
+
+def scripted_policy(actions: np.ndarray, shape):
+    """A policy that plays ``actions[t]`` at the t-th call, with no exploration to speak of
+    (log-std −60: exp(−60)·ε vanishes in float32 beside actions of order 1)."""
+    calls = []
+
+    def policy_fn(obs):
+        t = len(calls)
+        calls.append(t)
+        mean = np.broadcast_to(actions[t], shape + actions.shape[1:])
+        return tf.constant(np.concatenate([mean, np.full_like(mean, -60.0)], -1), tf.float32)
+
+    return policy_fn
+
+
+def by_hand(family: str, task: float, reset_seed: int, actions: np.ndarray):
+    """Observations and rewards of one episode, computed here from a plain simulation by the
+    formulas of the authors' rllab environments (half_cheetah_env_rand(_direc).py,
+    ant_env_rand(_direc).py)."""
+    import mujoco
+
+    robot = "cheetah" if family.startswith("cheetah") else "ant"
+    model = raw_model(robot)
+    data = mujoco.MjData(model)
+    rng = np.random.default_rng(reset_seed)
+    init = np.array(model.numeric_data[:model.nq]) if robot == "ant" else np.zeros(model.nq)
+    data.qpos[:] = init + 0.01 * rng.normal(size=model.nq)
+    data.qvel[:] = 0.1 * rng.normal(size=model.nv)
+
+    def observe():
+        mujoco.mj_forward(model, data)
+        if robot == "cheetah":
+            return np.concatenate([data.qpos[1:], data.qvel, data.subtree_com[1]])
+        mujoco.mj_rnePostConstraint(model, data)  # cfrc_ext: only computed on request
+        return np.concatenate([data.qpos, data.qvel, np.clip(data.cfrc_ext, -1, 1).ravel(),
+                               data.xmat[1], data.subtree_com[1]])
+
+    observations, rewards, obs = [], [], observe()
+    for action in actions:
+        observations.append(obs)
+        a = np.clip(action.astype(np.float64), -1, 1)
+        data.ctrl[:] = a
+        mujoco.mj_step(model, data)
+        obs = observe()
+        v = rllab_comvel(model, data)[0]
+        if family == "cheetah_vel":
+            r = -abs(v - task) - 0.1 * 0.5 * np.sum(a ** 2)
+        elif family == "cheetah_dir":
+            r = task * v - 0.1 * 0.5 * np.sum(a ** 2)
+        else:
+            forward = -abs(v - task) + 1.0 if family == "ant_vel" else task * v
+            contact = 0.5 * 1e-3 * np.sum(np.clip(data.cfrc_ext, -1, 1) ** 2)
+            r = forward - 0.5 * 1e-2 * np.sum(a ** 2) - contact + 0.05
+        rewards.append(r)
+        if robot == "ant" and not 0.2 <= data.qpos[2] <= 1.0:
+            break
+    return np.array(observations), np.array(rewards)
+
+
+@needs_mujoco
+@pytest.mark.parametrize("family", ["cheetah_vel", "cheetah_dir", "ant_vel", "ant_dir"])
+def test_rewards_and_observations_of_a_scripted_episode_match_the_authors_formulas(family):
+    horizon, shape = 40, (2, 2)
+    tasks_family = LocomotionTasks(family, horizon=horizon)
+    tasks = np.array([[0.5], [1.7]] if family.endswith("vel") else [[-1.0], [1.0]], np.float32)
+    t = np.arange(horizon)[:, None]
+    actions = (1.5 * np.sin(0.3 * t + np.arange(tasks_family.action_dim))).astype(np.float32)
+    seed = [3, 4]
+    traj = tasks_family.rollout(scripted_policy(actions, shape), tasks, 2, seed)
+    reset_seeds = np.random.default_rng(np.asarray(seed, np.int64)).integers(2**31, size=shape)
+    for i, j in [(0, 0), (1, 1)]:
+        obs, rewards = by_hand(family, float(tasks[i, 0]), int(reset_seeds[i, j]), actions)
+        steps = len(rewards)
+        mask = traj["mask"][i, j].numpy()
+        assert mask.sum() == steps and np.all(mask[:steps] == 1)
+        np.testing.assert_allclose(traj["rewards"][i, j, :steps], rewards, rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_allclose(traj["observations"][i, j, :steps], obs, rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_allclose(traj["actions"][i, j, :steps], actions[:steps], atol=1e-20)
+        assert np.all(traj["rewards"][i, j, steps:].numpy() == 0)
+
+
+@needs_mujoco
+@pytest.mark.parametrize("family, oracle", [("cheetah_vel", False), ("ant_dir", True)])
+def test_batched_sampler_returns_the_trajectories_of_a_plain_loop(family, oracle):
+    """All T·N simulations in one mujoco.batch against GymTasks stepping one LocomotionEnv
+    (one MjData, mj_step) per trajectory: the same observations, actions, rewards and masks,
+    bit for bit, also where ant episodes end at different steps."""
+    horizon = 60
+    batched = LocomotionTasks(family, oracle=oracle, horizon=horizon, threads=2)
+    plain = GymTasks(lambda task: locomotion.LocomotionEnv(family, goal=float(task[0]),
+                                                           oracle=oracle, horizon=horizon),
+                     batched.sample_tasks, batched.observation_dim, batched.action_dim,
+                     horizon)
+    keras.utils.set_random_seed(0)
+    policy = gaussian_mlp_policy(batched.observation_dim, batched.action_dim)
+
+    def policy_fn(obs):
+        flat = tf.reshape(obs, [-1, obs.shape[-1]])
+        return tf.reshape(policy(flat), tf.concat([tf.shape(obs)[:-1], [-1]], 0))
+
+    tasks = batched.sample_tasks(3, np.random.default_rng(5))
+    got = batched.rollout(policy_fn, tasks, 4, [7, 8])
+    want = plain.rollout(policy_fn, tasks, 4, [7, 8])
+    for key in ("observations", "actions", "rewards", "mask"):
+        np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
+    lengths = got["mask"].numpy().sum(-1)
+    if family.startswith("ant"):  # random torques topple some ants: ends differ
+        assert lengths.min() < horizon and len(np.unique(lengths)) > 1
+    if oracle:  # the task appended to every observation that happened
+        appended = got["observations"][..., -1].numpy()
+        np.testing.assert_array_equal(appended, tasks[:, None, :] * got["mask"].numpy())
+
+
+@needs_mujoco
+def test_the_task_families_sample_the_authors_ranges():
+    rng = np.random.default_rng(0)
+    velocity = LocomotionTasks("ant_vel").sample_tasks(2000, rng)
+    assert velocity.shape == (2000, 1) and 0 <= velocity.min() and velocity.max() <= 3.0
+    assert velocity.mean() == pytest.approx(1.5, abs=0.1)
+    direction = LocomotionTasks("cheetah_dir").sample_tasks(2000, rng)
+    assert set(np.unique(direction)) == {-1.0, 1.0}
+    assert np.mean(direction) == pytest.approx(0.0, abs=0.1)
+    dims = {name: LocomotionTasks(name).observation_dim
+            for name in ("cheetah_vel", "ant_vel")}
+    # rllab: cheetah qpos[1:] (8) + qvel (9) + torso com (3); ant qpos (15) + qvel (14) +
+    # 14 bodies' 6 contact forces + torso xmat (9) + com (3)
+    assert dims == {"cheetah_vel": 20, "ant_vel": 125}
+
+
+@needs_mujoco
+def test_a_tiny_meta_iteration_through_the_runner_writes_the_returns(tmp_path):
+    config = Config(datasource="cheetah_vel", logdir=str(tmp_path), metatrain_iterations=1,
+                    meta_batch_size=2, update_batch_size=2, update_lr=0.1, norm="None",
+                    horizon=5, num_test_tasks=2, test_num_updates=2, log=False).validate()
+    result = runner.run(config, log=lambda line: None)
+    run_dir = result["run_dir"]
+    assert run_dir.endswith("cls_5.mbs_2.ubs_2.numstep1.updatelr0.1nonorm.horizon5")
+    with open(os.path.join(run_dir, "training_log.csv")) as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1]
+    with open(os.path.join(run_dir, "test_returns.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["steps"]) for r in rows] == [0, 1, 2]
+    returns = np.load(os.path.join(run_dir, "test_returns.npy"))
+    # −|v − v*| − control cost ≤ 0 at every step; 5 steps cannot reach −(5 · 10)
+    assert returns.shape == (2, 3) and np.all(returns < 0) and np.all(returns > -50)
+    assert os.path.exists(os.path.join(run_dir, "model-1.index"))
+
+
+def test_without_the_rl_extra_a_locomotion_flagfile_fails_with_one_line(tmp_path, capsys,
+                                                                         monkeypatch):
+    from absl import app, flags
+
+    from tf_maml import main as cli_main
+
+    monkeypatch.setitem(sys.modules, "mujoco", None)  # `import mujoco` raises ImportError
+    flags.FLAGS.unparse_flags()
+    argv = ["tf-maml", f"--flagfile={REPO}/flags/cheetah_vel_maml.flags",
+            f"--logdir={tmp_path}/logs"]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            app.run(cli_main.main, argv=argv)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("tf-maml: error: --datasource=cheetah_vel needs the MuJoCo")
+    assert err[0].endswith('pip install -e ".[rl]"')
+    assert not os.path.exists(tmp_path / "logs")  # refused before the run directory

@@ -1,0 +1,309 @@
+"""Half-cheetah and ant locomotion, the MuJoCo tasks of Finn et al. (2017), §5.3 and Fig. 5.
+
+Four task families (``TASK_FAMILIES``), as the authors' rllab environments in cbfinn/maml_rl
+(``rllab/envs/mujoco/``) define them; a task is one number:
+
+* ``cheetah_vel`` (``half_cheetah_env_rand.py``): a goal velocity v* ~ U[0, 2]; reward
+  −|v − v*| − 0.05·Σa²;
+* ``cheetah_dir`` (``half_cheetah_env_rand_direc.py``): a direction d = ±1 (even odds);
+  reward d·v − 0.05·Σa²;
+* ``ant_vel`` (``ant_env_rand.py``): v* ~ U[0, 3]; reward −|v − v*| + 1 − 0.005·Σa²
+  − 0.0005·Σ clip(f, −1, 1)² + 0.05, f the bodies' external contact forces;
+* ``ant_dir`` (``ant_env_rand_direc.py``): d = ±1; reward d·v − the same costs + 0.05.
+
+v is the forward (x) velocity of the robot's centre of mass (rllab's ``body_comvels`` of
+the torso: the subtree's mass-weighted body velocities), a the action clipped to [−1, 1]
+(rllab's ``normalize()`` over the actuators' control range). The ant's episode ends when
+its torso leaves 0.2 ≤ z ≤ 1 (or the state is not finite); the cheetah's runs the horizon
+(200). Observations: the cheetah's joint positions but the x position, velocities and
+centre of mass (20 values); the ant's positions, velocities, clipped contact forces of
+every body, torso orientation matrix and centre of mass (125). The oracle
+(``oracle=True``, the authors' ``*_oracle.py``) appends the task's number.
+
+The models are Gymnasium's ``half_cheetah.xml`` and ``ant.xml`` (the rllab models, with the
+ant's control range written as a gear of 150), run with the authors' time steps: one
+simulator step per action (rllab's models have no ``frame_skip``), 0.01 s for the cheetah
+and 0.02 s for the ant. docs/deviations.md lists where this differs from rllab on
+MuJoCo 1.31.
+
+This module is the physics and the task definitions: the models, start states, rewards,
+observations and ends of episodes, vectorised over a batch of simulations.
+:class:`tf_maml.rl.mujoco_batch.LocomotionTasks` is the task family the RL learner trains
+on: its ``rollout`` steps all T·N simulations of a batch together in MuJoCo's C thread pool.
+:class:`LocomotionEnv` is one task with the Gymnasium API (one ``mujoco.MjData`` stepped by
+``mj_step``): the same simulation, for users' tools and as the plain loop the batch is
+tested and timed against. Both need the ``rl`` extra
+(``pip install -e ".[rl]"``: MuJoCo, and Gymnasium for the models); importing this module
+does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import os
+import warnings
+
+import numpy as np
+
+from tf_maml.errors import ConfigError
+
+try:  # optional: only for LocomotionEnv's spaces and isinstance(env, gymnasium.Env)
+    import gymnasium as _gymnasium
+except ImportError:  # pragma: no cover - exercised where gymnasium is absent
+    _gymnasium = None
+
+HORIZON = 200  # maml_rl's max_path_length in cluster_maml_trpo_{cheetah,ant}.py
+QPOS_NOISE, QVEL_NOISE = 0.01, 0.1  # rllab mujoco_env.reset_mujoco: N(0, 0.01²), N(0, 0.1²)
+EXTRA = 'pip install -e ".[rl]"'
+
+
+@dataclasses.dataclass(frozen=True)
+class Robot:
+    """A MuJoCo robot as the authors' rllab environment runs it."""
+
+    xml: str  # the model among Gymnasium's MuJoCo assets
+    timestep: float  # the rllab model's option timestep (s)
+    frame_skip: int  # simulator steps per action
+    ctrl_cost: float  # coefficient of Σ clip(a)²
+    contact_cost: float  # coefficient of Σ clip(cfrc_ext, −1, 1)²
+    healthy_z: tuple[float, float] | None  # the torso heights of a live episode
+
+
+CHEETAH = Robot("half_cheetah.xml", 0.01, 1, 0.5 * 1e-1, 0.0, None)
+ANT = Robot("ant.xml", 0.02, 1, 0.5 * 1e-2, 0.5 * 1e-3, (0.2, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A task family: a robot and what its task asks of the forward velocity."""
+
+    robot: Robot
+    direction: bool  # a task is a direction ±1 (else a goal velocity U[0, goal_high])
+    goal_high: float
+    bonus: float  # added to every step's reward (the ant's "survive" and "happy" terms)
+
+
+TASK_FAMILIES = {
+    "cheetah_vel": Family(CHEETAH, False, 2.0, 0.0),
+    "cheetah_dir": Family(CHEETAH, True, 2.0, 0.0),
+    "ant_vel": Family(ANT, False, 3.0, 1.0 + 0.05),
+    "ant_dir": Family(ANT, True, 3.0, 0.05),
+}
+
+
+def missing_simulator(what: str) -> ConfigError:
+    return ConfigError(f"{what} needs the MuJoCo simulator and Gymnasium's robot models, "
+                       f"which are not installed: install the rl extra, {EXTRA}")
+
+
+def require_simulator(what: str = "the locomotion tasks") -> None:
+    """Raises the one-line :class:`ConfigError` naming the extra when MuJoCo (with its
+    batched stepping, MuJoCo 4) or Gymnasium is missing."""
+    try:
+        import mujoco  # noqa: F401
+        from mujoco import batch  # noqa: F401
+    except ImportError as err:
+        raise missing_simulator(what) from err
+    if importlib.util.find_spec("gymnasium") is None:
+        raise missing_simulator(what)
+
+
+@functools.cache
+def load_model(robot: Robot):
+    """The robot's ``mujoco.MjModel``: Gymnasium's XML at the authors' time step, with two
+    sensors the rewards read, so that ``mj_forward`` computes them: the torso subtree's
+    linear velocity (rllab's centre-of-mass velocity), and for a robot with a contact cost
+    a torso accelerometer, whose evaluation makes MuJoCo compute the bodies' contact forces
+    (``cfrc_ext``; MuJoCo ≥ 2 leaves them 0 unless a sensor needs them)."""
+    require_simulator()
+    import mujoco
+
+    assets = os.path.join(os.path.dirname(importlib.util.find_spec("gymnasium").origin),
+                          "envs", "mujoco", "assets")
+    spec = mujoco.MjSpec.from_file(os.path.join(assets, robot.xml))
+    spec.option.timestep = robot.timestep
+    spec.add_sensor(type=mujoco.mjtSensor.mjSENS_SUBTREELINVEL,
+                    objtype=mujoco.mjtObj.mjOBJ_BODY, objname="torso", name="torso_comvel")
+    if robot.contact_cost:
+        spec.body("torso").add_site(name="torso_imu")
+        spec.add_sensor(type=mujoco.mjtSensor.mjSENS_ACCELEROMETER,
+                        objtype=mujoco.mjtObj.mjOBJ_SITE, objname="torso_imu")
+    with warnings.catch_warnings():  # the cheetah's settotalmass, deprecated in MuJoCo 4
+        warnings.simplefilter("ignore")
+        return spec.compile()
+
+
+def initial_qpos(model) -> np.ndarray:
+    """The rllab model's ``init_qpos`` numeric if it has one (the ant's crouched pose),
+    else the model's reference configuration."""
+    for i in range(model.nnumeric):
+        if model.numeric(i).name == "init_qpos":
+            return np.array(model.numeric(i).data[:model.nq], np.float64)
+    return np.array(model.qpos0, np.float64)
+
+
+def initial_state(model, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One episode's start (rllab ``reset_mujoco``): ``init_qpos + 0.01·N(0, 1)`` and
+    ``0.1·N(0, 1)`` velocities, positions drawn first, from ``rng``."""
+    qpos = initial_qpos(model) + QPOS_NOISE * rng.normal(size=model.nq)
+    qvel = QVEL_NOISE * rng.normal(size=model.nv)
+    return qpos, qvel
+
+
+def observe(family: Family, state: dict, tasks: np.ndarray, oracle: bool) -> np.ndarray:
+    """Observations ``[B, obs]`` from the simulator's ``state`` (arrays with a leading batch
+    axis B: ``qpos``, ``qvel``, ``subtree_com``, ``xmat``, ``cfrc_ext``), ``tasks [B]``."""
+    torso = 1
+    if family.robot is CHEETAH:  # half_cheetah_env_rand.py get_current_obs
+        parts = [state["qpos"][:, 1:], state["qvel"], state["subtree_com"][:, torso]]
+    else:  # ant_env_rand.py get_current_obs
+        count = len(state["qpos"])
+        parts = [state["qpos"], state["qvel"],
+                 np.clip(state["cfrc_ext"], -1.0, 1.0).reshape(count, -1),
+                 state["xmat"][:, torso], state["subtree_com"][:, torso]]
+    if oracle:
+        parts.append(np.asarray(tasks, np.float64)[:, None])
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def reward(family: Family, state: dict, tasks: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Rewards ``[B]`` after a step: the task's velocity term, the bonus, the costs of the
+    clipped ``actions [B, act]`` and of the contact forces (``state``: :func:`observe`'s,
+    plus ``comvel [B, 3]``, the torso subtree's centre-of-mass velocity)."""
+    robot = family.robot
+    velocity = state["comvel"][:, 0]
+    tasks = np.asarray(tasks, np.float64)
+    progress = tasks * velocity if family.direction else -np.abs(velocity - tasks)
+    cost = robot.ctrl_cost * np.sum(np.square(np.clip(actions, -1.0, 1.0)), axis=1)
+    if robot.contact_cost:
+        forces = np.clip(state["cfrc_ext"], -1.0, 1.0).reshape(len(velocity), -1)
+        cost = cost + robot.contact_cost * np.sum(np.square(forces), axis=1)
+    return progress + family.bonus - cost
+
+
+def done(family: Family, state: dict) -> np.ndarray:
+    """Whether each episode ended ``[B]``: the ant's torso out of its height range, or a
+    state that is not finite (rllab ``ant_env_rand.py``); the cheetah never ends early."""
+    z_range = family.robot.healthy_z
+    if z_range is None:
+        return np.zeros(len(state["qpos"]), bool)
+    finite = np.isfinite(state["qpos"]).all(axis=1) & np.isfinite(state["qvel"]).all(axis=1)
+    z = state["qpos"][:, 2]
+    return ~(finite & (z >= z_range[0]) & (z <= z_range[1]))
+
+
+def data_state(data) -> dict:
+    """:func:`observe`'s and :func:`reward`'s ``state`` of one ``MjData`` (batch of 1)."""
+    fields = {name: getattr(data, name)[None] for name in STATE_FIELDS}
+    fields["comvel"] = data.sensordata[None, :3]
+    return fields
+
+
+STATE_FIELDS = ("qpos", "qvel", "subtree_com", "xmat", "cfrc_ext")
+
+
+def sample_tasks(family: Family, num_tasks: int, rng: np.random.Generator) -> np.ndarray:
+    """``[T, 1]`` float32: goal velocities U[0, high], or directions ±1 at even odds (the
+    authors drew U[0, high] and went backwards below its middle)."""
+    draw = rng.uniform(0.0, family.goal_high, size=(num_tasks, 1))
+    if family.direction:
+        draw = np.where(draw < family.goal_high / 2, -1.0, 1.0)
+    return draw.astype(np.float32)
+
+
+def observation_dim(family: Family, oracle: bool) -> int:
+    """The length of an observation (cheetah 20, ant 125; the oracle's one more)."""
+    import mujoco
+
+    model = load_model(family.robot)
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    return int(observe(family, data_state(data), np.zeros(1), oracle).shape[1])
+
+
+def family_named(name: str) -> Family:
+    if name not in TASK_FAMILIES:
+        raise ValueError(f"the locomotion task family must be one of "
+                         f"{', '.join(TASK_FAMILIES)}, got {name!r}")
+    return TASK_FAMILIES[name]
+
+
+_EnvBase = _gymnasium.Env if _gymnasium is not None else object
+
+
+class LocomotionEnv(_EnvBase):
+    """One locomotion task with the Gymnasium API, NumPy in and out: one ``MjData`` stepped
+    by ``mj_step`` (the plain loop ``LocomotionTasks``' batch is tested against).
+
+    The task is ``goal`` if given, else drawn at ``reset`` from the seeded generator, or
+    passed with ``reset(options={"goal": g})``. The start state is drawn from
+    ``np.random.default_rng(seed)`` (:func:`initial_state`); ``truncated`` is set at the
+    horizon, ``terminated`` when the ant falls.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, family: str, goal: float | None = None, oracle: bool = False,
+                 horizon: int = HORIZON):
+        require_simulator()
+        import mujoco
+
+        self.family = family_named(family)
+        self.oracle = bool(oracle)
+        self.horizon = int(horizon)
+        self.model = load_model(self.family.robot)
+        self.data = mujoco.MjData(self.model)
+        self._fixed_goal = goal
+        self.goal = goal
+        self._rng = np.random.default_rng()
+        self._steps = 0
+        self.render_mode = None
+        if _gymnasium is not None:
+            box = _gymnasium.spaces.Box
+            self.observation_space = box(-np.inf, np.inf,
+                                         (observation_dim(self.family, self.oracle),),
+                                         np.float32)
+            self.action_space = box(-1.0, 1.0, (self.model.nu,), np.float32)
+
+    def _state(self) -> dict:
+        return data_state(self.data)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        import mujoco
+
+        if _gymnasium is not None:
+            super().reset(seed=seed)
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        if options and "goal" in options:
+            self.goal = float(options["goal"])
+        elif self._fixed_goal is None:
+            self.goal = float(sample_tasks(self.family, 1, self._rng)[0, 0])
+        mujoco.mj_resetData(self.model, self.data)
+        self.data.qpos[:], self.data.qvel[:] = initial_state(self.model, self._rng)
+        mujoco.mj_forward(self.model, self.data)
+        self._steps = 0
+        goal = np.array([self.goal])
+        return observe(self.family, self._state(), goal, self.oracle)[0], {}
+
+    def step(self, action):
+        import mujoco
+
+        if self.goal is None:
+            raise RuntimeError("call reset() before step()")
+        action = np.clip(np.asarray(action, np.float64).reshape(1, -1), -1.0, 1.0)
+        self.data.ctrl[:] = action[0]
+        mujoco.mj_step(self.model, self.data, nstep=self.family.robot.frame_skip)
+        mujoco.mj_forward(self.model, self.data)  # rllab: model.forward() after the steps
+        self._steps += 1
+        state, goal = self._state(), np.array([self.goal])
+        family = self.family
+        terminated = bool(done(family, state)[0])
+        truncated = not terminated and self._steps >= self.horizon
+        return (observe(family, state, goal, self.oracle)[0],
+                float(reward(family, state, goal, action)[0]), terminated, truncated, {})
+
+    def close(self):
+        pass
