@@ -21,7 +21,9 @@ setup(
     # spaces (for Gymnasium's tools); nothing else needs it (docs/rl.md).
     # rl: the MuJoCo locomotion tasks (tf_maml/tasks/locomotion.py): MuJoCo 4's batched
     # stepping (mujoco.batch) and Gymnasium's half_cheetah.xml and ant.xml.
-    extras_require={"test": ["pytest", "hypothesis"], "gym": ["gymnasium>=1.0"],
+    # ruff within one minor version: a later one may add rules to the selected sets, and a
+    # lint rule should change in a commit here, not break CI on the day it is released.
+    extras_require={"test": ["pytest", "hypothesis", "ruff>=0.17,<0.18"], "gym": ["gymnasium>=1.0"],
                     "rl": ["mujoco>=4.0.1", "gymnasium>=1.0"]},
     entry_points={
         "console_scripts": [
