@@ -36,12 +36,16 @@ TIMESTEP = {"cheetah": 0.01, "ant": 0.02}
 
 
 def raw_model(robot: str):
-    """Gymnasium's XML as it is, at the rllab model's time step: no sensors added."""
+    """Gymnasium's XML at the rllab model's time step and, for the ant, with the contact
+    softness of rllab's ant.xml l.9 (solref .02 1, solimp .8 .8 .01): no sensors added."""
     import mujoco
 
     gym_dir = os.path.dirname(importlib.util.find_spec("gymnasium").origin)
     xml = "half_cheetah.xml" if robot == "cheetah" else "ant.xml"
     spec = mujoco.MjSpec.from_file(os.path.join(gym_dir, "envs", "mujoco", "assets", xml))
+    if robot == "ant":
+        for geom in spec.geoms:
+            geom.solref, geom.solimp = [0.02, 1], [0.8, 0.8, 0.01, 0.5, 2]
     with warnings.catch_warnings():  # the cheetah's deprecated settotalmass, as a warning
         warnings.simplefilter("ignore")  # (MjModel.from_xml_path would log it to a file)
         model = spec.compile()
@@ -233,3 +237,65 @@ def test_without_the_rl_extra_a_locomotion_flagfile_fails_with_one_line(tmp_path
     assert err[0].startswith("tf-maml: error: --datasource=cheetah_vel needs the MuJoCo")
     assert err[0].endswith('pip install -e ".[rl]"')
     assert not os.path.exists(tmp_path / "logs")  # refused before the run directory
+
+
+def capsule_mass(density: float, radius: float, length: float) -> float:
+    return density * (np.pi * radius**2 * length + 4 / 3 * np.pi * radius**3)
+
+
+@needs_mujoco
+def test_the_compiled_models_have_rllabs_physics():
+    """load_model against numbers typed from rll/rllab's vendor/mujoco_models (the files
+    maml_rl's environments load), as MuJoCo reads them: what Gymnasium's XML writes
+    differently must have been set back (the ant's contact softness), or be equivalent (the
+    ant's gear × control range)."""
+    import mujoco
+
+    cheetah = locomotion.load_model(locomotion.CHEETAH)
+    # half_cheetah.xml l.36 settotalmass='14'; l.43 timestep 0.01, no integrator (Euler)
+    assert cheetah.opt.timestep == 0.01
+    assert cheetah.opt.integrator == mujoco.mjtIntegrator.mjINT_EULER
+    assert cheetah.body_mass.sum() == pytest.approx(14.0)
+    # l.38 joint defaults: armature .1, damping .01, stiffness 8 (the legs override the last
+    # two, l.62-80), solreflimit .02 1, solimplimit 0 .8 .03 (then MuJoCo's 0.5, 2)
+    legs = slice(3, 9)
+    np.testing.assert_array_equal(cheetah.dof_armature[legs], 0.1)
+    np.testing.assert_array_equal(cheetah.dof_damping[legs], [6, 4.5, 3, 4.5, 3, 1.5])
+    np.testing.assert_array_equal(cheetah.jnt_stiffness[legs], [240, 180, 120, 180, 120, 60])
+    np.testing.assert_array_equal(cheetah.jnt_range[legs], [[-.52, 1.05], [-.785, .785],
+                                                             [-.4, .785], [-1, .7],
+                                                             [-1.2, .87], [-.5, .5]])
+    np.testing.assert_array_equal(cheetah.jnt_solref[legs], [[0.02, 1]] * 6)
+    np.testing.assert_array_equal(cheetah.jnt_solimp[legs], [[0, 0.8, 0.03, 0.5, 2]] * 6)
+    # l.39 geom defaults (the floor too): friction .4 .1 .1, solimp 0 .8 .01, solref .02 1
+    np.testing.assert_array_equal(cheetah.geom_friction, [[0.4, 0.1, 0.1]] * cheetah.ngeom)
+    np.testing.assert_array_equal(cheetah.geom_solimp, [[0, 0.8, 0.01, 0.5, 2]] * cheetah.ngeom)
+    np.testing.assert_array_equal(cheetah.geom_solref, [[0.02, 1]] * cheetah.ngeom)
+    np.testing.assert_array_equal(cheetah.geom_margin, 0)
+    # l.88-93 gears; l.40 ctrlrange -1 1
+    np.testing.assert_array_equal(cheetah.actuator_gear[:, 0], [120, 90, 60, 120, 60, 30])
+    np.testing.assert_array_equal(cheetah.actuator_ctrlrange, [[-1, 1]] * 6)
+
+    ant = locomotion.load_model(locomotion.ANT)
+    # ant.xml l.3: timestep 0.02, RK4
+    assert ant.opt.timestep == 0.02 and ant.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4
+    # l.8 joint defaults armature 1, damping 1 (the free root's 0, l.23); limits MuJoCo's
+    np.testing.assert_array_equal(ant.dof_armature, [0] * 6 + [1] * 8)
+    np.testing.assert_array_equal(ant.dof_damping, [0] * 6 + [1] * 8)
+    np.testing.assert_array_equal(ant.jnt_stiffness, 0)
+    hip, front_ankle, back_ankle = [-30, 30], [30, 70], [-70, -30]  # degrees, l.27-63
+    np.testing.assert_allclose(ant.jnt_range[1:], np.radians(
+        [hip, front_ankle, hip, back_ankle, hip, back_ankle, hip, front_ankle]), rtol=1e-12)
+    np.testing.assert_array_equal(ant.jnt_solimp[1:], [[0.9, 0.95, 0.001, 0.5, 2]] * 8)
+    # l.9 geom defaults (the floor too): friction 1 .5 .5, margin .01, solref .02 1,
+    # solimp .8 .8 .01 (then MuJoCo's 0.5, 2); density 5
+    np.testing.assert_array_equal(ant.geom_friction, [[1, 0.5, 0.5]] * ant.ngeom)
+    np.testing.assert_array_equal(ant.geom_margin, 0.01)
+    np.testing.assert_array_equal(ant.geom_solref, [[0.02, 1]] * ant.ngeom)
+    np.testing.assert_array_equal(ant.geom_solimp, [[0.8, 0.8, 0.01, 0.5, 2]] * ant.ngeom)
+    torso = 5.0 * 4 / 3 * np.pi * 0.25**3  # l.22: a sphere of radius .25
+    leg, ankle = capsule_mass(5.0, 0.08, 0.2 * 2**0.5), capsule_mass(5.0, 0.08, 0.4 * 2**0.5)
+    np.testing.assert_allclose(ant.body_mass, [0, torso] + [leg, leg, ankle] * 4, rtol=1e-9)
+    # l.71-78: ctrlrange ±150 at gear 1; Gymnasium's ±1 at gear 150 is the same torque range
+    np.testing.assert_array_equal(ant.actuator_gear[:, 0] * ant.actuator_ctrlrange[:, 1], 150)
+    np.testing.assert_array_equal(ant.actuator_ctrlrange, [[-1, 1]] * 8)

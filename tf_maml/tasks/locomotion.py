@@ -69,10 +69,17 @@ class Robot:
     ctrl_cost: float  # coefficient of Σ clip(a)²
     contact_cost: float  # coefficient of Σ clip(cfrc_ext, −1, 1)²
     healthy_z: tuple[float, float] | None  # the torso heights of a live episode
+    # Every geom's contact softness (solref, solimp) where Gymnasium's XML lost the rllab
+    # model's: None keeps the XML's (the cheetah's are rllab's).
+    geom_contact: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 CHEETAH = Robot("half_cheetah.xml", 0.01, 1, 0.5 * 1e-1, 0.0, None)
-ANT = Robot("ant.xml", 0.02, 1, 0.5 * 1e-2, 0.5 * 1e-3, (0.2, 1.0))
+# rllab vendor/mujoco_models/ant.xml l.9: <default><geom solref=".02 1" solimp=".8 .8 .01">,
+# which Gymnasium's ant.xml dropped (MuJoCo's default solimp is 0.9 0.95 0.001); MuJoCo
+# completes a 3-number solimp with its width and power defaults 0.5 and 2 (compiled, checked).
+ANT = Robot("ant.xml", 0.02, 1, 0.5 * 1e-2, 0.5 * 1e-3, (0.2, 1.0),
+            ((0.02, 1.0), (0.8, 0.8, 0.01, 0.5, 2.0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +119,8 @@ def require_simulator(what: str = "the locomotion tasks") -> None:
 
 @functools.cache
 def load_model(robot: Robot):
-    """The robot's ``mujoco.MjModel``: Gymnasium's XML at the authors' time step, with two
+    """The robot's ``mujoco.MjModel``: Gymnasium's XML at the authors' time step and with
+    rllab's contact softness (``Robot.geom_contact``; docs/deviations.md), with two
     sensors the rewards read, so that ``mj_forward`` computes them: the torso subtree's
     linear velocity (rllab's centre-of-mass velocity), and for a robot with a contact cost
     a torso accelerometer, whose evaluation makes MuJoCo compute the bodies' contact forces
@@ -124,6 +132,9 @@ def load_model(robot: Robot):
                           "envs", "mujoco", "assets")
     spec = mujoco.MjSpec.from_file(os.path.join(assets, robot.xml))
     spec.option.timestep = robot.timestep
+    if robot.geom_contact is not None:  # per geom: the XML's defaults are applied at parsing
+        for geom in spec.geoms:
+            geom.solref, geom.solimp = robot.geom_contact
     spec.add_sensor(type=mujoco.mjtSensor.mjSENS_SUBTREELINVEL,
                     objtype=mujoco.mjtObj.mjOBJ_BODY, objname="torso", name="torso_comvel")
     if robot.contact_cost:
