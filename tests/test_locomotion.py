@@ -169,13 +169,26 @@ def test_batched_sampler_returns_the_trajectories_of_a_plain_loop(family, oracle
         return tf.reshape(policy(flat), tf.concat([tf.shape(obs)[:-1], [-1]], 0))
 
     tasks = batched.sample_tasks(3, np.random.default_rng(5))
-    got = batched.rollout(policy_fn, tasks, 4, [7, 8])
+    qpos, before_step = batched.batch(3 * 4).bind("qpos"), []
+
+    def recording_policy_fn(obs):  # the simulations' positions before each time step
+        before_step.append(qpos.copy().reshape(3, 4, -1))
+        return policy_fn(obs)
+
+    got = batched.rollout(recording_policy_fn, tasks, 4, [7, 8])
     want = plain.rollout(policy_fn, tasks, 4, [7, 8])
     for key in ("observations", "actions", "rewards", "mask"):
         np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
-    lengths = got["mask"].numpy().sum(-1)
+    lengths = got["mask"].numpy().sum(-1).astype(int)
     if family.startswith("ant"):  # random torques topple some ants: ends differ
         assert lengths.min() < horizon and len(np.unique(lengths)) > 1
+        # a finished simulation is not stepped again: its positions stay where it fell
+        final = qpos.reshape(3, 4, -1)
+        for i, j in zip(*np.nonzero(lengths < len(before_step))):
+            fallen = before_step[lengths[i, j]][i, j]
+            assert not 0.2 <= fallen[2] <= 1.0  # the torso's height that ended it
+            for later in before_step[lengths[i, j] + 1:] + [final]:
+                np.testing.assert_array_equal(later[i, j], fallen)
     if oracle:  # the task appended to every observation that happened
         appended = got["observations"][..., -1].numpy()
         np.testing.assert_array_equal(appended, tasks[:, None, :] * got["mask"].numpy())
@@ -184,12 +197,16 @@ def test_batched_sampler_returns_the_trajectories_of_a_plain_loop(family, oracle
 @needs_mujoco
 def test_the_task_families_sample_the_authors_ranges():
     rng = np.random.default_rng(0)
-    velocity = LocomotionTasks("ant_vel").sample_tasks(2000, rng)
-    assert velocity.shape == (2000, 1) and 0 <= velocity.min() and velocity.max() <= 3.0
-    assert velocity.mean() == pytest.approx(1.5, abs=0.1)
-    direction = LocomotionTasks("cheetah_dir").sample_tasks(2000, rng)
-    assert set(np.unique(direction)) == {-1.0, 1.0}
-    assert np.mean(direction) == pytest.approx(0.0, abs=0.1)
+    # half_cheetah_env_rand.py, ant_env_rand.py sample_goals: U[0, 2], U[0, 3]
+    for family, high in [("cheetah_vel", 2.0), ("ant_vel", 3.0)]:
+        velocity = LocomotionTasks(family).sample_tasks(2000, rng)
+        assert velocity.shape == (2000, 1) and 0 <= velocity.min() and velocity.max() <= high
+        assert velocity.max() > 0.95 * high and velocity.min() < 0.05 * high
+        assert velocity.mean() == pytest.approx(high / 2, abs=0.1)
+    for family in ("cheetah_dir", "ant_dir"):  # *_rand_direc.py: ±1 at even odds
+        direction = LocomotionTasks(family).sample_tasks(2000, rng)
+        assert direction.shape == (2000, 1) and set(np.unique(direction)) == {-1.0, 1.0}
+        assert np.mean(direction) == pytest.approx(0.0, abs=0.1)
     dims = {name: LocomotionTasks(name).observation_dim
             for name in ("cheetah_vel", "ant_vel")}
     # rllab: cheetah qpos[1:] (8) + qvel (9) + torso com (3); ant qpos (15) + qvel (14) +
@@ -299,3 +316,43 @@ def test_the_compiled_models_have_rllabs_physics():
     # l.71-78: ctrlrange ±150 at gear 1; Gymnasium's ±1 at gear 150 is the same torque range
     np.testing.assert_array_equal(ant.actuator_gear[:, 0] * ant.actuator_ctrlrange[:, 1], 150)
     np.testing.assert_array_equal(ant.actuator_ctrlrange, [[-1, 1]] * 8)
+
+
+@needs_mujoco
+@pytest.mark.parametrize("family", ["ant_vel", "cheetah_dir"])
+def test_a_simulation_that_diverges_ends_its_episode_in_both_samplers(family, tmp_path,
+                                                                     monkeypatch):
+    """A huge velocity written into one simulation mid-episode: MuJoCo resets it to the
+    reference pose with a warning instead of producing the non-finite state the authors'
+    termination looked for; its episode must end at that step (that step's reward counted),
+    in the batch and in LocomotionEnv alike, and the other simulation must go on."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings to MUJOCO_LOG.TXT here
+    horizon, kick, size = 12, 5, 2
+    tasks_family = LocomotionTasks(family, horizon=horizon)
+    actions = np.zeros((horizon, tasks_family.action_dim), np.float32)  # stand still
+    scripted = scripted_policy(actions, (1, size))
+    qvel, calls = tasks_family.batch(size).bind("qvel"), []
+
+    def policy_fn(obs):  # called before each step: kick simulation 0 before step `kick`
+        if len(calls) == kick:
+            qvel[0, -1] = 1e6
+        calls.append(len(calls))
+        return scripted(obs)
+
+    seed = [9, 9]
+    traj = tasks_family.rollout(policy_fn, np.array([[1.0]], np.float32), size, seed)
+    mask = traj["mask"].numpy()[0]
+    assert mask[0].sum() == kick + 1 and mask[1].sum() == horizon
+    batched_reward = traj["rewards"].numpy()[0, 0, kick]
+    assert np.isfinite(traj["observations"].numpy()).all()
+
+    env = locomotion.LocomotionEnv(family, goal=1.0, horizon=horizon)
+    reset_seed = np.random.default_rng(np.asarray(seed, np.int64)).integers(2**31, size=(1, 2))
+    env.reset(seed=int(reset_seed[0, 0]))
+    for _ in range(kick):
+        assert not env.step(actions[0])[2]
+    env.data.qvel[-1] = 1e6
+    _, reward, terminated, truncated, _ = env.step(actions[0])
+    assert terminated and not truncated
+    assert reward == pytest.approx(batched_reward, rel=1e-5, abs=1e-5)
+

@@ -15,13 +15,15 @@ v is the forward (x) velocity of the robot's centre of mass (rllab's ``body_comv
 the torso: the subtree's mass-weighted body velocities), a the action clipped to [−1, 1]
 (rllab's ``normalize()`` over the actuators' control range). The ant's episode ends when
 its torso leaves 0.2 ≤ z ≤ 1 (or the state is not finite); the cheetah's runs the horizon
-(200). Observations: the cheetah's joint positions but the x position, velocities and
-centre of mass (20 values); the ant's positions, velocities, clipped contact forces of
-every body, torso orientation matrix and centre of mass (125). The oracle
-(``oracle=True``, the authors' ``*_oracle.py``) appends the task's number.
+(200); either ends when MuJoCo resets a diverged simulation (:func:`done`). Observations:
+the cheetah's joint positions but the x position, velocities and centre of mass (20
+values); the ant's positions, velocities, clipped contact forces of every body, torso
+orientation matrix and centre of mass (125). The oracle (``oracle=True``, the authors'
+``*_oracle.py``) appends the task's number.
 
 The models are Gymnasium's ``half_cheetah.xml`` and ``ant.xml`` (the rllab models, with the
-ant's control range written as a gear of 150), run with the authors' time steps: one
+ant's control range written as a gear of 150 and its contact softness set back to rllab's,
+``Robot.geom_contact``), run with the authors' time steps: one
 simulator step per action (rllab's models have no ``frame_skip``), 0.01 s for the cheetah
 and 0.02 s for the ant. docs/deviations.md lists where this differs from rllab on
 MuJoCo 1.31.
@@ -194,15 +196,38 @@ def reward(family: Family, state: dict, tasks: np.ndarray, actions: np.ndarray) 
     return progress + family.bonus - cost
 
 
-def done(family: Family, state: dict) -> np.ndarray:
+def done(family: Family, state: dict, diverged: np.ndarray) -> np.ndarray:
     """Whether each episode ended ``[B]``: the ant's torso out of its height range, or a
-    state that is not finite (rllab ``ant_env_rand.py``); the cheetah never ends early."""
+    state that is not finite (rllab ``ant_env_rand.py``); for both robots, a simulation
+    MuJoCo found diverged during the step (``diverged [B]``, :func:`resets`), which it has
+    reset to the model's reference pose. MuJoCo 1.31 went on with the non-finite state, which
+    ended the ant's episode (the finite check, kept) and would have left the cheetah's
+    going on with NaN (docs/deviations.md)."""
+    ended = np.array(diverged, bool)
     z_range = family.robot.healthy_z
-    if z_range is None:
-        return np.zeros(len(state["qpos"]), bool)
-    finite = np.isfinite(state["qpos"]).all(axis=1) & np.isfinite(state["qvel"]).all(axis=1)
-    z = state["qpos"][:, 2]
-    return ~(finite & (z >= z_range[0]) & (z <= z_range[1]))
+    if z_range is not None:
+        finite = np.isfinite(state["qpos"]).all(axis=1) & np.isfinite(state["qvel"]).all(axis=1)
+        z = state["qpos"][:, 2]
+        ended |= ~(finite & (z >= z_range[0]) & (z <= z_range[1]))
+    return ended
+
+
+def resets(warning: np.ndarray) -> np.ndarray:
+    """How often MuJoCo has reset each simulation ``[B]``, from its warning counters
+    ``[B, mjNWARNING, 2]`` (``mujoco.batch.Batch.warning``'s (lastinfo, number)): ``mj_step``
+    resets a simulation whose positions, velocities or accelerations are not finite or
+    huge (``mj_checkPos``, ``mj_checkVel``, ``mj_checkAcc``) to the model's reference pose
+    and counts a warning, so a diverged simulation never shows a non-finite state."""
+    import mujoco
+
+    bad = [int(w) for w in (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
+                            mujoco.mjtWarning.mjWARN_BADQACC)]
+    return np.asarray(warning)[:, bad, 1].sum(axis=1)
+
+
+def data_warnings(data) -> np.ndarray:
+    """One ``MjData``'s warning counters as :func:`resets` reads them ``[1, mjNWARNING, 2]``."""
+    return np.array([[[w.lastinfo, w.number] for w in data.warning]])
 
 
 def data_state(data) -> dict:
@@ -306,12 +331,18 @@ class LocomotionEnv(_EnvBase):
             raise RuntimeError("call reset() before step()")
         action = np.clip(np.asarray(action, np.float64).reshape(1, -1), -1.0, 1.0)
         self.data.ctrl[:] = action[0]
+        before = resets(data_warnings(self.data))
         mujoco.mj_step(self.model, self.data, nstep=self.family.robot.frame_skip)
+        # mujoco.batch checks the new state (a diverged one is reset) before its mj_forward;
+        # so does this loop, to give the batch's trajectories
+        mujoco.mj_checkPos(self.model, self.data)
+        mujoco.mj_checkVel(self.model, self.data)
         mujoco.mj_forward(self.model, self.data)  # rllab: model.forward() after the steps
         self._steps += 1
         state, goal = self._state(), np.array([self.goal])
         family = self.family
-        terminated = bool(done(family, state)[0])
+        diverged = resets(data_warnings(self.data)) > before
+        terminated = bool(done(family, state, diverged)[0])
         truncated = not terminated and self._steps >= self.horizon
         return (observe(family, state, goal, self.oracle)[0],
                 float(reward(family, state, goal, action)[0]), terminated, truncated, {})
