@@ -8,6 +8,7 @@ rl extra. All but the last need the rl extra (MuJoCo, Gymnasium)."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib.util
 import os
@@ -26,6 +27,7 @@ from tf_maml.rl.gym_tasks import GymTasks
 from tf_maml.rl.mujoco_batch import LocomotionTasks
 from tf_maml.rl.policy import gaussian_mlp_policy
 from tf_maml.tasks import locomotion
+from tf_maml.tasks.locomotion_env import LocomotionEnv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 needs_mujoco = pytest.mark.skipif(
@@ -157,7 +159,7 @@ def test_batched_sampler_returns_the_trajectories_of_a_plain_loop(family, oracle
     bit for bit, also where ant episodes end at different steps."""
     horizon = 60
     batched = LocomotionTasks(family, oracle=oracle, horizon=horizon, threads=2)
-    plain = GymTasks(lambda task: locomotion.LocomotionEnv(family, goal=float(task[0]),
+    plain = GymTasks(lambda task: LocomotionEnv(family, goal=float(task[0]),
                                                            oracle=oracle, horizon=horizon),
                      batched.sample_tasks, batched.observation_dim, batched.action_dim,
                      horizon)
@@ -346,7 +348,7 @@ def test_a_simulation_that_diverges_ends_its_episode_in_both_samplers(family, tm
     batched_reward = traj["rewards"].numpy()[0, 0, kick]
     assert np.isfinite(traj["observations"].numpy()).all()
 
-    env = locomotion.LocomotionEnv(family, goal=1.0, horizon=horizon)
+    env = LocomotionEnv(family, goal=1.0, horizon=horizon)
     reset_seed = np.random.default_rng(np.asarray(seed, np.int64)).integers(2**31, size=(1, 2))
     env.reset(seed=int(reset_seed[0, 0]))
     for _ in range(kick):
@@ -356,3 +358,47 @@ def test_a_simulation_that_diverges_ends_its_episode_in_both_samplers(family, tm
     assert terminated and not truncated
     assert reward == pytest.approx(batched_reward, rel=1e-5, abs=1e-5)
 
+
+@needs_mujoco
+def test_locomotion_env_refuses_a_direction_other_than_plus_or_minus_one():
+    """rllab's direction environments took a reset argument in [0, 2]; here the goal is the
+    direction itself and scales the reward, so anything but ±1 is refused. A goal passed to
+    reset() is that episode's only: the goal fixed at construction comes back."""
+    with pytest.raises(ValueError, match=r"-1 \(backward\) or 1 \(forward\), got 2.0"):
+        LocomotionEnv("ant_dir", goal=2.0)
+    env = LocomotionEnv("cheetah_dir", goal=1.0)
+    with pytest.raises(ValueError, match="got 0.5"):
+        env.reset(options={"goal": 0.5})
+    env.reset(seed=0, options={"goal": -1})
+    assert env.goal == -1.0
+    env.reset(seed=0)
+    assert env.goal == 1.0
+    assert LocomotionEnv("cheetah_vel", goal=1.7).reset(seed=0)[0].shape == (20,)
+
+
+def module_level_imports(path: pathlib.Path) -> set[str]:
+    """The modules ``path`` imports when it is imported (not inside its functions)."""
+    found = set()
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                found.add(child.module or "")
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def test_the_task_definitions_the_configuration_checks_read_import_no_simulator():
+    """tf_maml/config_checks.py reads TASK_FAMILIES from tasks/locomotion.py on every
+    tf-maml start: importing it must not import Gymnasium or MuJoCo (LocomotionEnv, which
+    subclasses gymnasium.Env, lives in tasks/locomotion_env.py)."""
+    assert "tf_maml.tasks.locomotion" in module_level_imports(REPO / "tf_maml/config_checks.py")
+    imported = module_level_imports(REPO / "tf_maml/tasks/locomotion.py")
+    assert not {name for name in imported if name.split(".")[0] in ("gymnasium", "mujoco")}
+    assert {name for name in imported if name.startswith("tf_maml")} == {"tf_maml.errors"}

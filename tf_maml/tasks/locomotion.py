@@ -32,11 +32,12 @@ This module is the physics and the task definitions: the models, start states, r
 observations and ends of episodes, vectorised over a batch of simulations.
 :class:`tf_maml.rl.mujoco_batch.LocomotionTasks` is the task family the RL learner trains
 on: its ``rollout`` steps all T·N simulations of a batch together in MuJoCo's C thread pool.
-:class:`LocomotionEnv` is one task with the Gymnasium API (one ``mujoco.MjData`` stepped by
-``mj_step``): the same simulation, for users' tools and as the plain loop the batch is
-tested and timed against. Both need the ``rl`` extra
+:class:`tf_maml.tasks.locomotion_env.LocomotionEnv` is one task with the Gymnasium API
+(one ``mujoco.MjData`` stepped by ``mj_step``): the same simulation, for users' tools and as
+the plain loop the batch is tested and timed against. Both need the ``rl`` extra
 (``pip install -e ".[rl]"``: MuJoCo, and Gymnasium for the models); importing this module
-does not.
+does not, and it imports neither (the configuration checks read :data:`TASK_FAMILIES` from
+it on every ``tf-maml`` start).
 """
 
 from __future__ import annotations
@@ -50,11 +51,6 @@ import warnings
 import numpy as np
 
 from tf_maml.errors import ConfigError
-
-try:  # optional: only for LocomotionEnv's spaces and isinstance(env, gymnasium.Env)
-    import gymnasium as _gymnasium
-except ImportError:  # pragma: no cover - exercised where gymnasium is absent
-    _gymnasium = None
 
 HORIZON = 200  # maml_rl's max_path_length in cluster_maml_trpo_{cheetah,ant}.py
 QPOS_NOISE, QVEL_NOISE = 0.01, 0.1  # rllab mujoco_env.reset_mujoco: N(0, 0.01²), N(0, 0.1²)
@@ -264,88 +260,3 @@ def family_named(name: str) -> Family:
         raise ValueError(f"the locomotion task family must be one of "
                          f"{', '.join(TASK_FAMILIES)}, got {name!r}")
     return TASK_FAMILIES[name]
-
-
-_EnvBase = _gymnasium.Env if _gymnasium is not None else object
-
-
-class LocomotionEnv(_EnvBase):
-    """One locomotion task with the Gymnasium API, NumPy in and out: one ``MjData`` stepped
-    by ``mj_step`` (the plain loop ``LocomotionTasks``' batch is tested against).
-
-    The task is ``goal`` if given, else drawn at ``reset`` from the seeded generator, or
-    passed with ``reset(options={"goal": g})``. The start state is drawn from
-    ``np.random.default_rng(seed)`` (:func:`initial_state`); ``truncated`` is set at the
-    horizon, ``terminated`` when the ant falls.
-    """
-
-    metadata = {"render_modes": []}
-
-    def __init__(self, family: str, goal: float | None = None, oracle: bool = False,
-                 horizon: int = HORIZON):
-        require_simulator()
-        import mujoco
-
-        self.family = family_named(family)
-        self.oracle = bool(oracle)
-        self.horizon = int(horizon)
-        self.model = load_model(self.family.robot)
-        self.data = mujoco.MjData(self.model)
-        self._fixed_goal = goal
-        self.goal = goal
-        self._rng = np.random.default_rng()
-        self._steps = 0
-        self.render_mode = None
-        if _gymnasium is not None:
-            box = _gymnasium.spaces.Box
-            self.observation_space = box(-np.inf, np.inf,
-                                         (observation_dim(self.family, self.oracle),),
-                                         np.float32)
-            self.action_space = box(-1.0, 1.0, (self.model.nu,), np.float32)
-
-    def _state(self) -> dict:
-        return data_state(self.data)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        import mujoco
-
-        if _gymnasium is not None:
-            super().reset(seed=seed)
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        if options and "goal" in options:
-            self.goal = float(options["goal"])
-        elif self._fixed_goal is None:
-            self.goal = float(sample_tasks(self.family, 1, self._rng)[0, 0])
-        mujoco.mj_resetData(self.model, self.data)
-        self.data.qpos[:], self.data.qvel[:] = initial_state(self.model, self._rng)
-        mujoco.mj_forward(self.model, self.data)
-        self._steps = 0
-        goal = np.array([self.goal])
-        return observe(self.family, self._state(), goal, self.oracle)[0], {}
-
-    def step(self, action):
-        import mujoco
-
-        if self.goal is None:
-            raise RuntimeError("call reset() before step()")
-        action = np.clip(np.asarray(action, np.float64).reshape(1, -1), -1.0, 1.0)
-        self.data.ctrl[:] = action[0]
-        before = resets(data_warnings(self.data))
-        mujoco.mj_step(self.model, self.data, nstep=self.family.robot.frame_skip)
-        # mujoco.batch checks the new state (a diverged one is reset) before its mj_forward;
-        # so does this loop, to give the batch's trajectories
-        mujoco.mj_checkPos(self.model, self.data)
-        mujoco.mj_checkVel(self.model, self.data)
-        mujoco.mj_forward(self.model, self.data)  # rllab: model.forward() after the steps
-        self._steps += 1
-        state, goal = self._state(), np.array([self.goal])
-        family = self.family
-        diverged = resets(data_warnings(self.data)) > before
-        terminated = bool(done(family, state, diverged)[0])
-        truncated = not terminated and self._steps >= self.horizon
-        return (observe(family, state, goal, self.oracle)[0],
-                float(reward(family, state, goal, action)[0]), terminated, truncated, {})
-
-    def close(self):
-        pass
