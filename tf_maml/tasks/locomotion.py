@@ -75,7 +75,7 @@ class Robot:
 CHEETAH = Robot("half_cheetah.xml", 0.01, 1, 0.5 * 1e-1, 0.0, None)
 # rllab vendor/mujoco_models/ant.xml l.9: <default><geom solref=".02 1" solimp=".8 .8 .01">,
 # which Gymnasium's ant.xml dropped (MuJoCo's default solimp is 0.9 0.95 0.001); MuJoCo
-# completes a 3-number solimp with its width and power defaults 0.5 and 2 (compiled, checked).
+# completes a 3-number solimp (dmin, dmax, width) with its midpoint and power 0.5, 2 (checked).
 ANT = Robot("ant.xml", 0.02, 1, 0.5 * 1e-2, 0.5 * 1e-3, (0.2, 1.0),
             ((0.02, 1.0), (0.8, 0.8, 0.01, 0.5, 2.0)))
 
