@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from tf_maml.rl import training  # noqa: E402
 from tf_maml.rl.gym_tasks import GymTasks  # noqa: E402
 from tf_maml.tasks import locomotion  # noqa: E402
+from tf_maml.tasks.locomotion_env import LocomotionEnv  # noqa: E402
 
 ITERATIONS = {"cheetah": 1000, "ant": 800}  # n_itr of maml_rl's cluster_maml_trpo_*.py
 
@@ -63,7 +64,7 @@ def plain_loop(family: str, num_tasks: int, num_trajectories: int) -> float:
     """Environment steps per second of GymTasks over one LocomotionEnv per trajectory."""
     learner = training.build_learner(task_family=family, num_trajectories=num_trajectories)
     env = learner.env
-    learner.env = GymTasks(lambda task: locomotion.LocomotionEnv(family, goal=float(task[0])),
+    learner.env = GymTasks(lambda task: LocomotionEnv(family, goal=float(task[0])),
                            env.sample_tasks, env.observation_dim, env.action_dim, env.horizon)
     tasks = env.sample_tasks(num_tasks, np.random.default_rng(0))
     timed_sampling(learner, tasks[:1], False, 0)

@@ -8,6 +8,7 @@ rl extra. All but the last need the rl extra (MuJoCo, Gymnasium)."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib.util
 import os
@@ -26,6 +27,7 @@ from tf_maml.rl.gym_tasks import GymTasks
 from tf_maml.rl.mujoco_batch import LocomotionTasks
 from tf_maml.rl.policy import gaussian_mlp_policy
 from tf_maml.tasks import locomotion
+from tf_maml.tasks.locomotion_env import LocomotionEnv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 needs_mujoco = pytest.mark.skipif(
@@ -36,12 +38,16 @@ TIMESTEP = {"cheetah": 0.01, "ant": 0.02}
 
 
 def raw_model(robot: str):
-    """Gymnasium's XML as it is, at the rllab model's time step: no sensors added."""
+    """Gymnasium's XML at the rllab model's time step and, for the ant, with the contact
+    softness of rllab's ant.xml l.9 (solref .02 1, solimp .8 .8 .01): no sensors added."""
     import mujoco
 
     gym_dir = os.path.dirname(importlib.util.find_spec("gymnasium").origin)
     xml = "half_cheetah.xml" if robot == "cheetah" else "ant.xml"
     spec = mujoco.MjSpec.from_file(os.path.join(gym_dir, "envs", "mujoco", "assets", xml))
+    if robot == "ant":
+        for geom in spec.geoms:
+            geom.solref, geom.solimp = [0.02, 1], [0.8, 0.8, 0.01, 0.5, 2]
     with warnings.catch_warnings():  # the cheetah's deprecated settotalmass, as a warning
         warnings.simplefilter("ignore")  # (MjModel.from_xml_path would log it to a file)
         model = spec.compile()
@@ -153,7 +159,7 @@ def test_batched_sampler_returns_the_trajectories_of_a_plain_loop(family, oracle
     bit for bit, also where ant episodes end at different steps."""
     horizon = 60
     batched = LocomotionTasks(family, oracle=oracle, horizon=horizon, threads=2)
-    plain = GymTasks(lambda task: locomotion.LocomotionEnv(family, goal=float(task[0]),
+    plain = GymTasks(lambda task: LocomotionEnv(family, goal=float(task[0]),
                                                            oracle=oracle, horizon=horizon),
                      batched.sample_tasks, batched.observation_dim, batched.action_dim,
                      horizon)
@@ -165,13 +171,26 @@ def test_batched_sampler_returns_the_trajectories_of_a_plain_loop(family, oracle
         return tf.reshape(policy(flat), tf.concat([tf.shape(obs)[:-1], [-1]], 0))
 
     tasks = batched.sample_tasks(3, np.random.default_rng(5))
-    got = batched.rollout(policy_fn, tasks, 4, [7, 8])
+    qpos, before_step = batched.batch(3 * 4).bind("qpos"), []
+
+    def recording_policy_fn(obs):  # the simulations' positions before each time step
+        before_step.append(qpos.copy().reshape(3, 4, -1))
+        return policy_fn(obs)
+
+    got = batched.rollout(recording_policy_fn, tasks, 4, [7, 8])
     want = plain.rollout(policy_fn, tasks, 4, [7, 8])
     for key in ("observations", "actions", "rewards", "mask"):
         np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
-    lengths = got["mask"].numpy().sum(-1)
+    lengths = got["mask"].numpy().sum(-1).astype(int)
     if family.startswith("ant"):  # random torques topple some ants: ends differ
         assert lengths.min() < horizon and len(np.unique(lengths)) > 1
+        # a finished simulation is not stepped again: its positions stay where it fell
+        final = qpos.reshape(3, 4, -1)
+        for i, j in zip(*np.nonzero(lengths < len(before_step))):
+            fallen = before_step[lengths[i, j]][i, j]
+            assert not 0.2 <= fallen[2] <= 1.0  # the torso's height that ended it
+            for later in before_step[lengths[i, j] + 1:] + [final]:
+                np.testing.assert_array_equal(later[i, j], fallen)
     if oracle:  # the task appended to every observation that happened
         appended = got["observations"][..., -1].numpy()
         np.testing.assert_array_equal(appended, tasks[:, None, :] * got["mask"].numpy())
@@ -180,12 +199,16 @@ def test_batched_sampler_returns_the_trajectories_of_a_plain_loop(family, oracle
 @needs_mujoco
 def test_the_task_families_sample_the_authors_ranges():
     rng = np.random.default_rng(0)
-    velocity = LocomotionTasks("ant_vel").sample_tasks(2000, rng)
-    assert velocity.shape == (2000, 1) and 0 <= velocity.min() and velocity.max() <= 3.0
-    assert velocity.mean() == pytest.approx(1.5, abs=0.1)
-    direction = LocomotionTasks("cheetah_dir").sample_tasks(2000, rng)
-    assert set(np.unique(direction)) == {-1.0, 1.0}
-    assert np.mean(direction) == pytest.approx(0.0, abs=0.1)
+    # half_cheetah_env_rand.py, ant_env_rand.py sample_goals: U[0, 2], U[0, 3]
+    for family, high in [("cheetah_vel", 2.0), ("ant_vel", 3.0)]:
+        velocity = LocomotionTasks(family).sample_tasks(2000, rng)
+        assert velocity.shape == (2000, 1) and 0 <= velocity.min() and velocity.max() <= high
+        assert velocity.max() > 0.95 * high and velocity.min() < 0.05 * high
+        assert velocity.mean() == pytest.approx(high / 2, abs=0.1)
+    for family in ("cheetah_dir", "ant_dir"):  # *_rand_direc.py: ±1 at even odds
+        direction = LocomotionTasks(family).sample_tasks(2000, rng)
+        assert direction.shape == (2000, 1) and set(np.unique(direction)) == {-1.0, 1.0}
+        assert np.mean(direction) == pytest.approx(0.0, abs=0.1)
     dims = {name: LocomotionTasks(name).observation_dim
             for name in ("cheetah_vel", "ant_vel")}
     # rllab: cheetah qpos[1:] (8) + qvel (9) + torso com (3); ant qpos (15) + qvel (14) +
@@ -233,3 +256,149 @@ def test_without_the_rl_extra_a_locomotion_flagfile_fails_with_one_line(tmp_path
     assert err[0].startswith("tf-maml: error: --datasource=cheetah_vel needs the MuJoCo")
     assert err[0].endswith('pip install -e ".[rl]"')
     assert not os.path.exists(tmp_path / "logs")  # refused before the run directory
+
+
+def capsule_mass(density: float, radius: float, length: float) -> float:
+    return density * (np.pi * radius**2 * length + 4 / 3 * np.pi * radius**3)
+
+
+@needs_mujoco
+def test_the_compiled_models_have_rllabs_physics():
+    """load_model against numbers typed from rll/rllab's vendor/mujoco_models (the files
+    maml_rl's environments load), as MuJoCo reads them: what Gymnasium's XML writes
+    differently must have been set back (the ant's contact softness), or be equivalent (the
+    ant's gear × control range)."""
+    import mujoco
+
+    cheetah = locomotion.load_model(locomotion.CHEETAH)
+    # half_cheetah.xml l.36 settotalmass='14'; l.43 timestep 0.01, no integrator (Euler)
+    assert cheetah.opt.timestep == 0.01
+    assert cheetah.opt.integrator == mujoco.mjtIntegrator.mjINT_EULER
+    assert cheetah.body_mass.sum() == pytest.approx(14.0)
+    # l.38 joint defaults: armature .1, damping .01, stiffness 8 (the legs override the last
+    # two, l.62-80), solreflimit .02 1, solimplimit 0 .8 .03 (then MuJoCo's 0.5, 2)
+    legs = slice(3, 9)
+    np.testing.assert_array_equal(cheetah.dof_armature[legs], 0.1)
+    np.testing.assert_array_equal(cheetah.dof_damping[legs], [6, 4.5, 3, 4.5, 3, 1.5])
+    np.testing.assert_array_equal(cheetah.jnt_stiffness[legs], [240, 180, 120, 180, 120, 60])
+    np.testing.assert_array_equal(cheetah.jnt_range[legs], [[-.52, 1.05], [-.785, .785],
+                                                             [-.4, .785], [-1, .7],
+                                                             [-1.2, .87], [-.5, .5]])
+    np.testing.assert_array_equal(cheetah.jnt_solref[legs], [[0.02, 1]] * 6)
+    np.testing.assert_array_equal(cheetah.jnt_solimp[legs], [[0, 0.8, 0.03, 0.5, 2]] * 6)
+    # l.39 geom defaults (the floor too): friction .4 .1 .1, solimp 0 .8 .01, solref .02 1
+    np.testing.assert_array_equal(cheetah.geom_friction, [[0.4, 0.1, 0.1]] * cheetah.ngeom)
+    np.testing.assert_array_equal(cheetah.geom_solimp, [[0, 0.8, 0.01, 0.5, 2]] * cheetah.ngeom)
+    np.testing.assert_array_equal(cheetah.geom_solref, [[0.02, 1]] * cheetah.ngeom)
+    np.testing.assert_array_equal(cheetah.geom_margin, 0)
+    # l.88-93 gears; l.40 ctrlrange -1 1
+    np.testing.assert_array_equal(cheetah.actuator_gear[:, 0], [120, 90, 60, 120, 60, 30])
+    np.testing.assert_array_equal(cheetah.actuator_ctrlrange, [[-1, 1]] * 6)
+
+    ant = locomotion.load_model(locomotion.ANT)
+    # ant.xml l.3: timestep 0.02, RK4
+    assert ant.opt.timestep == 0.02 and ant.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4
+    # l.8 joint defaults armature 1, damping 1 (the free root's 0, l.23); limits MuJoCo's
+    np.testing.assert_array_equal(ant.dof_armature, [0] * 6 + [1] * 8)
+    np.testing.assert_array_equal(ant.dof_damping, [0] * 6 + [1] * 8)
+    np.testing.assert_array_equal(ant.jnt_stiffness, 0)
+    hip, front_ankle, back_ankle = [-30, 30], [30, 70], [-70, -30]  # degrees, l.27-63
+    np.testing.assert_allclose(ant.jnt_range[1:], np.radians(
+        [hip, front_ankle, hip, back_ankle, hip, back_ankle, hip, front_ankle]), rtol=1e-12)
+    np.testing.assert_array_equal(ant.jnt_solimp[1:], [[0.9, 0.95, 0.001, 0.5, 2]] * 8)
+    # l.9 geom defaults (the floor too): friction 1 .5 .5, margin .01, solref .02 1,
+    # solimp .8 .8 .01 (then MuJoCo's 0.5, 2); density 5
+    np.testing.assert_array_equal(ant.geom_friction, [[1, 0.5, 0.5]] * ant.ngeom)
+    np.testing.assert_array_equal(ant.geom_margin, 0.01)
+    np.testing.assert_array_equal(ant.geom_solref, [[0.02, 1]] * ant.ngeom)
+    np.testing.assert_array_equal(ant.geom_solimp, [[0.8, 0.8, 0.01, 0.5, 2]] * ant.ngeom)
+    torso = 5.0 * 4 / 3 * np.pi * 0.25**3  # l.22: a sphere of radius .25
+    leg, ankle = capsule_mass(5.0, 0.08, 0.2 * 2**0.5), capsule_mass(5.0, 0.08, 0.4 * 2**0.5)
+    np.testing.assert_allclose(ant.body_mass, [0, torso] + [leg, leg, ankle] * 4, rtol=1e-9)
+    # l.71-78: ctrlrange ±150 at gear 1; Gymnasium's ±1 at gear 150 is the same torque range
+    np.testing.assert_array_equal(ant.actuator_gear[:, 0] * ant.actuator_ctrlrange[:, 1], 150)
+    np.testing.assert_array_equal(ant.actuator_ctrlrange, [[-1, 1]] * 8)
+
+
+@needs_mujoco
+@pytest.mark.parametrize("family", ["ant_vel", "cheetah_dir"])
+def test_a_simulation_that_diverges_ends_its_episode_in_both_samplers(family, tmp_path,
+                                                                     monkeypatch):
+    """A huge velocity written into one simulation mid-episode: MuJoCo resets it to the
+    reference pose with a warning instead of producing the non-finite state the authors'
+    termination looked for; its episode must end at that step (that step's reward counted),
+    in the batch and in LocomotionEnv alike, and the other simulation must go on."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings to MUJOCO_LOG.TXT here
+    horizon, kick, size = 12, 5, 2
+    tasks_family = LocomotionTasks(family, horizon=horizon)
+    actions = np.zeros((horizon, tasks_family.action_dim), np.float32)  # stand still
+    scripted = scripted_policy(actions, (1, size))
+    qvel, calls = tasks_family.batch(size).bind("qvel"), []
+
+    def policy_fn(obs):  # called before each step: kick simulation 0 before step `kick`
+        if len(calls) == kick:
+            qvel[0, -1] = 1e6
+        calls.append(len(calls))
+        return scripted(obs)
+
+    seed = [9, 9]
+    traj = tasks_family.rollout(policy_fn, np.array([[1.0]], np.float32), size, seed)
+    mask = traj["mask"].numpy()[0]
+    assert mask[0].sum() == kick + 1 and mask[1].sum() == horizon
+    batched_reward = traj["rewards"].numpy()[0, 0, kick]
+    assert np.isfinite(traj["observations"].numpy()).all()
+
+    env = LocomotionEnv(family, goal=1.0, horizon=horizon)
+    reset_seed = np.random.default_rng(np.asarray(seed, np.int64)).integers(2**31, size=(1, 2))
+    env.reset(seed=int(reset_seed[0, 0]))
+    for _ in range(kick):
+        assert not env.step(actions[0])[2]
+    env.data.qvel[-1] = 1e6
+    _, reward, terminated, truncated, _ = env.step(actions[0])
+    assert terminated and not truncated
+    assert reward == pytest.approx(batched_reward, rel=1e-5, abs=1e-5)
+
+
+@needs_mujoco
+def test_locomotion_env_refuses_a_direction_other_than_plus_or_minus_one():
+    """rllab's direction environments took a reset argument in [0, 2]; here the goal is the
+    direction itself and scales the reward, so anything but ±1 is refused. A goal passed to
+    reset() is that episode's only: the goal fixed at construction comes back."""
+    with pytest.raises(ValueError, match=r"-1 \(backward\) or 1 \(forward\), got 2.0"):
+        LocomotionEnv("ant_dir", goal=2.0)
+    env = LocomotionEnv("cheetah_dir", goal=1.0)
+    with pytest.raises(ValueError, match="got 0.5"):
+        env.reset(options={"goal": 0.5})
+    env.reset(seed=0, options={"goal": -1})
+    assert env.goal == -1.0
+    env.reset(seed=0)
+    assert env.goal == 1.0
+    assert LocomotionEnv("cheetah_vel", goal=1.7).reset(seed=0)[0].shape == (20,)
+
+
+def module_level_imports(path: pathlib.Path) -> set[str]:
+    """The modules ``path`` imports when it is imported (not inside its functions)."""
+    found = set()
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                found.add(child.module or "")
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def test_the_task_definitions_the_configuration_checks_read_import_no_simulator():
+    """tf_maml/config_checks.py reads TASK_FAMILIES from tasks/locomotion.py on every
+    tf-maml start: importing it must not import Gymnasium or MuJoCo (LocomotionEnv, which
+    subclasses gymnasium.Env, lives in tasks/locomotion_env.py)."""
+    assert "tf_maml.tasks.locomotion" in module_level_imports(REPO / "tf_maml/config_checks.py")
+    imported = module_level_imports(REPO / "tf_maml/tasks/locomotion.py")
+    assert not {name for name in imported if name.split(".")[0] in ("gymnasium", "mujoco")}
+    assert {name for name in imported if name.startswith("tf_maml")} == {"tf_maml.errors"}

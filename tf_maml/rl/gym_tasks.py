@@ -82,8 +82,9 @@ class GymTasks:
             mean, log_std = (np.asarray(p) for p in policy_lib.split(policy_fn(
                 tf.constant(obs))))
             actions = (mean + np.exp(log_std) * noise[t]).astype(np.float32)
-            out["observations"][:, :, t] = obs * alive[..., None]  # zeros after the end
-            out["actions"][:, :, t] = actions * alive[..., None]
+            # zeros after the end (np.where: NaN·0 would be NaN)
+            out["observations"][:, :, t] = np.where(alive[..., None], obs, 0.0)
+            out["actions"][:, :, t] = np.where(alive[..., None], actions, 0.0)
             for i, j in zip(*np.nonzero(alive)):
                 next_obs, reward, terminated, truncated, _ = envs[i][j].step(actions[i, j])
                 out["rewards"][i, j, t] = reward

@@ -10,7 +10,9 @@ are written, clipped to [−1, 1], into the live simulations' controls; one
 ``mj_forward`` at the new states (rllab's ``model.forward()`` after the steps, which the
 observations and rewards read); the rewards, observations and ends of episodes are then
 computed from the bound simulator fields with NumPy, for all simulations at once
-(:mod:`tf_maml.tasks.locomotion`). Finished simulations are left out of later calls.
+(:mod:`tf_maml.tasks.locomotion`), and a simulation MuJoCo reset during the step (its
+``Batch.warning`` counters rose) ends its episode. Finished simulations are left out of
+later calls.
 
 Episode starts follow :class:`tf_maml.rl.gym_tasks.GymTasks`: simulation (i, j) starts from
 the generator seeded with entry (i, j) of ``default_rng(seed).integers(2**31, (T, N))``, so
@@ -115,16 +117,19 @@ def _rollout(tasks_family: LocomotionTasks, policy_fn, tasks, num_trajectories: 
         mean, log_std = (np.asarray(p) for p in policy_lib.split(policy_fn(
             tf.constant(obs.reshape(shape + (-1,))))))
         actions = (mean + np.exp(log_std) * noise[t]).astype(np.float32).reshape(size, -1)
-        out["observations"][t] = obs * alive[:, None]
-        out["actions"][t] = actions * alive[:, None]
+        # np.where, not a product: a finished simulation's NaN must not pass as NaN·0
+        out["observations"][t] = np.where(alive[:, None], obs, 0.0)
+        out["actions"][t] = np.where(alive[:, None], actions, 0.0)
         clipped = np.clip(actions.astype(np.float64), -1.0, 1.0)
         fields["ctrl"][alive] = clipped[alive]
+        before = locomotion.resets(batch.warning)
         batch.step(ids, nstep=family.robot.frame_skip, stage=acc)
         state = _state(fields)
-        out["rewards"][t] = locomotion.reward(family, state, goals, clipped) * alive
+        rewards = locomotion.reward(family, state, goals, clipped)
+        out["rewards"][t] = np.where(alive, rewards, 0.0)
         out["mask"][t] = alive
         obs = locomotion.observe(family, state, goals, tasks_family.oracle)
-        alive &= ~locomotion.done(family, state)
+        alive &= ~locomotion.done(family, state, locomotion.resets(batch.warning) > before)
     # Stored [H, T·N, ...] while stepping; trajectories are [T, N, H, ...].
     return {key: tf.constant(np.moveaxis(value, 0, 1).reshape(shape + value.shape[:1]
                                                               + value.shape[2:]))

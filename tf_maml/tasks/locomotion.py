@@ -15,13 +15,15 @@ v is the forward (x) velocity of the robot's centre of mass (rllab's ``body_comv
 the torso: the subtree's mass-weighted body velocities), a the action clipped to [−1, 1]
 (rllab's ``normalize()`` over the actuators' control range). The ant's episode ends when
 its torso leaves 0.2 ≤ z ≤ 1 (or the state is not finite); the cheetah's runs the horizon
-(200). Observations: the cheetah's joint positions but the x position, velocities and
-centre of mass (20 values); the ant's positions, velocities, clipped contact forces of
-every body, torso orientation matrix and centre of mass (125). The oracle
-(``oracle=True``, the authors' ``*_oracle.py``) appends the task's number.
+(200); either ends when MuJoCo resets a diverged simulation (:func:`done`). Observations:
+the cheetah's joint positions but the x position, velocities and centre of mass (20
+values); the ant's positions, velocities, clipped contact forces of every body, torso
+orientation matrix and centre of mass (125). The oracle (``oracle=True``, the authors'
+``*_oracle.py``) appends the task's number.
 
 The models are Gymnasium's ``half_cheetah.xml`` and ``ant.xml`` (the rllab models, with the
-ant's control range written as a gear of 150), run with the authors' time steps: one
+ant's control range written as a gear of 150 and its contact softness set back to rllab's,
+``Robot.geom_contact``), run with the authors' time steps: one
 simulator step per action (rllab's models have no ``frame_skip``), 0.01 s for the cheetah
 and 0.02 s for the ant. docs/deviations.md lists where this differs from rllab on
 MuJoCo 1.31.
@@ -30,11 +32,12 @@ This module is the physics and the task definitions: the models, start states, r
 observations and ends of episodes, vectorised over a batch of simulations.
 :class:`tf_maml.rl.mujoco_batch.LocomotionTasks` is the task family the RL learner trains
 on: its ``rollout`` steps all T·N simulations of a batch together in MuJoCo's C thread pool.
-:class:`LocomotionEnv` is one task with the Gymnasium API (one ``mujoco.MjData`` stepped by
-``mj_step``): the same simulation, for users' tools and as the plain loop the batch is
-tested and timed against. Both need the ``rl`` extra
+:class:`tf_maml.tasks.locomotion_env.LocomotionEnv` is one task with the Gymnasium API
+(one ``mujoco.MjData`` stepped by ``mj_step``): the same simulation, for users' tools and as
+the plain loop the batch is tested and timed against. Both need the ``rl`` extra
 (``pip install -e ".[rl]"``: MuJoCo, and Gymnasium for the models); importing this module
-does not.
+does not, and it imports neither (the configuration checks read :data:`TASK_FAMILIES` from
+it on every ``tf-maml`` start).
 """
 
 from __future__ import annotations
@@ -48,11 +51,6 @@ import warnings
 import numpy as np
 
 from tf_maml.errors import ConfigError
-
-try:  # optional: only for LocomotionEnv's spaces and isinstance(env, gymnasium.Env)
-    import gymnasium as _gymnasium
-except ImportError:  # pragma: no cover - exercised where gymnasium is absent
-    _gymnasium = None
 
 HORIZON = 200  # maml_rl's max_path_length in cluster_maml_trpo_{cheetah,ant}.py
 QPOS_NOISE, QVEL_NOISE = 0.01, 0.1  # rllab mujoco_env.reset_mujoco: N(0, 0.01²), N(0, 0.1²)
@@ -69,10 +67,17 @@ class Robot:
     ctrl_cost: float  # coefficient of Σ clip(a)²
     contact_cost: float  # coefficient of Σ clip(cfrc_ext, −1, 1)²
     healthy_z: tuple[float, float] | None  # the torso heights of a live episode
+    # Every geom's contact softness (solref, solimp) where Gymnasium's XML lost the rllab
+    # model's: None keeps the XML's (the cheetah's are rllab's).
+    geom_contact: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 CHEETAH = Robot("half_cheetah.xml", 0.01, 1, 0.5 * 1e-1, 0.0, None)
-ANT = Robot("ant.xml", 0.02, 1, 0.5 * 1e-2, 0.5 * 1e-3, (0.2, 1.0))
+# rllab vendor/mujoco_models/ant.xml l.9: <default><geom solref=".02 1" solimp=".8 .8 .01">,
+# which Gymnasium's ant.xml dropped (MuJoCo's default solimp is 0.9 0.95 0.001); MuJoCo
+# completes a 3-number solimp (dmin, dmax, width) with its midpoint and power 0.5, 2 (checked).
+ANT = Robot("ant.xml", 0.02, 1, 0.5 * 1e-2, 0.5 * 1e-3, (0.2, 1.0),
+            ((0.02, 1.0), (0.8, 0.8, 0.01, 0.5, 2.0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +117,8 @@ def require_simulator(what: str = "the locomotion tasks") -> None:
 
 @functools.cache
 def load_model(robot: Robot):
-    """The robot's ``mujoco.MjModel``: Gymnasium's XML at the authors' time step, with two
+    """The robot's ``mujoco.MjModel``: Gymnasium's XML at the authors' time step and with
+    rllab's contact softness (``Robot.geom_contact``; docs/deviations.md), with two
     sensors the rewards read, so that ``mj_forward`` computes them: the torso subtree's
     linear velocity (rllab's centre-of-mass velocity), and for a robot with a contact cost
     a torso accelerometer, whose evaluation makes MuJoCo compute the bodies' contact forces
@@ -124,6 +130,9 @@ def load_model(robot: Robot):
                           "envs", "mujoco", "assets")
     spec = mujoco.MjSpec.from_file(os.path.join(assets, robot.xml))
     spec.option.timestep = robot.timestep
+    if robot.geom_contact is not None:  # per geom: the XML's defaults are applied at parsing
+        for geom in spec.geoms:
+            geom.solref, geom.solimp = robot.geom_contact
     spec.add_sensor(type=mujoco.mjtSensor.mjSENS_SUBTREELINVEL,
                     objtype=mujoco.mjtObj.mjOBJ_BODY, objname="torso", name="torso_comvel")
     if robot.contact_cost:
@@ -183,15 +192,38 @@ def reward(family: Family, state: dict, tasks: np.ndarray, actions: np.ndarray) 
     return progress + family.bonus - cost
 
 
-def done(family: Family, state: dict) -> np.ndarray:
+def done(family: Family, state: dict, diverged: np.ndarray) -> np.ndarray:
     """Whether each episode ended ``[B]``: the ant's torso out of its height range, or a
-    state that is not finite (rllab ``ant_env_rand.py``); the cheetah never ends early."""
+    state that is not finite (rllab ``ant_env_rand.py``); for both robots, a simulation
+    MuJoCo found diverged during the step (``diverged [B]``, :func:`resets`), which it has
+    reset to the model's reference pose. MuJoCo 1.31 went on with the non-finite state, which
+    ended the ant's episode (the finite check, kept) and would have left the cheetah's
+    going on with NaN (docs/deviations.md)."""
+    ended = np.array(diverged, bool)
     z_range = family.robot.healthy_z
-    if z_range is None:
-        return np.zeros(len(state["qpos"]), bool)
-    finite = np.isfinite(state["qpos"]).all(axis=1) & np.isfinite(state["qvel"]).all(axis=1)
-    z = state["qpos"][:, 2]
-    return ~(finite & (z >= z_range[0]) & (z <= z_range[1]))
+    if z_range is not None:
+        finite = np.isfinite(state["qpos"]).all(axis=1) & np.isfinite(state["qvel"]).all(axis=1)
+        z = state["qpos"][:, 2]
+        ended |= ~(finite & (z >= z_range[0]) & (z <= z_range[1]))
+    return ended
+
+
+def resets(warning: np.ndarray) -> np.ndarray:
+    """How often MuJoCo has reset each simulation ``[B]``, from its warning counters
+    ``[B, mjNWARNING, 2]`` (``mujoco.batch.Batch.warning``'s (lastinfo, number)): ``mj_step``
+    resets a simulation whose positions, velocities or accelerations are not finite or
+    huge (``mj_checkPos``, ``mj_checkVel``, ``mj_checkAcc``) to the model's reference pose
+    and counts a warning, so a diverged simulation never shows a non-finite state."""
+    import mujoco
+
+    bad = [int(w) for w in (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
+                            mujoco.mjtWarning.mjWARN_BADQACC)]
+    return np.asarray(warning)[:, bad, 1].sum(axis=1)
+
+
+def data_warnings(data) -> np.ndarray:
+    """One ``MjData``'s warning counters as :func:`resets` reads them ``[1, mjNWARNING, 2]``."""
+    return np.array([[[w.lastinfo, w.number] for w in data.warning]])
 
 
 def data_state(data) -> dict:
@@ -228,82 +260,3 @@ def family_named(name: str) -> Family:
         raise ValueError(f"the locomotion task family must be one of "
                          f"{', '.join(TASK_FAMILIES)}, got {name!r}")
     return TASK_FAMILIES[name]
-
-
-_EnvBase = _gymnasium.Env if _gymnasium is not None else object
-
-
-class LocomotionEnv(_EnvBase):
-    """One locomotion task with the Gymnasium API, NumPy in and out: one ``MjData`` stepped
-    by ``mj_step`` (the plain loop ``LocomotionTasks``' batch is tested against).
-
-    The task is ``goal`` if given, else drawn at ``reset`` from the seeded generator, or
-    passed with ``reset(options={"goal": g})``. The start state is drawn from
-    ``np.random.default_rng(seed)`` (:func:`initial_state`); ``truncated`` is set at the
-    horizon, ``terminated`` when the ant falls.
-    """
-
-    metadata = {"render_modes": []}
-
-    def __init__(self, family: str, goal: float | None = None, oracle: bool = False,
-                 horizon: int = HORIZON):
-        require_simulator()
-        import mujoco
-
-        self.family = family_named(family)
-        self.oracle = bool(oracle)
-        self.horizon = int(horizon)
-        self.model = load_model(self.family.robot)
-        self.data = mujoco.MjData(self.model)
-        self._fixed_goal = goal
-        self.goal = goal
-        self._rng = np.random.default_rng()
-        self._steps = 0
-        self.render_mode = None
-        if _gymnasium is not None:
-            box = _gymnasium.spaces.Box
-            self.observation_space = box(-np.inf, np.inf,
-                                         (observation_dim(self.family, self.oracle),),
-                                         np.float32)
-            self.action_space = box(-1.0, 1.0, (self.model.nu,), np.float32)
-
-    def _state(self) -> dict:
-        return data_state(self.data)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        import mujoco
-
-        if _gymnasium is not None:
-            super().reset(seed=seed)
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        if options and "goal" in options:
-            self.goal = float(options["goal"])
-        elif self._fixed_goal is None:
-            self.goal = float(sample_tasks(self.family, 1, self._rng)[0, 0])
-        mujoco.mj_resetData(self.model, self.data)
-        self.data.qpos[:], self.data.qvel[:] = initial_state(self.model, self._rng)
-        mujoco.mj_forward(self.model, self.data)
-        self._steps = 0
-        goal = np.array([self.goal])
-        return observe(self.family, self._state(), goal, self.oracle)[0], {}
-
-    def step(self, action):
-        import mujoco
-
-        if self.goal is None:
-            raise RuntimeError("call reset() before step()")
-        action = np.clip(np.asarray(action, np.float64).reshape(1, -1), -1.0, 1.0)
-        self.data.ctrl[:] = action[0]
-        mujoco.mj_step(self.model, self.data, nstep=self.family.robot.frame_skip)
-        mujoco.mj_forward(self.model, self.data)  # rllab: model.forward() after the steps
-        self._steps += 1
-        state, goal = self._state(), np.array([self.goal])
-        family = self.family
-        terminated = bool(done(family, state)[0])
-        truncated = not terminated and self._steps >= self.horizon
-        return (observe(family, state, goal, self.oracle)[0],
-                float(reward(family, state, goal, action)[0]), terminated, truncated, {})
-
-    def close(self):
-        pass
