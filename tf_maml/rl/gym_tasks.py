@@ -67,7 +67,7 @@ class GymTasks:
         noise = np.asarray(sampler.exploration_noise(seed_value, horizon, num_tasks,
                                                      num_trajectories, self.action_dim))
         obs = np.zeros(shape + (self.observation_dim,), np.float32)
-        reset_seeds = np.random.default_rng(seed_value).integers(2**31, size=shape)
+        reset_seeds = sampler.episode_seeds(seed_value, num_tasks, num_trajectories)
         for i in range(num_tasks):
             for j in range(num_trajectories):
                 obs[i, j] = self._flat(envs[i][j].reset(seed=int(reset_seeds[i, j]))[0], "reset")

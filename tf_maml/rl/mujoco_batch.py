@@ -100,7 +100,7 @@ def _rollout(tasks_family: LocomotionTasks, policy_fn, tasks, num_trajectories: 
     seed_value = np.asarray(seed, np.int64)
     noise = np.asarray(sampler.exploration_noise(seed_value, horizon, num_tasks,
                                                  num_trajectories, tasks_family.action_dim))
-    _start(batch, fields, model, np.random.default_rng(seed_value).integers(2**31, size=shape))
+    _start(batch, fields, model, sampler.episode_seeds(seed_value, num_tasks, num_trajectories))
     goals = np.repeat(tasks, num_trajectories)  # the task of each simulation [T·N]
     state = _state(fields)
     obs = locomotion.observe(family, state, goals, tasks_family.oracle)

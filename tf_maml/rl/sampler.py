@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from tf_maml.rl import policy as policy_lib
@@ -35,6 +36,13 @@ def exploration_noise(seed, horizon: int, num_tasks: int, num_trajectories: int,
     batch of rollouts is a pure function of the weights, the tasks and the seed."""
     shape = tf.stack([horizon, num_tasks, num_trajectories, action_dim])
     return tf.random.stateless_normal(shape, seed=tf.cast(seed, tf.int64))
+
+
+def episode_seeds(seed, num_tasks: int, num_trajectories: int) -> np.ndarray:
+    """The seed of each episode start ``[T, N]`` of a Python-loop or batched-simulator
+    rollout from ``seed``: one definition, so that both give the same episodes."""
+    return np.random.default_rng(np.asarray(seed, np.int64)).integers(
+        2**31, size=(num_tasks, num_trajectories))
 
 
 def rollout(env, policy_fn: PolicyFn, tasks: tf.Tensor, num_trajectories: int,
