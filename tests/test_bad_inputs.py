@@ -181,6 +181,12 @@ def test_positional_argument_is_refused(tmp_path):
      "--export_dir: exports one checkpoint, and --ensemble=2 evaluates an ensemble"),
     (("--datasource=navigation", "--export_dir=x"),
      "--export_dir: the navigation policy has no SavedModel export"),
+    # Keras' seed range: was a traceback from keras.utils.set_random_seed.
+    (("--seed=-1",), "--seed: must be in [0, 4294967295]"),
+    # Was a traceback from inside the first traced meta-step, after the run directory was made.
+    (("--task_parallelism=accumulate", "--tasks_per_chunk=3", "--meta_batch_size=4"),
+     "--tasks_per_chunk: 3 tasks per chunk do not divide --meta_batch_size=4; use one of 1, "
+     "2, 4"),
 ])
 def test_contradictory_or_impossible_flags_exit_2_naming_the_flag(tmp_path, args, message):
     result = cli(*args, f"--logdir={tmp_path / 'l'}")

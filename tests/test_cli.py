@@ -83,7 +83,7 @@ def test_speed_flags_make_the_learners_execution_plan():
     values = main.flags.FlagValues()
     main.define_flags(values)
     values(["tf-maml", "--task_parallelism=accumulate", "--tasks_per_chunk=2",
-            "--parallel_chunks=1"])
+            "--parallel_chunks=1", "--meta_batch_size=4"])
     plan = experiment.execution_plan(main.config_from_flags(values).validate())
     assert (plan.task_parallelism, plan.tasks_per_chunk, plan.parallel_chunks) == (
         "accumulate", 2, 1)

@@ -29,6 +29,7 @@ XENTS = ("summed", "mean")
 # evaluate ONE conv4 pretrained as an ordinary classifier of the training classes, so their
 # run directory and run-defining flags are the pretraining's.
 BASELINES = ("oracle", "random") + PRETRAINED_BASELINES
+SEED_MAX = 2**32 - 1  # keras.utils.set_random_seed refuses anything outside [0, 2**32 - 1]
 
 
 class ConfigChecks:
@@ -122,7 +123,10 @@ class ConfigChecks:
 
     def _validate_lengths(self, fail) -> None:
         """Iterations, batch sizes, filters, test tasks and inner steps: counts that
-        make a run."""
+        make a run; and the seed."""
+        if not 0 <= self.seed <= SEED_MAX:
+            fail("seed", f"must be in [0, {SEED_MAX}] (the range of Keras' and NumPy's "
+                 f"seeds), got {self.seed}")
         for name in ("pretrain_iterations", "metatrain_iterations"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0, got {getattr(self, name)}")
@@ -243,6 +247,16 @@ class ConfigChecks:
         if self.distribution_strategy == "mirrored" and self.num_cpu_devices > 1:
             # Known before TensorFlow starts; other strategies are checked once they exist.
             check_meta_batch_size(self.meta_batch_size, self.num_cpu_devices, "mirrored")
+        # Training cuts each replica's share of the meta-batch into chunks (the replicas are
+        # known here only for --num_cpu_devices; other strategies split as they run).
+        replicas = self.num_cpu_devices if self.distribution_strategy == "mirrored" else 1
+        tasks = self.meta_batch_size // max(replicas, 1)
+        if self.train and self.tasks_per_chunk > 1 and tasks % self.tasks_per_chunk:
+            divisors = [d for d in range(1, tasks + 1) if tasks % d == 0]
+            of = (f"the {tasks} tasks of each of the {replicas} replicas" if replicas > 1
+                  else f"--meta_batch_size={tasks}")
+            fail("tasks_per_chunk", f"{self.tasks_per_chunk} tasks per chunk do not divide "
+                 f"{of}; use one of {', '.join(map(str, divisors))} (or 0: chosen by memory)")
 
     def _validate_pretrained_baseline(self, fail) -> None:
         """The fine-tuning and nearest-neighbour baselines: a plain classifier, pretrained
