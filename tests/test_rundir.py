@@ -415,6 +415,26 @@ def test_the_log_holds_each_iteration_once_after_a_fallback(tmp_path, fast_inter
                   and p.endswith(".index")) == [f"model-{i}.index" for i in (20, 40, 60, 80)]
 
 
+@pytest.mark.parametrize("content, problem", [
+    (b"\x00\xff\xfe garbage", "not a CSV text file"),
+    (b"iteration;phase;pre\n10;metatrain;3.1\n20;metatrain;2.9\n",  # a spreadsheet's save
+     "its first line has no column 'iteration' (it reads iteration;phase;pre)"),
+], ids=["binary", "semicolons"])
+def test_a_log_that_is_not_the_runs_is_one_line_and_kept(tmp_path, fast_intervals, content,
+                                                         problem):
+    # It used to be a traceback (binary), or rewritten empty: every row lost (semicolons).
+    config, run_dir = trained(tmp_path, 20)
+    (run_dir / "training_log.csv").write_bytes(content)
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, metatrain_iterations=40))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert line.startswith(f"tf-maml: error: {run_dir}/training_log.csv cannot be read as "
+                           f"the run's log: {problem}")
+    assert "restore it, or move it away to start a new log" in line
+    assert snapshot(run_dir) == before
+
+
 # ---------------------------------------------------------------------- 5. full or read-only
 @pytest.mark.parametrize("error", ["OSError", "TensorFlow"])
 def test_a_full_disk_while_saving_keeps_the_run_and_says_so(tmp_path, fast_intervals,

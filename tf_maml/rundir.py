@@ -280,19 +280,32 @@ class CSVLog:
 
 def read_csv_up_to(path: str, iteration: int) -> tuple[list[str], list[dict]]:
     """The columns of the :class:`CSVLog` at ``path`` and its rows up to ``iteration`` (none
-    if there is no file; a line a crash cut short is skipped)."""
+    if there is no file; a line a crash cut short is skipped). A file that is not such a log
+    (not UTF-8 text, or no ``iteration`` column: edited, saved by a spreadsheet, replaced)
+    raises :class:`RunDirError`: the log is rewritten from these rows, so reading it as
+    empty would lose every row."""
     if not os.path.exists(path):
         return [], []
     rows = []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            try:
-                if int(row["iteration"]) <= iteration:
-                    rows.append(row)
-            except (KeyError, TypeError, ValueError):
-                continue
-        return list(reader.fieldnames or []), rows
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                try:
+                    if int(row["iteration"]) <= iteration:
+                        rows.append(row)
+                except (KeyError, TypeError, ValueError):
+                    continue
+            columns = list(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as err:
+        problem = f"not a CSV text file ({err})"
+    else:
+        if not columns or "iteration" in columns:
+            return columns, rows
+        problem = f"its first line has no column 'iteration' (it reads {','.join(columns)[:60]})"
+    raise RunDirError(f"{path} cannot be read as the run's log: {problem}. Training would "
+                      "rewrite it and lose its rows: restore it, or move it away to start a "
+                      "new log, then run the same command again.")
 
 
 def csv_text(columns: Sequence[str], rows: Sequence[dict]) -> str:

@@ -149,13 +149,17 @@ def fit_in_run_dir(
     the top of the run): restores the latest readable checkpoint if ``resume`` allows it
     (Adam state and iteration included; ``changes`` of the caller's settings are printed
     with the resume line), calls ``on_start`` once that succeeded, before anything else is
-    written, then trains from that iteration ``start`` to ``total`` on
-    ``batches_from(start)`` with ``callbacks_from(start)``. Returns the last iteration.
+    written (a ``training_log.csv`` that is not a log is refused first:
+    :func:`tf_maml.rundir.read_csv_up_to`), then trains from that iteration ``start`` to
+    ``total`` on ``batches_from(start)`` with ``callbacks_from(start)``. Returns the last
+    iteration.
 
     Every worker of a multi-worker run must see the same checkpoints (a shared file
     system); ``checkpointer`` is closed at the end.
     """
     try:
+        if checkpointer.chief:  # refused before anything is written (config.json, plan.json)
+            rundir.read_csv_up_to(os.path.join(checkpointer.run_dir, LOG_NAME), 0)
         latest = checkpointer.latest
         seen = distribute_lib.values_on_all_workers(
             learner.strategy, checkpoint_iteration(latest) if latest else -1)
