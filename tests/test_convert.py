@@ -10,8 +10,10 @@ the same tests also run on it.
 
 from __future__ import annotations
 
+import errno
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -211,6 +213,50 @@ def test_cli_writes_keras_weights(ckpt, tmp_path):
     np.testing.assert_array_equal(model.get_layer("conv3").kernel.numpy(),
                                   reader.get_tensor("model/conv3"))
     assert (tmp_path / "summary.json").is_file()
+
+
+def test_truncated_data_file_is_named(ckpt, tmp_path):
+    # Was an IndexError traceback from TensorFlow's reader (convert and --init_checkpoint).
+    for suffix in (".index", ".data-00000-of-00001"):
+        data = open(ckpt + suffix, "rb").read()
+        (tmp_path / f"model59000{suffix}").write_bytes(data[:200] if "data" in suffix else data)
+    model = miniimagenet_net()
+    before = [v.numpy() for v in model.weights]
+    with pytest.raises(ConversionError, match=r"cannot read model/\S+ from .*model59000: its "
+                                              r"\.data-\* file is cut short or damaged .*copy "
+                                              r"the checkpoint again"):
+        load_original_checkpoint(model, str(tmp_path / "model59000"))
+    for old, v in zip(before, model.weights):
+        np.testing.assert_array_equal(old, v.numpy())
+
+
+@pytest.mark.parametrize("where", ["file", "below-a-file"])
+def test_output_that_is_a_file_is_one_line_and_kept(ckpt, tmp_path, where):
+    # Was a FileExistsError / NotADirectoryError traceback from os.makedirs.
+    blocker = tmp_path / "converted"
+    blocker.write_text("a file")
+    output = blocker if where == "file" else blocker / "sub"
+    with pytest.raises(ConversionError, match=rf"could not write the converted weights in "
+                                              rf"{output}: .*use another --output"):
+        convert(ckpt, str(output))
+    assert blocker.read_text() == "a file" and os.listdir(tmp_path) == ["converted"]
+
+
+def test_a_failed_write_keeps_the_earlier_conversion(ckpt, tmp_path, monkeypatch):
+    convert(ckpt, str(tmp_path))
+    earlier = {p: (tmp_path / p).read_bytes() for p in ("model.weights.h5", "summary.json")}
+
+    def full(self, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save_weights", full)
+    with pytest.raises(ConversionError, match=rf"{tmp_path}: No space left on device\. "
+                                              r"Nothing was lost.*free some space"):
+        convert(ckpt, str(tmp_path))
+    assert {p: (tmp_path / p).read_bytes() for p in earlier} == earlier
+    assert sorted(os.listdir(tmp_path)) == sorted(earlier)  # no temporary left
 
 
 # --------------------------------------------------------------------- the other nets

@@ -546,6 +546,19 @@ def test_a_read_only_run_directory_is_one_line_and_changes_nothing(tmp_path, fas
     assert snapshot(run_dir) == before
 
 
+def test_a_logdir_that_is_a_file_says_to_use_another(tmp_path):
+    # The fix used to be "check <run dir>, then run the same command again", which fails again.
+    blocker = tmp_path / "logs"
+    blocker.write_text("a file")
+    config = sine_config(blocker, metatrain_iterations=20)
+    result = cli(*as_flags(config))
+    assert result.code == 1
+    line = one_line_error(result.err)
+    assert line.startswith(f"tf-maml: error: could not create the run directory in {blocker}/")
+    assert "a file stands where" in line and "use another --logdir" in line
+    assert blocker.read_text() == "a file" and os.listdir(tmp_path) == ["logs"]
+
+
 # ---------------------------------------------------------------------- 6. evaluation
 def test_evaluating_a_corrupt_latest_checkpoint_names_the_readable_one(tmp_path, fast_intervals):
     config, run_dir = trained(tmp_path, 60)

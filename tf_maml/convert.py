@@ -254,9 +254,11 @@ def read_original_checkpoint(model: keras.Model, prefix: str
     for var, name in entries:
         try:
             value = reader.get_tensor(name)
-        except tf.errors.OpError as err:
-            raise ConversionError(f"cannot read {name} from {path} (is its .data-* file "
-                                  f"complete?): {err}") from err
+        except (tf.errors.OpError, IndexError) as err:  # IndexError: a .data-* cut short
+            detail = (getattr(err, "message", None) or str(err)).splitlines()[0]
+            raise ConversionError(f"cannot read {name} from {path}: its .data-* file is cut "
+                                  f"short or damaged ({detail}); copy the checkpoint again "
+                                  "from its source") from err
         values.append((var, name, np.asarray(value, dtype=var.dtype)))
     return path, values
 
@@ -350,9 +352,7 @@ def convert(prefix: str, output: str) -> dict:
     flag_values = infer_flags(path)
     model = experiment.model_from_flags(flag_values)
     loaded = load_original_checkpoint(model, path)
-    os.makedirs(output, exist_ok=True)
     weights_path = os.path.join(output, "model.weights.h5")
-    model.save_weights(weights_path)
     by_path = {v.path: v for v in model.trainable_variables}
     summary = {
         "checkpoint": os.path.abspath(path),
@@ -362,9 +362,39 @@ def convert(prefix: str, output: str) -> dict:
                       for name, kpath in loaded.items()},
         "num_floats": int(sum(np.prod(by_path[k].shape) for k in loaded.values())),
     }
-    with open(os.path.join(output, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    _write_output(model, output, summary)
     return summary
+
+
+def _write_output(model: keras.Model, output: str, summary: dict) -> None:
+    """``model.weights.h5`` and ``summary.json`` into ``output``, both written under
+    temporary names first, so that a failed write (a full disk) keeps an earlier conversion
+    there whole; an OSError becomes a :class:`ConversionError` naming ``--output`` and the
+    fix."""
+    from tf_maml import atomic, rundir
+
+    files = {os.path.join(output, "model.weights.h5"):
+             os.path.join(output, f".model.{os.getpid()}{atomic.TEMP_SUFFIX}.weights.h5"),
+             os.path.join(output, "summary.json"):
+             atomic.temporary_name(os.path.join(output, "summary.json"))}
+    try:
+        os.makedirs(output, exist_ok=True)
+        try:
+            weights_tmp, summary_tmp = files.values()
+            model.save_weights(weights_tmp)
+            with open(summary_tmp, "w") as f:
+                json.dump(summary, f, indent=2)
+            for path, tmp in files.items():
+                os.replace(tmp, path)
+        finally:
+            for tmp in files.values():
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+    except OSError as err:
+        message = rundir.os_error_message(
+            err, output, "write the converted weights",
+            "any earlier conversion there is as it was", arg="output")
+        raise ConversionError(re.sub(r"`(\w+)`", r"--\1", message)) from err
 
 
 def main(argv):

@@ -182,6 +182,11 @@ def os_error_message(err: OSError, run_dir: str, action: str, kept: str = "",
         fix = f"free some space on the disk of {run_dir}"
     elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         fix = f"make {run_dir} writable, or use another `{arg}`"
+    elif err.errno in (errno.ENOTDIR, errno.EEXIST):
+        kept = kept or "nothing already written was changed"
+        return (f"could not {action} in {run_dir}: {reason}. Nothing was lost: {kept}; a file "
+                f"stands where {run_dir} or a directory above it should be: use another "
+                f"`{arg}` (or move that file away and run the same command again).")
     else:
         fix = f"check {run_dir}"
     kept = kept or "nothing already written was changed"
