@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -183,6 +184,27 @@ def test_export_of_a_corrupt_zoo_checkpoint_names_the_file_and_the_fix(tmp_path,
     message = str(err.value)
     assert "\n" not in message and str(folder / DATA) in message and "git checkout" in message
     assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.parametrize("target, problem", [
+    ("file", "is a file, not a directory"),
+    ("folder", "holds files that are not an export's (notes.txt)"),
+])
+def test_export_into_a_file_or_a_foreign_folder_is_one_line(tmp_path, monkeypatch, target,
+                                                            problem):
+    # Was a RunDirError traceback: the command caught only its own errors.
+    _real_rows(tmp_path, [SINE])
+    saved = tmp_path / "saved"
+    if target == "file":
+        saved.write_text("a file")
+    else:
+        saved.mkdir()
+        (saved / "notes.txt").write_text("mine")
+    before = _digest(tmp_path / "saved") if target == "folder" else saved.read_text()
+    with pytest.raises(reproduce.ReproduceError,
+                       match=rf"^--export_dir {saved} {re.escape(problem)}"):
+        _main(tmp_path, monkeypatch, f"--experiments={SINE}", f"--export_dir={saved}")
+    assert (_digest(saved) if target == "folder" else saved.read_text()) == before
 
 
 def test_a_failed_publish_fails_the_command_and_keeps_the_run_directory(tmp_path, monkeypatch,

@@ -26,6 +26,7 @@ with in-graph adaptation instead.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -59,6 +60,7 @@ def export(p: Plan, export_dir: str, log=print) -> str:
     from tf_maml import experiment
     from tf_maml.checkpoint import CheckpointError, learner_checkpointer, restore_for_test
     from tf_maml.export import export as export_saved_model
+    from tf_maml.rundir import RunDirError
 
     iteration = zoo_lib.latest_iteration(p.zoo_dir)
     if iteration == 0:
@@ -72,7 +74,10 @@ def export(p: Plan, export_dir: str, log=print) -> str:
         path, iteration = restore_for_test(learner_checkpointer(learner, p.zoo_dir), -1)
     except CheckpointError as err:  # e.g. a zoo model of other settings than the flagfile's
         raise ReproduceError(f"cannot export {p.zoo_dir}: {err}") from None
-    out = export_saved_model(learner, export_dir, num_steps=p.eval_config.test_num_updates)
+    try:
+        out = export_saved_model(learner, export_dir, num_steps=p.eval_config.test_num_updates)
+    except RunDirError as err:  # a file in the way, a folder of other files, a full disk
+        raise ReproduceError(re.sub(r"`(\w+)`", r"--\1", str(err))) from None
     log(f"[{p.experiment.name}] exported iteration {iteration} of {p.zoo_dir} to {out}")
     return out
 
