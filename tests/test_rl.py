@@ -542,3 +542,35 @@ def test_impossible_navigation_flags_name_the_flag(tmp_path, overrides, flag):
     with pytest.raises(ConfigError, match=flag):
         nav_config(tmp_path, **overrides)
     nav_config(tmp_path, baseline="oracle", pretrain_iterations=1, metatrain_iterations=0)
+
+
+@pytest.mark.parametrize("run_dir, step_sizes, num_test_tasks, message", [
+    ("missing", ["0.1"], 0, r"--run_dir=.*missing is not a run directory \(not a folder\): "
+                            r"give the folder of a finished RL run"),
+    ("empty", ["0.1"], 0, r"--run_dir=.*empty is not a run directory \(it holds no "
+                          r"config\.json\)"),
+    ("garbled", ["0.1"], 0, r"garbled/config\.json, the flags the run was trained with, cannot "
+                            r"be read .*restore it"),
+    ("sinusoid", ["0.1"], 0, r"--run_dir=.*sinusoid is a sinusoid run; this command "
+                             r"re-evaluates reinforcement-learning runs"),
+    ("navigation", ["0.1", "half"], 0, r"--step_sizes: one step size \(alpha\) >= 0 per test "
+                                       r"step.*got '0\.1,half'"),
+    ("navigation", ["-0.1"], 0, r"--step_sizes: .*got '-0\.1'"),
+    ("navigation", ["0.1"], -2, r"--num_test_tasks: must be >= 0 \(0: the run's\), got -2"),
+], ids=["missing", "empty", "garbled-config", "supervised-run", "not-a-number", "negative",
+        "negative-tasks"])
+def test_reevaluation_arguments_are_named_before_anything_is_written(
+        tmp_path, run_dir, step_sizes, num_test_tasks, message):
+    # python -m tf_maml.rl.run: each of these was a traceback (FileNotFoundError, ValueError
+    # from float() or from the locomotion module), or a negative α evaluated.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "garbled").mkdir()
+    (tmp_path / "garbled" / "config.json").write_text('{"datasource": "navi')
+    for name in ("sinusoid", "navigation"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(
+            Config(datasource=name, norm="None").to_json())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=message):
+        runner.reevaluate_rl(str(tmp_path / run_dir), step_sizes, num_test_tasks)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

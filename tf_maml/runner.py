@@ -12,6 +12,7 @@ instead the ensemble of the N checkpoints (up to that one) with the best validat
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 
@@ -204,16 +205,54 @@ def _run_rl(config: Config, directory: str, log) -> dict:
 
 def reevaluate_rl(directory: str, step_sizes, num_test_tasks: int = 0, log=print) -> str:
     """``python -m tf_maml.rl.run``: re-evaluates the finished reinforcement-learning run
-    ``directory`` (built from its config.json) with a step size per test step."""
+    ``directory`` (built from its config.json) with a step size per test step. Bad
+    arguments raise :class:`ConfigError` naming the command's flag, before anything is
+    written."""
     from tf_maml.rl import training as rl_training
 
-    with open(os.path.join(directory, "config.json")) as f:
-        config = Config.from_json(f.read())
+    sizes = _step_sizes(step_sizes)
+    if num_test_tasks < 0:
+        raise ConfigError(f"--num_test_tasks: must be >= 0 (0: the run's), got {num_test_tasks}")
+    config = _rl_run_config(directory)
     if config.datasource in LOCOMOTION_FAMILIES:
         require_simulator(f"--datasource={config.datasource}")
-    return rl_training.reevaluate(experiment.rl_learner(config), directory, step_sizes,
+    return rl_training.reevaluate(experiment.rl_learner(config), directory, sizes,
                                   num_test_tasks or config.num_test_tasks,
                                   random_baseline=config.baseline == "random", log=log)
+
+
+def _step_sizes(step_sizes) -> list[float]:
+    """The α of each test step of ``--step_sizes``: finite numbers >= 0."""
+    try:
+        sizes = [float(v) for v in step_sizes or ()]
+    except (TypeError, ValueError):
+        sizes = []
+    if not sizes or not all(math.isfinite(v) and v >= 0 for v in sizes):
+        given = ",".join(map(str, step_sizes or ()))
+        raise ConfigError(f"--step_sizes: one step size (alpha) >= 0 per test step, separated "
+                          f"by commas (e.g. 0.1,0.05,0.05), got {given!r}")
+    return sizes
+
+
+def _rl_run_config(directory: str) -> Config:
+    """The Config of the reinforcement-learning run ``directory`` (its config.json)."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isdir(directory) or not os.path.exists(path):
+        what = "not a folder" if not os.path.isdir(directory) else "it holds no config.json"
+        raise ConfigError(f"--run_dir={directory} is not a run directory ({what}): give the "
+                          "folder of a finished RL run, e.g. logs/navigation/<run>")
+    try:
+        with open(path) as f:
+            config = Config.from_json(f.read())
+    except (OSError, ValueError, TypeError, AttributeError) as err:  # not a JSON object
+        raise ConfigError(f"{path}, the flags the run was trained with, cannot be read "
+                          f"({err}): restore it from the run's copy (the model zoo, a "
+                          "backup)") from err
+    if not config.is_rl:
+        raise ConfigError(f"--run_dir={directory} is a {config.datasource} run; this command "
+                          "re-evaluates reinforcement-learning runs (evaluate a supervised run "
+                          "with `tf-maml --train=False` and its flags)")
+    return config
 
 
 def eval_source(config: Config):

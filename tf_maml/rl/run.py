@@ -9,6 +9,9 @@ A command line, above every module: it reads its flags and the run's config.json
 :func:`tf_maml.runner.reevaluate_rl` (the library is :mod:`tf_maml.rl.training`).
 """
 
+import re
+import sys
+
 from absl import app, flags
 
 from tf_maml import runner
@@ -19,9 +22,22 @@ flags.DEFINE_list("step_sizes", None, "alpha of each test step, e.g. 0.1,0.05,0.
 flags.DEFINE_integer("num_test_tasks", 0, "test tasks (0: the run's --num_test_tasks)")
 
 
-def main(argv) -> None:
-    del argv
-    runner.reevaluate_rl(flags.FLAGS.run_dir, flags.FLAGS.step_sizes, flags.FLAGS.num_test_tasks)
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from tf_maml.checkpoint import CheckpointError
+    from tf_maml.config import ConfigError
+    from tf_maml.rundir import RunDirError
+
+    try:
+        runner.reevaluate_rl(flags.FLAGS.run_dir, flags.FLAGS.step_sizes,
+                             flags.FLAGS.num_test_tasks)
+    except (ConfigError, CheckpointError, RunDirError) as err:
+        # The library's `name=value` are the flags of tf-maml, which trained the run.
+        message = re.sub(r"`(\w+)(=[^`]*)?`", r"--\1\2", str(err))
+        print(f"tf_maml.rl.run: error: {message}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
