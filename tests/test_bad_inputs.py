@@ -357,6 +357,39 @@ def test_omniglot_empty_source_folders_are_named(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("where", ["output", "below"])
+def test_omniglot_output_that_is_a_file_is_named(prepared, tmp_path, where):
+    # Was a FileExistsError / NotADirectoryError traceback from os.makedirs.
+    blocker = tmp_path / "omniglot"
+    blocker.write_text("a file")
+    output = blocker if where == "output" else blocker / "inside"
+    with pytest.raises(PrepError, match=rf"^cannot write {output}: .*; {output} must be a "
+                                        r"folder, and a file is in the way .*another --output"):
+        oprep.prepare_omniglot(str(prepared["source"]), str(output), expect_counts=False)
+    assert blocker.read_text() == "a file" and os.listdir(tmp_path) == ["omniglot"]
+
+
+def test_omniglot_full_disk_is_named_and_a_rerun_completes(prepared, tmp_path, monkeypatch):
+    # Was an OSError traceback in the middle of the drawings.
+    output = tmp_path / "omniglot"
+    real_write, written = oprep.write_if_changed, []
+
+    def full_after_five(path, data):
+        if len(written) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        written.append(path)
+        return real_write(path, data)
+
+    monkeypatch.setattr(oprep, "write_if_changed", full_after_five)
+    with pytest.raises(PrepError, match=rf"^cannot write {output}/.*\.png: No space left on "
+                                        rf"device; free some space on the disk of {output}, "
+                                        r"then run the same command again"):
+        oprep.prepare_omniglot(str(prepared["source"]), str(output), expect_counts=False)
+    monkeypatch.setattr(oprep, "write_if_changed", real_write)
+    oprep.prepare_omniglot(str(prepared["source"]), str(output), expect_counts=False)
+    assert snapshot(output) == snapshot(prepared["omniglot"])
+
+
 def test_omniglot_rerun_with_expected_counts_leaves_prepared_output_untouched(prepared):
     before = snapshot(prepared["omniglot"])
     with pytest.raises(PrepError, match=r"12 characters x 20 drawings, expected 1623 x 20 .*"

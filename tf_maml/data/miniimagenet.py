@@ -61,6 +61,7 @@ from tf_maml.data.prep import (
     tree_is_intact,
     write_if_changed,
     write_marker,
+    writing_output,
 )
 
 SPLITS = ("train", "val", "test")
@@ -272,6 +273,12 @@ def prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: 
     files look whole (checked in seconds); rebuilds it otherwise.
     Raises ``PrepError`` naming the offending file on bad data.
     """
+    with writing_output(output):  # the output folder is a file, read-only, full
+        return _prepare_miniimagenet(images, csv_dir, output, expect_counts, progress_every)
+
+
+def _prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: bool = True,
+                           progress_every: int = DEFAULT_PROGRESS_EVERY) -> dict:
     start = time.monotonic()
     marker = _already_complete(output, expect_counts)
     if marker is not None:

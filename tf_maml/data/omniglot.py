@@ -60,6 +60,7 @@ from tf_maml.data.prep import (
     tree_is_intact,
     write_if_changed,
     write_marker,
+    writing_output,
 )
 
 EXPECTED_NUM_CHARACTERS = 1623
@@ -194,6 +195,12 @@ def prepare_omniglot(source: str, output: str, expect_counts: bool = True,
     files look whole (checked in seconds); rebuilds it otherwise.
     Raises ``PrepError`` naming the offending file on bad data.
     """
+    with writing_output(output):  # the output folder is a file, read-only, full
+        return _prepare_omniglot(source, output, expect_counts, progress_every)
+
+
+def _prepare_omniglot(source: str, output: str, expect_counts: bool = True,
+                      progress_every: int = DEFAULT_PROGRESS_EVERY) -> dict:
     start = time.monotonic()
     marker = _already_complete(output, expect_counts)
     if marker is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -28,6 +29,29 @@ PARTIAL_SUFFIX = atomic.TEMP_SUFFIX  # what an interrupted write leaves
 
 class PrepError(RuntimeError):
     """A problem with the source data or the output folder, with a message for the user."""
+
+
+@contextlib.contextmanager
+def writing_output(output: str):
+    """Turns an OSError inside the block (the output folder is a file, read-only, full: the
+    source's read errors are PrepErrors already) into a :class:`PrepError` naming the file,
+    the reason and the fix. Whatever was written stays: a rerun completes it."""
+    try:
+        yield
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = (f"free some space on the disk of {output}, then run the same command again "
+                   "(it completes the output)")
+        elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            fix = f"make {output} writable, or give another --output"
+        elif err.errno in (errno.ENOTDIR, errno.EEXIST):
+            fix = (f"{output} must be a folder, and a file is in the way (at that path or "
+                   "above it): give another --output (a new folder, or one this command "
+                   "prepared)")
+        else:
+            fix = f"check {output}, then run the same command again"
+        raise PrepError(f"cannot write {err.filename or output}: {reason}; {fix}") from err
 
 
 
