@@ -57,46 +57,45 @@ class GymTasks:
     def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> np.ndarray:
         return np.asarray(self._sample_tasks(num_tasks, rng), np.float32)
 
-    def rollout(self, policy_fn, tasks, num_trajectories: int, seed) -> dict[str, tf.Tensor]:
-        """N trajectories per task, as :func:`tf_maml.rl.sampler.rollout` returns them."""
+    def rollout(self, policy_fn, tasks, num_trajectories: int, seed,
+                max_steps: int | None = None) -> dict[str, tf.Tensor]:
+        """N trajectories per task, as :func:`tf_maml.rl.sampler.rollout` returns them; with
+        ``max_steps``, whole paths until each task has at least that many steps, N
+        environments per task (:class:`tf_maml.rl.sampler.PathSchedule`)."""
         tasks = np.asarray(tasks)
-        num_tasks, horizon = len(tasks), self.horizon
-        shape = (num_tasks, num_trajectories)
+        num_tasks = len(tasks)
+        schedule = sampler.PathSchedule(seed, num_tasks, num_trajectories, self.horizon,
+                                        self.action_dim, max_steps)
         envs = [[self.make_env(task) for _ in range(num_trajectories)] for task in tasks]
-        seed_value = np.asarray(seed, np.int64)
-        noise = np.asarray(sampler.exploration_noise(seed_value, horizon, num_tasks,
-                                                     num_trajectories, self.action_dim))
-        obs = np.zeros(shape + (self.observation_dim,), np.float32)
-        reset_seeds = sampler.episode_seeds(seed_value, num_tasks, num_trajectories)
-        for i in range(num_tasks):
-            for j in range(num_trajectories):
-                obs[i, j] = self._flat(envs[i][j].reset(seed=int(reset_seeds[i, j]))[0], "reset")
-        out = {"observations": np.zeros(shape + (horizon, self.observation_dim), np.float32),
-               "actions": np.zeros(shape + (horizon, self.action_dim), np.float32),
-               "rewards": np.zeros(shape + (horizon,), np.float32),
-               "mask": np.zeros(shape + (horizon,), np.float32)}
-        alive = np.ones(shape, bool)
-        for t in range(horizon):
-            if not alive.any():
-                break
+        obs = np.zeros(schedule.shape + (self.observation_dim,), np.float32)
+        self._reset(envs, obs, schedule, np.ones(schedule.shape, bool))
+        while schedule.live.any():
             mean, log_std = (np.asarray(p) for p in policy_lib.split(policy_fn(
                 tf.constant(obs))))
-            actions = (mean + np.exp(log_std) * noise[t]).astype(np.float32)
-            # zeros after the end (np.where: NaN·0 would be NaN)
-            out["observations"][:, :, t] = np.where(alive[..., None], obs, 0.0)
-            out["actions"][:, :, t] = np.where(alive[..., None], actions, 0.0)
-            for i, j in zip(*np.nonzero(alive)):
-                next_obs, reward, terminated, truncated, _ = envs[i][j].step(actions[i, j])
-                out["rewards"][i, j, t] = reward
-                out["mask"][i, j, t] = 1.0
+            actions = (mean + np.exp(log_std) * schedule.noise()).astype(np.float32)
+            schedule.write({"observations": obs, "actions": actions})
+            rewards = np.zeros(schedule.shape, np.float32)
+            ended = np.zeros(schedule.shape, bool)
+            for i, j in zip(*np.nonzero(schedule.live)):
+                next_obs, rewards[i, j], terminated, truncated, _ = envs[i][j].step(
+                    actions[i, j])
                 obs[i, j] = self._flat(next_obs, "step")
-                if terminated or truncated:
-                    alive[i, j] = False
+                ended[i, j] = terminated or truncated
+            schedule.write({"rewards": rewards, "mask": np.ones(schedule.shape, np.float32)})
+            self._reset(envs, obs, schedule, schedule.step(ended))
         for row in envs:
             for env in row:
                 if hasattr(env, "close"):
                     env.close()
-        return {k: tf.constant(v) for k, v in out.items()}
+        return schedule.result()
+
+    def _reset(self, envs, obs, schedule, which) -> None:
+        """Starts the paths of the slots ``which`` (their round's episode seeds)."""
+        for r in np.unique(schedule.round[which]):
+            reset_seeds = schedule.episode_seeds(int(r))
+            for i, j in zip(*np.nonzero(which & (schedule.round == r))):
+                obs[i, j] = self._flat(envs[i][j].reset(seed=int(reset_seeds[i, j]))[0],
+                                       "reset")
 
     def _flat(self, obs, where: str) -> np.ndarray:
         flat = np.asarray(obs, np.float32).reshape(-1)

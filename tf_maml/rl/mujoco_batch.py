@@ -78,15 +78,19 @@ class LocomotionTasks:
                                                             nthread=self.threads)
         return self._batches[num_simulations]
 
-    def rollout(self, policy_fn, tasks, num_trajectories: int, seed) -> dict:
+    def rollout(self, policy_fn, tasks, num_trajectories: int, seed,
+                max_steps: int | None = None) -> dict:
         """N trajectories of each of the T ``tasks``, all T·N simulations stepped together,
         as :func:`tf_maml.rl.sampler.rollout` returns them: ``observations``, ``actions``,
-        ``rewards`` and ``mask`` tensors ``[T, N, H, ...]``, zeros after an episode's end."""
-        return _rollout(self, policy_fn, tasks, num_trajectories, seed)
+        ``rewards`` and ``mask`` tensors ``[T, N, H, ...]``, zeros after an episode's end.
+        With ``max_steps``: whole paths until each task has at least that many steps, a
+        simulation whose episode ended starting the next (``maml_rl``'s budget,
+        :class:`tf_maml.rl.sampler.PathSchedule`), ``[T, P, H, ...]``."""
+        return _rollout(self, policy_fn, tasks, num_trajectories, seed, max_steps)
 
 
 def _rollout(tasks_family: LocomotionTasks, policy_fn, tasks, num_trajectories: int,
-             seed) -> dict:
+             seed, max_steps: int | None = None) -> dict:
     """:meth:`LocomotionTasks.rollout`: the loop over time steps (module doc)."""
     import mujoco
 
@@ -97,56 +101,52 @@ def _rollout(tasks_family: LocomotionTasks, policy_fn, tasks, num_trajectories: 
     batch = tasks_family.batch(size)
     fields = {name: batch.bind(name) for name in ("ctrl", "sensordata",
                                                   *locomotion.STATE_FIELDS)}
-    seed_value = np.asarray(seed, np.int64)
-    noise = np.asarray(sampler.exploration_noise(seed_value, horizon, num_tasks,
-                                                 num_trajectories, tasks_family.action_dim))
-    _start(batch, fields, model, sampler.episode_seeds(seed_value, num_tasks, num_trajectories))
+    schedule = sampler.PathSchedule(seed, num_tasks, num_trajectories, horizon,
+                                    tasks_family.action_dim, max_steps)
+    batch.reset(stage=mujoco.mjtStage.mjSTAGE_NONE.value)
+    _start(batch, fields, model, np.arange(size), schedule.episode_seeds(0).reshape(-1))
     goals = np.repeat(tasks, num_trajectories)  # the task of each simulation [T·N]
-    state = _state(fields)
-    obs = locomotion.observe(family, state, goals, tasks_family.oracle)
-    out = {"observations": np.zeros((horizon, size, obs.shape[1]), np.float32),
-           "actions": np.zeros((horizon, size, tasks_family.action_dim), np.float32),
-           "rewards": np.zeros((horizon, size), np.float32),
-           "mask": np.zeros((horizon, size), np.float32)}
-    alive = np.ones(size, bool)
+    obs = locomotion.observe(family, _state(fields), goals, tasks_family.oracle)
     acc = mujoco.mjtStage.mjSTAGE_ACC.value
-    for t in range(horizon):
-        if not alive.any():
-            break
+    while schedule.live.any():
+        alive = schedule.live.reshape(-1)
         ids = None if alive.all() else np.flatnonzero(alive)
         mean, log_std = (np.asarray(p) for p in policy_lib.split(policy_fn(
             tf.constant(obs.reshape(shape + (-1,))))))
-        actions = (mean + np.exp(log_std) * noise[t]).astype(np.float32).reshape(size, -1)
-        # np.where, not a product: a finished simulation's NaN must not pass as NaN·0
-        out["observations"][t] = np.where(alive[:, None], obs, 0.0)
-        out["actions"][t] = np.where(alive[:, None], actions, 0.0)
-        clipped = np.clip(actions.astype(np.float64), -1.0, 1.0)
+        actions = (mean + np.exp(log_std) * schedule.noise()).astype(np.float32)
+        schedule.write({"observations": obs.reshape(shape + (-1,)), "actions": actions})
+        clipped = np.clip(actions.reshape(size, -1).astype(np.float64), -1.0, 1.0)
         fields["ctrl"][alive] = clipped[alive]
         before = locomotion.resets(batch.warning)
         batch.step(ids, nstep=family.robot.frame_skip, stage=acc)
         state = _state(fields)
         rewards = locomotion.reward(family, state, goals, clipped)
-        out["rewards"][t] = np.where(alive, rewards, 0.0)
-        out["mask"][t] = alive
+        schedule.write({"rewards": rewards.reshape(shape),
+                        "mask": np.ones(shape, np.float32)})
+        ended = locomotion.done(family, state, locomotion.resets(batch.warning) > before)
+        restart = schedule.step(ended.reshape(shape)).reshape(-1)
+        if restart.any():
+            which = np.flatnonzero(restart)
+            seeds = np.empty(size, np.int64)
+            for r in np.unique(schedule.round.reshape(-1)[which]):
+                seeds_r = schedule.episode_seeds(int(r)).reshape(-1)
+                chosen = which[schedule.round.reshape(-1)[which] == r]
+                seeds[chosen] = seeds_r[chosen]
+            batch.reset(which, stage=mujoco.mjtStage.mjSTAGE_NONE.value)
+            _start(batch, fields, model, which, seeds[which])
+            state = _state(fields)
         obs = locomotion.observe(family, state, goals, tasks_family.oracle)
-        alive &= ~locomotion.done(family, state, locomotion.resets(batch.warning) > before)
-    # Stored [H, T·N, ...] while stepping; trajectories are [T, N, H, ...].
-    return {key: tf.constant(np.moveaxis(value, 0, 1).reshape(shape + value.shape[:1]
-                                                              + value.shape[2:]))
-            for key, value in out.items()}
+    return schedule.result()
 
 
-def _start(batch, fields, model, reset_seeds: np.ndarray) -> None:
-    """Every simulation at its episode start (rllab ``reset``: the state drawn from its own
-    seeded generator, zero controls, then ``mj_forward``)."""
-    import mujoco
-
-    batch.reset(stage=mujoco.mjtStage.mjSTAGE_NONE.value)
+def _start(batch, fields, model, ids: np.ndarray, reset_seeds: np.ndarray) -> None:
+    """The simulations ``ids``, just reset, at their episode start (rllab ``reset``: the
+    state drawn from its own seeded generator, zero controls, then ``mj_forward``)."""
     qpos, qvel = fields["qpos"], fields["qvel"]
-    for k, reset_seed in enumerate(reset_seeds.reshape(-1)):
+    for k, reset_seed in zip(ids, reset_seeds):
         qpos[k], qvel[k] = locomotion.initial_state(model, np.random.default_rng(
             int(reset_seed)))
-    batch.forward()
+    batch.forward(ids if len(ids) < batch.nsim else None)
 
 
 def _state(fields: dict) -> dict:

@@ -7,6 +7,11 @@ A batch of trajectories is a dict of tensors for T tasks × N trajectories × H 
 * ``rewards [T, N, H]`` and ``mask [T, N, H]`` (1 for the steps that happened, including
   the one that reached the goal); every array is 0 after the episode ended.
 
+With a step budget (``max_steps``, :class:`PathSchedule`: the authors' ``maml_rl`` sampler)
+the Python-stepped samplers return ``P`` paths per task instead of N, ``P`` the same for
+every task of the batch (a multiple of N); a task's paths beyond its own number are all 0,
+mask included. :func:`flatten_paths` then lays each task's steps out one after another.
+
 :func:`rollout` runs an environment with the TensorFlow interface of
 :class:`tf_maml.tasks.navigation.NavigationTasks` as one ``tf.while_loop`` (all T·N agents
 step together; call it inside a ``tf.function``). :class:`tf_maml.rl.gym_tasks.GymTasks`
@@ -28,6 +33,9 @@ from tf_maml.rl import policy as policy_lib
 
 PolicyFn = Callable[[tf.Tensor], tf.Tensor]  # observations [T, N, obs] -> [T, N, 2 * act]
 BASELINE_REG = 1e-5  # rllab LinearFeatureBaseline's ridge coefficient
+# What is sampled per task and policy: N trajectories, or whole paths until N × H steps
+# (maml_rl's budget, PathSchedule)
+SAMPLE_BUDGETS = ("trajectories", "steps")
 
 
 def exploration_noise(seed, horizon: int, num_tasks: int, num_trajectories: int,
@@ -43,6 +51,152 @@ def episode_seeds(seed, num_tasks: int, num_trajectories: int) -> np.ndarray:
     rollout from ``seed``: one definition, so that both give the same episodes."""
     return np.random.default_rng(np.asarray(seed, np.int64)).integers(
         2**31, size=(num_tasks, num_trajectories))
+
+
+def round_seed(seed, round_index: int) -> np.ndarray:
+    """The seed of a step-budget rollout's round ``round_index`` (its slots' paths number
+    ``round_index``·N + slot, :class:`PathSchedule`): ``seed`` itself for round 0, so that
+    the first N paths are the N trajectories sampled without a budget."""
+    seed = np.asarray(seed, np.int64)
+    if round_index == 0:
+        return seed
+    return np.random.default_rng([*seed.tolist(), round_index]).integers(2**31, size=2)
+
+
+class PathSchedule:
+    """Which path each of the T × N slots (environments, simulations) of a Python-stepped
+    rollout runs, and what each path draws; shared by :class:`tf_maml.rl.gym_tasks.GymTasks`
+    and :class:`tf_maml.rl.mujoco_batch.LocomotionTasks`, whose trajectories must agree.
+
+    Without ``max_steps`` every slot runs one episode: N trajectories per task. With
+    ``max_steps`` B, a task's paths are numbered k = 0, 1, ... and the rollout keeps, per
+    task, every whole path k with Σ_{j<k} len_j < B: paths one after another until the task
+    has at least B steps, the last one kept whole. That is ``maml_rl``'s per-task budget
+    (``sandbox/rocky/tf/samplers/batch_sampler.py`` ``obtain_samples``: ``max_samples=
+    batch_size / n_envs`` steps per task; ``rllab/sampler/stateful_pool.py`` ``run_collect``:
+    whole paths ``while count < threshold``). Path k runs on slot k mod N as that slot's
+    round k // N: its start is entry (task, slot) of
+    ``episode_seeds(round_seed(seed, round))`` and its exploration noise at its step t that
+    of ``exploration_noise(round_seed(seed, round))[t, task, slot]``, so a path is the same
+    whatever the schedule. A slot whose path ends starts its next round at the next time
+    step unless the paths before it already hold B steps (a lower bound of their lengths,
+    some of them still running); paths found past the budget once all are known are dropped.
+    """
+
+    def __init__(self, seed, num_tasks: int, num_slots: int, horizon: int, action_dim: int,
+                 max_steps: int | None = None):
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self.seed = np.asarray(seed, np.int64)
+        self.shape = (num_tasks, num_slots)
+        self.horizon, self.action_dim, self.max_steps = horizon, action_dim, max_steps
+        self.round = np.zeros(self.shape, np.int64)  # the round of each slot's path
+        self.t = np.zeros(self.shape, np.int64)  # the steps of each slot's path so far
+        self.live = np.ones(self.shape, bool)
+        self.lengths: list[dict[int, int]] = [{} for _ in range(num_tasks)]  # finished paths
+        self._noise: dict[int, np.ndarray] = {}
+        self.buffers: list[dict[str, np.ndarray]] = []  # per round [T, N, H, ...]
+
+    def episode_seeds(self, round_index: int) -> np.ndarray:
+        """The episode-start seeds ``[T, N]`` of the round's paths."""
+        return episode_seeds(round_seed(self.seed, round_index), *self.shape)
+
+    def noise(self) -> np.ndarray:
+        """The exploration noise ``[T, N, act]`` of every slot's current step."""
+        rounds = np.unique(self.round)
+        for r in rounds:
+            if r not in self._noise:
+                self._noise[r] = np.asarray(exploration_noise(
+                    round_seed(self.seed, int(r)), self.horizon, *self.shape, self.action_dim))
+        if len(rounds) == 1 and np.all(self.t == self.t.flat[0]):
+            return self._noise[rounds[0]][self.t.flat[0]]
+        out = np.empty(self.shape + (self.action_dim,), np.float32)
+        for r in rounds:
+            i, j = np.nonzero(self.round == r)
+            out[i, j] = self._noise[r][np.minimum(self.t[i, j], self.horizon - 1), i, j]
+        return out
+
+    def write(self, values: dict[str, np.ndarray]) -> None:
+        """Stores the live slots' ``values`` (``[T, N, ...]`` each) at their paths' current
+        step."""
+        for r in np.unique(self.round[self.live]):
+            while len(self.buffers) <= r:
+                self.buffers.append({})
+            i, j = np.nonzero(self.live & (self.round == r))
+            for key, value in values.items():
+                value = np.asarray(value)
+                if key not in self.buffers[r]:
+                    self.buffers[r][key] = np.zeros(
+                        self.shape + (self.horizon,) + value.shape[2:], np.float32)
+                self.buffers[r][key][i, j, self.t[i, j]] = value[i, j]
+
+    def step(self, ended: np.ndarray) -> np.ndarray:
+        """After a time step of the live slots, ``ended`` ``[T, N]`` those whose episode
+        ended at it (the horizon's end is added here): records the paths and returns the
+        ``[T, N]`` slots that start a new path (their environments must be reset, from
+        :meth:`episode_seeds` of their new :attr:`round`)."""
+        self.t[self.live] += 1
+        ended = self.live & (np.asarray(ended, bool) | (self.t >= self.horizon))
+        restart = np.zeros(self.shape, bool)
+        slots = self.shape[1]
+        for i, j in zip(*np.nonzero(ended)):
+            self.lengths[i][int(self.round[i, j]) * slots + j] = int(self.t[i, j])
+        # Slots decided in order; an undecided one still counts as live (it may go on).
+        for i, j in zip(*np.nonzero(ended)):
+            following = (int(self.round[i, j]) + 1) * slots + j
+            if self.max_steps is not None and self._lower_bound(i, following) < self.max_steps:
+                restart[i, j] = True
+                self.round[i, j] += 1
+                self.t[i, j] = 0
+            else:
+                self.live[i, j] = False
+        return restart
+
+    def _lower_bound(self, task: int, k: int) -> float:
+        """A lower bound of Σ_{j<k} len_j of ``task``, ∞ if one of those paths will never
+        run (its slot stopped: then the budget is reached before it, and before k)."""
+        total, slots = 0, self.shape[1]
+        for j in range(k):
+            slot, r = j % slots, j // slots
+            if j in self.lengths[task]:
+                total += self.lengths[task][j]
+            elif not self.live[task, slot]:
+                return np.inf
+            elif r == self.round[task, slot]:
+                total += int(self.t[task, slot])  # running
+            else:
+                total += 1  # not started yet: at least one step
+            if total >= self.max_steps:
+                break
+        return total
+
+    def kept(self) -> np.ndarray:
+        """The number of paths each task keeps ``[T]``: all N without a budget, else the
+        whole paths up to the first that starts with the budget reached."""
+        if self.max_steps is None:
+            return np.full(self.shape[0], self.shape[1])
+        out = np.zeros(self.shape[0], np.int64)
+        for task, lengths in enumerate(self.lengths):
+            total, k = 0, 0
+            while total < self.max_steps:
+                total += lengths[k]  # known: every path before the budget ran
+                k += 1
+            out[task] = k
+        return out
+
+    def result(self) -> dict[str, tf.Tensor]:
+        """The kept paths ``[T, P, H, ...]``, path k of a task at index k, P the smallest
+        multiple of N holding every task's; the others are 0, mask included."""
+        kept, slots = self.kept(), self.shape[1]
+        rounds = -(-int(kept.max()) // slots)
+        keep = np.arange(rounds * slots)[None, :] < kept[:, None]  # [T, P]
+        out = {}
+        for key in self.buffers[0]:
+            value = np.concatenate([b[key] for b in self.buffers[:rounds]], axis=1)
+            if rounds > 1 or not keep.all():
+                value = np.where(keep.reshape(keep.shape + (1,) * (value.ndim - 2)), value, 0.0)
+            out[key] = tf.constant(value.astype(np.float32))
+        return out
 
 
 def rollout(env, policy_fn: PolicyFn, tasks: tf.Tensor, num_trajectories: int,
@@ -98,26 +252,30 @@ def discounted_returns(rewards: tf.Tensor, discount: float) -> tf.Tensor:
     return tf.tensordot(rewards, weights, axes=[[-1], [0]])
 
 
-def baseline_features(observations: tf.Tensor) -> tf.Tensor:
+def baseline_features(observations: tf.Tensor, steps: tf.Tensor | None = None) -> tf.Tensor:
     """rllab's linear-baseline features ``[o, o², t, t², t³, 1]`` (o clipped to ±10,
-    t = step / 100) for ``observations [T, N, H, obs]`` -> ``[T, N, H, 2·obs + 4]``."""
+    t = step / 100) for ``observations [T, N, H, obs]`` -> ``[T, N, H, 2·obs + 4]``; the
+    step of each observation in its path is its index along H, or ``steps [T, N, H]``."""
     obs = tf.clip_by_value(observations, -10.0, 10.0)
-    horizon = observations.shape[-2]
-    t = tf.range(horizon, dtype=tf.float32)[:, None] / 100.0
+    if steps is None:
+        horizon = observations.shape[-2]
+        t = tf.range(horizon, dtype=tf.float32)[:, None] / 100.0
+    else:
+        t = tf.cast(steps, tf.float32)[..., None] / 100.0
     time = tf.concat([t, t ** 2, t ** 3, tf.ones_like(t)], axis=-1)
     time = tf.broadcast_to(time, tf.concat([tf.shape(obs)[:-1], [4]], axis=0))
     return tf.concat([obs, obs ** 2, time], axis=-1)
 
 
 def fit_linear_baseline(observations: tf.Tensor, returns: tf.Tensor, mask: tf.Tensor,
-                        reg: float = BASELINE_REG) -> tf.Tensor:
+                        reg: float = BASELINE_REG, steps: tf.Tensor | None = None) -> tf.Tensor:
     """Per task, the ridge regression of the returns on :func:`baseline_features` over the
     steps that happened; returns its predictions ``[T, N, H]`` (float32).
 
     Solves (ΦᵀΦ + reg·I) w = ΦᵀR per task in float64 (rllab's ``LinearFeatureBaseline``,
     fitted on each task's own trajectories, as in ``maml_rl``).
     """
-    phi = tf.cast(baseline_features(observations), tf.float64)
+    phi = tf.cast(baseline_features(observations, steps), tf.float64)
     m = tf.cast(mask, tf.float64)[..., None]
     num_tasks, num_features = tf.shape(phi)[0], phi.shape[-1]
     phi_flat = tf.reshape(phi * m, [num_tasks, -1, num_features])
@@ -132,10 +290,15 @@ def fit_linear_baseline(observations: tf.Tensor, returns: tf.Tensor, mask: tf.Te
 def advantages(trajectories: dict, discount: float, normalize: bool = True) -> tf.Tensor:
     """Advantages ``[T, N, H]``: discounted return minus each task's fitted linear baseline,
     then (``normalize``) centred and scaled to unit variance per task over the steps that
-    happened (rllab's ``center_adv``). 0 on masked steps."""
+    happened (rllab's ``center_adv``). 0 on masked steps. Steps laid out by
+    :func:`flatten_paths` bring their discounted returns and steps in their paths."""
     mask = trajectories["mask"]
-    returns = discounted_returns(trajectories["rewards"], discount)
-    adv = (returns - fit_linear_baseline(trajectories["observations"], returns, mask)) * mask
+    if "discounted_returns" in trajectories:
+        returns = trajectories["discounted_returns"]
+    else:
+        returns = discounted_returns(trajectories["rewards"], discount)
+    adv = (returns - fit_linear_baseline(trajectories["observations"], returns, mask,
+                                         steps=trajectories.get("steps"))) * mask
     if normalize:
         count = tf.maximum(tf.reduce_sum(mask, axis=[1, 2], keepdims=True), 1.0)
         mean = tf.reduce_sum(adv, axis=[1, 2], keepdims=True) / count
@@ -147,3 +310,30 @@ def advantages(trajectories: dict, discount: float, normalize: bool = True) -> t
 def undiscounted_returns(trajectories: dict) -> tf.Tensor:
     """The return of each trajectory, ``[T, N]``: the sum of its rewards."""
     return tf.reduce_sum(trajectories["rewards"], axis=-1)
+
+
+def flatten_paths(trajectories: dict, discount: float, capacity: int) -> dict:
+    """Each task's steps one after another: ``trajectories`` of P paths per task
+    (``[T, P, H, ...]``) as ``[T, 1, capacity, ...]`` arrays, the steps that happened first
+    in path order and the rest 0 (mask included), with ``discounted_returns`` (along each
+    path, :func:`discounted_returns`) and ``steps`` (the step of each in its path), what
+    :func:`advantages` needs. ``capacity`` must hold every task's steps: with a step budget
+    B and horizon H at most B + H − 1 (the paths before the last hold fewer than B steps)."""
+    mask = np.asarray(trajectories["mask"])
+    num_tasks, paths, horizon = mask.shape
+    counts = mask.reshape(num_tasks, -1).sum(axis=1).astype(np.int64)
+    if counts.max() > capacity:
+        raise ValueError(f"a task has {counts.max()} steps, more than the capacity {capacity}")
+    values = {k: np.asarray(v) for k, v in trajectories.items()}
+    values["discounted_returns"] = np.asarray(discounted_returns(trajectories["rewards"],
+                                                                 discount))
+    values["steps"] = np.broadcast_to(np.arange(horizon, dtype=np.float32), mask.shape)
+    out = {}
+    for key, value in values.items():
+        flat = value.reshape((num_tasks, paths * horizon) + value.shape[3:])
+        packed = np.zeros((num_tasks, capacity) + value.shape[3:], np.float32)
+        for task in range(num_tasks):
+            happened = np.flatnonzero(mask[task].reshape(-1))
+            packed[task, :len(happened)] = flat[task, happened]
+        out[key] = tf.constant(packed[:, None])
+    return out
