@@ -22,6 +22,7 @@ from tf_maml.config_checks import (  # noqa: F401
     NORMS,
     PRETRAINED_BASELINES,
     RL_DATASOURCES,
+    SAMPLE_BUDGETS,
     TASK_PARALLELISM,
     XENTS,
     ConfigChecks,
@@ -43,7 +44,8 @@ RUN_DEFINING = ("datasource", "num_classes", "baseline", "pretrain_iterations",
                 "meta_batch_size", "update_batch_size", "update_lr", "num_updates", "norm",
                 "num_filters", "conv", "max_pool", "stop_grad", "algorithm", "seed",
                 "adapt_norm", "meta_sgd", "discount", "lslr", "per_step_bn", "msl_iterations",
-                "first_order_iterations", "cosine_meta_lr", "xent", "num_query", "horizon")
+                "first_order_iterations", "cosine_meta_lr", "xent", "num_query", "horizon",
+                "sample_budget")
 # Where the run is and what this invocation does: not a change of the run.
 NOT_RUN_SETTINGS = ("logdir", "resume", "train", "test_iter")
 
@@ -90,10 +92,13 @@ class Config(ConfigChecks):
     data_dir: str | None = None
     dataset_backend: str = "folders"
     # reinforcement learning (navigation, locomotion; tf_maml/rl): TRPO's KL limit δ, the
-    # discount γ, the episode length (0: the task family's, navigation 100, locomotion 200)
+    # discount γ, the episode length (0: the task family's, navigation 100, locomotion 200),
+    # and what is sampled per task and policy: update_batch_size trajectories, or whole
+    # paths until update_batch_size × horizon steps ("steps": maml_rl's budget; locomotion)
     max_kl: float = 0.01
     discount: float = 0.99
     horizon: int = 0
+    sample_budget: str = "trajectories"
     adapt_norm: bool = False
     adapt_layers: str = "all"
     meta_sgd: bool = False

@@ -15,6 +15,7 @@ from tf_maml.evaluate import PRETRAINED_BASELINES
 from tf_maml.mapping.plan import TASK_PARALLELISM
 from tf_maml.models import NORMS
 from tf_maml.options.objectives import ALGORITHMS
+from tf_maml.rl.sampler import SAMPLE_BUDGETS
 from tf_maml.tasks.locomotion import TASK_FAMILIES as LOCOMOTION_FAMILIES
 
 # Reinforcement learning (tf_maml/rl): 2D navigation and the MuJoCo locomotion families.
@@ -190,6 +191,14 @@ class ConfigChecks:
         if self.is_rl and (self.algorithm != "maml" or self.meta_sgd):
             fail("algorithm", f"--datasource={self.datasource} trains MAML with TRPO (or the "
                  "baselines); Reptile and Meta-SGD are not implemented for it")
+        if self.sample_budget not in SAMPLE_BUDGETS:
+            fail("sample_budget", f"one of {', '.join(SAMPLE_BUDGETS)}, got "
+                 f"{self.sample_budget!r}")
+        if self.sample_budget == "steps" and self.datasource not in LOCOMOTION_FAMILIES:
+            fail("sample_budget", f"a budget of steps applies to the locomotion datasources "
+                 f"({', '.join(LOCOMOTION_FAMILIES)}), whose Python-stepped samplers run it; "
+                 f"--datasource={self.datasource} samples --update_batch_size trajectories "
+                 "per task: drop --sample_budget")
         if self.horizon < 0 or (self.horizon and not self.is_rl):
             fail("horizon", f"the episode length of the reinforcement-learning datasources: 0 "
                  f"(the task family's: navigation 100, locomotion 200) or >= 1, got "

@@ -116,14 +116,16 @@ def rl_learner(config: Config):
     """The reinforcement-learning learner of ``config`` (:func:`tf_maml.rl.training.build_learner`):
     the task family ``datasource`` (navigation or a locomotion family) with ``horizon`` steps
     (0: the family's), ``update_lr`` α, ``num_updates`` inner steps, ``update_batch_size``
-    trajectories per task and policy, ``stop_grad`` first order; the oracle sees the task."""
+    trajectories per task and policy (``sample_budget``: or that many × the horizon steps),
+    ``stop_grad`` first order; the oracle sees the task."""
     from tf_maml.rl import training as rl_training
 
     return rl_training.build_learner(
         task_family=config.datasource, horizon=config.horizon,
         oracle=config.baseline == "oracle", seed=config.seed, inner_lr=config.update_lr,
         inner_steps=config.num_updates, num_trajectories=config.update_batch_size,
-        discount=config.discount, max_kl=config.max_kl, first_order=config.stop_grad)
+        discount=config.discount, max_kl=config.max_kl, first_order=config.stop_grad,
+        sample_budget=config.sample_budget)
 
 
 def execution_plan(config: Config) -> ExecutionPlan:

@@ -25,6 +25,7 @@ from tf_maml.config import (  # noqa: E402
     DATASET_BACKENDS,
     DISTRIBUTION_STRATEGIES,
     NAN_POLICIES,
+    SAMPLE_BUDGETS,
     TASK_PARALLELISM,
     XENTS,
 )
@@ -140,6 +141,10 @@ def _define_algorithm_flags(values: flags.FlagValues) -> None:
                        flag_values=values)
     flags.DEFINE_float("discount", 0.99, "RL: discount factor (gamma) of the returns.",
                        flag_values=values)
+    flags.DEFINE_enum("sample_budget", "trajectories", list(SAMPLE_BUDGETS),
+                      "RL: what is sampled per task and policy: update_batch_size "
+                      "trajectories, or (maml_rl's budget; locomotion only) whole paths until "
+                      "update_batch_size x horizon steps.", flag_values=values)
     flags.DEFINE_integer("horizon", 0, "RL: the maximal episode length; 0: the task "
                          "family's (navigation 100, locomotion 200).", flag_values=values)
 

@@ -196,8 +196,10 @@ def _run_rl(config: Config, directory: str, log) -> dict:
                                            config.test_iter)
         log(f"Restored {path} (iteration {iteration})")
         _write_config(config, directory)
+    per_step = (f"{config.update_batch_size} trajectories" if config.sample_budget != "steps"
+                else f"{config.update_batch_size} x {learner.env.horizon} environment steps")
     log(f"Evaluating {config.num_test_tasks} test tasks, {config.test_num_updates} steps, "
-        f"{config.update_batch_size} trajectories per step, alpha={config.update_lr}")
+        f"{per_step} per step, alpha={config.update_lr}")
     result.update(rl_training.evaluate_run(learner, directory, config.num_test_tasks,
                                       config.test_num_updates, log))
     return result

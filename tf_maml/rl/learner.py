@@ -21,6 +21,12 @@ products are taken with nested ``tf.GradientTape``s around :func:`tf_maml.adapt.
 (second order for ∇L; third order for the KL's H v), and :func:`tf_maml.rl.trpo.trpo_step`
 takes the step. With ``inner_steps=0`` the same code is plain TRPO on the tasks sampled each
 iteration: the pretrained and oracle baselines.
+
+How much is sampled per task and policy (``sample_budget``): N trajectories, or, as the
+authors' ``maml_rl``, N × H environment steps in whole paths (a task whose episodes end
+early gets more, shorter paths: :class:`tf_maml.rl.sampler.PathSchedule`). Either way the
+inner loss and the surrogate average over a task's steps, the baseline is fitted on a
+task's steps, and a task's return is the mean over its paths.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import tensorflow as tf
 from tf_maml import adapt as adapt_lib
 from tf_maml.rl import policy as policy_lib
 from tf_maml.rl import sampler, trpo
+from tf_maml.rl.sampler import SAMPLE_BUDGETS
 
 
 def policy_gradient_loss(y: tf.Tensor, preds: tf.Tensor) -> tf.Tensor:
@@ -85,6 +92,9 @@ class RLMetaLearner:
       inner_lr: α, the policy-gradient step size of the inner loop (0.1 in the paper).
       inner_steps: inner steps during meta-training (1); 0 trains plain TRPO (baselines).
       num_trajectories: N trajectories per task and policy (20: the paper's K).
+      sample_budget: ``"trajectories"``: N per task; ``"steps"``: whole paths until the
+        task has N × H steps (``maml_rl``'s ``batch_size`` × ``max_path_length``), N
+        environments per task sampling them; needs an env with a ``rollout`` method.
       discount: γ of the returns (0.99, as the authors' code).
       max_kl: δ, TRPO's trust region on the mean KL (0.01).
       first_order: stop the gradient through the inner policy gradient.
@@ -100,7 +110,14 @@ class RLMetaLearner:
 
     def __init__(self, policy: keras.Model, env, inner_lr: float = 0.1, inner_steps: int = 1,
                  num_trajectories: int = 20, discount: float = 0.99, max_kl: float = 0.01,
-                 first_order: bool = False):
+                 first_order: bool = False, sample_budget: str = "trajectories"):
+        if sample_budget not in SAMPLE_BUDGETS:
+            raise ValueError(f"sample_budget must be one of {SAMPLE_BUDGETS}, got "
+                             f"{sample_budget!r}")
+        if sample_budget == "steps" and not hasattr(env, "rollout"):
+            raise ValueError(f"sample_budget='steps' needs a Python-stepped task family (a "
+                             f"rollout method: GymTasks, LocomotionTasks), not "
+                             f"{type(env).__name__}")
         if not policy.built or not policy.trainable_variables:
             raise ValueError("RLMetaLearner needs a built policy with trainable weights")
         if inner_steps < 0 or num_trajectories < 1:
@@ -121,6 +138,7 @@ class RLMetaLearner:
         self.discount = float(discount)
         self.max_kl = float(max_kl)
         self.first_order = bool(first_order)
+        self.sample_budget = sample_budget
         self.mask = adapt_lib.adapted_mask(policy, adapt_norm=True)
         self.optimizer = TRPOState()  # checkpointed beside the policy (tf_maml.rl.training)
         # Trajectories are sampled in this process, on one device: no distribution.
@@ -173,13 +191,20 @@ class RLMetaLearner:
         return separate if per_task else shared
 
     def sample(self, weights, tasks, seed, per_task: bool) -> dict:
-        """N trajectories per task with ``weights`` (one list for all tasks, or with
-        ``per_task`` one list per task), their advantages and returns."""
+        """N trajectories per task (or N × H steps of them: ``sample_budget``) with
+        ``weights`` (one list for all tasks, or with ``per_task`` one list per task), their
+        advantages and returns (``[T, N]``; with a step budget ``[T, P]`` and
+        ``path_mask``, 1 for the paths a task has)."""
         tasks = tf.convert_to_tensor(tasks, tf.float32)
         seed = tf.convert_to_tensor(seed, tf.int64)
         if hasattr(self.env, "rollout"):  # stepped from Python (GymTasks, LocomotionTasks)
             policy_fn = self._compiled(f"policy_{per_task}", lambda w, o: self._policy_fn(
                 w, per_task)(o))
+            if self.sample_budget == "steps":
+                budget = self.num_trajectories * self.env.horizon
+                traj = self.env.rollout(lambda obs: policy_fn(weights, obs), tasks,
+                                        self.num_trajectories, seed, max_steps=budget)
+                return self._process_paths(traj, budget)
             traj = self.env.rollout(lambda obs: policy_fn(weights, obs), tasks,
                                     self.num_trajectories, seed)
             return self._compiled("process", self._process)(traj)
@@ -195,6 +220,21 @@ class RLMetaLearner:
         out = dict(traj)
         out["advantages"] = sampler.advantages(traj, self.discount)
         out["returns"] = sampler.undiscounted_returns(traj)
+        return out
+
+    def _process_paths(self, traj: dict, budget: int) -> dict:
+        """A step budget's paths ``[T, P, H]``: each task's steps laid out one after another
+        (:func:`tf_maml.rl.sampler.flatten_paths`, ``[T, 1, C]``, C the budget or, when a
+        task's last path overshoots it, budget + H − 1: two shapes to trace), their
+        advantages, the paths' returns and which paths a task has."""
+        most = int(np.max(np.sum(np.asarray(traj["mask"]), axis=(1, 2))))
+        capacity = budget if most <= budget else budget + self.env.horizon - 1
+        flat = sampler.flatten_paths(traj, self.discount, capacity)
+        out = dict(flat)
+        out["advantages"] = self._compiled("advantages", lambda f: sampler.advantages(
+            f, self.discount))(flat)
+        out["returns"] = sampler.undiscounted_returns(traj)
+        out["path_mask"] = traj["mask"][..., 0]
         return out
 
     # ------------------------------------------------------------------ the inner loop
@@ -289,14 +329,14 @@ class RLMetaLearner:
         weights, per_task, supports, returns = params, False, [], []
         for _ in range(steps):
             traj = self.sample(weights, tasks, rng.integers(2**31, size=2), per_task)
-            returns.append(float(tf.reduce_mean(traj["returns"])))
+            returns.append(mean_return(traj))
             supports.append(pack_support(traj, traj["advantages"]))
             # The fast weights at θ_old exactly as _outer_terms will compute them.
             weights = self._compiled("adapt_from_theta", lambda p, s: self._adapt_tasks(
                 [p] * s[0][0].shape[0], s, first_order=True))(params, supports)
             per_task = True
         traj = self.sample(weights, tasks, rng.integers(2**31, size=2), per_task)
-        returns.append(float(tf.reduce_mean(traj["returns"])))
+        returns.append(mean_return(traj))
         # The post-update trajectories flattened per task ([T, N·H, ...]) with the
         # distributions of the policies that sampled them, π_θ'(θ_old).
         x, y = pack_support(traj, traj["advantages"])
@@ -352,7 +392,8 @@ class RLMetaLearner:
     def evaluate(self, tasks, num_steps: int, rng: np.random.Generator,
                  step_sizes: Sequence[float] | None = None) -> np.ndarray:
         """Average return per task after 0..``num_steps`` inner steps, ``[T, S+1]``: each
-        step samples N trajectories with the current policy, records their mean return, and
+        step samples N trajectories (or N × H steps) with the current policy, records their
+        mean return (:func:`task_returns`), and
         adapts on them (the paper's test protocol: step k uses the trajectories of the
         policy after k−1 steps). ``step_sizes``: α of each step (default: α for all)."""
         if step_sizes is not None and len(step_sizes) < num_steps:
@@ -362,8 +403,30 @@ class RLMetaLearner:
         out = []
         for step in range(num_steps + 1):
             traj = self.sample(weights, tasks, rng.integers(2**31, size=2), per_task)
-            out.append(np.mean(np.asarray(traj["returns"]), axis=1))
+            out.append(task_returns(traj))
             if step < num_steps:
                 lr = None if step_sizes is None else step_sizes[step]
                 weights, per_task = self.adapt(weights, traj, per_task, lr), True
         return np.stack(out, axis=1)
+
+
+def mean_return(trajectories: dict) -> float:
+    """The mean return over every path of the batch, as ``maml_rl`` logs its
+    ``AverageReturn`` (over the paths of all tasks together: ``batch_maml_polopt.py``
+    ``process_samples(itr, flatten_list(paths.values()))``, where a task with more, shorter
+    paths weighs more)."""
+    if "path_mask" not in trajectories:
+        return float(tf.reduce_mean(trajectories["returns"]))
+    paths = np.asarray(trajectories["path_mask"], np.float64)
+    return float(np.sum(np.asarray(trajectories["returns"], np.float64) * paths)
+                 / np.sum(paths))
+
+
+def task_returns(trajectories: dict) -> np.ndarray:
+    """Each task's mean return over its own paths ``[T]`` (the test scripts' per-task
+    ``AverageReturn``)."""
+    returns = np.asarray(trajectories["returns"])
+    if "path_mask" not in trajectories:
+        return np.mean(returns, axis=1)
+    paths = np.asarray(trajectories["path_mask"])
+    return np.sum(returns * paths, axis=1) / np.sum(paths, axis=1)

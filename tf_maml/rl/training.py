@@ -53,11 +53,12 @@ FIT_HINT = "was it written with another `baseline`? Use another `run_dir` for a 
 def build_learner(*, task_family: str = "navigation", horizon: int = 0, oracle: bool = False,
                   seed: int = 0, inner_lr: float = 0.1, inner_steps: int = 1,
                   num_trajectories: int = 20, discount: float = 0.99, max_kl: float = 0.01,
-                  first_order: bool = False):
+                  first_order: bool = False, sample_budget: str = "trajectories"):
     """The environment (``task_family``: navigation or a locomotion family of
     :data:`tf_maml.tasks.locomotion.TASK_FAMILIES`; ``horizon`` steps, 0: the family's;
     ``oracle``: the task in the observation), the paper's policy (its weights drawn from
-    ``seed``) and the learner (see :class:`RLMetaLearner` for the rest)."""
+    ``seed``) and the learner (see :class:`RLMetaLearner` for the rest, ``sample_budget``
+    included)."""
     import keras
 
     from tf_maml.rl.learner import RLMetaLearner
@@ -76,7 +77,7 @@ def build_learner(*, task_family: str = "navigation", horizon: int = 0, oracle: 
     policy = gaussian_mlp_policy(env.observation_dim, env.action_dim)
     return RLMetaLearner(policy, env, inner_lr=inner_lr, inner_steps=inner_steps,
                          num_trajectories=num_trajectories, discount=discount, max_kl=max_kl,
-                         first_order=first_order)
+                         first_order=first_order, sample_budget=sample_budget)
 
 
 def checkpointer(learner, directory: str) -> Checkpointer:
