@@ -197,6 +197,42 @@ def test_batched_sampler_returns_the_trajectories_of_a_plain_loop(family, oracle
 
 
 @needs_mujoco
+@pytest.mark.parametrize("family", ["ant_vel", "cheetah_vel"])
+def test_with_a_step_budget_the_batched_sampler_returns_the_paths_of_a_plain_loop(family):
+    """maml_rl's budget (whole paths until N × H steps per task): the batch restarts each
+    simulation whose ant fell, as GymTasks resets its LocomotionEnv, into the same paths
+    bit for bit; the cheetah, which never falls, samples its N trajectories."""
+    horizon, slots = 40, 3
+    batched = LocomotionTasks(family, horizon=horizon, threads=2)
+    plain = GymTasks(lambda task: LocomotionEnv(family, goal=float(task[0]), horizon=horizon),
+                     batched.sample_tasks, batched.observation_dim, batched.action_dim,
+                     horizon)
+    keras.utils.set_random_seed(0)  # wild actions (std 3) topple ants within 40 steps
+    policy = gaussian_mlp_policy(batched.observation_dim, batched.action_dim, init_std=3.0)
+
+    def policy_fn(obs):
+        flat = tf.reshape(obs, [-1, obs.shape[-1]])
+        return tf.reshape(policy(flat), tf.concat([tf.shape(obs)[:-1], [-1]], 0))
+
+    tasks = batched.sample_tasks(2, np.random.default_rng(5))
+    budget = slots * horizon
+    got = batched.rollout(policy_fn, tasks, slots, [1, 2], max_steps=budget)
+    want = plain.rollout(policy_fn, tasks, slots, [1, 2], max_steps=budget)
+    for key in ("observations", "actions", "rewards", "mask"):
+        np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
+    lengths = got["mask"].numpy().sum(-1).astype(int)  # [T, P]
+    for row in lengths:  # maml_rl's rule: the last path starts below the budget, kept whole
+        kept = row[row > 0]
+        assert np.all(row[len(kept):] == 0) and kept.sum() >= budget > kept[:-1].sum()
+    if family == "ant_vel":  # random torques topple ants: more, shorter paths
+        assert lengths.shape[1] > slots and lengths.min() < horizon
+    else:
+        no_budget = batched.rollout(policy_fn, tasks, slots, [1, 2])
+        for key in ("observations", "actions", "rewards", "mask"):
+            np.testing.assert_array_equal(got[key].numpy(), no_budget[key].numpy())
+
+
+@needs_mujoco
 def test_the_task_families_sample_the_authors_ranges():
     rng = np.random.default_rng(0)
     # half_cheetah_env_rand.py, ant_env_rand.py sample_goals: U[0, 2], U[0, 3]
@@ -220,9 +256,14 @@ def test_the_task_families_sample_the_authors_ranges():
 def test_a_tiny_meta_iteration_through_the_runner_writes_the_returns(tmp_path):
     config = Config(datasource="cheetah_vel", logdir=str(tmp_path), metatrain_iterations=1,
                     meta_batch_size=2, update_batch_size=2, update_lr=0.1, norm="None",
-                    horizon=5, num_test_tasks=2, test_num_updates=2, log=False).validate()
-    result = runner.run(config, log=lambda line: None)
+                    horizon=5, num_test_tasks=2, test_num_updates=2, log=False,
+                    sample_budget="steps").validate()
+    lines = []
+    result = runner.run(config, log=lines.append)
     run_dir = result["run_dir"]
+    assert any("2 x 5 environment steps per step" in line for line in lines)
+    with open(os.path.join(run_dir, "config.json")) as f:
+        assert Config.from_json(f.read()).sample_budget == "steps"
     assert run_dir.endswith("cls_5.mbs_2.ubs_2.numstep1.updatelr0.1nonorm.horizon5")
     with open(os.path.join(run_dir, "training_log.csv")) as f:
         assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1]

@@ -465,6 +465,136 @@ def test_a_meta_update_respects_the_kl_limit_on_the_post_update_policies(eager):
     assert np.mean(kls) == pytest.approx(info["kl"], rel=1e-3)
 
 
+# ---------------------------------------------------------------- maml_rl's step budget
+class CountdownEnv:
+    """A Gymnasium-API toy whose episode ends (terminated) after ``length`` steps, or, with
+    length 0, after 1 + (reset seed mod 7) steps; it observes (reset seed mod 1000, step)
+    and pays 1 per step, so a path's return is its length."""
+
+    def __init__(self, length: int):
+        self.length = int(length)
+
+    def reset(self, *, seed=None, options=None):
+        self.seed, self.t = int(seed), 0
+        self.end = self.length or 1 + self.seed % 7
+        return np.array([self.seed % 1000, 0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.array([self.seed % 1000, self.t], np.float32)
+        return obs, 1.0, self.t >= self.end, False, {}
+
+
+def countdown_tasks(horizon: int) -> GymTasks:
+    return GymTasks(lambda task: CountdownEnv(task[0]), lambda n, rng: np.zeros((n, 1)),
+                    observation_dim=2, action_dim=2, horizon=horizon)
+
+
+def serial_budget(lengths, budget: int) -> int:
+    """maml_rl's rule (rllab stateful_pool.run_collect, one worker): whole paths while the
+    steps collected so far are fewer than the budget; returns how many paths."""
+    count, paths = 0, 0
+    while count < budget:
+        count += lengths[paths]
+        paths += 1
+    return paths
+
+
+def test_a_step_budget_samples_whole_paths_until_each_task_has_n_times_h_steps():
+    # H = 10, N = 3 environments per task, budget 3 x 10 = 30 steps per task. Episodes of 4
+    # steps: 8 paths (28 < 30, then 32); of 10: 3 (exactly 30); of 7: 5 (28, then 35); of
+    # 1: 30. The batch holds P = 30 paths per task (a multiple of N), the rest zero.
+    traj = countdown_tasks(10).rollout(constant_policy([0.0, 0.0], [0.0, 0.0]),
+                                       np.array([[4], [10], [7], [1]]), 3, [5, 6],
+                                       max_steps=30)
+    mask = traj["mask"].numpy()
+    assert mask.shape == (4, 30, 10)
+    for task, (length, paths) in enumerate([(4, 8), (10, 3), (7, 5), (1, 30)]):
+        np.testing.assert_array_equal(mask[task].sum(-1), [length] * paths + [0] * (30 - paths))
+        steps = traj["observations"].numpy()[task, :paths, :, 1]
+        np.testing.assert_array_equal(steps[:, :length], np.tile(np.arange(length), (paths, 1)))
+    assert mask.sum(axis=(1, 2)).tolist() == [32, 30, 35, 30]
+    np.testing.assert_array_equal(traj["rewards"].numpy(), mask)
+
+
+def test_a_step_budget_keeps_the_paths_maml_rls_serial_rule_keeps():
+    # Lengths 1-7 drawn from each path's reset seed: path k of a task runs on environment
+    # k mod N in round k // N, its start and noise from that round's seed.
+    num_slots, horizon, seed = 3, 7, np.array([11, 12])
+    traj = countdown_tasks(horizon).rollout(constant_policy([0.0, 0.0], [0.0, 0.0]),
+                                            np.zeros((5, 1)), num_slots, seed, max_steps=12)
+    mask, obs, actions = (traj[k].numpy() for k in ("mask", "observations", "actions"))
+    seeds = [sampler.episode_seeds(sampler.round_seed(seed, r), 5, num_slots)
+             for r in range(13)]
+    for task in range(5):
+        path_seeds = [int(seeds[k // num_slots][task, k % num_slots]) for k in range(36)]
+        lengths = [1 + s % 7 for s in path_seeds]
+        kept = serial_budget(lengths, 12)
+        np.testing.assert_array_equal(mask[task].sum(-1)[:kept], lengths[:kept])
+        assert mask[task, kept:].sum() == 0 and 12 <= sum(lengths[:kept]) <= 12 + horizon - 1
+        np.testing.assert_array_equal(obs[task, :kept, 0, 0], [s % 1000 for s in path_seeds[:kept]])
+        for k in range(kept):  # mean 0, std 1: the action is the path's own noise
+            round_noise = sampler.exploration_noise(sampler.round_seed(seed, k // num_slots),
+                                                    horizon, 5, num_slots, 2).numpy()
+            n = lengths[k]
+            np.testing.assert_array_equal(actions[task, k, :n],
+                                          round_noise[:n, task, k % num_slots])
+
+
+def test_without_early_ends_a_step_budget_samples_the_n_trajectories():
+    tasks, policy_fn = countdown_tasks(6), constant_policy([0.3, -0.2], [-1.0, 0.5])
+    budget = tasks.rollout(policy_fn, np.full((2, 1), 6), 4, [1, 2], max_steps=4 * 6)
+    plain = tasks.rollout(policy_fn, np.full((2, 1), 6), 4, [1, 2])
+    for key in ("observations", "actions", "rewards", "mask"):
+        np.testing.assert_array_equal(budget[key].numpy(), plain[key].numpy(), err_msg=key)
+
+
+def test_flatten_paths_by_hand():
+    # One task, paths of 2 and 3 steps (H = 3), laid out in 6 steps.
+    mask = np.array([[[1, 1, 0], [1, 1, 1]]], np.float32)
+    rewards = np.array([[[1.0, 2.0, 0.0], [3.0, 4.0, 5.0]]], np.float32)
+    obs = np.arange(6, dtype=np.float32).reshape(1, 2, 3, 1) * mask[..., None]
+    flat = sampler.flatten_paths({"observations": obs, "actions": obs, "rewards": rewards,
+                                  "mask": mask}, 0.5, capacity=6)
+    np.testing.assert_array_equal(flat["mask"].numpy()[0, 0], [1, 1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(flat["steps"].numpy()[0, 0], [0, 1, 0, 1, 2, 0])
+    np.testing.assert_array_equal(flat["observations"].numpy()[0, 0, :, 0], [0, 1, 3, 4, 5, 0])
+    np.testing.assert_allclose(flat["discounted_returns"].numpy()[0, 0],
+                               [1 + 0.5 * 2, 2, 3 + 0.5 * 4 + 0.25 * 5, 4 + 0.5 * 5, 5, 0])
+    # the baseline's time features restart with each path: the same fit as on the paths
+    returns = sampler.discounted_returns(rewards, 0.5)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(1, 2, 3, 1)).astype(np.float32) * mask[..., None]
+    on_paths = sampler.fit_linear_baseline(obs, returns, mask).numpy()[mask > 0]
+    flat = sampler.flatten_paths({"observations": obs, "rewards": rewards, "mask": mask}, 0.5,
+                                 capacity=6)
+    on_steps = sampler.fit_linear_baseline(flat["observations"], flat["discounted_returns"],
+                                           flat["mask"], steps=flat["steps"]).numpy()
+    np.testing.assert_allclose(on_steps[0, 0, :5], on_paths, rtol=1e-5, atol=1e-5)
+
+
+def test_the_learner_reports_maml_rls_returns_and_adapts_on_every_step_of_the_budget(eager):
+    # Tasks of 4- and 10-step episodes, N = 3, H = 10: 8 paths of return 4 (32 steps) and 3
+    # of return 10 (30 steps). maml_rl logs the mean over all paths, (8·4 + 3·10) / 11; the
+    # test scripts average each task's own paths: 4 and 10.
+    keras.utils.set_random_seed(0)
+    learner = RLMetaLearner(policy_lib.gaussian_mlp_policy(2, 2, hidden=(8,)),
+                            countdown_tasks(10), num_trajectories=3, sample_budget="steps")
+    tasks = np.array([[4], [10]])
+    batch, returns = learner.collect(tasks, np.random.default_rng(0))
+    assert returns == [pytest.approx(62 / 11), pytest.approx(62 / 11)]
+    (x, y), = batch["supports"]
+    assert x.shape == (2, 30 + 10 - 1, 2)  # a task overshot the budget: B + H − 1 steps
+    np.testing.assert_array_equal(tf.reduce_sum(y[..., -1], -1).numpy(), [32, 30])
+    np.testing.assert_array_equal(tf.reduce_sum(batch["outer"]["mask"], -1).numpy(), [32, 30])
+    np.testing.assert_allclose(learner.evaluate(tasks, 1, np.random.default_rng(1)),
+                               [[4, 4], [10, 10]])
+    assert learner.update(batch)["step_fraction"] >= 0
+    with pytest.raises(ValueError, match="Python-stepped"):
+        RLMetaLearner(policy_lib.gaussian_mlp_policy(2, 2), NavigationTasks(),
+                      sample_budget="steps")
+
+
 # ---------------------------------------------------------------- the command line
 def nav_config(tmp_path, **overrides):
     base = dict(datasource="navigation", logdir=str(tmp_path), metatrain_iterations=2,
@@ -537,6 +667,7 @@ def test_cli_random_baseline_evaluates_without_training(tmp_path, eager, capsys)
     (dict(max_kl=0.0), "--max_kl"),
     (dict(discount=1.5), "--discount"),
     (dict(algorithm="reptile"), "--algorithm"),
+    (dict(sample_budget="steps"), "--sample_budget"),  # navigation's are N trajectories
 ])
 def test_impossible_navigation_flags_name_the_flag(tmp_path, overrides, flag):
     with pytest.raises(ConfigError, match=flag):
