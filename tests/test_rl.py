@@ -479,8 +479,11 @@ class CountdownEnv:
         self.end = self.length or 1 + self.seed % 7
         return np.array([self.seed % 1000, 0.0], np.float32), {}
 
+    steps = 0  # of every instance: what was simulated
+
     def step(self, action):
         self.t += 1
+        CountdownEnv.steps += 1
         obs = np.array([self.seed % 1000, self.t], np.float32)
         return obs, 1.0, self.t >= self.end, False, {}
 
@@ -520,18 +523,22 @@ def test_a_step_budget_samples_whole_paths_until_each_task_has_n_times_h_steps()
 def test_a_step_budget_keeps_the_paths_maml_rls_serial_rule_keeps():
     # Lengths 1-7 drawn from each path's reset seed: path k of a task runs on environment
     # k mod N in round k // N, its start and noise from that round's seed.
-    num_slots, horizon, seed = 3, 7, np.array([11, 12])
+    num_slots, horizon, seed, budget = 3, 7, np.array([11, 12]), 16
+    CountdownEnv.steps = 0
     traj = countdown_tasks(horizon).rollout(constant_policy([0.0, 0.0], [0.0, 0.0]),
-                                            np.zeros((5, 1)), num_slots, seed, max_steps=12)
+                                            np.zeros((5, 1)), num_slots, seed,
+                                            max_steps=budget)
     mask, obs, actions = (traj[k].numpy() for k in ("mask", "observations", "actions"))
+    # a path starts once it is sure to be kept (the first N: when B > (N - 1) H)
+    assert CountdownEnv.steps == mask.sum()
     seeds = [sampler.episode_seeds(sampler.round_seed(seed, r), 5, num_slots)
              for r in range(13)]
     for task in range(5):
         path_seeds = [int(seeds[k // num_slots][task, k % num_slots]) for k in range(36)]
         lengths = [1 + s % 7 for s in path_seeds]
-        kept = serial_budget(lengths, 12)
+        kept = serial_budget(lengths, budget)
         np.testing.assert_array_equal(mask[task].sum(-1)[:kept], lengths[:kept])
-        assert mask[task, kept:].sum() == 0 and 12 <= sum(lengths[:kept]) <= 12 + horizon - 1
+        assert mask[task, kept:].sum() == 0 and budget <= sum(lengths[:kept]) < budget + horizon
         np.testing.assert_array_equal(obs[task, :kept, 0, 0], [s % 1000 for s in path_seeds[:kept]])
         for k in range(kept):  # mean 0, std 1: the action is the path's own noise
             round_noise = sampler.exploration_noise(sampler.round_seed(seed, k // num_slots),

@@ -78,9 +78,13 @@ class PathSchedule:
     round k // N: its start is entry (task, slot) of
     ``episode_seeds(round_seed(seed, round))`` and its exploration noise at its step t that
     of ``exploration_noise(round_seed(seed, round))[t, task, slot]``, so a path is the same
-    whatever the schedule. A slot whose path ends starts its next round at the next time
-    step unless the paths before it already hold B steps (a lower bound of their lengths,
-    some of them still running); paths found past the budget once all are known are dropped.
+    whatever the schedule. A slot whose path ends waits until its next path is sure to be
+    kept (the paths before it hold fewer than B steps even if those still running reach the
+    horizon) and starts it at the next time step, or stops once the paths before it are
+    sure to reach B: every path after the first N is kept (the first N too when
+    B > (N − 1)·H, as the learner's N·H). (Starting every path that might be kept
+    instead made a randomly initialised ant simulate 52% more steps than the budget kept,
+    for 30% fewer time steps of the loop.)
     """
 
     def __init__(self, seed, num_tasks: int, num_slots: int, horizon: int, action_dim: int,
@@ -93,6 +97,8 @@ class PathSchedule:
         self.round = np.zeros(self.shape, np.int64)  # the round of each slot's path
         self.t = np.zeros(self.shape, np.int64)  # the steps of each slot's path so far
         self.live = np.ones(self.shape, bool)
+        self.waiting = np.zeros(self.shape, bool)  # between paths, not yet sure of the next
+
         self.lengths: list[dict[int, int]] = [{} for _ in range(num_tasks)]  # finished paths
         self._noise: dict[int, np.ndarray] = {}
         self.buffers: list[dict[str, np.ndarray]] = []  # per round [T, N, H, ...]
@@ -137,38 +143,55 @@ class PathSchedule:
         :meth:`episode_seeds` of their new :attr:`round`)."""
         self.t[self.live] += 1
         ended = self.live & (np.asarray(ended, bool) | (self.t >= self.horizon))
-        restart = np.zeros(self.shape, bool)
         slots = self.shape[1]
         for i, j in zip(*np.nonzero(ended)):
             self.lengths[i][int(self.round[i, j]) * slots + j] = int(self.t[i, j])
-        # Slots decided in order; an undecided one still counts as live (it may go on).
-        for i, j in zip(*np.nonzero(ended)):
-            following = (int(self.round[i, j]) + 1) * slots + j
-            if self.max_steps is not None and self._lower_bound(i, following) < self.max_steps:
-                restart[i, j] = True
-                self.round[i, j] += 1
-                self.t[i, j] = 0
-            else:
-                self.live[i, j] = False
+        self.live &= ~ended
+        restart = np.zeros(self.shape, bool)
+        if self.max_steps is None:
+            return restart
+        self.waiting |= ended
+        for task in np.flatnonzero(self.waiting.any(axis=1)):
+            self._decide(task, restart)
         return restart
 
-    def _lower_bound(self, task: int, k: int) -> float:
-        """A lower bound of Σ_{j<k} len_j of ``task``, ∞ if one of those paths will never
-        run (its slot stopped: then the budget is reached before it, and before k)."""
-        total, slots = 0, self.shape[1]
-        for j in range(k):
-            slot, r = j % slots, j // slots
-            if j in self.lengths[task]:
-                total += self.lengths[task][j]
-            elif not self.live[task, slot]:
-                return np.inf
-            elif r == self.round[task, slot]:
-                total += int(self.t[task, slot])  # running
-            else:
-                total += 1  # not started yet: at least one step
-            if total >= self.max_steps:
-                break
-        return total
+    def _decide(self, task: int, restart: np.ndarray) -> None:
+        """The waiting slots of ``task``, in the order of the paths they would run next:
+        path k starts once Σ_{j<k} len_j < B is sure (bounding the paths still running by
+        H), so that every path started is kept; the slot stops once the sum is sure to
+        reach B. Both bounds grow with k: the first undecided path leaves the later ones
+        waiting too."""
+        slots, budget = self.shape[1], self.max_steps
+        nexts = sorted(((int(self.round[task, s]) + 1) * slots + int(s), int(s))
+                       for s in np.flatnonzero(self.waiting[task]))
+        low = high = 0  # bounds of Σ_{j<k} len_j
+        j = 0
+        for k, slot in nexts:
+            while j < k and low < budget:
+                term_low, term_high = self._path_bounds(task, j)
+                low, high, j = low + term_low, high + term_high, j + 1
+            if low >= budget:  # this one and every later one: the budget is reached before
+                for _, later in nexts[nexts.index((k, slot)):]:
+                    self.waiting[task, later] = False
+                return
+            if high >= budget:
+                return
+            self.waiting[task, slot] = False
+            self.live[task, slot] = restart[task, slot] = True
+            self.round[task, slot] += 1
+            self.t[task, slot] = 0
+
+    def _path_bounds(self, task: int, j: int) -> tuple[float, float]:
+        """Lower and upper bounds of the length of path j of ``task`` (∞ if it will never
+        run: its slot stopped, the budget reached before it)."""
+        slot = j % self.shape[1]
+        if j in self.lengths[task]:
+            return self.lengths[task][j], self.lengths[task][j]
+        if not (self.live[task, slot] or self.waiting[task, slot]):
+            return np.inf, np.inf
+        if j // self.shape[1] == self.round[task, slot] and self.live[task, slot]:
+            return max(int(self.t[task, slot]), 1), self.horizon  # running
+        return 1, self.horizon  # to come
 
     def kept(self) -> np.ndarray:
         """The number of paths each task keeps ``[T]``: all N without a budget, else the
