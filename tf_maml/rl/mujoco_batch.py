@@ -12,12 +12,14 @@ observations and rewards read); the rewards, observations and ends of episodes a
 computed from the bound simulator fields with NumPy, for all simulations at once
 (:mod:`tf_maml.tasks.locomotion`), and a simulation MuJoCo reset during the step (its
 ``Batch.warning`` counters rose) ends its episode. Finished simulations are left out of
-later calls.
+later calls; under a step budget a simulation whose next path is sure to be kept is reset
+and starts it (:class:`tf_maml.rl.sampler.PathSchedule`, which also says which paths run).
 
 Episode starts follow :class:`tf_maml.rl.gym_tasks.GymTasks`: simulation (i, j) starts from
-the generator seeded with entry (i, j) of ``default_rng(seed).integers(2**31, (T, N))``, so
-the result is the trajectories a plain loop over one ``LocomotionEnv`` per simulation gives
-for the same seed (tested), bit for bit at any thread count.
+the generator seeded with entry (i, j) of ``default_rng(seed).integers(2**31, (T, N))``
+(later paths: of their round's seed, ``PathSchedule.episode_seeds``), so the result is the
+trajectories a plain loop over one ``LocomotionEnv`` per simulation gives for the same seed
+(tested, with and without a budget), bit for bit at any thread count.
 """
 
 from __future__ import annotations
