@@ -1,9 +1,10 @@
 """MAML for RL (tf_maml/rl, tf_maml/tasks/navigation.py) against independent truth: the
 navigation dynamics and rewards worked out by hand, the REINFORCE gradient against the
 closed-form gradient of a Gaussian bandit's expected reward (exact Gauss-Hermite
-quadrature), the KL's Hessian-vector product and the meta-gradient against finite
-differences (float64), conjugate gradient against numpy.linalg.solve, TRPO's step against
-its trust region, and the CLI end to end."""
+quadrature), the KL's Hessian-vector product against finite differences and against the
+full Hessian (float64), the meta-gradient against finite differences, conjugate gradient
+against numpy.linalg.solve, TRPO's step against its trust region and against the step the
+full Hessian gives, and the CLI end to end."""
 
 import csv
 import math
@@ -318,16 +319,17 @@ def test_log_std_is_a_weight_the_inner_loop_adapts():
 
 
 # ---------------------------------------------------------------- meta-objective derivatives
-def float64_learner(first_order=False):
+def float64_learner(first_order=False, inner_steps=1, hidden=(5,)):
     keras.utils.set_random_seed(3)
-    policy = policy_lib.gaussian_mlp_policy(2, 2, hidden=(5,), init_std=0.6, dtype="float64")
-    return RLMetaLearner(policy, NavigationTasks(), inner_lr=0.5, inner_steps=1,
+    policy = policy_lib.gaussian_mlp_policy(2, 2, hidden=hidden, init_std=0.6, dtype="float64")
+    return RLMetaLearner(policy, NavigationTasks(), inner_lr=0.5, inner_steps=inner_steps,
                          num_trajectories=2, first_order=first_order)
 
 
-def synthetic_batch(learner, num_tasks=2, rows=7):
+def synthetic_batch(learner, num_tasks=2, rows=7, inner_steps=1):
     """A meta-batch like collect()'s, of random observations and advantages: actions drawn
-    from θ's policy (support) and from the adapted policies at θ = θ_old (outer)."""
+    from θ's policy (support) and from the adapted policies at θ = θ_old (outer);
+    ``inner_steps=0``: no support, the outer actions from θ's policy (plain TRPO)."""
     rng = np.random.default_rng(5)
     f64 = lambda a: tf.constant(a, tf.float64)  # noqa: E731
 
@@ -342,7 +344,7 @@ def synthetic_batch(learner, num_tasks=2, rows=7):
                                      for x in support_x]))
     y = tf.concat([actions, f64(rng.normal(size=(num_tasks, rows, 1))), f64(mask[..., None])],
                   -1)
-    supports = [(support_x, y)]
+    supports = [(support_x, y)] * inner_steps
     x = f64(rng.normal(size=(num_tasks, rows, 2)))
     fast = learner._adapt_tasks([learner.params()] * num_tasks, supports, first_order=True)
     actions, old_mean, old_log_std = sample(
@@ -350,6 +352,31 @@ def synthetic_batch(learner, num_tasks=2, rows=7):
     outer = {"x": x, "actions": actions, "advantages": f64(rng.normal(size=(num_tasks, rows))),
              "mask": f64(mask), "old_mean": old_mean, "old_log_std": old_log_std}
     return {"supports": supports, "outer": outer}
+
+
+def kl_gradient(learner, batch, theta):
+    """∇θ KL at the flat ``theta`` (one tape around the inner step's)."""
+    params = learner.unflat(theta)
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        _, kl = learner._outer_terms(params, batch, with_surrogate=False)
+    return learner.flat(tape.gradient(kl, params))
+
+
+def kl_hessian(learner, batch):
+    """The full Hessian of the mean KL in θ at θ_old, column by column by reverse mode: the
+    gradient of each entry of ∇θ KL (a tape around a tape around the inner step's tape)."""
+    params = learner.params()
+    with tf.GradientTape(persistent=True) as outer_tape:
+        outer_tape.watch(params)
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            _, kl = learner._outer_terms(params, batch, with_surrogate=False)
+        grad = tf.concat([tf.reshape(g, [-1]) for g in tape.gradient(kl, params)], 0)
+        entries = [grad[j] for j in range(grad.shape[0])]
+    return np.stack([learner.flat(outer_tape.gradient(e, params,
+                                                      unconnected_gradients="zero"))
+                     for e in entries], axis=1)
 
 
 def test_kl_hessian_vector_product_matches_finite_differences_through_the_inner_step(eager):
@@ -371,12 +398,57 @@ def test_kl_hessian_vector_product_matches_finite_differences_through_the_inner_
     assert u @ hv == pytest.approx(fd, rel=1e-5)
     assert v @ hv == pytest.approx((kl(theta + eps * v) + kl(theta - eps * v)) / eps**2,
                                    rel=1e-5)
+    # H v whole, as central differences of the KL's gradient (reverse mode, second order).
+    eps = 1e-5
+    fd_hv = (kl_gradient(learner, batch, theta + eps * v)
+             - kl_gradient(learner, batch, theta - eps * v)) / (2 * eps)
+    np.testing.assert_allclose(hv, fd_hv, rtol=1e-6, atol=1e-8 * np.abs(fd_hv).max())
     # Without the second-order terms of the inner step, H v is measurably different: the
     # check above would catch a product that ignored the dependence of θ' on θ.
     first_order = float64_learner(first_order=True)
     hv_fo = first_order.flat(first_order.kl_hvp(first_order.params(),
                                                 first_order.unflat(v), batch))
     assert abs(u @ hv_fo - fd) > 100 * abs(u @ hv - fd)
+
+
+@pytest.mark.parametrize("inner_steps", [1, 0])  # MAML; plain TRPO (pretrained, oracle)
+def test_kl_hessian_vector_product_is_the_full_hessian_at_theta_old(inner_steps):
+    """H e_j (Gauss-Newton, forward over reverse) for every basis vector e_j is the Hessian
+    built by reverse over reverse over reverse: exact at θ_old, though it drops the term of
+    the KL's gradient in the policy's outputs (0 there). And the TRPO step from it is the
+    step from that Hessian. kl_hvp runs compiled here (eager forward mode is slow); the
+    reference and the surrogate run eagerly, uncompiled."""
+    learner = float64_learner(inner_steps=inner_steps, hidden=(3,))  # 19 weights
+    # 15 steps per task: a full-rank Hessian, so that CG's 10 iterations are well posed.
+    batch = synthetic_batch(learner, rows=15, inner_steps=inner_steps)
+    hessian = kl_hessian(learner, batch)
+    scale = np.abs(hessian).max()
+    assert np.abs(hessian - hessian.T).max() < 1e-12 * scale
+    assert np.linalg.eigvalsh(hessian).min() > -1e-12 * scale
+    params = learner.params()
+
+    def gauss_newton(v):
+        return learner.flat(learner.kl_hvp(params, learner.unflat(v), batch))
+
+    columns = np.stack([gauss_newton(e) for e in np.eye(len(hessian))], axis=1)
+    np.testing.assert_allclose(columns, hessian, rtol=1e-9, atol=1e-12 * scale)
+
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss, _ = learner._outer_terms(params, batch)
+    grad, theta = learner.flat(tape.gradient(loss, params)), learner.flat(params)
+
+    def loss_and_kl(candidate):
+        return tuple(float(t) for t in learner._outer_terms(learner.unflat(candidate), batch))
+
+    (new_theta, info), (ref_theta, ref_info) = (
+        trpo.trpo_step(theta, grad, hvp, loss_and_kl, 0.01, float(loss))
+        for hvp in (gauss_newton, lambda v: hessian @ v))
+    assert info.step_fraction > 0 and info.backtracks == ref_info.backtracks
+    # Equal up to rounding as CG amplifies it (by up to the damped Hessian's condition).
+    np.testing.assert_allclose(new_theta - theta, ref_theta - theta, rtol=0,
+                               atol=1e-6 * np.abs(ref_theta - theta).max())
+    assert info.kl == pytest.approx(ref_info.kl, rel=1e-6)
 
 
 def test_meta_gradient_of_the_surrogate_matches_finite_differences(eager):

@@ -16,10 +16,10 @@ rllab code: the likelihood ratio of the adapted policy at θ against the adapted
     L(θ) = −mean_i mean_t [π_θ'_i(θ)(a_t|s_t) / π_θ'_i(θ_old)(a_t|s_t) · A_t],
 
 minimised subject to mean_i mean_t KL(π_θ'_i(θ_old)(·|s_t) ‖ π_θ'_i(θ)(·|s_t)) ≤ δ. Both
-are functions of θ *through the inner update*: their gradients and the KL's Hessian-vector
-products are taken with nested ``tf.GradientTape``s around :func:`tf_maml.adapt.adapt`
-(second order for ∇L; third order for the KL's H v), and :func:`tf_maml.rl.trpo.trpo_step`
-takes the step. With ``inner_steps=0`` the same code is plain TRPO on the tasks sampled each
+are functions of θ *through the inner update*: ∇L is taken with a ``tf.GradientTape`` around
+:func:`tf_maml.adapt.adapt` (second order), the KL's Hessian-vector products exactly at θ_old
+as Jᵀ F J v, forward mode over the inner step for J v and reverse mode for Jᵀ (second order,
+:meth:`RLMetaLearner.kl_hvp`), and :func:`tf_maml.rl.trpo.trpo_step` takes the step. With ``inner_steps=0`` the same code is plain TRPO on the tasks sampled each
 iteration: the pretrained and oracle baselines.
 
 How much is sampled per task and policy (``sample_budget``): N trajectories, or, as the
@@ -265,16 +265,21 @@ class RLMetaLearner:
         return self._compiled(f"adapt_{per_task}", adapt_fn)(weights, x, y, lr)
 
     # ------------------------------------------------------------------ the meta-objective
+    def _post_update_outputs(self, params, batch) -> list[tf.Tensor]:
+        """The adapted policies' outputs ``[N·H, 2·act]`` (mean, log-std) on each task's
+        post-update observations: θ' adapts from ``params`` on ``batch['supports']`` (second
+        order unless ``first_order``)."""
+        x = batch["outer"]["x"]
+        fast = self._adapt_tasks([params] * x.shape[0], batch["supports"], self.first_order)
+        return [adapt_lib.forward(self.model, weights, x[i]) for i, weights in enumerate(fast)]
+
     def _outer_terms(self, params, batch, with_surrogate: bool = True):
         """Mean surrogate L(θ) and mean KL(π_θ'(θ_old) ‖ π_θ'(θ)) over tasks (see module
         doc); θ' adapts from ``params`` on ``batch['supports']`` (second order)."""
         outer = batch["outer"]
-        num_tasks = outer["x"].shape[0]
-        fast = self._adapt_tasks([params] * num_tasks, batch["supports"], self.first_order)
         surrogates, kls = [], []
-        for i, weights in enumerate(fast):
-            mean, log_std = policy_lib.split(adapt_lib.forward(self.model, weights,
-                                                               outer["x"][i]))
+        for i, out in enumerate(self._post_update_outputs(params, batch)):
+            mean, log_std = policy_lib.split(out)
             mask = outer["mask"][i]
             count = tf.maximum(tf.reduce_sum(mask), 1.0)
             old_mean, old_log_std = outer["old_mean"][i], outer["old_log_std"][i]
@@ -303,19 +308,40 @@ class RLMetaLearner:
         return self._compiled("gradient", fn)(params, batch)
 
     def kl_hvp(self, params, vector, batch) -> list[tf.Tensor]:
-        """H v, H the Hessian of the mean KL w.r.t. θ (through the inner update): the
-        gradient of (∇θ KL)·v, by a tape around a tape around the inner loop's tape."""
+        """H v, H the Hessian in θ of the mean KL(π_θ'(θ_old) ‖ π_θ'(θ)) at θ = θ_old (the
+        ``params`` whose adapted policies gave ``batch['outer']``'s old distributions), the
+        dependence of θ' on θ included: exactly, as the Gauss-Newton product Jᵀ F J v.
+
+        With z(θ) the adapted policies' outputs (means and log-stds on the post-update
+        observations) and KL(θ) = k(z(θ)), the Hessian is Jᵀ ∇²k J + Σ ∂k/∂z ∇²z, J = ∂z/∂θ
+        through the inner step. At θ_old, z is the old distributions' and k, a divergence,
+        is at its minimum 0 there: ∂k/∂z = 0, so the second term vanishes exactly. ∇²k = F
+        is diagonal for diagonal Gaussians: 1/σ² per mean and 2 per log-std (the Fisher
+        information of (μ, log σ)), weighted as the KL averages its steps (mask / steps of
+        the task / tasks). So H v = Jᵀ (F (J v)): one forward-mode product J v
+        (``tf.autodiff.ForwardAccumulator``, through the inner step's tape: second order)
+        and one reverse-mode Jᵀ u (the meta-gradient's cost), instead of the gradient of
+        (∇θ KL)·v (third order). Away from θ_old it is the Gauss-Newton approximation, not
+        the Hessian; TRPO only asks for it at θ_old (:func:`tf_maml.rl.trpo.trpo_step`).
+        """
         def fn(params, vector, batch):
-            with tf.GradientTape(watch_accessed_variables=False) as outer_tape:
-                outer_tape.watch(params)
-                with tf.GradientTape(watch_accessed_variables=False) as tape:
-                    tape.watch(params)
-                    _, kl = self._outer_terms(params, batch, with_surrogate=False)
-                grads = tape.gradient(kl, params,
-                                      unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                grad_dot_v = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector)])
-            return outer_tape.gradient(grad_dot_v, params,
-                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            outer = batch["outer"]
+            mask = outer["mask"]
+            weight = mask / (tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+                             * tf.cast(tf.shape(mask)[0], mask.dtype))
+            old_log_std = outer["old_log_std"]
+            fisher = weight[..., None] * tf.concat(
+                [tf.exp(-2.0 * old_log_std), tf.fill(tf.shape(old_log_std),
+                                                     tf.constant(2.0, old_log_std.dtype))], -1)
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(params)
+                with tf.autodiff.ForwardAccumulator(params, vector) as acc:
+                    outputs = self._post_update_outputs(params, batch)
+                jv = [acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                      for out in outputs]
+            return tape.gradient(outputs, params,
+                                 output_gradients=[fisher[i] * u for i, u in enumerate(jv)],
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
         return self._compiled("hvp", fn)(params, vector, batch)
 
