@@ -19,8 +19,9 @@ minimised subject to mean_i mean_t KL(π_θ'_i(θ_old)(·|s_t) ‖ π_θ'_i(θ)(
 are functions of θ *through the inner update*: ∇L is taken with a ``tf.GradientTape`` around
 :func:`tf_maml.adapt.adapt` (second order), the KL's Hessian-vector products exactly at θ_old
 as Jᵀ F J v, forward mode over the inner step for J v and reverse mode for Jᵀ (second order,
-:meth:`RLMetaLearner.kl_hvp`), and :func:`tf_maml.rl.trpo.trpo_step` takes the step. With ``inner_steps=0`` the same code is plain TRPO on the tasks sampled each
-iteration: the pretrained and oracle baselines.
+:meth:`RLMetaLearner.kl_hvp`), and :func:`tf_maml.rl.trpo.trpo_step` takes the step.
+With ``inner_steps=0`` the same code is plain TRPO on the tasks sampled each iteration: the
+pretrained and oracle baselines.
 
 How much is sampled per task and policy (``sample_budget``): N trajectories, or, as the
 authors' ``maml_rl``, N × H environment steps in whole paths (a task whose episodes end
@@ -276,9 +277,14 @@ class RLMetaLearner:
     def _outer_terms(self, params, batch, with_surrogate: bool = True):
         """Mean surrogate L(θ) and mean KL(π_θ'(θ_old) ‖ π_θ'(θ)) over tasks (see module
         doc); θ' adapts from ``params`` on ``batch['supports']`` (second order)."""
-        outer = batch["outer"]
+        return self._terms_of_outputs(self._post_update_outputs(params, batch),
+                                      batch["outer"], with_surrogate)
+
+    def _terms_of_outputs(self, outputs, outer, with_surrogate: bool = True):
+        """Mean surrogate and mean KL over tasks given the adapted policies' ``outputs`` on
+        each task's post-update observations (one ``[N·H, 2·act]`` tensor per task)."""
         surrogates, kls = [], []
-        for i, out in enumerate(self._post_update_outputs(params, batch)):
+        for i, out in enumerate(outputs):
             mean, log_std = policy_lib.split(out)
             mask = outer["mask"][i]
             count = tf.maximum(tf.reduce_sum(mask), 1.0)
@@ -315,24 +321,29 @@ class RLMetaLearner:
         With z(θ) the adapted policies' outputs (means and log-stds on the post-update
         observations) and KL(θ) = k(z(θ)), the Hessian is Jᵀ ∇²k J + Σ ∂k/∂z ∇²z, J = ∂z/∂θ
         through the inner step. At θ_old, z is the old distributions' and k, a divergence,
-        is at its minimum 0 there: ∂k/∂z = 0, so the second term vanishes exactly. ∇²k = F
-        is diagonal for diagonal Gaussians: 1/σ² per mean and 2 per log-std (the Fisher
-        information of (μ, log σ)), weighted as the KL averages its steps (mask / steps of
-        the task / tasks). So H v = Jᵀ (F (J v)): one forward-mode product J v
-        (``tf.autodiff.ForwardAccumulator``, through the inner step's tape: second order)
-        and one reverse-mode Jᵀ u (the meta-gradient's cost), instead of the gradient of
-        (∇θ KL)·v (third order). Away from θ_old it is the Gauss-Newton approximation, not
-        the Hessian; TRPO only asks for it at θ_old (:func:`tf_maml.rl.trpo.trpo_step`).
+        is at its minimum 0 there: ∂k/∂z = 0, so the second term vanishes exactly. F = ∇²k
+        is the Hessian of the same KL (:meth:`_terms_of_outputs`) in the outputs alone, an
+        element-wise function, so cheap to differentiate twice; for diagonal Gaussians at
+        θ_old it is diagonal, 1/σ² per mean and 2 per log-std, weighted as the KL averages.
+        So H v = Jᵀ (F (J v)): one forward-mode product J v (``tf.autodiff.
+        ForwardAccumulator``, through the inner step's tape: second order) and one
+        reverse-mode Jᵀ u (the meta-gradient's cost), where the gradient of (∇θ KL)·v is
+        third order. Away from θ_old it is the Gauss-Newton approximation, not the Hessian;
+        TRPO asks for it at θ_old only (:func:`tf_maml.rl.trpo.trpo_step`'s ``hvp``).
         """
+        def output_hvp(outputs, u, outer):
+            """F u: the KL's Hessian in the outputs times ``u`` (reverse over reverse)."""
+            with tf.GradientTape(watch_accessed_variables=False) as outer_tape:
+                outer_tape.watch(outputs)
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(outputs)
+                    _, kl = self._terms_of_outputs(outputs, outer, with_surrogate=False)
+                grads = tape.gradient(kl, outputs)
+                grad_dot_u = tf.add_n([tf.reduce_sum(g * t) for g, t in zip(grads, u)])
+            return outer_tape.gradient(grad_dot_u, outputs,
+                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
         def fn(params, vector, batch):
-            outer = batch["outer"]
-            mask = outer["mask"]
-            weight = mask / (tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
-                             * tf.cast(tf.shape(mask)[0], mask.dtype))
-            old_log_std = outer["old_log_std"]
-            fisher = weight[..., None] * tf.concat(
-                [tf.exp(-2.0 * old_log_std), tf.fill(tf.shape(old_log_std),
-                                                     tf.constant(2.0, old_log_std.dtype))], -1)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(params)
                 with tf.autodiff.ForwardAccumulator(params, vector) as acc:
@@ -340,7 +351,7 @@ class RLMetaLearner:
                 jv = [acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO)
                       for out in outputs]
             return tape.gradient(outputs, params,
-                                 output_gradients=[fisher[i] * u for i, u in enumerate(jv)],
+                                 output_gradients=output_hvp(outputs, jv, batch["outer"]),
                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
         return self._compiled("hvp", fn)(params, vector, batch)
