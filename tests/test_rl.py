@@ -532,9 +532,26 @@ def test_a_meta_update_respects_the_kl_limit_on_the_post_update_policies(eager):
         kl = np.sum(ls_q - ls_p + (np.exp(2 * ls_p) + (mu_p - mu_q) ** 2)
                     / (2 * np.exp(2 * ls_q)) - 0.5, axis=1)
         mask = outer["mask"][i].numpy()
-        kls.append(np.sum(kl * mask) / mask.sum())
-    assert 0.0 < np.mean(kls) <= 0.01 + 1e-6
-    assert np.mean(kls) == pytest.approx(info["kl"], rel=1e-3)
+        kls.append((np.sum(kl * mask), mask.sum()))
+    mean_kl = sum(k for k, _ in kls) / sum(n for _, n in kls)  # over every step
+    assert 0.0 < mean_kl <= 0.01 + 1e-6
+    assert mean_kl == pytest.approx(info["kl"], rel=1e-3)
+
+
+def test_the_kl_constraint_is_a_mean_over_every_step_of_the_meta_batch():
+    # maml_rl constrains tf.reduce_mean(tf.concat(kls, 0)) (maml_npo.py): the steps of all
+    # tasks pooled. Task 0 has one valid step at KL |(2, 0)|²/2 = 2, task 1 three steps at
+    # KL 0 (and a masked step that must not count): the pooled mean is 2/4, not (2 + 0)/2.
+    learner = RLMetaLearner(policy_lib.gaussian_mlp_policy(2, 2, hidden=(4,)),
+                            NavigationTasks(), num_trajectories=1)
+    zeros = tf.zeros((4, 2))
+    new_mean = [tf.constant([[2.0, 0.0]] + [[0.0, 0.0]] * 3), tf.constant([[0.0, 0.0]] * 3
+                                                                           + [[5.0, 0.0]])]
+    outputs = [tf.concat([m, zeros], axis=1) for m in new_mean]  # log σ = 0
+    outer = {"mask": tf.constant([[1.0, 0, 0, 0], [1.0, 1, 1, 0]]),
+             "old_mean": tf.zeros((2, 4, 2)), "old_log_std": tf.zeros((2, 4, 2))}
+    _, kl = learner._terms_of_outputs(outputs, outer, with_surrogate=False)
+    assert float(kl) == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------- maml_rl's step budget

@@ -15,7 +15,8 @@ rllab code: the likelihood ratio of the adapted policy at θ against the adapted
 
     L(θ) = −mean_i mean_t [π_θ'_i(θ)(a_t|s_t) / π_θ'_i(θ_old)(a_t|s_t) · A_t],
 
-minimised subject to mean_i mean_t KL(π_θ'_i(θ_old)(·|s_t) ‖ π_θ'_i(θ)(·|s_t)) ≤ δ. Both
+minimised subject to mean_{i,t} KL(π_θ'_i(θ_old)(·|s_t) ‖ π_θ'_i(θ)(·|s_t)) ≤ δ (the mean
+over every step of the meta-batch, as maml_rl's constraint). Both
 are functions of θ *through the inner update*: ∇L is taken with a ``tf.GradientTape`` around
 :func:`tf_maml.adapt.adapt` (second order), the KL's Hessian-vector products exactly at θ_old
 as Jᵀ F J v, forward mode over the inner step for J v and reverse mode for Jᵀ (second order,
@@ -275,28 +276,33 @@ class RLMetaLearner:
         return [adapt_lib.forward(self.model, weights, x[i]) for i, weights in enumerate(fast)]
 
     def _outer_terms(self, params, batch, with_surrogate: bool = True):
-        """Mean surrogate L(θ) and mean KL(π_θ'(θ_old) ‖ π_θ'(θ)) over tasks (see module
-        doc); θ' adapts from ``params`` on ``batch['supports']`` (second order)."""
+        """Mean surrogate L(θ) over tasks and mean KL(π_θ'(θ_old) ‖ π_θ'(θ)) over steps (see
+        module doc); θ' adapts from ``params`` on ``batch['supports']`` (second order)."""
         return self._terms_of_outputs(self._post_update_outputs(params, batch),
                                       batch["outer"], with_surrogate)
 
     def _terms_of_outputs(self, outputs, outer, with_surrogate: bool = True):
-        """Mean surrogate and mean KL over tasks given the adapted policies' ``outputs`` on
-        each task's post-update observations (one ``[N·H, 2·act]`` tensor per task)."""
-        surrogates, kls = [], []
+        """Mean surrogate over tasks and mean KL over all steps given the adapted policies'
+        ``outputs`` on each task's post-update observations (one ``[N·H, 2·act]`` tensor per
+        task)."""
+        surrogates, kls, counts = [], [], []
         for i, out in enumerate(outputs):
             mean, log_std = policy_lib.split(out)
             mask = outer["mask"][i]
             count = tf.maximum(tf.reduce_sum(mask), 1.0)
             old_mean, old_log_std = outer["old_mean"][i], outer["old_log_std"][i]
             kl = policy_lib.kl_divergence(old_mean, old_log_std, mean, log_std)
-            kls.append(tf.reduce_sum(mask * kl) / count)
+            kls.append(tf.reduce_sum(mask * kl))
+            counts.append(tf.reduce_sum(mask))
             if with_surrogate:
                 actions = outer["actions"][i]
                 ratio = tf.exp(policy_lib.log_prob(actions, mean, log_std)
                                - policy_lib.log_prob(actions, old_mean, old_log_std))
                 surrogates.append(-tf.reduce_sum(mask * ratio * outer["advantages"][i]) / count)
-        kl = tf.reduce_mean(tf.stack(kls))
+        # The KL is a mean over every step of the meta-batch, the tasks' steps together, as
+        # maml_rl's constraint `tf.reduce_mean(tf.concat(kls, 0))` (maml_npo.py); the
+        # surrogate a mean over tasks of each task's mean, as its l.121-124.
+        kl = tf.add_n(kls) / tf.maximum(tf.add_n(counts), 1.0)
         return (tf.reduce_mean(tf.stack(surrogates)) if with_surrogate else None), kl
 
     def surrogate_and_kl(self, params, batch) -> tuple[tf.Tensor, tf.Tensor]:
