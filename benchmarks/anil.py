@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from benchmarks.common import run_main
+from benchmarks.common import CONFIGS, names, run_main
 from benchmarks.side_by_side import cpu_name, side_by_side
 
 FLAGS = flags.FLAGS
@@ -29,6 +29,7 @@ flags.DEFINE_integer("steps_per_window", 3, "meta-steps per window")
 
 def main(argv):
     del argv
+    names("configs", FLAGS.configs, CONFIGS, "configuration")
     print(f"# {cpu_name()}; {FLAGS.windows} alternating windows of {FLAGS.steps_per_window} "
           "meta-steps each")
     print("| config | MAML it/s | ANIL it/s | ANIL / MAML | ANIL, whole model at every "

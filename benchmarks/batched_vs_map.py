@@ -30,7 +30,7 @@ import statistics
 import time
 import traceback
 
-from benchmarks.common import run_main
+from benchmarks.common import names, run_main
 
 CONFIGS = {
     "omniglot5": dict(ways=5, shots=1, queries=1, tasks=32, inner_steps=1, inner_lr=0.4,
@@ -205,6 +205,7 @@ def main(argv=None) -> int:
                     help="batched (non-XLA) path: loss with a per_task form, not vectorized_map")
     ap.add_argument("--json", action="store_true", help="print one JSON line per config")
     args = ap.parse_args(argv)
+    configs = names("configs", args.configs, CONFIGS, "configuration")
 
     import tensorflow as tf
 
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter)
     print(f"threads: intra={tf.config.threading.get_intra_op_parallelism_threads()} "
           f"inter={tf.config.threading.get_inter_op_parallelism_threads()} (0 = TF default)")
-    for name in args.configs.split(","):
+    for name in configs:
         r = run(name, args.windows, args.steps, args.filters, args.jit, args.jit_only,
                 per_task_loss=args.per_task_loss, verbose=not args.json)
         if args.json:

@@ -9,6 +9,7 @@ import os
 import resource
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -169,15 +170,37 @@ def peak_rss_kb() -> int:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+class UnknownName(Exception):
+    """A flag names a configuration, experiment or family the benchmark does not know."""
+
+
+def names(flag: str, value: str | Sequence[str], choices: Iterable[str], kind: str) -> list[str]:
+    """The names flag ``--flag`` gives in ``value`` (comma-separated, or the list absl's
+    ``DEFINE_list`` makes), each checked against ``choices`` before anything runs: an unknown
+    one raises :class:`UnknownName`, which :func:`run_main` prints as one line naming the
+    flag, the name and the valid choices (``kind``: what a name names, for that line)."""
+    choices = list(choices)
+    items = value.split(",") if isinstance(value, str) else list(value)
+    for item in items:
+        if item not in choices:
+            raise UnknownName(f"--{flag}: unknown {kind} {item!r}; choose from "
+                              f"{', '.join(choices)}")
+    return items
+
+
 def run_main(main, *args) -> None:
     """Runs a benchmark's ``main(*args)`` and exits with its code; Ctrl-C ends it with one
     line and exit code 130 instead of a traceback (a benchmark has nothing to save, and
-    its children's output is captured, so only this process would print one)."""
+    its children's output is captured, so only this process would print one), and a flag
+    naming something unknown (:func:`names`) with one line and argparse's exit code 2."""
     try:
         code = main(*args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except UnknownName as error:
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     raise SystemExit(code)
 
 

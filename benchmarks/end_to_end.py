@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import run_main
+from benchmarks.common import names, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_FLAG = {"omniglot": "omniglot_dir", "miniimagenet": "miniimagenet_dir"}
@@ -115,6 +115,8 @@ def main() -> None:
                         "default plan and threads: --extra flags do not reach it) for the "
                         "ratio end to end / meta-step")
     args = parser.parse_args()
+    experiments = names("experiments", args.experiments,
+                        sorted(p.stem for p in (ROOT / "flags").glob("*.flags")), "experiment")
     print(f"# {platform.node()}: {os.cpu_count()} cores, load at start "
           f"{os.getloadavg()[0]:.2f}; extra flags: {' '.join(args.extra) or 'none'}; "
           f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}")
@@ -122,7 +124,7 @@ def main() -> None:
           "| it/s from there on | user / system CPU (s) | system / user | peak RSS (MiB) "
           "| meta-step it/s | end to end / meta-step | 60000 iterations at that rate |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for experiment in args.experiments.split(","):
+    for experiment in experiments:
         source = _datasource(ROOT / "flags" / f"{experiment}.flags")
         data_dir = getattr(args, DATA_FLAG[source]) if source in DATA_FLAG else None
         if source in DATA_FLAG and not data_dir:

@@ -28,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from benchmarks.common import names, run_main  # noqa: E402
 from tf_maml.rl import training  # noqa: E402
 from tf_maml.rl.gym_tasks import GymTasks  # noqa: E402
 from tf_maml.tasks import locomotion  # noqa: E402
@@ -94,10 +95,11 @@ def main(argv=None) -> int:
     ap.add_argument("--loop_trajectories", type=int, default=5)
     ap.add_argument("--full_iteration", action="store_true")
     args = ap.parse_args(argv)
+    families = names("families", args.families, locomotion.TASK_FAMILIES, "family")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{args.tasks} tasks x {args.trajectories} trajectories x {locomotion.HORIZON} "
           "steps per sampling, two samplings per meta-iteration")
-    for family in args.families.split(","):
+    for family in families:
         robot = family.split("_")[0]
         for threads in (int(t) for t in args.threads.split(",")):
             r = batched(family, threads, args.tasks, args.trajectories)
@@ -117,4 +119,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -43,6 +43,7 @@ from pathlib import Path
 from benchmarks.common import (
     CONFIGS,
     make_batch,
+    names,
     peak_rss_kb,
     proc_status_kb,
     reset_peak_rss,
@@ -211,6 +212,10 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--steps_per_window", type=int, default=5)
     args = parser.parse_args()
+    configs = names("configs", args.configs, CONFIGS, "configuration")
+    frameworks = names("frameworks", args.frameworks, ("tf", "torch"), "framework")
+    if args.config:
+        names("config", [args.config], CONFIGS, "configuration")
     if args.peak:
         print(json.dumps(matmul_peak()))
         return
@@ -221,7 +226,6 @@ def main() -> None:
                               parallel_chunks=args.parallel_chunks)
         print(json.dumps(result))
         return
-    frameworks = args.frameworks.split(",")
     print(f"# {platform.node()}: {os.cpu_count()} cores, {platform.processor() or 'cpu'}; "
           f"load at start {os.getloadavg()[0]:.2f}")
     peak = run_json_child([sys.executable, "-m", "benchmarks.meta_step", "--peak"], ROOT)
@@ -235,7 +239,7 @@ def main() -> None:
     def cell(r, key, fmt):
         return format(r[key], fmt) if r else "-"
 
-    for name in args.configs.split(","):
+    for name in configs:
         kw = dict(warmup=args.warmup, windows=args.windows,
                   steps_per_window=args.steps_per_window)
         ref = None

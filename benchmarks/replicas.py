@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import run_json_child, run_main
+from benchmarks.common import names, run_json_child, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"sinusoid": 24, "omniglot5": 32}  # name in benchmarks.common: tasks per meta-batch
@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--window_seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
+    configs = names("configs", args.configs, CONFIGS, "configuration")
+    if args.config:
+        names("config", [args.config], CONFIGS, "configuration")
     kw = dict(windows=args.windows, window_seconds=args.window_seconds, warmup=args.warmup)
     if args.config:
         print(json.dumps(run(args.config, **kw)))
@@ -133,7 +136,7 @@ def main() -> None:
           "| 2 replicas (mirrored, 2 logical CPUs) it/s | 2 replicas / default "
           "| CPU ms/step default / x1 / x2 | first step default / x2 (s) |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in args.configs.split(","):
+    for name in configs:
         r = run_in_subprocess(name, **kw)
         m, c = r["its_per_s_median"], r["cpu_ms_per_step_median"]
         print(f"| {name} | {r['tasks']} ({r['tasks_via']}) | {m['default']:.2f} | "

@@ -29,8 +29,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.common import names, run_main  # noqa: E402
 from tf_maml.reproduce_run import machine  # noqa: E402
 from tf_maml.rl import training  # noqa: E402
+from tf_maml.tasks import locomotion  # noqa: E402
 
 
 def third_order_hvp(learner):
@@ -122,12 +124,14 @@ def main(argv=None) -> int:
     ap.add_argument("--hvps", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=3)
     args = ap.parse_args(argv)
+    families = names("families", args.families, ["navigation", *locomotion.TASK_FAMILIES],
+                     "family")
     print(machine())
-    for family in args.families.split(","):
+    for family in families:
         tasks = args.tasks or (20 if family == "navigation" else 40)
         compare(family, tasks, args.trajectories, args.hvps, args.iterations)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)
