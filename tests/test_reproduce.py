@@ -243,6 +243,23 @@ def test_missing_data_dir_is_reported_not_fatal(tmp_path, cli):
     assert out.returncode == 2 and "--omniglot_dir" in out.stderr and "not a folder" in out.stderr
 
 
+@pytest.mark.parametrize("flag", ["budget_minutes", "run_budget_minutes",
+                                  "eval_reserve_minutes", "publish_every_minutes"])
+def test_a_negative_number_of_minutes_is_refused_before_anything_is_written(tmp_path, cli,
+                                                                             flag):
+    """Not a budget spent before it began (training skipped, runs reported partial): one line
+    naming the flag and its value, and no run, zoo or report written."""
+    _table(tmp_path)
+    _flags(tmp_path, "sinusoid_maml_k10", 1)
+    _flags(tmp_path, "sinusoid_pretrained_k10", 1, pretrained=True)
+    r = cli(_common(tmp_path) + [f"--{flag}=-5", "--figures=False"], tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"tf-maml-reproduce: error: flag --{flag}=-5.0: must be >= 0 "
+                               "minutes"), r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["flags"]
+
+
 @pytest.mark.parametrize("row, trains", [("omniglot20_1shot", True),
                                           ("omniglot20_1shot_mamlpp", False)])
 def test_an_ensemble_keeps_its_evaluation_reserve_once_per_member(tmp_path, row, trains):

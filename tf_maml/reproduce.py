@@ -169,13 +169,19 @@ def define_flags(values) -> None:
     def d(kind, name, default, text):
         getattr(flags, f"DEFINE_{kind}")(name, default, text, flag_values=values)
 
+    def minutes(name, default, text):  # refused at parsing, before anything is written
+        d("float", name, default, text)
+        unset = "; leave it unset for no limit" if default is None else ""
+        flags.register_validator(name, lambda m: m is None or m >= 0,
+                                 f"must be >= 0 minutes{unset}", flag_values=values)
+
     d("string", "experiments", "all", "comma-separated: all, sinusoid, omniglot, "
       "miniimagenet, or experiment names (the rows of flags/experiments.json)")
-    d("float", "budget_minutes", None, "training time budget of this invocation (unlimited "
+    minutes("budget_minutes", None, "training time budget of this invocation (unlimited "
       "if unset); runs cut short are partial and resume next time")
-    d("float", "run_budget_minutes", None, "training time budget of each run (so one long "
+    minutes("run_budget_minutes", None, "training time budget of each run (so one long "
       "run cannot take the whole --budget_minutes)")
-    d("float", "eval_reserve_minutes", 5, "part of the budget kept for evaluation (an "
+    minutes("eval_reserve_minutes", 5, "part of the budget kept for evaluation (an "
       "ensemble of N keeps N times it: each member adapts on every test task)")
     d("string", "logdir_root", "logs", "runs go to <logdir_root>/<the flagfile's logdir "
       "name>/<exp_string>")
@@ -192,7 +198,7 @@ def define_flags(values) -> None:
     d("bool", "reevaluate", False, "evaluate again the checkpoint of the published number "
       "(the latest if there is none), and say whether the number is the zoo's")
     d("bool", "publish", True, "copy each run's latest state and evaluations into the zoo")
-    d("float", "publish_every_minutes", 30, "during training, publish this often")
+    minutes("publish_every_minutes", 30, "during training, publish this often")
     d("string", "export_dir", None, "export the selected experiment's zoo model as a "
       "SavedModel here (and do nothing else)")
     d("bool", "figures", True, "draw the PNG figures")
