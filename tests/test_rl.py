@@ -784,12 +784,16 @@ def test_impossible_navigation_flags_name_the_flag(tmp_path, overrides, flag):
                                        r"step.*got '0\.1,half'"),
     ("navigation", ["-0.1"], 0, r"--step_sizes: .*got '-0\.1'"),
     ("navigation", ["0.1"], -2, r"--num_test_tasks: must be >= 0 \(0: the run's\), got -2"),
+    ("navigation", ["0.1"], 0, r"--run_dir=.*navigation holds no checkpoint to re-evaluate: "
+                               r"train the run first with tf-maml --flagfile=<its flagfile> "
+                               r"\(e\.g\. flags/navigation_maml\.flags\)$"),
 ], ids=["missing", "empty", "garbled-config", "supervised-run", "not-a-number", "negative",
-        "negative-tasks"])
+        "negative-tasks", "no-checkpoint"])
 def test_reevaluation_arguments_are_named_before_anything_is_written(
         tmp_path, run_dir, step_sizes, num_test_tasks, message):
     # python -m tf_maml.rl.run: each of these was a traceback (FileNotFoundError, ValueError
-    # from float() or from the locomotion module), or a negative α evaluated.
+    # from float() or from the locomotion module), or a negative α evaluated; a run without a
+    # checkpoint was told of tf-maml's flags (--train=True, --logdir).
     (tmp_path / "empty").mkdir()
     (tmp_path / "garbled").mkdir()
     (tmp_path / "garbled" / "config.json").write_text('{"datasource": "navi')

@@ -216,6 +216,11 @@ def reevaluate_rl(directory: str, step_sizes, num_test_tasks: int = 0, log=print
     if num_test_tasks < 0:
         raise ConfigError(f"--num_test_tasks: must be >= 0 (0: the run's), got {num_test_tasks}")
     config = _rl_run_config(directory)
+    if config.baseline != "random" and not rundir.checkpoint_prefixes(directory):
+        # Said here, not by restore_for_test, whose fix is in tf-maml's flags (train=True).
+        raise ConfigError(f"--run_dir={directory} holds no checkpoint to re-evaluate: train "
+                          "the run first with tf-maml --flagfile=<its flagfile> (e.g. "
+                          f"flags/{config.datasource}_maml.flags)")
     if config.datasource in LOCOMOTION_FAMILIES:
         require_simulator(f"--datasource={config.datasource}")
     return rl_training.reevaluate(experiment.rl_learner(config), directory, sizes,
