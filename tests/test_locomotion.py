@@ -368,8 +368,9 @@ def test_a_simulation_that_diverges_ends_its_episode_in_both_samplers(family, tm
     """A huge velocity written into one simulation mid-episode: MuJoCo resets it to the
     reference pose with a warning instead of producing the non-finite state the authors'
     termination looked for; its episode must end at that step (that step's reward counted),
-    in the batch and in LocomotionEnv alike, and the other simulation must go on."""
-    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings to MUJOCO_LOG.TXT here
+    in the batch and in LocomotionEnv alike, and the other simulation must go on. MuJoCo's
+    warning goes to the log, not into a MUJOCO_LOG.TXT in the user's current folder."""
+    monkeypatch.chdir(tmp_path)
     horizon, kick, size = 12, 5, 2
     tasks_family = LocomotionTasks(family, horizon=horizon)
     actions = np.zeros((horizon, tasks_family.action_dim), np.float32)  # stand still
@@ -398,6 +399,7 @@ def test_a_simulation_that_diverges_ends_its_episode_in_both_samplers(family, tm
     _, reward, terminated, truncated, _ = env.step(actions[0])
     assert terminated and not truncated
     assert reward == pytest.approx(batched_reward, rel=1e-5, abs=1e-5)
+    assert os.listdir(tmp_path) == []
 
 
 @needs_mujoco

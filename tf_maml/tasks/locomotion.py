@@ -46,9 +46,12 @@ import dataclasses
 import functools
 import importlib.util
 import os
+import re
+import threading
 import warnings
 
 import numpy as np
+from absl import logging
 
 from tf_maml.errors import ConfigError
 
@@ -115,6 +118,23 @@ def require_simulator(what: str = "the locomotion tasks") -> None:
         raise missing_simulator(what)
 
 
+_WARNED: set[str] = set()  # the kinds of MuJoCo warning logged (see log_mujoco_warning)
+_WARNED_LOCK = threading.Lock()  # mujoco.batch warns from its worker threads
+
+
+def log_mujoco_warning(message: str) -> None:
+    """MuJoCo's warnings (e.g. a diverged simulation, which it resets) to the log, the first
+    of each kind (the message without its numbers: DOF, time) only; MuJoCo's own handler
+    printed every one and appended it to MUJOCO_LOG.TXT in the current folder."""
+    kind = re.sub(r"\d+(\.\d+)?", "#", message)
+    with _WARNED_LOCK:
+        if kind in _WARNED:
+            return
+        _WARNED.add(kind)
+    logging.warning("MuJoCo: %s (further warnings of this kind are not logged)",
+                    message.strip())
+
+
 @functools.cache
 def load_model(robot: Robot):
     """The robot's ``mujoco.MjModel``: Gymnasium's XML at the authors' time step and with
@@ -122,10 +142,13 @@ def load_model(robot: Robot):
     sensors the rewards read, so that ``mj_forward`` computes them: the torso subtree's
     linear velocity (rllab's centre-of-mass velocity), and for a robot with a contact cost
     a torso accelerometer, whose evaluation makes MuJoCo compute the bodies' contact forces
-    (``cfrc_ext``; MuJoCo ≥ 2 leaves them 0 unless a sensor needs them)."""
+    (``cfrc_ext``; MuJoCo ≥ 2 leaves them 0 unless a sensor needs them). MuJoCo's warnings
+    go to :func:`log_mujoco_warning` from then on, unless a handler was set already."""
     require_simulator()
     import mujoco
 
+    if mujoco.get_mju_user_warning() is None:  # every simulation's model comes from here
+        mujoco.set_mju_user_warning(log_mujoco_warning)
     assets = os.path.join(os.path.dirname(importlib.util.find_spec("gymnasium").origin),
                           "envs", "mujoco", "assets")
     spec = mujoco.MjSpec.from_file(os.path.join(assets, robot.xml))
