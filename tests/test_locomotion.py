@@ -403,6 +403,24 @@ def test_a_simulation_that_diverges_ends_its_episode_in_both_samplers(family, tm
 
 
 @needs_mujoco
+def test_locomotion_env_passes_gymnasiums_checker():
+    """As the navigation environment (tests/test_rl.py): spaces, seeding, reset and step as
+    Gymnasium specifies them. The checker reports much as warnings only: none but that the
+    observations are unbounded (velocities and contact forces are, as in Gymnasium's own
+    MuJoCo environments)."""
+    import gymnasium
+    from gymnasium.utils.env_checker import check_env
+
+    env = LocomotionEnv("cheetah_vel")
+    assert isinstance(env, gymnasium.Env)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+    others = [str(w.message) for w in caught if "infinity" not in str(w.message)]
+    assert others == []
+
+
+@needs_mujoco
 def test_locomotion_env_refuses_a_direction_other_than_plus_or_minus_one():
     """rllab's direction environments took a reset argument in [0, 2]; here the goal is the
     direction itself and scales the reward, so anything but ±1 is refused. A goal passed to
