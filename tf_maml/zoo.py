@@ -294,24 +294,24 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _restore_evaluations(zoo_dir: str, run_dir: str, log) -> bool:
-    """A row with no weights of its own (the evaluation of a checkpoint kept elsewhere, as
-    the original authors'): seeds ``run_dir`` with the zoo's evaluations it does not record
-    yet, so that a fresh run directory does not evaluate the row again (``--reevaluate``
-    still does). Never overwrites what the run directory has."""
+def _take_evaluations(zoo_dir: str, run_dir: str, overwrite: bool) -> bool:
+    """Copies the zoo's result files into ``run_dir`` and merges the zoo's evaluations (the
+    ``|`` keys of its results) into the run's state. ``overwrite``: the zoo's replace what the
+    run directory has (a restored checkpoint's evaluations are the zoo's); else the run
+    directory's are kept, and nothing is done when it records every evaluation of the zoo
+    already. Returns whether anything was taken."""
     state_path = os.path.join(run_dir, RUN_STATE_FILE)
     state = read_json(state_path)
-    missing = {key: entry for key, entry in results(zoo_dir).items()
-               if "|" in key and key not in state}
-    if not missing:
+    taken = {key: entry for key, entry in results(zoo_dir).items()
+             if "|" in key and (overwrite or key not in state)}
+    if not taken and not overwrite:
         return False
     os.makedirs(run_dir, exist_ok=True)
     for path in glob.glob(os.path.join(zoo_dir, RESULT_GLOB)):
-        if not os.path.exists(os.path.join(run_dir, os.path.basename(path))):
+        if overwrite or not os.path.exists(os.path.join(run_dir, os.path.basename(path))):
             shutil.copy2(path, run_dir)
-    state.update(missing)
+    state.update(taken)
     write_json(state_path, state)
-    log(f"  zoo: restored the evaluations of {zoo_dir} into {run_dir}")
     return True
 
 
@@ -323,7 +323,14 @@ def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     a flag that would make it another run, as it would in the run's own directory."""
     zoo_latest = latest_iteration(zoo_dir)
     if zoo_latest == 0:
-        return _restore_evaluations(zoo_dir, run_dir, log)
+        # A row with no weights of its own (the evaluation of a checkpoint kept elsewhere, as
+        # the original authors'): the zoo's evaluations the run directory does not record yet,
+        # so that a fresh run directory does not evaluate the row again (--reevaluate still
+        # does); never overwriting what the run directory has.
+        if not _take_evaluations(zoo_dir, run_dir, overwrite=False):
+            return False
+        log(f"  zoo: restored the evaluations of {zoo_dir} into {run_dir}")
+        return True
     if latest_iteration(run_dir) >= zoo_latest:
         return False
     os.makedirs(run_dir, exist_ok=True)
@@ -338,13 +345,7 @@ def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     for name in (*KEPT_FILES, "config.json"):
         if os.path.exists(os.path.join(zoo_dir, name)):
             shutil.copy2(os.path.join(zoo_dir, name), os.path.join(run_dir, name))
-    for path in glob.glob(os.path.join(zoo_dir, RESULT_GLOB)):
-        shutil.copy2(path, run_dir)
-    state = read_json(os.path.join(run_dir, RUN_STATE_FILE))
-    for key, entry in results(zoo_dir).items():
-        if "|" in key:
-            state[key] = entry
-    write_json(os.path.join(run_dir, RUN_STATE_FILE), state)
+    _take_evaluations(zoo_dir, run_dir, overwrite=True)
     log(f"  zoo: restored iteration {zoo_latest} from {zoo_dir} into {run_dir}")
     return True
 
