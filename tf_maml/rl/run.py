@@ -26,7 +26,7 @@ def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     from tf_maml.checkpoint import CheckpointError
-    from tf_maml.config import ConfigError
+    from tf_maml.errors import ConfigError
     from tf_maml.rundir import RunDirError
 
     try:
