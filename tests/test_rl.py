@@ -6,7 +6,9 @@ full Hessian (float64), the meta-gradient against finite differences, conjugate 
 against numpy.linalg.solve, TRPO's step against its trust region and against the step the
 full Hessian gives, and the CLI end to end."""
 
+import contextlib
 import csv
+import functools
 import math
 import os
 import sys
@@ -35,6 +37,18 @@ def eager():
     tf.config.run_functions_eagerly(True)
     yield
     tf.config.run_functions_eagerly(False)
+
+
+@contextlib.contextmanager
+def compiled():
+    """The learner's tf.functions compiled inside an ``eager`` test: for TRPO's update,
+    whose conjugate gradient calls the KL's Hessian-vector product ten times, one trace
+    costs less than ten eager forward-mode products."""
+    tf.config.run_functions_eagerly(False)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(True)
 
 
 def constant_policy(mean, log_std):
@@ -160,12 +174,13 @@ def test_the_learner_trains_on_gymnasium_envs_exactly_as_on_the_vectorised_env(e
     gym = GymTasks(lambda goal: NavigationEnv(goal=goal, horizon=6), vectorised.sample_tasks,
                    observation_dim=2, action_dim=2, horizon=6)
     goals = vectorised.sample_tasks(2, np.random.default_rng(0))
-    batches = [learner_for(env).collect(goals, np.random.default_rng(1))[0]
-               for env in (vectorised, gym)]
+    learners = [learner_for(env) for env in (vectorised, gym)]
+    batches = [learner.collect(goals, np.random.default_rng(1))[0] for learner in learners]
     for key, value in batches[0]["outer"].items():
         np.testing.assert_allclose(batches[1]["outer"][key].numpy(), value.numpy(), atol=1e-5,
                                    err_msg=key)
-    assert learner_for(gym).update(batches[1])["step_fraction"] > 0
+    with compiled():
+        assert learners[1].update(batches[1])["step_fraction"] > 0
 
 
 def test_navigation_env_works_without_gymnasium(monkeypatch):
@@ -379,9 +394,18 @@ def kl_hessian(learner, batch):
                      for e in entries], axis=1)
 
 
-def test_kl_hessian_vector_product_matches_finite_differences_through_the_inner_step(eager):
-    learner = float64_learner()
-    batch = synthetic_batch(learner)
+@functools.cache
+def kl_problem(inner_steps: int):
+    """A float64 learner (19 weights) and a synthetic meta-batch for the tests of the KL's
+    Hessian-vector product, made once: the compiled kl_hvp is traced once for them all
+    (neither test changes the learner's weights). 15 steps per task: a full-rank Hessian,
+    so that CG's 10 iterations are well posed."""
+    learner = float64_learner(inner_steps=inner_steps, hidden=(3,))
+    return learner, synthetic_batch(learner, rows=15, inner_steps=inner_steps)
+
+
+def test_kl_hessian_vector_product_matches_finite_differences_through_the_inner_step():
+    learner, batch = kl_problem(1)
     theta = learner.flat(learner.params())
     rng = np.random.default_rng(0)
     u, v = rng.normal(size=(2, theta.size))
@@ -405,7 +429,7 @@ def test_kl_hessian_vector_product_matches_finite_differences_through_the_inner_
     np.testing.assert_allclose(hv, fd_hv, rtol=1e-6, atol=1e-8 * np.abs(fd_hv).max())
     # Without the second-order terms of the inner step, H v is measurably different: the
     # check above would catch a product that ignored the dependence of θ' on θ.
-    first_order = float64_learner(first_order=True)
+    first_order = float64_learner(first_order=True, hidden=(3,))
     hv_fo = first_order.flat(first_order.kl_hvp(first_order.params(),
                                                 first_order.unflat(v), batch))
     assert abs(u @ hv_fo - fd) > 100 * abs(u @ hv - fd)
@@ -418,9 +442,7 @@ def test_kl_hessian_vector_product_is_the_full_hessian_at_theta_old(inner_steps)
     the KL's gradient in the policy's outputs (0 there). And the TRPO step from it is the
     step from that Hessian. kl_hvp runs compiled here (eager forward mode is slow); the
     reference and the surrogate run eagerly, uncompiled."""
-    learner = float64_learner(inner_steps=inner_steps, hidden=(3,))  # 19 weights
-    # 15 steps per task: a full-rank Hessian, so that CG's 10 iterations are well posed.
-    batch = synthetic_batch(learner, rows=15, inner_steps=inner_steps)
+    learner, batch = kl_problem(inner_steps)
     hessian = kl_hessian(learner, batch)
     scale = np.abs(hessian).max()
     assert np.abs(hessian - hessian.T).max() < 1e-12 * scale
@@ -518,7 +540,8 @@ def test_a_meta_update_respects_the_kl_limit_on_the_post_update_policies(eager):
     rng = np.random.default_rng(0)
     batch, returns = learner.collect(env.sample_tasks(2, rng), rng)
     assert len(returns) == 2 and len(batch["supports"]) == 1
-    info = learner.update(batch)
+    with compiled():
+        info = learner.update(batch)
     assert info["step_fraction"] > 0 and info["surrogate_after"] < info["surrogate_before"]
     # The KL between the adapted policies at θ_old (who sampled) and at the new θ,
     # recomputed here in numpy from the policies' outputs.
@@ -685,7 +708,8 @@ def test_the_learner_reports_maml_rls_returns_and_adapts_on_every_step_of_the_bu
     np.testing.assert_array_equal(tf.reduce_sum(batch["outer"]["mask"], -1).numpy(), [32, 30])
     np.testing.assert_allclose(learner.evaluate(tasks, 1, np.random.default_rng(1)),
                                [[4, 4], [10, 10]])
-    assert learner.update(batch)["step_fraction"] >= 0
+    with compiled():
+        assert learner.update(batch)["step_fraction"] >= 0
     with pytest.raises(ValueError, match="Python-stepped"):
         RLMetaLearner(policy_lib.gaussian_mlp_policy(2, 2), NavigationTasks(),
                       sample_budget="steps")
@@ -701,10 +725,13 @@ def nav_config(tmp_path, **overrides):
 
 
 def test_cli_trains_resumes_and_writes_returns_per_step(tmp_path):
+    def config(**overrides):  # one task per meta-batch: each run traces its tasks' graphs
+        return nav_config(tmp_path, meta_batch_size=1, **overrides)
+
     lines = []
-    result = runner.run(nav_config(tmp_path), log=lines.append)  # compiled, as the CLI runs
+    result = runner.run(config(), log=lines.append)  # compiled, as the CLI runs
     run_dir = result["run_dir"]
-    assert run_dir.endswith("cls_5.mbs_2.ubs_2.numstep1.updatelr0.1nonorm")
+    assert run_dir.endswith("cls_5.mbs_1.ubs_2.numstep1.updatelr0.1nonorm")
     with open(os.path.join(run_dir, "test_returns.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["steps"]) for r in rows] == [0, 1, 2]
@@ -715,12 +742,8 @@ def test_cli_trains_resumes_and_writes_returns_per_step(tmp_path):
         1.96 * returns[:, 1].std() / np.sqrt(2), rel=1e-6)
     assert os.path.exists(os.path.join(run_dir, "model-2.index"))
     lines.clear()
-    tf.config.run_functions_eagerly(True)  # the resumed run: eager, to skip retracing
-    try:
-        runner.run(nav_config(tmp_path, metatrain_iterations=3, test_after_train=False),
-                   log=lines.append)
-    finally:
-        tf.config.run_functions_eagerly(False)
+    # compiled too: tracing again costs less than TRPO's eager Hessian-vector products
+    runner.run(config(metatrain_iterations=3, test_after_train=False), log=lines.append)
     assert any("Resumed from" in line and "at iteration 2" in line for line in lines)
     with open(os.path.join(run_dir, "training_log.csv")) as f:
         assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1, 2, 3]
@@ -730,12 +753,11 @@ def test_cli_trains_resumes_and_writes_returns_per_step(tmp_path):
     before = sorted(os.listdir(run_dir))
     with pytest.raises(CheckpointError, match=r"already holds checkpoints \(model-3\).*"
                                               r"`resume=True`"):
-        runner.run(nav_config(tmp_path, metatrain_iterations=4, resume=False),
-                   log=lines.append)
+        runner.run(config(metatrain_iterations=4, resume=False), log=lines.append)
     assert sorted(os.listdir(run_dir)) == before
 
 
-def test_cli_random_baseline_evaluates_without_training(tmp_path, eager, capsys):
+def test_cli_random_baseline_evaluates_without_training(tmp_path, capsys):
     from absl import app, flags
 
     from tf_maml import main as cli_main
