@@ -254,8 +254,9 @@ def test_the_task_families_sample_the_authors_ranges():
 
 @needs_mujoco
 def test_a_tiny_meta_iteration_through_the_runner_writes_the_returns(tmp_path):
+    # one task per meta-batch: the meta-step's graphs are traced per task
     config = Config(datasource="cheetah_vel", logdir=str(tmp_path), metatrain_iterations=1,
-                    meta_batch_size=2, update_batch_size=2, update_lr=0.1, norm="None",
+                    meta_batch_size=1, update_batch_size=2, update_lr=0.1, norm="None",
                     horizon=5, num_test_tasks=2, test_num_updates=2, log=False,
                     sample_budget="steps").validate()
     lines = []
@@ -264,7 +265,7 @@ def test_a_tiny_meta_iteration_through_the_runner_writes_the_returns(tmp_path):
     assert any("2 x 5 environment steps per step" in line for line in lines)
     with open(os.path.join(run_dir, "config.json")) as f:
         assert Config.from_json(f.read()).sample_budget == "steps"
-    assert run_dir.endswith("cls_5.mbs_2.ubs_2.numstep1.updatelr0.1nonorm.horizon5")
+    assert run_dir.endswith("cls_5.mbs_1.ubs_2.numstep1.updatelr0.1nonorm.horizon5")
     with open(os.path.join(run_dir, "training_log.csv")) as f:
         assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1]
     with open(os.path.join(run_dir, "test_returns.csv")) as f:
