@@ -73,9 +73,11 @@ def plain_loop(family: str, num_tasks: int, num_trajectories: int) -> float:
     return steps / seconds
 
 
-def full_iteration(family: str, num_tasks: int, num_trajectories: int) -> float:
+def full_iteration(family: str, num_tasks: int, num_trajectories: int,
+                   sample_budget: str) -> float:
     """Seconds of one whole meta-iteration (after a first that traces the graphs)."""
-    learner = training.build_learner(task_family=family, num_trajectories=num_trajectories)
+    learner = training.build_learner(task_family=family, num_trajectories=num_trajectories,
+                                     sample_budget=sample_budget)
     rng = np.random.default_rng(0)
     learner.train_step((learner.env.sample_tasks(num_tasks, rng), rng))
     start = time.perf_counter()
@@ -94,6 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--loop_tasks", type=int, default=4)
     ap.add_argument("--loop_trajectories", type=int, default=5)
     ap.add_argument("--full_iteration", action="store_true")
+    ap.add_argument("--sample_budget", default="steps", choices=("steps", "trajectories"),
+                    help="the whole meta-iteration's budget (the flagfiles': steps)")
     args = ap.parse_args(argv)
     families = names("families", args.families, locomotion.TASK_FAMILIES, "family")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
@@ -111,7 +115,8 @@ def main(argv=None) -> int:
         print(f"{family} plain loop ({args.loop_tasks} x {args.loop_trajectories} "
               f"trajectories): {rate:,.0f} steps/s")
         if args.full_iteration:
-            seconds = full_iteration(family, args.tasks, args.trajectories)
+            seconds = full_iteration(family, args.tasks, args.trajectories,
+                                     args.sample_budget)
             hours = seconds * ITERATIONS[robot] / 3600
             print(f"{family} one meta-iteration: {seconds:.1f} s; {ITERATIONS[robot]} "
                   f"iterations: {hours:.1f} h")
