@@ -91,11 +91,9 @@ class GymTasks:
 
     def _reset(self, envs, obs, schedule, which) -> None:
         """Starts the paths of the slots ``which`` (their round's episode seeds)."""
-        for r in np.unique(schedule.round[which]):
-            reset_seeds = schedule.episode_seeds(int(r))
-            for i, j in zip(*np.nonzero(which & (schedule.round == r))):
-                obs[i, j] = self._flat(envs[i][j].reset(seed=int(reset_seeds[i, j]))[0],
-                                       "reset")
+        seeds = schedule.start_seeds(which)
+        for i, j in zip(*np.nonzero(which)):
+            obs[i, j] = self._flat(envs[i][j].reset(seed=int(seeds[i, j]))[0], "reset")
 
     def _flat(self, obs, where: str) -> np.ndarray:
         flat = np.asarray(obs, np.float32).reshape(-1)

@@ -129,11 +129,7 @@ def _rollout(tasks_family: LocomotionTasks, policy_fn, tasks, num_trajectories: 
         restart = schedule.step(ended.reshape(shape)).reshape(-1)
         if restart.any():
             which = np.flatnonzero(restart)
-            seeds = np.empty(size, np.int64)
-            for r in np.unique(schedule.round.reshape(-1)[which]):
-                seeds_r = schedule.episode_seeds(int(r)).reshape(-1)
-                chosen = which[schedule.round.reshape(-1)[which] == r]
-                seeds[chosen] = seeds_r[chosen]
+            seeds = schedule.start_seeds(restart.reshape(shape)).reshape(-1)
             batch.reset(which, stage=mujoco.mjtStage.mjSTAGE_NONE.value)
             _start(batch, fields, model, which, seeds[which])
             state = _state(fields)

@@ -107,6 +107,16 @@ class PathSchedule:
         """The episode-start seeds ``[T, N]`` of the round's paths."""
         return episode_seeds(round_seed(self.seed, round_index), *self.shape)
 
+    def start_seeds(self, which: np.ndarray) -> np.ndarray:
+        """The episode-start seed ``[T, N]`` of the slots ``which`` (each from its current
+        :attr:`round`'s :meth:`episode_seeds`; 0 elsewhere): the one rule both samplers
+        reset by."""
+        seeds = np.zeros(self.shape, np.int64)
+        for r in np.unique(self.round[which]):
+            chosen = which & (self.round == r)
+            seeds[chosen] = self.episode_seeds(int(r))[chosen]
+        return seeds
+
     def noise(self) -> np.ndarray:
         """The exploration noise ``[T, N, act]`` of every slot's current step."""
         rounds = np.unique(self.round)
