@@ -56,7 +56,7 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: str, parts: dict, settings: dict | None = None,
-                 chief: bool = True, fit_hint: str = ""):
+                 chief: bool = True, fit_hint: str = "", optimizer_key: str = "optimizer"):
         self.run_dir, self.chief, self.fit_hint = run_dir, chief, fit_hint
         self.settings = dict(settings or {})
         self.saved_iteration: int | None = None  # of the checkpoint last saved or restored
@@ -67,7 +67,8 @@ class Checkpointer:
         self.keep: set[int] = set()
         self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
         self.checkpoint = tf.train.Checkpoint(**parts, iteration=self.iteration)
-        self._has_optimizer = "optimizer" in parts
+        # The part holding the outer update's state (RL's is TRPO's, saved as "trpo").
+        self._optimizer_key = optimizer_key if optimizer_key in parts else None
 
     # ------------------------------------------------------------------ what is on disk
     @property
@@ -146,13 +147,13 @@ class Checkpointer:
     def weights_only(self, path: str) -> bool:
         """Whether ``path`` lacks the optimizer state this checkpointer saves: the model zoo
         publishes a finished run as θ (and α) alone, a third of the size."""
-        if not self._has_optimizer:
+        if self._optimizer_key is None:
             return False
         try:
             names = [name for name, _ in tf.train.list_variables(path)]
         except (tf.errors.OpError, ValueError):
             return False  # unreadable: restore() says so
-        return not any(name.startswith("optimizer/") for name in names)
+        return not any(name.startswith(self._optimizer_key + "/") for name in names)
 
     def restore(self, path: str, expect_optimizer: bool = True) -> tuple[int, list[Change]]:
         """Loads ``path``; returns its iteration and the settings that differ from the
@@ -276,7 +277,8 @@ def learner_checkpointer(learner: Learner, run_dir: str, optimizer_key: str = "o
     rates = [v for v in learner.optimizer.variables if v.name == "learning_rate"]
     settings = {"meta_lr": rates[-1]} if rates else {}
     return Checkpointer(run_dir, parts, settings,
-                        chief=distribute_lib.is_chief(learner.strategy), fit_hint=fit_hint)
+                        chief=distribute_lib.is_chief(learner.strategy), fit_hint=fit_hint,
+                        optimizer_key=optimizer_key)
 
 
 # ---------------------------------------------------------------------- resume

@@ -99,14 +99,16 @@ def task_batches(env, meta_batch_size: int, seed: int, start: int = 0) -> Iterat
 
 class ReturnsCSV(CSVHistory):
     """``training_log.csv`` of RL: every iteration its :data:`LOG_FIELDS` (the step's
-    statistics, whether it pretrained, and the seconds it took)."""
+    statistics, whether it pretrained, and the seconds since the session began, as the
+    supervised log: :mod:`tf_maml.training_log` reads a run's sessions, training time and
+    speed from that column, for the model zoo and the report)."""
 
     def __init__(self, path: str):
         super().__init__(path, LOG_FIELDS, 1)
 
     def fields(self, iteration, metrics, pretrain):
         return dict(metrics, iteration=iteration, pretrain=int(pretrain),
-                    seconds=round(time.time() - self.t_step, 3))
+                    seconds=round(time.time() - self.t_start, 3))
 
 
 class ReturnsLogger(Callback):
