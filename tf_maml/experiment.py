@@ -98,12 +98,13 @@ def meta_optimizer(config: Config) -> opt.MetaOptimizer:
 
 
 def run_learner(config_json: str) -> tuple[Config, MetaLearner]:
-    """The configuration a run saved (the path of its ``config.json``) and its learner, built
-    as for training and not restored: for the modules below the command line (the model zoo,
-    the figures) that read a run, so that only this layer unpacks a :class:`Config`."""
+    """The configuration a run saved (the path of its ``config.json``) and its learner (a
+    reinforcement-learning run's :func:`rl_learner`), built as for training and not
+    restored: for the modules below the command line (the model zoo, the figures) that read
+    a run, so that only this layer unpacks a :class:`Config`."""
     with open(config_json) as f:
         config = Config.from_json(f.read())
-    return config, build_learner(config)
+    return config, (rl_learner(config) if config.is_rl else build_learner(config))
 
 
 def model_from_flags(flag_values: dict) -> keras.Model:

@@ -12,6 +12,7 @@ instead the ensemble of the N checkpoints (up to that one) with the best validat
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -23,7 +24,7 @@ from tf_maml import train as train_lib
 from tf_maml.callbacks import ProgressLogger
 from tf_maml.checkpoint import learner_checkpointer, restore_for_test
 from tf_maml.config import LOCOMOTION_FAMILIES, Config, ConfigError
-from tf_maml.tasks.locomotion import require_simulator
+from tf_maml.tasks.locomotion import require_simulator, simulator_versions
 
 
 def run_dir(config: Config) -> str:
@@ -31,10 +32,17 @@ def run_dir(config: Config) -> str:
 
 
 def _write_config(config: Config, directory: str) -> None:
+    """The run's flags (an evaluation's: ``test_config.json``); a locomotion run's also name
+    the MuJoCo and Gymnasium it ran on, under ``versions`` (unpinned, and the physics is
+    theirs; :meth:`Config.from_json` ignores the key)."""
     name = "config.json" if config.train else "test_config.json"
+    text = config.to_json()
+    if config.datasource in LOCOMOTION_FAMILIES:
+        text = json.dumps({**json.loads(text), "versions": simulator_versions()}, indent=2,
+                          sort_keys=True)
     with rundir.writing(directory, f"write {name}"):
         os.makedirs(directory, exist_ok=True)  # an evaluation may be the first writer
-        atomic.write(os.path.join(directory, name), config.to_json())
+        atomic.write(os.path.join(directory, name), text)
 
 
 def resume_changes(config: Config, directory: str) -> list:

@@ -118,6 +118,25 @@ def require_simulator(what: str = "the locomotion tasks") -> None:
         raise missing_simulator(what)
 
 
+SIMULATOR_PACKAGES = ("mujoco", "gymnasium")
+
+
+def simulator_versions() -> dict[str, str | None]:
+    """The installed versions of MuJoCo and Gymnasium (None: not installed), read from their
+    package metadata without importing them. The physics and the robot models are theirs and
+    the rl extra does not pin them, so a locomotion run records them (its ``config.json``,
+    and the model zoo's ``results.json``)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in SIMULATOR_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 _WARNED: set[str] = set()  # the kinds of MuJoCo warning logged (see log_mujoco_warning)
 _WARNED_LOCK = threading.Lock()  # mujoco.batch warns from its worker threads
 
