@@ -64,6 +64,22 @@ TABLE_NOTES = {
 }
 
 
+# The reinforcement-learning tables, one per task family (a row's group).
+RETURN_TITLES = {"navigation": "2D navigation", "cheetah_vel": "Half-cheetah, goal velocity",
+                 "cheetah_dir": "Half-cheetah, goal direction", "ant_vel": "Ant, goal velocity",
+                 "ant_dir": "Ant, goal direction"}
+RETURNS_INTRO = (
+    "The paper shows these as curves (its Figure 5; 2D navigation: its Figure 4), not numbers; "
+    "ours, drawn from the zoo, are under Figures. Each row restored the checkpoint of the "
+    "meta-iteration given (the random baseline: the untrained policy, seeded) and adapted it "
+    "on its family's test tasks (fixed: the same for every row and checkpoint) with 0 to 3 "
+    "policy-gradient steps, each on the samples its flagfile names per task (locomotion: "
+    "whole paths until 20 × 200 environment steps); a number is the mean over the test tasks "
+    "of a task's average return, ± 1.96·std/√n. A **partial** row evaluates a run stopped "
+    "before its meta-iteration count (\"120 of 1000\"); the same command resumes it from the "
+    "zoo. The oracle sees the task and needs no adaptation (the paper draws it at 0 steps).")
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -204,6 +220,12 @@ def render(rows: list[dict], figures: list[str], output: str) -> str:
     for group in ("omniglot", "miniimagenet"):
         if group in by_group:
             lines += accuracy_section(group, by_group[group])
+    rl_groups = [g for g, group_rows in by_group.items()
+                 if group_rows[0]["experiment"].kind == "return"]
+    if rl_groups:
+        lines += ["## Reinforcement learning (average return)", "", RETURNS_INTRO, ""]
+        for group in rl_groups:
+            lines += returns_section(group, by_group[group])
     lines += machines_section(rows)
     if figures:
         lines += ["## Figures", ""]
@@ -211,7 +233,7 @@ def render(rows: list[dict], figures: list[str], output: str) -> str:
         lines += [f"![{os.path.basename(f)}]({os.path.relpath(os.path.abspath(f), base)})"
                   for f in figures]
         lines.append("")
-    commands = [command for group in ("sinusoid", "omniglot", "miniimagenet")
+    commands = [command for group in ("sinusoid", "omniglot", "miniimagenet", *rl_groups)
                 for row in by_group.get(group, []) for command in _commands(row)]
     if commands:
         lines += ["## Commands", "", "```bash", "\n\n".join(commands), "```", ""]
@@ -288,6 +310,33 @@ def accuracy_section(group: str, group_rows: list[dict]) -> list[str]:
     lines += [""] if notes else []
     lines += seed_summaries(group_rows)
     lines += ["", TABLE_NOTES[group], ""]
+    return lines
+
+
+def returns_section(group: str, group_rows: list[dict]) -> list[str]:
+    """The table of the task family ``group``: each row's average return after 0, 1, ...
+    test steps, with the meta-iteration evaluated of the row's count."""
+    steps = max((len(r["state"]["means"]) for r in group_rows if r["state"]), default=4)
+    heads = ["0 steps", "1 step"] + [f"{k} steps" for k in range(2, steps)]
+    lines = [f"### {RETURN_TITLES.get(group, group)}", "",
+             f"| run | iterations | training time | test tasks | {' | '.join(heads)} "
+             "| status |", "|" + "---|" * (5 + len(heads))]
+    for row in group_rows:
+        e, st = row["experiment"], row["state"]
+        vals = [""] * steps
+        if st:
+            m, c = np.array(st["means"]), np.array(st["ci95"])
+            vals = [f"{m[i]:.2f} ± {c[i]:.2f}" if np.isfinite(m[i]) else
+                    "diverged (non-finite)" for i in range(len(m))]
+            vals += [""] * (steps - len(vals))
+        if e.train_flags is None:
+            it = "untrained" if st else ""
+        else:
+            done = st["iteration"] if st else row["committed"]
+            it = f"{done} of {row['target']}" if st or done else ""
+        lines.append(f"| {e.label} | {it} | {duration(row['wall'])} | "
+                     f"{row['tasks'] if st else ''} | {' | '.join(vals)} | {status(row)} |")
+    lines.append("")
     return lines
 
 
@@ -370,12 +419,13 @@ def training_curve(row: dict, path: str) -> str | None:
 
 def figure_paths(rows: list[dict], figures_dir: str) -> list[str]:
     """The figures the report shows, whether or not they are drawn now: a training curve per
-    image run with a training log, and the sinusoid figures when their runs are evaluated
-    (so that the report's text does not depend on drawing them)."""
+    image run with a training log, the sinusoid figures when their runs are evaluated and
+    Figure 5 of each reinforcement-learning family with two rows evaluated (so that the
+    report's text does not depend on drawing them)."""
     out, seen = [], set()
     for row in rows:
         e = row["experiment"]
-        if (e.group == "sinusoid" or e.train_flags is None or row["zoo_dir"] in seen
+        if (e.kind != "accuracy" or e.train_flags is None or row["zoo_dir"] in seen
                 or not training_log.read_training_log(row["zoo_dir"])):
             continue
         seen.add(row["zoo_dir"])
@@ -384,7 +434,40 @@ def figure_paths(rows: list[dict], figures_dir: str) -> list[str]:
     if {"sinusoid_maml_k10", "sinusoid_pretrained_k10"} <= sine:
         out += [os.path.join(figures_dir, "sinusoid_figure2.png"),
                 os.path.join(figures_dir, "sinusoid_figure3.png")]
+    out += [os.path.join(figures_dir, f"figure5_{group}.png")
+            for group in _return_curves(rows)]
     return out
+
+
+def _return_curves(rows: list[dict]) -> dict[str, list[dict]]:
+    """The reinforcement-learning families whose Figure 5 curve is drawn: those with two
+    rows evaluated or more (MAML against a baseline), with those rows."""
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["experiment"].kind == "return" and row["state"]:
+            out.setdefault(row["experiment"].group, []).append(row)
+    return {group: evaluated for group, evaluated in out.items() if len(evaluated) >= 2}
+
+
+def return_curve(group_rows: list[dict], path: str) -> str:
+    """Figure 5 of one task family, from the zoo: each evaluated row's average return
+    against the number of test steps (a partial row labelled with its meta-iterations), the
+    oracle (a row named ``*_oracle``) as a band at its 0-step return."""
+    from tf_maml.rl import figure as rl_figure
+
+    runs, oracle = {}, None
+    for row in group_rows:
+        e, st = row["experiment"], row["state"]
+        if e.name.endswith("_oracle"):
+            oracle = row["zoo_dir"]
+            continue
+        partial = e.train_flags is not None and st["iteration"] < row["target"]
+        label = e.label + (f" ({st['iteration']} of {row['target']} it.)" if partial else "")
+        runs[label] = row["zoo_dir"]
+    group = group_rows[0]["experiment"].group
+    title = RETURN_TITLES.get(group, group)
+    return rl_figure.plot(runs, path, oracle,
+                          title=f"{title[:1].lower() + title[1:]}, meta-test (zoo/)")
 
 
 def draw_figures(rows: list[dict], figures_dir: str, log=print) -> None:
@@ -394,10 +477,23 @@ def draw_figures(rows: list[dict], figures_dir: str, log=print) -> None:
         name = os.path.basename(path)[:-4]
         if name.startswith("curve_"):
             training_curve(by_name[name[len("curve_"):]], path)
+    _draw_return_curves(rows, figures_dir, log)
     sine = {n: r for n, r in by_name.items() if r["state"] and r["experiment"].group ==
             "sinusoid"}
     if not {"sinusoid_maml_k10", "sinusoid_pretrained_k10"} <= set(sine):
         return
+    _draw_sinusoid(sine, figures_dir, log)
+
+
+def _draw_return_curves(rows: list[dict], figures_dir: str, log) -> None:
+    for group, evaluated in _return_curves(rows).items():
+        try:
+            return_curve(evaluated, os.path.join(figures_dir, f"figure5_{group}.png"))
+        except Exception as err:  # a figure must never lose the table
+            log(f"{group} figure failed: {err}")
+
+
+def _draw_sinusoid(sine: dict, figures_dir: str, log) -> None:
     from tf_maml import figures
 
     runs = {"MAML": sine["sinusoid_maml_k10"]["zoo_dir"],

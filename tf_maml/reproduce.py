@@ -3,13 +3,16 @@
     tf-maml-reproduce --experiments=sinusoid                       # every sinusoid row
     tf-maml-reproduce --experiments=omniglot5_1shot,omniglot5_5shot \\
         --omniglot_dir=$DATA/omniglot --logdir_root=$LOGDIR --run_budget_minutes=120
+    tf-maml-reproduce --experiments=cheetah_vel --logdir_root=$LOGDIR \
+        --run_budget_minutes=240                                   # Figure 5, half-cheetah
     tf-maml-reproduce --train=False --evaluate=False               # docs/RESULTS.md from zoo/
 
 The rows are the table ``flags/experiments.json``. For every selected row it restores the
 run's latest state from the model zoo (``zoo/<run>/``, see :mod:`tf_maml.zoo`) when the zoo is
 ahead of the run directory, trains the row's flagfile with ``tf-maml`` (a finished run is left
 alone, an unfinished one resumes), evaluates the latest checkpoint on 600 test tasks with
-``--train=False`` (only when that checkpoint has not been evaluated yet, or with
+``--train=False`` (a reinforcement-learning row: its flagfile's test tasks, average return
+after 0..3 policy-gradient steps, Figure 5) (only when that checkpoint has not been evaluated yet, or with
 ``--reevaluate``: the checkpoint of the published number), publishes the run back into the
 zoo (the latest state and the checkpoints of its evaluations; every
 ``--publish_every_minutes`` during training too), and writes ``docs/RESULTS.md`` from the zoo
@@ -62,6 +65,9 @@ def export(p: Plan, export_dir: str, log=print) -> str:
     from tf_maml.export import export as export_saved_model
     from tf_maml.rundir import RunDirError
 
+    if p.experiment.kind == "return":
+        raise ReproduceError(f"{p.experiment.name} is a reinforcement-learning row: its policy "
+                             "has no SavedModel export (its zoo folder holds the checkpoint)")
     iteration = zoo_lib.latest_iteration(p.zoo_dir)
     if iteration == 0:
         raise ReproduceError(f"{p.zoo_dir} holds no model to export: train "
@@ -176,7 +182,9 @@ def define_flags(values) -> None:
                                  f"must be >= 0 minutes{unset}", flag_values=values)
 
     d("string", "experiments", "all", "comma-separated: all, sinusoid, omniglot, "
-      "miniimagenet, or experiment names (the rows of flags/experiments.json)")
+      "miniimagenet, an RL task family (navigation, cheetah_vel, cheetah_dir, ant_vel, "
+      "ant_dir: its MAML, pretrained, random and oracle rows), or experiment names (the rows "
+      "of flags/experiments.json)")
     minutes("budget_minutes", None, "training time budget of this invocation (unlimited "
       "if unset); runs cut short are partial and resume next time")
     minutes("run_budget_minutes", None, "training time budget of each run (so one long "

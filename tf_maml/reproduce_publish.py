@@ -61,8 +61,7 @@ def write_report(table: list[Experiment], plans: list[Plan], plan_of, output: st
             continue
         rows.append(report.collect(e, p.zoo_dir, p.target, p.eval_config.num_test_tasks))
         problem = zoo_check.row_problem(p.zoo_dir, e.name, p.result_name, target=p.target,
-                                        tasks=p.eval_config.num_test_tasks,
-                                        percent=e.group != "sinusoid")
+                                        tasks=p.eval_config.num_test_tasks, kind=e.kind)
         if problem and problem not in problems:  # rows sharing a folder find it once
             problems.append(problem)
     if problems:

@@ -8,6 +8,7 @@ directory's state file, with the commands that made it and the machine that ran 
 
 from __future__ import annotations
 
+import csv
 import os
 import platform
 import shlex
@@ -218,9 +219,7 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
         error = failure(code, last, _log_path(p))
         log(f"[{e.name}] evaluation failed ({error})")
         return {"eval_error": error}
-    with open(os.path.join(p.run_dir, p.result_name + ".csv")) as f:
-        rows = [line.strip().split(",") for line in f if line.strip()]
-    means, ci = np.array(rows[1], dtype=float), np.array(rows[3], dtype=float)
+    means, ci = _read_summary(p)
     if recheck:
         was = f"{before['means'][-1]:.4f} ± {before['ci95'][-1]:.4f}"
         now = f"{means[-1]:.4f} ± {ci[-1]:.4f}"
@@ -232,5 +231,24 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
                   shell(p.train_cmd) if p.train_cmd else None,
                   "means": means.tolist(), "ci95": ci.tolist(), "date": zoo_lib.today(),
                   "machine": machine()}
+    # The simulator a locomotion evaluation ran on (its flags' record, tf_maml.runner).
+    flags = atomic.read_json(os.path.join(p.run_dir, "test_config.json"))
+    versions = flags.get("versions") if isinstance(flags, dict) else None
+    if versions:
+        state[key]["versions"] = versions
     atomic.write_json(os.path.join(p.run_dir, STATE_FILE), state)
     return {}
+
+
+def _read_summary(p: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and 95% half-width per number of steps of the evaluation the row's command
+    just wrote: the original's CSV (rows update0.., means, stds, ci95), or an RL run's
+    ``test_returns.csv`` (a row per number of steps: mean_return, ci95, ...)."""
+    path = os.path.join(p.run_dir, p.result_name + ".csv")
+    with open(path) as f:
+        if p.experiment.kind == "return":
+            rows = list(csv.DictReader(f))
+            return (np.array([r["mean_return"] for r in rows], dtype=float),
+                    np.array([r["ci95"] for r in rows], dtype=float))
+        rows = [line.strip().split(",") for line in f if line.strip()]
+    return np.array(rows[1], dtype=float), np.array(rows[3], dtype=float)

@@ -12,11 +12,13 @@ import json
 import os
 import sys
 
-from tf_maml.config import Config
+from tf_maml.config import RL_DATASOURCES, Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE = "experiments.json"
-GROUPS = ("sinusoid", "omniglot", "miniimagenet")
+DATA_GROUPS = ("omniglot", "miniimagenet")  # the groups whose rows need prepared data
+# A reinforcement-learning row's group is its task family (its flagfiles' --datasource).
+GROUPS = ("sinusoid", *DATA_GROUPS, *RL_DATASOURCES)
 
 
 class ReproduceError(ValueError):
@@ -29,7 +31,7 @@ class Experiment:
     with ``eval_flags``, keep the model in ``zoo/<zoo>``."""
 
     name: str
-    group: str  # sinusoid | omniglot | miniimagenet
+    group: str  # one of GROUPS: sinusoid, omniglot, miniimagenet or an RL task family
     label: str
     eval_flags: str
     zoo: str
@@ -38,6 +40,15 @@ class Experiment:
     note: str = ""
     seeds_of: str | None = None
     overrides: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """What the row's numbers are, per number of test steps: ``accuracy`` (a fraction,
+        reported in percent), ``mse`` (the sinusoid's query MSE) or ``return`` (a
+        reinforcement-learning row's average return, Figure 5)."""
+        if self.group in RL_DATASOURCES:
+            return "return"
+        return "mse" if self.group == "sinusoid" else "accuracy"
 
 
 def load_experiments(flags_dir: str) -> list[Experiment]:
@@ -146,21 +157,24 @@ def plan(experiment: Experiment, logdir_root: str, data_dirs: dict[str, str | No
     sub = os.path.basename(os.path.normpath(base.logdir or experiment.name))
     overrides = {**extra, "logdir": os.path.join(logdir_root, sub) + os.sep}
     skip = None
-    if experiment.group != "sinusoid":
+    if experiment.group in DATA_GROUPS:
         data_dir = data_dirs.get(experiment.group)
         if not data_dir:
             skip = (f"needs --{experiment.group}_dir (prepare it with `python -m data_prep."
                     f"{experiment.group} ...`, see docs/data.md)")
         else:
             overrides["data_dir"] = data_dir
-    if experiment.train_flags is None and (original_checkpoint or base.init_checkpoint):
+    # A row that trains nothing evaluates the original authors' checkpoint, or (RL's random
+    # baseline) the randomly initialised policy, which needs none.
+    untrained = experiment.train_flags is None and base.baseline != "random"
+    if untrained and (original_checkpoint or base.init_checkpoint):
         ckpt = original_checkpoint or base.init_checkpoint
         overrides["init_checkpoint"] = ckpt
         if not skip and not os.path.exists(ckpt + ".index"):
             skip = (f"needs the original checkpoint ({ckpt}.index not found): pass "
                     "--original_checkpoint=$DATA/maml_original_checkpoint/miniimagenet1shot/"
                     "model59000")
-    elif experiment.train_flags is None and not skip:
+    elif untrained and not skip:
         skip = ("needs the original checkpoint: pass --original_checkpoint=$DATA/"
                 "maml_original_checkpoint/miniimagenet1shot/model59000")
     eval_config = config_for(eval_file, {**overrides, "train": "False"})
@@ -179,10 +193,13 @@ def plan(experiment: Experiment, logdir_root: str, data_dirs: dict[str, str | No
                                  f"evaluation reads {run_dir}; fix the flagfiles")
     eval_cmd = tf_maml_command() + [f"--flagfile={eval_file}"] + [
         f"--{k}={v}" for k, v in overrides.items()] + ["--train=False"]
-    from tf_maml.evaluate import result_name
+    if eval_config.is_rl:
+        from tf_maml.rl.training import RESULTS_NAME as name
+    else:
+        from tf_maml.evaluate import result_name
 
-    name = result_name(eval_config.update_batch_size, eval_config.update_lr,
-                       eval_config.baseline, eval_config.ensemble)
+        name = result_name(eval_config.update_batch_size, eval_config.update_lr,
+                           eval_config.baseline, eval_config.ensemble)
     return Plan(experiment, train_cmd, eval_cmd, train_config, eval_config, run_dir,
                 os.path.join(zoo_root, experiment.zoo), name, skip)
 

@@ -13,7 +13,8 @@ A zoo folder is the part of a run directory worth keeping:
 - ``training_log.csv``: the training curve up to the latest checkpoint held (and the
   training time, summed over sessions);
 - the evaluations, in the original's formats (``test_ubs<K>_stepsize<α>.csv/.pkl``, and the
-  per-task ``.npy``), and ``results.json``: what each evaluation gave, of which iteration,
+  per-task ``.npy``; a reinforcement-learning run's ``test_returns.csv/.npy``), and
+  ``results.json``: what each evaluation gave, of which iteration,
   with the commands (placeholders again), the date and the machine; and, under ``run``, the
   state kept and every stretch of training with its speed and processor
   (:mod:`tf_maml.training_log`);
@@ -51,7 +52,9 @@ RESULTS_FILE = "results.json"
 RUN_STATE_FILE = "reproduce.json"  # the run directory's record of its evaluations
 PATH_FIELDS = ("data_dir", "logdir", "init_checkpoint", "export_dir")
 KEPT_FILES = ("training_log.csv",)
-RESULT_GLOB = "test_ubs*"  # test_ubs<K>_stepsize<α>[_ensemble<N>], or test_ubs<K>_<baseline>
+# An evaluation's files: test_ubs<K>_stepsize<α>[_ensemble<N>] or test_ubs<K>_<baseline>
+# (the original's formats), test_returns (a reinforcement-learning run's returns).
+RESULT_PREFIXES = ("test_ubs", "test_returns")
 
 
 class ZooError(ValueError):
@@ -307,7 +310,8 @@ def _take_evaluations(zoo_dir: str, run_dir: str, overwrite: bool) -> bool:
     if not taken and not overwrite:
         return False
     os.makedirs(run_dir, exist_ok=True)
-    for path in glob.glob(os.path.join(zoo_dir, RESULT_GLOB)):
+    for path in [p for prefix in RESULT_PREFIXES
+                 for p in glob.glob(os.path.join(glob.escape(zoo_dir), prefix + "*"))]:
         if overwrite or not os.path.exists(os.path.join(run_dir, os.path.basename(path))):
             shutil.copy2(path, run_dir)
     state.update(taken)

@@ -43,16 +43,21 @@ def _read_record(path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- the numbers
-def _printed(value: float, percent: bool) -> str:
+KINDS = ("accuracy", "mse", "return")  # what a row's numbers are (Experiment.kind)
+
+
+def _printed(value: float, kind: str) -> str:
     """A number as docs/RESULTS.md prints it: accuracies in percent with two decimals,
-    sinusoid MSEs with three."""
-    return f"{100 * value:.2f}%" if percent else f"{value:.3f}"
+    sinusoid MSEs with three, average returns with two."""
+    if kind == "accuracy":
+        return f"{100 * value:.2f}%"
+    return f"{value:.3f}" if kind == "mse" else f"{value:.2f}"
 
 
-def _agree(recorded: float, truth: float, percent: bool) -> bool:
+def _agree(recorded: float, truth: float, kind: str) -> bool:
     """Equal as printed; a value within float32 noise of the truth also agrees (the CSV the
     record was read from holds float32 values, which can sit on a rounding boundary)."""
-    return (_printed(recorded, percent) == _printed(truth, percent)
+    return (_printed(recorded, kind) == _printed(truth, kind)
             or math.isclose(recorded, truth, rel_tol=1e-6, abs_tol=1e-9))
 
 
@@ -66,7 +71,7 @@ def _numbers(entry: dict) -> tuple[list[float], list[float]] | None:
 
 
 def _evaluation_problem(results_path: str, entry: dict | None, npy: str, row: str,
-                        tasks: int, percent: bool) -> str | None:
+                        tasks: int, kind: str) -> str | None:
     """The row's evaluation in ``results.json`` against the per-task matrix ``npy``: both
     there, the mean and 95% half-width of every step as the evaluation computes them."""
     if entry is None:
@@ -98,9 +103,9 @@ def _evaluation_problem(results_path: str, entry: dict | None, npy: str, row: st
     for field, recorded, truth in (("mean", numbers[0], means), ("95% half-width",
                                                                   numbers[1], ci95)):
         for step, (r, t) in enumerate(zip(recorded, truth)):
-            if not _agree(float(r), float(t), percent):
+            if not _agree(float(r), float(t), kind):
                 return (f"{results_path}: the {field} of {row} at update{step}, "
-                        f"{_printed(r, percent)}, is not the {_printed(t, percent)} of {npy} "
+                        f"{_printed(r, kind)}, is not the {_printed(t, kind)} of {npy} "
                         f"(results.json is written by tf-maml-reproduce, not by hand): "
                         f"{_from_git(results_path)}, or {_evaluate_again(row)}")
     return None
@@ -143,16 +148,19 @@ def _models_problem(zoo_dir: str, record: dict, entry: dict | None, row: str,
 
 
 def row_problem(zoo_dir: str, row: str, result_name: str, *, target: int, tasks: int,
-                percent: bool) -> str | None:
+                kind: str) -> str | None:
     """What in ``zoo_dir`` disagrees with the rest about the report row ``row`` (evaluated as
     ``result_name``; ``target`` iterations, 0 for a row that trains nothing; ``tasks`` test
-    tasks; accuracies printed in percent or not), in one line with the fix; None if all
-    agree. Cheap: it reads the folder's JSON and one small matrix, no checkpoint."""
+    tasks; ``kind`` of numbers, one of :data:`KINDS`, compared as the report prints them),
+    in one line with the fix; None if all agree. Cheap: it reads the folder's JSON and one
+    small matrix, no checkpoint."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not os.path.isdir(zoo_dir):
         return None
     results_path = os.path.join(zoo_dir, zoo_lib.RESULTS_FILE)
     held = sorted((os.path.basename(p) for p in glob.glob(os.path.join(zoo_dir, "*"))
-                   if os.path.basename(p).startswith((zoo_lib.RESULT_GLOB[:-1],
+                   if os.path.basename(p).startswith((*zoo_lib.RESULT_PREFIXES,
                                                       CHECKPOINT_NAME + "-"))),
                   key=lambda name: (not name.endswith(".npy"), name))  # evaluations first
     try:
@@ -169,7 +177,7 @@ def row_problem(zoo_dir: str, row: str, result_name: str, *, target: int, tasks:
     if entry is not None and not isinstance(entry, dict):
         entry = {}  # malformed: said so below
     npy = os.path.join(zoo_dir, result_name + ".npy")
-    problem = _evaluation_problem(results_path, entry, npy, row, tasks, percent)
+    problem = _evaluation_problem(results_path, entry, npy, row, tasks, kind)
     return problem or _models_problem(zoo_dir, record, entry, row, target)
 
 

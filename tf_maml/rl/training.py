@@ -41,6 +41,7 @@ from tf_maml.tasks import batch_rng
 from tf_maml.train import LOG_NAME, fit_in_run_dir
 
 SAVE_INTERVAL = 10
+RESULTS_NAME = "test_returns"  # <run_dir>/test_returns.csv and .npy: an evaluation's returns
 TEST_SEED = 1
 TEST_STREAM = 2
 EVAL_CHUNK = 40  # test tasks adapted together (one traced shape)
@@ -191,7 +192,7 @@ def summarize(returns: np.ndarray) -> list[dict]:
             for s, col in enumerate(returns.T)]
 
 
-def write_results(directory: str, returns: np.ndarray, name: str = "test_returns") -> str:
+def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME) -> str:
     """``<name>.csv`` and ``<name>.npy``, each replaced whole (:func:`tf_maml.atomic.write`)."""
     import io
 
@@ -212,7 +213,7 @@ def write_results(directory: str, returns: np.ndarray, name: str = "test_returns
 
 
 def evaluate_run(learner, directory: str, num_tasks: int, num_steps: int, log=print,
-                 step_sizes=None, name: str = "test_returns") -> dict:
+                 step_sizes=None, name: str = RESULTS_NAME) -> dict:
     """Evaluates ``learner`` on ``num_tasks`` test tasks with ``num_steps`` steps (of sizes
     ``step_sizes``), writes ``<name>.csv/.npy`` into ``directory`` and logs each row."""
     returns = evaluate(learner, num_tasks, num_steps, log, step_sizes)
