@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import csv
 import importlib.util
+import json
 import os
 import pathlib
 import sys
@@ -275,6 +276,26 @@ def test_a_tiny_meta_iteration_through_the_runner_writes_the_returns(tmp_path):
     # −|v − v*| − control cost ≤ 0 at every step; 5 steps cannot reach −(5 · 10)
     assert returns.shape == (2, 3) and np.all(returns < 0) and np.all(returns > -50)
     assert os.path.exists(os.path.join(run_dir, "model-1.index"))
+
+
+@needs_mujoco
+def test_a_locomotion_run_records_the_simulator_it_ran_on(tmp_path):
+    """MuJoCo and Gymnasium are unpinned: a locomotion run's flags (config.json, and an
+    evaluation's test_config.json) name the versions the modules themselves report."""
+    import gymnasium
+    import mujoco
+
+    for train, name in ((True, "config.json"), (False, "test_config.json")):
+        runner._write_config(Config(datasource="cheetah_vel", norm="None", train=train),
+                             str(tmp_path))
+        with open(tmp_path / name) as f:
+            record = json.load(f)
+        assert record["versions"] == {"mujoco": mujoco.__version__,
+                                      "gymnasium": gymnasium.__version__}
+        assert Config.from_json(json.dumps(record)).datasource == "cheetah_vel"
+    runner._write_config(Config(datasource="navigation", norm="None"), str(tmp_path))
+    with open(tmp_path / "config.json") as f:
+        assert "versions" not in json.load(f)  # navigation simulates nothing of theirs
 
 
 def test_without_the_rl_extra_a_locomotion_flagfile_fails_with_one_line(tmp_path, capsys,

@@ -472,3 +472,180 @@ def test_the_committed_zoo_is_small_and_names_no_machine_path():
                     text = f.read()
                 assert not re.search(r"(/work/|/home/|/root/|/tmp/|shared/data)", text), path
     assert total < 20 * 2**20
+
+
+# ---------------------------------------------------------------------------- RL rows
+NAV_DIR = "cls_5.mbs_1.ubs_1.numstep1.updatelr0.1nonorm.horizon5"
+
+
+def _rl_table(tmp_path):
+    """A tiny 2D-navigation MAML row (2 meta-iterations of one task, 5-step episodes, 3
+    test tasks, 0 and 1 test steps) and its random baseline, as the repository's RL rows."""
+    flags_dir = tmp_path / "flags"
+    flags_dir.mkdir(exist_ok=True)
+    common = ["--datasource=navigation", "--logdir=logs/navigation/", "--meta_batch_size=1",
+              "--update_batch_size=1", "--update_lr=0.1", "--norm=None", "--horizon=5",
+              "--num_test_tasks=3", "--test_num_updates=1"]
+    (flags_dir / "nav_maml.flags").write_text("\n".join(common + ["--metatrain_iterations=2"]))
+    (flags_dir / "nav_random.flags").write_text("\n".join(common + ["--baseline=random"]))
+    rows = [{"name": "navigation_maml", "group": "navigation", "label": "MAML",
+             "train": "nav_maml", "zoo": "navigation_maml"},
+            {"name": "navigation_random", "group": "navigation", "label": "random",
+             "train": None, "eval": "nav_random", "zoo": "navigation_random"}]
+    (flags_dir / "experiments.json").write_text(json.dumps({"experiments": rows}))
+
+
+def _in_process(cmd, log_path, deadline, log, on_tick=None):
+    """reproduce_run.stream for a tf-maml child, run in this process (the children's
+    TensorFlow start-up is most of a tiny RL row's time): the same flags, the same runner."""
+    from absl import flags
+
+    from tf_maml import main as cli_main
+    from tf_maml import runner
+
+    assert cmd[:3] == reproduce_run.tf_maml_command(), cmd
+    values = flags.FlagValues()
+    cli_main.define_flags(values)
+    values(["tf-maml", *cmd[3:]])
+    lines = []
+    runner.run(cli_main.config_from_flags(values).validate(), log=lines.append)
+    with open(log_path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    return 0, False, lines[-1]
+
+
+def _weights(prefix):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith("model/")}
+
+
+def _returns_cells(report_text, label):
+    row = next(line for line in report_text.split("### 2D navigation", 1)[1].splitlines()
+               if line.startswith(f"| {label} |"))
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def _by_hand(npy):
+    """The report's cells of an evaluation, computed here from its per-task returns."""
+    returns = np.load(npy)
+    mean, ci = returns.mean(0), 1.96 * returns.std(0) / np.sqrt(returns.shape[0])
+    return [f"{m:.2f} ± {c:.2f}" for m, c in zip(mean, ci)]
+
+
+def test_an_rl_row_is_published_partial_resumed_from_the_zoo_bit_for_bit_and_reported(
+        tmp_path, cli, monkeypatch):
+    """Figure 5's pipeline on 2D navigation: a run stopped after 1 of its 2 meta-iterations
+    is evaluated and published as resumable state (partial, "1 of 2"); a fresh clone resumes
+    it from the zoo at iteration 1, and its iteration 2 is the uninterrupted run's bit for
+    bit (the sampling noise of iteration i comes from (seed, i), nothing else is carried);
+    the random baseline is evaluated untrained, once. The report's returns are the per-task
+    returns' mean and 1.96·std/√n, computed here."""
+    from tf_maml import runner
+    from tf_maml.rl import training as rl_training
+
+    _rl_table(tmp_path)
+    monkeypatch.setattr(reproduce_run, "stream", _in_process)
+    # The truth: the run uninterrupted, checkpointed after each meta-iteration; then cut
+    # back to its state after the first, as a run stopped there leaves it.
+    monkeypatch.setattr(rl_training, "SAVE_INTERVAL", 1)
+    run_dir = tmp_path / "logs" / "navigation" / NAV_DIR
+    whole = reproduce.config_for(str(tmp_path / "flags" / "nav_maml.flags"), {
+        "logdir": str(run_dir.parent) + os.sep, "test_after_train": "False"})
+    runner.run(whole.validate(), log=lambda _: None)
+    truth = _weights(run_dir / "model-2")
+    for path in run_dir.glob("model-2.*"):
+        path.unlink()
+
+    first = cli(_common(tmp_path) + ["--train=False"], tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    maml_zoo, random_zoo = tmp_path / "zoo/navigation_maml", tmp_path / "zoo/navigation_random"
+    results = zoo.results(str(maml_zoo))
+    assert results["test_returns|navigation_maml"]["iteration"] == 1
+    assert results["run"]["state"] == "full" and zoo.checkpoint_iterations(str(maml_zoo)) == [1]
+    assert zoo.checkpoint_iterations(str(random_zoo)) == []
+    text = (tmp_path / "RESULTS.md").read_text()
+    cells = _returns_cells(text, "MAML")
+    assert cells[1] == "1 of 2" and cells[3] == "3" and "**partial**" in cells[-1]
+    assert cells[4:6] == _by_hand(maml_zoo / "test_returns.npy")
+    cells = _returns_cells(text, "random")
+    assert cells[1] == "untrained" and cells[-1] == "complete"
+    assert cells[4:6] == _by_hand(random_zoo / "test_returns.npy")
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copytree(tmp_path / "zoo", clone / "zoo")
+    shutil.copytree(tmp_path / "flags", clone / "flags")
+    resumed = cli(_common(clone), clone)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "restored iteration 1" in resumed.stdout
+    assert "[navigation_random] results of iteration 0 already evaluated" in resumed.stdout
+    log = (clone / "logs/navigation" / NAV_DIR / "reproduce.log").read_text()
+    assert re.search(r"Resumed from \S+model-1 at iteration 1", log), log
+    clone_zoo = clone / "zoo/navigation_maml"
+    assert zoo.results(str(clone_zoo))["run"]["state"] == "weights"
+    held = _weights(clone_zoo / "model-2")
+    assert held.keys() == truth.keys()
+    for name, value in truth.items():
+        np.testing.assert_array_equal(held[name], value, err_msg=name)
+    text = (clone / "RESULTS.md").read_text()
+    cells = _returns_cells(text, "MAML")
+    assert cells[1] == "2 of 2" and cells[-1] == "complete"
+    assert cells[4:6] == _by_hand(clone_zoo / "test_returns.npy")
+    assert "![figure5_navigation.png](fig/figure5_navigation.png)" in text
+    assert (clone / "fig" / "figure5_navigation.png").stat().st_size > 0
+
+
+def test_a_locomotion_row_reads_its_returns_records_its_simulator_and_is_checked(tmp_path):
+    """The half-cheetah's random row needs no data folder and no checkpoint (an
+    --original_checkpoint given for the image rows is not its init); its evaluation's mean
+    and 95% half-width per step are read from test_returns.csv, the simulator versions of the
+    evaluation's flags go into its record, and once published the zoo's check compares that
+    record with the per-task returns (a hand-edited mean is named). The stand-in evaluation
+    writes a known matrix; the numbers are worked out here."""
+    import dataclasses
+
+    from tf_maml import zoo_check
+
+    table = {e.name: e for e in reproduce.load_experiments(FLAGS_DIR)}
+    p = reproduce.plan(table["cheetah_vel_random"], str(tmp_path), {}, str(tmp_path / "ckpt"),
+                       FLAGS_DIR, str(tmp_path / "zoo"))
+    assert (p.skip_reason, p.train_cmd, p.target, p.result_name) == (None, None, 0,
+                                                                     "test_returns")
+    assert p.eval_config.init_checkpoint is None and p.eval_config.num_test_tasks == 40
+    returns = np.arange(40 * 4, dtype=float).reshape(40, 4) % 7 - 60.0
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    np.save(run_dir / "matrix.npy", returns)
+    versions = {"mujoco": "4.0.1", "gymnasium": "1.4.0"}
+    evaluate = (
+        f"import json, numpy as np, os; os.chdir({str(run_dir)!r}); r = np.load('matrix.npy');"
+        " np.save('test_returns.npy', r); m, c = r.mean(0), 1.96 * r.std(0) / 40 ** 0.5; "
+        "open('test_returns.csv', 'w').write('steps,mean_return,ci95,std,median,num_tasks\\n'"
+        " + ''.join(f'{s},{float(m[s])!r},{float(c[s])!r},0,0,40\\n' for s in range(4))); "
+        f"json.dump({{'versions': {versions!r}}}, open('test_config.json', 'w'))")
+    p = dataclasses.replace(p, run_dir=str(run_dir), eval_cmd=[sys.executable, "-c", evaluate])
+    lines = []
+    status = reproduce.execute(p, None, train=True, evaluate=True, reevaluate=False,
+                               eval_reserve_s=0, publish=lambda plan: None, log=lines.append)
+    assert status == {}, lines
+    state = json.loads((run_dir / zoo.RUN_STATE_FILE).read_text())
+    entry = state["test_returns|cheetah_vel_random"]
+    mean = [returns[:, s].mean() for s in range(4)]
+    ci = [1.96 * returns[:, s].std() / np.sqrt(40) for s in range(4)]
+    assert entry["iteration"] == 0 and entry["versions"] == versions
+    np.testing.assert_allclose(entry["means"], mean, rtol=1e-12)
+    np.testing.assert_allclose(entry["ci95"], ci, rtol=1e-12)
+    assert zoo.publish(str(run_dir), p.zoo_dir, True, {}, "m", log=lambda _: None)
+    check = dict(target=0, tasks=40, kind="return")
+    assert zoo_check.row_problem(p.zoo_dir, "cheetah_vel_random", "test_returns", **check) is None
+    record = json.loads((tmp_path / "zoo/cheetah_vel_random/results.json").read_text())
+    record["test_returns|cheetah_vel_random"]["means"][1] += 0.01
+    (tmp_path / "zoo/cheetah_vel_random/results.json").write_text(json.dumps(record))
+    problem = zoo_check.row_problem(p.zoo_dir, "cheetah_vel_random", "test_returns", **check)
+    assert f"mean of cheetah_vel_random at update1, {mean[1] + 0.01:.2f}, is not the " \
+           f"{mean[1]:.2f}" in problem
+    with pytest.raises(reproduce.ReproduceError, match="reinforcement-learning row"):
+        reproduce.export(p, str(tmp_path / "saved"))

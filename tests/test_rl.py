@@ -827,3 +827,23 @@ def test_reevaluation_arguments_are_named_before_anything_is_written(
     with pytest.raises(ConfigError, match=message):
         runner.reevaluate_rl(str(tmp_path / run_dir), step_sizes, num_test_tasks)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_finished_rl_run_kept_as_weights_is_told_apart_from_resumable_state(tmp_path):
+    """The model zoo keeps a finished run as the policy and the iteration alone (no TRPO
+    counters): resuming training from it says so, as for a supervised run, instead of
+    calling the checkpoint one of another model."""
+    from tf_maml.checkpoint import CheckpointError
+    from tf_maml.rl import training as rl_training
+
+    learner = rl_training.build_learner(num_trajectories=1)
+    full = rl_training.checkpointer(learner, str(tmp_path / "run"))
+    full.save(3)
+    assert not full.weights_only(full.path_for(3))
+    tf.train.Checkpoint(model=learner.model, iteration=full.iteration).write(
+        str(tmp_path / "zoo" / "model-3"))
+    kept = rl_training.checkpointer(learner, str(tmp_path / "zoo"))
+    assert kept.weights_only(kept.path_for(3))
+    with pytest.raises(CheckpointError, match="holds the model's weights only"):
+        kept.restore(kept.path_for(3))
+    assert kept.restore(kept.path_for(3), expect_optimizer=False)[0] == 3
