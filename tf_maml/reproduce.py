@@ -11,12 +11,12 @@ The rows are the table ``flags/experiments.json``. For every selected row it res
 run's latest state from the model zoo (``zoo/<run>/``, see :mod:`tf_maml.zoo`) when the zoo is
 ahead of the run directory, trains the row's flagfile with ``tf-maml`` (a finished run is left
 alone, an unfinished one resumes), evaluates the latest checkpoint on 600 test tasks with
-``--train=False`` (a reinforcement-learning row: its flagfile's test tasks, average return
-after 0..3 policy-gradient steps, Figure 5) (only when that checkpoint has not been evaluated yet, or with
-``--reevaluate``: the checkpoint of the published number), publishes the run back into the
-zoo (the latest state and the checkpoints of its evaluations; every
-``--publish_every_minutes`` during training too), and writes ``docs/RESULTS.md`` from the zoo
-alone (:mod:`tf_maml.report`).
+``--train=False`` (only when that checkpoint has not been evaluated yet, or with
+``--reevaluate``: the checkpoint of the published number; a reinforcement-learning row, Figure
+5, evaluates its flagfile's test tasks: average return after 0..3 policy-gradient steps),
+publishes the run back into the zoo (the latest state and the checkpoints of its
+evaluations; every ``--publish_every_minutes`` during training too), and writes
+``docs/RESULTS.md`` from the zoo alone (:mod:`tf_maml.report`).
 
 ``--budget_minutes`` bounds the training (``--run_budget_minutes`` each run's): when it runs
 out the training process gets SIGTERM, which makes it save a checkpoint and stop; that
