@@ -649,3 +649,19 @@ def test_a_locomotion_row_reads_its_returns_records_its_simulator_and_is_checked
            f"{mean[1]:.2f}" in problem
     with pytest.raises(reproduce.ReproduceError, match="reinforcement-learning row"):
         reproduce.export(p, str(tmp_path / "saved"))
+
+
+def test_a_budget_stops_an_rl_pretraining_once_its_loop_has_started(tmp_path):
+    """The TRPO baselines log "Pretrain Iteration i/N: return ..." (no "  [" line): that
+    says the loop runs, so the budget's SIGTERM goes at once instead of after the 3 minutes
+    a training process is given to start, and the line is shown on the console."""
+    import time
+
+    child = [sys.executable, "-c", "import time; print('Pretrain Iteration 1/1000: return "
+             "-57.30, KL 0.0090, step 1.000 (13.4s, 4.5 it/min)', flush=True); time.sleep(60)"]
+    shown = []
+    t0 = time.time()
+    code, stopped, _ = reproduce_run.stream(child, str(tmp_path / "reproduce.log"),
+                                            time.time() - 1, shown.append)
+    assert stopped and code != 0 and time.time() - t0 < 30
+    assert any(line.strip().startswith("Pretrain Iteration 1/1000: return") for line in shown)

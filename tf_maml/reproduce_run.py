@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -28,6 +29,9 @@ STARTUP_GRACE_S = 180  # how long past the deadline a training process may take 
 # The lines of a ``tf-maml`` process that are shown as it runs (all go to its log file).
 SHOWN = ("  [", "Validation", "Wrote", "Mean", "tf-maml:", "Interrupted", "Restored",
          "  evaluated", "(array")
+# An RL run's line of every meta-iteration (tf_maml.rl.training.ReturnsLogger): shown too,
+# and it says the training loop has started, as the supervised loop's "  [" lines do.
+RL_PROGRESS = re.compile(r"(Pretrain )?Iteration \d+/\d+: return ")
 
 
 def machine() -> str:
@@ -95,8 +99,9 @@ def stream(cmd: list[str], log_path: str, deadline: float | None, log,
                     out.write(line)
                     out.flush()
                     last = line.strip() or last
-                    started = started or line.startswith(("Iteration ", "  ["))
-                    if line.startswith(SHOWN):
+                    progress = RL_PROGRESS.match(line) is not None
+                    started = started or progress or line.startswith(("Iteration ", "  ["))
+                    if progress or line.startswith(SHOWN):
                         log("    " + line.strip())
                 # SIGTERM makes the training loop save a checkpoint; before the loop has
                 # started it would just kill the process, so wait (a while) for the loop.
