@@ -91,6 +91,10 @@ def _garble(name):
     return lambda folder: (folder / name).write_text('{"run": {"finished": tr')
 
 
+def _write(name, text):
+    return lambda folder: (folder / name).write_text(text)
+
+
 def _shift(field, column, by):
     def edit(folder):
         _edit_results(folder / "results.json",
@@ -102,14 +106,18 @@ def _shift(field, column, by):
 @pytest.mark.parametrize("damage, named", [
     (_delete("results.json"), "results.json"),
     (_garble("results.json"), "results.json"),
+    # JSON, but not a record: each was a traceback (from the report, from the log's stretches)
+    (_write("results.json", "[]"), "results.json"),
+    (_write("results.json", '{"run": 70000}'), "results.json"),
     (_shift("means", -1, 0.002), "results.json"),   # 0.121 -> 0.123, as printed
     (_shift("ci95", 0, 0.01), "results.json"),      # the 0-step column's interval
     (_shift("means", 5, 0.01), "results.json"),     # a column the table does not show
     (_delete(SINE_RESULT + ".npy"), SINE_RESULT + ".npy"),
     (_delete(DATA), DATA),                          # a complete row without its weights
     (_delete("model-70000.index"), "model-70000.index"),
-], ids=["results-deleted", "results-invalid", "mean-edited", "interval-edited",
-        "unshown-column-edited", "matrix-deleted", "weights-deleted", "index-deleted"])
+], ids=["results-deleted", "results-invalid", "results-a-list", "run-a-number", "mean-edited",
+        "interval-edited", "unshown-column-edited", "matrix-deleted", "weights-deleted",
+        "index-deleted"])
 def test_a_row_that_disagrees_with_its_files_fails_the_report_naming_the_file(
         tmp_path, monkeypatch, damage, named):
     """Before: the row silently lost its numbers, or published the edited one, or stayed
@@ -205,6 +213,23 @@ def test_export_into_a_file_or_a_foreign_folder_is_one_line(tmp_path, monkeypatc
                        match=rf"^--export_dir {saved} {re.escape(problem)}"):
         _main(tmp_path, monkeypatch, f"--experiments={SINE}", f"--export_dir={saved}")
     assert (_digest(saved) if target == "folder" else saved.read_text()) == before
+
+
+def test_a_publish_never_replaces_a_zoo_record_it_cannot_read(tmp_path):
+    """A garbled results.json was read as empty and replaced by the run's evaluations alone:
+    any other row's numbers in the folder and the record of the machine that trained it
+    were lost, and the report then credited the publishing machine with the training,
+    with exit code 0."""
+    _real_rows(tmp_path, [SINE])
+    folder = tmp_path / "zoo" / SINE
+    shutil.copytree(folder, tmp_path / "run")  # a finished run as the zoo holds it
+    _garble("results.json")(folder)
+    before = _digest(folder)
+    with pytest.raises(zoo.ZooError) as err:
+        zoo.publish(str(tmp_path / "run"), str(folder), True, {}, "a machine", log=print)
+    message = str(err.value)
+    assert str(folder / "results.json") in message and "git checkout" in message
+    assert _digest(folder) == before
 
 
 def test_a_failed_publish_fails_the_command_and_keeps_the_run_directory(tmp_path, monkeypatch,

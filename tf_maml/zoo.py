@@ -74,8 +74,41 @@ def latest_iteration(directory: str) -> int:
 
 
 def results(zoo_dir: str) -> dict:
-    """The zoo folder's ``results.json`` (empty if none)."""
-    return read_json(os.path.join(zoo_dir, RESULTS_FILE))
+    """The zoo folder's ``results.json`` (empty if none, or if it is not a record: the
+    report checks it with :func:`read_results` before it prints a row of it)."""
+    try:
+        return read_results(os.path.join(zoo_dir, RESULTS_FILE))
+    except (OSError, ValueError):
+        return {}
+
+
+def read_results(path: str) -> dict:
+    """The ``results.json`` at ``path``: a JSON object whose ``run`` and evaluations (the
+    ``|`` keys) are objects. Raises FileNotFoundError if there is none, ValueError (saying
+    what is wrong) if it is not such a record: garbled, or edited by hand."""
+    with open(path) as f:
+        record = json.load(f)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    bad = [key for key, value in record.items()
+           if (key == "run" or "|" in key) and not isinstance(value, dict)]
+    if bad:
+        raise ValueError(f"its entry {bad[0]!r} is not a JSON object")
+    return record
+
+
+def _results_to_update(zoo_dir: str) -> dict:
+    """``results.json`` for :func:`publish`, which writes it back with what it adds: one that
+    is there but cannot be read is an error, since replacing it would lose every number it
+    holds and the record of the machines that trained the run."""
+    path = os.path.join(zoo_dir, RESULTS_FILE)
+    try:
+        return read_results(path)
+    except FileNotFoundError:
+        return {}
+    except ValueError as err:
+        raise ZooError(f"{path} is not a valid results record ({err}), and publishing would "
+                       f"replace it: restore it from git (`git checkout -- {path}`)") from None
 
 
 # ---------------------------------------------------------------------------- paths
@@ -197,7 +230,7 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
         return False
     run_latest, zoo_latest = latest_iteration(run_dir), latest_iteration(zoo_dir)
     run_results = read_json(os.path.join(run_dir, RUN_STATE_FILE))
-    zoo_results = results(zoo_dir)
+    zoo_results = _results_to_update(zoo_dir)
     changed = False
     os.makedirs(zoo_dir, exist_ok=True)
     meta = dict(zoo_results.get("run", {}))

@@ -12,7 +12,6 @@ Each problem is one line that names the file and what to do about it.
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 
@@ -29,17 +28,6 @@ def _from_git(path: str) -> str:
 
 def _evaluate_again(row: str) -> str:
     return f"evaluate again (`tf-maml-reproduce --experiments={row} --train=False --reevaluate`)"
-
-
-def _read_record(path: str) -> dict:
-    """``results.json`` (a FileNotFoundError if there is none, a ValueError if it is not a
-    JSON object): :func:`tf_maml.zoo.results` reads a bad one as empty, which would drop
-    the row's numbers from the report without a word."""
-    with open(path) as f:
-        record = json.load(f)
-    if not isinstance(record, dict):
-        raise ValueError("not a JSON object")
-    return record
 
 
 # ---------------------------------------------------------------------------- the numbers
@@ -128,7 +116,7 @@ def _models_problem(zoo_dir: str, record: dict, entry: dict | None, row: str,
     """The checkpoints ``results.json`` vouches for: the run's state, the evaluated model of
     a complete row and an ensemble's members."""
     results_path = os.path.join(zoo_dir, zoo_lib.RESULTS_FILE)
-    run = record.get("run") if isinstance(record.get("run"), dict) else {}
+    run = record.get("run", {})
     needed = []
     if target and entry is not None and entry["iteration"] >= target:
         needed.append((entry["iteration"], f"{results_path} reports {row} complete at "
@@ -164,7 +152,7 @@ def row_problem(zoo_dir: str, row: str, result_name: str, *, target: int, tasks:
                                                       CHECKPOINT_NAME + "-"))),
                   key=lambda name: (not name.endswith(".npy"), name))  # evaluations first
     try:
-        record = _read_record(results_path)
+        record = zoo_lib.read_results(results_path)
     except FileNotFoundError:
         if not held:
             return None  # a row not run yet
@@ -174,8 +162,6 @@ def row_problem(zoo_dir: str, row: str, result_name: str, *, target: int, tasks:
         return (f"{results_path} is not a valid results record ({err}): "
                 + _from_git(results_path))
     entry = record.get(f"{result_name}|{row}")
-    if entry is not None and not isinstance(entry, dict):
-        entry = {}  # malformed: said so below
     npy = os.path.join(zoo_dir, result_name + ".npy")
     problem = _evaluation_problem(results_path, entry, npy, row, tasks, kind)
     return problem or _models_problem(zoo_dir, record, entry, row, target)
