@@ -129,6 +129,33 @@ def test_selection():
     assert len(reproduce.select("all", table)) == len(table)
     with pytest.raises(reproduce.ReproduceError, match="unknown experiment 'omniglot6'"):
         reproduce.select("omniglot6", table)
+    # A misspelt row is named with the rows it is closest to, ahead of the whole list of 36.
+    with pytest.raises(reproduce.ReproduceError, match=r"^unknown experiment 'sinusiod_maml_k1"
+                                                       r"0' \(did you mean sinusoid_maml_k10"):
+        reproduce.select("sinusiod_maml_k10", table)
+
+
+@pytest.mark.parametrize("row, problem", [
+    ({"name": "mine", "group": "sinusoid", "train": "sinusoid_maml_k5"},
+     "row 2 ('mine') lacks 'label', 'zoo'"),
+    ({"name": "mine", "group": "sinusoid", "label": "K=5", "zoo": "mine", "tarin": "x"},
+     "row 2 ('mine') has the unknown key 'tarin' (did you mean train?)"),
+    ({"name": "mine", "group": "sinusoid", "label": "K=5", "zoo": "mine"},
+     "row 2 ('mine') has no flagfile: give 'train' and/or 'eval'"),
+    ("sinusoid_maml_k5", "row 2 is not a JSON object"),
+], ids=["missing-keys", "misspelt-key", "no-flagfile", "not-an-object"])
+def test_an_edited_table_row_is_named_in_one_line(tmp_path, row, problem):
+    # A row added by hand without 'label' or 'zoo' was a KeyError traceback; a misspelt key
+    # was ignored ('tarin': a row that evaluates "None.flags").
+    _table(tmp_path)
+    path = tmp_path / "flags" / "experiments.json"
+    table = json.loads(path.read_text())
+    table["experiments"] = table["experiments"][:1] + [row]
+    path.write_text(json.dumps(table))
+    with pytest.raises(reproduce.ReproduceError) as err:
+        reproduce.load_experiments(str(tmp_path / "flags"))
+    assert str(err.value).startswith(f"{path}: {problem}")
+    assert "\n" not in str(err.value)
 
 
 def test_wall_time_speed_and_curve_from_the_training_log(tmp_path):

@@ -8,3 +8,12 @@ its one-line message. The standard library only: any module may import it.
 class ConfigError(ValueError):
     """An impossible setting value or combination; the message names the setting (``--flag``,
     or the library's `argument`, which the command line turns into its flag) and the fix."""
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean X?)`` (or ``X or Y``) for a misspelt ``word`` among ``choices``; ""
+    if none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=2, cutoff=0.7)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""

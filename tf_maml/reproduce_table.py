@@ -13,12 +13,18 @@ import os
 import sys
 
 from tf_maml.config import RL_DATASOURCES, Config
+from tf_maml.errors import did_you_mean
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE = "experiments.json"
 DATA_GROUPS = ("omniglot", "miniimagenet")  # the groups whose rows need prepared data
 # A reinforcement-learning row's group is its task family (its flagfiles' --datasource).
 GROUPS = ("sinusoid", *DATA_GROUPS, *RL_DATASOURCES)
+# The keys of a row of the table, and what a row needs.
+ROW_KEYS = ("name", "group", "label", "train", "eval", "zoo", "paper", "note", "seeds_of",
+            "overrides")
+ROW_HELP = ("a row is an object with 'name', 'group', 'label', 'zoo' and its flagfiles "
+            "'train' and/or 'eval' (names without .flags), as the other rows")
 
 
 class ReproduceError(ValueError):
@@ -63,8 +69,12 @@ def load_experiments(flags_dir: str) -> list[Experiment]:
                              ) from None
     except (ValueError, KeyError) as err:
         raise ReproduceError(f"{path} is not an experiment table ({err})") from None
+    if not isinstance(table, list):
+        raise ReproduceError(f"{path} is not an experiment table ('experiments' is not a list "
+                             "of rows)")
     out = []
-    for row in table:
+    for number, row in enumerate(table, 1):
+        _check_row(row, f"{path}: row {number}")
         group = row.get("group")
         if group not in GROUPS:
             raise ReproduceError(f"{path}: row {row.get('name')!r} has group {group!r}; "
@@ -81,6 +91,24 @@ def load_experiments(flags_dir: str) -> list[Experiment]:
     if len(set(names)) != len(names):
         raise ReproduceError(f"{path}: experiment names repeat")
     return out
+
+
+def _check_row(row, where: str) -> None:
+    """Raises ReproduceError naming what a row of the table, edited by hand, lacks or
+    misspells (a missing key was a traceback, a misspelt one silently ignored)."""
+    if not isinstance(row, dict):
+        raise ReproduceError(f"{where} is not a JSON object: {ROW_HELP}")
+    if isinstance(row.get("name"), str):
+        where += f" ({row['name']!r})"
+    missing = [key for key in ("name", "label", "zoo") if not row.get(key)]
+    if missing:
+        raise ReproduceError(f"{where} lacks {', '.join(map(repr, missing))}: {ROW_HELP}")
+    unknown = sorted(set(row) - set(ROW_KEYS))
+    if unknown:
+        raise ReproduceError(f"{where} has the unknown key {unknown[0]!r}"
+                             f"{did_you_mean(unknown[0], ROW_KEYS)}: {ROW_HELP}")
+    if not (row.get("train") or row.get("eval")):
+        raise ReproduceError(f"{where} has no flagfile: give 'train' and/or 'eval': {ROW_HELP}")
 
 
 # ---------------------------------------------------------------------------- flagfiles
@@ -218,8 +246,9 @@ def select(spec: str, experiments: list[Experiment]) -> list[Experiment]:
         elif item in by_name:
             wanted.add(item)
         else:
-            raise ReproduceError(f"unknown experiment {item!r}: choose from all, "
-                                 f"{', '.join(GROUPS)}, {', '.join(by_name)}")
+            raise ReproduceError(f"unknown experiment {item!r}"
+                                 f"{did_you_mean(item, list(by_name) + list(GROUPS))}: choose "
+                                 f"from all, {', '.join(GROUPS)}, {', '.join(by_name)}")
     if not wanted:
         raise ReproduceError("--experiments is empty")
     return [e for e in experiments if e.name in wanted]
