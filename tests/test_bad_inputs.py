@@ -181,6 +181,10 @@ def test_positional_argument_is_refused(tmp_path):
      "--export_dir: exports one checkpoint, and --ensemble=2 evaluates an ensemble"),
     (("--datasource=navigation", "--export_dir=x"),
      "--export_dir: the navigation policy has no SavedModel export"),
+    # Was the latest checkpoint's evaluation, reported as if asked for (a typo for model-7).
+    (("--train=False", "--test_iter=-7"),
+     "--test_iter: -1 (the latest checkpoint) or the iteration N of a checkpoint model-N, "
+     "got -7"),
     # Keras' seed range: was a traceback from keras.utils.set_random_seed.
     (("--seed=-1",), "--seed: must be in [0, 4294967295]"),
     # Was a traceback from inside the first traced meta-step, after the run directory was made.

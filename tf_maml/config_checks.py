@@ -172,6 +172,9 @@ class ConfigChecks:
                  "adapts on an environment's rollouts, not on a support set); drop --export_dir")
         if self.test_num_updates < 0:
             fail("test_num_updates", f"must be >= 0, got {self.test_num_updates}")
+        if self.test_iter < -1:  # the original's <= 0 is the latest: -7 is a typo for 7
+            fail("test_iter", "-1 (the latest checkpoint) or the iteration N of a checkpoint "
+                 f"model-N, got {self.test_iter}")
 
     def _validate_rates(self, fail) -> None:
         """Step sizes, and reinforcement learning's TRPO meta-update and horizon."""
