@@ -547,6 +547,27 @@ def test_only_checkpoint_truncated_says_to_move_the_run_away(sine_copy):
     assert snapshot(run_dir) == before
 
 
+def test_ctrl_c_during_evaluation_says_what_was_kept(sine_copy, monkeypatch):
+    # Was exit 130 without a word: the user could not tell whether the results were whole.
+    from tf_maml import main as cli_main
+
+    config, run_dir = sine_copy
+    before = snapshot(run_dir)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_lib, "evaluate", interrupted)
+    monkeypatch.setattr(cli_main.signal, "signal", lambda *args: None)  # pytest's Ctrl-C
+    result = cli(*as_flags(config, train=False))
+    assert result.code == 130 and "Traceback" not in result.err
+    said = [line for line in result.out.splitlines() if "nterrupted" in line]
+    assert said == ["Interrupted during the evaluation, before its results were written: the "
+                    "checkpoints and the earlier results (test_ubs5_stepsize0.01.csv/.pkl/.npy) "
+                    "are intact; run the same command again to evaluate."]
+    assert snapshot(run_dir) == before
+
+
 # ---------------------------------------------------------------------------- SavedModel
 def test_export_dir_that_is_a_file_fails_before_training(sine_copy, tmp_path):
     config, run_dir = sine_copy

@@ -283,6 +283,30 @@ def eval_batch_size(config: Config) -> int:
 
 
 def evaluate_run(learner, config: Config, directory: str, log=print, source=None) -> dict:
+    # An evaluation's flags (test_config.json) belong to its results: written as one set.
+    extra = {} if config.train else {"test_config.json": config.to_json()}
+    name = evaluate_lib.result_name(config.update_batch_size, config.update_lr, config.baseline,
+                                    config.ensemble)
+    try:
+        values = _evaluate(learner, config, directory, log, source)
+    except KeyboardInterrupt:  # Ctrl-C: the results are written whole at the end, or not
+        log(f"Interrupted during the evaluation, before its results were written: "
+            f"{_kept_results(directory, name, extra)}; run the same command again to "
+            "evaluate.")
+        raise
+    with rundir.writing(directory, "write the evaluation results",
+                        kept=lambda: _kept_results(directory, name, extra)):
+        paths = evaluate_lib.write_results(directory, values, config.update_batch_size,
+                                           config.update_lr, config.baseline,
+                                           config.ensemble, extra)
+    log(f"Wrote {paths['csv']}")
+    means, _, ci95 = evaluate_lib.summarize(values)
+    return {"results": paths, "means": means, "ci95": ci95, "values": values}
+
+
+def _evaluate(learner, config: Config, directory: str, log, source):
+    """The per-task values of the evaluation :func:`evaluate_run` writes (the metric, or the
+    loss), its summary logged."""
     split = experiment.eval_split(config)
     if source is None:
         source = eval_source(config)
@@ -329,18 +353,7 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
                                     batch_size=batch, progress=progress)
     values = out["metric"] if "metric" in out else out["loss"]
     log(evaluate_lib.format_summary(values, config.is_classification))
-    # An evaluation's flags (test_config.json) belong to its results: written as one set.
-    extra = {} if config.train else {"test_config.json": config.to_json()}
-    name = evaluate_lib.result_name(config.update_batch_size, config.update_lr, config.baseline,
-                                    config.ensemble)
-    with rundir.writing(directory, "write the evaluation results",
-                        kept=lambda: _kept_results(directory, name, extra)):
-        paths = evaluate_lib.write_results(directory, values, config.update_batch_size,
-                                           config.update_lr, config.baseline,
-                                           config.ensemble, extra)
-    log(f"Wrote {paths['csv']}")
-    means, _, ci95 = evaluate_lib.summarize(values)
-    return {"results": paths, "means": means, "ci95": ci95, "values": values}
+    return values
 
 
 def _kept_results(directory: str, name: str, extra: dict) -> str:
