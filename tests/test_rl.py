@@ -757,6 +757,33 @@ def test_cli_trains_resumes_and_writes_returns_per_step(tmp_path):
     assert sorted(os.listdir(run_dir)) == before
 
 
+def test_a_full_disk_while_writing_returns_keeps_the_earlier_pair_whole(tmp_path, monkeypatch):
+    """test_returns.csv and .npy are one set: the .npy hitting a full disk used to leave the
+    new csv beside the old npy (two evaluations mixed), with "earlier results are intact"."""
+    import errno
+
+    from tf_maml import atomic
+    from tf_maml.rl import training as rl_training
+    from tf_maml.rundir import RunDirError
+
+    rl_training.write_results(str(tmp_path), np.full((2, 3), -5.0))
+    earlier = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    assert sorted(earlier) == ["test_returns.csv", "test_returns.npy"]
+    real_open, opened = open, []
+
+    def full_at_the_second_file(path, mode="r", *args, **kwargs):
+        if "w" in mode:
+            opened.append(path)
+            if len(opened) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "open", full_at_the_second_file, raising=False)
+    with pytest.raises(RunDirError, match="No space left on device. Nothing was lost"):
+        rl_training.write_results(str(tmp_path), np.full((2, 3), -1.0))
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == earlier
+
+
 def test_cli_random_baseline_evaluates_without_training(tmp_path, capsys):
     from absl import app, flags
 

@@ -193,7 +193,8 @@ def summarize(returns: np.ndarray) -> list[dict]:
 
 
 def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME) -> str:
-    """``<name>.csv`` and ``<name>.npy``, each replaced whole (:func:`tf_maml.atomic.write`)."""
+    """``<name>.csv`` and ``<name>.npy``, replaced as one set (:func:`tf_maml.atomic.write_all`:
+    a failed write leaves both as the earlier evaluation wrote them)."""
     import io
 
 
@@ -207,8 +208,7 @@ def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME)
     with rundir.writing(directory, f"write {name}.csv",
                         kept=lambda: "the checkpoints and earlier results are intact"):
         os.makedirs(directory, exist_ok=True)
-        atomic.write(path, text.getvalue())
-        atomic.write(path[:-4] + ".npy", array.getvalue())
+        atomic.write_all({path: text.getvalue(), path[:-4] + ".npy": array.getvalue()})
     return path
 
 
