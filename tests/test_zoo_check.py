@@ -232,6 +232,21 @@ def test_a_publish_never_replaces_a_zoo_record_it_cannot_read(tmp_path):
     assert _digest(folder) == before
 
 
+@pytest.mark.parametrize("flag", ["output", "figures_dir"])
+def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, flag):
+    # Was a FileExistsError / NotADirectoryError traceback from os.makedirs.
+    _real_rows(tmp_path, [SINE])
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    with pytest.raises(reproduce.ReproduceError) as err:
+        _main(tmp_path, monkeypatch, "--train=False", "--evaluate=False", "--figures=True",
+              f"--{flag}={blocker / 'inside'}")
+    message = str(err.value)
+    assert "\n" not in message and f"in {blocker}" in message
+    assert f"a file stands where {blocker}" in message and f"use another --{flag}" in message
+    assert blocker.read_text() == "a file" and not (tmp_path / "RESULTS.md").exists()
+
+
 def test_a_failed_publish_fails_the_command_and_keeps_the_run_directory(tmp_path, monkeypatch,
                                                                        capsys):
     """The zoo folder cannot be written (here: a file is in its place); the run directory,

@@ -29,7 +29,6 @@ with in-graph adaptation instead.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import time
@@ -45,6 +44,7 @@ from tf_maml.reproduce_table import (  # noqa: E402
     Experiment,
     Plan,
     ReproduceError,
+    as_reproduce_error,
     config_for,
     load_experiments,
     plan,
@@ -83,7 +83,7 @@ def export(p: Plan, export_dir: str, log=print) -> str:
     try:
         out = export_saved_model(learner, export_dir, num_steps=p.eval_config.test_num_updates)
     except RunDirError as err:  # a file in the way, a folder of other files, a full disk
-        raise ReproduceError(re.sub(r"`(\w+)`", r"--\1", str(err))) from None
+        raise as_reproduce_error(err) from None
     log(f"[{p.experiment.name}] exported iteration {iteration} of {p.zoo_dir} to {out}")
     return out
 

@@ -13,7 +13,7 @@ import time
 from tf_maml import report, zoo_check
 from tf_maml import zoo as zoo_lib
 from tf_maml.reproduce_run import machine
-from tf_maml.reproduce_table import Experiment, Plan, ReproduceError
+from tf_maml.reproduce_table import Experiment, Plan, ReproduceError, writing
 
 
 class Publisher:
@@ -72,6 +72,10 @@ def write_report(table: list[Experiment], plans: list[Plan], plan_of, output: st
         raise ReproduceError(f"{problems[0]} ({output} was not rewritten)")
     figures = report.figure_paths(rows, figures_dir)
     if draw_figures:
-        report.draw_figures(rows, figures_dir, log)
+        with writing(figures_dir, "draw the figures", f"any earlier {output} is as it was",
+                     "figures_dir"):
+            report.draw_figures(rows, figures_dir, log)
     figures = [f for f in figures if os.path.exists(f)]
-    return report.write(rows, output, figures)
+    with writing(os.path.dirname(os.path.abspath(output)), f"write {os.path.basename(output)}",
+                 f"any earlier {output} is as it was", "output"):
+        return report.write(rows, output, figures)

@@ -7,10 +7,13 @@ directory they share, reading each flagfile exactly as ``tf-maml --flagfile=...`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
+from collections.abc import Iterator
 
 from tf_maml.config import RL_DATASOURCES, Config
 from tf_maml.errors import did_you_mean
@@ -29,6 +32,26 @@ ROW_HELP = ("a row is an object with 'name', 'group', 'label', 'zoo' and its fla
 
 class ReproduceError(ValueError):
     """A bad selection or a missing input; the message names the fix."""
+
+
+def as_reproduce_error(err: Exception) -> ReproduceError:
+    """The library's error (a RunDirError, ...) in this command's terms: its `name` of an
+    argument becomes --name, the flag of the same name."""
+    return ReproduceError(re.sub(r"`(\w+)`", r"--\1", str(err)))
+
+
+@contextlib.contextmanager
+def writing(folder: str, action: str, kept: str, flag: str) -> Iterator[None]:
+    """An OSError inside the block (a file in the way, a full or read-only disk) becomes a
+    ReproduceError naming ``action`` in ``folder``, what was ``kept`` and the fix (``flag``:
+    the flag that chose the folder)."""
+    from tf_maml import rundir
+
+    try:
+        with rundir.writing(folder, action, kept=lambda: kept, arg=flag):
+            yield
+    except rundir.RunDirError as err:
+        raise as_reproduce_error(err) from None
 
 
 @dataclasses.dataclass(frozen=True)
