@@ -247,6 +247,32 @@ def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, flag
     assert blocker.read_text() == "a file" and not (tmp_path / "RESULTS.md").exists()
 
 
+def test_a_misspelt_zoo_dir_does_not_rewrite_the_report(tmp_path, monkeypatch):
+    # Was exit 0 and a RESULTS.md of every row "not run", over the committed table.
+    _real_rows(tmp_path, [SINE])
+    (tmp_path / "RESULTS.md").write_text("the committed table")
+    with pytest.raises(reproduce.ReproduceError) as err:
+        _main(tmp_path, monkeypatch, "--train=False", "--evaluate=False",
+              f"--zoo_dir={tmp_path / 'zooo'}")
+    assert str(err.value).startswith(f"--zoo_dir={tmp_path / 'zooo'} is not a folder")
+    assert (tmp_path / "RESULTS.md").read_text() == "the committed table"
+    assert not (tmp_path / "zooo").exists()
+
+
+def test_a_logdir_root_that_is_a_file_fails_the_row_in_one_line(tmp_path, monkeypatch, capsys):
+    # Was a NotADirectoryError traceback from the zoo's restore into the run directory.
+    _real_rows(tmp_path, [SINE])
+    (tmp_path / "logs").write_text("a file")
+    before = _digest(tmp_path / "zoo" / SINE)
+    assert _main(tmp_path, monkeypatch, "--train=False") == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith(f"[{SINE}] could not"))
+    assert f"a file stands where {tmp_path / 'logs'}" in line
+    assert "use another --logdir_root" in line
+    assert (tmp_path / "logs").read_text() == "a file"
+    assert _digest(tmp_path / "zoo" / SINE) == before
+
+
 def test_a_failed_publish_fails_the_command_and_keeps_the_run_directory(tmp_path, monkeypatch,
                                                                        capsys):
     """The zoo folder cannot be written (here: a file is in its place); the run directory,

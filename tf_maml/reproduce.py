@@ -116,6 +116,11 @@ def main(argv, F):
                                  "--experiments")
         export(plan_of(experiments[0]), F.export_dir, log)
         return 0
+    if not os.path.isdir(F.zoo_dir) and not (F.publish and (F.train or F.evaluate)):
+        # Nothing will be published into it: the report would list every row "not run".
+        raise ReproduceError(f"--zoo_dir={F.zoo_dir} is not a folder: the report is made from "
+                             "the model zoo (the repository's zoo/), and this invocation "
+                             f"publishes nothing into it; {F.output} was not rewritten")
     plans = [plan_of(e) for e in experiments]
     # What a path of this machine becomes in the zoo and the report.
     paths = {F.logdir_root: "$LOGDIR", F.omniglot_dir: "$DATA/omniglot",

@@ -21,7 +21,7 @@ import numpy as np
 
 from tf_maml import atomic, threads, zoo_check
 from tf_maml import zoo as zoo_lib
-from tf_maml.reproduce_table import REPO, Plan, tf_maml_command
+from tf_maml.reproduce_table import REPO, Plan, ReproduceError, tf_maml_command, writing
 
 STATE_FILE = zoo_lib.RUN_STATE_FILE
 MIN_TRAIN_SECONDS = 20  # below this, starting a training process is not worth it
@@ -166,7 +166,13 @@ def _restore(p: Plan, log) -> str | None:
         if problem:
             log(f"[{p.experiment.name}] {problem}")
             return problem
-    zoo_lib.restore(p.zoo_dir, p.run_dir, log)
+    try:
+        with writing(p.run_dir, "restore the zoo's state", f"{p.zoo_dir} is as it was",
+                     "logdir_root"):
+            zoo_lib.restore(p.zoo_dir, p.run_dir, log)
+    except ReproduceError as err:  # a file in the way, a full or read-only disk
+        log(f"[{p.experiment.name}] {err}")
+        return str(err)
     return None
 
 
