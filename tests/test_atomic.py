@@ -98,3 +98,12 @@ def test_checkpoints_are_listed_from_their_files_in_iteration_order(tmp_path):
         f"{d}/model-10.data-00001-of-00002"]
     assert rundir.checkpoint_prefixes(str(tmp_path / "missing")) == []
     assert zoo.checkpoint_iterations(d) == [5, 10] and zoo.latest_iteration(d) == 10
+
+
+@pytest.mark.parametrize("text", ["[]", "70000", "null", '{"run": {"finished": tr'])
+def test_a_json_record_that_is_not_an_object_reads_as_missing(tmp_path, text):
+    # JSON that is not an object (a state file edited by hand) was returned as it was: the
+    # callers' .get() then failed with a traceback (reproduce.json, ensemble.json, ...).
+    (tmp_path / "record.json").write_text(text)
+    assert atomic.read_json(str(tmp_path / "record.json")) == {}
+    assert (tmp_path / "record.json").read_text() == text

@@ -84,12 +84,14 @@ def _remove(paths: list[str]) -> None:
 
 def read_json(path: str) -> dict:
     """The JSON object at ``path``; {} if it is missing or garbled (a record that is only
-    ever written whole, by :func:`write_json`, so a garbled one was never finished)."""
+    ever written whole, by :func:`write_json`, so a garbled one was never finished), or not
+    an object (edited by hand)."""
     try:
         with open(path) as f:
-            return json.load(f)
+            record = json.load(f)
     except (OSError, ValueError):
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 def write_json(path: str, value: dict) -> None:
