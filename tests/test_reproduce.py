@@ -486,6 +486,21 @@ def test_sigterm_to_reproduce_stops_its_training_child_with_a_checkpoint(tmp_pat
     assert str(tmp_path) not in ps  # no orphaned training process
 
 
+def test_an_interrupted_evaluation_is_not_said_to_save_a_checkpoint(tmp_path):
+    # Ctrl-C or SIGTERM during a row's evaluation said "stopping the training process (it
+    # saves a checkpoint)": nothing of the kind happens, and the results are not half-written.
+    def interrupt():
+        raise KeyboardInterrupt
+
+    logs = []
+    with pytest.raises(KeyboardInterrupt):
+        reproduce_run.stream([sys.executable, "-c", "import time; time.sleep(60)"],
+                             str(tmp_path / "reproduce.log"), None, logs.append,
+                             on_tick=interrupt, evaluation=True)
+    assert logs == ["    interrupted: stopping the evaluation (its results are written whole "
+                    "or not at all)"]
+
+
 def test_the_committed_zoo_is_small_and_names_no_machine_path():
     """Under 20 MB in all; its text files name no folder of the machine that trained."""
     root = os.path.join(REPO, "zoo")

@@ -60,11 +60,12 @@ def shell(cmd: list[str]) -> str:
 
 
 def stream(cmd: list[str], log_path: str, deadline: float | None, log,
-           on_tick=None) -> tuple[int, bool, str]:
+           on_tick=None, evaluation: bool = False) -> tuple[int, bool, str]:
     """Runs ``cmd``, copying its output to ``log_path`` and its progress lines to ``log``;
     SIGTERM at ``deadline``; calls ``on_tick()`` about once a second while it runs (the
     zoo's periodic publishing). Returns (exit code, whether the deadline stopped it, the
-    last line it printed: a failed command's one-line error, which the console repeats)."""
+    last line it printed: a failed command's one-line error, which the console repeats).
+    ``evaluation``: ``cmd`` evaluates (``--train=False``), for what an interrupt says."""
     import queue
     import threading
 
@@ -112,7 +113,9 @@ def stream(cmd: list[str], log_path: str, deadline: float | None, log,
                     stopped = True
             proc.wait()
         except KeyboardInterrupt:  # pass it on: the child saves a checkpoint and exits
-            log("    interrupted: stopping the training process (it saves a checkpoint)")
+            log("    interrupted: stopping the evaluation (its results are written whole "
+                "or not at all)" if evaluation else
+                "    interrupted: stopping the training process (it saves a checkpoint)")
             proc.send_signal(signal.SIGTERM)
             proc.wait()
             reader.join(timeout=10)
@@ -225,7 +228,7 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
     cmd = p.eval_cmd + ([f"--test_iter={iteration}"] if p.train_cmd else [])
     log(f"[{e.name}] evaluating: {shell(cmd)}")
     t0 = time.time()
-    code, _, last = stream(cmd, _log_path(p), None, log)
+    code, _, last = stream(cmd, _log_path(p), None, log, evaluation=True)
     if code != 0:
         error = failure(code, last, _log_path(p))
         log(f"[{e.name}] evaluation failed ({error})")
