@@ -4,8 +4,9 @@ leave whatever was already written (run directories, prepared data, SavedModels)
 Covered: flags and flagfiles (through absl's ``app.run`` in this process, exactly as the
 console script runs it), data folders (through ``experiment.task_source`` with a Config, and
 through the data_prep functions), checkpoints (``--test_iter``, another architecture, TF1
-``--init_checkpoint``, truncated files), SavedModel signatures, and the Python API
-(MetaLearner, train_step, adapt, fit).
+``--init_checkpoint``, truncated files), Ctrl-C during an evaluation, the run directories
+given to tf-maml-figures, SavedModel signatures, and the Python API (MetaLearner,
+train_step, adapt, fit).
 
 Cases already covered elsewhere are not repeated here: Config validation of most single flags
 (test_cli), the loaders' own error paths (test_image_tasks), data_prep's missing/corrupt
@@ -566,6 +567,28 @@ def test_ctrl_c_during_evaluation_says_what_was_kept(sine_copy, monkeypatch):
                     "checkpoints and the earlier results (test_ubs5_stepsize0.01.csv/.pkl/.npy) "
                     "are intact; run the same command again to evaluate."]
     assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "--maml_run={missing} is not a run directory (no readable config.json in it)"),
+    ("navigation", "--pretrained_run={other} is a navigation run: the figures are of sinusoid"),
+    ("label", "--extra_run expects LABEL=RUN_DIR, got '{run}'"),
+], ids=["missing-run", "not-sinusoid", "no-label"])
+def test_figures_of_a_wrong_run_are_one_line_before_anything_is_drawn(sine_copy, tmp_path,
+                                                                      case, message):
+    # Each was a traceback (FileNotFoundError, a navigation net in the sinusoid figure, ...).
+    from tf_maml import figures
+
+    _, run_dir = sine_copy
+    missing, other = tmp_path / "moved_away", tmp_path / "nav"
+    other.mkdir()
+    (other / "config.json").write_text(Config(datasource="navigation").to_json())
+    runs = {"missing": (missing, run_dir, []), "navigation": (run_dir, other, []),
+            "label": (run_dir, run_dir, [str(run_dir)])}[case]
+    with pytest.raises(figures.FigureError) as info:
+        figures.draw(str(runs[0]), str(runs[1]), runs[2], str(tmp_path / "figures"))
+    assert str(info.value).startswith(message.format(missing=missing, other=other, run=run_dir))
+    assert not (tmp_path / "figures").exists()
 
 
 # ---------------------------------------------------------------------------- SavedModel

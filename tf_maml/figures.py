@@ -98,18 +98,72 @@ def figure3(runs: dict[str, str], path: str) -> str:
     return path
 
 
+class FigureError(ValueError):
+    """A run directory the figures cannot be drawn from; the message names the flag and the
+    fix."""
+
+
+def check_run(flag: str, run_dir: str) -> None:
+    """Raises FigureError unless ``run_dir`` is a trained sinusoid run directory."""
+    import json
+
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path) as f:
+            datasource = json.load(f).get("datasource")
+    except (OSError, ValueError, AttributeError):
+        raise FigureError(f"--{flag}={run_dir} is not a run directory (no readable "
+                          "config.json in it): give the run directory of a trained sinusoid "
+                          "run, logs/sine/<its exp_string>") from None
+    if datasource != "sinusoid":
+        raise FigureError(f"--{flag}={run_dir} is a {datasource} run: the figures are of "
+                          "sinusoid runs")
+    if not glob.glob(os.path.join(glob.escape(run_dir), "model-*.index")):
+        raise FigureError(f"--{flag}={run_dir} holds no checkpoint: train the run first")
+
+
+def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> list[str]:
+    """Figures 2 and 3 into ``output_dir``; their paths. Every run directory is checked
+    before anything is drawn or written."""
+    runs = {"MAML": maml_run, "pretrained": pretrained_run}
+    curves = dict(runs)
+    for extra in extra_runs or []:
+        label, sep, run_dir = extra.partition("=")
+        if not (sep and label and run_dir):
+            raise FigureError(f"--extra_run expects LABEL=RUN_DIR, got {extra!r}")
+        curves[label] = run_dir
+    for flag, run_dir in (("maml_run", maml_run), ("pretrained_run", pretrained_run),
+                          *(("extra_run", r) for r in list(curves.values())[2:])):
+        check_run(flag, run_dir)
+    for run_dir in curves.values():
+        if not glob.glob(os.path.join(glob.escape(run_dir), "test_ubs*_stepsize*.npy")):
+            raise FigureError(f"no test_ubs*_stepsize*.npy in {run_dir}: evaluate the run "
+                              "first (its training command with --train=False)")
+    from tf_maml import rundir
+
+    try:
+        with rundir.writing(output_dir, "write the figures", arg="output_dir"):
+            os.makedirs(output_dir, exist_ok=True)
+            return [figure2(runs, os.path.join(output_dir, "sinusoid_figure2.png")),
+                    figure3(curves, os.path.join(output_dir, "sinusoid_figure3.png"))]
+    except rundir.RunDirError as err:  # a file in the way, a full or read-only disk
+        raise FigureError(str(err).replace("`output_dir`", "--output_dir")) from None
+
+
 def main(argv):
+    import sys
+
     from absl import flags
 
-    flags_ = flags.FLAGS
-    os.makedirs(flags_.output_dir, exist_ok=True)
-    runs = {"MAML": flags_.maml_run, "pretrained": flags_.pretrained_run}
-    print("wrote", figure2(runs, os.path.join(flags_.output_dir, "sinusoid_figure2.png")))
-    curves = dict(runs)
-    for extra in flags_.extra_run or []:
-        label, _, run_dir = extra.partition("=")
-        curves[label] = run_dir
-    print("wrote", figure3(curves, os.path.join(flags_.output_dir, "sinusoid_figure3.png")))
+    f = flags.FLAGS
+    try:
+        paths = draw(f.maml_run, f.pretrained_run, f.extra_run, f.output_dir)
+    except FigureError as err:
+        print(f"tf-maml-figures: error: {err}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print("wrote", path)
+    return 0
 
 
 def run():

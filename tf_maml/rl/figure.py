@@ -74,15 +74,23 @@ def plot(runs: dict[str, str], path: str, oracle: str | None = None,
 
 
 def main(argv):
+    import sys
+
     from absl import flags
 
     runs = {}
-    for item in flags.FLAGS.run:
-        label, sep, run_dir = item.partition("=")
-        if not sep or not label or not run_dir:
-            raise ValueError(f"--run expects LABEL=RUN_DIR, got {item!r}")
-        runs[label] = run_dir
-    print("wrote", plot(runs, flags.FLAGS.output, flags.FLAGS.oracle, flags.FLAGS.title))
+    try:
+        for item in flags.FLAGS.run:
+            label, sep, run_dir = item.partition("=")
+            if not sep or not label or not run_dir:
+                raise ValueError(f"--run expects LABEL=RUN_DIR, got {item!r}")
+            runs[label] = run_dir
+        path = plot(runs, flags.FLAGS.output, flags.FLAGS.oracle, flags.FLAGS.title)
+    except (ValueError, OSError) as err:  # a run not evaluated, a file in the way, ...
+        print(f"tf_maml.rl.figure: error: {err}", file=sys.stderr)
+        return 1
+    print("wrote", path)
+    return 0
 
 
 if __name__ == "__main__":
