@@ -85,6 +85,29 @@ def test_the_loop_calls_the_hooks_in_order_and_pretrains_first():
                               ("end", 5, 30.0, False), ("train_end", 5)]
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_stop_during_the_final_save_waits_for_it(signum):
+    """Ctrl-C (or a scheduler's SIGTERM, as tf-maml-reproduce sends at its deadline) arriving
+    while the end of training saves: the save used to be cut short (SIGTERM killed the
+    process), losing every iteration since the last periodic checkpoint. Now the save
+    completes, then the stop is honoured."""
+    import signal
+
+    class StoppedDuringTheSave(Callback):
+        def on_train_end(self, iteration):
+            os.kill(os.getpid(), getattr(signal, signum))
+
+    recorder = Recorder()  # after the stop: the checkpoint saver's place
+    previous = signal.signal(signal.SIGTERM, lambda *a: pytest.fail("killed during the save"))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.fit(MinimalLearner(), iter([1, 2]), total=2,
+                      callbacks=[StoppedDuringTheSave(), recorder])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert recorder.calls[-1] == ("train_end", 2)
+
+
 def test_the_guard_stops_at_its_check_naming_the_first_step_not_applied():
     learner = MinimalLearner(applied=lambda batch: batch != 3)
     recorder = Recorder()

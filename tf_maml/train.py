@@ -97,9 +97,10 @@ def fit(
 
     Iterations below ``pretrain_iterations`` are pretraining steps. Ctrl-C and SIGTERM end
     the current step, call ``on_interrupt`` (the checkpoint saver saves) and raise
-    KeyboardInterrupt; pressing Ctrl-C again meanwhile changes nothing. Any other exception
-    (:class:`NonFiniteError` from :class:`~tf_maml.callbacks.NonFiniteGuard`, ...) calls
-    ``on_error`` and propagates.
+    KeyboardInterrupt; pressing Ctrl-C again meanwhile changes nothing. During
+    ``on_train_end`` (the final save) they wait for it, then raise KeyboardInterrupt. Any
+    other exception (:class:`NonFiniteError` from
+    :class:`~tf_maml.callbacks.NonFiniteGuard`, ...) calls ``on_error`` and propagates.
     """
     for cb in callbacks:
         cb.on_train_begin(learner, start, total)
@@ -126,8 +127,11 @@ def fit(
             for cb in callbacks:
                 cb.on_error(done)
             raise
-    for cb in callbacks:
-        cb.on_train_end(done)
+        # The final save too: a stop meanwhile waits for it, then ends the command (it
+        # would cut the save short, losing the iterations since the last checkpoint).
+        for cb in callbacks:
+            cb.on_train_end(done)
+    stop.check()
     return done
 
 
