@@ -46,6 +46,35 @@ def test_a_set_of_files_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["a.csv", "b.npy", "c.json"]
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_stop_between_the_renames_of_a_set_leaves_the_set_whole(tmp_path, monkeypatch,
+                                                                  signum):
+    # Ctrl-C landing after the first rename left the new csv beside the old npy and json.
+    import signal
+
+    old = {str(tmp_path / name): f"old {name}" for name in ("a.csv", "b.npy", "c.json")}
+    atomic.write_all(old)
+    new = {path: "new " + text for path, text in old.items()}
+    real_replace = os.replace
+
+    def stopped_after_the_first(src, dst):
+        real_replace(src, dst)
+        os.kill(os.getpid(), getattr(signal, signum))
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    monkeypatch.setattr(os, "replace", stopped_after_the_first)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic.write_all(new)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert {p: open(p).read() for p in old} == new
+    assert sorted(os.listdir(tmp_path)) == ["a.csv", "b.npy", "c.json"]
+
+
 def test_a_streamed_write_that_fails_leaves_the_old_file(tmp_path):
     path = str(tmp_path / "cache.npz")
     atomic.write(path, b"old")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 from collections.abc import Iterator
 from typing import IO
 
@@ -47,11 +48,41 @@ def write_all(files: dict[str, str | bytes], fsync: bool = False) -> None:
             with open(temporaries[-1], "wb" if isinstance(data, bytes) else "w") as f:
                 f.write(data)
                 _sync(f, fsync)
-        for path, tmp in zip(files, temporaries):
-            os.replace(tmp, path)
+        with _stops_deferred():  # Ctrl-C between two renames would mix the versions
+            for path, tmp in zip(files, temporaries):
+                os.replace(tmp, path)
     except BaseException:
         _remove(temporaries)
         raise
+
+
+@contextlib.contextmanager
+def _stops_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block has run (the renames of a set: no space, no
+    time), then reach the handler they would have reached. Outside the main thread, where
+    Python cannot change handlers (or if one was set outside Python), the block runs as it
+    is."""
+    caught: list = []
+    previous = {}
+    stops = (signal.SIGINT, signal.SIGTERM)
+    # None: a handler set outside Python, which could not be put back.
+    if all(signal.getsignal(signum) is not None for signum in stops):
+        try:
+            for signum in stops:
+                previous[signum] = signal.signal(signum, lambda *stop: caught.append(stop))
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum, frame in caught[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
