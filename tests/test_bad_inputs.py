@@ -315,6 +315,35 @@ def test_damaged_image_in_prepared_data_is_named(prepared, tmp_path, damage, mes
     experiment.task_source(mini_config(data_dir), "test", 1)
 
 
+@pytest.mark.parametrize("dataset, removed, message", [
+    ("miniimagenet", "train/n01000001", "the MiniImageNet train split at {root}/train holds 2 "
+                                        "classes and 12 images, but data_prep wrote 3 and 18"),
+    ("miniimagenet", "test/n03000002/n0300000200000004.jpg",
+     "the MiniImageNet test split at {root}/test holds 2 classes and 11 images, but data_prep "
+     "wrote 2 and 12"),
+    ("omniglot", "Alpha/character01/0001_01.png",
+     "Omniglot at {root} holds 12 classes and 239 images, but data_prep wrote 12 and 240"),
+], ids=["mini-class-folder", "mini-image", "omniglot-drawing"])
+def test_prepared_data_with_files_removed_since_is_named(prepared, tmp_path, dataset, removed,
+                                                         message):
+    # Trained and evaluated silently on what was left: a benchmark of 19 test classes, say.
+    from tf_maml.tasks.omniglot import omniglot_tasks
+
+    root = tmp_path / dataset
+    shutil.copytree(prepared[dataset], root)
+    victim = root / removed
+    shutil.rmtree(victim) if victim.is_dir() else victim.unlink()
+    before = snapshot(root)
+    with pytest.raises(DataError) as info:
+        if dataset == "omniglot":
+            omniglot_tasks(str(root), "train", 2, 1, 1, num_train=8, num_val=2)
+        else:
+            experiment.task_source(mini_config(root, num_query=1), removed.split("/")[0], 1)
+    assert str(info.value).startswith(message.format(root=root))
+    assert f"python -m data_prep.{dataset} " in str(info.value)
+    assert snapshot(root) == before
+
+
 def test_too_few_images_for_support_plus_query(prepared):
     """MiniImageNet trains with 15 query images per class: 1 + 15 > 6 images per class."""
     before = snapshot(prepared["miniimagenet"])

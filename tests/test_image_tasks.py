@@ -186,9 +186,10 @@ def test_stale_or_corrupt_cache_is_not_used(omniglot_dirs, tmp_path):
     work, reference = tmp_path / "omniglot", tmp_path / "reference"
     shutil.copytree(with_cache, work)
     shutil.copytree(tree_only, reference)
-    for root in (work, reference):  # the cache no longer lists the same files
-        victim = root / "Beth" / "character03"
-        os.remove(victim / min(os.listdir(victim)))
+    for root in (work, reference):  # the cache no longer lists the same files (renamed:
+        victim = root / "Beth" / "character03"  # one removed is refused, as not prepared)
+        first = min(os.listdir(victim))
+        os.rename(victim / first, victim / ("z" + first))
     a = omniglot_tasks(str(work), "train", 3, 1, 1, **SIZES).sample_batch(
         4, np.random.default_rng(0))
     b = omniglot_tasks(str(reference), "train", 3, 1, 1, **SIZES).sample_batch(

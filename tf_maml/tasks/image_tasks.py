@@ -22,7 +22,7 @@ from absl import logging
 from PIL import Image
 
 from tf_maml.data.prep import MARKER_NAME as COMPLETE_MARKER
-from tf_maml.data.prep import damaged_files, describe_damaged
+from tf_maml.data.prep import damaged_files, describe_damaged, read_marker
 from tf_maml.threads import undo_generator_malloc_patch
 
 SPLITS = ("train", "val", "test")
@@ -99,6 +99,28 @@ def check_files(root: str, listing: dict[str, list[str]], newest_ns: int, what: 
         raise DataError(f"{what} data at {root}: {describe_damaged(damaged)}; {hint} to "
                         "rewrite them from the source")
     _WHOLE.add(key)
+
+
+def check_against_marker(data_dir: str, dataset: str, root: str,
+                         listing: dict[str, list[str]], what: str, hint: str,
+                         split: str | None = None) -> None:
+    """Raises DataError when the class folders and images of ``listing`` (of ``root``, or of
+    the ``split`` subfolder) are not as many as the preparation's completion marker records:
+    some were removed or moved since (a deleted damaged image, a class folder moved away),
+    and training or evaluating on the rest would silently be another benchmark."""
+    marker = read_marker(data_dir, dataset)
+    if marker is None:  # no marker: warn_if_incomplete says so
+        return
+    if split is None:
+        recorded = (marker.get("num_characters"), marker.get("num_files"))
+    else:
+        counts = (marker.get("splits") or {}).get(split) or {}
+        recorded = (counts.get("num_classes"), counts.get("num_files"))
+    held = (len(listing), sum(len(files) for files in listing.values()))
+    if all(isinstance(n, int) for n in recorded) and held != recorded:
+        raise DataError(f"{what} at {root} holds {held[0]} classes and {held[1]} images, but "
+                        f"data_prep wrote {recorded[0]} and {recorded[1]} (its {COMPLETE_MARKER} "
+                        f"says): files were removed or moved since; {hint} to restore them")
 
 
 def warn_if_incomplete(data_dir: str, hint: str) -> None:

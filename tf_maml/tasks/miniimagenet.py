@@ -16,6 +16,7 @@ from tf_maml.tasks.image_tasks import (
     SPLITS,
     DataError,
     FewShotTasks,
+    check_against_marker,
     check_files,
     check_split,
     list_tree,
@@ -42,6 +43,8 @@ def miniimagenet_tasks(data_dir: str, split: str, num_classes: int, num_support:
     root = os.path.join(data_dir, split)
     listing, newest = list_tree(root, 1, IMAGE_SUFFIXES, "MiniImageNet", hint)
     warn_if_incomplete(data_dir, hint)
+    check_against_marker(data_dir, "miniimagenet", root, listing,
+                         f"the MiniImageNet {split} split", hint, split)
     # Every split's files, so that a damaged test image is found before training.
     for other in SPLITS:
         other_root = os.path.join(data_dir, other)

@@ -22,6 +22,7 @@ from tf_maml.data.omniglot import CACHE_NAME, IMAGE_SUFFIXES
 from tf_maml.tasks.image_tasks import (
     DataError,
     FewShotTasks,
+    check_against_marker,
     check_files,
     check_split,
     list_tree,
@@ -67,6 +68,7 @@ def omniglot_tasks(data_dir: str, split: str, num_classes: int, num_support: int
     hint = prep_hint("omniglot", "folders", data_dir)
     listing, newest = list_tree(data_dir, 2, IMAGE_SUFFIXES, "Omniglot", hint)
     warn_if_incomplete(data_dir, hint)
+    check_against_marker(data_dir, "omniglot", data_dir, listing, "Omniglot", hint)
     check_files(data_dir, listing, newest, "Omniglot", hint)  # every split's, one tree
     if num_train is None and num_val is None and len(listing) != NUM_CHARACTERS:
         raise DataError(f"Omniglot tree {data_dir} holds {len(listing)} characters, not "
