@@ -106,8 +106,8 @@ def check_against_marker(data_dir: str, dataset: str, root: str,
                          split: str | None = None) -> None:
     """Raises DataError when the class folders and images of ``listing`` (of ``root``, or of
     the ``split`` subfolder) are not as many as the preparation's completion marker records:
-    some were removed or moved since (a deleted damaged image, a class folder moved away),
-    and training or evaluating on the rest would silently be another benchmark."""
+    some were removed, moved or added since (a deleted damaged image, a class folder moved
+    away), and training or evaluating on them would silently be another benchmark."""
     marker = read_marker(data_dir, dataset)
     if marker is None:  # no marker: warn_if_incomplete says so
         return
@@ -119,8 +119,9 @@ def check_against_marker(data_dir: str, dataset: str, root: str,
     held = (len(listing), sum(len(files) for files in listing.values()))
     if all(isinstance(n, int) for n in recorded) and held != recorded:
         raise DataError(f"{what} at {root} holds {held[0]} classes and {held[1]} images, but "
-                        f"data_prep wrote {recorded[0]} and {recorded[1]} (its {COMPLETE_MARKER} "
-                        f"says): files were removed or moved since; {hint} to restore them")
+                        f"data_prep wrote {recorded[0]} and {recorded[1]} (its "
+                        f"{COMPLETE_MARKER} says): files were removed, moved or added since; "
+                        f"{hint} to restore them")
 
 
 def warn_if_incomplete(data_dir: str, hint: str) -> None:
