@@ -165,6 +165,18 @@ def test_enum_flag_lists_its_choices(tmp_path):
     assert "--nan_policy=ignore" in result.err and "<stop|skip>" in result.err
 
 
+def test_flagfile_saved_with_a_byte_order_mark_says_so(tmp_path):
+    # Was "Unexpected arguments: --datasource=sinusoid", the mark invisible in the message.
+    flagfile = tmp_path / "notepad.flags"
+    flagfile.write_text(f"\ufeff--datasource=sinusoid\n--logdir={tmp_path}/l\n",
+                        encoding="utf-8")
+    result = cli(f"--flagfile={flagfile}")
+    assert result.code == 1
+    assert "'--datasource=sinusoid' starts with an invisible byte-order mark" in result.err
+    assert "save it as UTF-8 without one" in result.err
+    assert not (tmp_path / "l").exists()
+
+
 def test_positional_argument_is_refused(tmp_path):
     result = cli("train", f"--logdir={tmp_path / 'l'}")
     assert result.code == 1

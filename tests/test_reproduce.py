@@ -119,6 +119,12 @@ def test_config_for_reads_flagfiles_as_the_cli_does(tmp_path):
         reproduce.config_for(str(bad))
     with pytest.raises(reproduce.ReproduceError, match="not found"):
         reproduce.config_for(str(tmp_path / "missing.flags"))
+    # Saved as "UTF-8 with BOM": its first line was left over by the parser and ignored, so
+    # the row was planned without its first flag (an Omniglot flagfile's --datasource).
+    bom = tmp_path / "bom.flags"
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().split(b"\n", 1)[1])
+    with pytest.raises(reproduce.ReproduceError, match=r"bom\.flags: .*byte-order mark"):
+        reproduce.config_for(str(bom))
 
 
 def test_selection():

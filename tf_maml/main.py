@@ -269,9 +269,20 @@ def config_from_flags(values=None):
     return Config(**kwargs)
 
 
+def unexpected_arguments(args: list[str]) -> str:
+    """The error for what the flag parser left over: words that are not flags; or a flag
+    behind the invisible byte-order mark of a flagfile saved as "UTF-8 with BOM", which
+    the parser cannot read as a flag."""
+    marked = [a for a in args if a.startswith("\ufeff")]
+    if marked:
+        return (f"{marked[0][1:]!r} starts with an invisible byte-order mark: its flagfile was "
+                "saved as 'UTF-8 with BOM' (as Notepad saves); save it as UTF-8 without one")
+    return f"Unexpected arguments: {' '.join(args)}"
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        raise app.UsageError(unexpected_arguments(argv[1:]))
     from absl import logging
 
     from tf_maml.config import ConfigError

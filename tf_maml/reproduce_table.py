@@ -158,10 +158,12 @@ def config_for(flagfile: str, overrides: dict[str, str] | None = None) -> Config
                              "the experiment flagfiles; the repository's is flags/)")
     values = _cli_flag_values()
     try:
-        values(["tf-maml", f"--flagfile={flagfile}"]
-               + [f"--{k}={v}" for k, v in (overrides or {}).items()])
+        rest = values(["tf-maml", f"--flagfile={flagfile}"]
+                      + [f"--{k}={v}" for k, v in (overrides or {}).items()])
     except flags.Error as err:
         raise ReproduceError(f"{flagfile}: {err}") from None
+    if len(rest) > 1:  # tf-maml refuses them: the row must not be planned without them
+        raise ReproduceError(f"{flagfile}: {cli.unexpected_arguments(rest[1:])}")
     return cli.config_from_flags(values)
 
 
