@@ -6,9 +6,22 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from absl import app, logging
+from absl import app, flags, logging
 
 from tf_maml.data.prep import PrepError
+from tf_maml.errors import unexpanded_home
+
+PATH_FLAGS = ("source", "images", "csv_dir", "output")
+
+
+def path_problem(values: dict[str, str | None]) -> str | None:
+    """The first path flag of ``values`` (flag -> value) that cannot be meant as written,
+    with why; checked before anything is read or written."""
+    for name, value in values.items():
+        problem = unexpanded_home(value)
+        if problem:
+            return f"--{name}: {problem}"
+    return None
 
 
 def run(define_flags: Callable[[], None], prepare: Callable[[], str]) -> None:
@@ -19,6 +32,10 @@ def run(define_flags: Callable[[], None], prepare: Callable[[], str]) -> None:
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        problem = path_problem({name: flags.FLAGS[name].value for name in PATH_FLAGS
+                                if name in flags.FLAGS})
+        if problem:
+            sys.exit(f"ERROR: {problem}")
         try:
             print(prepare())
         except PrepError as e:

@@ -198,6 +198,11 @@ def test_positional_argument_is_refused(tmp_path):
     (("--train=False", "--test_iter=-7"),
      "--test_iter: -1 (the latest checkpoint) or the iteration N of a checkpoint model-N, "
      "got -7"),
+    # Not expanded in a flagfile nor after --flag=: was a folder named ~ in the current one.
+    (("--datasource=omniglot", "--data_dir=~/data/omniglot"),
+     f"--data_dir: '~/data/omniglot' starts with ~, which only a shell expands (not a "
+     f"flagfile, nor --flag=~/...): it would be a folder named ~ here; write "
+     f"{os.path.expanduser('~/data/omniglot')}"),
     # Keras' seed range: was a traceback from keras.utils.set_random_seed.
     (("--seed=-1",), "--seed: must be in [0, 4294967295]"),
     # Was a traceback from inside the first traced meta-step, after the run directory was made.

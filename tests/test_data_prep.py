@@ -283,6 +283,17 @@ def test_omniglot_command_line(omni_zip_source, tmp_path):
     assert failed.returncode != 0 and "images_background.zip" in failed.stderr
 
 
+def test_a_path_flag_with_an_unexpanded_home_is_refused():
+    # --output=~/... is not expanded by the shell: it made a folder named ~ in the current one.
+    import data_prep
+
+    assert data_prep.path_problem({"source": "src", "output": "~/omniglot"}) == (
+        "--output: '~/omniglot' starts with ~, which only a shell expands (not a flagfile, "
+        f"nor --flag=~/...): it would be a folder named ~ here; write "
+        f"{os.path.expanduser('~/omniglot')}")
+    assert data_prep.path_problem({"source": "src", "output": "out/~x"}) is None
+
+
 # ----------------------------------------------------------------------------------------------
 # MiniImageNet: train 3 classes, val 2, test 2, 6 images each; some are 100x90 or grayscale.
 

@@ -268,6 +268,14 @@ def test_a_row_meets_the_paper_when_the_intervals_overlap():
     assert not report.intervals_overlap(96.12, 0.36, (97.5, 0.6))
 
 
+def test_a_path_flag_with_an_unexpanded_home_is_refused(tmp_path, cli):
+    out = cli(["--experiments=sinusoid_maml_k10", "--logdir_root=~/maml_logs"], tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("tf-maml-reproduce: error: --logdir_root: '~/maml_logs' "
+                                 "starts with ~, which only a shell expands")
+    assert os.listdir(tmp_path) == []
+
+
 def test_missing_data_dir_is_reported_not_fatal(tmp_path, cli):
     table = {e.name: e for e in reproduce.load_experiments(FLAGS_DIR)}
     p = reproduce.plan(table["omniglot5_1shot"], str(tmp_path), {}, None, FLAGS_DIR,

@@ -10,7 +10,7 @@ import math
 from tf_maml.adapt import ADAPT_LAYERS
 from tf_maml.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
 from tf_maml.distribute import check_meta_batch_size
-from tf_maml.errors import ConfigError
+from tf_maml.errors import ConfigError, unexpanded_home
 from tf_maml.evaluate import PRETRAINED_BASELINES
 from tf_maml.mapping.plan import TASK_PARALLELISM
 from tf_maml.models import NORMS
@@ -73,6 +73,7 @@ class ConfigChecks:
         def fail(flag: str, why: str):
             raise ConfigError(f"--{flag}: {why}")
 
+        self._validate_paths(fail)
         self._validate_choices(fail)
         self._validate_baselines(fail)
         self._validate_lengths(fail)
@@ -84,6 +85,13 @@ class ConfigChecks:
         self._validate_reptile(fail)
         self._validate_execution(fail)
         return self
+
+    def _validate_paths(self, fail) -> None:
+        """The folders and files the flags name, as a shell would not have left them."""
+        for name in ("logdir", "data_dir", "init_checkpoint", "export_dir"):
+            problem = unexpanded_home(getattr(self, name))
+            if problem:
+                fail(name, problem)
 
     def _validate_choices(self, fail) -> None:
         """Every option spelled as a word is one of its choices (and ANIL's is

@@ -17,3 +17,15 @@ def did_you_mean(word: str, choices) -> str:
 
     close = difflib.get_close_matches(word, list(choices), n=2, cutoff=0.7)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def unexpanded_home(path) -> str | None:
+    """Why ``path`` (a path flag's value) cannot be meant as written: a leading ``~`` is
+    expanded by a shell only, not in a flagfile nor after ``--flag=``, so it would name a
+    folder called ``~`` in the current directory; None for any other value."""
+    import os
+
+    if not isinstance(path, str) or not (path == "~" or path.startswith(("~/", "~" + os.sep))):
+        return None
+    return (f"{path!r} starts with ~, which only a shell expands (not a flagfile, nor "
+            f"--flag=~/...): it would be a folder named ~ here; write {os.path.expanduser(path)}")
