@@ -303,3 +303,10 @@ def test_layer_norm_conv_names(tmp_path):
     np.testing.assert_array_equal(model.get_layer("norm3").gamma.numpy(),
                                   tensors["model/2/gamma"])
     assert infer_flags(prefix)["norm"] == "layer_norm"
+
+
+def test_an_output_with_an_unexpanded_home_is_refused_before_reading(tmp_path):
+    # --output=~/maml59000 made a folder named ~ in the current directory.
+    with pytest.raises(ConversionError, match=r"^--output: '~/maml59000' starts with ~, "
+                                              r"which only a shell expands"):
+        convert(str(tmp_path / "model59000"), "~/maml59000")

@@ -347,7 +347,11 @@ def convert(prefix: str, output: str) -> dict:
     """Builds our network for checkpoint ``prefix``, loads it and writes
     ``<output>/model.weights.h5`` (Keras) and ``<output>/summary.json``; returns the summary."""
     from tf_maml import experiment
+    from tf_maml.errors import unexpanded_home
 
+    for name, value in (("checkpoint", prefix), ("output", output)):
+        if unexpanded_home(value):
+            raise ConversionError(f"--{name}: {unexpanded_home(value)}")
     path = resolve_prefix(prefix)
     flag_values = infer_flags(path)
     model = experiment.model_from_flags(flag_values)

@@ -125,6 +125,10 @@ def check_run(flag: str, run_dir: str) -> None:
 def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> list[str]:
     """Figures 2 and 3 into ``output_dir``; their paths. Every run directory is checked
     before anything is drawn or written."""
+    from tf_maml.errors import unexpanded_home
+
+    if unexpanded_home(output_dir):
+        raise FigureError(f"--output_dir: {unexpanded_home(output_dir)}")
     runs = {"MAML": maml_run, "pretrained": pretrained_run}
     curves = dict(runs)
     for extra in extra_runs or []:
