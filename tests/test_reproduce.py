@@ -551,7 +551,7 @@ def _rl_table(tmp_path):
     (flags_dir / "experiments.json").write_text(json.dumps({"experiments": rows}))
 
 
-def _in_process(cmd, log_path, deadline, log, on_tick=None):
+def _in_process(cmd, log_path, deadline, log, on_tick=None, evaluation=False):
     """reproduce_run.stream for a tf-maml child, run in this process (the children's
     TensorFlow start-up is most of a tiny RL row's time): the same flags, the same runner."""
     from absl import flags
