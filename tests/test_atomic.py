@@ -75,6 +75,41 @@ def test_a_stop_between_the_renames_of_a_set_leaves_the_set_whole(tmp_path, monk
     assert sorted(os.listdir(tmp_path)) == ["a.csv", "b.npy", "c.json"]
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_zoo_takes_a_checkpoint_leaves_a_whole_one(tmp_path, monkeypatch,
+                                                                     signum):
+    # The zoo moved a checkpoint's files in one at a time: a second Ctrl-C during the publish
+    # left the new index beside the old data (a finished run's weights over its full state).
+    import signal
+
+    run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo"
+    run_dir.mkdir()
+    zoo_dir.mkdir()
+    names = ("model-5.index", "model-5.data-00000-of-00001")
+    for name in names:
+        (run_dir / name).write_bytes(b"new " + name.encode())
+        (zoo_dir / name).write_bytes(b"old " + name.encode())
+    real_replace = os.replace
+
+    def stopped_after_the_first(src, dst):
+        real_replace(src, dst)
+        os.kill(os.getpid(), getattr(signal, signum))
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    monkeypatch.setattr(os, "replace", stopped_after_the_first)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            zoo._copy_checkpoint(str(run_dir), 5, str(zoo_dir), weights_only=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert {n: (zoo_dir / n).read_bytes() for n in names} == {
+        n: b"new " + n.encode() for n in names}
+    assert sorted(os.listdir(tmp_path)) == ["run", "zoo"]  # no half-moved folder left
+
+
 def test_a_streamed_write_that_fails_leaves_the_old_file(tmp_path):
     path = str(tmp_path / "cache.npz")
     atomic.write(path, b"old")

@@ -48,7 +48,7 @@ def write_all(files: dict[str, str | bytes], fsync: bool = False) -> None:
             with open(temporaries[-1], "wb" if isinstance(data, bytes) else "w") as f:
                 f.write(data)
                 _sync(f, fsync)
-        with _stops_deferred():  # Ctrl-C between two renames would mix the versions
+        with stops_deferred():  # Ctrl-C between two renames would mix the versions
             for path, tmp in zip(files, temporaries):
                 os.replace(tmp, path)
     except BaseException:
@@ -57,11 +57,12 @@ def write_all(files: dict[str, str | bytes], fsync: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def _stops_deferred() -> Iterator[None]:
+def stops_deferred() -> Iterator[None]:
     """Ctrl-C and SIGTERM wait until the block has run (the renames of a set: no space, no
-    time), then reach the handler they would have reached. Outside the main thread, where
-    Python cannot change handlers (or if one was set outside Python), the block runs as it
-    is."""
+    time), then reach the handler they would have reached: the one way to make several
+    renames one step (:func:`write_all`, a checkpoint moved into the model zoo). Outside
+    the main thread, where Python cannot change handlers (or if one was set outside
+    Python), the block runs as it is."""
     caught: list = []
     previous = {}
     stops = (signal.SIGINT, signal.SIGTERM)

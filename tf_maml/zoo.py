@@ -206,18 +206,24 @@ def _slim_checkpoint(run_dir: str, iteration: int, out_dir: str) -> None:
 
 def _copy_checkpoint(run_dir: str, iteration: int, zoo_dir: str, weights_only: bool) -> None:
     """Puts the run's ``model-<iteration>`` into ``zoo_dir`` (θ alone if ``weights_only``,
-    else the whole state), written beside it first so that no half checkpoint is left."""
+    else the whole state), written beside it first so that no half checkpoint is left, and
+    no mix of two versions of it."""
     tmp = zoo_dir + ".publish.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    if weights_only:
-        _slim_checkpoint(run_dir, iteration, tmp)
-    else:
-        for path in checkpoint_files(_prefix(run_dir, iteration)):
-            shutil.copy2(path, tmp)
-    for path in glob.glob(os.path.join(tmp, "*")):
-        os.replace(path, os.path.join(zoo_dir, os.path.basename(path)))
-    os.rmdir(tmp)
+    try:
+        if weights_only:
+            _slim_checkpoint(run_dir, iteration, tmp)
+        else:
+            for path in checkpoint_files(_prefix(run_dir, iteration)):
+                shutil.copy2(path, tmp)
+        # Moved in as one set: a stop between two files would leave the index of one
+        # version beside the data of another (a finished run's θ over its full state).
+        with atomic.stops_deferred():
+            for path in glob.glob(os.path.join(tmp, "*")):
+                os.replace(path, os.path.join(zoo_dir, os.path.basename(path)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
