@@ -124,6 +124,24 @@ def test_an_unreadable_candidate_is_left_out_with_a_warning(tmp_path):
     assert any("WARNING" in line and "model-2000" in line for line in lines)
 
 
+def test_a_reused_choice_of_fewer_members_says_how_many(tmp_path, monkeypatch):
+    # Read back from ensemble.json, an ensemble of 3 asked of two checkpoints said
+    # "Ensemble of 3"; the first selection had warned that it has 2.
+    learner = _learner()
+    good = np.array([[-1.0, 1.0], [0.0, 0.0]], np.float32)
+    run_dir = _save(learner, tmp_path, {1000: good, 2000: -good})
+    val = LinearTasks(lambda x: x[..., 0] > 0)
+    first, again = [], []
+    assert ensemble.select(learner, run_dir, val, size=3, num_tasks=4, num_steps=0,
+                           log=first.append) == [1000, 2000]
+    monkeypatch.setattr(evaluate_lib, "evaluate", lambda *a, **k: pytest.fail("scored"))
+    assert ensemble.select(learner, run_dir, val, size=3, num_tasks=4, num_steps=0,
+                           log=again.append) == [1000, 2000]
+    assert "Ensemble of 2: iterations 1000, 2000" in first
+    assert again == ["Ensemble of 2 from ensemble.json (3 asked, the run had no more "
+                     "candidates): iterations 1000, 2000"]
+
+
 def _cli(*args):
     """tf-maml's console entry in this process (training, evaluation, --ensemble)."""
     from test_bad_inputs import cli

@@ -129,7 +129,9 @@ def select(learner: EnsembleLearner, run_dir: str, val_source, size: int, num_ta
     if (recorded.get("settings") == settings and members
             and all(m["iteration"] in candidates for m in members)
             and max(candidates) == recorded.get("latest")):
-        log(f"Ensemble of {size} from {rundir.ENSEMBLE_NAME}: iterations "
+        fewer = f" ({size} asked, the run had no more candidates)" if len(members) < size \
+            else ""
+        log(f"Ensemble of {len(members)} from {rundir.ENSEMBLE_NAME}{fewer}: iterations "
             + ", ".join(str(m["iteration"]) for m in members))
         return [m["iteration"] for m in members]
     pool = atomic.read_json(os.path.join(checkpointer.run_dir, POOL_NAME))
