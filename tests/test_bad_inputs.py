@@ -502,6 +502,21 @@ def test_missing_test_iter_lists_the_available_checkpoints(sine_copy):
     assert snapshot(run_dir) == before
 
 
+def test_resuming_a_run_with_fewer_iterations_than_its_checkpoint_is_refused(sine_copy):
+    # Was "Training already complete (40/20 iterations)", then the evaluation, and the run's
+    # config.json rewritten with 20: the record of how the checkpoint was trained, lost.
+    config, run_dir = sine_copy
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, metatrain_iterations=20))
+    assert result.code == 1
+    assert one_line_error(result.err) == (
+        f"tf-maml: error: --metatrain_iterations: the run in {config.exp_string()} is at "
+        "iteration 40 (model-40), past the 20 asked; training does not go back. Evaluate it "
+        "with --train=False (--test_iter=N for an earlier checkpoint), or pass "
+        "--metatrain_iterations=40 or more to train it on.")
+    assert snapshot(run_dir) == before
+
+
 def other_architecture_checkpoint(run_dir) -> None:
     """Replaces the run's checkpoints by one of a 20-20 MLP (the run's net is 40-40), as a
     run directory shared by two configurations or an older version would leave it."""

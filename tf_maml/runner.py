@@ -47,11 +47,15 @@ def _write_config(config: Config, directory: str) -> None:
 
 def resume_changes(config: Config, directory: str) -> list:
     """What ``config`` changes in the run it resumes (compared with the run's config.json);
-    a ConfigError names a change that would make it another run. Nothing if there is
-    nothing to resume."""
+    a ConfigError names a change that would make it another run, or fewer iterations than
+    its checkpoint holds (config.json would record a number the checkpoint is past).
+    Nothing if there is nothing to resume."""
     path = os.path.join(directory, "config.json")
-    if not (config.train and config.resume and rundir.checkpoint_prefixes(directory)
-            and os.path.exists(path)):
+    checkpoints = rundir.checkpoint_prefixes(directory)
+    if not (config.train and config.resume and checkpoints):
+        return []
+    _refuse_going_back(config, checkpoints[-1][0])
+    if not os.path.exists(path):
         return []
     try:
         with open(path) as f:
@@ -62,6 +66,20 @@ def resume_changes(config: Config, directory: str) -> list:
             "delete it to resume without comparing the flags (training writes it again)"
         ) from err
     return config.resume_changes(previous)
+
+
+def _refuse_going_back(config: Config, latest: int) -> None:
+    """A ConfigError if the run's latest checkpoint is past the iterations ``config`` trains
+    to: training would stop at once, yet record the smaller number as the run's."""
+    if latest <= config.total_iterations:
+        return
+    flag = "pretrain_iterations" if config.is_pretrained_baseline else "metatrain_iterations"
+    needed = getattr(config, flag) + latest - config.total_iterations
+    raise ConfigError(
+        f"--{flag}: the run in {config.exp_string()} is at iteration {latest} "
+        f"(model-{latest}), past the {config.total_iterations} asked; training does not go "
+        "back. Evaluate it with --train=False (--test_iter=N for an earlier checkpoint), or "
+        f"pass --{flag}={needed} or more to train it on.")
 
 
 def run(config: Config, log=print) -> dict:
