@@ -22,6 +22,7 @@ import errno
 import io
 import os
 import shutil
+import signal
 import types
 
 import keras
@@ -61,7 +62,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---------------------------------------------------------------------------- helpers
 def cli(*args: str) -> types.SimpleNamespace:
     """Runs the tf-maml command line in this process exactly as the console script does
-    (absl's ``app.run(main)``); returns its exit code, stdout and stderr."""
+    (absl's ``app.run(main)``); returns its exit code, stdout and stderr. The handlers of
+    Ctrl-C and SIGTERM, which the command sets for its process, come back after it (an
+    ignored one would be inherited by the subprocesses of later tests)."""
     from absl import app, flags
 
     from tf_maml import main as cli_main
@@ -69,11 +72,15 @@ def cli(*args: str) -> types.SimpleNamespace:
     flags.FLAGS.unparse_flags()  # every run starts from the defaults
     out, err = io.StringIO(), io.StringIO()
     code = 0
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             app.run(cli_main.main, argv=["tf-maml", *args])
         except SystemExit as exit_:
             code = 0 if exit_.code is None else exit_.code
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
     return types.SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
 
 
@@ -609,19 +616,26 @@ def test_only_checkpoint_truncated_says_to_move_the_run_away(sine_copy):
     assert snapshot(run_dir) == before
 
 
-def test_ctrl_c_during_evaluation_says_what_was_kept(sine_copy, monkeypatch):
-    # Was exit 130 without a word: the user could not tell whether the results were whole.
-    from tf_maml import main as cli_main
-
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_stop_during_evaluation_says_what_was_kept(sine_copy, monkeypatch, signum):
+    # Ctrl-C was exit 130 without a word: the user could not tell whether the results were
+    # whole. SIGTERM (a scheduler's stop) killed the evaluation without one.
     config, run_dir = sine_copy
     before = snapshot(run_dir)
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, signum))
+        pytest.fail(f"{signum} did not stop the evaluation")
 
-    monkeypatch.setattr(evaluate_lib, "evaluate", interrupted)
-    monkeypatch.setattr(cli_main.signal, "signal", lambda *args: None)  # pytest's Ctrl-C
-    result = cli(*as_flags(config, train=False))
+    def killed(*args):
+        pytest.fail("SIGTERM would have killed the evaluation, without a word")
+
+    monkeypatch.setattr(evaluate_lib, "evaluate", stopped)
+    previous = signal.signal(signal.SIGTERM, killed)  # its default would end pytest
+    try:
+        result = cli(*as_flags(config, train=False))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert result.code == 130 and "Traceback" not in result.err
     said = [line for line in result.out.splitlines() if "nterrupted" in line]
     assert said == ["Interrupted during the evaluation, before its results were written: the "
