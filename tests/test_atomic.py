@@ -110,6 +110,69 @@ def test_a_stop_while_the_zoo_takes_a_checkpoint_leaves_a_whole_one(tmp_path, mo
     assert sorted(os.listdir(tmp_path)) == ["run", "zoo"]  # no half-moved folder left
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_an_export_replaces_the_earlier_one_leaves_a_whole_export(
+        tmp_path, monkeypatch, signum):
+    # Replacing an export is two renames (the earlier one aside, the new one in): a stop
+    # between them left no export at the target, the earlier one under a hidden ".old" name.
+    import signal
+
+    from tf_maml import export as export_lib
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "saved_model.pb").write_bytes(b"earlier")
+    real_rename = os.rename
+    renames = []
+
+    def stopped_after_the_first(src, dst):
+        real_rename(src, dst)
+        renames.append(dst)
+        if len(renames) == 1:
+            os.kill(os.getpid(), getattr(signal, signum))
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    def write(directory):
+        with open(os.path.join(directory, "saved_model.pb"), "wb") as f:
+            f.write(b"new")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    monkeypatch.setattr(os, "rename", stopped_after_the_first)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            export_lib._write_whole(str(target), write)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(renames) == 2  # the stop waited for the second rename
+    assert (target / "saved_model.pb").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # nothing left beside it
+
+
+def test_a_stop_while_a_damaged_checkpoint_is_moved_aside_moves_all_its_files(tmp_path,
+                                                                             monkeypatch):
+    # A damaged checkpoint's files are renamed corrupt-model-N.* one at a time: a Ctrl-C
+    # after the first left the other under its old name, read again as a checkpoint.
+    import signal
+
+    from tf_maml import checkpoint
+
+    names = ("model-7.index", "model-7.data-00000-of-00001")
+    for name in names:
+        (tmp_path / name).write_bytes(name.encode())
+    real_replace = os.replace
+
+    def stopped_after_the_first(src, dst):
+        real_replace(src, dst)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", stopped_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint._move_aside(str(tmp_path / "model-7"))
+    assert sorted(os.listdir(tmp_path)) == sorted("corrupt-" + n for n in names)
+
+
 def test_a_streamed_write_that_fails_leaves_the_old_file(tmp_path):
     path = str(tmp_path / "cache.npz")
     atomic.write(path, b"old")

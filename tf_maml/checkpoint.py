@@ -253,8 +253,9 @@ def _remove_checkpoint_files(prefix: str) -> None:
 def _move_aside(prefix: str) -> str:
     directory, name = os.path.split(prefix)
     target = "corrupt-" + name
-    for path in glob.glob(glob.escape(prefix) + ".*"):
-        os.replace(path, os.path.join(directory, target + path[len(prefix):]))
+    with atomic.stops_deferred():  # the index and data files go aside together
+        for path in glob.glob(glob.escape(prefix) + ".*"):
+            os.replace(path, os.path.join(directory, target + path[len(prefix):]))
     return target
 
 

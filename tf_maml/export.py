@@ -84,7 +84,7 @@ import keras
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
-from tf_maml import export_checks, losses, rundir
+from tf_maml import atomic, export_checks, losses, rundir
 from tf_maml.rundir import RunDirError
 
 METADATA_FILE = "maml_metadata.json"
@@ -334,8 +334,9 @@ def _write_whole(export_dir: str, write) -> None:
     """Runs ``write(directory)`` on a new directory beside ``export_dir``, then puts it in
     ``export_dir``'s place by renames (which need no space): a failed write (a full or
     read-only disk) removes its partial files and leaves an earlier export as it was; the
-    error is a :class:`~tf_maml.rundir.RunDirError` of one line. (A crash between the two
-    renames would leave the earlier export as ``.<name>.*.old`` beside it.)"""
+    error is a :class:`~tf_maml.rundir.RunDirError` of one line. Ctrl-C or SIGTERM wait for
+    the two renames (:func:`tf_maml.atomic.stops_deferred`); only a crash between them would
+    leave the earlier export as ``.<name>.*.old`` beside it."""
     target = os.path.realpath(export_dir)
     parent, name = os.path.split(target)
     shown_parent = os.path.dirname(os.path.abspath(export_dir))
@@ -354,13 +355,16 @@ def _write_whole(export_dir: str, write) -> None:
                 os.replace(tmp, target)  # a new name, or an empty directory
                 return
             old = tmp[:-len(".tmp")] + ".old"
-            os.rename(target, old)
-            try:
-                os.rename(tmp, target)
-            except BaseException:
-                os.rename(old, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
+            # A stop between the renames would leave no export at the target; it waits for
+            # them and for the earlier export's removal (milliseconds).
+            with atomic.stops_deferred():
+                os.rename(target, old)
+                try:
+                    os.rename(tmp, target)
+                except BaseException:
+                    os.rename(old, target)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
