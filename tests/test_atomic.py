@@ -6,8 +6,10 @@ iterations (not of their names)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 
 import pytest
 
@@ -46,31 +48,37 @@ def test_a_set_of_files_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["a.csv", "b.npy", "c.json"]
 
 
-@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
-def test_a_stop_between_the_renames_of_a_set_leaves_the_set_whole(tmp_path, monkeypatch,
-                                                                  signum):
-    # Ctrl-C landing after the first rename left the new csv beside the old npy and json.
-    import signal
+@contextlib.contextmanager
+def _stopped_after_each(monkeypatch, rename: str, signum: str):
+    """``os.<rename>`` sends ``signum`` to this process after each call, SIGTERM raising
+    KeyboardInterrupt as Ctrl-C does; the block must end in that KeyboardInterrupt."""
+    real = getattr(os, rename)
 
-    old = {str(tmp_path / name): f"old {name}" for name in ("a.csv", "b.npy", "c.json")}
-    atomic.write_all(old)
-    new = {path: "new " + text for path, text in old.items()}
-    real_replace = os.replace
-
-    def stopped_after_the_first(src, dst):
-        real_replace(src, dst)
+    def renamed_then_stopped(src, dst):
+        real(src, dst)
         os.kill(os.getpid(), getattr(signal, signum))
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
-    monkeypatch.setattr(os, "replace", stopped_after_the_first)
+    monkeypatch.setattr(os, rename, renamed_then_stopped)
     try:
         with pytest.raises(KeyboardInterrupt):
-            atomic.write_all(new)
+            yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_stop_between_the_renames_of_a_set_leaves_the_set_whole(tmp_path, monkeypatch,
+                                                                  signum):
+    # Ctrl-C landing after the first rename left the new csv beside the old npy and json.
+    old = {str(tmp_path / name): f"old {name}" for name in ("a.csv", "b.npy", "c.json")}
+    atomic.write_all(old)
+    new = {path: "new " + text for path, text in old.items()}
+    with _stopped_after_each(monkeypatch, "replace", signum):
+        atomic.write_all(new)
     assert {p: open(p).read() for p in old} == new
     assert sorted(os.listdir(tmp_path)) == ["a.csv", "b.npy", "c.json"]
 
@@ -80,8 +88,6 @@ def test_a_stop_while_the_zoo_takes_a_checkpoint_leaves_a_whole_one(tmp_path, mo
                                                                      signum):
     # The zoo moved a checkpoint's files in one at a time: a second Ctrl-C during the publish
     # left the new index beside the old data (a finished run's weights over its full state).
-    import signal
-
     run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo"
     run_dir.mkdir()
     zoo_dir.mkdir()
@@ -89,22 +95,8 @@ def test_a_stop_while_the_zoo_takes_a_checkpoint_leaves_a_whole_one(tmp_path, mo
     for name in names:
         (run_dir / name).write_bytes(b"new " + name.encode())
         (zoo_dir / name).write_bytes(b"old " + name.encode())
-    real_replace = os.replace
-
-    def stopped_after_the_first(src, dst):
-        real_replace(src, dst)
-        os.kill(os.getpid(), getattr(signal, signum))
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    monkeypatch.setattr(os, "replace", stopped_after_the_first)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            zoo._copy_checkpoint(str(run_dir), 5, str(zoo_dir), weights_only=False)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with _stopped_after_each(monkeypatch, "replace", signum):
+        zoo._copy_checkpoint(str(run_dir), 5, str(zoo_dir), weights_only=False)
     assert {n: (zoo_dir / n).read_bytes() for n in names} == {
         n: b"new " + n.encode() for n in names}
     assert sorted(os.listdir(tmp_path)) == ["run", "zoo"]  # no half-moved folder left
@@ -115,7 +107,6 @@ def test_a_stop_while_an_export_replaces_the_earlier_one_leaves_a_whole_export(
         tmp_path, monkeypatch, signum):
     # Replacing an export is two renames (the earlier one aside, the new one in): a stop
     # between them left no export at the target, the earlier one under a hidden ".old" name.
-    import signal
 
     from tf_maml import export as export_lib
 
@@ -154,7 +145,6 @@ def test_a_stop_while_a_damaged_checkpoint_is_moved_aside_moves_all_its_files(tm
                                                                              monkeypatch):
     # A damaged checkpoint's files are renamed corrupt-model-N.* one at a time: a Ctrl-C
     # after the first left the other under its old name, read again as a checkpoint.
-    import signal
 
     from tf_maml import checkpoint
 
