@@ -107,6 +107,29 @@ def _softmax(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def test_sequential_classifier_pretrains_and_finetunes():
+    """A Sequential classifier (the commonest Keras model) is a built Keras classifier too:
+    its body and new head used to be cut at ``model.input``, which a Sequential model does
+    not have (an AttributeError saying it was never called). And the fine-tuner evaluates
+    tasks with another number of queries after a first call (the retraced step used to
+    fail on the relaxed shape)."""
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Dense(6, activation="relu"), keras.layers.BatchNormalization(),
+              keras.layers.Dense(5)]
+    model = keras.Sequential(layers)
+    model.build((None, 4))  # keras.Input((4,)) first instead: the same
+    classifier = baselines.Classifier(model)
+    rng = np.random.default_rng(0)
+    classifier.train_step((rng.normal(size=(8, 4)).astype("float32"), rng.integers(0, 5, 8)))
+    tuner = baselines.FineTuner(classifier, 3, 0.1)
+    for queries in (2, 3):
+        batch = (rng.normal(size=(2, 3, 4)).astype("float32"), np.tile(np.arange(3), (2, 1)),
+                 rng.normal(size=(2, 3 * queries, 4)).astype("float32"),
+                 np.tile(np.repeat(np.arange(3), queries), (2, 1)))
+        assert tuner.evaluate_batch(batch, 1)["metric"].shape == (2, 2)
+        assert classifier.evaluate_batch(batch)["metric"].shape == (2, 1)
+
+
 def test_finetuning_takes_full_batch_sgd_steps_with_torch_learning_rate_decay():
     """Identity body, a new 2-way head set to zero. Ravi & Larochelle's fine-tuning: each
     step is ONE SGD step on the whole support set's mean cross-entropy, with Torch

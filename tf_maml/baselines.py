@@ -75,7 +75,14 @@ def body(model: keras.Model) -> keras.Model:
     flattened 5x5xF map), sharing the model's layers: cut at the head as the inner loop
     cuts it (:func:`tf_maml.adapt.head_cut`)."""
     head = adapt_lib.head_cut(model, required=True).head_layer
-    return keras.Model(model.input, head.input, name=f"{model.name}_body")
+    return keras.Model(model_input(model), head.input, name=f"{model.name}_body")
+
+
+def model_input(model: keras.Model):
+    """The symbolic input of a chain model (one input, :func:`tf_maml.adapt.head_cut`).
+    ``model.inputs``, not ``model.input``: a Sequential model, however built, has no
+    ``input`` until it is called on a symbolic tensor."""
+    return model.inputs[0]
 
 
 def with_new_head(classifier: keras.Model, num_classes: int, seed: int) -> keras.Model:
@@ -87,7 +94,7 @@ def with_new_head(classifier: keras.Model, num_classes: int, seed: int) -> keras
     keras.utils.set_random_seed(seed)
     new_head = type(head).from_config({**head.get_config(), "units": num_classes,
                                        "name": f"{head.name}_{num_classes}way"})
-    return keras.Model(classifier.input, new_head(head.input),
+    return keras.Model(model_input(classifier), new_head(head.input),
                        name=f"{classifier.name}_{num_classes}way")
 
 
@@ -231,7 +238,7 @@ class FineTuner:
         self._moving = [(*_index_by_id([n.moving_mean, n.moving_variance], nt), n.axis)
                         for n in norms]
         # The input of every batch norm: the statistics a training-mode step normalises with.
-        self._norm_inputs = (keras.Model(self.model.input, [n.input for n in norms])
+        self._norm_inputs = (keras.Model(model_input(self.model), [n.input for n in norms])
                              if norms else None)
         if norms:
             self._weights_of_inputs = _index_by_id(self._norm_inputs.trainable_variables,
@@ -282,7 +289,8 @@ class FineTuner:
         def task(inputs):
             sx, sy, qx, qy = inputs
             logits = self.finetune(sx, sy, qx, num_steps)
-            qy = tf.broadcast_to(qy, [num_steps + 1, *qy.shape])
+            # tf.shape: a retrace for another number of queries relaxes it to None.
+            qy = tf.broadcast_to(qy, tf.concat([[num_steps + 1], tf.shape(qy)], 0))
             return {"metric": tf.vectorized_map(lambda a: losses.accuracy(*a), (qy, logits)),
                     "loss": tf.vectorized_map(lambda a: losses.mean_xent(*a), (qy, logits))}
 
