@@ -874,6 +874,91 @@ def test_support_labels_of_another_length_in_adapt(learner):
         learner.adapt(sx[0], sy[0, :3])
 
 
+def class_batch(ways=3, tasks=2):
+    """``tasks`` tasks of ``ways`` classes, two support and one query example each."""
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.arange(ways), (tasks, 1))
+    return (rng.normal(size=(tasks, 2 * ways, 4)).astype("float32"), np.repeat(labels, 2, 1),
+            rng.normal(size=(tasks, ways, 4)).astype("float32"), labels)
+
+
+def classifier(ways: int) -> keras.Model:
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(ways)])
+
+
+@pytest.mark.parametrize("model, loss, batch, message", [
+    (lambda: classifier(2), losses.summed_xent(2), class_batch(3),
+     r"support_y holds class 2 but the model outputs 2 logits per example \(classes 0\.\.1\): "
+     r"give the model one output per class of a task"),
+    (lambda: classifier(3), "sparse_categorical_crossentropy",
+     tuple(np.eye(3, dtype="float32")[a] if i % 2 else a for i, a in enumerate(class_batch())),
+     r"support_y has shape \(6, 3\) per task, the model's outputs \(6, 3\): loss_fn takes one "
+     r"class id per example \(shape \(6,\)\); for one-hot labels give their argmax"),
+    (mlp, losses.mse, tuple(a[..., 0] if i % 2 else a for i, a in enumerate(sine_batch())),
+     r"support_y has shape \(5,\) per task but the model's outputs \(5, 1\), and loss_fn "
+     r"broadcasts one against the other.*give the targets the outputs' shape \(5, 1\)"),
+    (mlp, losses.mse, tuple(np.repeat(a, 2, -1) if i % 2 else a
+                            for i, a in enumerate(sine_batch())),
+     r"support_y has shape \(5, 2\) per task, the model's outputs \(5, 1\): loss_fn compares "
+     r"them element by element"),
+], ids=["class-out-of-range", "one-hot-to-sparse-loss", "regression-broadcast",
+        "regression-other-size"])
+def test_targets_that_do_not_fit_the_model_outputs_are_refused_before_any_step(
+        model, loss, batch, message):
+    # Each used to go on: the regression targets broadcast into a finite but wrong loss
+    # (every target against every output), an out-of-range class id is a NaN on a GPU
+    # (a deep TensorFlow error on a CPU), one-hot labels a rank error from inside the loss.
+    learner = MetaLearner(model(), loss)
+    before = [v.numpy() for v in learner.model.weights]
+    for call in (lambda: learner.train_step(batch), lambda: learner.evaluate_batch(batch, 1),
+                 lambda: learner.adapt(batch[0][0], batch[1][0])):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert int(learner.optimizer.iterations) == 0
+    for old, v in zip(before, learner.model.weights):
+        np.testing.assert_array_equal(old, v.numpy())
+
+
+def test_targets_a_keras_loss_squeezes_are_accepted():
+    # Keras' "mse" squeezes [K] targets against [K, 1] outputs, as model.compile("mse")
+    # does: the same loss as with [K, 1] targets, so not refused.
+    sx, sy, qx, qy = sine_batch()
+    out = MetaLearner(mlp(), "mse").evaluate_batch((sx, sy[..., 0], qx, qy[..., 0]), 1)
+    expected = MetaLearner(mlp(), "mse").evaluate_batch((sx, sy, qx, qy), 1)
+    np.testing.assert_allclose(out["loss"], expected["loss"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda b: (b[0][:, :0], b[1][:, :0], b[2], b[3]),
+     r"support_x has shape \(2, 0, 1\), no examples per task; every task needs at least one "
+     r"support and one query example"),
+    (lambda b: (b[0], b[1], b[2][:, :0], b[3][:, :0]), r"query_x has shape \(2, 0, 1\), no "),
+    (lambda b: (b[0], b[1], b[2], b[3][..., 0]),
+     r"support_y has shape \(2, 5, 1\) but query_y \(2, 5\); the targets of one example "
+     r"must have one shape in both sets"),
+], ids=["empty-support", "empty-query", "targets-differ"])
+def test_empty_or_mismatched_sets_are_refused(learner, make, message):
+    # An empty support set failed deep inside the compiled step; an empty query set trained
+    # on a query loss of 0 (or NaN, which the guard then skipped, step after step).
+    with pytest.raises(ValueError, match=message):
+        learner.train_step(make(sine_batch()))
+
+
+def test_a_loss_that_cannot_take_several_outputs_says_so():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(4)(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(3)(hidden), keras.layers.Dense(1)(hidden)])
+    with pytest.raises(ValueError, match=r"the model returns a list of 2 outputs, which "
+                       r"loss_fn gets as it is, and failed on \(.*\); give a loss_fn that "
+                       r"takes the model's outputs as it returns them, e\.g\. lambda y, "
+                       r"outputs: loss\(y, outputs\[0\]\)"):
+        MetaLearner(model, losses.mean_xent).train_step(class_batch())
+    # Such a loss is how a model with several outputs meta-trains.
+    both = MetaLearner(model, lambda y, out: losses.mean_xent(y, out[0])
+                       + tf.reduce_mean(tf.square(out[1])))
+    assert bool(both.train_step(class_batch())["applied"])
+
+
 def per_example_mse(y_true, y_pred):
     """One squared error per example: what Keras' ``reduction=None`` losses return."""
     return tf.reduce_mean(tf.square(y_pred - y_true), axis=-1)

@@ -150,10 +150,11 @@ class MetaLearner(MetaUpdate):
 
     def _check_loss(self, support_x, support_y, weights=None) -> None:
         """The first time: the loss's value on one task, computed eagerly (one forward
-        pass), must be a scalar (:func:`tf_maml.losses.check_scalar`). Checked here rather
-        than while tracing, where the one-line error would come wrapped in a traceback."""
+        pass), must fit the targets and be a scalar (:func:`tf_maml.losses.check_task_loss`).
+        Checked here rather than while tracing, where the one-line error would come wrapped
+        in a traceback."""
         if not self._loss_checked:
-            losses.check_scalar(self.loss_fn, support_y, self.predict(support_x, weights))
+            losses.check_task_loss(self.loss_fn, support_y, self.predict(support_x, weights))
             self._loss_checked = True
 
     # ------------------------------------------------------------------ variables

@@ -103,6 +103,63 @@ def task_loss(loss) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     return loss
 
 
+def check_task_loss(loss_fn, y_true, y_pred, name: str = "support_y") -> None:
+    """A one-line ValueError unless ``loss_fn`` can score ONE task's targets ``y_true``
+    (``name``) against the model's outputs ``y_pred`` as meant: one class id in range per
+    example for a loss that takes classes, no broadcasting of the targets against the
+    outputs, and a scalar value (:func:`check_scalar`). Nothing of this fails later by
+    itself: a regression loss broadcasts targets of another shape into a wrong but finite
+    loss, and an out-of-range class id is NaN on a GPU."""
+    if tf.nest.is_nested(y_pred):  # several outputs: the loss alone knows what it takes
+        try:
+            check_scalar(loss_fn, y_true, y_pred)
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
+            first = repr(next(iter(y_pred))) if isinstance(y_pred, dict) else "0"
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise ValueError(
+                f"the model returns a {type(y_pred).__name__} of "
+                f"{len(tf.nest.flatten(y_pred))} outputs, which loss_fn gets as it is, and "
+                f"failed on ({reason}); give a loss_fn that takes the model's outputs as it "
+                f"returns them, e.g. lambda y, outputs: loss(y, outputs[{first}])") from err
+        return
+    y_true, y_pred = tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred)
+    got, out = tuple(y_true.shape), tuple(y_pred.shape)
+    if targets(loss_fn) == CLASSES and len(out) >= 2:
+        classes, examples = out[-1], out[:-1]
+        if y_true.shape.num_elements() != tf.TensorShape(examples).num_elements():
+            raise ValueError(
+                f"{name} has shape {got} per task, the model's outputs {out}: loss_fn "
+                f"takes one class id per example (shape {examples}); for one-hot labels give "
+                "their argmax, or a loss for one-hot labels (e.g. "
+                "keras.losses.CategoricalCrossentropy(from_logits=True))")
+        low, high = int(tf.reduce_min(y_true)), int(tf.reduce_max(y_true))
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"{name} holds class {low if low < 0 else high} but the model outputs "
+                f"{classes} logits per example (classes 0..{classes - 1}): give the model "
+                "one output per class of a task (num_classes, e.g. N for N-way tasks) or "
+                "number the classes of each task 0..N-1")
+    elif got != out and y_true.shape.num_elements() == y_pred.shape.num_elements():
+        # Whether the loss broadcasts, asked of distinct values in (0, 1): on the model's own
+        # outputs (near constant at initialisation) both readings can score the same.
+        ramp = (tf.range(y_pred.shape.num_elements(), dtype=tf.float32) + 1) / (
+            y_pred.shape.num_elements() + 1)
+        outputs = tf.cast(tf.reshape(ramp, out), y_pred.dtype)
+        value, meant = (float(tf.reduce_sum(tf.cast(loss_fn(y, outputs), tf.float32)))
+                        for y in (tf.reshape(ramp[::-1], got), tf.reshape(ramp[::-1], out)))
+        if abs(value - meant) > 1e-3 * max(1.0, abs(meant)):
+            raise ValueError(
+                f"{name} has shape {got} per task but the model's outputs {out}, and loss_fn "
+                "broadcasts one against the other (a loss of every target against every "
+                f"output): give the targets the outputs' shape {out}")
+    elif targets(loss_fn) == REGRESSION and got != out:
+        raise ValueError(
+            f"{name} has shape {got} per task, the model's outputs {out}: loss_fn "
+            "compares them element by element, so the targets need the outputs' shape "
+            "(is the model's number of outputs right?)")
+    check_scalar(loss_fn, y_true, y_pred)
+
+
 def check_scalar(loss_fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
     """A one-line ValueError unless ``loss_fn`` gives ONE task's examples (``y_true``,
     ``y_pred``) a scalar. A vector would not fail later: the gradient of a vector is the

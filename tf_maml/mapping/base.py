@@ -109,6 +109,14 @@ def check_batch(batch, where: str, example_shape: tuple | None = None
         if shape.rank is not None and shape.rank < 2:
             raise ValueError(f"{where}: {name} has shape {shape}; expected [tasks, examples, "
                              "...] (the task on the leading axis)")
+        if shape.rank is not None and shape[1] == 0:  # the loss would be a NaN or a 0
+            raise ValueError(f"{where}: {name} has shape {shape}, no examples per task; every "
+                             "task needs at least one support and one query example")
+    support_y, query_y = shapes["support_y"], shapes["query_y"]
+    if support_y.rank is not None and query_y.rank is not None and \
+            not support_y[2:].is_compatible_with(query_y[2:]):
+        raise ValueError(f"{where}: support_y has shape {support_y} but query_y {query_y}; "
+                         "the targets of one example must have one shape in both sets")
     tasks = {name: shape[0] for name, shape in shapes.items()
              if shape.rank is not None and shape[0] is not None}
     if len(set(tasks.values())) > 1:
