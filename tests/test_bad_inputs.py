@@ -1052,3 +1052,36 @@ def test_a_meta_batch_of_no_tasks_is_named(meta_batch_size):
                                          rf">= 1, got {meta_batch_size}$"):
         MetaLearner(mlp(), losses.mse).fit(SinusoidTasks(5, 5), iterations=2,
                                            meta_batch_size=meta_batch_size, log_interval=None)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(iterations=-3), r"^iterations must be a whole number of meta-batches >= 0, got -3$"),
+    (dict(iterations=2.5), r"^iterations must be a whole number of meta-batches >= 0, got 2\.5$"),
+    (dict(pretrain_iterations=-1), r"^pretrain_iterations must be a whole number >= 0, got -1$"),
+    (dict(seed=None), r"^seed must be a whole number >= 0, got None$"),
+    (dict(callbacks=keras.callbacks.EarlyStopping()),
+     r"^callbacks must be a list of tf_maml\.callbacks\.Callback objects \(Keras callbacks do "
+     r"not apply"),
+], ids=["negative-iterations", "float-iterations", "negative-pretrain", "no-seed",
+        "keras-callback"])
+def test_bad_fit_arguments_are_named(kwargs, message):
+    # Negative iterations trained nothing without a word; the others failed deep inside
+    # range(), numpy's seeding or the loop's first callback hook.
+    kwargs = {"iterations": 2, **kwargs}
+    learner = MetaLearner(mlp(), losses.mse)
+    with pytest.raises(ValueError, match=message):
+        learner.fit(SinusoidTasks(5, 5), meta_batch_size=2, log_interval=None, **kwargs)
+    assert int(learner.optimizer.iterations) == 0
+
+
+def test_a_dataset_that_runs_out_says_so_and_keeps_the_training(tmp_path):
+    # It used to end fit with a bare StopIteration, and the iterations since the last
+    # checkpoint were lost.
+    run_dir = tmp_path / "run"
+    dataset = tf.data.Dataset.from_tensors(sine_batch()).repeat(2)
+    with pytest.raises(ValueError, match=r"^the batches ran out after iteration 2 of 5 "
+                       r"\(training up to it is kept\): give one batch per iteration, e\.g\. a "
+                       r"tf\.data\.Dataset with \.repeat\(\), or fewer iterations$"):
+        MetaLearner(mlp(), losses.mse).fit(dataset, iterations=5, run_dir=str(run_dir),
+                                           log_interval=None, log=lambda s: None)
+    assert (run_dir / "model-2.index").exists()

@@ -98,20 +98,26 @@ def fit(
     Iterations below ``pretrain_iterations`` are pretraining steps. Ctrl-C and SIGTERM end
     the current step, call ``on_interrupt`` (the checkpoint saver saves) and raise
     KeyboardInterrupt; pressing Ctrl-C again meanwhile changes nothing. During
-    ``on_train_end`` (the final save) they wait for it, then raise KeyboardInterrupt. Any
-    other exception (:class:`NonFiniteError` from
+    ``on_train_end`` (the final save) they wait for it, then raise KeyboardInterrupt.
+    ``batches`` running out ends training as its end does (``on_train_end``), then raises a
+    ValueError saying so. Any other exception (:class:`NonFiniteError` from
     :class:`~tf_maml.callbacks.NonFiniteGuard`, ...) calls ``on_error`` and propagates.
     """
     for cb in callbacks:
         cb.on_train_begin(learner, start, total)
     done = start
+    ran_out = False
     # The handlers stay inside the signals' block, so that the save on an interrupt is not
     # itself interrupted.
     with interrupt_at_step_end() as stop:
         try:
             for itr in range(start, total):
                 pretrain = itr < pretrain_iterations
-                batch = next(batches)
+                try:
+                    batch = next(batches)
+                except StopIteration:  # a finite dataset: ends as training ends, then says so
+                    ran_out = True
+                    break
                 for cb in callbacks:
                     cb.on_step_begin(itr + 1)
                 out = learner.train_step(batch, pretrain=pretrain)
@@ -132,6 +138,11 @@ def fit(
         for cb in callbacks:
             cb.on_train_end(done)
     stop.check()
+    if ran_out:
+        raise ValueError(
+            f"the batches ran out after iteration {done} of {total} (training up to it is "
+            "kept): give one batch per iteration, e.g. a tf.data.Dataset with .repeat(), or "
+            "fewer iterations")
     return done
 
 
@@ -261,10 +272,16 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
     """``MetaLearner.fit`` (see there for the arguments and their defaults): :func:`train`,
     holding ``run_dir``'s lock when it is given (only the chief of a multi-worker run
     writes there, so only it locks)."""
-    if isinstance(meta_batch_size, bool) or not isinstance(meta_batch_size, numbers.Integral) \
-            or meta_batch_size < 1:  # else TensorFlow fails inside the first step
-        raise ValueError(f"meta_batch_size must be a whole number of tasks >= 1, got "
-                         f"{meta_batch_size}")
+    # Else TensorFlow fails inside the first step, numpy inside the task stream, or a
+    # negative count trains nothing without a word.
+    _check_count("meta_batch_size", meta_batch_size, 1, "a whole number of tasks")
+    _check_count("iterations", iterations, 0, "a whole number of meta-batches")
+    _check_count("pretrain_iterations", pretrain_iterations, 0, "a whole number")
+    _check_count("seed", seed, 0, "a whole number")
+    if not isinstance(callbacks, (list, tuple)) or not all(isinstance(cb, Callback)
+                                                           for cb in callbacks):
+        raise ValueError(f"callbacks must be a list of tf_maml.callbacks.Callback objects (Keras "
+                         f"callbacks do not apply: fit is not Keras' fit), got {callbacks!r}")
     callbacks = list(callbacks)
     if log_interval:
         callbacks.insert(0, ProgressLogger(log_interval, min(log_interval, 100), log))
@@ -274,3 +291,9 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
                      run_dir=run_dir, resume=resume, callbacks=callbacks,
                      pretrain_iterations=pretrain_iterations, nan_policy=nan_policy,
                      num_updates=learner.inner_steps, log=log)
+
+
+def _check_count(name: str, value, minimum: int, what: str) -> None:
+    """A ValueError unless ``value`` is an integer >= ``minimum`` (``what`` it counts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be {what} >= {minimum}, got {value!r}")
