@@ -43,7 +43,7 @@ from test_data_prep import (  # the tiny official layouts of the data_prep tests
 )
 
 from tf_maml import evaluate as evaluate_lib
-from tf_maml import experiment, losses, models, runner
+from tf_maml import experiment, losses, models, options, runner
 from tf_maml.api import MetaLearner
 from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.config import Config, ConfigError
@@ -800,11 +800,18 @@ def test_model_without_trainable_weights_says_it_is_frozen():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(objective="fomaml"), r"objective must be LastStep\(\), MultiStepLoss\(iterations\) "
                                r"or Reptile\(\), got 'fomaml'"),
-    (dict(inner_steps=-1), r"inner_steps must be >= 0, got -1"),
+    (dict(inner_steps=-1), r"inner_steps must be a whole number >= 0, got -1"),
+    (dict(inner_steps=2.5), r"inner_steps must be a whole number >= 0, got 2\.5"),
+    (dict(inner_lr=-0.01), r"the inner learning rate α must be >= 0 \(a step size; 0 leaves the "
+                           r"weights unchanged\), got -0\.01"),
 ])
 def test_bad_learner_arguments_are_named(kwargs, message):
+    # A negative α trained silently by gradient ascent on the support loss; 2.5 inner steps
+    # ran 2.
     with pytest.raises(ValueError, match=message):
         MetaLearner(mlp(), losses.mse, **kwargs)
+    with pytest.raises(ValueError, match=r"inner learning rate α must be >= 0"):
+        options.LSLR(-0.01)
 
 
 def test_bad_execution_plan_is_named():

@@ -10,6 +10,7 @@ speed and memory, never a number. The options are :mod:`tf_maml.options`.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import keras
@@ -94,8 +95,9 @@ class MetaLearner(MetaUpdate):
                  objective: objectives.Objective | None = None,
                  meta_optimizer=None):
         _check_model(model)
-        if inner_steps < 0:
-            raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, numbers.Integral) \
+                or inner_steps < 0:  # else 2.5 runs 2 steps, "3" fails deep in a comparison
+            raise ValueError(f"inner_steps must be a whole number >= 0, got {inner_steps!r}")
         self.model = model
         self.loss_fn = losses.task_loss(loss_fn)  # a Keras loss name: its mean
         self._loss_checked = False  # see _check_loss

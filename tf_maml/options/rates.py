@@ -25,6 +25,9 @@ class InnerRate:
     def __init__(self, value: float = 0.01):
         if not math.isfinite(float(value)):
             raise ValueError(f"the inner learning rate must be a finite number, got {value}")
+        if float(value) < 0:  # a step up the support loss; the export refuses it too
+            raise ValueError(f"the inner learning rate α must be >= 0 (a step size; 0 leaves "
+                             f"the weights unchanged), got {value}")
         self.value = float(value)
 
     @property
