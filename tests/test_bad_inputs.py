@@ -497,6 +497,31 @@ def test_miniimagenet_into_a_prepared_omniglot_folder_touches_nothing(prepared, 
     assert snapshot(output) == before
 
 
+@pytest.mark.parametrize("dataset, inside", [("omniglot", "images_background"),
+                                             ("omniglot", "images_background/resized"),
+                                             ("miniimagenet", "images")])
+def test_output_inside_a_source_folder_is_refused_before_anything_is_written(tmp_path,
+                                                                               dataset, inside):
+    # Was: the 28x28 drawings written over the extracted 105x105 source drawings of the same
+    # names (the readers' own errors even suggested that --output for a set folder).
+    source = tmp_path / "src"
+    drawing = source / "images_background" / "Alpha" / "character01" / "0001_01.png"
+    drawing.parent.mkdir(parents=True)
+    drawing.write_bytes(b"\x89PNG source drawing")
+    (source / "images").mkdir()
+    (source / "images" / "n0100000100000001.jpg").write_bytes(b"\xff\xd8\xff source")
+    before = sha256_tree(str(source))
+    output = source / inside
+    with pytest.raises(PrepError, match=rf"^output folder {output} is inside the source folder "
+                                        r".*would overwrite the source files.*--output outside"):
+        if dataset == "omniglot":
+            oprep.prepare_omniglot(str(source), str(output), expect_counts=False)
+        else:
+            mprep.prepare_miniimagenet(str(source / "images"), str(source), str(output),
+                                       expect_counts=False)
+    assert sha256_tree(str(source)) == before  # nothing written, nothing created
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def test_missing_test_iter_lists_the_available_checkpoints(sine_copy):
     config, run_dir = sine_copy

@@ -49,6 +49,7 @@ from tf_maml.data.prep import (
     PrepError,
     Progress,
     check_no_extra_entries,
+    check_output_outside,
     count_files,
     decode_image,
     open_zip,
@@ -280,6 +281,7 @@ def prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: 
 def _prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: bool = True,
                            progress_every: int = DEFAULT_PROGRESS_EVERY) -> dict:
     start = time.monotonic()
+    check_output_outside(output, [images] if os.path.isdir(images) else [])
     marker = _already_complete(output, expect_counts)
     if marker is not None:
         logging.info("%s: already complete (%s)", output, ", ".join(

@@ -49,6 +49,7 @@ from tf_maml.data.prep import (
     PrepError,
     Progress,
     check_no_extra_entries,
+    check_output_outside,
     count_files,
     decode_image,
     open_zip,
@@ -202,6 +203,8 @@ def prepare_omniglot(source: str, output: str, expect_counts: bool = True,
 def _prepare_omniglot(source: str, output: str, expect_counts: bool = True,
                       progress_every: int = DEFAULT_PROGRESS_EVERY) -> dict:
     start = time.monotonic()
+    # An extracted set folder is read even when its zip is used: no output inside it either.
+    check_output_outside(output, [os.path.join(source, set_name) for set_name in SETS])
     marker = _already_complete(output, expect_counts)
     if marker is not None:
         logging.info("%s: already complete (%d characters x %d drawings)", output,

@@ -55,6 +55,19 @@ def writing_output(output: str):
 
 
 
+def check_output_outside(output: str, read_folders: list[str]) -> None:
+    """Fails if ``output`` is one of the source folders ``read_folders`` or lies inside one:
+    the prepared files keep the source's names (``<Alphabet>/<character>/<file>.png``,
+    ``<file>.jpg``), so preparing there would overwrite the source, which is only read."""
+    out = os.path.realpath(output)
+    for folder in read_folders:
+        src = os.path.realpath(folder)
+        if out == src or out.startswith(src.rstrip(os.sep) + os.sep):
+            raise PrepError(f"output folder {output} is inside the source folder {folder}: "
+                            "preparing there would overwrite the source files, which are "
+                            "only read; give an --output outside it")
+
+
 def write_if_changed(path: str, data: bytes) -> bool:
     """Writes ``data`` atomically unless ``path`` already holds exactly these bytes."""
     try:
