@@ -368,6 +368,43 @@ def test_prepared_data_with_files_removed_since_is_named(prepared, tmp_path, dat
     assert snapshot(root) == before
 
 
+@pytest.mark.parametrize("dataset, given, message", [
+    ("omniglot", "", "{root} is the folder above the prepared Omniglot data at {root}/omniglot "
+                     "(the folder tree of data_prep): give {root}/omniglot as --data_dir"),
+    ("omniglot", "omniglot/Alpha/character01", "{root}/omniglot/Alpha/character01 is a folder "
+     "inside the prepared Omniglot data at {root}/omniglot (the folder tree of data_prep): "
+     "give {root}/omniglot as --data_dir"),
+    ("miniimagenet", "miniimagenet/test", "{root}/miniimagenet/test is a folder inside the "
+     "prepared MiniImageNet data at {root}/miniimagenet"),
+    ("omniglot", "{tmp}/images_background", "{tmp}/images_background holds the Omniglot files "
+     "that data_prep reads, not prepared data: prepare them into a new folder with `python -m "
+     "data_prep.omniglot --source={tmp} --output=<new folder>`"),
+    ("miniimagenet", "images", "{root}/images holds the MiniImageNet files that data_prep "
+     "reads, not prepared data: prepare them into a new folder with `python -m "
+     "data_prep.miniimagenet --images={root}/images --csv_dir=<folder with train.csv"),
+], ids=["omniglot-parent", "omniglot-character", "mini-split", "omniglot-raw-set",
+        "mini-raw-images"])
+def test_data_dir_off_by_a_level_or_a_source_folder_names_the_folder_to_give(
+        prepared, tmp_path, dataset, given, message):
+    # Was advice to run data_prep with --output=<the folder given> (for a source set folder:
+    # to delete a source drawing first), or "no class folders */* found".
+    from tf_maml.tasks.omniglot import omniglot_tasks
+
+    root = prepared["source"]
+    drawing = tmp_path / "images_background" / "Alpha" / "character01" / "0001_01.png"
+    drawing.parent.mkdir(parents=True)
+    Image.new("1", (105, 105), 1).save(drawing)
+    before = snapshot(root), snapshot(tmp_path)
+    data_dir = os.path.join(root, given.format(tmp=tmp_path)) if given else str(root)
+    with pytest.raises(DataError) as info:
+        if dataset == "omniglot":
+            omniglot_tasks(data_dir, "train", 2, 1, 1, num_train=8, num_val=2)
+        else:
+            experiment.task_source(mini_config(data_dir, num_query=1), "test", 1)
+    assert str(info.value).startswith(message.format(root=root, tmp=tmp_path))
+    assert (snapshot(root), snapshot(tmp_path)) == before
+
+
 def test_too_few_images_for_support_plus_query(prepared):
     """MiniImageNet trains with 15 query images per class: 1 + 15 > 6 images per class."""
     before = snapshot(prepared["miniimagenet"])

@@ -34,11 +34,33 @@ SOURCES = {
 
 
 def _source_flags(dataset: str, source: str) -> str:
-    """The source flags of ``data_prep`` for the raw files in the folder ``source``."""
+    """The source flags of ``data_prep`` for the raw files in the folder ``source``: the
+    folder holding the archives or the split CSVs, or an extracted Omniglot set folder, or
+    the flat MiniImageNet ``images/`` folder (:func:`_is_raw_folder`)."""
+    parent = os.path.dirname(os.path.normpath(source))
     if dataset == "omniglot":
-        return f"--source={source}"
+        return f"--source={parent if _is_raw_folder(dataset, source) else source}"
+    if _is_raw_folder(dataset, source):
+        has_csvs = os.path.isfile(os.path.join(parent, "train.csv"))
+        csv_dir = parent if has_csvs else "<folder with train.csv, val.csv and test.csv>"
+        return f"--images={source} --csv_dir={csv_dir}"
     images = "images.zip" if os.path.isfile(os.path.join(source, "images.zip")) else "images"
     return f"--images={os.path.join(source, images)} --csv_dir={source}"
+
+
+def _is_raw_folder(dataset: str, folder: str, entries: set[str] | None = None) -> bool:
+    """Whether ``folder`` is itself a folder of source images that data_prep reads: an
+    extracted Omniglot set (``images_background/``, ``images_evaluation/``: the same
+    ``<Alphabet>/<character>/`` layout as the prepared tree, with 105x105 drawings), or
+    MiniImageNet's flat ``images/`` folder (a prepared folder holds no JPEG at its top)."""
+    if dataset == "omniglot":
+        return os.path.basename(os.path.normpath(folder)) in omni_prep.SETS
+    if entries is None:
+        try:
+            entries = set(os.listdir(folder))
+        except OSError:
+            return False
+    return any(name.lower().endswith(mini_prep.IMAGE_SUFFIXES) for name in entries)
 
 
 def prep_command(dataset: str, backend: str, output: str, source: str | None = None) -> str:
@@ -75,25 +97,68 @@ def contents(data_dir: str) -> set[tuple[str, str]]:
         if CACHES[dataset] <= entries:
             found.add((dataset, "folders"))
     if not found:
-        if entries & {f"{s}{ext}" for s in omni_prep.SETS for ext in (".zip", "")}:
+        if (entries & {f"{s}{ext}" for s in omni_prep.SETS for ext in (".zip", "")}
+                or _is_raw_folder("omniglot", data_dir)):
             found.add(("omniglot", "raw"))
-        if "train.csv" in entries and entries & {"images.zip", "images"}:
+        if (("train.csv" in entries and entries & {"images.zip", "images"})
+                or _is_raw_folder("miniimagenet", data_dir, entries)):
             found.add(("miniimagenet", "raw"))
     return found
+
+
+# How far a data_dir given one level off (or a few, inside a prepared tree: an alphabet or
+# character folder of Omniglot, a split or class folder of MiniImageNet, a dataset or version
+# folder of a TFDS data_dir) is looked for the prepared data set it misses.
+NEARBY_LEVELS = 3
+
+
+def _nearby(data_dir: str, dataset: str, backend: str) -> tuple[str, str] | None:
+    """("inside" or "beside", folder) of the prepared ``dataset`` for ``backend`` nearest to
+    ``data_dir`` when ``data_dir`` itself holds nothing recognisable: an enclosing folder
+    (``data_dir`` is inside it), else a subfolder (``data_dir`` is its parent)."""
+    folder = os.path.abspath(data_dir)
+    for _ in range(NEARBY_LEVELS):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+        if (dataset, backend) in contents(folder):
+            return "inside", folder
+    try:
+        children = sorted(e.path for e in os.scandir(data_dir)
+                          if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return None
+    for child in children:
+        if (dataset, backend) in contents(child):
+            return "beside", child
+    return None
 
 
 def check_data_dir(data_dir: str, dataset: str, backend: str) -> None:
     """Raises DataError if ``data_dir`` visibly holds other data than ``dataset`` prepared for
     ``backend`` ('folders' or 'tfds'): another data set, the same one in the other format, or
-    the unprepared files (then the hint prepares them from this very folder). A missing,
-    empty or unmarked folder passes, and so does a TFDS data_dir holding only other data
+    the unprepared files (then the hint prepares them from this very folder), or nothing
+    while the folder above or below it (:func:`_nearby`) holds the data. A missing,
+    empty or unmarked folder passes otherwise, and so does a TFDS data_dir holding only other data
     sets (the loader's own errors say what to run)."""
     found = contents(data_dir)
-    if not found or (dataset, backend) in found:
+    if (dataset, backend) in found:
+        return
+    name = NAMES[dataset]
+    # Nothing prepared here (a MiniImageNet class folder holds JPEGs, like the raw images/):
+    # perhaps the folder above or below it.
+    if all(b == "raw" for _, b in found):
+        nearby = _nearby(data_dir, dataset, backend)
+        if nearby is not None:
+            where, folder = nearby
+            what = "a folder inside" if where == "inside" else "the folder above"
+            raise DataError(f"{data_dir} is {what} the prepared {name} data at {folder} "
+                            f"({BACKENDS[backend]}): give {folder} as --data_dir")
+    if not found:
         return
     if backend == "tfds" and all(b == "tfds" for _, b in found):
         return  # a TFDS data_dir holds several data sets: building this one there is right
-    name = NAMES[dataset]
     if (dataset, "raw") in found:
         raise DataError(f"{data_dir} holds the {name} files that data_prep reads, not prepared "
                         f"data: prepare them into a new folder with "
