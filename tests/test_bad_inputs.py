@@ -831,6 +831,20 @@ def test_saved_model_signatures_say_what_is_wrong(classifier_export, signature, 
 
 
 # ---------------------------------------------------------------------------- Python API
+def test_saved_model_takes_numpy_s_float64_examples(classifier_export):
+    # Was "Could not find matching concrete function to call loaded from the SavedModel",
+    # listing the traced signatures, for the arrays numpy makes by default.
+    loaded, _, task = classifier_export
+    as_f64 = {name: np.asarray(value, np.float64 if value.dtype.is_floating else None)
+              for name, value in task.items()}
+    np.testing.assert_array_equal(loaded.adapt_and_predict(**as_f64),
+                                  loaded.adapt_and_predict(**task))
+    np.testing.assert_array_equal(loaded.serving_default(as_f64["query_x"]),
+                                  loaded.serving_default(task["query_x"]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="query_x has the wrong rank"):
+        loaded.adapt_and_predict(as_f64["support_x"], as_f64["support_y"], np.zeros(4))
+
+
 def mlp(hidden=(8,)) -> keras.Model:
     keras.utils.set_random_seed(0)
     return models.fc_net((1,), hidden, 1, name="sinusoid_mlp")

@@ -59,7 +59,8 @@ Targets: integer class ids ``support_y`` [Ns] (int32 or int64, or float32 / floa
 whole numbers; int64 in the signatures)
 for a classification loss such as :func:`tf_maml.losses.summed_xent`, or float32 [Ns, N]
 regression targets for :func:`tf_maml.losses.mse`; ``targets="auto"`` tells them apart by
-the loss. Examples are float32 (the model's input dtype).
+the loss. Examples are float32 (the model's input dtype); float64 examples and targets
+(numpy's default) are accepted too and cast (support_x and query_x of the same dtype).
 
 Meta-SGD (``learner.inner_lrs`` non-empty): the learned per-parameter α tensors are used,
 and the ``inner_lr`` input is a scale on them in the units of the learner's initial α:
@@ -133,6 +134,13 @@ def _outputs(model: keras.Model, feature_shape: tuple, input_dtype) -> tuple[int
     return int(probe.shape[-1]), probe.dtype
 
 
+def _with_other_float(dtype: tf.DType) -> tuple[tf.DType, ...]:
+    """``dtype``, then float64 for float32 and float32 for float64 (the width a caller's
+    numpy array may have instead)."""
+    other = {tf.float32: tf.float64, tf.float64: tf.float32}.get(dtype)
+    return (dtype,) if other is None else (dtype, other)
+
+
 def _read(variables) -> list[tf.Tensor]:
     return [tf.identity(v.value) for v in variables]
 
@@ -200,11 +208,20 @@ class _Serving:
         self.split = adapt_lib.model_split(self.model)
         # Class ids are accepted as int32 or int64 (numpy's default) and checked as int64; as
         # float32 / float64 too (e.g. labels stored as floats), if they are whole numbers.
+        # Floats are accepted in the other width too (numpy arrays are float64 by default)
+        # and cast: a restored function matches only the dtypes it was traced for, and its
+        # error for any other lists the traced signatures, not the fix.
         self.y_dtypes = ((tf.int64, tf.int32, tf.float32, tf.float64) if kind == "classes"
                          else (self.output_dtype,))
+        # (x, y) dtypes traced: every y above with the model's input dtype, and numpy's
+        # defaults (float64 examples and targets, int64 class ids) with the other float width
+        # (each dtype pair adds four traces to the export).
+        numpy_y = (tf.int64, tf.float64) if kind == "classes" else (tf.float64,)
+        self.dtype_pairs = [(self.input_dtype, y) for y in self.y_dtypes] + [
+            (x, y) for x in _with_other_float(self.input_dtype)[1:] for y in numpy_y]
 
     def predict(self, x):
-        x = export_checks.examples(x, self.feature_shape)
+        x = export_checks.examples(tf.cast(x, self.input_dtype), self.feature_shape)
         return adapt_lib.forward(self.model, _read(self.model.trainable_variables), x,
                                  _read(self.model.non_trainable_variables))
 
@@ -258,10 +275,11 @@ class _Serving:
             "input_shape": tf.constant(values["input_shape"], tf.int32),
         }
 
-    def task_specs(self, y_dtype):
-        return (tf.TensorSpec(None, self.input_dtype, name="support_x"),
+    def task_specs(self, y_dtype, x_dtype=None):
+        x_dtype = self.input_dtype if x_dtype is None else x_dtype
+        return (tf.TensorSpec(None, x_dtype, name="support_x"),
                 tf.TensorSpec(None, y_dtype, name="support_y"),
-                tf.TensorSpec(None, self.input_dtype, name="query_x"))
+                tf.TensorSpec(None, x_dtype, name="query_x"))
 
     def module(self) -> tuple[tf.Module, dict]:
         """The tf.Module to save, and its serving signatures."""
@@ -279,7 +297,8 @@ class _Serving:
             lr = tf.constant(self.default_lr, tf.float32) if inner_lr is None else inner_lr
             if self.kind == "classes" and support_y.dtype.is_floating:
                 support_y = export_checks.whole_class_ids(support_y)
-            return core(support_x, tf.cast(support_y, y_dtype), query_x, steps, lr)
+            return core(tf.cast(support_x, self.input_dtype), tf.cast(support_y, y_dtype),
+                        tf.cast(query_x, self.input_dtype), steps, lr)
 
         module = tf.Module()
         # The captured variables, as plain tf.Variables: the loaded object needs no keras.
@@ -287,12 +306,14 @@ class _Serving:
         module.inner_lr_variables = [v.value for v in self.learner.inner_lrs]
         module.bn_step_variables = [v.value for v in self.learner.bn_steps]
         module.serving_default = tf.function(self.predict, autograph=False)
-        module.serving_default.get_concrete_function(x_spec)
+        for x in _with_other_float(self.input_dtype):
+            module.serving_default.get_concrete_function(tf.TensorSpec(None, x, name="x"))
         module.adapt_and_predict = tf.function(adapt_fn, autograph=False)
-        for y in self.y_dtypes:
+        for x, y in self.dtype_pairs:
             for options in ({}, {"num_steps": steps_spec}, {"inner_lr": lr_spec},
                             {"num_steps": steps_spec, "inner_lr": lr_spec}):
-                module.adapt_and_predict.get_concrete_function(*self.task_specs(y), **options)
+                module.adapt_and_predict.get_concrete_function(*self.task_specs(y, x),
+                                                               **options)
         module.metadata = tf.function(self.metadata, autograph=False)
 
         # Serving signatures: named dict outputs, every input required.
