@@ -873,6 +873,17 @@ def test_model_without_trainable_weights_says_it_is_frozen():
         MetaLearner(model, losses.mse)
 
 
+def test_multi_input_model_is_refused_at_construction():
+    # It was accepted, then failed at the first step with Keras' "expects 2 inputs ...
+    # received 1", or with a misleading count of targets against examples.
+    a, b = keras.Input((1,)), keras.Input((1,))
+    model = keras.Model([a, b], keras.layers.Dense(1)(keras.layers.Concatenate()([a, b])))
+    with pytest.raises(ValueError, match=r"takes 2 inputs, but MetaLearner feeds a model one "
+                       r"tensor of examples .*multi-input models are not supported: give it a "
+                       r"model of one input, e\.g\. concatenate the features"):
+        MetaLearner(model, losses.mse)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(objective="fomaml"), r"objective must be LastStep\(\), MultiStepLoss\(iterations\) "
                                r"or Reptile\(\), got 'fomaml'"),

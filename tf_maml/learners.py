@@ -426,7 +426,8 @@ class MetaLearner(MetaUpdate):
 
 
 def _check_model(model: keras.Model) -> None:
-    """A ValueError unless ``model`` is built and has weights to meta-learn."""
+    """A ValueError unless ``model`` is built, takes one input and has weights to
+    meta-learn."""
     if not model.built:
         raise ValueError(
             "MetaLearner needs a built Keras model: call the model once on an example "
@@ -438,6 +439,18 @@ def _check_model(model: keras.Model) -> None:
             "meta-learn: set model.trainable = True (and unfreeze its layers) before "
             "wrapping it."
         )
+    try:
+        inputs = model.inputs  # a subclassed model may have none to tell
+    except (AttributeError, ValueError):
+        inputs = None
+    if isinstance(inputs, (list, tuple)) and len(inputs) > 1:
+        # A task's support_x and query_x are one tensor each; Keras would only say, at the
+        # first step, that it "expects 2 inputs but received 1".
+        raise ValueError(
+            f"model {model.name} takes {len(inputs)} inputs, but MetaLearner feeds a "
+            "model one tensor of examples (support_x, query_x), and multi-input models are not "
+            "supported: give it a model of one input, e.g. concatenate the features into one "
+            "tensor, or wrap the model in one whose single Input is sliced into the parts")
 
 
 __all__ = ["MetaLearner"]
