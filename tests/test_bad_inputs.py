@@ -901,6 +901,33 @@ def test_bad_learner_arguments_are_named(kwargs, message):
         options.LSLR(-0.01)
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: options.adam(-1), r"^adam's learning_rate, the meta learning rate β, must be a "
+                               r"number > 0 \(the original's is 1e-3\), got -1$"),
+    (lambda: options.adam(0.0), r"adam's learning_rate.*must be a number > 0.*got 0\.0$"),
+    (lambda: options.cosine(-1e-3, 1e-5, 10), r"^cosine's meta_lr, the meta learning rate β, "
+                                              r"must be a number > 0"),
+    (lambda: options.cosine(1e-3, 1e-5, 2.5), r"^cosine annealing needs a whole number of "
+                                              r"iterations >= 1, got 2\.5$"),
+    (lambda: options.chain(options.adam(), options.ClipNetwork(10)),
+     r"^chain takes the optimizer last, after the gradient transforms \(got it as link 1 of "
+     r"2\): write chain\(ClipNetwork\(10\.0\), adam\(\.\.\.\)\)$"),
+    (lambda: options.FirstOrderUntil(2.5), r"^FirstOrderUntil needs iterations >= 1, a whole "
+                                           r"number \(for none, .*got 2\.5$"),
+    (lambda: options.FirstOrderUntil(True), r"FirstOrderUntil needs iterations >= 1, a whole "
+                                            r"number .*got True$"),
+    (lambda: options.MultiStepLoss(2.5), r"^MultiStepLoss needs iterations >= 1, a whole "
+                                         r"number \(for none, .*got 2\.5$"),
+], ids=["adam-negative", "adam-zero", "cosine-negative", "cosine-float-iterations",
+        "chain-optimizer-first", "first-order-float", "first-order-bool", "msl-float"])
+def test_bad_option_values_are_named(make, message):
+    # Keras said only "should be float" of adam(-1) (and took -1.0: gradient ascent), a
+    # chain with the optimizer first "MetaOptimizer needs a keras.optimizers.Optimizer, got
+    # ClipNetwork", and the iteration counts were truncated without a word.
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
 def test_bad_execution_plan_is_named():
     with pytest.raises(ValueError, match=r"task_parallelism must be one of \('auto', 'batched', "
                                          r"'vectorized', 'map', 'loop', 'accumulate'\), got "

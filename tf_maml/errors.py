@@ -10,6 +10,16 @@ class ConfigError(ValueError):
     or the library's `argument`, which the command line turns into its flag) and the fix."""
 
 
+def is_count(value, minimum: int = 0) -> bool:
+    """Whether ``value`` is a whole number >= ``minimum``, as an argument that counts
+    (iterations, steps, tasks) must be: a float would be truncated without a word (2.5
+    iterations run 2) and a bool is an int to Python but never meant as a count."""
+    import numbers
+
+    return (not isinstance(value, bool) and isinstance(value, numbers.Integral)
+            and value >= minimum)
+
+
 def did_you_mean(word: str, choices) -> str:
     """`` (did you mean X?)`` (or ``X or Y``) for a misspelt ``word`` among ``choices``; ""
     if none is close."""

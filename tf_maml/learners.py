@@ -10,7 +10,6 @@ speed and memory, never a number. The options are :mod:`tf_maml.options`.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 
 import keras
@@ -19,6 +18,7 @@ import tensorflow as tf
 from tf_maml import adapt as adapt_lib
 from tf_maml import distribute as distribute_lib
 from tf_maml import losses
+from tf_maml.errors import is_count
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
 from tf_maml.mapping.base import model_example_shape, model_runner
 from tf_maml.meta_update import MetaUpdate
@@ -95,8 +95,7 @@ class MetaLearner(MetaUpdate):
                  objective: objectives.Objective | None = None,
                  meta_optimizer=None):
         _check_model(model)
-        if isinstance(inner_steps, bool) or not isinstance(inner_steps, numbers.Integral) \
-                or inner_steps < 0:  # else 2.5 runs 2 steps, "3" fails deep in a comparison
+        if not is_count(inner_steps):  # else 2.5 runs 2 steps, "3" fails deep in a comparison
             raise ValueError(f"inner_steps must be a whole number >= 0, got {inner_steps!r}")
         self.model = model
         self.loss_fn = losses.task_loss(loss_fn)  # a Keras loss name: its mean

@@ -14,7 +14,6 @@ supervised callbacks, autotuning) or :func:`tf_maml.rl.training.train` -> :func:
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +40,7 @@ from tf_maml.checkpoint import (
     learner_checkpointer,
     resume_or_start,
 )
+from tf_maml.errors import is_count
 from tf_maml.protocols import Learner, TaskLearner, TunableLearner
 from tf_maml.tasks import VAL_STREAM, task_stream
 
@@ -295,5 +295,5 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
 
 def _check_count(name: str, value, minimum: int, what: str) -> None:
     """A ValueError unless ``value`` is an integer >= ``minimum`` (``what`` it counts)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not is_count(value, minimum):
         raise ValueError(f"{name} must be {what} >= {minimum}, got {value!r}")

@@ -6,6 +6,7 @@ a resumed run switches where it would have."""
 
 from __future__ import annotations
 
+from tf_maml.errors import is_count
 from tf_maml.options.steps import require_steps
 
 
@@ -14,9 +15,9 @@ class FirstOrderUntil:
     from it on (the learner keeps one compiled step per order)."""
 
     def __init__(self, iterations: int):
-        if int(iterations) < 1:
-            raise ValueError(f"FirstOrderUntil needs iterations >= 1 (for none, give "
-                             f"first_order=False), got {iterations}")
+        if not is_count(iterations, 1):  # else 2.5 was truncated to 2 without a word
+            raise ValueError(f"FirstOrderUntil needs iterations >= 1, a whole number "
+                             f"(for none, give first_order=False), got {iterations!r}")
         self.iterations = int(iterations)
 
     def check(self, inner_steps: int) -> None:

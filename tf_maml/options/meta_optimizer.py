@@ -26,7 +26,10 @@ ORIGINAL_ADAM_EPSILON = 1e-8
 
 def adam(learning_rate=1e-3) -> keras.optimizers.Adam:
     """The original's ``tf.train.AdamOptimizer``: Keras' Adam with ε = 1e-8 (Keras': 1e-7);
-    ``learning_rate`` β, a number or a schedule (e.g. :func:`cosine`)."""
+    ``learning_rate`` β, a number > 0 or a schedule (e.g. :func:`cosine`)."""
+    if not (isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+            or callable(learning_rate)):
+        learning_rate = mamlpp.check_meta_lr(learning_rate, "adam's learning_rate")
     return keras.optimizers.Adam(learning_rate, epsilon=ORIGINAL_ADAM_EPSILON)
 
 
@@ -90,8 +93,16 @@ class MetaOptimizer:
 def chain(*links) -> MetaOptimizer:
     """``chain(transform, ..., optimizer)``: the transforms in order, then the Keras
     optimiser, as one :class:`MetaOptimizer`."""
-    if not links:
-        raise ValueError("chain needs a Keras optimizer as its last link, e.g. chain(adam())")
+    optimizers = [link for link in links if isinstance(link, keras.optimizers.Optimizer)]
+    if len(optimizers) != 1:
+        raise ValueError(f"chain needs one Keras optimizer, as its last link, e.g. "
+                         f"chain(ClipNetwork(10.0), adam()); got {len(optimizers)}")
+    if links[-1] is not optimizers[0]:
+        # The transforms change the gradients the optimiser's step takes, so it comes last.
+        transforms = ", ".join(repr(link) for link in links if link is not optimizers[0])
+        raise ValueError(f"chain takes the optimizer last, after the gradient transforms (got "
+                         f"it as link {links.index(optimizers[0]) + 1} of {len(links)}): write "
+                         f"chain({transforms}, {type(optimizers[0]).__name__.lower()}(...))")
     return MetaOptimizer(links[-1], links[:-1])
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from tf_maml import mamlpp
+from tf_maml.errors import is_count
 from tf_maml.options.steps import require_steps
 
 ALGORITHMS = ("maml", "reptile")  # the meta-update: through the inner loop, or θ' - θ
@@ -66,9 +67,9 @@ class MultiStepLoss(Objective):
 
     def __init__(self, iterations: int, metric_fn=None):
         super().__init__(metric_fn)
-        if int(iterations) < 1:
-            raise ValueError(f"MultiStepLoss needs iterations >= 1 (for none, use "
-                             f"LastStep()), got {iterations}")
+        if not is_count(iterations, 1):  # else 2.5 was truncated to 2 without a word
+            raise ValueError(f"MultiStepLoss needs iterations >= 1, a whole number "
+                             f"(for none, use LastStep()), got {iterations!r}")
         self.iterations = int(iterations)
 
     def check(self, inner_steps: int, per_step_options: list[str]) -> None:
