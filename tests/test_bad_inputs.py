@@ -1195,6 +1195,18 @@ def test_bad_fit_arguments_are_named(kwargs, message):
     assert int(learner.optimizer.iterations) == 0
 
 
+@pytest.mark.parametrize("tasks", [None, 3], ids=["none", "number"])
+def test_fit_on_something_that_is_no_task_source_says_what_it_takes(tmp_path, tasks):
+    # A TypeError "... is not iterable" from deep inside the loop, after the run directory
+    # was locked.
+    learner = MetaLearner(mlp(), losses.mse)
+    with pytest.raises(ValueError, match=r"^fit takes a task source \(an object with "
+                       r"sample_batch\(meta_batch_size, rng\), e\.g\. tf_maml\.SinusoidTasks\) "
+                       rf"or a tf\.data\.Dataset / iterable of batches .*got {tasks}$"):
+        learner.fit(tasks, iterations=2, run_dir=str(tmp_path / "run"), log_interval=None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_dataset_that_runs_out_says_so_and_keeps_the_training(tmp_path):
     # It used to end fit with a bare StopIteration, and the iterations since the last
     # checkpoint were lost.

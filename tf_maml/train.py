@@ -278,6 +278,13 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
     _check_count("iterations", iterations, 0, "a whole number of meta-batches")
     _check_count("pretrain_iterations", pretrain_iterations, 0, "a whole number")
     _check_count("seed", seed, 0, "a whole number")
+    if not hasattr(tasks, "sample_batch") and (isinstance(tasks, (str, bytes))
+                                               or not hasattr(tasks, "__iter__")):
+        # Else a TypeError "... is not iterable" from deep inside the loop.
+        raise ValueError(
+            f"fit takes a task source (an object with sample_batch(meta_batch_size, rng), e.g. "
+            f"tf_maml.SinusoidTasks) or a tf.data.Dataset / iterable of batches (support_x, "
+            f"support_y, query_x, query_y), got {tasks!r:.60}")
     if not isinstance(callbacks, (list, tuple)) or not all(isinstance(cb, Callback)
                                                            for cb in callbacks):
         raise ValueError(f"callbacks must be a list of tf_maml.callbacks.Callback objects (Keras "
