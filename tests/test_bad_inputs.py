@@ -21,6 +21,7 @@ import dataclasses
 import errno
 import io
 import os
+import re
 import shutil
 import signal
 import types
@@ -607,6 +608,30 @@ def test_checkpoint_of_another_architecture_fails_clearly(sine_copy, train):
     message = str(info.value)
     assert "model-40 does not fit this model" in message and "dense1/kernel" in message
     assert "`datasource`" in message  # which settings to check (--datasource on the CLI)
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("inner_lr, hidden, names", [
+    (options.MetaSGD(0.01), (8,), r"\(12 of this learner's variables are not in it, e\.g\. "
+                                  r"inner_lr_\d, inner_lr_\d\)"),
+    (0.01, (4,), r"\(.*dense1/kernel.*\)"),
+], ids=["meta-sgd", "architecture"])
+def test_checkpoint_of_another_learner_in_fit_speaks_of_its_arguments(tmp_path, inner_lr,
+                                                                        hidden, names):
+    # From Python the message spoke of the command line's flags (`datasource`,
+    # `num_filters`, ...) and, for Meta-SGD's rates, listed TensorFlow's variables in full.
+    run_dir = str(tmp_path / "run")
+    learner_checkpointer(MetaLearner(mlp(), losses.mse), run_dir).save(2)
+    before = snapshot(run_dir)
+    learner = MetaLearner(mlp(hidden), losses.mse, inner_lr=inner_lr)
+    with pytest.raises(CheckpointError) as info:
+        learner.fit(SinusoidTasks(5, 5), iterations=4, meta_batch_size=2, run_dir=run_dir,
+                    log_interval=None, log=lambda s: None)
+    message = str(info.value)
+    assert re.search(r"model-2 does not fit this model " + names + r"; was it written by "
+                     r"another model \(another architecture or number of outputs\) or with "
+                     r"other options \(a MetaSGD or LSLR inner_lr", message), message
+    assert "`datasource`" not in message and "<Variable" not in message and len(message) < 500
     assert snapshot(run_dir) == before
 
 

@@ -44,7 +44,9 @@ def checkpoint_iteration(path: str) -> int:
 
 class Checkpointer:
     """Saves and restores ``parts`` (trackable objects: the model, the optimizer, ...) and
-    the iteration as ``<run_dir>/model-<iteration>``.
+    the iteration as ``<run_dir>/model-<iteration>``. ``fit_hint``: what a checkpoint that
+    does not fit suggests; ``brief``: name at most a few of the variables it lacks (not
+    TensorFlow's dump of them).
 
     ``settings`` maps an API name (``meta_lr``) to a variable that is saved with the
     checkpoint but belongs to the run's settings: :meth:`restore` for training keeps its
@@ -56,8 +58,9 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: str, parts: dict, settings: dict | None = None,
-                 chief: bool = True, fit_hint: str = "", optimizer_key: str = "optimizer"):
-        self.run_dir, self.chief, self.fit_hint = run_dir, chief, fit_hint
+                 chief: bool = True, fit_hint: str = "", optimizer_key: str = "optimizer",
+                 brief: bool = False):
+        self.run_dir, self.chief, self.fit_hint, self.brief = run_dir, chief, fit_hint, brief
         self.settings = dict(settings or {})
         self.saved_iteration: int | None = None  # of the checkpoint last saved or restored
         self.last_saved: str | None = None
@@ -188,7 +191,8 @@ class Checkpointer:
             else:
                 status.expect_partial()
         except AssertionError as err:
-            raise CheckpointError(f"checkpoint {path} does not fit this model ({err}); "
+            detail = f" ({_unmatched(err)})" if self.brief else f" ({err})"
+            raise CheckpointError(f"checkpoint {path} does not fit this model{detail}; "
                                   f"{self.fit_hint}") from err
         except (ValueError, tf.errors.InvalidArgumentError) as err:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
@@ -235,6 +239,22 @@ class Checkpointer:
                               "directory away to start afresh.")
 
 
+def _unmatched(err: AssertionError) -> str:
+    """TensorFlow's list of the objects a checkpoint lacks, in a few words: how many, and the
+    first of the learner's own variables (an optimizer's slots follow from them)."""
+    import re
+
+    text = str(err)
+    names = re.findall(r"path=([^,\s>]+)", text)
+    count = re.search(r"Found (\d+) Python objects", text)
+    own = sorted(n for n in names if "/" not in n) or names
+    if not (count and own):
+        return text.splitlines()[0][:200]
+    # TensorFlow shows 10 of them, any 10: name a few, as examples.
+    return (f"{count.group(1)} of this learner's variables are not in it, e.g. "
+            f"{', '.join(own[:2])}")
+
+
 def _same(a, b) -> bool:
     import numpy as np
 
@@ -265,21 +285,35 @@ ARCHITECTURE_HINT = ("was it written with other `datasource`/`num_classes`/`num_
                      "new run.")
 
 
+# The same for MetaLearner.fit, in its arguments (the command line's are flags).
+API_HINT = ("was it written by another model (another architecture or number of outputs) or "
+            "with other options (a MetaSGD or LSLR inner_lr, PerStepBatchNorm, their "
+            "inner_steps)? Build the learner as that run did, or give another `run_dir` for a "
+            "new run.")
+
+
 def learner_checkpointer(learner: Learner, run_dir: str, optimizer_key: str = "optimizer",
-                         fit_hint: str = ARCHITECTURE_HINT) -> Checkpointer:
+                         fit_hint: str = ARCHITECTURE_HINT, brief: bool = False
+                         ) -> Checkpointer:
     """The checkpointer of a :class:`~tf_maml.protocols.Learner`: θ (``model``), the
     outer update's state (``optimizer``, saved as ``optimizer_key``: Adam's moments and
     step, which the original lost on resume; RL's TRPO counters as ``trpo``), its
     ``extra_variables`` (Meta-SGD's and LSLR's learned rates, per-step batch norm's values)
     and the iteration. The optimizer's learning rate is a setting (``meta_lr``; none when it
-    follows a schedule). ``fit_hint``: what a checkpoint that does not fit suggests."""
+    follows a schedule). ``fit_hint``, ``brief``: :class:`Checkpointer`'s."""
     parts = {"model": learner.model, optimizer_key: learner.optimizer}
     parts.update(learner.extra_variables)
     rates = [v for v in learner.optimizer.variables if v.name == "learning_rate"]
     settings = {"meta_lr": rates[-1]} if rates else {}
     return Checkpointer(run_dir, parts, settings,
                         chief=distribute_lib.is_chief(learner.strategy), fit_hint=fit_hint,
-                        optimizer_key=optimizer_key)
+                        optimizer_key=optimizer_key, brief=brief)
+
+
+def api_checkpointer(learner: Learner, run_dir: str) -> Checkpointer:
+    """:func:`learner_checkpointer` for ``MetaLearner.fit``: a checkpoint that does not fit
+    is described in the Python API's terms, briefly."""
+    return learner_checkpointer(learner, run_dir, fit_hint=API_HINT, brief=True)
 
 
 # ---------------------------------------------------------------------- resume

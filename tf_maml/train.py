@@ -36,6 +36,7 @@ from tf_maml.checkpoint import (
     Change,
     Checkpointer,
     CheckpointError,
+    api_checkpointer,
     checkpoint_iteration,
     learner_checkpointer,
     resume_or_start,
@@ -211,6 +212,7 @@ def train(
     pool: Callable[[Checkpointer], Callback] | None = None,
     on_start: Callable[[], None] | None = None,
     changes: Sequence[Change] = (),
+    checkpointer_for: Callable[[TaskLearner, str], Checkpointer] = learner_checkpointer,
     log: Callable[[str], None] = print,
 ) -> int:
     """Trains ``learner`` for ``iterations`` meta-batches of ``meta_batch_size`` tasks
@@ -223,9 +225,10 @@ def train(
     scalars (named with ``num_updates`` inner steps), then, with ``validation``
     (``(val_source, interval)``), a meta-batch of validation tasks every ``interval``
     iterations (:class:`~tf_maml.callbacks.Validation`), then ``pool(checkpointer)`` (the
-    ensemble's), then the checkpoint saver. Under a multi-worker strategy only the chief
-    writes to ``run_dir`` and validates; every worker saves (collective ops). With a task
-    source the plan is autotuned first (:mod:`tf_maml.autotune`, cached in ``run_dir``).
+    ensemble's), then the checkpoint saver (``checkpointer_for(learner, run_dir)``'s: its
+    messages speak the caller's terms). Under a multi-worker strategy only the chief writes
+    to ``run_dir`` and validates; every worker saves (collective ops). With a task source the
+    plan is autotuned first (:mod:`tf_maml.autotune`, cached in ``run_dir``).
     """
     guard = NonFiniteGuard(nan_policy, SUMMARY_INTERVAL, log=log)
     callbacks = [guard, *callbacks]
@@ -242,7 +245,7 @@ def train(
 
     if run_dir is None:
         return fit(learner, batches_from(0), iterations, 0, callbacks, pretrain_iterations)
-    guard.checkpointer = checkpointer = learner_checkpointer(learner, run_dir)
+    guard.checkpointer = checkpointer = checkpointer_for(learner, run_dir)
 
     def callbacks_from(start: int) -> list[Callback]:
         out = list(callbacks)
@@ -297,7 +300,8 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
         return train(learner, tasks, iterations, meta_batch_size=meta_batch_size, seed=seed,
                      run_dir=run_dir, resume=resume, callbacks=callbacks,
                      pretrain_iterations=pretrain_iterations, nan_policy=nan_policy,
-                     num_updates=learner.inner_steps, log=log)
+                     num_updates=learner.inner_steps, checkpointer_for=api_checkpointer,
+                     log=log)
 
 
 def _check_count(name: str, value, minimum: int, what: str) -> None:
