@@ -635,6 +635,27 @@ def test_checkpoint_of_another_learner_in_fit_speaks_of_its_arguments(tmp_path, 
     assert snapshot(run_dir) == before
 
 
+def test_fit_resuming_with_other_learner_options_is_refused(tmp_path):
+    # The API recorded nothing: another inner_steps resumed silently, and a plain learner
+    # resumed a Meta-SGD run, dropping its learned rates.
+    run_dir = str(tmp_path / "run")
+    first = MetaLearner(mlp(), losses.mse)
+    first.fit(SinusoidTasks(5, 5), iterations=0, run_dir=run_dir, log_interval=None,
+              log=lambda s: None)  # records the options; no step (to be fast)
+    learner_checkpointer(first, run_dir).save(1)
+    before = snapshot(run_dir)
+    assert "learner.json" in before
+    with pytest.raises(ConfigError, match=r"holds a run trained with inner_lr=0\.01, "
+                       r"inner_steps=1, but this learner has inner_lr=MetaSGD\(0\.01\), "
+                       r"inner_steps=2; resuming would continue it as another experiment\. "
+                       r"Build the learner with inner_lr=0\.01, inner_steps=1 to continue it, "
+                       r"or give another `run_dir`"):
+        MetaLearner(mlp(), losses.mse, inner_lr=options.MetaSGD(0.01), inner_steps=2).fit(
+            SinusoidTasks(5, 5), iterations=2, meta_batch_size=2, run_dir=run_dir,
+            log_interval=None, log=lambda s: None)
+    assert snapshot(run_dir) == before
+
+
 def test_tf1_checkpoint_with_wrong_shapes_names_the_variable_and_flag(tmp_path):
     """An original MiniImageNet checkpoint with 64 filters into the 32-filter net."""
     rng = np.random.default_rng(0)

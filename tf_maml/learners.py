@@ -108,6 +108,7 @@ class MetaLearner(MetaUpdate):
         self.objective = objectives.objective(objective)
         self.algorithm, self.metric_fn = self.objective.algorithm, self.objective.metric_fn
         adapt, self.per_step_bn = adaptation.check(adapt)
+        self.adapted = adapt  # "all", "all+norm" or "head" (with per-step batch norm or not)
         self.mask = adaptation.adapted_mask(model, adapt)
         self._check_options()
         self.plan = ExecutionPlan()

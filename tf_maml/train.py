@@ -18,7 +18,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 
-from tf_maml import autotune, rundir
+from tf_maml import autotune, fit_record, rundir
 from tf_maml import distribute as distribute_lib
 from tf_maml.callbacks import (
     SAVE_INTERVAL,
@@ -296,11 +296,15 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
     if log_interval:
         callbacks.insert(0, ProgressLogger(log_interval, min(log_interval, 100), log))
     writes = run_dir is not None and distribute_lib.is_chief(learner.strategy)
+    record = fit_record.settings(learner)
     with rundir.lock(run_dir, log) if writes else contextlib.nullcontext():
+        if writes and resume:  # another experiment's options: refused before any restore
+            fit_record.check_resume(run_dir, record)
         return train(learner, tasks, iterations, meta_batch_size=meta_batch_size, seed=seed,
                      run_dir=run_dir, resume=resume, callbacks=callbacks,
                      pretrain_iterations=pretrain_iterations, nan_policy=nan_policy,
                      num_updates=learner.inner_steps, checkpointer_for=api_checkpointer,
+                     on_start=(lambda: fit_record.write(run_dir, record)) if writes else None,
                      log=log)
 
 
