@@ -1178,6 +1178,25 @@ def test_bad_loss_is_named_at_construction(loss, message):
         MetaLearner(mlp(), loss)
 
 
+def test_finetuner_on_tasks_of_more_classes_than_its_head_says_so():
+    # It failed inside TensorFlow's cross-entropy ("Received a label value of 4 which is
+    # outside the valid range of [0, 3)"), a NaN on a GPU.
+    from tf_maml import baselines
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, activation="relu"),
+                              keras.layers.Dense(5)])
+    tuner = baselines.FineTuner(baselines.Classifier(model), num_classes=3, inner_lr=0.1)
+    x, y, qx, qy = class_batch(ways=5)
+    message = (r"^FineTuner: the tasks hold class 4, but the head was built for num_classes=3 "
+               r"\(classes 0\.\.2\): build it with the tasks' number of classes, "
+               r"FineTuner\(classifier, num_classes=N, \.\.\.\) for N-way tasks")
+    with pytest.raises(ValueError, match=message):
+        tuner.evaluate_batch((x, y, qx, qy), 1)
+    with pytest.raises(ValueError, match=message):
+        tuner.finetune(x[0], y[0], qx[0], 1)
+
+
 class NaNTasks:
     """Sinusoid tasks whose query targets are NaN (broken data)."""
 

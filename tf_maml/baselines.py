@@ -229,7 +229,8 @@ class FineTuner:
             raise TypeError(f"FineTuner: num_classes must be the tasks' number of classes, "
                             f"got {type(num_classes).__name__}; from a Config pass "
                             "config.num_classes (and seed=config.seed)")
-        self.model = with_new_head(classifier.model, int(num_classes), seed)
+        self.num_classes = int(num_classes)
+        self.model = with_new_head(classifier.model, self.num_classes, seed)
         self.inner_lr = tf.Variable(float(inner_lr), trainable=False, name="finetune_lr")
         self.lr_decay = tf.Variable(float(lr_decay), trainable=False, name="finetune_decay")
         norms = [layer for layer in keras_internals.layers_of(self.model, include_self=False)
@@ -273,6 +274,8 @@ class FineTuner:
     def finetune(self, support_x, support_y, query_x, num_steps: int) -> tf.Tensor:
         """One task: the query logits before and after each of ``num_steps`` steps,
         ``[num_steps + 1, queries, classes]``."""
+        support_y = tf.convert_to_tensor(support_y)
+        self._check_classes(support_y, support_y)
         weights = [v.value for v in self.model.trainable_variables]
         moving = [v.value for v in self.model.non_trainable_variables]
         trajectory, _, _ = adapt_lib.adapt(self.model, weights, support_x, support_y,
@@ -299,6 +302,20 @@ class FineTuner:
         return tf.map_fn(task, (support_x, support_y, query_x, query_y),
                          fn_output_signature=signature)
 
+    def _check_classes(self, support_y, query_y) -> None:
+        """A ValueError unless every class id fits the head (0..num_classes-1): TensorFlow
+        fails deep inside the cross-entropy (a NaN on a GPU) otherwise. Cheap: ids only."""
+        if not tf.executing_eagerly():
+            return
+        low = int(min(tf.reduce_min(support_y), tf.reduce_min(query_y)))
+        high = int(max(tf.reduce_max(support_y), tf.reduce_max(query_y)))
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(
+                f"FineTuner: the tasks hold class {low if low < 0 else high}, but the head was "
+                f"built for num_classes={self.num_classes} (classes 0..{self.num_classes - 1})"
+                f": build it with the tasks' number of classes, FineTuner(classifier, "
+                f"num_classes=N, ...) for N-way tasks, or number each task's classes 0..N-1")
+
     def evaluate_batch(self, batch, num_steps: int) -> dict:
         """Per task and step (0..num_steps) query accuracy and loss, shape [T, S+1]."""
         num_steps = int(num_steps)
@@ -306,6 +323,7 @@ class FineTuner:
             self._eval_fns[num_steps] = tf.function(
                 lambda *b: self._evaluate(*b, num_steps), reduce_retracing=True)
         x = [tf.convert_to_tensor(b) for b in batch]
+        self._check_classes(x[1], x[3])
         return self._eval_fns[num_steps](x[0], tf.cast(x[1], tf.int32), x[2],
                                          tf.cast(x[3], tf.int32))
 
