@@ -1086,6 +1086,21 @@ def test_targets_that_do_not_fit_the_model_outputs_are_refused_before_any_step(
         np.testing.assert_array_equal(old, v.numpy())
 
 
+@pytest.mark.parametrize("array, task", [(3, 0), (1, 1)], ids=["query", "second-task"])
+def test_class_ids_out_of_range_anywhere_in_the_first_batch_are_refused(array, task):
+    # Only the first task's support set was checked: query labels numbered 1..N, or a later
+    # task's, failed deep in TensorFlow (a NaN on a GPU).
+    batch = list(class_batch(3))
+    batch[array] = batch[array].copy()
+    batch[array][task, 0] = 3
+    learner = MetaLearner(classifier(3), losses.summed_xent(2))
+    name = "query_y" if array == 3 else "support_y"
+    with pytest.raises(ValueError, match=rf"^{name} holds class 3 but the model outputs 3 "
+                                         r"logits per example \(classes 0\.\.2\)"):
+        learner.train_step(tuple(batch))
+    assert int(learner.optimizer.iterations) == 0
+
+
 def test_targets_a_keras_loss_squeezes_are_accepted():
     # Keras' "mse" squeezes [K] targets against [K, 1] outputs, as model.compile("mse")
     # does: the same loss as with [K, 1] targets, so not refused.

@@ -143,20 +143,24 @@ class MetaLearner(MetaUpdate):
         self.objective.check(self.inner_steps, [repr(option) for is_on, option in on if is_on])
 
     def checked_batch(self, batch, where: str) -> tuple[tf.Tensor, ...]:
-        """``batch`` as :func:`~tf_maml.mapping.check_batch` returns it for this model, and
-        the loss checked on its first task (:meth:`_check_loss`); a ValueError naming what
-        is wrong, raised before anything is traced or applied."""
+        """``batch`` as :func:`~tf_maml.mapping.check_batch` returns it for this model, the
+        loss checked on its first task and a classifier's ids on all (:meth:`_check_loss`); a
+        ValueError naming what is wrong, raised before anything is traced or applied."""
         batch = check_batch(batch, where, self._example_shape)
-        self._check_loss(batch[0][0], batch[1][0])
+        self._check_loss(batch[0][0], batch[1][0],
+                         batch_targets={"support_y": batch[1], "query_y": batch[3]})
         return batch
 
-    def _check_loss(self, support_x, support_y, weights=None) -> None:
+    def _check_loss(self, support_x, support_y, weights=None, batch_targets=None) -> None:
         """The first time: the loss's value on one task, computed eagerly (one forward
-        pass), must fit the targets and be a scalar (:func:`tf_maml.losses.check_task_loss`).
+        pass), must fit the targets and be a scalar, and a classifier's class ids, in
+        ``batch_targets`` (every task's support and query targets: a min and a max) too,
+        must fit its outputs (:func:`tf_maml.losses.check_task_loss`).
         Checked here rather than while tracing, where the one-line error would come wrapped
         in a traceback."""
         if not self._loss_checked:
-            losses.check_task_loss(self.loss_fn, support_y, self.predict(support_x, weights))
+            losses.check_task_loss(self.loss_fn, support_y, self.predict(support_x, weights),
+                                   batch_targets=batch_targets)
             self._loss_checked = True
 
     # ------------------------------------------------------------------ variables

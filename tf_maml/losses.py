@@ -103,13 +103,15 @@ def task_loss(loss) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     return loss
 
 
-def check_task_loss(loss_fn, y_true, y_pred, name: str = "support_y") -> None:
+def check_task_loss(loss_fn, y_true, y_pred, name: str = "support_y",
+                    batch_targets: dict | None = None) -> None:
     """A one-line ValueError unless ``loss_fn`` can score ONE task's targets ``y_true``
     (``name``) against the model's outputs ``y_pred`` as meant: one class id in range per
-    example for a loss that takes classes, no broadcasting of the targets against the
-    outputs, and a scalar value (:func:`check_scalar`). Nothing of this fails later by
-    itself: a regression loss broadcasts targets of another shape into a wrong but finite
-    loss, and an out-of-range class id is NaN on a GPU."""
+    example for a loss that takes classes (the range also over ``batch_targets``, a batch's
+    target arrays by name: a query set numbered otherwise is as wrong), no broadcasting of
+    the targets against the outputs, and a scalar value (:func:`check_scalar`). Nothing of
+    this fails later by itself: a regression loss broadcasts targets of another shape into a
+    wrong but finite loss, and an out-of-range class id is NaN on a GPU."""
     if tf.nest.is_nested(y_pred):  # several outputs: the loss alone knows what it takes
         try:
             check_scalar(loss_fn, y_true, y_pred)
@@ -132,13 +134,8 @@ def check_task_loss(loss_fn, y_true, y_pred, name: str = "support_y") -> None:
                 f"takes one class id per example (shape {examples}); for one-hot labels give "
                 "their argmax, or a loss for one-hot labels (e.g. "
                 "keras.losses.CategoricalCrossentropy(from_logits=True))")
-        low, high = int(tf.reduce_min(y_true)), int(tf.reduce_max(y_true))
-        if low < 0 or high >= classes:
-            raise ValueError(
-                f"{name} holds class {low if low < 0 else high} but the model outputs "
-                f"{classes} logits per example (classes 0..{classes - 1}): give the model "
-                "one output per class of a task (num_classes, e.g. N for N-way tasks) or "
-                "number the classes of each task 0..N-1")
+        for array, ids in {name: y_true, **(batch_targets or {})}.items():
+            _check_class_range(ids, classes, array)
     elif got != out and y_true.shape.num_elements() == y_pred.shape.num_elements():
         # Whether the loss broadcasts, asked of distinct values in (0, 1): on the model's own
         # outputs (near constant at initialisation) both readings can score the same.
@@ -158,6 +155,18 @@ def check_task_loss(loss_fn, y_true, y_pred, name: str = "support_y") -> None:
             "compares them element by element, so the targets need the outputs' shape "
             "(is the model's number of outputs right?)")
     check_scalar(loss_fn, y_true, y_pred)
+
+
+def _check_class_range(ids, classes: int, name: str) -> None:
+    """A ValueError unless every class id of ``ids`` (``name``) is in 0..classes-1."""
+    ids = tf.convert_to_tensor(ids)
+    low, high = int(tf.reduce_min(ids)), int(tf.reduce_max(ids))
+    if low < 0 or high >= classes:
+        raise ValueError(
+            f"{name} holds class {low if low < 0 else high} but the model outputs "
+            f"{classes} logits per example (classes 0..{classes - 1}): give the model one "
+            "output per class of a task (num_classes, e.g. N for N-way tasks) or number the "
+            "classes of each task 0..N-1")
 
 
 def check_scalar(loss_fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
