@@ -100,9 +100,11 @@ def chain(*links) -> MetaOptimizer:
     if links[-1] is not optimizers[0]:
         # The transforms change the gradients the optimiser's step takes, so it comes last.
         transforms = ", ".join(repr(link) for link in links if link is not optimizers[0])
+        name = type(optimizers[0]).__name__
+        last = "adam" if name == "Adam" else f"keras.optimizers.{name}"
         raise ValueError(f"chain takes the optimizer last, after the gradient transforms (got "
                          f"it as link {links.index(optimizers[0]) + 1} of {len(links)}): write "
-                         f"chain({transforms}, {type(optimizers[0]).__name__.lower()}(...))")
+                         f"chain({transforms}, {last}(...))")
     return MetaOptimizer(links[-1], links[:-1])
 
 
