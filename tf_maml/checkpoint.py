@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -242,8 +243,6 @@ class Checkpointer:
 def _unmatched(err: AssertionError) -> str:
     """TensorFlow's list of the objects a checkpoint lacks, in a few words: how many, and the
     first of the learner's own variables (an optimizer's slots follow from them)."""
-    import re
-
     text = str(err)
     names = re.findall(r"path=([^,\s>]+)", text)
     count = re.search(r"Found (\d+) Python objects", text)
