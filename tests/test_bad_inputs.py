@@ -535,6 +535,44 @@ def test_miniimagenet_into_a_prepared_omniglot_folder_touches_nothing(prepared, 
     assert snapshot(output) == before
 
 
+def test_omniglot_set_extracted_into_a_folder_of_its_own_name_is_read(prepared, tmp_path):
+    # "Extract to images_background/" nests the archive's own top folder: was "unexpected
+    # file .../images_background/images_background/Alpha/...", naming no fix.
+    source = tmp_path / "src"
+    for set_name, files in omniglot_files().items():
+        nested = source / set_name if set_name == "images_background" else source
+        for path, data in files.items():
+            (nested / path).parent.mkdir(parents=True, exist_ok=True)
+            (nested / path).write_bytes(data)
+    oprep.prepare_omniglot(str(source), str(tmp_path / "out"), expect_counts=False)
+    built, from_zips = snapshot(tmp_path / "out"), snapshot(prepared["omniglot"])
+    assert built.pop(".complete") != from_zips.pop(".complete")  # the source it names
+    assert built == from_zips
+
+
+@pytest.mark.parametrize("given", ["repo", "repo/python/images_background.zip"])
+def test_omniglot_source_a_level_off_names_the_folder_to_give(prepared, tmp_path, given):
+    # Was "neither .../images_background.zip nor .../images_background exists" only.
+    python = tmp_path / "repo" / "python"  # a clone of brendenlake/omniglot
+    python.mkdir(parents=True)
+    for set_name in oprep.SETS:
+        shutil.copy(prepared["source"] / f"{set_name}.zip", python)
+    with pytest.raises(PrepError, match=rf"; {python} holds them: give --source={python}$"):
+        oprep.prepare_omniglot(str(tmp_path / given), str(tmp_path / "out"),
+                               expect_counts=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_miniimagenet_images_folder_above_names_the_folder_to_give(prepared, tmp_path):
+    # Was "42 images listed in the CSVs are missing from <folder>: ..." only.
+    source = prepared["source"]
+    with pytest.raises(PrepError, match=rf"missing from {source}, which holds images: give "
+                                        rf"--images={source}/images \(missing: n01"):
+        mprep.prepare_miniimagenet(str(source), str(source / "csv"), str(tmp_path / "out"),
+                                   expect_counts=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("dataset, inside", [("omniglot", "images_background"),
                                              ("omniglot", "images_background/resized"),
                                              ("miniimagenet", "images")])

@@ -191,8 +191,22 @@ def check_images_present(splits: dict[str, dict[str, dict[str, int]]],
                for split, classes in splits.items() for label, files in classes.items()
                for filename, line in files.items() if not source.has(filename)]
     if missing:
+        shown, hint = "; ".join(missing[:5]), images_hint(source.path)
         raise PrepError(f"{len(missing)} images listed in the CSVs are missing from "
-                        f"{source.path}: {'; '.join(missing[:5])}")
+                        f"{source.path}" + (f"{hint} (missing: {shown})" if hint else f": {shown}"))
+
+
+def images_hint(path: str) -> str:
+    """For an ``--images`` folder without the listed images: ", which holds X: give
+    --images=X" when it holds ``images/`` or ``images.zip`` (the folder above the images was
+    given), else ""."""
+    if not os.path.isdir(path):
+        return ""
+    for name in ("images", "images.zip"):
+        inner = os.path.join(path, name)
+        if os.path.isdir(inner) or os.path.isfile(inner):
+            return f", which holds {name}: give --images={inner}"
+    return ""
 
 
 def to_84_jpeg(data: bytes, origin: str) -> tuple[bytes, np.ndarray, bool]:

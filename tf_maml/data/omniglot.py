@@ -3,8 +3,11 @@
 ``prepare_omniglot(source, output)`` is what ``python -m data_prep.omniglot
 --source=$DATA/omniglot --output=<folder>`` runs. ``source`` holds ``images_background.zip``
 and ``images_evaluation.zip`` (the archives of Lake et al.) or the folders
-``images_background/`` and ``images_evaluation/`` extracted from them; for each of the two
-sets the zip is used when present, else the folder. The source is only read, never modified.
+``images_background/`` and ``images_evaluation/`` extracted from them (also when extracted
+into a folder of their own name: ``images_background/images_background/<Alphabet>/``); for
+each of the two sets the zip is used when present, else the folder. The source is only read,
+never modified. A ``source`` one level off (a clone whose ``python/`` holds the archives, or
+an archive given itself) is named with the folder to give.
 
 Output (the documented interface read by ``tf_maml.tasks.omniglot``)::
 
@@ -96,6 +99,7 @@ def set_members(source: str, set_name: str, zips: list[zipfile.ZipFile]) -> list
             members.append(Member(tuple(parts), f"{zip_path}:{info.filename}",
                                   lambda zf=zf, info=info: read_zip_member(zf, info)))
     elif os.path.isdir(dir_path):
+        dir_path = extracted_set_folder(dir_path, set_name)
         logging.info("reading %s", dir_path)
         for root, dirs, files in os.walk(dir_path):
             dirs.sort()
@@ -113,11 +117,41 @@ def set_members(source: str, set_name: str, zips: list[zipfile.ZipFile]) -> list
     else:
         raise PrepError(f"Omniglot source not found: neither {zip_path} nor {dir_path} exists "
                         "(--source must hold images_background.zip and images_evaluation.zip "
-                        "or the folders extracted from them)")
+                        f"or the folders extracted from them){source_hint(source)}")
     if not members:
         where = zip_path if os.path.isfile(zip_path) else dir_path
         raise PrepError(f"no PNG drawings found in {where}")
     return members
+
+
+def extracted_set_folder(dir_path: str, set_name: str) -> str:
+    """The folder holding the alphabets of an extracted set: ``dir_path`` itself, or
+    ``dir_path/<set_name>`` when that is all it holds (the zip extracted into a folder of its
+    own name, as "extract to images_background/" does; the zip reader skips that prefix
+    too). Hidden entries and macOS's ``__MACOSX`` are not counted."""
+    entries = [e for e in os.listdir(dir_path) if not e.startswith(".") and e != "__MACOSX"]
+    inner = os.path.join(dir_path, set_name)
+    return inner if entries == [set_name] and os.path.isdir(inner) else dir_path
+
+
+def source_hint(source: str) -> str:
+    """For a ``--source`` without the two sets: "; give --source=X" naming the folder that
+    holds them (one level down, e.g. a clone's ``python/``, or the folder above an archive
+    or set folder given itself), or "" if none is near."""
+    def holds_sets(folder: str) -> bool:
+        return all(os.path.isfile(os.path.join(folder, s + ".zip"))
+                   or os.path.isdir(os.path.join(folder, s)) for s in SETS)
+
+    candidates = []
+    if os.path.basename(os.path.normpath(source)) in SETS + tuple(s + ".zip" for s in SETS):
+        candidates.append(os.path.dirname(os.path.normpath(source)))  # a set given itself
+    if os.path.isdir(source):
+        candidates += sorted(os.path.join(source, e.name) for e in os.scandir(source)
+                             if e.is_dir() and not e.name.startswith("."))
+    found = [folder for folder in candidates if holds_sets(folder)]
+    if len(found) != 1:
+        return ""
+    return f"; {found[0]} holds them: give --source={found[0]}"
 
 
 def group_characters(members: Iterable[Member]) -> dict[str, list[Member]]:
