@@ -929,6 +929,23 @@ def test_saved_model_takes_numpy_s_float64_examples(classifier_export):
         loaded.adapt_and_predict(as_f64["support_x"], as_f64["support_y"], np.zeros(4))
 
 
+def test_saved_model_takes_numpy_scalar_options_and_mixed_float_widths(classifier_export):
+    # Were "Could not find matching concrete function": np.int64 / np.float64 options (a
+    # sweep over np.arange), support and query of different float widths, int32 class ids
+    # with float64 examples.
+    loaded, _, task = classifier_export
+    expected = loaded.adapt_and_predict(**task, num_steps=3, inner_lr=0.05)
+    as_f64 = {name: np.asarray(value, np.float64) for name, value in task.items()
+              if name != "support_y"}
+    calls = [dict(task, num_steps=np.int64(3), inner_lr=np.float64(0.05)),
+             dict(task, num_steps=np.int64(3), inner_lr=0.05),  # either with a Python number
+             dict(task, support_x=as_f64["support_x"], num_steps=3, inner_lr=0.05),
+             dict(as_f64, support_y=np.int32([0, 0, 1, 1, 2, 2]), num_steps=3,
+                  inner_lr=np.float64(0.05))]
+    for call in calls:
+        np.testing.assert_allclose(loaded.adapt_and_predict(**call), expected, rtol=1e-6)
+
+
 def mlp(hidden=(8,)) -> keras.Model:
     keras.utils.set_random_seed(0)
     return models.fc_net((1,), hidden, 1, name="sinusoid_mlp")

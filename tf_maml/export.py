@@ -28,9 +28,12 @@ Usage of the export, in a process that needs neither keras nor tf_maml::
     theta_logits = loaded.serving_default(query_x)      # = num_steps=0
     loaded.metadata()["num_steps"]
 
-``loaded.adapt_and_predict`` accepts the two optional arguments (Python numbers or int32 /
-float32 scalar tensors) in any combination. Serving signatures cannot have optional inputs, so
-``loaded.signatures`` (what ``saved_model_cli`` and TF Serving see) holds
+``loaded.adapt_and_predict`` accepts the two optional arguments in any combination, as
+Python numbers or scalars (numpy's or tensors) that are both 32-bit (int32, float32) or both
+64-bit (int64, float64, numpy's defaults); a loaded function matches only the dtypes it was
+traced for, and each traced dtype combination costs export time (:data:`OPTION_DTYPES`).
+Serving signatures cannot have optional inputs, so ``loaded.signatures`` (what
+``saved_model_cli`` and TF Serving see) holds
 ``serving_default``, ``adapt_and_predict`` (the three required inputs, recorded defaults),
 ``adapt_and_predict_with_options`` (all five inputs) and ``metadata``; each returns a dict
 (``{"predictions": ...}`` or the metadata).
@@ -60,7 +63,8 @@ whole numbers; int64 in the signatures)
 for a classification loss such as :func:`tf_maml.losses.summed_xent`, or float32 [Ns, N]
 regression targets for :func:`tf_maml.losses.mse`; ``targets="auto"`` tells them apart by
 the loss. Examples are float32 (the model's input dtype); float64 examples and targets
-(numpy's default) are accepted too and cast (support_x and query_x of the same dtype).
+(numpy's default) are accepted too and cast, support_x and query_x of either width
+(``_Serving._task_dtypes`` lists the combinations traced).
 
 Meta-SGD (``learner.inner_lrs`` non-empty): the learned per-parameter α tensors are used,
 and the ``inner_lr`` input is a scale on them in the units of the learner's initial α:
@@ -141,6 +145,11 @@ def _with_other_float(dtype: tf.DType) -> tuple[tf.DType, ...]:
     return (dtype,) if other is None else (dtype, other)
 
 
+# (num_steps, inner_lr) dtypes traced: 32-bit as tf.constant makes them, 64-bit as numpy
+# does (np.int64(3), np.float64(0.1), an element of np.arange). A Python number fits either.
+OPTION_DTYPES = ((tf.int32, tf.float32), (tf.int64, tf.float64))
+
+
 def _read(variables) -> list[tf.Tensor]:
     return [tf.identity(v.value) for v in variables]
 
@@ -213,12 +222,26 @@ class _Serving:
         # error for any other lists the traced signatures, not the fix.
         self.y_dtypes = ((tf.int64, tf.int32, tf.float32, tf.float64) if kind == "classes"
                          else (self.output_dtype,))
-        # (x, y) dtypes traced: every y above with the model's input dtype, and numpy's
-        # defaults (float64 examples and targets, int64 class ids) with the other float width
-        # (each dtype pair adds four traces to the export).
-        numpy_y = (tf.int64, tf.float64) if kind == "classes" else (tf.float64,)
-        self.dtype_pairs = [(self.input_dtype, y) for y in self.y_dtypes] + [
-            (x, y) for x in _with_other_float(self.input_dtype)[1:] for y in numpy_y]
+        self.task_dtypes = self._task_dtypes()
+
+    def _task_dtypes(self) -> list[tuple[tf.DType, tf.DType, tf.DType]]:
+        """The (support_x, query_x, support_y) dtypes traced (each adds len(OPTION_DTYPES)
+        traces to the export, about 0.05 s each): every y of ``y_dtypes`` with the model's
+        input dtype; the other float width (numpy's float64) with float64 targets or
+        integer class ids; and support and query of different widths (a float32 data set's
+        support set, a query built with numpy), with integer class ids or targets of the
+        support set's dtype."""
+        native, numpy_y = self.input_dtype, tf.float64
+        triples = [(native, native, y) for y in self.y_dtypes]
+        for other in _with_other_float(native)[1:]:
+            if self.kind == "classes":
+                triples += [(other, other, y) for y in (tf.int64, tf.int32, tf.float64)]
+                triples += [(s, q, y) for s, q in ((native, other), (other, native))
+                            for y in (tf.int64, tf.int32)]
+            else:
+                triples += [(other, other, numpy_y), (native, other, self.output_dtype),
+                            (other, native, numpy_y)]
+        return triples
 
     def predict(self, x):
         x = export_checks.examples(tf.cast(x, self.input_dtype), self.feature_shape)
@@ -275,11 +298,11 @@ class _Serving:
             "input_shape": tf.constant(values["input_shape"], tf.int32),
         }
 
-    def task_specs(self, y_dtype, x_dtype=None):
-        x_dtype = self.input_dtype if x_dtype is None else x_dtype
-        return (tf.TensorSpec(None, x_dtype, name="support_x"),
+    def task_specs(self, y_dtype, support_dtype=None, query_dtype=None):
+        support_dtype = support_dtype or self.input_dtype
+        return (tf.TensorSpec(None, support_dtype, name="support_x"),
                 tf.TensorSpec(None, y_dtype, name="support_y"),
-                tf.TensorSpec(None, x_dtype, name="query_x"))
+                tf.TensorSpec(None, query_dtype or support_dtype, name="query_x"))
 
     def module(self) -> tuple[tf.Module, dict]:
         """The tf.Module to save, and its serving signatures."""
@@ -292,13 +315,16 @@ class _Serving:
         core = tf.function(self.adapt_and_predict, autograph=False,
                            input_signature=(*self.task_specs(y_dtype), steps_spec, lr_spec))
 
-        def adapt_fn(support_x, support_y, query_x, num_steps=None, inner_lr=None):
-            steps = tf.constant(self.default_steps, tf.int32) if num_steps is None else num_steps
-            lr = tf.constant(self.default_lr, tf.float32) if inner_lr is None else inner_lr
+        # The defaults are Python numbers, not None: the loaded function fills them in and
+        # converts them to either option dtype, so one trace per dtype serves calls with
+        # and without each option (None would need a trace per combination given).
+        def adapt_fn(support_x, support_y, query_x, num_steps=self.default_steps,
+                     inner_lr=self.default_lr):
             if self.kind == "classes" and support_y.dtype.is_floating:
                 support_y = export_checks.whole_class_ids(support_y)
             return core(tf.cast(support_x, self.input_dtype), tf.cast(support_y, y_dtype),
-                        tf.cast(query_x, self.input_dtype), steps, lr)
+                        tf.cast(query_x, self.input_dtype),
+                        tf.cast(num_steps, tf.int32), tf.cast(inner_lr, tf.float32))
 
         module = tf.Module()
         # The captured variables, as plain tf.Variables: the loaded object needs no keras.
@@ -309,11 +335,12 @@ class _Serving:
         for x in _with_other_float(self.input_dtype):
             module.serving_default.get_concrete_function(tf.TensorSpec(None, x, name="x"))
         module.adapt_and_predict = tf.function(adapt_fn, autograph=False)
-        for x, y in self.dtype_pairs:
-            for options in ({}, {"num_steps": steps_spec}, {"inner_lr": lr_spec},
-                            {"num_steps": steps_spec, "inner_lr": lr_spec}):
-                module.adapt_and_predict.get_concrete_function(*self.task_specs(y, x),
-                                                               **options)
+        for support, query, y in self.task_dtypes:
+            for steps_dtype, lr_dtype in OPTION_DTYPES:
+                module.adapt_and_predict.get_concrete_function(
+                    *self.task_specs(y, support, query),
+                    num_steps=tf.TensorSpec([], steps_dtype, name="num_steps"),
+                    inner_lr=tf.TensorSpec([], lr_dtype, name="inner_lr"))
         module.metadata = tf.function(self.metadata, autograph=False)
 
         # Serving signatures: named dict outputs, every input required.
@@ -322,9 +349,13 @@ class _Serving:
                 lambda *args: {"predictions": fn(*args)}, autograph=False
             ).get_concrete_function(*specs)
 
+        def with_defaults(*task):  # the defaults as tensors: the traces above, no other
+            return module.adapt_and_predict(*task, tf.constant(self.default_steps, tf.int32),
+                                            tf.constant(self.default_lr, tf.float32))
+
         return module, {
             "serving_default": signature(module.serving_default, x_spec),
-            "adapt_and_predict": signature(module.adapt_and_predict, *self.task_specs(y_dtype)),
+            "adapt_and_predict": signature(with_defaults, *self.task_specs(y_dtype)),
             "adapt_and_predict_with_options": signature(
                 module.adapt_and_predict, *self.task_specs(y_dtype), steps_spec, lr_spec),
             "metadata": module.metadata.get_concrete_function(),
