@@ -515,6 +515,26 @@ def test_miniimagenet_class_with_too_few_images_is_named(prepared, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_miniimagenet_csv_from_excel_is_read_or_named(prepared, tmp_path):
+    # A byte order mark and Windows line ends (Excel's "CSV UTF-8") are read as the plain
+    # files; UTF-16 (Excel's "Unicode text") was a UnicodeDecodeError traceback.
+    rows = mini_rows()
+    write_csvs(tmp_path / "plain", rows)
+    for name, encoding in (("excel", "utf-8-sig"), ("utf16", "utf-16")):
+        (tmp_path / name).mkdir()
+        for split, split_rows in rows.items():
+            lines = ["filename,label"] + [f"{f},{label}" for f, label in split_rows]
+            (tmp_path / name / f"{split}.csv").write_bytes(
+                "\r\n".join(lines + [""]).encode(encoding))
+    assert (mprep.read_splits(str(tmp_path / "excel"), expect_counts=False)
+            == mprep.read_splits(str(tmp_path / "plain"), expect_counts=False))
+    with pytest.raises(PrepError, match=rf"^{tmp_path}/utf16/train\.csv is not UTF-8 text "
+                                        r"\(byte 0 .*save it as UTF-8"):
+        mprep.prepare_miniimagenet(str(prepared["source"] / "images"), str(tmp_path / "utf16"),
+                                   str(tmp_path / "out"), expect_counts=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_omniglot_into_a_prepared_miniimagenet_folder_touches_nothing(prepared, tmp_path):
     output = copy_prepared(prepared, tmp_path)
     before = snapshot(output)

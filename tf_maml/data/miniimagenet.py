@@ -78,7 +78,16 @@ def read_split_csv(path: str) -> dict[str, dict[str, int]]:
     if not os.path.isfile(path):
         raise PrepError(f"split file {path} not found (--csv_dir must hold train.csv, val.csv "
                         "and test.csv)")
+    try:
+        return _read_split_rows(path)
+    except UnicodeDecodeError as e:  # Excel's "Unicode text" (UTF-16), a legacy code page
+        raise PrepError(f"{path} is not UTF-8 text (byte {e.start} cannot be read as UTF-8): "
+                        "save it as UTF-8 (Excel: \"CSV UTF-8\")") from e
+
+
+def _read_split_rows(path: str) -> dict[str, dict[str, int]]:
     classes: dict[str, dict[str, int]] = {}
+    # utf-8-sig: a byte order mark (Excel's CSV UTF-8) is skipped; newline="": any line ends.
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
