@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import errno
 import io
+import json
 import os
 import re
 import shutil
@@ -404,6 +405,32 @@ def test_data_dir_off_by_a_level_or_a_source_folder_names_the_folder_to_give(
             experiment.task_source(mini_config(data_dir, num_query=1), "test", 1)
     assert str(info.value).startswith(message.format(root=root, tmp=tmp_path))
     assert (snapshot(root), snapshot(tmp_path)) == before
+
+
+@pytest.mark.parametrize("damage", ["garbled", "split-not-a-dict"])
+def test_damaged_completion_marker_is_warned_and_rewritten_by_data_prep(prepared, tmp_path,
+                                                                         monkeypatch, damage):
+    # Was silence (a garbled marker: no check against its counts, no warning) or an
+    # AttributeError traceback from the loader and from data_prep.
+    from tf_maml.tasks import image_tasks
+
+    data_dir = copy_prepared(prepared, tmp_path)
+    marker = os.path.join(data_dir, ".complete")
+    with open(marker) as f:
+        good = f.read()
+    damaged = json.loads(good)
+    damaged["splits"]["test"] = 20  # a class count where the split's counts belong
+    with open(marker, "w") as f:
+        f.write(good[:40] if damage == "garbled" else json.dumps(damaged))
+    warnings = []
+    monkeypatch.setattr(image_tasks.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+    experiment.task_source(mini_config(data_dir, num_query=1), "test", 1)
+    assert [w for w in warnings if "marker is damaged" in w and f"--output={data_dir}`" in w]
+    source = prepared["source"]
+    mprep.prepare_miniimagenet(str(source / "images"), str(source / "csv"), data_dir,
+                               expect_counts=False)
+    with open(marker) as f:
+        assert f.read() == good
 
 
 def test_too_few_images_for_support_plus_query(prepared):

@@ -96,7 +96,8 @@ def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
 
 
 def read_marker(output: str, dataset: str) -> dict | None:
-    """The completion marker of ``output`` if it exists and belongs to this format."""
+    """The completion marker of ``output`` if it exists, is whole and belongs to this format
+    (``dataset``, :data:`FORMAT_VERSION`); None otherwise."""
     try:
         with open(os.path.join(output, MARKER_NAME), encoding="utf-8") as f:
             marker = json.load(f)
@@ -105,6 +106,10 @@ def read_marker(output: str, dataset: str) -> dict | None:
     if not isinstance(marker, dict):
         return None
     if marker.get("dataset") != dataset or marker.get("format_version") != FORMAT_VERSION:
+        return None
+    # A damaged (hand-edited) marker is no marker: its readers take a split's entry as a dict.
+    splits = marker.get("splits", {})
+    if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
         return None
     return marker
 

@@ -124,11 +124,18 @@ def check_against_marker(data_dir: str, dataset: str, root: str,
                         f"{hint} to restore them")
 
 
-def warn_if_incomplete(data_dir: str, hint: str) -> None:
-    """Logs a warning when ``data_dir`` has no completion marker of the preparation scripts."""
+def warn_if_incomplete(data_dir: str, dataset: str, hint: str) -> None:
+    """Logs a warning when ``data_dir`` has no completion marker of the preparation scripts,
+    or one that cannot be read: either way the files cannot be checked against the counts
+    data_prep wrote (:func:`check_against_marker`), and its rerun rewrites the marker."""
     if not os.path.isfile(os.path.join(data_dir, COMPLETE_MARKER)):
         logging.warning("%s has no %s marker: the data may be incomplete (unfinished "
                         "preparation?); to rebuild, %s", data_dir, COMPLETE_MARKER, hint)
+    elif read_marker(data_dir, dataset) is None:
+        logging.warning("%s's %s marker is damaged (not the JSON data_prep writes) or of "
+                        "another version: the files cannot be checked against the counts it "
+                        "records; to check them and rewrite it, %s", data_dir,
+                        COMPLETE_MARKER, hint)
 
 
 def _load_cache(cache_path: str, listing: dict[str, list[str]], newest_ns: int,

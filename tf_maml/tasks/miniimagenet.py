@@ -42,7 +42,7 @@ def miniimagenet_tasks(data_dir: str, split: str, num_classes: int, num_support:
     check_data_dir(data_dir, "miniimagenet", "folders")
     root = os.path.join(data_dir, split)
     listing, newest = list_tree(root, 1, IMAGE_SUFFIXES, "MiniImageNet", hint)
-    warn_if_incomplete(data_dir, hint)
+    warn_if_incomplete(data_dir, "miniimagenet", hint)
     check_against_marker(data_dir, "miniimagenet", root, listing,
                          f"the MiniImageNet {split} split", hint, split)
     # Every split's files, so that a damaged test image is found before training.

@@ -67,7 +67,7 @@ def omniglot_tasks(data_dir: str, split: str, num_classes: int, num_support: int
     check_data_dir(data_dir, "omniglot", "folders")
     hint = prep_hint("omniglot", "folders", data_dir)
     listing, newest = list_tree(data_dir, 2, IMAGE_SUFFIXES, "Omniglot", hint)
-    warn_if_incomplete(data_dir, hint)
+    warn_if_incomplete(data_dir, "omniglot", hint)
     check_against_marker(data_dir, "omniglot", data_dir, listing, "Omniglot", hint)
     check_files(data_dir, listing, newest, "Omniglot", hint)  # every split's, one tree
     if num_train is None and num_val is None and len(listing) != NUM_CHARACTERS:
