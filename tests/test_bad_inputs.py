@@ -370,6 +370,17 @@ def test_prepared_data_with_files_removed_since_is_named(prepared, tmp_path, dat
     assert snapshot(root) == before
 
 
+def test_prepared_split_moved_away_is_named_before_training_on_another(prepared, tmp_path):
+    # Was silence: training ran, and the evaluation after it found no test split.
+    root = tmp_path / "miniimagenet"
+    shutil.copytree(prepared["miniimagenet"], root)
+    shutil.rmtree(root / "test")
+    with pytest.raises(DataError, match=rf"^the MiniImageNet test split at {root}/test holds 0 "
+                                        r"classes and 0 images, but data_prep wrote 2 and 12 "
+                                        r".*python -m data_prep\.miniimagenet "):
+        experiment.task_source(mini_config(root, num_query=1), "train", 1)
+
+
 @pytest.mark.parametrize("dataset, given, message", [
     ("omniglot", "", "{root} is the folder above the prepared Omniglot data at {root}/omniglot "
                      "(the folder tree of data_prep): give {root}/omniglot as --data_dir"),

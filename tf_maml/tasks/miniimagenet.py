@@ -53,6 +53,9 @@ def miniimagenet_tasks(data_dir: str, split: str, num_classes: int, num_support:
         elif os.path.isdir(other_root):
             check_files(other_root, *list_tree(other_root, 1, IMAGE_SUFFIXES, "MiniImageNet",
                                                hint), "MiniImageNet", hint)
+        else:  # moved away since data_prep wrote it: said now, not after training
+            check_against_marker(data_dir, "miniimagenet", other_root, {},
+                                 f"the MiniImageNet {other} split", hint, other)
     classes = list(listing)
     images, counts = load_class_images(root, listing, classes,
                                        os.path.join(data_dir, f"{split}.npz"), newest,
