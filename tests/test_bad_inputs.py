@@ -395,12 +395,18 @@ def test_prepared_split_moved_away_is_named_before_training_on_another(prepared,
     ("miniimagenet", "images", "{root}/images holds the MiniImageNet files that data_prep "
      "reads, not prepared data: prepare them into a new folder with `python -m "
      "data_prep.miniimagenet --images={root}/images --csv_dir=<folder with train.csv"),
+    ("omniglot", "images_background.zip", "{root}/images_background.zip is a file, not a "
+     "folder: give the folder of the prepared Omniglot data as --data_dir (to prepare it into "
+     "a new folder, run `python -m data_prep.omniglot --source="),
+    ("miniimagenet", "csv/test.csv", "{root}/csv/test.csv is a file, not a folder: give the "
+     "folder of the prepared MiniImageNet data"),
 ], ids=["omniglot-parent", "omniglot-character", "mini-split", "omniglot-raw-set",
-        "mini-raw-images"])
+        "mini-raw-images", "omniglot-archive", "mini-file"])
 def test_data_dir_off_by_a_level_or_a_source_folder_names_the_folder_to_give(
         prepared, tmp_path, dataset, given, message):
     # Was advice to run data_prep with --output=<the folder given> (for a source set folder:
-    # to delete a source drawing first), or "no class folders */* found".
+    # to delete a source drawing first; for a file, an archive: --output=<that file>), or
+    # "no class folders */* found".
     from tf_maml.tasks.omniglot import omniglot_tasks
 
     root = prepared["source"]

@@ -37,9 +37,9 @@ def miniimagenet_tasks(data_dir: str, split: str, num_classes: int, num_support:
     """
     check_split(split)
     hint = prep_hint("miniimagenet", "folders", data_dir)
+    check_data_dir(data_dir, "miniimagenet", "folders")
     if not os.path.isdir(data_dir):
         raise DataError(f"MiniImageNet data not found at {data_dir}: {hint}")
-    check_data_dir(data_dir, "miniimagenet", "folders")
     root = os.path.join(data_dir, split)
     listing, newest = list_tree(root, 1, IMAGE_SUFFIXES, "MiniImageNet", hint)
     warn_if_incomplete(data_dir, "miniimagenet", hint)

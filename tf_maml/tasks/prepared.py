@@ -142,10 +142,14 @@ def check_data_dir(data_dir: str, dataset: str, backend: str) -> None:
     while the folder above or below it (:func:`_nearby`) holds the data. A missing,
     empty or unmarked folder passes otherwise, and so does a TFDS data_dir holding only other data
     sets (the loader's own errors say what to run)."""
+    name = NAMES[dataset]
+    if os.path.isfile(data_dir):  # an archive, say: "data not found" advised --output=<it>
+        raise DataError(f"{data_dir} is a file, not a folder: give the folder of the prepared "
+                        f"{name} data as --data_dir (to prepare it into a new folder, run "
+                        f"`{prep_command(dataset, backend, '<new folder>')}`)")
     found = contents(data_dir)
     if (dataset, backend) in found:
         return
-    name = NAMES[dataset]
     # Nothing prepared here (a MiniImageNet class folder holds JPEGs, like the raw images/):
     # perhaps the folder above or below it.
     if all(b == "raw" for _, b in found):
