@@ -627,13 +627,22 @@ def test_omniglot_source_a_level_off_names_the_folder_to_give(prepared, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_miniimagenet_images_folder_above_names_the_folder_to_give(prepared, tmp_path):
-    # Was "42 images listed in the CSVs are missing from <folder>: ..." only.
+@pytest.mark.parametrize("images, csv_dir, message", [
+    ("", "csv", "missing from {src}, which holds images: give --images={src}/images "
+                "(missing: n01"),
+    ("images", "", "(--csv_dir must hold train.csv, val.csv and test.csv); {src}/csv holds "
+                   "them: give --csv_dir={src}/csv"),
+    ("images", "csv/val.csv", "; {src}/csv holds them: give --csv_dir={src}/csv"),
+], ids=["images-above", "csv-above", "csv-file"])
+def test_miniimagenet_source_a_level_off_names_the_folder_to_give(prepared, tmp_path, images,
+                                                                  csv_dir, message):
+    # Was "42 images listed in the CSVs are missing from <folder>: ..." or "split file
+    # <folder>/train.csv not found" only.
     source = prepared["source"]
-    with pytest.raises(PrepError, match=rf"missing from {source}, which holds images: give "
-                                        rf"--images={source}/images \(missing: n01"):
-        mprep.prepare_miniimagenet(str(source), str(source / "csv"), str(tmp_path / "out"),
-                                   expect_counts=False)
+    with pytest.raises(PrepError) as info:
+        mprep.prepare_miniimagenet(str(source / images), str(source / csv_dir),
+                                   str(tmp_path / "out"), expect_counts=False)
+    assert message.format(src=source) in str(info.value)
     assert not (tmp_path / "out").exists()
 
 

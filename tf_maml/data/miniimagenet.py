@@ -77,12 +77,27 @@ def read_split_csv(path: str) -> dict[str, dict[str, int]]:
     """Reads one split file: {label: {filename: csv line number}}, labels in CSV order."""
     if not os.path.isfile(path):
         raise PrepError(f"split file {path} not found (--csv_dir must hold train.csv, val.csv "
-                        "and test.csv)")
+                        f"and test.csv){csv_dir_hint(os.path.dirname(path))}")
     try:
         return _read_split_rows(path)
     except UnicodeDecodeError as e:  # Excel's "Unicode text" (UTF-16), a legacy code page
         raise PrepError(f"{path} is not UTF-8 text (byte {e.start} cannot be read as UTF-8): "
                         "save it as UTF-8 (Excel: \"CSV UTF-8\")") from e
+
+
+def csv_dir_hint(csv_dir: str) -> str:
+    """For a ``--csv_dir`` without the split files: "; give --csv_dir=X" naming the folder
+    that holds all three, when it is ``csv_dir``'s parent (a split file given itself) or one
+    of its subfolders; "" otherwise."""
+    def holds_csvs(folder: str) -> bool:
+        return all(os.path.isfile(os.path.join(folder, f"{s}.csv")) for s in SPLITS)
+
+    candidates = [os.path.dirname(os.path.normpath(csv_dir))]
+    if os.path.isdir(csv_dir):
+        candidates += sorted(e.path for e in os.scandir(csv_dir)
+                             if e.is_dir() and not e.name.startswith("."))
+    found = [folder for folder in candidates if holds_csvs(folder)]
+    return f"; {found[0]} holds them: give --csv_dir={found[0]}" if len(found) == 1 else ""
 
 
 def _read_split_rows(path: str) -> dict[str, dict[str, int]]:
