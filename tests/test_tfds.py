@@ -341,6 +341,22 @@ def test_miniimagenet_from_images_folder_elsewhere(mini, tmp_path):
                       miniimagenet_tasks_from_tfds(other, "train", 3, 1, 2), seeds=(3,))
 
 
+def test_sources_a_level_off_name_the_folder_to_give(omni_files, mini, tmp_path):
+    # data_prep --format=tfds: was the list of missing files only, like the folder format.
+    python = tmp_path / "repo" / "python"  # a clone of brendenlake/omniglot
+    python.mkdir(parents=True)
+    for set_name, files in omni_files.items():
+        write_zip(str(python / f"{set_name}.zip"), files)
+    with pytest.raises(ManualDataError, match=rf"\n{python} holds them: give --source={python}"
+                                              r"\nWhat to place there"):
+        build.build_omniglot(str(tmp_path / "repo"), str(tmp_path / "out"), **SIZES)
+    write_csvs(tmp_path / "mini" / "csv", mini_rows())
+    with pytest.raises(ManualDataError, match=rf"give --csv_dir={tmp_path}/mini/csv\n"):
+        build.build_miniimagenet(str(mini[0] / "images.zip"), str(tmp_path / "mini"),
+                                 str(tmp_path / "out"), expect_counts=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_miniimagenet_missing_manual_files_named(mini, tmp_path):
     src = mini[0]
     manual = tmp_path / "manual"

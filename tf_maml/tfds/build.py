@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 from absl import logging
 
+from tf_maml.data import miniimagenet as mprep
 from tf_maml.data.prep import PrepError
 from tf_maml.tfds import miniimagenet as mini
 from tf_maml.tfds import omniglot as omni
@@ -104,11 +105,12 @@ def build_miniimagenet(images: str, csv_dir: str, data_dir: str, *,
     """
     images, csv_dir = os.path.abspath(images), os.path.abspath(csv_dir)
     csvs = {split: os.path.join(csv_dir, f"{split}.csv") for split in mini.SPLITS.values()}
-    missing = [] if os.path.exists(images) else [images]
-    missing += [path for path in csvs.values() if not os.path.isfile(path)]
+    missing_csvs = [path for path in csvs.values() if not os.path.isfile(path)]
+    missing = ([] if os.path.exists(images) else [images]) + missing_csvs
     if missing:
         raise missing_files_error("MiniImageNet", csv_dir, missing,
-                                  mini.MANUAL_DOWNLOAD_INSTRUCTIONS)
+                                  mini.MANUAL_DOWNLOAD_INSTRUCTIONS,
+                                  mprep.csv_dir_hint(csv_dir) if missing_csvs else "")
     builder = mini.TfMamlMiniimagenet(data_dir=data_dir, expect_counts=expect_counts)
     layout = mini.images_path(csv_dir)
     if layout is not None and os.path.samefile(layout, images):

@@ -22,10 +22,13 @@ class ManualDataError(PrepError):
 
 
 def missing_files_error(dataset: str, manual_dir: str, missing: list[str],
-                        instructions: str) -> ManualDataError:
+                        instructions: str, nearby: str = "") -> ManualDataError:
+    """``nearby``: where the files are instead, if that is known (the data_prep readers'
+    hints, "; X holds them: give --flag=X")."""
     listed = "\n".join(f"  - {name}" for name in missing)
+    nearby = f"\n{nearby.removeprefix('; ')}" if nearby else ""
     return ManualDataError(
-        f"{dataset}: the manual directory {manual_dir} lacks\n{listed}\n"
+        f"{dataset}: the manual directory {manual_dir} lacks\n{listed}{nearby}\n"
         f"What to place there:\n{instructions.strip()}")
 
 

@@ -109,7 +109,7 @@ def check_manual_dir(manual_dir: str) -> None:
                and not os.path.isdir(os.path.join(manual_dir, s))]
     if missing:
         raise missing_files_error("Omniglot", manual_dir, missing,
-                                  MANUAL_DOWNLOAD_INSTRUCTIONS)
+                                  MANUAL_DOWNLOAD_INSTRUCTIONS, oprep.source_hint(manual_dir))
 
 
 def scan(manual_dir: str, zips: list[zipfile.ZipFile]
