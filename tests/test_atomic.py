@@ -56,7 +56,7 @@ def _stopped_after_each(monkeypatch, rename: str, signum: str):
 
     def renamed_then_stopped(src, dst):
         real(src, dst)
-        os.kill(os.getpid(), getattr(signal, signum))
+        signal.raise_signal(getattr(signal, signum))
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -120,7 +120,7 @@ def test_a_stop_while_an_export_replaces_the_earlier_one_leaves_a_whole_export(
         real_rename(src, dst)
         renames.append(dst)
         if len(renames) == 1:
-            os.kill(os.getpid(), getattr(signal, signum))
+            signal.raise_signal(getattr(signal, signum))
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -155,7 +155,7 @@ def test_a_stop_while_a_damaged_checkpoint_is_moved_aside_moves_all_its_files(tm
 
     def stopped_after_the_first(src, dst):
         real_replace(src, dst)
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(os, "replace", stopped_after_the_first)
     with pytest.raises(KeyboardInterrupt):

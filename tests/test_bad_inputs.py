@@ -843,7 +843,7 @@ def test_a_stop_during_evaluation_says_what_was_kept(sine_copy, monkeypatch, sig
     before = snapshot(run_dir)
 
     def stopped(*args, **kwargs):
-        os.kill(os.getpid(), getattr(signal, signum))
+        signal.raise_signal(getattr(signal, signum))
         pytest.fail(f"{signum} did not stop the evaluation")
 
     def killed(*args):

@@ -95,7 +95,7 @@ def test_a_stop_during_the_final_save_waits_for_it(signum):
 
     class StoppedDuringTheSave(Callback):
         def on_train_end(self, iteration):
-            os.kill(os.getpid(), getattr(signal, signum))
+            signal.raise_signal(getattr(signal, signum))
 
     recorder = Recorder()  # after the stop: the checkpoint saver's place
     previous = signal.signal(signal.SIGTERM, lambda *a: pytest.fail("killed during the save"))
