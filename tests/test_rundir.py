@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import keras
@@ -31,6 +32,7 @@ from test_cli import fast_intervals, sine_config, weights_of  # noqa: F401 (a fi
 from test_convert import save_tf1_sinusoid  # a TF1 name-based checkpoint
 
 from tf_maml import atomic, experiment, losses, models, options, rundir, runner, zoo
+from tf_maml import evaluate as evaluate_lib
 from tf_maml.api import MetaLearner
 from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.config import Config, ConfigError
@@ -395,6 +397,35 @@ def test_a_checkpoint_can_be_evaluated_while_training_holds_the_lock(tmp_path,
                    log=logs.append)
         assert f"Restored {run_dir}/model-20 (iteration 20)" in logs
         assert json.loads((run_dir / rundir.LOCK_NAME).read_text())["pid"] == sleeper.pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_two_evaluations_write_their_result_sets_one_after_the_other(tmp_path):
+    """Two evaluations of one run directory (another --test_iter, or the one after training)
+    rename the same files: one whose set is being written holds results.lock, and the other
+    waits for it (it renamed its files among the first's: a csv of one, an npy of the
+    other); one that holds it far too long is named."""
+    path = tmp_path / rundir.RESULTS_LOCK_NAME
+    csv_file = tmp_path / "test_ubs10_stepsize0.01.csv"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path.write_text(lock_of(sleeper.pid))  # the other evaluation, writing its set
+        writer = threading.Thread(target=evaluate_lib.write_results,
+                                  args=(str(tmp_path), np.ones((2, 3)), 10, 0.01))
+        writer.start()
+        time.sleep(0.5)
+        assert writer.is_alive() and not csv_file.exists()  # waits
+        path.unlink()  # the other's set is written
+        writer.join(10)
+        assert csv_file.exists() and not path.exists()
+        path.write_text(lock_of(sleeper.pid))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(rundir, "RESULTS_WAIT_S", 0.3)
+            with pytest.raises(RunDirError, match=f"{path} has been held by process "
+                               f"{sleeper.pid} .* for over 0 s; wait for it"):
+                evaluate_lib.write_results(str(tmp_path), np.ones((2, 3)), 10, 0.01)
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -10,7 +10,7 @@ import pickle
 
 import numpy as np
 
-from tf_maml import atomic
+from tf_maml import atomic, rundir
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks import batch_rng
 
@@ -94,7 +94,9 @@ def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
     pickle ``{'mses': values}``, the per-task matrix as ``.npy`` and the ``extra`` files
     (name -> text: the evaluation's ``test_config.json``) as one set
     (:func:`tf_maml.atomic.write_all`): a crash or a full disk leaves all the earlier
-    files or all the new ones, never half a file nor a mix."""
+    files or all the new ones, never half a file nor a mix, and two evaluations of one run
+    directory that finish together write one set after the other
+    (:func:`tf_maml.rundir.results_lock`)."""
     os.makedirs(run_dir, exist_ok=True)
     base = os.path.join(run_dir, result_name(update_batch_size, update_lr, baseline, ensemble))
     means, stds, ci95 = summarize(values)
@@ -108,7 +110,8 @@ def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
     files = {paths["csv"]: table.getvalue(), paths["pkl"]: pickle.dumps({"mses": values}),
              paths["npy"]: array.getvalue()}
     files.update((os.path.join(run_dir, name), text) for name, text in (extra or {}).items())
-    atomic.write_all(files)
+    with rundir.results_lock(run_dir):  # another evaluation's set is renamed before or after
+        atomic.write_all(files)
     return paths
 
 

@@ -25,6 +25,11 @@ from collections.abc import Callable, Iterator, Sequence
 from tf_maml import atomic
 
 LOCK_NAME = "run.lock"
+# Held only while an evaluation replaces its set of result files: training holds run.lock
+# for hours, so an evaluation beside it cannot take that one, yet two evaluations (or one and
+# the evaluation after training) renaming the same set at once would mix it.
+RESULTS_LOCK_NAME = "results.lock"
+RESULTS_WAIT_S = 120.0  # writing a result set takes seconds; a holder past this is stuck
 CHECKPOINT_NAME = "model"
 ENSEMBLE_NAME = "ensemble.json"  # an ensemble's members (tf_maml/ensemble.py)
 
@@ -88,7 +93,8 @@ def _makedirs(path: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def lock(run_dir: str, log: Callable[[str], None] = print) -> Iterator[None]:
+def lock(run_dir: str, log: Callable[[str], None] = print, name: str = LOCK_NAME,
+         wait: float = 0.0) -> Iterator[None]:
     """Holds ``<run_dir>/run.lock`` while the block runs: a second process that wants the
     same run directory is refused with a message naming the first. A lock left by a process
     that no longer runs on this host (SIGKILL, a crash) is taken over with a warning. The
@@ -96,18 +102,19 @@ def lock(run_dir: str, log: Callable[[str], None] = print) -> Iterator[None]:
     ``MetaLearner.fit(run_dir=...)``): a second one on the same directory, from this process
     too (another thread, or a ``fit`` inside a run), is refused. Directories created for the
     lock, and the lock itself, are removed on exit, so that a run refused early leaves no
-    trace."""
+    trace. ``name`` and ``wait``: another lock file of the directory, and how many seconds
+    to wait for a live holder before refusing (:func:`results_lock`)."""
     try:
         created = _makedirs(run_dir)
     except OSError as err:
         raise RunDirError(os_error_message(err, run_dir, "create the run directory")) from err
-    path = os.path.join(run_dir, LOCK_NAME)
+    path = os.path.join(run_dir, name)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
           "started_ticks": _process_start(os.getpid()),
           "command": " ".join(os.path.basename(a) if i == 0 else a
                               for i, a in enumerate(sys.argv))[:200]}
     try:
-        _create_lock(path, me, run_dir, log)
+        _create_lock(path, me, run_dir, log, wait)
     except BaseException:
         _remove_created(created)
         raise
@@ -119,14 +126,24 @@ def lock(run_dir: str, log: Callable[[str], None] = print) -> Iterator[None]:
         _remove_created(created)
 
 
-def _create_lock(path: str, me: dict, run_dir: str, log) -> None:
+def results_lock(run_dir: str,
+                 log: Callable[[str], None] = print) -> contextlib.AbstractContextManager:
+    """Held while an evaluation writes its result set (:func:`tf_maml.atomic.write_all`), so
+    that two sets written at once come one after the other, never mixed: a second writer
+    waits for the first (seconds) rather than being refused after its evaluation ran."""
+    return lock(run_dir, log, RESULTS_LOCK_NAME, RESULTS_WAIT_S)
+
+
+def _create_lock(path: str, me: dict, run_dir: str, log, wait: float = 0.0) -> None:
     # The lock appears whole or not at all: written under a private name, then hard-linked
     # to run.lock, which fails if it exists (atomic, on NFS too).
     tmp = f"{path}.{me['host']}.{me['pid']}.{threading.get_ident()}"  # threads: their own
+    until = time.monotonic() + wait
     try:
         with open(tmp, "w") as f:
             json.dump(me, f)
-        for _ in range(3):
+        tries = 0
+        while tries < 3:
             try:
                 os.link(tmp, path)
                 return
@@ -135,6 +152,14 @@ def _create_lock(path: str, me: dict, run_dir: str, log) -> None:
             owner = _read_owner(path)
             same_host = owner.get("host") == me["host"]
             if owner and (not same_host or _alive(owner)):
+                if time.monotonic() < until:  # a holder that is about to let go
+                    time.sleep(0.1)
+                    continue
+                if wait:
+                    raise RunDirError(
+                        f"{path} has been held by {_describe(owner)} for over {wait:.0f} s; "
+                        f"wait for it to finish, or if it no longer runs, delete {path} and "
+                        "run the same command again.")
                 fix = ("wait for it to finish, or stop it, or use another `run_dir`"
                        if same_host else
                        f"if it no longer runs, delete {path}; else use another `run_dir`")
@@ -143,6 +168,7 @@ def _create_lock(path: str, me: dict, run_dir: str, log) -> None:
                            "directory; use another `run_dir`")
                 raise RunDirError(f"{run_dir} is in use by {_describe(owner)}: two writers "
                                   f"would mix their checkpoints and logs; {fix}.")
+            tries += 1
             if not owner and time.time() - _mtime(path) < 5:  # being written right now
                 time.sleep(1)
                 continue
@@ -153,7 +179,8 @@ def _create_lock(path: str, me: dict, run_dir: str, log) -> None:
         raise RunDirError(f"could not take the lock {path}; delete it if no other process "
                           "uses the run directory")
     except OSError as err:
-        raise RunDirError(os_error_message(err, run_dir, "write the lock " + LOCK_NAME)) from err
+        raise RunDirError(os_error_message(err, run_dir, "write the lock "
+                                           + os.path.basename(path))) from err
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)

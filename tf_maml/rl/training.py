@@ -208,7 +208,8 @@ def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME)
     with rundir.writing(directory, f"write {name}.csv",
                         kept=lambda: "the checkpoints and earlier results are intact"):
         os.makedirs(directory, exist_ok=True)
-        atomic.write_all({path: text.getvalue(), path[:-4] + ".npy": array.getvalue()})
+        with rundir.results_lock(directory):  # another evaluation's set: before or after
+            atomic.write_all({path: text.getvalue(), path[:-4] + ".npy": array.getvalue()})
     return path
 
 
