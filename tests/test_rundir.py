@@ -577,6 +577,41 @@ def test_a_read_only_run_directory_is_one_line_and_changes_nothing(tmp_path, fas
     assert snapshot(run_dir) == before
 
 
+def test_an_evaluation_of_a_read_only_run_directory_stops_before_it_evaluates(
+        tmp_path, fast_intervals, monkeypatch):
+    """Permissions changed after training (or a read-only mount): the one line comes before
+    the evaluation, whose results could not be kept (it came after it: minutes or hours on
+    a large test set, lost)."""
+    config, run_dir = trained(tmp_path, 20)
+    before = snapshot(run_dir)
+    real_os_open, real_open = os.open, open
+
+    def refuse(path):
+        if str(path).startswith(str(run_dir)):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def read_only_open(path, mode="r", *args, **kwargs):
+        if set(mode) & set("wax+"):
+            refuse(path)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(atomic, "open", read_only_open, raising=False)
+    logs = []
+    with pytest.raises(RunDirError, match=f"could not write the evaluation results in "
+                       f"{run_dir}: Read-only file system. Nothing was lost: the checkpoints "
+                       f"are intact and no result file was written; make {run_dir} writable"):
+        runner.run(dataclasses.replace(config, train=False, num_test_tasks=2), log=logs.append)
+    assert not [line for line in logs if line.startswith("Evaluating")]
+    monkeypatch.undo()
+    assert snapshot(run_dir) == before
+
+
 def test_a_logdir_that_is_a_file_says_to_use_another(tmp_path):
     # The fix used to be "check <run dir>, then run the same command again", which fails again.
     blocker = tmp_path / "logs"

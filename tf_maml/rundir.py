@@ -238,6 +238,18 @@ def writing(run_dir: str, action: str, kept: Callable[[], str] | None = None,
                                            kept() if kept else "", arg)) from err
 
 
+def check_writable(directory: str) -> None:
+    """Raises now the OSError that writing a file into ``directory`` would raise (a
+    read-only mount, permissions changed since training), before the minutes or hours of an
+    evaluation whose results could not be kept. A directory not made yet passes: its
+    writer makes it, and says so if it cannot."""
+    import tempfile
+
+    if os.path.isdir(directory):
+        with tempfile.TemporaryFile(dir=directory):  # removed on close; no name is left
+            pass
+
+
 def _as_os_error(err: Exception) -> OSError | None:
     if isinstance(err, OSError):
         return err

@@ -305,6 +305,9 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
     extra = {} if config.train else {"test_config.json": config.to_json()}
     name = evaluate_lib.result_name(config.update_batch_size, config.update_lr, config.baseline,
                                     config.ensemble)
+    with rundir.writing(directory, "write the evaluation results",
+                        kept=lambda: _kept_results(directory, name, extra)):
+        rundir.check_writable(directory)  # said now, not after the evaluation ran
     try:
         values = _evaluate(learner, config, directory, log, source)
     except KeyboardInterrupt:  # Ctrl-C: the results are written whole at the end, or not

@@ -217,6 +217,9 @@ def evaluate_run(learner, directory: str, num_tasks: int, num_steps: int, log=pr
                  step_sizes=None, name: str = RESULTS_NAME) -> dict:
     """Evaluates ``learner`` on ``num_tasks`` test tasks with ``num_steps`` steps (of sizes
     ``step_sizes``), writes ``<name>.csv/.npy`` into ``directory`` and logs each row."""
+    with rundir.writing(directory, f"write {name}.csv",
+                        kept=lambda: "the checkpoints and earlier results are intact"):
+        rundir.check_writable(directory)  # said now, not after the evaluation ran
     returns = evaluate(learner, num_tasks, num_steps, log, step_sizes)
     path = write_results(directory, returns, name)
     for row in summarize(returns):
