@@ -317,7 +317,7 @@ def test_an_ensemble_keeps_its_evaluation_reserve_once_per_member(tmp_path, row,
     assert p.models_evaluated == (1 if trains else 5)
     p = dataclasses.replace(p, train_cmd=[sys.executable, "-c", "pass"])
     lines = []
-    reproduce.execute(p, time.time() + 240, train=True, evaluate=False, reevaluate=False,
+    reproduce.execute(p, time.monotonic() + 240, train=True, evaluate=False, reevaluate=False,
                       eval_reserve_s=60, publish=lambda plan: None, log=lines.append)
     assert any("no training budget left" in line for line in lines) != trains, lines
     assert any("] training 0/" in line for line in lines) == trains, lines
@@ -707,6 +707,20 @@ def test_a_locomotion_row_reads_its_returns_records_its_simulator_and_is_checked
         reproduce.export(p, str(tmp_path / "saved"))
 
 
+def test_a_wall_clock_jump_neither_spends_nor_extends_the_budget(tmp_path, monkeypatch):
+    """The budget is kept on the monotonic clock: the wall clock put a day forward (NTP, a
+    laptop resumed) does not stop a run at once, as it did (nor would one put back keep it
+    running past its budget)."""
+    import time
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 86400)
+    child = [sys.executable, "-c", "print('Iteration 1: 0.5, 0.4', flush=True)"]
+    code, stopped, _ = reproduce_run.stream(child, str(tmp_path / "reproduce.log"),
+                                            time.monotonic() + 60, lambda line: None)
+    assert code == 0 and not stopped
+
+
 def test_a_budget_stops_an_rl_pretraining_once_its_loop_has_started(tmp_path):
     """The TRPO baselines log "Pretrain Iteration i/N: return ..." (no "  [" line): that
     says the loop runs, so the budget's SIGTERM goes at once instead of after the 3 minutes
@@ -716,8 +730,8 @@ def test_a_budget_stops_an_rl_pretraining_once_its_loop_has_started(tmp_path):
     child = [sys.executable, "-c", "import time; print('Pretrain Iteration 1/1000: return "
              "-57.30, KL 0.0090, step 1.000 (13.4s, 4.5 it/min)', flush=True); time.sleep(60)"]
     shown = []
-    t0 = time.time()
+    t0 = time.monotonic()
     code, stopped, _ = reproduce_run.stream(child, str(tmp_path / "reproduce.log"),
-                                            time.time() - 1, shown.append)
-    assert stopped and code != 0 and time.time() - t0 < 30
+                                            time.monotonic() - 1, shown.append)
+    assert stopped and code != 0 and time.monotonic() - t0 < 30
     assert any(line.strip().startswith("Pretrain Iteration 1/1000: return") for line in shown)

@@ -171,6 +171,20 @@ def test_fit_applies_a_changed_meta_lr_and_says_so(tmp_path):
                           resume=False, log_interval=None, log=quiet)
 
 
+def test_the_logs_seconds_do_not_follow_the_wall_clock(tmp_path, monkeypatch):
+    """The wall clock set back (NTP, a laptop's resume) while a run trains: the log's seconds
+    since the session began are measured on the monotonic clock (they went negative)."""
+    wall = iter(range(2 * 10**9, 0, -3600))  # each reading an hour before the last
+    monkeypatch.setattr(time, "time", lambda: float(next(wall)))
+    keras.utils.set_random_seed(0)
+    learner = MetaLearner(models.fc_net((1,), (8,), 1, norm="None"), losses.mse, inner_lr=0.01)
+    learner.fit(SinusoidTasks(5, 5), 3, meta_batch_size=2, run_dir=str(tmp_path),
+                log_interval=None, log=quiet)
+    with open(tmp_path / "training_log.csv") as f:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+    assert seconds and all(0 <= s < 600 for s in seconds), seconds
+
+
 # ---------------------------------------------------------------------- 2. the state file
 @pytest.mark.parametrize("damage", ["lost", "garbled"])
 def test_a_lost_or_garbled_state_file_changes_nothing(tmp_path, fast_intervals, damage):

@@ -114,7 +114,7 @@ class ProgressLogger(Callback):
     def on_train_begin(self, learner: TaskLearner, start, total):
         self.key = "metric" if learner.metric_fn is not None else "loss"
         self.total, self.pre, self.post = total, [], []
-        self.t_start = self.t_window = time.time()
+        self.t_start = self.t_window = time.monotonic()
         self.itr_window = start
 
     def on_step_end(self, iteration, metrics, pretrain):
@@ -126,7 +126,7 @@ class ProgressLogger(Callback):
             if self.pre:
                 self.log(f"{prefix} {iteration}: {np.mean(self.pre)}, {np.mean(self.post)}")
             self.pre, self.post = [], []
-            now = time.time()
+            now = time.monotonic()
             rate = (iteration - self.itr_window) / max(now - self.t_window, 1e-9)
             self.t_window, self.itr_window = now, iteration
             self.log(f"  [{iteration}/{self.total} {100.0 * iteration / self.total:.1f}%] "
@@ -184,11 +184,11 @@ class CSVHistory(Callback):
         self.log = CSVLog(path, self.columns)
 
     def on_train_begin(self, learner, start, total):
-        self.total, self.t_start = total, time.time()
+        self.total, self.t_start = total, time.monotonic()
         self.log.start(start)
 
     def on_step_begin(self, iteration):
-        self.t_step = time.time()
+        self.t_step = time.monotonic()
 
     def fields(self, iteration: int, metrics: dict, pretrain: bool) -> dict:
         raise NotImplementedError
@@ -224,13 +224,13 @@ class HistoryCSV(CSVHistory):
     def row(self, iteration, phase, pre="", post="", val_pre="", val_post=""):
         self.write({"iteration": iteration, "phase": phase, "pre": pre, "post": post,
                     "val_pre": val_pre, "val_post": val_post,
-                    "seconds": round(time.time() - self.t_start, 2)})
+                    "seconds": round(time.monotonic() - self.t_start, 2)})
 
     def fields(self, iteration, metrics, pretrain):
         return {"iteration": iteration, "phase": "pretrain" if pretrain else "metatrain",
                 "pre": float(metrics[f"pre_{self.key}"]),
                 "post": float(metrics[f"post_{self.key}"]),
-                "seconds": round(time.time() - self.t_start, 2)}
+                "seconds": round(time.monotonic() - self.t_start, 2)}
 
 
 class Validation(Callback):

@@ -133,7 +133,7 @@ def main(argv, F):
              F.miniimagenet_dir: "$DATA/miniimagenet", F.flags_dir: "flags", REPO: ".",
              F.original_checkpoint: "$DATA/maml_original_checkpoint/miniimagenet1shot/model59000"}
     publish = Publisher(F.publish, F.publish_every_minutes, paths, log)
-    deadline = None if F.budget_minutes is None else time.time() + 60 * F.budget_minutes
+    deadline = None if F.budget_minutes is None else time.monotonic() + 60 * F.budget_minutes
     log(f"tf-maml-reproduce: {len(plans)} experiments, runs under {F.logdir_root}, models "
         f"in {F.zoo_dir}" + ("" if deadline is None else
                             f", training budget {F.budget_minutes} min"))
@@ -159,7 +159,7 @@ def _run_rows(plans: list[Plan], F, deadline: float | None, publish: Publisher,
         seen_train.add(p.run_dir)
         run_deadline = deadline
         if F.run_budget_minutes is not None and train and p.train_cmd:
-            own = (time.time() + 60 * F.run_budget_minutes
+            own = (time.monotonic() + 60 * F.run_budget_minutes
                    + p.eval_reserve_s(60 * F.eval_reserve_minutes))
             run_deadline = own if deadline is None else min(deadline, own)
         try:

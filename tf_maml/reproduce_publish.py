@@ -24,15 +24,15 @@ class Publisher:
     def __init__(self, enabled: bool, every_minutes: float, paths: dict[str, str], log):
         self.enabled, self.every_minutes, self.paths, self.log = (
             enabled, every_minutes, paths, log)
-        self.last = time.time()
+        self.last = time.monotonic()
         self.errors: dict[str, str] = {}  # the rows whose latest publishing failed
 
     def __call__(self, p: Plan, force: bool = False) -> None:
         if not self.enabled or p.skip_reason:
             return
-        if not force and time.time() - self.last < 60 * self.every_minutes:
+        if not force and time.monotonic() - self.last < 60 * self.every_minutes:
             return
-        self.last = time.time()
+        self.last = time.monotonic()
         finished = p.train_cmd is None or zoo_lib.latest_iteration(p.run_dir) >= p.target
         try:
             zoo_lib.publish(p.run_dir, p.zoo_dir, finished, self.paths, machine(), self.log)

@@ -62,7 +62,8 @@ def shell(cmd: list[str]) -> str:
 def stream(cmd: list[str], log_path: str, deadline: float | None, log,
            on_tick=None, evaluation: bool = False) -> tuple[int, bool, str]:
     """Runs ``cmd``, copying its output to ``log_path`` and its progress lines to ``log``;
-    SIGTERM at ``deadline``; calls ``on_tick()`` about once a second while it runs (the
+    SIGTERM at ``deadline`` (a time.monotonic() reading: a jump of the wall clock neither
+    spends nor extends a budget); calls ``on_tick()`` about once a second while it runs (the
     zoo's periodic publishing). Returns (exit code, whether the deadline stopped it, the
     last line it printed: a failed command's one-line error, which the console repeats).
     ``evaluation``: ``cmd`` evaluates (``--train=False``), for what an interrupt says."""
@@ -106,8 +107,8 @@ def stream(cmd: list[str], log_path: str, deadline: float | None, log,
                         log("    " + line.strip())
                 # SIGTERM makes the training loop save a checkpoint; before the loop has
                 # started it would just kill the process, so wait (a while) for the loop.
-                if (deadline is not None and not stopped and time.time() > deadline
-                        and (started or time.time() > deadline + STARTUP_GRACE_S)):
+                if (deadline is not None and not stopped and time.monotonic() > deadline
+                        and (started or time.monotonic() > deadline + STARTUP_GRACE_S)):
                     log("    budget reached: stopping training (it saves a checkpoint)")
                     proc.send_signal(signal.SIGTERM)
                     stopped = True
@@ -187,12 +188,12 @@ def _train(p: Plan, deadline: float | None, train: bool, eval_reserve_s: float, 
     done = zoo_lib.latest_iteration(p.run_dir)
     if train and p.train_cmd and done < p.target:
         remaining = (None if deadline is None
-                     else deadline - p.eval_reserve_s(eval_reserve_s) - time.time())
+                     else deadline - p.eval_reserve_s(eval_reserve_s) - time.monotonic())
         if remaining is not None and remaining < MIN_TRAIN_SECONDS:
             log(f"[{e.name}] no training budget left ({done}/{p.target} iterations)")
         else:
             log(f"[{e.name}] training {done}/{p.target} -> {p.target}: {shell(p.train_cmd)}")
-            stop_at = None if remaining is None else time.time() + remaining
+            stop_at = None if remaining is None else time.monotonic() + remaining
             code, stopped, last = stream(p.train_cmd, _log_path(p), stop_at, log,
                                          on_tick=lambda: publish(p))
             if code != 0 and not stopped:
@@ -227,7 +228,7 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
         return {}
     cmd = p.eval_cmd + ([f"--test_iter={iteration}"] if p.train_cmd else [])
     log(f"[{e.name}] evaluating: {shell(cmd)}")
-    t0 = time.time()
+    t0 = time.monotonic()
     code, _, last = stream(cmd, _log_path(p), None, log, evaluation=True)
     if code != 0:
         error = failure(code, last, _log_path(p))
@@ -240,7 +241,7 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
         log(f"[{e.name}] re-evaluated iteration {iteration}: {now} (the zoo's: {was}"
             f"{', the same' if was == now else ''})")
     state = atomic.read_json(os.path.join(p.run_dir, STATE_FILE))
-    state[key] = {"iteration": iteration, "eval_seconds": round(time.time() - t0, 1),
+    state[key] = {"iteration": iteration, "eval_seconds": round(time.monotonic() - t0, 1),
                   "eval_command": shell(cmd), "train_command":
                   shell(p.train_cmd) if p.train_cmd else None,
                   "means": means.tolist(), "ci95": ci.tolist(), "date": zoo_lib.today(),

@@ -351,13 +351,13 @@ def _evaluate(learner, config: Config, directory: str, log, source):
             f"K={config.update_batch_size}, alpha={config.update_lr}"
             + (f", the ensemble of the {config.ensemble} best checkpoints"
                if config.ensemble else ""))
-    t0 = time.time()
+    t0 = time.monotonic()
     last = [t0]
 
     def progress(done, total):
-        if time.time() - last[0] > 10 or done == total:
-            last[0] = time.time()
-            log(f"  evaluated {done}/{total} tasks ({time.time() - t0:.0f}s)")
+        if time.monotonic() - last[0] > 10 or done == total:
+            last[0] = time.monotonic()
+            log(f"  evaluated {done}/{total} tasks ({time.monotonic() - t0:.0f}s)")
 
     if config.ensemble:
         members = ensemble.select(

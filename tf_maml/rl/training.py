@@ -109,7 +109,7 @@ class ReturnsCSV(CSVHistory):
 
     def fields(self, iteration, metrics, pretrain):
         return dict(metrics, iteration=iteration, pretrain=int(pretrain),
-                    seconds=round(time.time() - self.t_start, 3))
+                    seconds=round(time.monotonic() - self.t_start, 3))
 
 
 class ReturnsLogger(Callback):
@@ -119,14 +119,14 @@ class ReturnsLogger(Callback):
         self.log = log
 
     def on_train_begin(self, learner, start, total):
-        self.start, self.total, self.t_start = start, total, time.time()
+        self.start, self.total, self.t_start = start, total, time.monotonic()
 
     def on_step_begin(self, iteration):
-        self.t_step = time.time()
+        self.t_step = time.monotonic()
 
     def on_step_end(self, iteration, stats, pretrain):
-        seconds = round(time.time() - self.t_step, 3)
-        rate = (iteration - self.start) / (time.time() - self.t_start)
+        seconds = round(time.monotonic() - self.t_step, 3)
+        rate = (iteration - self.start) / (time.monotonic() - self.t_start)
         returns = (f"return {stats['post_return']:.2f}" if pretrain else
                    f"return pre {stats['pre_return']:.2f} post {stats['post_return']:.2f}")
         self.log(f"{'Pretrain ' if pretrain else ''}Iteration {iteration}/{self.total}: "
