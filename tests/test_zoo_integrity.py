@@ -209,6 +209,39 @@ def _zoo_with_old_record(tmp_path, machines):
     return run_dir, zoo_dir
 
 
+def test_a_publish_killed_after_moving_the_checkpoint_in_is_completed_by_the_next(
+        tmp_path, monkeypatch):
+    """tf-maml-reproduce killed (SIGKILL, a power cut) once model-3000 was in the zoo but
+    before its log and record: the next publish (the rerun) writes them. Before: the zoo
+    held 3000 with the record and log of 2500 for good, as nothing was newer to publish."""
+    run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo" / "x"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "training_log.csv").write_text(HEADER + "2500,metatrain,1,2,,,10\n")
+    _checkpoint(run_dir, 2500)
+    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    _checkpoint(run_dir, 3000)
+    with open(run_dir / "training_log.csv", "a") as f:
+        f.write("3000,metatrain,1,2,,,20\n")
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(zoo, "read_csv_up_to", killed)  # right after the checkpoint went in
+        with pytest.raises(Killed):
+            zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    assert zoo.latest_iteration(str(zoo_dir)) == 3000
+    assert zoo.results(str(zoo_dir))["run"]["iteration"] == 2500  # what the kill left
+    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    assert zoo.results(str(zoo_dir))["run"]["iteration"] == 3000
+    assert (zoo_dir / "training_log.csv").read_text().splitlines()[-1].startswith("3000,")
+    assert not zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)  # done
+
+
 def test_publish_records_every_training_stretch_with_its_processor(tmp_path):
     """The session trained before stretches were recorded is derived from the log and the
     one machine the zoo recorded; the one just trained is this machine's (an Intel with

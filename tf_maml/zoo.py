@@ -240,9 +240,12 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
     changed = False
     os.makedirs(zoo_dir, exist_ok=True)
     meta = dict(zoo_results.get("run", {}))
-    # A newer checkpoint, or the same one now finished (its optimizer state can go).
-    if run_latest > zoo_latest or (run_latest == zoo_latest > 0 and finished
-                                   and meta.get("state") != "weights"):
+    # A newer checkpoint, or the same one now finished (its optimizer state can go), or the
+    # same one whose record lags behind it: a publication killed (SIGKILL, a power cut)
+    # after the checkpoint was moved in, before the log, config and record that go with it.
+    if run_latest > zoo_latest or (run_latest == zoo_latest > 0 and (
+            finished and meta.get("state") != "weights"
+            or meta.get("iteration") != zoo_latest)):
         _copy_checkpoint(run_dir, run_latest, zoo_dir, weights_only=finished)
         if os.path.exists(os.path.join(zoo_dir, ENSEMBLE_NAME)):
             os.remove(os.path.join(zoo_dir, ENSEMBLE_NAME))  # of an earlier iteration
