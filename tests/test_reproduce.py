@@ -735,3 +735,35 @@ def test_a_budget_stops_an_rl_pretraining_once_its_loop_has_started(tmp_path):
                                             time.monotonic() - 1, shown.append)
     assert stopped and code != 0 and time.monotonic() - t0 < 30
     assert any(line.strip().startswith("Pretrain Iteration 1/1000: return") for line in shown)
+
+
+def test_a_figure_stopped_while_it_is_written_leaves_the_earlier_one_whole(tmp_path,
+                                                                          monkeypatch):
+    """The report's figures are replaced whole like RESULTS.md: tf-maml-reproduce killed
+    while one is written leaves the earlier PNG (it left a truncated one in docs/figures,
+    which a commit of the report would take along)."""
+    import matplotlib.figure
+    import numpy as np
+
+    from tf_maml.rl import figure as rl_figure
+
+    np.save(tmp_path / "test_returns.npy", np.ones((4, 3)))
+    path = tmp_path / "figure5.png"
+    path.write_bytes(b"the earlier figure")
+    real = matplotlib.figure.Figure.savefig
+
+    class Killed(BaseException):
+        pass
+
+    def cut_short(self, target, **kwargs):
+        (open(target, "wb") if isinstance(target, str) else target).write(b"\x89PNG half")
+        raise Killed
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", cut_short)
+    with pytest.raises(Killed):
+        rl_figure.plot({"MAML": str(tmp_path)}, str(path))
+    assert path.read_bytes() == b"the earlier figure"
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real)
+    rl_figure.plot({"MAML": str(tmp_path)}, str(path))
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert sorted(os.listdir(tmp_path)) == ["figure5.png", "test_returns.npy"]  # no temporary

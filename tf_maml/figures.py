@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from tf_maml import atomic
+
 
 def load_run(run_dir: str):
     """(config, learner restored from the latest checkpoint) of a finished run."""
@@ -68,7 +70,8 @@ def figure2(runs: dict[str, str], path: str, seed: int = 3, steps=(0, 1, 10)) ->
         ax.set_ylim(-5.5, 5.5)
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic.replacing(path) as f:  # a kill mid-write leaves the old figure whole
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 
@@ -93,7 +96,8 @@ def figure3(runs: dict[str, str], path: str) -> str:
     ax.set_title("k-shot regression, meta-test")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic.replacing(path) as f:  # a kill mid-write leaves the old figure whole
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 

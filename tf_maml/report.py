@@ -412,7 +412,8 @@ def training_curve(row: dict, path: str) -> str | None:
     ax.legend(fontsize=7, loc="lower right")
     ax.set_ylim(max(0, ax.get_ylim()[0]), 100.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic.replacing(path) as f:  # a kill mid-write leaves the old figure whole
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return path
 

@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from tf_maml import atomic
+
 
 def load_returns(run: str) -> np.ndarray:
     """The ``[tasks, steps + 1]`` returns of ``RUN_DIR`` (its ``test_returns.npy``) or of
@@ -68,7 +70,8 @@ def plot(runs: dict[str, str], path: str, oracle: str | None = None,
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic.replacing(path) as f:  # a kill mid-write leaves the old figure whole
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 
