@@ -655,6 +655,20 @@ def test_evaluating_a_corrupt_latest_checkpoint_names_the_readable_one(tmp_path,
     assert result.code == 0 and f"Restored {run_dir}/model-40 (iteration 40)" in result.out
 
 
+def test_the_evaluation_after_training_writes_the_flags_of_its_results(tmp_path,
+                                                                      fast_intervals):
+    """test_config.json describes the results beside it: after an evaluation of model-20 on
+    2 tasks, the evaluation after training replaces the results and the flags (it left the
+    earlier evaluation's test_iter=20, num_test_tasks=2 beside its 3 tasks)."""
+    config, run_dir = trained(tmp_path, 20)
+    earlier = dataclasses.replace(config, train=False, test_iter=20, num_test_tasks=2)
+    (run_dir / "test_config.json").write_text(earlier.to_json())
+    on = dataclasses.replace(config, test_after_train=True, num_test_tasks=3)
+    runner.run(on, log=quiet)  # training complete: the evaluation after it
+    assert np.load(run_dir / "test_ubs5_stepsize0.01.npy").shape[0] == 3
+    assert Config.from_json((run_dir / "test_config.json").read_text()) == on
+
+
 def test_evaluating_an_original_checkpoint_creates_the_run_directory(tmp_path):
     """--train=False --init_checkpoint into a --logdir that does not exist yet (the
     documented evaluation of the original authors' checkpoint, on a fresh clone)."""

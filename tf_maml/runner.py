@@ -301,8 +301,10 @@ def eval_batch_size(config: Config) -> int:
 
 
 def evaluate_run(learner, config: Config, directory: str, log=print, source=None) -> dict:
-    # An evaluation's flags (test_config.json) belong to its results: written as one set.
-    extra = {} if config.train else {"test_config.json": config.to_json()}
+    # An evaluation's flags (test_config.json) belong to its results: written as one set,
+    # by the evaluation after training too (else an earlier --train=False evaluation's
+    # flags, another --test_iter or --num_test_tasks, stood beside these results).
+    extra = {"test_config.json": config.to_json()}
     name = evaluate_lib.result_name(config.update_batch_size, config.update_lr, config.baseline,
                                     config.ensemble)
     with rundir.writing(directory, "write the evaluation results",
