@@ -784,6 +784,30 @@ def test_a_full_disk_while_writing_returns_keeps_the_earlier_pair_whole(tmp_path
     assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == earlier
 
 
+def test_an_evaluation_stopped_before_its_returns_leaves_the_earlier_flags(tmp_path,
+                                                                          monkeypatch):
+    """test_config.json is written with the returns, as one set: an evaluation stopped
+    (Ctrl-C, a kill) or failed before them left its flags beside the earlier returns."""
+    from tf_maml.rl import training as rl_training
+
+    config = nav_config(tmp_path, baseline="random", train=False)
+    run_dir = tmp_path / config.exp_string()
+    run_dir.mkdir()
+    (run_dir / "test_config.json").write_text("the earlier evaluation's")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rl_training, "evaluate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config, log=lambda line: None)
+    assert (run_dir / "test_config.json").read_text() == "the earlier evaluation's"
+    monkeypatch.undo()
+    returns = np.full((2, 3), -5.0)
+    rl_training.write_results(str(run_dir), returns, extra={"test_config.json": "these"})
+    assert (run_dir / "test_config.json").read_text() == "these"
+
+
 def test_cli_random_baseline_evaluates_without_training(tmp_path, capsys):
     from absl import app, flags
 

@@ -36,13 +36,18 @@ def _write_config(config: Config, directory: str) -> None:
     the MuJoCo and Gymnasium it ran on, under ``versions`` (unpinned, and the physics is
     theirs; :meth:`Config.from_json` ignores the key)."""
     name = "config.json" if config.train else "test_config.json"
+    text = _config_text(config)
+    with rundir.writing(directory, f"write {name}"):
+        os.makedirs(directory, exist_ok=True)  # an evaluation may be the first writer
+        atomic.write(os.path.join(directory, name), text)
+
+
+def _config_text(config: Config) -> str:
     text = config.to_json()
     if config.datasource in LOCOMOTION_FAMILIES:
         text = json.dumps({**json.loads(text), "versions": simulator_versions()}, indent=2,
                           sort_keys=True)
-    with rundir.writing(directory, f"write {name}"):
-        os.makedirs(directory, exist_ok=True)  # an evaluation may be the first writer
-        atomic.write(os.path.join(directory, name), text)
+    return text
 
 
 def resume_changes(config: Config, directory: str) -> list:
@@ -208,7 +213,8 @@ def _run_rl(config: Config, directory: str, log) -> dict:
     result: dict = {"run_dir": directory}
     if config.baseline == "random":
         log("Random baseline: evaluating the randomly initialised policy (no training)")
-        _write_config(config, directory)
+        if config.train:  # the run's record; an evaluation's comes with its returns
+            _write_config(config, directory)
     elif config.train:
         result["iterations"] = rl_training.train(
             learner, directory, config.total_iterations, meta_batch_size=config.meta_batch_size,
@@ -221,13 +227,15 @@ def _run_rl(config: Config, directory: str, log) -> dict:
         path, iteration = restore_for_test(rl_training.checkpointer(learner, directory),
                                            config.test_iter)
         log(f"Restored {path} (iteration {iteration})")
-        _write_config(config, directory)
     per_step = (f"{config.update_batch_size} trajectories" if config.sample_budget != "steps"
                 else f"{config.update_batch_size} x {learner.env.horizon} environment steps")
     log(f"Evaluating {config.num_test_tasks} test tasks, {config.test_num_updates} steps, "
         f"{per_step} per step, alpha={config.update_lr}")
+    # Its flags written with its returns, as one set (a failed or killed evaluation left
+    # them beside the earlier evaluation's returns).
     result.update(rl_training.evaluate_run(learner, directory, config.num_test_tasks,
-                                      config.test_num_updates, log))
+                                           config.test_num_updates, log,
+                                           extra={"test_config.json": _config_text(config)}))
     return result
 
 

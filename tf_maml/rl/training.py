@@ -192,9 +192,12 @@ def summarize(returns: np.ndarray) -> list[dict]:
             for s, col in enumerate(returns.T)]
 
 
-def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME) -> str:
-    """``<name>.csv`` and ``<name>.npy``, replaced as one set (:func:`tf_maml.atomic.write_all`:
-    a failed write leaves both as the earlier evaluation wrote them)."""
+def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME,
+                  extra: dict[str, str] | None = None) -> str:
+    """``<name>.csv`` and ``<name>.npy`` (and the ``extra`` files, name -> text: the
+    evaluation's ``test_config.json``), replaced as one set
+    (:func:`tf_maml.atomic.write_all`: a failed write leaves all as the earlier evaluation
+    wrote them)."""
     import io
 
 
@@ -209,19 +212,22 @@ def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME)
                         kept=lambda: "the checkpoints and earlier results are intact"):
         os.makedirs(directory, exist_ok=True)
         with rundir.results_lock(directory):  # another evaluation's set: before or after
-            atomic.write_all({path: text.getvalue(), path[:-4] + ".npy": array.getvalue()})
+            atomic.write_all({path: text.getvalue(), path[:-4] + ".npy": array.getvalue(),
+                              **{os.path.join(directory, k): v
+                                 for k, v in (extra or {}).items()}})
     return path
 
 
 def evaluate_run(learner, directory: str, num_tasks: int, num_steps: int, log=print,
-                 step_sizes=None, name: str = RESULTS_NAME) -> dict:
+                 step_sizes=None, name: str = RESULTS_NAME,
+                 extra: dict[str, str] | None = None) -> dict:
     """Evaluates ``learner`` on ``num_tasks`` test tasks with ``num_steps`` steps (of sizes
     ``step_sizes``), writes ``<name>.csv/.npy`` into ``directory`` and logs each row."""
     with rundir.writing(directory, f"write {name}.csv",
                         kept=lambda: "the checkpoints and earlier results are intact"):
         rundir.check_writable(directory)  # said now, not after the evaluation ran
     returns = evaluate(learner, num_tasks, num_steps, log, step_sizes)
-    path = write_results(directory, returns, name)
+    path = write_results(directory, returns, name, extra)
     for row in summarize(returns):
         log(f"  {row['steps']} steps: average return {row['mean_return']:.2f} "
             f"± {row['ci95']:.2f}")
