@@ -242,6 +242,43 @@ def test_a_publish_killed_after_moving_the_checkpoint_in_is_completed_by_the_nex
     assert not zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)  # done
 
 
+def test_a_restore_stopped_at_any_file_is_completed_by_the_rerun(tmp_path, monkeypatch):
+    """tf-maml-reproduce stopped (Ctrl-C, a kill) while it seeds a run directory from the
+    zoo: the rerun restores the checkpoint with its log and config. Before: a stop after
+    the checkpoint's files left the run directory as new as the zoo without them, and the
+    rerun restored nothing more."""
+    import builtins
+
+    run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo" / "x"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"seed": 1}')
+    (run_dir / "training_log.csv").write_text(HEADER + "2500,metatrain,1,2,,,10\n")
+    _checkpoint(run_dir, 2500)
+    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    real_open = builtins.open
+    for stop_at in range(1, 6):
+        fresh, written = tmp_path / f"fresh{stop_at}", []
+
+        def stopping(path, mode="r", *args, fresh=fresh, written=written, stop_at=stop_at,
+                     **kwargs):
+            if "w" in mode and str(path).startswith(str(fresh)):
+                written.append(path)
+                if len(written) == stop_at:
+                    raise KeyboardInterrupt
+            return real_open(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", stopping)
+        try:
+            zoo.restore(str(zoo_dir), str(fresh), **QUIET)
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.undo()
+        zoo.restore(str(zoo_dir), str(fresh), **QUIET)
+        assert zoo.latest_iteration(str(fresh)) == 2500, stop_at
+        assert (fresh / "training_log.csv").read_text().endswith("2500,metatrain,1,2,,,10\n")
+        assert (fresh / "config.json").exists(), stop_at
+
+
 def test_publish_records_every_training_stretch_with_its_processor(tmp_path):
     """The session trained before stretches were recorded is derived from the log and the
     one machine the zoo recorded; the one just trained is this machine's (an Intel with

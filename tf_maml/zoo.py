@@ -380,20 +380,33 @@ def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     if latest_iteration(run_dir) >= zoo_latest:
         return False
     os.makedirs(run_dir, exist_ok=True)
+    # The checkpoints last, each file whole and an index after its data: a restore stopped
+    # anywhere (Ctrl-C, a kill) leaves the run directory behind the zoo, and the rerun
+    # restores again. It copied them first: a stop after them left a run directory as new
+    # as the zoo without its log and config.json, which no rerun restored (training then
+    # wrote a log without the zoo's rows, and published it).
+    for name in (*KEPT_FILES, "config.json"):
+        if os.path.exists(os.path.join(zoo_dir, name)):
+            _copy_whole(os.path.join(zoo_dir, name), run_dir)
+    _take_evaluations(zoo_dir, run_dir, overwrite=True)
+    if ensemble_members(zoo_dir):
+        _copy_whole(os.path.join(zoo_dir, ENSEMBLE_NAME), run_dir)
     # The latest state (training resumes from it), the ensemble's members and the evaluated
     # checkpoints (a re-evaluation checks a published number against its own model).
     for _, prefix in checkpoint_prefixes(zoo_dir, complete=True):
-        for path in checkpoint_files(prefix):
-            shutil.copy2(path, run_dir)
-    if ensemble_members(zoo_dir):
-        shutil.copy2(os.path.join(zoo_dir, ENSEMBLE_NAME), run_dir)
+        index, *data = checkpoint_files(prefix)
+        for path in (*data, index):
+            _copy_whole(path, run_dir)
     _write_index(run_dir)
-    for name in (*KEPT_FILES, "config.json"):
-        if os.path.exists(os.path.join(zoo_dir, name)):
-            shutil.copy2(os.path.join(zoo_dir, name), os.path.join(run_dir, name))
-    _take_evaluations(zoo_dir, run_dir, overwrite=True)
     log(f"  zoo: restored iteration {zoo_latest} from {zoo_dir} into {run_dir}")
     return True
+
+
+def _copy_whole(path: str, directory: str) -> None:
+    """``path`` copied into ``directory`` under a temporary name, then renamed."""
+    with open(path, "rb") as src, atomic.replacing(
+            os.path.join(directory, os.path.basename(path))) as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def today() -> str:
