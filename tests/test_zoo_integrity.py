@@ -209,17 +209,23 @@ def _zoo_with_old_record(tmp_path, machines):
     return run_dir, zoo_dir
 
 
+def _published_at_2500(tmp_path, config: str = "{}"):
+    """A run directory at model-2500 (``config`` its config.json), published into a zoo."""
+    run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo" / "x"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(config)
+    (run_dir / "training_log.csv").write_text(HEADER + "2500,metatrain,1,2,,,10\n")
+    _checkpoint(run_dir, 2500)
+    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    return run_dir, zoo_dir
+
+
 def test_a_publish_killed_after_moving_the_checkpoint_in_is_completed_by_the_next(
         tmp_path, monkeypatch):
     """tf-maml-reproduce killed (SIGKILL, a power cut) once model-3000 was in the zoo but
     before its log and record: the next publish (the rerun) writes them. Before: the zoo
     held 3000 with the record and log of 2500 for good, as nothing was newer to publish."""
-    run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo" / "x"
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text("{}")
-    (run_dir / "training_log.csv").write_text(HEADER + "2500,metatrain,1,2,,,10\n")
-    _checkpoint(run_dir, 2500)
-    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    run_dir, zoo_dir = _published_at_2500(tmp_path)
     _checkpoint(run_dir, 3000)
     with open(run_dir / "training_log.csv", "a") as f:
         f.write("3000,metatrain,1,2,,,20\n")
@@ -249,12 +255,7 @@ def test_a_restore_stopped_at_any_file_is_completed_by_the_rerun(tmp_path, monke
     rerun restored nothing more."""
     import builtins
 
-    run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo" / "x"
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text('{"seed": 1}')
-    (run_dir / "training_log.csv").write_text(HEADER + "2500,metatrain,1,2,,,10\n")
-    _checkpoint(run_dir, 2500)
-    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    run_dir, zoo_dir = _published_at_2500(tmp_path, '{"seed": 1}')
     real_open = builtins.open
     for stop_at in range(1, 6):
         fresh, written = tmp_path / f"fresh{stop_at}", []
