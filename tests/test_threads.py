@@ -11,29 +11,37 @@ from tf_maml.config import Config, ConfigError
 
 CHILD = """
 import os, sys
-os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[-int(sys.argv[1]):]))
 import tensorflow as tf
 from tf_maml.threads import available_cores, configure_threads
-got = configure_threads(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
-print(available_cores(), got, tf.config.threading.get_intra_op_parallelism_threads())
+every_core = sorted(os.sched_getaffinity(0))
+for case in sys.argv[1:]:  # cores,flag[,tasks]: no op runs, so the threads can still be set
+    cores, flag, *tasks = (int(v) for v in case.split(","))
+    os.sched_setaffinity(0, set(every_core[-cores:]))
+    tf.config.threading.set_intra_op_parallelism_threads(0)  # the previous case's setting
+    got = configure_threads(flag, tasks[0] if tasks else None)
+    print(available_cores(), got, tf.config.threading.get_intra_op_parallelism_threads())
 """
 
 
-def _child(cores, flag, tasks=None):
-    args = [str(cores), str(flag)] + ([] if tasks is None else [str(tasks)])
+def _children(*cases):
+    """Each case (cores, flag[, tasks]) in one fresh process, in which TensorFlow never runs
+    an op: its threads can be set again and again there, as in a fresh process each."""
+    args = [",".join(str(v) for v in case) for case in cases]
     out = subprocess.run([sys.executable, "-c", CHILD, *args], check=True,
                          capture_output=True, text=True, timeout=120).stdout
-    return tuple(int(v) for v in out.split()[-3:])
+    return [tuple(int(v) for v in line.split()) for line in out.splitlines()[-len(cases):]]
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_auto_is_one_thread_on_several_cores_and_default_on_one():
-    assert _child(2, -1) == (2, 1, 1)  # CPU-only, 2 cores: 1 intra-op thread
-    assert _child(1, -1) == (1, 0, 0)  # one core: TensorFlow's default (0) kept
-    assert _child(2, 0) == (2, 0, 0)  # 0: TensorFlow's default
-    assert _child(2, 3) == (2, 3, 3)
-    assert _child(2, -1, 4) == (2, 1, 1)  # MiniImageNet's 4 tasks: 2 per core
-    assert _child(2, -1, 3) == (2, 0, 0)  # fewer: cores would idle, TensorFlow's default
+    assert _children((2, -1), (1, -1), (2, 0), (2, 3), (2, -1, 4), (2, -1, 3)) == [
+        (2, 1, 1),  # CPU-only, 2 cores: 1 intra-op thread
+        (1, 0, 0),  # one core: TensorFlow's default (0) kept
+        (2, 0, 0),  # 0: TensorFlow's default
+        (2, 3, 3),
+        (2, 1, 1),  # MiniImageNet's 4 tasks: 2 per core
+        (2, 0, 0),  # fewer: cores would idle, TensorFlow's default
+    ]
 
 
 @pytest.mark.parametrize("field, value", [("parallel_chunks", -1), ("intra_op_threads", -2)])
