@@ -1058,6 +1058,32 @@ def test_multi_input_model_is_refused_at_construction():
         MetaLearner(model, losses.mse)
 
 
+class _TwoInputNet(keras.Model):
+    """A subclassed model of two inputs, ``call([a, b])`` or ``call({"a": a, "b": b})``."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+
+    def call(self, inputs):
+        parts = [inputs["a"], inputs["b"]] if isinstance(inputs, dict) else list(inputs)
+        return self.dense(tf.concat(parts, -1))
+
+
+@pytest.mark.parametrize("inputs", [[np.zeros((3, 1), "f")] * 2,
+                                    {"a": np.zeros((3, 1), "f"), "b": np.zeros((3, 1), "f")}],
+                         ids=["list", "dict"])
+def test_subclassed_multi_input_model_is_refused_at_construction(inputs):
+    # A subclassed model has no model.inputs to count: it was accepted, then failed at the
+    # first step with "too many values to unpack" or a tensor with no index 'a'.
+    model = _TwoInputNet()
+    model(inputs)
+    with pytest.raises(ValueError, match=r"takes 2 inputs, but MetaLearner feeds a model one "
+                                         r"tensor of examples .*multi-input models are not "
+                                         r"supported"):
+        MetaLearner(model, losses.mse)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(objective="fomaml"), r"objective must be LastStep\(\), MultiStepLoss\(iterations\) "
                                r"or Reptile\(\), got 'fomaml'"),

@@ -443,18 +443,30 @@ def _check_model(model: keras.Model) -> None:
             "meta-learn: set model.trainable = True (and unfreeze its layers) before "
             "wrapping it."
         )
-    try:
-        inputs = model.inputs  # a subclassed model may have none to tell
-    except (AttributeError, ValueError):
-        inputs = None
-    if isinstance(inputs, (list, tuple)) and len(inputs) > 1:
+    inputs = _input_count(model)
+    if inputs > 1:
         # A task's support_x and query_x are one tensor each; Keras would only say, at the
-        # first step, that it "expects 2 inputs but received 1".
+        # first step, that it "expects 2 inputs but received 1" (a subclassed model: "too
+        # many values to unpack", or that a tensor has no index 'a').
         raise ValueError(
-            f"model {model.name} takes {len(inputs)} inputs, but MetaLearner feeds a "
+            f"model {model.name} takes {inputs} inputs, but MetaLearner feeds a "
             "model one tensor of examples (support_x, query_x), and multi-input models are not "
             "supported: give it a model of one input, e.g. concatenate the features into one "
             "tensor, or wrap the model in one whose single Input is sliced into the parts")
 
 
-__all__ = ["MetaLearner"]
+def _input_count(model: keras.Model) -> int:
+    """How many input tensors ``model`` takes: a functional model's ``inputs``; for a
+    subclassed model, which has none, the structure of the first argument it was built with
+    (a list or dict of shapes on ``model([a, b])`` or ``model({"a": a, "b": b})``)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if isinstance(inputs, (list, tuple)):
+        return len(inputs)
+    shape = (model.get_build_config() or {}).get("input_shape")
+    if isinstance(shape, dict) or (isinstance(shape, (list, tuple))
+                                   and any(isinstance(d, (list, tuple, dict)) for d in shape)):
+        return len(shape)
+    return 1
