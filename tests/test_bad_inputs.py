@@ -1118,12 +1118,19 @@ def test_bad_learner_arguments_are_named(kwargs, message):
                                             r"number .*got True$"),
     (lambda: options.MultiStepLoss(2.5), r"^MultiStepLoss needs iterations >= 1, a whole "
                                          r"number \(for none, .*got 2\.5$"),
+    (lambda: MetaLearner(mlp(), losses.mse, meta_optimizer=keras.optimizers.Adam(-1.0)),
+     r"^keras\.optimizers\.Adam's learning_rate, the meta learning rate β, must be a number > 0 "
+     r"\(the original's is 1e-3\), got -1\.0$"),
+    (lambda: options.chain(options.ClipNetwork(10), keras.optimizers.SGD(float("nan"))),
+     r"^keras\.optimizers\.SGD's learning_rate, .*must be a number > 0 .*got nan$"),
 ], ids=["adam-negative", "adam-zero", "cosine-negative", "cosine-float-iterations",
-        "chain-optimizer-first", "first-order-float", "first-order-bool", "msl-float"])
+        "chain-optimizer-first", "first-order-float", "first-order-bool", "msl-float",
+        "keras-optimizer-negative", "keras-optimizer-nan"])
 def test_bad_option_values_are_named(make, message):
     # Keras said only "should be float" of adam(-1) (and took -1.0: gradient ascent), a
     # chain with the optimizer first "MetaOptimizer needs a keras.optimizers.Optimizer, got
-    # ClipNetwork", and the iteration counts were truncated without a word.
+    # ClipNetwork", and the iteration counts were truncated without a word. A Keras optimizer
+    # of a negative or NaN rate was taken as it was: gradient ascent, or every step skipped.
     with pytest.raises(ValueError, match=message):
         make()
 

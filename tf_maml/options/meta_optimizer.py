@@ -12,6 +12,7 @@ and counted (``nonfinite_steps``), so the training loop can stop and say so.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import keras
@@ -66,6 +67,7 @@ class MetaOptimizer:
         if not isinstance(optimizer, keras.optimizers.Optimizer):
             raise ValueError(f"MetaOptimizer needs a keras.optimizers.Optimizer, got "
                              f"{optimizer!r}")
+        _check_learning_rate(optimizer)
         self.optimizer = optimizer
         self.transforms = tuple(transforms)
         self.nonfinite_steps = None  # the guard's count, made with the slots in build()
@@ -88,6 +90,20 @@ class MetaOptimizer:
             grads = transform(grads, network)
         return apply_if_finite(self.optimizer, grads, variables, loss,
                                on_skip=lambda: self.nonfinite_steps.assign_add(1))
+
+
+def _check_learning_rate(optimizer: keras.optimizers.Optimizer) -> None:
+    """A ValueError unless ``optimizer``'s fixed learning rate is a finite number > 0, as
+    :func:`adam` checks its own: Keras takes ``Adam(-1.0)`` and ascends the meta-objective,
+    and a NaN only shows as skipped steps. A schedule (a dict in the config) or a callable
+    (whose config cannot be read) is the user's curve, not checked here."""
+    try:
+        value = optimizer.get_config()["learning_rate"]
+    except (OSError, TypeError, ValueError):  # a lambda's config needs its source file
+        return
+    if isinstance(value, numbers.Real):
+        mamlpp.check_meta_lr(value, f"keras.optimizers.{type(optimizer).__name__}'s "
+                                    f"learning_rate")
 
 
 def chain(*links) -> MetaOptimizer:
