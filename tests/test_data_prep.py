@@ -491,6 +491,22 @@ def test_miniimagenet_missing_or_bad_csv_is_named(mini_source, tmp_path):
     with pytest.raises(PrepError, match=r"val\.csv: expected the header"):
         mprep.prepare_miniimagenet(str(mini_source / "images.zip"), str(tmp_path / "csv"),
                                    str(tmp_path / "out"), expect_counts=False)
+    # A spreadsheet's export with ';' (a locale's list separator) or a TSV was only "expected
+    # the header 'filename,label', got ['filename;label']", which reads like a typo.
+    for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+        (tmp_path / "csv" / "val.csv").write_text(f"filename{separator}label\n"
+                                                  f"a.jpg{separator}n1\n")
+        with pytest.raises(PrepError, match=rf"val\.csv: expected the header 'filename,label', "
+                           rf".*: the file is separated by {name}, not commas; save it as "
+                           rf"comma-separated CSV, header 'filename,label' and rows like "
+                           rf"'n\d+\.jpg,n\d+'$"):
+            mprep.prepare_miniimagenet(str(mini_source / "images.zip"), str(tmp_path / "csv"),
+                                       str(tmp_path / "out"), expect_counts=False)
+    (tmp_path / "csv" / "val.csv").write_text("filename,label\na.jpg;n1\n")
+    with pytest.raises(PrepError, match=r"val\.csv line 2: expected 'filename,label', got "
+                                        r"\['a\.jpg;n1'\]: the file is separated by semicolons"):
+        mprep.prepare_miniimagenet(str(mini_source / "images.zip"), str(tmp_path / "csv"),
+                                   str(tmp_path / "out"), expect_counts=False)
 
 
 def test_miniimagenet_command_line(mini_source, tmp_path):

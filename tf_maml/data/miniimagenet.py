@@ -107,13 +107,15 @@ def _read_split_rows(path: str) -> dict[str, dict[str, int]]:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header] != ["filename", "label"]:
-            raise PrepError(f"{path}: expected the header 'filename,label', got {header}")
+            raise PrepError(f"{path}: expected the header 'filename,label', got {header}"
+                            f"{_separator_hint(header)}")
         for row in reader:
             line = reader.line_num
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != 2 or not all(cell.strip() for cell in row):
-                raise PrepError(f"{path} line {line}: expected 'filename,label', got {row}")
+                raise PrepError(f"{path} line {line}: expected 'filename,label', got {row}"
+                                f"{_separator_hint(row)}")
             filename, label = (cell.strip() for cell in row)
             for value in (filename, label):
                 if "/" in value or "\\" in value or value.startswith("."):
@@ -126,6 +128,24 @@ def _read_split_rows(path: str) -> dict[str, dict[str, int]]:
     if not classes:
         raise PrepError(f"{path} lists no images")
     return classes
+
+
+_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+# A row as Ravi & Larochelle's split files write one: the image, then its class's WordNet id.
+_EXAMPLE_ROW = "n0153282900000005.jpg,n01532829"
+
+
+def _separator_hint(row) -> str:
+    """For a header or row read as one cell holding another separator (a spreadsheet's
+    export in a locale whose list separator is ';', or a TSV): what the file should look
+    like instead; "" for any other row."""
+    if row is None or len(row) != 1:
+        return ""
+    for separator, name in _SEPARATORS.items():
+        if separator in row[0]:
+            return (f": the file is separated by {name}, not commas; save it as comma-separated "
+                    f"CSV, header 'filename,label' and rows like '{_EXAMPLE_ROW}'")
+    return ""
 
 
 class ImageSource:
