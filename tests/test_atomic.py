@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import signal
+import time
 
 import pytest
 
@@ -202,7 +203,10 @@ def test_checkpoints_are_listed_from_their_files_in_iteration_order(tmp_path):
                  "model-10.data-00001-of-00002",
                  "model-200.index",  # its data not (yet) there
                  "corrupt-model-7.index", "model-x.index", "model-3.data-00000-of-00001",
-                 "model-4_temp", "checkpoint", "other-6.index"):
+                 "model-4_temp", "checkpoint", "other-6.index",
+                 # What copies killed by SIGKILL leave (tf_maml.atomic's temporaries): no shard
+                 # of model-10, nor the data that would make model-200 complete.
+                 "model-10.data-00001-of-00002.4242.tmp", "model-200.data-00000-of-00001.4242.tmp"):
         (tmp_path / name).write_text("")
     d = str(tmp_path)
     assert rundir.checkpoint_prefixes(d) == [(5, f"{d}/model-5"), (10, f"{d}/model-10"),
@@ -215,6 +219,32 @@ def test_checkpoints_are_listed_from_their_files_in_iteration_order(tmp_path):
         f"{d}/model-10.data-00001-of-00002"]
     assert rundir.checkpoint_prefixes(str(tmp_path / "missing")) == []
     assert zoo.checkpoint_iterations(d) == [5, 10] and zoo.latest_iteration(d) == 10
+
+
+def _left_by_a_killed_write(path, pid: int, stale: bool = True) -> None:
+    """``path``'s temporary as process ``pid``, killed midway an hour ago (before this
+    process started) if ``stale``, left it; else as a write in progress now."""
+    with open(f"{path}.{pid}{atomic.TEMP_SUFFIX}", "w") as f:
+        f.write("half")
+    if stale:
+        os.utime(f.name, (time.time() - 3600, time.time() - 3600))
+
+
+def test_the_next_write_removes_the_temporaries_killed_writes_left(tmp_path):
+    # A SIGKILL mid-write leaves <path>.<pid>.tmp, which no later write removed: a partial
+    # copy of a checkpoint shard stayed beside the run for good.
+    target, other = tmp_path / "log.csv", tmp_path / "other.csv"
+    _left_by_a_killed_write(target, os.getpid() + 1)
+    _left_by_a_killed_write(other, os.getpid() + 1)  # another target's: kept
+    _left_by_a_killed_write(target, os.getpid() + 2, stale=False)  # another writer's: kept
+    atomic.write(str(target), "whole\n")
+    assert sorted(os.listdir(tmp_path)) == [
+        "log.csv", f"log.csv.{os.getpid() + 2}.tmp", f"other.csv.{os.getpid() + 1}.tmp"]
+    with atomic.replacing(str(other), binary=False) as f:  # the streamed writer too
+        f.write("whole\n")
+    assert sorted(os.listdir(tmp_path)) == [
+        "log.csv", f"log.csv.{os.getpid() + 2}.tmp", "other.csv"]
+    assert target.read_text() == other.read_text() == "whole\n"
 
 
 @pytest.mark.parametrize("text", ["[]", "70000", "null", '{"run": {"finished": tr'])

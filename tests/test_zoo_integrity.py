@@ -280,6 +280,29 @@ def test_a_restore_stopped_at_any_file_is_completed_by_the_rerun(tmp_path, monke
         assert (fresh / "config.json").exists(), stop_at
 
 
+def test_what_a_killed_copy_leaves_is_neither_published_nor_kept_by_the_rerun(tmp_path):
+    """tf-maml-reproduce SIGKILLed while it copied a checkpoint shard leaves the shard's
+    temporary (``<shard>.<pid>.tmp``). Before: the lister took it for a shard of model-2500,
+    so a publish copied the partial file into the zoo, and the rerun of the restore left it
+    beside the whole shard for good."""
+    run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo" / "x"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    _checkpoint(run_dir, 2500)
+    shard = "model-2500.data-00000-of-00001"
+    left = f"{shard}.{os.getpid() + 1}.tmp"
+    (run_dir / left).write_bytes(b"half")
+    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    assert not glob.glob(str(zoo_dir / "*.tmp"))
+    fresh = tmp_path / "fresh"  # a restore killed midway, then run again
+    fresh.mkdir()
+    (fresh / left).write_bytes(b"half")
+    os.utime(fresh / left, (1, 1))  # written before the rerun started
+    assert zoo.restore(str(zoo_dir), str(fresh), **QUIET)
+    assert not glob.glob(str(fresh / "*.tmp"))
+    assert (fresh / shard).read_bytes() == (run_dir / shard).read_bytes()
+
+
 def test_publish_records_every_training_stretch_with_its_processor(tmp_path):
     """The session trained before stretches were recorded is derived from the log and the
     one machine the zoo recorded; the one just trained is this machine's (an Intel with

@@ -4,9 +4,10 @@ and the data preparations.
 
 Every write goes to a temporary name beside its target (``<path>.<pid>.tmp``, on the same file
 system, so that the final ``os.replace`` is atomic) and is renamed over the target only once
-it is whole. ``fsync=True`` also flushes the data to the disk before the rename, for files
-that must survive a power cut, not only a crash of the process (a data set's completion
-marker, its caches).
+it is whole. A process killed mid-write (SIGKILL, a power cut) cannot remove its temporary:
+the next process to write the same target does. ``fsync=True`` also flushes the data to the
+disk before the rename, for files that must survive a power cut, not only a crash of the
+process (a data set's completion marker, its caches).
 
 The standard library only: the bottom floor, which ``tf_maml.data`` imports without pulling
 in the rest of the package.
@@ -17,11 +18,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
+import time
 from collections.abc import Iterator
 from typing import IO
 
 TEMP_SUFFIX = ".tmp"  # what a write interrupted by a crash leaves: <path>.<pid>.tmp
+# Before this process's first write: a temporary last written earlier is no write of ours,
+# nor one another process is making now.
+_STARTED = time.time()
 
 
 def temporary_name(path: str) -> str:
@@ -44,6 +50,7 @@ def write_all(files: dict[str, str | bytes], fsync: bool = False) -> None:
     temporaries = []
     try:
         for path, data in files.items():
+            remove_stale(path)
             temporaries.append(temporary_name(path))
             with open(temporaries[-1], "wb" if isinstance(data, bytes) else "w") as f:
                 f.write(data)
@@ -91,6 +98,7 @@ def replacing(path: str, binary: bool = True, fsync: bool = False) -> Iterator[I
     """A file to write ``path``'s new contents into, for writers that stream (a zip, a JSON
     dump): it replaces ``path`` when the block ends, and an error inside the block leaves
     ``path`` as it was and no temporary."""
+    remove_stale(path)
     tmp = temporary_name(path)
     try:
         with open(tmp, "wb" if binary else "w") as f:
@@ -100,6 +108,41 @@ def replacing(path: str, binary: bool = True, fsync: bool = False) -> Iterator[I
     except BaseException:
         _remove([tmp])
         raise
+
+
+def remove_stale(path: str) -> None:
+    """Deletes the temporaries of ``path`` that killed processes left (a copy of a checkpoint
+    shard would otherwise stay, taking its size, for good). Its folder is listed once per
+    process: no temporary older than the process can appear later."""
+    directory, name = os.path.split(os.path.abspath(path))
+    if directory not in _stale:
+        _stale[directory] = _stale_in(directory)
+    for tmp in _stale[directory].pop(name, []):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(directory, tmp))
+
+
+_stale: dict[str, dict[str, list[str]]] = {}  # folder -> target -> its stale temporaries
+
+
+def _stale_in(directory: str) -> dict[str, list[str]]:
+    """The temporaries in ``directory``, by their target's name, that killed processes left:
+    of another process id and last written before this process started (a newer one may be
+    another process's write in progress)."""
+    pattern = re.compile(r"(.+)\.(\d+)" + re.escape(TEMP_SUFFIX))
+    found: dict[str, list[str]] = {}
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return found  # not made yet: nothing left in it
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        with contextlib.suppress(OSError):
+            if match and int(match.group(2)) != os.getpid() \
+                    and entry.is_file(follow_symlinks=False) \
+                    and entry.stat(follow_symlinks=False).st_mtime < _STARTED:
+                found.setdefault(match.group(1), []).append(entry.name)
+    return found
 
 
 def _sync(f: IO, fsync: bool) -> None:

@@ -287,8 +287,15 @@ def checkpoint_files(prefix: str) -> list[str]:
     return [prefix + ".index"] + _data_files(prefix)
 
 
+# TensorFlow's shard names: not ``<shard>.<pid>.tmp``, the temporary a copy killed midway
+# (SIGKILL, a power cut) leaves, which would make a checkpoint without its data look
+# complete, and be copied with it into the model zoo.
+_SHARD = re.compile(r"\.data-\d+-of-\d+")
+
+
 def _data_files(prefix: str) -> list[str]:
-    return sorted(glob.glob(glob.escape(prefix) + ".data-*"))
+    return sorted(path for path in glob.glob(glob.escape(prefix) + ".data-*")
+                  if _SHARD.fullmatch(path[len(prefix):]))
 
 
 # ---------------------------------------------------------------------- the log

@@ -19,7 +19,7 @@ import numpy as np
 
 from tf_maml import atomic
 from tf_maml import zoo as zoo_lib
-from tf_maml.rundir import CHECKPOINT_NAME, ENSEMBLE_NAME
+from tf_maml.rundir import CHECKPOINT_NAME, ENSEMBLE_NAME, checkpoint_files
 
 
 def _from_git(path: str) -> str:
@@ -104,7 +104,7 @@ def _checkpoint_files_problem(zoo_dir: str, iteration: int, why: str) -> str | N
     prefix = os.path.join(zoo_dir, f"{CHECKPOINT_NAME}-{iteration}")
     if not os.path.exists(prefix + ".index"):
         missing = prefix + ".index"
-    elif not glob.glob(glob.escape(prefix) + ".data-*"):
+    elif not checkpoint_files(prefix)[1:]:  # its data shards
         missing = prefix + ".data-00000-of-00001"
     else:
         return None
@@ -180,7 +180,7 @@ def checkpoint_problem(zoo_dir: str, row: str) -> str | None:
         bad = prefix + ".index"
         try:
             reader = tf.train.load_checkpoint(prefix)
-            bad = ", ".join(sorted(glob.glob(glob.escape(prefix) + ".data-*")))
+            bad = ", ".join(checkpoint_files(prefix)[1:])
             for name in reader.get_variable_to_shape_map():
                 reader.get_tensor(name)
         except (tf.errors.OpError, ValueError, IndexError) as err:
