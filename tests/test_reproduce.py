@@ -302,6 +302,27 @@ def test_a_negative_number_of_minutes_is_refused_before_anything_is_written(tmp_
     assert sorted(os.listdir(tmp_path)) == ["flags"]
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("output", "--output={out} is a folder: give the path of the results file, e.g. "
+               "--output={out}/RESULTS.md"),
+    ("figures_dir", "--figures_dir={out} is a file: give the folder for the PNG figures (or "
+                    "--figures=False)"),
+])
+def test_a_report_path_that_cannot_be_written_is_refused_before_any_run(tmp_path, cli, flag,
+                                                                         message):
+    """Found only when the report was written, after every row had trained ("could not write
+    RESULTS.md ...: Is a directory")."""
+    _table(tmp_path)
+    _flags(tmp_path, "sinusoid_maml_k10", 1)
+    out = tmp_path / "taken"
+    out.mkdir() if flag == "output" else out.write_text("")
+    r = cli(_common(tmp_path) + [f"--{flag}={out}", "--experiments=sinusoid_maml_k10"],
+            tmp_path)
+    assert r.returncode == 2
+    assert r.stderr == f"tf-maml-reproduce: error: {message.format(out=out)}\n"
+    assert sorted(os.listdir(tmp_path)) == ["flags", "taken"]  # no run, zoo or report
+
+
 @pytest.mark.parametrize("row, trains", [("omniglot20_1shot", True),
                                           ("omniglot20_1shot_mamlpp", False)])
 def test_an_ensemble_keeps_its_evaluation_reserve_once_per_member(tmp_path, row, trains):

@@ -127,6 +127,7 @@ def main(argv, F):
         raise ReproduceError(f"--zoo_dir={F.zoo_dir} is not a folder: the report is made from "
                              "the model zoo (the repository's zoo/), and this invocation "
                              f"publishes nothing into it; {F.output} was not rewritten")
+    _check_outputs(F)
     plans = [plan_of(e) for e in experiments]
     # What a path of this machine becomes in the zoo and the report.
     paths = {F.logdir_root: "$LOGDIR", F.omniglot_dir: "$DATA/omniglot",
@@ -145,6 +146,17 @@ def main(argv, F):
     for name, status in failures.items():
         log(f"FAILED {name}: {status}")
     return 1 if failures else 0
+
+
+def _check_outputs(F) -> None:
+    """A ReproduceError if the report could not be written where the flags say: found at the
+    end, after hours of training, it failed only then ("Is a directory")."""
+    if os.path.isdir(F.output):
+        raise ReproduceError(f"--output={F.output} is a folder: give the path of the results "
+                             f"file, e.g. --output={os.path.join(F.output, 'RESULTS.md')}")
+    if F.figures and os.path.exists(F.figures_dir) and not os.path.isdir(F.figures_dir):
+        raise ReproduceError(f"--figures_dir={F.figures_dir} is a file: give the folder for "
+                             "the PNG figures (or --figures=False)")
 
 
 def _run_rows(plans: list[Plan], F, deadline: float | None, publish: Publisher,
