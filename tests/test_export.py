@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -417,6 +418,18 @@ def test_export_dir_that_is_a_file_is_refused(tmp_path):
     assert "new directory" in message  # the fix
     assert path.read_text() == "not an export"
     assert sorted(os.listdir(tmp_path)) == ["model"]  # nothing else written
+
+
+@pytest.mark.parametrize("where", ["empty", "file", "missing"])
+def test_metadata_of_a_path_that_is_no_export_says_so(tmp_path, where):
+    # Was "No such file or directory: '<dir>/assets.extra/maml_metadata.json'" (or "Not a
+    # directory"), as if one file of an export were lost.
+    path = tmp_path / where
+    path.mkdir() if where == "empty" else path.write_text("") if where == "file" else None
+    with pytest.raises(FileNotFoundError, match=rf"^{re.escape(str(path))} is not a tf_maml "
+                       r"export \(no assets\.extra/maml_metadata\.json in it\): give the "
+                       r"directory that MetaLearner\.export or tf-maml --export_dir wrote$"):
+        load_metadata(str(path))
 
 
 def test_export_dir_with_other_files_is_refused_and_an_export_is_replaced(tmp_path):

@@ -424,7 +424,15 @@ def _write_whole(export_dir: str, write) -> None:
 
 def load_metadata(export_dir: str) -> dict:
     """The recorded defaults and shapes of an export (the JSON beside the SavedModel)."""
-    with open(os.path.join(export_dir, "assets.extra", METADATA_FILE)) as f:
+    try:
+        f = open(os.path.join(export_dir, "assets.extra", METADATA_FILE))
+    except (FileNotFoundError, NotADirectoryError):
+        # Else the error named a file inside it, as if only that one were lost.
+        raise FileNotFoundError(
+            f"{export_dir} is not a tf_maml export (no assets.extra/{METADATA_FILE} in it): "
+            "give the directory that MetaLearner.export or tf-maml --export_dir wrote"
+        ) from None
+    with f:
         return json.load(f)
 
 
