@@ -816,6 +816,28 @@ def test_truncated_checkpoint_is_named_and_left_in_place(sine_copy, part):
     assert result.code == 1
     line = one_line_error(result.err)
     assert f"checkpoint {run_dir}/model-40 is corrupt or truncated" in line
+    assert f"(model-40.{part}); --test_iter=20 evaluates the newest readable one" in line
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("test_iter, damaged, fix", [
+    (20, ["model-20.index"], "replace the damaged file from a backup, or give another "
+                             "--test_iter (-1: the latest)"),
+    (-1, ["model-20.data-00000-of-00001", "model-40.data-00000-of-00001"],
+     "no older checkpoint reads either: replace the damaged file from a backup, or train "
+     "again in another --logdir"),
+], ids=["test-iter-index", "latest-and-older-data"])
+def test_truncated_checkpoint_without_a_readable_one_to_fall_back_on_says_what_to_do(
+        sine_copy, test_iter, damaged, fix):
+    # Named the checkpoint, not which of its files (TensorFlow's "file is too short to be an
+    # sstable" is of the index, "Read less bytes than requested" of the data), and no fix.
+    config, run_dir = sine_copy
+    for name in damaged:
+        truncate(run_dir / name, 30)
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, train=False, test_iter=test_iter))
+    assert result.code == 1
+    assert one_line_error(result.err).endswith(f"({os.path.basename(damaged[-1])}); {fix}")
     assert snapshot(run_dir) == before
 
 

@@ -182,7 +182,8 @@ class Checkpointer:
             # bytes than requested") from the Python one.
             detail = (getattr(err, "message", None) or str(err)).splitlines()[0]
             raise CorruptCheckpointError(
-                f"checkpoint {path} is corrupt or truncated: {detail}") from err
+                f"checkpoint {path} is corrupt or truncated: {detail} ({_damaged(path)})"
+            ) from err
         except ValueError as err:  # a variable of another shape
             raise CheckpointError(f"checkpoint {path} does not fit this model ({err}); "
                                   f"{self.fit_hint}") from err
@@ -238,6 +239,16 @@ class Checkpointer:
             return path, iteration, changes
         raise CheckpointError(f"no readable checkpoint in {self.run_dir}; move the run "
                               "directory away to start afresh.")
+
+
+def _damaged(prefix: str) -> str:
+    """Which files of the unreadable checkpoint ``prefix`` are damaged, by name: its index,
+    if TensorFlow cannot read it, else its data (TensorFlow's message names neither)."""
+    try:
+        tf.train.load_checkpoint(prefix)
+    except (tf.errors.OpError, ValueError):
+        return os.path.basename(prefix) + ".index"
+    return ", ".join(os.path.basename(p) for p in rundir.checkpoint_files(prefix)[1:])
 
 
 def _unmatched(err: AssertionError) -> str:
@@ -382,9 +393,13 @@ def restore_for_test(checkpointer: Checkpointer, test_iter: int) -> tuple[str, i
     try:
         return path, checkpointer.restore(path, expect_optimizer=False)[0]
     except CorruptCheckpointError as err:
+        # The damaged files are left as they are: a copy from a backup may mend them.
+        mend = "replace the damaged file from a backup"
         if test_iter > 0:
-            raise
+            raise CorruptCheckpointError(f"{err}; {mend}, or give another `test_iter` "
+                                         "(-1: the latest)") from err
         older = checkpointer.readable_before(checkpoint_iteration(path))
         fix = (f"`test_iter={checkpoint_iteration(older)}` evaluates the newest readable one "
-               f"({os.path.basename(older)})" if older else "no older checkpoint reads either")
+               f"({os.path.basename(older)})" if older else
+               f"no older checkpoint reads either: {mend}, or train again in another `logdir`")
         raise CorruptCheckpointError(f"{err}; {fix}") from err
