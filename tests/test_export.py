@@ -22,7 +22,7 @@ import tensorflow as tf
 from tf_maml import adapt as adapt_lib
 from tf_maml import losses, models, options
 from tf_maml.api import MetaLearner
-from tf_maml.export import KERAS_FILE, export, load_metadata
+from tf_maml.export import KERAS_FILE, check_export_dir, export, load_metadata
 from tf_maml.rundir import RunDirError
 from tf_maml.tasks import batch_rng
 from tf_maml.tasks.sinusoid import SinusoidTasks
@@ -430,6 +430,18 @@ def test_metadata_of_a_path_that_is_no_export_says_so(tmp_path, where):
                        r"export \(no assets\.extra/maml_metadata\.json in it\): give the "
                        r"directory that MetaLearner\.export or tf-maml --export_dir wrote$"):
         load_metadata(str(path))
+
+
+@pytest.mark.parametrize("below", ["model", "model/deeper"])
+def test_export_dir_below_a_file_is_refused_before_anything_is_computed(tmp_path, below):
+    # Passed the check the command line makes before training, then failed after it.
+    (tmp_path / "afile").write_text("mine")
+    path = tmp_path / "afile" / below
+    with pytest.raises(RunDirError, match=rf"^`export_dir` {re.escape(str(path))} cannot be "
+                       rf"made: {re.escape(str(tmp_path / 'afile'))} is a file, not a "
+                       r"directory; give the path of a new directory elsewhere$"):
+        check_export_dir(str(path))
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 def test_export_dir_with_other_files_is_refused_and_an_export_is_replaced(tmp_path):

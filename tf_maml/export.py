@@ -372,6 +372,11 @@ def check_export_dir(export_dir: str) -> None:
         raise RunDirError(
             f"`export_dir` {export_dir} is a file, not a directory: give the path of a new "
             "directory (or of an earlier export, which is replaced whole)")
+    above = _file_above(export_dir)
+    if above:  # else found only when the export is written, after the training
+        raise RunDirError(
+            f"`export_dir` {export_dir} cannot be made: {above} is a file, not a directory; "
+            "give the path of a new directory elsewhere")
     if os.path.isdir(export_dir):
         foreign = sorted(set(os.listdir(export_dir)) - EXPORT_ENTRIES)
         if foreign:
@@ -380,6 +385,14 @@ def check_export_dir(export_dir: str) -> None:
                 f"`export_dir` {export_dir} holds files that are not an export's ({shown}): "
                 "give a new or empty directory (an earlier export there would be replaced "
                 "whole)")
+
+
+def _file_above(path: str) -> str | None:
+    """The file that stands where a directory above ``path`` would be made, if any."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    return None if os.path.isdir(parent) else parent
 
 
 def _write_whole(export_dir: str, write) -> None:
