@@ -203,6 +203,10 @@ def test_positional_argument_is_refused(tmp_path):
      "--export_dir: exports one checkpoint, and --ensemble=2 evaluates an ensemble"),
     (("--datasource=navigation", "--export_dir=x"),
      "--export_dir: the navigation policy has no SavedModel export"),
+    # Was ignored: the policy started from its own initialisation, as without the flag.
+    (("--datasource=navigation", "--init_checkpoint=x/model59000", "--train=False"),
+     "--init_checkpoint: initialises a supervised net from an original TF1 checkpoint; the "
+     "navigation policy starts from its own initialisation: drop --init_checkpoint"),
     # Was the latest checkpoint's evaluation, reported as if asked for (a typo for model-7).
     (("--train=False", "--test_iter=-7"),
      "--test_iter: -1 (the latest checkpoint) or the iteration N of a checkpoint model-N, "

@@ -164,7 +164,8 @@ class ConfigChecks:
                  f"(the original's) or >= 1, got {self.num_query}")
 
     def _validate_evaluation(self, fail) -> None:
-        """The ensemble, the export and the evaluation's inner steps."""
+        """The ensemble, the export, the original's checkpoint and the evaluation's inner
+        steps."""
         if self.ensemble < 0:
             fail("ensemble", f"must be >= 0 (0: no ensemble), got {self.ensemble}")
         if self.ensemble and (self.baseline or self.init_checkpoint or self.is_rl):
@@ -178,6 +179,10 @@ class ConfigChecks:
         if self.export_dir and self.is_rl:
             fail("export_dir", f"the {self.datasource} policy has no SavedModel export (it "
                  "adapts on an environment's rollouts, not on a support set); drop --export_dir")
+        if self.init_checkpoint and self.is_rl:  # else ignored: the policy trained from scratch
+            fail("init_checkpoint", f"initialises a supervised net from an original TF1 "
+                 f"checkpoint; the {self.datasource} policy starts from its own initialisation: "
+                 "drop --init_checkpoint")
         if self.test_num_updates < 0:
             fail("test_num_updates", f"must be >= 0, got {self.test_num_updates}")
         if self.test_iter < -1:  # the original's <= 0 is the latest: -7 is a typo for 7
