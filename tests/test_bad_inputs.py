@@ -1127,6 +1127,22 @@ def test_bad_learner_arguments_are_named(kwargs, message):
         options.LSLR(-0.01)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(task_family="navigaton"), r"^task_family must be one of navigation, cheetah_vel, "
+                                    r".*got 'navigaton' \(did you mean navigation\?\)$"),
+    (dict(inner_lr=-0.1), r"^the inner learning rate α must be >= 0 .*got -0\.1$"),
+    (dict(max_kl=0.0), r"^max_kl, TRPO's KL limit δ, must be a positive finite number \(the "
+                       r"paper's is 0\.01\), got 0\.0$"),
+], ids=["family-typo", "negative-alpha", "zero-kl"])
+def test_bad_rl_learner_arguments_are_named(kwargs, message):
+    # The typo was "the locomotion task family must be one of cheetah_vel, ..." (navigation
+    # left out); a negative α stepped down the return, and a δ of 0 rejected every step.
+    from tf_maml.rl import training as rl_training
+
+    with pytest.raises(ValueError, match=message):
+        rl_training.build_learner(**kwargs)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: options.adam(-1), r"^adam's learning_rate, the meta learning rate β, must be a "
                                r"number > 0 \(the original's is 1e-3\), got -1$"),

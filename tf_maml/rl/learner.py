@@ -33,6 +33,7 @@ task's steps, and a task's return is the mean over its paths.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import keras
@@ -40,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
+from tf_maml.options.rates import InnerRate
 from tf_maml.rl import policy as policy_lib
 from tf_maml.rl import sampler, trpo
 from tf_maml.rl.sampler import SAMPLE_BUDGETS
@@ -127,6 +129,11 @@ class RLMetaLearner:
                              f"{inner_steps} and {num_trajectories}")
         if not 0 < discount <= 1:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
+        # A negative α stepped down the return; a δ of 0 rejected every TRPO step.
+        inner_lr = InnerRate(inner_lr).value
+        if not (math.isfinite(max_kl) and max_kl > 0):
+            raise ValueError(f"max_kl, TRPO's KL limit δ, must be a positive finite number "
+                             f"(the paper's is 0.01), got {max_kl}")
         out_dim = policy.output_shape[-1]
         if out_dim != 2 * env.action_dim:
             raise ValueError(f"the policy outputs {out_dim} values; a Gaussian policy for "

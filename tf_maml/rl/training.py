@@ -37,7 +37,8 @@ import numpy as np
 from tf_maml import atomic, rundir
 from tf_maml.callbacks import Callback, CheckpointSaver, CSVHistory, TensorBoard
 from tf_maml.checkpoint import Checkpointer, CheckpointError, learner_checkpointer, restore_for_test
-from tf_maml.tasks import batch_rng
+from tf_maml.errors import did_you_mean
+from tf_maml.tasks import batch_rng, locomotion
 from tf_maml.train import LOG_NAME, fit_in_run_dir
 
 SAVE_INTERVAL = 10
@@ -65,6 +66,10 @@ def build_learner(*, task_family: str = "navigation", horizon: int = 0, oracle: 
     from tf_maml.rl.learner import RLMetaLearner
     from tf_maml.rl.policy import gaussian_mlp_policy
 
+    families = ("navigation", *locomotion.TASK_FAMILIES)
+    if task_family not in families:  # else the locomotion check, which omits navigation
+        raise ValueError(f"task_family must be one of {', '.join(families)}, got "
+                         f"{task_family!r}{did_you_mean(str(task_family), families)}")
     if task_family == "navigation":
         from tf_maml.tasks.navigation import HORIZON, NavigationTasks
 
