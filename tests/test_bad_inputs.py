@@ -1143,6 +1143,21 @@ def test_bad_rl_learner_arguments_are_named(kwargs, message):
         rl_training.build_learner(**kwargs)
 
 
+@pytest.mark.parametrize("meta_batch_size", [0, -2, 2.5])
+def test_rl_training_with_a_bad_meta_batch_size_is_refused_before_anything_is_written(
+        tmp_path, meta_batch_size):
+    # Was the policy's "output of shape (0, 2, None)", numpy's "negative dimensions" or a
+    # TypeError, after training_log.csv was written.
+    from tf_maml.rl import training as rl_training
+
+    learner = rl_training.build_learner(num_trajectories=2, horizon=5)
+    with pytest.raises(ValueError, match=r"^meta_batch_size must be a whole number of tasks >= "
+                                         rf"1, got {re.escape(repr(meta_batch_size))}$"):
+        rl_training.train(learner, str(tmp_path), 1, meta_batch_size=meta_batch_size,
+                          tensorboard=False, log=lambda _: None)
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: options.adam(-1), r"^adam's learning_rate, the meta learning rate β, must be a "
                                r"number > 0 \(the original's is 1e-3\), got -1$"),

@@ -45,7 +45,8 @@ from tf_maml.errors import is_count
 from tf_maml.protocols import Learner, TaskLearner, TunableLearner
 from tf_maml.tasks import VAL_STREAM, task_stream
 
-__all__ = ["Callback", "NonFiniteError", "fit", "fit_in_run_dir", "fit_learner", "train"]
+__all__ = ["Callback", "NonFiniteError", "check_count", "fit", "fit_in_run_dir", "fit_learner",
+           "train"]
 
 LOG_NAME = "training_log.csv"
 
@@ -277,10 +278,10 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
     writes there, so only it locks)."""
     # Else TensorFlow fails inside the first step, numpy inside the task stream, or a
     # negative count trains nothing without a word.
-    _check_count("meta_batch_size", meta_batch_size, 1, "a whole number of tasks")
-    _check_count("iterations", iterations, 0, "a whole number of meta-batches")
-    _check_count("pretrain_iterations", pretrain_iterations, 0, "a whole number")
-    _check_count("seed", seed, 0, "a whole number")
+    check_count("meta_batch_size", meta_batch_size, 1, "a whole number of tasks")
+    check_count("iterations", iterations, 0, "a whole number of meta-batches")
+    check_count("pretrain_iterations", pretrain_iterations, 0, "a whole number")
+    check_count("seed", seed, 0, "a whole number")
     if not hasattr(tasks, "sample_batch") and (isinstance(tasks, (str, bytes))
                                                or not hasattr(tasks, "__iter__")):
         # Else a TypeError "... is not iterable" from deep inside the loop.
@@ -308,7 +309,7 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
                      log=log)
 
 
-def _check_count(name: str, value, minimum: int, what: str) -> None:
+def check_count(name: str, value, minimum: int, what: str) -> None:
     """A ValueError unless ``value`` is an integer >= ``minimum`` (``what`` it counts)."""
     if not is_count(value, minimum):
         raise ValueError(f"{name} must be {what} >= {minimum}, got {value!r}")

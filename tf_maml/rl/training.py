@@ -39,7 +39,7 @@ from tf_maml.callbacks import Callback, CheckpointSaver, CSVHistory, TensorBoard
 from tf_maml.checkpoint import Checkpointer, CheckpointError, learner_checkpointer, restore_for_test
 from tf_maml.errors import did_you_mean
 from tf_maml.tasks import batch_rng, locomotion
-from tf_maml.train import LOG_NAME, fit_in_run_dir
+from tf_maml.train import LOG_NAME, check_count, fit_in_run_dir
 
 SAVE_INTERVAL = 10
 RESULTS_NAME = "test_returns"  # <run_dir>/test_returns.csv and .npy: an evaluation's returns
@@ -149,6 +149,9 @@ def train(learner, directory: str, iterations: int, *, meta_batch_size: int, see
     checkpoint (the run directory's rules of :mod:`tf_maml.rundir`); returns the last
     iteration. ``changes`` (of the settings since the last run) are printed on resuming;
     ``on_start`` is called once the restore succeeded."""
+    # Else a policy "output of shape (0, 2, None)" or numpy's "negative dimensions", after
+    # the training log was written.
+    check_count("meta_batch_size", meta_batch_size, 1, "a whole number of tasks")
     saved = checkpointer(learner, directory)
 
     def callbacks_from(start: int) -> list[Callback]:
