@@ -298,9 +298,45 @@ def test_what_a_killed_copy_leaves_is_neither_published_nor_kept_by_the_rerun(tm
     fresh.mkdir()
     (fresh / left).write_bytes(b"half")
     os.utime(fresh / left, (1, 1))  # written before the rerun started
+    (zoo_dir / f"{RESULT}.npy.{os.getpid() + 1}.tmp").write_bytes(b"half")  # not a result
     assert zoo.restore(str(zoo_dir), str(fresh), **QUIET)
     assert not glob.glob(str(fresh / "*.tmp"))
     assert (fresh / shard).read_bytes() == (run_dir / shard).read_bytes()
+
+
+def test_a_publish_stopped_while_it_copies_an_evaluation_leaves_the_zoo_s_earlier_one(
+        tmp_path, monkeypatch):
+    """A stop (Ctrl-C, a kill) while the zoo takes a new evaluation's file: the zoo keeps the
+    earlier file whole, as its record still vouches for it, and the rerun publishes the new
+    one. Before: the file was copied over the zoo's in place, so the stop left it cut."""
+    import builtins
+
+    run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo" / "x"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    _checkpoint(run_dir, 2500)
+    _evaluated(run_dir, 2500)
+    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    _checkpoint(run_dir, 3000)
+    _evaluated(run_dir, 3000)
+    real_open = builtins.open
+
+    def stopped(path, mode="r", *args, **kwargs):
+        if "w" in mode and os.path.basename(str(path)).startswith(RESULT) \
+                and os.path.dirname(str(path)) == str(zoo_dir):
+            with real_open(path, mode, *args, **kwargs) as f:
+                f.write(b"0." if "b" in mode else "0.")
+            raise KeyboardInterrupt
+        return real_open(path, mode, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "open", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    assert (zoo_dir / f"{RESULT}.csv").read_text() == "0.2500\n"
+    assert not glob.glob(str(zoo_dir / "*.tmp"))
+    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    assert (zoo_dir / f"{RESULT}.csv").read_text() == "0.3000\n"
 
 
 def test_publish_records_every_training_stretch_with_its_processor(tmp_path):

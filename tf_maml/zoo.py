@@ -287,8 +287,8 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
         name = key.split("|", 1)[0]
         for ext in (".csv", ".pkl", ".npy"):
             src = os.path.join(run_dir, name + ext)
-            if os.path.exists(src):
-                shutil.copy2(src, os.path.join(zoo_dir, name + ext))
+            if os.path.exists(src):  # whole: a stop midway cut the zoo's earlier file
+                _copy_whole(src, zoo_dir)
         zoo_results[key] = entry
         changed = True
         log(f"  zoo: {zoo_dir} now holds the evaluation {key} of iteration "
@@ -353,9 +353,10 @@ def _take_evaluations(zoo_dir: str, run_dir: str, overwrite: bool) -> bool:
         return False
     os.makedirs(run_dir, exist_ok=True)
     for path in [p for prefix in RESULT_PREFIXES
-                 for p in glob.glob(os.path.join(glob.escape(zoo_dir), prefix + "*"))]:
+                 for p in glob.glob(os.path.join(glob.escape(zoo_dir), prefix + "*"))
+                 if not p.endswith(atomic.TEMP_SUFFIX)]:  # what a killed copy left
         if overwrite or not os.path.exists(os.path.join(run_dir, os.path.basename(path))):
-            shutil.copy2(path, run_dir)
+            _copy_whole(path, run_dir)
     state.update(taken)
     write_json(state_path, state)
     return True
