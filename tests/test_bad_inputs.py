@@ -1096,14 +1096,27 @@ class _TwoInputNet(keras.Model):
         return self.dense(tf.concat(parts, -1))
 
 
+class _TwoArgumentNet(_TwoInputNet):
+    """A subclassed model of two inputs, ``call(a, b)``."""
+
+    def call(self, a, b, training=None):
+        return super().call([a, b])
+
+
 @pytest.mark.parametrize("inputs", [[np.zeros((3, 1), "f")] * 2,
-                                    {"a": np.zeros((3, 1), "f"), "b": np.zeros((3, 1), "f")}],
-                         ids=["list", "dict"])
+                                    {"a": np.zeros((3, 1), "f"), "b": np.zeros((3, 1), "f")},
+                                    (np.zeros((3, 1), "f"),) * 2],
+                         ids=["list", "dict", "arguments"])
 def test_subclassed_multi_input_model_is_refused_at_construction(inputs):
     # A subclassed model has no model.inputs to count: it was accepted, then failed at the
-    # first step with "too many values to unpack" or a tensor with no index 'a'.
-    model = _TwoInputNet()
-    model(inputs)
+    # first step with "too many values to unpack", a tensor with no index 'a', or a missing
+    # argument b.
+    if isinstance(inputs, tuple):
+        model = _TwoArgumentNet()
+        model(*inputs)
+    else:
+        model = _TwoInputNet()
+        model(inputs)
     with pytest.raises(ValueError, match=r"takes 2 inputs, but MetaLearner feeds a model one "
                                          r"tensor of examples .*multi-input models are not "
                                          r"supported"):

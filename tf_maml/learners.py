@@ -458,7 +458,8 @@ def _check_model(model: keras.Model) -> None:
 def _input_count(model: keras.Model) -> int:
     """How many input tensors ``model`` takes: a functional model's ``inputs``; for a
     subclassed model, which has none, the structure of the first argument it was built with
-    (a list or dict of shapes on ``model([a, b])`` or ``model({"a": a, "b": b})``)."""
+    (a list or dict of shapes on ``model([a, b])`` or ``model({"a": a, "b": b})``), or its
+    call's arguments without a default (``call(self, a, b)``: Keras records a's shape only)."""
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
@@ -469,4 +470,18 @@ def _input_count(model: keras.Model) -> int:
     if isinstance(shape, dict) or (isinstance(shape, (list, tuple))
                                    and any(isinstance(d, (list, tuple, dict)) for d in shape)):
         return len(shape)
-    return 1
+    return max(1, len(_required_call_arguments(model)))
+
+
+def _required_call_arguments(model: keras.Model) -> list[str]:
+    """The arguments of ``model.call`` a caller must give, but ``training`` and ``mask``
+    (Keras passes those itself)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.call).parameters.values()
+    except (TypeError, ValueError):  # a call without a signature to read
+        return []
+    return [p.name for p in parameters
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            and p.default is p.empty and p.name not in ("training", "mask")]
