@@ -44,8 +44,8 @@ from test_data_prep import (  # the tiny official layouts of the data_prep tests
     write_zip,
 )
 
+from tf_maml import baselines, experiment, losses, models, options, runner
 from tf_maml import evaluate as evaluate_lib
-from tf_maml import experiment, losses, models, options, runner
 from tf_maml.api import MetaLearner
 from tf_maml.checkpoint import CheckpointError, learner_checkpointer
 from tf_maml.config import Config, ConfigError
@@ -1193,9 +1193,11 @@ def test_rl_training_with_a_bad_meta_batch_size_is_refused_before_anything_is_wr
      r"\(the original's is 1e-3\), got -1\.0$"),
     (lambda: options.chain(options.ClipNetwork(10), keras.optimizers.SGD(float("nan"))),
      r"^keras\.optimizers\.SGD's learning_rate, .*must be a number > 0 .*got nan$"),
+    (lambda: baselines.Classifier(mlp(), meta_lr=-1e-3),
+     r"^Classifier's meta_lr, the meta learning rate β, must be a number > 0 .*got -0\.001$"),
 ], ids=["adam-negative", "adam-zero", "cosine-negative", "cosine-float-iterations",
         "chain-optimizer-first", "first-order-float", "first-order-bool", "msl-float",
-        "keras-optimizer-negative", "keras-optimizer-nan"])
+        "keras-optimizer-negative", "keras-optimizer-nan", "classifier-negative"])
 def test_bad_option_values_are_named(make, message):
     # Keras said only "should be float" of adam(-1) (and took -1.0: gradient ascent), a
     # chain with the optimizer first "MetaOptimizer needs a keras.optimizers.Optimizer, got
@@ -1427,8 +1429,6 @@ def test_bad_loss_is_named_at_construction(loss, message):
 def test_finetuner_on_tasks_of_more_classes_than_its_head_says_so():
     # It failed inside TensorFlow's cross-entropy ("Received a label value of 4 which is
     # outside the valid range of [0, 3)"), a NaN on a GPU.
-    from tf_maml import baselines
-
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, activation="relu"),
                               keras.layers.Dense(5)])

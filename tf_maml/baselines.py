@@ -37,6 +37,7 @@ from tf_maml import adapt as adapt_lib
 from tf_maml import evaluate as evaluate_lib
 from tf_maml import keras_internals, losses, models
 from tf_maml.data.miniimagenet import EXPECTED_NUM_CLASSES
+from tf_maml.mamlpp import check_meta_lr
 from tf_maml.options.meta_optimizer import ORIGINAL_ADAM_EPSILON, apply_if_finite
 from tf_maml.tasks.image_tasks import DataError, FewShotTasks
 from tf_maml.tasks.miniimagenet import IMAGE_SHAPE
@@ -149,6 +150,8 @@ class Classifier:
         self.metric_fn = losses.accuracy
         self.strategy = None  # one device: the baselines are not distributed
         self.features = body(model)
+        # Else Keras takes a negative rate and ascends the loss, as the meta-optimiser would.
+        meta_lr = check_meta_lr(meta_lr, "Classifier's meta_lr")
         self.optimizer = keras.optimizers.Adam(meta_lr, epsilon=ORIGINAL_ADAM_EPSILON)
         self.optimizer.build(model.trainable_variables)
         self._train_fn = tf.function(self._train, reduce_retracing=True)
