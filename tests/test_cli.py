@@ -77,6 +77,20 @@ def test_impossible_flags_are_rejected_naming_the_flag(overrides, flag):
         Config(**overrides).validate()
 
 
+@pytest.mark.parametrize("field, typo, meant", [
+    ("datasource", "omniglott", "omniglot"),
+    ("datasource", "navigaton", "navigation"),
+    ("datasource", "minimagenet", "miniimagenet"),
+    ("norm", "batchnorm", "batch_norm"),  # the run directory's spelling
+    ("norm", "none", "None"),
+])
+def test_a_misspelt_choice_is_told_the_closest_one(field, typo, meant):
+    # Was the list of choices alone, as flag names and tf-maml-reproduce's rows are not.
+    with pytest.raises(ConfigError, match=rf"^--{field}: '{typo}' is not one of .*"
+                                          rf"\(did you mean {meant}\?\)$"):
+        Config(**{field: typo}).validate()
+
+
 def test_speed_flags_make_the_learners_execution_plan():
     from tf_maml import experiment, main
 

@@ -10,7 +10,7 @@ import math
 from tf_maml.adapt import ADAPT_LAYERS
 from tf_maml.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
 from tf_maml.distribute import check_meta_batch_size
-from tf_maml.errors import ConfigError, unexpanded_home
+from tf_maml.errors import ConfigError, did_you_mean, unexpanded_home
 from tf_maml.evaluate import PRETRAINED_BASELINES
 from tf_maml.mapping.plan import TASK_PARALLELISM
 from tf_maml.models import NORMS
@@ -31,6 +31,13 @@ XENTS = ("summed", "mean")
 # run directory and run-defining flags are the pretraining's.
 BASELINES = ("oracle", "random") + PRETRAINED_BASELINES
 SEED_MAX = 2**32 - 1  # keras.utils.set_random_seed refuses anything outside [0, 2**32 - 1]
+
+
+def not_one_of(value, choices, note: str = "") -> str:
+    """The complaint about ``value``, which is none of ``choices``: all of them (and
+    ``note``), then the closest as a did-you-mean, for a typo such as omniglott."""
+    return (f"{value!r} is not one of {', '.join(choices)}{note}"
+            f"{did_you_mean(str(value), choices)}")
 
 
 class ConfigChecks:
@@ -97,27 +104,24 @@ class ConfigChecks:
         """Every option spelled as a word is one of its choices (and ANIL's is
         supervised)."""
         if self.datasource not in DATASOURCES:
-            fail("datasource", f"{self.datasource!r} is not one of {', '.join(DATASOURCES)}")
+            fail("datasource", not_one_of(self.datasource, DATASOURCES))
         if self.norm not in NORMS:
-            fail("norm", f"{self.norm!r} is not one of {', '.join(NORMS)} (the string 'None' "
-                 "means no normalisation)")
+            fail("norm", not_one_of(self.norm, NORMS, " (the string 'None' means no "
+                                    "normalisation)"))
         if self.algorithm not in ALGORITHMS:
-            fail("algorithm", f"{self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+            fail("algorithm", not_one_of(self.algorithm, ALGORITHMS))
         if self.dataset_backend not in DATASET_BACKENDS:
-            fail("dataset_backend", f"{self.dataset_backend!r} is not one of "
-                 f"{', '.join(DATASET_BACKENDS)}")
+            fail("dataset_backend", not_one_of(self.dataset_backend, DATASET_BACKENDS))
         if self.adapt_layers not in ADAPT_LAYERS:
-            fail("adapt_layers", f"{self.adapt_layers!r} is not one of {', '.join(ADAPT_LAYERS)} "
-                 "(all: MAML; head: ANIL, only the last layer adapts)")
+            fail("adapt_layers", not_one_of(self.adapt_layers, ADAPT_LAYERS, " (all: MAML; "
+                                            "head: ANIL, only the last layer adapts)"))
         if self.adapt_layers == "head" and self.is_rl:
             fail("adapt_layers", "ANIL (--adapt_layers=head) is for the supervised "
                  f"datasources; the {self.datasource} policy adapts all its layers")
         if self.task_parallelism not in TASK_PARALLELISM:
-            fail("task_parallelism", f"{self.task_parallelism!r} is not one of "
-                 f"{', '.join(TASK_PARALLELISM)}")
+            fail("task_parallelism", not_one_of(self.task_parallelism, TASK_PARALLELISM))
         if self.baseline not in (None, *BASELINES):
-            fail("baseline", f"{self.baseline!r} is not one of {', '.join(BASELINES)} or "
-                 "unset")
+            fail("baseline", not_one_of(self.baseline, BASELINES, " or unset"))
 
     def _validate_baselines(self, fail) -> None:
         """A baseline exists for its datasource."""
@@ -155,7 +159,7 @@ class ConfigChecks:
     def _validate_classification(self, fail) -> None:
         """The loss and query size of classification tasks."""
         if self.xent not in XENTS:
-            fail("xent", f"{self.xent!r} is not one of {', '.join(XENTS)}")
+            fail("xent", not_one_of(self.xent, XENTS))
         if self.xent != "summed" and not self.is_classification:
             fail("xent", "is the cross-entropy of --datasource=omniglot or miniimagenet; drop "
                  "it")
@@ -246,10 +250,10 @@ class ConfigChecks:
         """How the meta-batch runs: strategy, chunks, threads, devices, non-finite
         steps."""
         if self.distribution_strategy not in DISTRIBUTION_STRATEGIES:
-            fail("distribution_strategy", f"{self.distribution_strategy!r} is not one of "
-                 f"{', '.join(DISTRIBUTION_STRATEGIES)}")
+            fail("distribution_strategy", not_one_of(self.distribution_strategy,
+                                                     DISTRIBUTION_STRATEGIES))
         if self.nan_policy not in NAN_POLICIES:
-            fail("nan_policy", f"{self.nan_policy!r} is not one of {', '.join(NAN_POLICIES)}")
+            fail("nan_policy", not_one_of(self.nan_policy, NAN_POLICIES))
         if self.parallel_chunks < 0:
             fail("parallel_chunks", f"must be >= 0 (0: one per CPU core), got "
                  f"{self.parallel_chunks}")
