@@ -3,6 +3,7 @@
 import csv
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -89,6 +90,54 @@ def test_a_misspelt_choice_is_told_the_closest_one(field, typo, meant):
     with pytest.raises(ConfigError, match=rf"^--{field}: '{typo}' is not one of .*"
                                           rf"\(did you mean {meant}\?\)$"):
         Config(**{field: typo}).validate()
+
+
+@pytest.mark.parametrize("datasource, flag, value, message", [
+    ("navigation", "meta_lr", 0.01, "TRPO's step is bounded by --max_kl; drop --meta_lr=0.01"),
+    ("cheetah_vel", "min_meta_lr", 0.0, "TRPO's step is bounded by --max_kl"),
+    ("navigation", "num_classes", 20, "the task family sets the policy's actions"),
+    ("navigation", "num_filters", 32, "the policy is the paper's MLP"),
+    ("ant_dir", "conv", False, "the policy is the paper's MLP"),
+    ("navigation", "max_pool", True, "the policy is the paper's MLP"),
+    ("navigation", "norm", "layer_norm", "without normalisation; use --norm=None, as the RL "
+                                         "flagfiles do"),
+    ("navigation", "adapt_norm", True, "without normalisation to adapt"),
+    ("navigation", "data_dir", "data/omniglot", "not read from files; drop "
+                                                "--data_dir=data/omniglot"),
+    ("navigation", "dataset_backend", "tfds", "sampled from the environment"),
+    ("navigation", "test_set", True, "always adapts the fixed test tasks"),
+    ("navigation", "task_parallelism", "map", "a speed setting of supervised meta-training"),
+    ("navigation", "parallel_chunks", 2, "as one batch"),
+    ("navigation", "intra_op_threads", 1, "on TensorFlow's default threads"),
+    ("navigation", "autotune", False, "as one batch"),
+])
+def test_a_supervised_flag_set_for_reinforcement_learning_is_refused(datasource, flag, value,
+                                                                     message):
+    # Each was ignored without a word (or, for some, only renamed the run directory).
+    with pytest.raises(ConfigError, match=rf"^--{flag}: has no effect with "
+                                          rf"--datasource={datasource}: .*{re.escape(message)}"):
+        Config(**{"datasource": datasource, "norm": "None", flag: value}).validate()
+
+
+@pytest.mark.parametrize("datasource", ["navigation", "cheetah_vel", "cheetah_dir", "ant_vel",
+                                        "ant_dir"])
+def test_reinforcement_learning_accepts_the_supervised_flags_defaults(datasource):
+    Config(datasource=datasource).validate()  # --norm=batch_norm, the original's default
+    Config(datasource=datasource, norm="None").validate()
+
+
+def test_every_reinforcement_learning_flagfile_still_validates():
+    from tf_maml import main
+
+    names = [n for n in sorted(os.listdir(os.path.join(REPO, "flags")))
+             if n.split("_")[0] in ("navigation", "cheetah", "ant")]
+    assert len(names) == 20
+    for name in names:
+        values = main.flags.FlagValues()
+        main.define_flags(values)
+        values(["tf-maml", f"--flagfile={os.path.join(REPO, 'flags', name)}"])
+        config = main.config_from_flags(values).validate()
+        assert config.is_rl, name
 
 
 def test_speed_flags_make_the_learners_execution_plan():

@@ -31,6 +31,32 @@ XENTS = ("summed", "mean")
 # run directory and run-defining flags are the pretraining's.
 BASELINES = ("oracle", "random") + PRETRAINED_BASELINES
 SEED_MAX = 2**32 - 1  # keras.utils.set_random_seed refuses anything outside [0, 2**32 - 1]
+# The flags of supervised meta-learning that reinforcement learning never reads (its learner
+# takes what experiment.rl_learner passes, and runner.run's RL branch returns before the speed
+# settings are applied), with what does that job there. Set to anything but its default, one
+# would change nothing but, for some, the run directory's name: it is refused instead.
+_POLICY = "the policy is the paper's MLP (two hidden layers of 100 ReLU units)"
+_ENVIRONMENT = "its tasks are sampled from the environment, not read from files"
+_SPEED = ("a speed setting of supervised meta-training; reinforcement learning runs each "
+          "iteration's tasks as one batch, on TensorFlow's default threads")
+RL_UNUSED = {
+    "meta_lr": "TRPO's step is bounded by --max_kl",
+    "min_meta_lr": "TRPO's step is bounded by --max_kl",
+    "num_classes": "the task family sets the policy's actions",
+    "num_filters": _POLICY,
+    "conv": _POLICY,
+    "max_pool": _POLICY,
+    # --norm=None is not refused: the RL flagfiles set it, to name their runs ...nonorm.
+    "norm": _POLICY + ", without normalisation",
+    "adapt_norm": _POLICY + ", without normalisation to adapt",
+    "data_dir": _ENVIRONMENT,
+    "dataset_backend": _ENVIRONMENT,
+    "test_set": "its evaluation always adapts the fixed test tasks (--num_test_tasks)",
+    "task_parallelism": _SPEED,
+    "parallel_chunks": _SPEED,
+    "intra_op_threads": _SPEED,
+    "autotune": _SPEED,
+}
 
 
 def not_one_of(value, choices, note: str = "") -> str:
@@ -88,6 +114,7 @@ class ConfigChecks:
         self._validate_evaluation(fail)
         self._validate_rates(fail)
         self._validate_data(fail)
+        self._validate_rl_unused(fail)
         self._validate_mamlpp(fail)
         self._validate_reptile(fail)
         self._validate_execution(fail)
@@ -237,6 +264,20 @@ class ConfigChecks:
         if self.datasource == "miniimagenet" and self.conv and not self.max_pool:
             fail("max_pool", "the MiniImageNet conv net's head assumes --max_pool=True "
                  "(as the original, whose dense layer is sized for 5x5 maps)")
+
+    def _validate_rl_unused(self, fail) -> None:
+        """Reinforcement learning: no flag it never reads (:data:`RL_UNUSED`) is set, as the
+        user would expect it to act. A default value is not refused (it is the original's
+        command line), nor --norm=None, which the RL flagfiles set."""
+        if not self.is_rl:
+            return
+        for name, why in RL_UNUSED.items():
+            value = getattr(self, name)
+            if value == getattr(type(self), name) or (name == "norm" and value == "None"):
+                continue
+            fix = ("use --norm=None, as the RL flagfiles do (it only names the run "
+                   "...nonorm)" if name == "norm" else f"drop --{name}={value}")
+            fail(name, f"has no effect with --datasource={self.datasource}: {why}; {fix}")
 
     def _validate_reptile(self, fail) -> None:
         """What Reptile, first order by construction, cannot combine with."""
