@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -505,3 +506,35 @@ def test_a_failed_write_keeps_the_earlier_export_and_no_temporary(tmp_path, monk
     assert "earlier export" in message  # what was kept
     assert tree(export_dir) == before
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary directory or file left
+
+
+def _left_by_a_killed_export(folder, stale: bool) -> None:
+    """A hidden export folder, with a file deeper in it, as a process killed (SIGKILL)
+    while writing it left it; ``stale``: last written an hour ago."""
+    (folder / "variables").mkdir(parents=True)
+    (folder / "variables" / "variables.index").write_bytes(b"partial")
+    if stale:
+        an_hour_ago = time.time() - 3600
+        for path in (folder / "variables" / "variables.index", folder / "variables", folder):
+            os.utime(path, (an_hour_ago, an_hour_ago))
+
+
+def test_an_export_removes_the_temporary_folders_killed_exports_left(tmp_path):
+    # A SIGKILL mid-export left .model.<random>.tmp for good: nothing could tell it from
+    # another export in progress. It is a temporary of tf_maml.atomic's now, of a process id.
+    from tf_maml import export as export_lib
+
+    other = os.getpid() + 1
+    _left_by_a_killed_export(tmp_path / f".model.{other}.tmp", stale=True)
+    _left_by_a_killed_export(tmp_path / f".model.{other + 1}.tmp", stale=False)  # in progress
+    _left_by_a_killed_export(tmp_path / f".model.{other}.old", stale=True)  # a user's export
+    _left_by_a_killed_export(tmp_path / f".other.{other}.tmp", stale=True)  # another target's
+
+    def write(directory):
+        with open(os.path.join(directory, "saved_model.pb"), "wb") as f:
+            f.write(b"new")
+
+    export_lib._write_whole(str(tmp_path / "model"), write)
+    assert sorted(os.listdir(tmp_path)) == [
+        f".model.{other}.old", f".model.{other + 1}.tmp", f".other.{other}.tmp", "model"]
+    assert tree(tmp_path / "model") == {"saved_model.pb": b"new"}

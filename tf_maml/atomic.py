@@ -3,11 +3,12 @@ never a mix. The one implementation of it for the run directory, the model zoo, 
 and the data preparations.
 
 Every write goes to a temporary name beside its target (``<path>.<pid>.tmp``, on the same file
-system, so that the final ``os.replace`` is atomic) and is renamed over the target only once
-it is whole. A process killed mid-write (SIGKILL, a power cut) cannot remove its temporary:
-the next process to write the same target does. ``fsync=True`` also flushes the data to the
-disk before the rename, for files that must survive a power cut, not only a crash of the
-process (a data set's completion marker, its caches).
+system, so that the final ``os.replace`` is atomic; a folder written whole, a SavedModel
+export, has one too) and is renamed over the target only once it is whole. A process killed
+mid-write (SIGKILL, a power cut) cannot remove its temporary: the next process to write the
+same target does. ``fsync=True`` also flushes the data to the disk before the rename, for
+files that must survive a power cut, not only a crash of the process (a data set's
+completion marker, its caches).
 
 The standard library only: the bottom floor, which ``tf_maml.data`` imports without pulling
 in the rest of the package.
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -112,23 +115,27 @@ def replacing(path: str, binary: bool = True, fsync: bool = False) -> Iterator[I
 
 def remove_stale(path: str) -> None:
     """Deletes the temporaries of ``path`` that killed processes left (a copy of a checkpoint
-    shard would otherwise stay, taking its size, for good). Its folder is listed once per
-    process: no temporary older than the process can appear later."""
+    shard, or a SavedModel export's folder, would otherwise stay, taking its size, for
+    good). Its folder is listed once per process: no temporary older than the process can
+    appear later."""
     directory, name = os.path.split(os.path.abspath(path))
     if directory not in _stale:
         _stale[directory] = _stale_in(directory)
     for tmp in _stale[directory].pop(name, []):
-        with contextlib.suppress(OSError):
-            os.remove(os.path.join(directory, tmp))
+        tmp = os.path.join(directory, tmp)
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            _remove([tmp])
 
 
 _stale: dict[str, dict[str, list[str]]] = {}  # folder -> target -> its stale temporaries
 
 
 def _stale_in(directory: str) -> dict[str, list[str]]:
-    """The temporaries in ``directory``, by their target's name, that killed processes left:
-    of another process id and last written before this process started (a newer one may be
-    another process's write in progress)."""
+    """The temporaries in ``directory`` (files, or folders a whole tree is written into), by
+    their target's name, that killed processes left: of another process id and last written
+    before this process started (a newer one may be another process's write in progress)."""
     pattern = re.compile(r"(.+)\.(\d+)" + re.escape(TEMP_SUFFIX))
     found: dict[str, list[str]] = {}
     try:
@@ -139,10 +146,23 @@ def _stale_in(directory: str) -> dict[str, list[str]]:
         match = pattern.fullmatch(entry.name)
         with contextlib.suppress(OSError):
             if match and int(match.group(2)) != os.getpid() \
-                    and entry.is_file(follow_symlinks=False) \
-                    and entry.stat(follow_symlinks=False).st_mtime < _STARTED:
+                    and _last_written(entry) < _STARTED:
                 found.setdefault(match.group(1), []).append(entry.name)
     return found
+
+
+def _last_written(entry: os.DirEntry) -> float:
+    """When the file ``entry``, or the newest entry of the folder ``entry``, was written (a
+    folder's own time changes only with its direct entries, not with a file written deeper
+    in it); infinity for anything else (a link), which is never taken for stale."""
+    if entry.is_file(follow_symlinks=False):
+        return entry.stat(follow_symlinks=False).st_mtime
+    if not entry.is_dir(follow_symlinks=False):
+        return math.inf
+    times = [entry.stat(follow_symlinks=False).st_mtime]
+    for folder, names, files in os.walk(entry.path):
+        times += [os.lstat(os.path.join(folder, n)).st_mtime for n in names + files]
+    return max(times)
 
 
 def _sync(f: IO, fsync: bool) -> None:

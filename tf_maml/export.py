@@ -83,7 +83,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 
 import keras
 import tensorflow as tf
@@ -401,19 +400,25 @@ def _write_whole(export_dir: str, write) -> None:
     read-only disk) removes its partial files and leaves an earlier export as it was; the
     error is a :class:`~tf_maml.rundir.RunDirError` of one line. Ctrl-C or SIGTERM wait for
     the two renames (:func:`tf_maml.atomic.stops_deferred`); only a crash between them would
-    leave the earlier export as ``.<name>.*.old`` beside it."""
+    leave the earlier export as ``.<name>.<pid>.old`` beside it, which is never removed.
+    The new directory is ``.<name>.<pid>.tmp``, a temporary of :mod:`tf_maml.atomic`'s:
+    one that a killed process left (SIGKILL) is removed by the next export to ``export_dir``
+    (:func:`tf_maml.atomic.remove_stale`)."""
     target = os.path.realpath(export_dir)
     parent, name = os.path.split(target)
     shown_parent = os.path.dirname(os.path.abspath(export_dir))
     earlier = os.path.isdir(target) and bool(os.listdir(target))
     kept = (f"the earlier export in {export_dir} is intact" if earlier
             else "no partial export was left")
-    # Not tempfile.mkdtemp: its mode 0700 would become the export's.
-    tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    # Not tempfile.mkdtemp: its mode 0700 would become the export's. Hidden, with the pid
+    # that tells a killed process's leftover from another export in progress.
+    hidden = os.path.join(parent, "." + name)
+    tmp = atomic.temporary_name(hidden)
     try:
         with rundir.writing(shown_parent, f"write the SavedModel export {name}",
                             kept=lambda: kept, arg="export_dir"):
             os.makedirs(parent, exist_ok=True)
+            atomic.remove_stale(hidden)
             os.mkdir(tmp)
             write(tmp)
             if not earlier:
