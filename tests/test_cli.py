@@ -140,6 +140,24 @@ def test_every_reinforcement_learning_flagfile_still_validates():
         assert config.is_rl, name
 
 
+@pytest.mark.parametrize("datasource", ["navigation", "sinusoid"])
+def test_deterministic_reaches_tensorflow_for_every_datasource(datasource, tmp_path,
+                                                              monkeypatch):
+    """--deterministic turns on TensorFlow's deterministic ops before training, for
+    reinforcement learning too (its branch returned before the switch and ignored it)."""
+    import tensorflow as tf
+
+    switched = []
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism",
+                        lambda: switched.append(True))
+    reached = lambda *args, **kwargs: {"deterministic": bool(switched)}  # noqa: E731
+    monkeypatch.setattr(runner, "_run_rl", reached)
+    monkeypatch.setattr(runner, "_run", reached)
+    config = Config(datasource=datasource, norm="None", deterministic=True,
+                    logdir=str(tmp_path)).validate()
+    assert runner.run(config, log=lambda line: None) == {"deterministic": True}
+
+
 def test_speed_flags_make_the_learners_execution_plan():
     from tf_maml import experiment, main
 

@@ -97,6 +97,7 @@ def run(config: Config, log=print) -> dict:
     if config.is_rl:  # reinforcement learning: tf_maml/rl/training.py
         if config.datasource in LOCOMOTION_FAMILIES:  # before the run directory is touched
             require_simulator(f"--datasource={config.datasource}")
+        _deterministic(config)
         with _lock(config, directory, True, log):
             return _run_rl(config, directory, log)
     # First: threads, logical CPU devices and collective ops must be set up before TF's
@@ -117,14 +118,20 @@ def run(config: Config, log=print) -> dict:
         log(f"Distribution: {config.distribution_strategy}, {strategy.num_replicas_in_sync} "
             f"replicas, {config.meta_batch_size // strategy.num_replicas_in_sync} tasks each"
             + ("" if chief else " (not the chief: writes nothing to the run directory)"))
-    if config.deterministic:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+    _deterministic(config)
     with strategy.scope():
         learner = experiment.build_learner(config)
     with _lock(config, directory, chief, log):
         return _run(config, directory, learner, chief, log)
+
+
+def _deterministic(config: Config) -> None:
+    """``--deterministic``: TensorFlow's deterministic ops, for supervised and reinforcement
+    learning alike (a resumed run then ends with an uninterrupted one's weights)."""
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
 
 def _lock(config: Config, directory: str, chief: bool, log):
