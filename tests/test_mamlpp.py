@@ -355,6 +355,8 @@ def test_mamlpp_options_refused_where_they_do_not_apply(problem):
         Config(lslr=True, algorithm="reptile").validate()
     with pytest.raises(ConfigError, match="--min_meta_lr"):
         Config(cosine_meta_lr=True, min_meta_lr=0.1).validate()
+    with pytest.raises(ConfigError, match="--min_meta_lr: .* add --cosine_meta_lr"):
+        Config(min_meta_lr=1e-4).validate()  # would be ignored: no cosine to end at it
 
 
 # ---------------------------------------------------------------- the command line

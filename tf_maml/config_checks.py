@@ -98,6 +98,11 @@ class ConfigChecks:
                                         and 0 <= self.min_meta_lr <= self.meta_lr):
             fail("min_meta_lr", f"the cosine's minimum must be in [0, --meta_lr={self.meta_lr}]"
                  f", got {self.min_meta_lr}")
+        if not self.cosine_meta_lr and self.min_meta_lr != type(self).min_meta_lr:
+            # Else ignored: the meta learning rate stays --meta_lr throughout.
+            fail("min_meta_lr", "is where --cosine_meta_lr anneals the meta learning rate "
+                 "to; without it the rate stays --meta_lr: add --cosine_meta_lr or drop "
+                 "--min_meta_lr")
 
     def validate(self):
         """The config itself; raises :class:`ConfigError` naming the flag for an impossible
