@@ -1,12 +1,16 @@
-"""The README's own-model example runs as written and adapts."""
+"""The README's own-model example runs as written and adapts; what the README and docs/ name
+(files of the repository, links, the command's flags and their defaults) exists as named."""
 
+import glob
 import os
 import re
 
 import keras
 import numpy as np
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(REPO, "README.md")
+DOCS = [README] + sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
 
 
 def readme_example() -> str:
@@ -46,3 +50,35 @@ def test_metalearner_docstring_example_runs(capsys):
     exec(compile(code, "MetaLearner.__doc__", "exec"), {})
     mse = float(capsys.readouterr().out.strip().splitlines()[-1])
     assert mse < 1.0  # 5 adapted steps after 2000 meta-iterations (unadapted: about 3)
+
+
+def test_files_and_links_the_docs_name_exist():
+    """A module moved or a page renamed leaves no stale name in the README or docs/."""
+    named = re.compile(r"\b(?:tf_maml|data_prep|benchmarks|tests|flags)/[\w./-]+\."
+                       r"(?:py|flags|json|md)")
+    link = re.compile(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)")  # relative: no scheme, no anchor alone
+    stale = []
+    for doc in DOCS:
+        text = open(doc).read()
+        stale += [f"{doc}: {path}" for path in set(named.findall(text))
+                  if not os.path.exists(os.path.join(REPO, path))]
+        stale += [f"{doc}: link {target}" for target in set(link.findall(text))
+                  if not os.path.exists(os.path.join(os.path.dirname(doc), target))]
+    assert not stale, stale
+
+
+def test_flags_doc_lists_every_flag_with_its_default():
+    """docs/flags.md's tables against the flags tf-maml defines: each one, its default."""
+    from tf_maml import main
+
+    values = main.flags.FlagValues()
+    main.define_flags(values)
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]*) \|", open(
+        os.path.join(REPO, "docs", "flags.md")).read(), re.M))
+    assert sorted(rows) == sorted(values), set(rows) ^ set(values)
+    for name, documented in rows.items():
+        default, documented = values[name].default, documented.strip().strip("`")
+        if isinstance(default, (bool, str)) or default is None:
+            assert documented == str(default), name
+        else:  # 1e-5 and 0.00001 are one number
+            assert float(documented) == default, name
