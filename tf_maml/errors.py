@@ -20,6 +20,12 @@ def is_count(value, minimum: int = 0) -> bool:
             and value >= minimum)
 
 
+def check_count(name: str, value, minimum: int, what: str) -> None:
+    """A ValueError unless ``value`` is an integer >= ``minimum`` (``what`` it counts)."""
+    if not is_count(value, minimum):
+        raise ValueError(f"{name} must be {what} >= {minimum}, got {value!r}")
+
+
 def did_you_mean(word: str, choices) -> str:
     """`` (did you mean X?)`` (or ``X or Y``) for a misspelt ``word`` among ``choices``; ""
     if none is close."""

@@ -41,12 +41,11 @@ from tf_maml.checkpoint import (
     learner_checkpointer,
     resume_or_start,
 )
-from tf_maml.errors import is_count
+from tf_maml.errors import check_count
 from tf_maml.protocols import Learner, TaskLearner, TunableLearner
 from tf_maml.tasks import VAL_STREAM, task_stream
 
-__all__ = ["Callback", "NonFiniteError", "check_count", "fit", "fit_in_run_dir", "fit_learner",
-           "train"]
+__all__ = ["Callback", "NonFiniteError", "fit", "fit_in_run_dir", "fit_learner", "train"]
 
 LOG_NAME = "training_log.csv"
 
@@ -307,9 +306,3 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
                      num_updates=learner.inner_steps, checkpointer_for=api_checkpointer,
                      on_start=(lambda: fit_record.write(run_dir, record)) if writes else None,
                      log=log)
-
-
-def check_count(name: str, value, minimum: int, what: str) -> None:
-    """A ValueError unless ``value`` is an integer >= ``minimum`` (``what`` it counts)."""
-    if not is_count(value, minimum):
-        raise ValueError(f"{name} must be {what} >= {minimum}, got {value!r}")

@@ -37,9 +37,9 @@ import numpy as np
 from tf_maml import atomic, rundir
 from tf_maml.callbacks import Callback, CheckpointSaver, CSVHistory, TensorBoard
 from tf_maml.checkpoint import Checkpointer, CheckpointError, learner_checkpointer, restore_for_test
-from tf_maml.errors import did_you_mean
+from tf_maml.errors import check_count, did_you_mean
 from tf_maml.tasks import batch_rng, locomotion
-from tf_maml.train import LOG_NAME, check_count, fit_in_run_dir
+from tf_maml.train import LOG_NAME, fit_in_run_dir
 
 SAVE_INTERVAL = 10
 RESULTS_NAME = "test_returns"  # <run_dir>/test_returns.csv and .npy: an evaluation's returns
