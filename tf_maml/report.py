@@ -40,7 +40,8 @@ its validation value is the mean of its last validations, each one meta-batch of
 tasks, as the original validates). Each run's stretches of training, with their speeds and
 processors, are under Machines.
 
-Re-evaluate a zoo model (`$DATA`: your prepared data; `$LOGDIR`: any scratch folder):
+Re-evaluate a zoo model (`$DATA/omniglot`, `$DATA/miniimagenet`: the folders `data_prep` wrote,
+the README's `data/omniglot_resized` and `data/miniimagenet`; `$LOGDIR`: any scratch folder):
 
 ```bash
 tf-maml-reproduce --experiments=omniglot5_1shot --omniglot_dir=$DATA/omniglot \\
