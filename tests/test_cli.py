@@ -126,6 +126,36 @@ def test_reinforcement_learning_accepts_the_supervised_flags_defaults(datasource
     Config(datasource=datasource, norm="None").validate()
 
 
+def parsed_flags(*args):
+    """The tf-maml flags parsed from ``args``, as the command line parses them."""
+    from tf_maml import main
+
+    values = main.flags.FlagValues()
+    main.define_flags(values)
+    values(["tf-maml", *args])
+    return values
+
+
+@pytest.mark.parametrize("flag, default", [("meta_lr", "0.001"), ("num_classes", "5"),
+                                           ("autotune", "True"), ("test_set", "False"),
+                                           ("norm", "batch_norm")])
+def test_a_supervised_flag_given_at_its_default_for_reinforcement_learning_is_refused(
+        flag, default, tmp_path):
+    # Was accepted and ignored: only a value away from the default was refused, so writing
+    # the default out (a copied command, a flagfile) still read as if it acted.
+    from tf_maml import main
+
+    flagfile = tmp_path / "rl.flags"
+    flagfile.write_text(f"--datasource=navigation\n--{flag}={default}\n")
+    for args in ([f"--flagfile={flagfile}"], ["--datasource=navigation", f"--{flag}={default}"]):
+        with pytest.raises(ConfigError, match=rf"^--{flag}: has no effect with "
+                                              r"--datasource=navigation: "):
+            main.checked_config(parsed_flags(*args))
+    # Not given, or supervised: accepted.
+    assert main.checked_config(parsed_flags("--datasource=navigation")).is_rl
+    assert not main.checked_config(parsed_flags(f"--{flag}={default}")).is_rl
+
+
 def test_every_reinforcement_learning_flagfile_still_validates():
     from tf_maml import main
 
@@ -133,10 +163,8 @@ def test_every_reinforcement_learning_flagfile_still_validates():
              if n.split("_")[0] in ("navigation", "cheetah", "ant")]
     assert len(names) == 20
     for name in names:
-        values = main.flags.FlagValues()
-        main.define_flags(values)
-        values(["tf-maml", f"--flagfile={os.path.join(REPO, 'flags', name)}"])
-        config = main.config_from_flags(values).validate()
+        values = parsed_flags(f"--flagfile={os.path.join(REPO, 'flags', name)}")
+        config = main.checked_config(values)  # as tf-maml checks it: with the flags given
         assert config.is_rl, name
 
 

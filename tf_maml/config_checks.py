@@ -5,6 +5,7 @@ runs them; and the option lists the flags offer."""
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 # The option lists of the library's modules, which own them: the flags offer them.
 from tf_maml.adapt import ADAPT_LAYERS
@@ -33,8 +34,9 @@ BASELINES = ("oracle", "random") + PRETRAINED_BASELINES
 SEED_MAX = 2**32 - 1  # keras.utils.set_random_seed refuses anything outside [0, 2**32 - 1]
 # The flags of supervised meta-learning that reinforcement learning never reads (its learner
 # takes what experiment.rl_learner passes, and runner.run's RL branch returns before the speed
-# settings are applied), with what does that job there. Set to anything but its default, one
-# would change nothing but, for some, the run directory's name: it is refused instead.
+# settings are applied), with what does that job there. Given (even at its default) or set to
+# anything but its default, one would change nothing but, for some, the run directory's name:
+# it is refused instead.
 _POLICY = "the policy is the paper's MLP (two hidden layers of 100 ReLU units)"
 _ENVIRONMENT = "its tasks are sampled from the environment, not read from files"
 _SPEED = ("a speed setting of supervised meta-training; reinforcement learning runs each "
@@ -104,9 +106,11 @@ class ConfigChecks:
                  "to; without it the rate stays --meta_lr: add --cosine_meta_lr or drop "
                  "--min_meta_lr")
 
-    def validate(self):
+    def validate(self, given: Collection[str] = ()):
         """The config itself; raises :class:`ConfigError` naming the flag for an impossible
-        value (the first the checks below find, in their order)."""
+        value (the first the checks below find, in their order). ``given``: the flags the
+        user set (on the command line or in a flagfile), whatever their values: one that
+        reinforcement learning never reads is refused even at its default."""
 
         def fail(flag: str, why: str):
             raise ConfigError(f"--{flag}: {why}")
@@ -119,7 +123,7 @@ class ConfigChecks:
         self._validate_evaluation(fail)
         self._validate_rates(fail)
         self._validate_data(fail)
-        self._validate_rl_unused(fail)
+        self._validate_rl_unused(fail, frozenset(given))
         self._validate_mamlpp(fail)
         self._validate_reptile(fail)
         self._validate_execution(fail)
@@ -270,15 +274,17 @@ class ConfigChecks:
             fail("max_pool", "the MiniImageNet conv net's head assumes --max_pool=True "
                  "(as the original, whose dense layer is sized for 5x5 maps)")
 
-    def _validate_rl_unused(self, fail) -> None:
+    def _validate_rl_unused(self, fail, given: frozenset[str]) -> None:
         """Reinforcement learning: no flag it never reads (:data:`RL_UNUSED`) is set, as the
-        user would expect it to act. A default value is not refused (it is the original's
-        command line), nor --norm=None, which the RL flagfiles set."""
+        user would expect it to act: neither given (``given``, even at its default value)
+        nor away from its default; except --norm=None, which the RL flagfiles set."""
         if not self.is_rl:
             return
         for name, why in RL_UNUSED.items():
             value = getattr(self, name)
-            if value == getattr(type(self), name) or (name == "norm" and value == "None"):
+            if name == "norm" and value == "None":
+                continue
+            if value == getattr(type(self), name) and name not in given:
                 continue
             fix = ("use --norm=None, as the RL flagfiles do (it only names the run "
                    "...nonorm)" if name == "norm" else f"drop --{name}={value}")

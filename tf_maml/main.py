@@ -269,6 +269,25 @@ def config_from_flags(values=None):
     return Config(**kwargs)
 
 
+def given_flags(values=None) -> frozenset[str]:
+    """The :class:`Config` fields whose flags the user set (``values``: absl FlagValues,
+    default the command line's), on the command line or in a flagfile, whatever the value:
+    absl's ``present``, which a flag left at its default lacks."""
+    import dataclasses
+
+    from tf_maml.config import Config
+
+    values = FLAGS if values is None else values
+    return frozenset(f.name for f in dataclasses.fields(Config) if values[f.name].present)
+
+
+def checked_config(values=None):
+    """The validated :class:`Config` of parsed flags (``values``, default the command
+    line's), checked with the flags the user gave (:func:`given_flags`), as ``tf-maml``
+    checks it before any work."""
+    return config_from_flags(values).validate(given=given_flags(values))
+
+
 def unexpected_arguments(args: list[str]) -> str:
     """The error for what the flag parser left over: words that are not flags; or a flag
     behind the invisible byte-order mark of a flagfile saved as "UTF-8 with BOM", which
@@ -294,7 +313,7 @@ def main(argv):
     if FLAGS.verbosity == 0:  # keep TF's INFO chatter (checkpoint sharding, ...) out of the way
         logging.set_verbosity(logging.WARNING)
     try:
-        config = config_from_flags().validate()
+        config = checked_config()
     except ConfigError as err:
         return fail(err, 2)
     from tf_maml import runner
