@@ -110,6 +110,8 @@ def test_a_misspelt_choice_is_told_the_closest_one(field, typo, meant):
     ("navigation", "parallel_chunks", 2, "as one batch"),
     ("navigation", "intra_op_threads", 1, "on TensorFlow's default threads"),
     ("navigation", "autotune", False, "as one batch"),
+    ("cheetah_dir", "nan_policy", "skip", "always rejects a non-finite step, as rllab's line "
+                                          "search does"),
 ])
 def test_a_supervised_flag_set_for_reinforcement_learning_is_refused(datasource, flag, value,
                                                                      message):
@@ -138,7 +140,7 @@ def parsed_flags(*args):
 
 @pytest.mark.parametrize("flag, default", [("meta_lr", "0.001"), ("num_classes", "5"),
                                            ("autotune", "True"), ("test_set", "False"),
-                                           ("norm", "batch_norm")])
+                                           ("norm", "batch_norm"), ("nan_policy", "stop")])
 def test_a_supervised_flag_given_at_its_default_for_reinforcement_learning_is_refused(
         flag, default, tmp_path):
     # Was accepted and ignored: only a value away from the default was refused, so writing

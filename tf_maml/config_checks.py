@@ -58,6 +58,10 @@ RL_UNUSED = {
     "parallel_chunks": _SPEED,
     "intra_op_threads": _SPEED,
     "autotune": _SPEED,
+    # rllab's TRPO line search rejects a step whose surrogate or KL is not finite (tf_maml.rl:
+    # a non-finite meta-gradient too): the step is counted as rejected and training goes on.
+    "nan_policy": ("reinforcement learning always rejects a non-finite step, as rllab's line "
+                   "search does (counted as rejected; training goes on)"),
 }
 
 
