@@ -84,6 +84,7 @@ def test_impossible_flags_are_rejected_naming_the_flag(overrides, flag):
     ("datasource", "minimagenet", "miniimagenet"),
     ("norm", "batchnorm", "batch_norm"),  # the run directory's spelling
     ("norm", "none", "None"),
+    ("sample_budget", "step", "steps"),
 ])
 def test_a_misspelt_choice_is_told_the_closest_one(field, typo, meant):
     # Was the list of choices alone, as flag names and tf-maml-reproduce's rows are not.

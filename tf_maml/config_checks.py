@@ -252,8 +252,7 @@ class ConfigChecks:
             fail("algorithm", f"--datasource={self.datasource} trains MAML with TRPO (or the "
                  "baselines); Reptile and Meta-SGD are not implemented for it")
         if self.sample_budget not in SAMPLE_BUDGETS:
-            fail("sample_budget", f"one of {', '.join(SAMPLE_BUDGETS)}, got "
-                 f"{self.sample_budget!r}")
+            fail("sample_budget", not_one_of(self.sample_budget, SAMPLE_BUDGETS))
         if self.sample_budget == "steps" and self.datasource not in LOCOMOTION_FAMILIES:
             fail("sample_budget", f"a budget of steps applies to the locomotion datasources "
                  f"({', '.join(LOCOMOTION_FAMILIES)}), whose Python-stepped samplers run it; "
