@@ -194,6 +194,50 @@ def test_export_of_a_corrupt_zoo_checkpoint_names_the_file_and_the_fix(tmp_path,
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.parametrize("lost", ["model-70000.index", DATA])
+def test_a_zoo_that_lost_its_checkpoint_is_named_not_trained_again_from_the_start(
+        tmp_path, monkeypatch, capsys, lost):
+    """A zoo folder whose results.json records the run's state at 70000 but lost a file of
+    model-70000. Before: its latest state read as none, the row was trained again from
+    iteration 0, and each publication of the new run replaced the zoo's training log and
+    record (the history of the 70000 iterations) with its own. Now the file is named with
+    its fix, before any training."""
+    from test_reproduce import _flags, _table
+
+    from tf_maml import reproduce_run
+
+    _flags(tmp_path, SINE, 10**6, tasks=600)  # unfinished: training would resume it
+    _table(tmp_path)
+    shutil.copytree(os.path.join(REPO, "zoo", SINE), tmp_path / "zoo" / SINE)
+    folder = tmp_path / "zoo" / SINE
+    (folder / lost).unlink()
+    before = _digest(folder)
+    commands = []
+    monkeypatch.setattr(reproduce_run, "stream",
+                        lambda cmd, *a, **k: commands.append(cmd) or (1, False, ""))
+    with pytest.raises(reproduce.ReproduceError):  # the report cannot be made either
+        _main(tmp_path, monkeypatch, f"--experiments={SINE}")
+    out = capsys.readouterr().out
+    assert commands == []  # neither trained nor evaluated
+    line = next(x for x in out.splitlines() if str(folder / lost) in x)
+    assert "is missing" in line and f"git checkout -- {folder}" in line
+    assert _digest(folder) == before
+
+
+def test_export_of_a_zoo_that_lost_its_checkpoint_names_the_file(tmp_path, monkeypatch):
+    # Was "holds no model to export: train sinusoid_maml_k10 first", for a row whose
+    # results.json reports it complete.
+    _real_rows(tmp_path, [SINE])
+    folder = tmp_path / "zoo" / SINE
+    (folder / "model-70000.index").unlink()
+    with pytest.raises(reproduce.ReproduceError,
+                       match=rf"^{re.escape(str(folder / 'model-70000.index'))} is missing but "
+                             r".*complete at iteration 70000: restore it from git"):
+        _main(tmp_path, monkeypatch, f"--experiments={SINE}",
+              f"--export_dir={tmp_path / 'saved'}")
+    assert not (tmp_path / "saved").exists()
+
+
 @pytest.mark.parametrize("target, problem", [
     ("file", "is a file, not a directory"),
     ("folder", "holds files that are not an export's (notes.txt)"),

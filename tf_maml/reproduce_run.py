@@ -162,6 +162,14 @@ def _log_path(p: Plan) -> str:
 def _restore(p: Plan, log) -> str | None:
     """Seeds the run directory from the zoo when the zoo is ahead; the problem, if the zoo's
     checkpoint is unreadable."""
+    # A checkpoint the zoo's record vouches for, lost (and not in the run directory): the
+    # zoo would read as behind, the row be trained from an earlier state (the start, in a
+    # fresh run directory) and published over the zoo's log and record.
+    problem = zoo_check.models_problem(p.zoo_dir, p.experiment.name, p.result_name,
+                                       target=p.target, held_by=p.run_dir)
+    if problem:
+        log(f"[{p.experiment.name}] {problem}")
+        return problem
     # The zoo's state is about to seed the run directory (the zoo is ahead): a corrupt
     # checkpoint would be copied into it, and into every fresh one, so say which zoo
     # file it is instead.

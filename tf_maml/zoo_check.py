@@ -4,8 +4,10 @@ A row of ``docs/RESULTS.md`` is made from a zoo folder's ``results.json``, whose
 computed from the evaluation's per-task matrix (``test_ubs*.npy``, kept beside it), and
 stands for the model in the folder's checkpoint. :func:`row_problem` checks that they still
 agree (a deleted or hand-edited file would otherwise publish a wrong row, or silently drop
-one); :func:`checkpoint_problem` reads a zoo checkpoint whole before it is restored into a
-run or exported (a corrupt one would otherwise be copied into every fresh run directory).
+one); :func:`models_problem` checks that the checkpoints it vouches for are there, and
+:func:`checkpoint_problem` reads a zoo checkpoint whole, before it is restored into a run or
+exported (a lost one would have the row trained again from the start, a corrupt one be copied
+into every fresh run directory).
 Each problem is one line that names the file and what to do about it.
 """
 
@@ -112,9 +114,10 @@ def _checkpoint_files_problem(zoo_dir: str, iteration: int, why: str) -> str | N
 
 
 def _models_problem(zoo_dir: str, record: dict, entry: dict | None, row: str,
-                    target: int) -> str | None:
+                    target: int, held_by: str | None = None) -> str | None:
     """The checkpoints ``results.json`` vouches for: the run's state, the evaluated model of
-    a complete row and an ensemble's members."""
+    a complete row and an ensemble's members (but none that the directory ``held_by`` holds
+    whole: a publication from it puts that one back)."""
     results_path = os.path.join(zoo_dir, zoo_lib.RESULTS_FILE)
     run = record.get("run", {})
     needed = []
@@ -128,7 +131,10 @@ def _models_problem(zoo_dir: str, record: dict, entry: dict | None, row: str,
         if ensemble.get("latest") == run["iteration"]:
             needed += [(m.get("iteration"), f"{ENSEMBLE_NAME} names it as a member")
                        for m in ensemble.get("members", []) if isinstance(m, dict)]
+    held = set(zoo_lib.checkpoint_iterations(held_by)) if held_by else set()
     for iteration, why in needed:
+        if iteration in held:
+            continue
         problem = _checkpoint_files_problem(zoo_dir, iteration, why)
         if problem:
             return problem
@@ -165,6 +171,22 @@ def row_problem(zoo_dir: str, row: str, result_name: str, *, target: int, tasks:
     npy = os.path.join(zoo_dir, result_name + ".npy")
     problem = _evaluation_problem(results_path, entry, npy, row, tasks, kind)
     return problem or _models_problem(zoo_dir, record, entry, row, target)
+
+
+def models_problem(zoo_dir: str, row: str, result_name: str, *, target: int,
+                   held_by: str | None = None) -> str | None:
+    """Whether ``zoo_dir`` holds every checkpoint its ``results.json`` vouches for (see
+    :func:`row_problem`; one that the run directory ``held_by`` holds whole is not needed);
+    else one line naming the missing file and the fix. Checked before a row is restored,
+    trained or exported: a zoo that lost its latest state would otherwise read as holding
+    none, and the row would be trained again from the start and published over the zoo's
+    training log and record."""
+    try:
+        record = zoo_lib.read_results(os.path.join(zoo_dir, zoo_lib.RESULTS_FILE))
+    except (OSError, ValueError):  # none yet, or unreadable: row_problem and publish say so
+        return None
+    return _models_problem(zoo_dir, record, record.get(f"{result_name}|{row}"), row, target,
+                           held_by)
 
 
 def checkpoint_problem(zoo_dir: str, row: str) -> str | None:
