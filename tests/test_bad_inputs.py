@@ -913,6 +913,27 @@ def test_figures_of_a_wrong_run_are_one_line_before_anything_is_drawn(sine_copy,
     assert not (tmp_path / "figures").exists()
 
 
+def test_figures_of_swapped_runs_are_refused_before_anything_is_drawn(sine_copy, tmp_path):
+    # Were drawn without a word: the pretrained baseline's curves labelled MAML and the
+    # other way round, over the figures already in --output_dir (default: docs/figures).
+    from tf_maml import figures
+
+    config, maml = sine_copy
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(maml, pretrained)
+    (pretrained / "config.json").write_text(dataclasses.replace(
+        config, pretrain_iterations=40, metatrain_iterations=0).to_json())
+    output = tmp_path / "figures"
+    with pytest.raises(figures.FigureError, match=rf"^--maml_run={pretrained} was not "
+                       rf"meta-trained .* the two look swapped: --maml_run={maml} "
+                       rf"--pretrained_run={pretrained}$"):
+        figures.draw(str(pretrained), str(maml), [], str(output))
+    with pytest.raises(figures.FigureError, match=rf"^--pretrained_run={maml} is "
+                       r"meta-trained \(--metatrain_iterations=40\)"):
+        figures.draw(str(maml), str(maml), [], str(output))
+    assert not output.exists()
+
+
 # ---------------------------------------------------------------------------- SavedModel
 def test_export_dir_that_is_a_file_fails_before_training(sine_copy, tmp_path):
     config, run_dir = sine_copy

@@ -107,14 +107,16 @@ class FigureError(ValueError):
     fix."""
 
 
-def check_run(flag: str, run_dir: str) -> None:
-    """Raises FigureError unless ``run_dir`` is a trained sinusoid run directory."""
+def check_run(flag: str, run_dir: str) -> dict:
+    """Raises FigureError unless ``run_dir`` is a trained sinusoid run directory; returns its
+    config.json."""
     import json
 
     path = os.path.join(run_dir, "config.json")
     try:
         with open(path) as f:
-            datasource = json.load(f).get("datasource")
+            config = json.load(f)
+        datasource = config.get("datasource")
     except (OSError, ValueError, AttributeError):
         raise FigureError(f"--{flag}={run_dir} is not a run directory (no readable "
                           "config.json in it): give the run directory of a trained sinusoid "
@@ -124,6 +126,31 @@ def check_run(flag: str, run_dir: str) -> None:
                           "sinusoid runs")
     if not glob.glob(os.path.join(glob.escape(run_dir), "model-*.index")):
         raise FigureError(f"--{flag}={run_dir} holds no checkpoint: train the run first")
+    return config
+
+
+def _meta_trained(config: dict) -> bool:
+    """Whether a run's config.json meta-trained it (the oracle's iterations all pretrain)."""
+    return config.get("baseline") in (None, "None", "") and config.get(
+        "metatrain_iterations", 0) > 0
+
+
+def check_roles(maml_run: str, maml: dict, pretrained_run: str, pretrained: dict) -> None:
+    """Raises FigureError if the run given as MAML's was not meta-trained, or the pretrained
+    baseline's was: the figures would label each curve with the other's name."""
+    swapped = (f"; the two look swapped: --maml_run={pretrained_run} "
+               f"--pretrained_run={maml_run}")
+    if not _meta_trained(maml):
+        raise FigureError(
+            f"--maml_run={maml_run} was not meta-trained (--metatrain_iterations="
+            f"{maml.get('metatrain_iterations')}, --baseline={maml.get('baseline')}): give a "
+            "meta-trained run" + (swapped if _meta_trained(pretrained) else ""))
+    if _meta_trained(pretrained):
+        raise FigureError(
+            f"--pretrained_run={pretrained_run} is meta-trained (--metatrain_iterations="
+            f"{pretrained.get('metatrain_iterations')}): give the pretrained baseline's run "
+            "(--pretrain_iterations=N --metatrain_iterations=0), and add this one to Figure 3 "
+            f"with --extra_run=LABEL={pretrained_run} if you want its curve")
 
 
 def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> list[str]:
@@ -140,9 +167,11 @@ def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> lis
         if not (sep and label and run_dir):
             raise FigureError(f"--extra_run expects LABEL=RUN_DIR, got {extra!r}")
         curves[label] = run_dir
-    for flag, run_dir in (("maml_run", maml_run), ("pretrained_run", pretrained_run),
-                          *(("extra_run", r) for r in list(curves.values())[2:])):
-        check_run(flag, run_dir)
+    maml = check_run("maml_run", maml_run)
+    pretrained = check_run("pretrained_run", pretrained_run)
+    for run_dir in list(curves.values())[2:]:
+        check_run("extra_run", run_dir)
+    check_roles(maml_run, maml, pretrained_run, pretrained)
     for run_dir in curves.values():
         if not glob.glob(os.path.join(glob.escape(run_dir), "test_ubs*_stepsize*.npy")):
             raise FigureError(f"no test_ubs*_stepsize*.npy in {run_dir}: evaluate the run "
