@@ -191,6 +191,24 @@ def test_tf2_checkpoint_as_init_checkpoint_says_only_tf1_and_how_to_resume(sine_
     assert snapshot(copy) == before
 
 
+def test_tf2_checkpoint_of_a_zoo_folder_points_to_tf_maml_reproduce(tmp_path):
+    # Was "rerun its training command with --logdir=<the zoo>": a zoo folder is not named as
+    # its run, so that made a new run of the same flags inside the zoo, from scratch.
+    from tf_maml.config import Config
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(os.path.join(REPO, "zoo", "sinusoid_maml_k10"), zoo / "sinusoid_maml_k10")
+    with open(zoo / "sinusoid_maml_k10" / "config.json") as f:
+        config = Config.from_json(f.read())
+    model = experiment.build_learner(config).model
+    with pytest.raises(convert.ConversionError) as info:
+        convert.load_original_checkpoint(model, str(zoo / "sinusoid_maml_k10" / "model-70000"))
+    message = str(info.value)
+    assert "TensorFlow 2 checkpoint" in message and "a folder of the model zoo" in message
+    assert "tf-maml-reproduce --experiments=" in message and "--reevaluate" in message
+    assert f"--logdir={zoo}" not in message
+
+
 def test_tf2_checkpoint_outside_a_run_directory_still_says_what_to_use(sine_run, tmp_path):
     config, run_dir = sine_run
     for name in ("model-40.index", "model-40.data-00000-of-00001"):

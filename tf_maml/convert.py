@@ -173,8 +173,17 @@ def _refuse_tf2(path: str, names) -> None:
     tf_maml run's ``model-N``, say): its names are object paths, none of the original's."""
     if "_CHECKPOINTABLE_OBJECT_GRAPH" not in names:
         return
+    from tf_maml.zoo import RESULTS_FILE
+
     run_dir = os.path.dirname(os.path.abspath(path))
-    if os.path.isfile(os.path.join(run_dir, "config.json")):
+    if os.path.isfile(os.path.join(run_dir, RESULTS_FILE)):
+        # Not a run directory: a zoo folder is not named as its run, so its --logdir would
+        # start a new run of the same flags inside the zoo.
+        instead = (f"it is a folder of the model zoo ({run_dir}), which tf-maml-reproduce "
+                   "restores into a run directory: `tf-maml-reproduce --experiments=<its row>` "
+                   "resumes it, and with --train=False --reevaluate evaluates it again "
+                   "(docs/reproducing.md)")
+    elif os.path.isfile(os.path.join(run_dir, "config.json")):
         instead = (f"it belongs to the tf_maml run directory {run_dir}: to continue that run, "
                    f"rerun its training command with --logdir={os.path.dirname(run_dir)} "
                    "(--resume is on by default and continues from its latest checkpoint); "
