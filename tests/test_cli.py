@@ -159,6 +159,20 @@ def test_a_supervised_flag_given_at_its_default_for_reinforcement_learning_is_re
     assert not main.checked_config(parsed_flags(f"--{flag}={default}")).is_rl
 
 
+@pytest.mark.parametrize("flag, value, fix", [
+    ("data_dir", "data/omniglot", "add --datasource=omniglot or miniimagenet to train on that "
+                                  "data"),
+    ("dataset_backend", "tfds", "drop --dataset_backend"),
+    ("test_set", True, "drop --test_set"),
+])
+def test_a_data_flag_with_the_sinusoid_is_refused(flag, value, fix):
+    # Was ignored: --data_dir=data/omniglot without --datasource trained a sinusoid (the
+    # default datasource); --test_set=True evaluated the same sine tasks as ever.
+    with pytest.raises(ConfigError, match=rf"^--{flag}: --datasource=sinusoid reads no data: "
+                                          rf".*; {re.escape(fix)}"):
+        Config(**{flag: value}).validate()
+
+
 def test_every_reinforcement_learning_flagfile_still_validates():
     from tf_maml import main
 

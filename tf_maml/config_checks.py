@@ -264,7 +264,17 @@ class ConfigChecks:
                  f"{self.horizon} for --datasource={self.datasource}")
 
     def _validate_data(self, fail) -> None:
-        """Classification data, and the net it is read into."""
+        """Classification data, and the net it is read into; none for the sinusoid."""
+        if self.datasource == "sinusoid":
+            # Else ignored: --data_dir=data/omniglot without --datasource=omniglot trained a
+            # sinusoid, the default datasource, without a word.
+            for name, fix in (("data_dir", "add --datasource=omniglot or miniimagenet to "
+                                           "train on that data, or drop --data_dir"),
+                              ("dataset_backend", "drop --dataset_backend"),
+                              ("test_set", "drop --test_set")):
+                if getattr(self, name) != getattr(type(self), name):
+                    fail(name, "--datasource=sinusoid reads no data: its tasks are drawn "
+                         f"from the family of sine waves, without splits; {fix}")
         if self.is_classification:
             if self.num_classes < 2:
                 fail("num_classes", f"N-way classification needs N >= 2, got {self.num_classes}")
