@@ -173,6 +173,19 @@ def test_a_data_flag_with_the_sinusoid_is_refused(flag, value, fix):
         Config(**{flag: value}).validate()
 
 
+@pytest.mark.parametrize("flag, value, default", [("max_kl", "0.05", "0.01"),
+                                                  ("discount", "0.9", "0.99")])
+def test_a_reinforcement_learning_flag_with_supervised_data_is_refused(flag, value, default):
+    # Was ignored: supervised meta-learning takes Adam steps on losses.
+    from tf_maml import main
+
+    for given in (value, default):
+        with pytest.raises(ConfigError, match=rf"^--{flag}: has no effect with "
+                                              rf"--datasource=sinusoid: .*; drop --{flag}="):
+            main.checked_config(parsed_flags(f"--{flag}={given}"))
+    assert main.checked_config(parsed_flags("--datasource=navigation", f"--{flag}={value}"))
+
+
 def test_every_reinforcement_learning_flagfile_still_validates():
     from tf_maml import main
 

@@ -64,6 +64,15 @@ RL_UNUSED = {
                    "search does (counted as rejected; training goes on)"),
 }
 
+# Reinforcement learning's flags of its TRPO meta-update and returns, which supervised
+# meta-learning never reads (its meta-update is Adam's, on losses, not returns).
+SUPERVISED_UNUSED = {
+    "max_kl": "it is TRPO's KL limit of reinforcement learning; supervised meta-learning "
+              "takes Adam steps of --meta_lr",
+    "discount": "it discounts the returns of reinforcement learning; supervised tasks have "
+                "losses, not returns",
+}
+
 
 def not_one_of(value, choices, note: str = "") -> str:
     """The complaint about ``value``, which is none of ``choices``: all of them (and
@@ -128,6 +137,7 @@ class ConfigChecks:
         self._validate_rates(fail)
         self._validate_data(fail)
         self._validate_rl_unused(fail, frozenset(given))
+        self._validate_supervised_unused(fail, frozenset(given))
         self._validate_mamlpp(fail)
         self._validate_reptile(fail)
         self._validate_execution(fail)
@@ -286,6 +296,18 @@ class ConfigChecks:
         if self.datasource == "miniimagenet" and self.conv and not self.max_pool:
             fail("max_pool", "the MiniImageNet conv net's head assumes --max_pool=True "
                  "(as the original, whose dense layer is sized for 5x5 maps)")
+
+    def _validate_supervised_unused(self, fail, given: frozenset[str]) -> None:
+        """Supervised meta-learning: neither of reinforcement learning's TRPO flags
+        (:data:`SUPERVISED_UNUSED`) is given or set, as it would be ignored (--horizon and
+        --sample_budget are refused where they are checked)."""
+        if self.is_rl:
+            return
+        for name, why in SUPERVISED_UNUSED.items():
+            value = getattr(self, name)
+            if value != getattr(type(self), name) or name in given:
+                fail(name, f"has no effect with --datasource={self.datasource}: {why}; drop "
+                     f"--{name}={value}")
 
     def _validate_rl_unused(self, fail, given: frozenset[str]) -> None:
         """Reinforcement learning: no flag it never reads (:data:`RL_UNUSED`) is set, as the
