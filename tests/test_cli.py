@@ -186,6 +186,18 @@ def test_a_reinforcement_learning_flag_with_supervised_data_is_refused(flag, val
     assert main.checked_config(parsed_flags("--datasource=navigation", f"--{flag}={value}"))
 
 
+@pytest.mark.parametrize("flag", ["logdir", "data_dir", "init_checkpoint", "export_dir"])
+def test_an_empty_path_flag_is_refused(flag):
+    # Was read as unset: --init_checkpoint=$CKPT with CKPT unset trained from scratch,
+    # --export_dir= exported nothing, --logdir= wrote the run into the current folder.
+    from tf_maml import main
+
+    with pytest.raises(ConfigError, match=rf"^--{flag}: is empty \(an unset shell variable, "
+                                          rf"as in --{flag}=\$X\?\): give the path"):
+        main.checked_config(parsed_flags("--datasource=omniglot", "--data_dir=data/omniglot",
+                                         f"--{flag}="))
+
+
 def test_every_reinforcement_learning_flagfile_still_validates():
     from tf_maml import main
 

@@ -146,7 +146,15 @@ class ConfigChecks:
     def _validate_paths(self, fail) -> None:
         """The folders and files the flags name, as a shell would not have left them."""
         for name in ("logdir", "data_dir", "init_checkpoint", "export_dir"):
-            problem = unexpanded_home(getattr(self, name))
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                # Else read as unset: --init_checkpoint=$CKPT with CKPT unset trained from
+                # scratch, --export_dir= exported nothing, --logdir= wrote into the current
+                # folder, all without a word.
+                drop = " (its default: /tmp/data)" if name == "logdir" else ", or drop the flag"
+                fail(name, f"is empty (an unset shell variable, as in --{name}=$X?): give "
+                     f"the path{drop}")
+            problem = unexpanded_home(value)
             if problem:
                 fail(name, problem)
 
