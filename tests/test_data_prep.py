@@ -292,6 +292,9 @@ def test_a_path_flag_with_an_unexpanded_home_is_refused():
         f"nor --flag=~/...): it would be a folder named ~ here; write "
         f"{os.path.expanduser('~/omniglot')}")
     assert data_prep.path_problem({"source": "src", "output": "out/~x"}) is None
+    # An unset shell variable (--output=$OUT): was "cannot write : No such file or directory".
+    assert data_prep.path_problem({"source": "src", "output": ""}) == (
+        "--output: is empty (an unset shell variable, as in --output=$X?): give the path")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -276,6 +276,17 @@ def test_a_path_flag_with_an_unexpanded_home_is_refused(tmp_path, cli):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("flag", ["logdir_root", "zoo_dir"])
+def test_an_empty_path_flag_is_refused(tmp_path, cli, flag):
+    # Was taken as the current folder (an unset shell variable, --logdir_root=$LOGDIR).
+    out = cli(["--experiments=sinusoid_maml_k10", "--train=False", "--evaluate=False",
+               "--figures=False", f"--output={tmp_path / 'R.md'}", f"--{flag}="], tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"tf-maml-reproduce: error: --{flag}: is empty (an unset "
+                                 f"shell variable, as in --{flag}=$X?): give the path")
+    assert os.listdir(tmp_path) == []
+
+
 def test_missing_data_dir_is_reported_not_fatal(tmp_path, cli):
     table = {e.name: e for e in reproduce.load_experiments(FLAGS_DIR)}
     p = reproduce.plan(table["omniglot5_1shot"], str(tmp_path), {}, None, FLAGS_DIR,

@@ -11,7 +11,7 @@ from collections.abc import Collection
 from tf_maml.adapt import ADAPT_LAYERS
 from tf_maml.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
 from tf_maml.distribute import check_meta_batch_size
-from tf_maml.errors import ConfigError, did_you_mean, unexpanded_home
+from tf_maml.errors import ConfigError, did_you_mean, empty_path, unexpanded_home
 from tf_maml.evaluate import PRETRAINED_BASELINES
 from tf_maml.mapping.plan import TASK_PARALLELISM
 from tf_maml.models import NORMS
@@ -147,13 +147,12 @@ class ConfigChecks:
         """The folders and files the flags name, as a shell would not have left them."""
         for name in ("logdir", "data_dir", "init_checkpoint", "export_dir"):
             value = getattr(self, name)
-            if isinstance(value, str) and not value.strip():
-                # Else read as unset: --init_checkpoint=$CKPT with CKPT unset trained from
-                # scratch, --export_dir= exported nothing, --logdir= wrote into the current
-                # folder, all without a word.
+            # Else read as unset: --init_checkpoint=$CKPT with CKPT unset trained from
+            # scratch, --export_dir= exported nothing, --logdir= wrote into the current
+            # folder, all without a word.
+            if empty_path(name, value):
                 drop = " (its default: /tmp/data)" if name == "logdir" else ", or drop the flag"
-                fail(name, f"is empty (an unset shell variable, as in --{name}=$X?): give "
-                     f"the path{drop}")
+                fail(name, empty_path(name, value) + drop)
             problem = unexpanded_home(value)
             if problem:
                 fail(name, problem)

@@ -35,6 +35,15 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
+def empty_path(name: str, path) -> str | None:
+    """Why the value ``path`` of the path flag ``--name`` cannot be meant as written: empty
+    or blank, as an unset shell variable leaves it (``--name=$X``), it would read as unset or
+    as the current folder; None for any other value (None, an unset flag, included)."""
+    if not isinstance(path, str) or path.strip():
+        return None
+    return f"is empty (an unset shell variable, as in --{name}=$X?): give the path"
+
+
 def unexpanded_home(path) -> str | None:
     """Why ``path`` (a path flag's value) cannot be meant as written: a leading ``~`` is
     expanded by a shell only, not in a flagfile nor after ``--flag=``, so it would name a
