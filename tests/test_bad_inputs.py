@@ -894,7 +894,8 @@ def test_a_stop_during_evaluation_says_what_was_kept(sine_copy, monkeypatch, sig
     ("navigation", "--pretrained_run={other} is a navigation run: the figures are of sinusoid"),
     ("label", "--extra_run expects LABEL=RUN_DIR, got '{run}'"),
     ("home", "--output_dir: '~/figures' starts with ~, which only a shell expands"),
-], ids=["missing-run", "not-sinusoid", "no-label", "unexpanded-home"])
+    ("empty", "--output_dir: is empty (an unset shell variable, as in --output_dir=$X?)"),
+], ids=["missing-run", "not-sinusoid", "no-label", "unexpanded-home", "empty-output"])
 def test_figures_of_a_wrong_run_are_one_line_before_anything_is_drawn(sine_copy, tmp_path,
                                                                       case, message):
     # Each was a traceback (FileNotFoundError, a navigation net in the sinusoid figure, ...).
@@ -905,8 +906,9 @@ def test_figures_of_a_wrong_run_are_one_line_before_anything_is_drawn(sine_copy,
     other.mkdir()
     (other / "config.json").write_text(Config(datasource="navigation").to_json())
     runs = {"missing": (missing, run_dir, []), "navigation": (run_dir, other, []),
-            "label": (run_dir, run_dir, [str(run_dir)]), "home": (run_dir, run_dir, [])}[case]
-    output = "~/figures" if case == "home" else str(tmp_path / "figures")
+            "label": (run_dir, run_dir, [str(run_dir)]), "home": (run_dir, run_dir, []),
+            "empty": (run_dir, run_dir, [])}[case]
+    output = {"home": "~/figures", "empty": ""}.get(case, str(tmp_path / "figures"))
     with pytest.raises(figures.FigureError) as info:
         figures.draw(str(runs[0]), str(runs[1]), runs[2], output)
     assert str(info.value).startswith(message.format(missing=missing, other=other, run=run_dir))

@@ -156,10 +156,11 @@ def check_roles(maml_run: str, maml: dict, pretrained_run: str, pretrained: dict
 def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> list[str]:
     """Figures 2 and 3 into ``output_dir``; their paths. Every run directory is checked
     before anything is drawn or written."""
-    from tf_maml.errors import unexpanded_home
+    from tf_maml.errors import empty_path, unexpanded_home
 
-    if unexpanded_home(output_dir):
-        raise FigureError(f"--output_dir: {unexpanded_home(output_dir)}")
+    problem = empty_path("output_dir", output_dir) or unexpanded_home(output_dir)
+    if problem:
+        raise FigureError(f"--output_dir: {problem}")
     runs = {"MAML": maml_run, "pretrained": pretrained_run}
     curves = dict(runs)
     for extra in extra_runs or []:
