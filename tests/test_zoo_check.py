@@ -115,9 +115,11 @@ def _shift(field, column, by):
     (_delete(SINE_RESULT + ".npy"), SINE_RESULT + ".npy"),
     (_delete(DATA), DATA),                          # a complete row without its weights
     (_delete("model-70000.index"), "model-70000.index"),
+    (_delete("training_log.csv"), "training_log.csv"),  # its training time and machines
+    (_delete("config.json"), "config.json"),
 ], ids=["results-deleted", "results-invalid", "results-a-list", "run-a-number", "mean-edited",
         "interval-edited", "unshown-column-edited", "matrix-deleted", "weights-deleted",
-        "index-deleted"])
+        "index-deleted", "log-deleted", "config-deleted"])
 def test_a_row_that_disagrees_with_its_files_fails_the_report_naming_the_file(
         tmp_path, monkeypatch, damage, named):
     """Before: the row silently lost its numbers, or published the edited one, or stayed
@@ -194,14 +196,17 @@ def test_export_of_a_corrupt_zoo_checkpoint_names_the_file_and_the_fix(tmp_path,
     assert not (tmp_path / "saved").exists()
 
 
-@pytest.mark.parametrize("lost", ["model-70000.index", DATA])
+@pytest.mark.parametrize("lost", ["model-70000.index", DATA, "training_log.csv",
+                                  "config.json"])
 def test_a_zoo_that_lost_its_checkpoint_is_named_not_trained_again_from_the_start(
         tmp_path, monkeypatch, capsys, lost):
     """A zoo folder whose results.json records the run's state at 70000 but lost a file of
     model-70000. Before: its latest state read as none, the row was trained again from
     iteration 0, and each publication of the new run replaced the zoo's training log and
-    record (the history of the 70000 iterations) with its own. Now the file is named with
-    its fix, before any training."""
+    record (the history of the 70000 iterations) with its own. Without its training log or
+    config.json, it was resumed and published without the log's history, or without the
+    check of the flags it was trained with. Now the file is named with its fix, before any
+    training."""
     from test_reproduce import _flags, _table
 
     from tf_maml import reproduce_run

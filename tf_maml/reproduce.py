@@ -69,13 +69,11 @@ def export(p: Plan, export_dir: str, log=print) -> str:
     if p.experiment.kind == "return":
         raise ReproduceError(f"{p.experiment.name} is a reinforcement-learning row: its policy "
                              "has no SavedModel export (its zoo folder holds the checkpoint)")
-    problem = zoo_check.models_problem(p.zoo_dir, p.experiment.name, p.result_name,
-                                       target=p.target)
-    if problem:  # a lost checkpoint: not "train it first"
-        raise ReproduceError(problem)
     iteration = zoo_lib.latest_iteration(p.zoo_dir)
-    if iteration == 0:
-        raise ReproduceError(f"{p.zoo_dir} holds no model to export: train "
+    if iteration == 0:  # not "train it first" if the zoo lost the checkpoint it records
+        raise ReproduceError(zoo_check.state_problem(p.zoo_dir, p.experiment.name,
+                                                     p.result_name, target=p.target)
+                             or f"{p.zoo_dir} holds no model to export: train "
                              f"{p.experiment.name} first")
     problem = zoo_check.checkpoint_problem(p.zoo_dir, p.experiment.name)
     if problem:

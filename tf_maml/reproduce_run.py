@@ -165,8 +165,8 @@ def _restore(p: Plan, log) -> str | None:
     # A checkpoint the zoo's record vouches for, lost (and not in the run directory): the
     # zoo would read as behind, the row be trained from an earlier state (the start, in a
     # fresh run directory) and published over the zoo's log and record.
-    problem = zoo_check.models_problem(p.zoo_dir, p.experiment.name, p.result_name,
-                                       target=p.target, held_by=p.run_dir)
+    problem = zoo_check.state_problem(p.zoo_dir, p.experiment.name, p.result_name,
+                                      target=p.target, held_by=p.run_dir)
     if problem:
         log(f"[{p.experiment.name}] {problem}")
         return problem

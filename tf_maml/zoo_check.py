@@ -4,11 +4,11 @@ A row of ``docs/RESULTS.md`` is made from a zoo folder's ``results.json``, whose
 computed from the evaluation's per-task matrix (``test_ubs*.npy``, kept beside it), and
 stands for the model in the folder's checkpoint. :func:`row_problem` checks that they still
 agree (a deleted or hand-edited file would otherwise publish a wrong row, or silently drop
-one); :func:`models_problem` checks that the checkpoints it vouches for are there, and
-:func:`checkpoint_problem` reads a zoo checkpoint whole, before it is restored into a run or
-exported (a lost one would have the row trained again from the start, a corrupt one be copied
-into every fresh run directory).
-Each problem is one line that names the file and what to do about it.
+one); :func:`state_problem` checks that the checkpoints it vouches for are there, with the
+training log and config.json of a trained state, and :func:`checkpoint_problem` reads a zoo
+checkpoint whole, before it is restored into a run or exported (a lost one would have the row
+trained again from the start, a corrupt one be copied into every fresh run directory). Each
+problem is one line that names the file and what to do about it.
 """
 
 from __future__ import annotations
@@ -141,6 +141,25 @@ def _models_problem(zoo_dir: str, record: dict, entry: dict | None, row: str,
     return None
 
 
+def _run_files_problem(zoo_dir: str, record: dict, held_by: str | None = None) -> str | None:
+    """The files that go with a trained state (``results.json``'s run iteration): the
+    training log (the report's training time, stretches and machines; a resume continues
+    it) and config.json (a resume compares its flags with it); not needed if ``held_by``,
+    a run directory, holds that state (its own log and config.json are published)."""
+    iteration = record.get("run", {}).get("iteration")
+    if not (isinstance(iteration, int) and iteration > 0):
+        return None
+    if held_by and iteration in zoo_lib.checkpoint_iterations(held_by):
+        return None
+    results_path = os.path.join(zoo_dir, zoo_lib.RESULTS_FILE)
+    for name in (*zoo_lib.KEPT_FILES, "config.json"):
+        path = os.path.join(zoo_dir, name)
+        if not os.path.exists(path):
+            return (f"{path} is missing but {results_path} records the run's state at "
+                    f"iteration {iteration}: {_from_git(zoo_dir)}")
+    return None
+
+
 def row_problem(zoo_dir: str, row: str, result_name: str, *, target: int, tasks: int,
                 kind: str) -> str | None:
     """What in ``zoo_dir`` disagrees with the rest about the report row ``row`` (evaluated as
@@ -170,23 +189,27 @@ def row_problem(zoo_dir: str, row: str, result_name: str, *, target: int, tasks:
     entry = record.get(f"{result_name}|{row}")
     npy = os.path.join(zoo_dir, result_name + ".npy")
     problem = _evaluation_problem(results_path, entry, npy, row, tasks, kind)
-    return problem or _models_problem(zoo_dir, record, entry, row, target)
+    return (problem or _models_problem(zoo_dir, record, entry, row, target)
+            or _run_files_problem(zoo_dir, record))
 
 
-def models_problem(zoo_dir: str, row: str, result_name: str, *, target: int,
-                   held_by: str | None = None) -> str | None:
-    """Whether ``zoo_dir`` holds every checkpoint its ``results.json`` vouches for (see
-    :func:`row_problem`; one that the run directory ``held_by`` holds whole is not needed);
-    else one line naming the missing file and the fix. Checked before a row is restored,
-    trained or exported: a zoo that lost its latest state would otherwise read as holding
-    none, and the row would be trained again from the start and published over the zoo's
-    training log and record."""
+def state_problem(zoo_dir: str, row: str, result_name: str, *, target: int,
+                  held_by: str | None = None) -> str | None:
+    """Whether ``zoo_dir`` holds every checkpoint its ``results.json`` vouches for, and the
+    training log and config.json of its trained state (see :func:`row_problem`; what the run
+    directory ``held_by`` holds is not needed); else one line naming the missing file and
+    the fix. Checked before a row is restored, trained or exported: a zoo that lost its
+    latest state would otherwise read as holding none, and the row would be trained again
+    from the start and published over the zoo's training log and record; one that lost its
+    log or config.json would be resumed without the log's history or the check of its
+    flags."""
     try:
         record = zoo_lib.read_results(os.path.join(zoo_dir, zoo_lib.RESULTS_FILE))
     except (OSError, ValueError):  # none yet, or unreadable: row_problem and publish say so
         return None
-    return _models_problem(zoo_dir, record, record.get(f"{result_name}|{row}"), row, target,
-                           held_by)
+    return (_models_problem(zoo_dir, record, record.get(f"{result_name}|{row}"), row, target,
+                            held_by)
+            or _run_files_problem(zoo_dir, record, held_by))
 
 
 def checkpoint_problem(zoo_dir: str, row: str) -> str | None:
