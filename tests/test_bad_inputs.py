@@ -936,6 +936,22 @@ def test_figures_of_swapped_runs_are_refused_before_anything_is_drawn(sine_copy,
     assert not output.exists()
 
 
+def test_a_figure_curve_label_given_twice_is_refused(tmp_path):
+    # Was a dict entry replaced without a word: --extra_run=MAML=<run> drew that run as
+    # Figure 3's MAML curve (Figure 2's stayed --maml_run's), and the later of two --run
+    # curves of one label hid the earlier.
+    from tf_maml import figures
+    from tf_maml.rl import figure as rl_figure
+
+    with pytest.raises(figures.FigureError, match=r"^--extra_run=MAML=c: the label MAML is "
+                                                  r"taken \(by a\): give each curve"):
+        figures.draw("a", "b", ["MAML=c"], str(tmp_path / "figures"))
+    with pytest.raises(ValueError, match=r"^--run=MAML=b: the label MAML is taken \(by a\)"):
+        rl_figure.parse_runs(["MAML=a", "random=r", "MAML=b"])
+    assert rl_figure.parse_runs(["MAML=a", "random=r"]) == {"MAML": "a", "random": "r"}
+    assert not (tmp_path / "figures").exists()
+
+
 # ---------------------------------------------------------------------------- SavedModel
 def test_export_dir_that_is_a_file_fails_before_training(sine_copy, tmp_path):
     config, run_dir = sine_copy

@@ -167,6 +167,9 @@ def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> lis
         label, sep, run_dir = extra.partition("=")
         if not (sep and label and run_dir):
             raise FigureError(f"--extra_run expects LABEL=RUN_DIR, got {extra!r}")
+        if label in curves:  # else one curve replaced the other under its label
+            raise FigureError(f"--extra_run={extra}: the label {label} is taken (by "
+                              f"{curves[label]}): give each curve a label of its own")
         curves[label] = run_dir
     maml = check_run("maml_run", maml_run)
     pretrained = check_run("pretrained_run", pretrained_run)

@@ -76,18 +76,28 @@ def plot(runs: dict[str, str], path: str, oracle: str | None = None,
     return path
 
 
+def parse_runs(items: list[str]) -> dict[str, str]:
+    """The curves of the ``--run`` flags, ``LABEL=RUN_DIR`` each: label -> run; a ValueError
+    names an item without a label, or a label given twice."""
+    runs: dict[str, str] = {}
+    for item in items:
+        label, sep, run_dir = item.partition("=")
+        if not sep or not label or not run_dir:
+            raise ValueError(f"--run expects LABEL=RUN_DIR, got {item!r}")
+        if label in runs:  # else the later curve replaced the earlier one
+            raise ValueError(f"--run={item}: the label {label} is taken (by {runs[label]}): "
+                             "give each curve a label of its own")
+        runs[label] = run_dir
+    return runs
+
+
 def main(argv):
     import sys
 
     from absl import flags
 
-    runs = {}
     try:
-        for item in flags.FLAGS.run:
-            label, sep, run_dir = item.partition("=")
-            if not sep or not label or not run_dir:
-                raise ValueError(f"--run expects LABEL=RUN_DIR, got {item!r}")
-            runs[label] = run_dir
+        runs = parse_runs(flags.FLAGS.run)
         path = plot(runs, flags.FLAGS.output, flags.FLAGS.oracle, flags.FLAGS.title)
     except (ValueError, OSError) as err:  # a run not evaluated, a file in the way, ...
         print(f"tf_maml.rl.figure: error: {err}", file=sys.stderr)
