@@ -952,6 +952,19 @@ def test_a_figure_curve_label_given_twice_is_refused(tmp_path):
     assert not (tmp_path / "figures").exists()
 
 
+def test_rl_figure_oracle_that_is_no_oracle_run_is_refused(tmp_path):
+    # Was drawn without a word as the oracle's band, at the MAML policy's 0-step return.
+    from tf_maml.rl import figure as rl_figure
+
+    (tmp_path / "config.json").write_text(Config(datasource="navigation").to_json())
+    with pytest.raises(ValueError, match=rf"^--oracle={tmp_path} is not an oracle run \(its "
+                                         r"config.json has --baseline=None\)"):
+        rl_figure.check_oracle(str(tmp_path))
+    (tmp_path / "config.json").write_text(Config(datasource="navigation",
+                                                 baseline="oracle").to_json())
+    rl_figure.check_oracle(str(tmp_path))
+
+
 # ---------------------------------------------------------------------------- SavedModel
 def test_export_dir_that_is_a_file_fails_before_training(sine_copy, tmp_path):
     config, run_dir = sine_copy

@@ -91,6 +91,24 @@ def parse_runs(items: list[str]) -> dict[str, str]:
     return runs
 
 
+def check_oracle(run: str) -> None:
+    """A ValueError if the ``--oracle`` run's config.json says it is not the oracle
+    baseline (the band would be drawn at another policy's return, labelled oracle)."""
+    import json
+
+    run_dir = run.partition("@")[0]
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return  # no record to tell: the returns alone are read
+    if isinstance(config, dict) and config.get("baseline") != "oracle":
+        raise ValueError(f"--oracle={run} is not an oracle run (its config.json has "
+                         f"--baseline={config.get('baseline')}): give the run of the oracle "
+                         "flagfile (flags/<family>_oracle.flags), or draw this one as a "
+                         f"curve with --run=LABEL={run}")
+
+
 def main(argv):
     import sys
 
@@ -98,6 +116,8 @@ def main(argv):
 
     try:
         runs = parse_runs(flags.FLAGS.run)
+        if flags.FLAGS.oracle:
+            check_oracle(flags.FLAGS.oracle)
         path = plot(runs, flags.FLAGS.output, flags.FLAGS.oracle, flags.FLAGS.title)
     except (ValueError, OSError) as err:  # a run not evaluated, a file in the way, ...
         print(f"tf_maml.rl.figure: error: {err}", file=sys.stderr)
