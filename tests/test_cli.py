@@ -198,6 +198,17 @@ def test_an_empty_path_flag_is_refused(flag):
                                          f"--{flag}="))
 
 
+def test_min_meta_lr_given_at_its_default_without_the_cosine_is_refused():
+    # Was ignored: only a value away from the default (1e-5) was refused, so a forgotten
+    # --cosine_meta_lr left the meta learning rate constant without a word.
+    from tf_maml import main
+
+    with pytest.raises(ConfigError, match=r"^--min_meta_lr: is where --cosine_meta_lr "
+                                          r"anneals .* add --cosine_meta_lr or drop"):
+        main.checked_config(parsed_flags("--min_meta_lr=1e-5"))
+    assert main.checked_config(parsed_flags("--min_meta_lr=1e-5", "--cosine_meta_lr"))
+
+
 def test_every_reinforcement_learning_flagfile_still_validates():
     from tf_maml import main
 

@@ -85,7 +85,7 @@ class ConfigChecks:
     """``validate()`` and its checks, for :class:`~tf_maml.config.Config` (a frozen dataclass
     of the flags), which derives from this class."""
 
-    def _validate_mamlpp(self, fail) -> None:
+    def _validate_mamlpp(self, fail, given: frozenset[str]) -> None:
         for name in ("msl_iterations", "first_order_iterations"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0 (0: off), got {getattr(self, name)}")
@@ -113,8 +113,10 @@ class ConfigChecks:
                                         and 0 <= self.min_meta_lr <= self.meta_lr):
             fail("min_meta_lr", f"the cosine's minimum must be in [0, --meta_lr={self.meta_lr}]"
                  f", got {self.min_meta_lr}")
-        if not self.cosine_meta_lr and self.min_meta_lr != type(self).min_meta_lr:
-            # Else ignored: the meta learning rate stays --meta_lr throughout.
+        if not self.cosine_meta_lr and (self.min_meta_lr != type(self).min_meta_lr
+                                        or "min_meta_lr" in given):
+            # Else ignored: the meta learning rate stays --meta_lr throughout (given at its
+            # default, 1e-5, too: a forgotten --cosine_meta_lr).
             fail("min_meta_lr", "is where --cosine_meta_lr anneals the meta learning rate "
                  "to; without it the rate stays --meta_lr: add --cosine_meta_lr or drop "
                  "--min_meta_lr")
@@ -138,7 +140,7 @@ class ConfigChecks:
         self._validate_data(fail)
         self._validate_rl_unused(fail, frozenset(given))
         self._validate_supervised_unused(fail, frozenset(given))
-        self._validate_mamlpp(fail)
+        self._validate_mamlpp(fail, frozenset(given))
         self._validate_reptile(fail)
         self._validate_execution(fail)
         return self
