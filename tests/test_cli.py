@@ -1,6 +1,7 @@
 """The command line, run directories, result files, resume and flag validation."""
 
 import csv
+import dataclasses
 import os
 import pickle
 import re
@@ -207,6 +208,21 @@ def test_min_meta_lr_given_at_its_default_without_the_cosine_is_refused():
                                           r"anneals .* add --cosine_meta_lr or drop"):
         main.checked_config(parsed_flags("--min_meta_lr=1e-5"))
     assert main.checked_config(parsed_flags("--min_meta_lr=1e-5", "--cosine_meta_lr"))
+
+
+@pytest.mark.parametrize("flag, used, value", [
+    ("train_update_batch_size", "update_batch_size", 1),
+    ("train_update_lr", "update_lr", 0.4),
+])
+def test_a_train_setting_that_names_another_run_is_refused_when_training(flag, used, value):
+    # Was accepted: --update_batch_size=5 --train_update_batch_size=1 trained K=5 into the
+    # directory of K=1 (ubs_1), which a 1-shot evaluation then took for a 1-shot model.
+    config = Config(update_batch_size=5, update_lr=0.01, **{flag: value})
+    with pytest.raises(ConfigError, match=rf"^--{flag}: names the --{used} a run was trained "
+                                          rf"with, .*drop --{flag}, or add --train=False$"):
+        config.validate()
+    dataclasses.replace(config, train=False).validate()  # evaluating that run: its purpose
+    Config(update_batch_size=5, train_update_batch_size=5).validate()  # the same: harmless
 
 
 def test_every_reinforcement_learning_flagfile_still_validates():

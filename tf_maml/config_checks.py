@@ -262,6 +262,15 @@ class ConfigChecks:
             fail("train_update_batch_size", "must be -1 (same as --update_batch_size) or >= 1")
         if self.train_update_lr != -1 and not self.train_update_lr > 0:
             fail("train_update_lr", "must be -1 (same as --update_lr) or positive")
+        for name, used in (("train_update_batch_size", "update_batch_size"),
+                           ("train_update_lr", "update_lr")):
+            value, trained = getattr(self, name), getattr(self, used)
+            if self.train and value not in (-1, trained):
+                # Else the run was trained with --{used} in the directory named for value,
+                # where an evaluation of that value would take it for its own.
+                fail(name, f"names the --{used} a run was trained with, to evaluate it with "
+                     f"another (--train=False); training uses --{used}={trained}, into a run "
+                     f"directory named for {value}: drop --{name}, or add --train=False")
         if not (math.isfinite(self.max_kl) and self.max_kl > 0):
             fail("max_kl", f"TRPO's KL limit must be a positive finite number, got "
                  f"{self.max_kl}")
