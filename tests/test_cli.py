@@ -225,6 +225,18 @@ def test_a_train_setting_that_names_another_run_is_refused_when_training(flag, u
     Config(update_batch_size=5, train_update_batch_size=5).validate()  # the same: harmless
 
 
+@pytest.mark.parametrize("datasource", ["sinusoid", "navigation"])
+def test_test_iter_with_training_is_refused(datasource):
+    # Was ignored: the evaluation after training took the last checkpoint, and recorded
+    # test_iter=20 in its test_config.json beside that checkpoint's numbers.
+    config = Config(datasource=datasource, norm="None", test_iter=20)
+    with pytest.raises(ConfigError, match=r"^--test_iter: picks the checkpoint model-20 that "
+                                          r".*add --train=False to evaluate model-20, or drop "
+                                          r"--test_iter$"):
+        config.validate()
+    dataclasses.replace(config, train=False).validate()
+
+
 def test_every_reinforcement_learning_flagfile_still_validates():
     from tf_maml import main
 

@@ -251,6 +251,12 @@ class ConfigChecks:
         if self.test_iter < -1:  # the original's <= 0 is the latest: -7 is a typo for 7
             fail("test_iter", "-1 (the latest checkpoint) or the iteration N of a checkpoint "
                  f"model-N, got {self.test_iter}")
+        if self.train and self.test_iter > 0:
+            # Else ignored: the evaluation after training took the last checkpoint, and its
+            # test_config.json recorded this test_iter beside that checkpoint's numbers.
+            fail("test_iter", f"picks the checkpoint model-{self.test_iter} that --train=False "
+                 "evaluates; training evaluates and exports the checkpoint it ends with: add "
+                 f"--train=False to evaluate model-{self.test_iter}, or drop --test_iter")
 
     def _validate_rates(self, fail) -> None:
         """Step sizes, and reinforcement learning's TRPO meta-update and horizon."""
