@@ -256,6 +256,24 @@ def test_omniglot_extracted_folders_build_the_same(omni, omni_files, tmp_path):
                       omniglot_tasks_from_tfds(other, "test", 3, 2, 2), seeds=(5,))
 
 
+def test_a_tfds_build_into_a_prepared_folder_tree_is_refused_and_touches_nothing(omni,
+                                                                                  tmp_path):
+    # Was built there: the folder tree then read tf_maml_omniglot/ as an alphabet ("holds no
+    # .png images"), and data_prep, refusing a folder it did not write, could not mend it.
+    from tests.test_data_prep import sha256_tree
+
+    src, _, _, _, tree = omni
+    before = sha256_tree(tree)
+    with pytest.raises(PrepError, match=rf"^{tree} holds Omniglot \(the folder tree of "
+                                        rf"data_prep\): .*--output={tree}_tfds$"):
+        build.build_omniglot(src, tree, "full_105", expect_counts=False)
+    assert sha256_tree(tree) == before
+    assert not any(name.startswith("tf_maml_") for name in os.listdir(tree))
+    with pytest.raises(PrepError, match=rf"^{src} holds Omniglot \(the unprepared files"):
+        build.build_omniglot(src, src, "full_105", expect_counts=False)  # the sources
+    assert sorted(os.listdir(src)) == ["images_background.zip", "images_evaluation.zip"]
+
+
 # ----------------------------------------------------------------------------------------------
 # MiniImageNet
 

@@ -63,6 +63,22 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str) -> dict:
             "splits": splits, "already_complete": already, "seconds": seconds}
 
 
+def check_data_dir_free(data_dir: str) -> None:
+    """Raises PrepError if ``data_dir`` holds a prepared folder tree (data_prep's default
+    format) or the files data_prep reads: TFDS would write its data set folder among them,
+    and the folder tree would read it as one more class (and fail on it: "holds no .png
+    images") without a data_prep run that could mend it. Called before TFDS creates
+    anything."""
+    from tf_maml.tasks.prepared import BACKENDS, NAMES, contents
+
+    held = sorted((d, b) for d, b in contents(data_dir) if b != "tfds")
+    if held:
+        what = " and ".join(f"{NAMES[d]} ({BACKENDS[b]})" for d, b in held)
+        raise PrepError(f"{data_dir} holds {what}: a TFDS data_dir there would mix with it; "
+                        "give the TFDS data a folder of its own, e.g. "
+                        f"--output={os.path.normpath(data_dir)}_tfds")
+
+
 def build_omniglot(source: str, data_dir: str, config: str | Sequence[str] = "maml_28", *,
                    expect_counts: bool = True, num_train: int | None = None,
                    num_val: int | None = None) -> dict[str, dict]:
@@ -83,6 +99,7 @@ def build_omniglot(source: str, data_dir: str, config: str | Sequence[str] = "ma
                          f"{', '.join(OMNIGLOT_CONFIGS)} or 'all'")
     source = os.path.abspath(source)
     omni.check_manual_dir(source)  # before TFDS creates anything
+    check_data_dir_free(data_dir)
     results = {}
     for name in names:
         builder = omni.TfMamlOmniglot(config=name, data_dir=data_dir,
@@ -111,6 +128,7 @@ def build_miniimagenet(images: str, csv_dir: str, data_dir: str, *,
         raise missing_files_error("MiniImageNet", csv_dir, missing,
                                   mini.MANUAL_DOWNLOAD_INSTRUCTIONS,
                                   mprep.csv_dir_hint(csv_dir) if missing_csvs else "")
+    check_data_dir_free(data_dir)
     builder = mini.TfMamlMiniimagenet(data_dir=data_dir, expect_counts=expect_counts)
     layout = mini.images_path(csv_dir)
     if layout is not None and os.path.samefile(layout, images):
