@@ -237,6 +237,18 @@ def test_test_iter_with_training_is_refused(datasource):
     dataclasses.replace(config, train=False).validate()
 
 
+@pytest.mark.parametrize("overrides, fix", [
+    (dict(adapt_layers="head"), "drop --adapt_norm"),
+    (dict(norm="None"), "drop --adapt_norm, or give --norm=batch_norm or layer_norm"),
+])
+def test_adapt_norm_with_nothing_to_adapt_is_refused(overrides, fix):
+    # Was ignored (ANIL adapts the head alone; no norm has no offsets), yet named the run
+    # directory .adaptnorm, as if the inner loop adapted normalisation.
+    with pytest.raises(ConfigError, match=rf"^--adapt_norm: .*{re.escape(fix)}$"):
+        Config(adapt_norm=True, **overrides).validate()
+    Config(adapt_norm=True, norm="layer_norm").validate()
+
+
 def test_every_reinforcement_learning_flagfile_still_validates():
     from tf_maml import main
 

@@ -177,6 +177,13 @@ class ConfigChecks:
         if self.adapt_layers == "head" and self.is_rl:
             fail("adapt_layers", "ANIL (--adapt_layers=head) is for the supervised "
                  f"datasources; the {self.datasource} policy adapts all its layers")
+        # Else ignored (the inner loop adapts no normalisation), but named .adaptnorm.
+        if self.adapt_norm and self.adapt_layers == "head" and not self.is_rl:
+            fail("adapt_norm", "ANIL (--adapt_layers=head) adapts only the last layer with "
+                 "weights, never normalisation: drop --adapt_norm")
+        if self.adapt_norm and self.norm == "None" and not self.is_rl:
+            fail("adapt_norm", "adapts the normalisation offsets, and --norm=None has none: "
+                 "drop --adapt_norm, or give --norm=batch_norm or layer_norm")
         if self.task_parallelism not in TASK_PARALLELISM:
             fail("task_parallelism", not_one_of(self.task_parallelism, TASK_PARALLELISM))
         if self.baseline not in (None, *BASELINES):
