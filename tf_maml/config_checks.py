@@ -124,8 +124,9 @@ class ConfigChecks:
     def validate(self, given: Collection[str] = ()):
         """The config itself; raises :class:`ConfigError` naming the flag for an impossible
         value (the first the checks below find, in their order). ``given``: the flags the
-        user set (on the command line or in a flagfile), whatever their values: one that
-        reinforcement learning never reads is refused even at its default."""
+        user set (on the command line or in a flagfile), whatever their values: one that the
+        datasource never reads (or --min_meta_lr without the cosine) is refused even at its
+        default."""
 
         def fail(flag: str, why: str):
             raise ConfigError(f"--{flag}: {why}")
@@ -279,8 +280,8 @@ class ConfigChecks:
                            ("train_update_lr", "update_lr")):
             value, trained = getattr(self, name), getattr(self, used)
             if self.train and value not in (-1, trained):
-                # Else the run was trained with --{used} in the directory named for value,
-                # where an evaluation of that value would take it for its own.
+                # Else trained with the one, into the run directory named for the other,
+                # where an evaluation of the other would take it for its own.
                 fail(name, f"names the --{used} a run was trained with, to evaluate it with "
                      f"another (--train=False); training uses --{used}={trained}, into a run "
                      f"directory named for {value}: drop --{name}, or add --train=False")
