@@ -160,8 +160,8 @@ def _log_path(p: Plan) -> str:
 
 
 def _restore(p: Plan, log) -> str | None:
-    """Seeds the run directory from the zoo when the zoo is ahead; the problem, if the zoo's
-    checkpoint is unreadable."""
+    """Seeds the run directory from the zoo when the zoo is ahead; the problem, if the zoo
+    lost a file of the state its record vouches for or its checkpoint is unreadable."""
     # A checkpoint the zoo's record vouches for, lost (and not in the run directory): the
     # zoo would read as behind, the row be trained from an earlier state (the start, in a
     # fresh run directory) and published over the zoo's log and record.
