@@ -136,6 +136,16 @@ def test_a_row_that_disagrees_with_its_files_fails_the_report_naming_the_file(
     assert not (tmp_path / "RESULTS.md").exists()  # no report from a zoo that disagrees
 
 
+def test_a_report_alone_says_what_the_zoo_holds(tmp_path, monkeypatch, capsys):
+    # Was "0/70000 iterations on disk (training not requested)" and "nothing to evaluate
+    # yet" of a complete zoo row: a report does not restore the zoo into the run directory.
+    _real_rows(tmp_path, [SINE])
+    assert _report(tmp_path, monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert f"[{SINE}] 0/70000 iterations on disk (70000 in the zoo)\n" in out
+    assert "nothing to evaluate yet" not in out
+
+
 def test_numbers_are_compared_at_the_precision_the_report_prints(tmp_path, monkeypatch):
     """An accuracy is printed in percent with two decimals: a change of 0.0001 points agrees
     with the matrix, a change of 0.02 points (the printed value moves) does not."""

@@ -149,7 +149,8 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
             return {"restore_error": problem}
     status = _train(p, deadline, train, eval_reserve_s, publish, log)
     if p.train_cmd and zoo_lib.latest_iteration(p.run_dir) == 0:
-        log(f"[{p.experiment.name}] nothing to evaluate yet")
+        if evaluate or reevaluate:  # else not asked: a report alone says nothing of it
+            log(f"[{p.experiment.name}] nothing to evaluate yet")
         return status
     status.update(_evaluate(p, evaluate, reevaluate, log))
     return status
@@ -208,8 +209,12 @@ def _train(p: Plan, deadline: float | None, train: bool, eval_reserve_s: float, 
                 status["train_error"] = failure(code, last, _log_path(p))
                 log(f"[{e.name}] training failed ({status['train_error']})")
     elif p.train_cmd:
+        # The run directory; a report alone does not restore the zoo into it, which may hold
+        # more (said, else "0/70000" read as if nothing had been trained).
+        held = zoo_lib.latest_iteration(p.zoo_dir)
         log(f"[{e.name}] {done}/{p.target} iterations on disk"
-            + ("" if done >= p.target else " (training not requested)"))
+            + (f" ({held} in the zoo)" if held > done else "")
+            + ("" if max(done, held) >= p.target else " (training not requested)"))
     return status
 
 
