@@ -784,6 +784,22 @@ def test_a_full_disk_while_writing_returns_keeps_the_earlier_pair_whole(tmp_path
     assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == earlier
 
 
+def test_returns_of_another_evaluation_keep_the_earlier_pair(tmp_path):
+    """An evaluation with other returns keeps the earlier test_returns pair whole in
+    earlier_results/ (it replaced them for good); the same returns again keep nothing."""
+    from tf_maml import rundir
+    from tf_maml.rl import training as rl_training
+
+    rl_training.write_results(str(tmp_path), np.full((2, 3), -5.0), log=lambda line: None)
+    rl_training.write_results(str(tmp_path), np.full((2, 3), -1.0), log=lambda line: None)
+    (kept,) = (tmp_path / rundir.EARLIER_RESULTS).iterdir()
+    assert sorted(os.listdir(kept)) == ["test_returns.csv", "test_returns.npy"]
+    np.testing.assert_array_equal(np.load(kept / "test_returns.npy"), np.full((2, 3), -5.0))
+    np.testing.assert_array_equal(np.load(tmp_path / "test_returns.npy"), np.full((2, 3), -1.0))
+    rl_training.write_results(str(tmp_path), np.full((2, 3), -1.0), log=lambda line: None)
+    assert len(os.listdir(tmp_path / rundir.EARLIER_RESULTS)) == 1
+
+
 def test_an_evaluation_stopped_before_its_returns_leaves_the_earlier_flags(tmp_path,
                                                                           monkeypatch):
     """test_config.json is written with the returns, as one set: an evaluation stopped

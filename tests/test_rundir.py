@@ -522,6 +522,27 @@ def test_a_full_disk_while_saving_keeps_the_run_and_says_so(tmp_path, fast_inter
     assert log_iterations(run_dir) == list(range(10, 81, 10))
 
 
+def test_another_evaluation_keeps_the_earlier_results_it_replaces(tmp_path, fast_intervals):
+    """The original names a result after K and the step size only: evaluating another
+    checkpoint (or 10 tasks after 600) replaced the earlier numbers for good. The earlier
+    set is now kept whole in earlier_results/; the same numbers again keep nothing more."""
+    config, run_dir = trained(tmp_path, 40)
+    evaluation = dataclasses.replace(config, train=False, num_test_tasks=4)
+    runner.run(dataclasses.replace(evaluation, test_iter=20), log=quiet)  # model-20's results
+    earlier = {k: v for k, v in snapshot(run_dir).items() if k.startswith("test_")}
+    assert len(earlier) == 4 and not (run_dir / rundir.EARLIER_RESULTS).exists()
+    logs = []
+    runner.run(evaluation, log=logs.append)  # model-40's: other numbers, same file names
+    now = {k: v for k, v in snapshot(run_dir).items() if k.startswith("test_")}
+    assert set(now) == set(earlier) and now != earlier
+    (kept,) = (run_dir / rundir.EARLIER_RESULTS).iterdir()
+    assert snapshot(kept) == earlier
+    assert f"The earlier results, with other numbers, are kept in {kept}" in logs
+    runner.run(evaluation, log=quiet)  # model-40's again: the same numbers
+    assert len(list((run_dir / rundir.EARLIER_RESULTS).iterdir())) == 1
+    assert {k: v for k, v in snapshot(run_dir).items() if k.startswith("test_")} == now
+
+
 def test_a_full_disk_while_writing_results_keeps_the_earlier_set_whole(
         tmp_path, fast_intervals, monkeypatch):
     """The result files (csv, pkl, npy) and test_config.json are one set: a write that fails

@@ -10,7 +10,7 @@ import pickle
 
 import numpy as np
 
-from tf_maml import atomic, rundir
+from tf_maml import rundir
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks import batch_rng
 
@@ -89,7 +89,8 @@ def result_name(update_batch_size: int, update_lr: float, baseline: str | None =
 
 def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
                   update_lr: float, baseline: str | None = None,
-                  ensemble: int = 0, extra: dict[str, str] | None = None) -> dict[str, str]:
+                  ensemble: int = 0, extra: dict[str, str] | None = None,
+                  log=print) -> dict[str, str]:
     """Writes the CSV (header update0..updateS; rows means, stds, ci95), the original's
     pickle ``{'mses': values}``, the per-task matrix as ``.npy`` and the ``extra`` files
     (name -> text: the evaluation's ``test_config.json``) as one set
@@ -110,8 +111,7 @@ def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
     files = {paths["csv"]: table.getvalue(), paths["pkl"]: pickle.dumps({"mses": values}),
              paths["npy"]: array.getvalue()}
     files.update((os.path.join(run_dir, name), text) for name, text in (extra or {}).items())
-    with rundir.results_lock(run_dir):  # another evaluation's set is renamed before or after
-        atomic.write_all(files)
+    rundir.write_result_set(run_dir, files, paths["npy"], log)
     return paths
 
 

@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import threading
@@ -32,6 +33,7 @@ RESULTS_LOCK_NAME = "results.lock"
 RESULTS_WAIT_S = 120.0  # writing a result set takes seconds; a holder past this is stuck
 CHECKPOINT_NAME = "model"
 ENSEMBLE_NAME = "ensemble.json"  # an ensemble's members (tf_maml/ensemble.py)
+EARLIER_RESULTS = "earlier_results"  # result sets another evaluation replaced
 
 
 class RunDirError(RuntimeError):
@@ -132,6 +134,60 @@ def results_lock(run_dir: str,
     that two sets written at once come one after the other, never mixed: a second writer
     waits for the first (seconds) rather than being refused after its evaluation ran."""
     return lock(run_dir, log, RESULTS_LOCK_NAME, RESULTS_WAIT_S)
+
+
+def write_result_set(run_dir: str, files: dict[str, str | bytes], numbers: str,
+                     log: Callable[[str], None] = print) -> str | None:
+    """Writes an evaluation's result set ``files`` (path -> contents, all in ``run_dir``) as
+    one set (:func:`tf_maml.atomic.write_all`), under :func:`results_lock`. The original
+    names a result after K and the step size only, so another evaluation of the same run
+    (a 10-task check after the 600-task evaluation, another ``test_iter``) would replace the
+    earlier numbers: if the earlier set's ``numbers`` file (the per-task matrix) differs from
+    the new one, that set is first copied whole into ``earlier_results/<its UTC time>/`` and
+    said. Returns that folder, or None (no earlier set, or the same numbers)."""
+    with results_lock(run_dir, log):
+        kept = _keep_earlier(run_dir, files, numbers)
+        try:
+            atomic.write_all(files)
+        except BaseException:  # the earlier set is still in place: no copy of it is needed
+            if kept:
+                shutil.rmtree(kept, ignore_errors=True)
+                with contextlib.suppress(OSError):  # if it holds no other earlier set
+                    os.rmdir(os.path.dirname(kept))
+            raise
+    if kept:
+        log(f"The earlier results, with other numbers, are kept in {kept}")
+    return kept
+
+
+def _keep_earlier(run_dir: str, files: dict[str, str | bytes], numbers: str) -> str | None:
+    try:
+        with open(numbers, "rb") as f:
+            earlier = f.read()
+    except FileNotFoundError:
+        return None
+    new = files[numbers]
+    if earlier == (new.encode() if isinstance(new, str) else new):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(os.path.getmtime(numbers)))
+    folder = os.path.join(run_dir, EARLIER_RESULTS, stamp)
+    n = 1
+    while os.path.exists(folder):  # two sets written within a second
+        n += 1
+        folder = os.path.join(run_dir, EARLIER_RESULTS, f"{stamp}-{n}")
+    # Copied under a temporary name and renamed: a crash leaves the folder whole or absent
+    # (and the earlier set itself is untouched until the copy is done).
+    tmp = atomic.temporary_name(folder)
+    os.makedirs(tmp)
+    try:
+        for path in files:
+            if os.path.exists(path):
+                shutil.copy2(path, os.path.join(tmp, os.path.basename(path)))
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
 
 
 def _create_lock(path: str, me: dict, run_dir: str, log, wait: float = 0.0) -> None:

@@ -336,7 +336,7 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
                         kept=lambda: _kept_results(directory, name, extra)):
         paths = evaluate_lib.write_results(directory, values, config.update_batch_size,
                                            config.update_lr, config.baseline,
-                                           config.ensemble, extra)
+                                           config.ensemble, extra, log)
     log(f"Wrote {paths['csv']}")
     means, _, ci95 = evaluate_lib.summarize(values)
     return {"results": paths, "means": means, "ci95": ci95, "values": values}

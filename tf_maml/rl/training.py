@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from tf_maml import atomic, rundir
+from tf_maml import rundir
 from tf_maml.callbacks import Callback, CheckpointSaver, CSVHistory, TensorBoard
 from tf_maml.checkpoint import Checkpointer, CheckpointError, learner_checkpointer, restore_for_test
 from tf_maml.errors import check_count, did_you_mean
@@ -201,11 +201,12 @@ def summarize(returns: np.ndarray) -> list[dict]:
 
 
 def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME,
-                  extra: dict[str, str] | None = None) -> str:
+                  extra: dict[str, str] | None = None, log=print) -> str:
     """``<name>.csv`` and ``<name>.npy`` (and the ``extra`` files, name -> text: the
     evaluation's ``test_config.json``), replaced as one set
-    (:func:`tf_maml.atomic.write_all`: a failed write leaves all as the earlier evaluation
-    wrote them)."""
+    (:func:`tf_maml.rundir.write_result_set`: a failed write leaves all as the earlier
+    evaluation wrote them, and an earlier set of other returns is kept in
+    ``earlier_results/``)."""
     import io
 
 
@@ -219,10 +220,10 @@ def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME,
     with rundir.writing(directory, f"write {name}.csv",
                         kept=lambda: "the checkpoints and earlier results are intact"):
         os.makedirs(directory, exist_ok=True)
-        with rundir.results_lock(directory):  # another evaluation's set: before or after
-            atomic.write_all({path: text.getvalue(), path[:-4] + ".npy": array.getvalue(),
-                              **{os.path.join(directory, k): v
-                                 for k, v in (extra or {}).items()}})
+        rundir.write_result_set(directory, {
+            path: text.getvalue(), path[:-4] + ".npy": array.getvalue(),
+            **{os.path.join(directory, k): v for k, v in (extra or {}).items()}},
+            path[:-4] + ".npy", log)
     return path
 
 
@@ -235,7 +236,7 @@ def evaluate_run(learner, directory: str, num_tasks: int, num_steps: int, log=pr
                         kept=lambda: "the checkpoints and earlier results are intact"):
         rundir.check_writable(directory)  # said now, not after the evaluation ran
     returns = evaluate(learner, num_tasks, num_steps, log, step_sizes)
-    path = write_results(directory, returns, name, extra)
+    path = write_results(directory, returns, name, extra, log)
     for row in summarize(returns):
         log(f"  {row['steps']} steps: average return {row['mean_return']:.2f} "
             f"± {row['ci95']:.2f}")
