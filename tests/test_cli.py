@@ -249,6 +249,27 @@ def test_adapt_norm_with_nothing_to_adapt_is_refused(overrides, fix):
     Config(adapt_norm=True, norm="layer_norm").validate()
 
 
+@pytest.mark.parametrize("overrides, flag, what", [
+    (dict(baseline="oracle", algorithm="reptile"), "algorithm",
+     "--baseline=oracle pretrains on every iteration"),
+    (dict(baseline="oracle", stop_grad=True), "stop_grad",
+     "--baseline=oracle pretrains on every iteration"),
+    (dict(pretrain_iterations=100, metatrain_iterations=0, algorithm="reptile"), "algorithm",
+     "--metatrain_iterations=0 only pretrains"),
+    (dict(pretrain_iterations=100, metatrain_iterations=0, first_order_iterations=50),
+     "first_order_iterations", "--metatrain_iterations=0 only pretrains"),
+])
+def test_a_meta_gradient_option_of_a_run_without_meta_training_is_refused(overrides, flag,
+                                                                         what):
+    # Was ignored (every iteration a regression on the training tasks), yet named the run
+    # directory .reptile or .fo, as if it had meta-trained so.
+    with pytest.raises(ConfigError, match=rf"^--{flag}: {re.escape(what)}, with no "):
+        Config(**overrides).validate()
+    Config(baseline="oracle").validate()  # the oracle and pretrained baselines themselves
+    Config(pretrain_iterations=100, metatrain_iterations=0).validate()
+    Config(baseline="oracle", algorithm="reptile", train=False).validate()  # names a run
+
+
 def test_every_reinforcement_learning_flagfile_still_validates():
     from tf_maml import main
 

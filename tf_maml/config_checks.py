@@ -200,6 +200,20 @@ class ConfigChecks:
         if self.baseline == "random" and not self.is_rl:
             fail("baseline", "the random baseline exists only for the reinforcement-learning "
                  f"datasources ({', '.join(RL_DATASOURCES)})")
+        if (self.train and not self.is_rl and not self.is_pretrained_baseline
+                and self.effective_metatrain_iterations == 0):
+            # Else ignored (every iteration is pretraining: a regression on the training
+            # tasks, no meta-gradient), yet the run directory was named .reptile or .fo.
+            what = ("--baseline=oracle pretrains on every iteration" if self.baseline == "oracle"
+                    else "--metatrain_iterations=0 only pretrains")
+            for flag, value, default in (("algorithm", self.algorithm, "maml"),
+                                         ("stop_grad", self.stop_grad, False),
+                                         ("msl_iterations", self.msl_iterations, 0),
+                                         ("first_order_iterations",
+                                          self.first_order_iterations, 0)):
+                if value != default:
+                    fail(flag, f"{what}, with no meta-gradient for this option of it to "
+                         f"change (only the run directory's name would): drop --{flag}={value}")
 
     def _validate_lengths(self, fail) -> None:
         """Iterations, batch sizes, filters, test tasks and inner steps: counts that
