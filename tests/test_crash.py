@@ -16,11 +16,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = "cls_5.mbs_4.ubs_5.numstep1.updatelr0.01nonorm"
 
 
-def command(logdir):
+def command(logdir, iterations=3000):
     return [sys.executable, "-m", "tf_maml.main", "--datasource=sinusoid",
-            "--metatrain_iterations=3000", "--norm=None", "--update_batch_size=5",
+            f"--metatrain_iterations={iterations}", "--norm=None", "--update_batch_size=5",
             "--update_lr=0.01", "--meta_batch_size=4", f"--logdir={logdir}",
             "--test_after_train=False", "--log=False", "--deterministic", "--seed=3"]
+
+
+# The SIGKILL test's command: tf-maml (tf_maml.main, as ``-m`` runs it) with a checkpoint
+# every SAVE iterations and a log row every SAVE // 10 (tf_maml.train's intervals; the CLI's
+# are 1000 and 100, as tests/test_cli.py's fast_intervals shrinks them in-process). What the
+# test proves needs a checkpoint before the kill, log rows after it and a checkpoint after
+# it, not 3000 iterations: 3 * SAVE keeps the proportions of the CLI's 3000 in a fifth of
+# the iterations.
+SAVE = 200
+FAST_INTERVALS = ("import runpy, sys; from tf_maml import train; "
+                  f"train.SAVE_INTERVAL, train.SUMMARY_INTERVAL = {SAVE}, {SAVE // 10}; "
+                  "sys.argv[0] = 'tf-maml'; "
+                  "runpy.run_module('tf_maml.main', run_name='__main__')")
+
+
+def fast_command(logdir):
+    return [sys.executable, "-c", FAST_INTERVALS] + command(logdir, 3 * SAVE)[3:]
 
 
 def state(run_dir, iteration):
@@ -43,30 +60,31 @@ def last_logged(run_dir):
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    subprocess.run(command(tmp_path / "a"), cwd=REPO, env=env, check=True,
+    subprocess.run(fast_command(tmp_path / "a"), cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=600)
-    proc = subprocess.Popen(command(tmp_path / "b"), cwd=REPO, env=env,
+    proc = subprocess.Popen(fast_command(tmp_path / "b"), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "b" / RUN / "model-1000.index"
+    first = tmp_path / "b" / RUN / f"model-{SAVE}.index"
     deadline = time.time() + 300
     while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert first.exists(), "the run never wrote its first checkpoint"
     # Somewhere in the middle of training (or writing): a random moment, cut short once the
-    # log passes iteration 2000 so that a fast processor cannot finish the run first.
-    kill_at = time.time() + random.uniform(0.0, 2.0)
-    while time.time() < kill_at and last_logged(tmp_path / "b" / RUN) < 2000:
+    # log passes the second checkpoint's iteration (written as that checkpoint is) so that a
+    # fast processor cannot finish the run first.
+    kill_at = time.time() + random.uniform(0.0, 1.0)
+    while time.time() < kill_at and last_logged(tmp_path / "b" / RUN) < 2 * SAVE:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "b" / RUN / "model-3000.index").exists(), "killed too late"
-    out = subprocess.run(command(tmp_path / "b"), cwd=REPO, env=env, check=True,
+    assert not (tmp_path / "b" / RUN / f"model-{3 * SAVE}.index").exists(), "killed too late"
+    out = subprocess.run(fast_command(tmp_path / "b"), cwd=REPO, env=env, check=True,
                          capture_output=True, text=True, timeout=600)
     assert "Resumed from" in out.stdout
     with open(tmp_path / "b" / RUN / "training_log.csv") as f:  # each iteration once
         rows = [int(line.split(",")[0]) for line in list(f)[1:]]
-    assert rows == list(range(100, 3001, 100))
-    a, b = state(tmp_path / "a" / RUN, 3000), state(tmp_path / "b" / RUN, 3000)
+    assert rows == list(range(SAVE // 10, 3 * SAVE + 1, SAVE // 10))
+    a, b = state(tmp_path / "a" / RUN, 3 * SAVE), state(tmp_path / "b" / RUN, 3 * SAVE)
     assert a.keys() == b.keys() and len(a) > 5
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
