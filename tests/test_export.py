@@ -96,9 +96,12 @@ def python_path(learner: MetaLearner, task, num_steps: int, inner_lr: float | No
 
 
 # Runs in a fresh interpreter: loads each SavedModel with tensorflow alone and writes the
-# predictions of every case. (TensorFlow itself imports keras; tf_maml must stay unloaded.)
+# predictions of every case; then TensorFlow's saved_model_cli lists the export given second,
+# as its console script runs it (``tensorflow.python.tools.saved_model_cli:main``), in the
+# same interpreter: one TensorFlow start-up for both. (TensorFlow itself imports keras;
+# tf_maml must stay unloaded.)
 FRESH_PROCESS = textwrap.dedent("""
-    import json, sys
+    import contextlib, io, json, sys, traceback
     import numpy as np
     import tensorflow as tf
 
@@ -127,15 +130,34 @@ FRESH_PROCESS = textwrap.dedent("""
             out = signature(support_x=tf.constant(support_x), query_x=tf.constant(query_x),
                             support_y=tf.constant(support_y, signature_y_dtype(module)))
             np.save(case["out"] + ".signature.npy", out["predictions"].numpy())
+
+    sys.argv = ["saved_model_cli", "show", "--all", "--dir", sys.argv[2]]
+    shown = io.StringIO()
+    try:  # its failure is its test's, not the predictions'
+        from tensorflow.python.tools import saved_model_cli
+
+        with contextlib.redirect_stdout(shown):
+            saved_model_cli.main()  # absl's app.run: always ends in SystemExit
+        cli_code = "returned without exiting"
+    except SystemExit as exit_:
+        cli_code = 0 if exit_.code is None else exit_.code
+    except Exception:
+        cli_code = traceback.format_exc()
     print(json.dumps({
         "tf_maml_loaded": any(m.split(".")[0] == "tf_maml" for m in sys.modules),
         "metadata": {d: {k: v.numpy().tolist() for k, v in m.metadata().items()
                          if k in ("num_steps", "inner_lr")} for d, m in loaded.items()},
+        "saved_model_cli": {"exit_code": cli_code, "stdout": shown.getvalue()},
     }))
 """)
 
 
-def test_adapt_and_predict_in_fresh_process_matches_python_path(exports, tmp_path):
+@pytest.fixture(scope="module")
+def fresh_process(exports, tmp_path_factory):
+    """FRESH_PROCESS run once on every export's task with 5 sets of options, and
+    saved_model_cli on the conv4 export: (its report, {path of a prediction it wrote: the
+    Python path's prediction}, the folder of those files)."""
+    tmp_path = tmp_path_factory.mktemp("fresh_process")
     cases, expected = [], {}
     for name, (learner, export_dir, task, steps) in exports.items():
         for k, a in zip(("support_x", "support_y", "query_x"), task):
@@ -158,10 +180,15 @@ def test_adapt_and_predict_in_fresh_process_matches_python_path(exports, tmp_pat
     manifest.write_text(json.dumps(cases))
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(manifest)],
+    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(manifest),
+                           exports["conv4"][1]],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1]), expected, tmp_path
+
+
+def test_adapt_and_predict_in_fresh_process_matches_python_path(exports, fresh_process):
+    report, expected, tmp_path = fresh_process
     assert not report["tf_maml_loaded"]
     for learner, export_dir, _, steps in exports.values():
         assert report["metadata"][export_dir]["num_steps"] == steps
@@ -202,19 +229,17 @@ def test_labels_may_be_int32_or_int64_or_whole_floats(exports):
     np.testing.assert_array_equal(got, want)
 
 
-def test_saved_model_cli_lists_the_signatures(exports):
-    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    _, export_dir, _, _ = exports["conv4"]
-    proc = subprocess.run([cli, "show", "--all", "--dir", export_dir],
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_saved_model_cli_lists_the_signatures(fresh_process):
+    """TensorFlow's saved_model_cli (``show --all``, in FRESH_PROCESS) sees the conv4
+    export's signatures and their inputs and output."""
+    cli = fresh_process[0]["saved_model_cli"]
+    assert cli["exit_code"] == 0, (cli["exit_code"], cli["stdout"][-3000:])
     for key in ("serving_default", "adapt_and_predict", "adapt_and_predict_with_options",
                 "metadata"):
-        assert f"signature_def['{key}']" in proc.stdout
+        assert f"signature_def['{key}']" in cli["stdout"]
     for name in ("support_x", "support_y", "query_x", "num_steps", "inner_lr", "x"):
-        assert f"inputs['{name}']" in proc.stdout
-    assert "outputs['predictions']" in proc.stdout
+        assert f"inputs['{name}']" in cli["stdout"]
+    assert "outputs['predictions']" in cli["stdout"]
 
 
 def test_metadata_json_records_the_defaults(exports):
