@@ -311,3 +311,45 @@ def test_meta_learner_docstring_example_runs(capsys):
     exec(example.replace("iterations=2000", "iterations=3"), {})
     mse = float(capsys.readouterr().out.strip().splitlines()[-1])
     assert np.isfinite(mse) and mse > 0
+
+
+@pytest.mark.parametrize("layer", [
+    keras.layers.Dense(WAYS, kernel_regularizer=keras.regularizers.L2(0.1)),
+    keras.layers.Dense(WAYS, bias_regularizer="l1"),
+    keras.layers.Dense(WAYS, activity_regularizer="l2"),
+])
+def test_regularized_model_is_refused_not_silently_unregularized(layer):
+    # Keras' fit adds model.losses to the loss; MetaLearner's losses are loss_fn's alone,
+    # so a penalty would be left out of the inner step and the meta-update without a word.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), layer])
+    with pytest.raises(ValueError, match=f"regularizers.*{layer.name}.*silently ignored"):
+        MetaLearner(model, losses.summed_xent(SHOTS))
+
+
+@pytest.mark.parametrize("layer", [
+    keras.layers.Dropout(0.5), keras.layers.GaussianNoise(0.1),
+    keras.layers.GaussianDropout(0.2), keras.layers.RandomFlip(),
+])
+def test_random_layer_model_is_refused_not_given_one_frozen_mask(layer):
+    # The stateless forward pass never advances a layer's SeedGenerator: the same dropout
+    # mask at every step, task and iteration, and on at evaluation (training mode).
+    shape = (4, 4, 1) if isinstance(layer, keras.layers.RandomFlip) else (4,)
+    model = keras.Sequential([keras.Input(shape), layer, keras.layers.Flatten(),
+                              keras.layers.Dense(WAYS)])
+    with pytest.raises(ValueError, match=f"random numbers.*{layer.name}"):
+        MetaLearner(model, losses.summed_xent(SHOTS))
+
+
+def test_layers_with_a_zero_rate_and_frozen_layers_are_accepted():
+    # an LSTM cell holds a SeedGenerator even without dropout: not refused
+    MetaLearner(keras.Sequential([keras.Input((4, 3)), keras.layers.LSTM(4),
+                                  keras.layers.Dense(WAYS)]), losses.summed_xent(SHOTS))
+    keras.utils.set_random_seed(0)
+    body = keras.layers.Dense(8, activation="relu")
+    model = keras.Sequential([keras.Input((4,)), body, keras.layers.Dropout(0.0),
+                              keras.layers.Dense(WAYS)])
+    body.trainable = False  # a frozen feature layer: neither adapted nor meta-updated
+    frozen = [v.numpy().copy() for v in body.weights]
+    learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
+    assert bool(learner.train_step(prototype_tasks(2, np.random.default_rng(0), (4,)))["applied"])
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(frozen, body.weights))

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import distribute as distribute_lib
+from tf_maml import keras_internals
 from tf_maml import losses
 from tf_maml.errors import is_count
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
@@ -443,6 +444,26 @@ def _check_model(model: keras.Model) -> None:
             "meta-learn: set model.trainable = True (and unfreeze its layers) before "
             "wrapping it."
         )
+    regularized = _regularized_layers(model)
+    if regularized:
+        # Keras' fit adds model.losses to the loss; tf_maml's inner and outer losses are
+        # loss_fn's alone, so a penalty would be silently left out of both.
+        raise ValueError(
+            f"model {model.name} has regularizers (layers {', '.join(regularized)}), whose "
+            "penalties (model.losses) MetaLearner does not add to its inner or outer loss: "
+            "they would be silently ignored. Remove the regularizers (for weight decay on "
+            "the meta-update, pass e.g. meta_optimizer=keras.optimizers.AdamW(...))")
+    random = _random_layers(model)
+    if random:
+        # A layer's random state (its SeedGenerator) is a variable that the stateless forward
+        # pass reads but never advances: every inner step, task and iteration would draw the
+        # same dropout mask, and evaluation too (it runs in training mode).
+        raise ValueError(
+            f"model {model.name} has layers that draw random numbers in training mode "
+            f"({', '.join(random)}), e.g. dropout, which MetaLearner does not support: they "
+            "would draw the same mask at every step, task and iteration, and evaluation "
+            "runs in training mode (for batch statistics), so they would be on there too. "
+            "Remove them, or set their rate to 0")
     inputs = _input_count(model)
     if inputs > 1:
         # A task's support_x and query_x are one tensor each; Keras would only say, at the
@@ -453,6 +474,35 @@ def _check_model(model: keras.Model) -> None:
             "model one tensor of examples (support_x, query_x), and multi-input models are not "
             "supported: give it a model of one input, e.g. concatenate the features into one "
             "tensor, or wrap the model in one whose single Input is sliced into the parts")
+
+
+def _regularized_layers(model: keras.Model) -> list[str]:
+    """The names of ``model``'s layers with a weight or activity regularizer (what Keras
+    collects in ``model.losses``)."""
+    names = []
+    for layer in keras_internals.layers_of(model, include_self=False):
+        own = [v for v in layer.trainable_weights if getattr(v, "regularizer", None)]
+        if own or getattr(layer, "activity_regularizer", None) is not None:
+            names.append(layer.name)
+    return list(dict.fromkeys(names))
+
+
+_RANDOM_RATES = ("rate", "dropout", "recurrent_dropout", "stddev")
+
+
+def _random_layers(model: keras.Model) -> list[str]:
+    """The names of ``model``'s layers that hold a ``keras.random.SeedGenerator`` and draw
+    from it in training mode: all such but those whose rates (dropout's ``rate``, a
+    recurrent cell's ``dropout`` and ``recurrent_dropout``, noise's ``stddev``) are all 0,
+    e.g. an LSTM cell without dropout."""
+    names = []
+    for layer in keras_internals.layers_of(model, include_self=False):
+        if not any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values()):
+            continue
+        rates = [getattr(layer, a) for a in _RANDOM_RATES if hasattr(layer, a)]
+        if not rates or any(float(r or 0) > 0 for r in rates):
+            names.append(layer.name)
+    return names
 
 
 def _input_count(model: keras.Model) -> int:
