@@ -353,3 +353,28 @@ def test_layers_with_a_zero_rate_and_frozen_layers_are_accepted():
     learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
     assert bool(learner.train_step(prototype_tasks(2, np.random.default_rng(0), (4,)))["applied"])
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(frozen, body.weights))
+
+
+def test_embedding_model_on_token_ids_adapts_by_the_dense_gradient_and_meta_trains():
+    # An embedding's gradient is a tf.IndexedSlices: the inner step failed on `lr * grad`.
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(12, 4),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(WAYS)])
+    loss_fn = losses.summed_xent(SHOTS)
+    learner = MetaLearner(model, loss_fn, inner_lr=0.5)
+    rng = np.random.default_rng(0)
+    _, support_y, _, query_y = prototype_tasks(2, rng, (1,))
+    support_x = rng.integers(0, 12, size=support_y.shape + (5,)).astype(np.int32)
+    query_x = rng.integers(0, 12, size=query_y.shape + (5,)).astype(np.int32)
+    with tf.GradientTape() as tape:  # the step by hand, through Keras' own call
+        loss = loss_fn(support_y[0], model(support_x[0], training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    fast = learner.adapt(support_x[0], support_y[0])
+    for v, g, w in zip(model.trainable_variables, grads, fast):
+        np.testing.assert_allclose(np.asarray(w), v.numpy() - 0.5 * tf.convert_to_tensor(g),
+                                   rtol=1e-5, atol=1e-6)
+    table = model.layers[0].embeddings.numpy().copy()
+    assert bool(learner.train_step((support_x, support_y, query_x, query_y))["applied"])
+    assert not np.array_equal(table, model.layers[0].embeddings.numpy())

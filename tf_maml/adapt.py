@@ -270,6 +270,9 @@ def inner_step(
     # For a vector of per-task losses this is the gradient of their sum, i.e. each task's
     # own gradient for its own (stacked) weights.
     grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    # An embedding lookup's gradient is sparse (tf.IndexedSlices), which `lr * g` cannot take:
+    # made dense, it is the step on every row (zero for the rows no token used).
+    grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
     if first_order:
         grads = [tf.stop_gradient(g) for g in grads]
     per_var_lr = isinstance(inner_lr, (list, tuple))
