@@ -100,6 +100,7 @@ class MetaLearner(MetaUpdate):
             raise ValueError(f"inner_steps must be a whole number >= 0, got {inner_steps!r}")
         self.model = model
         self.loss_fn = losses.task_loss(loss_fn)  # a Keras loss name: its mean
+        _check_logits(model, self.loss_fn)
         self._loss_checked = False  # see _check_loss
         self.rate = rates.inner_rate(inner_lr)
         self.inner_lr, self.lslr = self.rate.value, self.rate.per_step
@@ -474,6 +475,34 @@ def _check_model(model: keras.Model) -> None:
             "model one tensor of examples (support_x, query_x), and multi-input models are not "
             "supported: give it a model of one input, e.g. concatenate the features into one "
             "tensor, or wrap the model in one whose single Input is sliced into the parts")
+
+
+def _output_layer(model: keras.layers.Layer) -> keras.layers.Layer | None:
+    """The layer that produces a Sequential or single-output functional model's output
+    (nested models followed), None if that cannot be read (a subclassed model)."""
+    if isinstance(model, keras.Sequential):
+        layer = model.layers[-1] if model.layers else None
+    elif keras_internals.is_functional(model) and len(model.outputs) == 1:
+        call = keras_internals.producer(model.outputs[0])
+        layer = call[0] if call else None
+    else:
+        return None
+    return _output_layer(layer) if isinstance(layer, keras.Model) else layer
+
+
+def _check_logits(model: keras.Model, loss_fn) -> None:
+    """A ValueError if ``loss_fn`` takes logits but ``model`` ends in a softmax (the
+    probabilities would be softmaxed again: a wrong loss and a damped gradient, silently)."""
+    layer = _output_layer(model)
+    if layer is None or not losses.takes_logits(loss_fn):
+        return
+    if (isinstance(layer, keras.layers.Softmax)
+            or getattr(layer, "activation", None) is keras.activations.softmax):
+        raise ValueError(
+            f"model {model.name}'s output layer {layer.name!r} applies a softmax, but loss_fn "
+            f"{getattr(loss_fn, '__name__', type(loss_fn).__name__)} takes logits (it applies "
+            "a softmax itself): remove the output's softmax, or give a loss on probabilities, "
+            "e.g. 'sparse_categorical_crossentropy'")
 
 
 def _regularized_layers(model: keras.Model) -> list[str]:

@@ -60,6 +60,7 @@ def summed_xent(shots: int):
         return tf.reduce_sum(ce) / float(shots)
 
     loss.__name__ = f"summed_xent_k{shots}"
+    loss.from_logits = True
     return _takes(CLASSES)(loss)
 
 
@@ -70,6 +71,15 @@ def mean_xent(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     ``F.cross_entropy``, inner and outer loop). Labels are integer class ids."""
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(y_true, tf.int32), logits=logits))
+
+
+mean_xent.from_logits = True
+
+
+def takes_logits(loss_fn) -> bool:
+    """Whether ``loss_fn`` applies a softmax itself: this module's cross-entropies, and a
+    Keras loss object made with ``from_logits=True``."""
+    return getattr(loss_fn, "from_logits", False) is True
 
 
 def accuracy(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
