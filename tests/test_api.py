@@ -340,6 +340,29 @@ def test_random_layer_model_is_refused_not_given_one_frozen_mask(layer):
         MetaLearner(model, losses.summed_xent(SHOTS))
 
 
+class _SelfDroppingModel(keras.Model):
+    """Draws its own dropout mask in call, from a SeedGenerator of the model itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(WAYS)
+        self.seed = keras.random.SeedGenerator(1)
+
+    def call(self, x, training=False):
+        return self.dense(keras.random.dropout(x, 0.5, seed=self.seed) if training else x)
+
+
+def test_recurrent_dropout_and_a_self_dropping_subclassed_model_are_refused():
+    gru = keras.Sequential([keras.Input((3, 2)), keras.layers.GRU(4, dropout=0.2),
+                            keras.layers.Dense(WAYS)])
+    with pytest.raises(ValueError, match="random numbers.*gru_cell"):
+        MetaLearner(gru, losses.summed_xent(SHOTS))
+    model = _SelfDroppingModel()
+    model(np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match=f"random numbers.*{model.name}"):
+        MetaLearner(model, losses.summed_xent(SHOTS))
+
+
 def test_layers_with_a_zero_rate_and_frozen_layers_are_accepted():
     # an LSTM cell holds a SeedGenerator even without dropout: not refused
     MetaLearner(keras.Sequential([keras.Input((4, 3)), keras.layers.LSTM(4),

@@ -525,7 +525,7 @@ def _random_layers(model: keras.Model) -> list[str]:
     recurrent cell's ``dropout`` and ``recurrent_dropout``, noise's ``stddev``) are all 0,
     e.g. an LSTM cell without dropout."""
     names = []
-    for layer in keras_internals.layers_of(model, include_self=False):
+    for layer in keras_internals.layers_of(model):  # a subclassed model may draw itself
         if not any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values()):
             continue
         rates = [getattr(layer, a) for a in _RANDOM_RATES if hasattr(layer, a)]
