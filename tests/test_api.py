@@ -411,12 +411,15 @@ def test_embedding_model_on_token_ids_adapts_by_the_dense_gradient_and_meta_trai
 def test_softmax_output_with_a_loss_on_logits_is_refused(loss_fn, head):
     # The probabilities would be softmaxed again: a wrong loss, silently.
     if head == "activation":
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(WAYS, activation="softmax")])
+        model = keras.Sequential([keras.Input((4,)),
+                                  keras.layers.Dense(WAYS, activation="softmax")])
     elif head == "layer":
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(WAYS), keras.layers.Softmax()])
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(WAYS),
+                                  keras.layers.Softmax()])
     else:
         inputs = keras.Input((4,))
-        model = keras.Model(inputs, keras.layers.Activation("softmax")(keras.layers.Dense(WAYS)(inputs)))
+        outputs = keras.layers.Activation("softmax")(keras.layers.Dense(WAYS)(inputs))
+        model = keras.Model(inputs, outputs)
     with pytest.raises(ValueError, match="applies a softmax.*takes logits"):
         MetaLearner(model, loss_fn)
     MetaLearner(model, "sparse_categorical_crossentropy")  # a loss on probabilities: fine

@@ -17,8 +17,7 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import distribute as distribute_lib
-from tf_maml import keras_internals
-from tf_maml import losses
+from tf_maml import keras_internals, losses
 from tf_maml.errors import is_count
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
 from tf_maml.mapping.base import model_example_shape, model_runner
