@@ -423,3 +423,27 @@ def test_softmax_output_with_a_loss_on_logits_is_refused(loss_fn, head):
     with pytest.raises(ValueError, match="applies a softmax.*takes logits"):
         MetaLearner(model, loss_fn)
     MetaLearner(model, "sparse_categorical_crossentropy")  # a loss on probabilities: fine
+
+
+@pytest.mark.parametrize("parallelism", ["map", "vectorized"])
+def test_mixed_float16_model_meta_trains_and_evaluates(parallelism):
+    # float16 losses went into map's float32 TensorArrays: a raw "Invalid data types" error
+    # from deep in the graph at evaluate_batch.
+    from tf_maml import ExecutionPlan
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(WAYS)])
+        learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1,
+                              objective=options.LastStep(losses.accuracy))
+        learner.use_plan(ExecutionPlan(task_parallelism=parallelism))
+        batch = prototype_tasks(2, np.random.default_rng(0), (4,))
+        metrics = learner.train_step(batch)
+        assert bool(metrics["applied"]) and np.isfinite(float(metrics["post_loss"]))
+        results = learner.evaluate_batch(batch, 2, predictions=True)
+        assert results["loss"].dtype == "float32" and results["loss"].shape == (2, 3)
+        assert np.all(np.isfinite(results["loss"])) and results["metric"].shape == (2, 3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

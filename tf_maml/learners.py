@@ -288,15 +288,17 @@ class MetaLearner(MetaUpdate):
         predict = self._predictor(runner, theta, bn_steps, query_x)
         query_preds = predict(trajectory[-1])
         loss_fn = runner.per_task(self.loss_fn)
-        out = {"pre_loss": pre_loss, "post_loss": loss_fn(query_y, query_preds)}
+        # (float16 under mixed_float16: reported, as the signatures say, in θ's dtype)
+        out = {"pre_loss": tf.cast(pre_loss, self._loss_dtype),
+               "post_loss": tf.cast(loss_fn(query_y, query_preds), self._loss_dtype)}
         if msl_weights is not None and not pretrain:
             losses = [loss_fn(query_y, predict(w)) for w in trajectory[1:-1]]
             losses.append(out["post_loss"])
             out["msl_loss"] = tf.add_n([msl_weights[s] * loss for s, loss in enumerate(losses)])
         if self.metric_fn is not None:
             metric_fn = runner.per_task(self.metric_fn)
-            out["pre_metric"] = metric_fn(support_y, pre_preds)
-            out["post_metric"] = metric_fn(query_y, query_preds)
+            out["pre_metric"] = tf.cast(metric_fn(support_y, pre_preds), tf.float32)
+            out["post_metric"] = tf.cast(metric_fn(query_y, query_preds), tf.float32)
         return out
 
     @property
@@ -409,14 +411,19 @@ class MetaLearner(MetaUpdate):
                     predict = self._predictor(runner, params, bns, query_x)
                     preds = [predict(w) for w in trajectory]
                     loss_fn = runner.per_task(self.loss_fn)
-                    out = {"loss": tf.stack([loss_fn(query_y, p) for p in preds], axis=-1)}
+                    # In the signature's dtypes: under mixed_float16 the model computes (so
+                    # losses and predictions come) in float16, and map's TensorArrays take
+                    # only their declared dtype.
+                    out = {"loss": tf.cast(tf.stack([loss_fn(query_y, p) for p in preds],
+                                                    axis=-1), self._loss_dtype)}
                     if self.metric_fn is not None:
                         metric_fn = runner.per_task(self.metric_fn)
-                        out["metric"] = tf.stack([metric_fn(query_y, p) for p in preds],
-                                                 axis=-1)
+                        out["metric"] = tf.cast(tf.stack(
+                            [metric_fn(query_y, p) for p in preds], axis=-1), tf.float32)
                     if predictions:
                         stacked = len(query_x.shape) == batch_rank
-                        out["predictions"] = tf.stack(preds, axis=1 if stacked else 0)
+                        out["predictions"] = tf.cast(tf.stack(preds, axis=1 if stacked else 0),
+                                                     self._loss_dtype)
                     return out
 
                 signature = {"loss": tf.TensorSpec([num_steps + 1], self._loss_dtype)}
