@@ -447,3 +447,28 @@ def test_mixed_float16_model_meta_trains_and_evaluates(parallelism):
         assert np.all(np.isfinite(results["loss"])) and results["metric"].shape == (2, 3)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("objective", ["msl", "reptile", "export"])
+def test_mixed_float16_multi_step_loss_and_reptile_train_export_is_refused(objective, tmp_path):
+    # MSL multiplied float32 weights by float16 losses (TypeError); Reptile's float16 losses
+    # broke map's TensorArrays; export failed deep in TensorFlow on "deleted variables".
+    from tf_maml import ExecutionPlan
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(WAYS)])
+        chosen = {"msl": options.MultiStepLoss(10), "reptile": options.Reptile()}.get(objective)
+        learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1, inner_steps=2,
+                              objective=chosen)
+        learner.use_plan(ExecutionPlan(task_parallelism="map"))  # one task at a time
+        if objective == "export":
+            with pytest.raises(ValueError, match="mixed precision.*mixed_float16"):
+                learner.export(str(tmp_path / "export"))
+            return
+        metrics = learner.train_step(prototype_tasks(2, np.random.default_rng(0), (4,)))
+        assert bool(metrics["applied"]) and np.isfinite(float(metrics["post_loss"]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

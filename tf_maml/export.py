@@ -88,7 +88,7 @@ import keras
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
-from tf_maml import atomic, export_checks, losses, rundir
+from tf_maml import atomic, export_checks, keras_internals, losses, rundir
 from tf_maml.rundir import RunDirError
 
 METADATA_FILE = "maml_metadata.json"
@@ -181,6 +181,7 @@ def export(
     if targets not in TARGETS:
         raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
     model = learner.model
+    _check_policy(model)
     feature_shape = tuple(input_shape) if input_shape is not None else _infer_input_shape(model)
     serving = _Serving(learner, feature_shape, int(num_steps),
                        _infer_targets(learner.loss_fn) if targets == "auto" else targets)
@@ -196,6 +197,19 @@ def export(
 
     _write_whole(export_dir, write)
     return export_dir
+
+
+def _check_policy(model) -> None:
+    """A ValueError for a model that computes in another dtype than its variables' (a mixed
+    precision policy): saving its functions failed deep in TensorFlow, on deleted variables."""
+    mixed = sorted({layer.dtype_policy.name for layer in keras_internals.layers_of(model)
+                    if layer.dtype_policy.compute_dtype != layer.dtype_policy.variable_dtype})
+    if mixed:
+        raise ValueError(
+            f"export does not support mixed precision: model {model.name} has layers with the "
+            f"dtype policy {', '.join(mixed)}. Export a float32 copy: set "
+            "keras.mixed_precision.set_global_policy('float32'), rebuild the model, copy the "
+            "weights (set_weights) and wrap it in a MetaLearner of the same options")
 
 
 class _Serving:

@@ -292,7 +292,8 @@ class MetaLearner(MetaUpdate):
         out = {"pre_loss": tf.cast(pre_loss, self._loss_dtype),
                "post_loss": tf.cast(loss_fn(query_y, query_preds), self._loss_dtype)}
         if msl_weights is not None and not pretrain:
-            losses = [loss_fn(query_y, predict(w)) for w in trajectory[1:-1]]
+            losses = [tf.cast(loss_fn(query_y, predict(w)), self._loss_dtype)
+                      for w in trajectory[1:-1]]
             losses.append(out["post_loss"])
             out["msl_loss"] = tf.add_n([msl_weights[s] * loss for s, loss in enumerate(losses)])
         if self.metric_fn is not None:
@@ -370,7 +371,8 @@ class MetaLearner(MetaUpdate):
                                                  self.inner_steps, first_order=True,
                                                  mask=everything)
             post_loss = runner.per_task(self.loss_fn)(query_y, runner.forward(fast, query_x))
-            return {"fast": fast, "pre_loss": pre_loss, "post_loss": post_loss}
+            return {"fast": fast, "pre_loss": tf.cast(pre_loss, self._loss_dtype),
+                    "post_loss": tf.cast(post_loss, self._loss_dtype)}
 
         signature = {
             "fast": [tf.TensorSpec(p.shape, p.dtype) for p in params],
