@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
+from tf_maml import errors
 from tf_maml.data.prep import PrepError
-from tf_maml.errors import empty_path, unexpanded_home
 
 PATH_FLAGS = ("source", "images", "csv_dir", "output")
 
@@ -18,7 +18,7 @@ def path_problem(values: dict[str, str | None]) -> str | None:
     """The first path flag of ``values`` (flag -> value) that cannot be meant as written,
     with why; checked before anything is read or written."""
     for name, value in values.items():
-        problem = empty_path(name, value) or unexpanded_home(value)
+        problem = errors.path_problem(name, value)
         if problem:
             return f"--{name}: {problem}"
     return None

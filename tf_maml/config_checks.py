@@ -153,9 +153,10 @@ class ConfigChecks:
             # Else read as unset: --init_checkpoint=$CKPT with CKPT unset trained from
             # scratch, --export_dir= exported nothing, --logdir= wrote into the current
             # folder, all without a word.
-            if empty_path(name, value):
+            problem = empty_path(name, value)
+            if problem:
                 drop = " (its default: /tmp/data)" if name == "logdir" else ", or drop the flag"
-                fail(name, empty_path(name, value) + drop)
+                fail(name, problem + drop)
             problem = unexpanded_home(value)
             if problem:
                 fail(name, problem)

@@ -359,8 +359,9 @@ def convert(prefix: str, output: str) -> dict:
     from tf_maml.errors import unexpanded_home
 
     for name, value in (("checkpoint", prefix), ("output", output)):
-        if unexpanded_home(value):
-            raise ConversionError(f"--{name}: {unexpanded_home(value)}")
+        problem = unexpanded_home(value)
+        if problem:
+            raise ConversionError(f"--{name}: {problem}")
     path = resolve_prefix(prefix)
     flag_values = infer_flags(path)
     model = experiment.model_from_flags(flag_values)

@@ -44,6 +44,12 @@ def empty_path(name: str, path) -> str | None:
     return f"is empty (an unset shell variable, as in --{name}=$X?): give the path"
 
 
+def path_problem(name: str, path) -> str | None:
+    """Why the value ``path`` of the path flag ``--name`` cannot be meant as written (the
+    first of :func:`empty_path` and :func:`unexpanded_home`); None if it can."""
+    return empty_path(name, path) or unexpanded_home(path)
+
+
 def unexpanded_home(path) -> str | None:
     """Why ``path`` (a path flag's value) cannot be meant as written: a leading ``~`` is
     expanded by a shell only, not in a flagfile nor after ``--flag=``, so it would name a

@@ -156,9 +156,9 @@ def check_roles(maml_run: str, maml: dict, pretrained_run: str, pretrained: dict
 def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> list[str]:
     """Figures 2 and 3 into ``output_dir``; their paths. Every run directory is checked
     before anything is drawn or written."""
-    from tf_maml.errors import empty_path, unexpanded_home
+    from tf_maml.errors import path_problem
 
-    problem = empty_path("output_dir", output_dir) or unexpanded_home(output_dir)
+    problem = path_problem("output_dir", output_dir)
     if problem:
         raise FigureError(f"--output_dir: {problem}")
     runs = {"MAML": maml_run, "pretrained": pretrained_run}

@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tf_maml import zoo as zoo_lib  # noqa: E402
 from tf_maml import zoo_check  # noqa: E402
-from tf_maml.errors import empty_path, unexpanded_home  # noqa: E402
+from tf_maml.errors import path_problem  # noqa: E402
 from tf_maml.reproduce_publish import Publisher, write_report  # noqa: E402
 from tf_maml.reproduce_run import execute, machine  # noqa: E402
 from tf_maml.reproduce_table import (  # noqa: E402
@@ -104,7 +104,7 @@ def main(argv, F):
     signal.signal(signal.SIGTERM, on_sigterm)
     for name in ("logdir_root", "omniglot_dir", "miniimagenet_dir", "original_checkpoint",
                  "flags_dir", "zoo_dir", "output", "figures_dir", "export_dir"):
-        problem = empty_path(name, F[name].value) or unexpanded_home(F[name].value)
+        problem = path_problem(name, F[name].value)
         if problem:
             raise ReproduceError(f"--{name}: {problem}")
     table = load_experiments(F.flags_dir)
