@@ -847,6 +847,34 @@ def test_cli_random_baseline_evaluates_without_training(tmp_path, capsys):
     assert config.max_kl == 0.02 and config.discount == 0.9
 
 
+def test_a_random_baseline_evaluated_alone_can_be_reevaluated(tmp_path, capsys):
+    """tf-maml-reproduce evaluates the random row with --train=False, which writes its flags
+    as test_config.json, not config.json: python -m tf_maml.rl.run said the folder "holds no
+    config.json". Its step 0 (no adaptation: the seeded policy on the fixed test tasks) is
+    the first evaluation's."""
+    from absl import app, flags
+
+    from tf_maml import main as cli_main
+
+    flags.FLAGS.unparse_flags()
+    argv = ["tf-maml", "--datasource=navigation", "--baseline=random", f"--logdir={tmp_path}",
+            "--meta_batch_size=2", "--update_batch_size=2", "--update_lr=0.1", "--norm=None",
+            "--num_test_tasks=2", "--test_num_updates=1", "--train=False"]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            app.run(cli_main.main, argv=argv)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert exit_.value.code in (0, None), capsys.readouterr().err[-2000:]
+    run_dir = os.path.join(tmp_path, "cls_5.mbs_2.ubs_2.numstep1.updatelr0.1randomnonorm")
+    assert not os.path.exists(os.path.join(run_dir, "config.json"))
+    runner.reevaluate_rl(run_dir, ["0.05"], log=lambda *_: None)
+    first = np.load(os.path.join(run_dir, "test_returns.npy"))
+    again = np.load(os.path.join(run_dir, "test_returns_steps0.05.npy"))
+    assert first.shape == again.shape == (2, 2)
+    np.testing.assert_array_equal(again[:, 0], first[:, 0])
+
+
 @pytest.mark.parametrize("overrides, flag", [
     (dict(datasource="sinusoid", baseline="random"), "--baseline"),
     (dict(max_kl=0.0), "--max_kl"),

@@ -283,8 +283,12 @@ def _step_sizes(step_sizes) -> list[float]:
 
 
 def _rl_run_config(directory: str) -> Config:
-    """The Config of the reinforcement-learning run ``directory`` (its config.json)."""
+    """The Config of the reinforcement-learning run ``directory``: its config.json, or the
+    test_config.json of a run that only evaluated (the random baseline as tf-maml-reproduce
+    runs it, with --train=False)."""
     path = os.path.join(directory, "config.json")
+    if not os.path.exists(path) and os.path.exists(os.path.join(directory, "test_config.json")):
+        path = os.path.join(directory, "test_config.json")
     if not os.path.isdir(directory) or not os.path.exists(path):
         what = "not a folder" if not os.path.isdir(directory) else "it holds no config.json"
         raise ConfigError(f"--run_dir={directory} is not a run directory ({what}): give the "
