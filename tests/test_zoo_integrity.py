@@ -9,6 +9,7 @@ and 1.96·std/√n over the tasks); the files a zoo folder holds.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import glob
 import json
@@ -388,11 +389,14 @@ def _results_tables():
     """(group, label, cells) of every table row of docs/RESULTS.md."""
     with open(os.path.join(REPO, "docs", "RESULTS.md")) as f:
         text = f.read()
+    families = {title: family for family, title in report.RETURN_TITLES.items()}
     group, header, out = None, None, []
     for line in text.splitlines():
         if line.startswith("## "):
             group = {"Sinusoid": "sinusoid", "Omniglot": "omniglot",
                      "MiniImageNet": "miniimagenet"}.get(line[3:].split()[0])
+        elif line.startswith("### ") and line[4:] in families:  # a task family's returns
+            group = families[line[4:]]
         if not line.startswith("|"):
             header = None
         elif header is None:
@@ -403,11 +407,10 @@ def _results_tables():
     return out
 
 
-def _interval(values, step, scale):
+def _interval(values, step, scale, digits):
     n = values.shape[0]
     with np.errstate(all="ignore"):  # the oracle's fine-tuning overflows
         mean, ci = values.mean(0)[step], 1.96 * values.std(0)[step] / np.sqrt(n)
-    digits = 3 if scale == 1 else 2
     return f"{scale * mean:.{digits}f} ± {scale * ci:.{digits}f}"
 
 
@@ -423,17 +426,20 @@ def test_every_number_in_results_comes_from_a_file_and_a_checkpoint_in_the_zoo()
         e = by_label[(group, label)]
         p = reproduce.plan(e, "/tmp/x", {"omniglot": "/d", "miniimagenet": "/d"}, None,
                            FLAGS_DIR, os.path.join(REPO, "zoo"))
-        if group == "sinusoid":
-            iteration, numbers, steps, scale = cells[0], cells[3:6], (0, 1, -1), 1
-        else:
-            iteration, numbers, steps, scale = cells[4], cells[1:2], (-1,), 100
+        if group == "sinusoid":  # MSE at 0, 1 and the last step
+            iteration, numbers, steps, scale, digits = cells[0], cells[3:6], (0, 1, -1), 1, 3
+        elif group in report.RETURN_TITLES:  # average return after 0, 1, 2, 3 steps
+            iteration, numbers, steps, scale, digits = cells[0], cells[3:7], range(4), 1, 2
+            iteration = iteration.split(" of ")[0]
+        else:  # accuracy (%) after the last step
+            iteration, numbers, steps, scale, digits = cells[4], cells[1:2], (-1,), 100, 2
         if not numbers[0]:
             continue
         values = np.load(os.path.join(p.zoo_dir, p.result_name + ".npy"))
         assert os.path.exists(os.path.join(p.zoo_dir, p.result_name + ".csv")), label
         for cell, step in zip(numbers, steps):
             if "non-finite" not in cell:
-                assert cell == _interval(values, step, scale), (label, cell)
+                assert cell == _interval(values, step, scale, digits), (label, cell)
         named = [int(iteration)] if e.train_flags else []
         named += [int(i) for i in re.findall(r"state at (\d+) committed", cells[-1])]
         for i in named:
@@ -442,16 +448,19 @@ def test_every_number_in_results_comes_from_a_file_and_a_checkpoint_in_the_zoo()
         if log:
             assert int(log[-1]["iteration"]) <= zoo.latest_iteration(p.zoo_dir), p.zoo_dir
         checked += 1
-    assert checked >= 20
+    assert checked >= 24
 
 
 # ---------------------------------------------------------------------------- prose
 def _prose():
-    """README's Results section and docs/reproducing.md: where results are quoted in prose."""
+    """README's Results section, docs/reproducing.md and docs/rl.md's results: where results
+    are quoted in prose."""
     with open(os.path.join(REPO, "README.md")) as f:
         readme = f.read().split("## Results", 1)[1].split("\n## ", 1)[0]
+    with open(os.path.join(REPO, "docs", "rl.md")) as f:
+        rl = f.read().split("\n## Results", 1)[1].split("\n## ", 1)[0]
     with open(os.path.join(REPO, "docs", "reproducing.md")) as f:
-        return {"README.md": readme, "docs/reproducing.md": f.read()}
+        return {"README.md": readme, "docs/reproducing.md": f.read(), "docs/rl.md": rl}
 
 
 def _zoo_intervals():
@@ -460,18 +469,30 @@ def _zoo_intervals():
     out = []
     for path in sorted(glob.glob(os.path.join(REPO, "zoo", "*", "*.npy"))):
         values = np.load(path)
-        scale = 1 if "sinusoid" in path else 100
+        scale = 1 if "sinusoid" in path or "test_returns" in path else 100  # MSE, return
         n = values.shape[0]
         with np.errstate(all="ignore"):  # the oracle's fine-tuning overflows
-            out += list(zip(scale * values.mean(0),
+            out += list(zip(np.abs(scale * values.mean(0)),  # prose's "−12.39" reads 12.39
                             scale * 1.96 * values.std(0) / np.sqrt(n)))
     return out
 
 
+def _step_schedule_intervals():
+    """Every mean ± half-width of docs/results/navigation's evaluations with α per test step
+    (a zoo policy evaluated again with the authors' test schedule, docs/rl.md)."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(REPO, "docs", "results", "navigation", "*",
+                                              "test_returns_steps*.csv"))):
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        out += [(abs(float(r["mean_return"])), float(r["ci95"])) for r in rows]
+    return out
+
+
 def test_results_quoted_in_prose_agree_with_results_md_and_the_zoo():
-    """Every "m ± c" in README's Results section and docs/reproducing.md is one of
-    RESULTS.md's (ours or the paper's, at the prose's precision) or a step of a zoo
-    evaluation; every "N of its M iterations" names an iteration RESULTS.md gives, and a
+    """Every "m ± c" in README's Results section, docs/reproducing.md and docs/rl.md's
+    results is one of RESULTS.md's (ours or the paper's, at the prose's precision) or a step
+    of a zoo evaluation (or of a zoo policy evaluated with α per test step); every "N of its M iterations" names an iteration RESULTS.md gives, and a
     "resumable state" there is the committed one; every speed, time left and "N h of
     training" is RESULTS.md's.
     Before: reproducing.md gave the ANIL run "about 3 hours left at 4.18 it/s" (RESULTS.md:
@@ -480,7 +501,7 @@ def test_results_quoted_in_prose_agree_with_results_md_and_the_zoo():
     with open(os.path.join(REPO, "docs", "RESULTS.md")) as f:
         results = f.read()
     quoted = [(float(m), float(c)) for m, c in re.findall(r"([\d.]+) ± ([\d.]+)", results)]
-    quoted += _zoo_intervals()
+    quoted += _zoo_intervals() + _step_schedule_intervals()
     iterations = {int(i) for i in re.findall(r"\| (\d{3,6}) \|", results)}
     states = {int(i) for i in re.findall(r"state at (\d+) committed", results)}
     for row in results.splitlines():  # a partial row without "state at" holds what it evaluated
