@@ -492,9 +492,9 @@ def _step_schedule_intervals():
 def test_results_quoted_in_prose_agree_with_results_md_and_the_zoo():
     """Every "m ± c" in README's Results section, docs/reproducing.md and docs/rl.md's
     results is one of RESULTS.md's (ours or the paper's, at the prose's precision) or a step
-    of a zoo evaluation (or of a zoo policy evaluated with α per test step); every "N of its M iterations" names an iteration RESULTS.md gives, and a
-    "resumable state" there is the committed one; every speed, time left and "N h of
-    training" is RESULTS.md's.
+    of a zoo evaluation (or of a zoo policy evaluated with α per test step); every "N of its
+    M iterations" names an iteration RESULTS.md gives, and a "resumable state" there is the
+    committed one; every speed, time left and "N h of training" is RESULTS.md's.
     Before: reproducing.md gave the ANIL run "about 3 hours left at 4.18 it/s" (RESULTS.md:
     4.5 h at 2.92 it/s), and README said the headline run stopped at 48761 "with its
     resumable state" (committed at 50668)."""
