@@ -9,6 +9,7 @@ full Hessian gives, and the CLI end to end."""
 import contextlib
 import csv
 import functools
+import json
 import math
 import os
 import sys
@@ -873,6 +874,24 @@ def test_a_random_baseline_evaluated_alone_can_be_reevaluated(tmp_path, capsys):
     again = np.load(os.path.join(run_dir, "test_returns_steps0.05.npy"))
     assert first.shape == again.shape == (2, 2)
     np.testing.assert_array_equal(again[:, 0], first[:, 0])
+
+
+def test_a_random_baseline_restored_from_the_zoo_names_its_evaluation(tmp_path):
+    """From a clone, tf-maml-reproduce restores the random row as its numbers and its
+    record (reproduce.json) alone: the re-evaluation said it was "not a run directory";
+    it names the evaluation that writes the flags, with this folder's --logdir."""
+    run_dir = tmp_path / "navigation" / "cls_5.mbs_20.ubs_20.numstep1.updatelr0.1randomnonorm"
+    run_dir.mkdir(parents=True)
+    (run_dir / "reproduce.json").write_text(json.dumps({"test_returns|navigation_random": {
+        "iteration": 0, "train_command": None, "eval_command":
+        "tf-maml --flagfile=flags/navigation_random.flags --logdir=$LOGDIR/navigation/ "
+        "--train=False"}}))
+    (run_dir / "test_returns.csv").write_text("steps,mean_return\n0,-78.2\n")
+    expected = (f"tf-maml --flagfile=flags/navigation_random.flags --logdir={tmp_path}"
+                f"{os.sep}navigation{os.sep} --train=False")
+    with pytest.raises(ConfigError, match="restored from the model zoo") as err:
+        runner.reevaluate_rl(str(run_dir), ["0.1"])
+    assert f"`{expected}`" in str(err.value)
 
 
 @pytest.mark.parametrize("overrides, flag", [

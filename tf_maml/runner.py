@@ -290,6 +290,15 @@ def _rl_run_config(directory: str) -> Config:
     if not os.path.exists(path) and os.path.exists(os.path.join(directory, "test_config.json")):
         path = os.path.join(directory, "test_config.json")
     if not os.path.isdir(directory) or not os.path.exists(path):
+        restored = _restored_evaluation_command(directory)
+        if restored:
+            # tf-maml-reproduce restores an evaluation-only row (the random baseline) from
+            # the zoo as its numbers alone; its evaluation, seconds long, writes its flags.
+            raise ConfigError(
+                f"--run_dir={directory} holds an evaluation restored from the model zoo, but "
+                "not the flags it was made with (test_config.json): run that evaluation "
+                f"again, `{restored}` (seconds; from the repository's folder), then this "
+                "command")
         what = "not a folder" if not os.path.isdir(directory) else "it holds no config.json"
         raise ConfigError(f"--run_dir={directory} is not a run directory ({what}): give the "
                           "folder of a finished RL run, e.g. logs/navigation/<run>")
@@ -305,6 +314,23 @@ def _rl_run_config(directory: str) -> Config:
                           "re-evaluates reinforcement-learning runs (evaluate a supervised run "
                           "with `tf-maml --train=False` and its flags)")
     return config
+
+
+def _restored_evaluation_command(directory: str) -> str | None:
+    """The evaluation command tf-maml-reproduce recorded in ``directory`` (its
+    reproduce.json), with --logdir the folder that holds ``directory``; None if it recorded
+    none."""
+    import re
+
+    from tf_maml import zoo
+
+    record = atomic.read_json(os.path.join(directory, zoo.RUN_STATE_FILE))
+    commands = [e.get("eval_command") for e in record.values() if isinstance(e, dict)]
+    command = next((c for c in commands if isinstance(c, str) and c), None)
+    if command is None:
+        return None
+    logdir = os.path.dirname(os.path.abspath(directory)) + os.sep
+    return re.sub(r"--logdir=\S+", lambda _: f"--logdir={logdir}", command)
 
 
 def eval_source(config: Config):
