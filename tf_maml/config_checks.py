@@ -207,14 +207,18 @@ class ConfigChecks:
             # tasks, no meta-gradient), yet the run directory was named .reptile or .fo.
             what = ("--baseline=oracle pretrains on every iteration" if self.baseline == "oracle"
                     else "--metatrain_iterations=0 only pretrains")
-            for flag, value, default in (("algorithm", self.algorithm, "maml"),
-                                         ("stop_grad", self.stop_grad, False),
-                                         ("msl_iterations", self.msl_iterations, 0),
-                                         ("first_order_iterations",
-                                          self.first_order_iterations, 0)):
-                if value != default:
-                    fail(flag, f"{what}, with no meta-gradient for this option of it to "
-                         f"change (only the run directory's name would): drop --{flag}={value}")
+            self._refuse_unless_default(
+                fail, ("algorithm", "stop_grad", "msl_iterations", "first_order_iterations"),
+                f"{what}, with no meta-gradient for this option of it to change (only the run "
+                "directory's name would)")
+
+    def _refuse_unless_default(self, fail, flags, why: str) -> None:
+        """Fails each of ``flags`` given a value other than its default, as meaningless
+        for this run (``why``), naming the value to drop."""
+        for flag in flags:
+            value = getattr(self, flag)
+            if value != getattr(type(self), flag):  # the dataclass field's default
+                fail(flag, f"{why}: drop --{flag}={value}")
 
     def _validate_lengths(self, fail) -> None:
         """Iterations, batch sizes, filters, test tasks and inner steps: counts that
@@ -433,18 +437,11 @@ class ConfigChecks:
         if self.dataset_backend != "folders":
             fail("dataset_backend", f"{name} reads the folders of data_prep; use "
                  "--dataset_backend=folders")
-        for flag, value, default in (("algorithm", self.algorithm, "maml"),
-                                     ("meta_sgd", self.meta_sgd, False),
-                                     ("stop_grad", self.stop_grad, False),
-                                     ("adapt_layers", self.adapt_layers, "all"),
-                                     ("adapt_norm", self.adapt_norm, False),
-                                     ("init_checkpoint", self.init_checkpoint, None),
-                                     ("export_dir", self.export_dir, None),
-                                     ("distribution_strategy", self.distribution_strategy,
-                                      "default")):
-            if value != default:
-                fail(flag, f"{name} has no meta-learning (a classifier is pretrained, then "
-                     f"fine-tuned or used as features): drop --{flag}={value}")
+        self._refuse_unless_default(
+            fail, ("algorithm", "meta_sgd", "stop_grad", "adapt_layers", "adapt_norm",
+                   "init_checkpoint", "export_dir", "distribution_strategy"),
+            f"{name} has no meta-learning (a classifier is pretrained, then fine-tuned or used "
+            "as features)")
         if self.metatrain_iterations not in (0, type(self).metatrain_iterations):
             fail("metatrain_iterations", f"{name} does not meta-train; its length is "
                  "--pretrain_iterations (drop --metatrain_iterations or set it to 0)")
