@@ -965,6 +965,42 @@ def test_rl_figure_oracle_that_is_no_oracle_run_is_refused(tmp_path):
     rl_figure.check_oracle(str(tmp_path))
 
 
+def test_rl_figure_output_that_cannot_be_written_is_one_line_and_keeps_the_earlier_figure(
+        tmp_path, monkeypatch):
+    # Were an OSError's bare words ("[Errno 17] File exists: 'afile'", "[Errno 21] Is a
+    # directory: 'odir.<pid>.tmp' -> 'odir'"), a full disk's the same, and an empty or ~
+    # --output was written to '' (an error) or to a folder named ~.
+    from tf_maml import atomic
+    from tf_maml.rl import figure as rl_figure
+
+    (tmp_path / "run").mkdir()
+    np.save(tmp_path / "run" / "test_returns.npy", -np.arange(6.0).reshape(2, 3))
+    runs = {"MAML": str(tmp_path / "run")}
+    for output, message in [("", r"^--output: is empty"), ("~/f.png", r"^--output: '~/f.png' "
+                            r"starts with ~"), (str(tmp_path), r"is a folder: give the path "
+                            r"of the PNG, e.g. --output=.*navigation_return\.png$")]:
+        with pytest.raises(ValueError, match=message):
+            rl_figure.check_output(output)
+    (tmp_path / "afile").write_text("a file")
+    with pytest.raises(ValueError, match=r"^could not write f.png in .*afile: .*a file stands "
+                                         r"where .*afile or a directory above it should be: "
+                                         r"use another --output"):
+        rl_figure.plot(runs, str(tmp_path / "afile" / "f.png"))
+    figure = tmp_path / "figs" / "f.png"
+    rl_figure.plot(runs, str(figure))
+    earlier = snapshot(tmp_path / "figs")
+    assert figure.read_bytes().startswith(b"\x89PNG")
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "open", full, raising=False)
+    with pytest.raises(ValueError, match=r"No space left on device\. Nothing was lost: the "
+                                         r"earlier .*f\.png is intact; free some space"):
+        rl_figure.plot(runs, str(figure))
+    assert snapshot(tmp_path / "figs") == earlier  # and no temporary beside it
+
+
 # ---------------------------------------------------------------------------- SavedModel
 def test_export_dir_that_is_a_file_fails_before_training(sine_copy, tmp_path):
     config, run_dir = sine_copy

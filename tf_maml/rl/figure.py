@@ -69,11 +69,33 @@ def plot(runs: dict[str, str], path: str, oracle: str | None = None,
     ax.set_title(title)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with atomic.replacing(path) as f:  # a kill mid-write leaves the old figure whole
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    from tf_maml import rundir
+
+    kept = f"the earlier {path} is intact" if os.path.exists(path) else ""
+    try:  # a file in the way, a full or read-only disk: one line, the old figure whole
+        with rundir.writing(os.path.dirname(path) or ".", f"write {os.path.basename(path)}",
+                            kept=lambda: kept, arg="output"):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with atomic.replacing(path) as f:  # a kill mid-write leaves the old figure whole
+                fig.savefig(f, format="png", dpi=120)
+    except rundir.RunDirError as err:
+        raise ValueError(str(err).replace("`output`", "--output")) from None
+    finally:
+        plt.close(fig)
     return path
+
+
+def check_output(path: str) -> None:
+    """A ValueError naming the fix if ``--output`` cannot be the PNG's path (checked before
+    any run is read): empty, with an unexpanded ~, or a folder."""
+    from tf_maml.errors import path_problem
+
+    problem = path_problem("output", path)
+    if problem:
+        raise ValueError(f"--output: {problem}")
+    if os.path.isdir(path):
+        raise ValueError(f"--output={path} is a folder: give the path of the PNG, e.g. "
+                         f"--output={os.path.join(path, 'navigation_return.png')}")
 
 
 def parse_runs(items: list[str]) -> dict[str, str]:
@@ -115,6 +137,7 @@ def main(argv):
     from absl import flags
 
     try:
+        check_output(flags.FLAGS.output)
         runs = parse_runs(flags.FLAGS.run)
         if flags.FLAGS.oracle:
             check_oracle(flags.FLAGS.oracle)
