@@ -1001,6 +1001,44 @@ def test_rl_figure_output_that_cannot_be_written_is_one_line_and_keeps_the_earli
     assert snapshot(tmp_path / "figs") == earlier  # and no temporary beside it
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data[:len(data) // 2], r"cannot be read \(cut short or garbled\)"),
+    (lambda data: b"not an array", r"cannot be read \(cut short or garbled\)"),
+    (lambda data: _npy(np.zeros(3)), r"holds a float64 array of shape \(3,\), not the returns"),
+    (lambda data: _npy(np.zeros((0, 3))), r"holds a float64 array of shape \(0, 3\)"),
+], ids=["truncated", "garbled", "one-axis", "no-tasks"])
+def test_rl_figure_of_a_damaged_returns_file_names_it_and_writes_nothing(tmp_path, damage,
+                                                                         message):
+    # Were NumPy's words without the file (or advice to load it with allow_pickle=True), and a
+    # TypeError traceback for an array of one axis.
+    from tf_maml.rl import figure as rl_figure
+
+    for name in ("maml", "oracle"):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "test_returns.npy", -np.arange(6.0).reshape(2, 3))
+    damaged = tmp_path / "maml" / "test_returns_steps0.1_0.05.npy"
+    damaged.write_bytes(damage(_npy(-np.arange(6.0).reshape(2, 3))))
+    figure = tmp_path / "figs" / "f.png"
+    with pytest.raises(ValueError, match=r"^.*maml/test_returns_steps0\.1_0\.05\.npy " + message
+                       + r".*: evaluate the run again to write it \(python -m tf_maml\.rl\.run "
+                       r"--run_dir=.*maml --step_sizes=\.\.\.\)$"):
+        rl_figure.plot({"MAML": str(tmp_path / "maml"),
+                        "MAML (α/2)": f"{tmp_path / 'maml'}@{damaged.stem}"},
+                       str(figure), oracle=str(tmp_path / "oracle"))
+    assert not figure.exists()
+    (tmp_path / "oracle" / "test_returns.npy").write_bytes(damaged.read_bytes())
+    with pytest.raises(ValueError, match=r"oracle/test_returns\.npy .*\(tf-maml --flagfile="):
+        rl_figure.plot({"MAML": str(tmp_path / "maml")}, str(figure),
+                       oracle=str(tmp_path / "oracle"))
+    assert not figure.exists()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
 # ---------------------------------------------------------------------------- SavedModel
 def test_export_dir_that_is_a_file_fails_before_training(sine_copy, tmp_path):
     config, run_dir = sine_copy
