@@ -117,9 +117,12 @@ def _shift(field, column, by):
     (_delete("model-70000.index"), "model-70000.index"),
     (_delete("training_log.csv"), "training_log.csv"),  # its training time and machines
     (_delete("config.json"), "config.json"),
+    # Was reported "complete", and restored into the run directory, whose resume then failed
+    # and sent the user back to the zoo for a good copy.
+    (_garble("config.json"), "config.json"),
 ], ids=["results-deleted", "results-invalid", "results-a-list", "run-a-number", "mean-edited",
         "interval-edited", "unshown-column-edited", "matrix-deleted", "weights-deleted",
-        "index-deleted", "log-deleted", "config-deleted"])
+        "index-deleted", "log-deleted", "config-deleted", "config-garbled"])
 def test_a_row_that_disagrees_with_its_files_fails_the_report_naming_the_file(
         tmp_path, monkeypatch, damage, named):
     """Before: the row silently lost its numbers, or published the edited one, or stayed
@@ -207,7 +210,7 @@ def test_export_of_a_corrupt_zoo_checkpoint_names_the_file_and_the_fix(tmp_path,
 
 
 @pytest.mark.parametrize("lost", ["model-70000.index", DATA, "training_log.csv",
-                                  "config.json"])
+                                  "config.json", "config.json:garbled"])
 def test_a_zoo_that_lost_its_checkpoint_is_named_not_trained_again_from_the_start(
         tmp_path, monkeypatch, capsys, lost):
     """A zoo folder whose results.json records the run's state at 70000 but lost a file of
@@ -225,7 +228,11 @@ def test_a_zoo_that_lost_its_checkpoint_is_named_not_trained_again_from_the_star
     _table(tmp_path)
     shutil.copytree(os.path.join(REPO, "zoo", SINE), tmp_path / "zoo" / SINE)
     folder = tmp_path / "zoo" / SINE
-    (folder / lost).unlink()
+    lost, _, garbled = lost.partition(":")  # garbled: restored, its resume failed on it
+    if garbled:
+        _garble(lost)(folder)
+    else:
+        (folder / lost).unlink()
     before = _digest(folder)
     commands = []
     monkeypatch.setattr(reproduce_run, "stream",
@@ -235,7 +242,8 @@ def test_a_zoo_that_lost_its_checkpoint_is_named_not_trained_again_from_the_star
     out = capsys.readouterr().out
     assert commands == []  # neither trained nor evaluated
     line = next(x for x in out.splitlines() if str(folder / lost) in x)
-    assert "is missing" in line and f"git checkout -- {folder}" in line
+    assert ("is not a JSON object" if garbled else "is missing") in line
+    assert f"git checkout -- {folder}" in line
     assert _digest(folder) == before
 
 

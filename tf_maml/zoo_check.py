@@ -157,6 +157,10 @@ def _run_files_problem(zoo_dir: str, record: dict, held_by: str | None = None) -
         if not os.path.exists(path):
             return (f"{path} is missing but {results_path} records the run's state at "
                     f"iteration {iteration}: {_from_git(zoo_dir)}")
+    config = os.path.join(zoo_dir, "config.json")
+    if not atomic.read_json(config):  # a restore would copy it into the run directory
+        return (f"{config} is not a JSON object of the run's flags (garbled, or a merge "
+                f"left conflict markers in it): {_from_git(config)}")
     return None
 
 
