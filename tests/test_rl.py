@@ -943,6 +943,18 @@ def test_reevaluation_arguments_are_named_before_anything_is_written(
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("run_dir, message", [
+    ("", r"^--run_dir: is empty \(an unset shell variable"),
+    ("~/logs/navigation/run", r"^--run_dir: '~/logs/navigation/run' starts with ~, which only a "
+                              r"shell expands .*: it would be a folder named ~ here; write /"),
+], ids=["empty", "home"])
+def test_a_run_dir_no_shell_expanded_is_named_not_said_to_be_no_folder(run_dir, message):
+    # Was "--run_dir=~/logs/navigation/run is not a run directory (not a folder)", of a
+    # folder the user's shell lists (the ~ of a flagfile, or of --run_dir=~/...).
+    with pytest.raises(ConfigError, match=message):
+        runner.reevaluate_rl(run_dir, ["0.1"])
+
+
 def test_a_finished_rl_run_kept_as_weights_is_told_apart_from_resumable_state(tmp_path):
     """The model zoo keeps a finished run as the policy and the iteration alone (no TRPO
     counters): resuming training from it says so, as for a supervised run, instead of

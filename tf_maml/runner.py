@@ -24,6 +24,7 @@ from tf_maml import train as train_lib
 from tf_maml.callbacks import ProgressLogger
 from tf_maml.checkpoint import learner_checkpointer, restore_for_test
 from tf_maml.config import LOCOMOTION_FAMILIES, Config, ConfigError
+from tf_maml.errors import path_problem
 from tf_maml.tasks.locomotion import require_simulator, simulator_versions
 
 
@@ -286,6 +287,9 @@ def _rl_run_config(directory: str) -> Config:
     """The Config of the reinforcement-learning run ``directory``: its config.json, or the
     test_config.json of a run that only evaluated (the random baseline as tf-maml-reproduce
     runs it, with --train=False)."""
+    problem = path_problem("run_dir", directory)  # else "not a folder", of one that is
+    if problem:
+        raise ConfigError(f"--run_dir: {problem}")
     path = os.path.join(directory, "config.json")
     if not os.path.exists(path) and os.path.exists(os.path.join(directory, "test_config.json")):
         path = os.path.join(directory, "test_config.json")
