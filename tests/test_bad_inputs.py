@@ -965,6 +965,18 @@ def test_rl_figure_oracle_that_is_no_oracle_run_is_refused(tmp_path):
     rl_figure.check_oracle(str(tmp_path))
 
 
+def test_rl_figure_run_or_oracle_starting_with_a_tilde_is_named():
+    # Were "no test_returns.npy in ~/logs/...: evaluate the run first", of a run the user's
+    # shell lists as evaluated (the ~ of a flagfile, or of --run=MAML=~/...).
+    from tf_maml.rl import figure as rl_figure
+
+    with pytest.raises(ValueError, match=r"^--run=MAML=~/logs/nav@x: '~/logs/nav' starts with "
+                                         r"~, which only a shell expands"):
+        rl_figure.parse_runs(["MAML=~/logs/nav@x"])
+    with pytest.raises(ValueError, match=r"^--oracle: '~/logs/oracle' starts with ~"):
+        rl_figure.check_oracle("~/logs/oracle")
+
+
 def test_rl_figure_output_that_cannot_be_written_is_one_line_and_keeps_the_earlier_figure(
         tmp_path, monkeypatch):
     # Were an OSError's bare words ("[Errno 17] File exists: 'afile'", "[Errno 21] Is a

@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from tf_maml import atomic
+from tf_maml.errors import path_problem, unexpanded_home
 
 
 def load_returns(run: str) -> np.ndarray:
@@ -101,8 +102,6 @@ def plot(runs: dict[str, str], path: str, oracle: str | None = None,
 def check_output(path: str) -> None:
     """A ValueError naming the fix if ``--output`` cannot be the PNG's path (checked before
     any run is read): empty, with an unexpanded ~, or a folder."""
-    from tf_maml.errors import path_problem
-
     problem = path_problem("output", path)
     if problem:
         raise ValueError(f"--output: {problem}")
@@ -119,6 +118,9 @@ def parse_runs(items: list[str]) -> dict[str, str]:
         label, sep, run_dir = item.partition("=")
         if not sep or not label or not run_dir:
             raise ValueError(f"--run expects LABEL=RUN_DIR, got {item!r}")
+        problem = unexpanded_home(run_dir.partition("@")[0])  # else "no ...npy in ~/..."
+        if problem:
+            raise ValueError(f"--run={item}: {problem}")
         if label in runs:  # else the later curve replaced the earlier one
             raise ValueError(f"--run={item}: the label {label} is taken (by {runs[label]}): "
                              "give each curve a label of its own")
@@ -132,6 +134,9 @@ def check_oracle(run: str) -> None:
     import json
 
     run_dir = run.partition("@")[0]
+    problem = path_problem("oracle", run_dir)
+    if problem:
+        raise ValueError(f"--oracle: {problem}")
     try:
         with open(os.path.join(run_dir, "config.json")) as f:
             config = json.load(f)
