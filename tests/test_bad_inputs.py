@@ -936,6 +936,26 @@ def test_figures_of_swapped_runs_are_refused_before_anything_is_drawn(sine_copy,
     assert not output.exists()
 
 
+def test_figures_of_a_result_file_cut_short_name_it_before_anything_is_drawn(sine_copy,
+                                                                             tmp_path):
+    # Was Figure 2 written into --output_dir, then NumPy's traceback for Figure 3.
+    from tf_maml import figures
+
+    config, maml = sine_copy
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(maml, pretrained)
+    (pretrained / "config.json").write_text(dataclasses.replace(
+        config, pretrain_iterations=40, metatrain_iterations=0).to_json())
+    npy = pretrained / "test_ubs5_stepsize0.01.npy"
+    npy.write_bytes(npy.read_bytes()[:100])
+    output = tmp_path / "figures"
+    with pytest.raises(figures.FigureError, match=rf"^{re.escape(str(npy))} cannot be read "
+                       r"\(cut short or garbled\): evaluate the run again to write it \(its "
+                       r"training command with --train=False\)$"):
+        figures.draw(str(maml), str(pretrained), [], str(output))
+    assert not output.exists()
+
+
 def test_a_figure_curve_label_given_twice_is_refused(tmp_path):
     # Was a dict entry replaced without a word: --extra_run=MAML=<run> drew that run as
     # Figure 3's MAML curve (Figure 2's stayed --maml_run's), and the later of two --run
@@ -1016,7 +1036,7 @@ def test_rl_figure_output_that_cannot_be_written_is_one_line_and_keeps_the_earli
 @pytest.mark.parametrize("damage, message", [
     (lambda data: data[:len(data) // 2], r"cannot be read \(cut short or garbled\)"),
     (lambda data: b"not an array", r"cannot be read \(cut short or garbled\)"),
-    (lambda data: _npy(np.zeros(3)), r"holds a float64 array of shape \(3,\), not the returns"),
+    (lambda data: _npy(np.zeros(3)), r"holds a float64 array of shape \(3,\), not the numbers"),
     (lambda data: _npy(np.zeros((0, 3))), r"holds a float64 array of shape \(0, 3\)"),
 ], ids=["truncated", "garbled", "one-axis", "no-tasks"])
 def test_rl_figure_of_a_damaged_returns_file_names_it_and_writes_nothing(tmp_path, damage,

@@ -30,11 +30,32 @@ def load_run(run_dir: str):
 
 
 def result_matrix(run_dir: str) -> tuple[np.ndarray, str]:
-    paths = sorted(glob.glob(os.path.join(run_dir, "test_ubs*_stepsize*.npy")))
+    """The per-task matrix of the run's evaluation and its name; a FigureError if there is
+    none or it cannot be read."""
+    paths = sorted(glob.glob(os.path.join(glob.escape(run_dir), "test_ubs*_stepsize*.npy")))
     if not paths:
-        raise FileNotFoundError(f"no test_ubs*_stepsize*.npy in {run_dir}: evaluate the run "
-                                "first (--train=False)")
-    return np.load(paths[0]), os.path.basename(paths[0])[:-4]
+        raise FigureError(f"no test_ubs*_stepsize*.npy in {run_dir}: evaluate the run "
+                          "first (its training command with --train=False)")
+    return (load_matrix(paths[0], "its training command with --train=False"),
+            os.path.basename(paths[0])[:-4])
+
+
+def load_matrix(path: str, again: str) -> np.ndarray:
+    """The ``[tasks, steps + 1]`` numbers of an evaluation in the ``.npy`` at ``path``; a
+    FigureError naming the file and ``again``, the command that writes it again, if it is
+    cut short, garbled or not such a matrix."""
+    try:
+        values = np.load(path)
+    except (OSError, ValueError, EOFError) as err:  # cut short, garbled, or not an array
+        # NumPy's words for a garbled file would advise allow_pickle=True.
+        why = getattr(err, "strerror", None) or "cut short or garbled"
+        raise FigureError(f"{path} cannot be read ({why}): evaluate the run again to write "
+                          f"it ({again})") from None
+    if values.ndim != 2 or not values.size or not np.issubdtype(values.dtype, np.number):
+        raise FigureError(f"{path} holds a {values.dtype} array of shape {values.shape}, not "
+                          f"the numbers of [tasks, steps + 1]: evaluate the run again to write "
+                          f"it ({again})")
+    return values
 
 
 def figure2(runs: dict[str, str], path: str, seed: int = 3, steps=(0, 1, 10)) -> str:
@@ -177,9 +198,7 @@ def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> lis
         check_run("extra_run", run_dir)
     check_roles(maml_run, maml, pretrained_run, pretrained)
     for run_dir in curves.values():
-        if not glob.glob(os.path.join(glob.escape(run_dir), "test_ubs*_stepsize*.npy")):
-            raise FigureError(f"no test_ubs*_stepsize*.npy in {run_dir}: evaluate the run "
-                              "first (its training command with --train=False)")
+        result_matrix(run_dir)  # there and whole: else Figure 2 was written, then a traceback
     from tf_maml import rundir
 
     try:

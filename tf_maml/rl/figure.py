@@ -23,6 +23,7 @@ import numpy as np
 
 from tf_maml import atomic
 from tf_maml.errors import path_problem, unexpanded_home
+from tf_maml.figures import load_matrix
 
 
 def load_returns(run: str) -> np.ndarray:
@@ -33,20 +34,8 @@ def load_returns(run: str) -> np.ndarray:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {os.path.basename(path)} in {run_dir}: evaluate the run "
                                 "first (tf-maml --flagfile=... --train=False)")
-    again = (f"python -m tf_maml.rl.run --run_dir={run_dir} --step_sizes=..." if name
-             else "tf-maml --flagfile=... --train=False")
-    try:
-        returns = np.load(path)
-    except (OSError, ValueError, EOFError) as err:  # cut short, garbled, or not an array
-        # NumPy's words for a garbled file would advise allow_pickle=True.
-        why = getattr(err, "strerror", None) or "cut short or garbled"
-        raise ValueError(f"{path} cannot be read ({why}): evaluate the run again to write it "
-                         f"({again})") from None
-    if returns.ndim != 2 or not returns.size or not np.issubdtype(returns.dtype, np.number):
-        raise ValueError(f"{path} holds a {returns.dtype} array of shape {returns.shape}, not "
-                         f"the returns of [tasks, steps + 1]: evaluate the run again to write "
-                         f"it ({again})")
-    return returns
+    return load_matrix(path, f"python -m tf_maml.rl.run --run_dir={run_dir} --step_sizes=..."
+                       if name else "tf-maml --flagfile=... --train=False")
 
 
 def mean_ci(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
