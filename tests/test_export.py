@@ -458,6 +458,20 @@ def test_metadata_of_a_path_that_is_no_export_says_so(tmp_path, where):
         load_metadata(str(path))
 
 
+@pytest.mark.parametrize("content", ['{"default_num_steps": 5, "inpu', "[5]"],
+                         ids=["cut-short", "a-list"])
+def test_metadata_of_an_export_cut_short_or_edited_names_the_file(tmp_path, content):
+    # Was JSON's "Expecting ',' delimiter: line 1 column 32 (char 31)" without the file (and
+    # a list was returned as if it were the record).
+    path = tmp_path / "model" / "assets.extra" / "maml_metadata.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is not the export's record "
+                       r"of its defaults \(cut short, garbled or edited: .*\): export the model "
+                       rf"again into {re.escape(str(tmp_path / 'model'))}$"):
+        load_metadata(str(tmp_path / "model"))
+
+
 @pytest.mark.parametrize("below", ["model", "model/deeper"])
 def test_export_dir_below_a_file_is_refused_before_anything_is_computed(tmp_path, below):
     # Passed the check the command line makes before training, then failed after it.

@@ -465,7 +465,15 @@ def load_metadata(export_dir: str) -> dict:
             "give the directory that MetaLearner.export or tf-maml --export_dir wrote"
         ) from None
     with f:
-        return json.load(f)
+        try:
+            metadata = json.load(f)
+        except ValueError as err:  # else JSON's words alone, without the file
+            metadata = err
+    if not isinstance(metadata, dict):
+        why = metadata if isinstance(metadata, ValueError) else "not a JSON object"
+        raise ValueError(f"{f.name} is not the export's record of its defaults (cut short, "
+                         f"garbled or edited: {why}): export the model again into {export_dir}")
+    return metadata
 
 
 __all__ = ["check_export_dir", "export", "load_metadata"]
