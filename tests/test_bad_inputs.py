@@ -997,6 +997,26 @@ def test_rl_figure_run_or_oracle_starting_with_a_tilde_is_named():
         rl_figure.check_oracle("~/logs/oracle")
 
 
+def test_rl_figure_of_a_missing_run_or_re_evaluation_names_what_is_there(tmp_path):
+    # Were "no test_returns.npy in <typo>: evaluate the run first" of a folder that is not
+    # there, and for RUN_DIR@NAME of a misspelt NAME, the same advice to run tf-maml again.
+    from tf_maml.rl import figure as rl_figure
+
+    run = str(tmp_path)
+    for name in ("test_returns", "test_returns_steps0.1_0.05"):
+        np.save(os.path.join(run, name + ".npy"), -np.ones((2, 3)))
+    with pytest.raises(FileNotFoundError, match=rf"^{re.escape(run)}x is not a folder: give "
+                                                r"the run directory of an evaluated RL run"):
+        rl_figure.load_returns(run + "x")
+    with pytest.raises(FileNotFoundError, match=(
+            rf"^no test_returns_steps0\.1_0\.5\.npy in {re.escape(run)}; it holds "
+            r"test_returns, test_returns_steps0\.1_0\.05 \(did you mean "
+            r"test_returns_steps0\.1_0\.05\?\): evaluate the run first \(python -m "
+            rf"tf_maml\.rl\.run --run_dir={re.escape(run)} --step_sizes=\.\.\.\)$")):
+        rl_figure.load_returns(run + "@test_returns_steps0.1_0.5")
+    assert rl_figure.load_returns(run + "@test_returns_steps0.1_0.05").shape == (2, 3)
+
+
 def test_rl_figure_output_that_cannot_be_written_is_one_line_and_keeps_the_earlier_figure(
         tmp_path, monkeypatch):
     # Were an OSError's bare words ("[Errno 17] File exists: 'afile'", "[Errno 21] Is a

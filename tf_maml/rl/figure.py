@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from tf_maml import atomic
-from tf_maml.errors import path_problem, unexpanded_home
+from tf_maml.errors import did_you_mean, path_problem, unexpanded_home
 from tf_maml.figures import load_matrix
 
 
@@ -31,11 +31,19 @@ def load_returns(run: str) -> np.ndarray:
     ``RUN_DIR@NAME`` (its ``NAME.npy``, e.g. a re-evaluation with other step sizes)."""
     run_dir, _, name = run.partition("@")
     path = os.path.join(run_dir, (name or "test_returns") + ".npy")
+    evaluate = (f"python -m tf_maml.rl.run --run_dir={run_dir} --step_sizes=..." if name
+                else "tf-maml --flagfile=... --train=False")
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"{run_dir} is not a folder: give the run directory of an "
+                                "evaluated RL run, e.g. logs/navigation/<run>")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no {os.path.basename(path)} in {run_dir}: evaluate the run "
-                                "first (tf-maml --flagfile=... --train=False)")
-    return load_matrix(path, f"python -m tf_maml.rl.run --run_dir={run_dir} --step_sizes=..."
-                       if name else "tf-maml --flagfile=... --train=False")
+        held = sorted(n[:-4] for n in os.listdir(run_dir)
+                      if n.startswith("test_returns") and n.endswith(".npy"))
+        said = (f"; it holds {', '.join(held)}{did_you_mean(name, held)}" if name and held
+                else "")
+        raise FileNotFoundError(f"no {os.path.basename(path)} in {run_dir}{said}: evaluate "
+                                f"the run first ({evaluate})")
+    return load_matrix(path, evaluate)
 
 
 def mean_ci(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
