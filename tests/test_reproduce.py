@@ -139,6 +139,10 @@ def test_selection():
     with pytest.raises(reproduce.ReproduceError, match=r"^unknown experiment 'sinusiod_maml_k1"
                                                        r"0' \(did you mean sinusoid_maml_k10"):
         reproduce.select("sinusiod_maml_k10", table)
+    # Was the whole list alone, for a name in capitals.
+    with pytest.raises(reproduce.ReproduceError, match=r"^unknown experiment 'SINUSOID' \(did "
+                                                       r"you mean sinusoid\?\)"):
+        reproduce.select("SINUSOID", table)
 
 
 @pytest.mark.parametrize("row, problem", [

@@ -28,11 +28,14 @@ def check_count(name: str, value, minimum: int, what: str) -> None:
 
 def did_you_mean(word: str, choices) -> str:
     """`` (did you mean X?)`` (or ``X or Y``) for a misspelt ``word`` among ``choices``; ""
-    if none is close."""
+    if none is close. Letter case is no difference (SINUSOID: sinusoid)."""
     import difflib
 
-    close = difflib.get_close_matches(word, list(choices), n=2, cutoff=0.7)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
+    by_lower: dict[str, str] = {}
+    for choice in choices:
+        by_lower.setdefault(choice.lower(), choice)
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=2, cutoff=0.7)
+    return f" (did you mean {' or '.join(by_lower[c] for c in close)}?)" if close else ""
 
 
 def empty_path(name: str, path) -> str | None:
