@@ -139,10 +139,15 @@ def test_selection():
     with pytest.raises(reproduce.ReproduceError, match=r"^unknown experiment 'sinusiod_maml_k1"
                                                        r"0' \(did you mean sinusoid_maml_k10"):
         reproduce.select("sinusiod_maml_k10", table)
-    # Was the whole list alone, for a name in capitals.
+    # Was the whole list alone, for a name in capitals; and for names separated by spaces or
+    # semicolons (in a flagfile, or quoted), each of them a row.
     with pytest.raises(reproduce.ReproduceError, match=r"^unknown experiment 'SINUSOID' \(did "
                                                        r"you mean sinusoid\?\)"):
         reproduce.select("SINUSOID", table)
+    for spec in ("sinusoid_maml_k10 omniglot", "sinusoid_maml_k10; omniglot"):
+        with pytest.raises(reproduce.ReproduceError, match=rf"^--experiments={spec}: separate "
+                           r"the names with commas, --experiments=sinusoid_maml_k10,omniglot$"):
+            reproduce.select(spec, table)
 
 
 @pytest.mark.parametrize("row, problem", [

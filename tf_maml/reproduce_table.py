@@ -270,6 +270,11 @@ def select(spec: str, experiments: list[Experiment]) -> list[Experiment]:
             wanted.update(e.name for e in experiments if e.group == item)
         elif item in by_name:
             wanted.add(item)
+        elif len(parts := re.split(r"[\s;]+", item)) > 1 and all(
+                part in (*by_name, *GROUPS, "all") for part in parts):
+            commas = ",".join(p for p in re.split(r"[\s;,]+", spec) if p)
+            raise ReproduceError(f"--experiments={spec}: separate the names with commas, "
+                                 f"--experiments={commas}")
         else:
             raise ReproduceError(f"unknown experiment {item!r}"
                                  f"{did_you_mean(item, list(by_name) + list(GROUPS))}: choose "
