@@ -310,3 +310,16 @@ def test_an_output_with_an_unexpanded_home_is_refused_before_reading(tmp_path):
     with pytest.raises(ConversionError, match=r"^--output: '~/maml59000' starts with ~, "
                                               r"which only a shell expands"):
         convert(str(tmp_path / "model59000"), "~/maml59000")
+
+
+@pytest.mark.parametrize("flag", ["checkpoint", "output"])
+def test_an_empty_path_is_refused_before_reading(tmp_path, flag):
+    # --output=$OUT with OUT unset failed after the conversion, "could not write the
+    # converted weights in : No such file or directory ...; check , then run the same
+    # command again"; --checkpoint=$CKPT looked for the files ".index" and ".data-...".
+    paths = {"checkpoint": str(tmp_path / "model59000"), "output": str(tmp_path / "out")}
+    paths[flag] = ""
+    with pytest.raises(ConversionError, match=rf"^--{flag}: is empty \(an unset shell "
+                                              rf"variable, as in --{flag}=\$X\?\)"):
+        convert(paths["checkpoint"], paths["output"])
+    assert os.listdir(tmp_path) == []

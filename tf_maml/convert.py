@@ -356,10 +356,10 @@ def convert(prefix: str, output: str) -> dict:
     """Builds our network for checkpoint ``prefix``, loads it and writes
     ``<output>/model.weights.h5`` (Keras) and ``<output>/summary.json``; returns the summary."""
     from tf_maml import experiment
-    from tf_maml.errors import unexpanded_home
+    from tf_maml.errors import path_problem
 
     for name, value in (("checkpoint", prefix), ("output", output)):
-        problem = unexpanded_home(value)
+        problem = path_problem(name, value)
         if problem:
             raise ConversionError(f"--{name}: {problem}")
     path = resolve_prefix(prefix)
