@@ -895,7 +895,10 @@ def test_a_stop_during_evaluation_says_what_was_kept(sine_copy, monkeypatch, sig
     ("label", "--extra_run expects LABEL=RUN_DIR, got '{run}'"),
     ("home", "--output_dir: '~/figures' starts with ~, which only a shell expands"),
     ("empty", "--output_dir: is empty (an unset shell variable, as in --output_dir=$X?)"),
-], ids=["missing-run", "not-sinusoid", "no-label", "unexpanded-home", "empty-output"])
+    # Was "--extra_run=~/logs/sine/run is not a run directory", of a run a shell lists.
+    ("home-run", "--extra_run: '~/logs/sine/run' starts with ~, which only a shell expands"),
+], ids=["missing-run", "not-sinusoid", "no-label", "unexpanded-home", "empty-output",
+        "unexpanded-home-run"])
 def test_figures_of_a_wrong_run_are_one_line_before_anything_is_drawn(sine_copy, tmp_path,
                                                                       case, message):
     # Each was a traceback (FileNotFoundError, a navigation net in the sinusoid figure, ...).
@@ -907,7 +910,8 @@ def test_figures_of_a_wrong_run_are_one_line_before_anything_is_drawn(sine_copy,
     (other / "config.json").write_text(Config(datasource="navigation").to_json())
     runs = {"missing": (missing, run_dir, []), "navigation": (run_dir, other, []),
             "label": (run_dir, run_dir, [str(run_dir)]), "home": (run_dir, run_dir, []),
-            "empty": (run_dir, run_dir, [])}[case]
+            "empty": (run_dir, run_dir, []),
+            "home-run": (run_dir, run_dir, ["MAML K5=~/logs/sine/run"])}[case]
     output = {"home": "~/figures", "empty": ""}.get(case, str(tmp_path / "figures"))
     with pytest.raises(figures.FigureError) as info:
         figures.draw(str(runs[0]), str(runs[1]), runs[2], output)

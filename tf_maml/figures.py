@@ -133,6 +133,11 @@ def check_run(flag: str, run_dir: str) -> dict:
     config.json."""
     import json
 
+    from tf_maml.errors import path_problem
+
+    problem = path_problem(flag, run_dir)  # else "not a run directory", of one a shell lists
+    if problem:
+        raise FigureError(f"--{flag}: {problem}")
     path = os.path.join(run_dir, "config.json")
     try:
         with open(path) as f:
