@@ -976,6 +976,20 @@ def test_a_figure_curve_label_given_twice_is_refused(tmp_path):
     assert not (tmp_path / "figures").exists()
 
 
+def test_a_figure_curve_label_may_hold_an_equals_sign(tmp_path):
+    # "MAML K=5=<run>" (the report's labels are so) was cut at the first "=": the curve
+    # "MAML K" of the run "5=<run>", which is not there.
+    from tf_maml.rl import figure as rl_figure
+
+    run = tmp_path / "lr=0.1"  # a folder may hold one too
+    run.mkdir()
+    assert rl_figure.parse_runs([f"MAML K=5={run}", f"K=5 (α/2)={run}@test_returns_steps0.1"]) \
+        == {"MAML K=5": str(run), "K=5 (α/2)": f"{run}@test_returns_steps0.1"}
+    assert rl_figure.parse_runs([f"lr={run}"]) == {"lr": str(run)}
+    # No path after any "=": cut at the first, so the error names the run not found.
+    assert rl_figure.parse_runs(["MAML=logs/a=b"]) == {"MAML": "logs/a=b"}
+
+
 def test_rl_figure_oracle_that_is_no_oracle_run_is_refused(tmp_path):
     # Was drawn without a word as the oracle's band, at the MAML policy's 0-step return.
     from tf_maml.rl import figure as rl_figure

@@ -123,6 +123,18 @@ def figure3(runs: dict[str, str], path: str) -> str:
     return path
 
 
+def split_curve(item: str) -> tuple[str, str]:
+    """``LABEL=RUN_DIR`` (a curve flag's value) as (label, run): cut at the first ``=`` after
+    which a path exists, since a label may hold one ("MAML K=5", as the report's), and so
+    may a folder ("lr=0.1"); at the first ``=`` if none does. ("", "") without one."""
+    cuts = [i for i, c in enumerate(item) if c == "="]
+    for i in cuts:
+        run = item[i + 1:]
+        if os.path.exists(run) or os.path.exists(run.partition("@")[0]):
+            return item[:i], run
+    return (item[:cuts[0]], item[cuts[0] + 1:]) if cuts else ("", "")
+
+
 class FigureError(ValueError):
     """A run directory the figures cannot be drawn from; the message names the flag and the
     fix."""
@@ -190,8 +202,8 @@ def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> lis
     runs = {"MAML": maml_run, "pretrained": pretrained_run}
     curves = dict(runs)
     for extra in extra_runs or []:
-        label, sep, run_dir = extra.partition("=")
-        if not (sep and label and run_dir):
+        label, run_dir = split_curve(extra)
+        if not (label and run_dir):
             raise FigureError(f"--extra_run expects LABEL=RUN_DIR, got {extra!r}")
         if label in curves:  # else one curve replaced the other under its label
             raise FigureError(f"--extra_run={extra}: the label {label} is taken (by "

@@ -23,7 +23,7 @@ import numpy as np
 
 from tf_maml import atomic
 from tf_maml.errors import did_you_mean, path_problem, unexpanded_home
-from tf_maml.figures import load_matrix
+from tf_maml.figures import load_matrix, split_curve
 
 
 def load_returns(run: str) -> np.ndarray:
@@ -112,8 +112,8 @@ def parse_runs(items: list[str]) -> dict[str, str]:
     names an item without a label, or a label given twice."""
     runs: dict[str, str] = {}
     for item in items:
-        label, sep, run_dir = item.partition("=")
-        if not sep or not label or not run_dir:
+        label, run_dir = split_curve(item)
+        if not label or not run_dir:
             raise ValueError(f"--run expects LABEL=RUN_DIR, got {item!r}")
         problem = unexpanded_home(run_dir.partition("@")[0])  # else "no ...npy in ~/..."
         if problem:
