@@ -57,8 +57,8 @@ def _main(tmp_path, monkeypatch, *args):
     return reproduce.main(["tf-maml-reproduce"], values)
 
 
-def _report(tmp_path, monkeypatch):
-    return _main(tmp_path, monkeypatch, "--train=False", "--evaluate=False")
+def _report(tmp_path, monkeypatch, *args):
+    return _main(tmp_path, monkeypatch, "--train=False", "--evaluate=False", *args)
 
 
 def _truth(zoo_dir, result):
@@ -312,6 +312,24 @@ def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, flag
     assert "\n" not in message and f"in {blocker}" in message
     assert f"a file stands where {blocker}" in message and f"use another --{flag}" in message
     assert blocker.read_text() == "a file" and not (tmp_path / "RESULTS.md").exists()
+
+
+def test_an_output_that_is_not_a_report_is_refused_and_kept(tmp_path, monkeypatch):
+    # --output=README.md (or the table, flags/experiments.json) was replaced by the report.
+    _real_rows(tmp_path, [SINE])
+    notes = tmp_path / "README.md"
+    notes.write_text("# My notes\n\nnot a report\n")
+    with pytest.raises(reproduce.ReproduceError, match=rf"^--output={re.escape(str(notes))} is "
+                       r"a file this command did not write \(it has no \"<!-- written by "
+                       r"tf-maml-reproduce\" line\), which the report would replace: give the "
+                       r"path of the results file"):
+        _report(tmp_path, monkeypatch, f"--output={notes}")
+    assert notes.read_text() == "# My notes\n\nnot a report\n"
+    # A report, or an empty file, is replaced.
+    notes.write_text("")
+    assert _report(tmp_path, monkeypatch, f"--output={notes}") == 0
+    assert _report(tmp_path, monkeypatch, f"--output={notes}") == 0
+    assert "<!-- written by tf-maml-reproduce" in notes.read_text()
 
 
 def test_a_misspelt_zoo_dir_does_not_rewrite_the_report(tmp_path, monkeypatch):

@@ -373,6 +373,20 @@ def machines_section(rows: list[dict]) -> list[str]:
     return out
 
 
+MARK = "<!-- written by tf-maml-reproduce"  # the line of HEADER that tells a report
+
+
+def is_replaceable(path: str) -> bool:
+    """Whether the file at ``path`` may be replaced by a report: a report (it has
+    :data:`MARK` near its top), or empty; not another file the output flag named by mistake."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            top = f.read(2000)
+    except OSError:
+        return True  # not there, or unreadable: the write says why
+    return not top or MARK in top
+
+
 def write(rows: list[dict], output: str, figures: list[str]) -> str:
     """Writes the results file atomically; returns its path."""
     text = render(rows, figures, output)

@@ -156,6 +156,13 @@ def _check_outputs(F) -> None:
     if os.path.isdir(F.output):
         raise ReproduceError(f"--output={F.output} is a folder: give the path of the results "
                              f"file, e.g. --output={os.path.join(F.output, 'RESULTS.md')}")
+    from tf_maml import report
+
+    if os.path.isfile(F.output) and not report.is_replaceable(F.output):
+        raise ReproduceError(f"--output={F.output} is a file this command did not write (it "
+                             f"has no \"{report.MARK}\" line), which the report would replace: "
+                             "give the path of the results file (e.g. docs/RESULTS.md), or "
+                             "move that file away")
     if F.figures and os.path.exists(F.figures_dir) and not os.path.isdir(F.figures_dir):
         raise ReproduceError(f"--figures_dir={F.figures_dir} is a file: give the folder for "
                              "the PNG figures (or --figures=False)")
