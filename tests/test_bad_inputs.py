@@ -1046,11 +1046,16 @@ def test_rl_figure_output_that_cannot_be_written_is_one_line_and_keeps_the_earli
     (tmp_path / "run").mkdir()
     np.save(tmp_path / "run" / "test_returns.npy", -np.arange(6.0).reshape(2, 3))
     runs = {"MAML": str(tmp_path / "run")}
+    (tmp_path / "notes.png").write_text("my notes")  # no PNG: it would be replaced
     for output, message in [("", r"^--output: is empty"), ("~/f.png", r"^--output: '~/f.png' "
                             r"starts with ~"), (str(tmp_path), r"is a folder: give the path "
-                            r"of the PNG, e.g. --output=.*navigation_return\.png$")]:
+                            r"of the PNG, e.g. --output=.*navigation_return\.png$"),
+                            (str(tmp_path / "f.pdf"), r"f\.pdf: the figure is a PNG; give a "
+                            r"path ending in \.png$"), (str(tmp_path / "notes.png"), r"notes"
+                            r"\.png is a file that is no PNG, which the figure would replace")]:
         with pytest.raises(ValueError, match=message):
             rl_figure.check_output(output)
+    assert (tmp_path / "notes.png").read_text() == "my notes"
     (tmp_path / "afile").write_text("a file")
     with pytest.raises(ValueError, match=r"^could not write f.png in .*afile: .*a file stands "
                                          r"where .*afile or a directory above it should be: "
@@ -1060,6 +1065,7 @@ def test_rl_figure_output_that_cannot_be_written_is_one_line_and_keeps_the_earli
     rl_figure.plot(runs, str(figure))
     earlier = snapshot(tmp_path / "figs")
     assert figure.read_bytes().startswith(b"\x89PNG")
+    rl_figure.check_output(str(figure))  # an earlier figure is replaced
 
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -98,13 +98,24 @@ def plot(runs: dict[str, str], path: str, oracle: str | None = None,
 
 def check_output(path: str) -> None:
     """A ValueError naming the fix if ``--output`` cannot be the PNG's path (checked before
-    any run is read): empty, with an unexpanded ~, or a folder."""
+    any run is read): empty, with an unexpanded ~, a folder, not named .png, or a file that
+    is not a PNG (which the figure would replace)."""
     problem = path_problem("output", path)
     if problem:
         raise ValueError(f"--output: {problem}")
     if os.path.isdir(path):
         raise ValueError(f"--output={path} is a folder: give the path of the PNG, e.g. "
                          f"--output={os.path.join(path, 'navigation_return.png')}")
+    if not path.lower().endswith(".png"):  # else a PNG under another name (.pdf, .md)
+        raise ValueError(f"--output={path}: the figure is a PNG; give a path ending in .png")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return  # not there yet (or unreadable: the write says why)
+    if head and head != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"--output={path} is a file that is no PNG, which the figure would "
+                         "replace: give another --output, or move that file away")
 
 
 def parse_runs(items: list[str]) -> dict[str, str]:
