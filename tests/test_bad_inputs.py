@@ -960,6 +960,26 @@ def test_figures_of_a_result_file_cut_short_name_it_before_anything_is_drawn(sin
     assert not output.exists()
 
 
+def test_figures_of_a_run_whose_checkpoints_are_damaged_are_one_line(sine_copy, tmp_path):
+    # Was CorruptCheckpointError's traceback.
+    from tf_maml import figures
+
+    config, maml = sine_copy
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(maml, pretrained)
+    (pretrained / "config.json").write_text(dataclasses.replace(
+        config, pretrain_iterations=40, metatrain_iterations=0).to_json())
+    for iteration in (20, 40):
+        data = pretrained / f"model-{iteration}.data-00000-of-00001"
+        data.write_bytes(data.read_bytes()[:50])
+    output = tmp_path / "figures"
+    with pytest.raises(figures.FigureError, match=rf"^checkpoint {re.escape(str(pretrained))}"
+                       r"/model-40 is corrupt or truncated: .*replace the damaged file from a "
+                       r"backup, or train again in another --logdir$"):
+        figures.draw(str(maml), str(pretrained), [], str(output))
+    assert os.listdir(output) == []  # neither figure
+
+
 def test_a_figure_curve_label_given_twice_is_refused(tmp_path):
     # Was a dict entry replaced without a word: --extra_run=MAML=<run> drew that run as
     # Figure 3's MAML curve (Figure 2's stayed --maml_run's), and the later of two --run

@@ -216,7 +216,10 @@ def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> lis
     check_roles(maml_run, maml, pretrained_run, pretrained)
     for run_dir in curves.values():
         result_matrix(run_dir)  # there and whole: else Figure 2 was written, then a traceback
+    import re
+
     from tf_maml import rundir
+    from tf_maml.checkpoint import CheckpointError
 
     try:
         with rundir.writing(output_dir, "write the figures", arg="output_dir"):
@@ -225,6 +228,9 @@ def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> lis
                     figure3(curves, os.path.join(output_dir, "sinusoid_figure3.png"))]
     except rundir.RunDirError as err:  # a file in the way, a full or read-only disk
         raise FigureError(str(err).replace("`output_dir`", "--output_dir")) from None
+    except CheckpointError as err:  # a run's checkpoint damaged: said before Figure 2 is
+        # written; its fix names tf-maml's `flags`.
+        raise FigureError(re.sub(r"`(\w+)`", r"--\1", str(err))) from None
 
 
 def main(argv):
