@@ -1716,8 +1716,11 @@ def test_a_meta_batch_of_no_tasks_is_named(meta_batch_size):
     (dict(callbacks=keras.callbacks.EarlyStopping()),
      r"^callbacks must be a list of tf_maml\.callbacks\.Callback objects \(Keras callbacks do "
      r"not apply"),
+    # Was "could not create the run directory in : No such file or directory ...; check ,".
+    (dict(run_dir=""), r"^run_dir must be the path of a folder \(None: no run directory, "
+                       r"nothing written\), got ''$"),
 ], ids=["negative-iterations", "float-iterations", "negative-pretrain", "no-seed",
-        "keras-callback"])
+        "keras-callback", "empty-run-dir"])
 def test_bad_fit_arguments_are_named(kwargs, message):
     # Negative iterations trained nothing without a word; the others failed deep inside
     # range(), numpy's seeding or the loop's first callback hook.

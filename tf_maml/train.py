@@ -292,6 +292,11 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
                                                            for cb in callbacks):
         raise ValueError(f"callbacks must be a list of tf_maml.callbacks.Callback objects (Keras "
                          f"callbacks do not apply: fit is not Keras' fit), got {callbacks!r}")
+    if run_dir is not None and (not isinstance(run_dir, (str, os.PathLike))
+                                or not str(run_dir).strip()):
+        # Else "could not create the run directory in : No such file ...; check , then ...".
+        raise ValueError(f"run_dir must be the path of a folder (None: no run directory, "
+                         f"nothing written), got {run_dir!r}")
     callbacks = list(callbacks)
     if log_interval:
         callbacks.insert(0, ProgressLogger(log_interval, min(log_interval, 100), log))
