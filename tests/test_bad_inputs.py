@@ -1010,6 +1010,30 @@ def test_a_figure_curve_label_may_hold_an_equals_sign(tmp_path):
     assert rl_figure.parse_runs(["MAML=logs/a=b"]) == {"MAML": "logs/a=b"}
 
 
+def test_rl_figure_of_runs_of_two_task_families_is_refused(tmp_path):
+    # Was drawn without a word: a half-cheetah run's returns (hundreds) beside 2D
+    # navigation's (tens), as one more curve or as the oracle's band.
+    from tf_maml.rl import figure as rl_figure
+
+    runs = {}
+    for name, family, record in [("nav", "navigation", "config.json"),
+                                 ("random", "navigation", "test_config.json"),  # evaluated only
+                                 ("cheetah", "cheetah_vel", "config.json")]:
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        (runs[name] / record).write_text(Config(datasource=family).to_json())
+    (tmp_path / "no_record").mkdir()
+    rl_figure.check_family({"MAML": str(runs["nav"]), "random": f"{runs['random']}@x",
+                            "other": str(tmp_path / "no_record")}, oracle=str(runs["nav"]))
+    with pytest.raises(ValueError, match=rf"^--run=MAML K=5={re.escape(str(runs['cheetah']))} "
+                       rf"is a cheetah_vel run, but --run=MAML={re.escape(str(runs['nav']))} a "
+                       r"navigation run: a figure compares the runs of one task family"):
+        rl_figure.check_family({"MAML": str(runs["nav"]), "MAML K=5": str(runs["cheetah"])})
+    with pytest.raises(ValueError, match=rf"^--oracle={re.escape(str(runs['cheetah']))} is a "
+                                         r"cheetah_vel run, but --run=random="):
+        rl_figure.check_family({"random": str(runs["random"])}, oracle=str(runs["cheetah"]))
+
+
 def test_rl_figure_oracle_that_is_no_oracle_run_is_refused(tmp_path):
     # Was drawn without a word as the oracle's band, at the MAML policy's 0-step return.
     from tf_maml.rl import figure as rl_figure

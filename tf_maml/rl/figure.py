@@ -157,6 +157,27 @@ def check_oracle(run: str) -> None:
                          f"curve with --run=LABEL={run}")
 
 
+def check_family(runs: dict[str, str], oracle: str | None = None) -> None:
+    """A ValueError if the curves (and the oracle) are runs of different task families, as
+    their flags say (config.json, or an evaluation's test_config.json; a run without either
+    is not compared): their returns are of other tasks, on other scales."""
+    given = [(f"--run={label}={run}", run) for label, run in runs.items()]
+    seen: dict[str, str] = {}  # task family -> the flag of its first run
+    for flag, run in given + ([(f"--oracle={oracle}", oracle)] if oracle else []):
+        run_dir = run.partition("@")[0]
+        family = (atomic.read_json(os.path.join(run_dir, "config.json"))
+                  or atomic.read_json(os.path.join(run_dir, "test_config.json"))
+                  ).get("datasource")
+        if not isinstance(family, str):
+            continue
+        seen.setdefault(family, flag)
+        if len(seen) > 1:
+            (first, first_flag), (other, other_flag) = seen.items()
+            raise ValueError(f"{other_flag} is a {other} run, but {first_flag} a {first} "
+                             "run: a figure compares the runs of one task family; draw each "
+                             "family in a figure of its own")
+
+
 def main(argv):
     import sys
 
@@ -167,6 +188,7 @@ def main(argv):
         runs = parse_runs(flags.FLAGS.run)
         if flags.FLAGS.oracle:
             check_oracle(flags.FLAGS.oracle)
+        check_family(runs, flags.FLAGS.oracle)
         path = plot(runs, flags.FLAGS.output, flags.FLAGS.oracle, flags.FLAGS.title)
     except (ValueError, OSError) as err:  # a run not evaluated, a file in the way, ...
         print(f"tf_maml.rl.figure: error: {err}", file=sys.stderr)
