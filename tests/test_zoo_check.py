@@ -344,6 +344,25 @@ def test_a_misspelt_zoo_dir_does_not_rewrite_the_report(tmp_path, monkeypatch):
     assert not (tmp_path / "zooo").exists()
 
 
+def test_a_zoo_dir_of_one_row_does_not_rewrite_the_report(tmp_path, monkeypatch):
+    # Was exit 0 and a RESULTS.md of every row "not run": the folder exists, but holds no
+    # row's folder (one row's own, or an empty one).
+    _real_rows(tmp_path, [SINE])
+    assert _report(tmp_path, monkeypatch) == 0
+    report = (tmp_path / "RESULTS.md").read_text()
+    folder = tmp_path / "zoo" / SINE
+    with pytest.raises(reproduce.ReproduceError, match=(
+            rf"^--zoo_dir={re.escape(str(folder))} holds no row's folder \(it is one row's "
+            rf"folder, holding results\.json: give the zoo, --zoo_dir="
+            rf"{re.escape(str(tmp_path / 'zoo'))}\): the report made from it would list every "
+            r"row not run.*was not rewritten$")):
+        _report(tmp_path, monkeypatch, f"--zoo_dir={folder}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(reproduce.ReproduceError, match=r"empty holds no row's folder: the "):
+        _report(tmp_path, monkeypatch, f"--zoo_dir={tmp_path / 'empty'}")
+    assert (tmp_path / "RESULTS.md").read_text() == report
+
+
 def test_a_logdir_root_that_is_a_file_fails_the_row_in_one_line(tmp_path, monkeypatch, capsys):
     # Was a NotADirectoryError traceback from the zoo's restore into the run directory.
     _real_rows(tmp_path, [SINE])

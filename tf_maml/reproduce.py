@@ -131,6 +131,9 @@ def main(argv, F):
                              f"publishes nothing into it; {F.output} was not rewritten")
     _check_outputs(F)
     plans = [plan_of(e) for e in experiments]
+    if not (F.publish and (F.train or F.evaluate or any(os.path.isdir(p.run_dir)
+                                                        for p in plans))):
+        _check_zoo_holds_rows(F.zoo_dir, table, F.output)  # else all "not run"
     # What a path of this machine becomes in the zoo and the report.
     paths = {F.logdir_root: "$LOGDIR", F.omniglot_dir: "$DATA/omniglot",
              F.miniimagenet_dir: "$DATA/miniimagenet", F.flags_dir: "flags", REPO: ".",
@@ -148,6 +151,20 @@ def main(argv, F):
     for name, status in failures.items():
         log(f"FAILED {name}: {status}")
     return 1 if failures else 0
+
+
+def _check_zoo_holds_rows(zoo_dir: str, table: list, output: str) -> None:
+    """A ReproduceError if ``zoo_dir``, which nothing will be published into, holds no row's
+    folder (one row's own, or an empty folder): the report made from it would list every row
+    "not run", over the numbers of the earlier one."""
+    if any(os.path.isdir(os.path.join(zoo_dir, e.zoo)) for e in table):
+        return
+    hint = (f" (it is one row's folder, holding {zoo_lib.RESULTS_FILE}: give the zoo, "
+            f"--zoo_dir={os.path.dirname(os.path.abspath(zoo_dir))})"
+            if os.path.exists(os.path.join(zoo_dir, zoo_lib.RESULTS_FILE)) else "")
+    raise ReproduceError(f"--zoo_dir={zoo_dir} holds no row's folder{hint}: the report made "
+                         "from it would list every row not run, and this invocation "
+                         f"publishes nothing into it; {output} was not rewritten")
 
 
 def _check_outputs(F) -> None:
