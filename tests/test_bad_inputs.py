@@ -650,6 +650,24 @@ def test_miniimagenet_source_a_level_off_names_the_folder_to_give(prepared, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_miniimagenet_images_in_a_folder_per_label_say_how_they_are_read(prepared, tmp_path):
+    # Was "42 images listed in the CSVs are missing from <folder>", of a folder that holds
+    # every one of them, one level down (images/<label>/<file>), as a zip of it is read.
+    source = prepared["source"]
+    for split_rows in mini_rows().values():
+        for filename, label in split_rows:
+            (tmp_path / "images" / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / "images" / filename, tmp_path / "images" / label)
+    first, label = mini_rows()["train"][0]
+    with pytest.raises(PrepError, match=(
+            rf"missing from {re.escape(str(tmp_path / 'images'))}, which holds them in a folder "
+            rf"per label \({label}/{first}\): a folder is read flat, .* move them up into "
+            rf"{re.escape(str(tmp_path / 'images'))}, or give a zip of it \(read in any layout\)")):
+        mprep.prepare_miniimagenet(str(tmp_path / "images"), str(source / "csv"),
+                                   str(tmp_path / "out"), expect_counts=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("dataset, inside", [("omniglot", "images_background"),
                                              ("omniglot", "images_background/resized"),
                                              ("miniimagenet", "images")])

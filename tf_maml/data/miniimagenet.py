@@ -231,25 +231,33 @@ def read_splits(csv_dir: str, expect_counts: bool
 def check_images_present(splits: dict[str, dict[str, dict[str, int]]],
                          source: ImageSource) -> None:
     """Raises PrepError naming the first images the CSVs list that ``source`` lacks."""
-    missing = [f"{filename} ({split}.csv line {line}, label {label})"
+    lacking = [(filename, split, line, label)
                for split, classes in splits.items() for label, files in classes.items()
                for filename, line in files.items() if not source.has(filename)]
+    missing = [f"{filename} ({split}.csv line {line}, label {label})"
+               for filename, split, line, label in lacking]
     if missing:
-        shown, hint = "; ".join(missing[:5]), images_hint(source.path)
+        shown = "; ".join(missing[:5])
+        hint = images_hint(source.path, lacking[0][0], lacking[0][3])
         raise PrepError(f"{len(missing)} images listed in the CSVs are missing from "
                         f"{source.path}" + (f"{hint} (missing: {shown})" if hint else f": {shown}"))
 
 
-def images_hint(path: str) -> str:
-    """For an ``--images`` folder without the listed images: ", which holds X: give
-    --images=X" when it holds ``images/`` or ``images.zip`` (the folder above the images was
-    given), else ""."""
+def images_hint(path: str, filename: str = "", label: str = "") -> str:
+    """For an ``--images`` folder without the listed images (the first, ``filename`` of
+    ``label``): ", which holds X: give --images=X" when it holds ``images/`` or
+    ``images.zip`` (the folder above the images was given); what to do when it holds them
+    in a folder per label (a folder is read flat, a zip in any layout); else ""."""
     if not os.path.isdir(path):
         return ""
     for name in ("images", "images.zip"):
         inner = os.path.join(path, name)
         if os.path.isdir(inner) or os.path.isfile(inner):
             return f", which holds {name}: give --images={inner}"
+    if filename and label and os.path.isfile(os.path.join(path, label, filename)):
+        return (f", which holds them in a folder per label ({label}/{filename}): a folder is "
+                "read flat, the images side by side as in Ravi & Larochelle's images/; move "
+                f"them up into {path}, or give a zip of it (read in any layout)")
     return ""
 
 
