@@ -40,22 +40,30 @@ def result_matrix(run_dir: str) -> tuple[np.ndarray, str]:
             os.path.basename(paths[0])[:-4])
 
 
-def load_matrix(path: str, again: str) -> np.ndarray:
+def read_matrix(path: str) -> np.ndarray:
     """The ``[tasks, steps + 1]`` numbers of an evaluation in the ``.npy`` at ``path``; a
-    FigureError naming the file and ``again``, the command that writes it again, if it is
-    cut short, garbled or not such a matrix."""
+    ValueError saying what is wrong (to follow the path; the fix is the caller's) if it is
+    missing, cut short, garbled or not such a matrix."""
     try:
         values = np.load(path)
-    except (OSError, ValueError, EOFError) as err:  # cut short, garbled, or not an array
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
         # NumPy's words for a garbled file would advise allow_pickle=True.
         why = getattr(err, "strerror", None) or "cut short or garbled"
-        raise FigureError(f"{path} cannot be read ({why}): evaluate the run again to write "
-                          f"it ({again})") from None
+        raise ValueError(f"cannot be read ({why})") from None
     if values.ndim != 2 or not values.size or not np.issubdtype(values.dtype, np.number):
-        raise FigureError(f"{path} holds a {values.dtype} array of shape {values.shape}, not "
-                          f"the numbers of [tasks, steps + 1]: evaluate the run again to write "
-                          f"it ({again})")
+        raise ValueError(f"holds a {values.dtype} array of shape {values.shape}, not the "
+                         "numbers of [tasks, steps + 1]")
     return values
+
+
+def load_matrix(path: str, again: str) -> np.ndarray:
+    """:func:`read_matrix`, its error a FigureError naming the file and ``again``, the
+    command that writes it again."""
+    try:
+        return read_matrix(path)
+    except ValueError as err:
+        raise FigureError(f"{path} {err}: evaluate the run again to write it ({again})") \
+            from None
 
 
 def figure2(runs: dict[str, str], path: str, seed: int = 3, steps=(0, 1, 10)) -> str:

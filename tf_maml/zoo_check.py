@@ -76,10 +76,12 @@ def _evaluation_problem(results_path: str, entry: dict | None, npy: str, row: st
     if not os.path.exists(npy):
         return (f"{npy} is missing, so the numbers {results_path} gives for {row} cannot be "
                 f"checked: {_from_git(npy)}, or {_evaluate_again(row)}")
+    from tf_maml.figures import read_matrix  # the one reader of a per-task matrix
+
     try:
-        values = np.load(npy)
-    except (OSError, ValueError) as err:
-        return f"{npy} is not a per-task matrix ({err}): {_from_git(npy)}"
+        values = read_matrix(npy)
+    except ValueError as err:  # cut short, emptied (a traceback: EOFError), garbled
+        return f"{npy} {err}: {_from_git(npy)}"
     if values.ndim != 2 or values.shape[1] != len(numbers[0]):
         return (f"{npy} holds a {values.shape} matrix, not one per-task row of the "
                 f"{len(numbers[0])} steps {results_path} gives for {row}: {_from_git(npy)}")
