@@ -173,6 +173,14 @@ def test_an_edited_table_row_is_named_in_one_line(tmp_path, row, problem):
     assert "\n" not in str(err.value)
 
 
+def test_a_table_that_is_no_json_object_is_named_in_one_line(tmp_path):
+    # A list (the rows alone, without {"experiments": ...}) was a TypeError traceback.
+    (tmp_path / "experiments.json").write_text('[{"name": "mine"}]')
+    with pytest.raises(reproduce.ReproduceError, match=rf"^{re.escape(str(tmp_path))}/"
+                       r"experiments\.json is not an experiment table \(list indices must be "):
+        reproduce.load_experiments(str(tmp_path))
+
+
 def test_wall_time_speed_and_curve_from_the_training_log(tmp_path):
     (tmp_path / "training_log.csv").write_text(
         "iteration,phase,pre,post,val_pre,val_post,seconds\n"

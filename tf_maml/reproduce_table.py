@@ -90,7 +90,7 @@ def load_experiments(flags_dir: str) -> list[Experiment]:
         raise ReproduceError(f"{path} not found: --flags_dir names the folder of the "
                              "experiment flagfiles and their table (the repository's flags/)"
                              ) from None
-    except (ValueError, KeyError) as err:
+    except (ValueError, KeyError, TypeError) as err:  # TypeError: a list, not an object
         raise ReproduceError(f"{path} is not an experiment table ({err})") from None
     if not isinstance(table, list):
         raise ReproduceError(f"{path} is not an experiment table ('experiments' is not a list "
