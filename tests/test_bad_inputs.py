@@ -1097,6 +1097,18 @@ def test_rl_figure_of_a_missing_run_or_re_evaluation_names_what_is_there(tmp_pat
     assert rl_figure.load_returns(run + "@test_returns_steps0.1_0.05").shape == (2, 3)
 
 
+def test_rl_figure_with_an_empty_oracle_names_the_flag(tmp_path):
+    # --oracle=$ORACLE with ORACLE unset was " is not a folder: give the run directory ...".
+    from tf_maml.rl import figure as rl_figure
+
+    (tmp_path / "run").mkdir()
+    assert rl_figure.check_flags([f"MAML={tmp_path / 'run'}"], str(tmp_path / "f.png"),
+                                 None) == {"MAML": str(tmp_path / "run")}
+    with pytest.raises(ValueError, match=r"^--oracle: is empty \(an unset shell variable, as "
+                                         r"in --oracle=\$X\?\)"):
+        rl_figure.check_flags([f"MAML={tmp_path / 'run'}"], str(tmp_path / "f.png"), "")
+
+
 def test_rl_figure_output_that_cannot_be_written_is_one_line_and_keeps_the_earlier_figure(
         tmp_path, monkeypatch):
     # Were an OSError's bare words ("[Errno 17] File exists: 'afile'", "[Errno 21] Is a

@@ -178,17 +178,24 @@ def check_family(runs: dict[str, str], oracle: str | None = None) -> None:
                              "family in a figure of its own")
 
 
+def check_flags(run: list[str], output: str, oracle: str | None) -> dict[str, str]:
+    """The curves of the ``--run`` flags, once every flag is checked (before any run's
+    returns are read): a ValueError names the first that cannot be drawn or written."""
+    check_output(output)
+    runs = parse_runs(run)
+    if oracle is not None:  # an empty --oracle (an unset variable) is named, not skipped
+        check_oracle(oracle)
+    check_family(runs, oracle)
+    return runs
+
+
 def main(argv):
     import sys
 
     from absl import flags
 
     try:
-        check_output(flags.FLAGS.output)
-        runs = parse_runs(flags.FLAGS.run)
-        if flags.FLAGS.oracle:
-            check_oracle(flags.FLAGS.oracle)
-        check_family(runs, flags.FLAGS.oracle)
+        runs = check_flags(flags.FLAGS.run, flags.FLAGS.output, flags.FLAGS.oracle)
         path = plot(runs, flags.FLAGS.output, flags.FLAGS.oracle, flags.FLAGS.title)
     except (ValueError, OSError) as err:  # a run not evaluated, a file in the way, ...
         print(f"tf_maml.rl.figure: error: {err}", file=sys.stderr)
