@@ -631,6 +631,18 @@ def test_omniglot_source_a_level_off_names_the_folder_to_give(prepared, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_omniglot_source_of_alphabets_without_the_sets_names_what_to_give(prepared, tmp_path):
+    # Was "neither .../images_background.zip nor .../images_background exists" only, for a
+    # folder of the 50 alphabets merged (or a prepared tree given as the source).
+    with pytest.raises(PrepError, match=(
+            rf"; {re.escape(str(prepared['omniglot']))} holds alphabets directly \(Alpha, "
+            r"Beta_\(b\), Gamma\), not the two sets: give the folder holding images_background and "
+            r"images_evaluation as downloaded")):
+        oprep.prepare_omniglot(str(prepared["omniglot"]), str(tmp_path / "out"),
+                               expect_counts=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("images, csv_dir, message", [
     ("", "csv", "missing from {src}, which holds images: give --images={src}/images "
                 "(missing: n01"),

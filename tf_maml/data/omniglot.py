@@ -38,6 +38,7 @@ import collections
 import contextlib
 import io
 import os
+import re
 import time
 import zipfile
 from collections.abc import Iterable
@@ -149,9 +150,24 @@ def source_hint(source: str) -> str:
         candidates += sorted(os.path.join(source, e.name) for e in os.scandir(source)
                              if e.is_dir() and not e.name.startswith("."))
     found = [folder for folder in candidates if holds_sets(folder)]
-    if len(found) != 1:
-        return ""
-    return f"; {found[0]} holds them: give --source={found[0]}"
+    if len(found) == 1:
+        return f"; {found[0]} holds them: give --source={found[0]}"
+    alphabets = [os.path.basename(folder) for folder in candidates if _holds_characters(folder)]
+    if alphabets and not found:  # e.g. both sets merged, or a prepared (resized) tree
+        return (f"; {source} holds alphabets directly ({', '.join(alphabets[:3])}"
+                f"{', ...' if len(alphabets) > 3 else ''}), not the two sets: give the folder "
+                "holding images_background and images_evaluation as downloaded (the zips in "
+                "the python/ folder of github.com/brendenlake/omniglot)")
+    return ""
+
+
+def _holds_characters(folder: str) -> bool:
+    """Whether ``folder`` looks like an alphabet: it holds ``character<NN>`` folders."""
+    try:
+        return any(e.is_dir() and re.fullmatch(r"character\d+", e.name)
+                   for e in os.scandir(folder))
+    except OSError:
+        return False
 
 
 def group_characters(members: Iterable[Member]) -> dict[str, list[Member]]:
