@@ -382,6 +382,21 @@ def test_a_logdir_root_that_is_a_file_fails_the_row_in_one_line(tmp_path, monkey
     assert _digest(tmp_path / "zoo" / SINE) == before
 
 
+def test_a_file_in_place_of_a_row_s_zoo_folder_stops_the_row_before_training(
+        tmp_path, monkeypatch, capsys):
+    # Was trained from the start (the zoo read as empty), and only the first publish failed.
+    _real_rows(tmp_path, [SINE])
+    shutil.rmtree(tmp_path / "zoo" / SINE)
+    (tmp_path / "zoo" / SINE).write_text("not a folder")
+    code = _main(tmp_path, monkeypatch, f"--experiments={SINE}", "--run_budget_minutes=0.01")
+    out = capsys.readouterr().out
+    assert code == 1
+    assert (f"[{SINE}] {tmp_path / 'zoo' / SINE}, this row's zoo folder, is a file, so nothing "
+            "trained or evaluated could be published there: move that file away") in out
+    assert "training" not in out.split("is a file")[0]
+    assert (tmp_path / "zoo" / SINE).read_text() == "not a folder"
+
+
 def test_a_failed_publish_fails_the_command_and_keeps_the_run_directory(tmp_path, monkeypatch,
                                                                        capsys):
     """The zoo folder cannot be written (here: a file is in its place); the run directory,

@@ -144,7 +144,10 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
         log(f"[{p.experiment.name}] skipped: {p.skip_reason}")
         return {"skipped": p.skip_reason}
     if (train and p.train_cmd) or evaluate or reevaluate:  # a report alone reads the zoo
-        problem = _restore(p, log)
+        problem = getattr(publish, "enabled", False) and _zoo_folder_problem(p)
+        if problem:
+            log(f"[{p.experiment.name}] {problem}")
+        problem = problem or _restore(p, log)
         if problem:
             return {"restore_error": problem}
     status = _train(p, deadline, train, eval_reserve_s, publish, log)
@@ -186,6 +189,17 @@ def _restore(p: Plan, log) -> str | None:
     except ReproduceError as err:  # a file in the way, a full or read-only disk
         log(f"[{p.experiment.name}] {err}")
         return str(err)
+    return None
+
+
+def _zoo_folder_problem(p: Plan) -> str | None:
+    """Why the row's zoo folder cannot take what this run publishes (a file stands in its
+    place), said before hours of training: else only the first publish failed."""
+    if os.path.exists(p.zoo_dir) and not os.path.isdir(p.zoo_dir):
+        return (f"{p.zoo_dir}, this row's zoo folder, is a file, so nothing trained or "
+                "evaluated could be published there: move that file away (or `git checkout "
+                f"-- {p.zoo_dir}` if the repository's folder was replaced), then run the same "
+                "command again")
     return None
 
 
