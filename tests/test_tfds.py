@@ -199,6 +199,23 @@ def test_rebuild_is_reused_quickly(omni):
     assert time.monotonic() - start < 5.0
 
 
+def test_a_build_from_partial_data_is_not_reused_as_the_full_data_set(omni, mini):
+    # TFDS reuses a built version whatever the builder's arguments: one built from a partial
+    # source (--expect_counts=false) was taken for the full data set on a rerun with the
+    # full one, said only by the split counts it printed.
+    src, data_dir = omni[0], omni[1]
+    before = sorted(p for p in os.listdir(data_dir))
+    with pytest.raises(PrepError, match=(
+            r"tf_maml_omniglot/maml_28/1\.0\.0 holds tf_maml_omniglot/maml_28/1\.0\.0 built "
+            r"earlier from partial data \(\d+ examples: .*\), not the full data set's 32460, "
+            r"and TFDS reuses a build as it is: delete .*maml_28/1\.0\.0 and run this again")):
+        build.build_omniglot(src, data_dir, "maml_28")
+    assert sorted(p for p in os.listdir(data_dir)) == before
+    msrc, mdata_dir = mini[0], mini[1]
+    with pytest.raises(PrepError, match=r"not the full data set's 60000"):
+        build.build_miniimagenet(str(msrc / "images.zip"), str(msrc), mdata_dir)
+
+
 def test_omniglot_standard_split_needs_all_characters(omni, tmp_path):
     src = omni[0]
     with pytest.raises(PrepError, match="1623"):  # default: expect the full data set

@@ -57,6 +57,15 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str) -> dict:
                                      download_config=download_config(manual_dir))
     seconds = time.monotonic() - start
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+    expected = builder.EXPECTED_EXAMPLES if builder._expect_counts else None
+    if already and expected and sum(splits.values()) != expected:
+        # TFDS reuses a built version as it is: one built from deliberately partial data
+        # (--expect_counts=false) would be read as the full data set, said only by its counts.
+        raise PrepError(
+            f"{builder.data_path} holds {builder.info.full_name} built earlier from partial "
+            f"data ({sum(splits.values())} examples: {splits}), not the full data set's "
+            f"{expected}, and TFDS reuses a build as it is: delete {builder.data_path} and run "
+            f"this again to build it from {manual_dir}")
     logging.info("%s %s in %.1f s: %s in %s", builder.info.full_name,
                  "already built" if already else "built", seconds, splits, builder.data_dir)
     return {"name": builder.info.full_name, "path": os.fspath(builder.data_dir),

@@ -117,6 +117,8 @@ class TfMamlMiniimagenet(OfflineBuilder):
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {str(VERSION): "First release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    # 100 classes x 600 images (checked on reusing a build).
+    EXPECTED_EXAMPLES = sum(mprep.EXPECTED_NUM_CLASSES.values()) * mprep.EXPECTED_IMAGES_PER_CLASS
 
     def __init__(self, *, expect_counts: bool = True, **kwargs):
         self._expect_counts = expect_counts

@@ -174,6 +174,8 @@ class TfMamlOmniglot(OfflineBuilder):
             description="The original 105x105 drawings; splits background and evaluation."),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    # Every config holds every drawing, however split (checked on reusing a build).
+    EXPECTED_EXAMPLES = oprep.EXPECTED_NUM_CHARACTERS * oprep.EXPECTED_DRAWINGS_PER_CHARACTER
 
     def __init__(self, *, expect_counts: bool = True, num_train: int | None = None,
                  num_val: int | None = None, **kwargs):
