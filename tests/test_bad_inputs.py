@@ -1040,6 +1040,21 @@ def test_a_figure_curve_label_may_hold_an_equals_sign(tmp_path):
     assert rl_figure.parse_runs(["MAML=logs/a=b"]) == {"MAML": "logs/a=b"}
 
 
+def test_an_rl_figure_run_folder_whose_path_holds_an_at_sign_is_read_whole(tmp_path):
+    # Was cut at its first "@": the folder "<tmp>/runs" and the evaluation "2026/nav", not
+    # there; a re-evaluation's @NAME still follows it.
+    from tf_maml.rl import figure as rl_figure
+
+    run = tmp_path / "runs@2026" / "nav"
+    run.mkdir(parents=True)
+    returns = np.array([[-40.0, -10.0], [-38.0, -14.0]])
+    np.save(run / "test_returns.npy", returns)
+    np.save(run / "test_returns_steps0.1.npy", returns + 1)
+    np.testing.assert_array_equal(rl_figure.load_returns(str(run)), returns)
+    np.testing.assert_array_equal(
+        rl_figure.load_returns(f"{run}@test_returns_steps0.1"), returns + 1)
+
+
 def test_rl_figure_of_runs_of_two_task_families_is_refused(tmp_path):
     # Was drawn without a word: a half-cheetah run's returns (hundreds) beside 2D
     # navigation's (tens), as one more curve or as the oracle's band.

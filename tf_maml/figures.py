@@ -131,6 +131,16 @@ def figure3(runs: dict[str, str], path: str) -> str:
     return path
 
 
+def split_run(run: str) -> tuple[str, str]:
+    """``RUN_DIR[@NAME]`` (an RL curve's run: its ``NAME.npy``, default test_returns) as
+    (run_dir, name): a folder that exists is read whole, even if its path holds an ``@``;
+    else the name is what follows the last ``@``."""
+    if "@" not in run or os.path.isdir(run):
+        return run, ""
+    run_dir, _, name = run.rpartition("@")
+    return run_dir, name
+
+
 def split_curve(item: str) -> tuple[str, str]:
     """``LABEL=RUN_DIR`` (a curve flag's value) as (label, run): cut at the first ``=`` after
     which a path exists, since a label may hold one ("MAML K=5", as the report's), and so
@@ -138,7 +148,7 @@ def split_curve(item: str) -> tuple[str, str]:
     cuts = [i for i, c in enumerate(item) if c == "="]
     for i in cuts:
         run = item[i + 1:]
-        if os.path.exists(run) or os.path.exists(run.partition("@")[0]):
+        if os.path.exists(split_run(run)[0]):
             return item[:i], run
     return (item[:cuts[0]], item[cuts[0] + 1:]) if cuts else ("", "")
 

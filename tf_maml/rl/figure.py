@@ -23,13 +23,13 @@ import numpy as np
 
 from tf_maml import atomic
 from tf_maml.errors import did_you_mean, path_problem, unexpanded_home
-from tf_maml.figures import load_matrix, split_curve
+from tf_maml.figures import load_matrix, split_curve, split_run
 
 
 def load_returns(run: str) -> np.ndarray:
     """The ``[tasks, steps + 1]`` returns of ``RUN_DIR`` (its ``test_returns.npy``) or of
     ``RUN_DIR@NAME`` (its ``NAME.npy``, e.g. a re-evaluation with other step sizes)."""
-    run_dir, _, name = run.partition("@")
+    run_dir, name = split_run(run)
     path = os.path.join(run_dir, (name or "test_returns") + ".npy")
     evaluate = (f"python -m tf_maml.rl.run --run_dir={run_dir} --step_sizes=..." if name
                 else "tf-maml --flagfile=... --train=False")
@@ -126,7 +126,7 @@ def parse_runs(items: list[str]) -> dict[str, str]:
         label, run_dir = split_curve(item)
         if not label or not run_dir:
             raise ValueError(f"--run expects LABEL=RUN_DIR, got {item!r}")
-        problem = unexpanded_home(run_dir.partition("@")[0])  # else "no ...npy in ~/..."
+        problem = unexpanded_home(split_run(run_dir)[0])  # else "no ...npy in ~/..."
         if problem:
             raise ValueError(f"--run={item}: {problem}")
         if label in runs:  # else the later curve replaced the earlier one
@@ -141,7 +141,7 @@ def check_oracle(run: str) -> None:
     baseline (the band would be drawn at another policy's return, labelled oracle)."""
     import json
 
-    run_dir = run.partition("@")[0]
+    run_dir = split_run(run)[0]
     problem = path_problem("oracle", run_dir)
     if problem:
         raise ValueError(f"--oracle: {problem}")
@@ -164,7 +164,7 @@ def check_family(runs: dict[str, str], oracle: str | None = None) -> None:
     given = [(f"--run={label}={run}", run) for label, run in runs.items()]
     seen: dict[str, str] = {}  # task family -> the flag of its first run
     for flag, run in given + ([(f"--oracle={oracle}", oracle)] if oracle else []):
-        run_dir = run.partition("@")[0]
+        run_dir = split_run(run)[0]
         family = (atomic.read_json(os.path.join(run_dir, "config.json"))
                   or atomic.read_json(os.path.join(run_dir, "test_config.json"))
                   ).get("datasource")
