@@ -949,16 +949,22 @@ def test_figures_of_a_wrong_run_are_one_line_before_anything_is_drawn(sine_copy,
     assert not (tmp_path / "figures").exists()
 
 
-def test_figures_of_swapped_runs_are_refused_before_anything_is_drawn(sine_copy, tmp_path):
-    # Were drawn without a word: the pretrained baseline's curves labelled MAML and the
-    # other way round, over the figures already in --output_dir (default: docs/figures).
-    from tf_maml import figures
-
+def _with_pretrained_copy(sine_copy, tmp_path):
+    """(the sine run, a copy of it whose config.json says it is the pretrained baseline)."""
     config, maml = sine_copy
     pretrained = tmp_path / "pretrained"
     shutil.copytree(maml, pretrained)
     (pretrained / "config.json").write_text(dataclasses.replace(
         config, pretrain_iterations=40, metatrain_iterations=0).to_json())
+    return maml, pretrained
+
+
+def test_figures_of_swapped_runs_are_refused_before_anything_is_drawn(sine_copy, tmp_path):
+    # Were drawn without a word: the pretrained baseline's curves labelled MAML and the
+    # other way round, over the figures already in --output_dir (default: docs/figures).
+    from tf_maml import figures
+
+    maml, pretrained = _with_pretrained_copy(sine_copy, tmp_path)
     output = tmp_path / "figures"
     with pytest.raises(figures.FigureError, match=rf"^--maml_run={pretrained} was not "
                        rf"meta-trained .* the two look swapped: --maml_run={maml} "
@@ -975,11 +981,7 @@ def test_figures_of_a_result_file_cut_short_name_it_before_anything_is_drawn(sin
     # Was Figure 2 written into --output_dir, then NumPy's traceback for Figure 3.
     from tf_maml import figures
 
-    config, maml = sine_copy
-    pretrained = tmp_path / "pretrained"
-    shutil.copytree(maml, pretrained)
-    (pretrained / "config.json").write_text(dataclasses.replace(
-        config, pretrain_iterations=40, metatrain_iterations=0).to_json())
+    maml, pretrained = _with_pretrained_copy(sine_copy, tmp_path)
     npy = pretrained / "test_ubs5_stepsize0.01.npy"
     npy.write_bytes(npy.read_bytes()[:100])
     output = tmp_path / "figures"
@@ -994,11 +996,7 @@ def test_figures_of_a_run_whose_checkpoints_are_damaged_are_one_line(sine_copy, 
     # Was CorruptCheckpointError's traceback.
     from tf_maml import figures
 
-    config, maml = sine_copy
-    pretrained = tmp_path / "pretrained"
-    shutil.copytree(maml, pretrained)
-    (pretrained / "config.json").write_text(dataclasses.replace(
-        config, pretrain_iterations=40, metatrain_iterations=0).to_json())
+    maml, pretrained = _with_pretrained_copy(sine_copy, tmp_path)
     for iteration in (20, 40):
         data = pretrained / f"model-{iteration}.data-00000-of-00001"
         data.write_bytes(data.read_bytes()[:50])

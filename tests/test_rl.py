@@ -825,7 +825,9 @@ def test_an_evaluation_stopped_before_its_returns_leaves_the_earlier_flags(tmp_p
     assert (run_dir / "test_config.json").read_text() == "these"
 
 
-def test_cli_random_baseline_evaluates_without_training(tmp_path, capsys):
+def _random_baseline_cli(tmp_path, capsys, *extra) -> str:
+    """Runs tf-maml on a tiny navigation random baseline (with the flags ``extra``) into
+    tmp_path; asserts it exited cleanly and returns its run directory."""
     from absl import app, flags
 
     from tf_maml import main as cli_main
@@ -833,14 +835,18 @@ def test_cli_random_baseline_evaluates_without_training(tmp_path, capsys):
     flags.FLAGS.unparse_flags()
     argv = ["tf-maml", "--datasource=navigation", "--baseline=random", f"--logdir={tmp_path}",
             "--meta_batch_size=2", "--update_batch_size=2", "--update_lr=0.1", "--norm=None",
-            "--num_test_tasks=2", "--test_num_updates=1", "--max_kl=0.02", "--discount=0.9"]
+            "--num_test_tasks=2", "--test_num_updates=1", *extra]
     try:
         with pytest.raises(SystemExit) as exit_:
             app.run(cli_main.main, argv=argv)
     finally:
         flags.FLAGS.unparse_flags()
     assert exit_.value.code in (0, None), capsys.readouterr().err[-2000:]
-    run_dir = os.path.join(tmp_path, "cls_5.mbs_2.ubs_2.numstep1.updatelr0.1randomnonorm")
+    return os.path.join(tmp_path, "cls_5.mbs_2.ubs_2.numstep1.updatelr0.1randomnonorm")
+
+
+def test_cli_random_baseline_evaluates_without_training(tmp_path, capsys):
+    run_dir = _random_baseline_cli(tmp_path, capsys, "--max_kl=0.02", "--discount=0.9")
     assert os.path.exists(os.path.join(run_dir, "test_returns.csv"))
     assert not any(name.startswith("model-") for name in os.listdir(run_dir))
     with open(os.path.join(run_dir, "config.json")) as f:
@@ -853,21 +859,7 @@ def test_a_random_baseline_evaluated_alone_can_be_reevaluated(tmp_path, capsys):
     as test_config.json, not config.json: python -m tf_maml.rl.run said the folder "holds no
     config.json". Its step 0 (no adaptation: the seeded policy on the fixed test tasks) is
     the first evaluation's."""
-    from absl import app, flags
-
-    from tf_maml import main as cli_main
-
-    flags.FLAGS.unparse_flags()
-    argv = ["tf-maml", "--datasource=navigation", "--baseline=random", f"--logdir={tmp_path}",
-            "--meta_batch_size=2", "--update_batch_size=2", "--update_lr=0.1", "--norm=None",
-            "--num_test_tasks=2", "--test_num_updates=1", "--train=False"]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            app.run(cli_main.main, argv=argv)
-    finally:
-        flags.FLAGS.unparse_flags()
-    assert exit_.value.code in (0, None), capsys.readouterr().err[-2000:]
-    run_dir = os.path.join(tmp_path, "cls_5.mbs_2.ubs_2.numstep1.updatelr0.1randomnonorm")
+    run_dir = _random_baseline_cli(tmp_path, capsys, "--train=False")
     assert not os.path.exists(os.path.join(run_dir, "config.json"))
     runner.reevaluate_rl(run_dir, ["0.05"], log=lambda *_: None)
     first = np.load(os.path.join(run_dir, "test_returns.npy"))
