@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 
 import keras
@@ -933,6 +934,31 @@ def test_reevaluation_arguments_are_named_before_anything_is_written(
     with pytest.raises(ConfigError, match=message):
         runner.reevaluate_rl(str(tmp_path / run_dir), step_sizes, num_test_tasks)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_step_sizes_too_many_to_name_the_results_are_refused_before_evaluating(
+        tmp_path, monkeypatch):
+    """60 step sizes name the results test_returns_steps<60 values>.csv, over the 255 bytes a
+    file name may have: the write failed after the whole evaluation. Ordinary step sizes keep
+    their names (docs/rl.md's test_returns_steps0.1_0.05_0.05), -0 is 0."""
+    from tf_maml.rl import training as rl_training
+
+    run_dir = tmp_path / "navigation"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(
+        Config(datasource="navigation", norm="None", baseline="random").to_json())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.setattr(rl_training, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    sizes = [f"0.0{i % 10}5" for i in range(60)]
+    with pytest.raises(ConfigError, match=r"^`step_sizes`: 60 step sizes would name the results "
+                       r"test_returns_steps0\.005_0\.015_.*_0\.095\.csv, too long a name for a "
+                       rf"file in {re.escape(str(run_dir))} \(\d+ bytes while it is written, "
+                       r"over the \d+ a file name may have\): give fewer step sizes"):
+        runner.reevaluate_rl(str(run_dir), sizes)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert (rl_training.reevaluation_name(str(run_dir), [0.1, 0.05, 0.05])
+            == "test_returns_steps0.1_0.05_0.05")
+    assert rl_training.reevaluation_name(str(run_dir), [-0.0, 0.1]) == "test_returns_steps0.0_0.1"
 
 
 @pytest.mark.parametrize("run_dir, message", [

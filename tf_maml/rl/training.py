@@ -34,10 +34,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from tf_maml import rundir
+from tf_maml import atomic, rundir
 from tf_maml.callbacks import Callback, CheckpointSaver, CSVHistory, TensorBoard
 from tf_maml.checkpoint import Checkpointer, CheckpointError, learner_checkpointer, restore_for_test
-from tf_maml.errors import check_count, did_you_mean
+from tf_maml.errors import ConfigError, check_count, did_you_mean
 from tf_maml.tasks import batch_rng, locomotion
 from tf_maml.train import LOG_NAME, fit_in_run_dir
 
@@ -249,11 +249,33 @@ def reevaluate(learner, run_dir: str, step_sizes: Sequence[float], num_tasks: in
     """Re-evaluates the finished run ``run_dir`` (its latest checkpoint; the random
     baseline's untrained policy) with a step size per test step, into
     ``test_returns_steps<α1>_<α2>_....csv``; returns its path."""
+    name = reevaluation_name(run_dir, step_sizes)  # refused now, not after the evaluation
     if not random_baseline:
         path, iteration = restore_for_test(checkpointer(learner, run_dir), -1)
         log(f"Restored {path} (iteration {iteration})")
     elif checkpointer(learner, run_dir).latest is not None:
         raise CheckpointError(f"{run_dir} is a random-baseline run but holds checkpoints")
     sizes = [float(v) for v in step_sizes]
-    return evaluate_run(learner, run_dir, num_tasks, len(sizes), log, sizes,
-                        "test_returns_steps" + "_".join(map(str, sizes)))["csv"]
+    return evaluate_run(learner, run_dir, num_tasks, len(sizes), log, sizes, name)["csv"]
+
+
+def reevaluation_name(run_dir: str, step_sizes: Sequence[float]) -> str:
+    """``test_returns_steps<α1>_<α2>_...``, the name of the files of a re-evaluation of
+    ``run_dir`` with ``step_sizes``. A ConfigError if they could not be written there: the
+    name grows with each step size, and a file system takes names of 255 bytes at most
+    (its own limit, where it says), which the temporary name the files are written under
+    (:func:`tf_maml.atomic.temporary_name`) exceeds first."""
+    # + 0.0: -0 is 0, one name for one evaluation.
+    name = "test_returns_steps" + "_".join(str(float(v) + 0.0) for v in step_sizes)
+    try:
+        limit = os.pathconf(run_dir, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no such query here (Windows)
+        limit = 255
+    longest = len(os.path.basename(atomic.temporary_name(name + ".npy")).encode())
+    if longest > limit:
+        raise ConfigError(
+            f"`step_sizes`: {len(step_sizes)} step sizes would name the results {name}.csv, "
+            f"too long a name for a file in {run_dir} ({longest} bytes while it is written, "
+            f"over the {limit} a file name may have): give fewer step sizes (one per test "
+            "step)")
+    return name
