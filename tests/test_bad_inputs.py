@@ -949,6 +949,61 @@ def test_figures_of_a_wrong_run_are_one_line_before_anything_is_drawn(sine_copy,
     assert not (tmp_path / "figures").exists()
 
 
+@pytest.mark.parametrize("edit, why", [
+    (dict(update_batch_size="five"), "the key 'update_batch_size' is \"five\", not a whole number"),
+    (dict(num_filters=[40]), "the key 'num_filters' is [40], not a whole number"),
+    (dict(stop_grad="yes"), "the key 'stop_grad' is \"yes\", not true or false"),
+    (dict(metatrain_iteration=5), "the key 'metatrain_iteration' is no flag of tf-maml (did you "
+                                  "mean metatrain_iterations or pretrain_iterations?)"),
+    ([], "it holds a JSON list, not the object of the run's flags"),
+], ids=["string-count", "list-count", "string-bool", "misspelt-key", "array"])
+def test_figures_of_a_hand_edited_config_name_the_file_and_key(sine_copy, tmp_path, edit, why):
+    # The first three were tracebacks (TypeError from a comparison, Keras' from the model); a
+    # misspelt key was read as its flag's default, and the figure drawn of another run.
+    from tf_maml import figures
+
+    maml, pretrained = _with_pretrained_copy(sine_copy, tmp_path)
+    recorded = json.loads((maml / "config.json").read_text())
+    (maml / "config.json").write_text(json.dumps({**recorded, **edit} if edit else edit))
+    output = tmp_path / "figures"
+    with pytest.raises(figures.FigureError) as info:
+        figures.draw(str(maml), str(pretrained), [], str(output))
+    assert str(info.value) == (
+        f"--maml_run={maml}: {maml / 'config.json'}, the flags the run was trained with, cannot "
+        f"be read ({why}): fix it, or restore it from a copy of the run (the model zoo, a "
+        "backup)")
+    assert not output.exists()
+
+
+def test_figures_of_a_config_edited_to_an_impossible_value_name_the_flag(sine_copy, tmp_path):
+    # Was the inner loop's ValueError, as a traceback.
+    from tf_maml import figures
+
+    maml, pretrained = _with_pretrained_copy(sine_copy, tmp_path)
+    recorded = json.loads((pretrained / "config.json").read_text())
+    (pretrained / "config.json").write_text(json.dumps({**recorded, "update_lr": -1}))
+    with pytest.raises(figures.FigureError, match=rf"^--pretrained_run={pretrained}: "
+                       rf"{pretrained}/config\.json, the flags the run was trained with, hold "
+                       r"a setting no run can have \(--update_lr: .*, got -1\): fix it"):
+        figures.draw(str(maml), str(pretrained), [], str(tmp_path / "figures"))
+
+
+def test_resuming_a_run_whose_config_was_edited_to_a_wrong_type_names_the_key(sine_copy):
+    # Was "--update_batch_size: the run ... was trained with --update_batch_size=five; ...
+    # Pass --update_batch_size=five to continue it", a flag tf-maml refuses.
+    config, run_dir = sine_copy
+    recorded = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**recorded, "update_batch_size": "five"}))
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, metatrain_iterations=60))
+    assert result.code == 1
+    assert one_line_error(result.err) == (
+        f"tf-maml: error: {run_dir / 'config.json'}, the flags this run was trained with, "
+        "cannot be read (the key 'update_batch_size' is \"five\", not a whole number): fix "
+        "it, or delete it to resume without comparing the flags (training writes it again)")
+    assert snapshot(run_dir) == before
+
+
 def _with_pretrained_copy(sine_copy, tmp_path):
     """(the sine run, a copy of it whose config.json says it is the pretrained baseline)."""
     config, maml = sine_copy

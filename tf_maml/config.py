@@ -28,6 +28,7 @@ from tf_maml.config_checks import (  # noqa: F401
     ConfigChecks,
     ConfigError,
 )
+from tf_maml.errors import did_you_mean
 
 # What the test-time flags of those baselines may change in a resumed pretraining: the
 # evaluation (which baseline, K, N-way, fine-tuning step) and its length (iterations).
@@ -48,6 +49,21 @@ RUN_DEFINING = ("datasource", "num_classes", "baseline", "pretrain_iterations",
                 "sample_budget")
 # Where the run is and what this invocation does: not a change of the run.
 NOT_RUN_SETTINGS = ("logdir", "resume", "train", "test_iter")
+
+
+# Keys a run's config.json holds beside its flags, as a record for people (a locomotion run's
+# MuJoCo and Gymnasium versions): no flags, so not read back.
+RECORD_ONLY_KEYS = ("versions",)
+# What a JSON value of a Config field of each annotation is: its test and its name. A bool is
+# an int to Python (and JSON's true is no count), an int a float (JSON writes 1.0 as 1.0,
+# but a hand-edited 1 is one).
+_JSON_TYPES = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,9 +287,26 @@ class Config(ConfigChecks):
 
     @classmethod
     def from_json(cls, text: str) -> Config:
+        """The Config a run recorded as ``text`` (its config.json). A ValueError (JSON's) or
+        a ConfigError naming the key if ``text`` is not the JSON object of the flags: a value
+        not of its flag's type (a hand-edited ``"five"`` for a count, which was a traceback
+        deep in the model), or a key no flag has (a misspelt flag, else read at its default).
+        Its values are not checked against each other: :meth:`validate` does."""
         data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        if not isinstance(data, dict):
+            raise ConfigError(f"it holds a JSON {type(data).__name__}, not the object of the "
+                              "run's flags")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key in RECORD_ONLY_KEYS:
+                continue
+            if key not in fields:
+                raise ConfigError(f"the key {key!r} is no flag of tf-maml"
+                                  f"{did_you_mean(key, fields)}")
+            expected, what = _JSON_TYPES[fields[key].type]
+            if not expected(value):
+                raise ConfigError(f"the key {key!r} is {json.dumps(value)}, not {what}")
+        return cls(**{k: v for k, v in data.items() if k not in RECORD_ONLY_KEYS})
 
     def resume_changes(self, previous: Config) -> list[tuple[str, object, object]]:
         """The flags this config changes on resuming a run trained with ``previous``:

@@ -8,7 +8,7 @@ import keras
 from tf_maml import losses, models
 from tf_maml import options as opt
 from tf_maml.api import MetaLearner
-from tf_maml.config import Config
+from tf_maml.config import Config, ConfigError
 from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks.sinusoid import SinusoidTasks
 
@@ -102,9 +102,29 @@ def run_learner(config_json: str) -> tuple[Config, MetaLearner]:
     reinforcement-learning run's :func:`rl_learner`), built as for training and not
     restored: for the modules below the command line (the model zoo, the figures) that read
     a run, so that only this layer unpacks a :class:`Config`."""
-    with open(config_json) as f:
-        config = Config.from_json(f.read())
+    config = run_config(config_json)
     return config, (rl_learner(config) if config.is_rl else build_learner(config))
+
+
+def run_config(config_json: str) -> Config:
+    """The configuration a run saved in the file ``config_json`` (its config.json, or an
+    evaluation's test_config.json), checked as the flags that made it were: a ConfigError
+    naming the file, the key and the fix if it cannot be read, or was edited into something
+    the run cannot have been made with (a wrong type, a misspelt key, an impossible value),
+    which would otherwise be a traceback from deep in the model, or a figure of another run."""
+    fix = "fix it, or restore it from a copy of the run (the model zoo, a backup)"
+    try:
+        with open(config_json, encoding="utf-8") as f:
+            config = Config.from_json(f.read())
+    except (OSError, ValueError) as err:  # ValueError: JSON's, or Config's ConfigError
+        why = getattr(err, "strerror", None) or err
+        raise ConfigError(f"{config_json}, the flags the run was trained with, cannot be read "
+                          f"({why}): {fix}") from None
+    try:
+        return config.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{config_json}, the flags the run was trained with, hold a "
+                          f"setting no run can have ({err}): {fix}") from None
 
 
 def model_from_flags(flag_values: dict) -> keras.Model:

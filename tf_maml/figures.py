@@ -160,23 +160,25 @@ class FigureError(ValueError):
 
 def check_run(flag: str, run_dir: str) -> dict:
     """Raises FigureError unless ``run_dir`` is a trained sinusoid run directory; returns its
-    config.json."""
-    import json
+    flags (its config.json, as :func:`tf_maml.experiment.run_config` reads and checks it)."""
+    import dataclasses
 
-    from tf_maml.errors import path_problem
+    from tf_maml import experiment
+    from tf_maml.errors import ConfigError, path_problem
 
     problem = path_problem(flag, run_dir)  # else "not a run directory", of one a shell lists
     if problem:
         raise FigureError(f"--{flag}: {problem}")
     path = os.path.join(run_dir, "config.json")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-        datasource = config.get("datasource")
-    except (OSError, ValueError, AttributeError):
+    if not os.path.isfile(path):
         raise FigureError(f"--{flag}={run_dir} is not a run directory (no readable "
                           "config.json in it): give the run directory of a trained sinusoid "
-                          "run, logs/sine/<its exp_string>") from None
+                          "run, logs/sine/<its exp_string>")
+    try:  # the reader of every run's flags: a hand-edited file is named with its key
+        config = dataclasses.asdict(experiment.run_config(path))
+    except ConfigError as err:
+        raise FigureError(f"--{flag}={run_dir}: {err}") from None
+    datasource = config["datasource"]
     if datasource != "sinusoid":
         raise FigureError(f"--{flag}={run_dir} is a {datasource} run: the figures are of "
                           "sinusoid runs")

@@ -66,7 +66,7 @@ def resume_changes(config: Config, directory: str) -> list:
     try:
         with open(path) as f:
             previous = Config.from_json(f.read())
-    except (OSError, ValueError, TypeError, AttributeError) as err:  # not a JSON object
+    except (OSError, ValueError) as err:  # ValueError: JSON's, or Config's ConfigError
         raise ConfigError(
             f"{path}, the flags this run was trained with, cannot be read ({err}): fix it, or "
             "delete it to resume without comparing the flags (training writes it again)"
@@ -306,13 +306,7 @@ def _rl_run_config(directory: str) -> Config:
         what = "not a folder" if not os.path.isdir(directory) else "it holds no config.json"
         raise ConfigError(f"--run_dir={directory} is not a run directory ({what}): give the "
                           "folder of a finished RL run, e.g. logs/navigation/<run>")
-    try:
-        with open(path) as f:
-            config = Config.from_json(f.read())
-    except (OSError, ValueError, TypeError, AttributeError) as err:  # not a JSON object
-        raise ConfigError(f"{path}, the flags the run was trained with, cannot be read "
-                          f"({err}): restore it from the run's copy (the model zoo, a "
-                          "backup)") from err
+    config = experiment.run_config(path)
     if not config.is_rl:
         raise ConfigError(f"--run_dir={directory} is a {config.datasource} run; this command "
                           "re-evaluates reinforcement-learning runs (evaluate a supervised run "
