@@ -1828,6 +1828,34 @@ def test_nan_data_stops_fit_and_keeps_the_run(tmp_path):
     assert all(np.isfinite(v.numpy()).all() for v in fresh.model.weights)
 
 
+def test_class_ids_out_of_range_in_a_later_batch_stop_fit_naming_the_iteration(tmp_path):
+    # Only the first batch is checked before training; a later one's class 7 of 3 was
+    # TensorFlow's InvalidArgumentError, its graph and Python stack, out of fit.
+    from tf_maml.train import BatchError
+
+    run_dir = tmp_path / "run"
+    good = class_batch(3)
+    bad = list(good)
+    bad[3] = bad[3].copy()
+    bad[3][1, 0] = 7
+    MetaLearner(classifier(3), losses.summed_xent(2)).fit(
+        [good, good], iterations=2, meta_batch_size=2, run_dir=str(run_dir), log_interval=None,
+        log=lambda s: None)
+    before = snapshot(run_dir)
+    with pytest.raises(BatchError, match=r"^the batch of iteration 4 cannot be trained on: "
+                       r"Received a label value of 7 which is outside the valid range of \[0, "
+                       r"3\)\. Label values: [0-9 ]+ That step was not applied\. Last good "
+                       rf"checkpoint: {re.escape(str(run_dir))}/model-2 \(left intact\)\. Check "
+                       r"the data of the batches after the first \(class ids in 0\.\.N-1"):
+        MetaLearner(classifier(3), losses.summed_xent(2)).fit(
+            [good, tuple(bad)], iterations=5, meta_batch_size=2, run_dir=str(run_dir),
+            log_interval=None, log=lambda s: None)
+    after = snapshot(run_dir)
+    assert {p: after[p] for p in before} == before  # the checkpoint and log as they were
+    assert all(os.path.basename(p).startswith("events.out.tfevents")
+               for p in set(after) - set(before))
+
+
 def test_unknown_nan_policy_is_named():
     with pytest.raises(ValueError, match="nan_policy must be 'stop' or 'skip', got 'ignore'"):
         MetaLearner(mlp(), losses.mse).fit(SinusoidTasks(5, 5), iterations=1,

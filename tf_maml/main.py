@@ -320,14 +320,15 @@ def main(argv):
     from tf_maml.checkpoint import CheckpointError
     from tf_maml.rundir import RunDirError
     from tf_maml.tasks.image_tasks import DataError
-    from tf_maml.train import NonFiniteError
+    from tf_maml.train import BatchError, NonFiniteError
 
     # SIGTERM (a scheduler's or tf-maml-reproduce's stop) is Ctrl-C: training saves its
     # step (train.py's own handler), an evaluation says what is intact, and the exit is 130.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         runner.run(config, log=lambda line: print(to_flags(line), flush=True))
-    except (ConfigError, DataError, CheckpointError, NonFiniteError, RunDirError) as err:
+    except (BatchError, ConfigError, DataError, CheckpointError, NonFiniteError,
+            RunDirError) as err:
         return fail(err, 1)
     except KeyboardInterrupt:
         # The command is ending (training saved and said so): more presses of Ctrl-C, or
