@@ -464,12 +464,18 @@ def test_the_log_holds_each_iteration_once_after_a_fallback(tmp_path, fast_inter
     (b"\x00\xff\xfe garbage", "not a CSV text file"),
     (b"iteration;phase;pre\n10;metatrain;3.1\n20;metatrain;2.9\n",  # a spreadsheet's save
      "its first line has no column 'iteration' (it reads iteration;phase;pre)"),
-], ids=["binary", "semicolons"])
+    (None, "it cannot be opened (Is a directory)"),
+], ids=["binary", "semicolons", "folder"])
 def test_a_log_that_is_not_the_runs_is_one_line_and_kept(tmp_path, fast_intervals, content,
                                                          problem):
-    # It used to be a traceback (binary), or rewritten empty: every row lost (semicolons).
+    # It used to be a traceback (binary, a folder), or rewritten empty: every row lost
+    # (semicolons).
     config, run_dir = trained(tmp_path, 20)
-    (run_dir / "training_log.csv").write_bytes(content)
+    if content is None:
+        (run_dir / "training_log.csv").unlink()
+        (run_dir / "training_log.csv" / "kept").mkdir(parents=True)
+    else:
+        (run_dir / "training_log.csv").write_bytes(content)
     before = snapshot(run_dir)
     result = cli(*as_flags(config, metatrain_iterations=40))
     assert result.code == 1

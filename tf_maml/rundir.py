@@ -406,6 +406,8 @@ def read_csv_up_to(path: str, iteration: int) -> tuple[list[str], list[dict]]:
             columns = list(reader.fieldnames or [])
     except (UnicodeDecodeError, csv.Error) as err:
         problem = f"not a CSV text file ({err})"
+    except OSError as err:  # a folder in its place
+        problem = f"it cannot be opened ({err.strerror})"
     else:
         if not columns or "iteration" in columns:
             return columns, rows
