@@ -52,6 +52,7 @@ from tf_maml.config import Config, ConfigError
 from tf_maml.data import miniimagenet as mprep
 from tf_maml.data import omniglot as oprep
 from tf_maml.data.prep import PrepError
+from tf_maml.errors import BatchError
 from tf_maml.export import export
 from tf_maml.mapping import ExecutionPlan
 from tf_maml.tasks.image_tasks import DataError
@@ -1831,29 +1832,56 @@ def test_nan_data_stops_fit_and_keeps_the_run(tmp_path):
 def test_class_ids_out_of_range_in_a_later_batch_stop_fit_naming_the_iteration(tmp_path):
     # Only the first batch is checked before training; a later one's class 7 of 3 was
     # TensorFlow's InvalidArgumentError, its graph and Python stack, out of fit.
-    from tf_maml.train import BatchError
-
     run_dir = tmp_path / "run"
     good = class_batch(3)
-    bad = list(good)
-    bad[3] = bad[3].copy()
-    bad[3][1, 0] = 7
     MetaLearner(classifier(3), losses.summed_xent(2)).fit(
         [good, good], iterations=2, meta_batch_size=2, run_dir=str(run_dir), log_interval=None,
         log=lambda s: None)
     before = snapshot(run_dir)
     with pytest.raises(BatchError, match=r"^the batch of iteration 4 cannot be trained on: "
-                       r"Received a label value of 7 which is outside the valid range of \[0, "
-                       r"3\)\. Label values: [0-9 ]+ That step was not applied\. Last good "
-                       rf"checkpoint: {re.escape(str(run_dir))}/model-2 \(left intact\)\. Check "
-                       r"the data of the batches after the first \(class ids in 0\.\.N-1"):
+                       r"train_step: Received a label value of 7 which is outside the valid "
+                       r"range of \[0, 3\)\. Label values: [0-9 ]+ \(only the first batch's "
+                       r"targets are checked before a step: class ids must be in 0\.\.N-1\)\. "
+                       r"That step was not applied\. Last good checkpoint: "
+                       rf"{re.escape(str(run_dir))}/model-2 \(left intact\)\.$"):
         MetaLearner(classifier(3), losses.summed_xent(2)).fit(
-            [good, tuple(bad)], iterations=5, meta_batch_size=2, run_dir=str(run_dir),
-            log_interval=None, log=lambda s: None)
+            [good, _with_class(good, 3, 7)], iterations=5, meta_batch_size=2,
+            run_dir=str(run_dir), log_interval=None, log=lambda s: None)
     after = snapshot(run_dir)
     assert {p: after[p] for p in before} == before  # the checkpoint and log as they were
     assert all(os.path.basename(p).startswith("events.out.tfevents")
                for p in set(after) - set(before))
+
+
+def _with_class(batch, array: int, class_id: int) -> tuple:
+    """``batch`` with the first target of the second task in ``batch[array]`` set to
+    ``class_id``."""
+    batch = list(batch)
+    batch[array] = batch[array].copy()
+    batch[array][1, 0] = class_id
+    return tuple(batch)
+
+
+@pytest.mark.parametrize("method", ["train_step", "evaluate_batch", "adapt"])
+def test_class_ids_out_of_range_in_a_later_call_are_one_line(method):
+    # The first call's targets are checked before TensorFlow runs; a later call's class 7
+    # of 3 was TensorFlow's InvalidArgumentError with its graph and stack.
+    learner = MetaLearner(classifier(3), losses.summed_xent(2))
+    good = class_batch(3)
+    learner.evaluate_batch(good, 1)  # checked: the first batch
+    bad = _with_class(good, 1, 7)
+    before = [v.numpy() for v in learner.model.weights]
+    call = {"train_step": lambda: learner.train_step(bad),
+            "evaluate_batch": lambda: learner.evaluate_batch(bad, 1),
+            "adapt": lambda: learner.adapt(bad[0][1], bad[1][1])}[method]
+    with pytest.raises(BatchError, match=rf"^{method}: Received a label value of 7 which is "
+                       r"outside the valid range of \[0, 3\)\. Label values: [0-9 ]+ \(only "
+                       r"the first batch's targets are checked before a step: class ids must "
+                       r"be in 0\.\.N-1\)$"):
+        call()
+    assert int(learner.optimizer.iterations) == 0
+    for old, v in zip(before, learner.model.weights):
+        np.testing.assert_array_equal(old, v.numpy())
 
 
 def test_unknown_nan_policy_is_named():

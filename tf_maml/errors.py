@@ -1,13 +1,37 @@
 """The error of a setting that cannot be used: the command line's :class:`~tf_maml.config.Config`
 raises it, and so do the library modules that check settings of their own (the distribution
 strategy, the meta-batch's split over replicas), so that the command line turns either into
-its one-line message. The standard library only: any module may import it.
+its one-line message; and the error of a batch TensorFlow refused inside a compiled step. The
+standard library only: any module may import it.
 """
+
+import re
 
 
 class ConfigError(ValueError):
     """An impossible setting value or combination; the message names the setting (``--flag``,
     or the library's `argument`, which the command line turns into its flag) and the fix."""
+
+
+class BatchError(ValueError):
+    """A batch TensorFlow refused inside a compiled step (``train_step``, ``evaluate_batch``,
+    ``adapt``), e.g. a class id out of range in a later batch than the first, whose targets
+    alone are checked before a step (checking every batch would slow every step): caught
+    as it happens, at no cost to the steps, and said in one line (:func:`tensorflow_reason`);
+    ``fit`` adds the iteration and the last checkpoint."""
+
+
+def tensorflow_reason(message: str) -> str:
+    """The line of a TensorFlow error ``message`` that says what is wrong ("Received a label
+    value of 7 which is outside the valid range of [0, 3). ..."), without the graph node and
+    the Python stack around it."""
+    lines = [line.strip() for line in message.splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(
+        ("[[", "File ", "Graph execution error", "Detected at node"))]
+    reason = reasons[-1] if reasons else (lines[0] if lines else message)
+    # An eager op's message is one line: "{{function_node ...}} <reason> [Op:...] name: ".
+    reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", reason)
+    return " ".join(re.split(r" \[\[| \[Op:", reason)[0].split())
 
 
 def is_count(value, minimum: int = 0) -> bool:

@@ -21,7 +21,7 @@ from tf_maml import keras_internals, losses
 from tf_maml.errors import is_count
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
 from tf_maml.mapping.base import model_example_shape, model_runner
-from tf_maml.meta_update import MetaUpdate
+from tf_maml.meta_update import MetaUpdate, refused_batches
 from tf_maml.options import adaptation, annealing, objectives, rates
 from tf_maml.options import meta_optimizer as optim
 from tf_maml.options.per_step_bn import PerStepBatchNorm
@@ -222,9 +222,10 @@ class MetaLearner(MetaUpdate):
             raise ValueError(f"adapt: support_y has {num_y} targets but support_x has {num_x} "
                              "examples; every example needs one")
         self._check_loss(support_x, support_y, weights)
-        fast, _, _ = self._inner_loop(model_runner(self.model), weights, support_x, support_y,
-                                      _read(self.inner_lrs), steps,
-                                      bn_steps=_read(self.bn_steps))
+        with refused_batches("adapt"):
+            fast, _, _ = self._inner_loop(model_runner(self.model), weights, support_x,
+                                          support_y, _read(self.inner_lrs), steps,
+                                          bn_steps=_read(self.bn_steps))
         return fast
 
     def predict(self, x, fast_weights=None, training: bool = True):
@@ -436,7 +437,9 @@ class MetaLearner(MetaUpdate):
                 return self.plan.for_tasks(self.model, batch).map(task_fn, batch, signature)
 
             self._eval_fns[key] = tf.function(evaluate, reduce_retracing=True, autograph=False)
-        return self._eval_fns[key](self.checked_batch(batch, "evaluate_batch"))
+        batch = self.checked_batch(batch, "evaluate_batch")
+        with refused_batches("evaluate_batch"):
+            return self._eval_fns[key](batch)
 
 
 def _check_model(model: keras.Model) -> None:

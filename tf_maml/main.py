@@ -318,9 +318,10 @@ def main(argv):
         return fail(err, 2)
     from tf_maml import runner
     from tf_maml.checkpoint import CheckpointError
+    from tf_maml.errors import BatchError
     from tf_maml.rundir import RunDirError
     from tf_maml.tasks.image_tasks import DataError
-    from tf_maml.train import BatchError, NonFiniteError
+    from tf_maml.train import NonFiniteError
 
     # SIGTERM (a scheduler's or tf-maml-reproduce's stop) is Ctrl-C: training saves its
     # step (train.py's own handler), an evaluation says what is intact, and the exit is 130.

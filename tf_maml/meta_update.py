@@ -9,12 +9,30 @@ A base of the learner: it uses the learner's ``meta_gradients``, ``reptile_gradi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import keras
 import tensorflow as tf
 
 from tf_maml import distribute as distribute_lib
+from tf_maml.errors import BatchError, tensorflow_reason
 from tf_maml.mapping import Batch
 from tf_maml.options.annealing import FirstOrderUntil
+
+
+@contextlib.contextmanager
+def refused_batches(where: str) -> Iterator[None]:
+    """TensorFlow's InvalidArgumentError from inside a compiled step on a batch as a
+    :class:`~tf_maml.errors.BatchError` of one line, naming ``where`` (the method) and
+    TensorFlow's reason: a batch after the first, whose targets were not checked (a class id
+    out of range), which was a traceback of TensorFlow's graph."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as err:
+        raise BatchError(f"{where}: {tensorflow_reason(err.message)} (only the first batch's "
+                         "targets are checked before a step: class ids must be in "
+                         "0..N-1)") from None
 
 
 class MetaUpdate:
@@ -109,11 +127,12 @@ class MetaUpdate:
             # objects' code to graph code was most of the first step's time (56 s -> 10 s, conv4).
             self._train_fns[key] = tf.function(step, reduce_retracing=True, autograph=False)
         if self.strategy is None:
-            return self._train_fns[key](self.checked_batch(batch, "train_step"))
-        if not distribute_lib.is_distributed(batch):
+            batch = self.checked_batch(batch, "train_step")
+        elif not distribute_lib.is_distributed(batch):
             batch = distribute_lib.split_batch(self.strategy,
                                                self.checked_batch(batch, "train_step"))
-        return self._train_fns[key](batch)
+        with refused_batches("train_step"):
+            return self._train_fns[key](batch)
 
     meta_train_step = train_step  # the name used in the paper's vocabulary
 

@@ -18,8 +18,6 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 
-import tensorflow as tf
-
 from tf_maml import autotune, fit_record, rundir
 from tf_maml import distribute as distribute_lib
 from tf_maml.callbacks import (
@@ -43,7 +41,7 @@ from tf_maml.checkpoint import (
     learner_checkpointer,
     resume_or_start,
 )
-from tf_maml.errors import check_count
+from tf_maml.errors import BatchError, check_count
 from tf_maml.protocols import Learner, TaskLearner, TunableLearner
 from tf_maml.tasks import VAL_STREAM, task_stream
 
@@ -51,29 +49,6 @@ __all__ = ["BatchError", "Callback", "NonFiniteError", "fit", "fit_in_run_dir", 
            "train"]
 
 LOG_NAME = "training_log.csv"
-
-
-class BatchError(ValueError):
-    """A batch TensorFlow refused inside the train step, e.g. a class id outside 0..N−1 in a
-    later batch than the first, which alone is checked before training (checking every
-    batch would slow each step). Caught as it happens, at no cost to the steps: the
-    message names the iteration, TensorFlow's reason without its graph, and the last
-    checkpoint, which is left as it was (the step failed before the meta-update)."""
-
-    def __init__(self, iteration: int, err, checkpoint: str | None):
-        # TensorFlow's message: the graph's node and its Python stack around the one line
-        # that says what is wrong ("Received a label value of 7 which is outside the valid
-        # range of [0, 3). ...").
-        lines = [line.strip() for line in err.message.splitlines()]
-        reasons = [line for line in lines if line and not line.startswith(
-            ("[[", "File ", "Graph execution error", "Detected at node"))]
-        reason = " ".join((reasons[-1] if reasons else lines[0]).split(" [[")[0].split())
-        super().__init__(
-            f"the batch of iteration {iteration} cannot be trained on: {reason} That step was "
-            f"not applied. Last good checkpoint: {checkpoint or 'none yet'} (left intact). "
-            "Check the data of the batches after the first (class ids in 0..N-1, the "
-            "examples' shapes).")
-        self.iteration = iteration
 
 
 def _last_checkpoint(callbacks: Sequence[Callback]) -> str | None:
@@ -156,8 +131,11 @@ def fit(
                     cb.on_step_begin(itr + 1)
                 try:
                     out = learner.train_step(batch, pretrain=pretrain)
-                except tf.errors.InvalidArgumentError as err:
-                    raise BatchError(itr + 1, err, _last_checkpoint(callbacks)) from None
+                except BatchError as err:  # the step failed before the meta-update
+                    last = _last_checkpoint(callbacks) or "none yet"
+                    raise BatchError(f"the batch of iteration {itr + 1} cannot be trained on: "
+                                     f"{err}. That step was not applied. Last good checkpoint: "
+                                     f"{last} (left intact).") from None
                 done = itr + 1
                 for cb in callbacks:
                     cb.on_step_end(done, out, pretrain)
