@@ -822,6 +822,29 @@ def test_tf1_checkpoint_with_wrong_shapes_names_the_variable_and_flag(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+def test_tf1_checkpoint_of_non_finite_weights_is_named_before_anything_is_written(tmp_path):
+    # Was converted without a word, then evaluated into a results file of NaN (exit 0), or
+    # trained into "Non-finite loss ... at iteration 1".
+    from tf_maml import convert
+
+    prefix = save_tf1_sinusoid(str(tmp_path / "model70000"), 40)
+    reader = tf.train.load_checkpoint(prefix)
+    tensors = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    tensors["model/Variable_2"][3, 4] = np.inf
+    save_tf1(prefix, tensors)
+    message = (f"model/Variable_2 in the checkpoint {prefix} holds 1 NaN or infinite values of "
+               "1600: the run that saved it diverged or the file is damaged; give a checkpoint "
+               "of finite weights")
+    result = cli("--norm=None", "--train=False", f"--init_checkpoint={prefix}",
+                 f"--logdir={tmp_path / 'logs'}", "--num_test_tasks=2")
+    assert result.code == 1
+    assert one_line_error(result.err).startswith(f"tf-maml: error: {message}")
+    assert not (tmp_path / "logs").exists()
+    with pytest.raises(convert.ConversionError, match=f"^{re.escape(message)}"):
+        convert.convert(prefix, str(tmp_path / "converted"))
+    assert not (tmp_path / "converted").exists()
+
+
 def test_tf1_checkpoint_of_another_net_leaves_the_run_untouched(sine_copy, tmp_path):
     """--init_checkpoint with a 20-unit original sinusoid checkpoint on a 40-unit run."""
     config, run_dir = sine_copy

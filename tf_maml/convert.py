@@ -222,7 +222,8 @@ def read_original_checkpoint(model: keras.Model, prefix: str
     """Checks ``prefix`` against ``model`` and reads the values, assigning nothing.
 
     Returns (resolved prefix, [(variable, checkpoint name, value)]). Raises ConversionError
-    listing every missing, misshapen or left-over variable.
+    listing every missing, misshapen or left-over variable, or naming one that holds a NaN
+    or an infinity.
     """
     entries = variable_map(model)
     path = resolve_prefix(prefix)
@@ -268,7 +269,16 @@ def read_original_checkpoint(model: keras.Model, prefix: str
             raise ConversionError(f"cannot read {name} from {path}: its .data-* file is cut "
                                   f"short or damaged ({detail}); copy the checkpoint again "
                                   "from its source") from err
-        values.append((var, name, np.asarray(value, dtype=var.dtype)))
+        value = np.asarray(value, dtype=var.dtype)
+        if not np.isfinite(value).all():
+            # A diverged or damaged save: every evaluation from it was NaN, written as the
+            # result, and training stopped at its first step.
+            raise ConversionError(
+                f"{name} in the checkpoint {path} holds {np.size(value) - np.isfinite(value).sum()}"
+                f" NaN or infinite values of {np.size(value)}: the run that saved it diverged "
+                "or the file is damaged; give a checkpoint of finite weights (an earlier one of "
+                "that run, or a fresh copy from its source)")
+        values.append((var, name, value))
     return path, values
 
 
