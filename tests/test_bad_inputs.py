@@ -1071,6 +1071,24 @@ def test_figures_of_a_result_file_cut_short_name_it_before_anything_is_drawn(sin
     assert not output.exists()
 
 
+def test_figures_with_a_folder_where_a_figure_goes_replace_neither(sine_copy, tmp_path):
+    # Was Figure 2 replaced, then "could not write the figures ... Is a directory. Nothing
+    # was lost: nothing already written was changed".
+    from tf_maml import figures
+
+    maml, pretrained = _with_pretrained_copy(sine_copy, tmp_path)
+    output = tmp_path / "figures"
+    (output / "sinusoid_figure3.png").mkdir(parents=True)
+    (output / "sinusoid_figure2.png").write_bytes(b"\x89PNG the earlier figure")
+    before = snapshot(output)
+    with pytest.raises(figures.FigureError) as info:
+        figures.draw(str(maml), str(pretrained), [], str(output))
+    assert str(info.value) == (f"--output_dir={output}: {output / 'sinusoid_figure3.png'} is a "
+                               "folder, where the figure goes: move it away, or give another "
+                               "--output_dir")
+    assert snapshot(output) == before
+
+
 def test_figures_of_a_run_whose_checkpoints_are_damaged_are_one_line(sine_copy, tmp_path):
     # Was CorruptCheckpointError's traceback.
     from tf_maml import figures

@@ -153,6 +153,9 @@ def split_curve(item: str) -> tuple[str, str]:
     return (item[:cuts[0]], item[cuts[0] + 1:]) if cuts else ("", "")
 
 
+FIGURE_NAMES = ("sinusoid_figure2.png", "sinusoid_figure3.png")  # in --output_dir
+
+
 class FigureError(ValueError):
     """A run directory the figures cannot be drawn from; the message names the flag and the
     fix."""
@@ -236,6 +239,11 @@ def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> lis
     check_roles(maml_run, maml, pretrained_run, pretrained)
     for run_dir in curves.values():
         result_matrix(run_dir)  # there and whole: else Figure 2 was written, then a traceback
+    paths = [os.path.join(output_dir, name) for name in FIGURE_NAMES]
+    for path in paths:  # else Figure 2 was replaced, then Figure 3 could not be
+        if os.path.isdir(path):
+            raise FigureError(f"--output_dir={output_dir}: {path} is a folder, where the "
+                              "figure goes: move it away, or give another --output_dir")
     import re
 
     from tf_maml import rundir
@@ -244,8 +252,7 @@ def draw(maml_run: str, pretrained_run: str, extra_runs, output_dir: str) -> lis
     try:
         with rundir.writing(output_dir, "write the figures", arg="output_dir"):
             os.makedirs(output_dir, exist_ok=True)
-            return [figure2(runs, os.path.join(output_dir, "sinusoid_figure2.png")),
-                    figure3(curves, os.path.join(output_dir, "sinusoid_figure3.png"))]
+            return [figure2(runs, paths[0]), figure3(curves, paths[1])]
     except rundir.RunDirError as err:  # a file in the way, a full or read-only disk
         raise FigureError(str(err).replace("`output_dir`", "--output_dir")) from None
     except CheckpointError as err:  # a run's checkpoint damaged: said before Figure 2 is
