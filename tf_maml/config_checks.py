@@ -11,7 +11,13 @@ from collections.abc import Collection
 from tf_maml.adapt import ADAPT_LAYERS
 from tf_maml.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
 from tf_maml.distribute import check_meta_batch_size
-from tf_maml.errors import ConfigError, did_you_mean, empty_path, unexpanded_home
+from tf_maml.errors import (
+    ConfigError,
+    did_you_mean,
+    empty_path,
+    quoted_path,
+    unexpanded_home,
+)
 from tf_maml.evaluate import PRETRAINED_BASELINES
 from tf_maml.mapping.plan import TASK_PARALLELISM
 from tf_maml.models import NORMS
@@ -157,7 +163,7 @@ class ConfigChecks:
             if problem:
                 drop = " (its default: /tmp/data)" if name == "logdir" else ", or drop the flag"
                 fail(name, problem + drop)
-            problem = unexpanded_home(value)
+            problem = quoted_path(value) or unexpanded_home(value)
             if problem:
                 fail(name, problem)
 

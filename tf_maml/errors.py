@@ -73,8 +73,19 @@ def empty_path(name: str, path) -> str | None:
 
 def path_problem(name: str, path) -> str | None:
     """Why the value ``path`` of the path flag ``--name`` cannot be meant as written (the
-    first of :func:`empty_path` and :func:`unexpanded_home`); None if it can."""
-    return empty_path(name, path) or unexpanded_home(path)
+    first of :func:`empty_path`, :func:`quoted_path` and :func:`unexpanded_home`); None if
+    it can."""
+    return empty_path(name, path) or quoted_path(path) or unexpanded_home(path)
+
+
+def quoted_path(path) -> str | None:
+    """Why ``path`` (a path flag's value) cannot be meant as written: quotes around it are
+    removed by a shell only, not in a flagfile (``--logdir="/data/runs"``), so they would be
+    part of the name, a folder ``"`` in the current directory; None for any other value."""
+    if not isinstance(path, str) or len(path) < 2 or path[0] != path[-1] or path[0] not in "'\"":
+        return None
+    return (f"{path} is in quotes, which only a shell removes (not a flagfile): they would be "
+            f"part of the folder's name; write {path[1:-1]}")
 
 
 def unexpanded_home(path) -> str | None:
