@@ -187,20 +187,27 @@ def test_flagfile_saved_with_a_byte_order_mark_says_so(tmp_path):
     assert not (tmp_path / "l").exists()
 
 
-@pytest.mark.parametrize("quote", ['"', "'"])
-def test_a_path_in_quotes_in_a_flagfile_is_named(tmp_path, monkeypatch, quote):
-    # A shell removes the quotes, a flagfile keeps them: the run went into a folder named
-    # '"' in the current directory, and the command said nothing.
+@pytest.mark.parametrize("written, problem", [
+    ('"{path}"', '"{path}" is in quotes, which only a shell removes (not a flagfile): they '
+                 "would be part of the folder's name; write {path}"),
+    ("'{path}'", "'{path}' is in quotes, which only a shell removes (not a flagfile): they "
+                 "would be part of the folder's name; write {path}"),
+    ("{path}  # the runs", "'{path}  # the runs' holds a comment, which a flagfile does not "
+                           "strip (only a line starting with # is a comment): write {path}"),
+], ids=["double-quotes", "single-quotes", "comment"])
+def test_a_path_written_for_a_shell_in_a_flagfile_is_named(tmp_path, monkeypatch, written,
+                                                           problem):
+    # A shell removes quotes and comments, a flagfile keeps them: the run went into a folder
+    # named '"' in the current directory, or one named "l  # the runs", without a word.
     monkeypatch.chdir(tmp_path)
-    flagfile = tmp_path / "quoted.flags"
+    flagfile = tmp_path / "shell.flags"
+    path = f"{tmp_path}/l"
     flagfile.write_text(f"--datasource=sinusoid\n--metatrain_iterations=1\n--num_test_tasks=1\n"
-                        f"--logdir={quote}{tmp_path}/l{quote}\n")
+                        f"--logdir={written.format(path=path)}\n")
     result = cli(f"--flagfile={flagfile}")
     assert result.code == 2
-    assert one_line_error(result.err) == (
-        f"tf-maml: error: --logdir: {quote}{tmp_path}/l{quote} is in quotes, which only a shell "
-        f"removes (not a flagfile): they would be part of the folder's name; write {tmp_path}/l")
-    assert os.listdir(tmp_path) == ["quoted.flags"]
+    assert one_line_error(result.err) == f"tf-maml: error: --logdir: {problem.format(path=path)}"
+    assert os.listdir(tmp_path) == ["shell.flags"]
 
 
 def test_positional_argument_is_refused(tmp_path):

@@ -79,10 +79,17 @@ def path_problem(name: str, path) -> str | None:
 
 
 def quoted_path(path) -> str | None:
-    """Why ``path`` (a path flag's value) cannot be meant as written: quotes around it are
-    removed by a shell only, not in a flagfile (``--logdir="/data/runs"``), so they would be
-    part of the name, a folder ``"`` in the current directory; None for any other value."""
-    if not isinstance(path, str) or len(path) < 2 or path[0] != path[-1] or path[0] not in "'\"":
+    """Why ``path`` (a path flag's value) cannot be meant as written, as a flagfile line
+    written for a shell leaves it: in quotes, which only a shell removes
+    (``--logdir="/data/runs"``: a folder ``"`` in the current directory), or with a comment
+    after it (``--logdir=logs/sine  # runs``: a flagfile comments whole lines only); None
+    for any other value."""
+    if not isinstance(path, str):
+        return None
+    if " #" in path:
+        return (f"{path!r} holds a comment, which a flagfile does not strip (only a line "
+                f"starting with # is a comment): write {path.split(' #')[0].rstrip()}")
+    if len(path) < 2 or path[0] != path[-1] or path[0] not in "'\"":
         return None
     return (f"{path} is in quotes, which only a shell removes (not a flagfile): they would be "
             f"part of the folder's name; write {path[1:-1]}")
