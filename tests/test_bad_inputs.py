@@ -1435,6 +1435,19 @@ def test_saved_model_signatures_say_what_is_wrong(classifier_export, signature, 
 
 
 # ---------------------------------------------------------------------------- Python API
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_steps=2.5), r"^num_steps must be a whole number of inner steps >= 0, got 2\.5$"),
+    (dict(num_steps=-1), r"^num_steps must be a whole number of inner steps >= 0, got -1$"),
+    (dict(targets="labels"), r"^targets must be one of \('auto', 'classes', 'regression'\), "
+                             r"got 'labels'$"),
+], ids=["fractional-steps", "negative-steps", "unknown-targets"])
+def test_bad_export_arguments_are_named_before_anything_is_written(tmp_path, kwargs, message):
+    # 2.5 steps were exported as 2 without a word.
+    with pytest.raises(ValueError, match=message):
+        MetaLearner(mlp(), losses.mse).export(str(tmp_path / "export"), **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
 def test_saved_model_takes_numpy_s_float64_examples(classifier_export):
     # Was "Could not find matching concrete function to call loaded from the SavedModel",
     # listing the traced signatures, for the arrays numpy makes by default.

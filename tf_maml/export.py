@@ -89,6 +89,7 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import atomic, export_checks, keras_internals, losses, rundir
+from tf_maml.errors import check_count
 from tf_maml.rundir import RunDirError
 
 METADATA_FILE = "maml_metadata.json"
@@ -176,8 +177,8 @@ def export(
       ``export_dir``.
     """
     check_export_dir(export_dir)
-    if int(num_steps) < 0:
-        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    # Else 2.5 steps were exported as 2 without a word.
+    check_count("num_steps", num_steps, 0, "a whole number of inner steps")
     if targets not in TARGETS:
         raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
     model = learner.model
