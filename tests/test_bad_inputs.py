@@ -756,6 +756,26 @@ def test_resuming_a_run_with_fewer_iterations_than_its_checkpoint_is_refused(sin
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train-then-evaluate", "evaluate"])
+def test_a_folder_where_a_result_file_goes_is_named_before_training_or_evaluating(sine_copy,
+                                                                                  train):
+    # Was said only when the results were written: after the whole evaluation, and after
+    # the training session before it, as "Is a directory" of the run directory.
+    config, run_dir = sine_copy
+    (run_dir / "test_ubs5_stepsize0.01.csv").unlink()
+    (run_dir / "test_ubs5_stepsize0.01.csv" / "notes").mkdir(parents=True)
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, train=train, metatrain_iterations=60))
+    assert result.code == 1
+    assert one_line_error(result.err) == (
+        f"tf-maml: error: could not write the evaluation results in {run_dir}: "
+        f"{run_dir / 'test_ubs5_stepsize0.01.csv'} is a folder, where a file goes. Nothing "
+        "was lost: the checkpoints and the earlier results (test_ubs5_stepsize0.01.pkl/.npy) "
+        "are intact; move that folder away, then run the same command again.")
+    assert snapshot(run_dir) == before  # not trained: no model-60, the log as it was
+    assert "Iteration" not in result.out
+
+
 def other_architecture_checkpoint(run_dir) -> None:
     """Replaces the run's checkpoints by one of a 20-20 MLP (the run's net is 40-40), as a
     run directory shared by two configurations or an older version would leave it."""

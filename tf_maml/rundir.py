@@ -265,6 +265,11 @@ def os_error_message(err: OSError, run_dir: str, action: str, kept: str = "",
         fix = f"free some space on the disk of {run_dir}"
     elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         fix = f"make {run_dir} writable, or use another `{arg}`"
+    elif err.errno == errno.EISDIR and err.filename:
+        kept = kept or "nothing already written was changed"
+        return (f"could not {action} in {run_dir}: {err.filename} is a folder, where a file "
+                f"goes. Nothing was lost: {kept}; move that folder away, then run the same "
+                "command again.")
     elif err.errno in (errno.ENOTDIR, errno.EEXIST):
         kept = kept or "nothing already written was changed"
         return (f"could not {action} in {run_dir}: {reason}. Nothing was lost: {kept}; a file "
@@ -294,16 +299,21 @@ def writing(run_dir: str, action: str, kept: Callable[[], str] | None = None,
                                            kept() if kept else "", arg)) from err
 
 
-def check_writable(directory: str) -> None:
+def check_writable(directory: str, names: Sequence[str] = ()) -> None:
     """Raises now the OSError that writing a file into ``directory`` would raise (a
-    read-only mount, permissions changed since training), before the minutes or hours of an
-    evaluation whose results could not be kept. A directory not made yet passes: its
-    writer makes it, and says so if it cannot."""
+    read-only mount, permissions changed since training; a folder where one of the files
+    ``names`` goes), before the minutes or hours of an evaluation whose results could not
+    be kept. A directory not made yet passes: its writer makes it, and says so if it
+    cannot."""
     import tempfile
 
     if os.path.isdir(directory):
         with tempfile.TemporaryFile(dir=directory):  # removed on close; no name is left
             pass
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
 
 
 def _as_os_error(err: Exception) -> OSError | None:

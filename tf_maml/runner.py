@@ -157,6 +157,8 @@ def _run(config: Config, directory: str, learner, chief: bool, log) -> dict:
             log(f"WARNING: {directory} already holds checkpoints: training resumes from the "
                 "latest of them, which replaces the --init_checkpoint weights.")
     result: dict = {"run_dir": directory, "learner": learner}
+    if config.train and config.test_after_train and chief:
+        _check_results_writable(config, directory)  # before the training, not after it
     # Nothing is written to the run directory before the data and the checkpoint have loaded.
     if config.train:
         result["iterations"] = _train(learner, config, directory, chief, changes, log)
@@ -348,11 +350,7 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
     # by the evaluation after training too (else an earlier --train=False evaluation's
     # flags, another --test_iter or --num_test_tasks, stood beside these results).
     extra = {"test_config.json": config.to_json()}
-    name = evaluate_lib.result_name(config.update_batch_size, config.update_lr, config.baseline,
-                                    config.ensemble)
-    with rundir.writing(directory, "write the evaluation results",
-                        kept=lambda: _kept_results(directory, name, extra)):
-        rundir.check_writable(directory)  # said now, not after the evaluation ran
+    name = _check_results_writable(config, directory)  # now, not after the evaluation ran
     try:
         values = _evaluate(learner, config, directory, log, source)
     except KeyboardInterrupt:  # Ctrl-C: the results are written whole at the end, or not
@@ -422,12 +420,29 @@ def _evaluate(learner, config: Config, directory: str, log, source):
     return values
 
 
-def _kept_results(directory: str, name: str, extra: dict) -> str:
+def _check_results_writable(config: Config, directory: str) -> str:
+    """A RunDirError now if the evaluation's results could not be written into
+    ``directory`` (read-only, or a folder where one of its files goes: said after the whole
+    evaluation, and after training before it); returns their name."""
+    name = evaluate_lib.result_name(config.update_batch_size, config.update_lr, config.baseline,
+                                    config.ensemble)
+    extra = ("test_config.json",)
+    with rundir.writing(directory, "write the evaluation results",
+                        kept=lambda: _kept_results(directory, name, extra)):
+        rundir.check_writable(directory, [name + ext for ext in _RESULT_EXTENSIONS] +
+                              list(extra))
+    return name
+
+
+_RESULT_EXTENSIONS = (".csv", ".pkl", ".npy")  # evaluate.write_results' set, with its flags
+
+
+def _kept_results(directory: str, name: str, extra) -> str:
     """What a failed write of the evaluation's set left: the earlier files, all of them."""
-    earlier = [ext for ext in (".csv", ".pkl", ".npy")
-               if os.path.exists(os.path.join(directory, name + ext))]
+    earlier = [ext for ext in _RESULT_EXTENSIONS
+               if os.path.isfile(os.path.join(directory, name + ext))]
     held = ([name + "/".join(earlier)] if earlier else []) + [
-        other for other in extra if os.path.exists(os.path.join(directory, other))]
+        other for other in extra if os.path.isfile(os.path.join(directory, other))]
     if not held:
         return "the checkpoints are intact and no result file was written"
     return f"the checkpoints and the earlier results ({', '.join(held)}) are intact"

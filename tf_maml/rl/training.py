@@ -234,7 +234,8 @@ def evaluate_run(learner, directory: str, num_tasks: int, num_steps: int, log=pr
     ``step_sizes``), writes ``<name>.csv/.npy`` into ``directory`` and logs each row."""
     with rundir.writing(directory, f"write {name}.csv",
                         kept=lambda: "the checkpoints and earlier results are intact"):
-        rundir.check_writable(directory)  # said now, not after the evaluation ran
+        # Said now, not after the evaluation ran.
+        rundir.check_writable(directory, [name + ".csv", name + ".npy", *(extra or {})])
     returns = evaluate(learner, num_tasks, num_steps, log, step_sizes)
     path = write_results(directory, returns, name, extra, log)
     for row in summarize(returns):
