@@ -1722,6 +1722,20 @@ def test_batch_without_the_task_axis_is_refused(learner, method):
     learner.train_step(sine_batch())  # the same data with the task axis is fine
 
 
+@pytest.mark.parametrize("num_steps", [2.5, -1, "2", True])
+@pytest.mark.parametrize("method", ["adapt", "evaluate_batch"])
+def test_a_step_count_that_is_no_whole_number_is_refused(learner, method, num_steps):
+    # 2.5 ran 2 steps, -1 none, "2" two and True one, without a word.
+    sx, sy, qx, qy = sine_batch()
+    with pytest.raises(ValueError, match=rf"^{method}: num_steps must be a whole number of "
+                       rf"inner steps >= 0, got {re.escape(repr(num_steps))}$"):
+        if method == "adapt":
+            learner.adapt(sx[0], sy[0], num_steps=num_steps)
+        else:
+            learner.evaluate_batch((sx, sy, qx, qy), num_steps)
+    assert len(learner.adapt(sx[0], sy[0], num_steps=tf.constant(2))) == 4  # a tensor is one
+
+
 def test_support_labels_of_another_length_in_adapt(learner):
     sx, sy, _, _ = sine_batch()
     with pytest.raises(ValueError, match="support_y has 3 targets but support_x has 5 examples"):

@@ -18,13 +18,24 @@ import tensorflow as tf
 from tf_maml import adapt as adapt_lib
 from tf_maml import distribute as distribute_lib
 from tf_maml import keras_internals, losses
-from tf_maml.errors import is_count
+from tf_maml.errors import check_count, is_count
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
 from tf_maml.mapping.base import model_example_shape, model_runner
 from tf_maml.meta_update import MetaUpdate, refused_batches
 from tf_maml.options import adaptation, annealing, objectives, rates
 from tf_maml.options import meta_optimizer as optim
 from tf_maml.options.per_step_bn import PerStepBatchNorm
+
+
+def _step_count(num_steps, where: str) -> int:
+    """``num_steps`` as the whole number >= 0 of inner steps it must be (a Python or numpy
+    integer, or a scalar integer tensor); a ValueError naming ``where`` for any other value:
+    2.5 ran 2 steps, -1 none, "2" and True ran 2 and 1, all without a word."""
+    value = num_steps
+    if isinstance(value, tf.Tensor) and value.shape.rank == 0 and value.dtype.is_integer:
+        value = int(value)
+    check_count(f"{where}: num_steps", value, 0, "a whole number of inner steps")
+    return int(value)
 
 
 def _read(variables) -> list[tf.Tensor]:
@@ -214,7 +225,7 @@ class MetaLearner(MetaUpdate):
         """Fast weights for one task: ``num_steps`` (default ``inner_steps``) SGD steps on
         its support set from θ (or from ``weights``). Returns a list of tensors matching
         ``model.trainable_variables``."""
-        steps = self.inner_steps if num_steps is None else int(num_steps)
+        steps = self.inner_steps if num_steps is None else _step_count(num_steps, "adapt")
         weights = _read(self.model.trainable_variables) if weights is None else weights
         support_x, support_y = tf.convert_to_tensor(support_x), tf.convert_to_tensor(support_y)
         num_x, num_y = (t.shape[0] if t.shape.rank else None for t in (support_x, support_y))
@@ -395,7 +406,7 @@ class MetaLearner(MetaUpdate):
 
         Step 0 is the meta-learned θ itself, evaluated on the query set.
         """
-        num_steps = int(num_steps)
+        num_steps = _step_count(num_steps, "evaluate_batch")
         key = (num_steps, bool(predictions))
         if key not in self._eval_fns:
             # The step axis goes just before the query examples' axis, whether the mapping
