@@ -2020,15 +2020,24 @@ def test_a_meta_batch_of_no_tasks_is_named(meta_batch_size):
     # Was "could not create the run directory in : No such file or directory ...; check ,".
     (dict(run_dir=""), r"^run_dir must be the path of a folder \(None: no run directory, "
                        r"nothing written\), got ''$"),
+    (dict(log_interval=2.5), r"^log_interval must be None or a whole number of iterations "
+                             r">= 0, got 2\.5$"),
+    (dict(log_interval="10"), r"^log_interval must be None or a whole number of iterations "
+                              r">= 0, got '10'$"),
+    (dict(resume="no"), r"^resume must be True or False, got 'no'$"),
+    (dict(log=3), r"^log must be a function of one line \(print, list\.append, \.\.\.\), got 3$"),
 ], ids=["negative-iterations", "float-iterations", "negative-pretrain", "no-seed",
-        "keras-callback", "empty-run-dir"])
+        "keras-callback", "empty-run-dir", "float-log-interval", "string-log-interval",
+        "string-resume", "log-not-callable"])
 def test_bad_fit_arguments_are_named(kwargs, message):
     # Negative iterations trained nothing without a word; the others failed deep inside
-    # range(), numpy's seeding or the loop's first callback hook.
-    kwargs = {"iterations": 2, **kwargs}
+    # range(), numpy's seeding or the loop's first callback hook; resume="no" resumed, a
+    # log_interval of 2.5 printed at 5, 10, ... and "10" or a log that is no function
+    # failed inside the loop.
+    kwargs = {"iterations": 2, "log_interval": None, **kwargs}
     learner = MetaLearner(mlp(), losses.mse)
     with pytest.raises(ValueError, match=message):
-        learner.fit(SinusoidTasks(5, 5), meta_batch_size=2, log_interval=None, **kwargs)
+        learner.fit(SinusoidTasks(5, 5), meta_batch_size=2, **kwargs)
     assert int(learner.optimizer.iterations) == 0
 
 

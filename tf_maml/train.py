@@ -295,6 +295,13 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
     check_count("iterations", iterations, 0, "a whole number of meta-batches")
     check_count("pretrain_iterations", pretrain_iterations, 0, "a whole number")
     check_count("seed", seed, 0, "a whole number")
+    if log_interval is not None:  # else "10" failed inside the loop, 2.5 printed at 5, 10, ...
+        check_count("log_interval", log_interval, 0, "None or a whole number of iterations")
+    if not isinstance(resume, bool):  # else resume="no" resumed
+        raise ValueError(f"resume must be True or False, got {resume!r}")
+    if not callable(log):  # else a TypeError at the first line logged
+        raise ValueError(f"log must be a function of one line (print, list.append, ...), got "
+                         f"{log!r}")
     if not hasattr(tasks, "sample_batch") and (isinstance(tasks, (str, bytes))
                                                or not hasattr(tasks, "__iter__")):
         # Else a TypeError "... is not iterable" from deep inside the loop.
