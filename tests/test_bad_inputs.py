@@ -1951,9 +1951,9 @@ def test_class_ids_out_of_range_in_a_later_batch_stop_fit_naming_the_iteration(t
     before = snapshot(run_dir)
     with pytest.raises(BatchError, match=r"^the batch of iteration 4 cannot be trained on: "
                        r"train_step: Received a label value of 7 which is outside the valid "
-                       r"range of \[0, 3\)\. Label values: [0-9 ]+ \(only the first batch's "
-                       r"targets are checked before a step: class ids must be in 0\.\.N-1\)\. "
-                       r"That step was not applied\. Last good checkpoint: "
+                       r"range of \[0, 3\)\. Label values: [0-9 ]+ \(only the first batch is "
+                       r"checked before a step: check this one, e\.g\. that its class ids are "
+                       r"in 0\.\.N-1\)\. That step was not applied\. Last good checkpoint: "
                        rf"{re.escape(str(run_dir))}/model-2 \(left intact\)\.$"):
         MetaLearner(classifier(3), losses.summed_xent(2)).fit(
             [good, _with_class(good, 3, 7)], iterations=5, meta_batch_size=2,
@@ -1987,8 +1987,8 @@ def test_class_ids_out_of_range_in_a_later_call_are_one_line(method):
             "adapt": lambda: learner.adapt(bad[0][1], bad[1][1])}[method]
     with pytest.raises(BatchError, match=rf"^{method}: Received a label value of 7 which is "
                        r"outside the valid range of \[0, 3\)\. Label values: [0-9 ]+ \(only "
-                       r"the first batch's targets are checked before a step: class ids must "
-                       r"be in 0\.\.N-1\)$"):
+                       r"the first batch is checked before a step: check this one, e\.g\. that "
+                       r"its class ids are in 0\.\.N-1\)$"):
         call()
     assert int(learner.optimizer.iterations) == 0
     for old, v in zip(before, learner.model.weights):

@@ -30,9 +30,9 @@ def refused_batches(where: str) -> Iterator[None]:
     try:
         yield
     except tf.errors.InvalidArgumentError as err:
-        raise BatchError(f"{where}: {tensorflow_reason(err.message)} (only the first batch's "
-                         "targets are checked before a step: class ids must be in "
-                         "0..N-1)") from None
+        raise BatchError(f"{where}: {tensorflow_reason(err.message)} (only the first batch is "
+                         "checked before a step: check this one, e.g. that its class ids are "
+                         "in 0..N-1)") from None
 
 
 class MetaUpdate:
