@@ -802,6 +802,22 @@ def test_returns_of_another_evaluation_keep_the_earlier_pair(tmp_path):
     assert len(os.listdir(tmp_path / rundir.EARLIER_RESULTS)) == 1
 
 
+def test_a_folder_where_the_returns_go_is_named_before_training(tmp_path):
+    """Was said only after the training and the whole evaluation, as supervised runs were."""
+    from tf_maml.rundir import RunDirError
+
+    config = nav_config(tmp_path, metatrain_iterations=1)
+    run_dir = tmp_path / config.exp_string()
+    (run_dir / "test_returns.csv").mkdir(parents=True)
+    with pytest.raises(RunDirError, match=(
+            rf"^could not write test_returns\.csv in {re.escape(str(run_dir))}: "
+            rf"{re.escape(str(run_dir / 'test_returns.csv'))} is a folder, where a file goes\. "
+            r"Nothing was lost: the checkpoints and earlier results are intact; move that "
+            r"folder away")):
+        runner.run(config, log=lambda line: None)
+    assert sorted(os.listdir(run_dir)) == ["test_returns.csv"]  # not trained: nothing saved
+
+
 def test_an_evaluation_stopped_before_its_returns_leaves_the_earlier_flags(tmp_path,
                                                                           monkeypatch):
     """test_config.json is written with the returns, as one set: an evaluation stopped

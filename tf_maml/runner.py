@@ -226,6 +226,8 @@ def _run_rl(config: Config, directory: str, log) -> dict:
         if config.train:  # the run's record; an evaluation's comes with its returns
             _write_config(config, directory)
     elif config.train:
+        if config.test_after_train:  # else said only after the training
+            rl_training.check_results_writable(directory, extra=["test_config.json"])
         result["iterations"] = rl_training.train(
             learner, directory, config.total_iterations, meta_batch_size=config.meta_batch_size,
             seed=config.seed, resume=config.resume,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -227,15 +227,22 @@ def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME,
     return path
 
 
+def check_results_writable(directory: str, name: str = RESULTS_NAME,
+                           extra: Collection[str] | None = None) -> None:
+    """A RunDirError now if an evaluation's ``<name>.csv/.npy`` and the files ``extra``
+    could not be written into ``directory`` (read-only, a folder where one goes): said before
+    the evaluation, and before the training a run evaluates after, not after them."""
+    with rundir.writing(directory, f"write {name}.csv",
+                        kept=lambda: "the checkpoints and earlier results are intact"):
+        rundir.check_writable(directory, [name + ".csv", name + ".npy", *(extra or ())])
+
+
 def evaluate_run(learner, directory: str, num_tasks: int, num_steps: int, log=print,
                  step_sizes=None, name: str = RESULTS_NAME,
                  extra: dict[str, str] | None = None) -> dict:
     """Evaluates ``learner`` on ``num_tasks`` test tasks with ``num_steps`` steps (of sizes
     ``step_sizes``), writes ``<name>.csv/.npy`` into ``directory`` and logs each row."""
-    with rundir.writing(directory, f"write {name}.csv",
-                        kept=lambda: "the checkpoints and earlier results are intact"):
-        # Said now, not after the evaluation ran.
-        rundir.check_writable(directory, [name + ".csv", name + ".npy", *(extra or {})])
+    check_results_writable(directory, name, extra)  # said now, not after the evaluation ran
     returns = evaluate(learner, num_tasks, num_steps, log, step_sizes)
     path = write_results(directory, returns, name, extra, log)
     for row in summarize(returns):
