@@ -368,6 +368,33 @@ def test_a_zoo_dir_of_one_row_does_not_rewrite_the_report(tmp_path, monkeypatch)
     assert (tmp_path / "RESULTS.md").read_text() == report
 
 
+@pytest.mark.parametrize("given, named", [
+    ((), "--output and --figures_dir"),
+    (("--output=R.md",), "--figures_dir"),
+    (("--figures=False",), "--output"),
+])
+def test_the_report_of_another_zoo_does_not_replace_the_checkout_s(tmp_path, monkeypatch,
+                                                                   given, named):
+    # Was this checkout's docs/RESULTS.md rewritten from a zoo of a few rows: every other
+    # row "not run" (and its figures redrawn), though that report is of the checkout's zoo/.
+    _real_rows(tmp_path, [SINE])
+    report, figures = (os.path.join(reproduce.REPO, "docs", name) for name in
+                       ("RESULTS.md", "figures"))
+    before = open(report, "rb").read(), sorted(os.listdir(figures))
+    monkeypatch.setattr(reproduce.signal, "signal", lambda *a: None)
+    values = absl_flags.FlagValues()
+    reproduce.define_flags(values)
+    values(["tf-maml-reproduce", f"--flags_dir={tmp_path / 'flags'}",
+            f"--zoo_dir={tmp_path / 'zoo'}", "--train=False", "--evaluate=False", *given])
+    with pytest.raises(reproduce.ReproduceError) as err:
+        reproduce.main(["tf-maml-reproduce"], values)
+    assert str(err.value).startswith(
+        f"--zoo_dir={tmp_path / 'zoo'} is not this checkout's zoo, but {named} would replace "
+        f"this checkout's report of its own zoo: give the report of {tmp_path / 'zoo'} its "
+        f"own place, e.g. --output={tmp_path / 'RESULTS.md'}")
+    assert (open(report, "rb").read(), sorted(os.listdir(figures))) == before
+
+
 def test_a_logdir_root_that_is_a_file_fails_the_row_in_one_line(tmp_path, monkeypatch, capsys):
     # Was a NotADirectoryError traceback from the zoo's restore into the run directory.
     _real_rows(tmp_path, [SINE])

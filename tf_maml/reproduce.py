@@ -170,6 +170,7 @@ def _check_zoo_holds_rows(zoo_dir: str, table: list, output: str) -> None:
 def _check_outputs(F) -> None:
     """A ReproduceError if the report could not be written where the flags say: found at the
     end, after hours of training, it failed only then ("Is a directory")."""
+    _check_report_is_of_the_zoo(F)
     if os.path.isdir(F.output):
         raise ReproduceError(f"--output={F.output} is a folder: give the path of the results "
                              f"file, e.g. --output={os.path.join(F.output, 'RESULTS.md')}")
@@ -183,6 +184,23 @@ def _check_outputs(F) -> None:
     if F.figures and os.path.exists(F.figures_dir) and not os.path.isdir(F.figures_dir):
         raise ReproduceError(f"--figures_dir={F.figures_dir} is a file: give the folder for "
                              "the PNG figures (or --figures=False)")
+
+
+def _check_report_is_of_the_zoo(F) -> None:
+    """A ReproduceError if the report of another zoo than this checkout's would replace this
+    checkout's docs/RESULTS.md or figures (the defaults), made from its own zoo/: a zoo of a
+    few rows of one's own turned every other row of the repository's report "not run"."""
+    if os.path.realpath(F.zoo_dir) == os.path.realpath(os.path.join(REPO, "zoo")):
+        return
+    defaults = [f"--{name}" for name in ("output", "figures_dir")
+                if not F[name].present and (name == "output" or F.figures)]
+    if defaults:
+        parent = os.path.dirname(os.path.abspath(F.zoo_dir))
+        raise ReproduceError(
+            f"--zoo_dir={F.zoo_dir} is not this checkout's zoo, but {' and '.join(defaults)} "
+            "would replace this checkout's report of its own zoo: give the report of "
+            f"{F.zoo_dir} its own place, e.g. --output={os.path.join(parent, 'RESULTS.md')}"
+            + (f" --figures_dir={os.path.join(parent, 'figures')}" if F.figures else ""))
 
 
 def _run_rows(plans: list[Plan], F, deadline: float | None, publish: Publisher,
