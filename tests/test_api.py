@@ -363,6 +363,46 @@ def test_recurrent_dropout_and_a_self_dropping_subclassed_model_are_refused():
         MetaLearner(model, losses.summed_xent(SHOTS))
 
 
+class _RawVariableScale(keras.layers.Layer):
+    """Scales its input by a tf.Variable of its own, which Keras 3 does not track."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        import tensorflow as tf
+
+        self.scale = tf.Variable(tf.ones((4,)), trainable=True)
+
+    def call(self, x):
+        return x * self.scale
+
+
+class _IntegerWeightScale(keras.layers.Layer):
+    """Scales its input by a trainable integer weight."""
+
+    def build(self, shape):
+        self.times = self.add_weight(shape=(), dtype="int32", initializer="ones", name="times")
+
+    def call(self, x):
+        return x * keras.ops.cast(self.times, x.dtype)
+
+
+def test_an_untracked_tf_variable_and_an_integer_weight_are_refused_naming_them():
+    # The tf.Variable is in no model.trainable_variables: it was silently never adapted nor
+    # meta-learned (export then failed on an "untracked resource"). The int32 weight failed
+    # at the first inner step: "Cannot convert 0.1 to EagerTensor of dtype int32".
+    raw = _RawVariableScale(name="raw_scale")
+    model = keras.Sequential([keras.Input((4,)), raw, keras.layers.Dense(WAYS)])
+    assert not any(v is raw.scale for v in model.trainable_variables)
+    with pytest.raises(ValueError, match=r"tf.Variables that Keras does not track "
+                                         r"\(raw_scale.scale\).*self.add_weight"):
+        MetaLearner(model, losses.summed_xent(SHOTS))
+    model = keras.Sequential([keras.Input((4,)), _IntegerWeightScale(name="int_scale"),
+                              keras.layers.Dense(WAYS)])
+    with pytest.raises(ValueError, match=r"not floats \(\w+/int_scale/times \(int32\)\).*"
+                                         r"trainable=False"):
+        MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
+
+
 def test_layers_with_a_zero_rate_and_frozen_layers_are_accepted():
     # an LSTM cell holds a SeedGenerator even without dropout: not refused
     MetaLearner(keras.Sequential([keras.Input((4, 3)), keras.layers.LSTM(4),

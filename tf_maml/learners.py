@@ -461,12 +461,28 @@ def _check_model(model: keras.Model) -> None:
             "MetaLearner needs a built Keras model: call the model once on an example "
             "batch (or give it an Input) before wrapping it."
         )
+    untracked = _untracked_variables(model)
+    if untracked:
+        # Keras 3 tracks only its own variables (add_weight, keras.Variable): a tf.Variable
+        # set on a layer is in no trainable_variables, so it would stay at its first value.
+        raise ValueError(
+            f"model {model.name} has trainable tf.Variables that Keras does not track "
+            f"({', '.join(untracked)}): they are not in model.trainable_variables, so "
+            "MetaLearner would neither adapt nor meta-learn them (and export cannot save "
+            "them). Create them with the layer's self.add_weight(...) instead")
     if not model.trainable_variables:
         raise ValueError(
             f"model {model.name} has no trainable weights, so there is nothing to "
             "meta-learn: set model.trainable = True (and unfreeze its layers) before "
             "wrapping it."
         )
+    integral = _non_float_weights(model)
+    if integral:
+        # θ − α∇L has no meaning for an integer: the inner step failed on casting α to it.
+        raise ValueError(
+            f"model {model.name} has trainable weights that are not floats "
+            f"({', '.join(integral)}): a gradient step cannot change them. Make them "
+            "non-trainable (add_weight(..., trainable=False)) or of a float dtype")
     regularized = _regularized_layers(model)
     if regularized:
         # Keras' fit adds model.losses to the loss; tf_maml's inner and outer losses are
@@ -525,6 +541,27 @@ def _check_logits(model: keras.Model, loss_fn) -> None:
             f"{getattr(loss_fn, '__name__', type(loss_fn).__name__)} takes logits (it applies "
             "a softmax itself): remove the output's softmax, or give a loss on probabilities, "
             "e.g. 'sparse_categorical_crossentropy'")
+
+
+def _untracked_variables(model: keras.Model) -> list[str]:
+    """``layer.attribute`` for each trainable ``tf.Variable`` that a layer of ``model``
+    holds (directly or in a list, tuple or dict attribute) and Keras does not track."""
+    names = []
+    for layer in keras_internals.layers_of(model):
+        for attribute, value in vars(layer).items():
+            if attribute.startswith("_self_"):  # TensorFlow's own tracking of the same
+                continue
+            values = (value.values() if isinstance(value, dict)
+                      else value if isinstance(value, (list, tuple)) else [value])
+            if any(isinstance(v, tf.Variable) and v.trainable for v in values):
+                names.append(f"{layer.name}.{attribute}")
+    return names
+
+
+def _non_float_weights(model: keras.Model) -> list[str]:
+    """``layer/weight (dtype)`` for each trainable weight of ``model`` that is not a float."""
+    return [f"{v.path} ({v.dtype})" for v in model.trainable_variables
+            if not keras.backend.is_float_dtype(v.dtype)]
 
 
 def _regularized_layers(model: keras.Model) -> list[str]:
