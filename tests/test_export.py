@@ -577,3 +577,26 @@ def test_an_export_removes_the_temporary_folders_killed_exports_left(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [
         f".model.{other}.old", f".model.{other + 1}.tmp", f".other.{other}.tmp", "model"]
     assert tree(tmp_path / "model") == {"saved_model.pb": b"new"}
+
+
+def test_a_token_id_model_takes_numpy_int64_ids_as_int32_ones(tmp_path):
+    # An Embedding model on int32 ids had traces for int32 examples only: numpy's int64 ids
+    # (np.random's integers, np.array of Python ints) matched no traced function, a raw
+    # "Could not find matching concrete function" listing eight signatures.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(12, 4),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+    learner = MetaLearner(model, losses.summed_xent(2), inner_lr=0.5)
+    rng = np.random.default_rng(0)
+    support_x, query_x = rng.integers(0, 12, (6, 5)), rng.integers(0, 12, (4, 5))
+    support_y = np.repeat(np.arange(3), 2)
+    export_dir = learner.export(str(tmp_path / "tokens"), num_steps=1, targets="classes")
+    fast = learner.adapt(support_x.astype(np.int32), support_y, num_steps=1)
+    want = learner.predict(query_x.astype(np.int32), fast).numpy()
+    loaded = tf.saved_model.load(export_dir)
+    for dtype in (np.int32, np.int64):
+        got = loaded.adapt_and_predict(support_x.astype(dtype), support_y,
+                                       query_x.astype(dtype)).numpy()
+        np.testing.assert_allclose(got, want, **TOL)
+    np.testing.assert_allclose(loaded.serving_default(query_x).numpy(),
+                               learner.predict(query_x.astype(np.int32)).numpy(), **TOL)

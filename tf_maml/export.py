@@ -64,7 +64,8 @@ for a classification loss such as :func:`tf_maml.losses.summed_xent`, or float32
 regression targets for :func:`tf_maml.losses.mse`; ``targets="auto"`` tells them apart by
 the loss. Examples are float32 (the model's input dtype); float64 examples and targets
 (numpy's default) are accepted too and cast, support_x and query_x of either width
-(``_Serving._task_dtypes`` lists the combinations traced).
+(``_Serving._task_dtypes`` lists the combinations traced). A model whose Input is int32
+(token ids into an Embedding) takes its ids as int32 or int64 (numpy's default) alike.
 
 Meta-SGD (``learner.inner_lrs`` non-empty): the learned per-parameter α tensors are used,
 and the ``inner_lr`` input is a scale on them in the units of the learner's initial α:
@@ -138,10 +139,15 @@ def _outputs(model: keras.Model, feature_shape: tuple, input_dtype) -> tuple[int
     return int(probe.shape[-1]), probe.dtype
 
 
-def _with_other_float(dtype: tf.DType) -> tuple[tf.DType, ...]:
-    """``dtype``, then float64 for float32 and float32 for float64 (the width a caller's
-    numpy array may have instead)."""
-    other = {tf.float32: tf.float64, tf.float64: tf.float32}.get(dtype)
+# The width a caller's numpy array may have instead of the model input's: numpy's defaults
+# are float64 and int64 (a model on int32 token ids was given np.int64 ids: no trace matched).
+_OTHER_WIDTH = {tf.float32: tf.float64, tf.float64: tf.float32,
+                tf.int32: tf.int64, tf.int64: tf.int32}
+
+
+def _with_other_width(dtype: tf.DType) -> tuple[tf.DType, ...]:
+    """``dtype``, then the same kind of number in the other width (:data:`_OTHER_WIDTH`)."""
+    other = _OTHER_WIDTH.get(dtype)
     return (dtype,) if other is None else (dtype, other)
 
 
@@ -241,13 +247,13 @@ class _Serving:
     def _task_dtypes(self) -> list[tuple[tf.DType, tf.DType, tf.DType]]:
         """The (support_x, query_x, support_y) dtypes traced (each adds len(OPTION_DTYPES)
         traces to the export, about 0.05 s each): every y of ``y_dtypes`` with the model's
-        input dtype; the other float width (numpy's float64) with float64 targets or
+        input dtype; the other width (numpy's float64 or int64) with float64 targets or
         integer class ids; and support and query of different widths (a float32 data set's
         support set, a query built with numpy), with integer class ids or targets of the
         support set's dtype."""
         native, numpy_y = self.input_dtype, tf.float64
         triples = [(native, native, y) for y in self.y_dtypes]
-        for other in _with_other_float(native)[1:]:
+        for other in _with_other_width(native)[1:]:
             if self.kind == "classes":
                 triples += [(other, other, y) for y in (tf.int64, tf.int32, tf.float64)]
                 triples += [(s, q, y) for s, q in ((native, other), (other, native))
@@ -346,7 +352,7 @@ class _Serving:
         module.inner_lr_variables = [v.value for v in self.learner.inner_lrs]
         module.bn_step_variables = [v.value for v in self.learner.bn_steps]
         module.serving_default = tf.function(self.predict, autograph=False)
-        for x in _with_other_float(self.input_dtype):
+        for x in _with_other_width(self.input_dtype):
             module.serving_default.get_concrete_function(tf.TensorSpec(None, x, name="x"))
         module.adapt_and_predict = tf.function(adapt_fn, autograph=False)
         for support, query, y in self.task_dtypes:
