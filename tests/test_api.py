@@ -386,6 +386,27 @@ class _IntegerWeightScale(keras.layers.Layer):
         return x * keras.ops.cast(self.times, x.dtype)
 
 
+def test_predict_in_inference_mode_is_refused_for_batch_norm_moving_statistics():
+    # Meta-training never updates the moving statistics: predict(training=False) silently
+    # normalised with a new model's mean 0 and variance 1, not θ's statistics.
+    keras.utils.set_random_seed(0)
+    norm = keras.layers.BatchNormalization(name="norm")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), norm,
+                              keras.layers.Dense(WAYS)])
+    learner = MetaLearner(model, losses.summed_xent(SHOTS), inner_lr=0.1)
+    batch = prototype_tasks(2, np.random.default_rng(0), (4,))
+    assert bool(learner.train_step(batch)["applied"])
+    np.testing.assert_array_equal(norm.moving_mean.numpy(), np.zeros(8))
+    np.testing.assert_array_equal(norm.moving_variance.numpy(), np.ones(8))
+    with pytest.raises(ValueError, match=r"training=False.*moving statistics of norm.*never "
+                                         r"updates.*training=True"):
+        learner.predict(batch[2][0], training=False)
+    norm.trainable = False  # frozen: its moving statistics in both modes, as in Keras
+    learner = MetaLearner(model, losses.summed_xent(SHOTS))
+    np.testing.assert_allclose(learner.predict(batch[2][0], training=False),
+                               model(batch[2][0], training=False), rtol=1e-6)
+
+
 def test_an_untracked_tf_variable_and_an_integer_weight_are_refused_naming_them():
     # The tf.Variable is in no model.trainable_variables: it was silently never adapted nor
     # meta-learned (export then failed on an "untracked resource"). The int32 weight failed

@@ -240,7 +240,23 @@ class MetaLearner(MetaUpdate):
         return fast
 
     def predict(self, x, fast_weights=None, training: bool = True):
-        """Predictions with ``fast_weights`` (default: the meta-learned θ)."""
+        """Predictions with ``fast_weights`` (default: the meta-learned θ).
+
+        ``training=True``: batch norm on the batch's statistics, as the original always
+        ran it and as every loss here is computed. ``training=False`` is refused for a
+        model with a batch norm that is not frozen: meta-training never updates its moving
+        statistics (the forward pass discards them), so they are not θ's (a new model's
+        are mean 0, variance 1); the same holds for the Keras model's own inference mode
+        (``model(x)``, ``model.predict``)."""
+        if not training:
+            stale = _moving_statistics_layers(self.model)
+            if stale:
+                raise ValueError(
+                    f"predict(training=False) would normalise with the moving statistics of "
+                    f"{', '.join(stale)}, which meta-training never updates (MAML uses batch "
+                    "statistics throughout, as the original): they are not θ's (a new "
+                    "model's are mean 0, variance 1). Predict with training=True (the "
+                    "batch's statistics)")
         weights = fast_weights
         if weights is None:
             weights = _read(self.model.trainable_variables)
@@ -541,6 +557,13 @@ def _check_logits(model: keras.Model, loss_fn) -> None:
             f"{getattr(loss_fn, '__name__', type(loss_fn).__name__)} takes logits (it applies "
             "a softmax itself): remove the output's softmax, or give a loss on probabilities, "
             "e.g. 'sparse_categorical_crossentropy'")
+
+
+def _moving_statistics_layers(model: keras.Model) -> list[str]:
+    """The names of ``model``'s batch norms that normalise with batch statistics in training
+    mode (those not frozen: a frozen one uses its moving statistics in both modes)."""
+    return [layer.name for layer in keras_internals.layers_of(model)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
 
 
 def _untracked_variables(model: keras.Model) -> list[str]:
