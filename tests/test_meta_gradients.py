@@ -514,6 +514,35 @@ def test_a_subclassed_model_is_not_cut_and_anil_still_adapts_its_head():
     assert np.max(np.abs(fast[2].numpy() - model.head.kernel.numpy())) > 0
 
 
+def test_anil_adapts_the_output_layer_of_a_subclassed_model_that_declares_it_first():
+    # A subclassed model's layer order is its attributes' order: with the classifier set
+    # before the features, ANIL adapted the first feature layer and froze the classifier.
+    class ClassifierFirst(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.classifier = keras.layers.Dense(1)
+            self.features = keras.Sequential([keras.layers.Dense(4, activation="tanh"),
+                                              keras.layers.Dense(3, activation="tanh")])
+
+        def call(self, x):
+            return self.classifier(self.features(x))
+
+    keras.utils.set_random_seed(0)
+    model = ClassifierFirst()
+    model(np.zeros((1, 2), "float32"))
+    learner = MetaLearner(model, losses.mse, inner_lr=0.1, adapt="head")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 2)).astype("float32"), rng.normal(size=(4, 1)).astype("float32")
+    head = model.classifier.trainable_variables
+    with tf.GradientTape() as tape:  # ANIL's step by hand: the classifier's weights alone
+        loss = losses.mse(y, model(x, training=True))
+    grads = dict(zip([id(v) for v in head], tape.gradient(loss, head)))
+    fast = learner.adapt(x, y, num_steps=1)
+    for v, w in zip(model.trainable_variables, fast):
+        want = v.numpy() - 0.1 * grads[id(v)].numpy() if id(v) in grads else v.numpy()
+        np.testing.assert_allclose(w.numpy(), want, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("mode", ["loop", "batched"])
 def test_anil_evaluation_and_msl_through_the_cut_equal_the_whole_model(mode):
     """conv4 with batch norm: evaluation after 0..4 steps and MSL's meta-gradient, with the

@@ -54,13 +54,51 @@ def _normalization_variable_ids(model: keras.Model) -> set[int]:
 
 
 def head_layer(model: keras.Model) -> keras.layers.Layer:
-    """The model's head: the last of its layers (in Keras' layer order) that has trainable
-    weights, e.g. the final Dense of a conv4 classifier."""
+    """The model's head: the layer with trainable weights that produces its output, e.g.
+    the final Dense of a conv4 classifier. For a Sequential or functional model that is the
+    last of its layers (Keras' order is the graph's); a subclassed model's order is that of
+    its attributes (``self.classifier`` set before ``self.features`` made a feature layer
+    the head), so there it is the layer of the weight nearest the output in the traced
+    forward pass (:func:`_weight_nearest_output`)."""
     layers = [layer for layer in keras_internals.layers_of(model)
               if layer.trainable_variables and not getattr(layer, "layers", None)]
     if not layers:
         raise ValueError(f"model {model.name} has no layer with trainable weights")
-    return layers[-1]
+    if isinstance(model, keras.Sequential) or keras_internals.is_functional(model):
+        return layers[-1]
+    nearest = id(_weight_nearest_output(model))
+    return next(layer for layer in layers
+                if any(id(v) == nearest for v in layer.trainable_variables))
+
+
+def _weight_nearest_output(model: keras.Model):
+    """The trainable variable of ``model`` fewest ops away from its output in the graph of
+    :func:`forward` (traced once on the shape it was built with), e.g. the head's bias."""
+    shape = (model.get_build_config() or {}).get("input_shape")
+    if not isinstance(shape, (list, tuple)) or not shape or any(
+            isinstance(d, (list, tuple, dict)) for d in shape):
+        raise ValueError(f"cannot tell the head of subclassed model {model.name}: it was not "
+                         "built on one tensor; give a Sequential or functional model")
+    variables = model.trainable_variables
+    try:
+        concrete = tf.function(lambda x, *w: forward(model, w, x), autograph=False
+                               ).get_concrete_function(
+            tf.TensorSpec((None, *shape[1:]), tf.float32),
+            *[tf.TensorSpec(v.shape, v.dtype) for v in variables])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"cannot tell the head of subclassed model {model.name}: its call "
+                         f"failed on float32 examples of shape {tuple(shape[1:])} ({e}); "
+                         "give a Sequential or functional model") from None
+    placeholders = {id(t.op): i for i, t in enumerate(concrete.inputs[1:len(variables) + 1])}
+    frontier, seen = [t.op for t in concrete.outputs], set()
+    while frontier:  # breadth first from the output, towards the inputs
+        found = [placeholders[id(op)] for op in frontier if id(op) in placeholders]
+        if found:
+            return variables[min(found)]
+        seen.update(id(op) for op in frontier)
+        frontier = list({id(t.op): t.op for op in frontier for t in op.inputs
+                         if id(t.op) not in seen}.values())
+    raise ValueError(f"model {model.name}'s output reads none of its trainable weights")
 
 
 def adapted_mask(model: keras.Model, adapt_norm: bool = False,
