@@ -514,27 +514,45 @@ def test_a_subclassed_model_is_not_cut_and_anil_still_adapts_its_head():
     assert np.max(np.abs(fast[2].numpy() - model.head.kernel.numpy())) > 0
 
 
-def test_anil_adapts_the_output_layer_of_a_subclassed_model_that_declares_it_first():
-    # A subclassed model's layer order is its attributes' order: with the classifier set
-    # before the features, ANIL adapted the first feature layer and froze the classifier.
-    class ClassifierFirst(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.classifier = keras.layers.Dense(1)
-            self.features = keras.Sequential([keras.layers.Dense(4, activation="tanh"),
-                                              keras.layers.Dense(3, activation="tanh")])
+class ClassifierFirst(keras.Model):
+    """Sets its classifier before its features (a subclassed model's layer order)."""
 
-        def call(self, x):
-            return self.classifier(self.features(x))
+    def __init__(self):
+        super().__init__()
+        self.classifier = keras.layers.Dense(1)
+        self.features = keras.Sequential([keras.layers.Dense(4, activation="tanh"),
+                                          keras.layers.Dense(3, activation="tanh")])
 
+    def call(self, x):
+        return self.classifier(self.features(x))
+
+
+def _nested_head_model(kind: str) -> tuple[keras.Model, keras.layers.Layer]:
+    """A model whose output layer is the last of a nested Sequential, and that layer."""
     keras.utils.set_random_seed(0)
-    model = ClassifierFirst()
-    model(np.zeros((1, 2), "float32"))
+    if kind == "subclassed":
+        model = ClassifierFirst()
+        model(np.zeros((1, 2), "float32"))
+        return model, model.classifier
+    head = keras.Sequential([keras.layers.Dense(3, activation="tanh"), keras.layers.Dense(1)])
+    body = keras.Sequential([keras.layers.Dense(4, activation="tanh")])
+    if kind == "sequential":
+        return keras.Sequential([keras.Input((2,)), body, head]), head.layers[-1]
+    inputs = keras.Input((2,))
+    return keras.Model(inputs, head(body(inputs))), head.layers[-1]
+
+
+@pytest.mark.parametrize("kind", ["subclassed", "sequential", "functional"])
+def test_anil_adapts_the_layer_that_produces_the_output(kind):
+    # Keras' flattened layer order lists a nested model's layers last to first, and a
+    # subclassed model's in attribute order: ANIL adapted the nested head's FIRST Dense, or
+    # a feature layer of a model that sets its classifier first, and froze the output layer.
+    model, output_layer = _nested_head_model(kind)
     learner = MetaLearner(model, losses.mse, inner_lr=0.1, adapt="head")
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(4, 2)).astype("float32"), rng.normal(size=(4, 1)).astype("float32")
-    head = model.classifier.trainable_variables
-    with tf.GradientTape() as tape:  # ANIL's step by hand: the classifier's weights alone
+    head = output_layer.trainable_variables
+    with tf.GradientTape() as tape:  # ANIL's step by hand: the output layer's weights alone
         loss = losses.mse(y, model(x, training=True))
     grads = dict(zip([id(v) for v in head], tape.gradient(loss, head)))
     fast = learner.adapt(x, y, num_steps=1)

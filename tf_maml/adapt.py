@@ -54,21 +54,51 @@ def _normalization_variable_ids(model: keras.Model) -> set[int]:
 
 
 def head_layer(model: keras.Model) -> keras.layers.Layer:
-    """The model's head: the layer with trainable weights that produces its output, e.g.
-    the final Dense of a conv4 classifier. For a Sequential or functional model that is the
-    last of its layers (Keras' order is the graph's); a subclassed model's order is that of
-    its attributes (``self.classifier`` set before ``self.features`` made a feature layer
-    the head), so there it is the layer of the weight nearest the output in the traced
-    forward pass (:func:`_weight_nearest_output`)."""
+    """The model's head: the layer with trainable weights nearest its output, e.g. the
+    final Dense of a conv4 classifier. Read from the graph, Sequential and functional
+    models' (nested ones followed, :func:`_graph_head`), or else from the traced call
+    (:func:`_weight_nearest_output`): Keras' flattened layer order is no guide, as it
+    lists a nested model's layers last to first (so the first Dense of a nested head was
+    taken) and a subclassed model's in the order of its attributes (``self.classifier``
+    set before ``self.features`` made a feature layer the head)."""
     layers = [layer for layer in keras_internals.layers_of(model)
               if layer.trainable_variables and not getattr(layer, "layers", None)]
     if not layers:
         raise ValueError(f"model {model.name} has no layer with trainable weights")
-    if isinstance(model, keras.Sequential) or keras_internals.is_functional(model):
-        return layers[-1]
+    head = _graph_head(model)
+    if head is not None:
+        return head
     nearest = id(_weight_nearest_output(model))
     return next(layer for layer in layers
                 if any(id(v) == nearest for v in layer.trainable_variables))
+
+
+def _graph_head(model: keras.layers.Layer) -> keras.layers.Layer | None:
+    """The layer with trainable weights nearest the output of a Sequential (its last such
+    layer) or functional model (breadth first back from its outputs), nested models
+    followed; None for any other model, or one whose graph leads to no such layer."""
+    if isinstance(model, keras.Sequential):
+        for layer in reversed(model.layers):
+            if layer.trainable_variables:
+                return _graph_head(layer) if getattr(layer, "layers", None) else layer
+        return None
+    if not keras_internals.is_functional(model):
+        return None
+    frontier, seen = list(model.outputs), set()
+    while frontier:
+        found = []
+        for tensor in frontier:
+            call = keras_internals.producer(tensor)
+            if call is not None and call[0].trainable_variables:
+                found.append(call[0])
+        if found:
+            layer = found[0]
+            return _graph_head(layer) if getattr(layer, "layers", None) else layer
+        seen.update(id(t) for t in frontier)
+        frontier = [t for tensor in frontier
+                    for t in (keras_internals.producer(tensor) or (None, []))[1]
+                    if id(t) not in seen]
+    return None
 
 
 def _weight_nearest_output(model: keras.Model):
