@@ -600,3 +600,33 @@ def test_a_token_id_model_takes_numpy_int64_ids_as_int32_ones(tmp_path):
         np.testing.assert_allclose(got, want, **TOL)
     np.testing.assert_allclose(loaded.serving_default(query_x).numpy(),
                                learner.predict(query_x.astype(np.int32)).numpy(), **TOL)
+
+
+class _Net(keras.Model):
+    """A subclass whose name begins with "_": Keras names its models "__net"."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.features, self.classifier = keras.layers.Dense(4), keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.classifier(keras.ops.tanh(self.features(x)))
+
+
+def test_a_model_named_with_a_leading_underscore_is_refused_naming_the_fix(tmp_path):
+    # TensorFlow's graphs open no root scope "__net": saving failed deep in TensorFlow
+    # ("not a valid root scope name"), and ANIL's head, read from the traced call, too.
+    model = _Net()
+    model(np.zeros((1, 2), np.float32))
+    assert model.name == "__net"
+    learner = MetaLearner(model, losses.summed_xent(2), adapt="head")
+    assert learner.mask == [False, False, True, True]  # the classifier's kernel and bias
+    with pytest.raises(ValueError, match=r"cannot save model '__net'.*begins with '_'.*"
+                                         r"name='net'"):
+        learner.export(str(tmp_path / "export"))
+    assert not (tmp_path / "export").exists()
+    named = _Net(name="net")
+    named(np.zeros((1, 2), np.float32))
+    loaded = tf.saved_model.load(MetaLearner(named, losses.summed_xent(2)).export(
+        str(tmp_path / "named"), targets="classes"))
+    assert loaded.serving_default(np.zeros((2, 2), np.float32)).shape == (2, 3)

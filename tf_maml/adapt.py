@@ -110,9 +110,14 @@ def _weight_nearest_output(model: keras.Model):
         raise ValueError(f"cannot tell the head of subclassed model {model.name}: it was not "
                          "built on one tensor; give a Sequential or functional model")
     variables = model.trainable_variables
+    def traced(x, *weights):
+        # Not the graph's root scope, which may not begin with "_" (as Keras names the model
+        # of a class `_Net`, "__net").
+        with tf.name_scope("forward"):
+            return forward(model, weights, x)
+
     try:
-        concrete = tf.function(lambda x, *w: forward(model, w, x), autograph=False
-                               ).get_concrete_function(
+        concrete = tf.function(traced, autograph=False).get_concrete_function(
             tf.TensorSpec((None, *shape[1:]), tf.float32),
             *[tf.TensorSpec(v.shape, v.dtype) for v in variables])
     except (TypeError, ValueError) as e:

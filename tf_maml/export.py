@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import keras
@@ -189,6 +190,7 @@ def export(
         raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
     model = learner.model
     _check_policy(model)
+    _check_name(model)
     feature_shape = tuple(input_shape) if input_shape is not None else _infer_input_shape(model)
     serving = _Serving(learner, feature_shape, int(num_steps),
                        _infer_targets(learner.loss_fn) if targets == "auto" else targets)
@@ -204,6 +206,18 @@ def export(
 
     _write_whole(export_dir, write)
     return export_dir
+
+
+def _check_name(model) -> None:
+    """A ValueError for a model whose name TensorFlow cannot open a graph with (its scope,
+    and its variables' names, begin with it): e.g. "__net", Keras' name for a model of a
+    class `_Net`, failed deep in saving on "not a valid root scope name"."""
+    if not re.fullmatch(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*", model.name):
+        raise ValueError(
+            f"export cannot save model {model.name!r}: TensorFlow's graphs take no name "
+            "that begins with '_' or holds characters other than letters, digits and "
+            "'_.-/>'. Name the model when it is made, e.g. keras.Model(..., name='net') or "
+            "super().__init__(name='net') in a subclass")
 
 
 def _check_policy(model) -> None:
