@@ -34,7 +34,8 @@ class PerStepBatchNorm:
         if not indices:
             raise ValueError(f"PerStepBatchNorm needs a model with trainable "
                              f"keras.layers.BatchNormalization layers; {model.name} has none "
-                             "(`norm=batch_norm`)")
+                             "(e.g. tf_maml.models.conv4(..., norm='batch_norm'), or "
+                             "--norm=batch_norm)")
         return indices
 
     @staticmethod
