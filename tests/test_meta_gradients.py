@@ -534,6 +534,10 @@ def _nested_head_model(kind: str) -> tuple[keras.Model, keras.layers.Layer]:
         model = ClassifierFirst()
         model(np.zeros((1, 2), "float32"))
         return model, model.classifier
+    if kind == "functional, subclassed inside":
+        inputs, inner = keras.Input((2,)), ClassifierFirst()
+        outputs = inner(keras.layers.Dense(2, activation="tanh")(inputs))
+        return keras.Model(inputs, outputs), inner.classifier
     head = keras.Sequential([keras.layers.Dense(3, activation="tanh"), keras.layers.Dense(1)])
     body = keras.Sequential([keras.layers.Dense(4, activation="tanh")])
     if kind == "sequential":
@@ -542,7 +546,8 @@ def _nested_head_model(kind: str) -> tuple[keras.Model, keras.layers.Layer]:
     return keras.Model(inputs, head(body(inputs))), head.layers[-1]
 
 
-@pytest.mark.parametrize("kind", ["subclassed", "sequential", "functional"])
+@pytest.mark.parametrize("kind", ["subclassed", "sequential", "functional",
+                                  "functional, subclassed inside"])
 def test_anil_adapts_the_layer_that_produces_the_output(kind):
     # Keras' flattened layer order lists a nested model's layers last to first, and a
     # subclassed model's in attribute order: ANIL adapted the nested head's FIRST Dense, or

@@ -104,12 +104,18 @@ def _graph_head(model: keras.layers.Layer) -> keras.layers.Layer | None:
 def _weight_nearest_output(model: keras.Model):
     """The trainable variable of ``model`` fewest ops away from its output in the graph of
     :func:`forward` (traced once on the shape it was built with), e.g. the head's bias."""
-    shape = (model.get_build_config() or {}).get("input_shape")
+    dtype = tf.float32
+    if keras_internals.is_functional(model) and len(model.inputs) == 1:
+        # (a graph whose nearest weighted layer is an opaque, subclassed model)
+        shape, dtype = tuple(model.inputs[0].shape), tf.as_dtype(model.inputs[0].dtype)
+    else:
+        shape = (model.get_build_config() or {}).get("input_shape")
     if not isinstance(shape, (list, tuple)) or not shape or any(
             isinstance(d, (list, tuple, dict)) for d in shape):
-        raise ValueError(f"cannot tell the head of subclassed model {model.name}: it was not "
-                         "built on one tensor; give a Sequential or functional model")
+        raise ValueError(f"cannot tell the head of model {model.name}: it was not built on "
+                         "one tensor; give a Sequential or functional model")
     variables = model.trainable_variables
+
     def traced(x, *weights):
         # Not the graph's root scope, which may not begin with "_" (as Keras names the model
         # of a class `_Net`, "__net").
@@ -118,11 +124,11 @@ def _weight_nearest_output(model: keras.Model):
 
     try:
         concrete = tf.function(traced, autograph=False).get_concrete_function(
-            tf.TensorSpec((None, *shape[1:]), tf.float32),
+            tf.TensorSpec((None, *shape[1:]), dtype),
             *[tf.TensorSpec(v.shape, v.dtype) for v in variables])
     except (TypeError, ValueError) as e:
-        raise ValueError(f"cannot tell the head of subclassed model {model.name}: its call "
-                         f"failed on float32 examples of shape {tuple(shape[1:])} ({e}); "
+        raise ValueError(f"cannot tell the head of model {model.name}: its call failed on "
+                         f"{dtype.name} examples of shape {tuple(shape[1:])} ({e}); "
                          "give a Sequential or functional model") from None
     placeholders = {id(t.op): i for i, t in enumerate(concrete.inputs[1:len(variables) + 1])}
     frontier, seen = [t.op for t in concrete.outputs], set()
