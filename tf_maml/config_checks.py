@@ -11,13 +11,7 @@ from collections.abc import Collection
 from tf_maml.adapt import ADAPT_LAYERS
 from tf_maml.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
 from tf_maml.distribute import check_meta_batch_size
-from tf_maml.errors import (
-    ConfigError,
-    did_you_mean,
-    empty_path,
-    quoted_path,
-    unexpanded_home,
-)
+from tf_maml.errors import ConfigError, did_you_mean, empty_path, path_problem
 from tf_maml.evaluate import PRETRAINED_BASELINES
 from tf_maml.mapping.plan import TASK_PARALLELISM
 from tf_maml.models import NORMS
@@ -159,11 +153,10 @@ class ConfigChecks:
             # Else read as unset: --init_checkpoint=$CKPT with CKPT unset trained from
             # scratch, --export_dir= exported nothing, --logdir= wrote into the current
             # folder, all without a word.
-            problem = empty_path(name, value)
-            if problem:
+            problem = path_problem(name, value)
+            if problem and empty_path(name, value):
                 drop = " (its default: /tmp/data)" if name == "logdir" else ", or drop the flag"
-                fail(name, problem + drop)
-            problem = quoted_path(value) or unexpanded_home(value)
+                problem += drop
             if problem:
                 fail(name, problem)
 
