@@ -1065,7 +1065,7 @@ def test_resuming_a_run_whose_config_was_edited_to_a_wrong_type_names_the_key(si
     result = cli(*as_flags(config, metatrain_iterations=60))
     assert result.code == 1
     assert one_line_error(result.err) == (
-        f"tf-maml: error: {run_dir / 'config.json'}, the flags this run was trained with, "
+        f"tf-maml: error: {run_dir / 'config.json'}, the flags the run was trained with, "
         "cannot be read (the key 'update_batch_size' is \"five\", not a whole number): fix "
         "it, or delete it to resume without comparing the flags (training writes it again)")
     assert snapshot(run_dir) == before

@@ -142,7 +142,7 @@ def test_a_garbled_config_json_is_one_line_and_changes_nothing(tmp_path, fast_in
     result = cli(*as_flags(config, metatrain_iterations=40))
     assert result.code == 1
     line = one_line_error(result.err)
-    assert line.startswith(f"tf-maml: error: {run_dir}/config.json, the flags this run was "
+    assert line.startswith(f"tf-maml: error: {run_dir}/config.json, the flags the run was "
                            "trained with, cannot be read (")
     assert "fix it, or delete it to resume without comparing the flags" in line
     assert snapshot(run_dir) == before

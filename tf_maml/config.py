@@ -308,6 +308,21 @@ class Config(ConfigChecks):
                 raise ConfigError(f"the key {key!r} is {json.dumps(value)}, not {what}")
         return cls(**{k: v for k, v in data.items() if k not in RECORD_ONLY_KEYS})
 
+    @classmethod
+    def read(cls, path: str, fix: str) -> Config:
+        """The Config a run saved in the file ``path`` (its config.json, or an evaluation's
+        test_config.json): a ConfigError naming the file, why, and ``fix`` if it cannot be
+        read or is not the object of the flags (:meth:`from_json`). The one reader of a
+        run's saved flags: resuming, the figures, the zoo and ``rl.run`` differ only in the
+        fix they offer."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_json(f.read())
+        except (OSError, ValueError) as err:  # ValueError: JSON's, or from_json's ConfigError
+            why = getattr(err, "strerror", None) or err
+            raise ConfigError(f"{path}, the flags the run was trained with, cannot be read "
+                              f"({why}): {fix}") from None
+
     def resume_changes(self, previous: Config) -> list[tuple[str, object, object]]:
         """The flags this config changes on resuming a run trained with ``previous``:
         ``(name, before, now)``. A :class:`ConfigError` names a flag that would make the

@@ -113,13 +113,7 @@ def run_config(config_json: str) -> Config:
     the run cannot have been made with (a wrong type, a misspelt key, an impossible value),
     which would otherwise be a traceback from deep in the model, or a figure of another run."""
     fix = "fix it, or restore it from a copy of the run (the model zoo, a backup)"
-    try:
-        with open(config_json, encoding="utf-8") as f:
-            config = Config.from_json(f.read())
-    except (OSError, ValueError) as err:  # ValueError: JSON's, or Config's ConfigError
-        why = getattr(err, "strerror", None) or err
-        raise ConfigError(f"{config_json}, the flags the run was trained with, cannot be read "
-                          f"({why}): {fix}") from None
+    config = Config.read(config_json, fix)
     try:
         return config.validate()
     except ConfigError as err:

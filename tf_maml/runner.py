@@ -63,14 +63,8 @@ def resume_changes(config: Config, directory: str) -> list:
     _refuse_going_back(config, checkpoints[-1][0])
     if not os.path.exists(path):
         return []
-    try:
-        with open(path) as f:
-            previous = Config.from_json(f.read())
-    except (OSError, ValueError) as err:  # ValueError: JSON's, or Config's ConfigError
-        raise ConfigError(
-            f"{path}, the flags this run was trained with, cannot be read ({err}): fix it, or "
-            "delete it to resume without comparing the flags (training writes it again)"
-        ) from err
+    previous = Config.read(path, "fix it, or delete it to resume without comparing the flags "
+                                 "(training writes it again)")
     return config.resume_changes(previous)
 
 
