@@ -705,6 +705,8 @@ def test_an_rl_row_is_published_partial_resumed_from_the_zoo_bit_for_bit_and_rep
     assert cells[4:6] == _by_hand(clone_zoo / "test_returns.npy")
     assert "![figure5_navigation.png](fig/figure5_navigation.png)" in text
     assert (clone / "fig" / "figure5_navigation.png").stat().st_size > 0
+    assert "![training_navigation.png](fig/training_navigation.png)" in text
+    assert (clone / "fig" / "training_navigation.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_locomotion_row_reads_its_returns_records_its_simulator_and_is_checked(tmp_path):
@@ -820,3 +822,39 @@ def test_a_figure_stopped_while_it_is_written_leaves_the_earlier_one_whole(tmp_p
     rl_figure.plot({"MAML": str(tmp_path)}, str(path))
     assert path.read_bytes().startswith(b"\x89PNG")
     assert sorted(os.listdir(tmp_path)) == ["figure5.png", "test_returns.npy"]  # no temporary
+
+
+def test_rl_training_curves_are_the_logged_returns(tmp_path, monkeypatch):
+    """The meta-training figure of an RL family draws each run's logged average return per
+    meta-iteration: MAML's after its inner step and before it, a pretrained run's once (its
+    two columns are equal), in iteration order, a row cut short left out. The values are the
+    hand-written log's."""
+    import matplotlib.figure
+
+    from tf_maml.rl import figure as rl_figure
+
+    head = "iteration,pretrain,pre_return,post_return,kl,seconds\n"
+    maml, pretrained, empty = tmp_path / "maml", tmp_path / "pretrained", tmp_path / "empty"
+    for folder in (maml, pretrained, empty):
+        folder.mkdir()
+    (maml / "training_log.csv").write_text(
+        head + "2,0,-50.5,-20.25,0.01,3\n1,0,-70,-60,0.01,1\n3,0,-40\n")
+    (pretrained / "training_log.csv").write_text(head + "1,1,-65,-65,0.01,1\n"
+                                                 "2,1,-45.5,-45.5,0.01,2\n")
+    drawn = {}
+
+    def capture(self, target, **kwargs):
+        ax = self.axes[0]
+        drawn.update({line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+                      for line in ax.get_lines()})
+        target.write(b"\x89PNG")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
+    path = rl_figure.plot_training({"MAML": str(maml), "pretrained": str(pretrained),
+                                    "random": str(empty)}, str(tmp_path / "t.png"), "nav")
+    assert path == str(tmp_path / "t.png") and (tmp_path / "t.png").read_bytes() == b"\x89PNG"
+    assert drawn == {"MAML, after the inner step": ([1, 2], [-60, -20.25]),
+                     "MAML, before it": ([1, 2], [-70, -50.5]),
+                     "pretrained": ([1, 2], [-65, -45.5])}
+    assert rl_figure.plot_training({"random": str(empty)}, str(tmp_path / "u.png"), "") is None
+    assert not (tmp_path / "u.png").exists()

@@ -452,7 +452,32 @@ def figure_paths(rows: list[dict], figures_dir: str) -> list[str]:
                 os.path.join(figures_dir, "sinusoid_figure3.png")]
     out += [os.path.join(figures_dir, f"figure5_{group}.png")
             for group in _return_curves(rows)]
+    out += [os.path.join(figures_dir, f"training_{group}.png")
+            for group in _trained_families(rows)]
     return out
+
+
+def _trained_families(rows: list[dict]) -> dict[str, list[dict]]:
+    """The reinforcement-learning families with a meta-training curve to draw: their rows
+    whose zoo folder holds a training log (the random baseline trains nothing)."""
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        e = row["experiment"]
+        if (e.kind == "return" and e.train_flags is not None and row["state"]
+                and training_log.read_training_log(row["zoo_dir"])):
+            out.setdefault(e.group, []).append(row)
+    return out
+
+
+def training_returns_curve(group_rows: list[dict], path: str) -> str | None:
+    """The meta-training curves of one reinforcement-learning family, from the zoo: each
+    trained row's average return per meta-iteration (MAML's before and after its step)."""
+    from tf_maml.rl import figure as rl_figure
+
+    group = group_rows[0]["experiment"].group
+    title = RETURN_TITLES.get(group, group)
+    runs = {row["experiment"].label: row["zoo_dir"] for row in group_rows}
+    return rl_figure.plot_training(runs, path, title=f"{title}, meta-training (zoo/)")
 
 
 def _return_curves(rows: list[dict]) -> dict[str, list[dict]]:
@@ -494,6 +519,11 @@ def draw_figures(rows: list[dict], figures_dir: str, log=print) -> None:
         if name.startswith("curve_"):
             training_curve(by_name[name[len("curve_"):]], path)
     _draw_return_curves(rows, figures_dir, log)
+    for group, trained in _trained_families(rows).items():
+        try:
+            training_returns_curve(trained, os.path.join(figures_dir, f"training_{group}.png"))
+        except Exception as err:  # a figure must never lose the table
+            log(f"{group} training figure failed: {err}")
     sine = {n: r for n, r in by_name.items() if r["state"] and r["experiment"].group ==
             "sinusoid"}
     if not {"sinusoid_maml_k10", "sinusoid_pretrained_k10"} <= set(sine):

@@ -80,10 +80,18 @@ def plot(runs: dict[str, str], path: str, oracle: str | None = None,
     ax.set_title(title)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: str) -> str:
+    """Writes ``fig`` to ``path`` (PNG) and closes it: a file in the way, a full or read-only
+    disk is one line, and the earlier figure stays whole."""
+    import matplotlib.pyplot as plt
+
     from tf_maml import rundir
 
     kept = f"the earlier {path} is intact" if os.path.exists(path) else ""
-    try:  # a file in the way, a full or read-only disk: one line, the old figure whole
+    try:
         with rundir.writing(os.path.dirname(path) or ".", f"write {os.path.basename(path)}",
                             kept=lambda: kept, arg="output"):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -94,6 +102,54 @@ def plot(runs: dict[str, str], path: str, oracle: str | None = None,
     finally:
         plt.close(fig)
     return path
+
+
+def training_returns(run_dir: str) -> dict[str, np.ndarray]:
+    """The meta-training record of an RL run (its ``training_log.csv``): ``iteration``, and
+    the average return of each iteration's sampled trajectories, ``pre_return`` with the
+    policy as it is and ``post_return`` after the inner step (for a pretrained or oracle
+    run, which takes no inner step, the two are the same); rows cut short are left out."""
+    from tf_maml.training_log import read_training_log
+
+    out: dict[str, list] = {"iteration": [], "pre_return": [], "post_return": []}
+    for row in read_training_log(run_dir):
+        try:
+            values = [float(row[key]) for key in out]
+        except (KeyError, ValueError):
+            continue
+        for key, value in zip(out, values):
+            out[key].append(value)
+    order = np.argsort(out["iteration"], kind="stable")
+    return {key: np.asarray(values)[order] for key, values in out.items()}
+
+
+def plot_training(runs: dict[str, str], path: str, title: str) -> str | None:
+    """Writes the meta-training curves of ``runs`` (label: run directory) to ``path`` (PNG):
+    each run's average return per meta-iteration, a MAML run's before its inner step
+    (dashed) and after it (solid), in one colour; None if no run has logged an iteration."""
+    curves = {label: training_returns(run) for label, run in runs.items()}
+    curves = {label: c for label, c in curves.items() if len(c["iteration"])}
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for label, c in curves.items():
+        adapts = not np.array_equal(c["pre_return"], c["post_return"])
+        line, = ax.plot(c["iteration"], c["post_return"], lw=1,
+                        label=f"{label}, after the inner step" if adapts else label)
+        if adapts:
+            ax.plot(c["iteration"], c["pre_return"], lw=1, ls="--", color=line.get_color(),
+                    label=f"{label}, before it")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("average return of the sampled trajectories")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def check_output(path: str) -> None:
