@@ -171,6 +171,26 @@ def test_fit_applies_a_changed_meta_lr_and_says_so(tmp_path):
                           resume=False, log_interval=None, log=quiet)
 
 
+def test_fit_with_fewer_iterations_than_its_checkpoint_is_refused_as_the_cli_refuses(tmp_path):
+    # Was "Training already complete (5/3 iterations)": fit returned 5 for 3 asked, and
+    # fit.json recorded the run anew, as the command line refuses to (tf-maml's
+    # --metatrain_iterations below the checkpoint).
+    run_dir = tmp_path / "fit"
+    keras.utils.set_random_seed(0)
+    learner = MetaLearner(models.fc_net((1,), (8,), 1, norm="None"), losses.mse, inner_lr=0.01)
+    learner.fit(SinusoidTasks(5, 5), 5, meta_batch_size=2, run_dir=str(run_dir),
+                log_interval=None, log=quiet)
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError) as raised:
+        learner.fit(SinusoidTasks(5, 5), 3, meta_batch_size=2, run_dir=str(run_dir),
+                    log_interval=None, log=quiet)
+    assert str(raised.value) == (
+        f"`iterations`: the run in {run_dir} is at iteration 5 (model-5), past the 3 asked; "
+        "training does not go back. Pass `iterations=5` or more to train it on, or another "
+        "`run_dir` for a new run. Nothing was overwritten.")
+    assert snapshot(run_dir) == before
+
+
 def test_the_logs_seconds_do_not_follow_the_wall_clock(tmp_path, monkeypatch):
     """The wall clock set back (NTP, a laptop's resume) while a run trains: the log's seconds
     since the session began are measured on the monotonic clock (they went negative)."""

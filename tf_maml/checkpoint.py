@@ -355,6 +355,12 @@ def resume_or_start(checkpointer: Checkpointer, resume: bool, total: int,
                 f"{checkpointer.run_dir} already holds checkpoints ({os.path.basename(latest)}"
                 "); pass `resume=True` to continue that run, or another `run_dir` for a new "
                 "one. Nothing was overwritten.")
+        problem = rundir.past_the_end(checkpoint_iteration(latest), total)
+        if problem is not None:  # the command line refuses it before (tf_maml/runner.py)
+            raise CheckpointError(
+                f"`iterations`: the run in {checkpointer.run_dir} {problem}. Pass "
+                f"`iterations={checkpoint_iteration(latest)}` or more to train it on, or "
+                "another `run_dir` for a new run. Nothing was overwritten.")
         if checkpointer.weights_only(latest) and checkpoint_iteration(latest) >= total:
             # A finished zoo run: nothing left to train, so no optimizer state is needed.
             start = checkpointer.restore(latest, expect_optimizer=False)[0]

@@ -348,6 +348,17 @@ def checkpoint_prefixes(directory: str, name: str = CHECKPOINT_NAME, complete: b
     return [(i, prefix) for i, prefix in found if not complete or _data_files(prefix)]
 
 
+def past_the_end(latest: int, total: int) -> str | None:
+    """Why a run whose newest checkpoint is at iteration ``latest`` cannot be trained to
+    ``total`` iterations (the words after "the run in <run>"): training does not go back,
+    and stopping at once would record the smaller number as the run's length. None if
+    ``latest`` is not past ``total``. The command line's and ``fit``'s refusal alike."""
+    if latest <= total:
+        return None
+    return (f"is at iteration {latest} (model-{latest}), past the {total} asked; training "
+            "does not go back")
+
+
 def checkpoint_files(prefix: str) -> list[str]:
     """The files of a listed checkpoint: its ``.index``, then its ``.data-*`` shards."""
     return [prefix + ".index"] + _data_files(prefix)

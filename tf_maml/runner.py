@@ -71,15 +71,15 @@ def resume_changes(config: Config, directory: str) -> list:
 def _refuse_going_back(config: Config, latest: int) -> None:
     """A ConfigError if the run's latest checkpoint is past the iterations ``config`` trains
     to: training would stop at once, yet record the smaller number as the run's."""
-    if latest <= config.total_iterations:
+    problem = rundir.past_the_end(latest, config.total_iterations)
+    if problem is None:
         return
     flag = "pretrain_iterations" if config.is_pretrained_baseline else "metatrain_iterations"
     needed = getattr(config, flag) + latest - config.total_iterations
     raise ConfigError(
-        f"--{flag}: the run in {config.exp_string()} is at iteration {latest} "
-        f"(model-{latest}), past the {config.total_iterations} asked; training does not go "
-        "back. Evaluate it with --train=False (--test_iter=N for an earlier checkpoint), or "
-        f"pass --{flag}={needed} or more to train it on.")
+        f"--{flag}: the run in {config.exp_string()} {problem}. Evaluate it with "
+        "--train=False (--test_iter=N for an earlier checkpoint), or pass "
+        f"--{flag}={needed} or more to train it on.")
 
 
 def run(config: Config, log=print) -> dict:
