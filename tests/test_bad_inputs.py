@@ -741,6 +741,26 @@ def test_missing_test_iter_lists_the_available_checkpoints(sine_copy):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.parametrize("where", ["logdir", "run directory"])
+def test_evaluating_where_a_file_stands_for_the_run_directory_names_the_file(sine_copy,
+                                                                             where):
+    # Was "no checkpoint in <run> to evaluate. Train first ...": training again would then
+    # fail, as a file stands in the way.
+    config, run_dir = sine_copy
+    logdir = run_dir.parent.parent / "logfile"
+    file = logdir if where == "logdir" else logdir / run_dir.name
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("notes")
+    result = cli(*as_flags(config, train=False, logdir=str(logdir)))
+    assert result.code == 1
+    what = (f"{logdir / run_dir.name} cannot be a run directory: {logdir} is a file, not a "
+            "folder" if where == "logdir" else f"{file} is a file, not a run directory")
+    assert one_line_error(result.err) == (
+        f"tf-maml: error: {what}, so there is no checkpoint to evaluate: give the --logdir "
+        "training wrote the run into (or move that file away)")
+    assert file.read_text() == "notes"
+
+
 def test_resuming_a_run_with_fewer_iterations_than_its_checkpoint_is_refused(sine_copy):
     # Was "Training already complete (40/20 iterations)", then the evaluation, and the run's
     # config.json rewritten with 20: the record of how the checkpoint was trained, lost.

@@ -387,6 +387,13 @@ def restore_for_test(checkpointer: Checkpointer, test_iter: int) -> tuple[str, i
     """The checkpoint evaluation uses: ``model-<test_iter>`` or the latest. A corrupt
     latest checkpoint is an error that names the newest readable one (`test_iter`): an
     evaluation must not silently report an older model."""
+    run_dir = checkpointer.run_dir
+    in_the_way = rundir.file_in_the_way(run_dir)
+    if in_the_way:  # else "no checkpoint ... to evaluate. Train first", of a file
+        what = (f"{run_dir} is a file, not a run directory" if in_the_way == run_dir else
+                f"{run_dir} cannot be a run directory: {in_the_way} is a file, not a folder")
+        raise CheckpointError(f"{what}, so there is no checkpoint to evaluate: give the "
+                              "`logdir` training wrote the run into (or move that file away)")
     if test_iter > 0:
         path = checkpointer.path_for(test_iter)
     else:

@@ -406,7 +406,7 @@ def check_export_dir(export_dir: str) -> None:
         raise RunDirError(
             f"`export_dir` {export_dir} is a file, not a directory: give the path of a new "
             "directory (or of an earlier export, which is replaced whole)")
-    above = _file_above(export_dir)
+    above = rundir.file_in_the_way(os.path.dirname(os.path.abspath(export_dir)))
     if above:  # else found only when the export is written, after the training
         raise RunDirError(
             f"`export_dir` {export_dir} cannot be made: {above} is a file, not a directory; "
@@ -419,14 +419,6 @@ def check_export_dir(export_dir: str) -> None:
                 f"`export_dir` {export_dir} holds files that are not an export's ({shown}): "
                 "give a new or empty directory (an earlier export there would be replaced "
                 "whole)")
-
-
-def _file_above(path: str) -> str | None:
-    """The file that stands where a directory above ``path`` would be made, if any."""
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    return None if os.path.isdir(parent) else parent
 
 
 def _write_whole(export_dir: str, write) -> None:

@@ -348,6 +348,18 @@ def checkpoint_prefixes(directory: str, name: str = CHECKPOINT_NAME, complete: b
     return [(i, prefix) for i, prefix in found if not complete or _data_files(prefix)]
 
 
+def file_in_the_way(path: str) -> str | None:
+    """The file that stands at ``path`` or where a folder above it would be (as ``path``
+    names it: relative if it is), so that ``path`` can be no folder; None if there is none
+    (``path`` a folder, or missing below a folder)."""
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return path if path and not os.path.isdir(path) else None
+
+
 def past_the_end(latest: int, total: int) -> str | None:
     """Why a run whose newest checkpoint is at iteration ``latest`` cannot be trained to
     ``total`` iterations (the words after "the run in <run>"): training does not go back,
