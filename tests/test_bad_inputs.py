@@ -275,6 +275,53 @@ def test_flagfile_conflict_is_reported_in_one_line(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["mini.flags"]
 
 
+@pytest.mark.parametrize("flags, named, what", [
+    (["--datasource=sinusoid", "--update_batch_size=1000000000000"], "update_batch_size",
+     "a meta-batch (25 tasks x 2000000000000 examples of 1 value)"),
+    (["--datasource=omniglot", "--data_dir=unused", "--meta_batch_size=10000000000"],
+     "meta_batch_size", "a meta-batch (10000000000 tasks x 50 examples of 784 values)"),
+    (["--datasource=sinusoid", "--train=False", "--num_test_tasks=1000000000000"],
+     "num_test_tasks", "the evaluation's tasks (1000000000000 tasks x 10 examples of 1 value, "
+     "sampled before it starts)"),
+    (["--datasource=navigation", "--norm=None", "--update_batch_size=1000000000000"],
+     "update_batch_size", "training (25 tasks x 1000000000000 trajectories x 100 steps, "
+     "before and after the update)"),
+], ids=["support-set", "meta-batch", "test-tasks", "trajectories"])
+def test_a_run_larger_than_any_memory_is_refused_naming_the_flag(tmp_path, flags, named,
+                                                                 what):
+    # Was killed by the system for lack of memory once its first batch was sampled, with
+    # no word. The sizes are far beyond any machine's memory: 25 x 2e12 float32 inputs
+    # alone are 200 TB.
+    result = cli(*flags, f"--logdir={tmp_path / 'logs'}")
+    assert result.code == 1
+    line = one_line_error(result.err)
+    value = next(f for f in flags if f.startswith(f"--{named}=")).split("=")[1]
+    assert line.startswith(f"tf-maml: error: --{named}={value}: {what} would take at least ")
+    assert line.endswith(f"GB of memory, more than this machine's "
+                         f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f}"
+                         f" GB: the system would kill the process without a word; give a "
+                         f"smaller --{named}")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_no_flagfile_of_the_paper_needs_more_memory_than_a_small_machine():
+    # The memory check refuses only a run that cannot be: every configuration of the paper
+    # (the flagfiles, Omniglot 20-way with 16 tasks, MiniImageNet 5-shot with 15 query
+    # images) ran on 2017's GPUs; its least memory is well below 8 GB.
+    from tf_maml.reproduce_table import config_for
+
+    flagfiles = sorted(f for f in os.listdir(os.path.join(REPO, "flags"))
+                       if f.endswith(".flags"))
+    assert len(flagfiles) > 40
+    for name in flagfiles:
+        path = os.path.join(REPO, "flags", name)
+        with open(path) as f:
+            images = "--datasource=omniglot" in f.read() or "miniimagenet" in name
+        config = config_for(path, {"data_dir": "unused"} if images else {})
+        for needed, what, _ in experiment.least_memory(config):
+            assert needed < 8 * 2**30, (name, what, needed / 2**30)
+
+
 # ---------------------------------------------------------------------------- data folders
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):

@@ -33,6 +33,67 @@ def build_model(config: Config) -> keras.Model:
                         max_pool=config.max_pool, norm=config.norm)
 
 
+RL_HIDDEN_UNITS = 100  # the policy's first hidden layer (tf_maml/rl/policy.py)
+
+
+def _first_layer_units(config: Config) -> int:
+    """Values of the net's first layer's output per example (:func:`build_model`)."""
+    if config.is_rl:
+        return RL_HIDDEN_UNITS
+    if config.datasource == "sinusoid":
+        return 40
+    if not config.conv:
+        return 256
+    height, width = input_shape(config)[:2]
+    if not config.max_pool:  # stride 2
+        height, width = -(-height // 2), -(-width // 2)
+    return height * width * config.num_filters
+
+
+def _values(count: int) -> str:
+    return f"{count} value" + ("" if count == 1 else "s")
+
+
+def least_memory(config: Config) -> list[tuple[int, str, tuple[str, ...]]]:
+    """What the run of ``config`` holds at once, at the least: (bytes, what, the flags that
+    set its size) for training and for the evaluation, each a lower bound (float32 inputs
+    of what is sampled at once, plus one task's first-layer activations; reinforcement
+    learning: 4 values and the policy's first layer per step of the pre- and post-update
+    rollouts, all tasks at once), so that one above the machine's memory cannot run."""
+    phases = []
+    inputs = 1
+    for size in input_shape(config):
+        inputs *= size
+    ways = config.num_classes if config.is_classification else 1
+    units = _first_layer_units(config)
+    if config.is_rl:
+        if config.train and config.baseline != "random":
+            horizon = config.horizon or (100 if config.datasource == "navigation" else 200)
+            steps = config.meta_batch_size * config.update_batch_size * horizon * 2
+            phases.append((4 * steps * (4 + units), f"training ({config.meta_batch_size} "
+                           f"tasks x {config.update_batch_size} trajectories x {horizon} "
+                           "steps, before and after the update)",
+                           ("meta_batch_size", "update_batch_size", "horizon")))
+        return phases
+    if config.train and config.is_pretrained_baseline:
+        phases.append((4 * config.meta_batch_size * (inputs + units),
+                       f"pretraining (minibatches of {config.meta_batch_size} images)",
+                       ("meta_batch_size",)))
+    elif config.train:
+        per_task = ways * (config.update_batch_size + config.num_query_train)
+        phases.append((4 * per_task * (config.meta_batch_size * inputs + units),
+                       f"a meta-batch ({config.meta_batch_size} tasks x {per_task} examples "
+                       f"of {_values(inputs)})",
+                       ("meta_batch_size", "update_batch_size", "num_query", "num_classes")))
+    if not config.train or config.test_after_train:
+        per_task = ways * (config.update_batch_size + config.num_query_eval)
+        phases.append((4 * per_task * (config.num_test_tasks * inputs + units),
+                       f"the evaluation's tasks ({config.num_test_tasks} tasks x {per_task} "
+                       f"examples of {_values(inputs)}, sampled before it starts)",
+                       ("num_test_tasks", "update_batch_size", "num_query", "num_classes")))
+    return phases
+
+
 def build_learner(config: Config, model: keras.Model | None = None) -> MetaLearner:
     """Model and learner, seeded with ``config.seed``. The pretrained baselines' learner is
     the classifier they pretrain (:class:`tf_maml.baselines.Classifier`)."""

@@ -89,6 +89,7 @@ def run(config: Config, log=print) -> dict:
     multi-worker training only the chief writes, evaluates and exports."""
     directory = run_dir(config)
     log(f"Run directory: {directory}")
+    _check_memory(config)
     if config.is_rl:  # reinforcement learning: tf_maml/rl/training.py
         if config.datasource in LOCOMOTION_FAMILIES:  # before the run directory is touched
             require_simulator(f"--datasource={config.datasource}")
@@ -118,6 +119,26 @@ def run(config: Config, log=print) -> dict:
         learner = experiment.build_learner(config)
     with _lock(config, directory, chief, log):
         return _run(config, directory, learner, chief, log)
+
+
+def _check_memory(config: Config) -> None:
+    """A ConfigError naming the flag if the run could not fit in this machine's memory
+    (:func:`tf_maml.experiment.least_memory`, a lower bound): else the system kills the
+    process, which says nothing, once it has sampled its first batch."""
+    memory = threads_lib.physical_memory()
+    if not memory:
+        return
+    for needed, what, flags in experiment.least_memory(config):
+        if needed <= memory:
+            continue
+        # The flag furthest above its default (num_query, horizon: the paper's largest).
+        typical = {**{name: getattr(type(config), name) for name in flags},
+                   "num_query": 15, "horizon": 200}
+        flag = max(flags, key=lambda name: getattr(config, name) / max(typical[name], 1))
+        raise ConfigError(
+            f"--{flag}={getattr(config, flag)}: {what} would take at least {needed / 2**30:.1f} "
+            f"GB of memory, more than this machine's {memory / 2**30:.1f} GB: the system would "
+            f"kill the process without a word; give a smaller --{flag}")
 
 
 def _deterministic(config: Config) -> None:

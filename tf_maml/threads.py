@@ -89,6 +89,14 @@ def pool_tensors_without_onednn() -> bool:
     return _bfc_set_here
 
 
+def physical_memory() -> int | None:
+    """Bytes of this machine's memory (RAM); None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, e.g. under taskset)."""
     try:
