@@ -216,6 +216,27 @@ def test_a_build_from_partial_data_is_not_reused_as_the_full_data_set(omni, mini
         build.build_miniimagenet(str(msrc / "images.zip"), str(msrc), mdata_dir)
 
 
+def test_a_build_with_other_split_sizes_is_not_reused_as_the_one_asked(omni):
+    # TFDS reuses a built version whatever the builder's arguments: the build of 6 / 2
+    # training / validation characters was returned for 8 / 1 as if it held them.
+    src, data_dir = omni[0], omni[1]
+    before = sorted(os.listdir(data_dir))
+    with pytest.raises(PrepError) as raised:
+        build.build_omniglot(src, data_dir, "maml_28", expect_counts=False, num_train=8,
+                             num_val=1)
+    path = os.path.join(data_dir, "tf_maml_omniglot", "maml_28", "1.0.0")
+    assert str(raised.value) == (
+        f"{path} holds tf_maml_omniglot/maml_28/1.0.0 built earlier with num_train=6, "
+        "num_val=2, not the num_train=8, num_val=1 asked, and TFDS reuses a build as it is: "
+        f"delete {path} and run this again to build it with them (or ask for the sizes it "
+        "was built with)")
+    assert sorted(os.listdir(data_dir)) == before
+    # full_105 has no MAML split: any sizes reuse it.
+    again = build.build_omniglot(src, data_dir, "full_105", expect_counts=False, num_train=8,
+                                 num_val=1)
+    assert again["full_105"]["already_complete"] is True
+
+
 def test_omniglot_standard_split_needs_all_characters(omni, tmp_path):
     src = omni[0]
     with pytest.raises(PrepError, match="1623"):  # default: expect the full data set

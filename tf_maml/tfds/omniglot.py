@@ -186,6 +186,14 @@ class TfMamlOmniglot(OfflineBuilder):
         self._original_state.update(expect_counts=expect_counts, num_train=num_train,
                                     num_val=num_val)
 
+    def split_sizes(self) -> dict[str, int] | None:
+        """The MAML split sizes this builder builds with (its metadata's num_train and
+        num_val); None for a config without the MAML split (full_105)."""
+        if not self.builder_config.maml_split:
+            return None
+        return {"num_train": NUM_TRAIN if self._num_train is None else self._num_train,
+                "num_val": NUM_VAL if self._num_val is None else self._num_val}
+
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
         return tfds.core.DatasetInfo(
@@ -231,11 +239,11 @@ class TfMamlOmniglot(OfflineBuilder):
                     f"{len(names)}; for partial data build only full_105 "
                     "(data_prep: --tfds_config=full_105) or give the builder num_train and "
                     "num_val")
-            num_train = NUM_TRAIN if self._num_train is None else self._num_train
-            num_val = NUM_VAL if self._num_val is None else self._num_val
-            groups = {tfds_split: split_characters(names, split, num_train, num_val)
+            sizes = self.split_sizes()
+            groups = {tfds_split: split_characters(names, split, sizes["num_train"],
+                                                   sizes["num_val"])
                       for tfds_split, split in MAML_SPLITS.items()}
-            metadata.update(num_train=num_train, num_val=num_val, split_seed=SPLIT_SEED)
+            metadata.update(sizes, split_seed=SPLIT_SEED)
         else:
             groups = {tfds_split: [n for n in names if set_of[n] == set_name]
                       for tfds_split, set_name in FULL_SPLITS.items()}
