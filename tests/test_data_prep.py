@@ -233,6 +233,36 @@ def test_omniglot_extracted_folders_give_the_same_output(omni_built, omni_files,
     assert a == b
 
 
+def test_omniglot_symlinked_alphabets_are_read_and_a_link_loop_named(omni_built, omni_files,
+                                                                     tmp_path):
+    # A user who linked alphabets into the extracted sets had them left out without a word
+    # (the walk did not follow links): with --expect_counts=false, a smaller data set.
+    _, out, _, _ = omni_built
+    store, src = tmp_path / "store", tmp_path / "src"
+    for files in omni_files.values():
+        for p, data in files.items():
+            (store / p).parent.mkdir(parents=True, exist_ok=True)
+            (store / p).write_bytes(data)
+    for set_name, alphabets in OMNI_SETS.items():
+        (src / set_name).mkdir(parents=True)
+        for alphabet in alphabets:
+            (src / set_name / alphabet).symlink_to(store / set_name / alphabet)
+    work = str(tmp_path / "out")
+    oprep.prepare_omniglot(str(src), work, expect_counts=False)
+    a, b = sha256_tree(out), sha256_tree(work)
+    a.pop(prep.MARKER_NAME)
+    b.pop(prep.MARKER_NAME)
+    assert a == b
+    # A link to a folder already read (here, a loop) is named, not walked forever.
+    loop = src / "images_background" / "Alpha" / "character01" / "again"
+    loop.symlink_to(src / "images_background")
+    with pytest.raises(PrepError) as raised:
+        oprep.prepare_omniglot(str(src), str(tmp_path / "out2"), expect_counts=False)
+    assert str(raised.value) == (
+        f"{loop} is a link to {src / 'images_background'}, a folder read already: remove "
+        "that link (each alphabet once)")
+
+
 def test_omniglot_corrupt_png_is_named(omni_files, tmp_path):
     files = {k: dict(v) for k, v in omni_files.items()}
     bad = "images_evaluation/Gamma/character03/0011_07.png"

@@ -102,8 +102,16 @@ def set_members(source: str, set_name: str, zips: list[zipfile.ZipFile]) -> list
     elif os.path.isdir(dir_path):
         dir_path = extracted_set_folder(dir_path, set_name)
         logging.info("reading %s", dir_path)
-        for root, dirs, files in os.walk(dir_path):
+        read: set[str] = set()
+        # Alphabets linked in are read too; a link to a folder read already (a loop, or
+        # an alphabet twice) is named rather than walked.
+        for root, dirs, files in os.walk(dir_path, followlinks=True):
             dirs.sort()
+            real = os.path.realpath(root)
+            if real in read:
+                raise PrepError(f"{root} is a link to {real}, a folder read already: remove "
+                                "that link (each alphabet once)")
+            read.add(real)
             rel = os.path.relpath(root, dir_path)
             parts = [] if rel == "." else rel.split(os.sep)
             for name in sorted(files):
