@@ -10,6 +10,7 @@ as the paper does: mean and 1.96·std/√n over the tasks.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -422,6 +423,50 @@ def test_a_file_in_place_of_a_row_s_zoo_folder_stops_the_row_before_training(
             "trained or evaluated could be published there: move that file away") in out
     assert "training" not in out.split("is a file")[0]
     assert (tmp_path / "zoo" / SINE).read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("row", ["unfinished", "new", "finished"])
+def test_a_zoo_folder_that_cannot_be_written_stops_a_row_to_train_before_training(
+        tmp_path, monkeypatch, capsys, row):
+    # Was found only by the first publish, after the training. The tests run as root, whom
+    # permissions do not stop: the system's refusal (a read-only mount, another owner) is
+    # given by the file creation it would refuse, in the zoo and nowhere else. A finished
+    # row publishes nothing new: a read-only zoo (a checkout's) serves it as before.
+    import tempfile
+
+    from test_reproduce import _flags, _table
+
+    zoo = tmp_path / "zoo"
+    if row == "finished":
+        _real_rows(tmp_path, [SINE])
+    else:
+        _flags(tmp_path, SINE, 10**6, tasks=600)  # unfinished: past the zoo's 70000
+        _table(tmp_path)
+        zoo.mkdir()
+        if row == "unfinished":
+            shutil.copytree(os.path.join(REPO, "zoo", SINE), zoo / SINE)
+    create = tempfile.TemporaryFile
+
+    def refused(*args, dir=None, **kwargs):
+        if dir is not None and os.path.realpath(dir).startswith(str(zoo)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return create(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    code = _main(tmp_path, monkeypatch, f"--experiments={SINE}", "--run_budget_minutes=0.01",
+                 "--evaluate=False")
+    out = capsys.readouterr().out
+    if row == "finished":
+        assert code == 0 and "cannot be" not in out
+        return
+    assert code == 1
+    what = (f"cannot be made: {zoo} cannot be written" if row == "new"
+            else "cannot be written")
+    folder = zoo if row == "new" else zoo / SINE
+    assert (f"[{SINE}] {zoo / SINE}, this row's zoo folder, {what} (Permission denied), so "
+            f"nothing trained or evaluated could be published there: make {folder} writable "
+            "(or give another --zoo_dir), then run the same command again") in out
+    assert "training" not in out.split("cannot be")[0]
 
 
 def test_a_failed_publish_fails_the_command_and_keeps_the_run_directory(tmp_path, monkeypatch,

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from tf_maml import atomic, threads, zoo_check
+from tf_maml import atomic, rundir, threads, zoo_check
 from tf_maml import zoo as zoo_lib
 from tf_maml.reproduce_table import REPO, Plan, ReproduceError, tf_maml_command, writing
 
@@ -144,7 +144,9 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
         log(f"[{p.experiment.name}] skipped: {p.skip_reason}")
         return {"skipped": p.skip_reason}
     if (train and p.train_cmd) or evaluate or reevaluate:  # a report alone reads the zoo
-        problem = getattr(publish, "enabled", False) and _zoo_folder_problem(p)
+        trains = train and p.train_cmd and max(zoo_lib.latest_iteration(p.run_dir),
+                                               zoo_lib.latest_iteration(p.zoo_dir)) < p.target
+        problem = getattr(publish, "enabled", False) and _zoo_folder_problem(p, trains)
         if problem:
             log(f"[{p.experiment.name}] {problem}")
         problem = problem or _restore(p, log)
@@ -192,14 +194,30 @@ def _restore(p: Plan, log) -> str | None:
     return None
 
 
-def _zoo_folder_problem(p: Plan) -> str | None:
+def _zoo_folder_problem(p: Plan, trains: bool) -> str | None:
     """Why the row's zoo folder cannot take what this run publishes (a file stands in its
-    place), said before hours of training: else only the first publish failed."""
+    place; if the row ``trains``, it or the folder it would be made in cannot be written),
+    said before hours of training: else only the first publish failed. (A finished row
+    publishes only a new evaluation's numbers, if any: a read-only zoo serves it.)"""
     if os.path.exists(p.zoo_dir) and not os.path.isdir(p.zoo_dir):
         return (f"{p.zoo_dir}, this row's zoo folder, is a file, so nothing trained or "
                 "evaluated could be published there: move that file away (or `git checkout "
                 f"-- {p.zoo_dir}` if the repository's folder was replaced), then run the same "
                 "command again")
+    if not trains:
+        return None
+    folder = p.zoo_dir  # or the folder it would be made in
+    while folder and not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    try:
+        rundir.check_writable(folder or os.curdir)
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        what = ("cannot be written" if folder == p.zoo_dir else
+                f"cannot be made: {folder or os.curdir} cannot be written")
+        return (f"{p.zoo_dir}, this row's zoo folder, {what} ({reason}), so nothing trained "
+                f"or evaluated could be published there: make {folder or os.curdir} writable "
+                "(or give another --zoo_dir), then run the same command again")
     return None
 
 
