@@ -808,6 +808,28 @@ def test_evaluating_where_a_file_stands_for_the_run_directory_names_the_file(sin
     assert file.read_text() == "notes"
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "evaluate"])
+def test_a_logdir_linked_to_nothing_names_the_link(sine_copy, train):
+    # A --logdir linked to a disk not mounted: was "could not create the run directory ...:
+    # No such file or directory ... check <run>", and an evaluation "no checkpoint ... Train
+    # first".
+    config, run_dir = sine_copy
+    link = run_dir.parent.parent / "linked"
+    target = run_dir.parent.parent / "unmounted" / "runs"
+    link.symlink_to(target)
+    result = cli(*as_flags(config, train=train, logdir=str(link), metatrain_iterations=60))
+    assert result.code == 1
+    problem = f"{link} is a link to {target}, which does not exist (a disk not mounted?)"
+    where = link / run_dir.name
+    assert one_line_error(result.err) == (
+        f"tf-maml: error: could not create the run directory in {where}: {problem}. Nothing "
+        f"was lost: nothing already written was changed; mount or create {target}, or use "
+        "another --logdir, then run the same command again." if train else
+        f"tf-maml: error: no checkpoint can be read in {where}: {problem}; mount or create "
+        "it, or give the --logdir training wrote the run into")
+    assert not os.path.lexists(target)
+
+
 def test_resuming_a_run_with_fewer_iterations_than_its_checkpoint_is_refused(sine_copy):
     # Was "Training already complete (40/20 iterations)", then the evaluation, and the run's
     # config.json rewritten with 20: the record of how the checkpoint was trained, lost.

@@ -394,6 +394,10 @@ def restore_for_test(checkpointer: Checkpointer, test_iter: int) -> tuple[str, i
                 f"{run_dir} cannot be a run directory: {in_the_way} is a file, not a folder")
         raise CheckpointError(f"{what}, so there is no checkpoint to evaluate: give the "
                               "`logdir` training wrote the run into (or move that file away)")
+    dangling = rundir.dangling_link_problem(run_dir)
+    if dangling:  # else "no checkpoint ... to evaluate. Train first"
+        raise CheckpointError(f"no checkpoint can be read in {run_dir}: {dangling}; mount or "
+                              "create it, or give the `logdir` training wrote the run into")
     if test_iter > 0:
         path = checkpointer.path_for(test_iter)
     else:

@@ -261,6 +261,13 @@ def os_error_message(err: OSError, run_dir: str, action: str, kept: str = "",
     """One line for an OSError while writing into ``run_dir``: what failed, why, what was
     kept, and the fix (``arg``: the argument that chose the directory)."""
     reason = os.strerror(err.errno) if err.errno else str(err)
+    dangling = (dangling_link_problem(run_dir)
+                if err.errno in (errno.ENOENT, errno.EEXIST) else None)
+    if dangling:  # else "No such file or directory ... check <run_dir>"
+        kept = kept or "nothing already written was changed"
+        return (f"could not {action} in {run_dir}: {dangling}. Nothing was lost: {kept}; "
+                f"mount or create {os.readlink(dangling_link(run_dir))}, or use another "
+                f"`{arg}`, then run the same command again.")
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = f"free some space on the disk of {run_dir}"
     elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -358,6 +365,32 @@ def file_in_the_way(path: str) -> str | None:
             return None
         path = parent
     return path if path and not os.path.isdir(path) else None
+
+
+def dangling_link(path: str) -> str | None:
+    """The first folder of ``path`` (as it names them) that is a symbolic link to nothing,
+    e.g. to a disk not mounted: writing below it fails "No such file or directory", and
+    reading finds nothing there. None if there is none."""
+    parts = path.split(os.sep)
+    for end in range(1, len(parts) + 1):
+        prefix = os.sep.join(parts[:end])
+        if not prefix:
+            continue
+        if os.path.islink(prefix) and not os.path.exists(prefix):
+            return prefix
+        if not os.path.lexists(prefix):
+            return None
+    return None
+
+
+def dangling_link_problem(path: str) -> str | None:
+    """"<link> is a link to <target>, which does not exist (...)" for the
+    :func:`dangling_link` of ``path``; None if there is none."""
+    link = dangling_link(path)
+    if link is None:
+        return None
+    return (f"{link} is a link to {os.readlink(link)}, which does not exist (a disk not "
+            "mounted?)")
 
 
 def past_the_end(latest: int, total: int) -> str | None:
