@@ -320,6 +320,48 @@ def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, flag
     assert blocker.read_text() == "a file" and not (tmp_path / "RESULTS.md").exists()
 
 
+@pytest.mark.parametrize("flag, damage", [("output", "file"), ("output", "read-only"),
+                                          ("figures_dir", "read-only")])
+def test_a_report_that_cannot_be_written_is_refused_before_any_row_runs(
+        tmp_path, monkeypatch, capsys, flag, damage):
+    # Was found when the report was written, at the end: after every row's training. The
+    # tests run as root, whom permissions do not stop: a read-only folder is given by the
+    # file creation it would refuse (tempfile's), there and nowhere else.
+    import tempfile
+
+    from test_reproduce import _flags, _table
+
+    _flags(tmp_path, SINE, 10**6, tasks=600)  # unfinished: it would train
+    _table(tmp_path)
+    shutil.copytree(os.path.join(REPO, "zoo", SINE), tmp_path / "zoo" / SINE)
+    place = tmp_path / "place"
+    if damage == "file":
+        place.write_text("a file")
+    else:
+        place.mkdir()
+        create = tempfile.TemporaryFile
+
+        def refused(*args, dir=None, **kwargs):
+            if dir is not None and os.path.realpath(dir).startswith(str(place)):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return create(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    target = place / "inside" if damage == "file" else place
+    value = target / "RESULTS.md" if flag == "output" else target
+    with pytest.raises(reproduce.ReproduceError) as err:
+        _main(tmp_path, monkeypatch, f"--experiments={SINE}", "--run_budget_minutes=0.01",
+              "--evaluate=False", "--figures=True", f"--{flag}={value}")
+    message = str(err.value)
+    assert "\n" not in message and f"in {target}" in message
+    if damage == "file":
+        assert f"a file stands where {target}" in message and "use another --output" in message
+    else:
+        assert "Read-only file system. Nothing was lost: any earlier " in message
+        assert f"make {target} writable, or use another --{flag}" in message
+    assert f"[{SINE}]" not in capsys.readouterr().out  # no row ran
+
+
 def test_an_output_that_is_not_a_report_is_refused_and_kept(tmp_path, monkeypatch):
     # --output=README.md (or the table, flags/experiments.json) was replaced by the report.
     _real_rows(tmp_path, [SINE])

@@ -35,8 +35,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tf_maml import rundir, zoo_check  # noqa: E402
 from tf_maml import zoo as zoo_lib  # noqa: E402
-from tf_maml import zoo_check  # noqa: E402
 from tf_maml.errors import path_problem  # noqa: E402
 from tf_maml.reproduce_publish import Publisher, write_report  # noqa: E402
 from tf_maml.reproduce_run import execute, machine  # noqa: E402
@@ -50,6 +50,7 @@ from tf_maml.reproduce_table import (  # noqa: E402
     load_experiments,
     plan,
     select,
+    writing,
 )
 
 # This module is the command line (its --help prints the docstring above). The rows and their
@@ -184,6 +185,15 @@ def _check_outputs(F) -> None:
     if F.figures and os.path.exists(F.figures_dir) and not os.path.isdir(F.figures_dir):
         raise ReproduceError(f"--figures_dir={F.figures_dir} is a file: give the folder for "
                              "the PNG figures (or --figures=False)")
+    # A file above them, a link to nothing, a read-only folder: else said at the end, after
+    # the hours of training (reproduce_publish.write_report's messages, now).
+    kept = f"any earlier {F.output} is as it was"
+    with writing(os.path.dirname(os.path.abspath(F.output)),
+                 f"write {os.path.basename(F.output)}", kept, "output"):
+        rundir.check_writable_later(os.path.dirname(os.path.abspath(F.output)))
+    if F.figures:
+        with writing(F.figures_dir, "draw the figures", kept, "figures_dir"):
+            rundir.check_writable_later(F.figures_dir)
 
 
 def _check_report_is_of_the_zoo(F) -> None:

@@ -9,6 +9,7 @@ directory's state file, with the commands that made it and the machine that ran 
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import platform
 import re
@@ -21,7 +22,14 @@ import numpy as np
 
 from tf_maml import atomic, rundir, threads, zoo_check
 from tf_maml import zoo as zoo_lib
-from tf_maml.reproduce_table import REPO, Plan, ReproduceError, tf_maml_command, writing
+from tf_maml.reproduce_table import (
+    REPO,
+    Plan,
+    ReproduceError,
+    as_reproduce_error,
+    tf_maml_command,
+    writing,
+)
 
 STATE_FILE = zoo_lib.RUN_STATE_FILE
 MIN_TRAIN_SECONDS = 20  # below this, starting a training process is not worth it
@@ -206,13 +214,17 @@ def _zoo_folder_problem(p: Plan, trains: bool) -> str | None:
                 "command again")
     if not trains:
         return None
-    folder = p.zoo_dir  # or the folder it would be made in
-    while folder and not os.path.exists(folder):
-        folder = os.path.dirname(folder)
     try:
-        rundir.check_writable(folder or os.curdir)
+        rundir.check_writable_later(p.zoo_dir)
     except OSError as err:
-        reason = os.strerror(err.errno) if err.errno else str(err)
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):  # a file in the way
+            return str(as_reproduce_error(rundir.RunDirError(rundir.os_error_message(
+                err, p.zoo_dir, "publish this row", "nothing was trained or published",
+                "zoo_dir"))))
+        folder = p.zoo_dir  # or the folder it would be made in
+        while folder and not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        reason = os.strerror(err.errno)
         what = ("cannot be written" if folder == p.zoo_dir else
                 f"cannot be made: {folder or os.curdir} cannot be written")
         return (f"{p.zoo_dir}, this row's zoo folder, {what} ({reason}), so nothing trained "

@@ -323,6 +323,22 @@ def check_writable(directory: str, names: Sequence[str] = ()) -> None:
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
 
 
+def check_writable_later(folder: str) -> None:
+    """Raises now the OSError that writing a file into ``folder``, made when it is written
+    (perhaps hours later), would raise: a file standing at it or above it, a link to
+    nothing, or the nearest folder that exists refusing a new file (:func:`check_writable`:
+    a read-only mount, permissions)."""
+    in_the_way = file_in_the_way(folder)
+    if in_the_way:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), in_the_way)
+    if dangling_link(folder):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), folder)
+    existing = folder
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    check_writable(existing or os.curdir)
+
+
 def _as_os_error(err: Exception) -> OSError | None:
     if isinstance(err, OSError):
         return err
