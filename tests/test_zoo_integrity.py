@@ -82,6 +82,26 @@ def test_the_zoo_keeps_the_checkpoint_of_every_evaluation_beside_the_latest_stat
     assert zoo.checkpoint_iterations(str(zoo_dir)) == [3000]
 
 
+def test_a_zoo_path_with_glob_characters_gets_the_checkpoint_and_its_row_checked(tmp_path):
+    """A zoo under ``runs[2026]``: the checkpoint's files were listed with a glob of the
+    path, which matched none of them, so publishing recorded "now holds iteration 2500" and
+    moved no file; and a row whose results.json is lost read as a row not run."""
+    run_dir, zoo_dir = tmp_path / "run", tmp_path / "runs[2026]" / "zoo" / "x"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    _checkpoint(run_dir, 2500)
+    _evaluated(run_dir, 2500)
+    assert zoo.publish(str(run_dir), str(zoo_dir), False, {}, "m", **QUIET)
+    assert sorted(p.name for p in zoo_dir.glob("model-2500.*")) == [
+        "model-2500.data-00000-of-00001", "model-2500.index"]
+    (zoo_dir / zoo.RESULTS_FILE).unlink()
+    from tf_maml import zoo_check
+
+    problem = zoo_check.row_problem(str(zoo_dir), "x", RESULT, target=2500, tasks=1,
+                                    kind="accuracy")
+    assert problem and problem.startswith(f"{zoo_dir / zoo.RESULTS_FILE} is missing although")
+
+
 def test_a_zoo_that_lost_an_evaluated_checkpoint_takes_it_back_from_the_run(tmp_path):
     """The zoo holds 3000 and a number of 2500 but not model-2500 (as the headline row was);
     the run directory still has it: publishing brings it into the zoo."""

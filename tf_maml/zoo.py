@@ -220,7 +220,7 @@ def _copy_checkpoint(run_dir: str, iteration: int, zoo_dir: str, weights_only: b
         # Moved in as one set: a stop between two files would leave the index of one
         # version beside the data of another (a finished run's θ over its full state).
         with atomic.stops_deferred():
-            for path in glob.glob(os.path.join(tmp, "*")):
+            for path in glob.glob(os.path.join(glob.escape(tmp), "*")):
                 os.replace(path, os.path.join(zoo_dir, os.path.basename(path)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

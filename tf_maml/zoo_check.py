@@ -178,7 +178,7 @@ def row_problem(zoo_dir: str, row: str, result_name: str, *, target: int, tasks:
     if not os.path.isdir(zoo_dir):
         return None
     results_path = os.path.join(zoo_dir, zoo_lib.RESULTS_FILE)
-    held = sorted((os.path.basename(p) for p in glob.glob(os.path.join(zoo_dir, "*"))
+    held = sorted((os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(zoo_dir), "*"))
                    if os.path.basename(p).startswith((*zoo_lib.RESULT_PREFIXES,
                                                       CHECKPOINT_NAME + "-"))),
                   key=lambda name: (not name.endswith(".npy"), name))  # evaluations first
