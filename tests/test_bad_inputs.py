@@ -830,6 +830,43 @@ def test_a_logdir_linked_to_nothing_names_the_link(sine_copy, train):
     assert not os.path.lexists(target)
 
 
+def test_tensorflow_reads_no_checkpoint_below_a_bracket(tmp_path):
+    # The fact the refusals below rest on: what TensorFlow writes under a path holding '['
+    # it does not find again (its reader takes the path for a pattern).
+    folder = tmp_path / "runs[1]"
+    tf.train.Checkpoint(v=tf.Variable(1.0)).write(str(folder / "model-1"))
+    assert (folder / "model-1.index").exists()
+    with pytest.raises(tf.errors.NotFoundError, match="Failed to find any matching files"):
+        tf.train.Checkpoint(v=tf.Variable(0.0)).read(str(folder / "model-1"))
+
+
+def test_a_path_with_a_bracket_is_refused_where_tensorflow_would_write_a_checkpoint(sine_copy,
+                                                                                  tmp_path):
+    # Was trained (and evaluated from memory), then every resume or evaluation said "no
+    # readable checkpoint in <run>; move the run directory away to start afresh"; an export
+    # there could not be loaded.
+    config, _ = sine_copy
+    logdir = tmp_path / "runs[2026]"
+    why = ("holds '[', which TensorFlow's checkpoint reader takes for the start of a "
+           "pattern: it would write checkpoints there that it cannot read back; give a path "
+           "without '[' (renaming a folder keeps what it holds)")
+    for flag, value in (("logdir", logdir), ("export_dir", logdir / "saved")):
+        result = cli(*as_flags(config, **{flag: str(value)}))
+        assert result.code == 2  # a usage error, as every flag's
+        assert one_line_error(result.err) == f"tf-maml: error: --{flag}: {value} {why}"
+    assert not logdir.exists()
+    keras.utils.set_random_seed(0)
+    learner = MetaLearner(models.fc_net((1,), (8,), 1, norm="None"), losses.mse, inner_lr=0.01)
+    with pytest.raises(ValueError) as raised:
+        learner.fit(SinusoidTasks(5, 5), 2, meta_batch_size=2, run_dir=str(logdir),
+                    log_interval=None, log=lambda line: None)
+    assert str(raised.value) == f"run_dir {logdir} {why}"
+    with pytest.raises(Exception) as raised:
+        export(learner, str(logdir / "saved"), num_steps=1)
+    assert str(raised.value) == f"`export_dir` {logdir / 'saved'} {why}"
+    assert not logdir.exists()
+
+
 def test_resuming_a_run_with_fewer_iterations_than_its_checkpoint_is_refused(sine_copy):
     # Was "Training already complete (40/20 iterations)", then the evaluation, and the run's
     # config.json rewritten with 20: the record of how the checkpoint was trained, lost.

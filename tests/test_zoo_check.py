@@ -362,6 +362,20 @@ def test_a_report_that_cannot_be_written_is_refused_before_any_row_runs(
     assert f"[{SINE}]" not in capsys.readouterr().out  # no row ran
 
 
+@pytest.mark.parametrize("flag", ["logdir_root", "zoo_dir"])
+def test_a_folder_with_a_bracket_is_refused_where_checkpoints_are_read(tmp_path, monkeypatch,
+                                                                      flag):
+    # TensorFlow finds no checkpoint below a '[' (test_bad_inputs shows it): a row trained
+    # there could never be resumed or evaluated, a zoo there never restored or exported.
+    _real_rows(tmp_path, [SINE])
+    value = tmp_path / "runs[1]"
+    with pytest.raises(reproduce.ReproduceError) as err:
+        _main(tmp_path, monkeypatch, f"--experiments={SINE}", f"--{flag}={value}")
+    assert str(err.value).startswith(f"--{flag}: {value} holds '[', which TensorFlow's "
+                                     "checkpoint reader takes for the start of a pattern")
+    assert not value.exists()
+
+
 def test_an_output_that_is_not_a_report_is_refused_and_kept(tmp_path, monkeypatch):
     # --output=README.md (or the table, flags/experiments.json) was replaced by the report.
     _real_rows(tmp_path, [SINE])

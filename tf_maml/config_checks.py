@@ -11,7 +11,13 @@ from collections.abc import Collection
 from tf_maml.adapt import ADAPT_LAYERS
 from tf_maml.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
 from tf_maml.distribute import check_meta_batch_size
-from tf_maml.errors import ConfigError, did_you_mean, empty_path, path_problem
+from tf_maml.errors import (
+    ConfigError,
+    did_you_mean,
+    empty_path,
+    path_problem,
+    tensorflow_pattern,
+)
 from tf_maml.evaluate import PRETRAINED_BASELINES
 from tf_maml.mapping.plan import TASK_PARALLELISM
 from tf_maml.models import NORMS
@@ -157,6 +163,8 @@ class ConfigChecks:
             if problem and empty_path(name, value):
                 drop = " (its default: /tmp/data)" if name == "logdir" else ", or drop the flag"
                 problem += drop
+            if name != "data_dir":
+                problem = problem or tensorflow_pattern(value)
             if problem:
                 fail(name, problem)
 

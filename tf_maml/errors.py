@@ -78,6 +78,18 @@ def path_problem(name: str, path) -> str | None:
     return empty_path(name, path) or quoted_path(path) or unexpanded_home(path)
 
 
+def tensorflow_pattern(path) -> str | None:
+    """Why TensorFlow could not read back what it writes under ``path`` (a path flag's value
+    or argument, as given): a ``[``, which its checkpoint reader takes for the start of a
+    pattern, as a shell's glob does, so that it finds no file (a checkpoint, a SavedModel's
+    variables) where it wrote one; None for any other value."""
+    if not isinstance(path, str) or "[" not in path:
+        return None
+    return (f"{path} holds '[', which TensorFlow's checkpoint reader takes for the start of "
+            "a pattern: it would write checkpoints there that it cannot read back; give a "
+            "path without '[' (renaming a folder keeps what it holds)")
+
+
 def quoted_path(path) -> str | None:
     """Why ``path`` (a path flag's value) cannot be meant as written, as a flagfile line
     written for a shell leaves it: in quotes, which only a shell removes

@@ -91,7 +91,7 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import atomic, export_checks, keras_internals, losses, rundir
-from tf_maml.errors import check_count
+from tf_maml.errors import check_count, tensorflow_pattern
 from tf_maml.rundir import RunDirError
 
 METADATA_FILE = "maml_metadata.json"
@@ -402,6 +402,8 @@ def check_export_dir(export_dir: str) -> None:
     before anything is computed or written (the command line calls it before training)."""
     if not export_dir:
         raise RunDirError("`export_dir` is empty: give the path of a new directory")
+    if tensorflow_pattern(export_dir):  # else loading the export fails: no variables found
+        raise RunDirError(f"`export_dir` {tensorflow_pattern(export_dir)}")
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise RunDirError(
             f"`export_dir` {export_dir} is a file, not a directory: give the path of a new "

@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tf_maml import rundir, zoo_check  # noqa: E402
 from tf_maml import zoo as zoo_lib  # noqa: E402
-from tf_maml.errors import path_problem  # noqa: E402
+from tf_maml.errors import path_problem, tensorflow_pattern  # noqa: E402
 from tf_maml.reproduce_publish import Publisher, write_report  # noqa: E402
 from tf_maml.reproduce_run import execute, machine  # noqa: E402
 from tf_maml.reproduce_table import (  # noqa: E402
@@ -106,6 +106,8 @@ def main(argv, F):
     for name in ("logdir_root", "omniglot_dir", "miniimagenet_dir", "original_checkpoint",
                  "flags_dir", "zoo_dir", "output", "figures_dir", "export_dir"):
         problem = path_problem(name, F[name].value)
+        if name in ("logdir_root", "original_checkpoint", "zoo_dir", "export_dir"):
+            problem = problem or tensorflow_pattern(F[name].value)
         if problem:
             raise ReproduceError(f"--{name}: {problem}")
     table = load_experiments(F.flags_dir)

@@ -41,7 +41,7 @@ from tf_maml.checkpoint import (
     learner_checkpointer,
     resume_or_start,
 )
-from tf_maml.errors import BatchError, check_count
+from tf_maml.errors import BatchError, check_count, tensorflow_pattern
 from tf_maml.protocols import Learner, TaskLearner, TunableLearner
 from tf_maml.tasks import VAL_STREAM, task_stream
 
@@ -318,6 +318,8 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
         # Else "could not create the run directory in : No such file ...; check , then ...".
         raise ValueError(f"run_dir must be the path of a folder (None: no run directory, "
                          f"nothing written), got {run_dir!r}")
+    if run_dir is not None and tensorflow_pattern(os.fspath(run_dir)):
+        raise ValueError(f"run_dir {tensorflow_pattern(os.fspath(run_dir))}")
     callbacks = list(callbacks)
     if log_interval:
         callbacks.insert(0, ProgressLogger(log_interval, min(log_interval, 100), log))
