@@ -28,6 +28,9 @@ def run(define_flags: Callable[[], None], prepare: Callable[[], str]) -> None:
     """A preparation command: defines its flags, then prints what ``prepare()`` returns, or
     one ``ERROR:`` line (exit status 1) for a :class:`~tf_maml.data.prep.PrepError`."""
     define_flags()
+    problem = errors.flagfile_problem(sys.argv)
+    if problem:
+        sys.exit(f"ERROR: {problem}")
 
     def main(argv: list[str]) -> None:
         if len(argv) > 1:

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import types
 
 import keras
@@ -65,10 +66,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---------------------------------------------------------------------------- helpers
 def cli(*args: str) -> types.SimpleNamespace:
     """Runs the tf-maml command line in this process exactly as the console script does
-    (absl's ``app.run(main)``); returns its exit code, stdout and stderr. The handlers of
-    Ctrl-C and SIGTERM, which the command sets for its process, come back after it (an
-    ignored one would be inherited by the subprocesses of later tests)."""
-    from absl import app, flags
+    (``tf_maml.main.run``: absl's ``app.run(main)``); returns its exit code, stdout and
+    stderr. The handlers of Ctrl-C and SIGTERM, which the command sets for its process, come
+    back after it (an ignored one would be inherited by the subprocesses of later tests)."""
+    from absl import flags
 
     from tf_maml import main as cli_main
 
@@ -78,7 +79,7 @@ def cli(*args: str) -> types.SimpleNamespace:
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            app.run(cli_main.main, argv=["tf-maml", *args])
+            cli_main.run(["tf-maml", *args])
         except SystemExit as exit_:
             code = 0 if exit_.code is None else exit_.code
         finally:
@@ -149,6 +150,44 @@ def test_missing_flagfile_is_named(tmp_path):
     assert result.code == 1
     assert "Unable to open flagfile" in result.err and str(missing) in result.err
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_flagfile_that_is_not_text_or_a_folder_is_named_by_every_command(tmp_path,
+                                                                          monkeypatch, capsys):
+    # A flagfile saved as UTF-16 (Notepad's "Unicode") or in Latin-1 was a
+    # UnicodeDecodeError traceback from absl's parser; a folder, absl's "FATAL Flags parsing
+    # error: ERROR:: Unable to open flagfile: [Errno 21] Is a directory".
+    utf16 = tmp_path / "utf16.flags"
+    utf16.write_text("--datasource=sinusoid\n", encoding="utf-16")
+    latin = tmp_path / "latin.flags"
+    latin.write_bytes("--datasource=sinusoid\n--logdir=caf\u00e9\n".encode("latin-1"))
+    nested = tmp_path / "nested.flags"
+    nested.write_text(f"--flagfile={latin}\n")
+    expect = {
+        utf16: "cannot be read as text (it is UTF-16, as Notepad's 'Unicode' saves): save it "
+               "as UTF-8",
+        latin: "cannot be read as text (its byte 34 is not utf-8): save it as UTF-8",
+        tmp_path: "is a folder, not a flagfile: give a file of flags",
+    }
+    for given, (named, why) in ((utf16, (utf16, expect[utf16])),
+                                (nested, (latin, expect[latin])),
+                                (tmp_path, (tmp_path, expect[tmp_path]))):
+        result = cli(f"--flagfile={given}")
+        assert (result.code, result.err.strip()) == (
+            2, f"tf-maml: error: --flagfile={named} {why}")
+    import data_prep
+    from tf_maml import reproduce
+
+    monkeypatch.setattr(sys, "argv", ["data_prep.omniglot", f"--flagfile={utf16}"])
+    with pytest.raises(SystemExit) as exit_:
+        data_prep.run(lambda: None, lambda: pytest.fail("it prepared"))
+    assert exit_.value.code == f"ERROR: --flagfile={utf16} {expect[utf16]}"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.run(["tf-maml-reproduce", f"--flagfile={utf16}"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"tf-maml-reproduce: error: --flagfile={utf16} {expect[utf16]}\n")
 
 
 def test_unknown_flag_in_flagfile_is_named_with_the_right_spelling(tmp_path):

@@ -444,5 +444,8 @@ def main(argv):
 if __name__ == "__main__":
     from absl import app
 
+    from tf_maml.errors import exit_on_flagfile_problem
+
     _define_flags()
+    exit_on_flagfile_problem("tf_maml.convert")
     app.run(main)

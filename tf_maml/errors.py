@@ -34,6 +34,56 @@ def tensorflow_reason(message: str) -> str:
     return " ".join(re.split(r" \[\[| \[Op:", reason)[0].split())
 
 
+def flagfile_problem(argv) -> str | None:
+    """Why a flagfile that the command line ``argv`` names (or that one of them names, on
+    a ``--flagfile=`` line) cannot be read, as absl's parser reads it: a folder (which absl
+    reports in its own words), or a file that is not text in this system's encoding, UTF-16
+    as Notepad's "Unicode" saves it (on which absl fails with a traceback). None if all
+    read; a missing one is absl's to name."""
+    import os
+
+    def named(args):
+        args = iter(args)
+        for arg in args:
+            if arg.startswith("--flagfile="):
+                yield arg.split("=", 1)[1]
+            elif arg == "--flagfile":
+                yield next(args, "")
+
+    todo, seen = list(named(argv[1:])), set()
+    while todo:
+        path = todo.pop(0)
+        if not path or path in seen:
+            continue
+        seen.add(path)
+        if os.path.isdir(path):
+            return f"--flagfile={path} is a folder, not a flagfile: give a file of flags"
+        try:
+            with open(path) as f:  # as absl opens it
+                lines = f.readlines()
+        except UnicodeDecodeError as err:
+            with open(path, "rb") as f:
+                utf16 = f.read(2) in (b"\xff\xfe", b"\xfe\xff")
+            what = ("it is UTF-16, as Notepad's 'Unicode' saves" if utf16 else
+                    f"its byte {err.start} is not {err.encoding}")
+            return f"--flagfile={path} cannot be read as text ({what}): save it as UTF-8"
+        except OSError:
+            continue
+        todo += named(line.strip() for line in lines)
+    return None
+
+
+def exit_on_flagfile_problem(command: str, argv=None) -> None:
+    """Ends ``command`` (exit status 2) with its one-line error if :func:`flagfile_problem`
+    finds one in ``argv`` (default: this process's)."""
+    import sys
+
+    problem = flagfile_problem(sys.argv if argv is None else argv)
+    if problem:
+        print(f"{command}: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
 def is_count(value, minimum: int = 0) -> bool:
     """Whether ``value`` is a whole number >= ``minimum``, as an argument that counts
     (iterations, steps, tasks) must be: a float would be truncated without a word (2.5

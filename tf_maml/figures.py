@@ -285,6 +285,9 @@ def run():
     flags.DEFINE_multi_string("extra_run", None, "LABEL=RUN_DIR, more curves for Figure 3")
     flags.DEFINE_string("output_dir", "docs/figures", "where to write the PNGs")
     flags.mark_flags_as_required(["maml_run", "pretrained_run"])
+    from tf_maml.errors import exit_on_flagfile_problem
+
+    exit_on_flagfile_problem("tf-maml-figures")
     app.run(main)
 
 

@@ -350,9 +350,13 @@ def main(argv):
     return 0
 
 
-def run():
-    """Console entry point ``tf-maml``."""
-    app.run(main)
+def run(argv=None):
+    """Console entry point ``tf-maml`` (``argv``: the command line, default this
+    process's)."""
+    from tf_maml.errors import exit_on_flagfile_problem
+
+    exit_on_flagfile_problem("tf-maml", argv)
+    app.run(main, argv=argv)
 
 
 if __name__ == "__main__":

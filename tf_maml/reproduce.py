@@ -325,6 +325,9 @@ def run(argv=None):
                   f"{kept}: the same command resumes.", file=sys.stderr)
             return 130
 
+    from tf_maml.errors import exit_on_flagfile_problem
+
+    exit_on_flagfile_problem("tf-maml-reproduce", argv)
     app.run(main_, argv=argv, flags_parser=parse)
 
 

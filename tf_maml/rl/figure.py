@@ -270,4 +270,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("title", "2D navigation, meta-test", "the figure's title, e.g. "
                         "\"half-cheetah, goal velocity, meta-test\"")
     flags.mark_flag_as_required("run")
+    from tf_maml.errors import exit_on_flagfile_problem
+
+    exit_on_flagfile_problem("tf_maml.rl.figure")
     app.run(main)

@@ -42,4 +42,7 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["run_dir", "step_sizes"])
+    from tf_maml.errors import exit_on_flagfile_problem
+
+    exit_on_flagfile_problem("tf_maml.rl.run")
     app.run(main)
