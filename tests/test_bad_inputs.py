@@ -886,11 +886,13 @@ def test_a_path_with_a_bracket_is_refused_where_tensorflow_would_write_a_checkpo
     # there could not be loaded.
     config, _ = sine_copy
     logdir = tmp_path / "runs[2026]"
-    why = ("holds '[', which TensorFlow's checkpoint reader takes for the start of a "
-           "pattern: it would write checkpoints there that it cannot read back; give a path "
-           "without '[' (renaming a folder keeps what it holds)")
-    for flag, value in (("logdir", logdir), ("export_dir", logdir / "saved")):
-        result = cli(*as_flags(config, **{flag: str(value)}))
+    why = ("holds '[', which TensorFlow takes for the start of a pattern: it would not find "
+           "what it writes there (checkpoints, TFDS data); give a path without '[' (renaming "
+           "a folder keeps what it holds)")
+    for flag, value in (("logdir", logdir), ("export_dir", logdir / "saved"),
+                        ("data_dir", logdir / "tfds")):
+        tfds = {"datasource": "omniglot", "dataset_backend": "tfds"} if flag == "data_dir" else {}
+        result = cli(*as_flags(config, **{flag: str(value)}, **tfds))
         assert result.code == 2  # a usage error, as every flag's
         assert one_line_error(result.err) == f"tf-maml: error: --{flag}: {value} {why}"
     assert not logdir.exists()

@@ -237,6 +237,17 @@ def test_a_build_with_other_split_sizes_is_not_reused_as_the_one_asked(omni):
     assert again["full_105"]["already_complete"] is True
 
 
+def test_a_tfds_output_with_a_bracket_is_refused_before_it_is_built(omni, tmp_path):
+    # TensorFlow takes '[' for a pattern: the build went in, and every reader then said "not
+    # built in the TFDS data_dir ...: run python -m data_prep.omniglot --format=tfds ...".
+    output = tmp_path / "tfds[1]"
+    with pytest.raises(PrepError) as raised:
+        build.build_omniglot(omni[0], str(output), "maml_28", expect_counts=False, **SIZES)
+    assert str(raised.value).startswith(f"--output: {output} holds '[', which TensorFlow "
+                                        "takes for the start of a pattern")
+    assert not output.exists()
+
+
 def test_omniglot_standard_split_needs_all_characters(omni, tmp_path):
     src = omni[0]
     with pytest.raises(PrepError, match="1623"):  # default: expect the full data set

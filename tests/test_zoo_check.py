@@ -371,8 +371,9 @@ def test_a_folder_with_a_bracket_is_refused_where_checkpoints_are_read(tmp_path,
     value = tmp_path / "runs[1]"
     with pytest.raises(reproduce.ReproduceError) as err:
         _main(tmp_path, monkeypatch, f"--experiments={SINE}", f"--{flag}={value}")
-    assert str(err.value).startswith(f"--{flag}: {value} holds '[', which TensorFlow's "
-                                     "checkpoint reader takes for the start of a pattern")
+    assert str(err.value).startswith(f"--{flag}: {value} holds '[', which TensorFlow takes "
+                                     "for the start of a pattern: it would not find what it "
+                                     "writes there")
     assert not value.exists()
 
 

@@ -163,7 +163,7 @@ class ConfigChecks:
             if problem and empty_path(name, value):
                 drop = " (its default: /tmp/data)" if name == "logdir" else ", or drop the flag"
                 problem += drop
-            if name != "data_dir":
+            if name != "data_dir" or self.dataset_backend == "tfds":
                 problem = problem or tensorflow_pattern(value)
             if problem:
                 fail(name, problem)

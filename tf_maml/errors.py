@@ -130,14 +130,14 @@ def path_problem(name: str, path) -> str | None:
 
 def tensorflow_pattern(path) -> str | None:
     """Why TensorFlow could not read back what it writes under ``path`` (a path flag's value
-    or argument, as given): a ``[``, which its checkpoint reader takes for the start of a
+    or argument, as given): a ``[``, which its file reading takes for the start of a
     pattern, as a shell's glob does, so that it finds no file (a checkpoint, a SavedModel's
-    variables) where it wrote one; None for any other value."""
+    variables, a TFDS build) where it wrote one; None for any other value."""
     if not isinstance(path, str) or "[" not in path:
         return None
-    return (f"{path} holds '[', which TensorFlow's checkpoint reader takes for the start of "
-            "a pattern: it would write checkpoints there that it cannot read back; give a "
-            "path without '[' (renaming a folder keeps what it holds)")
+    return (f"{path} holds '[', which TensorFlow takes for the start of a pattern: it would "
+            "not find what it writes there (checkpoints, TFDS data); give a path without '[' "
+            "(renaming a folder keeps what it holds)")
 
 
 def quoted_path(path) -> str | None:

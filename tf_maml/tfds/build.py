@@ -91,8 +91,11 @@ def check_data_dir_free(data_dir: str) -> None:
     and the folder tree would read it as one more class (and fail on it: "holds no .png
     images") without a data_prep run that could mend it. Called before TFDS creates
     anything."""
+    from tf_maml.errors import tensorflow_pattern
     from tf_maml.tasks.prepared import BACKENDS, NAMES, contents
 
+    if tensorflow_pattern(data_dir):  # else built, then "not built" by every reader
+        raise PrepError(f"--output: {tensorflow_pattern(data_dir)}")
     held = sorted((d, b) for d, b in contents(data_dir) if b != "tfds")
     if held:
         what = " and ".join(f"{NAMES[d]} ({BACKENDS[b]})" for d, b in held)
