@@ -325,7 +325,10 @@ def test_flagfile_conflict_is_reported_in_one_line(tmp_path):
     (["--datasource=navigation", "--norm=None", "--update_batch_size=1000000000000"],
      "update_batch_size", "training (25 tasks x 1000000000000 trajectories x 100 steps, "
      "before and after the update)"),
-], ids=["support-set", "meta-batch", "test-tasks", "trajectories"])
+    (["--datasource=sinusoid", "--num_updates=1000000000000"], "num_updates",
+     "a meta-batch (25 tasks x 10 examples of 1 value, the activations of 1000000000000 "
+     "inner steps)"),
+], ids=["support-set", "meta-batch", "test-tasks", "trajectories", "inner-steps"])
 def test_a_run_larger_than_any_memory_is_refused_naming_the_flag(tmp_path, flags, named,
                                                                  what):
     # Was killed by the system for lack of memory once its first batch was sampled, with

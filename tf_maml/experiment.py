@@ -59,7 +59,8 @@ def least_memory(config: Config) -> list[tuple[int, str, tuple[str, ...]]]:
     set its size) for training and for the evaluation, each a lower bound (float32 inputs
     of what is sampled at once, plus one task's first-layer activations; reinforcement
     learning: 4 values and the policy's first layer per step of the pre- and post-update
-    rollouts, all tasks at once), so that one above the machine's memory cannot run."""
+    rollouts, all tasks at once; a second-order meta-gradient: the first layer's activations
+    of every inner step), so that one above the machine's memory cannot run."""
     phases = []
     inputs = 1
     for size in input_shape(config):
@@ -80,11 +81,19 @@ def least_memory(config: Config) -> list[tuple[int, str, tuple[str, ...]]]:
                        f"pretraining (minibatches of {config.meta_batch_size} images)",
                        ("meta_batch_size",)))
     elif config.train:
-        per_task = ways * (config.update_batch_size + config.num_query_train)
-        phases.append((4 * per_task * (config.meta_batch_size * inputs + units),
+        support = ways * config.update_batch_size
+        per_task = support + ways * config.num_query_train
+        # A second-order meta-gradient keeps every inner step's activations (first order,
+        # Reptile and ANIL's body: one step's).
+        kept = (config.num_updates if config.algorithm == "maml" and not config.stop_grad
+                and config.adapt_layers != "head" else 1)
+        phases.append((4 * (config.meta_batch_size * per_task * inputs
+                            + units * (kept * support + per_task - support)),
                        f"a meta-batch ({config.meta_batch_size} tasks x {per_task} examples "
-                       f"of {_values(inputs)})",
-                       ("meta_batch_size", "update_batch_size", "num_query", "num_classes")))
+                       f"of {_values(inputs)}"
+                       + (f", the activations of {kept} inner steps" if kept > 1 else "") + ")",
+                       ("meta_batch_size", "update_batch_size", "num_query", "num_classes",
+                        "num_updates")))
     if not config.train or config.test_after_train:
         per_task = ways * (config.update_batch_size + config.num_query_eval)
         phases.append((4 * per_task * (config.num_test_tasks * inputs + units),

@@ -133,7 +133,7 @@ def _check_memory(config: Config) -> None:
             continue
         # The flag furthest above its default (num_query, horizon: the paper's largest).
         typical = {**{name: getattr(type(config), name) for name in flags},
-                   "num_query": 15, "horizon": 200}
+                   "num_query": 15, "horizon": 200, "num_updates": 10}
         flag = max(flags, key=lambda name: getattr(config, name) / max(typical[name], 1))
         raise ConfigError(
             f"--{flag}={getattr(config, flag)}: {what} would take at least {needed / 2**30:.1f} "
