@@ -253,6 +253,15 @@ def test_omniglot_symlinked_alphabets_are_read_and_a_link_loop_named(omni_built,
     a.pop(prep.MARKER_NAME)
     b.pop(prep.MARKER_NAME)
     assert a == b
+    # A link to nothing (a disk not mounted) is named, not left out.
+    gone = src / "images_evaluation" / "Delta"
+    gone.symlink_to(tmp_path / "unmounted" / "Delta")
+    with pytest.raises(PrepError) as raised:
+        oprep.prepare_omniglot(str(src), str(tmp_path / "out1"), expect_counts=False)
+    assert str(raised.value) == (
+        f"{gone} is a link to {tmp_path / 'unmounted' / 'Delta'}, which does not exist (a "
+        "disk not mounted?): mount or create it, or remove the link")
+    gone.unlink()
     # A link to a folder already read (here, a loop) is named, not walked forever.
     loop = src / "images_background" / "Alpha" / "character01" / "again"
     loop.symlink_to(src / "images_background")

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tf_maml import atomic, rundir
 from tf_maml import distribute as distribute_lib
+from tf_maml.errors import dangling_link_problem
 from tf_maml.protocols import Learner
 from tf_maml.rundir import CHECKPOINT_NAME
 
@@ -394,7 +395,7 @@ def restore_for_test(checkpointer: Checkpointer, test_iter: int) -> tuple[str, i
                 f"{run_dir} cannot be a run directory: {in_the_way} is a file, not a folder")
         raise CheckpointError(f"{what}, so there is no checkpoint to evaluate: give the "
                               "`logdir` training wrote the run into (or move that file away)")
-    dangling = rundir.dangling_link_problem(run_dir)
+    dangling = dangling_link_problem(run_dir)
     if dangling:  # else "no checkpoint ... to evaluate. Train first"
         raise CheckpointError(f"no checkpoint can be read in {run_dir}: {dangling}; mount or "
                               "create it, or give the `logdir` training wrote the run into")

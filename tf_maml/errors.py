@@ -112,6 +112,36 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean {' or '.join(by_lower[c] for c in close)}?)" if close else ""
 
 
+def dangling_link(path: str) -> str | None:
+    """The first folder of ``path`` (as it names them) that is a symbolic link to nothing,
+    e.g. to a disk not mounted: writing below it fails "No such file or directory", and
+    reading finds nothing there. None if there is none."""
+    import os
+
+    parts = path.split(os.sep)
+    for end in range(1, len(parts) + 1):
+        prefix = os.sep.join(parts[:end])
+        if not prefix:
+            continue
+        if os.path.islink(prefix) and not os.path.exists(prefix):
+            return prefix
+        if not os.path.lexists(prefix):
+            return None
+    return None
+
+
+def dangling_link_problem(path: str) -> str | None:
+    """"<link> is a link to <target>, which does not exist (...)" for the
+    :func:`dangling_link` of ``path``; None if there is none."""
+    import os
+
+    link = dangling_link(path)
+    if link is None:
+        return None
+    return (f"{link} is a link to {os.readlink(link)}, which does not exist (a disk not "
+            "mounted?)")
+
+
 def empty_path(name: str, path) -> str | None:
     """Why the value ``path`` of the path flag ``--name`` cannot be meant as written: empty
     or blank, as an unset shell variable leaves it (``--name=$X``), it would read as unset or

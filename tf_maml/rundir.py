@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from tf_maml import atomic
+from tf_maml.errors import dangling_link, dangling_link_problem
 
 LOCK_NAME = "run.lock"
 # Held only while an evaluation replaces its set of result files: training holds run.lock
@@ -381,32 +382,6 @@ def file_in_the_way(path: str) -> str | None:
             return None
         path = parent
     return path if path and not os.path.isdir(path) else None
-
-
-def dangling_link(path: str) -> str | None:
-    """The first folder of ``path`` (as it names them) that is a symbolic link to nothing,
-    e.g. to a disk not mounted: writing below it fails "No such file or directory", and
-    reading finds nothing there. None if there is none."""
-    parts = path.split(os.sep)
-    for end in range(1, len(parts) + 1):
-        prefix = os.sep.join(parts[:end])
-        if not prefix:
-            continue
-        if os.path.islink(prefix) and not os.path.exists(prefix):
-            return prefix
-        if not os.path.lexists(prefix):
-            return None
-    return None
-
-
-def dangling_link_problem(path: str) -> str | None:
-    """"<link> is a link to <target>, which does not exist (...)" for the
-    :func:`dangling_link` of ``path``; None if there is none."""
-    link = dangling_link(path)
-    if link is None:
-        return None
-    return (f"{link} is a link to {os.readlink(link)}, which does not exist (a disk not "
-            "mounted?)")
 
 
 def past_the_end(latest: int, total: int) -> str | None:

@@ -67,6 +67,7 @@ from tf_maml.data.prep import (
     write_marker,
     writing_output,
 )
+from tf_maml.errors import dangling_link_problem
 
 EXPECTED_NUM_CHARACTERS = 1623
 EXPECTED_DRAWINGS_PER_CHARACTER = 20
@@ -115,9 +116,13 @@ def set_members(source: str, set_name: str, zips: list[zipfile.ZipFile]) -> list
             rel = os.path.relpath(root, dir_path)
             parts = [] if rel == "." else rel.split(os.sep)
             for name in sorted(files):
+                path = os.path.join(root, name)
+                if not os.path.exists(path) and dangling_link_problem(path):
+                    # An alphabet linked in from a disk not mounted: else left out unsaid.
+                    raise PrepError(f"{dangling_link_problem(path)}: mount or create it, or "
+                                    "remove the link")
                 if name.startswith(".") or not name.lower().endswith(".png"):
                     continue
-                path = os.path.join(root, name)
                 if len(parts) != 2:
                     raise PrepError(f"unexpected file {path}: expected "
                                     f"{dir_path}/<Alphabet>/<character>/<file>.png")
