@@ -1,8 +1,9 @@
 """The error of a setting that cannot be used: the command line's :class:`~tf_maml.config.Config`
 raises it, and so do the library modules that check settings of their own (the distribution
 strategy, the meta-batch's split over replicas), so that the command line turns either into
-its one-line message; and the error of a batch TensorFlow refused inside a compiled step. The
-standard library only: any module may import it.
+its one-line message; the error of a batch TensorFlow refused inside a compiled step; and the
+checks of the paths and flagfiles a command is given (why one cannot be meant as written, or
+used). The standard library only: any module may import it.
 """
 
 import re
