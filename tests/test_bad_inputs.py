@@ -48,7 +48,7 @@ from test_data_prep import (  # the tiny official layouts of the data_prep tests
 from tf_maml import baselines, experiment, losses, models, options, runner
 from tf_maml import evaluate as evaluate_lib
 from tf_maml.api import MetaLearner
-from tf_maml.checkpoint import CheckpointError, learner_checkpointer
+from tf_maml.checkpoint import CheckpointError, learner_checkpointer, restore_for_test
 from tf_maml.config import Config, ConfigError
 from tf_maml.data import miniimagenet as mprep
 from tf_maml.data import omniglot as oprep
@@ -880,6 +880,25 @@ def test_tensorflow_reads_no_checkpoint_below_a_bracket(tmp_path):
     assert (folder / "model-1.index").exists()
     with pytest.raises(tf.errors.NotFoundError, match="Failed to find any matching files"):
         tf.train.Checkpoint(v=tf.Variable(0.0)).read(str(folder / "model-1"))
+
+
+def test_a_checkpoint_below_a_bracket_is_not_called_corrupt(tmp_path):
+    # A run trained there before such paths were refused (or moved there since): its
+    # evaluation said "model-5 is corrupt or truncated ...: replace the damaged file from a
+    # backup", and a resume would have moved it aside as corrupt beside a newer one.
+    folder = tmp_path / "runs[1]"
+    learner = MetaLearner(models.fc_net((1,), (8,), 1, norm="None"), losses.mse, inner_lr=0.01)
+    learner_checkpointer(learner, str(folder)).save(5)
+    with pytest.raises(CheckpointError) as raised:
+        restore_for_test(learner_checkpointer(learner, str(folder)), -1)
+    assert type(raised.value) is CheckpointError
+    assert str(raised.value) == (
+        f"the checkpoint {folder}/model-5 cannot be read where it is: {folder} holds '[', "
+        "which TensorFlow takes for the start of a pattern: it would not find what it writes "
+        "there (checkpoints, TFDS data); give a path without '[' (renaming a folder keeps "
+        "what it holds)")
+    assert sorted(os.listdir(folder)) == ["checkpoint", "model-5.data-00000-of-00001",
+                                          "model-5.index"]
 
 
 def test_a_path_with_a_bracket_is_refused_where_tensorflow_would_write_a_checkpoint(sine_copy,

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tf_maml import atomic, rundir
 from tf_maml import distribute as distribute_lib
-from tf_maml.errors import dangling_link_problem
+from tf_maml.errors import dangling_link_problem, tensorflow_pattern
 from tf_maml.protocols import Learner
 from tf_maml.rundir import CHECKPOINT_NAME
 
@@ -164,6 +164,9 @@ class Checkpointer:
         """Loads ``path``; returns its iteration and the settings that differ from the
         checkpoint's (the current values are kept). Fails clearly on a missing file, a
         corrupt one or a checkpoint of another architecture."""
+        if tensorflow_pattern(path):  # else "corrupt or truncated": replaced, or moved aside
+            raise CheckpointError(f"the checkpoint {path} cannot be read where it is: "
+                                  f"{tensorflow_pattern(os.path.dirname(path) or path)}")
         if not os.path.exists(path + ".index"):
             available = ", ".join(os.path.basename(p) for p in self.checkpoints) or "none"
             raise CheckpointError(f"no checkpoint at {path} (available in {self.run_dir}: "
