@@ -22,28 +22,33 @@ def input_shape(config: Config) -> tuple[int, ...]:
     return OMNIGLOT_SHAPE if config.datasource == "omniglot" else MINIIMAGENET_SHAPE
 
 
+# The original's fully connected nets' hidden layers: the sinusoid's, and Omniglot's
+# --conv=False.
+SINUSOID_HIDDEN = (40, 40)
+OMNIGLOT_FC_HIDDEN = (256, 128, 64, 64)
+
+
 def build_model(config: Config) -> keras.Model:
     """The original's network for ``config`` (weights drawn from keras' global seed)."""
     shape = input_shape(config)
     if config.datasource == "sinusoid":
-        return models.fc_net(shape, (40, 40), 1, norm=config.norm, name="sinusoid_mlp")
+        return models.fc_net(shape, SINUSOID_HIDDEN, 1, norm=config.norm, name="sinusoid_mlp")
     if not config.conv:
-        return models.fc_net(shape, (256, 128, 64, 64), config.num_classes, norm=config.norm)
+        return models.fc_net(shape, OMNIGLOT_FC_HIDDEN, config.num_classes, norm=config.norm)
     return models.conv4(shape, config.num_classes, num_filters=config.num_filters,
                         max_pool=config.max_pool, norm=config.norm)
-
-
-RL_HIDDEN_UNITS = 100  # the policy's first hidden layer (tf_maml/rl/policy.py)
 
 
 def _first_layer_units(config: Config) -> int:
     """Values of the net's first layer's output per example (:func:`build_model`)."""
     if config.is_rl:
-        return RL_HIDDEN_UNITS
+        from tf_maml.rl.policy import POLICY_HIDDEN
+
+        return POLICY_HIDDEN[0]
     if config.datasource == "sinusoid":
-        return 40
+        return SINUSOID_HIDDEN[0]
     if not config.conv:
-        return 256
+        return OMNIGLOT_FC_HIDDEN[0]
     height, width = input_shape(config)[:2]
     if not config.max_pool:  # stride 2
         height, width = -(-height // 2), -(-width // 2)

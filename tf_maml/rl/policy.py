@@ -50,7 +50,10 @@ class StateIndependentLogStd(keras.layers.Layer):
         return {**super().get_config(), "init_std": self.init_std}
 
 
-def gaussian_mlp_policy(observation_dim: int, action_dim: int, hidden=(100, 100),
+POLICY_HIDDEN = (100, 100)  # the paper's: two hidden layers of 100 ReLU units
+
+
+def gaussian_mlp_policy(observation_dim: int, action_dim: int, hidden=POLICY_HIDDEN,
                         init_std: float = 1.0, name: str = "gaussian_mlp_policy",
                         dtype: str | None = None) -> keras.Model:
     """The paper's policy: ``hidden`` ReLU layers (100, 100), a linear mean head and a
