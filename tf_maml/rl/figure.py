@@ -77,16 +77,18 @@ def plot(runs: dict[str, str], path: str, oracle: str | None = None,
     ax.set_xticks(range(num_steps + 1))
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return")
+    return _save(fig, ax, title, path)
+
+
+def _save(fig, ax, title: str, path: str) -> str:
+    """Titles ``ax``, puts its legend right of it, writes ``fig`` to ``path`` (PNG) and
+    closes it: a file in the way, a full or read-only disk is one line, and the earlier
+    figure stays whole."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path: str) -> str:
-    """Writes ``fig`` to ``path`` (PNG) and closes it: a file in the way, a full or read-only
-    disk is one line, and the earlier figure stays whole."""
-    import matplotlib.pyplot as plt
 
     from tf_maml import rundir
 
@@ -146,10 +148,7 @@ def plot_training(runs: dict[str, str], path: str, title: str) -> str | None:
                     label=f"{label}, before it")
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("average return of the sampled trajectories")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, ax, title, path)
 
 
 def check_output(path: str) -> None:
