@@ -6,7 +6,9 @@ checks of the paths and flagfiles a command is given (why one cannot be meant as
 used). The standard library only: any module may import it.
 """
 
+import os
 import re
+import sys
 
 
 class ConfigError(ValueError):
@@ -41,8 +43,6 @@ def flagfile_problem(argv) -> str | None:
     reports in its own words), or a file that is not text in this system's encoding, UTF-16
     as Notepad's "Unicode" saves it (on which absl fails with a traceback). None if all
     read; a missing one is absl's to name."""
-    import os
-
     def named(args):
         args = iter(args)
         for arg in args:
@@ -77,8 +77,6 @@ def flagfile_problem(argv) -> str | None:
 def exit_on_flagfile_problem(command: str, argv=None) -> None:
     """Ends ``command`` (exit status 2) with its one-line error if :func:`flagfile_problem`
     finds one in ``argv`` (default: this process's)."""
-    import sys
-
     problem = flagfile_problem(sys.argv if argv is None else argv)
     if problem:
         print(f"{command}: error: {problem}", file=sys.stderr)
@@ -117,8 +115,6 @@ def dangling_link(path: str) -> str | None:
     """The first folder of ``path`` (as it names them) that is a symbolic link to nothing,
     e.g. to a disk not mounted: writing below it fails "No such file or directory", and
     reading finds nothing there. None if there is none."""
-    import os
-
     parts = path.split(os.sep)
     for end in range(1, len(parts) + 1):
         prefix = os.sep.join(parts[:end])
@@ -134,8 +130,6 @@ def dangling_link(path: str) -> str | None:
 def dangling_link_problem(path: str) -> str | None:
     """"<link> is a link to <target>, which does not exist (...)" for the
     :func:`dangling_link` of ``path``; None if there is none."""
-    import os
-
     link = dangling_link(path)
     if link is None:
         return None
@@ -192,8 +186,6 @@ def unexpanded_home(path) -> str | None:
     """Why ``path`` (a path flag's value) cannot be meant as written: a leading ``~`` is
     expanded by a shell only, not in a flagfile nor after ``--flag=``, so it would name a
     folder called ``~`` in the current directory; None for any other value."""
-    import os
-
     if not isinstance(path, str) or not (path == "~" or path.startswith(("~/", "~" + os.sep))):
         return None
     return (f"{path!r} starts with ~, which only a shell expands (not a flagfile, nor "
