@@ -17,6 +17,7 @@ import os
 import pathlib
 import re
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -327,8 +328,6 @@ def test_a_report_that_cannot_be_written_is_refused_before_any_row_runs(
     # Was found when the report was written, at the end: after every row's training. The
     # tests run as root, whom permissions do not stop: a read-only folder is given by the
     # file creation it would refuse (tempfile's), there and nowhere else.
-    import tempfile
-
     from test_reproduce import _flags, _table
 
     _flags(tmp_path, SINE, 10**6, tasks=600)  # unfinished: it would train
@@ -339,14 +338,7 @@ def test_a_report_that_cannot_be_written_is_refused_before_any_row_runs(
         place.write_text("a file")
     else:
         place.mkdir()
-        create = tempfile.TemporaryFile
-
-        def refused(*args, dir=None, **kwargs):
-            if dir is not None and os.path.realpath(dir).startswith(str(place)):
-                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-            return create(*args, dir=dir, **kwargs)
-
-        monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+        _refuse_files_below(monkeypatch, place, errno.EROFS)
     target = place / "inside" if damage == "file" else place
     value = target / "RESULTS.md" if flag == "output" else target
     with pytest.raises(reproduce.ReproduceError) as err:
@@ -489,7 +481,6 @@ def test_a_zoo_folder_that_cannot_be_written_stops_a_row_to_train_before_trainin
     # permissions do not stop: the system's refusal (a read-only mount, another owner) is
     # given by the file creation it would refuse, in the zoo and nowhere else. A finished
     # row publishes nothing new: a read-only zoo (a checkout's) serves it as before.
-    import tempfile
 
     from test_reproduce import _flags, _table
 
@@ -502,14 +493,7 @@ def test_a_zoo_folder_that_cannot_be_written_stops_a_row_to_train_before_trainin
         zoo.mkdir()
         if row == "unfinished":
             shutil.copytree(os.path.join(REPO, "zoo", SINE), zoo / SINE)
-    create = tempfile.TemporaryFile
-
-    def refused(*args, dir=None, **kwargs):
-        if dir is not None and os.path.realpath(dir).startswith(str(zoo)):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-        return create(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    _refuse_files_below(monkeypatch, zoo, errno.EACCES)
     code = _main(tmp_path, monkeypatch, f"--experiments={SINE}", "--run_budget_minutes=0.01",
                  "--evaluate=False")
     out = capsys.readouterr().out
@@ -546,3 +530,17 @@ def test_a_failed_publish_fails_the_command_and_keeps_the_run_directory(tmp_path
     assert "could not publish" in out and str(tmp_path / "zoo" / SINE) in out
     assert zoo.latest_iteration(plan.run_dir) == 70000
     assert _digest(pathlib.Path(plan.run_dir)) == before
+
+
+def _refuse_files_below(monkeypatch, folder, code: int) -> None:
+    """Makes a new file in ``folder`` (or below it) fail with the OSError ``code`` (EROFS: a
+    read-only mount; EACCES: permissions), as the writability checks make one: as root,
+    chmod cannot show it."""
+    create = tempfile.TemporaryFile
+
+    def refused(*args, dir=None, **kwargs):
+        if dir is not None and os.path.realpath(dir).startswith(str(folder)):
+            raise OSError(code, os.strerror(code))
+        return create(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
