@@ -325,9 +325,12 @@ def test_flagfile_conflict_is_reported_in_one_line(tmp_path):
     (["--datasource=navigation", "--norm=None", "--update_batch_size=1000000000000"],
      "update_batch_size", "training (25 tasks x 1000000000000 trajectories x 100 steps, "
      "before and after the update)"),
-    (["--datasource=sinusoid", "--num_updates=1000000000000"], "num_updates",
-     "a meta-batch (25 tasks x 10 examples of 1 value, the activations of 1000000000000 "
-     "inner steps)"),
+    # (At most 1000 inner steps unroll: 1000 of MiniImageNet's 99-shot support sets through
+    # 1024 filters are 13 TB.)
+    (["--datasource=miniimagenet", "--data_dir=unused", "--max_pool=True",
+      "--num_filters=1024", "--update_batch_size=99", "--num_updates=1000"], "num_updates",
+     "a meta-batch (25 tasks x 570 examples of 21168 values, the activations of 1000 inner "
+     "steps)"),
 ], ids=["support-set", "meta-batch", "test-tasks", "trajectories", "inner-steps"])
 def test_a_run_larger_than_any_memory_is_refused_naming_the_flag(tmp_path, flags, named,
                                                                  what):
@@ -344,6 +347,25 @@ def test_a_run_larger_than_any_memory_is_refused_naming_the_flag(tmp_path, flags
                          f" GB: the system would kill the process without a word; give a "
                          f"smaller --{named}")
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("overrides, flag", [
+    (dict(train=False, test_num_updates=10**9), "test_num_updates"),
+    (dict(num_updates=1001, stop_grad=True), "num_updates"),  # first order: no memory check
+    (dict(num_updates=5000, algorithm="reptile"), "num_updates"),
+])
+def test_more_inner_steps_than_unroll_are_refused_up_front(overrides, flag):
+    # Each inner step is unrolled into the traced graph; 10**9 test steps (or a first-order
+    # run's 10**9 steps, which keep one step's activations) traced without end, no tensor
+    # large enough for the memory check to see.
+    value = overrides[flag]
+    with pytest.raises(ConfigError, match=rf"^--{flag}: {value} inner steps would each be "
+                                          r"unrolled into the traced graph .*more than the "
+                                          r"1000 tf_maml unrolls; give at most 1000$"):
+        Config(datasource="sinusoid", **overrides).validate()
+    Config(datasource="sinusoid", **{**overrides, flag: 1000}).validate()  # the bound itself
+    if "algorithm" not in overrides:  # (no Reptile in RL) RL compiles one step per inner
+        Config(datasource="navigation", norm="None", **overrides).validate()  # step
 
 
 def test_no_flagfile_of_the_paper_needs_more_memory_than_a_small_machine():
@@ -1700,6 +1722,24 @@ def learner():
 
 def sine_batch(tasks=2, k=5, q=5, seed=0):
     return SinusoidTasks(k, q).sample_batch(tasks, np.random.default_rng(seed))
+
+
+def test_more_inner_steps_than_unroll_are_refused_by_the_api(monkeypatch):
+    # evaluate_batch(num_steps=10**9) and fit with inner_steps=10**9 traced their unrolled
+    # steps without end. The bound lowered to 3 stands for the real one (1000).
+    from tf_maml import adapt as adapt_lib
+
+    monkeypatch.setattr(adapt_lib, "MAX_UNROLLED_STEPS", 3)
+    with pytest.raises(ValueError, match=r"^inner_steps=4: 4 inner steps would each be "
+                                         r"unrolled .*give at most 3$"):
+        MetaLearner(mlp(), losses.mse, inner_steps=4)
+    learner = MetaLearner(mlp(), losses.mse, inner_steps=3)
+    with pytest.raises(ValueError, match=r"^evaluate_batch: num_steps=4: 4 inner steps would "
+                                         r"each be unrolled .*give at most 3$"):
+        learner.evaluate_batch(sine_batch(), 4)
+    assert learner.evaluate_batch(sine_batch(), 3)["loss"].shape == (2, 4)
+    support_x, support_y = (part[0] for part in sine_batch(1)[:2])
+    assert len(learner.adapt(support_x, support_y, num_steps=5)) == 4  # eager: not unrolled
 
 
 def test_unbuilt_model_says_to_build_it():

@@ -30,6 +30,22 @@ from tf_maml import keras_internals
 
 ADAPT_LAYERS = ("all", "head")  # MAML adapts every layer; ANIL only the head
 
+# The most inner steps a compiled step (training's meta-gradient, evaluation) unrolls: each
+# step adds its own ops to the traced graph, about 0.1 s of tracing a step even for a
+# 3-layer MLP (1000 steps: minutes), so that 10**9 traced without end, with no tensor large
+# enough for a memory check to see. The paper takes at most 10, the baselines 15.
+MAX_UNROLLED_STEPS = 1000
+
+
+def unrolled_steps_problem(num_steps: int) -> str | None:
+    """Why ``num_steps`` inner steps cannot be unrolled into a traced graph (more than
+    :data:`MAX_UNROLLED_STEPS`); None if they can."""
+    if num_steps <= MAX_UNROLLED_STEPS:
+        return None
+    return (f"{num_steps} inner steps would each be unrolled into the traced graph (its ops "
+            f"and tracing time grow with every step: hours before the first task), more than "
+            f"the {MAX_UNROLLED_STEPS} tf_maml unrolls; give at most {MAX_UNROLLED_STEPS}")
+
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 # A forward pass over weights laid out like ``model.trainable_variables``: one task's
 # (the default, :func:`forward`), or a fast path's, e.g. every task's weights stacked.

@@ -108,6 +108,9 @@ class MetaLearner(MetaUpdate):
         _check_model(model)
         if not is_count(inner_steps):  # else 2.5 runs 2 steps, "3" fails deep in a comparison
             raise ValueError(f"inner_steps must be a whole number >= 0, got {inner_steps!r}")
+        too_many = adapt_lib.unrolled_steps_problem(inner_steps)  # training unrolls them
+        if too_many:
+            raise ValueError(f"inner_steps={inner_steps}: {too_many}")
         self.model = model
         self.loss_fn = losses.task_loss(loss_fn)  # a Keras loss name: its mean
         _check_logits(model, self.loss_fn)
@@ -423,6 +426,9 @@ class MetaLearner(MetaUpdate):
         Step 0 is the meta-learned θ itself, evaluated on the query set.
         """
         num_steps = _step_count(num_steps, "evaluate_batch")
+        too_many = adapt_lib.unrolled_steps_problem(num_steps)
+        if too_many:  # (adapt runs eagerly: any step count, a step at a time)
+            raise ValueError(f"evaluate_batch: num_steps={num_steps}: {too_many}")
         key = (num_steps, bool(predictions))
         if key not in self._eval_fns:
             # The step axis goes just before the query examples' axis, whether the mapping
