@@ -331,7 +331,12 @@ def test_flagfile_conflict_is_reported_in_one_line(tmp_path):
       "--num_filters=1024", "--update_batch_size=99", "--num_updates=1000"], "num_updates",
      "a meta-batch (25 tasks x 570 examples of 21168 values, the activations of 1000 inner "
      "steps)"),
-], ids=["support-set", "meta-batch", "test-tasks", "trajectories", "inner-steps"])
+    # The evaluation of an RL run had no check: it sampled until the system killed it.
+    (["--datasource=navigation", "--norm=None", "--train=False",
+      "--update_batch_size=1000000000000"], "update_batch_size",
+     "the evaluation's rollouts (40 tasks x 1000000000000 trajectories x 100 steps at once)"),
+], ids=["support-set", "meta-batch", "test-tasks", "trajectories", "inner-steps",
+        "rl-evaluation"])
 def test_a_run_larger_than_any_memory_is_refused_naming_the_flag(tmp_path, flags, named,
                                                                  what):
     # Was killed by the system for lack of memory once its first batch was sampled, with
@@ -2268,6 +2273,34 @@ def test_bad_fit_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         learner.fit(SinusoidTasks(5, 5), meta_batch_size=2, **kwargs)
     assert int(learner.optimizer.iterations) == 0
+
+
+def test_fit_refuses_a_meta_batch_larger_than_memory_before_sampling_it(tmp_path,
+                                                                       monkeypatch):
+    # The command line refused it (runner._check_memory); fit sampled the meta-batch until
+    # the system killed the process, without a word. A machine of 10 KB stands for a real
+    # one: 100 tasks x 20 examples x (x, y) in float32 are 16000 bytes.
+    from tf_maml import threads
+
+    monkeypatch.setattr(threads, "physical_memory", lambda: 10_000)
+    sampled = []
+
+    class Counted(SinusoidTasks):
+        def sample_batch(self, n, rng):
+            sampled.append(n)
+            return super().sample_batch(n, rng)
+
+    learner = MetaLearner(mlp(), losses.mse)
+    with pytest.raises(ValueError, match=r"^meta_batch_size=100: a meta-batch of 100 tasks "
+                       r"would take at least 0\.0 GB of memory, more than this machine's 0\.0 "
+                       r"GB: the system would kill the process without a word; give a smaller "
+                       r"meta_batch_size \(or smaller tasks\)$"):
+        learner.fit(Counted(10, 10), iterations=2, meta_batch_size=100,
+                    run_dir=str(tmp_path / "run"), log_interval=None)
+    assert sampled == [1] and not (tmp_path / "run").exists()
+    assert int(learner.optimizer.iterations) == 0
+    learner.fit(Counted(10, 10), iterations=1, meta_batch_size=62, log_interval=None)  # 9920 B
+    assert int(learner.optimizer.iterations) == 1
 
 
 @pytest.mark.parametrize("tasks", [None, 3], ids=["none", "number"])

@@ -64,8 +64,9 @@ def least_memory(config: Config) -> list[tuple[int, str, tuple[str, ...]]]:
     set its size) for training and for the evaluation, each a lower bound (float32 inputs
     of what is sampled at once, plus one task's first-layer activations; reinforcement
     learning: 4 values and the policy's first layer per step of the pre- and post-update
-    rollouts, all tasks at once; a second-order meta-gradient: the first layer's activations
-    of every inner step), so that one above the machine's memory cannot run."""
+    rollouts, all tasks at once, and of one test step's rollouts of a chunk of test tasks;
+    a second-order meta-gradient: the first layer's activations of every inner step), so
+    that one above the machine's memory cannot run."""
     phases = []
     inputs = 1
     for size in input_shape(config):
@@ -73,13 +74,22 @@ def least_memory(config: Config) -> list[tuple[int, str, tuple[str, ...]]]:
     ways = config.num_classes if config.is_classification else 1
     units = _first_layer_units(config)
     if config.is_rl:
+        horizon = config.horizon or (100 if config.datasource == "navigation" else 200)
         if config.train and config.baseline != "random":
-            horizon = config.horizon or (100 if config.datasource == "navigation" else 200)
             steps = config.meta_batch_size * config.update_batch_size * horizon * 2
             phases.append((4 * steps * (4 + units), f"training ({config.meta_batch_size} "
                            f"tasks x {config.update_batch_size} trajectories x {horizon} "
                            "steps, before and after the update)",
                            ("meta_batch_size", "update_batch_size", "horizon")))
+        if not config.train or config.test_after_train or config.baseline == "random":
+            from tf_maml.rl.training import EVAL_CHUNK
+
+            # One inner step's rollouts at a time, for a chunk of the test tasks.
+            tasks = min(EVAL_CHUNK, config.num_test_tasks)
+            steps = tasks * config.update_batch_size * horizon
+            phases.append((4 * steps * (4 + units), f"the evaluation's rollouts ({tasks} "
+                           f"tasks x {config.update_batch_size} trajectories x {horizon} "
+                           "steps at once)", ("update_batch_size", "horizon")))
         return phases
     if config.train and config.is_pretrained_baseline:
         phases.append((4 * config.meta_batch_size * (inputs + units),

@@ -125,20 +125,16 @@ def _check_memory(config: Config) -> None:
     """A ConfigError naming the flag if the run could not fit in this machine's memory
     (:func:`tf_maml.experiment.least_memory`, a lower bound): else the system kills the
     process, which says nothing, once it has sampled its first batch."""
-    memory = threads_lib.physical_memory()
-    if not memory:
-        return
     for needed, what, flags in experiment.least_memory(config):
-        if needed <= memory:
+        problem = threads_lib.memory_problem(needed, what)
+        if problem is None:
             continue
         # The flag furthest above its default (num_query, horizon: the paper's largest).
         typical = {**{name: getattr(type(config), name) for name in flags},
                    "num_query": 15, "horizon": 200, "num_updates": 10}
         flag = max(flags, key=lambda name: getattr(config, name) / max(typical[name], 1))
-        raise ConfigError(
-            f"--{flag}={getattr(config, flag)}: {what} would take at least {needed / 2**30:.1f} "
-            f"GB of memory, more than this machine's {memory / 2**30:.1f} GB: the system would "
-            f"kill the process without a word; give a smaller --{flag}")
+        raise ConfigError(f"--{flag}={getattr(config, flag)}: {problem}; give a smaller "
+                          f"--{flag}")
 
 
 def _deterministic(config: Config) -> None:

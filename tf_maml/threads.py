@@ -97,6 +97,19 @@ def physical_memory() -> int | None:
         return None
 
 
+def memory_problem(needed: int, what: str) -> str | None:
+    """Why ``what``, which holds at least ``needed`` bytes at once, cannot run here: more
+    than this machine's memory, where the system kills the process without a word (the
+    command line's and ``MetaLearner.fit``'s checks, each with its own fix); None if it may
+    fit, or the system does not say how much memory it has."""
+    memory = physical_memory()
+    if not memory or needed <= memory:
+        return None
+    return (f"{what} would take at least {needed / 2**30:.1f} GB of memory, more than this "
+            f"machine's {memory / 2**30:.1f} GB: the system would kill the process without a "
+            "word")
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, e.g. under taskset)."""
     try:

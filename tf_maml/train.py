@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from tf_maml import autotune, fit_record, rundir
 from tf_maml import distribute as distribute_lib
+from tf_maml import threads as threads_lib
 from tf_maml.callbacks import (
     SAVE_INTERVAL,
     SUMMARY_INTERVAL,
@@ -320,6 +321,8 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
                          f"nothing written), got {run_dir!r}")
     if run_dir is not None and tensorflow_pattern(os.fspath(run_dir)):
         raise ValueError(f"run_dir {tensorflow_pattern(os.fspath(run_dir))}")
+    if hasattr(tasks, "sample_batch"):
+        _check_memory(tasks, meta_batch_size, seed)
     callbacks = list(callbacks)
     if log_interval:
         callbacks.insert(0, ProgressLogger(log_interval, min(log_interval, 100), log))
@@ -334,3 +337,19 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
                      num_updates=learner.inner_steps, checkpointer_for=api_checkpointer,
                      on_start=(lambda: fit_record.write(run_dir, record)) if writes else None,
                      log=log)
+
+
+def _check_memory(tasks, meta_batch_size: int, seed: int) -> None:
+    """A ValueError naming ``meta_batch_size`` if a meta-batch of ``tasks`` (a task source)
+    could not fit in this machine's memory (:func:`tf_maml.threads.memory_problem`), told
+    from one task sampled on a stream of its own, before anything else is sampled or
+    written: else the system kills the process, which says nothing, while it samples the
+    first meta-batch (the command line's check: :func:`tf_maml.runner.run`)."""
+    import numpy as np
+
+    task = tasks.sample_batch(1, np.random.default_rng([seed, 0x4D454D]))  # "MEM"
+    needed = meta_batch_size * sum(np.asarray(part).nbytes for part in task)
+    problem = threads_lib.memory_problem(needed, f"a meta-batch of {meta_batch_size} tasks")
+    if problem:
+        raise ValueError(f"meta_batch_size={meta_batch_size}: {problem}; give a smaller "
+                         "meta_batch_size (or smaller tasks)")
