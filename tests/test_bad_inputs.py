@@ -1061,6 +1061,33 @@ def test_fit_resuming_with_other_learner_options_is_refused(tmp_path):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.parametrize("garbled, why", [
+    ('{"inner_lr": 0.01, "inner_st', r"Unterminated string starting at: line 1 column 20 "
+                                     r"\(char 19\)"),
+    ("[0.01, 1]", r"it holds a JSON list, not an object of the options"),
+], ids=["truncated", "a-list"])
+def test_fit_resuming_with_a_garbled_learner_record_names_it_and_keeps_it(tmp_path, garbled,
+                                                                          why):
+    # A learner.json edited by hand into something unreadable skipped the check of the
+    # options without a word, and fit replaced it with this learner's.
+    run_dir = str(tmp_path / "run")
+    first = MetaLearner(mlp(), losses.mse)
+    first.fit(SinusoidTasks(5, 5), iterations=0, run_dir=run_dir, log_interval=None,
+              log=lambda s: None)  # records the options; no step (to be fast)
+    learner_checkpointer(first, run_dir).save(1)
+    (tmp_path / "run" / "learner.json").write_text(garbled)
+    before = snapshot(run_dir)
+    path = re.escape(os.path.join(run_dir, "learner.json"))
+    with pytest.raises(ConfigError, match=rf"^{path}, the options the run was trained with, "
+                       rf"cannot be read \({why}\), so resuming cannot compare them with this "
+                       r"learner's: fix it or restore it from a copy, or delete it to resume "
+                       r"without comparing them \(fit writes it again\); nothing was changed$"):
+        MetaLearner(mlp(), losses.mse, inner_steps=2).fit(
+            SinusoidTasks(5, 5), iterations=2, meta_batch_size=2, run_dir=run_dir,
+            log_interval=None, log=lambda s: None)
+    assert snapshot(run_dir) == before
+
+
 def test_tf1_checkpoint_with_wrong_shapes_names_the_variable_and_flag(tmp_path):
     """An original MiniImageNet checkpoint with 64 filters into the 32-filter net."""
     rng = np.random.default_rng(0)

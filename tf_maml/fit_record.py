@@ -7,6 +7,7 @@ its ``config.json`` the same way (:meth:`tf_maml.config.Config.resume_changes`).
 
 from __future__ import annotations
 
+import json
 import os
 
 from tf_maml import atomic, rundir
@@ -28,9 +29,9 @@ def settings(learner) -> dict:
 def check_resume(run_dir: str, now: dict) -> None:
     """A ConfigError naming every option ``now`` changes in the run ``run_dir`` holds (its
     checkpoints, trained with the options of its record); nothing for a run without either."""
-    before = atomic.read_json(os.path.join(run_dir, RECORD_NAME))
-    if not before or not rundir.checkpoint_prefixes(run_dir):
+    if not rundir.checkpoint_prefixes(run_dir):
         return
+    before = _read(os.path.join(run_dir, RECORD_NAME))
     changed = [name for name in now if name in before and before[name] != now[name]]
     if changed:
         def args(values):
@@ -41,6 +42,28 @@ def check_resume(run_dir: str, now: dict) -> None:
             f"{args(now)}; resuming would continue it as another experiment. Build the "
             f"learner with {args(before)} to continue it, or give another `run_dir` for a new "
             "run (nothing was changed).")
+
+
+def _read(path: str) -> dict:
+    """The record at ``path`` ({} if there is none: a run from before records); a
+    ConfigError if it is there but garbled or not an object, edited by hand (it is only
+    ever replaced whole): else the check was skipped without a word and the record
+    replaced by this learner's."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:  # ValueError: JSON's, or not UTF-8
+        why = getattr(err, "strerror", None) or err
+    else:
+        if isinstance(record, dict):
+            return record
+        why = f"it holds a JSON {type(record).__name__}, not an object of the options"
+    raise ConfigError(
+        f"{path}, the options the run was trained with, cannot be read ({why}), so resuming "
+        "cannot compare them with this learner's: fix it or restore it from a copy, or delete "
+        f"it to resume without comparing them (fit writes it again); nothing was changed")
 
 
 def write(run_dir: str, now: dict) -> None:
