@@ -484,6 +484,23 @@ def test_export_dir_below_a_file_is_refused_before_anything_is_computed(tmp_path
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+@pytest.mark.parametrize("below", ["", "model"], ids=["the-link", "below-it"])
+def test_export_dir_linked_to_nothing_is_refused_naming_the_link(tmp_path, below):
+    # A link to a disk not mounted: the export made the link's target (its folders too), so
+    # the SavedModel went to the machine's own disk, under the mount point.
+    link, target = tmp_path / "linked", tmp_path / "unmounted" / "exports"
+    link.symlink_to(target)
+    path = os.path.join(str(link), below) if below else str(link)
+    with pytest.raises(RunDirError, match=rf"^`export_dir` {re.escape(path)} cannot be "
+                       rf"written: {re.escape(str(link))} is a link to "
+                       rf"{re.escape(str(target))}, which does not exist \(a disk not "
+                       rf"mounted\?\); mount or create {re.escape(str(target))}, or give "
+                       r"another directory$"):
+        tiny_learner().export(path, num_steps=1)
+    assert not os.path.lexists(tmp_path / "unmounted")
+    assert sorted(os.listdir(tmp_path)) == ["linked"]
+
+
 def test_export_dir_with_other_files_is_refused_and_an_export_is_replaced(tmp_path):
     learner = tiny_learner()
     other = tmp_path / "mine"

@@ -91,7 +91,7 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import atomic, export_checks, keras_internals, losses, rundir
-from tf_maml.errors import check_count, tensorflow_pattern
+from tf_maml.errors import check_count, dangling_link, dangling_link_problem, tensorflow_pattern
 from tf_maml.rundir import RunDirError
 
 METADATA_FILE = "maml_metadata.json"
@@ -404,6 +404,11 @@ def check_export_dir(export_dir: str) -> None:
         raise RunDirError("`export_dir` is empty: give the path of a new directory")
     if tensorflow_pattern(export_dir):  # else loading the export fails: no variables found
         raise RunDirError(f"`export_dir` {tensorflow_pattern(export_dir)}")
+    dangling = dangling_link_problem(export_dir)
+    if dangling:  # else the export made the link's target, or its parent folders
+        raise RunDirError(
+            f"`export_dir` {export_dir} cannot be written: {dangling}; mount or create "
+            f"{os.readlink(dangling_link(export_dir))}, or give another directory")
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise RunDirError(
             f"`export_dir` {export_dir} is a file, not a directory: give the path of a new "
