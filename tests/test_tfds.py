@@ -237,6 +237,41 @@ def test_a_build_with_other_split_sizes_is_not_reused_as_the_one_asked(omni):
     assert again["full_105"]["already_complete"] is True
 
 
+@pytest.mark.parametrize("how", ["builder", "load"])
+def test_tfds_own_entry_points_refuse_a_build_that_is_not_the_one_asked(omni, how):
+    # The refusals were in build_omniglot's path only: tfds.builder(...).download_and_prepare
+    # and tfds.load reused the build of 6 / 2 characters for 8 / 1, and the partial build
+    # for the full data set, without a word.
+    src, data_dir = omni[0], omni[1]
+    path = os.path.join(data_dir, "tf_maml_omniglot", "maml_28", "1.0.0")
+    before = sorted(os.listdir(path))
+    config = build.download_config(src)
+    cases = [
+            (dict(expect_counts=False, num_train=8, num_val=1),
+             f"{path} holds tf_maml_omniglot/maml_28/1.0.0 built earlier with num_train=6, "
+             "num_val=2, not the num_train=8, num_val=1 asked, and TFDS reuses a build as it "
+             f"is: delete {path} and run this again to build it with them (or ask for the "
+             "sizes it was built with)"),
+            ({}, f"{path} holds tf_maml_omniglot/maml_28/1.0.0 built earlier from partial "
+                 f"data (240 examples: {{'train': 120, 'validation': 40, 'test': 80}}), not "
+                 "the full data set's 32460, and TFDS reuses a build as it is: delete "
+                 f"{path} and run this again to build it from {src}")]
+    # tfds.load reads a build without download_and_prepare, its partial build included.
+    for kwargs, message in cases if how == "builder" else cases[:1]:
+        with pytest.raises(PrepError) as raised:
+            if how == "builder":
+                tfds.builder("tf_maml_omniglot/maml_28", data_dir=data_dir,
+                             **kwargs).download_and_prepare(download_config=config)
+            else:
+                tfds.load("tf_maml_omniglot/maml_28", data_dir=data_dir, builder_kwargs=kwargs,
+                          download_and_prepare_kwargs={"download_config": config})
+        assert str(raised.value) == message
+    assert sorted(os.listdir(path)) == before
+    # The sizes it was built with reuse it.
+    tfds.builder("tf_maml_omniglot/maml_28", data_dir=data_dir, expect_counts=False,
+                 **SIZES).download_and_prepare(download_config=config)
+
+
 def test_a_tfds_output_with_a_bracket_is_refused_before_it_is_built(omni, tmp_path):
     # TensorFlow takes '[' for a pattern: the build went in, and every reader then said "not
     # built in the TFDS data_dir ...: run python -m data_prep.omniglot --format=tfds ...".

@@ -56,33 +56,13 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str) -> dict:
         builder.download_and_prepare(download_dir=tmp,
                                      download_config=download_config(manual_dir))
     seconds = time.monotonic() - start
+    # A reused build that is not the one asked was refused by the builder
+    # (OfflineBuilder.reuse_problem).
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
-    expected = builder.EXPECTED_EXAMPLES if builder._expect_counts else None
-    if already and expected and sum(splits.values()) != expected:
-        # TFDS reuses a built version as it is: one built from deliberately partial data
-        # (--expect_counts=false) would be read as the full data set, said only by its counts.
-        raise PrepError(
-            f"{builder.data_path} holds {builder.info.full_name} built earlier from partial "
-            f"data ({sum(splits.values())} examples: {splits}), not the full data set's "
-            f"{expected}, and TFDS reuses a build as it is: delete {builder.data_path} and run "
-            f"this again to build it from {manual_dir}")
-    asked = builder.split_sizes() if hasattr(builder, "split_sizes") else None
-    if already and asked:
-        built = {name: (builder.info.metadata or {}).get(name) for name in asked}
-        if built != asked:  # else the earlier split was read as the one asked, unsaid
-            raise PrepError(
-                f"{builder.data_path} holds {builder.info.full_name} built earlier with "
-                f"{_sizes(built)}, not the {_sizes(asked)} asked, and TFDS reuses a build as "
-                f"it is: delete {builder.data_path} and run this again to build it with "
-                "them (or ask for the sizes it was built with)")
     logging.info("%s %s in %.1f s: %s in %s", builder.info.full_name,
                  "already built" if already else "built", seconds, splits, builder.data_dir)
     return {"name": builder.info.full_name, "path": os.fspath(builder.data_dir),
             "splits": splits, "already_complete": already, "seconds": seconds}
-
-
-def _sizes(sizes: dict) -> str:
-    return ", ".join(f"{name}={value}" for name, value in sizes.items())
 
 
 def check_data_dir_free(data_dir: str) -> None:

@@ -194,6 +194,17 @@ class TfMamlOmniglot(OfflineBuilder):
         return {"num_train": NUM_TRAIN if self._num_train is None else self._num_train,
                 "num_val": NUM_VAL if self._num_val is None else self._num_val}
 
+    def as_dataset(self, *args, **kwargs):
+        """TFDS's, but a build of other split sizes than the ``num_train`` / ``num_val``
+        given is refused (:meth:`sizes_problem`): ``tfds.load`` reads a build it finds
+        without :meth:`download_and_prepare`. Without them, the build's own sizes are read
+        (its metadata), as :mod:`tf_maml.tfds.tasks` reads them."""
+        given = self._num_train is not None or self._num_val is not None
+        problem = self.sizes_problem() if given and self.is_prepared() else None
+        if problem:
+            raise PrepError(problem)
+        return super().as_dataset(*args, **kwargs)
+
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
         return tfds.core.DatasetInfo(
