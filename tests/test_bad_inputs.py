@@ -2201,24 +2201,29 @@ def test_nan_data_stops_fit_and_keeps_the_run(tmp_path):
     assert all(np.isfinite(v.numpy()).all() for v in fresh.model.weights)
 
 
-def test_class_ids_out_of_range_in_a_later_batch_stop_fit_naming_the_iteration(tmp_path):
-    # Only the first batch is checked before training; a later one's class 7 of 3 was
-    # TensorFlow's InvalidArgumentError, its graph and Python stack, out of fit.
+def test_class_ids_out_of_range_in_a_later_batch_stop_fit_naming_the_iteration(tmp_path,
+                                                                              capfd):
+    # Only the first batch was checked before training; a later one's class 7 of 3 was
+    # TensorFlow's InvalidArgumentError, its graph and Python stack, out of fit; then a
+    # one-line error, after TensorFlow's C++ log lines ("OP_REQUIRES failed at
+    # sparse_xent_op.cc ..."). Its class ids are checked before the step now.
     run_dir = tmp_path / "run"
     good = class_batch(3)
     MetaLearner(classifier(3), losses.summed_xent(2)).fit(
         [good, good], iterations=2, meta_batch_size=2, run_dir=str(run_dir), log_interval=None,
         log=lambda s: None)
     before = snapshot(run_dir)
+    capfd.readouterr()
     with pytest.raises(BatchError, match=r"^the batch of iteration 4 cannot be trained on: "
-                       r"train_step: Received a label value of 7 which is outside the valid "
-                       r"range of \[0, 3\)\. Label values: [0-9 ]+ \(only the first batch is "
-                       r"checked before a step: check this one, e\.g\. that its class ids are "
-                       r"in 0\.\.N-1\)\. That step was not applied\. Last good checkpoint: "
-                       rf"{re.escape(str(run_dir))}/model-2 \(left intact\)\.$"):
+                       r"train_step: query_y holds class 7 but the model outputs 3 logits per "
+                       r"example \(classes 0\.\.2\): give the model one output per class of a "
+                       r"task \(num_classes, e\.g\. N for N-way tasks\) or number the classes "
+                       r"of each task 0\.\.N-1\. That step was not applied\. Last good "
+                       rf"checkpoint: {re.escape(str(run_dir))}/model-2 \(left intact\)\.$"):
         MetaLearner(classifier(3), losses.summed_xent(2)).fit(
             [good, _with_class(good, 3, 7)], iterations=5, meta_batch_size=2,
             run_dir=str(run_dir), log_interval=None, log=lambda s: None)
+    assert "OP_REQUIRES" not in capfd.readouterr().err
     after = snapshot(run_dir)
     assert {p: after[p] for p in before} == before  # the checkpoint and log as they were
     assert all(os.path.basename(p).startswith("events.out.tfevents")
@@ -2235,9 +2240,10 @@ def _with_class(batch, array: int, class_id: int) -> tuple:
 
 
 @pytest.mark.parametrize("method", ["train_step", "evaluate_batch", "adapt"])
-def test_class_ids_out_of_range_in_a_later_call_are_one_line(method):
-    # The first call's targets are checked before TensorFlow runs; a later call's class 7
-    # of 3 was TensorFlow's InvalidArgumentError with its graph and stack.
+def test_class_ids_out_of_range_in_a_later_call_are_one_line(method, capfd):
+    # The first call's targets were checked before TensorFlow runs; a later call's class 7
+    # of 3 was TensorFlow's InvalidArgumentError with its graph and stack, then its reason
+    # after its C++ log lines ("OP_REQUIRES failed ...", "Local rendezvous is aborting").
     learner = MetaLearner(classifier(3), losses.summed_xent(2))
     good = class_batch(3)
     learner.evaluate_batch(good, 1)  # checked: the first batch
@@ -2246,11 +2252,13 @@ def test_class_ids_out_of_range_in_a_later_call_are_one_line(method):
     call = {"train_step": lambda: learner.train_step(bad),
             "evaluate_batch": lambda: learner.evaluate_batch(bad, 1),
             "adapt": lambda: learner.adapt(bad[0][1], bad[1][1])}[method]
-    with pytest.raises(BatchError, match=rf"^{method}: Received a label value of 7 which is "
-                       r"outside the valid range of \[0, 3\)\. Label values: [0-9 ]+ \(only "
-                       r"the first batch is checked before a step: check this one, e\.g\. that "
-                       r"its class ids are in 0\.\.N-1\)$"):
+    capfd.readouterr()
+    with pytest.raises(BatchError, match=rf"^{method}: support_y holds class 7 but the model "
+                       r"outputs 3 logits per example \(classes 0\.\.2\): give the model one "
+                       r"output per class of a task .*or number the classes of each task "
+                       r"0\.\.N-1$"):
         call()
+    assert "OP_REQUIRES" not in capfd.readouterr().err
     assert int(learner.optimizer.iterations) == 0
     for old, v in zip(before, learner.model.weights):
         np.testing.assert_array_equal(old, v.numpy())

@@ -17,11 +17,12 @@ class ConfigError(ValueError):
 
 
 class BatchError(ValueError):
-    """A batch TensorFlow refused inside a compiled step (``train_step``, ``evaluate_batch``,
-    ``adapt``), e.g. a class id out of range in a later batch than the first, whose targets
-    alone are checked before a step (checking every batch would slow every step): caught
-    as it happens, at no cost to the steps, and said in one line (:func:`tensorflow_reason`);
-    ``fit`` adds the iteration and the last checkpoint."""
+    """A later batch than the first (checked in full before a step; checking every batch
+    would slow every step) that ``train_step``, ``evaluate_batch`` or ``adapt`` cannot run:
+    a classifier's class id out of range (checked in every batch: a min and a max), or one
+    TensorFlow refused inside the compiled step (e.g. a token id outside an embedding),
+    caught as it happens, at no cost to the steps, and said in one line
+    (:func:`tensorflow_reason`); ``fit`` adds the iteration and the last checkpoint."""
 
 
 def tensorflow_reason(message: str) -> str:

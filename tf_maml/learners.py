@@ -18,7 +18,7 @@ import tensorflow as tf
 from tf_maml import adapt as adapt_lib
 from tf_maml import distribute as distribute_lib
 from tf_maml import keras_internals, losses
-from tf_maml.errors import check_count, is_count
+from tf_maml.errors import BatchError, check_count, is_count
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
 from tf_maml.mapping.base import model_example_shape, model_runner
 from tf_maml.meta_update import MetaUpdate, refused_batches
@@ -115,6 +115,7 @@ class MetaLearner(MetaUpdate):
         self.loss_fn = losses.task_loss(loss_fn)  # a Keras loss name: its mean
         _check_logits(model, self.loss_fn)
         self._loss_checked = False  # see _check_loss
+        self._classes: int | None = None  # a classifier's outputs per example (_check_loss)
         self.rate = rates.inner_rate(inner_lr)
         self.inner_lr, self.lslr = self.rate.value, self.rate.per_step
         self.inner_steps = int(inner_steps)
@@ -162,21 +163,32 @@ class MetaLearner(MetaUpdate):
         loss checked on its first task and a classifier's ids on all (:meth:`_check_loss`); a
         ValueError naming what is wrong, raised before anything is traced or applied."""
         batch = check_batch(batch, where, self._example_shape)
-        self._check_loss(batch[0][0], batch[1][0],
+        self._check_loss(batch[0][0], batch[1][0], where=where,
                          batch_targets={"support_y": batch[1], "query_y": batch[3]})
         return batch
 
-    def _check_loss(self, support_x, support_y, weights=None, batch_targets=None) -> None:
+    def _check_loss(self, support_x, support_y, weights=None, batch_targets=None,
+                    where: str = "adapt") -> None:
         """The first time: the loss's value on one task, computed eagerly (one forward
         pass), must fit the targets and be a scalar, and a classifier's class ids, in
         ``batch_targets`` (every task's support and query targets: a min and a max) too,
         must fit its outputs (:func:`tf_maml.losses.check_task_loss`).
         Checked here rather than while tracing, where the one-line error would come wrapped
-        in a traceback."""
+        in a traceback. Every later call: a classifier's class ids again (a min and a max,
+        about 0.1 ms), a :class:`~tf_maml.errors.BatchError` naming ``where``: else
+        TensorFlow's op failed on one out of range, printing its C++ log lines
+        ("OP_REQUIRES failed ...") before the error, and on a GPU gave a NaN loss."""
         if not self._loss_checked:
-            losses.check_task_loss(self.loss_fn, support_y, self.predict(support_x, weights),
-                                   batch_targets=batch_targets)
+            self._classes = losses.check_task_loss(
+                self.loss_fn, support_y, self.predict(support_x, weights),
+                batch_targets=batch_targets)
             self._loss_checked = True
+        elif self._classes is not None:
+            try:
+                for name, ids in (batch_targets or {"support_y": support_y}).items():
+                    losses.check_class_range(ids, self._classes, name)
+            except ValueError as err:
+                raise BatchError(f"{where}: {err}") from None
 
     # ------------------------------------------------------------------ variables
     @property

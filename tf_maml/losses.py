@@ -114,14 +114,16 @@ def task_loss(loss) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
 
 
 def check_task_loss(loss_fn, y_true, y_pred, name: str = "support_y",
-                    batch_targets: dict | None = None) -> None:
+                    batch_targets: dict | None = None) -> int | None:
     """A one-line ValueError unless ``loss_fn`` can score ONE task's targets ``y_true``
     (``name``) against the model's outputs ``y_pred`` as meant: one class id in range per
     example for a loss that takes classes (the range also over ``batch_targets``, a batch's
     target arrays by name: a query set numbered otherwise is as wrong), no broadcasting of
     the targets against the outputs, and a scalar value (:func:`check_scalar`). Nothing of
     this fails later by itself: a regression loss broadcasts targets of another shape into a
-    wrong but finite loss, and an out-of-range class id is NaN on a GPU."""
+    wrong but finite loss, and an out-of-range class id is NaN on a GPU. Returns the
+    number of classes of a loss that takes class ids (for :func:`check_class_range` of
+    later batches), else None."""
     if tf.nest.is_nested(y_pred):  # several outputs: the loss alone knows what it takes
         try:
             check_scalar(loss_fn, y_true, y_pred)
@@ -145,7 +147,9 @@ def check_task_loss(loss_fn, y_true, y_pred, name: str = "support_y",
                 "their argmax, or a loss for one-hot labels (e.g. "
                 "keras.losses.CategoricalCrossentropy(from_logits=True))")
         for array, ids in {name: y_true, **(batch_targets or {})}.items():
-            _check_class_range(ids, classes, array)
+            check_class_range(ids, classes, array)
+        check_scalar(loss_fn, y_true, y_pred)
+        return classes
     elif got != out and y_true.shape.num_elements() == y_pred.shape.num_elements():
         # Whether the loss broadcasts, asked of distinct values in (0, 1): on the model's own
         # outputs (near constant at initialisation) both readings can score the same.
@@ -165,9 +169,10 @@ def check_task_loss(loss_fn, y_true, y_pred, name: str = "support_y",
             "compares them element by element, so the targets need the outputs' shape "
             "(is the model's number of outputs right?)")
     check_scalar(loss_fn, y_true, y_pred)
+    return None
 
 
-def _check_class_range(ids, classes: int, name: str) -> None:
+def check_class_range(ids, classes: int, name: str) -> None:
     """A ValueError unless every class id of ``ids`` (``name``) is in 0..classes-1."""
     ids = tf.convert_to_tensor(ids)
     low, high = int(tf.reduce_min(ids)), int(tf.reduce_max(ids))
