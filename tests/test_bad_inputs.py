@@ -1855,6 +1855,49 @@ def test_bad_learner_arguments_are_named(kwargs, message):
         options.LSLR(-0.01)
 
 
+def _with_frozen_head(kind: str) -> tuple[keras.Model, str, str]:
+    """(a model whose output Dense is frozen, its name, the layer that head_layer takes
+    instead: the one before it)."""
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, name="out")])
+    if kind == "functional":
+        x = keras.Input((4,))
+        model = keras.Model(x, inner.layers[0](keras.layers.Dense(8, name="body")(x)))
+    else:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="body"),
+                                  inner if kind == "nested" else inner.layers[0]])
+    (inner if kind == "nested" else model.get_layer("out")).trainable = False
+    return model, "out", "body"
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional", "nested"])
+def test_anil_refuses_a_frozen_head_rather_than_adapting_the_layer_before_it(kind):
+    # The head is the layer with trainable weights nearest the output: with the output
+    # Dense frozen, ANIL silently adapted the body's last layer instead.
+    model, frozen, before = _with_frozen_head(kind)
+    with pytest.raises(ValueError, match=rf"^adapt='head' \(ANIL\) adapts the model's head, "
+                       r"the layer with weights nearest its output, but that layer, "
+                       rf"{frozen}, is frozen \(trainable=False\): {before} would adapt in its "
+                       r"place\. Unfreeze it \(trainable = True, on a frozen model that holds "
+                       r"it too\), or pick another adaptation \(adapt='all'\)$"):
+        MetaLearner(model, losses.summed_xent(1), adapt="head")
+    MetaLearner(model, losses.summed_xent(1))  # MAML adapts what trains: the body
+
+
+def test_anil_with_a_frozen_body_or_a_frozen_batch_norm_after_the_head_is_accepted():
+    # Frozen layers before the head, and a frozen (fixed) normalisation after it, leave the
+    # output Dense the head.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="body"),
+                              keras.layers.Dense(3, name="out"),
+                              keras.layers.BatchNormalization(name="bn")])
+    model.get_layer("body").trainable = False
+    model.get_layer("bn").trainable = False
+    learner = MetaLearner(model, losses.summed_xent(1), adapt="head")
+    assert [v.path for v, adapted in zip(model.trainable_variables, learner.mask)
+            if adapted] == [v.path for v in model.get_layer("out").trainable_variables]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(task_family="navigaton"), r"^task_family must be one of navigation, cheetah_vel, "
                                     r".*got 'navigaton' \(did you mean navigation\?\)$"),

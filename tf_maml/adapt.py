@@ -89,14 +89,19 @@ def head_layer(model: keras.Model) -> keras.layers.Layer:
                 if any(id(v) == nearest for v in layer.trainable_variables))
 
 
-def _graph_head(model: keras.layers.Layer) -> keras.layers.Layer | None:
-    """The layer with trainable weights nearest the output of a Sequential (its last such
-    layer) or functional model (breadth first back from its outputs), nested models
-    followed; None for any other model, or one whose graph leads to no such layer."""
+def _trainable(layer: keras.layers.Layer) -> bool:
+    return bool(layer.trainable_variables)
+
+
+def _graph_head(model: keras.layers.Layer, weighted=_trainable) -> keras.layers.Layer | None:
+    """The ``weighted`` layer (default: with trainable weights) nearest the output of a
+    Sequential (its last such layer) or functional model (breadth first back from its
+    outputs), nested models followed; None for any other model, or one whose graph leads
+    to no such layer."""
     if isinstance(model, keras.Sequential):
         for layer in reversed(model.layers):
-            if layer.trainable_variables:
-                return _graph_head(layer) if getattr(layer, "layers", None) else layer
+            if weighted(layer):
+                return _graph_head(layer, weighted) if getattr(layer, "layers", None) else layer
         return None
     if not keras_internals.is_functional(model):
         return None
@@ -105,16 +110,33 @@ def _graph_head(model: keras.layers.Layer) -> keras.layers.Layer | None:
         found = []
         for tensor in frontier:
             call = keras_internals.producer(tensor)
-            if call is not None and call[0].trainable_variables:
+            if call is not None and weighted(call[0]):
                 found.append(call[0])
         if found:
             layer = found[0]
-            return _graph_head(layer) if getattr(layer, "layers", None) else layer
+            return _graph_head(layer, weighted) if getattr(layer, "layers", None) else layer
         seen.update(id(t) for t in frontier)
         frontier = [t for tensor in frontier
                     for t in (keras_internals.producer(tensor) or (None, []))[1]
                     if id(t) not in seen]
     return None
+
+
+def _frozen_head(model: keras.Model) -> keras.layers.Layer | None:
+    """The layer with weights nearest the output of a Sequential or functional model if it
+    is frozen (``trainable=False``), where :func:`head_layer`, which takes trainable weights
+    only, finds the next layer back; None if it is not, or the model is subclassed (its
+    call is opaque). A frozen normalisation layer is a fixed transform after the head (its
+    statistics kept), no head itself."""
+    def weighted(layer):
+        if getattr(layer, "layers", None):
+            return bool(layer.weights)
+        normalization = isinstance(layer, NORMALIZATION_LAYERS) or getattr(
+            layer, "_maml_normalization", False)
+        return bool(layer.weights) and (layer.trainable or not normalization)
+
+    nearest = _graph_head(model, weighted)
+    return nearest if nearest is not None and not nearest.trainable_variables else None
 
 
 def _weight_nearest_output(model: keras.Model):
@@ -174,8 +196,16 @@ def adapted_mask(model: keras.Model, adapt_norm: bool = False,
     if adapt_layers not in ADAPT_LAYERS:
         raise ValueError(f"adapt_layers must be one of {ADAPT_LAYERS}, got {adapt_layers!r}")
     if adapt_layers == "head":
-        head = {id(v) for v in head_layer(model).trainable_variables}
-        return [id(v) in head for v in model.trainable_variables]
+        head = head_layer(model)
+        frozen = _frozen_head(model)
+        if frozen is not None:
+            raise ValueError(
+                f"adapt='head' (ANIL) adapts the model's head, the layer with weights nearest "
+                f"its output, but that layer, {frozen.name}, is frozen (trainable=False): "
+                f"{head.name} would adapt in its place. Unfreeze it (trainable = True, on a "
+                "frozen model that holds it too), or pick another adaptation (adapt='all')")
+        head_ids = {id(v) for v in head.trainable_variables}
+        return [id(v) in head_ids for v in model.trainable_variables]
     if adapt_norm:
         return [True] * len(model.trainable_variables)
     norm_ids = _normalization_variable_ids(model)
