@@ -373,6 +373,23 @@ def test_more_inner_steps_than_unroll_are_refused_up_front(overrides, flag):
         Config(datasource="navigation", norm="None", **overrides).validate()  # step
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "evaluate"])
+def test_a_network_larger_than_any_memory_is_refused_naming_num_filters(train):
+    # The check counted inputs and activations, not weights: 100000 filters (27 * 10**10
+    # kernel values, 4 TB with Adam's moments) passed it, and building the net took what
+    # memory there was. Asked of the check itself: building the net is what it prevents.
+    config = Config(datasource="omniglot", data_dir="unused", num_filters=100000,
+                    train=train).validate()
+    copies, what = ((4, "θ, its meta-gradient and Adam's two moments") if train
+                    else (2, "θ and the adapted weights"))
+    with pytest.raises(ConfigError, match=rf"^--num_filters=100000: the network's weights "
+                       rf"\({copies} x 270001400000 values: {what}\) would take at least "
+                       r"[0-9.]+ GB of memory, more than this machine's [0-9.]+ GB: the system "
+                       r"would kill the process without a word; give a smaller --num_filters$"):
+        runner._check_memory(config)
+    runner._check_memory(dataclasses.replace(config, num_filters=64))
+
+
 def test_no_flagfile_of_the_paper_needs_more_memory_than_a_small_machine():
     # The memory check refuses only a run that cannot be: every configuration of the paper
     # (the flagfiles, Omniglot 20-way with 16 tasks, MiniImageNet 5-shot with 15 query

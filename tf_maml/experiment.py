@@ -55,6 +55,33 @@ def _first_layer_units(config: Config) -> int:
     return height * width * config.num_filters
 
 
+def _weight_count(config: Config) -> int:
+    """The kernels' values of the net of ``config`` (:func:`build_model`; the pretrained
+    baselines' classifier alike), a lower bound of its weights (biases and normalisation
+    left out)."""
+    channels = input_shape(config)[-1]
+    ways = config.num_classes if config.is_classification else 1
+    if config.is_pretrained_baseline:
+        from tf_maml.baselines import PRETRAIN_CLASSES
+
+        ways = PRETRAIN_CLASSES
+    if config.datasource == "sinusoid" or not config.conv:
+        hidden = SINUSOID_HIDDEN if config.datasource == "sinusoid" else OMNIGLOT_FC_HIDDEN
+        sizes = [_input_values(config), *hidden, ways]
+        return sum(a * b for a, b in zip(sizes, sizes[1:]))
+    filters = config.num_filters
+    # 3x3 kernels of 4 convs; the head reads a 5x5 map flattened (max pool) or its mean.
+    return 9 * filters * (channels + 3 * filters) + (25 if config.max_pool else 1) * filters * ways
+
+
+def _input_values(config: Config) -> int:
+    """Values of one example (its input shape's product)."""
+    size = 1
+    for d in input_shape(config):
+        size *= d
+    return size
+
+
 def _values(count: int) -> str:
     return f"{count} value" + ("" if count == 1 else "s")
 
@@ -65,12 +92,11 @@ def least_memory(config: Config) -> list[tuple[int, str, tuple[str, ...]]]:
     of what is sampled at once, plus one task's first-layer activations; reinforcement
     learning: 4 values and the policy's first layer per step of the pre- and post-update
     rollouts, all tasks at once, and of one test step's rollouts of a chunk of test tasks;
-    a second-order meta-gradient: the first layer's activations of every inner step), so
-    that one above the machine's memory cannot run."""
+    a second-order meta-gradient: the first layer's activations of every inner step; the
+    supervised net's kernels, four copies in training, two in an evaluation), so that one
+    above the machine's memory cannot run."""
     phases = []
-    inputs = 1
-    for size in input_shape(config):
-        inputs *= size
+    inputs = _input_values(config)
     ways = config.num_classes if config.is_classification else 1
     units = _first_layer_units(config)
     if config.is_rl:
@@ -91,6 +117,14 @@ def least_memory(config: Config) -> list[tuple[int, str, tuple[str, ...]]]:
                            f"tasks x {config.update_batch_size} trajectories x {horizon} "
                            "steps at once)", ("update_batch_size", "horizon")))
         return phases
+    # θ, its meta-gradient and Adam's two moments in training; θ and the fast weights in an
+    # evaluation.
+    copies = 4 if config.train else 2
+    weights = _weight_count(config)
+    phases.append((4 * copies * weights, f"the network's weights ({copies} x {weights} "
+                   "values: " + ("θ, its meta-gradient and Adam's two moments)" if config.train
+                                else "θ and the adapted weights)"),
+                   ("num_filters", "num_classes")))
     if config.train and config.is_pretrained_baseline:
         phases.append((4 * config.meta_batch_size * (inputs + units),
                        f"pretraining (minibatches of {config.meta_batch_size} images)",
