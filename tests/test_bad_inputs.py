@@ -2398,6 +2398,35 @@ def test_fit_refuses_a_meta_batch_larger_than_memory_before_sampling_it(tmp_path
     assert int(learner.optimizer.iterations) == 1
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_support=2.5), r"^num_support must be a whole number of examples >= 1, got 2\.5$"),
+    (dict(num_query="5"), r"^num_query must be a whole number of examples >= 1, got '5'$"),
+    (dict(num_support=0), r"^num_support must be a whole number of examples >= 1, got 0$"),
+], ids=["fractional", "string", "zero"])
+def test_bad_sinusoid_task_sizes_are_named(kwargs, message):
+    # 2.5 support points drew 2 without a word; "5" failed in a comparison of str and int.
+    with pytest.raises(ValueError, match=message):
+        SinusoidTasks(**{"num_support": 5, "num_query": 5, **kwargs})
+
+
+@pytest.mark.parametrize("threads", [-5, 2.5, "4"])
+def test_bad_intra_op_threads_of_the_api_are_named(threads):
+    # -5 set nothing and was returned as if set; 2.5 and "4" failed inside TensorFlow.
+    from tf_maml.threads import configure_threads
+
+    with pytest.raises(ValueError, match=r"^intra_op_threads must be -1 \(auto\), 0 "
+                       r"\(TensorFlow's default\) or a whole number of threads, got "
+                       rf"{re.escape(repr(threads))}$"):
+        configure_threads(threads)
+
+
+def test_adapt_on_an_empty_support_set_is_refused(learner):
+    # The loss of no example had no gradient: θ came back as the "adapted" weights.
+    with pytest.raises(ValueError, match=r"^adapt: support_x holds no examples; adapting "
+                       r"needs at least one labelled example of the task$"):
+        learner.adapt(np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32))
+
+
 @pytest.mark.parametrize("tasks", [None, 3], ids=["none", "number"])
 def test_fit_on_something_that_is_no_task_source_says_what_it_takes(tmp_path, tasks):
     # A TypeError "... is not iterable" from deep inside the loop, after the run directory

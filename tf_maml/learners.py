@@ -247,6 +247,9 @@ class MetaLearner(MetaUpdate):
         if num_x is not None and num_y is not None and num_x != num_y:
             raise ValueError(f"adapt: support_y has {num_y} targets but support_x has {num_x} "
                              "examples; every example needs one")
+        if num_x == 0:  # else the loss of no example had no gradient: θ came back unchanged
+            raise ValueError("adapt: support_x holds no examples; adapting needs at least one "
+                             "labelled example of the task")
         self._check_loss(support_x, support_y, weights)
         with refused_batches("adapt"):
             fast, _, _ = self._inner_loop(model_runner(self.model), weights, support_x,

@@ -8,6 +8,8 @@ import ctypes
 import os
 import sys
 
+from tf_maml.errors import is_count
+
 # glibc's mallopt parameters (malloc.h) and the values its adaptive rule converges to on a
 # 64-bit machine once large buffers have been freed: mmap only above 32 MB
 # (DEFAULT_MMAP_THRESHOLD_MAX), trim the heap top above twice that.
@@ -139,6 +141,9 @@ def configure_threads(intra_op_threads: int = -1, meta_batch_size: int | None = 
     """
     import tensorflow as tf
 
+    if not is_count(intra_op_threads, -1):  # else -5 set nothing and 2.5 failed in TF
+        raise ValueError(f"intra_op_threads must be -1 (auto), 0 (TensorFlow's default) or a "
+                         f"whole number of threads, got {intra_op_threads!r}")
     pool_tensors_without_onednn()
     threads = intra_op_threads
     if threads == -1:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tf_maml.errors import check_count
+
 AMP_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, np.pi)
 INPUT_RANGE = (-5.0, 5.0)
@@ -19,8 +21,9 @@ class SinusoidTasks:
     """Samples meta-batches of sinusoid regression tasks."""
 
     def __init__(self, num_support: int, num_query: int, oracle: bool = False):
-        if num_support < 1 or num_query < 1:
-            raise ValueError("num_support and num_query must be positive")
+        # Else 2.5 drew 2 points without a word, and "5" failed in a comparison.
+        check_count("num_support", num_support, 1, "a whole number of examples")
+        check_count("num_query", num_query, 1, "a whole number of examples")
         self.num_support = int(num_support)
         self.num_query = int(num_query)
         self.oracle = bool(oracle)
