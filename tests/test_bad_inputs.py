@@ -1081,7 +1081,7 @@ def test_fit_resuming_with_other_learner_options_is_refused(tmp_path):
 @pytest.mark.parametrize("garbled, why", [
     ('{"inner_lr": 0.01, "inner_st', r"Unterminated string starting at: line 1 column 20 "
                                      r"\(char 19\)"),
-    ("[0.01, 1]", r"it holds a JSON list, not an object of the options"),
+    ("[0.01, 1]", r"it holds a JSON list, not an object"),
 ], ids=["truncated", "a-list"])
 def test_fit_resuming_with_a_garbled_learner_record_names_it_and_keeps_it(tmp_path, garbled,
                                                                           why):

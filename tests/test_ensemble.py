@@ -255,6 +255,39 @@ def test_the_pool_is_every_epochs_validation_and_keeps_the_best_checkpoints(
     assert checkpointer.keep == {500, 1000, 2500, 4500, 8500}
 
 
+@pytest.mark.parametrize("garbled", ['{"settings": {"size": 2', '[1, 2]',
+                                     '{"validations": [{"iter": 500}]}'],
+                         ids=["cut-short", "a-list", "no-iteration"])
+def test_a_garbled_pool_record_is_refused_and_no_checkpoint_is_deleted(tmp_path, garbled):
+    # Read as empty, the pool kept no checkpoint: the next save pruned its best ones
+    # (older than the newest 10) without a word. An entry without its iteration was a
+    # KeyError.
+    import os
+
+    from tf_maml.rundir import RunDirError
+
+    learner = _learner()
+    checkpointer = learner_checkpointer(learner, str(tmp_path))
+    pool = ensemble.Pool(checkpointer, lambda: 1.0, size=1, num_tasks=4, num_steps=1,
+                         interval=1, log=lambda _: None)
+    pool.on_train_begin(learner, 0, 12)
+    for iteration in range(1, 13):  # the first is the best; 2..12 are 11 more checkpoints
+        pool.on_step_end(iteration, {}, False)
+        pool.score_fn = lambda: 0.0
+        checkpointer.save(iteration)
+    assert os.path.exists(checkpointer.path_for(1) + ".index")  # kept beyond the newest 10
+    (tmp_path / ensemble.POOL_NAME).write_text(garbled)
+    resumed = ensemble.Pool(learner_checkpointer(learner, str(tmp_path)), lambda: 0.0, size=1,
+                            num_tasks=4, num_steps=1, interval=1, log=lambda _: None)
+    with pytest.raises(RunDirError, match=r"ensemble_pool\.json, the validation scores of the "
+                       r"ensemble's pool, (cannot be read|holds validations).* the best "
+                       r"checkpoints it keeps could not be told from those that age out, and "
+                       r"would be deleted\. Fix it .*The checkpoints are intact\.$"):
+        resumed.on_train_begin(learner, 12, 20)
+    assert os.path.exists(checkpointer.path_for(1) + ".index")
+    assert (tmp_path / ensemble.POOL_NAME).read_text() == garbled
+
+
 def test_training_with_an_ensemble_validates_every_epoch(tmp_path):
     """--ensemble from the command line's run: validations at 500 and 1000 on the seeded
     validation tasks, and the evaluation's ensemble chosen from them."""

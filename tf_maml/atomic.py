@@ -189,6 +189,25 @@ def read_json(path: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def read_record(path: str) -> dict | None:
+    """The JSON object at ``path``, None if there is no such file, or a ValueError saying
+    why it cannot be used ("cannot be read (<why>)": unreadable, garbled, or not an object):
+    for a record whose loss :func:`read_json` would hide from a decision that rests on it
+    (a run's options, the checkpoints an ensemble keeps); the caller names the file and
+    the fix."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:  # ValueError: JSON's, or not UTF-8
+        raise ValueError(f"cannot be read ({getattr(err, 'strerror', None) or err})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"cannot be read (it holds a JSON {type(record).__name__}, not an "
+                         "object)")
+    return record
+
+
 def write_json(path: str, value: dict) -> None:
     """``value`` as indented, key-sorted JSON at ``path``, replaced whole (its folder made)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)

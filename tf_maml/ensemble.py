@@ -74,11 +74,33 @@ class Pool(Callback):
         self.settings = _settings(size, num_tasks, num_steps)
 
     def on_train_begin(self, learner, start, total):
-        recorded = atomic.read_json(self.path)
+        recorded = self._recorded()
         same = recorded.get("settings") == self.settings
         self.scored = [m for m in recorded.get("validations", []) if same
                        and m["iteration"] <= start]
         self.checkpointer.keep = {m["iteration"] for m in _best(self.scored, self.size)}
+
+    def _recorded(self) -> dict:
+        """The pool's record ({} if there is none); a RunDirError, everything left as it
+        is, if it cannot be read or its validations are not {iteration, score}: read as
+        empty, the pool kept no checkpoint, and the next save deleted the best ones beyond
+        the newest 10."""
+        try:
+            recorded = atomic.read_record(self.path) or {}
+            validations = recorded.get("validations", [])
+            if not isinstance(validations, list) or not all(
+                    isinstance(m, dict) and isinstance(m.get("iteration"), int)
+                    and isinstance(m.get("score"), (int, float)) for m in validations):
+                raise ValueError("holds validations that are not a list of {iteration, score}")
+        except ValueError as err:
+            raise rundir.RunDirError(
+                f"{self.path}, the validation scores of the ensemble's pool, {err}: the best "
+                "checkpoints it keeps could not be told from those that age out, and would be "
+                "deleted. Fix it or restore it from a copy; or delete it to start the pool "
+                "again (the checkpoints it kept then age out as usual). The checkpoints are "
+                "intact."
+            ) from None
+        return recorded
 
     def on_step_end(self, iteration, metrics, pretrain):
         if iteration % self.interval or pretrain:

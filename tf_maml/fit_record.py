@@ -7,7 +7,6 @@ its ``config.json`` the same way (:meth:`tf_maml.config.Config.resume_changes`).
 
 from __future__ import annotations
 
-import json
 import os
 
 from tf_maml import atomic, rundir
@@ -50,20 +49,13 @@ def _read(path: str) -> dict:
     ever replaced whole): else the check was skipped without a word and the record
     replaced by this learner's."""
     try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:  # ValueError: JSON's, or not UTF-8
-        why = getattr(err, "strerror", None) or err
-    else:
-        if isinstance(record, dict):
-            return record
-        why = f"it holds a JSON {type(record).__name__}, not an object of the options"
-    raise ConfigError(
-        f"{path}, the options the run was trained with, cannot be read ({why}), so resuming "
-        "cannot compare them with this learner's: fix it or restore it from a copy, or delete "
-        f"it to resume without comparing them (fit writes it again); nothing was changed")
+        return atomic.read_record(path) or {}
+    except ValueError as err:
+        raise ConfigError(
+            f"{path}, the options the run was trained with, {err}, so resuming cannot compare "
+            "them with this learner's: fix it or restore it from a copy, or delete it to "
+            "resume without comparing them (fit writes it again); nothing was changed") \
+            from None
 
 
 def write(run_dir: str, now: dict) -> None:
