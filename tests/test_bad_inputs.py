@@ -1720,9 +1720,16 @@ def test_saved_model_signatures_say_what_is_wrong(classifier_export, signature, 
     (dict(num_steps=-1), r"^num_steps must be a whole number of inner steps >= 0, got -1$"),
     (dict(targets="labels"), r"^targets must be one of \('auto', 'classes', 'regression'\), "
                              r"got 'labels'$"),
-], ids=["fractional-steps", "negative-steps", "unknown-targets"])
+    (dict(input_shape=(5,)), r"^input_shape=\(5,\) does not fit model sinusoid_mlp, which "
+                             r"takes examples of shape \(1,\): give that shape, or leave "
+                             r"input_shape out to read it from the model$"),
+    (dict(input_shape=(0,)), r"^input_shape must be the shape of one example \(without the "
+                             r"batch axis\), sizes >= 1 or None, got \(0,\)$"),
+], ids=["fractional-steps", "negative-steps", "unknown-targets", "other-input-shape",
+        "empty-input-shape"])
 def test_bad_export_arguments_are_named_before_anything_is_written(tmp_path, kwargs, message):
-    # 2.5 steps were exported as 2 without a word.
+    # 2.5 steps were exported as 2 without a word; an input_shape the model does not take
+    # was Keras' multi-line error from deep in tracing the export.
     with pytest.raises(ValueError, match=message):
         MetaLearner(mlp(), losses.mse).export(str(tmp_path / "export"), **kwargs)
     assert os.listdir(tmp_path) == []

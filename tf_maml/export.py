@@ -91,7 +91,14 @@ import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import atomic, export_checks, keras_internals, losses, rundir
-from tf_maml.errors import check_count, dangling_link, dangling_link_problem, tensorflow_pattern
+from tf_maml.errors import (
+    check_count,
+    dangling_link,
+    dangling_link_problem,
+    is_count,
+    tensorflow_pattern,
+)
+from tf_maml.mapping.base import model_example_shape
 from tf_maml.rundir import RunDirError
 
 METADATA_FILE = "maml_metadata.json"
@@ -119,6 +126,24 @@ def _infer_input_shape(model: keras.Model) -> tuple:
         "Cannot infer the model's input shape; pass input_shape=(...) (one example, "
         "without the batch axis) to export."
     )
+
+
+def _given_input_shape(model: keras.Model, input_shape) -> tuple:
+    """``input_shape`` as a tuple, or a ValueError if it is no shape of positive sizes (None:
+    any), or does not fit the one the model declares: else Keras' multi-line error from
+    deep in tracing the export."""
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if shape is None or not all(d is None or is_count(d, 1) for d in shape):
+        raise ValueError(f"input_shape must be the shape of one example (without the batch "
+                         f"axis), sizes >= 1 or None, got {input_shape!r}")
+    known = model_example_shape(model)
+    if known is not None and (len(known) != len(shape) or any(
+            k is not None and d is not None and k != d for k, d in zip(known, shape))):
+        want = ", ".join("None" if d is None else str(d) for d in known)
+        raise ValueError(f"input_shape={shape} does not fit model {model.name}, which takes "
+                         f"examples of shape ({want}{',' if len(known) == 1 else ''}): give "
+                         "that shape, or leave input_shape out to read it from the model")
+    return shape
 
 
 def _infer_targets(loss_fn) -> str:
@@ -191,7 +216,8 @@ def export(
     model = learner.model
     _check_policy(model)
     _check_name(model)
-    feature_shape = tuple(input_shape) if input_shape is not None else _infer_input_shape(model)
+    feature_shape = (_given_input_shape(model, input_shape) if input_shape is not None
+                     else _infer_input_shape(model))
     serving = _Serving(learner, feature_shape, int(num_steps),
                        _infer_targets(learner.loss_fn) if targets == "auto" else targets)
     module, signatures = serving.module()
