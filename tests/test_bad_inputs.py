@@ -2427,6 +2427,19 @@ def test_bad_intra_op_threads_of_the_api_are_named(threads):
         configure_threads(threads)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_tasks=0), r"^num_tasks must be a whole number of tasks >= 1, got 0$"),
+    (dict(num_tasks=2.5), r"^num_tasks must be a whole number of tasks >= 1, got 2\.5$"),
+    (dict(batch_size=0), r"^batch_size must be a whole number of tasks >= 1, got 0$"),
+], ids=["no-tasks", "fractional-tasks", "empty-batches"])
+def test_bad_evaluation_sizes_are_named(learner, kwargs, message):
+    # 0 tasks returned {} (nothing to summarize, said later as a KeyError), 2.5 was a
+    # TypeError from range(), a batch of 0 "range() arg 3 must not be zero".
+    kwargs = {"num_tasks": 4, "batch_size": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        evaluate_lib.evaluate(learner, SinusoidTasks(5, 5), num_steps=1, seed=0, **kwargs)
+
+
 def test_adapt_on_an_empty_support_set_is_refused(learner):
     # The loss of no example had no gradient: θ came back as the "adapted" weights.
     with pytest.raises(ValueError, match=r"^adapt: support_x holds no examples; adapting "

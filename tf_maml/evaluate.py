@@ -11,6 +11,7 @@ import pickle
 import numpy as np
 
 from tf_maml import rundir
+from tf_maml.errors import check_count
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks import batch_rng
 
@@ -47,6 +48,10 @@ def evaluate(
     (``metric`` only for learners with a metric). Column 0 is before adaptation. With
     ``predictions``, also the query outputs ``"predictions": [n, S+1, *y]`` and the query
     targets ``"query_y": [n, *y]``."""
+    # Else 0 tasks gave {} (no column to summarize), 2.5 a TypeError and a batch of 0 one
+    # from range().
+    check_count("num_tasks", num_tasks, 1, "a whole number of tasks")
+    check_count("batch_size", batch_size, 1, "a whole number of tasks")
     tasks = sample_tasks(source, num_tasks, seed)
     results: dict[str, list] = {}
     for start in range(0, num_tasks, batch_size):
