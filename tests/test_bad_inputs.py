@@ -2440,6 +2440,18 @@ def test_bad_evaluation_sizes_are_named(learner, kwargs, message):
         evaluate_lib.evaluate(learner, SinusoidTasks(5, 5), num_steps=1, seed=0, **kwargs)
 
 
+@pytest.mark.parametrize("method", ["predict", "adapt"])
+def test_examples_of_another_shape_are_named_in_one_line(learner, method):
+    # Was Keras' error of several lines from inside the model's call ("Input 0 ... is
+    # incompatible with the layer: expected axis -1 of input shape to have value 1").
+    x = np.zeros((3, 2), np.float32)
+    name = "x" if method == "predict" else "support_x"
+    with pytest.raises(ValueError, match=rf"^{method}: {name} has shape \(3, 2\), i\.e\. "
+                       r"examples of shape \(2,\), but the model takes examples of shape "
+                       r"\(1\); expected \[examples, 1\]$"):
+        learner.predict(x) if method == "predict" else learner.adapt(x, np.zeros((3, 1)))
+
+
 def test_adapt_on_an_empty_support_set_is_refused(learner):
     # The loss of no example had no gradient: θ came back as the "adapted" weights.
     with pytest.raises(ValueError, match=r"^adapt: support_x holds no examples; adapting "

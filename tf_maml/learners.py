@@ -20,7 +20,7 @@ from tf_maml import distribute as distribute_lib
 from tf_maml import keras_internals, losses
 from tf_maml.errors import BatchError, check_count, is_count
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
-from tf_maml.mapping.base import model_example_shape, model_runner
+from tf_maml.mapping.base import examples_problem, model_example_shape, model_runner
 from tf_maml.meta_update import MetaUpdate, refused_batches
 from tf_maml.options import adaptation, annealing, objectives, rates
 from tf_maml.options import meta_optimizer as optim
@@ -243,6 +243,9 @@ class MetaLearner(MetaUpdate):
         steps = self.inner_steps if num_steps is None else _step_count(num_steps, "adapt")
         weights = _read(self.model.trainable_variables) if weights is None else weights
         support_x, support_y = tf.convert_to_tensor(support_x), tf.convert_to_tensor(support_y)
+        problem = examples_problem("support_x", support_x.shape, self._example_shape)
+        if problem:  # else Keras' multi-line error from inside the model's call
+            raise ValueError(f"adapt: {problem}")
         num_x, num_y = (t.shape[0] if t.shape.rank else None for t in (support_x, support_y))
         if num_x is not None and num_y is not None and num_x != num_y:
             raise ValueError(f"adapt: support_y has {num_y} targets but support_x has {num_x} "
@@ -278,7 +281,11 @@ class MetaLearner(MetaUpdate):
         weights = fast_weights
         if weights is None:
             weights = _read(self.model.trainable_variables)
-        return adapt_lib.forward(self.model, weights, tf.convert_to_tensor(x), training=training)
+        x = tf.convert_to_tensor(x)
+        problem = examples_problem("x", x.shape, self._example_shape)
+        if problem:  # else Keras' multi-line error from inside the model's call
+            raise ValueError(f"predict: {problem}")
+        return adapt_lib.forward(self.model, weights, x, training=training)
 
     # ------------------------------------------------------------------ per task
     def _inner_loop(self, runner: Runner, theta, support_x, support_y, inner_lrs, num_steps,

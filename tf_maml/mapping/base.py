@@ -129,15 +129,27 @@ def check_batch(batch, where: str, example_shape: tuple | None = None
         if x_shape[1] is not None and y_shape[1] is not None and x_shape[1] != y_shape[1]:
             raise ValueError(f"{where}: {y_name} has {y_shape[1]} targets per task but "
                              f"{x_name} has {x_shape[1]} examples; every example needs one")
-        if example_shape is None:
-            continue
-        got = tuple(x_shape[2:])
-        if len(got) != len(example_shape) or any(
-                g is not None and e is not None and g != e for g, e in zip(got, example_shape)):
-            want = ", ".join("?" if d is None else str(d) for d in example_shape)
+        problem = examples_problem(x_name, x_shape, example_shape, ("tasks", "examples"))
+        if problem:
             missing = (" (is the task axis missing? a single task needs a leading axis "
-                       "of 1)" if len(got) + 1 == len(example_shape) else "")
-            raise ValueError(f"{where}: {x_name} has shape {x_shape}, i.e. examples of shape "
-                             f"{got}, but the model takes examples of shape ({want}); expected "
-                             f"[tasks, examples, {want}]{missing}")
+                       "of 1)" if len(x_shape) == len(example_shape) + 1 else "")
+            raise ValueError(f"{where}: {problem}{missing}")
     return tensors
+
+
+def examples_problem(name: str, shape, example_shape: tuple | None,
+                     axes: tuple[str, ...] = ("examples",)) -> str | None:
+    """Why the array ``name`` of ``shape`` (its leading ``axes``, then one example) holds
+    no examples of ``example_shape`` (the model's; None dims match any), e.g. "x has shape
+    (3, 2), i.e. examples of shape (2,), but the model takes examples of shape (1); expected
+    [examples, 1]"; None if it does, or either shape is unknown."""
+    shape = tf.TensorShape(shape)
+    if example_shape is None or shape.rank is None:
+        return None
+    got = tuple(shape[len(axes):])
+    if len(got) == len(example_shape) and all(
+            g is None or e is None or g == e for g, e in zip(got, example_shape)):
+        return None
+    want = ", ".join("?" if d is None else str(d) for d in example_shape)
+    return (f"{name} has shape {shape}, i.e. examples of shape {got}, but the model takes "
+            f"examples of shape ({want}); expected [{', '.join(axes)}, {want}]")
