@@ -306,6 +306,39 @@ def test_a_publish_never_replaces_a_zoo_record_it_cannot_read(tmp_path):
     assert _digest(folder) == before
 
 
+@pytest.mark.parametrize("how", ["publish", "restore", "evaluate"])
+def test_a_garbled_record_of_the_runs_evaluations_is_named_and_kept(tmp_path, how):
+    """A garbled reproduce.json was read as empty: publishing skipped the run's evaluations
+    without a word, and a restore from the zoo, or the next evaluation, replaced it with
+    the new entries alone, losing the others."""
+    import types
+
+    from tf_maml import reproduce_run
+
+    _real_rows(tmp_path, [SINE])
+    folder, run = tmp_path / "zoo" / SINE, tmp_path / "run"
+    run.mkdir()
+    state = run / zoo.RUN_STATE_FILE
+    state.write_text('{"test_ubs10_stepsize0.01|other": {"iteration": 5')
+    before, zoo_before = _digest(run), _digest(folder)
+    message = (rf"^{re.escape(str(state))}, the record of the run's evaluations, cannot be "
+               r"read \(.*\): restore it from a copy, or delete it \(the zoo's evaluations "
+               r"are then taken again, and the others run again\); it was left as it is$")
+    if how == "evaluate":  # refused before the evaluation's command runs
+        plan = types.SimpleNamespace(experiment=types.SimpleNamespace(name=SINE),
+                                     run_dir=str(run), result_name=SINE_RESULT,
+                                     train_cmd=None, eval_cmd=["false"])
+        status = reproduce_run._evaluate(plan, True, False, log=lambda _: None)
+        assert re.match(message, status["eval_error"])
+    else:
+        with pytest.raises(zoo.ZooError, match=message):
+            if how == "publish":
+                zoo.publish(str(run), str(folder), True, {}, "a machine", log=print)
+            else:
+                zoo._take_evaluations(str(folder), str(run), overwrite=True)
+    assert _digest(run) == before and _digest(folder) == zoo_before
+
+
 @pytest.mark.parametrize("flag", ["output", "figures_dir"])
 def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, flag):
     # Was a FileExistsError / NotADirectoryError traceback from os.makedirs.

@@ -196,8 +196,8 @@ def _restore(p: Plan, log) -> str | None:
         with writing(p.run_dir, "restore the zoo's state", f"{p.zoo_dir} is as it was",
                      "logdir_root"):
             zoo_lib.restore(p.zoo_dir, p.run_dir, log)
-    except ReproduceError as err:  # a file in the way, a full or read-only disk
-        log(f"[{p.experiment.name}] {err}")
+    except (ReproduceError, zoo_lib.ZooError) as err:  # a file in the way, a full or
+        log(f"[{p.experiment.name}] {err}")  # read-only disk, a garbled record
         return str(err)
     return None
 
@@ -267,7 +267,11 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
     checkpoint of the published number) and records the numbers in the run's state."""
     e = p.experiment
     done = zoo_lib.latest_iteration(p.run_dir)
-    state = atomic.read_json(os.path.join(p.run_dir, STATE_FILE))
+    try:
+        state = zoo_lib.run_state(p.run_dir)
+    except zoo_lib.ZooError as err:  # else replaced by this evaluation's entry alone
+        log(f"[{e.name}] {err}")
+        return {"eval_error": str(err)}
     key = f"{p.result_name}|{e.name}"
     before = state.get(key)
     fresh = (before is not None and before.get("iteration") == done
@@ -297,7 +301,7 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
         now = f"{means[-1]:.4f} ± {ci[-1]:.4f}"
         log(f"[{e.name}] re-evaluated iteration {iteration}: {now} (the zoo's: {was}"
             f"{', the same' if was == now else ''})")
-    state = atomic.read_json(os.path.join(p.run_dir, STATE_FILE))
+    state = zoo_lib.run_state(p.run_dir)  # read again: the evaluation took its time
     state[key] = {"iteration": iteration, "eval_seconds": round(time.monotonic() - t0, 1),
                   "eval_command": shell(cmd), "train_command":
                   shell(p.train_cmd) if p.train_cmd else None,

@@ -97,6 +97,19 @@ def read_results(path: str) -> dict:
     return record
 
 
+def run_state(run_dir: str) -> dict:
+    """The run directory's record of its evaluations (:data:`RUN_STATE_FILE`; {} if there is
+    none); a ZooError if it is there but cannot be read: read as empty, its evaluations went
+    unpublished and the next evaluation or restore replaced it, losing them."""
+    path = os.path.join(run_dir, RUN_STATE_FILE)
+    try:
+        return atomic.read_record(path) or {}
+    except ValueError as err:
+        raise ZooError(f"{path}, the record of the run's evaluations, {err}: restore it from a "
+                       "copy, or delete it (the zoo's evaluations are then taken again, and "
+                       "the others run again); it was left as it is") from None
+
+
 def _results_to_update(zoo_dir: str) -> dict:
     """``results.json`` for :func:`publish`, which writes it back with what it adds: one that
     is there but cannot be read is an error, since replacing it would lose every number it
@@ -235,7 +248,7 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
     if not os.path.isdir(run_dir):
         return False
     run_latest, zoo_latest = latest_iteration(run_dir), latest_iteration(zoo_dir)
-    run_results = read_json(os.path.join(run_dir, RUN_STATE_FILE))
+    run_results = run_state(run_dir)
     zoo_results = _results_to_update(zoo_dir)
     changed = False
     os.makedirs(zoo_dir, exist_ok=True)
@@ -346,7 +359,7 @@ def _take_evaluations(zoo_dir: str, run_dir: str, overwrite: bool) -> bool:
     directory's are kept, and nothing is done when it records every evaluation of the zoo
     already. Returns whether anything was taken."""
     state_path = os.path.join(run_dir, RUN_STATE_FILE)
-    state = read_json(state_path)
+    state = run_state(run_dir)
     taken = {key: entry for key, entry in results(zoo_dir).items()
              if "|" in key and (overwrite or key not in state)}
     if not taken and not overwrite:
