@@ -670,6 +670,28 @@ def test_omniglot_output_that_is_a_file_is_named(prepared, tmp_path, where):
     assert blocker.read_text() == "a file" and os.listdir(tmp_path) == ["omniglot"]
 
 
+@pytest.mark.parametrize("fmt", ["folders", "tfds"])
+@pytest.mark.parametrize("below", ["", "omniglot"], ids=["the-link", "below-it"])
+def test_an_output_linked_to_nothing_names_the_link(prepared, tmp_path, fmt, below):
+    # A link to a disk not mounted: the folder tree said "File exists; ... a file is in the
+    # way", and a TFDS build was a FileNotFoundError traceback from its first folder.
+    link, target = tmp_path / "linked", tmp_path / "unmounted" / "data"
+    link.symlink_to(target)
+    output = os.path.join(str(link), below) if below else str(link)
+    with pytest.raises(PrepError, match=rf"^cannot write {re.escape(output)}: "
+                       rf"{re.escape(str(link))} is a link to {re.escape(str(target))}, which "
+                       r"does not exist \(a disk not mounted\?\); mount or create "
+                       rf"{re.escape(str(target))}, or give another --output$"):
+        if fmt == "folders":
+            oprep.prepare_omniglot(str(prepared["source"]), output, expect_counts=False)
+        else:
+            from tf_maml.tfds import build
+
+            build.build_omniglot(str(prepared["source"]), output, "full_105",
+                                 expect_counts=False)
+    assert sorted(os.listdir(tmp_path)) == ["linked"]
+
+
 def test_omniglot_full_disk_is_named_and_a_rerun_completes(prepared, tmp_path, monkeypatch):
     # Was an OSError traceback in the middle of the drawings.
     output = tmp_path / "omniglot"

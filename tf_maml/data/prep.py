@@ -22,6 +22,7 @@ from absl import logging
 from PIL import Image
 
 from tf_maml import atomic
+from tf_maml.errors import dangling_link, dangling_link_problem
 
 MARKER_NAME = ".complete"  # written last: its presence means a prepared folder is complete
 FORMAT_VERSION = 1
@@ -40,6 +41,10 @@ def writing_output(output: str):
         yield
     except OSError as err:
         reason = os.strerror(err.errno) if err.errno else str(err)
+        dangling = dangling_link(output)
+        if dangling:  # else "File exists ... a file is in the way"
+            raise PrepError(f"cannot write {output}: {dangling_link_problem(output)}; mount or "
+                            f"create {os.readlink(dangling)}, or give another --output") from err
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             fix = (f"free some space on the disk of {output}, then run the same command again "
                    "(it completes the output)")

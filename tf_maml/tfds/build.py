@@ -71,11 +71,15 @@ def check_data_dir_free(data_dir: str) -> None:
     and the folder tree would read it as one more class (and fail on it: "holds no .png
     images") without a data_prep run that could mend it. Called before TFDS creates
     anything."""
-    from tf_maml.errors import tensorflow_pattern
+    from tf_maml.errors import dangling_link, dangling_link_problem, tensorflow_pattern
     from tf_maml.tasks.prepared import BACKENDS, NAMES, contents
 
     if tensorflow_pattern(data_dir):  # else built, then "not built" by every reader
         raise PrepError(f"--output: {tensorflow_pattern(data_dir)}")
+    if dangling_link(data_dir):  # else a FileNotFoundError from TFDS's first folder
+        raise PrepError(f"cannot write {data_dir}: {dangling_link_problem(data_dir)}; mount or "
+                        f"create {os.readlink(dangling_link(data_dir))}, or give another "
+                        "--output")
     held = sorted((d, b) for d, b in contents(data_dir) if b != "tfds")
     if held:
         what = " and ".join(f"{NAMES[d]} ({BACKENDS[b]})" for d, b in held)
