@@ -390,6 +390,24 @@ def test_a_network_larger_than_any_memory_is_refused_naming_num_filters(train):
     runner._check_memory(dataclasses.replace(config, num_filters=64))
 
 
+@pytest.mark.parametrize("overrides, flag, value, net", [
+    (dict(num_classes=3), "num_classes", 3, "--datasource=sinusoid trains the original's MLP"),
+    (dict(num_filters=32), "num_filters", 32, "--datasource=sinusoid trains the original's MLP"),
+    (dict(max_pool=True), "max_pool", True, "--datasource=sinusoid trains the original's MLP"),
+    (dict(conv=False), "conv", False, "--datasource=sinusoid trains the original's MLP"),
+    (dict(datasource="omniglot", data_dir="x", conv=False, num_filters=32), "num_filters", 32,
+     "--conv=False trains the original's fully connected net"),
+    (dict(datasource="omniglot", data_dir="x", conv=False, max_pool=True), "max_pool", True,
+     "--conv=False trains the original's fully connected net"),
+], ids=["sine-classes", "sine-filters", "sine-pool", "sine-conv", "fc-filters", "fc-pool"])
+def test_a_flag_of_a_net_the_run_does_not_train_is_refused(overrides, flag, value, net):
+    # Each was ignored but for the run directory's name (cls_3, hidden32, maxpool): the
+    # network trained was the same.
+    with pytest.raises(ConfigError, match=rf"^--{flag}: {re.escape(net)} \(.*\), which it "
+                                          rf"does not change; drop --{flag}={value}$"):
+        Config(**overrides).validate()
+
+
 def test_no_flagfile_of_the_paper_needs_more_memory_than_a_small_machine():
     # The memory check refuses only a run that cannot be: every configuration of the paper
     # (the flagfiles, Omniglot 20-way with 16 tasks, MiniImageNet 5-shot with 15 query

@@ -349,6 +349,18 @@ class ConfigChecks:
                 if getattr(self, name) != getattr(type(self), name):
                     fail(name, "--datasource=sinusoid reads no data: its tasks are drawn "
                          f"from the family of sine waves, without splits; {fix}")
+        # Else ignored but for the run directory's name (cls_3, hidden32, maxpool): the net
+        # is the sinusoid's MLP, or Omniglot's fully connected one (experiment.build_model).
+        net = ("--datasource=sinusoid trains the original's MLP (two hidden layers of 40 "
+               "units, one output)" if self.datasource == "sinusoid" else
+               "--conv=False trains the original's fully connected net (256, 128, 64, 64 "
+               "units)" if self.is_classification and not self.conv else None)
+        unused = (("num_classes", "num_filters", "conv", "max_pool")
+                  if self.datasource == "sinusoid" else ("num_filters", "max_pool"))
+        for name in unused if net else ():
+            value = getattr(self, name)
+            if value != getattr(type(self), name):
+                fail(name, f"{net}, which it does not change; drop --{name}={value}")
         if self.is_classification:
             if self.num_classes < 2:
                 fail("num_classes", f"N-way classification needs N >= 2, got {self.num_classes}")
