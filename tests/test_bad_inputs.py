@@ -390,6 +390,23 @@ def test_a_network_larger_than_any_memory_is_refused_naming_num_filters(train):
     runner._check_memory(dataclasses.replace(config, num_filters=64))
 
 
+@pytest.mark.parametrize("field, value, what", [
+    ("num_updates", "5", "a whole number"),
+    ("num_updates", 2.5, "a whole number"),
+    ("train", "False", "True or False"),
+    ("meta_lr", "0.1", "a number"),
+    ("logdir", 5, "a string"),
+    ("data_dir", 3, "a string or None"),
+], ids=["string-count", "fractional-count", "string-bool", "string-rate", "number-path",
+        "number-optional-path"])
+def test_a_config_of_python_values_of_the_wrong_type_is_named(field, value, what):
+    # tf_maml.Config takes any value: "5" was a TypeError from a comparison, "False" trained
+    # (a non-empty string is true), 2.5 inner steps ran 2.
+    with pytest.raises(ConfigError, match=rf"^--{field}: {re.escape(repr(value))} is not "
+                                          rf"{what}$"):
+        Config(**{field: value}).validate()
+
+
 @pytest.mark.parametrize("overrides, flag, value, net", [
     (dict(num_classes=3), "num_classes", 3, "--datasource=sinusoid trains the original's MLP"),
     (dict(num_filters=32), "num_filters", 32, "--datasource=sinusoid trains the original's MLP"),

@@ -17,6 +17,7 @@ from tf_maml.config_checks import (  # noqa: F401
     DATASET_BACKENDS,
     DATASOURCES,
     DISTRIBUTION_STRATEGIES,
+    FIELD_TYPES,
     LOCOMOTION_FAMILIES,
     NAN_POLICIES,
     NORMS,
@@ -54,18 +55,6 @@ NOT_RUN_SETTINGS = ("logdir", "resume", "train", "test_iter")
 # Keys a run's config.json holds beside its flags, as a record for people (a locomotion run's
 # MuJoCo and Gymnasium versions): no flags, so not read back.
 RECORD_ONLY_KEYS = ("versions",)
-# What a JSON value of a Config field of each annotation is: its test and its name. A bool is
-# an int to Python (and JSON's true is no count), an int a float (JSON writes 1.0 as 1.0,
-# but a hand-edited 1 is one).
-_JSON_TYPES = {
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
-    "str": (lambda v: isinstance(v, str), "a string"),
-    "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Config(ConfigChecks):
     # ---- the original's flags (main.py:40-70), same names, defaults and meaning
@@ -303,7 +292,7 @@ class Config(ConfigChecks):
             if key not in fields:
                 raise ConfigError(f"the key {key!r} is no flag of tf-maml"
                                   f"{did_you_mean(key, fields)}")
-            expected, what = _JSON_TYPES[fields[key].type]
+            expected, what, _ = FIELD_TYPES[fields[key].type]
             if not expected(value):
                 raise ConfigError(f"the key {key!r} is {json.dumps(value)}, not {what}")
         return cls(**{k: v for k, v in data.items() if k not in RECORD_ONLY_KEYS})

@@ -25,6 +25,20 @@ from tf_maml.options.objectives import ALGORITHMS
 from tf_maml.rl.sampler import SAMPLE_BUDGETS
 from tf_maml.tasks.locomotion import TASK_FAMILIES as LOCOMOTION_FAMILIES
 
+# What a value of a Config field of each annotation is: its test, and its name in a run's
+# config.json (JSON) and in Python. A bool is an int to Python (and JSON's true is no count),
+# an int a float (JSON writes 1.0 as 1.0, but a hand-edited 1 is one).
+FIELD_TYPES = {
+    "bool": (lambda v: isinstance(v, bool), "true or false", "True or False"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number",
+            "a whole number"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number",
+              "a number"),
+    "str": (lambda v: isinstance(v, str), "a string", "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string or null",
+                   "a string or None"),
+}
+
 # Reinforcement learning (tf_maml/rl): 2D navigation and the MuJoCo locomotion families.
 RL_DATASOURCES = ("navigation", *LOCOMOTION_FAMILIES)
 DATASOURCES = ("sinusoid", "omniglot", "miniimagenet", *RL_DATASOURCES)
@@ -137,6 +151,7 @@ class ConfigChecks:
         def fail(flag: str, why: str):
             raise ConfigError(f"--{flag}: {why}")
 
+        self._validate_types(fail)
         self._validate_paths(fail)
         self._validate_choices(fail)
         self._validate_baselines(fail)
@@ -226,6 +241,20 @@ class ConfigChecks:
             value = getattr(self, flag)
             if value != getattr(type(self), flag):  # the dataclass field's default
                 fail(flag, f"{why}: drop --{flag}={value}")
+
+    def _validate_types(self, fail) -> None:
+        """Every field of its flag's type: a Config made in Python (``tf_maml.Config``)
+        takes any value, and "5" for a count was a TypeError from a comparison, "False" for
+        a bool trained (a non-empty string is true) and 2.5 steps ran 2."""
+        import dataclasses
+
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            expected, _, what = FIELD_TYPES[field.type]
+            if value is None and field.name == "norm":
+                continue  # its choices say that the string 'None' means none
+            if not expected(value):
+                fail(field.name, f"{value!r} is not {what}")
 
     def _validate_lengths(self, fail) -> None:
         """Iterations, batch sizes, filters, test tasks and inner steps: counts that
