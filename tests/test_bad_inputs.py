@@ -337,11 +337,14 @@ def test_flagfile_conflict_is_reported_in_one_line(tmp_path):
      "the evaluation's rollouts (40 tasks x 1000000000000 trajectories x 100 steps at once)"),
 ], ids=["support-set", "meta-batch", "test-tasks", "trajectories", "inner-steps",
         "rl-evaluation"])
-def test_a_run_larger_than_any_memory_is_refused_naming_the_flag(tmp_path, flags, named,
-                                                                 what):
+def test_a_run_larger_than_any_memory_is_refused_naming_the_flag(tmp_path, monkeypatch,
+                                                                 flags, named, what):
     # Was killed by the system for lack of memory once its first batch was sampled, with
     # no word. The sizes are far beyond any machine's memory: 25 x 2e12 float32 inputs
-    # alone are 200 TB.
+    # alone are 200 TB. (The machine's memory, as seen outside a container with a limit.)
+    from tf_maml import threads
+
+    monkeypatch.setattr(threads, "container_memory", lambda: None)
     result = cli(*flags, f"--logdir={tmp_path / 'logs'}")
     assert result.code == 1
     line = one_line_error(result.err)
@@ -352,6 +355,32 @@ def test_a_run_larger_than_any_memory_is_refused_naming_the_flag(tmp_path, flags
                          f" GB: the system would kill the process without a word; give a "
                          f"smaller --{named}")
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("limit, seen", [("1073741824\n", 2**30), ("max\n", None),
+                                         ("9223372036854771712\n", None)],
+                         ids=["limited", "v2-unlimited", "v1-unlimited"])
+def test_the_memory_check_takes_a_containers_limit(tmp_path, monkeypatch, limit, seen):
+    # A container (Docker's --memory, a pod, a CI job) sees the host's RAM: a run above its
+    # limit passed the check, and was killed at the limit without a word.
+    from tf_maml import threads
+
+    path = tmp_path / "memory.max"
+    path.write_text(limit)
+    monkeypatch.setattr(threads, "CGROUP_MEMORY_LIMITS", (str(tmp_path / "none"), str(path)))
+    monkeypatch.setattr(threads, "physical_memory", lambda: 64 * 2**30)  # any machine's
+    assert threads.container_memory() == seen
+    config = sine_config(tmp_path, update_batch_size=10**7, train=True, meta_batch_size=4)
+    needed = max(n for n, _, _ in experiment.least_memory(config))
+    assert 2**30 < needed < 8 * 2**30  # above the limit, below the machine's memory
+    if seen is None:
+        runner._check_memory(config)
+        return
+    with pytest.raises(ConfigError, match=r"^--update_batch_size=10000000: .* would take at "
+                       r"least [0-9.]+ GB of memory, more than the 1\.0 GB this container may "
+                       r"use \(its cgroup memory limit\): the system would kill the process "
+                       r"without a word; give a smaller --update_batch_size$"):
+        runner._check_memory(config)
 
 
 @pytest.mark.parametrize("overrides, flag", [

@@ -99,17 +99,42 @@ def physical_memory() -> int | None:
         return None
 
 
+# The memory limit of this process's container (cgroup v2, then v1): a container (Docker's
+# --memory, a Kubernetes pod, a CI job) sees the host's RAM in sysconf, but is killed at
+# its limit, without a word.
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max",
+                        "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def container_memory() -> int | None:
+    """Bytes of this process's container memory limit; None if there is none (``max``, or
+    v1's "unlimited", a number above any machine's) or the system does not say."""
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        return int(text) if text.isdigit() and int(text) < 2**60 else None
+    return None
+
+
 def memory_problem(needed: int, what: str) -> str | None:
     """Why ``what``, which holds at least ``needed`` bytes at once, cannot run here: more
-    than this machine's memory, where the system kills the process without a word (the
-    command line's and ``MetaLearner.fit``'s checks, each with its own fix); None if it may
-    fit, or the system does not say how much memory it has."""
-    memory = physical_memory()
+    than this machine's memory (or its container's limit, if lower), where the system kills
+    the process without a word (the command line's and ``MetaLearner.fit``'s checks, each
+    with its own fix); None if it may fit, or the system does not say how much memory it
+    has."""
+    memory, limit = physical_memory(), container_memory()
+    if limit and (not memory or limit < memory):
+        have = f"the {limit / 2**30:.1f} GB this container may use (its cgroup memory limit)"
+        memory = limit
+    elif memory:
+        have = f"this machine's {memory / 2**30:.1f} GB"
     if not memory or needed <= memory:
         return None
-    return (f"{what} would take at least {needed / 2**30:.1f} GB of memory, more than this "
-            f"machine's {memory / 2**30:.1f} GB: the system would kill the process without a "
-            "word")
+    return (f"{what} would take at least {needed / 2**30:.1f} GB of memory, more than {have}: "
+            "the system would kill the process without a word")
 
 
 def available_cores() -> int:
