@@ -501,6 +501,20 @@ def test_export_dir_linked_to_nothing_is_refused_naming_the_link(tmp_path, below
     assert sorted(os.listdir(tmp_path)) == ["linked"]
 
 
+def test_an_export_dir_name_too_long_to_write_beside_is_refused_before_anything(tmp_path):
+    # A name of 250 bytes is one the file system takes, but the export is written beside it
+    # under a longer temporary name first: "File name too long" came after the whole export
+    # was computed (after the training, with tf-maml --export_dir).
+    path = tmp_path / ("b" * 250)
+    with pytest.raises(RunDirError, match=rf"^`export_dir` {re.escape(str(path))}: its name "
+                       r"is too long for the export, which is written beside it as \.b{20}"
+                       r"\.\.\.\.tmp first \(\d+ bytes while it is written, over the 255 a "
+                       r"file name may have\): give a shorter name$"):
+        check_export_dir(str(path))
+    assert os.listdir(tmp_path) == []
+    check_export_dir(str(tmp_path / ("b" * 200)))  # room for the temporary name
+
+
 def test_export_dir_with_other_files_is_refused_and_an_export_is_replaced(tmp_path):
     learner = tiny_learner()
     other = tmp_path / "mine"

@@ -39,6 +39,24 @@ def temporary_name(path: str) -> str:
     return f"{path}.{os.getpid()}{TEMP_SUFFIX}"
 
 
+def temporary_name_problem(path: str) -> str | None:
+    """Why ``path`` cannot be written whole in its folder: its :func:`temporary_name` is
+    longer than a file name may be there (the file system's limit where it says, else 255
+    bytes), though ``path``'s own name may not be ("<n> bytes while it is written, over the
+    <limit> a file name may have"); None if it fits."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while folder and not os.path.isdir(folder):  # the folder it would be made in
+        folder = os.path.dirname(folder)
+    try:
+        limit = os.pathconf(folder or os.curdir, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no such query here (Windows)
+        limit = 255
+    longest = len(os.path.basename(temporary_name(path)).encode())
+    if longest <= limit:
+        return None
+    return f"{longest} bytes while it is written, over the {limit} a file name may have"
+
+
 def write(path: str, data: str | bytes, fsync: bool = False) -> None:
     """Replaces ``path`` whole with ``data`` (text or bytes)."""
     write_all({path: data}, fsync)

@@ -430,6 +430,13 @@ def check_export_dir(export_dir: str) -> None:
         raise RunDirError("`export_dir` is empty: give the path of a new directory")
     if tensorflow_pattern(export_dir):  # else loading the export fails: no variables found
         raise RunDirError(f"`export_dir` {tensorflow_pattern(export_dir)}")
+    parent, name = os.path.split(os.path.realpath(export_dir))
+    too_long = atomic.temporary_name_problem(os.path.join(parent, "." + name))
+    if too_long:  # else "File name too long" after the whole export was computed
+        raise RunDirError(
+            f"`export_dir` {export_dir}: its name is too long for the export, which is written "
+            f"beside it as .{name[:20]}...{atomic.TEMP_SUFFIX} first ({too_long}): give a "
+            "shorter name")
     dangling = dangling_link_problem(export_dir)
     if dangling:  # else the export made the link's target, or its parent folders
         raise RunDirError(

@@ -275,15 +275,10 @@ def reevaluation_name(run_dir: str, step_sizes: Sequence[float]) -> str:
     (:func:`tf_maml.atomic.temporary_name`) exceeds first."""
     # + 0.0: -0 is 0, one name for one evaluation.
     name = "test_returns_steps" + "_".join(str(float(v) + 0.0) for v in step_sizes)
-    try:
-        limit = os.pathconf(run_dir, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):  # no such query here (Windows)
-        limit = 255
-    longest = len(os.path.basename(atomic.temporary_name(name + ".npy")).encode())
-    if longest > limit:
+    problem = atomic.temporary_name_problem(os.path.join(run_dir, name + ".npy"))
+    if problem:
         raise ConfigError(
             f"`step_sizes`: {len(step_sizes)} step sizes would name the results {name}.csv, "
-            f"too long a name for a file in {run_dir} ({longest} bytes while it is written, "
-            f"over the {limit} a file name may have): give fewer step sizes (one per test "
-            "step)")
+            f"too long a name for a file in {run_dir} ({problem}): give fewer step sizes "
+            "(one per test step)")
     return name
