@@ -2417,6 +2417,23 @@ def test_class_ids_out_of_range_in_a_later_call_are_one_line(method, capfd):
         np.testing.assert_array_equal(old, v.numpy())
 
 
+def test_a_later_batch_tensorflow_refuses_for_a_loss_of_its_own_is_one_line():
+    # A loss tf_maml cannot tell takes class ids is not range-checked after the first
+    # batch: TensorFlow's refusal inside the compiled step is still said in one line.
+    def own_loss(y, logits):
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            tf.cast(y, tf.int32), logits))
+
+    learner = MetaLearner(classifier(3), own_loss)
+    good = class_batch(3)
+    learner.evaluate_batch(good, 1)
+    with pytest.raises(BatchError, match=r"^evaluate_batch: Received a label value of 7 which "
+                       r"is outside the valid range of \[0, 3\)\. Label values: [0-9 ]+ \(only "
+                       r"the first batch is checked in full before a step: check this one, "
+                       r"e\.g\. that its class ids are in 0\.\.N-1\)$"):
+        learner.evaluate_batch(_with_class(good, 1, 7), 1)
+
+
 def test_unknown_nan_policy_is_named():
     with pytest.raises(ValueError, match="nan_policy must be 'stop' or 'skip', got 'ignore'"):
         MetaLearner(mlp(), losses.mse).fit(SinusoidTasks(5, 5), iterations=1,

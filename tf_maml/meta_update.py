@@ -25,14 +25,15 @@ from tf_maml.options.annealing import FirstOrderUntil
 def refused_batches(where: str) -> Iterator[None]:
     """TensorFlow's InvalidArgumentError from inside a compiled step on a batch as a
     :class:`~tf_maml.errors.BatchError` of one line, naming ``where`` (the method) and
-    TensorFlow's reason: a batch after the first, whose targets were not checked (a class id
-    out of range), which was a traceback of TensorFlow's graph."""
+    TensorFlow's reason: a batch after the first, checked in full only in part (a class id
+    out of range for a loss whose targets tf_maml cannot tell), which was a traceback of
+    TensorFlow's graph."""
     try:
         yield
     except tf.errors.InvalidArgumentError as err:
         raise BatchError(f"{where}: {tensorflow_reason(err.message)} (only the first batch is "
-                         "checked before a step: check this one, e.g. that its class ids are "
-                         "in 0..N-1)") from None
+                         "checked in full before a step: check this one, e.g. that its class "
+                         "ids are in 0..N-1)") from None
 
 
 class MetaUpdate:
