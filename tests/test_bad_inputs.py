@@ -2555,6 +2555,31 @@ def test_examples_of_another_shape_are_named_in_one_line(learner, method):
         learner.predict(x) if method == "predict" else learner.adapt(x, np.zeros((3, 1)))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(task_parallelism="accumulate", tasks_per_chunk=2.5),
+     r"^tasks_per_chunk needs task_parallelism='accumulate' \(or 'auto'\) and a positive "
+     r"whole number, got 2\.5$"),
+    (dict(parallel_chunks="2"), r"^parallel_chunks must be a positive whole number \(or None: "
+                                r"one per CPU core\), got '2'$"),
+    (dict(batched_patch_budget=-1), r"^batched_patch_budget must be a whole number of bytes "
+                                    r">= 1, got -1$"),
+    (dict(autotune="no"), r"^autotune must be True or False, got 'no'$"),
+], ids=["fractional-chunk", "string-chunks", "negative-budget", "string-autotune"])
+def test_bad_execution_plan_values_are_named(kwargs, message):
+    # 2.5 tasks per chunk ran 2, a budget of -1 sent every task down the slow path, and
+    # autotune="no" autotuned (a non-empty string is true).
+    with pytest.raises(ValueError, match=message):
+        ExecutionPlan(**kwargs)
+
+
+@pytest.mark.parametrize("shots", [2.5, "5", 0])
+def test_bad_shots_of_the_summed_cross_entropy_are_named(shots):
+    # 2.5 divided the loss by 2.5; "5" failed in a comparison of str and int.
+    with pytest.raises(ValueError, match=rf"^shots must be a whole number of examples per "
+                       rf"class \(K\) >= 1, got {re.escape(repr(shots))}$"):
+        losses.summed_xent(shots)
+
+
 def test_adapt_on_an_empty_support_set_is_refused(learner):
     # The loss of no example had no gradient: θ came back as the "adapted" weights.
     with pytest.raises(ValueError, match=r"^adapt: support_x holds no examples; adapting "

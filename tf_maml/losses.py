@@ -13,6 +13,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from tf_maml.errors import check_count
+
 CLASSES, REGRESSION = "classes", "regression"
 # Keras losses by the targets they take (the others, e.g. one-hot categorical
 # cross-entropy, are left unmarked: export then asks for ``targets=``).
@@ -50,8 +52,8 @@ def summed_xent(shots: int):
     Σ CE / K = N · mean CE on an N-way K-shot support set. With a mean the inner step would
     be N times smaller. Labels are integer class ids.
     """
-    if shots <= 0:
-        raise ValueError(f"shots must be positive, got {shots}")
+    # Else 2.5 divided by 2.5, "5" failed in a comparison.
+    check_count("shots", shots, 1, "a whole number of examples per class (K)")
 
     def loss(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(

@@ -29,6 +29,7 @@ import keras
 
 from tf_maml import keras_internals
 from tf_maml import threads as threads_lib
+from tf_maml.errors import is_count
 from tf_maml.mapping import batched as batched_lib
 from tf_maml.mapping.accumulate import Accumulate
 from tf_maml.mapping.per_task import PerTask
@@ -104,14 +105,24 @@ class ExecutionPlan:
         if self.task_parallelism not in TASK_PARALLELISM:
             raise ValueError(f"task_parallelism must be one of {TASK_PARALLELISM}, got "
                              f"{self.task_parallelism!r}")
+        # Whole numbers: else 2.5 tasks per chunk ran 2, and a budget of -1 or "4MB" failed
+        # in a comparison deep in the plan's rules, or put every task on the slow path.
         if self.tasks_per_chunk is not None and (
                 self.task_parallelism not in ("accumulate", "auto")
-                or int(self.tasks_per_chunk) < 1):
+                or not is_count(self.tasks_per_chunk, 1)):
             raise ValueError("tasks_per_chunk needs task_parallelism='accumulate' (or 'auto') "
-                             f"and a positive number, got {self.tasks_per_chunk!r}")
-        if self.parallel_chunks is not None and int(self.parallel_chunks) < 1:
-            raise ValueError(f"parallel_chunks must be a positive number (or None: one per "
-                             f"CPU core), got {self.parallel_chunks!r}")
+                             f"and a positive whole number, got {self.tasks_per_chunk!r}")
+        if self.parallel_chunks is not None and not is_count(self.parallel_chunks, 1):
+            raise ValueError(f"parallel_chunks must be a positive whole number (or None: one "
+                             f"per CPU core), got {self.parallel_chunks!r}")
+        for name in ("batched_patch_budget", "accumulate_patch_budget",
+                     "parallel_chunk_patch_budget"):
+            if not is_count(getattr(self, name), 1):
+                raise ValueError(f"{name} must be a whole number of bytes >= 1, got "
+                                 f"{getattr(self, name)!r}")
+        for name in ("autotune", "cache_body_features"):
+            if not isinstance(getattr(self, name), bool):  # else "no" was true
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def check(self, model: keras.Model) -> None:
         """A ValueError if this plan cannot run ``model`` (said when the learner is built)."""
