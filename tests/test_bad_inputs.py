@@ -2325,6 +2325,25 @@ def test_finetuner_on_tasks_of_more_classes_than_its_head_says_so():
         tuner.finetune(x[0], y[0], qx[0], 1)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_classes=1), r"^FineTuner: num_classes must be N >= 2 of N-way tasks, got 1$"),
+    (dict(inner_lr=-0.1), r"^the inner learning rate α must be >= 0 \(a step size; 0 leaves "
+                          r"the weights unchanged\), got -0\.1$"),
+    (dict(inner_lr=float("nan")), r"^the inner learning rate must be a finite number, got nan$"),
+    (dict(lr_decay=-1.0), r"^FineTuner: lr_decay must be a finite number >= 0 \(0: a fixed "
+                          r"step size\), got -1\.0$"),
+], ids=["one-way", "negative-lr", "nan-lr", "negative-decay"])
+def test_bad_finetuner_arguments_are_named(kwargs, message):
+    # A negative α fine-tuned up the support loss, a NaN one gave NaN logits, a decay of
+    # -1 an infinite step at step 1, and a head of one logit a loss of 0.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, activation="relu"),
+                              keras.layers.Dense(5)])
+    with pytest.raises(ValueError, match=message):
+        baselines.FineTuner(baselines.Classifier(model), **{"num_classes": 3, "inner_lr": 0.1,
+                                                            **kwargs})
+
+
 class NaNTasks:
     """Sinusoid tasks whose query targets are NaN (broken data)."""
 

@@ -26,6 +26,7 @@ docs/baselines.md lists what the papers specify, what they leave open, and our c
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import Callable
 
@@ -38,6 +39,7 @@ from tf_maml import evaluate as evaluate_lib
 from tf_maml import keras_internals, losses, models
 from tf_maml.data.miniimagenet import EXPECTED_NUM_CLASSES
 from tf_maml.mamlpp import check_meta_lr
+from tf_maml.options import rates
 from tf_maml.options.meta_optimizer import ORIGINAL_ADAM_EPSILON, apply_if_finite
 from tf_maml.tasks.image_tasks import DataError, FewShotTasks
 from tf_maml.tasks.miniimagenet import IMAGE_SHAPE
@@ -232,6 +234,14 @@ class FineTuner:
             raise TypeError(f"FineTuner: num_classes must be the tasks' number of classes, "
                             f"got {type(num_classes).__name__}; from a Config pass "
                             "config.num_classes (and seed=config.seed)")
+        if num_classes < 2:  # else a head of 0 or 1 logits, whose loss is 0
+            raise ValueError(f"FineTuner: num_classes must be N >= 2 of N-way tasks, got "
+                             f"{num_classes}")
+        inner_lr = rates.InnerRate(inner_lr).value  # finite, >= 0: else steps up the loss
+        if not (math.isfinite(float(lr_decay)) and float(lr_decay) >= 0):
+            # Else the step size α / (1 + step · decay) grew, or was infinite at one step.
+            raise ValueError(f"FineTuner: lr_decay must be a finite number >= 0 (0: a fixed "
+                             f"step size), got {lr_decay}")
         self.num_classes = int(num_classes)
         self.model = with_new_head(classifier.model, self.num_classes, seed)
         self.inner_lr = tf.Variable(float(inner_lr), trainable=False, name="finetune_lr")
