@@ -2014,7 +2014,14 @@ def test_anil_with_a_frozen_body_or_a_frozen_batch_norm_after_the_head_is_accept
     (dict(inner_lr=-0.1), r"^the inner learning rate α must be >= 0 .*got -0\.1$"),
     (dict(max_kl=0.0), r"^max_kl, TRPO's KL limit δ, must be a positive finite number \(the "
                        r"paper's is 0\.01\), got 0\.0$"),
-], ids=["family-typo", "negative-alpha", "zero-kl"])
+    # 2.5 inner steps ran 2, 2.5 trajectories sampled 2, a horizon of 2.5 stepped 2.
+    (dict(inner_steps=2.5), r"^inner_steps must be a whole number of inner steps >= 0, got "
+                            r"2\.5$"),
+    (dict(num_trajectories=2.5), r"^num_trajectories must be a whole number of trajectories "
+                                 r">= 1, got 2\.5$"),
+    (dict(horizon=2.5), r"^horizon must be a whole number of steps >= 1, got 2\.5$"),
+], ids=["family-typo", "negative-alpha", "zero-kl", "fractional-steps",
+        "fractional-trajectories", "fractional-horizon"])
 def test_bad_rl_learner_arguments_are_named(kwargs, message):
     # The typo was "the locomotion task family must be one of cheetah_vel, ..." (navigation
     # left out); a negative α stepped down the return, and a δ of 0 rejected every step.

@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
+from tf_maml.errors import check_count
 from tf_maml.options.rates import InnerRate
 from tf_maml.rl import policy as policy_lib
 from tf_maml.rl import sampler, trpo
@@ -124,9 +125,9 @@ class RLMetaLearner:
                              f"{type(env).__name__}")
         if not policy.built or not policy.trainable_variables:
             raise ValueError("RLMetaLearner needs a built policy with trainable weights")
-        if inner_steps < 0 or num_trajectories < 1:
-            raise ValueError(f"inner_steps must be >= 0 and num_trajectories >= 1, got "
-                             f"{inner_steps} and {num_trajectories}")
+        # Whole numbers: else 2.5 inner steps ran 2 and 2.5 trajectories sampled 2.
+        check_count("inner_steps", inner_steps, 0, "a whole number of inner steps")
+        check_count("num_trajectories", num_trajectories, 1, "a whole number of trajectories")
         if not 0 < discount <= 1:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
         # A negative α stepped down the return; a δ of 0 rejected every TRPO step.

@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_maml.errors import check_count
+
 try:  # optional: only for NavigationEnv's spaces and isinstance(env, gymnasium.Env)
     import gymnasium as _gymnasium
 except ImportError:  # pragma: no cover - exercised where gymnasium is absent
@@ -73,8 +75,7 @@ class NavigationTasks:
 
     def __init__(self, oracle: bool = False, horizon: int = HORIZON,
                  max_speed: float = MAX_SPEED, goal_tolerance: float = GOAL_TOLERANCE):
-        if horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        check_count("horizon", horizon, 1, "a whole number of steps")  # 2.5 ran 2
         if not max_speed > 0 or not goal_tolerance >= 0:
             raise ValueError(f"max_speed must be > 0 and goal_tolerance >= 0, got {max_speed} "
                              f"and {goal_tolerance}")
