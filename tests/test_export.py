@@ -515,6 +515,33 @@ def test_an_export_dir_name_too_long_to_write_beside_is_refused_before_anything(
     check_export_dir(str(tmp_path / ("b" * 200)))  # room for the temporary name
 
 
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES], ids=["read-only", "permission"])
+def test_an_export_dir_in_a_folder_that_refuses_files_is_refused_up_front(tmp_path,
+                                                                         monkeypatch, code):
+    # The command line checks export_dir before training: a read-only folder passed, and
+    # the export failed after the training. (As root, chmod cannot show it: a new file
+    # there is made to fail as a read-only mount or a permission would make it.)
+    import tempfile
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    create = tempfile.TemporaryFile
+
+    def refused(*args, dir=None, **kwargs):
+        if dir is not None and os.path.realpath(dir).startswith(str(folder)):
+            raise OSError(code, os.strerror(code))
+        return create(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    with pytest.raises(RunDirError) as info:
+        check_export_dir(str(folder / "model" / "v1"))
+    assert str(info.value) == (
+        f"could not write the SavedModel export v1 in {folder}: {os.strerror(code)}. "
+        f"Nothing was lost: nothing was written; make {folder} writable, or use another "
+        "`export_dir`, then run the same command again.")
+    assert os.listdir(folder) == []
+
+
 def test_export_dir_with_other_files_is_refused_and_an_export_is_replaced(tmp_path):
     learner = tiny_learner()
     other = tmp_path / "mine"

@@ -451,6 +451,16 @@ def check_export_dir(export_dir: str) -> None:
         raise RunDirError(
             f"`export_dir` {export_dir} cannot be made: {above} is a file, not a directory; "
             "give the path of a new directory elsewhere")
+    try:  # the export is written beside it: a read-only parent failed after the training
+        rundir.check_writable_later(parent)
+    except OSError as err:
+        folder = os.path.dirname(os.path.abspath(export_dir))
+        while folder and not os.path.isdir(folder):  # the folder that refused it
+            folder = os.path.dirname(folder)
+        raise RunDirError(rundir.os_error_message(
+            err, folder, "write the SavedModel export "
+            f"{os.path.basename(os.path.normpath(export_dir))}", "nothing was written",
+            arg="export_dir")) from None
     if os.path.isdir(export_dir):
         foreign = sorted(set(os.listdir(export_dir)) - EXPORT_ENTRIES)
         if foreign:
