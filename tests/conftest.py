@@ -1,10 +1,13 @@
 """Shared by tests/test_mapping_accumulate.py, tests/test_mapping_batched.py and
 tests/test_fused_batch_norm.py: Keras' float policy for a test, and the small strided conv4
 with batch norm (and its tasks) that test_mapping_accumulate.py and test_fused_batch_norm.py
-both differentiate. Import the helpers with ``from conftest import ...`` (pytest puts tests/
+both differentiate; by tests/test_zoo_check.py and tests/test_export.py: a folder that
+refuses new files. Import the helpers with ``from conftest import ...`` (pytest puts tests/
 on sys.path: it has no __init__.py)."""
 
 import contextlib
+import os
+import tempfile
 
 import keras
 import numpy as np
@@ -48,3 +51,17 @@ def five_way_batch(rng, shape=SMALL_CONV_SHAPE, tasks=3):
     labels = np.tile(np.arange(5, dtype="int32"), (tasks, 1))
     return (rng.uniform(size=(tasks, 5) + shape), labels,
             rng.uniform(size=(tasks, 10) + shape), np.tile(labels, (1, 2)))
+
+
+def refuse_files_below(monkeypatch, folder, code: int) -> None:
+    """Makes a new file in ``folder`` (or below it) fail with the OSError ``code`` (EROFS: a
+    read-only mount; EACCES: permissions), as the writability checks make one: as root,
+    chmod cannot show it."""
+    create = tempfile.TemporaryFile
+
+    def refused(*args, dir=None, **kwargs):
+        if dir is not None and os.path.realpath(dir).startswith(str(folder)):
+            raise OSError(code, os.strerror(code))
+        return create(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)

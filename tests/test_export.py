@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import refuse_files_below
 
 from tf_maml import adapt as adapt_lib
 from tf_maml import losses, models, options
@@ -521,18 +522,9 @@ def test_an_export_dir_in_a_folder_that_refuses_files_is_refused_up_front(tmp_pa
     # The command line checks export_dir before training: a read-only folder passed, and
     # the export failed after the training. (As root, chmod cannot show it: a new file
     # there is made to fail as a read-only mount or a permission would make it.)
-    import tempfile
-
     folder = tmp_path / "ro"
     folder.mkdir()
-    create = tempfile.TemporaryFile
-
-    def refused(*args, dir=None, **kwargs):
-        if dir is not None and os.path.realpath(dir).startswith(str(folder)):
-            raise OSError(code, os.strerror(code))
-        return create(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    refuse_files_below(monkeypatch, folder, code)
     with pytest.raises(RunDirError) as info:
         check_export_dir(str(folder / "model" / "v1"))
     assert str(info.value) == (

@@ -17,11 +17,11 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
 
 import numpy as np
 import pytest
 from absl import flags as absl_flags
+from conftest import refuse_files_below
 
 from tf_maml import reproduce, zoo
 
@@ -371,7 +371,7 @@ def test_a_report_that_cannot_be_written_is_refused_before_any_row_runs(
         place.write_text("a file")
     else:
         place.mkdir()
-        _refuse_files_below(monkeypatch, place, errno.EROFS)
+        refuse_files_below(monkeypatch, place, errno.EROFS)
     target = place / "inside" if damage == "file" else place
     value = target / "RESULTS.md" if flag == "output" else target
     with pytest.raises(reproduce.ReproduceError) as err:
@@ -526,7 +526,7 @@ def test_a_zoo_folder_that_cannot_be_written_stops_a_row_to_train_before_trainin
         zoo.mkdir()
         if row == "unfinished":
             shutil.copytree(os.path.join(REPO, "zoo", SINE), zoo / SINE)
-    _refuse_files_below(monkeypatch, zoo, errno.EACCES)
+    refuse_files_below(monkeypatch, zoo, errno.EACCES)
     code = _main(tmp_path, monkeypatch, f"--experiments={SINE}", "--run_budget_minutes=0.01",
                  "--evaluate=False")
     out = capsys.readouterr().out
@@ -564,16 +564,3 @@ def test_a_failed_publish_fails_the_command_and_keeps_the_run_directory(tmp_path
     assert zoo.latest_iteration(plan.run_dir) == 70000
     assert _digest(pathlib.Path(plan.run_dir)) == before
 
-
-def _refuse_files_below(monkeypatch, folder, code: int) -> None:
-    """Makes a new file in ``folder`` (or below it) fail with the OSError ``code`` (EROFS: a
-    read-only mount; EACCES: permissions), as the writability checks make one: as root,
-    chmod cannot show it."""
-    create = tempfile.TemporaryFile
-
-    def refused(*args, dir=None, **kwargs):
-        if dir is not None and os.path.realpath(dir).startswith(str(folder)):
-            raise OSError(code, os.strerror(code))
-        return create(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
