@@ -535,6 +535,20 @@ def replace_image(path: str, data: bytes, cache: str) -> None:
     os.utime(path, ns=(later, later))
 
 
+def test_a_run_without_its_evaluation_split_stops_before_training(prepared, tmp_path):
+    # --test_set=True (every paper flagfile) with the test split missing: the run trained to
+    # the end (10 hours for MiniImageNet), then stopped at "data not found".
+    data_dir = copy_prepared(prepared, tmp_path)
+    shutil.rmtree(os.path.join(data_dir, "test"))
+    os.remove(os.path.join(data_dir, "test.npz"))
+    config = mini_config(data_dir, num_filters=4, metatrain_iterations=2, test_set=True,
+                         num_test_tasks=2, logdir=str(tmp_path / "logs"))
+    with pytest.raises(DataError, match=rf"^MiniImageNet data not found at "
+                       rf"{re.escape(os.path.join(data_dir, 'test'))}: "):
+        runner.run(config, log=lambda *_: None)
+    assert not os.path.exists(os.path.join(runner.run_dir(config), "checkpoint"))  # untrained
+
+
 @pytest.mark.parametrize("damage, message", [
     ("truncated", r"1 image file is damaged: .*/test/n03000002/n0300000200000004\.jpg \(cut "
                   r"short: no JPEG end marker\); run `python -m data_prep\.miniimagenet "),

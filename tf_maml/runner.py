@@ -168,8 +168,12 @@ def _run(config: Config, directory: str, learner, chief: bool, log) -> dict:
             log(f"WARNING: {directory} already holds checkpoints: training resumes from the "
                 "latest of them, which replaces the --init_checkpoint weights.")
     result: dict = {"run_dir": directory, "learner": learner}
+    source = None
     if config.train and config.test_after_train and chief:
         _check_results_writable(config, directory)  # before the training, not after it
+        # The evaluation's split is read now too: a missing or damaged test split stopped
+        # the run only after its training (10 hours with the paper's MiniImageNet flags).
+        source = eval_source(config)
     # Nothing is written to the run directory before the data and the checkpoint have loaded.
     if config.train:
         result["iterations"] = _train(learner, config, directory, chief, changes, log)
@@ -180,7 +184,6 @@ def _run(config: Config, directory: str, learner, chief: bool, log) -> dict:
                                            log)
         if not config.test_after_train:
             return result
-        source = eval_source(config)
     else:
         if not chief:
             log("Evaluation runs on the chief worker only.")
