@@ -313,16 +313,46 @@ def test_meta_learner_docstring_example_runs(capsys):
     assert np.isfinite(mse) and mse > 0
 
 
+class _ScaledWeight(keras.layers.Layer):
+    """A custom layer whose weight has its own regularizer (``add_weight(regularizer=)``)."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones",
+                                     regularizer=keras.regularizers.L2(0.5))
+
+    def call(self, x):
+        return x * self.scale
+
+
 @pytest.mark.parametrize("layer", [
     keras.layers.Dense(WAYS, kernel_regularizer=keras.regularizers.L2(0.1)),
     keras.layers.Dense(WAYS, bias_regularizer="l1"),
-    keras.layers.Dense(WAYS, activity_regularizer="l2"),
+    _ScaledWeight(),
 ])
-def test_regularized_model_is_refused_not_silently_unregularized(layer):
-    # Keras' fit adds model.losses to the loss; MetaLearner's losses are loss_fn's alone,
-    # so a penalty would be left out of the inner step and the meta-update without a word.
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), layer])
-    with pytest.raises(ValueError, match=f"regularizers.*{layer.name}.*silently ignored"):
+def test_weight_regularized_model_trains_with_its_penalty(layer):
+    # Keras' fit adds the weights' penalties (model.losses) to the loss; so does MetaLearner
+    # (tests/test_regularizers.py checks the values): accepted, and a step moves θ.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(WAYS), layer])
+    learner = MetaLearner(model, losses.summed_xent(SHOTS))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, WAYS * SHOTS, 4)).astype(np.float32)
+    y = np.tile(np.repeat(np.arange(WAYS), SHOTS), (2, 1))
+    before = [w.copy() for w in model.get_weights()]
+    assert bool(learner.train_step((x, y, x, y))["applied"])
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(model.get_weights(), before))
+
+
+@pytest.mark.parametrize("activity", [
+    keras.layers.Dense(WAYS, activity_regularizer="l2"),
+    keras.layers.ActivityRegularization(l2=0.1),
+])
+def test_activity_regularized_model_is_refused_not_silently_unregularized(activity):
+    # An activity penalty depends on a forward pass's activations, which MetaLearner's
+    # losses do not collect: it would be left out of the inner step and the meta-update.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(WAYS), activity])
+    with pytest.raises(ValueError,
+                       match=f"activity regularizers.*{activity.name}.*silently ignored"):
         MetaLearner(model, losses.summed_xent(SHOTS))
 
 

@@ -9,7 +9,9 @@ For a model with trainable weights θ, one inner step on a task's support set is
 
     θ' = θ − α ∇θ L(f(support_x; θ), support_y)            (Finn et al. 2017, eq. 1)
 
-and ``num_steps`` steps repeat it from the previous fast weights. The model's own code is
+and ``num_steps`` steps repeat it from the previous fast weights. A model with weight
+regularizers descends L + R(θ') instead, its penalties at the fast weights
+(:func:`weight_penalty`), as Keras' ``fit`` adds ``model.losses``. The model's own code is
 never changed: it is called with substituted weights inside a ``keras.StatelessScope`` (the
 mechanism of ``model.stateless_call``, see :func:`forward`). The
 gradient of the support loss is taken with an inner ``tf.GradientTape``; when an outer tape
@@ -47,6 +49,9 @@ def unrolled_steps_problem(num_steps: int) -> str | None:
             f"the {MAX_UNROLLED_STEPS} tf_maml unrolls; give at most {MAX_UNROLLED_STEPS}")
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+# R(w), the weight penalty, over weights laid out as a forward pass takes them: a scalar for
+# one task's, one value per task for a fast path's (e.g. stacked), see :func:`weight_penalty`.
+PenaltyFn = Callable[[Sequence[tf.Tensor]], tf.Tensor]
 # A forward pass over weights laid out like ``model.trainable_variables``: one task's
 # (the default, :func:`forward`), or a fast path's, e.g. every task's weights stacked.
 ForwardFn = Callable[[Sequence[tf.Tensor], tf.Tensor], tf.Tensor]
@@ -178,6 +183,37 @@ def _weight_nearest_output(model: keras.Model):
         frontier = list({id(t.op): t.op for op in frontier for t in op.inputs
                          if id(t.op) not in seen}.values())
     raise ValueError(f"model {model.name}'s output reads none of its trainable weights")
+
+
+def weight_penalty(model: keras.Model) -> PenaltyFn | None:
+    """R(w) = Σ_v v.regularizer(w_v) over the trainable variables v of ``model`` that have a
+    regularizer (``Dense(kernel_regularizer=...)``, ``add_weight(regularizer=...)``), for
+    one task's weights ``w`` laid out like ``model.trainable_variables``; None if no
+    trainable variable has one.
+
+    What Keras' ``fit`` adds to the loss it minimises (``model.losses``' weight terms), but
+    evaluated on the given weights (the fast weights θ' in the inner loop, θ in the outer)
+    rather than the variables. A penalty is a function of the weights alone, so no forward
+    pass is needed and every task mapping computes it the same way."""
+    terms = [(i, v.regularizer) for i, v in enumerate(model.trainable_variables)
+             if getattr(v, "regularizer", None) is not None]
+    if not terms:
+        return None
+
+    def penalty(weights: Sequence[tf.Tensor]) -> tf.Tensor:
+        return tf.add_n([tf.cast(regularizer(weights[i]), weights[i].dtype)
+                         for i, regularizer in terms])
+
+    return penalty
+
+
+def activity_regularized_layers(model: keras.Model) -> list[str]:
+    """The names of ``model``'s layers with an activity regularizer: a penalty on their
+    outputs, which Keras collects in ``model.losses`` during a forward pass, and which no
+    loss here adds (:func:`weight_penalty` is of the weights alone)."""
+    names = [layer.name for layer in keras_internals.layers_of(model)
+             if getattr(layer, "activity_regularizer", None) is not None]
+    return list(dict.fromkeys(names))
 
 
 def adapted_mask(model: keras.Model, adapt_norm: bool = False,
@@ -377,9 +413,14 @@ def inner_step(
     inner_lr: float | tf.Tensor | Sequence[tf.Tensor],
     first_order: bool = False,
     mask: Sequence[bool] | None = None,
+    penalty_fn: PenaltyFn | None = None,
 ) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
     """One SGD step on the support loss, with predictions ``forward_fn(weights, x)``.
     Returns (new weights, support loss, support predictions).
+
+    ``penalty_fn``: the weight penalty R (:func:`weight_penalty`), added to the loss the
+    step descends, R at ``weights`` (the fast weights), as Keras' ``fit`` adds
+    ``model.losses``: θ' − α(∇L + ∇R(θ')). The support loss returned is L alone.
 
     ``inner_lr`` is α: a scalar, or one tensor per trainable variable, broadcast against
     it (Meta-SGD: its shape; MAML++'s LSLR: a scalar).
@@ -392,9 +433,12 @@ def inner_step(
         tape.watch(adapted)
         preds = forward_fn(weights, support_x)
         loss = loss_fn(support_y, preds)
+        descended = loss
+        if penalty_fn is not None:  # (one value per task, as the loss, on a fast path)
+            descended = loss + tf.cast(penalty_fn(weights), loss.dtype)
     # For a vector of per-task losses this is the gradient of their sum, i.e. each task's
     # own gradient for its own (stacked) weights.
-    grads = tape.gradient(loss, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = tape.gradient(descended, adapted, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     # An embedding lookup's gradient is sparse (tf.IndexedSlices), which `lr * g` cannot take:
     # made dense, it is the step on every row (zero for the rows no token used).
     grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
@@ -427,6 +471,7 @@ def adapt(
     forward_fn: ForwardFn | None = None,
     step_params: Callable[[list[tf.Tensor], int], list[tf.Tensor]] | None = None,
     split: Split | None = None,
+    penalty_fn: PenaltyFn | None = None,
 ):
     """``num_steps`` inner SGD steps from ``weights`` on one task's support set.
 
@@ -461,6 +506,10 @@ def adapt(
     support set and the inner steps run the head alone on its features (ANIL,
     :func:`trajectory_forward`); otherwise it is not used. The values are the same either
     way, up to float rounding.
+
+    ``penalty_fn``: the weight penalty R(θ') each step adds to the support loss it descends
+    (:func:`weight_penalty`; one value per task for a ``forward_fn`` of several tasks);
+    the support losses returned are the data loss L alone.
     """
     if forward_fn is None:
         def forward_fn(w, x):
@@ -478,18 +527,18 @@ def adapt(
     start = params_at(weights, 0)
     if not tf.is_tensor(num_steps):
         return _unrolled_steps(forward_fn, start, support_x, support_y, loss_fn, lr_at,
-                               params_at, num_steps, first_order, mask, return_all)
+                               params_at, num_steps, first_order, mask, return_all, penalty_fn)
     if return_all:
         raise ValueError("adapt: return_all=True needs num_steps as a Python int (the "
                          "trajectory's length); a tensor num_steps returns the last step")
     fast = _while_steps(forward_fn, start, support_x, support_y, loss_fn, lr_at, params_at,
-                        num_steps, first_order, mask)
+                        num_steps, first_order, mask, penalty_fn)
     pre_preds = forward_fn(start, support_x)
     return fast, loss_fn(support_y, pre_preds), pre_preds
 
 
 def _unrolled_steps(forward_fn, start, support_x, support_y, loss_fn, lr_at, params_at,
-                    num_steps: int, first_order, mask, return_all):
+                    num_steps: int, first_order, mask, return_all, penalty_fn=None):
     """:func:`adapt`'s steps unrolled over a Python step count (training's hot path: each
     step its own ops in the traced graph)."""
     trajectory = [start]
@@ -498,7 +547,7 @@ def _unrolled_steps(forward_fn, start, support_x, support_y, loss_fn, lr_at, par
         current = trajectory[-1] if step == 0 else params_at(trajectory[-1], step)
         new, loss, preds = inner_step(
             forward_fn, current, support_x, support_y, loss_fn, lr_at(step),
-            first_order=first_order, mask=mask,
+            first_order=first_order, mask=mask, penalty_fn=penalty_fn,
         )
         if pre_loss is None:
             pre_loss, pre_preds = loss, preds
@@ -510,12 +559,13 @@ def _unrolled_steps(forward_fn, start, support_x, support_y, loss_fn, lr_at, par
 
 
 def _while_steps(forward_fn, start, support_x, support_y, loss_fn, lr_at, params_at,
-                 num_steps, first_order, mask) -> list[tf.Tensor]:
+                 num_steps, first_order, mask, penalty_fn=None) -> list[tf.Tensor]:
     """:func:`adapt`'s steps in a ``tf.while_loop`` over a step-count tensor: step s runs on
     ``params_at(θ_s, s)`` (for s = 0 that is ``start`` again: it holds step 0's values)."""
     def body(step, fast):
         new, _, _ = inner_step(forward_fn, params_at(fast, step), support_x, support_y,
-                               loss_fn, lr_at(step), first_order=first_order, mask=mask)
+                               loss_fn, lr_at(step), first_order=first_order, mask=mask,
+                               penalty_fn=penalty_fn)
         return step + 1, new
 
     num_steps = tf.cast(num_steps, tf.int32)

@@ -325,7 +325,8 @@ class _Serving:
         step_params = learner.step_params(weights, _read(learner.bn_steps))
         fast, _, _ = adapt_lib.adapt(model, weights, support_x, support_y, learner.loss_fn,
                                      step_lr, steps, mask=learner.mask, non_trainable=frozen,
-                                     step_params=step_params, split=self.split)
+                                     step_params=step_params, split=self.split,
+                                     penalty_fn=adapt_lib.weight_penalty(model))
         fast = export_checks.finite_weights(fast)
         forward_fn, inputs = adapt_lib.trajectory_forward(
             lambda w, x: adapt_lib.forward(model, w, x, frozen), query_x, weights, self.split,

@@ -62,7 +62,10 @@ class MetaLearner(MetaUpdate):
 
     Args:
       model: any built Keras model (Sequential, functional, subclassed). Its code is not
-        changed: tasks run through it with substituted (fast) weights.
+        changed: tasks run through it with substituted (fast) weights. Its weight
+        regularizers' penalty R is added as Keras' ``fit`` adds it: to every inner step's
+        support loss at the fast weights, R(θ'), and once to the meta-objective, R(θ)
+        (:func:`tf_maml.adapt.weight_penalty`); the losses reported are L alone.
       loss_fn: ``loss_fn(y_true, y_pred) -> scalar`` for ONE task, the inner loop's and the
         meta-objective's L (e.g. :func:`tf_maml.losses.summed_xent`), or a Keras loss name.
       inner_lr: α, a number, or learned: :class:`~tf_maml.options.MetaSGD` (per parameter),
@@ -300,6 +303,7 @@ class MetaLearner(MetaUpdate):
             first_order=first_order, mask=self.mask if mask is None else mask,
             return_all=return_all, forward_fn=runner.forward,
             step_params=self.step_params(theta, bn_steps, runner), split=self._split(runner),
+            penalty_fn=runner.penalty,
         )
 
     def _split(self, runner: Runner):
@@ -387,6 +391,7 @@ class MetaLearner(MetaUpdate):
                 raise ValueError(f"msl_weights needs one weight per inner step "
                                  f"({self.inner_steps}), got shape {msl_weights.shape}")
         signature = self._signature(msl)
+        penalty = adapt_lib.weight_penalty(self.model)
 
         def gradients(tasks, tasks_mapping):
             """The mean meta-gradient and metrics of ``tasks`` under one outer tape."""
@@ -405,6 +410,11 @@ class MetaLearner(MetaUpdate):
                 metrics = {k: tf.reduce_mean(v) for k, v in per_task.items()}
                 objective = metrics["pre_loss" if pretrain else
                                     "msl_loss" if msl else "post_loss"]
+                if penalty is not None:
+                    # Weight decay on θ, as Keras' fit adds model.losses: R(θ) once, not per
+                    # task. Every mapping averages the means of its parts (chunks, replicas)
+                    # with weights summing to 1, so ∇R(θ) reaches the meta-gradient once.
+                    objective = objective + tf.cast(penalty(params), objective.dtype)
             grads = tape.gradient(objective, watched,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return grads, metrics
@@ -434,6 +444,14 @@ class MetaLearner(MetaUpdate):
         }
         out = self.plan.for_tasks(self.model, batch).map(task_fn, batch, signature)
         grads = [p - tf.reduce_mean(f, axis=0) for p, f in zip(params, out["fast"])]
+        penalty = adapt_lib.weight_penalty(self.model)
+        if penalty is not None:  # weight decay on θ, as in meta_gradients: ∇R(θ) once
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                value = penalty(params)
+            decay = tape.gradient(value, params,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = [g + d for g, d in zip(grads, decay)]
         grads += [tf.zeros_like(v) for v in self.inner_lrs + self.bn_steps]
         metrics = {"pre_loss": tf.reduce_mean(out["pre_loss"]),
                    "post_loss": tf.reduce_mean(out["post_loss"])}
@@ -527,15 +545,17 @@ def _check_model(model: keras.Model) -> None:
             f"model {model.name} has trainable weights that are not floats "
             f"({', '.join(integral)}): a gradient step cannot change them. Make them "
             "non-trainable (add_weight(..., trainable=False)) or of a float dtype")
-    regularized = _regularized_layers(model)
+    regularized = adapt_lib.activity_regularized_layers(model)
     if regularized:
-        # Keras' fit adds model.losses to the loss; tf_maml's inner and outer losses are
-        # loss_fn's alone, so a penalty would be silently left out of both.
+        # Keras' fit adds model.losses to the loss. Weight penalties are added to the inner
+        # and outer losses (tf_maml.adapt.weight_penalty), but an activity penalty depends on
+        # the activations of a forward pass, which the losses here do not collect: it would
+        # be silently left out of both.
         raise ValueError(
-            f"model {model.name} has regularizers (layers {', '.join(regularized)}), whose "
-            "penalties (model.losses) MetaLearner does not add to its inner or outer loss: "
-            "they would be silently ignored. Remove the regularizers (for weight decay on "
-            "the meta-update, pass e.g. meta_optimizer=keras.optimizers.AdamW(...))")
+            f"model {model.name} has activity regularizers (layers {', '.join(regularized)}), "
+            "whose penalties MetaLearner does not add to its inner or outer loss: they would "
+            "be silently ignored. Remove them (weight regularizers, e.g. "
+            "kernel_regularizer=..., are supported)")
     random = _random_layers(model)
     if random:
         # A layer's random state (its SeedGenerator) is a variable that the stateless forward
@@ -613,17 +633,6 @@ def _non_float_weights(model: keras.Model) -> list[str]:
     """``layer/weight (dtype)`` for each trainable weight of ``model`` that is not a float."""
     return [f"{v.path} ({v.dtype})" for v in model.trainable_variables
             if not keras.backend.is_float_dtype(v.dtype)]
-
-
-def _regularized_layers(model: keras.Model) -> list[str]:
-    """The names of ``model``'s layers with a weight or activity regularizer (what Keras
-    collects in ``model.losses``)."""
-    names = []
-    for layer in keras_internals.layers_of(model, include_self=False):
-        own = [v for v in layer.trainable_weights if getattr(v, "regularizer", None)]
-        if own or getattr(layer, "activity_regularizer", None) is not None:
-            names.append(layer.name)
-    return list(dict.fromkeys(names))
 
 
 _RANDOM_RATES = ("rate", "dropout", "recurrent_dropout", "stddev")

@@ -24,13 +24,16 @@ class Runner:
     ``weights(theta)`` lays out θ as ``forward`` takes it (θ itself, or one copy per task);
     ``per_task(fn)`` turns a loss or metric of ONE task into one over what is run (``fn``
     itself, or one value per task); ``split``: ``forward`` cut before the head, for ANIL's
-    inner loop (:class:`tf_maml.adapt.Split`; None: the model cannot be cut).
+    inner loop (:class:`tf_maml.adapt.Split`; None: the model cannot be cut); ``penalty``:
+    the weight penalty R of weights laid out as ``forward`` takes them, one value per task
+    run (:func:`tf_maml.adapt.weight_penalty`; None: the model has no regularizer).
     """
 
     forward: adapt_lib.ForwardFn
     weights: Callable[[list[tf.Tensor]], list[tf.Tensor]]
     per_task: Callable[[Callable], Callable]
     split: adapt_lib.Split | None = None
+    penalty: adapt_lib.PenaltyFn | None = None
 
 
 class Mapping:
@@ -57,7 +60,8 @@ class Mapping:
 def model_runner(model: keras.Model) -> Runner:
     """One task through the Keras model itself (:func:`tf_maml.adapt.forward`)."""
     return Runner(forward=lambda weights, x: adapt_lib.forward(model, weights, x),
-                  weights=list, per_task=lambda fn: fn, split=adapt_lib.model_split(model))
+                  weights=list, per_task=lambda fn: fn, split=adapt_lib.model_split(model),
+                  penalty=adapt_lib.weight_penalty(model))
 
 
 def per_task_values(fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:

@@ -411,6 +411,16 @@ def _split(model: keras.Model, steps: Sequence[_Step]) -> adapt_lib.Split | None
     return cut.split(lambda layers: functools.partial(_run, [step_of[id(x)] for x in layers]))
 
 
+def _per_task_penalty(penalty: adapt_lib.PenaltyFn | None) -> adapt_lib.PenaltyFn | None:
+    """R of each task's weights ``[T]`` from stacked weights ``[T, ...]``: the penalty
+    mapped over the task axis. Not the penalty of the stacks themselves: that one sums
+    over the tasks, whose sum's gradient is right for L1 or L2 only by luck of their
+    being sums of elements (a norm's, say, would mix the tasks)."""
+    if penalty is None:
+        return None
+    return lambda stacked: tf.vectorized_map(penalty, list(stacked))
+
+
 class Batched(Mapping):
     """The mapping that runs every task of a batch at once through :func:`batched_forward`.
 
@@ -430,7 +440,8 @@ class Batched(Mapping):
                       weights=lambda theta: _stack(theta, count),
                       per_task=lambda fn: lambda y_true, y_pred: per_task_values(
                           fn, y_true, y_pred),
-                      split=_split(self.model, steps))
+                      split=_split(self.model, steps),
+                      penalty=_per_task_penalty(adapt_lib.weight_penalty(self.model)))
 
     def map(self, fn, batch, signature):
         """``fn(batch, runner)`` once, for every task at once."""
