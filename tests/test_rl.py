@@ -717,6 +717,16 @@ def test_the_learner_reports_maml_rls_returns_and_adapts_on_every_step_of_the_bu
                       sample_budget="steps")
 
 
+@pytest.mark.parametrize("regularizer", [{"kernel_regularizer": "l2"},
+                                         {"activity_regularizer": "l2"}])
+def test_a_regularized_policy_is_refused_not_silently_unregularized(regularizer):
+    # TRPO's meta-step adds no penalty: the regularizer would be ignored without a word.
+    policy = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8, **regularizer),
+                               keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="regularizers.*silently ignored"):
+        RLMetaLearner(policy, NavigationTasks())
+
+
 # ---------------------------------------------------------------- the command line
 def nav_config(tmp_path, **overrides):
     base = dict(datasource="navigation", logdir=str(tmp_path), metatrain_iterations=2,

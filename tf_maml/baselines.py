@@ -148,6 +148,12 @@ class Classifier:
     (minibatches of images, not tasks): autotuning passes it by."""
 
     def __init__(self, model: keras.Model, meta_lr: float = 1e-3):
+        activity = adapt_lib.activity_regularized_layers(model)
+        if activity:  # weight regularizers are added (_train), activity ones would not be
+            raise ValueError(f"Classifier: model {model.name} has activity regularizers "
+                             f"(layers {', '.join(activity)}), whose penalties the "
+                             "pretraining and fine-tuning do not add to their losses: remove "
+                             "them (weight regularizers are supported)")
         self.model = model
         self.metric_fn = losses.accuracy
         self.strategy = None  # one device: the baselines are not distributed
@@ -165,12 +171,16 @@ class Classifier:
         return {}
 
     def _train(self, x, y):
+        variables = self.model.trainable_variables
+        penalty = adapt_lib.weight_penalty(self.model)
         with tf.GradientTape() as tape:
             logits = self.model(x, training=True)  # also updates batch norm's moving moments
             loss = losses.mean_xent(y, logits)
-        variables = self.model.trainable_variables
-        applied = apply_if_finite(self.optimizer, tape.gradient(loss, variables), variables,
-                                  loss)
+            # The weight regularizers' penalty, as Keras' fit adds it (reported: the loss).
+            minimised = loss if penalty is None else loss + penalty(
+                [v.value for v in variables])
+        applied = apply_if_finite(self.optimizer, tape.gradient(minimised, variables),
+                                  variables, loss)
         accuracy = losses.accuracy(y, logits)
         # The loop's callbacks print the original's "pre, post" pair: here both the
         # minibatch's values (there is no adaptation).
@@ -293,7 +303,8 @@ class FineTuner:
         moving = [v.value for v in self.model.non_trainable_variables]
         trajectory, _, _ = adapt_lib.adapt(self.model, weights, support_x, support_y,
                                            losses.mean_xent, self.step_size, int(num_steps),
-                                           non_trainable=moving, return_all=True)
+                                           non_trainable=moving, return_all=True,
+                                           penalty_fn=adapt_lib.weight_penalty(self.model))
         logits = [adapt_lib.forward(self.model, weights, query_x, moving, training=False)]
         for step in range(int(num_steps)):
             moving = self._track(trajectory[step], moving, support_x)

@@ -125,6 +125,15 @@ class RLMetaLearner:
                              f"{type(env).__name__}")
         if not policy.built or not policy.trainable_variables:
             raise ValueError("RLMetaLearner needs a built policy with trainable weights")
+        if (adapt_lib.weight_penalty(policy) is not None
+                or adapt_lib.activity_regularized_layers(policy)):
+            # TRPO's meta-step is a constrained step on the surrogate (a KL trust region),
+            # to which no penalty is added: the regularizers would be silently ignored.
+            raise ValueError(
+                f"policy {policy.name} has weight or activity regularizers, whose penalties "
+                "RLMetaLearner does not add to its inner loss or TRPO's meta-step: they "
+                "would be silently ignored. Remove them (MetaLearner supports weight "
+                "regularizers)")
         # Whole numbers: else 2.5 inner steps ran 2 and 2.5 trajectories sampled 2.
         check_count("inner_steps", inner_steps, 0, "a whole number of inner steps")
         check_count("num_trajectories", num_trajectories, 1, "a whole number of trajectories")
