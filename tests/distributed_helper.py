@@ -67,6 +67,13 @@ def mirrored(out_dir: str, flags: list[str]) -> None:
     def mlp():
         return fc_net((1,), (8, 8), 1, norm="None")
 
+    def regularized_mlp():  # weight penalties: R(θ) must reach the meta-gradient once
+        return keras.Sequential([
+            keras.Input((1,)),
+            keras.layers.Dense(8, activation="relu",
+                               kernel_regularizer=keras.regularizers.L2(0.25)),
+            keras.layers.Dense(1, bias_regularizer=keras.regularizers.L1(0.5))])
+
     def conv():  # the Omniglot net's shape (stride-2 convs, per-task batch norm), tiny
         return conv4((8, 8, 1), 3, num_filters=2, norm="batch_norm")
 
@@ -77,6 +84,8 @@ def mirrored(out_dir: str, flags: list[str]) -> None:
         "reptile": (mlp, dict(loss_fn=losses.mse, objective=options.Reptile(), inner_steps=3),
                     False, sine),
         "pretrain": (mlp, dict(loss_fn=losses.mse), True, sine),
+        "maml_regularized": (regularized_mlp, dict(loss_fn=losses.mse, inner_lr=0.1,
+                                                   inner_steps=2), False, sine),
         "conv_batch_norm": (conv, dict(loss_fn=losses.summed_xent(1), inner_lr=0.4,
                                        objective=options.LastStep(losses.accuracy)), False,
                             images),

@@ -111,7 +111,8 @@ def runs(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------- 2 replicas, 1 process
-CASES = ("maml", "fomaml_metasgd", "reptile", "pretrain", "conv_batch_norm")
+CASES = ("maml", "fomaml_metasgd", "reptile", "pretrain", "maml_regularized",
+         "conv_batch_norm")
 
 
 @pytest.mark.parametrize("case", CASES)

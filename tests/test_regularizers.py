@@ -30,21 +30,22 @@ def np_mse(theta, x, y):
     return float(np.mean((x @ theta - y) ** 2))
 
 
-def np_fast(theta, x, y, steps):
-    """θ' after ``steps`` steps on L + λ‖θ'‖², the penalty at the fast weights."""
+def np_fast(theta, x, y, steps, alpha=ALPHA):
+    """θ' after ``steps`` steps on L + λ‖θ'‖², the penalty at the fast weights; ``alpha``
+    a number or, Meta-SGD, one per weight."""
     trajectory = [theta]
     for _ in range(steps):
         fast = trajectory[-1]
-        trajectory.append(fast - ALPHA * (np_grad(fast, x, y) + 2 * LAMBDA * fast))
+        trajectory.append(fast - alpha * (np_grad(fast, x, y) + 2 * LAMBDA * fast))
     return trajectory
 
 
-def np_objective(theta, tasks, steps, step_weights=None):
+def np_objective(theta, tasks, steps, step_weights=None, alpha=ALPHA):
     """Mean over tasks of the query loss after ``steps`` (or MSL's weighted sum over the
     steps), plus λ‖θ‖² once."""
     total = 0.0
     for sx, sy, qx, qy in tasks:
-        trajectory = np_fast(theta, sx, sy, steps)
+        trajectory = np_fast(theta, sx, sy, steps, alpha)
         if step_weights is None:
             total += np_mse(trajectory[-1], qx, qy)
         else:
@@ -69,7 +70,7 @@ def linear_learner(theta, dtype="float64", **kwargs) -> MetaLearner:
                            kernel_regularizer=keras.regularizers.L2(LAMBDA)),
     ])
     model.set_weights([theta])
-    return MetaLearner(model, losses.mse, inner_lr=ALPHA, **kwargs)
+    return MetaLearner(model, losses.mse, **{"inner_lr": ALPHA, **kwargs})
 
 
 @pytest.fixture
@@ -125,6 +126,20 @@ def test_multi_step_loss_adds_the_penalty_once(problem):
     grads, _ = learner.meta_gradients(as_batch(tasks), msl_weights=tf.constant(weights))
     expected = finite_difference(lambda t: np_objective(t, tasks, 2, weights), theta)
     np.testing.assert_allclose(grads[0].numpy(), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_meta_sgd_rates_and_theta_get_the_regularized_objective_s_gradients(problem):
+    theta, tasks = problem
+    learner = linear_learner(theta, inner_lr=options.MetaSGD(ALPHA), inner_steps=2)
+    alpha = np.array([[0.05], [0.1], [0.2]])
+    learner.inner_lrs[0].assign(alpha)
+    grads, _ = learner.meta_gradients(as_batch(tasks))
+    np.testing.assert_allclose(
+        grads[0].numpy(), finite_difference(lambda t: np_objective(t, tasks, 2, alpha=alpha),
+                                            theta), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        grads[1].numpy(), finite_difference(lambda a: np_objective(theta, tasks, 2, alpha=a),
+                                            alpha), rtol=1e-6, atol=1e-9)
 
 
 def test_reptile_moves_towards_regularized_fast_weights_with_weight_decay(problem):
