@@ -170,6 +170,45 @@ def test_export_adapts_with_the_penalty(problem, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
+def _bn_net(gamma_regularizer):
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([
+        keras.Input((4,), dtype="float64"),
+        keras.layers.Dense(5, dtype="float64"),
+        keras.layers.BatchNormalization(gamma_regularizer=gamma_regularizer, dtype="float64"),
+        keras.layers.ReLU(dtype="float64"),
+        keras.layers.Dense(3, dtype="float64"),
+    ])
+
+
+def test_mamlpp_penalty_of_unadapted_batch_norm_is_weight_decay_on_theta_alone():
+    # Batch norm's γ is not adapted: its penalty is a constant in every inner step (its
+    # per-step copies carry none), so with LSLR, per-step batch norm and the multi-step
+    # loss the meta-gradient is the unregularized one plus ∇R(θ) = 2λγ on γ, and nothing
+    # else changes.
+    rng = np.random.default_rng(1)
+    batch = (rng.normal(size=(2, 3, 4)), np.tile(np.arange(3), (2, 1)),
+             rng.normal(size=(2, 6, 4)), np.tile(np.arange(3), (2, 2)))
+    grads = []
+    for regularizer in (keras.regularizers.L2(LAMBDA), None):
+        learner = MetaLearner(_bn_net(regularizer), losses.summed_xent(1),
+                              inner_lr=options.LSLR(0.3), inner_steps=2,
+                              adapt=options.PerStepBatchNorm(),
+                              objective=options.MultiStepLoss(10),
+                              ).use_plan(ExecutionPlan("loop"))
+        for v in learner.bn_steps:  # per-step values of their own, not θ's
+            v.assign(v + 0.1)
+        out, _ = learner.meta_gradients(batch, msl_weights=learner.msl_weights(0))
+        grads.append([g.numpy() for g in out])
+    gamma_at = [i for i, v in enumerate(learner.model.trainable_variables)
+                if "gamma" in v.path]
+    assert len(gamma_at) == 1
+    gamma = learner.model.trainable_variables[gamma_at[0]].numpy()
+    for i, (regularized, plain) in enumerate(zip(*grads)):
+        decay = 2 * LAMBDA * gamma if i == gamma_at[0] else 0
+        np.testing.assert_allclose(regularized, plain + decay, rtol=1e-9, atol=1e-12)
+
+
 # ---------------------------------------------------------------- stacked weights
 class _Norm(keras.regularizers.Regularizer):
     """λ‖w‖: no sum of elements, so its value on weights stacked over tasks is not the sum
