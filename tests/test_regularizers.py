@@ -248,8 +248,7 @@ def test_stacked_weights_get_each_task_s_own_penalty(adapt):
     for got, want in zip(results["batched"][0], results["loop"][0]):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(results["batched"][1], results["loop"][1], rtol=1e-9)
-    # Guards the comparison: the norm's penalty moves the fast weights.
-    plain = MetaLearner(_mlp(regularized=False), losses.mse, inner_lr=0.2, inner_steps=2,
-                        adapt=adapt)
-    assert np.abs(plain.evaluate_batch(batch, 2)["loss"].numpy()
-                  - results["loop"][1]).max() > 1e-6
+    # Guards the comparison: the penalties change the meta-gradient.
+    plain, _ = MetaLearner(_mlp(regularized=False), losses.mse, inner_lr=0.2, inner_steps=2,
+                           adapt=adapt).use_plan(ExecutionPlan("loop")).meta_gradients(batch)
+    assert max(np.abs(g.numpy() - r).max() for g, r in zip(plain, results["loop"][0])) > 1e-3
