@@ -424,7 +424,8 @@ class MetaLearner(MetaUpdate):
     def reptile_gradients(self, batch: Batch):
         """Reptile (Nichol et al. 2018): θ − mean_i θ'_i, with θ'_i after ``inner_steps``
         SGD steps (step α = ``inner_lr``, every weight adapted) on task i's support set;
-        handed to the meta-optimiser as a gradient."""
+        handed to the meta-optimiser as a gradient. A model with weight regularizers adapts
+        with their penalty, and the move gets ∇R(θ) added once (weight decay on θ)."""
         params = _read(self.model.trainable_variables)
         everything = [True] * len(params)
 
