@@ -2650,3 +2650,26 @@ def test_a_dataset_that_runs_out_says_so_and_keeps_the_training(tmp_path):
         MetaLearner(mlp(), losses.mse).fit(dataset, iterations=5, run_dir=str(run_dir),
                                            log_interval=None, log=lambda s: None)
     assert (run_dir / "model-2.index").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    ((0, -1), r"^index must be a whole number of meta-batches >= 0, got -1$"),
+    ((0, 2.5), r"^index must be a whole number of meta-batches >= 0, got 2\.5$"),
+    ((-3, 0), r"^seed must be a whole number >= 0, got -3$"),
+    ((0, 0, -1), r"^stream must be a whole number >= 0, got -1$"),
+], ids=["negative-index", "fractional-index", "negative-seed", "negative-stream"])
+def test_bad_batch_rng_arguments_are_named(args, message):
+    # numpy's "expected non-negative integer" named no argument, and 2.5 was taken as 2.
+    from tf_maml.tasks import batch_rng
+
+    with pytest.raises(ValueError, match=message):
+        batch_rng(*args)
+
+
+@pytest.mark.parametrize("size", [-1, 0, 2.5, "4"])
+def test_bad_meta_batch_sizes_of_the_sinusoid_source_are_named(size):
+    # -1 was numpy's "negative dimensions are not allowed", 0 an empty meta-batch returned
+    # without a word, 2.5 numpy's TypeError about a float in a shape.
+    with pytest.raises(ValueError, match=r"^meta_batch_size must be a whole number of tasks "
+                       rf">= 1, got {re.escape(repr(size))}$"):
+        SinusoidTasks(5, 5).sample_batch(size, np.random.default_rng(0))

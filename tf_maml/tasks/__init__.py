@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
+from tf_maml.errors import check_count
 from tf_maml.threads import undo_generator_malloc_patch
 
 # AUTOTUNE_STREAM: the batch plans are timed on at the start of training (tf_maml.autotune),
@@ -22,6 +23,10 @@ def batch_rng(seed: int, index: int, stream: int = TRAIN_STREAM) -> np.random.Ge
     tasks an uninterrupted run would have drawn from i on; training, validation and test
     tasks come from different streams.
     """
+    # Else numpy's "expected non-negative integer", naming no argument, and 2.5 taken as 2.
+    check_count("seed", seed, 0, "a whole number")
+    check_count("index", index, 0, "a whole number of meta-batches")
+    check_count("stream", stream, 0, "a whole number")
     return np.random.default_rng([int(seed), int(index), int(stream)])
 
 

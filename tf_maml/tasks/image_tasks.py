@@ -23,6 +23,7 @@ from PIL import Image
 
 from tf_maml.data.prep import MARKER_NAME as COMPLETE_MARKER
 from tf_maml.data.prep import damaged_files, describe_damaged, read_marker
+from tf_maml.errors import check_count
 from tf_maml.threads import undo_generator_malloc_patch
 
 SPLITS = ("train", "val", "test")
@@ -306,10 +307,7 @@ class FewShotTasks:
         into ``images``, the first K support; rotations [T, N]: k for np.rot90;
         orders: (support permutation [T, N*K], query permutation [T, N*Q])).
         """
-        if (not isinstance(meta_batch_size, (int, np.integer)) or isinstance(meta_batch_size, bool)
-                or meta_batch_size < 1):
-            raise ValueError(f"meta_batch_size must be a positive integer, got "
-                             f"{meta_batch_size!r}")
+        check_count("meta_batch_size", meta_batch_size, 1, "a whole number of tasks")
         t, n, k, q = meta_batch_size, self.num_classes, self.num_support, self.num_query
         # N distinct classes in random order: the position in the order is the label.
         classes = np.argsort(rng.random((t, len(self._counts))), axis=1)[:, :n]

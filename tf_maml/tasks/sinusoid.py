@@ -45,6 +45,8 @@ class SinusoidTasks:
 
     def sample_batch(self, meta_batch_size: int, rng: np.random.Generator):
         """support_x [T, K, D], support_y [T, K, 1], query_x [T, Q, D], query_y [T, Q, 1]."""
+        # Else -1 and 2.5 were numpy's errors about a shape, and 0 an empty meta-batch.
+        check_count("meta_batch_size", meta_batch_size, 1, "a whole number of tasks")
         amp, phase = self.sample_params(meta_batch_size, rng)
         points = self.num_support + self.num_query
         x = rng.uniform(*INPUT_RANGE, size=(meta_batch_size, points, 1))
