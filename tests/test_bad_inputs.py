@@ -395,11 +395,48 @@ def test_more_inner_steps_than_unroll_are_refused_up_front(overrides, flag):
     value = overrides[flag]
     with pytest.raises(ConfigError, match=rf"^--{flag}: {value} inner steps would each be "
                                           r"unrolled into the traced graph .*more than the "
-                                          r"1000 tf_maml unrolls; give at most 1000$"):
+                                          r"1000 tf_maml takes; give at most 1000$"):
         Config(datasource="sinusoid", **overrides).validate()
     Config(datasource="sinusoid", **{**overrides, flag: 1000}).validate()  # the bound itself
-    if "algorithm" not in overrides:  # (no Reptile in RL) RL compiles one step per inner
-        Config(datasource="navigation", norm="None", **overrides).validate()  # step
+
+
+@pytest.mark.parametrize("overrides, flag, each", [
+    (dict(train=False, test_num_updates=10**9), "test_num_updates",
+     r"would each sample a fresh batch of trajectories of every task"),
+    (dict(num_updates=1001), "num_updates", r"would each be unrolled into the traced graph"),
+])
+def test_more_rl_inner_steps_than_tf_maml_takes_are_refused_up_front(overrides, flag, each):
+    # RL took any count: --test_num_updates=10**9 sampled trajectories of every task for
+    # each of its steps, for years; the meta-gradient unrolls --num_updates from θ.
+    value = overrides[flag]
+    with pytest.raises(ConfigError, match=rf"^--{flag}: {value} inner steps {each} .*more "
+                                          r"than the 1000 tf_maml takes; give at most 1000$"):
+        Config(datasource="navigation", norm="None", **overrides).validate()
+    Config(datasource="navigation", norm="None", **{**overrides, flag: 1000}).validate()
+
+
+def test_more_rl_inner_steps_than_tf_maml_takes_are_refused_by_the_api(monkeypatch):
+    # RLMetaLearner(inner_steps=10**9) and evaluate(tasks, 10**9, rng) ran without end, and
+    # evaluate(tasks, -1, rng) failed in numpy's stack of no returns. The bound lowered to 2
+    # stands for the real one (1000).
+    from tf_maml import adapt as adapt_lib
+    from tf_maml.rl.learner import RLMetaLearner
+    from tf_maml.rl.policy import gaussian_mlp_policy
+    from tf_maml.tasks.navigation import NavigationTasks
+
+    monkeypatch.setattr(adapt_lib, "MAX_UNROLLED_STEPS", 2)
+    env = NavigationTasks()
+    with pytest.raises(ValueError, match=r"^inner_steps=3: 3 inner steps would each be "
+                                         r"unrolled .*give at most 2$"):
+        RLMetaLearner(gaussian_mlp_policy(2, 2), env, inner_steps=3)
+    learner = RLMetaLearner(gaussian_mlp_policy(2, 2), env, inner_steps=2, num_trajectories=1)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"^evaluate: num_steps=3: 3 inner steps would each "
+                                         r"sample a fresh batch .*give at most 2$"):
+        learner.evaluate(env.sample_tasks(1, rng), 3, rng)
+    with pytest.raises(ValueError, match=r"^num_steps must be a whole number of inner steps "
+                                         r">= 0, got -1$"):
+        learner.evaluate(env.sample_tasks(1, rng), -1, rng)
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "evaluate"])

@@ -39,14 +39,26 @@ ADAPT_LAYERS = ("all", "head")  # MAML adapts every layer; ANIL only the head
 MAX_UNROLLED_STEPS = 1000
 
 
-def unrolled_steps_problem(num_steps: int) -> str | None:
-    """Why ``num_steps`` inner steps cannot be unrolled into a traced graph (more than
-    :data:`MAX_UNROLLED_STEPS`); None if they can."""
+# What each inner step costs, as :func:`unrolled_steps_problem` says it: a compiled step's
+# (supervised training and evaluation, and RL's meta-gradient, which unrolls its inner steps
+# from θ), or RL evaluation's, which runs a step at a time but samples a fresh batch of
+# trajectories of every task for each: 10**9 of them ran for years, with no tensor large
+# enough for a memory check to see either.
+UNROLLED = ("would each be unrolled into the traced graph (its ops and tracing time grow "
+            "with every step: hours before the first task)")
+SAMPLED = ("would each sample a fresh batch of trajectories of every task (the run's time "
+           "grows with every step: 10**9 would not end)")
+
+
+def unrolled_steps_problem(num_steps: int, each: str = UNROLLED) -> str | None:
+    """Why ``num_steps`` inner steps, which ``each`` cost what it says (:data:`UNROLLED`,
+    :data:`SAMPLED`), cannot be taken: more than :data:`MAX_UNROLLED_STEPS`; None if they
+    can."""
     if num_steps <= MAX_UNROLLED_STEPS:
         return None
-    return (f"{num_steps} inner steps would each be unrolled into the traced graph (its ops "
-            f"and tracing time grow with every step: hours before the first task), more than "
-            f"the {MAX_UNROLLED_STEPS} tf_maml unrolls; give at most {MAX_UNROLLED_STEPS}")
+    return (f"{num_steps} inner steps {each}, more than the {MAX_UNROLLED_STEPS} tf_maml "
+            f"takes; give at most {MAX_UNROLLED_STEPS}")
+
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 # R(w), the weight penalty, over weights laid out as a forward pass takes them: a scalar for

@@ -8,7 +8,7 @@ import math
 from collections.abc import Collection
 
 # The option lists of the library's modules, which own them: the flags offer them.
-from tf_maml.adapt import ADAPT_LAYERS, unrolled_steps_problem
+from tf_maml.adapt import ADAPT_LAYERS, SAMPLED, UNROLLED, unrolled_steps_problem
 from tf_maml.distribute import STRATEGIES as DISTRIBUTION_STRATEGIES
 from tf_maml.distribute import check_meta_batch_size
 from tf_maml.errors import (
@@ -277,10 +277,11 @@ class ConfigChecks:
                 fail(name, f"must be >= 1, got {getattr(self, name)}")
         if self.num_updates < 1:
             fail("num_updates", f"must be >= 1, got {self.num_updates}")
-        # Supervised steps are unrolled in the compiled meta-step and evaluation; RL's run
-        # one compiled step per inner step.
+        # Supervised steps are unrolled in the compiled meta-step and evaluation, and so are
+        # RL's in its meta-gradient; RL's evaluation runs a step at a time, each sampling.
         for name in ("num_updates", "test_num_updates"):
-            problem = None if self.is_rl else unrolled_steps_problem(getattr(self, name))
+            each = SAMPLED if self.is_rl and name == "test_num_updates" else UNROLLED
+            problem = unrolled_steps_problem(getattr(self, name), each)
             if problem:
                 fail(name, problem)
 

@@ -136,6 +136,9 @@ class RLMetaLearner:
                 "regularizers)")
         # Whole numbers: else 2.5 inner steps ran 2 and 2.5 trajectories sampled 2.
         check_count("inner_steps", inner_steps, 0, "a whole number of inner steps")
+        too_many = adapt_lib.unrolled_steps_problem(inner_steps)  # the meta-gradient's
+        if too_many:
+            raise ValueError(f"inner_steps={inner_steps}: {too_many}")
         check_count("num_trajectories", num_trajectories, 1, "a whole number of trajectories")
         if not 0 < discount <= 1:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
@@ -456,6 +459,11 @@ class RLMetaLearner:
         mean return (:func:`task_returns`), and
         adapts on them (the paper's test protocol: step k uses the trajectories of the
         policy after k−1 steps). ``step_sizes``: α of each step (default: α for all)."""
+        # Else -1 failed in numpy's stack of no returns, and 10**9 sampled for years.
+        check_count("num_steps", num_steps, 0, "a whole number of inner steps")
+        too_many = adapt_lib.unrolled_steps_problem(num_steps, adapt_lib.SAMPLED)
+        if too_many:
+            raise ValueError(f"evaluate: num_steps={num_steps}: {too_many}")
         if step_sizes is not None and len(step_sizes) < num_steps:
             raise ValueError(f"{num_steps} steps need {num_steps} step sizes, got "
                              f"{len(step_sizes)}")
