@@ -822,10 +822,24 @@ def test_a_folder_where_the_returns_go_is_named_before_training(tmp_path):
     with pytest.raises(RunDirError, match=(
             rf"^could not write test_returns\.csv in {re.escape(str(run_dir))}: "
             rf"{re.escape(str(run_dir / 'test_returns.csv'))} is a folder, where a file goes\. "
-            r"Nothing was lost: the checkpoints and earlier results are intact; move that "
+            r"Nothing was lost: the checkpoints are intact and no result file was written; "
+            r"move that "
             r"folder away")):
         runner.run(config, log=lambda line: None)
     assert sorted(os.listdir(run_dir)) == ["test_returns.csv"]  # not trained: nothing saved
+
+
+def test_a_folder_where_the_flags_go_names_the_earlier_returns_it_keeps(tmp_path):
+    """What a refused write keeps is said as the supervised evaluation says it: the earlier
+    files by name (it said "earlier results are intact" whether there were any or not)."""
+    from tf_maml.rl import training as rl_training
+    from tf_maml.rundir import RunDirError
+
+    rl_training.write_results(str(tmp_path), np.full((2, 3), -5.0), log=lambda line: None)
+    (tmp_path / "test_config.json").mkdir()
+    with pytest.raises(RunDirError, match=r"Nothing was lost: the checkpoints and the earlier "
+                                          r"results \(test_returns\.csv/\.npy\) are intact; "):
+        rl_training.check_results_writable(str(tmp_path), extra=["test_config.json"])
 
 
 def test_an_evaluation_stopped_before_its_returns_leaves_the_earlier_flags(tmp_path,

@@ -92,6 +92,9 @@ def result_name(update_batch_size: int, update_lr: float, baseline: str | None =
         f"_ensemble{ensemble}" if ensemble else "")
 
 
+RESULT_EXTENSIONS = (".csv", ".pkl", ".npy")  # the files of write_results' set, by name
+
+
 def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
                   update_lr: float, baseline: str | None = None,
                   ensemble: int = 0, extra: dict[str, str] | None = None,
@@ -112,7 +115,7 @@ def write_results(run_dir: str, values: np.ndarray, update_batch_size: int,
     writer.writerows([means, stds, ci95])
     array = io.BytesIO()
     np.save(array, values)
-    paths = {"csv": base + ".csv", "pkl": base + ".pkl", "npy": base + ".npy"}
+    paths = {ext[1:]: base + ext for ext in RESULT_EXTENSIONS}
     files = {paths["csv"]: table.getvalue(), paths["pkl"]: pickle.dumps({"mses": values}),
              paths["npy"]: array.getvalue()}
     files.update((os.path.join(run_dir, name), text) for name, text in (extra or {}).items())

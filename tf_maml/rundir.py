@@ -324,6 +324,32 @@ def check_writable(directory: str, names: Sequence[str] = ()) -> None:
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
 
 
+def check_results_writable(directory: str, names: Sequence[str],
+                           action: str = "write the evaluation results") -> None:
+    """A RunDirError now if an evaluation's result set, the files ``names``, could not be
+    written into ``directory`` (:func:`check_writable`: read-only, a folder where one of
+    them goes), saying what is kept (:func:`kept_results`): said before the evaluation, and
+    before the training a run evaluates after, not after them. The supervised and the RL
+    evaluations' one check."""
+    with writing(directory, action, kept=lambda: kept_results(directory, names)):
+        check_writable(directory, names)
+
+
+def kept_results(directory: str, names: Sequence[str]) -> str:
+    """What a failed write of the result set ``names`` in ``directory`` left: the earlier
+    files of the set, all of them (:func:`write_result_set` replaces none of them unless it
+    replaces all), named with one stem per name ("test_returns.csv/.npy")."""
+    stems: dict[str, list[str]] = {}
+    for name in names:
+        if os.path.isfile(os.path.join(directory, name)):
+            stem, ext = os.path.splitext(name)
+            stems.setdefault(stem, []).append(ext)
+    if not stems:
+        return "the checkpoints are intact and no result file was written"
+    held = ", ".join(stem + "/".join(exts) for stem, exts in stems.items())
+    return f"the checkpoints and the earlier results ({held}) are intact"
+
+
 def check_writable_later(folder: str) -> None:
     """Raises now the OSError that writing a file into ``folder``, made when it is written
     (perhaps hours later), would raise: a file standing at it or above it, a link to

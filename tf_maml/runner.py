@@ -371,11 +371,11 @@ def evaluate_run(learner, config: Config, directory: str, log=print, source=None
         values = _evaluate(learner, config, directory, log, source)
     except KeyboardInterrupt:  # Ctrl-C: the results are written whole at the end, or not
         log(f"Interrupted during the evaluation, before its results were written: "
-            f"{_kept_results(directory, name, extra)}; run the same command again to "
-            "evaluate.")
+            f"{rundir.kept_results(directory, _result_files(name))}; run the same command "
+            "again to evaluate.")
         raise
     with rundir.writing(directory, "write the evaluation results",
-                        kept=lambda: _kept_results(directory, name, extra)):
+                        kept=lambda: rundir.kept_results(directory, _result_files(name))):
         paths = evaluate_lib.write_results(directory, values, config.update_batch_size,
                                            config.update_lr, config.baseline,
                                            config.ensemble, extra, log)
@@ -438,30 +438,16 @@ def _evaluate(learner, config: Config, directory: str, log, source):
 
 def _check_results_writable(config: Config, directory: str) -> str:
     """A RunDirError now if the evaluation's results could not be written into
-    ``directory`` (read-only, or a folder where one of its files goes: said after the whole
-    evaluation, and after training before it); returns their name."""
+    ``directory`` (:func:`tf_maml.rundir.check_results_writable`); returns their name."""
     name = evaluate_lib.result_name(config.update_batch_size, config.update_lr, config.baseline,
                                     config.ensemble)
-    extra = ("test_config.json",)
-    with rundir.writing(directory, "write the evaluation results",
-                        kept=lambda: _kept_results(directory, name, extra)):
-        rundir.check_writable(directory, [name + ext for ext in _RESULT_EXTENSIONS] +
-                              list(extra))
+    rundir.check_results_writable(directory, _result_files(name))
     return name
 
 
-_RESULT_EXTENSIONS = (".csv", ".pkl", ".npy")  # evaluate.write_results' set, with its flags
-
-
-def _kept_results(directory: str, name: str, extra) -> str:
-    """What a failed write of the evaluation's set left: the earlier files, all of them."""
-    earlier = [ext for ext in _RESULT_EXTENSIONS
-               if os.path.isfile(os.path.join(directory, name + ext))]
-    held = ([name + "/".join(earlier)] if earlier else []) + [
-        other for other in extra if os.path.isfile(os.path.join(directory, other))]
-    if not held:
-        return "the checkpoints are intact and no result file was written"
-    return f"the checkpoints and the earlier results ({', '.join(held)}) are intact"
+def _result_files(name: str) -> list[str]:
+    """The files of the evaluation's set (evaluate.write_results', with its flags)."""
+    return [name + ext for ext in evaluate_lib.RESULT_EXTENSIONS] + ["test_config.json"]
 
 
 def _export(learner, config: Config, what: str, log) -> str:

@@ -217,8 +217,9 @@ def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME,
     writer.writeheader()
     writer.writerows(rows)
     np.save(array, returns)
+    names = result_files(name, extra or {})
     with rundir.writing(directory, f"write {name}.csv",
-                        kept=lambda: "the checkpoints and earlier results are intact"):
+                        kept=lambda: rundir.kept_results(directory, names)):
         os.makedirs(directory, exist_ok=True)
         rundir.write_result_set(directory, {
             path: text.getvalue(), path[:-4] + ".npy": array.getvalue(),
@@ -227,14 +228,17 @@ def write_results(directory: str, returns: np.ndarray, name: str = RESULTS_NAME,
     return path
 
 
+def result_files(name: str = RESULTS_NAME, extra: Collection[str] | None = None) -> list[str]:
+    """The files of an evaluation's set, as :func:`write_results` writes them."""
+    return [name + ".csv", name + ".npy", *(extra or ())]
+
+
 def check_results_writable(directory: str, name: str = RESULTS_NAME,
                            extra: Collection[str] | None = None) -> None:
     """A RunDirError now if an evaluation's ``<name>.csv/.npy`` and the files ``extra``
-    could not be written into ``directory`` (read-only, a folder where one goes): said before
-    the evaluation, and before the training a run evaluates after, not after them."""
-    with rundir.writing(directory, f"write {name}.csv",
-                        kept=lambda: "the checkpoints and earlier results are intact"):
-        rundir.check_writable(directory, [name + ".csv", name + ".npy", *(extra or ())])
+    could not be written into ``directory``
+    (:func:`tf_maml.rundir.check_results_writable`)."""
+    rundir.check_results_writable(directory, result_files(name, extra), f"write {name}.csv")
 
 
 def evaluate_run(learner, directory: str, num_tasks: int, num_steps: int, log=print,
