@@ -408,7 +408,7 @@ class ExplodingTasks:
     def sample_batch(self, meta_batch_size, rng):
         sx, sy, qx, qy = self.inner.sample_batch(meta_batch_size, rng)
         self.count += 1
-        if self.count > self.bad_from + 1:  # +1: task_stream draws one example batch first
+        if self.count > self.bad_from:
             qy = qy * np.nan
         return sx, sy, qx, qy
 

@@ -122,3 +122,22 @@ def test_large_buffers_are_reused_after_the_task_stream_is_built():
     assert _faults_of_50_buffers("tensorflow") > pages // 2
     # tf_maml's task stream undoes that, for good: the buffer is faulted in once, then reused.
     assert _faults_of_50_buffers("tf_maml") < pages // 10
+
+
+def test_the_task_stream_trains_on_the_batch_it_reads_its_shapes_from():
+    # The stream drew batch `start` once for its shapes and again for the training: a task
+    # source that ignores the generator it is given (its own state: a queue, a file of
+    # tasks) lost a whole meta-batch, and every source drew batch `start` twice.
+    import numpy as np
+
+    from tf_maml.tasks import task_stream
+
+    class Counted:  # task i is the number i, whatever the generator
+        drawn = 0
+
+        def sample_batch(self, meta_batch_size, rng):
+            first, self.drawn = self.drawn, self.drawn + meta_batch_size
+            return (np.arange(first, self.drawn, dtype=np.float32)[:, None],)
+
+    batches = [b[0].numpy().ravel().tolist() for b in task_stream(Counted(), 2, 0).take(3)]
+    assert batches == [[0, 1], [2, 3], [4, 5]]

@@ -35,10 +35,16 @@ def task_stream(source, meta_batch_size: int, seed: int, start: int = 0,
     """Endless prefetching tf.data stream of meta-batches ``start, start+1, ...``."""
     example = source.sample_batch(meta_batch_size, batch_rng(seed, start, stream))
     signature = tuple(tf.TensorSpec(a.shape, tf.as_dtype(a.dtype)) for a in example)
+    # The batch the shapes are read from is batch `start` itself, trained on, not drawn
+    # again: a source that ignores the generator (its own state: a queue, a file of tasks)
+    # would lose it, and every source drew it twice. Only the stream's first iterator
+    # takes it (a second one, e.g. a repeated dataset, draws it again from its generator).
+    first = [example]
 
     def generate():
         for i in itertools.count(start):
-            yield source.sample_batch(meta_batch_size, batch_rng(seed, i, stream))
+            yield first.pop() if first and i == start else source.sample_batch(
+                meta_batch_size, batch_rng(seed, i, stream))
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     undo_generator_malloc_patch()  # its mallopt made every step mmap
