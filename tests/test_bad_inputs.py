@@ -2710,3 +2710,43 @@ def test_bad_meta_batch_sizes_of_the_sinusoid_source_are_named(size):
     with pytest.raises(ValueError, match=r"^meta_batch_size must be a whole number of tasks "
                        rf">= 1, got {re.escape(repr(size))}$"):
         SinusoidTasks(5, 5).sample_batch(size, np.random.default_rng(0))
+
+
+class TaskQueue:
+    """A task source with its own state, which ignores the generator it is given (a queue,
+    a file of tasks read in order): task i is 5 points of x = i, y = 0."""
+
+    def __init__(self):
+        self.drawn, self.seeds = 0, []
+
+    def sample_batch(self, meta_batch_size, rng):
+        self.seeds.append(rng.bit_generator.seed_seq.entropy)
+        first, self.drawn = self.drawn, self.drawn + meta_batch_size
+        x = np.repeat(np.arange(first, self.drawn, dtype=np.float32), 5).reshape(-1, 5, 1)
+        return x, np.zeros_like(x), x, np.zeros_like(x)
+
+
+def test_fit_trains_on_every_task_a_source_with_its_own_state_gives(monkeypatch):
+    # fit's memory check drew a task of its own from the source before training: a source
+    # that ignores the generator lost it (the training began at task 1). A source that
+    # follows the generator gives its tasks again and trains as before.
+    learner = MetaLearner(mlp(), losses.mse)
+    trained, train_step = [], learner.train_step
+
+    def recorded(batch, **kwargs):
+        trained.append(np.asarray(batch[0])[:, 0, 0].tolist())
+        return train_step(batch, **kwargs)
+
+    monkeypatch.setattr(learner, "train_step", recorded)
+    learner.fit(TaskQueue(), iterations=2, meta_batch_size=2, log_interval=None)
+    assert trained == [[0, 1], [2, 3]]
+    # Nor are autotune's: it times the plans on a meta-batch of its own (from 1000
+    # iterations on; from 1 here), which the training then trains on first.
+    from tf_maml import autotune
+
+    monkeypatch.setattr(autotune, "MIN_ITERATIONS", 1)
+    trained.clear()
+    queue = TaskQueue()
+    learner.fit(queue, iterations=4, meta_batch_size=3, log_interval=None)
+    assert [0, 0, autotune.AUTOTUNE_STREAM] in queue.seeds  # it drew its meta-batch
+    assert trained == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]

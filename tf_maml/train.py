@@ -322,7 +322,7 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
     if run_dir is not None and tensorflow_pattern(os.fspath(run_dir)):
         raise ValueError(f"run_dir {tensorflow_pattern(os.fspath(run_dir))}")
     if hasattr(tasks, "sample_batch"):
-        _check_memory(tasks, meta_batch_size, seed)
+        tasks = _check_memory(tasks, meta_batch_size, seed)
     callbacks = list(callbacks)
     if log_interval:
         callbacks.insert(0, ProgressLogger(log_interval, min(log_interval, 100), log))
@@ -339,17 +339,27 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
                      log=log)
 
 
-def _check_memory(tasks, meta_batch_size: int, seed: int) -> None:
+def _check_memory(tasks, meta_batch_size: int, seed: int):
     """A ValueError naming ``meta_batch_size`` if a meta-batch of ``tasks`` (a task source)
     could not fit in this machine's memory (:func:`tf_maml.threads.memory_problem`), told
     from one task sampled on a stream of its own, before anything else is sampled or
     written: else the system kills the process, which says nothing, while it samples the
-    first meta-batch (the command line's check: :func:`tf_maml.runner.run`)."""
+    first meta-batch (the command line's check: :func:`tf_maml.runner.run`). Returns the
+    source to train on: ``tasks``, or for a source with its own state, which ignores the
+    generator it is given, ``tasks`` :class:`~tf_maml.tasks.Replayed` (the tasks the check
+    drew, and autotune's, are the training's first: else they were lost to it)."""
     import numpy as np
 
-    task = tasks.sample_batch(1, np.random.default_rng([seed, 0x4D454D]))  # "MEM"
+    from tf_maml.tasks import Replayed, follows_its_generator
+
+    def rng():
+        return np.random.default_rng([seed, 0x4D454D])  # "MEM"
+
+    task = tasks.sample_batch(1, rng())
     needed = meta_batch_size * sum(np.asarray(part).nbytes for part in task)
     problem = threads_lib.memory_problem(needed, f"a meta-batch of {meta_batch_size} tasks")
     if problem:
         raise ValueError(f"meta_batch_size={meta_batch_size}: {problem}; give a smaller "
                          "meta_batch_size (or smaller tasks)")
+    follows, again = follows_its_generator(tasks, task, rng())
+    return tasks if follows else Replayed(tasks, [task, again])

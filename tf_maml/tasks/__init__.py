@@ -49,3 +49,59 @@ def task_stream(source, meta_batch_size: int, seed: int, start: int = 0,
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     undo_generator_malloc_patch()  # its mallopt made every step mmap
     return ds.prefetch(4)
+
+
+def stream_of(rng) -> int | None:
+    """The stream of a generator :func:`batch_rng` made (from its seed ``[seed, index,
+    stream]``); None for any other generator."""
+    entropy = getattr(getattr(rng, "bit_generator", None), "seed_seq", None)
+    entropy = getattr(entropy, "entropy", None)
+    return entropy[2] if isinstance(entropy, list) and len(entropy) == 3 else None
+
+
+def follows_its_generator(source, first, rng: np.random.Generator) -> tuple[bool, tuple]:
+    """Whether the task source ``source`` draws its tasks from the generator it is given
+    (as tf_maml's do: the same generator, the same tasks), told from a task drawn again
+    from ``rng``, a new generator of the seed ``first`` (a batch of one task) was drawn
+    with; and that task. A source with its own state (a queue, a file of tasks read in
+    order) gives another."""
+    again = source.sample_batch(1, rng)
+    same = all(np.array_equal(np.asarray(a), np.asarray(b),
+                              equal_nan=np.asarray(a).dtype.kind in "fc")
+               for a, b in zip(first, again))
+    return same, again
+
+
+class Replayed:
+    """A task source with its own state (not :func:`follows_its_generator`) whose draws
+    for anything but the training (a check's, autotune's: generators of other streams than
+    :data:`TRAIN_STREAM`, or none of :func:`batch_rng`) are kept and handed to the training
+    first, in the order drawn: else the training never saw those tasks. ``drawn``: the
+    batches drawn from it so already. Anything else is the source's."""
+
+    def __init__(self, source, drawn):
+        self.source, self._kept = source, list(drawn)
+
+    def __getattr__(self, name):
+        if name == "source":  # not set yet (a copy being made): not the source's own
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def sample_batch(self, meta_batch_size: int, rng: np.random.Generator):
+        if stream_of(rng) != TRAIN_STREAM:
+            batch = self.source.sample_batch(meta_batch_size, rng)
+            self._kept.append(batch)
+            return batch
+        parts, need = [], meta_batch_size
+        while need and self._kept:
+            kept = self._kept[0]
+            parts.append(tuple(np.asarray(part)[:need] for part in kept))
+            left = tuple(np.asarray(part)[need:] for part in kept)
+            need -= len(parts[-1][0])
+            if len(left[0]):
+                self._kept[0] = left
+            else:
+                self._kept.pop(0)
+        if need:
+            parts.append(self.source.sample_batch(need, rng))
+        return tuple(np.concatenate(part, axis=0) for part in zip(*parts))
