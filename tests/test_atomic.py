@@ -187,7 +187,8 @@ def test_fsync_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"),
                                                      real_replace(a, b)))
     atomic.write_all({str(tmp_path / "x"): "1", str(tmp_path / "y"): b"2"}, fsync=True)
-    assert events == ["fsync", "fsync", "replace", "replace"]
+    # The set's journal (synced and put in place before the set's renames) is one more.
+    assert events == ["fsync", "fsync", "fsync", "replace", "replace", "replace"]
     events.clear()
     with atomic.replacing(str(tmp_path / "z"), fsync=True) as f:
         f.write(b"3")
@@ -254,3 +255,71 @@ def test_a_json_record_that_is_not_an_object_reads_as_missing(tmp_path, text):
     (tmp_path / "record.json").write_text(text)
     assert atomic.read_json(str(tmp_path / "record.json")) == {}
     assert (tmp_path / "record.json").read_text() == text
+
+
+KILLED_BETWEEN_RENAMES = """
+import os, signal, sys
+from tf_maml import atomic
+renames, replace = [], os.replace
+JOURNAL = getattr(atomic, "JOURNAL_SUFFIX", ()) or ()  # none before sets had journals
+def replace_then_die(src, dst):
+    if dst.endswith(JOURNAL):  # the set's journal, written before its renames
+        return replace(src, dst)
+    if renames:  # the second rename: a SIGKILL (a power cut, the OOM killer) comes first
+        os.kill(os.getpid(), signal.SIGKILL)
+    renames.append(dst)
+    replace(src, dst)
+os.replace = replace_then_die
+folder, new = sys.argv[1], {"r.npy": open(sys.argv[2], "rb").read()} if sys.argv[2:] else {}
+atomic.write_all({os.path.join(folder, n): new.get(n, "new " + n)
+                  for n in ("r.csv", "r.pkl", "r.npy")})
+"""
+
+
+def _killed_between_renames(folder, *args) -> None:
+    """A write of r.csv, r.pkl and r.npy into ``folder`` (r.npy the file ``args`` names, if
+    any), killed between its first two renames, an hour ago (before this process)."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(folder), *args],
+                   env={**os.environ, "PYTHONPATH": os.getcwd()}, check=False)
+    hour_ago = time.time() - 3600
+    for entry in os.scandir(folder):
+        os.utime(entry.path, (hour_ago, hour_ago))
+
+
+def test_a_set_whose_writer_was_killed_between_its_renames_is_completed_before_use(tmp_path):
+    # A SIGKILL between two renames of a set (which no handler can defer) left the new
+    # r.csv beside the old r.pkl and r.npy, and their new versions as temporaries that the
+    # next write deleted: the next evaluation kept that mix in earlier_results/ as "the
+    # earlier set", and every reader read the mix until then.
+    names = ("r.csv", "r.pkl", "r.npy")
+    atomic.write_all({str(tmp_path / n): "old " + n for n in names})
+    _killed_between_renames(tmp_path)
+    assert (tmp_path / "r.csv").read_text() == "new r.csv"  # killed after the first rename
+    assert (tmp_path / "r.pkl").read_text() == "old r.pkl"
+    kept = rundir.write_result_set(str(tmp_path), {str(tmp_path / n): "newer " + n
+                                                   for n in names},
+                                   str(tmp_path / "r.npy"), log=lambda line: None)
+    assert {n: (tmp_path / n).read_text() for n in names} == {n: "newer " + n for n in names}
+    assert {n: open(os.path.join(kept, n)).read() for n in names} == {
+        n: "new " + n for n in names}  # the killed write's set, whole
+    assert sorted(os.listdir(tmp_path)) == [rundir.EARLIER_RESULTS, *sorted(names)]
+
+
+def test_a_reader_of_a_set_a_killed_writer_left_half_replaced_reads_the_new_set(tmp_path):
+    # The per-task matrix (figures, zoo_check, the RL figure) was the earlier evaluation's,
+    # beside the new evaluation's table.
+    import numpy as np
+
+    from tf_maml.figures import read_matrix
+
+    np.save(tmp_path / "new.npy", np.ones((2, 3)))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    np.save(run_dir / "r.npy", np.zeros((2, 3)))
+    _killed_between_renames(run_dir, str(tmp_path / "new.npy"))
+    assert (run_dir / "r.csv").read_text() == "new r.csv"
+    np.testing.assert_array_equal(read_matrix(str(run_dir / "r.npy")), np.ones((2, 3)))
+    assert sorted(os.listdir(run_dir)) == ["r.csv", "r.npy", "r.pkl"]

@@ -67,8 +67,10 @@ def write_all(files: dict[str, str | bytes], fsync: bool = False) -> None:
     two versions (an evaluation's csv, pkl and npy): every file is written under its
     temporary name first, and only when all of them are on disk are they renamed over the
     old ones. A failed write (a full disk) leaves every old file as it was and no temporary;
-    the renames need no space."""
-    temporaries = []
+    the renames need no space. Ctrl-C and SIGTERM wait for the renames; a SIGKILL or a
+    power cut between two of them leaves the set's journal (:func:`complete_interrupted`),
+    by which the next writer or reader of the folder completes it."""
+    temporaries, journal = [], None
     try:
         for path, data in files.items():
             remove_stale(path)
@@ -77,11 +79,82 @@ def write_all(files: dict[str, str | bytes], fsync: bool = False) -> None:
                 f.write(data)
                 _sync(f, fsync)
         with stops_deferred():  # Ctrl-C between two renames would mix the versions
+            if len(files) > 1:  # every new file is whole: the set can be completed from here
+                journal = _write_journal(list(zip(temporaries, files)), fsync)
             for path, tmp in zip(files, temporaries):
                 os.replace(tmp, path)
+            if journal:
+                _remove([journal])
     except BaseException:
-        _remove(temporaries)
+        _remove(temporaries + ([journal] if journal else []))
         raise
+
+
+# A set's renames, until they are done: .<first file's name>.<pid>.set beside it, the name
+# cut to 100 characters (its own temporary must fit where the set's files' names fit).
+JOURNAL_SUFFIX = ".set"
+
+
+def _write_journal(renames: list[tuple[str, str]], fsync: bool) -> str:
+    """The journal of a set's ``renames`` (temporary, path), beside its first path (paths
+    relative to its folder: a folder moved or mounted elsewhere still completes), written
+    whole; returns its path."""
+    folder = os.path.dirname(os.path.abspath(renames[0][1]))
+    name = os.path.basename(renames[0][1])[:100]
+    journal = os.path.join(folder, f".{name}.{os.getpid()}{JOURNAL_SUFFIX}")
+    record = [[os.path.relpath(os.path.abspath(p), folder) for p in pair] for pair in renames]
+    tmp = temporary_name(journal)
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"renames": record}, f)
+            _sync(f, fsync)
+        os.replace(tmp, journal)
+    except BaseException:
+        _remove([tmp])
+        raise
+    return journal
+
+
+def complete_interrupted(folder: str) -> list[str]:
+    """Completes the sets of files (:func:`write_all`) that a process killed between their
+    renames left half replaced in ``folder`` (a SIGKILL, a power cut: no handler can defer
+    them), from their journals: the new files not yet renamed are renamed over the old
+    ones, so that the set is the new one, whole. A journal of a process still running, or
+    written since this one started, is a write in progress: left. Returns the paths
+    completed (none if the folder cannot be changed: a read-only copy, left as it is)."""
+    pattern = re.compile(r"(.+)\.(\d+)" + re.escape(JOURNAL_SUFFIX))
+    completed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return completed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match or int(match.group(2)) == os.getpid() or _running(int(match.group(2))):
+            continue
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if entry.stat().st_mtime >= _STARTED:
+                continue
+            with open(entry.path) as f:
+                renames = json.load(f)["renames"]
+            for tmp, path in renames:
+                tmp, path = (os.path.join(folder, p) for p in (tmp, path))
+                if os.path.exists(tmp):  # else renamed before the kill
+                    os.replace(tmp, path)
+                    completed.append(path)
+            os.remove(entry.path)
+    return completed
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (True where the system does not say)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError, OverflowError):
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -154,6 +227,9 @@ def _stale_in(directory: str) -> dict[str, list[str]]:
     """The temporaries in ``directory`` (files, or folders a whole tree is written into), by
     their target's name, that killed processes left: of another process id and last written
     before this process started (a newer one may be another process's write in progress)."""
+    # A set a killed process left half replaced is completed first: its new files are
+    # among these temporaries, and its old ones would be taken for the set.
+    complete_interrupted(directory)
     pattern = re.compile(r"(.+)\.(\d+)" + re.escape(TEMP_SUFFIX))
     found: dict[str, list[str]] = {}
     try:

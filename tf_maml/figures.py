@@ -43,7 +43,10 @@ def result_matrix(run_dir: str) -> tuple[np.ndarray, str]:
 def read_matrix(path: str) -> np.ndarray:
     """The ``[tasks, steps + 1]`` numbers of an evaluation in the ``.npy`` at ``path``; a
     ValueError saying what is wrong (to follow the path; the fix is the caller's) if it is
-    missing, cut short, garbled or not such a matrix."""
+    missing, cut short, garbled or not such a matrix. A result set a killed evaluation
+    left half replaced in its folder is completed first (:func:`atomic.complete_interrupted`):
+    else this read the earlier evaluation's matrix beside the new one's table."""
+    atomic.complete_interrupted(os.path.dirname(path) or os.curdir)
     try:
         values = np.load(path)
     except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file

@@ -321,6 +321,7 @@ def _read_summary(p: Plan) -> tuple[np.ndarray, np.ndarray]:
     just wrote: the original's CSV (rows update0.., means, stds, ci95), or an RL run's
     ``test_returns.csv`` (a row per number of steps: mean_return, ci95, ...)."""
     path = os.path.join(p.run_dir, p.result_name + ".csv")
+    atomic.complete_interrupted(p.run_dir)  # a set its killed writer left half replaced
     with open(path) as f:
         if p.experiment.kind == "return":
             rows = list(csv.DictReader(f))

@@ -147,6 +147,9 @@ def write_result_set(run_dir: str, files: dict[str, str | bytes], numbers: str,
     the new one, that set is first copied whole into ``earlier_results/<its UTC time>/`` and
     said. Returns that folder, or None (no earlier set, or the same numbers)."""
     with results_lock(run_dir, log):
+        # A set a killed writer left half replaced is completed first: else its mix of
+        # two versions was kept as "the earlier set".
+        atomic.complete_interrupted(run_dir)
         kept = _keep_earlier(run_dir, files, numbers)
         try:
             atomic.write_all(files)

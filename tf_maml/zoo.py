@@ -298,10 +298,12 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
         if entry == held or held.get("iteration", -1) > entry.get("iteration", 0):
             continue
         name = key.split("|", 1)[0]
-        for ext in (".csv", ".pkl", ".npy"):
-            src = os.path.join(run_dir, name + ext)
-            if os.path.exists(src):  # whole: a stop midway cut the zoo's earlier file
-                _copy_whole(src, zoo_dir)
+        # The evaluation's files, as one set (a kill between two copies left the zoo's
+        # earlier csv beside the new npy), from a set its killed writer completed.
+        atomic.complete_interrupted(run_dir)
+        atomic.write_all({os.path.join(zoo_dir, name + ext): _read_bytes(
+            os.path.join(run_dir, name + ext)) for ext in (".csv", ".pkl", ".npy")
+            if os.path.exists(os.path.join(run_dir, name + ext))})
         zoo_results[key] = entry
         changed = True
         log(f"  zoo: {zoo_dir} now holds the evaluation {key} of iteration "
@@ -365,11 +367,15 @@ def _take_evaluations(zoo_dir: str, run_dir: str, overwrite: bool) -> bool:
     if not taken and not overwrite:
         return False
     os.makedirs(run_dir, exist_ok=True)
-    for path in [p for prefix in RESULT_PREFIXES
-                 for p in glob.glob(os.path.join(glob.escape(zoo_dir), prefix + "*"))
-                 if not p.endswith(atomic.TEMP_SUFFIX)]:  # what a killed copy left
-        if overwrite or not os.path.exists(os.path.join(run_dir, os.path.basename(path))):
-            _copy_whole(path, run_dir)
+    atomic.complete_interrupted(zoo_dir)  # a set a killed publish left half replaced
+    # One set: a kill between two copies left one evaluation's files of two versions.
+    atomic.write_all({os.path.join(run_dir, os.path.basename(path)): _read_bytes(path)
+                      for prefix in RESULT_PREFIXES
+                      for path in glob.glob(os.path.join(glob.escape(zoo_dir), prefix + "*"))
+                      # not what a killed copy left
+                      if not path.endswith(atomic.TEMP_SUFFIX)
+                      and (overwrite or not os.path.exists(
+                          os.path.join(run_dir, os.path.basename(path))))})
     state.update(taken)
     write_json(state_path, state)
     return True
@@ -414,6 +420,11 @@ def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     _write_index(run_dir)
     log(f"  zoo: restored iteration {zoo_latest} from {zoo_dir} into {run_dir}")
     return True
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _copy_whole(path: str, directory: str) -> None:
