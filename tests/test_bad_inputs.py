@@ -2750,3 +2750,39 @@ def test_fit_trains_on_every_task_a_source_with_its_own_state_gives(monkeypatch)
     learner.fit(queue, iterations=4, meta_batch_size=3, log_interval=None)
     assert [0, 0, autotune.AUTOTUNE_STREAM] in queue.seeds  # it drew its meta-batch
     assert trained == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+
+
+def test_adapt_continues_from_weights_given_as_numpy_arrays(learner):
+    # adapt(weights=[numpy arrays]) (fast weights saved with .numpy(), model.get_weights())
+    # failed in TensorFlow's tape: "Passed in object [[...]] of type 'ndarray', not
+    # tf.Tensor"; predict took them. Two steps from θ are one step from one step's weights.
+    support_x, support_y = (part[0] for part in sine_batch(1)[:2])
+    one = learner.adapt(support_x, support_y, num_steps=1)
+    two = learner.adapt(support_x, support_y, num_steps=2)
+    again = learner.adapt(support_x, support_y, num_steps=1,
+                          weights=[w.numpy().astype(np.float64) for w in one])
+    for expected, got in zip(two, again):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["predict", "adapt"])
+@pytest.mark.parametrize("weights, message", [
+    (lambda fw: fw[:2], r" must be the 4 weights adapt returns \(one per "
+                        r"model\.trainable_variables\), got 2"),
+    (lambda fw: {"w": fw}, r" must be the 4 weights adapt returns \(one per "
+                           r"model\.trainable_variables\), got a dict"),
+    (lambda fw: fw[::-1], r"\[0\] has shape \(1,\), but the model's weight "
+                          r"dense1/kernel has shape \(1, 8\): give the weights "
+                          r"adapt returned for this model"),
+], ids=["too-few", "dict", "reversed"])
+def test_fast_weights_of_another_model_are_named(learner, method, weights, message):
+    # A count was "forward needs 4 trainable and 0 non-trainable tensors, got 2" (a dict
+    # counted as 1), and shapes of another model Keras' StatelessScope error of many lines.
+    support_x, support_y, query_x, _ = (part[0] for part in sine_batch(1))
+    given = weights(learner.adapt(support_x, support_y))
+    name = "fast_weights" if method == "predict" else "weights"
+    with pytest.raises(ValueError, match=rf"^{method}: {name}{message}$"):
+        if method == "predict":
+            learner.predict(query_x, given)
+        else:
+            learner.adapt(support_x, support_y, weights=given)

@@ -43,6 +43,31 @@ def _read(variables) -> list[tf.Tensor]:
     return [tf.identity(v.value if hasattr(v, "value") else v) for v in variables]
 
 
+def _given_weights(variables, weights, where: str, name: str) -> list[tf.Tensor]:
+    """``weights`` given for ``variables`` (the model's trainable ones: fast weights adapt
+    returned, or saved as numpy arrays) as tensors of the variables' dtypes: else numpy
+    arrays failed in adapt's tape ("of type 'ndarray', not tf.Tensor"). A ValueError
+    naming ``where``'s argument ``name`` unless there is one per variable, of its shape:
+    else a count was forward's ("needs 4 ... tensors, got 2"; a dict counted as 1) and
+    another model's shapes Keras' StatelessScope error of many lines."""
+    if not isinstance(weights, (list, tuple)) or len(weights) != len(variables):
+        got = (len(weights) if isinstance(weights, (list, tuple))
+               else f"a {type(weights).__name__}")
+        raise ValueError(f"{where}: {name} must be the {len(variables)} weights adapt returns "
+                         f"(one per model.trainable_variables), got {got}")
+    tensors = []
+    for i, (variable, weight) in enumerate(zip(variables, weights)):
+        if not (tf.is_tensor(weight) and weight.dtype == variable.dtype):
+            weight = tf.cast(weight, variable.dtype)
+        if tuple(weight.shape) != tuple(variable.shape):
+            raise ValueError(f"{where}: {name}[{i}] has shape {tuple(weight.shape)}, but the "
+                             f"model's weight {variable.path} has shape "
+                             f"{tuple(variable.shape)}: give the weights adapt returned for "
+                             "this model")
+        tensors.append(weight)
+    return tensors
+
+
 class MetaLearner(MetaUpdate):
     """Meta-learns the initialisation θ of a built Keras model (Finn et al. 2017).
 
@@ -244,7 +269,8 @@ class MetaLearner(MetaUpdate):
         its support set from θ (or from ``weights``). Returns a list of tensors matching
         ``model.trainable_variables``."""
         steps = self.inner_steps if num_steps is None else _step_count(num_steps, "adapt")
-        weights = _read(self.model.trainable_variables) if weights is None else weights
+        weights = (_read(self.model.trainable_variables) if weights is None else
+                   _given_weights(self.model.trainable_variables, weights, "adapt", "weights"))
         support_x, support_y = tf.convert_to_tensor(support_x), tf.convert_to_tensor(support_y)
         problem = examples_problem("support_x", support_x.shape, self._example_shape)
         if problem:  # else Keras' multi-line error from inside the model's call
@@ -281,9 +307,9 @@ class MetaLearner(MetaUpdate):
                     "statistics throughout, as the original): they are not θ's (a new "
                     "model's are mean 0, variance 1). Predict with training=True (the "
                     "batch's statistics)")
-        weights = fast_weights
-        if weights is None:
-            weights = _read(self.model.trainable_variables)
+        weights = (_read(self.model.trainable_variables) if fast_weights is None else
+                   _given_weights(self.model.trainable_variables, fast_weights, "predict",
+                                  "fast_weights"))
         x = tf.convert_to_tensor(x)
         problem = examples_problem("x", x.shape, self._example_shape)
         if problem:  # else Keras' multi-line error from inside the model's call
