@@ -2786,3 +2786,12 @@ def test_fast_weights_of_another_model_are_named(learner, method, weights, messa
             learner.predict(query_x, given)
         else:
             learner.adapt(support_x, support_y, weights=given)
+
+
+@pytest.mark.parametrize("training", ["False", 0.0, None])
+def test_predict_takes_only_true_or_false_for_training(learner, training):
+    # training="False" (as read from a config or a command line) is a non-empty string,
+    # and ran the model in training mode without a word.
+    with pytest.raises(ValueError, match=rf"^predict: training must be True or False, got "
+                                         rf"{re.escape(repr(training))}$"):
+        learner.predict(np.zeros((3, 1), np.float32), training=training)

@@ -298,6 +298,8 @@ class MetaLearner(MetaUpdate):
         statistics (the forward pass discards them), so they are not θ's (a new model's
         are mean 0, variance 1); the same holds for the Keras model's own inference mode
         (``model(x)``, ``model.predict``)."""
+        if not isinstance(training, bool):  # else training="False" ran in training mode
+            raise ValueError(f"predict: training must be True or False, got {training!r}")
         if not training:
             stale = _moving_statistics_layers(self.model)
             if stale:
