@@ -2097,6 +2097,38 @@ def test_rl_training_with_a_bad_meta_batch_size_is_refused_before_anything_is_wr
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("iterations", [-1, 2.5])
+def test_rl_training_with_bad_iterations_is_refused_before_anything_is_written(tmp_path,
+                                                                             iterations):
+    # -1 trained nothing and returned 0 without a word (fit refuses it), after
+    # training_log.csv was written; 2.5 trained 2.
+    from tf_maml.rl import training as rl_training
+
+    learner = rl_training.build_learner(num_trajectories=2, horizon=5)
+    with pytest.raises(ValueError, match=r"^iterations must be a whole number of meta-"
+                                         rf"batches >= 0, got {re.escape(repr(iterations))}$"):
+        rl_training.train(learner, str(tmp_path), iterations, meta_batch_size=2,
+                          tensorboard=False, log=lambda _: None)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("num_tasks", [0, -2, 2.5])
+def test_bad_rl_task_counts_are_named(num_tasks):
+    # The evaluation's were numpy's "need at least one array to concatenate" or a
+    # TypeError; a task family's sample_tasks(0) gave no task without a word, -1 numpy's
+    # "negative dimensions are not allowed".
+    from tf_maml.rl import training as rl_training
+    from tf_maml.tasks.navigation import NavigationTasks
+
+    message = (r"^num_tasks must be a whole number of tasks >= 1, got "
+               rf"{re.escape(repr(num_tasks))}$")
+    learner = rl_training.build_learner(num_trajectories=2, horizon=5)
+    with pytest.raises(ValueError, match=message):
+        rl_training.evaluate(learner, num_tasks, 1, log=lambda _: None)
+    with pytest.raises(ValueError, match=message):
+        NavigationTasks().sample_tasks(num_tasks, np.random.default_rng(0))
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: options.adam(-1), r"^adam's learning_rate, the meta learning rate β, must be a "
                                r"number > 0 \(the original's is 1e-3\), got -1$"),

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from tf_maml.errors import check_count
 from tf_maml.rl import policy as policy_lib
 from tf_maml.rl import sampler
 
@@ -55,6 +56,7 @@ class GymTasks:
         self.horizon = int(horizon)
 
     def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> np.ndarray:
+        check_count("num_tasks", num_tasks, 1, "a whole number of tasks")  # else the env's
         return np.asarray(self._sample_tasks(num_tasks, rng), np.float32)
 
     def rollout(self, policy_fn, tasks, num_trajectories: int, seed,

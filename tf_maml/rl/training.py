@@ -152,6 +152,9 @@ def train(learner, directory: str, iterations: int, *, meta_batch_size: int, see
     # Else a policy "output of shape (0, 2, None)" or numpy's "negative dimensions", after
     # the training log was written.
     check_count("meta_batch_size", meta_batch_size, 1, "a whole number of tasks")
+    # Else -1 trained nothing and returned 0 without a word, and 2.5 trained 2.
+    check_count("iterations", iterations, 0, "a whole number of meta-batches")
+    check_count("pretrain_iterations", pretrain_iterations, 0, "a whole number")
     saved = checkpointer(learner, directory)
 
     def callbacks_from(start: int) -> list[Callback]:
@@ -177,6 +180,8 @@ def evaluate(learner, num_tasks: int, num_steps: int, log=print,
     """Average return per test task after 0..num_steps steps, ``[num_tasks, steps + 1]``
     (chunks of ``EVAL_CHUNK`` tasks, each with its own seeded noise); ``step_sizes``: α of
     each step (default: the learner's α for every step)."""
+    # Else numpy's "need at least one array to concatenate", or a TypeError for 2.5.
+    check_count("num_tasks", num_tasks, 1, "a whole number of tasks")
     goals = test_tasks(learner.env, num_tasks)
     size = min(EVAL_CHUNK, num_tasks)
     out = []

@@ -53,7 +53,7 @@ import warnings
 import numpy as np
 from absl import logging
 
-from tf_maml.errors import ConfigError
+from tf_maml.errors import ConfigError, check_count
 
 HORIZON = 200  # maml_rl's max_path_length in cluster_maml_trpo_{cheetah,ant}.py
 QPOS_NOISE, QVEL_NOISE = 0.01, 0.1  # rllab mujoco_env.reset_mujoco: N(0, 0.01²), N(0, 0.1²)
@@ -281,6 +281,7 @@ STATE_FIELDS = ("qpos", "qvel", "subtree_com", "xmat", "cfrc_ext")
 def sample_tasks(family: Family, num_tasks: int, rng: np.random.Generator) -> np.ndarray:
     """``[T, 1]`` float32: goal velocities U[0, high], or directions ±1 at even odds (the
     authors drew U[0, high] and went backwards below its middle)."""
+    check_count("num_tasks", num_tasks, 1, "a whole number of tasks")  # else numpy's
     draw = rng.uniform(0.0, family.goal_high, size=(num_tasks, 1))
     if family.direction:
         draw = np.where(draw < family.goal_high / 2, -1.0, 1.0)

@@ -90,6 +90,7 @@ class NavigationTasks:
 
     def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> np.ndarray:
         """``num_tasks`` goals, uniform on [−0.5, 0.5]², as float32 ``[T, 2]``."""
+        check_count("num_tasks", num_tasks, 1, "a whole number of tasks")  # else numpy's
         return rng.uniform(GOAL_LOW, GOAL_HIGH, size=(num_tasks, 2)).astype(np.float32)
 
     def initial_state(self, tasks, num_trajectories: int) -> tf.Tensor:
