@@ -2827,3 +2827,20 @@ def test_predict_takes_only_true_or_false_for_training(learner, training):
     with pytest.raises(ValueError, match=rf"^predict: training must be True or False, got "
                                          rf"{re.escape(repr(training))}$"):
         learner.predict(np.zeros((3, 1), np.float32), training=training)
+
+
+@pytest.mark.parametrize("size, message", [
+    (float("nan"), r"the inner learning rate must be a finite number, got nan"),
+    (-0.1, r"the inner learning rate α must be >= 0 \(a step size; 0 leaves the weights "
+           r"unchanged\), got -0\.1"),
+], ids=["nan", "negative"])
+def test_bad_rl_evaluation_step_sizes_are_named(size, message):
+    # A NaN was TensorFlow's MatrixSolve error of a graph; a negative step size stepped
+    # down the return without a word (the learner's own α refuses both, and so does
+    # python -m tf_maml.rl.run's --step_sizes).
+    from tf_maml.rl import training as rl_training
+
+    learner = rl_training.build_learner(num_trajectories=2, horizon=5)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=rf"^evaluate: step_sizes\[1\]: {message}$"):
+        learner.evaluate(learner.env.sample_tasks(1, rng), 2, rng, step_sizes=[0.1, size])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 
@@ -289,12 +288,15 @@ def reevaluate_rl(directory: str, step_sizes, num_test_tasks: int = 0, log=print
 
 
 def _step_sizes(step_sizes) -> list[float]:
-    """The α of each test step of ``--step_sizes``: finite numbers >= 0."""
+    """The α of each test step of ``--step_sizes``: finite numbers >= 0 (the check of the
+    inner learning rate, :class:`tf_maml.options.rates.InnerRate`)."""
+    from tf_maml.options.rates import InnerRate
+
     try:
-        sizes = [float(v) for v in step_sizes or ()]
+        sizes = [InnerRate(float(v)).value for v in step_sizes or ()]
     except (TypeError, ValueError):
         sizes = []
-    if not sizes or not all(math.isfinite(v) and v >= 0 for v in sizes):
+    if not sizes:
         given = ",".join(map(str, step_sizes or ()))
         raise ConfigError(f"--step_sizes: one step size (alpha) >= 0 per test step, separated "
                           f"by commas (e.g. 0.1,0.05,0.05), got {given!r}")

@@ -467,6 +467,11 @@ class RLMetaLearner:
         if step_sizes is not None and len(step_sizes) < num_steps:
             raise ValueError(f"{num_steps} steps need {num_steps} step sizes, got "
                              f"{len(step_sizes)}")
+        for i, size in enumerate(step_sizes or ()):
+            try:  # the learner's own α's check: else a NaN was TensorFlow's MatrixSolve
+                InnerRate(size)  # error, and a negative size stepped down the return
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"evaluate: step_sizes[{i}]: {err}") from None
         weights, per_task = self.params(), False
         out = []
         for step in range(num_steps + 1):
