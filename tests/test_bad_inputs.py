@@ -1146,6 +1146,25 @@ def test_a_folder_where_a_result_file_goes_is_named_before_training_or_evaluatin
     assert "Iteration" not in result.out
 
 
+def test_a_file_where_the_earlier_results_go_is_named_before_evaluating(sine_copy):
+    # An evaluation whose numbers differ keeps the earlier set in earlier_results/: a file
+    # of that name failed it after the whole evaluation, saying "a file stands where <the
+    # run directory> or a directory above it should be: use another --logdir".
+    config, run_dir = sine_copy
+    (run_dir / "earlier_results").write_text("notes")
+    before = snapshot(run_dir)
+    result = cli(*as_flags(config, train=False))
+    assert result.code == 1
+    assert one_line_error(result.err) == (
+        f"tf-maml: error: could not write the evaluation results in {run_dir}: "
+        f"{run_dir / 'earlier_results'} is a file, where a folder goes. Nothing was lost: "
+        "the checkpoints and the earlier results "
+        "(test_ubs5_stepsize0.01.csv/.pkl/.npy) are intact; move that file away, then run "
+        "the same command again.")
+    assert snapshot(run_dir) == before
+    assert "Evaluating" not in result.out
+
+
 def other_architecture_checkpoint(run_dir) -> None:
     """Replaces the run's checkpoints by one of a 20-20 MLP (the run's net is 40-40), as a
     run directory shared by two configurations or an older version would leave it."""

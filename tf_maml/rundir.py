@@ -281,6 +281,11 @@ def os_error_message(err: OSError, run_dir: str, action: str, kept: str = "",
         return (f"could not {action} in {run_dir}: {err.filename} is a folder, where a file "
                 f"goes. Nothing was lost: {kept}; move that folder away, then run the same "
                 "command again.")
+    elif err.errno == errno.ENOTDIR and _file_below(err.filename, run_dir):
+        kept = kept or "nothing already written was changed"
+        return (f"could not {action} in {run_dir}: {_file_below(err.filename, run_dir)} is a "
+                f"file, where a folder goes. Nothing was lost: {kept}; move that file away, "
+                "then run the same command again.")
     elif err.errno in (errno.ENOTDIR, errno.EEXIST):
         kept = kept or "nothing already written was changed"
         return (f"could not {action} in {run_dir}: {reason}. Nothing was lost: {kept}; a file "
@@ -291,6 +296,16 @@ def os_error_message(err: OSError, run_dir: str, action: str, kept: str = "",
     kept = kept or "nothing already written was changed"
     return (f"could not {action} in {run_dir}: {reason}. Nothing was lost: {kept}; {fix}, "
             "then run the same command again.")
+
+
+def _file_below(path, run_dir: str) -> str | None:
+    """The file in ``run_dir`` (below it, not above) that stands where ``path`` needs a
+    folder (:func:`file_in_the_way`: e.g. a file named earlier_results); None if none."""
+    in_the_way = file_in_the_way(os.fspath(path)) if path else None
+    if in_the_way and os.path.abspath(in_the_way).startswith(
+            os.path.join(os.path.abspath(run_dir), "")):
+        return in_the_way
+    return None
 
 
 @contextlib.contextmanager
@@ -336,6 +351,12 @@ def check_results_writable(directory: str, names: Sequence[str],
     evaluations' one check."""
     with writing(directory, action, kept=lambda: kept_results(directory, names)):
         check_writable(directory, names)
+        # An earlier set with other numbers is kept in earlier_results/ (write_result_set):
+        # a file of that name failed the write after the whole evaluation.
+        earlier = os.path.join(directory, EARLIER_RESULTS)
+        if (any(os.path.isfile(os.path.join(directory, name)) for name in names)
+                and file_in_the_way(earlier)):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), earlier)
 
 
 def kept_results(directory: str, names: Sequence[str]) -> str:
