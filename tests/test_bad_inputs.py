@@ -2863,3 +2863,28 @@ def test_bad_rl_evaluation_step_sizes_are_named(size, message):
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=rf"^evaluate: step_sizes\[1\]: {message}$"):
         learner.evaluate(learner.env.sample_tasks(1, rng), 2, rng, step_sizes=[0.1, size])
+
+
+def test_evaluate_refuses_more_tasks_than_memory_before_sampling_them(learner, monkeypatch):
+    # evaluate samples its tasks all at once (the set does not depend on the batching): a
+    # num_tasks beyond the machine's memory sampled until the system killed the process,
+    # without a word (fit and the command line refuse theirs). A machine of 10 KB stands
+    # for a real one: 100 tasks x 20 points x (x, y) in float32 are 16000 bytes.
+    from tf_maml import threads
+
+    monkeypatch.setattr(threads, "physical_memory", lambda: 10_000)
+    sampled = []
+
+    class Counted(SinusoidTasks):
+        def sample_batch(self, n, rng):
+            sampled.append(n)
+            return super().sample_batch(n, rng)
+
+    with pytest.raises(ValueError, match=r"^num_tasks=100: 100 tasks, sampled at once, would "
+                       r"take at least 0\.0 GB of memory, more than this machine's 0\.0 GB: "
+                       r"the system would kill the process without a word; give fewer "
+                       r"num_tasks$"):
+        evaluate_lib.evaluate(learner, Counted(10, 10), 100, num_steps=1, seed=0)
+    assert sampled == [1]
+    out = evaluate_lib.evaluate(learner, SinusoidTasks(10, 10), 60, num_steps=1, seed=0)
+    assert out["loss"].shape == (60, 2)  # 9600 bytes

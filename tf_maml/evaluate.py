@@ -11,6 +11,7 @@ import pickle
 import numpy as np
 
 from tf_maml import rundir
+from tf_maml import threads as threads_lib
 from tf_maml.errors import check_count
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks import batch_rng
@@ -52,7 +53,16 @@ def evaluate(
     # from range().
     check_count("num_tasks", num_tasks, 1, "a whole number of tasks")
     check_count("batch_size", batch_size, 1, "a whole number of tasks")
-    tasks = sample_tasks(source, num_tasks, seed)
+    # The tasks are sampled at once: a num_tasks beyond this machine's memory, told from
+    # the first of them, is refused before the rest are (else the system killed the
+    # process, without a word, while it sampled them; the command line's check is
+    # tf_maml.runner's).
+    first = sample_tasks(source, 1, seed)
+    needed = num_tasks * sum(np.asarray(part).nbytes for part in first[0])
+    problem = threads_lib.memory_problem(needed, f"{num_tasks} tasks, sampled at once,")
+    if problem:
+        raise ValueError(f"num_tasks={num_tasks}: {problem}; give fewer num_tasks")
+    tasks = first + sample_tasks(source, num_tasks - 1, seed, start=1)
     results: dict[str, list] = {}
     for start in range(0, num_tasks, batch_size):
         chunk = tasks[start:start + batch_size]
