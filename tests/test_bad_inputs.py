@@ -1845,6 +1845,9 @@ OPTIONS = dict(num_steps=tf.constant(1), inner_lr=tf.constant(0.1))
      "inner_lr must be finite"),
     ("adapt_and_predict_with_options", dict(OPTIONS, num_steps=tf.constant(-2)),
      "num_steps must be >= 0"),
+    # A client's num_steps of 10**9 ran in the server without end.
+    ("adapt_and_predict_with_options", dict(OPTIONS, num_steps=tf.constant(1001)),
+     "num_steps must be <= 1000, the most inner steps tf_maml takes"),
     ("serving_default", dict(x=tf.zeros([2, 5])), "x has the wrong feature shape: expected [n, 4]"),
     ("adapt_and_predict", dict(support_x=tf.constant([[float("nan")] * 4] + [[0.5] * 4] * 5)),
      "support_x has a NaN or infinite value"),
@@ -1855,8 +1858,8 @@ OPTIONS = dict(num_steps=tf.constant(1), inner_lr=tf.constant(0.1))
     ("serving_default", dict(x=tf.constant([[float("nan")] * 4])),
      "x has a NaN or infinite value"),
 ], ids=["label>=N", "negative-label", "empty-support", "query-rank", "feature-size", "nan-lr",
-        "negative-steps", "serving-feature-size", "nan-support", "inf-query", "negative-lr",
-        "serving-nan"])
+        "negative-steps", "too-many-steps", "serving-feature-size", "nan-support", "inf-query",
+        "negative-lr", "serving-nan"])
 def test_saved_model_signatures_say_what_is_wrong(classifier_export, signature, change, message):
     loaded, export_dir, task = classifier_export
     before = snapshot(export_dir)
@@ -1870,6 +1873,15 @@ def test_saved_model_signatures_say_what_is_wrong(classifier_export, signature, 
     assert snapshot(export_dir) == before
 
 
+@pytest.mark.parametrize("steps", [2**32 + 1, -(2**32) + 1], ids=["huge", "negative"])
+def test_a_64_bit_step_count_beyond_32_bits_is_refused_not_cut(classifier_export, steps):
+    # numpy's int64 2**32 + 1 was cast to int32 before the checks: 1 step, without a word
+    # (and -2**32 + 1 too).
+    loaded, _, task = classifier_export
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_steps must be"):
+        loaded.adapt_and_predict(**task, num_steps=np.int64(steps), inner_lr=np.float64(0.1))
+
+
 # ---------------------------------------------------------------------------- Python API
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_steps=2.5), r"^num_steps must be a whole number of inner steps >= 0, got 2\.5$"),
@@ -1881,8 +1893,12 @@ def test_saved_model_signatures_say_what_is_wrong(classifier_export, signature, 
                              r"input_shape out to read it from the model$"),
     (dict(input_shape=(0,)), r"^input_shape must be the shape of one example \(without the "
                              r"batch axis\), sizes >= 1 or None, got \(0,\)$"),
+    # Each of 10**9 default steps ran in every call of the export: it never returned.
+    (dict(num_steps=1001), r"^num_steps=1001: 1001 inner steps would each run in every call "
+                           r"of the export's adapt_and_predict .*more than the 1000 tf_maml "
+                           r"takes; give at most 1000$"),
 ], ids=["fractional-steps", "negative-steps", "unknown-targets", "other-input-shape",
-        "empty-input-shape"])
+        "empty-input-shape", "too-many-steps"])
 def test_bad_export_arguments_are_named_before_anything_is_written(tmp_path, kwargs, message):
     # 2.5 steps were exported as 2 without a word; an input_shape the model does not take
     # was Keras' multi-line error from deep in tracing the export.

@@ -48,12 +48,15 @@ UNROLLED = ("would each be unrolled into the traced graph (its ops and tracing t
             "with every step: hours before the first task)")
 SAMPLED = ("would each sample a fresh batch of trajectories of every task (the run's time "
            "grows with every step: 10**9 would not end)")
+# An export's steps run in a loop of the graph, at every call (tf_maml.export).
+SERVED = ("would each run in every call of the export's adapt_and_predict (its time grows "
+          "with every step: 10**9 would not return)")
 
 
 def unrolled_steps_problem(num_steps: int, each: str = UNROLLED) -> str | None:
     """Why ``num_steps`` inner steps, which ``each`` cost what it says (:data:`UNROLLED`,
-    :data:`SAMPLED`), cannot be taken: more than :data:`MAX_UNROLLED_STEPS`; None if they
-    can."""
+    :data:`SAMPLED`, :data:`SERVED`), cannot be taken: more than
+    :data:`MAX_UNROLLED_STEPS`; None if they can."""
     if num_steps <= MAX_UNROLLED_STEPS:
         return None
     return (f"{num_steps} inner steps {each}, more than the {MAX_UNROLLED_STEPS} tf_maml "

@@ -211,6 +211,9 @@ def export(
     check_export_dir(export_dir)
     # Else 2.5 steps were exported as 2 without a word.
     check_count("num_steps", num_steps, 0, "a whole number of inner steps")
+    too_many = adapt_lib.unrolled_steps_problem(num_steps, adapt_lib.SERVED)
+    if too_many:  # the default of every call
+        raise ValueError(f"num_steps={num_steps}: {too_many}")
     if targets not in TARGETS:
         raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
     model = learner.model
@@ -313,7 +316,7 @@ class _Serving:
         :func:`tf_maml.adapt.adapt`), then its predictions of the query set."""
         support_x, support_y, query_x, steps = export_checks.task(
             support_x, support_y, query_x, steps, lr, self.feature_shape, self.kind,
-            self.num_outputs)
+            self.num_outputs, adapt_lib.MAX_UNROLLED_STEPS)
         learner, model = self.learner, self.model
         weights, frozen = _read(model.trainable_variables), _read(model.non_trainable_variables)
         # α of each step, and per-step batch norm's values: the learner's own, as training
@@ -383,6 +386,11 @@ class _Serving:
                      inner_lr=self.default_lr):
             if self.kind == "classes" and support_y.dtype.is_floating:
                 support_y = export_checks.whole_class_ids(support_y)
+            # A 64-bit count clipped to just outside 0..MAX_UNROLLED_STEPS first, which the
+            # checks refuse: else int32's cast cut 2**32 + 1 to 1 step, without a word.
+            num_steps = tf.convert_to_tensor(num_steps)
+            limit = tf.cast(adapt_lib.MAX_UNROLLED_STEPS + 1, num_steps.dtype)
+            num_steps = tf.clip_by_value(num_steps, -tf.ones_like(limit), limit)
             return core(tf.cast(support_x, self.input_dtype), tf.cast(support_y, y_dtype),
                         tf.cast(query_x, self.input_dtype),
                         tf.cast(num_steps, tf.int32), tf.cast(inner_lr, tf.float32))

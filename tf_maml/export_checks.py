@@ -3,10 +3,11 @@
 Inputs of ``adapt_and_predict`` and ``serving_default`` (:mod:`tf_maml.export`) are
 validated in the graph with ``tf.debugging`` assertions that say what is wrong (wrong rank
 or feature shape, label outside ``[0, N)`` with N the model's output size, empty support
-set, mismatched support sizes, negative ``num_steps``, a NaN or infinity in an input,
-``inner_lr`` negative or not finite, fast weights that are no longer finite after the inner
-loop). The signatures declare inputs of unknown shape, so the checks come before any model
-op: :meth:`Checks.gate` hands an input on only once every check has passed.
+set, mismatched support sizes, a ``num_steps`` negative or above ``max_steps``, a NaN or
+infinity in an input, ``inner_lr`` negative or not finite, fast weights that are no longer
+finite after the inner loop). The signatures declare inputs of unknown shape, so the checks
+come before any model op: :meth:`Checks.gate` hands an input on only once every check has
+passed.
 """
 
 from __future__ import annotations
@@ -101,10 +102,15 @@ class Checks:
             ), tf.equal(size, num_outputs))
             self.finite(support_y, "support_y", "targets")
 
-    def options(self, steps: tf.Tensor, lr: tf.Tensor) -> None:
-        """``num_steps`` >= 0, ``inner_lr`` finite and >= 0."""
+    def options(self, steps: tf.Tensor, lr: tf.Tensor, max_steps: int) -> None:
+        """``num_steps`` in 0..``max_steps`` (else a client's 10**9 ran in the server
+        without end), ``inner_lr`` finite and >= 0."""
         self.add(lambda: tf.debugging.assert_non_negative(
             steps, message="num_steps must be >= 0"), steps >= 0)
+        self.add(lambda: tf.debugging.assert_less_equal(
+            steps, tf.cast(max_steps, steps.dtype),
+            message=f"num_steps must be <= {max_steps}, the most inner steps tf_maml takes"),
+            steps <= max_steps)
         self.add(lambda: tf.debugging.assert_all_finite(
             lr, message="inner_lr must be finite"), tf.math.is_finite(lr))
         self.add(lambda: tf.debugging.assert_non_negative(
@@ -120,7 +126,7 @@ class Checks:
 
 
 def task(support_x, support_y, query_x, steps, lr, feature_shape: tuple, kind: str,
-         num_outputs: int) -> tuple[tf.Tensor, ...]:
+         num_outputs: int, max_steps: int) -> tuple[tf.Tensor, ...]:
     """``adapt_and_predict``'s inputs, each handed on only after every check has passed
     (:class:`Checks`): support_x, support_y, query_x, steps. ``lr`` is checked too (the
     gates wait for its checks)."""
@@ -132,7 +138,7 @@ def task(support_x, support_y, query_x, steps, lr, feature_shape: tuple, kind: s
     ), num_support > 0)
     checks.targets(support_x, support_y, kind, num_outputs)
     checks.examples(query_x, feature_shape, "query_x")
-    checks.options(steps, lr)
+    checks.options(steps, lr, max_steps)
     examples = (None,) + feature_shape
     return (checks.gate(support_x, examples),
             checks.gate(support_y, (None,) if kind == "classes" else (None, num_outputs)),
