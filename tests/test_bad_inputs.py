@@ -2904,3 +2904,26 @@ def test_evaluate_refuses_more_tasks_than_memory_before_sampling_them(learner, m
     assert sampled == [1]
     out = evaluate_lib.evaluate(learner, SinusoidTasks(10, 10), 60, num_steps=1, seed=0)
     assert out["loss"].shape == (60, 2)  # 9600 bytes
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5])
+def test_bad_ensemble_sizes_are_named(learner, tmp_path, size):
+    # 0 chose no member ("Ensemble of 0", then a TypeError of None / 0 in evaluate), -1 all
+    # but the worst, 2.5 a TypeError of a slice; said before any checkpoint is read.
+    from tf_maml import ensemble
+
+    learner_checkpointer(learner, str(tmp_path)).save(20)
+    with pytest.raises(ValueError, match=r"^size must be a whole number of checkpoints >= 1, "
+                                         rf"got {re.escape(repr(size))}$"):
+        ensemble.select(learner, str(tmp_path), SinusoidTasks(5, 5), size=size, num_tasks=2,
+                        num_steps=1)
+
+
+def test_an_ensemble_of_no_member_is_named(learner, tmp_path):
+    # evaluate(members=[]) failed in a TypeError of None / 0 after sampling the tasks.
+    from tf_maml import ensemble
+
+    with pytest.raises(ValueError, match=r"^members must name at least one checkpoint "
+                                         r"\(iterations, as ensemble\.select returns them\), "
+                                         r"got \[\]$"):
+        ensemble.evaluate(learner, str(tmp_path), [], SinusoidTasks(5, 5), 2, 1, seed=0)

@@ -31,6 +31,7 @@ from tf_maml.checkpoint import (
     checkpoint_iteration,
     learner_checkpointer,
 )
+from tf_maml.errors import check_count
 from tf_maml.mapping.batched import per_task_values
 from tf_maml.protocols import EnsembleLearner
 
@@ -139,6 +140,9 @@ def select(learner: EnsembleLearner, run_dir: str, val_source, size: int, num_ta
     (``sample_batch(n, rng)``, as for training): from the training's :class:`Pool` record
     if it has these settings, else scoring the checkpoints the run keeps. Recorded in
     ``run_dir/ensemble.json``. Leaves ``learner`` with the last candidate's weights."""
+    # Else 0 chose no member (then evaluate's None / 0), -1 all but the worst, 2.5 a
+    # TypeError of a slice.
+    check_count("size", size, 1, "a whole number of checkpoints")
     checkpointer = learner_checkpointer(learner, run_dir)
     candidates = [checkpoint_iteration(p) for p in checkpointer.checkpoints]
     candidates = [i for i in candidates if upto is None or i <= upto]
@@ -208,6 +212,9 @@ def evaluate(learner: EnsembleLearner, run_dir: str, members: list[int], source,
     (iterations), as :func:`tf_maml.evaluate.evaluate` gives them for one model: each
     member adapts on its own, the query outputs (logits) are averaged over the members, and
     the learner's loss (and metric) score the average."""
+    if not isinstance(members, (list, tuple)) or not members:  # else None / 0, at the end
+        raise ValueError(f"members must name at least one checkpoint (iterations, as "
+                         f"ensemble.select returns them), got {members!r}")
     checkpointer = learner_checkpointer(learner, run_dir)
     summed, query_y = None, None
     for k, iteration in enumerate(members):
