@@ -323,3 +323,18 @@ def test_a_reader_of_a_set_a_killed_writer_left_half_replaced_reads_the_new_set(
     assert (run_dir / "r.csv").read_text() == "new r.csv"
     np.testing.assert_array_equal(read_matrix(str(run_dir / "r.npy")), np.ones((2, 3)))
     assert sorted(os.listdir(run_dir)) == ["r.csv", "r.npy", "r.pkl"]
+
+
+def test_a_journal_naming_a_file_outside_its_folder_moves_nothing(tmp_path):
+    # A journal is a list of names in its own folder: one that names another folder's file
+    # (written by hand, or by a checkout of someone else's files) is no set of ours.
+    folder, pid = tmp_path / "run", 2**22 + 12345  # above any Linux process id
+    folder.mkdir()
+    (tmp_path / "victim").write_text("mine")
+    (tmp_path / f"victim.{pid}{atomic.TEMP_SUFFIX}").write_text("theirs")
+    journal = folder / f".r.csv.{pid}{atomic.JOURNAL_SUFFIX}"
+    journal.write_text('{"files": ["../victim"]}')
+    hour_ago = time.time() - 3600
+    os.utime(journal, (hour_ago, hour_ago))
+    assert atomic.complete_interrupted(str(folder)) == []
+    assert (tmp_path / "victim").read_text() == "mine" and journal.exists()

@@ -79,8 +79,10 @@ def write_all(files: dict[str, str | bytes], fsync: bool = False) -> None:
                 f.write(data)
                 _sync(f, fsync)
         with stops_deferred():  # Ctrl-C between two renames would mix the versions
-            if len(files) > 1:  # every new file is whole: the set can be completed from here
-                journal = _write_journal(list(zip(temporaries, files)), fsync)
+            if len(files) > 1 and len({os.path.dirname(os.path.abspath(p))
+                                       for p in files}) == 1:
+                # Every new file is whole: the set can be completed from here.
+                journal = _write_journal(list(files), fsync)
             for path, tmp in zip(files, temporaries):
                 os.replace(tmp, path)
             if journal:
@@ -95,18 +97,17 @@ def write_all(files: dict[str, str | bytes], fsync: bool = False) -> None:
 JOURNAL_SUFFIX = ".set"
 
 
-def _write_journal(renames: list[tuple[str, str]], fsync: bool) -> str:
-    """The journal of a set's ``renames`` (temporary, path), beside its first path (paths
-    relative to its folder: a folder moved or mounted elsewhere still completes), written
-    whole; returns its path."""
-    folder = os.path.dirname(os.path.abspath(renames[0][1]))
-    name = os.path.basename(renames[0][1])[:100]
-    journal = os.path.join(folder, f".{name}.{os.getpid()}{JOURNAL_SUFFIX}")
-    record = [[os.path.relpath(os.path.abspath(p), folder) for p in pair] for pair in renames]
+def _write_journal(paths: list[str], fsync: bool) -> str:
+    """The journal of the renames of a set of files ``paths`` of one folder, beside them
+    (their names alone: nothing outside the folder can be named), written whole; returns
+    its path."""
+    folder = os.path.dirname(os.path.abspath(paths[0]))
+    journal = os.path.join(folder, f".{os.path.basename(paths[0])[:100]}.{os.getpid()}"
+                                   f"{JOURNAL_SUFFIX}")
     tmp = temporary_name(journal)
     try:
         with open(tmp, "w") as f:
-            json.dump({"renames": record}, f)
+            json.dump({"files": [os.path.basename(p) for p in paths]}, f)
             _sync(f, fsync)
         os.replace(tmp, journal)
     except BaseException:
@@ -118,11 +119,13 @@ def _write_journal(renames: list[tuple[str, str]], fsync: bool) -> str:
 def complete_interrupted(folder: str) -> list[str]:
     """Completes the sets of files (:func:`write_all`) that a process killed between their
     renames left half replaced in ``folder`` (a SIGKILL, a power cut: no handler can defer
-    them), from their journals: the new files not yet renamed are renamed over the old
-    ones, so that the set is the new one, whole. A journal of a process still running, or
-    written since this one started, is a write in progress: left. Returns the paths
-    completed (none if the folder cannot be changed: a read-only copy, left as it is)."""
-    pattern = re.compile(r"(.+)\.(\d+)" + re.escape(JOURNAL_SUFFIX))
+    them), from their journals: the new files not yet renamed (``<name>.<pid>.tmp``, of
+    the journal's process) are renamed over the old ones, so that the set is the new one,
+    whole. A journal names files of its folder only (one naming any other is left, as is
+    everything it names). A journal of a process still running, or written since this one
+    started, is a write in progress: left. Returns the paths completed (none if the folder
+    cannot be changed: a read-only copy, left as it is)."""
+    pattern = re.compile(r"\.(.+)\.(\d+)" + re.escape(JOURNAL_SUFFIX))
     completed: list[str] = []
     try:
         entries = list(os.scandir(folder))
@@ -132,14 +135,18 @@ def complete_interrupted(folder: str) -> list[str]:
         match = pattern.fullmatch(entry.name)
         if not match or int(match.group(2)) == os.getpid() or _running(int(match.group(2))):
             continue
-        with contextlib.suppress(OSError, ValueError, TypeError):
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             if entry.stat().st_mtime >= _STARTED:
                 continue
             with open(entry.path) as f:
-                renames = json.load(f)["renames"]
-            for tmp, path in renames:
-                tmp, path = (os.path.join(folder, p) for p in (tmp, path))
-                if os.path.exists(tmp):  # else renamed before the kill
+                names = json.load(f)["files"]
+            if not all(isinstance(n, str) and n and os.path.basename(n) == n
+                       and n not in (os.curdir, os.pardir) for n in names):
+                continue
+            for name in names:
+                path = os.path.join(folder, name)
+                tmp = f"{path}.{match.group(2)}{TEMP_SUFFIX}"
+                if os.path.isfile(tmp):  # else renamed before the kill
                     os.replace(tmp, path)
                     completed.append(path)
             os.remove(entry.path)
