@@ -338,3 +338,19 @@ def test_a_journal_naming_a_file_outside_its_folder_moves_nothing(tmp_path):
     os.utime(journal, (hour_ago, hour_ago))
     assert atomic.complete_interrupted(str(folder)) == []
     assert (tmp_path / "victim").read_text() == "mine" and journal.exists()
+
+
+def test_a_set_its_writer_left_is_completed_by_the_process_that_ran_the_writer(tmp_path):
+    # tf-maml-reproduce reads the table of an evaluation it ran: a set the killed child
+    # left, newer than the parent, is completed all the same once the child is gone.
+    names = ("r.csv", "r.pkl", "r.npy")
+    atomic.write_all({str(tmp_path / n): "old " + n for n in names})
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(tmp_path)],
+                   env={**os.environ, "PYTHONPATH": os.getcwd()}, check=False)
+    assert atomic.complete_interrupted(str(tmp_path)) == [str(tmp_path / "r.pkl"),
+                                                          str(tmp_path / "r.npy")]
+    assert {n: (tmp_path / n).read_text() for n in names} == {n: "new " + n for n in names}
+    assert sorted(os.listdir(tmp_path)) == sorted(names)

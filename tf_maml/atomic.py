@@ -122,9 +122,11 @@ def complete_interrupted(folder: str) -> list[str]:
     them), from their journals: the new files not yet renamed (``<name>.<pid>.tmp``, of
     the journal's process) are renamed over the old ones, so that the set is the new one,
     whole. A journal names files of its folder only (one naming any other is left, as is
-    everything it names). A journal of a process still running, or written since this one
-    started, is a write in progress: left. Returns the paths completed (none if the folder
-    cannot be changed: a read-only copy, left as it is)."""
+    everything it names). A journal of a process still running is a write in progress:
+    left (its renames take microseconds; a process that ran a set's writer, as
+    tf-maml-reproduce runs its commands, completes the set as soon as the writer is gone).
+    Returns the paths completed (none if the folder cannot be changed: a read-only copy,
+    left as it is)."""
     pattern = re.compile(r"\.(.+)\.(\d+)" + re.escape(JOURNAL_SUFFIX))
     completed: list[str] = []
     try:
@@ -136,8 +138,6 @@ def complete_interrupted(folder: str) -> list[str]:
         if not match or int(match.group(2)) == os.getpid() or _running(int(match.group(2))):
             continue
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            if entry.stat().st_mtime >= _STARTED:
-                continue
             with open(entry.path) as f:
                 names = json.load(f)["files"]
             if not all(isinstance(n, str) and n and os.path.basename(n) == n
