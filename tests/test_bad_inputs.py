@@ -2927,3 +2927,18 @@ def test_an_ensemble_of_no_member_is_named(learner, tmp_path):
                                          r"\(iterations, as ensemble\.select returns them\), "
                                          r"got \[\]$"):
         ensemble.evaluate(learner, str(tmp_path), [], SinusoidTasks(5, 5), 2, 1, seed=0)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: SinusoidTasks(5, 5, oracle="False"), "oracle"),
+    (lambda: __import__("tf_maml.tasks.navigation", fromlist=["x"]).NavigationTasks(
+        oracle="False"), "oracle"),
+    (lambda: __import__("tf_maml.rl.training", fromlist=["x"]).build_learner(
+        num_trajectories=2, horizon=5, first_order="False"), "first_order"),
+    (lambda: options.LSLR(0.1, per_parameter="no"), "per_parameter"),
+], ids=["sinusoid-oracle", "navigation-oracle", "rl-first-order", "lslr-per-parameter"])
+def test_a_switch_that_is_not_true_or_false_is_named(make, name):
+    # bool("False") is True: the oracle's inputs were appended, RL meta-trained first order
+    # and LSLR learned a rate per element, without a word.
+    with pytest.raises(ValueError, match=rf"^{name} must be True or False, got '"):
+        make()

@@ -94,6 +94,14 @@ def is_count(value, minimum: int = 0) -> bool:
             and value >= minimum)
 
 
+def check_switch(name: str, value) -> None:
+    """A ValueError unless ``value`` is True or False, as an argument that switches
+    something on must be: ``bool("False")`` and ``bool("no")`` are True, and so a switch
+    given a string (read from a config or a command line) was on without a word."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def check_count(name: str, value, minimum: int, what: str) -> None:
     """A ValueError unless ``value`` is an integer >= ``minimum`` (``what`` it counts)."""
     if not is_count(value, minimum):

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tf_maml import adapt as adapt_lib
 from tf_maml import distribute as distribute_lib
 from tf_maml import keras_internals, losses
-from tf_maml.errors import BatchError, check_count, is_count
+from tf_maml.errors import BatchError, check_count, check_switch, is_count
 from tf_maml.mapping import Batch, ExecutionPlan, Runner, check_batch
 from tf_maml.mapping.base import examples_problem, model_example_shape, model_runner
 from tf_maml.meta_update import MetaUpdate, refused_batches
@@ -298,8 +298,7 @@ class MetaLearner(MetaUpdate):
         statistics (the forward pass discards them), so they are not θ's (a new model's
         are mean 0, variance 1); the same holds for the Keras model's own inference mode
         (``model(x)``, ``model.predict``)."""
-        if not isinstance(training, bool):  # else training="False" ran in training mode
-            raise ValueError(f"predict: training must be True or False, got {training!r}")
+        check_switch("predict: training", training)  # else "False" ran in training mode
         if not training:
             stale = _moving_statistics_layers(self.model)
             if stale:

@@ -42,7 +42,7 @@ from tf_maml.checkpoint import (
     learner_checkpointer,
     resume_or_start,
 )
-from tf_maml.errors import BatchError, check_count, tensorflow_pattern
+from tf_maml.errors import BatchError, check_count, check_switch, tensorflow_pattern
 from tf_maml.protocols import Learner, TaskLearner, TunableLearner
 from tf_maml.tasks import VAL_STREAM, task_stream
 
@@ -298,8 +298,7 @@ def fit_learner(learner: TunableLearner, tasks, iterations: int, *, meta_batch_s
     check_count("seed", seed, 0, "a whole number")
     if log_interval is not None:  # else "10" failed inside the loop, 2.5 printed at 5, 10, ...
         check_count("log_interval", log_interval, 0, "None or a whole number of iterations")
-    if not isinstance(resume, bool):  # else resume="no" resumed
-        raise ValueError(f"resume must be True or False, got {resume!r}")
+    check_switch("resume", resume)  # else resume="no" resumed
     if not callable(log):  # else a TypeError at the first line logged
         raise ValueError(f"log must be a function of one line (print, list.append, ...), got "
                          f"{log!r}")

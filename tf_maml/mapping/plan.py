@@ -29,7 +29,7 @@ import keras
 
 from tf_maml import keras_internals
 from tf_maml import threads as threads_lib
-from tf_maml.errors import is_count
+from tf_maml.errors import check_switch, is_count
 from tf_maml.mapping import batched as batched_lib
 from tf_maml.mapping.accumulate import Accumulate
 from tf_maml.mapping.per_task import PerTask
@@ -121,8 +121,7 @@ class ExecutionPlan:
                 raise ValueError(f"{name} must be a whole number of bytes >= 1, got "
                                  f"{getattr(self, name)!r}")
         for name in ("autotune", "cache_body_features"):
-            if not isinstance(getattr(self, name), bool):  # else "no" was true
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            check_switch(name, getattr(self, name))  # else "no" was true
 
     def check(self, model: keras.Model) -> None:
         """A ValueError if this plan cannot run ``model`` (said when the learner is built)."""

@@ -13,6 +13,7 @@ import numbers
 import keras
 import tensorflow as tf
 
+from tf_maml.errors import check_switch
 from tf_maml.options.steps import clamp, require_steps
 
 
@@ -80,7 +81,8 @@ class LSLR(InnerRate):
 
     def __init__(self, value: float = 0.01, per_parameter: bool = False):
         super().__init__(value)
-        self.per_parameter = bool(per_parameter)
+        check_switch("per_parameter", per_parameter)
+        self.per_parameter = per_parameter
 
     def __repr__(self) -> str:
         return f"LSLR({self.value}, per_parameter={self.per_parameter})"

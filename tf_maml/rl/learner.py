@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
-from tf_maml.errors import check_count
+from tf_maml.errors import check_count, check_switch
 from tf_maml.options.rates import InnerRate
 from tf_maml.rl import policy as policy_lib
 from tf_maml.rl import sampler, trpo
@@ -159,7 +159,8 @@ class RLMetaLearner:
         self.num_trajectories = int(num_trajectories)
         self.discount = float(discount)
         self.max_kl = float(max_kl)
-        self.first_order = bool(first_order)
+        check_switch("first_order", first_order)
+        self.first_order = first_order
         self.sample_budget = sample_budget
         self.mask = adapt_lib.adapted_mask(policy, adapt_norm=True)
         self.optimizer = TRPOState()  # checkpointed beside the policy (tf_maml.rl.training)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_maml.errors import check_switch
 from tf_maml.rl import policy as policy_lib
 from tf_maml.rl import sampler
 from tf_maml.tasks import locomotion
@@ -59,7 +60,8 @@ class LocomotionTasks:
         self.name = family
         self.family = locomotion.family_named(family)
         self.model = locomotion.load_model(self.family.robot)
-        self.oracle = bool(oracle)
+        check_switch("oracle", oracle)  # else "False" appended the goal
+        self.oracle = oracle
         self.horizon = int(horizon)
         self.threads = int(threads)
         self.action_dim = int(self.model.nu)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tf_maml.errors import check_switch
 from tf_maml.tasks import locomotion
 
 try:  # optional: only for the spaces and isinstance(env, gymnasium.Env)
@@ -50,7 +51,8 @@ class LocomotionEnv(_EnvBase):
         import mujoco
 
         self.family = locomotion.family_named(family)
-        self.oracle = bool(oracle)
+        check_switch("oracle", oracle)  # else "False" appended the goal
+        self.oracle = oracle
         self.horizon = int(horizon)
         self.model = locomotion.load_model(self.family.robot)
         self.data = mujoco.MjData(self.model)

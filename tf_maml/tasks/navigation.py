@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tf_maml.errors import check_count
+from tf_maml.errors import check_count, check_switch
 
 try:  # optional: only for NavigationEnv's spaces and isinstance(env, gymnasium.Env)
     import gymnasium as _gymnasium
@@ -79,7 +79,8 @@ class NavigationTasks:
         if not max_speed > 0 or not goal_tolerance >= 0:
             raise ValueError(f"max_speed must be > 0 and goal_tolerance >= 0, got {max_speed} "
                              f"and {goal_tolerance}")
-        self.oracle = bool(oracle)
+        check_switch("oracle", oracle)
+        self.oracle = oracle
         self.horizon = int(horizon)
         self.max_speed = float(max_speed)
         self.goal_tolerance = float(goal_tolerance)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tf_maml.errors import check_count
+from tf_maml.errors import check_count, check_switch
 
 AMP_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, np.pi)
@@ -26,7 +26,8 @@ class SinusoidTasks:
         check_count("num_query", num_query, 1, "a whole number of examples")
         self.num_support = int(num_support)
         self.num_query = int(num_query)
-        self.oracle = bool(oracle)
+        check_switch("oracle", oracle)
+        self.oracle = oracle
         self.input_dim = 3 if oracle else 1
 
     def sample_params(self, meta_batch_size: int, rng: np.random.Generator):
