@@ -61,10 +61,10 @@ def stream_of(rng) -> int | None:
 
 def follows_its_generator(source, first, rng: np.random.Generator) -> tuple[bool, tuple]:
     """Whether the task source ``source`` draws its tasks from the generator it is given
-    (as tf_maml's do: the same generator, the same tasks), told from a task drawn again
-    from ``rng``, a new generator of the seed ``first`` (a batch of one task) was drawn
-    with; and that task. A source with its own state (a queue, a file of tasks read in
-    order) gives another."""
+    (as tf_maml's do: the same generator, the same tasks), and the task that tells: one
+    drawn from ``rng``, a new generator of the seed that ``first`` (a batch of one task)
+    was drawn with, which such a source gives again. A source with its own state (a
+    queue, a file of tasks read in order) gives another."""
     again = source.sample_batch(1, rng)
     same = all(np.array_equal(np.asarray(a), np.asarray(b),
                               equal_nan=np.asarray(a).dtype.kind in "fc")
@@ -77,7 +77,7 @@ class Replayed:
     for anything but the training (a check's, autotune's: generators of other streams than
     :data:`TRAIN_STREAM`, or none of :func:`batch_rng`) are kept and handed to the training
     first, in the order drawn: else the training never saw those tasks. ``drawn``: the
-    batches drawn from it so already. Anything else is the source's."""
+    batches drawn from it so far. Any other attribute is the source's."""
 
     def __init__(self, source, drawn):
         self.source, self._kept = source, list(drawn)
