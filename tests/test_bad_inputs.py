@@ -2942,3 +2942,16 @@ def test_a_switch_that_is_not_true_or_false_is_named(make, name):
     # and LSLR learned a rate per element, without a word.
     with pytest.raises(ValueError, match=rf"^{name} must be True or False, got '"):
         make()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(predictions="no"), r"^predictions must be True or False, got 'no'$"),
+    (dict(progress="bar"), r"^progress must be None or a function of \(done, total\), got "
+                           r"'bar'$"),
+], ids=["string-predictions", "string-progress"])
+def test_bad_evaluation_switches_are_named_before_evaluating(learner, kwargs, message):
+    # predictions="no" returned the predictions (a non-empty string is true); a progress
+    # that is no function failed with "'str' object is not callable" after the first batch.
+    with pytest.raises(ValueError, match=message):
+        evaluate_lib.evaluate(learner, SinusoidTasks(5, 5), 4, num_steps=1, seed=0,
+                              batch_size=2, **kwargs)

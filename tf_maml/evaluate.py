@@ -12,7 +12,7 @@ import numpy as np
 
 from tf_maml import rundir
 from tf_maml import threads as threads_lib
-from tf_maml.errors import check_count
+from tf_maml.errors import check_count, check_switch
 from tf_maml.learners import MetaLearner
 from tf_maml.tasks import batch_rng
 
@@ -53,6 +53,12 @@ def evaluate(
     # from range().
     check_count("num_tasks", num_tasks, 1, "a whole number of tasks")
     check_count("batch_size", batch_size, 1, "a whole number of tasks")
+    # Else "no" returned the predictions, and a progress that is no function failed after
+    # the first batch.
+    check_switch("predictions", predictions)
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be None or a function of (done, total), got "
+                         f"{progress!r}")
     # The tasks are sampled at once: a num_tasks beyond this machine's memory, told from
     # the first of them, is refused before the rest are (else the system killed the
     # process, without a word, while it sampled them; the command line's check is
