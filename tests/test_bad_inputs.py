@@ -2624,31 +2624,40 @@ def test_bad_fit_arguments_are_named(kwargs, message):
     assert int(learner.optimizer.iterations) == 0
 
 
+def _tiny_machine_counting_tasks(monkeypatch):
+    """A machine of 10 KB (standing for a real one) and a sinusoid source that records the
+    size of every batch sampled from it: ``.source(K, Q)`` makes one, ``.sizes`` lists them."""
+    from tf_maml import threads
+
+    monkeypatch.setattr(threads, "physical_memory", lambda: 10_000)
+    sampled = types.SimpleNamespace(sizes=[])
+
+    class Counted(SinusoidTasks):
+        def sample_batch(self, n, rng):
+            sampled.sizes.append(n)
+            return super().sample_batch(n, rng)
+
+    sampled.source = Counted
+    return sampled
+
+
 def test_fit_refuses_a_meta_batch_larger_than_memory_before_sampling_it(tmp_path,
                                                                        monkeypatch):
     # The command line refused it (runner._check_memory); fit sampled the meta-batch until
     # the system killed the process, without a word. A machine of 10 KB stands for a real
     # one: 100 tasks x 20 examples x (x, y) in float32 are 16000 bytes.
-    from tf_maml import threads
-
-    monkeypatch.setattr(threads, "physical_memory", lambda: 10_000)
-    sampled = []
-
-    class Counted(SinusoidTasks):
-        def sample_batch(self, n, rng):
-            sampled.append(n)
-            return super().sample_batch(n, rng)
-
+    sampled = _tiny_machine_counting_tasks(monkeypatch)
     learner = MetaLearner(mlp(), losses.mse)
     with pytest.raises(ValueError, match=r"^meta_batch_size=100: a meta-batch of 100 tasks "
                        r"would take at least 0\.0 GB of memory, more than this machine's 0\.0 "
                        r"GB: the system would kill the process without a word; give a smaller "
                        r"meta_batch_size \(or smaller tasks\)$"):
-        learner.fit(Counted(10, 10), iterations=2, meta_batch_size=100,
+        learner.fit(sampled.source(10, 10), iterations=2, meta_batch_size=100,
                     run_dir=str(tmp_path / "run"), log_interval=None)
-    assert sampled == [1] and not (tmp_path / "run").exists()
+    assert sampled.sizes == [1] and not (tmp_path / "run").exists()
     assert int(learner.optimizer.iterations) == 0
-    learner.fit(Counted(10, 10), iterations=1, meta_batch_size=62, log_interval=None)  # 9920 B
+    learner.fit(sampled.source(10, 10), iterations=1, meta_batch_size=62,  # 9920 B
+                log_interval=None)
     assert int(learner.optimizer.iterations) == 1
 
 
@@ -2886,22 +2895,13 @@ def test_evaluate_refuses_more_tasks_than_memory_before_sampling_them(learner, m
     # num_tasks beyond the machine's memory sampled until the system killed the process,
     # without a word (fit and the command line refuse theirs). A machine of 10 KB stands
     # for a real one: 100 tasks x 20 points x (x, y) in float32 are 16000 bytes.
-    from tf_maml import threads
-
-    monkeypatch.setattr(threads, "physical_memory", lambda: 10_000)
-    sampled = []
-
-    class Counted(SinusoidTasks):
-        def sample_batch(self, n, rng):
-            sampled.append(n)
-            return super().sample_batch(n, rng)
-
+    sampled = _tiny_machine_counting_tasks(monkeypatch)
     with pytest.raises(ValueError, match=r"^num_tasks=100: 100 tasks, sampled at once, would "
                        r"take at least 0\.0 GB of memory, more than this machine's 0\.0 GB: "
                        r"the system would kill the process without a word; give fewer "
                        r"num_tasks$"):
-        evaluate_lib.evaluate(learner, Counted(10, 10), 100, num_steps=1, seed=0)
-    assert sampled == [1]
+        evaluate_lib.evaluate(learner, sampled.source(10, 10), 100, num_steps=1, seed=0)
+    assert sampled.sizes == [1]
     out = evaluate_lib.evaluate(learner, SinusoidTasks(10, 10), 60, num_steps=1, seed=0)
     assert out["loss"].shape == (60, 2)  # 9600 bytes
 
