@@ -358,15 +358,21 @@ def test_activity_regularized_model_is_refused_not_silently_unregularized(activi
 
 @pytest.mark.parametrize("layer", [
     keras.layers.Dropout(0.5), keras.layers.GaussianNoise(0.1),
-    keras.layers.GaussianDropout(0.2), keras.layers.RandomFlip(),
+    keras.layers.GaussianDropout(0.2), keras.layers.AlphaDropout(0.2),
 ])
-def test_random_layer_model_is_refused_not_given_one_frozen_mask(layer):
-    # The stateless forward pass never advances a layer's SeedGenerator: the same dropout
-    # mask at every step, task and iteration, and on at evaluation (training mode).
-    shape = (4, 4, 1) if isinstance(layer, keras.layers.RandomFlip) else (4,)
-    model = keras.Sequential([keras.Input(shape), layer, keras.layers.Flatten(),
+def test_dropout_like_layers_are_accepted(layer):
+    # Seeded per forward pass in meta-training, off at evaluation (tests/test_dropout.py).
+    model = keras.Sequential([keras.Input((4,)), layer, keras.layers.Dense(WAYS)])
+    MetaLearner(model, losses.summed_xent(SHOTS))
+
+
+def test_random_augmentation_is_refused_not_given_one_frozen_mask():
+    # Neither seeded per pass nor switched off at evaluation: one draw for every step, task
+    # and iteration, and a draw at evaluation (training mode).
+    layer = keras.layers.RandomFlip()
+    model = keras.Sequential([keras.Input((4, 4, 1)), layer, keras.layers.Flatten(),
                               keras.layers.Dense(WAYS)])
-    with pytest.raises(ValueError, match=f"random numbers.*{layer.name}"):
+    with pytest.raises(ValueError, match=f"random numbers.*{layer.name}.*Dropout"):
         MetaLearner(model, losses.summed_xent(SHOTS))
 
 

@@ -22,8 +22,10 @@ the original code's ``--stop_grad`` (first-order MAML).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import tensorflow as tf
@@ -231,6 +233,94 @@ def activity_regularized_layers(model: keras.Model) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+# The layers that draw random numbers in training mode which tf_maml runs (dropout-like), with
+# the attribute that sets their strength: each draws nothing when it is 0 (their call reads
+# ``training and self.rate > 0``), which is how :func:`forward` switches them off.
+# SpatialDropout1D/2D/3D are Dropouts.
+RANDOM_LAYERS = (
+    (keras.layers.Dropout, "rate"),
+    (keras.layers.GaussianDropout, "rate"),
+    (keras.layers.AlphaDropout, "rate"),
+    (keras.layers.GaussianNoise, "stddev"),
+)
+_RANDOM_RATES = ("rate", "dropout", "recurrent_dropout", "stddev")
+
+
+def draws_random_numbers(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` holds a ``keras.random.SeedGenerator`` and may draw from it in
+    training mode: all such but those whose rates (dropout's ``rate``, a recurrent cell's
+    ``dropout`` and ``recurrent_dropout``, noise's ``stddev``) are all 0."""
+    if not any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values()):
+        return False
+    rates = [getattr(layer, a) for a in _RANDOM_RATES if hasattr(layer, a)]
+    return not rates or any(float(r or 0) > 0 for r in rates)
+
+
+def _rate_attribute(layer: keras.layers.Layer) -> str | None:
+    return next((attribute for kind, attribute in RANDOM_LAYERS
+                 if isinstance(layer, kind)), None)
+
+
+def random_layers(model: keras.Model) -> list:
+    """The layers of ``model`` that draw random numbers in training mode and that tf_maml
+    runs (:data:`RANDOM_LAYERS`: dropout, Gaussian noise), in the model's layer order."""
+    return [layer for layer in keras_internals.layers_of(model)
+            if draws_random_numbers(layer) and _rate_attribute(layer) is not None
+            and getattr(layer, "seed_generator", None) is not None]
+
+
+def unsupported_random_layers(model: keras.Model) -> list[str]:
+    """The names of ``model``'s layers that draw random numbers in training mode but are not
+    :data:`RANDOM_LAYERS` (a recurrent layer's ``dropout=``, random augmentation, a layer
+    of one's own): their draws could be neither seeded per forward pass nor switched off."""
+    supported = {id(layer) for layer in random_layers(model)}
+    names = [layer.name for layer in keras_internals.layers_of(model)
+             if draws_random_numbers(layer) and id(layer) not in supported]
+    return list(dict.fromkeys(names))
+
+
+def fold_seed(seed: tf.Tensor, *data) -> tf.Tensor:
+    """The stateless seed ``seed`` ([2] integers) with each of ``data`` (integers, Python or
+    scalar tensors) folded in, in order: a new seed, independent of the others."""
+    seed = tf.cast(seed, tf.int64)
+    for value in data:
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(value, tf.int64))
+    return seed
+
+
+@contextlib.contextmanager
+def _random_layers_off(layers: Sequence) -> Iterator[None]:
+    """Every one of ``layers`` (:func:`random_layers`) draws nothing while this is open:
+    its rate set to 0, so a call (or the graph traced) in training mode passes its input
+    through, as in inference, while batch norm still runs on batch statistics."""
+    saved = [(layer, _rate_attribute(layer)) for layer in layers]
+    saved = [(layer, attribute, getattr(layer, attribute)) for layer, attribute in saved]
+    try:
+        for layer, attribute, _ in saved:
+            setattr(layer, attribute, 0.0)
+        yield
+    finally:
+        for layer, attribute, rate in saved:
+            setattr(layer, attribute, rate)
+
+
+def _seeded_state(model: keras.Model, non_trainable: list, seed: tf.Tensor | None,
+                  layers: Sequence) -> list:
+    """``non_trainable`` with the seed state of each of ``layers`` (their SeedGenerator's,
+    a non-trainable variable of the model) replaced by one drawn from the pass's ``seed``:
+    the layer's own state with ``seed`` and its place among ``layers`` folded in, so that
+    the layers of one pass, and every pass, draw apart, and ``Dropout(seed=...)`` still
+    matters. Unchanged without a seed."""
+    if seed is None:
+        return non_trainable
+    at = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+    out = list(non_trainable)
+    for j, layer in enumerate(layers):
+        i = at[id(layer.seed_generator.state)]
+        out[i] = tf.cast(fold_seed(out[i], seed[0], seed[1], j), out[i].dtype)
+    return out
+
+
 def adapted_mask(model: keras.Model, adapt_norm: bool = False,
                  adapt_layers: str = "all") -> list[bool]:
     """Which of ``model.trainable_variables`` the inner loop adapts.
@@ -269,8 +359,15 @@ def forward(
     inputs: tf.Tensor,
     non_trainable: Sequence[tf.Tensor] | None = None,
     training: bool = True,
+    seed: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Runs ``model`` on ``inputs`` with ``weights`` in place of its trainable variables.
+
+    ``seed`` ([2] integers): the random layers (:func:`random_layers`, e.g. dropout) draw
+    from it, a mask of their own for each seed (meta-training gives each forward pass its
+    own, see :func:`tf_maml.mapping.base.model_runner`). Without a seed they draw nothing:
+    evaluation, inference and export are deterministic, dropout off as in Keras' inference
+    mode, while batch norm keeps the batch's statistics.
 
     ``training=True`` by default, as the original always ran batch norm in training mode
     (batch statistics at meta-train and meta-test alike). Updated non-trainable state (batch
@@ -298,9 +395,25 @@ def forward(
             f"non-trainable tensors, got {len(weights)} and {len(non_trainable)}"
         )
     keras_internals.use_exact_moments(model)
+    noisy = random_layers(model)
+    non_trainable = _seeded_state(model, non_trainable, seed, noisy)
     mapping = list(zip(trainable_vars, weights)) + list(zip(non_trainable_vars, non_trainable))
-    with keras.StatelessScope(state_mapping=mapping):
+    off = _random_layers_off(noisy) if seed is None else contextlib.nullcontext()
+    with off, keras.StatelessScope(state_mapping=mapping):
         return model(inputs, training=training)
+
+
+def seeded_forward(model: keras.Model, seed: tf.Tensor) -> ForwardFn:
+    """:func:`forward` of one task whose random layers draw afresh at every call: the k-th
+    call (each inner step's support pass, then the query passes, in the order they are
+    traced) from ``seed`` with k folded in, so no two passes share a mask, and the same
+    ``seed`` gives the same masks again."""
+    passes = itertools.count()
+
+    def forward_fn(weights, x):
+        return forward(model, weights, x, seed=fold_seed(seed, next(passes)))
+
+    return forward_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,18 +496,21 @@ class Split:
 
 
 def model_split(model: keras.Model) -> Split | None:
-    """The :class:`Split` of :func:`forward`'s pass of one task through the model's
-    :class:`HeadCut`; None for a model without one, which then runs whole."""
+    """The :class:`Split` of :func:`forward`'s unseeded pass of one task through the
+    model's :class:`HeadCut`; None for a model without one, which then runs whole."""
     cut = head_cut(model)
     if cut is None:
         return None
+    noisy = random_layers(model)
 
     def run(layers):
         def part(weights, x):
             keras_internals.use_exact_moments(model)
             mapping = (list(zip(model.trainable_variables, weights))
                        + [(v, v.value) for v in model.non_trainable_variables])
-            with keras.StatelessScope(state_mapping=mapping):
+            # Unseeded, as forward without a seed: its random layers draw nothing (a seeded
+            # pass, meta-training's, runs whole: see tf_maml.mapping.base.model_runner).
+            with _random_layers_off(noisy), keras.StatelessScope(state_mapping=mapping):
                 for layer in layers:  # what the model's call does, in two parts
                     x = layer(x, training=True)
             return x

@@ -398,6 +398,30 @@ class MetaLearner(MetaUpdate):
         return spec
 
     # ------------------------------------------------------------------ meta-batches
+    def _seeded(self, batch: Batch) -> tuple:
+        """``batch`` with every task's seed as a fifth tensor ``[T, 2]``, for a model with
+        random layers (dropout; :func:`tf_maml.adapt.random_layers`); else ``batch``.
+
+        Task t's seed folds t into (iteration, replica): the iteration is the
+        meta-optimiser's step count (``optimizer.iterations``, read as the step runs, in
+        checkpoints), so every meta-iteration draws new masks, the same ones again for the
+        same iteration (a resumed run continues as an uninterrupted one), with no state of
+        its own; the replica (tf.distribute) keeps two replicas' tasks t apart. The layers'
+        own seed states are folded in too (:func:`tf_maml.adapt.forward`), so
+        ``Dropout(seed=...)`` or ``keras.utils.set_random_seed`` choose the sequence."""
+        if not adapt_lib.random_layers(self.model):
+            return batch
+        batch = tuple(tf.convert_to_tensor(t) for t in batch)
+        context = tf.distribute.get_replica_context()
+        replica = 0 if context is None else context.replica_id_in_sync_group
+        base = tf.stack([tf.cast(self.optimizer.iterations, tf.int64),
+                         tf.cast(replica, tf.int64)])
+        count = batch[0].shape[0]  # static when known: the loop mapping indexes the seeds
+        tasks = tf.range(tf.shape(batch[0])[0] if count is None else count, dtype=tf.int64)
+        seeds = tf.map_fn(lambda t: adapt_lib.fold_seed(base, t), tasks,
+                          fn_output_signature=tf.TensorSpec([2], tf.int64))
+        return (*batch[:4], seeds)
+
     def meta_gradients(self, batch: Batch, pretrain: bool = False,
                        first_order: bool | None = None, msl_weights=None,
                        plan: ExecutionPlan | None = None):
@@ -419,6 +443,7 @@ class MetaLearner(MetaUpdate):
                                  f"({self.inner_steps}), got shape {msl_weights.shape}")
         signature = self._signature(msl)
         penalty = adapt_lib.weight_penalty(self.model)
+        batch = self._seeded(batch)
 
         def gradients(tasks, tasks_mapping):
             """The mean meta-gradient and metrics of ``tasks`` under one outer tape."""
@@ -470,7 +495,8 @@ class MetaLearner(MetaUpdate):
             "pre_loss": tf.TensorSpec([], self._loss_dtype),
             "post_loss": tf.TensorSpec([], self._loss_dtype),
         }
-        out = self.plan.for_tasks(self.model, batch).map(task_fn, batch, signature)
+        mapping = self.plan.for_tasks(self.model, batch)
+        out = mapping.map(task_fn, self._seeded(batch), signature)
         grads = [p - tf.reduce_mean(f, axis=0) for p, f in zip(params, out["fast"])]
         penalty = adapt_lib.weight_penalty(self.model)
         if penalty is not None:  # weight decay on θ, as in meta_gradients: ∇R(θ) once
@@ -584,17 +610,21 @@ def _check_model(model: keras.Model) -> None:
             "whose penalties MetaLearner does not add to its inner or outer loss: they would "
             "be silently ignored. Remove them (weight regularizers, e.g. "
             "kernel_regularizer=..., are supported)")
-    random = _random_layers(model)
+    random = adapt_lib.unsupported_random_layers(model)
     if random:
         # A layer's random state (its SeedGenerator) is a variable that the stateless forward
-        # pass reads but never advances: every inner step, task and iteration would draw the
-        # same dropout mask, and evaluation too (it runs in training mode).
+        # pass reads but never advances: meta-training seeds it per forward pass, and
+        # evaluation sets the rate to 0, for the dropout-like layers tf_maml knows
+        # (tf_maml.adapt.RANDOM_LAYERS). Any other would draw one mask for every step, task
+        # and iteration, and draw at evaluation too (it runs in training mode).
         raise ValueError(
             f"model {model.name} has layers that draw random numbers in training mode "
-            f"({', '.join(random)}), e.g. dropout, which MetaLearner does not support: they "
-            "would draw the same mask at every step, task and iteration, and evaluation "
-            "runs in training mode (for batch statistics), so they would be on there too. "
-            "Remove them, or set their rate to 0")
+            f"({', '.join(random)}) that MetaLearner does not support (a recurrent layer's "
+            "dropout=, random augmentation, a layer of one's own): they would draw the same "
+            "numbers at every step, task and iteration, and at evaluation too. Remove them, "
+            "or set their rates to 0; Dropout, SpatialDropout1D/2D/3D, GaussianDropout, "
+            "AlphaDropout and GaussianNoise are supported (e.g. a Dropout layer after the "
+            "recurrent one)")
     inputs = _input_count(model)
     if inputs > 1:
         # A task's support_x and query_x are one tensor each; Keras would only say, at the
@@ -661,24 +691,6 @@ def _non_float_weights(model: keras.Model) -> list[str]:
     """``layer/weight (dtype)`` for each trainable weight of ``model`` that is not a float."""
     return [f"{v.path} ({v.dtype})" for v in model.trainable_variables
             if not keras.backend.is_float_dtype(v.dtype)]
-
-
-_RANDOM_RATES = ("rate", "dropout", "recurrent_dropout", "stddev")
-
-
-def _random_layers(model: keras.Model) -> list[str]:
-    """The names of ``model``'s layers that hold a ``keras.random.SeedGenerator`` and draw
-    from it in training mode: all such but those whose rates (dropout's ``rate``, a
-    recurrent cell's ``dropout`` and ``recurrent_dropout``, noise's ``stddev``) are all 0,
-    e.g. an LSTM cell without dropout."""
-    names = []
-    for layer in keras_internals.layers_of(model):  # a subclassed model may draw itself
-        if not any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values()):
-            continue
-        rates = [getattr(layer, a) for a in _RANDOM_RATES if hasattr(layer, a)]
-        if not rates or any(float(r or 0) > 0 for r in rates):
-            names.append(layer.name)
-    return names
 
 
 def _input_count(model: keras.Model) -> int:

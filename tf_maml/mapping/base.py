@@ -41,7 +41,10 @@ class Mapping:
 
     ``map(fn, batch, signature)`` runs a task function ``fn(task, runner)`` over the tasks of
     ``batch`` and returns its outputs stacked on a leading task axis (``signature``: their
-    structure, for ``tf.map_fn``). ``mean_gradients(gradients_fn, batch, variables,
+    structure, for ``tf.map_fn``). ``batch`` may carry a fifth tensor, every task's seed
+    ``[T, 2]`` (meta-training a model with random layers, e.g. dropout): the mapping hands
+    a task's seed to its runner (:func:`model_runner`), ``fn`` the task's four tensors
+    (:func:`task_and_seed`). ``mean_gradients(gradients_fn, batch, variables,
     signature)`` returns the mean over the batch of ``gradients_fn(tasks, mapping)``'s
     (meta-gradients, metrics), where ``gradients_fn`` differentiates under its own outer
     tape what ``mapping.map`` computes for ``tasks``; by default every task under one tape.
@@ -57,11 +60,26 @@ class Mapping:
         return gradients_fn(batch, self)
 
 
-def model_runner(model: keras.Model) -> Runner:
-    """One task through the Keras model itself (:func:`tf_maml.adapt.forward`)."""
+def model_runner(model: keras.Model, seed: tf.Tensor | None = None) -> Runner:
+    """One task through the Keras model itself (:func:`tf_maml.adapt.forward`). With the
+    task's ``seed``, its random layers (dropout) draw a fresh mask at every forward pass
+    (:func:`tf_maml.adapt.seeded_forward`), and the model runs whole at every inner step:
+    ANIL's features cached once would hold one mask for all steps. Without, they draw
+    nothing."""
+    if seed is not None:
+        return Runner(forward=adapt_lib.seeded_forward(model, seed), weights=list,
+                      per_task=lambda fn: fn, split=None,
+                      penalty=adapt_lib.weight_penalty(model))
     return Runner(forward=lambda weights, x: adapt_lib.forward(model, weights, x),
                   weights=list, per_task=lambda fn: fn, split=adapt_lib.model_split(model),
                   penalty=adapt_lib.weight_penalty(model))
+
+
+def task_and_seed(task: Sequence) -> tuple[tuple, tf.Tensor | None]:
+    """A task as a mapping hands it to a task function (its four tensors), and its seed
+    (the optional fifth, see :class:`Mapping`; None without)."""
+    task = tuple(task)
+    return task[:4], (task[4] if len(task) > 4 else None)
 
 
 def per_task_values(fn, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:

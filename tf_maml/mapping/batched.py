@@ -90,6 +90,13 @@ def _check_layer(layer: keras.layers.Layer) -> str:
         raise Unsupported(f"{name}: mixed precision ({layer.dtype_policy.name}) is not supported")
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
         raise Unsupported(f"{name}: LoRA / quantized layers are not supported")
+    if adapt_lib.draws_random_numbers(layer):
+        # Meta-training draws a fresh mask per task and forward pass, through the layer's
+        # own call (tf_maml.adapt.seeded_forward), which these stacked kernels do not run.
+        raise Unsupported(f"{name} draws random numbers in training mode (e.g. dropout), "
+                          "which the batched kernels do not: use task_parallelism='auto' "
+                          "(which picks another mapping for it), 'vectorized', 'map' or "
+                          "'loop'")
     if type(layer) is keras.layers.Conv2D:
         if layer.data_format != "channels_last":
             raise Unsupported(f"{name}: only channels_last")

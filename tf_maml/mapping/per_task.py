@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tf_maml.mapping.base import Mapping, model_runner
+from tf_maml.mapping.base import Mapping, model_runner, task_and_seed
 
 MODES = ("loop", "map", "vectorized")
 
@@ -36,7 +36,8 @@ class PerTask(Mapping):
         runner = model_runner(self.model)
 
         def task_fn(task):
-            return fn(task, runner)
+            task, seed = task_and_seed(task)  # (a seeded task: its own runner, see Mapping)
+            return fn(task, runner if seed is None else model_runner(self.model, seed))
 
         num_tasks = batch[0].shape[0]
         if self.mode == "vectorized":

@@ -134,6 +134,16 @@ class RLMetaLearner:
                 "RLMetaLearner does not add to its inner loss or TRPO's meta-step: they "
                 "would be silently ignored. Remove them (MetaLearner supports weight "
                 "regularizers)")
+        random = [layer.name for layer in adapt_lib.random_layers(policy)]
+        random += adapt_lib.unsupported_random_layers(policy)
+        if random:
+            # The policy's forward passes here are unseeded (tf_maml.adapt.forward): dropout
+            # would be silently off in sampling, the inner loop and TRPO's meta-step alike.
+            raise ValueError(
+                f"policy {policy.name} has layers that draw random numbers in training mode "
+                f"({', '.join(random)}), e.g. dropout, which RLMetaLearner does not run: "
+                "they would be silently off. Remove them, or set their rate to 0 "
+                "(MetaLearner supports dropout)")
         # Whole numbers: else 2.5 inner steps ran 2 and 2.5 trajectories sampled 2.
         check_count("inner_steps", inner_steps, 0, "a whole number of inner steps")
         too_many = adapt_lib.unrolled_steps_problem(inner_steps)  # the meta-gradient's
