@@ -85,6 +85,42 @@ def test_query_pass_draws_its_own_mask():
     assert not np.array_equal(query, support)
 
 
+def test_multi_step_loss_scores_each_step_with_its_own_query_mask():
+    # First order, MAML++'s weights one-hot on step s: the meta-gradient is the mask of the
+    # query pass after step s, which differs between the steps.
+    learner = identity_dropout_learner(first_order=True)
+    batch = unit_tasks()
+    after = [learner.meta_gradients(batch, msl_weights=weights)[0][0].numpy()[:2]
+             for weights in ([1.0, 0.0], [0.0, 1.0])]
+    assert not np.array_equal(*after)
+
+
+def test_anil_draws_a_mask_per_inner_step_whether_or_not_features_are_cached():
+    # The body (with the dropout) must not run once for all steps: caching its features,
+    # a speed knob, would hold one mask for every step (and draw it unseeded, i.e. none).
+    def anil(cache):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((UNITS,)),
+            keras.layers.Dense(UNITS, use_bias=False, kernel_initializer="identity"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(UNITS, use_bias=False, kernel_initializer="identity")])
+        learner = MetaLearner(model, _sum_of_outputs, inner_lr=1.0, inner_steps=2,
+                              adapt="head")
+        return learner.use_plan(ExecutionPlan(task_parallelism="loop",
+                                              cache_body_features=cache))
+
+    ones = np.ones((2, 1, UNITS), np.float32)  # every unit's mask shows
+    batch = (ones, ones * 0, ones, ones * 0)
+    cached, _ = anil(True).meta_gradients(batch)
+    learner = anil(False)
+    whole, _ = learner.meta_gradients(batch)
+    for got, want in zip(cached, whole):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    learner.optimizer.iterations.assign(7)  # masks drawn: another iteration, others
+    assert not np.array_equal(learner.meta_gradients(batch)[0][0].numpy(), whole[0].numpy())
+
+
 @pytest.mark.parametrize("mode", ["vectorized", "map"])
 def test_every_per_task_mapping_draws_the_loop_s_masks(mode):
     # pfor has no vectorised kernel for stateless random ops and falls back to a loop: the
@@ -217,13 +253,18 @@ def test_meta_training_still_draws_after_an_evaluation_was_traced():
 
 
 def test_export_adapts_and_predicts_as_the_learner_without_dropout(tmp_path):
-    noisy, _, batch = _with_and_without_dropout()
+    noisy, plain, batch = _with_and_without_dropout()
     noisy.train_step(batch)
+    plain.model.set_weights(noisy.model.get_weights())  # (a seed state is no weight)
     support_x, support_y, query_x = batch[0][0], batch[1][0], batch[2][0]
     want = noisy.predict(query_x, noisy.adapt(support_x, support_y, num_steps=3)).numpy()
+    without = plain.predict(query_x, plain.adapt(support_x, support_y, num_steps=3)).numpy()
+    np.testing.assert_allclose(want, without, rtol=1e-5, atol=1e-6)
     loaded = tf.saved_model.load(noisy.export(str(tmp_path / "export"), num_steps=3))
     got = loaded.adapt_and_predict(support_x, support_y, query_x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loaded.serving_default(query_x).numpy(),
+                               plain.predict(query_x).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_batched_mapping_refuses_a_dropout_model_by_name_and_auto_picks_another():

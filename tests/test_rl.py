@@ -727,6 +727,14 @@ def test_a_regularized_policy_is_refused_not_silently_unregularized(regularizer)
         RLMetaLearner(policy, NavigationTasks())
 
 
+def test_a_dropout_policy_is_refused_not_silently_run_without_it():
+    # The RL learner's forward passes are unseeded: its dropout would be off throughout.
+    policy = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8),
+                               keras.layers.Dropout(0.2, name="drop"), keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="random numbers.*drop.*silently off"):
+        RLMetaLearner(policy, NavigationTasks())
+
+
 # ---------------------------------------------------------------- the command line
 def nav_config(tmp_path, **overrides):
     base = dict(datasource="navigation", logdir=str(tmp_path), metatrain_iterations=2,
