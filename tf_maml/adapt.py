@@ -13,11 +13,13 @@ and ``num_steps`` steps repeat it from the previous fast weights. A model with w
 regularizers descends L + R(θ') instead, its penalties at the fast weights
 (:func:`weight_penalty`), as Keras' ``fit`` adds ``model.losses``. The model's own code is
 never changed: it is called with substituted weights inside a ``keras.StatelessScope`` (the
-mechanism of ``model.stateless_call``, see :func:`forward`). The
-gradient of the support loss is taken with an inner ``tf.GradientTape``; when an outer tape
-watches θ, the meta-gradient flows back *through* that inner gradient (second order). With
-``first_order=True`` the inner gradient is wrapped in ``tf.stop_gradient``, which is exactly
-the original code's ``--stop_grad`` (first-order MAML).
+mechanism of ``model.stateless_call``, see :func:`forward`); its dropout-like layers draw
+from a seed the caller gives each pass (meta-training), or nothing without one (evaluation,
+inference, export). The gradient of the support loss is taken with an inner
+``tf.GradientTape``; when an outer tape watches θ, the meta-gradient flows back *through*
+that inner gradient (second order). With ``first_order=True`` the inner gradient is wrapped
+in ``tf.stop_gradient``, which is exactly the original code's ``--stop_grad`` (first-order
+MAML).
 """
 
 from __future__ import annotations

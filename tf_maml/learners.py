@@ -90,7 +90,11 @@ class MetaLearner(MetaUpdate):
         changed: tasks run through it with substituted (fast) weights. Its weight
         regularizers' penalty R is added as Keras' ``fit`` adds it: to every inner step's
         support loss at the fast weights, R(θ'), and once to the meta-objective, R(θ)
-        (:func:`tf_maml.adapt.weight_penalty`); the losses reported are L alone.
+        (:func:`tf_maml.adapt.weight_penalty`); the losses reported are L alone. Its
+        dropout-like layers (:data:`tf_maml.adapt.RANDOM_LAYERS`) draw a fresh mask at every
+        forward pass of meta-training (each inner step, query pass, task and iteration,
+        seeded by ``optimizer.iterations``: reproducible) and none at evaluation, in
+        ``adapt``, ``predict`` or an export.
       loss_fn: ``loss_fn(y_true, y_pred) -> scalar`` for ONE task, the inner loop's and the
         meta-objective's L (e.g. :func:`tf_maml.losses.summed_xent`), or a Keras loss name.
       inner_lr: α, a number, or learned: :class:`~tf_maml.options.MetaSGD` (per parameter),
