@@ -409,10 +409,12 @@ class MetaLearner(MetaUpdate):
         Task t's seed folds t into (iteration, replica): the iteration is the
         meta-optimiser's step count (``optimizer.iterations``, read as the step runs, in
         checkpoints), so every meta-iteration draws new masks, the same ones again for the
-        same iteration (a resumed run continues as an uninterrupted one), with no state of
-        its own; the replica (tf.distribute) keeps two replicas' tasks t apart. The layers'
-        own seed states are folded in too (:func:`tf_maml.adapt.forward`), so
-        ``Dropout(seed=...)`` or ``keras.utils.set_random_seed`` choose the sequence."""
+        same iteration, with no state of its own; the replica (tf.distribute) keeps two
+        replicas' tasks t apart. The layers' own seed states are folded in too
+        (:func:`tf_maml.adapt.forward`), so ``Dropout(seed=...)`` or
+        ``keras.utils.set_random_seed`` choose the sequence: Keras keeps them out of
+        checkpoints, so a resumed run draws an uninterrupted one's masks when its model is
+        built with the same seeds."""
         if not adapt_lib.random_layers(self.model):
             return batch
         batch = tuple(tf.convert_to_tensor(t) for t in batch)
