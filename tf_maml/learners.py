@@ -406,11 +406,12 @@ class MetaLearner(MetaUpdate):
         """``batch`` with every task's seed as a fifth tensor ``[T, 2]``, for a model with
         random layers (dropout; :func:`tf_maml.adapt.random_layers`); else ``batch``.
 
-        Task t's seed folds t into (iteration, replica): the iteration is the
-        meta-optimiser's step count (``optimizer.iterations``, read as the step runs, in
-        checkpoints), so every meta-iteration draws new masks, the same ones again for the
-        same iteration, with no state of its own; the replica (tf.distribute) keeps two
-        replicas' tasks t apart. The layers' own seed states are folded in too
+        Task t's seed folds t into (iteration, 0): the iteration is the meta-optimiser's
+        step count (``optimizer.iterations``, read as the step runs, in checkpoints), so
+        every meta-iteration draws new masks, the same ones again for the same iteration,
+        with no state of its own. t is the task's place in the global meta-batch: replica
+        r of R holds tasks [r·T, (r+1)·T) (:func:`tf_maml.distribute.split_batch`), so two
+        replicas draw what one device would. The layers' own seed states are folded in too
         (:func:`tf_maml.adapt.forward`), so ``Dropout(seed=...)`` or
         ``keras.utils.set_random_seed`` choose the sequence: Keras keeps them out of
         checkpoints, so a resumed run draws an uninterrupted one's masks when its model is
@@ -418,12 +419,14 @@ class MetaLearner(MetaUpdate):
         if not adapt_lib.random_layers(self.model):
             return batch
         batch = tuple(tf.convert_to_tensor(t) for t in batch)
+        count = batch[0].shape[0]  # static when known: the loop mapping indexes the seeds
+        count = tf.shape(batch[0], out_type=tf.int64)[0] if count is None else count
         context = tf.distribute.get_replica_context()
         replica = 0 if context is None else context.replica_id_in_sync_group
+        first = tf.cast(replica, tf.int64) * count
         base = tf.stack([tf.cast(self.optimizer.iterations, tf.int64),
-                         tf.cast(replica, tf.int64)])
-        count = batch[0].shape[0]  # static when known: the loop mapping indexes the seeds
-        tasks = tf.range(tf.shape(batch[0])[0] if count is None else count, dtype=tf.int64)
+                         tf.constant(0, tf.int64)])
+        tasks = first + tf.range(count, dtype=tf.int64)
         seeds = tf.map_fn(lambda t: adapt_lib.fold_seed(base, t), tasks,
                           fn_output_signature=tf.TensorSpec([2], tf.int64))
         return (*batch[:4], seeds)
