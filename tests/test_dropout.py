@@ -272,6 +272,25 @@ def test_export_adapts_and_predicts_as_the_learner_without_dropout(tmp_path):
                                plain.predict(query_x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_a_resumed_run_draws_the_masks_of_an_uninterrupted_one(tmp_path):
+    # The seed is the meta-optimiser's step count, restored with the checkpoint: a count
+    # of the learner's own, restarting at 0, would draw iteration 0's masks again.
+    from tf_maml import SinusoidTasks
+
+    def fit(run, iterations):
+        learner = identity_dropout_learner()
+        learner.model.layers[0].kernel.assign(np.full((UNITS, UNITS), 0.1, np.float32))
+        learner.fit(tasks, iterations=iterations, meta_batch_size=2, log_interval=None,
+                    run_dir=str(tmp_path / run), log=lambda *_: None)
+        return learner.model.get_weights()[0]
+
+    tasks = SinusoidTasks(num_support=2, num_query=2)
+    tasks.sample_batch = lambda count, rng: unit_tasks(count)
+    uninterrupted = fit("once", 3)
+    fit("twice", 2)
+    np.testing.assert_array_equal(fit("twice", 3), uninterrupted)
+
+
 TWO_REPLICAS = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
