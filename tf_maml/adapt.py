@@ -294,7 +294,9 @@ def fold_seed(seed: tf.Tensor, *data) -> tf.Tensor:
 def _random_layers_off(layers: Sequence) -> Iterator[None]:
     """Every one of ``layers`` (:func:`random_layers`) draws nothing while this is open:
     its rate set to 0, so a call (or the graph traced) in training mode passes its input
-    through, as in inference, while batch norm still runs on batch statistics."""
+    through, as in inference, while batch norm still runs on batch statistics. The layers
+    themselves change for that while: a training pass traced at the same time in another
+    thread would lose its dropout (tf_maml traces in one thread)."""
     saved = [(layer, _rate_attribute(layer)) for layer in layers]
     saved = [(layer, attribute, getattr(layer, attribute)) for layer, attribute in saved]
     try:
