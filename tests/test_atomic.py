@@ -257,9 +257,13 @@ def test_a_json_record_that_is_not_an_object_reads_as_missing(tmp_path, text):
     assert (tmp_path / "record.json").read_text() == text
 
 
+# Loads atomic.py alone (standard library only): importing the package would start
+# TensorFlow, seconds per killed writer.
 KILLED_BETWEEN_RENAMES = """
-import os, signal, sys
-from tf_maml import atomic
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("atomic", sys.argv.pop(1))
+atomic = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(atomic)
 renames, replace = [], os.replace
 JOURNAL = getattr(atomic, "JOURNAL_SUFFIX", ()) or ()  # none before sets had journals
 def replace_then_die(src, dst):
@@ -276,14 +280,17 @@ atomic.write_all({os.path.join(folder, n): new.get(n, "new " + n)
 """
 
 
-def _killed_between_renames(folder, *args) -> None:
+def _killed_between_renames(folder, *args, aged: bool = True) -> None:
     """A write of r.csv, r.pkl and r.npy into ``folder`` (r.npy the file ``args`` names, if
-    any), killed between its first two renames, an hour ago (before this process)."""
+    any), killed between its first two renames; ``aged``: its files dated an hour ago
+    (before this process started)."""
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(folder), *args],
-                   env={**os.environ, "PYTHONPATH": os.getcwd()}, check=False)
+    subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, atomic.__file__,
+                    str(folder), *args], check=False)
+    if not aged:
+        return
     hour_ago = time.time() - 3600
     for entry in os.scandir(folder):
         os.utime(entry.path, (hour_ago, hour_ago))
@@ -345,11 +352,7 @@ def test_a_set_its_writer_left_is_completed_by_the_process_that_ran_the_writer(t
     # left, newer than the parent, is completed all the same once the child is gone.
     names = ("r.csv", "r.pkl", "r.npy")
     atomic.write_all({str(tmp_path / n): "old " + n for n in names})
-    import subprocess
-    import sys
-
-    subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(tmp_path)],
-                   env={**os.environ, "PYTHONPATH": os.getcwd()}, check=False)
+    _killed_between_renames(tmp_path, aged=False)
     assert atomic.complete_interrupted(str(tmp_path)) == [str(tmp_path / "r.pkl"),
                                                           str(tmp_path / "r.npy")]
     assert {n: (tmp_path / n).read_text() for n in names} == {n: "new " + n for n in names}
