@@ -74,6 +74,10 @@ def mirrored(out_dir: str, flags: list[str]) -> None:
                                kernel_regularizer=keras.regularizers.L2(0.25)),
             keras.layers.Dense(1, bias_regularizer=keras.regularizers.L1(0.5))])
 
+    def dropout_mlp():  # replica r's task t must draw the mask of task r·T + t of one device
+        return keras.Sequential([keras.Input((1,)), keras.layers.Dense(8, activation="relu"),
+                                 keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+
     def conv():  # the Omniglot net's shape (stride-2 convs, per-task batch norm), tiny
         return conv4((8, 8, 1), 3, num_filters=2, norm="batch_norm")
 
@@ -86,6 +90,8 @@ def mirrored(out_dir: str, flags: list[str]) -> None:
         "pretrain": (mlp, dict(loss_fn=losses.mse), True, sine),
         "maml_regularized": (regularized_mlp, dict(loss_fn=losses.mse, inner_lr=0.1,
                                                    inner_steps=2), False, sine),
+        "maml_dropout": (dropout_mlp, dict(loss_fn=losses.mse, inner_lr=0.1, inner_steps=2),
+                         False, sine),
         "conv_batch_norm": (conv, dict(loss_fn=losses.summed_xent(1), inner_lr=0.4,
                                        objective=options.LastStep(losses.accuracy)), False,
                             images),

@@ -112,7 +112,7 @@ def runs(tmp_path_factory):
 
 # ---------------------------------------------------------------------- 2 replicas, 1 process
 CASES = ("maml", "fomaml_metasgd", "reptile", "pretrain", "maml_regularized",
-         "conv_batch_norm")
+         "maml_dropout", "conv_batch_norm")
 
 
 @pytest.mark.parametrize("case", CASES)

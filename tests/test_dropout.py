@@ -9,11 +9,6 @@ with the seed held fixed; evaluation is checked against the same model without i
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
@@ -289,37 +284,6 @@ def test_a_resumed_run_draws_the_masks_of_an_uninterrupted_one(tmp_path):
     uninterrupted = fit("once", 3)
     fit("twice", 2)
     np.testing.assert_array_equal(fit("twice", 3), uninterrupted)
-
-
-TWO_REPLICAS = textwrap.dedent("""
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import numpy as np
-    import test_dropout as t
-    batch = t.unit_tasks(4)
-    single = t.identity_dropout_learner(inner_steps=1, first_order=True)
-    start = single.model.get_weights()[0]
-    single.train_step(batch)
-    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
-        replicated = t.identity_dropout_learner(inner_steps=1, first_order=True)
-    replicated.train_step(batch)
-    got, want = replicated.model.get_weights()[0], single.model.get_weights()[0]
-    assert not np.allclose(got, start)
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    print("same masks")
-""")
-
-
-def test_two_replicas_draw_the_masks_of_one_device():
-    # Replica r's task t is task r·T + t of the meta-batch: without that, replica 1 would
-    # draw replica 0's masks (and Adam's first step shows which units had a gradient).
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-         os.path.dirname(os.path.abspath(__file__))]))
-    proc = subprocess.run([sys.executable, "-c", TWO_REPLICAS], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert "same masks" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_batched_mapping_refuses_a_dropout_model_by_name_and_auto_picks_another():
