@@ -43,7 +43,7 @@ def _define_flags() -> None:
     flags.DEFINE_bool("expect_counts", True, "Require 64/16/20 classes x "
                       f"{EXPECTED_IMAGES_PER_CLASS} images (false only for small test data).")
     flags.DEFINE_integer("progress_every", DEFAULT_PROGRESS_EVERY,
-                         "Log progress every this many images.")
+                         "Log progress every this many images.", lower_bound=1)
     flags.mark_flags_as_required(["images", "csv_dir", "output"])
 
 

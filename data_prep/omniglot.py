@@ -48,7 +48,7 @@ def _define_flags() -> None:
                       f"{EXPECTED_DRAWINGS_PER_CHARACTER} drawings (false only for small test "
                       "data).")
     flags.DEFINE_integer("progress_every", DEFAULT_PROGRESS_EVERY,
-                         "Log progress every this many images.")
+                         "Log progress every this many images.", lower_bound=1)
     flags.mark_flags_as_required(["source", "output"])
 
 

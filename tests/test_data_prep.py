@@ -322,6 +322,21 @@ def test_omniglot_command_line(omni_zip_source, tmp_path):
     assert failed.returncode != 0 and "images_background.zip" in failed.stderr
 
 
+@pytest.mark.parametrize("every", [0, -5, 2.5])
+def test_a_progress_interval_that_is_no_positive_whole_number_is_named(tmp_path, every):
+    # 0 or less logged every image (2.5: every 2), without a word; refused before anything is
+    # read or written (the command line's flags are bounded the same way, by absl).
+    for prepare in (lambda out: oprep.prepare_omniglot(str(tmp_path / "none"), out,
+                                                       progress_every=every),
+                    lambda out: mprep.prepare_miniimagenet(str(tmp_path / "none.zip"),
+                                                           str(tmp_path), out,
+                                                           progress_every=every)):
+        with pytest.raises(ValueError, match=rf"^progress_every must be a whole number of "
+                                             rf"images >= 1, got {every}$"):
+            prepare(str(tmp_path / "out"))
+        assert not (tmp_path / "out").exists()
+
+
 def test_a_path_flag_with_an_unexpanded_home_is_refused():
     # --output=~/... is not expanded by the shell: it made a folder named ~ in the current one.
     import data_prep

@@ -64,6 +64,7 @@ from tf_maml.data.prep import (
     write_marker,
     writing_output,
 )
+from tf_maml.errors import check_count
 
 SPLITS = ("train", "val", "test")
 EXPECTED_NUM_CLASSES = {"train": 64, "val": 16, "test": 20}
@@ -340,6 +341,8 @@ def prepare_miniimagenet(images: str, csv_dir: str, output: str, expect_counts: 
     files look whole (checked in seconds); rebuilds it otherwise.
     Raises ``PrepError`` naming the offending file on bad data.
     """
+    # 0 or less logged every image, without a word (the log is the only sign of progress).
+    check_count("progress_every", progress_every, 1, "a whole number of images")
     with writing_output(output):  # the output folder is a file, read-only, full
         return _prepare_miniimagenet(images, csv_dir, output, expect_counts, progress_every)
 

@@ -67,7 +67,7 @@ from tf_maml.data.prep import (
     write_marker,
     writing_output,
 )
-from tf_maml.errors import dangling_link_problem
+from tf_maml.errors import check_count, dangling_link_problem
 
 EXPECTED_NUM_CHARACTERS = 1623
 EXPECTED_DRAWINGS_PER_CHARACTER = 20
@@ -259,6 +259,8 @@ def prepare_omniglot(source: str, output: str, expect_counts: bool = True,
     files look whole (checked in seconds); rebuilds it otherwise.
     Raises ``PrepError`` naming the offending file on bad data.
     """
+    # 0 or less logged every image, without a word (the log is the only sign of progress).
+    check_count("progress_every", progress_every, 1, "a whole number of images")
     with writing_output(output):  # the output folder is a file, read-only, full
         return _prepare_omniglot(source, output, expect_counts, progress_every)
 
