@@ -2873,6 +2873,23 @@ def test_predict_takes_only_true_or_false_for_training(learner, training):
         learner.predict(np.zeros((3, 1), np.float32), training=training)
 
 
+@pytest.mark.parametrize("support, message", [
+    ((None, np.zeros((3, 1), np.float32)), r"^adapt: support_x is None: give an array or tensor$"),
+    ((np.zeros((3, 1), np.float32), None), r"^adapt: support_y is None: give an array or tensor$"),
+    ((np.zeros((2, 1), np.float32), np.array([["cat"], ["dog"]])),
+     r"^adapt: support_y holds strings, which no loss or model takes: give numbers "),
+    (([[1.0], [2.0, 3.0]], np.zeros((2, 1), np.float32)),
+     r"^adapt: support_x is no array of one shape \(.*\): give an array or tensor"),
+], ids=["no-x", "no-y", "strings", "ragged"])
+def test_a_support_set_that_is_no_array_is_named(learner, support, message):
+    # TensorFlow's "Attempt to convert a value (None)", "non-rectangular Python sequence" or
+    # a failed string cast in a graph named neither the argument nor the fix.
+    with pytest.raises(ValueError, match=message):
+        learner.adapt(*support)
+    with pytest.raises(ValueError, match=r"^predict: x is None: give an array or tensor$"):
+        learner.predict(None)
+
+
 @pytest.mark.parametrize("size, message", [
     (float("nan"), r"the inner learning rate must be a finite number, got nan"),
     (-0.1, r"the inner learning rate α must be >= 0 \(a step size; 0 leaves the weights "

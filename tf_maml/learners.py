@@ -275,7 +275,8 @@ class MetaLearner(MetaUpdate):
         steps = self.inner_steps if num_steps is None else _step_count(num_steps, "adapt")
         weights = (_read(self.model.trainable_variables) if weights is None else
                    _given_weights(self.model.trainable_variables, weights, "adapt", "weights"))
-        support_x, support_y = tf.convert_to_tensor(support_x), tf.convert_to_tensor(support_y)
+        support_x, support_y = (_task_tensor("adapt", "support_x", support_x),
+                                _task_tensor("adapt", "support_y", support_y))
         problem = examples_problem("support_x", support_x.shape, self._example_shape)
         if problem:  # else Keras' multi-line error from inside the model's call
             raise ValueError(f"adapt: {problem}")
@@ -315,7 +316,7 @@ class MetaLearner(MetaUpdate):
         weights = (_read(self.model.trainable_variables) if fast_weights is None else
                    _given_weights(self.model.trainable_variables, fast_weights, "predict",
                                   "fast_weights"))
-        x = tf.convert_to_tensor(x)
+        x = _task_tensor("predict", "x", x)
         problem = examples_problem("x", x.shape, self._example_shape)
         if problem:  # else Keras' multi-line error from inside the model's call
             raise ValueError(f"predict: {problem}")
@@ -644,6 +645,24 @@ def _check_model(model: keras.Model) -> None:
             "model one tensor of examples (support_x, query_x), and multi-input models are not "
             "supported: give it a model of one input, e.g. concatenate the features into one "
             "tensor, or wrap the model in one whose single Input is sliced into the parts")
+
+
+def _task_tensor(caller: str, name: str, value) -> tf.Tensor:
+    """A task's examples or targets ``value`` as a tensor, or a ValueError naming ``name``
+    and the fix: None, a ragged list and strings were TensorFlow's errors ("Attempt to
+    convert a value (None)", a failed cast of a graph) naming neither."""
+    if value is None:
+        raise ValueError(f"{caller}: {name} is None: give an array or tensor")
+    try:
+        tensor = tf.convert_to_tensor(value)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{caller}: {name} is no array of one shape ({e}): give an array or "
+                         "tensor, e.g. np.stack of the examples") from None
+    if tensor.dtype == tf.string:
+        raise ValueError(f"{caller}: {name} holds strings, which no loss or model takes: give "
+                         "numbers (a classifier's class ids 0..N-1, e.g. from "
+                         "np.unique(labels, return_inverse=True))")
+    return tensor
 
 
 def _output_layer(model: keras.layers.Layer) -> keras.layers.Layer | None:
