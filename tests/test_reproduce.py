@@ -228,6 +228,30 @@ def test_a_partial_row_gives_its_recent_validation_and_hours_left(tmp_path):
         "trained (6000 committed), not evaluated yet")
 
 
+def test_the_hours_left_are_at_the_fastest_stretch_on_the_processor_that_trained_last():
+    """Two stretches on one processor, the second at half speed (another job beside it): the
+    2000 iterations left take 200 s at the first's 10 it/s. A faster processor's stretch
+    earlier, or one too short to tell, is no guide."""
+    experiment = reproduce.Experiment(name="x", group="miniimagenet", label="x",
+                                      eval_flags="x.flags", zoo="x", train_flags="x.flags")
+    a = {"processor": "CPU A", "isa": "AVX2", "cores": 2}
+    b = {"processor": "CPU B", "isa": "AVX-512", "cores": 2}
+
+    def left(*stretches):
+        row = {"experiment": experiment, "state": None, "committed": 4000, "target": 6000,
+               "speed": stretches[-1][2], "validation": None,
+               "stretches": [dict(machine, first=first, last=last, iterations_per_second=v)
+                             for first, last, v, machine in stretches]}
+        return report.status(row).split("; ")[-1]
+
+    assert left((0, 3000, 10.0, a), (3000, 4000, 5.0, a)) == (
+        "3 min left at 10.00 it/s (CPU A, AVX2, 2 cores)")
+    assert left((0, 3000, 40.0, b), (3000, 4000, 5.0, a)) == (
+        "7 min left at 5.00 it/s (CPU A, AVX2, 2 cores)")
+    assert left((0, 500, 10.0, a), (500, 4000, 5.0, a)) == (
+        "7 min left at 5.00 it/s (CPU A, AVX2, 2 cores)")
+
+
 def test_the_zoo_holds_the_log_up_to_its_checkpoint_and_each_evaluation_once(tmp_path):
     """A run stopped at 3000 whose latest checkpoint is 2500: the rows logged after 2500 (two
     validations among them) are of weights the zoo does not hold, so the published log ends

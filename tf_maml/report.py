@@ -35,7 +35,9 @@ two logged iterations more than {pause:g} times slower per iteration than its se
 (the process stopped, or the machine suspended or busy with other work) counts at that
 median. A **partial** row evaluates a run stopped before the paper's iteration count; the
 zoo holds the checkpoint it evaluated and its latest state, and the same command resumes it
-(the hours left are at the speed of its last session, pauses left out, on the machine named;
+(the hours left are at the fastest speed, pauses left out, of its stretches of at least
+{planning:,} iterations on the machine named, the one that trained it last, else at its last
+session's: a stretch that shared the machine with other work ran slower;
 its validation value is the mean of its last validations, each one meta-batch of validation
 tasks, as the original validates). Each run's stretches of training, with their speeds and
 processors, are under Machines.
@@ -167,13 +169,31 @@ def status(row: dict) -> str:
                  else f"validation accuracy after adaptation {100 * value:.1f}%")
         text += (f"; {shown} (at {last})" if k == 1 else
                  f"; {shown} (mean of the {k} validations at {first}-{last})")
-    if row["speed"] and committed < target:
-        stretches = row.get("stretches") or []  # the last one trained at this speed
-        machine = training_log.machine_text(stretches[-1]) if stretches else ""
-        machine = "processor not recorded" if machine == "not recorded" else machine
-        text += (f"; {duration((target - committed) / row['speed'])} left at "
-                 f"{row['speed']:.2f} it/s" + (f" ({machine})" if machine else ""))
+    speed, machine = planning_speed(row)
+    if speed and committed < target:
+        machine = "processor not recorded" if machine == training_log.NOT_RECORDED else machine
+        text += (f"; {duration((target - committed) / speed)} left at "
+                 f"{speed:.2f} it/s" + (f" ({machine})" if machine else ""))
     return text
+
+
+# A stretch shorter than this tells its speed too roughly to plan the rest of a run by.
+PLANNING_MIN_ITERATIONS = 1000
+
+
+def planning_speed(row: dict) -> tuple[float | None, str]:
+    """The speed a partial row's hours left are reckoned at, and its machine: the fastest
+    stretch of at least :data:`PLANNING_MIN_ITERATIONS` on the processor that trained it
+    last, else its last session's speed. A stretch that shared the machine with other work
+    (tests, a second job) ran slower than the processor runs the job alone: the last
+    session's speed alone said twice the hours a Zen 4 needed after one such stretch."""
+    stretches = row.get("stretches") or []
+    machine = training_log.machine_text(stretches[-1]) if stretches else ""
+    alike = [s["iterations_per_second"] for s in stretches
+             if s.get("iterations_per_second") and machine != training_log.NOT_RECORDED
+             and training_log.machine_text(s) == machine
+             and s["last"] - s["first"] >= PLANNING_MIN_ITERATIONS]
+    return (max(alike) if alike else row["speed"]), machine
 
 
 def _accuracy_cells(row: dict) -> list[str]:
@@ -212,7 +232,8 @@ def seed_summaries(rows: list[dict]) -> list[str]:
 
 # ---------------------------------------------------------------------------- the file
 def render(rows: list[dict], figures: list[str], output: str) -> str:
-    lines = [HEADER.replace("{pause:g}", f"{training_log.PAUSE_FACTOR:g}")]
+    lines = [HEADER.replace("{pause:g}", f"{training_log.PAUSE_FACTOR:g}").replace(
+        "{planning:,}", f"{PLANNING_MIN_ITERATIONS:,}")]
     by_group: dict[str, list[dict]] = {}
     for row in rows:
         by_group.setdefault(row["experiment"].group, []).append(row)
