@@ -271,11 +271,13 @@ def random_layers(model: keras.Model) -> list:
             and getattr(layer, "seed_generator", None) is not None]
 
 
-def unsupported_random_layers(model: keras.Model) -> list[str]:
-    """The names of ``model``'s layers that draw random numbers in training mode but are not
-    :data:`RANDOM_LAYERS` (a recurrent layer's ``dropout=``, random augmentation, a layer
-    of one's own): their draws could be neither seeded per forward pass nor switched off."""
-    supported = {id(layer) for layer in random_layers(model)}
+def drawing_layers(model: keras.Model, unsupported_only: bool = False) -> list[str]:
+    """The names of ``model``'s layers that draw random numbers in training mode
+    (:func:`draws_random_numbers`), for what runs none of them (RL, the baselines); with
+    ``unsupported_only``, those but :func:`random_layers` (a recurrent layer's
+    ``dropout=``, random augmentation, a layer of one's own), whose draws could be neither
+    seeded per forward pass nor switched off."""
+    supported = {id(layer) for layer in random_layers(model)} if unsupported_only else set()
     names = [layer.name for layer in keras_internals.layers_of(model)
              if draws_random_numbers(layer) and id(layer) not in supported]
     return list(dict.fromkeys(names))

@@ -154,8 +154,7 @@ class Classifier:
                              f"(layers {', '.join(activity)}), whose penalties the "
                              "pretraining and fine-tuning do not add to their losses: remove "
                              "them (weight regularizers are supported)")
-        random = [layer.name for layer in adapt_lib.random_layers(model)]
-        random += adapt_lib.unsupported_random_layers(model)
+        random = adapt_lib.drawing_layers(model)
         if random:  # pretraining would run them (Keras' own call), fine-tuning not
             raise ValueError(f"Classifier: model {model.name} has layers that draw random "
                              f"numbers in training mode ({', '.join(random)}), e.g. dropout, "

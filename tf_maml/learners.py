@@ -620,7 +620,7 @@ def _check_model(model: keras.Model) -> None:
             "whose penalties MetaLearner does not add to its inner or outer loss: they would "
             "be silently ignored. Remove them (weight regularizers, e.g. "
             "kernel_regularizer=..., are supported)")
-    random = adapt_lib.unsupported_random_layers(model)
+    random = adapt_lib.drawing_layers(model, unsupported_only=True)
     if random:
         # A layer's random state (its SeedGenerator) is a variable that the stateless forward
         # pass reads but never advances: meta-training seeds it per forward pass, and

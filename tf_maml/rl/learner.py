@@ -134,8 +134,7 @@ class RLMetaLearner:
                 "RLMetaLearner does not add to its inner loss or TRPO's meta-step: they "
                 "would be silently ignored. Remove them (MetaLearner supports weight "
                 "regularizers)")
-        random = [layer.name for layer in adapt_lib.random_layers(policy)]
-        random += adapt_lib.unsupported_random_layers(policy)
+        random = adapt_lib.drawing_layers(policy)
         if random:
             # The policy's forward passes here are unseeded (tf_maml.adapt.forward): dropout
             # would be silently off in sampling, the inner loop and TRPO's meta-step alike.
