@@ -28,10 +28,10 @@ MAML_DIR = "cls_5.mbs_5.ubs_10.numstep1.updatelr0.01nonorm"
 PRE_DIR = MAML_DIR + ".pretrained"
 
 
-def _flags(tmp_path, name, iterations, pretrained=False, tasks=20):
-    lines = ["--datasource=sinusoid", "--logdir=logs/sine/", "--meta_batch_size=5",
-             "--norm=None", "--update_batch_size=10", "--update_lr=0.01",
-             f"--num_test_tasks={tasks}"]
+def _flags(tmp_path, name, iterations, pretrained=False, tasks=20, meta_batch_size=5):
+    lines = ["--datasource=sinusoid", "--logdir=logs/sine/",
+             f"--meta_batch_size={meta_batch_size}", "--norm=None",
+             "--update_batch_size=10", "--update_lr=0.01", f"--num_test_tasks={tasks}"]
     lines += ([f"--pretrain_iterations={iterations}", "--metatrain_iterations=0"]
               if pretrained else [f"--metatrain_iterations={iterations}"])
     path = tmp_path / "flags" / f"{name}.flags"

@@ -187,7 +187,8 @@ def test_a_corrupt_zoo_checkpoint_of_an_unfinished_run_is_named_not_restored(
     the zoo file is named with its fix, and nothing is copied."""
     from test_reproduce import _flags, _table
 
-    _flags(tmp_path, SINE, 10**6, tasks=600)  # unfinished: its target is past 70000
+    # unfinished: its target is past 70000, of the zoo's flags (25 tasks per meta-batch)
+    _flags(tmp_path, SINE, 10**6, tasks=600, meta_batch_size=25)
     _table(tmp_path)
     shutil.copytree(os.path.join(REPO, "zoo", SINE), tmp_path / "zoo" / SINE)
     folder = tmp_path / "zoo" / SINE
@@ -231,7 +232,8 @@ def test_a_zoo_that_lost_its_checkpoint_is_named_not_trained_again_from_the_star
 
     from tf_maml import reproduce_run
 
-    _flags(tmp_path, SINE, 10**6, tasks=600)  # unfinished: training would resume it
+    # unfinished: training would resume it, of the zoo's flags (25 tasks per meta-batch)
+    _flags(tmp_path, SINE, 10**6, tasks=600, meta_batch_size=25)
     _table(tmp_path)
     shutil.copytree(os.path.join(REPO, "zoo", SINE), tmp_path / "zoo" / SINE)
     folder = tmp_path / "zoo" / SINE
@@ -251,6 +253,37 @@ def test_a_zoo_that_lost_its_checkpoint_is_named_not_trained_again_from_the_star
     line = next(x for x in out.splitlines() if str(folder / lost) in x)
     assert ("is not a JSON object" if garbled else "is missing") in line
     assert f"git checkout -- {folder}" in line
+    assert _digest(folder) == before
+
+
+def test_a_zoo_run_of_other_flags_is_named_not_taken_for_the_flagfile_s_run(
+        tmp_path, monkeypatch, capsys):
+    """The zoo holds the finished sinusoid run of 25 tasks per meta-batch; the row's flagfile
+    now says 5, another run directory. Before: the zoo's run was restored into the new
+    directory, found finished at 70000, not trained, and its evaluation reported as the new
+    flags' number (as the baselines' pretraining did when its minibatch went from 32 to 64).
+    Now the row fails in one line naming both runs and the fix, runs nothing and leaves the
+    zoo as it was."""
+    from test_reproduce import _flags, _table
+
+    from tf_maml import reproduce_run
+
+    _flags(tmp_path, SINE, 70000, tasks=600, meta_batch_size=5)  # the zoo's run has 25
+    _table(tmp_path)
+    shutil.copytree(os.path.join(REPO, "zoo", SINE), tmp_path / "zoo" / SINE)
+    folder = tmp_path / "zoo" / SINE
+    before = _digest(folder)
+    commands = []
+    monkeypatch.setattr(reproduce_run, "stream",
+                        lambda cmd, *a, **k: commands.append(cmd) or (1, False, ""))
+    assert _main(tmp_path, monkeypatch, f"--experiments={SINE}") == 1
+    out = capsys.readouterr().out
+    assert commands == []  # neither trained nor evaluated
+    line = next(x for x in out.splitlines() if f"{folder} holds the run" in x)
+    assert "cls_5.mbs_25.ubs_10" in line and "makes the run cls_5.mbs_5.ubs_10" in line
+    assert f"move {folder} away" in line
+    assert not os.path.exists(tmp_path / "logs" / "sine" / "cls_5.mbs_5.ubs_10.numstep1."
+                              "updatelr0.01nonorm" / "checkpoint")
     assert _digest(folder) == before
 
 
@@ -363,7 +396,8 @@ def test_a_report_that_cannot_be_written_is_refused_before_any_row_runs(
     # file creation it would refuse (tempfile's), there and nowhere else.
     from test_reproduce import _flags, _table
 
-    _flags(tmp_path, SINE, 10**6, tasks=600)  # unfinished: it would train
+    # unfinished: it would train, of the zoo's flags (25 tasks per meta-batch)
+    _flags(tmp_path, SINE, 10**6, tasks=600, meta_batch_size=25)
     _table(tmp_path)
     shutil.copytree(os.path.join(REPO, "zoo", SINE), tmp_path / "zoo" / SINE)
     place = tmp_path / "place"
@@ -521,7 +555,8 @@ def test_a_zoo_folder_that_cannot_be_written_stops_a_row_to_train_before_trainin
     if row == "finished":
         _real_rows(tmp_path, [SINE])
     else:
-        _flags(tmp_path, SINE, 10**6, tasks=600)  # unfinished: past the zoo's 70000
+        # unfinished: past the zoo's 70000, of the zoo's flags (25 tasks per meta-batch)
+        _flags(tmp_path, SINE, 10**6, tasks=600, meta_batch_size=25)
         _table(tmp_path)
         zoo.mkdir()
         if row == "unfinished":

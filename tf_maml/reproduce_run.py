@@ -22,6 +22,7 @@ import numpy as np
 
 from tf_maml import atomic, rundir, threads, zoo_check
 from tf_maml import zoo as zoo_lib
+from tf_maml.config import Config, ConfigError
 from tf_maml.reproduce_table import (
     REPO,
     Plan,
@@ -181,6 +182,7 @@ def _restore(p: Plan, log) -> str | None:
     # fresh run directory) and published over the zoo's log and record.
     problem = zoo_check.state_problem(p.zoo_dir, p.experiment.name, p.result_name,
                                       target=p.target, held_by=p.run_dir)
+    problem = problem or _other_run_problem(p)
     if problem:
         log(f"[{p.experiment.name}] {problem}")
         return problem
@@ -200,6 +202,31 @@ def _restore(p: Plan, log) -> str | None:
         log(f"[{p.experiment.name}] {err}")  # read-only disk, a garbled record
         return str(err)
     return None
+
+
+def _other_run_problem(p: Plan) -> str | None:
+    """Whether the zoo holds the state of another run than the one the row's flagfile makes
+    now (a flag of the run directory's name changed since it was trained, as the baselines'
+    pretraining went from 32 to 64 images). Restored into the new run's directory, it was
+    taken for that run: a finished one was not trained again, and its old evaluations were
+    reported as the new flags' numbers."""
+    path = os.path.join(p.zoo_dir, "config.json")
+    if (p.train_config is None or zoo_lib.latest_iteration(p.zoo_dir) == 0
+            or not os.path.isfile(path)):
+        return None
+    try:
+        with open(path) as f:
+            zoo_run = Config.from_json(f.read()).exp_string()
+    except (OSError, ValueError, ConfigError):
+        return None  # an unreadable config.json: the resume's own check names it
+    new_run = os.path.basename(p.run_dir)
+    if zoo_run == new_run:
+        return None
+    return (f"{p.zoo_dir} holds the run {zoo_run}, but {p.experiment.train_flags}.flags now "
+            f"makes the run {new_run}: its flags changed since the zoo's run was trained, and "
+            "the zoo's checkpoints and numbers would be taken for the new run's. To train the "
+            f"new run, move {p.zoo_dir} away (git keeps it) and run the same command again; to "
+            "keep the zoo's run, put back the flags its config.json lists")
 
 
 def _zoo_folder_problem(p: Plan, trains: bool) -> str | None:
