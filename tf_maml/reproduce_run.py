@@ -22,7 +22,7 @@ import numpy as np
 
 from tf_maml import atomic, rundir, threads, zoo_check
 from tf_maml import zoo as zoo_lib
-from tf_maml.config import Config, ConfigError
+from tf_maml.config import Config
 from tf_maml.reproduce_table import (
     REPO,
     Plan,
@@ -217,7 +217,7 @@ def _other_run_problem(p: Plan) -> str | None:
     try:
         with open(path) as f:
             zoo_run = Config.from_json(f.read()).exp_string()
-    except (OSError, ValueError, ConfigError):
+    except (OSError, ValueError):  # ValueError: JSON's, and ConfigError is one
         return None  # an unreadable config.json: the resume's own check names it
     new_run = os.path.basename(p.run_dir)
     if zoo_run == new_run:
