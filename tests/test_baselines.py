@@ -257,6 +257,51 @@ def test_finetuning_predicts_queries_with_batch_norm_in_inference_mode():
     np.testing.assert_allclose(bn.moving_mean.numpy(), m0, rtol=1e-6)
 
 
+def test_an_interrupted_finetuning_search_resumes_at_the_next_pair(tmp_path, monkeypatch):
+    """The 6 x 7 search keeps each pair's accuracy as soon as it is measured (hours on a
+    2-core machine for 5-shot). Stopped (Ctrl-C) while measuring the 10th pair, the same call
+    measures only the 33 pairs after the 9 kept, in the grid's order, and chooses what the
+    whole table (made up here, with one best pair) says; a record of another classifier (one
+    weight changed) or a garbled one is measured again, all 42 pairs, without an error."""
+    grid = [(lr, decay) for lr in baselines.FINETUNE_LRS for decay in baselines.FINETUNE_DECAYS]
+    table = {pair: 0.2 + 0.01 * (i % 5) for i, pair in enumerate(grid)}
+    table[(0.01, 0.001)] = 0.9
+    calls, stop_at = [], [10]
+
+    def fake_evaluate(tuner, source, num_tasks, num_steps, seed, batch_size):
+        got = (float(tuner.inner_lr.numpy()), float(tuner.lr_decay.numpy()))  # float32
+        pair = min(grid, key=lambda p: abs(p[0] - got[0]) + abs(p[1] - got[1]))
+        calls.append(pair)
+        if len(calls) == stop_at[0]:
+            raise KeyboardInterrupt
+        return {"metric": np.full((num_tasks, num_steps + 1), table[pair])}
+
+    monkeypatch.setattr(baselines.evaluate_lib, "evaluate", fake_evaluate)
+    classifier = baselines.Classifier(_identity_classifier((2, 2, 1)))
+    record = str(tmp_path / "finetune_selection_ubs1.json")
+
+    def search():
+        calls.clear()
+        return baselines.select_finetuning(classifier, None, num_classes=3, num_steps=2,
+                                           num_tasks=4, record=record, log=lambda _: None,
+                                           measured={"update_batch_size": 1})
+
+    with pytest.raises(KeyboardInterrupt):
+        search()
+    stop_at[0] = 0  # no more interruptions
+    selection = search()
+    assert calls == grid[9:]
+    assert (selection.inner_lr, selection.lr_decay) == (0.01, 0.001)
+    assert selection.accuracy == pytest.approx(table)
+    classifier.model.weights[0].assign(classifier.model.weights[0] + 1.0)
+    assert search().accuracy == pytest.approx(table) and calls == grid
+    with open(record, "w") as f:
+        f.write('{"measured": {')
+    assert search().accuracy == pytest.approx(table) and calls == grid
+    search()
+    assert calls == []  # the record is whole again
+
+
 def test_flagfiles_pretrain_and_finetune_as_ravi_and_larochelle_code():
     """Their released configs (config/baselines/train-conv-nearest-neighbor.lua and
     train-pre-trained-SGD.lua): Adam 0.001 on 64-image minibatches for 30000 steps for

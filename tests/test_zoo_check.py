@@ -361,7 +361,7 @@ def test_a_garbled_record_of_the_runs_evaluations_is_named_and_kept(tmp_path, ho
         plan = types.SimpleNamespace(experiment=types.SimpleNamespace(name=SINE),
                                      run_dir=str(run), result_name=SINE_RESULT,
                                      train_cmd=None, eval_cmd=["false"])
-        status = reproduce_run._evaluate(plan, True, False, log=lambda _: None)
+        status = reproduce_run._evaluate(plan, True, False, lambda _: None, log=lambda _: None)
         assert re.match(message, status["eval_error"])
     else:
         with pytest.raises(zoo.ZooError, match=message):

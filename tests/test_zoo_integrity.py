@@ -82,6 +82,55 @@ def test_the_zoo_keeps_the_checkpoint_of_every_evaluation_beside_the_latest_stat
     assert zoo.checkpoint_iterations(str(zoo_dir)) == [3000]
 
 
+def test_the_fine_tuning_search_so_far_travels_with_the_zoo(tmp_path):
+    """A fine-tuning search stopped midway (its record, rundir.SELECTION_NAME, beside the
+    checkpoint it measured) is published; a fresh run directory, and one of the same
+    checkpoint that lacks the record, get it back, so the search resumes on another machine;
+    a run directory behind the zoo never replaces the zoo's record with its own."""
+    run_dir, zoo_dir = tmp_path / "run", tmp_path / "zoo" / "x"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "training_log.csv").write_text(HEADER + "60,metatrain,1,2,,,10\n")
+    _checkpoint(run_dir, 60)
+    name = "finetune_selection_ubs5.json"
+    (run_dir / name).write_text('{"accuracy": [[0.5, 1.0, 0.4]]}\n')
+    assert zoo.publish(str(run_dir), str(zoo_dir), True, {}, "m", **QUIET)
+    assert (zoo_dir / name).read_text() == (run_dir / name).read_text()
+    (run_dir / name).write_text('{"accuracy": [[0.5, 1.0, 0.4], [0.5, 0.1, 0.5]]}\n')
+    assert zoo.publish(str(run_dir), str(zoo_dir), True, {}, "m", **QUIET)  # progress
+    assert (zoo_dir / name).read_text() == (run_dir / name).read_text()
+    assert not zoo.publish(str(run_dir), str(zoo_dir), True, {}, "m", **QUIET)  # nothing new
+    fresh = tmp_path / "fresh"
+    assert zoo.restore(str(zoo_dir), str(fresh), **QUIET)
+    assert (fresh / name).read_text() == (zoo_dir / name).read_text()
+    (fresh / name).unlink()
+    zoo.restore(str(zoo_dir), str(fresh), **QUIET)  # the same checkpoint, the record lost
+    assert (fresh / name).read_text() == (zoo_dir / name).read_text()
+    behind = tmp_path / "behind"
+    behind.mkdir()
+    _checkpoint(behind, 30)
+    (behind / name).write_text('{"accuracy": []}\n')
+    zoo.publish(str(behind), str(zoo_dir), False, {}, "m", **QUIET)
+    assert (zoo_dir / name).read_text() == (run_dir / name).read_text()
+
+
+def test_a_long_evaluation_is_published_while_it_runs(tmp_path):
+    """The fine-tuning search runs for hours inside a row's evaluation command: the row's
+    publisher is called while that command runs, as while training (it publishes when its
+    own clock says), so that a stop keeps the search's progress in the zoo."""
+    import types
+
+    run = tmp_path / "run"
+    run.mkdir()
+    plan = types.SimpleNamespace(
+        experiment=types.SimpleNamespace(name="x"), run_dir=str(run), result_name=RESULT,
+        train_cmd=None, eval_cmd=[sys.executable, "-c", "import time; time.sleep(2.5)\n"
+                                  "raise SystemExit(3)"])
+    calls = []
+    status = reproduce_run._evaluate(plan, True, False, calls.append, **QUIET)
+    assert "eval_error" in status and calls and all(c is plan for c in calls)
+
+
 def test_a_zoo_path_with_glob_characters_gets_the_checkpoint_and_its_row_checked(tmp_path):
     """A zoo under ``runs[2026]``: the checkpoint's files were listed with a glob of the
     path, which matched none of them, so publishing recorded "now holds iteration 2500" and

@@ -26,6 +26,7 @@ docs/baselines.md lists what the papers specify, what they leave open, and our c
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import numbers
 from collections.abc import Callable
@@ -35,8 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_maml import adapt as adapt_lib
+from tf_maml import atomic, keras_internals, losses, models
 from tf_maml import evaluate as evaluate_lib
-from tf_maml import keras_internals, losses, models
 from tf_maml.data.miniimagenet import EXPECTED_NUM_CLASSES
 from tf_maml.mamlpp import check_meta_lr
 from tf_maml.options import rates
@@ -374,46 +375,120 @@ class Selection:
                 f"decay {self.lr_decay} (validation accuracy {100 * best:.2f}%)")
 
 
+def fingerprint(model: keras.Model) -> str:
+    """A digest of every weight of ``model`` (batch norm's moving statistics included, which
+    fine-tuning reads): a selection record is reused only for the classifier it measured."""
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(variable.path.encode())
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+    return digest.hexdigest()
+
+
+def _recorded(record: str | None, measured: dict, log) -> dict[tuple[float, float], float]:
+    """The accuracies ``record`` holds of the selection ``measured`` describes; none if there
+    is no record, or it cannot be read, or it is of another classifier or other settings
+    (it is then measured again, and the record replaced)."""
+    if record is None:
+        return {}
+    try:
+        held = atomic.read_record(record)
+    except ValueError as err:
+        log(f"  {record} {err}: the search starts again and replaces it")
+        return {}
+    if held is None:
+        return {}
+    if held.get("measured") != measured:
+        log(f"  {record} is of another classifier or other settings: the search starts "
+            "again and replaces it")
+        return {}
+    found = {}
+    for entry in held.get("accuracy", []):
+        if not (isinstance(entry, list) and len(entry) == 3
+                and all(isinstance(x, (int, float)) and math.isfinite(x) for x in entry)
+                and 0 <= entry[2] <= 1):
+            log(f"  {record} holds {entry!r}, not [learning rate, decay, accuracy]: the "
+                "search starts again and replaces it")
+            return {}
+        found[(float(entry[0]), float(entry[1]))] = float(entry[2])
+    return found
+
+
+def _keep(record: str | None, measured: dict, accuracy: dict, log) -> str | None:
+    """Writes ``accuracy`` so far into ``record``; returns the record, or None once it could
+    not be written (the search goes on without one: its hours are worth more)."""
+    if record is None:
+        return None
+    try:
+        atomic.write_json(record, {"measured": measured, "accuracy": [
+            [float(lr), float(decay), value] for (lr, decay), value in accuracy.items()]})
+    except OSError as err:
+        log(f"  could not write {record} ({err.strerror or err}): the search goes on, but "
+            "an interruption would start it again")
+        return None
+    return record
+
+
 def select_finetuning(classifier: Classifier, val_source, *, num_classes: int, num_steps: int,
                       num_tasks: int = NUM_SELECTION_TASKS, seed: int = 0, lrs=FINETUNE_LRS,
-                      decays=FINETUNE_DECAYS,
+                      decays=FINETUNE_DECAYS, record: str | None = None,
+                      measured: dict | None = None,
                       log: Callable[[str], None] = print) -> Selection:
     """The learning rate (of ``lrs``) and decay (of ``decays``) whose ``num_steps`` steps
     give the best mean query accuracy on :data:`NUM_SELECTION_TASKS` ``num_classes``-way
     validation tasks of ``val_source`` (``num_tasks`` if fewer: a short evaluation selects
     on as few as it tests); ties go to the earlier pair, in the order the authors' grid
-    search visits them (rate, then decay). ``seed``: the new head's."""
+    search visits them (rate, then decay). ``seed``: the new head's.
+
+    ``record``: a JSON file that keeps each pair's accuracy as soon as it is measured, so a
+    search stopped midway (Ctrl-C, a kill, a machine lost with the file published) resumes
+    at the next pair. It is reused only for the same classifier (:func:`fingerprint`) and
+    settings, ``measured`` included (what else shapes the tasks: K, the number of queries).
+    """
     num_tasks = min(NUM_SELECTION_TASKS, num_tasks)
     steps = num_steps
+    measured = {**(measured or {}), "classifier": fingerprint(classifier.model),
+                "num_classes": int(num_classes), "num_steps": int(steps),
+                "num_tasks": int(num_tasks), "seed": int(seed)}
+    held = _recorded(record, measured, log)
     accuracy: dict[tuple[float, float], float] = {}
     tuner = FineTuner(classifier, num_classes, lrs[0], decays[0], seed)
     best = None
     for lr in lrs:
         for decay in decays:
-            tuner.inner_lr.assign(float(lr))
-            tuner.lr_decay.assign(float(decay))
-            out = evaluate_lib.evaluate(tuner, val_source, num_tasks, steps, SELECTION_SEED,
-                                        batch_size=min(10, num_tasks))
-            accuracy[(lr, decay)] = float(np.mean(out["metric"][:, -1]))
+            pair = (float(lr), float(decay))
+            if pair in held:
+                accuracy[(lr, decay)] = held[pair]
+                source = f" (measured before: {record})"
+            else:
+                tuner.inner_lr.assign(float(lr))
+                tuner.lr_decay.assign(float(decay))
+                out = evaluate_lib.evaluate(tuner, val_source, num_tasks, steps,
+                                            SELECTION_SEED, batch_size=min(10, num_tasks))
+                accuracy[(lr, decay)] = float(np.mean(out["metric"][:, -1]))
+                source = ""
+                record = _keep(record, measured, accuracy, log)
             log(f"  validation, learning rate {lr}, decay {decay}: "
-                f"{100 * accuracy[(lr, decay)]:.2f}% after {steps} steps")
+                f"{100 * accuracy[(lr, decay)]:.2f}% after {steps} steps{source}")
             if best is None or accuracy[(lr, decay)] > accuracy[best]:
                 best = (lr, decay)
     return Selection(inner_lr=best[0], lr_decay=best[1], accuracy=accuracy)
 
 
 def evaluator(classifier: Classifier, baseline: str, val_source=None, *, num_classes: int,
-              num_steps: int, num_tasks: int, seed: int = 0,
-              log: Callable[[str], None] = print):
+              num_steps: int, num_tasks: int, seed: int = 0, record: str | None = None,
+              measured: dict | None = None, log: Callable[[str], None] = print):
     """What the evaluation of ``baseline`` runs on ``num_tasks`` ``num_classes``-way test
     tasks: (learner, number of steps). ``"nearest_neighbor"``: the classifier itself, no
     steps. ``"finetune"``: a :class:`FineTuner` (its head drawn from ``seed``) with the
     learning rate and decay chosen on ``val_source`` (:func:`select_finetuning`),
-    ``num_steps`` steps."""
+    ``num_steps`` steps; ``record`` and ``measured``: the search's record
+    (:func:`select_finetuning`)."""
     if baseline == "nearest_neighbor":
         return classifier, 0
     selection = select_finetuning(classifier, val_source, num_classes=num_classes,
-                                  num_steps=num_steps, num_tasks=num_tasks, seed=seed, log=log)
+                                  num_steps=num_steps, num_tasks=num_tasks, seed=seed,
+                                  record=record, measured=measured, log=log)
     log(selection.describe())
     return (FineTuner(classifier, num_classes, selection.inner_lr, selection.lr_decay, seed),
             num_steps)

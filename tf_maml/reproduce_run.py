@@ -166,7 +166,7 @@ def execute(p: Plan, deadline: float | None, train: bool, evaluate: bool, reeval
         if evaluate or reevaluate:  # else not asked: a report alone says nothing of it
             log(f"[{p.experiment.name}] nothing to evaluate yet")
         return status
-    status.update(_evaluate(p, evaluate, reevaluate, log))
+    status.update(_evaluate(p, evaluate, reevaluate, publish, log))
     return status
 
 
@@ -289,9 +289,11 @@ def _train(p: Plan, deadline: float | None, train: bool, eval_reserve_s: float, 
     return status
 
 
-def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
+def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, publish, log) -> dict:
     """Evaluates the latest checkpoint unless its results are up to date (re-evaluating: the
-    checkpoint of the published number) and records the numbers in the run's state."""
+    checkpoint of the published number) and records the numbers in the run's state.
+    ``publish(p)`` is called as during training: a long evaluation's progress (the
+    fine-tuning baseline's search, rundir.SELECTION_NAME) reaches the zoo meanwhile."""
     e = p.experiment
     done = zoo_lib.latest_iteration(p.run_dir)
     try:
@@ -317,7 +319,8 @@ def _evaluate(p: Plan, evaluate: bool, reevaluate: bool, log) -> dict:
     cmd = p.eval_cmd + ([f"--test_iter={iteration}"] if p.train_cmd else [])
     log(f"[{e.name}] evaluating: {shell(cmd)}")
     t0 = time.monotonic()
-    code, _, last = stream(cmd, _log_path(p), None, log, evaluation=True)
+    code, _, last = stream(cmd, _log_path(p), None, log, on_tick=lambda: publish(p),
+                           evaluation=True)
     if code != 0:
         error = failure(code, last, _log_path(p))
         log(f"[{e.name}] evaluation failed ({error})")

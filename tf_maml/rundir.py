@@ -35,6 +35,11 @@ RESULTS_WAIT_S = 120.0  # writing a result set takes seconds; a holder past this
 CHECKPOINT_NAME = "model"
 ENSEMBLE_NAME = "ensemble.json"  # an ensemble's members (tf_maml/ensemble.py)
 EARLIER_RESULTS = "earlier_results"  # result sets another evaluation replaced
+# The fine-tuning baseline's search of its learning rate and decay on validation tasks
+# (tf_maml/baselines.py), K in the name: the accuracy of every pair measured, written after
+# each, so that an interrupted search (hours for 5-shot on a 2-core machine) resumes where it
+# stopped. The zoo keeps it beside the evaluation it chose the step size of.
+SELECTION_NAME = "finetune_selection_ubs{}.json"
 
 
 class RunDirError(RuntimeError):

@@ -404,7 +404,11 @@ def _evaluate(learner, config: Config, directory: str, log, source):
         learner, num_steps = baselines.evaluator(
             learner, config.baseline, val_source, num_classes=config.num_classes,
             num_steps=config.test_num_updates, num_tasks=config.num_test_tasks,
-            seed=config.seed, log=log)
+            seed=config.seed, log=log,
+            record=os.path.join(directory, rundir.SELECTION_NAME.format(
+                config.update_batch_size)),
+            measured={"update_batch_size": config.update_batch_size,
+                      "num_query": experiment.test_num_query(config)})
         log(f"Evaluating the {config.baseline} baseline on {config.num_test_tasks} {what} "
             f"tasks, {num_steps} steps, K={config.update_batch_size}")
     else:

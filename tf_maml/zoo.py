@@ -42,6 +42,7 @@ from tf_maml.atomic import read_json, write_json
 from tf_maml.rundir import (
     CHECKPOINT_NAME,
     ENSEMBLE_NAME,
+    SELECTION_NAME,
     checkpoint_files,
     checkpoint_prefixes,
     csv_text,
@@ -308,6 +309,11 @@ def publish(run_dir: str, zoo_dir: str, finished: bool, paths: dict[str, str],
         changed = True
         log(f"  zoo: {zoo_dir} now holds the evaluation {key} of iteration "
             f"{entry.get('iteration')}")
+    # The fine-tuning's search records, which a run directory as new as the zoo measured on
+    # the checkpoint the zoo holds (an older one's would replace progress with a stale record).
+    if run_latest >= zoo_latest and _copy_records(run_dir, zoo_dir):
+        changed = True
+        log(f"  zoo: {zoo_dir} now holds the fine-tuning's search so far")
     # The model of every number published: held already (it was the latest state when it
     # was evaluated), or taken from the run directory if the zoo lost it.
     for iteration in sorted(evaluated_iterations(zoo_results)
@@ -398,6 +404,10 @@ def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
         log(f"  zoo: restored the evaluations of {zoo_dir} into {run_dir}")
         return True
     if latest_iteration(run_dir) >= zoo_latest:
+        # Of the same checkpoint: a search the zoo kept and the run directory lacks resumes.
+        if latest_iteration(run_dir) == zoo_latest and _copy_records(zoo_dir, run_dir,
+                                                                     missing_only=True):
+            log(f"  zoo: restored the fine-tuning's search so far from {zoo_dir}")
         return False
     os.makedirs(run_dir, exist_ok=True)
     # The checkpoints last, each file whole and an index after its data: a restore stopped
@@ -409,6 +419,7 @@ def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
         if os.path.exists(os.path.join(zoo_dir, name)):
             _copy_whole(os.path.join(zoo_dir, name), run_dir)
     _take_evaluations(zoo_dir, run_dir, overwrite=True)
+    _copy_records(zoo_dir, run_dir)
     if ensemble_members(zoo_dir):
         _copy_whole(os.path.join(zoo_dir, ENSEMBLE_NAME), run_dir)
     # The latest state (training resumes from it), the ensemble's members and the evaluated
@@ -420,6 +431,19 @@ def restore(zoo_dir: str, run_dir: str, log=print) -> bool:
     _write_index(run_dir)
     log(f"  zoo: restored iteration {zoo_latest} from {zoo_dir} into {run_dir}")
     return True
+
+
+def _copy_records(source: str, target: str, missing_only: bool = False) -> bool:
+    """Copies ``source``'s search records (:data:`~tf_maml.rundir.SELECTION_NAME`) that
+    ``target`` lacks or holds otherwise (``missing_only``: lacks); returns whether any was."""
+    copied = False
+    for path in glob.glob(os.path.join(glob.escape(source), SELECTION_NAME.format("*"))):
+        there = os.path.join(target, os.path.basename(path))
+        if os.path.exists(there) and (missing_only or _read_text(there) == _read_text(path)):
+            continue
+        _copy_whole(path, target)
+        copied = True
+    return copied
 
 
 def _read_bytes(path: str) -> bytes:
