@@ -285,6 +285,12 @@ def test_a_zoo_run_of_other_flags_is_named_not_taken_for_the_flagfile_s_run(
     assert not os.path.exists(tmp_path / "logs" / "sine" / "cls_5.mbs_5.ubs_10.numstep1."
                               "updatelr0.01nonorm" / "checkpoint")
     assert _digest(folder) == before
+    # Nor exported as the row's model (it was: the export read the zoo's checkpoint alone).
+    export_dir = tmp_path / "exported"
+    with pytest.raises(reproduce.ReproduceError, match=rf"^{re.escape(str(folder))} holds the "
+                       r"run cls_5\.mbs_25\..* makes the run cls_5\.mbs_5\."):
+        _main(tmp_path, monkeypatch, f"--experiments={SINE}", f"--export_dir={export_dir}")
+    assert not export_dir.exists() and _digest(folder) == before
 
 
 def test_export_of_a_zoo_that_lost_its_checkpoint_names_the_file(tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ from tf_maml import rundir, zoo_check  # noqa: E402
 from tf_maml import zoo as zoo_lib  # noqa: E402
 from tf_maml.errors import path_problem, tensorflow_pattern  # noqa: E402
 from tf_maml.reproduce_publish import Publisher, write_report  # noqa: E402
-from tf_maml.reproduce_run import execute, machine  # noqa: E402
+from tf_maml.reproduce_run import execute, machine, other_run_problem  # noqa: E402
 from tf_maml.reproduce_table import (  # noqa: E402
     REPO,
     Experiment,
@@ -76,7 +76,10 @@ def export(p: Plan, export_dir: str, log=print) -> str:
                                                      p.result_name, target=p.target)
                              or f"{p.zoo_dir} holds no model to export: train "
                              f"{p.experiment.name} first")
-    problem = zoo_check.checkpoint_problem(p.zoo_dir, p.experiment.name)
+    # The zoo's run must be the flagfile's (a changed flag made another run): else its model
+    # was exported as the row's.
+    problem = (other_run_problem(p)
+               or zoo_check.checkpoint_problem(p.zoo_dir, p.experiment.name))
     if problem:
         raise ReproduceError(problem)
     learner = experiment.build_learner(p.eval_config)

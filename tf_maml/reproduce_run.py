@@ -182,7 +182,7 @@ def _restore(p: Plan, log) -> str | None:
     # fresh run directory) and published over the zoo's log and record.
     problem = zoo_check.state_problem(p.zoo_dir, p.experiment.name, p.result_name,
                                       target=p.target, held_by=p.run_dir)
-    problem = problem or _other_run_problem(p)
+    problem = problem or other_run_problem(p)
     if problem:
         log(f"[{p.experiment.name}] {problem}")
         return problem
@@ -204,7 +204,7 @@ def _restore(p: Plan, log) -> str | None:
     return None
 
 
-def _other_run_problem(p: Plan) -> str | None:
+def other_run_problem(p: Plan) -> str | None:
     """Whether the zoo holds the state of another run than the one the row's flagfile makes
     now (a flag of the run directory's name changed since it was trained, as the baselines'
     pretraining went from 32 to 64 images). Restored into the new run's directory, it was
