@@ -253,6 +253,15 @@ def test_finetuning_predicts_queries_with_batch_norm_in_inference_mode():
     alone = tuner.finetune(support.reshape(4, 3, 1, 1), y, query[:1].reshape(1, 3, 1, 1),
                            steps).numpy()
     np.testing.assert_allclose(alone[:, 0], logits[:, 0], rtol=1e-5, atol=1e-6)
+    # The search's tuner predicts after the last step only, the statistics still moved at
+    # every step: the closed form of step 3; labelled by its argmax, every query is right.
+    last = baselines.FineTuner(classifier, 2, 0.0, seed=0, every_step=False)
+    only = last.finetune(support.reshape(4, 3, 1, 1), y, query.reshape(6, 3, 1, 1), steps)
+    assert only.shape == (1, 6, 2)
+    np.testing.assert_allclose(only[0], expected, rtol=1e-4, atol=1e-5)
+    batch = (support.reshape(1, 4, 3, 1, 1), y[None], query.reshape(1, 6, 3, 1, 1),
+             expected.argmax(axis=1)[None])
+    np.testing.assert_array_equal(last.evaluate_batch(batch, steps)["metric"], [[1.0]])
     # The classifier's moving statistics are the pretrained ones still.
     np.testing.assert_allclose(bn.moving_mean.numpy(), m0, rtol=1e-6)
 

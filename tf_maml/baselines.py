@@ -39,6 +39,7 @@ from tf_maml import adapt as adapt_lib
 from tf_maml import atomic, keras_internals, losses, models
 from tf_maml import evaluate as evaluate_lib
 from tf_maml.data.miniimagenet import EXPECTED_NUM_CLASSES
+from tf_maml.errors import check_switch
 from tf_maml.mamlpp import check_meta_lr
 from tf_maml.options import rates
 from tf_maml.options.meta_optimizer import ORIGINAL_ADAM_EPSILON, apply_if_finite
@@ -242,12 +243,15 @@ class FineTuner:
     The steps are :func:`tf_maml.adapt.adapt`, the one inner loop; ``evaluate_batch`` gives
     what :func:`tf_maml.evaluate.evaluate` asks of a learner, the query accuracy and loss
     after every step. ``inner_lr`` and ``lr_decay`` are variables, so a search over them
-    runs the graph traced once. The new head's weights are drawn from ``seed``."""
+    runs the graph traced once. The new head's weights are drawn from ``seed``.
+    ``every_step=False``: the queries are predicted after the last step only, and
+    ``evaluate_batch`` gives that one column (the search reads no other, and predicting
+    after each of 15 steps was a fifth of its work)."""
 
     metric_fn = staticmethod(losses.accuracy)
 
     def __init__(self, classifier: Classifier, num_classes: int, inner_lr: float,
-                 lr_decay: float = 0.0, seed: int = 0):
+                 lr_decay: float = 0.0, seed: int = 0, every_step: bool = True):
         if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
             raise TypeError(f"FineTuner: num_classes must be the tasks' number of classes, "
                             f"got {type(num_classes).__name__}; from a Config pass "
@@ -261,6 +265,8 @@ class FineTuner:
             raise ValueError(f"FineTuner: lr_decay must be a finite number >= 0 (0: a fixed "
                              f"step size), got {lr_decay}")
         self.num_classes = int(num_classes)
+        check_switch("FineTuner's every_step", every_step)
+        self.every_step = every_step
         self.model = with_new_head(classifier.model, self.num_classes, seed)
         self.inner_lr = tf.Variable(float(inner_lr), trainable=False, name="finetune_lr")
         self.lr_decay = tf.Variable(float(lr_decay), trainable=False, name="finetune_decay")
@@ -304,7 +310,8 @@ class FineTuner:
 
     def finetune(self, support_x, support_y, query_x, num_steps: int) -> tf.Tensor:
         """One task: the query logits before and after each of ``num_steps`` steps,
-        ``[num_steps + 1, queries, classes]``."""
+        ``[num_steps + 1, queries, classes]`` (``every_step=False``: after the last,
+        ``[1, queries, classes]``)."""
         support_y = tf.convert_to_tensor(support_y)
         self._check_classes(support_y, support_y)
         weights = [v.value for v in self.model.trainable_variables]
@@ -313,24 +320,28 @@ class FineTuner:
                                            losses.mean_xent, self.step_size, int(num_steps),
                                            non_trainable=moving, return_all=True,
                                            penalty_fn=adapt_lib.weight_penalty(self.model))
-        logits = [adapt_lib.forward(self.model, weights, query_x, moving, training=False)]
-        for step in range(int(num_steps)):
-            moving = self._track(trajectory[step], moving, support_x)
-            logits.append(adapt_lib.forward(self.model, trajectory[step + 1], query_x,
-                                            moving, training=False))
+        logits = []
+        for step in range(-1, int(num_steps)):
+            if step >= 0:  # the running statistics move at every step, predicted or not
+                moving = self._track(trajectory[step], moving, support_x)
+            if self.every_step or step == int(num_steps) - 1:
+                logits.append(adapt_lib.forward(self.model, trajectory[step + 1], query_x,
+                                                moving, training=False))
         return tf.stack(logits)
 
     def _evaluate(self, support_x, support_y, query_x, query_y, num_steps: int):
+        columns = num_steps + 1 if self.every_step else 1
+
         def task(inputs):
             sx, sy, qx, qy = inputs
             logits = self.finetune(sx, sy, qx, num_steps)
             # tf.shape: a retrace for another number of queries relaxes it to None.
-            qy = tf.broadcast_to(qy, tf.concat([[num_steps + 1], tf.shape(qy)], 0))
+            qy = tf.broadcast_to(qy, tf.concat([[columns], tf.shape(qy)], 0))
             return {"metric": tf.vectorized_map(lambda a: losses.accuracy(*a), (qy, logits)),
                     "loss": tf.vectorized_map(lambda a: losses.mean_xent(*a), (qy, logits))}
 
-        signature = {"metric": tf.TensorSpec([num_steps + 1], tf.float32),
-                     "loss": tf.TensorSpec([num_steps + 1], tf.float32)}
+        signature = {"metric": tf.TensorSpec([columns], tf.float32),
+                     "loss": tf.TensorSpec([columns], tf.float32)}
         return tf.map_fn(task, (support_x, support_y, query_x, query_y),
                          fn_output_signature=signature)
 
@@ -339,8 +350,10 @@ class FineTuner:
         fails deep inside the cross-entropy (a NaN on a GPU) otherwise. Cheap: ids only."""
         if not tf.executing_eagerly():
             return
-        low = int(min(tf.reduce_min(support_y), tf.reduce_min(query_y)))
-        high = int(max(tf.reduce_max(support_y), tf.reduce_max(query_y)))
+        # int() each: support and query labels of two integer types (int32 and numpy's
+        # int64) could not be compared as tensors.
+        low = min(int(tf.reduce_min(support_y)), int(tf.reduce_min(query_y)))
+        high = max(int(tf.reduce_max(support_y)), int(tf.reduce_max(query_y)))
         if low < 0 or high >= self.num_classes:
             raise ValueError(
                 f"FineTuner: the tasks hold class {low if low < 0 else high}, but the head was "
@@ -349,7 +362,8 @@ class FineTuner:
                 f"num_classes=N, ...) for N-way tasks, or number each task's classes 0..N-1")
 
     def evaluate_batch(self, batch, num_steps: int) -> dict:
-        """Per task and step (0..num_steps) query accuracy and loss, shape [T, S+1]."""
+        """Per task and step (0..num_steps) query accuracy and loss, shape [T, S+1]
+        (``every_step=False``: after the last step, [T, 1])."""
         num_steps = int(num_steps)
         if num_steps not in self._eval_fns:
             self._eval_fns[num_steps] = tf.function(
@@ -452,7 +466,7 @@ def select_finetuning(classifier: Classifier, val_source, *, num_classes: int, n
                 "num_tasks": int(num_tasks), "seed": int(seed)}
     held = _recorded(record, measured, log)
     accuracy: dict[tuple[float, float], float] = {}
-    tuner = FineTuner(classifier, num_classes, lrs[0], decays[0], seed)
+    tuner = FineTuner(classifier, num_classes, lrs[0], decays[0], seed, every_step=False)
     best = None
     for lr in lrs:
         for decay in decays:
