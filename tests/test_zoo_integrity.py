@@ -483,6 +483,21 @@ def _interval(values, step, scale, digits):
     return f"{scale * mean:.{digits}f} ± {scale * ci:.{digits}f}"
 
 
+def test_the_committed_zoo_holds_no_half_done_write():
+    """A publish killed midway leaves a journal (``.<file>.<pid>.set``) and new files under
+    temporary names (``<file>.<pid>.tmp``) beside the old ones. A reader completes such a
+    set only when no process of that pid runs, which on another machine may be any
+    process: committed, the zoo would hold a mixed set there. The command that publishes
+    again completes it before anything is committed."""
+    from tf_maml import atomic
+
+    left = sorted(os.path.relpath(path, REPO) for path in glob.glob(
+        os.path.join(REPO, "zoo", "**", "*"), recursive=True, include_hidden=True)
+        if path.endswith((atomic.JOURNAL_SUFFIX, atomic.TEMP_SUFFIX)))
+    assert not left, (f"half-done writes in the zoo: {left}; run tf-maml-reproduce "
+                      "--train=False --evaluate=False --experiments=<the row> to complete them")
+
+
 def test_every_number_in_results_comes_from_a_file_and_a_checkpoint_in_the_zoo():
     """Walks docs/RESULTS.md: each row's numbers are those of its evaluation's per-task
     matrix in its zoo folder, and the checkpoint of the iteration it names (and of the
