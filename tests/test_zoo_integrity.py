@@ -491,9 +491,9 @@ def test_the_committed_zoo_holds_no_half_done_write():
     again completes it before anything is committed."""
     from tf_maml import atomic
 
-    left = sorted(os.path.relpath(path, REPO) for path in glob.glob(
-        os.path.join(REPO, "zoo", "**", "*"), recursive=True, include_hidden=True)
-        if path.endswith((atomic.JOURNAL_SUFFIX, atomic.TEMP_SUFFIX)))
+    left = sorted(os.path.relpath(os.path.join(folder, name), REPO)
+                  for folder, _, names in os.walk(os.path.join(REPO, "zoo")) for name in names
+                  if name.endswith((atomic.JOURNAL_SUFFIX, atomic.TEMP_SUFFIX)))
     assert not left, (f"half-done writes in the zoo: {left}; run tf-maml-reproduce "
                       "--train=False --evaluate=False --experiments=<the row> to complete them")
 
